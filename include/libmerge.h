@@ -1,0 +1,17 @@
+/* libmerge: merge fine-tuned neural-network models without retraining.
+ *
+ * Umbrella header: the stable API. Plugin authors also include
+ * <libmerge/sys/strategy.h>.
+ *
+ * Copyright libmerge authors. SPDX-License-Identifier: Apache-2.0
+ */
+#ifndef LIBMERGE_H
+#define LIBMERGE_H
+
+#include "libmerge/common.h"
+#include "libmerge/context.h"
+#include "libmerge/tensor.h"
+#include "libmerge/model.h"
+#include "libmerge/plan.h"
+
+#endif /* LIBMERGE_H */

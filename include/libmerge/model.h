@@ -1,0 +1,59 @@
+/* libmerge: named tensor sets ("models") and task vectors.
+ *
+ * Copyright libmerge authors. SPDX-License-Identifier: Apache-2.0
+ */
+#ifndef LIBMERGE_MODEL_H
+#define LIBMERGE_MODEL_H
+
+#include "libmerge/tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct lm_model lm_model;
+
+/* An ordered set of uniquely named tensors (insertion order is kept and is
+ * the order of merge outputs). Names are non-empty NUL-terminated strings,
+ * copied by the model. */
+LM_API lm_status lm_model_create(lm_context *ctx, lm_model **out);
+/* Destroys the model and every tensor it owns. NULL is accepted. */
+LM_API void lm_model_destroy(lm_model *model);
+
+/* Add `tensor` under `name`; the model takes ownership of the tensor handle
+ * on success only (on failure the caller still owns it).
+ * Errors: LM_ERR_INVALID_ARGUMENT (NULL/empty name), LM_ERR_EXISTS. */
+LM_API lm_status lm_model_add(lm_model *model, const char *name,
+                              lm_tensor *tensor);
+LM_API size_t lm_model_count(const lm_model *model);
+/* Name / tensor of entry i (insertion order); NULL when out of range. */
+LM_API const char *lm_model_name(const lm_model *model, size_t i);
+LM_API lm_tensor *lm_model_tensor(const lm_model *model, size_t i);
+/* Look a tensor up by name. Errors: LM_ERR_NOT_FOUND. */
+LM_API lm_status lm_model_find(const lm_model *model, const char *name,
+                               lm_tensor **out);
+
+/* Thread-safety: concurrent reads are safe; lm_model_add needs exclusive
+ * access. */
+
+typedef struct lm_task_vector lm_task_vector;
+
+/* tau = finetuned - base for every tensor of `base`. Both models must hold
+ * exactly the same names, and each pair the same shape and dtype; the
+ * error names the first offending tensor. Deltas are stored in f32 (f64
+ * for f64 inputs are computed in f64 then rounded to f32). */
+LM_API lm_status lm_task_vector_create(lm_context *ctx, const lm_model *base,
+                                       const lm_model *finetuned,
+                                       lm_task_vector **out);
+LM_API void lm_task_vector_destroy(lm_task_vector *tv);
+LM_API size_t lm_task_vector_count(const lm_task_vector *tv);
+LM_API const char *lm_task_vector_name(const lm_task_vector *tv, size_t i);
+/* The f32 delta for `name`. Errors: LM_ERR_NOT_FOUND. The tensor belongs to
+ * the task vector. */
+LM_API lm_status lm_task_vector_find(const lm_task_vector *tv,
+                                     const char *name, const lm_tensor **out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LIBMERGE_MODEL_H */

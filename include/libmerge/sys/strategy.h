@@ -1,0 +1,150 @@
+/* libmerge plugin API: merge strategies.
+ *
+ * Stability: this header is the "systems" API. Within one SONAME a vtable
+ * built against an older header (smaller struct_size, same abi_version)
+ * keeps working; fields are only appended.
+ *
+ * Copyright libmerge authors. SPDX-License-Identifier: Apache-2.0
+ */
+#ifndef LIBMERGE_SYS_STRATEGY_H
+#define LIBMERGE_SYS_STRATEGY_H
+
+#include "libmerge/context.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LM_STRATEGY_ABI_VERSION 1
+
+typedef enum lm_param_type {
+    LM_PARAM_FLOAT = 0,  /* double within [min, max]                       */
+    LM_PARAM_INT = 1,    /* integer within [min, max]                      */
+    LM_PARAM_BOOL = 2,   /* 0 or 1; strings true/false/yes/no/on/off/1/0    */
+    LM_PARAM_CHOICE = 3  /* one of the '|'-separated words in `choices`    */
+} lm_param_type;
+
+/* Describes one parameter of a strategy. Tables of these are read by the
+ * library up to struct_size. */
+typedef struct lm_param_desc {
+    uint32_t struct_size;
+    const char *name;
+    lm_param_type type;
+    double default_value;       /* FLOAT/INT/BOOL default                   */
+    double min_value;           /* inclusive; use -HUGE_VAL for none        */
+    double max_value;           /* inclusive; use HUGE_VAL for none         */
+    const char *choices;        /* CHOICE: "a|b|c"; default is choices' 1st */
+    const char *help;           /* one line for `lmerge methods`/docs       */
+} lm_param_desc;
+
+/* Parameter values for one plan, read by strategies. */
+typedef struct lm_params lm_params;
+/* Value of a parameter declared by the strategy (its default when the
+ * user did not set it). Errors: LM_ERR_NOT_FOUND for an undeclared name,
+ * LM_ERR_INVALID_ARGUMENT for the wrong type. */
+LM_API lm_status lm_params_get_float(const lm_params *params, const char *name,
+                                     double *out);
+LM_API lm_status lm_params_get_int(const lm_params *params, const char *name,
+                                   int64_t *out);
+LM_API lm_status lm_params_get_bool(const lm_params *params, const char *name,
+                                    int *out);
+/* CHOICE value; the string lives as long as the plan. */
+LM_API lm_status lm_params_get_choice(const lm_params *params,
+                                      const char *name, const char **out);
+/* 1 when the user set the parameter explicitly, else 0. */
+LM_API int lm_params_is_set(const lm_params *params, const char *name);
+
+/* Everything a strategy's init receives. */
+typedef struct lm_strategy_init_info {
+    uint32_t struct_size;
+    lm_context *ctx;
+    const lm_params *params;
+    size_t n_models;          /* fine-tuned models (tasks) in the plan      */
+    const double *weights;    /* n_models per-model weights                 */
+} lm_strategy_init_info;
+
+/* One tensor to merge. All arrays are f32, contiguous, row-major, with
+ * `numel` elements; `out` is the merged *task vector* (the library adds the
+ * base and converts to the output dtype). `out` is zero-filled on entry. */
+typedef struct lm_tensor_job {
+    uint32_t struct_size;
+    lm_context *ctx;
+    const char *name;
+    int ndim;
+    const int64_t *shape;
+    size_t numel;
+    const float *base;              /* base model values                    */
+    size_t n_models;
+    const float *const *deltas;     /* n_models task vectors (model - base) */
+    const double *weights;          /* n_models per-model weights           */
+    uint64_t seed;                  /* derived from (context seed, name):   */
+                                    /* same for any thread count/order      */
+    float *out;
+} lm_tensor_job;
+
+/* A merge strategy. Register with lm_register_strategy; the library copies
+ * the first struct_size bytes, so the table may be a temporary.
+ *
+ * init: called once per plan execution, before any merge_tensor; stores
+ *       the strategy's state in *state (may stay NULL). Optional.
+ * merge_tensor: called once per tensor, concurrently from worker threads
+ *       with the same state; must not modify the state. Report failures
+ *       with lm_context_set_error and return its status. Required.
+ * fini: called once after execution (also after failures) when init
+ *       succeeded. Optional. */
+typedef struct lm_strategy_vtable {
+    uint32_t struct_size;
+    uint32_t abi_version;           /* LM_STRATEGY_ABI_VERSION              */
+    const char *name;               /* [a-z0-9_]+, unique in the context    */
+    const char *description;
+    const lm_param_desc *params;
+    size_t n_params;
+    lm_status (*init)(const lm_strategy_init_info *info, void **state,
+                      void *user);
+    lm_status (*merge_tensor)(void *state, const lm_tensor_job *job,
+                              void *user);
+    void (*fini)(void *state, void *user);
+    void *user;
+} lm_strategy_vtable;
+
+/* Register a strategy in ctx. Strings and the params table must outlive the
+ * context; the vtable struct itself is copied.
+ * Errors: LM_ERR_ABI (struct_size smaller than the first version's or
+ * abi_version unknown), LM_ERR_INVALID_ARGUMENT (bad name, missing
+ * merge_tensor, bad param table: duplicate names, default outside range,
+ * empty choices), LM_ERR_EXISTS (name taken). */
+LM_API lm_status lm_register_strategy(lm_context *ctx,
+                                      const lm_strategy_vtable *vtable);
+LM_API size_t lm_strategy_count(const lm_context *ctx);
+/* The registered vtable at index i (registration order) or NULL. The
+ * returned table is the library's copy, padded with zeros to its size. */
+LM_API const lm_strategy_vtable *lm_strategy_at(const lm_context *ctx,
+                                                size_t i);
+/* Errors: LM_ERR_NOT_FOUND. */
+LM_API lm_status lm_strategy_find(const lm_context *ctx, const char *name,
+                                  const lm_strategy_vtable **out);
+
+/* Record a failure on ctx: status plus a printf-style message. Returns
+ * `status` so callers can write `return lm_context_set_error(...)`. */
+LM_API lm_status lm_context_set_error(lm_context *ctx, lm_status status,
+                                      const char *format, ...)
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* Allocation through the context's allocator (thread-safe). lm_free
+ * accepts NULL. */
+LM_API void *lm_alloc(lm_context *ctx, size_t size);
+LM_API void lm_free(lm_context *ctx, void *ptr);
+/* Send a message to the context's log callback if `level` passes. */
+LM_API void lm_log(lm_context *ctx, int level, const char *format, ...)
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* LIBMERGE_SYS_STRATEGY_H */

@@ -1,0 +1,234 @@
+/* Context lifetime, allocation, logging and the last-error record. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/internal.h"
+
+/* The first published lm_context_options ended after `allocator`; smaller
+ * structs cannot come from any released header. */
+#define LM_CONTEXT_OPTIONS_V1_SIZE \
+    (offsetof(lm_context_options, allocator) + sizeof(const lm_allocator *))
+
+static int online_cores(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : (n > 256 ? 256 : (int)n);
+}
+
+lm_status lm_context_create(const lm_context_options *options, lm_context **out)
+{
+    if (!out)
+        return LM_ERR_INVALID_ARGUMENT;
+    lm_context_options opts = LM_CONTEXT_OPTIONS_INIT;
+    if (options) {
+        if (options->struct_size < LM_CONTEXT_OPTIONS_V1_SIZE)
+            return LM_ERR_ABI;
+        /* A newer caller's fields beyond what we know are ignored only when
+         * they are zero: otherwise the caller asked for something we can't
+         * do. */
+        if (options->struct_size > sizeof(opts)) {
+            const unsigned char *extra =
+                (const unsigned char *)options + sizeof(opts);
+            for (size_t i = 0; i < options->struct_size - sizeof(opts); i++)
+                if (extra[i])
+                    return LM_ERR_ABI;
+        }
+        memcpy(&opts, options, sizeof(opts));
+        opts.struct_size = sizeof(opts);
+    }
+    if (opts.n_threads < 0)
+        return LM_ERR_INVALID_ARGUMENT;
+    if (opts.allocator) {
+        if (opts.allocator->struct_size < sizeof(lm_allocator) ||
+            !opts.allocator->alloc || !opts.allocator->free)
+            return LM_ERR_INVALID_ARGUMENT;
+    }
+
+    lm_context *ctx;
+    if (opts.allocator)
+        ctx = opts.allocator->alloc(sizeof(*ctx), opts.allocator->user);
+    else
+        ctx = malloc(sizeof(*ctx));
+    if (!ctx)
+        return LM_ERR_OUT_OF_MEMORY;
+    memset(ctx, 0, sizeof(*ctx));
+    ctx->n_threads = opts.n_threads ? opts.n_threads : online_cores();
+    ctx->seed = opts.seed;
+    ctx->log = opts.log;
+    ctx->log_user = opts.log_user;
+    ctx->log_level = opts.log_level;
+    if (opts.allocator) {
+        ctx->allocator = *opts.allocator;
+        ctx->has_allocator = true;
+    }
+    if (pthread_mutex_init(&ctx->error_lock, NULL) != 0) {
+        if (ctx->has_allocator)
+            ctx->allocator.free(ctx, ctx->allocator.user);
+        else
+            free(ctx);
+        return LM_ERR_INTERNAL;
+    }
+    lm_status st = lm__register_builtin_strategies(ctx);
+    if (st != LM_OK) {
+        lm_context_destroy(ctx);
+        return st;
+    }
+    *out = ctx;
+    return LM_OK;
+}
+
+void lm_context_destroy(lm_context *ctx)
+{
+    if (!ctx)
+        return;
+    for (size_t i = 0; i < ctx->n_strategies; i++) {
+        lm_free(ctx, (void *)ctx->strategies[i]->params);
+        lm_free(ctx, ctx->strategies[i]);
+    }
+    lm_free(ctx, ctx->strategies);
+    pthread_mutex_destroy(&ctx->error_lock);
+    if (ctx->has_allocator)
+        ctx->allocator.free(ctx, ctx->allocator.user);
+    else
+        free(ctx);
+}
+
+int lm_context_threads(const lm_context *ctx) { return ctx ? ctx->n_threads : 1; }
+
+uint64_t lm_context_seed(const lm_context *ctx) { return ctx ? ctx->seed : 0; }
+
+const char *lm_context_error(const lm_context *ctx)
+{
+    return ctx ? ctx->error : "";
+}
+
+lm_status lm_context_error_status(const lm_context *ctx)
+{
+    if (!ctx)
+        return LM_ERR_INVALID_ARGUMENT;
+    lm_context *c = (lm_context *)ctx;
+    pthread_mutex_lock(&c->error_lock);
+    lm_status st = c->error_status;
+    pthread_mutex_unlock(&c->error_lock);
+    return st;
+}
+
+size_t lm_context_copy_error(const lm_context *ctx, char *buf, size_t size)
+{
+    if (!ctx) {
+        if (buf && size)
+            buf[0] = '\0';
+        return 0;
+    }
+    lm_context *c = (lm_context *)ctx;
+    pthread_mutex_lock(&c->error_lock);
+    size_t len = strlen(c->error);
+    if (buf && size) {
+        size_t n = len < size - 1 ? len : size - 1;
+        memcpy(buf, c->error, n);
+        buf[n] = '\0';
+    }
+    pthread_mutex_unlock(&c->error_lock);
+    return len;
+}
+
+void lm_context_clear_error(lm_context *ctx)
+{
+    if (!ctx)
+        return;
+    pthread_mutex_lock(&ctx->error_lock);
+    ctx->error_status = LM_OK;
+    ctx->error[0] = '\0';
+    pthread_mutex_unlock(&ctx->error_lock);
+}
+
+lm_status lm_context_set_error(lm_context *ctx, lm_status status,
+                               const char *format, ...)
+{
+    if (!ctx)
+        return status;
+    char msg[LM_ERROR_CAPACITY];
+    va_list ap;
+    va_start(ap, format);
+    vsnprintf(msg, sizeof(msg), format, ap);
+    va_end(ap);
+    pthread_mutex_lock(&ctx->error_lock);
+    ctx->error_status = status;
+    memcpy(ctx->error, msg, sizeof(msg));
+    pthread_mutex_unlock(&ctx->error_lock);
+    lm_log(ctx, LM_LOG_ERROR, "%s", msg);
+    return status;
+}
+
+void lm_log(lm_context *ctx, int level, const char *format, ...)
+{
+    if (!ctx || !ctx->log || level > ctx->log_level)
+        return;
+    char msg[LM_ERROR_CAPACITY];
+    va_list ap;
+    va_start(ap, format);
+    vsnprintf(msg, sizeof(msg), format, ap);
+    va_end(ap);
+    ctx->log(level, msg, ctx->log_user);
+}
+
+void *lm_alloc(lm_context *ctx, size_t size)
+{
+    if (size == 0)
+        size = 1;
+    if (ctx && ctx->has_allocator)
+        return ctx->allocator.alloc(size, ctx->allocator.user);
+    return malloc(size);
+}
+
+void lm_free(lm_context *ctx, void *ptr)
+{
+    if (!ptr)
+        return;
+    if (ctx && ctx->has_allocator)
+        ctx->allocator.free(ptr, ctx->allocator.user);
+    else
+        free(ptr);
+}
+
+void *lm__calloc(lm_context *ctx, size_t n, size_t size)
+{
+    if (size && n > SIZE_MAX / size)
+        return NULL;
+    size_t bytes = n * size;
+    void *p = lm_alloc(ctx, bytes);
+    if (p)
+        memset(p, 0, bytes > 0 ? bytes : 1);
+    return p;
+}
+
+char *lm__strdup(lm_context *ctx, const char *s)
+{
+    size_t n = strlen(s) + 1;
+    char *p = lm_alloc(ctx, n);
+    if (p)
+        memcpy(p, s, n);
+    return p;
+}
+
+uint64_t lm__mix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+uint64_t lm__hash_string(uint64_t seed, const char *s)
+{
+    /* FNV-1a over the bytes, then mixed with the seed. */
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 0x100000001b3ULL;
+    }
+    return lm__mix64(h ^ lm__mix64(seed));
+}

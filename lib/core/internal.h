@@ -1,0 +1,116 @@
+/* Internal definitions shared by the library's modules. Not installed.
+ *
+ * Copyright libmerge authors. SPDX-License-Identifier: Apache-2.0
+ */
+#ifndef LM_CORE_INTERNAL_H
+#define LM_CORE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+
+#include "libmerge.h"
+#include "libmerge/sys/strategy.h"
+
+#define LM_ERROR_CAPACITY 1024
+
+struct lm_context {
+    int n_threads;
+    uint64_t seed;
+    lm_log_fn log;
+    void *log_user;
+    int log_level;
+    lm_allocator allocator;
+    bool has_allocator;
+
+    pthread_mutex_t error_lock;
+    lm_status error_status;
+    char error[LM_ERROR_CAPACITY];
+
+    /* Registration order; each entry individually allocated so pointers
+     * handed out stay valid, with its params table normalised to the
+     * current lm_param_desc layout and owned by the registry. */
+    lm_strategy_vtable **strategies;
+    size_t n_strategies;
+    size_t cap_strategies;
+};
+
+struct lm_tensor {
+    lm_context *ctx;
+    lm_dtype dtype;
+    int ndim;
+    int64_t shape[LM_MAX_DIMS];
+    size_t numel;
+    void *data;
+    bool owns_data;
+};
+
+struct lm_model_entry {
+    char *name;
+    lm_tensor *tensor;
+};
+
+struct lm_model {
+    lm_context *ctx;
+    struct lm_model_entry *entries; /* insertion order */
+    size_t count, cap;
+    size_t *index;                  /* open-addressing hash: entry+1, 0=empty */
+    size_t index_cap;               /* power of two */
+    /* An external resource the tensors point into (e.g. a file mapping);
+     * released after the tensors when the model is destroyed. */
+    void (*release)(void *resource);
+    void *resource;
+};
+
+struct lm_plan {
+    lm_context *ctx;
+    const lm_strategy_vtable *vt;
+    lm_params *params;
+    const lm_model *base;
+    const lm_model **models;
+    double *weights;
+    size_t n_models, cap_models;
+};
+
+/* Run the plan into `out` (executor.c). */
+lm_status lm__execute(lm_plan *plan, lm_model **out);
+
+/* Attach a resource released (after all tensors) when the model dies. Only
+ * one per model; returns LM_ERR_STATE if one is already attached. */
+lm_status lm__model_attach_resource(lm_model *model,
+                                    void (*release)(void *resource),
+                                    void *resource);
+
+/* Helpers for the rest of the library. */
+size_t lm__numel_checked(int ndim, const int64_t *shape, bool *overflow);
+/* Convert a tensor's elements to a caller-provided f32 buffer. */
+void lm__to_f32(const lm_tensor *tensor, float *dst);
+/* 64-bit mix (splitmix64 finaliser) and string hash for seeds. */
+uint64_t lm__mix64(uint64_t x);
+uint64_t lm__hash_string(uint64_t seed, const char *s);
+/* malloc-style helpers through the context allocator. */
+void *lm__calloc(lm_context *ctx, size_t n, size_t size);
+char *lm__strdup(lm_context *ctx, const char *s);
+/* Same shape and dtype as the base tensor, or a message naming the tensor
+ * prefixed by `what`. */
+lm_status lm__check_pair(lm_context *ctx, const char *what, const char *name,
+                         const lm_tensor *base, const lm_tensor *other);
+/* Parameter values for a plan (params.c). */
+lm_status lm__params_create(lm_context *ctx, const lm_strategy_vtable *vt,
+                            lm_params **out);
+void lm__params_destroy(lm_params *params);
+lm_status lm__params_set_float(lm_params *params, const char *name,
+                               double value);
+lm_status lm__params_set_string(lm_params *params, const char *name,
+                                const char *value);
+/* Register the built-in strategies (lib/strategies/builtin.c). */
+lm_status lm__register_builtin_strategies(lm_context *ctx);
+
+/* Return early on failure. */
+#define LM_TRY(expr)                     \
+    do {                                 \
+        lm_status lm_try_s_ = (expr);    \
+        if (lm_try_s_ != LM_OK)          \
+            return lm_try_s_;            \
+    } while (0)
+
+#endif /* LM_CORE_INTERNAL_H */

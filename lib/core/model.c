@@ -1,0 +1,133 @@
+/* Named tensor sets with insertion order and hashed lookup. */
+#include <string.h>
+
+#include "core/internal.h"
+
+lm_status lm_model_create(lm_context *ctx, lm_model **out)
+{
+    if (!ctx || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    lm_model *m = lm__calloc(ctx, 1, sizeof(*m));
+    if (!m)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "model: out of memory");
+    m->ctx = ctx;
+    *out = m;
+    return LM_OK;
+}
+
+void lm_model_destroy(lm_model *m)
+{
+    if (!m)
+        return;
+    for (size_t i = 0; i < m->count; i++) {
+        lm_tensor_destroy(m->entries[i].tensor);
+        lm_free(m->ctx, m->entries[i].name);
+    }
+    lm_free(m->ctx, m->entries);
+    lm_free(m->ctx, m->index);
+    if (m->release)
+        m->release(m->resource);
+    lm_free(m->ctx, m);
+}
+
+lm_status lm__model_attach_resource(lm_model *m, void (*release)(void *),
+                                    void *resource)
+{
+    if (!m || !release)
+        return LM_ERR_INVALID_ARGUMENT;
+    if (m->release)
+        return LM_ERR_STATE;
+    m->release = release;
+    m->resource = resource;
+    return LM_OK;
+}
+
+/* Slot holding `name`, or the empty slot where it would go. */
+static size_t probe(const lm_model *m, const char *name)
+{
+    size_t mask = m->index_cap - 1;
+    size_t slot = (size_t)lm__hash_string(0, name) & mask;
+    while (m->index[slot] &&
+           strcmp(m->entries[m->index[slot] - 1].name, name) != 0)
+        slot = (slot + 1) & mask;
+    return slot;
+}
+
+static lm_status grow_index(lm_model *m)
+{
+    size_t cap = m->index_cap ? m->index_cap * 2 : 16;
+    size_t *index = lm__calloc(m->ctx, cap, sizeof(*index));
+    if (!index)
+        return LM_ERR_OUT_OF_MEMORY;
+    lm_free(m->ctx, m->index);
+    m->index = index;
+    m->index_cap = cap;
+    for (size_t i = 0; i < m->count; i++)
+        m->index[probe(m, m->entries[i].name)] = i + 1;
+    return LM_OK;
+}
+
+lm_status lm_model_add(lm_model *m, const char *name, lm_tensor *tensor)
+{
+    if (!m || !tensor)
+        return LM_ERR_INVALID_ARGUMENT;
+    if (!name || !*name)
+        return lm_context_set_error(m->ctx, LM_ERR_INVALID_ARGUMENT,
+                                    "model: tensor name is empty");
+    if (m->index_cap && m->index[probe(m, name)])
+        return lm_context_set_error(m->ctx, LM_ERR_EXISTS,
+                                    "model: duplicate tensor name '%s'", name);
+    if ((m->count + 1) * 2 > m->index_cap && grow_index(m) != LM_OK)
+        return lm_context_set_error(m->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "model: out of memory adding '%s'", name);
+    if (m->count == m->cap) {
+        size_t cap = m->cap ? m->cap * 2 : 16;
+        struct lm_model_entry *e = lm__calloc(m->ctx, cap, sizeof(*e));
+        if (!e)
+            return lm_context_set_error(m->ctx, LM_ERR_OUT_OF_MEMORY,
+                                        "model: out of memory adding '%s'",
+                                        name);
+        if (m->count)
+            memcpy(e, m->entries, m->count * sizeof(*e));
+        lm_free(m->ctx, m->entries);
+        m->entries = e;
+        m->cap = cap;
+    }
+    char *copy = lm__strdup(m->ctx, name);
+    if (!copy)
+        return lm_context_set_error(m->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "model: out of memory adding '%s'", name);
+    m->entries[m->count].name = copy;
+    m->entries[m->count].tensor = tensor;
+    m->count++;
+    m->index[probe(m, name)] = m->count;
+    return LM_OK;
+}
+
+size_t lm_model_count(const lm_model *m) { return m ? m->count : 0; }
+
+const char *lm_model_name(const lm_model *m, size_t i)
+{
+    return m && i < m->count ? m->entries[i].name : NULL;
+}
+
+lm_tensor *lm_model_tensor(const lm_model *m, size_t i)
+{
+    return m && i < m->count ? m->entries[i].tensor : NULL;
+}
+
+lm_status lm_model_find(const lm_model *m, const char *name, lm_tensor **out)
+{
+    if (!m || !name || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    if (m->index_cap) {
+        size_t e = m->index[probe(m, name)];
+        if (e) {
+            *out = m->entries[e - 1].tensor;
+            return LM_OK;
+        }
+    }
+    return lm_context_set_error(m->ctx, LM_ERR_NOT_FOUND,
+                                "model: no tensor named '%s'", name);
+}

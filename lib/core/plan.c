@@ -1,0 +1,111 @@
+/* Merge plans: strategy, parameters and inputs. */
+#include <math.h>
+#include <string.h>
+
+#include "core/internal.h"
+
+lm_status lm_plan_create(lm_context *ctx, const char *strategy, lm_plan **out)
+{
+    if (!ctx || !strategy || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    const lm_strategy_vtable *vt;
+    LM_TRY(lm_strategy_find(ctx, strategy, &vt));
+    lm_plan *p = lm__calloc(ctx, 1, sizeof(*p));
+    if (!p)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "plan: out of memory");
+    p->ctx = ctx;
+    p->vt = vt;
+    if (lm__params_create(ctx, vt, &p->params) != LM_OK) {
+        lm_free(ctx, p);
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "plan: out of memory");
+    }
+    *out = p;
+    return LM_OK;
+}
+
+void lm_plan_destroy(lm_plan *p)
+{
+    if (!p)
+        return;
+    lm__params_destroy(p->params);
+    lm_free(p->ctx, (void *)p->models);
+    lm_free(p->ctx, p->weights);
+    lm_free(p->ctx, p);
+}
+
+const char *lm_plan_strategy(const lm_plan *p) { return p ? p->vt->name : NULL; }
+
+lm_status lm_plan_set_float(lm_plan *p, const char *name, double value)
+{
+    if (!p || !name)
+        return LM_ERR_INVALID_ARGUMENT;
+    return lm__params_set_float(p->params, name, value);
+}
+
+lm_status lm_plan_set_string(lm_plan *p, const char *name, const char *value)
+{
+    if (!p || !name || !value)
+        return LM_ERR_INVALID_ARGUMENT;
+    return lm__params_set_string(p->params, name, value);
+}
+
+lm_status lm_plan_set_base(lm_plan *p, const lm_model *base)
+{
+    if (!p || !base)
+        return LM_ERR_INVALID_ARGUMENT;
+    p->base = base;
+    return LM_OK;
+}
+
+lm_status lm_plan_add_model(lm_plan *p, const lm_model *model, double weight)
+{
+    if (!p || !model)
+        return LM_ERR_INVALID_ARGUMENT;
+    if (!isfinite(weight))
+        return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_RANGE,
+                                    "plan: weight of model %zu is not finite",
+                                    p->n_models);
+    if (p->n_models == p->cap_models) {
+        size_t cap = p->cap_models ? p->cap_models * 2 : 8;
+        const lm_model **models = lm__calloc(p->ctx, cap, sizeof(*models));
+        double *weights = lm__calloc(p->ctx, cap, sizeof(*weights));
+        if (!models || !weights) {
+            lm_free(p->ctx, (void *)models);
+            lm_free(p->ctx, weights);
+            return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
+                                        "plan: out of memory");
+        }
+        if (p->n_models) {
+            memcpy((void *)models, p->models,
+                   p->n_models * sizeof(*models));
+            memcpy(weights, p->weights, p->n_models * sizeof(*weights));
+        }
+        lm_free(p->ctx, (void *)p->models);
+        lm_free(p->ctx, p->weights);
+        p->models = models;
+        p->weights = weights;
+        p->cap_models = cap;
+    }
+    p->models[p->n_models] = model;
+    p->weights[p->n_models] = weight;
+    p->n_models++;
+    return LM_OK;
+}
+
+size_t lm_plan_model_count(const lm_plan *p) { return p ? p->n_models : 0; }
+
+lm_status lm_plan_execute(lm_plan *p, lm_model **out)
+{
+    if (!p || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    if (!p->base)
+        return lm_context_set_error(p->ctx, LM_ERR_STATE,
+                                    "plan: no base model (lm_plan_set_base)");
+    if (!p->n_models)
+        return lm_context_set_error(p->ctx, LM_ERR_STATE,
+                                    "plan: no models to merge "
+                                    "(lm_plan_add_model)");
+    return lm__execute(p, out);
+}

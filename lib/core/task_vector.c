@@ -1,0 +1,139 @@
+/* Task vectors: per-tensor f32 deltas (fine-tuned minus base). */
+#include <stdio.h>
+#include <string.h>
+
+#include "core/internal.h"
+
+struct lm_task_vector {
+    lm_context *ctx;
+    lm_model *deltas;
+};
+
+lm_status lm__check_pair(lm_context *ctx, const char *what, const char *name,
+                         const lm_tensor *base, const lm_tensor *other)
+{
+    bool same = base->ndim == other->ndim;
+    for (int d = 0; same && d < base->ndim; d++)
+        same = base->shape[d] == other->shape[d];
+    if (!same) {
+        char a[128] = "", b[128] = "";
+        for (int d = 0; d < base->ndim; d++)
+            snprintf(a + strlen(a), sizeof(a) - strlen(a), "%s%lld",
+                     d ? "," : "", (long long)base->shape[d]);
+        for (int d = 0; d < other->ndim; d++)
+            snprintf(b + strlen(b), sizeof(b) - strlen(b), "%s%lld",
+                     d ? "," : "", (long long)other->shape[d]);
+        return lm_context_set_error(ctx, LM_ERR_SHAPE,
+                                    "%s: tensor '%s' has shape [%s] but the "
+                                    "base has [%s]", what, name, b, a);
+    }
+    if (base->dtype != other->dtype)
+        return lm_context_set_error(ctx, LM_ERR_DTYPE,
+                                    "%s: tensor '%s' is %s but the base is %s",
+                                    what, name, lm_dtype_name(other->dtype),
+                                    lm_dtype_name(base->dtype));
+    return LM_OK;
+}
+
+static lm_status make_delta(lm_context *ctx, const lm_tensor *b,
+                            const lm_tensor *f, lm_tensor **out)
+{
+    lm_tensor *d;
+    LM_TRY(lm_tensor_create(ctx, LM_F32, b->ndim, b->shape, &d));
+    float *dst = d->data;
+    if (b->dtype == LM_F64) {
+        const double *bd = b->data, *fd = f->data;
+        for (size_t i = 0; i < b->numel; i++)
+            dst[i] = (float)(fd[i] - bd[i]);
+    } else {
+        /* f16/bf16/f32 values are exact in double, so the difference is
+         * rounded only once. */
+        for (size_t i = 0; i < b->numel; i++) {
+            double bv, fv;
+            lm_convert((const char *)b->data + i * lm_dtype_size(b->dtype),
+                       b->dtype, &bv, LM_F64, 1);
+            lm_convert((const char *)f->data + i * lm_dtype_size(f->dtype),
+                       f->dtype, &fv, LM_F64, 1);
+            dst[i] = (float)(fv - bv);
+        }
+    }
+    *out = d;
+    return LM_OK;
+}
+
+lm_status lm_task_vector_create(lm_context *ctx, const lm_model *base,
+                                const lm_model *finetuned,
+                                lm_task_vector **out)
+{
+    if (!ctx || !base || !finetuned || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    for (size_t i = 0; i < finetuned->count; i++) {
+        lm_tensor *t;
+        if (lm_model_find(base, finetuned->entries[i].name, &t) != LM_OK)
+            return lm_context_set_error(ctx, LM_ERR_NOT_FOUND,
+                                        "task vector: tensor '%s' of the "
+                                        "fine-tuned model is not in the base",
+                                        finetuned->entries[i].name);
+    }
+    lm_task_vector *tv = lm__calloc(ctx, 1, sizeof(*tv));
+    if (!tv)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "task vector: out of memory");
+    tv->ctx = ctx;
+    lm_status st = lm_model_create(ctx, &tv->deltas);
+    for (size_t i = 0; st == LM_OK && i < base->count; i++) {
+        const char *name = base->entries[i].name;
+        const lm_tensor *b = base->entries[i].tensor;
+        lm_tensor *f, *d = NULL;
+        if (lm_model_find(finetuned, name, &f) != LM_OK) {
+            st = lm_context_set_error(ctx, LM_ERR_NOT_FOUND,
+                                      "task vector: base tensor '%s' is "
+                                      "missing from the fine-tuned model",
+                                      name);
+            break;
+        }
+        st = lm__check_pair(ctx, "task vector", name, b, f);
+        if (st == LM_OK)
+            st = make_delta(ctx, b, f, &d);
+        if (st == LM_OK) {
+            st = lm_model_add(tv->deltas, name, d);
+            if (st != LM_OK)
+                lm_tensor_destroy(d);
+        }
+    }
+    if (st != LM_OK) {
+        lm_task_vector_destroy(tv);
+        return st;
+    }
+    *out = tv;
+    return LM_OK;
+}
+
+void lm_task_vector_destroy(lm_task_vector *tv)
+{
+    if (!tv)
+        return;
+    lm_model_destroy(tv->deltas);
+    lm_free(tv->ctx, tv);
+}
+
+size_t lm_task_vector_count(const lm_task_vector *tv)
+{
+    return tv ? lm_model_count(tv->deltas) : 0;
+}
+
+const char *lm_task_vector_name(const lm_task_vector *tv, size_t i)
+{
+    return tv ? lm_model_name(tv->deltas, i) : NULL;
+}
+
+lm_status lm_task_vector_find(const lm_task_vector *tv, const char *name,
+                              const lm_tensor **out)
+{
+    if (!tv || !name || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    lm_tensor *t;
+    LM_TRY(lm_model_find(tv->deltas, name, &t));
+    *out = t;
+    return LM_OK;
+}

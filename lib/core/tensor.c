@@ -1,0 +1,207 @@
+/* Dense tensors: owned or wrapping caller memory. */
+#include <string.h>
+
+#include "core/internal.h"
+
+size_t lm__numel_checked(int ndim, const int64_t *shape, bool *overflow)
+{
+    size_t n = 1;
+    *overflow = false;
+    for (int i = 0; i < ndim; i++) {
+        uint64_t d = (uint64_t)shape[i];
+        if (d && n > SIZE_MAX / d) {
+            *overflow = true;
+            return 0;
+        }
+        n *= (size_t)d;
+    }
+    return n;
+}
+
+static lm_status check_shape(lm_context *ctx, lm_dtype dtype, int ndim,
+                             const int64_t *shape, size_t *numel)
+{
+    if (!lm_dtype_size(dtype))
+        return lm_context_set_error(ctx, LM_ERR_DTYPE,
+                                    "tensor: unknown dtype %d", (int)dtype);
+    if (ndim < 0 || ndim > LM_MAX_DIMS)
+        return lm_context_set_error(ctx, LM_ERR_SHAPE,
+                                    "tensor: ndim %d outside 0..%d", ndim,
+                                    LM_MAX_DIMS);
+    if (ndim > 0 && !shape)
+        return lm_context_set_error(ctx, LM_ERR_INVALID_ARGUMENT,
+                                    "tensor: shape is NULL for ndim %d", ndim);
+    for (int i = 0; i < ndim; i++)
+        if (shape[i] < 0)
+            return lm_context_set_error(ctx, LM_ERR_SHAPE,
+                                        "tensor: dimension %d is negative "
+                                        "(%lld)", i, (long long)shape[i]);
+    bool overflow;
+    size_t n = lm__numel_checked(ndim, shape, &overflow);
+    if (overflow || n > SIZE_MAX / lm_dtype_size(dtype))
+        return lm_context_set_error(ctx, LM_ERR_SHAPE,
+                                    "tensor: byte size overflows size_t");
+    *numel = n;
+    return LM_OK;
+}
+
+static lm_status new_tensor(lm_context *ctx, lm_dtype dtype, int ndim,
+                            const int64_t *shape, size_t numel,
+                            lm_tensor **out)
+{
+    lm_tensor *t = lm__calloc(ctx, 1, sizeof(*t));
+    if (!t)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "tensor: out of memory");
+    t->ctx = ctx;
+    t->dtype = dtype;
+    t->ndim = ndim;
+    for (int i = 0; i < ndim; i++)
+        t->shape[i] = shape[i];
+    t->numel = numel;
+    *out = t;
+    return LM_OK;
+}
+
+lm_status lm_tensor_create(lm_context *ctx, lm_dtype dtype, int ndim,
+                           const int64_t *shape, lm_tensor **out)
+{
+    if (!ctx || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    size_t numel;
+    LM_TRY(check_shape(ctx, dtype, ndim, shape, &numel));
+    lm_tensor *t;
+    LM_TRY(new_tensor(ctx, dtype, ndim, shape, numel, &t));
+    t->data = lm__calloc(ctx, numel ? numel : 1, lm_dtype_size(dtype));
+    if (!t->data) {
+        lm_free(ctx, t);
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "tensor: cannot allocate %zu bytes",
+                                    numel * lm_dtype_size(dtype));
+    }
+    t->owns_data = true;
+    *out = t;
+    return LM_OK;
+}
+
+lm_status lm_tensor_wrap(lm_context *ctx, lm_dtype dtype, int ndim,
+                         const int64_t *shape, void *data, size_t nbytes,
+                         lm_tensor **out)
+{
+    if (!ctx || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    size_t numel;
+    LM_TRY(check_shape(ctx, dtype, ndim, shape, &numel));
+    size_t want = numel * lm_dtype_size(dtype);
+    if (nbytes != want)
+        return lm_context_set_error(ctx, LM_ERR_SHAPE,
+                                    "tensor: wrap of %zu bytes but shape x "
+                                    "%s needs %zu", nbytes,
+                                    lm_dtype_name(dtype), want);
+    if (!data && want)
+        return lm_context_set_error(ctx, LM_ERR_INVALID_ARGUMENT,
+                                    "tensor: wrap of NULL data");
+    if (data && (uintptr_t)data % lm_dtype_size(dtype))
+        return lm_context_set_error(ctx, LM_ERR_INVALID_ARGUMENT,
+                                    "tensor: wrapped data is not aligned to "
+                                    "its %zu-byte elements",
+                                    lm_dtype_size(dtype));
+    lm_tensor *t;
+    LM_TRY(new_tensor(ctx, dtype, ndim, shape, numel, &t));
+    t->data = data;
+    t->owns_data = false;
+    *out = t;
+    return LM_OK;
+}
+
+lm_status lm_tensor_clone(lm_context *ctx, const lm_tensor *src,
+                          lm_tensor **out)
+{
+    if (!ctx || !src || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    lm_tensor *t;
+    LM_TRY(lm_tensor_create(ctx, src->dtype, src->ndim, src->shape, &t));
+    if (src->numel)
+        memcpy(t->data, src->data, lm_tensor_nbytes(src));
+    *out = t;
+    return LM_OK;
+}
+
+void lm_tensor_destroy(lm_tensor *t)
+{
+    if (!t)
+        return;
+    if (t->owns_data)
+        lm_free(t->ctx, t->data);
+    lm_free(t->ctx, t);
+}
+
+lm_dtype lm_tensor_dtype(const lm_tensor *t) { return t ? t->dtype : LM_F32; }
+int lm_tensor_ndim(const lm_tensor *t) { return t ? t->ndim : 0; }
+
+int64_t lm_tensor_dim(const lm_tensor *t, int i)
+{
+    if (!t || i < 0 || i >= t->ndim)
+        return -1;
+    return t->shape[i];
+}
+
+const int64_t *lm_tensor_shape(const lm_tensor *t) { return t ? t->shape : NULL; }
+size_t lm_tensor_numel(const lm_tensor *t) { return t ? t->numel : 0; }
+
+size_t lm_tensor_nbytes(const lm_tensor *t)
+{
+    return t ? t->numel * lm_dtype_size(t->dtype) : 0;
+}
+
+void *lm_tensor_data(lm_tensor *t) { return t ? t->data : NULL; }
+const void *lm_tensor_cdata(const lm_tensor *t) { return t ? t->data : NULL; }
+int lm_tensor_is_wrapped(const lm_tensor *t) { return t && !t->owns_data; }
+
+lm_status lm_tensor_get(const lm_tensor *t, size_t index, double *out)
+{
+    if (!t || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    if (index >= t->numel)
+        return lm_context_set_error(t->ctx, LM_ERR_OUT_OF_RANGE,
+                                    "tensor: index %zu >= numel %zu", index,
+                                    t->numel);
+    return lm_convert((const char *)t->data + index * lm_dtype_size(t->dtype),
+                      t->dtype, out, LM_F64, 1);
+}
+
+lm_status lm_tensor_set(lm_tensor *t, size_t index, double value)
+{
+    if (!t)
+        return LM_ERR_INVALID_ARGUMENT;
+    if (index >= t->numel)
+        return lm_context_set_error(t->ctx, LM_ERR_OUT_OF_RANGE,
+                                    "tensor: index %zu >= numel %zu", index,
+                                    t->numel);
+    return lm_convert(&value, LM_F64,
+                      (char *)t->data + index * lm_dtype_size(t->dtype),
+                      t->dtype, 1);
+}
+
+lm_status lm_tensor_get_at(const lm_tensor *t, const int64_t *indices,
+                           double *out)
+{
+    if (!t || (!indices && t->ndim) || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    size_t flat = 0;
+    for (int i = 0; i < t->ndim; i++) {
+        if (indices[i] < 0 || indices[i] >= t->shape[i])
+            return lm_context_set_error(t->ctx, LM_ERR_OUT_OF_RANGE,
+                                        "tensor: index %lld outside "
+                                        "dimension %d of size %lld",
+                                        (long long)indices[i], i,
+                                        (long long)t->shape[i]);
+        flat = flat * (size_t)t->shape[i] + (size_t)indices[i];
+    }
+    return lm_tensor_get(t, flat, out);
+}
+
+void lm__to_f32(const lm_tensor *t, float *dst)
+{
+    lm_convert(t->data, t->dtype, dst, LM_F32, t->numel);
+}

@@ -1,0 +1,31 @@
+/* Registration of the built-in strategies, and helpers they share. */
+#include "strategies/builtin.h"
+
+static const lm_strategy_vtable *const builtins[] = {
+    &lm__average_strategy,
+    &lm__task_arithmetic_strategy,
+};
+
+lm_status lm__register_builtin_strategies(lm_context *ctx)
+{
+    for (size_t i = 0; i < sizeof(builtins) / sizeof(builtins[0]); i++)
+        LM_TRY(lm_register_strategy(ctx, builtins[i]));
+    return LM_OK;
+}
+
+void lm__weighted_sum(const lm_tensor_job *job, double scale)
+{
+    for (size_t i = 0; i < job->numel; i++) {
+        double acc = 0.0;
+        for (size_t t = 0; t < job->n_models; t++)
+            acc += job->weights[t] * (double)job->deltas[t][i];
+        job->out[i] = (float)(scale * acc);
+    }
+}
+
+void lm__scalar_state_fini(void *state, void *user)
+{
+    (void)user;
+    if (state)
+        lm_free(((struct lm__scalar_state *)state)->ctx, state);
+}

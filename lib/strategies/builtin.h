@@ -1,0 +1,23 @@
+/* Built-in strategies and helpers they share. Not installed. */
+#ifndef LM_STRATEGIES_BUILTIN_H
+#define LM_STRATEGIES_BUILTIN_H
+
+#include "core/internal.h"
+
+/* Each built-in is a vtable registered by lm__register_builtin_strategies
+ * through the public lm_register_strategy, as a plugin would be. */
+extern const lm_strategy_vtable lm__average_strategy;
+extern const lm_strategy_vtable lm__task_arithmetic_strategy;
+
+/* job->out[i] = scale * sum_t weights[t] * deltas[t][i], accumulated in
+ * f64 and rounded once. */
+void lm__weighted_sum(const lm_tensor_job *job, double scale);
+
+/* A strategy state that is just a few numbers read at init. */
+struct lm__scalar_state {
+    lm_context *ctx;
+    double value[4];
+};
+void lm__scalar_state_fini(void *state, void *user);
+
+#endif

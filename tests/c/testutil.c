@@ -1,0 +1,1 @@
+int lm_testutil_placeholder;
