@@ -1,1 +1,193 @@
-int main(void){return 0;}
+/* Context creation, options ABI, errors, allocator and logging. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+START_TEST(defaults)
+{
+    lm_context *ctx = NULL;
+    ck_assert_ok(lm_context_create(NULL, &ctx));
+    ck_assert_int_ge(lm_context_threads(ctx), 1);
+    ck_assert_uint_eq(lm_context_seed(ctx), 0);
+    ck_assert_str_eq(lm_context_error(ctx), "");
+    ck_assert_int_eq(lm_context_error_status(ctx), LM_OK);
+    lm_context_destroy(ctx);
+    lm_context_destroy(NULL);
+}
+END_TEST
+
+START_TEST(options_are_read)
+{
+    lm_context_options o = LM_CONTEXT_OPTIONS_INIT;
+    o.n_threads = 3;
+    o.seed = 42;
+    lm_context *ctx = NULL;
+    ck_assert_ok(lm_context_create(&o, &ctx));
+    ck_assert_int_eq(lm_context_threads(ctx), 3);
+    ck_assert_uint_eq(lm_context_seed(ctx), 42);
+    lm_context_destroy(ctx);
+}
+END_TEST
+
+START_TEST(bad_options)
+{
+    lm_context *ctx = NULL;
+    ck_assert_status(lm_context_create(NULL, NULL), LM_ERR_INVALID_ARGUMENT);
+    lm_context_options o = LM_CONTEXT_OPTIONS_INIT;
+    o.n_threads = -1;
+    ck_assert_status(lm_context_create(&o, &ctx), LM_ERR_INVALID_ARGUMENT);
+    o = (lm_context_options)LM_CONTEXT_OPTIONS_INIT;
+    o.struct_size = 4;
+    ck_assert_status(lm_context_create(&o, &ctx), LM_ERR_ABI);
+    ck_assert_ptr_null(ctx);
+}
+END_TEST
+
+/* A caller built against a newer header with extra zero fields works;
+ * non-zero unknown fields are refused. */
+START_TEST(newer_options_struct)
+{
+    struct {
+        lm_context_options base;
+        uint64_t future;
+    } big;
+    memset(&big, 0, sizeof(big));
+    big.base = (lm_context_options)LM_CONTEXT_OPTIONS_INIT;
+    big.base.struct_size = sizeof(big);
+    big.base.n_threads = 2;
+    lm_context *ctx = NULL;
+    ck_assert_ok(lm_context_create(&big.base, &ctx));
+    ck_assert_int_eq(lm_context_threads(ctx), 2);
+    lm_context_destroy(ctx);
+    big.future = 1;
+    ck_assert_status(lm_context_create(&big.base, &ctx), LM_ERR_ABI);
+}
+END_TEST
+
+START_TEST(error_message_set_copy_clear)
+{
+    lm_context *ctx = tu_context(1, 0);
+    ck_assert_int_eq(lm_context_set_error(ctx, LM_ERR_FORMAT, "bad %s %d",
+                                          "thing", 7),
+                     LM_ERR_FORMAT);
+    ck_assert_str_eq(lm_context_error(ctx), "bad thing 7");
+    ck_assert_int_eq(lm_context_error_status(ctx), LM_ERR_FORMAT);
+    char buf[5];
+    ck_assert_uint_eq(lm_context_copy_error(ctx, buf, sizeof(buf)), 11);
+    ck_assert_str_eq(buf, "bad ");
+    lm_context_clear_error(ctx);
+    ck_assert_str_eq(lm_context_error(ctx), "");
+    ck_assert_int_eq(lm_context_error_status(ctx), LM_OK);
+    lm_context_destroy(ctx);
+}
+END_TEST
+
+struct counting_alloc {
+    int allocs, frees;
+};
+
+static void *count_alloc(size_t n, void *user)
+{
+    ((struct counting_alloc *)user)->allocs++;
+    return malloc(n);
+}
+
+static void count_free(void *p, void *user)
+{
+    if (p)
+        ((struct counting_alloc *)user)->frees++;
+    free(p);
+}
+
+START_TEST(custom_allocator_used_and_balanced)
+{
+    struct counting_alloc c = {0, 0};
+    lm_allocator a = {sizeof(a), count_alloc, count_free, &c};
+    lm_context_options o = LM_CONTEXT_OPTIONS_INIT;
+    o.allocator = &a;
+    lm_context *ctx = NULL;
+    ck_assert_ok(lm_context_create(&o, &ctx));
+    int64_t shape[2] = {3, 4};
+    lm_tensor *t = NULL;
+    ck_assert_ok(lm_tensor_create(ctx, LM_F32, 2, shape, &t));
+    lm_tensor_destroy(t);
+    lm_context_destroy(ctx);
+    ck_assert_int_gt(c.allocs, 2);
+    ck_assert_int_eq(c.allocs, c.frees);
+}
+END_TEST
+
+static void *fail_alloc(size_t n, void *user)
+{
+    (void)n;
+    (void)user;
+    return NULL;
+}
+
+START_TEST(failing_allocator)
+{
+    lm_allocator a = {sizeof(a), fail_alloc, count_free, NULL};
+    lm_context_options o = LM_CONTEXT_OPTIONS_INIT;
+    o.allocator = &a;
+    lm_context *ctx = NULL;
+    ck_assert_status(lm_context_create(&o, &ctx), LM_ERR_OUT_OF_MEMORY);
+    lm_allocator incomplete = {sizeof(a), NULL, count_free, NULL};
+    o.allocator = &incomplete;
+    ck_assert_status(lm_context_create(&o, &ctx), LM_ERR_INVALID_ARGUMENT);
+}
+END_TEST
+
+struct log_record {
+    int calls;
+    int level;
+    char last[256];
+};
+
+static void record_log(int level, const char *msg, void *user)
+{
+    struct log_record *r = user;
+    r->calls++;
+    r->level = level;
+    strncpy(r->last, msg, sizeof(r->last) - 1);
+}
+
+START_TEST(log_callback_and_level)
+{
+    struct log_record r;
+    memset(&r, 0, sizeof(r));
+    lm_context_options o = LM_CONTEXT_OPTIONS_INIT;
+    o.log = record_log;
+    o.log_user = &r;
+    o.log_level = LM_LOG_INFO;
+    lm_context *ctx = NULL;
+    ck_assert_ok(lm_context_create(&o, &ctx));
+    lm_log(ctx, LM_LOG_INFO, "hello %d", 1);
+    ck_assert_int_eq(r.calls, 1);
+    ck_assert_str_eq(r.last, "hello 1");
+    lm_log(ctx, LM_LOG_DEBUG, "dropped");
+    ck_assert_int_eq(r.calls, 1);
+    /* Errors are logged too. */
+    lm_context_set_error(ctx, LM_ERR_IO, "disk on fire");
+    ck_assert_int_eq(r.calls, 2);
+    ck_assert_int_eq(r.level, LM_LOG_ERROR);
+    ck_assert_str_eq(r.last, "disk on fire");
+    lm_context_destroy(ctx);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("context");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, defaults);
+    tcase_add_test(tc, options_are_read);
+    tcase_add_test(tc, bad_options);
+    tcase_add_test(tc, newer_options_struct);
+    tcase_add_test(tc, error_message_set_copy_clear);
+    tcase_add_test(tc, custom_allocator_used_and_balanced);
+    tcase_add_test(tc, failing_allocator);
+    tcase_add_test(tc, log_callback_and_level);
+    suite_add_tcase(s, tc);
+    return tu_run(s);
+}

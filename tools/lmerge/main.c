@@ -1,1 +1,43 @@
-int main(void){return 0;}
+/* lmerge: the libmerge command-line tool. */
+#include <stdio.h>
+#include <string.h>
+
+#include "commands.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: lmerge COMMAND [ARGS]\n"
+            "\n"
+            "commands:\n"
+            "  demo       merge small example models generated in memory and\n"
+            "             check the result against an independent computation\n"
+            "  methods    list merge methods with their parameters and defaults\n"
+            "  version    print the library version\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "demo") == 0)
+        return lmerge_demo(argc - 1, argv + 1);
+    if (strcmp(cmd, "methods") == 0)
+        return lmerge_methods(argc - 1, argv + 1);
+    if (strcmp(cmd, "version") == 0) {
+        printf("lmerge %s (libmerge %s)\n", LM_VERSION_STRING,
+               lm_version_string());
+        return 0;
+    }
+    if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 ||
+        strcmp(cmd, "help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    fprintf(stderr, "lmerge: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return 2;
+}
