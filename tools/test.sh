@@ -1,0 +1,42 @@
+#!/bin/bash
+# README command 2 (and CI): install what is missing, then build and run
+# every test three ways: gcc (C + Python + build checks), gcc with
+# AddressSanitizer + UndefinedBehaviorSanitizer (C suites), clang (C suites
+# and build checks). Ends with one "N passed, N failed" line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/install-deps.sh
+
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+export ASAN_OPTIONS=detect_leaks=1
+# Tests run merges on their own threads; keep OpenBLAS from oversubscribing.
+export OPENBLAS_NUM_THREADS=1
+
+run() { # name, setup args..., -- test args...
+  local dir=$1; shift
+  local setup=() ; while [ "$1" != "--" ]; do setup+=("$1"); shift; done; shift
+  [ -d "$dir" ] || meson setup "$dir" "${setup[@]}" >/dev/null
+  ninja -C "$dir" >/dev/null
+  meson test -C "$dir" --print-errorlogs "$@"
+}
+
+status=0
+run build -- || status=1
+run build-asan -Db_sanitize=address,undefined -Db_lundef=false -- --suite c || status=1
+CC=clang run build-clang -- --suite c --suite build || status=1
+
+/usr/bin/python3 - build build-asan build-clang <<'PY'
+import json, sys, os
+passed = failed = skipped = 0
+for d in sys.argv[1:]:
+    path = os.path.join(d, "meson-logs", "testlog.json")
+    if not os.path.exists(path):
+        continue
+    for line in open(path):
+        r = json.loads(line).get("result")
+        if r == "OK": passed += 1
+        elif r == "SKIP": skipped += 1
+        else: failed += 1
+print(f"{passed} passed, {failed} failed, {skipped} skipped")
+PY
+exit $status
