@@ -33,6 +33,21 @@ LM_API lm_tensor *lm_model_tensor(const lm_model *model, size_t i);
 LM_API lm_status lm_model_find(const lm_model *model, const char *name,
                                lm_tensor **out);
 
+/* Host-provided tensor bytes, read on demand. `read` must fill `dst` with
+ * exactly `nbytes` bytes in the declared dtype and return LM_OK, or return
+ * an error (a message set with lm_context_set_error is kept). It is called
+ * from worker threads, possibly concurrently for different tensors, once
+ * per use; libmerge keeps no copy after the tensor is merged. */
+typedef lm_status (*lm_tensor_read_fn)(const char *name, void *dst,
+                                       size_t nbytes, void *user);
+/* Add a lazy tensor: shape and dtype now, bytes from `read` when merged.
+ * Lazy tensors have no data pointer (lm_tensor_data returns NULL and
+ * element access fails with LM_ERR_STATE). */
+LM_API lm_status lm_model_add_lazy(lm_model *model, const char *name,
+                                   lm_dtype dtype, int ndim,
+                                   const int64_t *shape, lm_tensor_read_fn read,
+                                   void *user);
+
 /* Thread-safety: concurrent reads are safe; lm_model_add needs exclusive
  * access. */
 

@@ -1,8 +1,9 @@
-/* In-memory plan execution: tensors in parallel on the context's threads.
- *
- * Every tensor is merged by exactly one worker with inputs and a seed that
- * do not depend on scheduling, so results are bit-identical for any thread
- * count. */
+/* Plan execution: tensors in parallel on the context's threads, each
+ * merged by exactly one worker with inputs and a seed that do not depend on
+ * scheduling, so results are bit-identical for any thread count. Inputs are
+ * read one tensor at a time and handed back (done_with) right after, and
+ * results go straight to the sink, so peak memory is a few tensors per
+ * worker. */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -12,12 +13,17 @@
 
 struct exec {
     lm_plan *plan;
-    void *state;          /* strategy state from init */
-    lm_model *result;
+    const lm_sink_vtable *sink;
+    void *state;               /* strategy state from init */
+    lm_tensor_desc *outputs;
     size_t n_tensors;
-    atomic_size_t next;   /* next tensor index to claim */
-    atomic_bool failed;   /* stop claiming after the first failure */
-    lm_status *status;    /* per tensor */
+    atomic_size_t next;        /* next tensor index to claim */
+    atomic_bool stop;          /* a failure or a cancellation */
+    lm_status *status;         /* per tensor */
+    pthread_mutex_t progress_lock;
+    size_t done;
+    uint64_t bytes_done, bytes_total;
+    bool cancelled;
 };
 
 /* Every model holds every base tensor with the same shape and dtype, and
@@ -53,41 +59,45 @@ static lm_status validate_inputs(const lm_plan *p)
     return LM_OK;
 }
 
-static lm_status merge_one(struct exec *ex, size_t index)
+static void done_with(const lm_model *model, const lm_tensor *t)
+{
+    if (model->done_with)
+        model->done_with(model->resource, t);
+}
+
+/* Read the base and the task vectors of tensor `index` into `block`
+ * (base, then one delta per model). */
+static lm_status load_inputs(lm_plan *p, size_t index, float *block,
+                             const float **deltas)
+{
+    const char *name = p->base->entries[index].name;
+    const lm_tensor *base = p->base->entries[index].tensor;
+    size_t n = base->numel;
+    float *b = block;
+    LM_TRY(lm__read_f32(p->ctx, base, b));
+    done_with(p->base, base);
+    for (size_t m = 0; m < p->n_models; m++) {
+        float *d = block + n * (m + 1);
+        lm_tensor *t;
+        lm_model_find(p->models[m], name, &t); /* validated already */
+        LM_TRY(lm__read_f32(p->ctx, t, d));
+        done_with(p->models[m], t);
+        for (size_t i = 0; i < n; i++)
+            d[i] -= b[i];
+        deltas[m] = d;
+    }
+    return LM_OK;
+}
+
+static lm_status run_strategy(struct exec *ex, size_t index, float *block,
+                              const float **deltas)
 {
     lm_plan *p = ex->plan;
     lm_context *ctx = p->ctx;
     const char *name = p->base->entries[index].name;
     const lm_tensor *base = p->base->entries[index].tensor;
-    lm_tensor *dst = ex->result->entries[index].tensor;
     size_t n = base->numel, k = p->n_models;
-
-    /* One block: base, k deltas, out, and the delta pointer table. */
-    size_t floats = n * (k + 2);
-    if (n && floats / n != k + 2)
-        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
-                                    "tensor '%s' is too large", name);
-    float *block = lm__calloc(ctx, floats ? floats : 1, sizeof(float));
-    const float **deltas = lm__calloc(ctx, k, sizeof(*deltas));
-    if (!block || !deltas) {
-        lm_free(ctx, block);
-        lm_free(ctx, (void *)deltas);
-        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
-                                    "out of memory merging '%s' (%zu "
-                                    "elements x %zu models)", name, n, k);
-    }
     float *b = block, *out = block + n * (k + 1);
-    lm__to_f32(base, b);
-    for (size_t m = 0; m < k; m++) {
-        float *d = block + n * (m + 1);
-        lm_tensor *t;
-        lm_model_find(p->models[m], name, &t); /* validated already */
-        lm__to_f32(t, d);
-        for (size_t i = 0; i < n; i++)
-            d[i] -= b[i];
-        deltas[m] = d;
-    }
-
     lm_tensor_job job = {
         .struct_size = sizeof(job),
         .ctx = ctx,
@@ -103,93 +113,158 @@ static lm_status merge_one(struct exec *ex, size_t index)
         .out = out,
     };
     lm_status st = p->vt->merge_tensor(ex->state, &job, p->vt->user);
-    if (st == LM_OK) {
-        for (size_t i = 0; i < n; i++) {
-            out[i] += b[i];
-            if (!isfinite(out[i]) && isfinite(b[i])) {
-                st = lm_context_set_error(ctx, LM_ERR_NONFINITE,
-                                          "strategy '%s' produced a "
-                                          "non-finite value in tensor '%s' "
-                                          "at element %zu", p->vt->name,
-                                          name, i);
-                break;
-            }
-        }
-    } else if (st > 0) {
-        st = lm_context_set_error(ctx, LM_ERR_INTERNAL,
-                                  "strategy '%s' returned positive status "
-                                  "%d for '%s'", p->vt->name, (int)st, name);
+    if (st > 0)
+        return lm_context_set_error(ctx, LM_ERR_INTERNAL,
+                                    "strategy '%s' returned positive status "
+                                    "%d for '%s'", p->vt->name, (int)st, name);
+    if (st != LM_OK)
+        return st;
+    for (size_t i = 0; i < n; i++) {
+        out[i] += b[i];
+        if (!isfinite(out[i]) && isfinite(b[i]))
+            return lm_context_set_error(ctx, LM_ERR_NONFINITE,
+                                        "strategy '%s' produced a non-finite "
+                                        "value in tensor '%s' at element %zu",
+                                        p->vt->name, name, i);
     }
+    return LM_OK;
+}
+
+/* Convert the f32 result to the output dtype, into the sink's buffer or a
+ * scratch one, and hand it over. */
+static lm_status emit(struct exec *ex, size_t index, const float *out)
+{
+    lm_context *ctx = ex->plan->ctx;
+    const lm_tensor_desc *d = &ex->outputs[index];
+    size_t n = ex->plan->base->entries[index].tensor->numel;
+    void *dst = ex->sink->buffer ? ex->sink->buffer(ex->sink->user, index)
+                                 : NULL;
+    void *scratch = NULL;
+    if (!dst) {
+        dst = scratch = lm_alloc(ctx, d->nbytes);
+        if (!scratch)
+            return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                        "out of memory for output '%s'",
+                                        d->name);
+    }
+    lm_convert(out, LM_F32, dst, d->dtype, n);
+    lm_status st = ex->sink->write(ex->sink->user, index, dst, d->nbytes);
+    lm_free(ctx, scratch);
+    if (st > 0)
+        st = LM_ERR_CALLBACK;
+    return st;
+}
+
+static lm_status merge_one(struct exec *ex, size_t index)
+{
+    lm_plan *p = ex->plan;
+    lm_context *ctx = p->ctx;
+    const char *name = p->base->entries[index].name;
+    size_t n = p->base->entries[index].tensor->numel, k = p->n_models;
+
+    /* One block: base, k deltas, out. */
+    size_t floats = n * (k + 2);
+    if (n && floats / n != k + 2)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "tensor '%s' is too large", name);
+    float *block = lm__calloc(ctx, floats ? floats : 1, sizeof(float));
+    const float **deltas = lm__calloc(ctx, k, sizeof(*deltas));
+    lm_status st = LM_OK;
+    if (!block || !deltas)
+        st = lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                  "out of memory merging '%s' (%zu elements "
+                                  "x %zu models)", name, n, k);
     if (st == LM_OK)
-        lm_convert(out, LM_F32, dst->data, dst->dtype, n);
+        st = load_inputs(p, index, block, deltas);
+    if (st == LM_OK)
+        st = run_strategy(ex, index, block, deltas);
+    if (st == LM_OK)
+        st = emit(ex, index, block + n * (k + 1));
     lm_free(ctx, block);
     lm_free(ctx, (void *)deltas);
     return st;
+}
+
+static void report_progress(struct exec *ex, size_t index)
+{
+    lm_plan *p = ex->plan;
+    pthread_mutex_lock(&ex->progress_lock);
+    ex->done++;
+    ex->bytes_done += ex->outputs[index].nbytes;
+    if (p->progress && !ex->cancelled &&
+        p->progress(ex->done, ex->n_tensors, ex->bytes_done, ex->bytes_total,
+                    p->progress_user) != 0) {
+        ex->cancelled = true;
+        atomic_store(&ex->stop, true);
+    }
+    pthread_mutex_unlock(&ex->progress_lock);
 }
 
 static void *worker(void *arg)
 {
     struct exec *ex = arg;
     for (;;) {
-        if (atomic_load(&ex->failed))
+        if (atomic_load(&ex->stop))
             break;
         size_t i = atomic_fetch_add(&ex->next, 1);
         if (i >= ex->n_tensors)
             break;
         ex->status[i] = merge_one(ex, i);
         if (ex->status[i] != LM_OK)
-            atomic_store(&ex->failed, true);
+            atomic_store(&ex->stop, true);
+        else
+            report_progress(ex, i);
     }
     return NULL;
 }
 
-static lm_status run_workers(struct exec *ex, int n_threads)
+static void run_workers(struct exec *ex, int n_threads)
 {
     size_t want = (size_t)n_threads;
     if (want > ex->n_tensors)
         want = ex->n_tensors;
-    if (want <= 1) {
-        worker(ex);
-        return LM_OK;
-    }
-    pthread_t *threads = lm__calloc(ex->plan->ctx, want, sizeof(*threads));
-    if (!threads)
-        return LM_ERR_OUT_OF_MEMORY;
+    pthread_t *threads =
+        want > 1 ? lm__calloc(ex->plan->ctx, want, sizeof(*threads)) : NULL;
     size_t started = 0;
-    for (; started < want - 1; started++)
+    /* Failing to start threads only costs time: the caller works too. */
+    for (; threads && started < want - 1; started++)
         if (pthread_create(&threads[started], NULL, worker, ex) != 0)
-            break; /* fewer threads only costs time */
+            break;
     worker(ex);
     for (size_t i = 0; i < started; i++)
         pthread_join(threads[i], NULL);
     lm_free(ex->plan->ctx, threads);
-    return LM_OK;
 }
 
-static lm_status create_outputs(lm_plan *p, lm_model **out)
+static lm_status describe_outputs(struct exec *ex)
 {
-    lm_model *result;
-    LM_TRY(lm_model_create(p->ctx, &result));
-    for (size_t i = 0; i < p->base->count; i++) {
+    lm_plan *p = ex->plan;
+    ex->outputs = lm__calloc(p->ctx, ex->n_tensors ? ex->n_tensors : 1,
+                             sizeof(*ex->outputs));
+    if (!ex->outputs)
+        return LM_ERR_OUT_OF_MEMORY;
+    for (size_t i = 0; i < ex->n_tensors; i++) {
         const lm_tensor *b = p->base->entries[i].tensor;
-        lm_tensor *t;
-        lm_status st = lm_tensor_create(p->ctx, b->dtype, b->ndim, b->shape,
-                                        &t);
-        if (st == LM_OK) {
-            st = lm_model_add(result, p->base->entries[i].name, t);
-            if (st != LM_OK)
-                lm_tensor_destroy(t);
-        }
-        if (st != LM_OK) {
-            lm_model_destroy(result);
-            return st;
-        }
+        lm_tensor_desc *d = &ex->outputs[i];
+        d->name = p->base->entries[i].name;
+        d->dtype = p->has_output_dtype ? p->output_dtype : b->dtype;
+        d->ndim = b->ndim;
+        memcpy(d->shape, b->shape, sizeof(d->shape));
+        d->nbytes = b->numel * lm_dtype_size(d->dtype);
+        ex->bytes_total += d->nbytes;
     }
-    *out = result;
     return LM_OK;
 }
 
-lm_status lm__execute(lm_plan *p, lm_model **out)
+static lm_status first_failure(const struct exec *ex)
+{
+    for (size_t i = 0; i < ex->n_tensors; i++)
+        if (ex->status[i] != LM_OK)
+            return ex->status[i];
+    return LM_OK;
+}
+
+lm_status lm__execute(lm_plan *p, const lm_sink_vtable *sink)
 {
     lm_context *ctx = p->ctx;
     LM_TRY(validate_inputs(p));
@@ -197,47 +272,60 @@ lm_status lm__execute(lm_plan *p, lm_model **out)
     struct exec ex;
     memset(&ex, 0, sizeof(ex));
     ex.plan = p;
+    ex.sink = sink;
     ex.n_tensors = p->base->count;
     atomic_init(&ex.next, 0);
-    atomic_init(&ex.failed, false);
-    LM_TRY(create_outputs(p, &ex.result));
-    ex.status = lm__calloc(ctx, ex.n_tensors ? ex.n_tensors : 1,
-                           sizeof(*ex.status));
-    if (!ex.status) {
-        lm_model_destroy(ex.result);
-        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
-                                    "plan: out of memory");
-    }
-
-    lm_status st = LM_OK;
-    if (p->vt->init) {
-        lm_strategy_init_info info = {
-            .struct_size = sizeof(info),
-            .ctx = ctx,
-            .params = p->params,
-            .n_models = p->n_models,
-            .weights = p->weights,
-        };
-        st = p->vt->init(&info, &ex.state, p->vt->user);
+    atomic_init(&ex.stop, false);
+    if (pthread_mutex_init(&ex.progress_lock, NULL) != 0)
+        return lm_context_set_error(ctx, LM_ERR_INTERNAL,
+                                    "cannot create a mutex");
+    lm_status st = describe_outputs(&ex);
+    if (st == LM_OK) {
+        ex.status = lm__calloc(ctx, ex.n_tensors ? ex.n_tensors : 1,
+                               sizeof(*ex.status));
+        if (!ex.status)
+            st = LM_ERR_OUT_OF_MEMORY;
     }
     if (st == LM_OK) {
-        st = run_workers(&ex, ctx->n_threads);
-        if (p->vt->fini)
-            p->vt->fini(ex.state, p->vt->user);
-    }
-    if (st == LM_OK) {
-        for (size_t i = 0; i < ex.n_tensors; i++) {
-            if (ex.status[i] != LM_OK) {
-                st = ex.status[i];
-                break;
-            }
+        st = sink->begin(sink->user, ex.outputs, ex.n_tensors);
+        if (st > 0)
+            st = LM_ERR_CALLBACK;
+        if (st != LM_OK) {
+            lm_free(ctx, ex.outputs);
+            lm_free(ctx, ex.status);
+            pthread_mutex_destroy(&ex.progress_lock);
+            return st;
         }
+        if (p->vt->init) {
+            lm_strategy_init_info info = {
+                .struct_size = sizeof(info),
+                .ctx = ctx,
+                .params = p->params,
+                .n_models = p->n_models,
+                .weights = p->weights,
+            };
+            st = p->vt->init(&info, &ex.state, p->vt->user);
+        }
+        if (st == LM_OK) {
+            run_workers(&ex, ctx->n_threads);
+            if (p->vt->fini)
+                p->vt->fini(ex.state, p->vt->user);
+            st = first_failure(&ex);
+            if (st == LM_OK && ex.cancelled)
+                st = lm_context_set_error(ctx, LM_ERR_CANCELLED,
+                                          "merge cancelled by the progress "
+                                          "callback after %zu of %zu tensors",
+                                          ex.done, ex.n_tensors);
+        }
+        lm_status end = sink->end(sink->user, st == LM_OK);
+        if (st == LM_OK && end != LM_OK)
+            st = end > 0 ? LM_ERR_CALLBACK : end;
+    } else {
+        st = lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                  "plan: out of memory");
     }
+    lm_free(ctx, ex.outputs);
     lm_free(ctx, ex.status);
-    if (st != LM_OK) {
-        lm_model_destroy(ex.result);
-        return st;
-    }
-    *out = ex.result;
-    return LM_OK;
+    pthread_mutex_destroy(&ex.progress_lock);
+    return st;
 }

@@ -42,6 +42,10 @@ struct lm_tensor {
     size_t numel;
     void *data;
     bool owns_data;
+    /* Lazy tensors: data is NULL and bytes come from the host. */
+    lm_tensor_read_fn lazy_read;
+    void *lazy_user;
+    const char *lazy_name; /* the model entry's name */
 };
 
 struct lm_model_entry {
@@ -59,10 +63,17 @@ struct lm_model {
      * released after the tensors when the model is destroyed. */
     void (*release)(void *resource);
     void *resource;
+    /* Optional: called after the executor is done with a tensor, so a
+     * file-backed model can drop its pages (bounded resident memory). */
+    void (*done_with)(void *resource, const lm_tensor *tensor);
 };
 
 struct lm_plan {
     lm_context *ctx;
+    bool has_output_dtype;
+    lm_dtype output_dtype;
+    lm_progress_fn progress;
+    void *progress_user;
     const lm_strategy_vtable *vt;
     lm_params *params;
     const lm_model *base;
@@ -71,8 +82,16 @@ struct lm_plan {
     size_t n_models, cap_models;
 };
 
-/* Run the plan into `out` (executor.c). */
-lm_status lm__execute(lm_plan *plan, lm_model **out);
+/* A sink collecting results into a new model (memory_sink.c). */
+struct lm__memory_sink {
+    lm_sink_vtable vtable;
+    lm_context *ctx;
+    lm_model *model;
+};
+void lm__memory_sink_init(struct lm__memory_sink *sink, lm_context *ctx);
+
+/* Run the plan into a sink (executor.c). */
+lm_status lm__execute(lm_plan *plan, const lm_sink_vtable *sink);
 
 /* Attach a resource released (after all tensors) when the model dies. Only
  * one per model; returns LM_ERR_STATE if one is already attached. */
@@ -82,8 +101,13 @@ lm_status lm__model_attach_resource(lm_model *model,
 
 /* Helpers for the rest of the library. */
 size_t lm__numel_checked(int ndim, const int64_t *shape, bool *overflow);
-/* Convert a tensor's elements to a caller-provided f32 buffer. */
-void lm__to_f32(const lm_tensor *tensor, float *dst);
+/* Convert a tensor's elements to a caller-provided f32 buffer, reading
+ * lazy tensors through their callback. */
+lm_status lm__read_f32(lm_context *ctx, const lm_tensor *tensor, float *dst);
+/* A lazy tensor (no storage; bytes from `read`). */
+lm_status lm__tensor_create_lazy(lm_context *ctx, lm_dtype dtype, int ndim,
+                                 const int64_t *shape, lm_tensor_read_fn read,
+                                 void *user, lm_tensor **out);
 /* 64-bit mix (splitmix64 finaliser) and string hash for seeds. */
 uint64_t lm__mix64(uint64_t x);
 uint64_t lm__hash_string(uint64_t seed, const char *s);

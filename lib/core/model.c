@@ -131,3 +131,20 @@ lm_status lm_model_find(const lm_model *m, const char *name, lm_tensor **out)
     return lm_context_set_error(m->ctx, LM_ERR_NOT_FOUND,
                                 "model: no tensor named '%s'", name);
 }
+
+lm_status lm_model_add_lazy(lm_model *m, const char *name, lm_dtype dtype,
+                            int ndim, const int64_t *shape,
+                            lm_tensor_read_fn read, void *user)
+{
+    if (!m || !read)
+        return LM_ERR_INVALID_ARGUMENT;
+    lm_tensor *t;
+    LM_TRY(lm__tensor_create_lazy(m->ctx, dtype, ndim, shape, read, user, &t));
+    lm_status st = lm_model_add(m, name, t);
+    if (st != LM_OK) {
+        lm_tensor_destroy(t);
+        return st;
+    }
+    t->lazy_name = m->entries[m->count - 1].name;
+    return LM_OK;
+}

@@ -96,10 +96,30 @@ lm_status lm_plan_add_model(lm_plan *p, const lm_model *model, double weight)
 
 size_t lm_plan_model_count(const lm_plan *p) { return p ? p->n_models : 0; }
 
-lm_status lm_plan_execute(lm_plan *p, lm_model **out)
+lm_status lm_plan_set_output_dtype(lm_plan *p, lm_dtype dtype)
 {
-    if (!p || !out)
+    if (!p)
         return LM_ERR_INVALID_ARGUMENT;
+    if (!lm_dtype_size(dtype))
+        return lm_context_set_error(p->ctx, LM_ERR_DTYPE,
+                                    "plan: unknown output dtype %d",
+                                    (int)dtype);
+    p->has_output_dtype = true;
+    p->output_dtype = dtype;
+    return LM_OK;
+}
+
+lm_status lm_plan_set_progress(lm_plan *p, lm_progress_fn fn, void *user)
+{
+    if (!p)
+        return LM_ERR_INVALID_ARGUMENT;
+    p->progress = fn;
+    p->progress_user = user;
+    return LM_OK;
+}
+
+static lm_status check_ready(lm_plan *p)
+{
     if (!p->base)
         return lm_context_set_error(p->ctx, LM_ERR_STATE,
                                     "plan: no base model (lm_plan_set_base)");
@@ -107,5 +127,34 @@ lm_status lm_plan_execute(lm_plan *p, lm_model **out)
         return lm_context_set_error(p->ctx, LM_ERR_STATE,
                                     "plan: no models to merge "
                                     "(lm_plan_add_model)");
-    return lm__execute(p, out);
+    return LM_OK;
+}
+
+lm_status lm_plan_execute_to(lm_plan *p, const lm_sink_vtable *sink)
+{
+    if (!p || !sink)
+        return LM_ERR_INVALID_ARGUMENT;
+    if (sink->struct_size < sizeof(lm_sink_vtable) || !sink->begin ||
+        !sink->write || !sink->end)
+        return lm_context_set_error(p->ctx, sink->struct_size <
+                                                    sizeof(lm_sink_vtable)
+                                                ? LM_ERR_ABI
+                                                : LM_ERR_INVALID_ARGUMENT,
+                                    "plan: sink needs struct_size >= %zu and "
+                                    "begin, write and end callbacks",
+                                    sizeof(lm_sink_vtable));
+    LM_TRY(check_ready(p));
+    return lm__execute(p, sink);
+}
+
+lm_status lm_plan_execute(lm_plan *p, lm_model **out)
+{
+    if (!p || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    LM_TRY(check_ready(p));
+    struct lm__memory_sink sink;
+    lm__memory_sink_init(&sink, p->ctx);
+    LM_TRY(lm__execute(p, &sink.vtable));
+    *out = sink.model;
+    return LM_OK;
 }

@@ -41,7 +41,20 @@ static lm_status make_delta(lm_context *ctx, const lm_tensor *b,
     lm_tensor *d;
     LM_TRY(lm_tensor_create(ctx, LM_F32, b->ndim, b->shape, &d));
     float *dst = d->data;
-    if (b->dtype == LM_F64) {
+    if (b->lazy_read || f->lazy_read) {
+        /* Host-provided bytes: read both in f32 and subtract there. */
+        float *fb = lm__calloc(ctx, b->numel ? b->numel : 1, sizeof(float));
+        lm_status st = fb ? lm__read_f32(ctx, b, fb) : LM_ERR_OUT_OF_MEMORY;
+        if (st == LM_OK)
+            st = lm__read_f32(ctx, f, dst);
+        for (size_t i = 0; st == LM_OK && i < b->numel; i++)
+            dst[i] -= fb[i];
+        lm_free(ctx, fb);
+        if (st != LM_OK) {
+            lm_tensor_destroy(d);
+            return st;
+        }
+    } else if (b->dtype == LM_F64) {
         const double *bd = b->data, *fd = f->data;
         for (size_t i = 0; i < b->numel; i++)
             dst[i] = (float)(fd[i] - bd[i]);

@@ -45,6 +45,13 @@ static lm_status check_shape(lm_context *ctx, lm_dtype dtype, int ndim,
     return LM_OK;
 }
 
+static lm_status lazy_access(const lm_tensor *t)
+{
+    return lm_context_set_error(t->ctx, LM_ERR_STATE,
+                                "tensor '%s' is lazy (host-provided): it "
+                                "has no elements to access", t->lazy_name);
+}
+
 static lm_status new_tensor(lm_context *ctx, lm_dtype dtype, int ndim,
                             const int64_t *shape, size_t numel,
                             lm_tensor **out)
@@ -119,6 +126,8 @@ lm_status lm_tensor_clone(lm_context *ctx, const lm_tensor *src,
 {
     if (!ctx || !src || !out)
         return LM_ERR_INVALID_ARGUMENT;
+    if (src->lazy_read)
+        return lazy_access(src);
     lm_tensor *t;
     LM_TRY(lm_tensor_create(ctx, src->dtype, src->ndim, src->shape, &t));
     if (src->numel)
@@ -162,6 +171,8 @@ lm_status lm_tensor_get(const lm_tensor *t, size_t index, double *out)
 {
     if (!t || !out)
         return LM_ERR_INVALID_ARGUMENT;
+    if (t->lazy_read)
+        return lazy_access(t);
     if (index >= t->numel)
         return lm_context_set_error(t->ctx, LM_ERR_OUT_OF_RANGE,
                                     "tensor: index %zu >= numel %zu", index,
@@ -174,6 +185,8 @@ lm_status lm_tensor_set(lm_tensor *t, size_t index, double value)
 {
     if (!t)
         return LM_ERR_INVALID_ARGUMENT;
+    if (t->lazy_read)
+        return lazy_access(t);
     if (index >= t->numel)
         return lm_context_set_error(t->ctx, LM_ERR_OUT_OF_RANGE,
                                     "tensor: index %zu >= numel %zu", index,
@@ -188,6 +201,8 @@ lm_status lm_tensor_get_at(const lm_tensor *t, const int64_t *indices,
 {
     if (!t || (!indices && t->ndim) || !out)
         return LM_ERR_INVALID_ARGUMENT;
+    if (t->lazy_read)
+        return lazy_access(t);
     size_t flat = 0;
     for (int i = 0; i < t->ndim; i++) {
         if (indices[i] < 0 || indices[i] >= t->shape[i])
@@ -201,7 +216,59 @@ lm_status lm_tensor_get_at(const lm_tensor *t, const int64_t *indices,
     return lm_tensor_get(t, flat, out);
 }
 
-void lm__to_f32(const lm_tensor *t, float *dst)
+lm_status lm__read_f32(lm_context *ctx, const lm_tensor *t, float *dst)
 {
-    lm_convert(t->data, t->dtype, dst, LM_F32, t->numel);
+    if (!t->lazy_read)
+        return lm_convert(t->data, t->dtype, dst, LM_F32, t->numel);
+    size_t nbytes = t->numel * lm_dtype_size(t->dtype);
+    /* An f32 tensor is read in place; narrower dtypes are read into the
+     * tail of dst and widened forwards, which never overwrites unread
+     * input; f64 needs a scratch buffer. */
+    void *raw;
+    if (t->dtype == LM_F32)
+        raw = dst;
+    else if (t->dtype == LM_F64)
+        raw = lm_alloc(ctx, nbytes);
+    else
+        raw = (char *)dst + t->numel * sizeof(float) - nbytes;
+    if (!raw)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "out of memory reading tensor '%s'",
+                                    t->lazy_name);
+    lm_status st = t->lazy_read(t->lazy_name, raw, nbytes, t->lazy_user);
+    if (st == LM_OK && t->dtype != LM_F32) {
+        if (t->dtype == LM_F64) {
+            lm_convert(raw, LM_F64, dst, LM_F32, t->numel);
+        } else {
+            const uint16_t *h = raw;
+            for (size_t i = 0; i < t->numel; i++)
+                dst[i] = t->dtype == LM_F16 ? lm_f16_to_f32(h[i])
+                                            : lm_bf16_to_f32(h[i]);
+        }
+    } else if (st != LM_OK) {
+        if (st > 0)
+            st = LM_ERR_CALLBACK;
+        lm_context_set_error(ctx, st, "reading tensor '%s' from the host "
+                             "callback failed: %s", t->lazy_name,
+                             lm_strerror(st));
+    }
+    if (t->dtype == LM_F64)
+        lm_free(ctx, raw);
+    return st;
+}
+
+
+lm_status lm__tensor_create_lazy(lm_context *ctx, lm_dtype dtype, int ndim,
+                                 const int64_t *shape, lm_tensor_read_fn read,
+                                 void *user, lm_tensor **out)
+{
+    size_t numel;
+    LM_TRY(check_shape(ctx, dtype, ndim, shape, &numel));
+    lm_tensor *t;
+    LM_TRY(new_tensor(ctx, dtype, ndim, shape, numel, &t));
+    t->lazy_read = read;
+    t->lazy_user = user;
+    t->lazy_name = "";
+    *out = t;
+    return LM_OK;
 }

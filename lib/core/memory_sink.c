@@ -1,0 +1,64 @@
+/* The sink behind lm_plan_execute: results become a new in-memory model,
+ * written in place (no copy after conversion). */
+#include "core/internal.h"
+
+static lm_status mem_begin(void *user, const lm_tensor_desc *outputs,
+                           size_t n)
+{
+    struct lm__memory_sink *s = user;
+    LM_TRY(lm_model_create(s->ctx, &s->model));
+    for (size_t i = 0; i < n; i++) {
+        lm_tensor *t;
+        lm_status st = lm_tensor_create(s->ctx, outputs[i].dtype,
+                                        outputs[i].ndim, outputs[i].shape, &t);
+        if (st == LM_OK) {
+            st = lm_model_add(s->model, outputs[i].name, t);
+            if (st != LM_OK)
+                lm_tensor_destroy(t);
+        }
+        if (st != LM_OK) {
+            lm_model_destroy(s->model);
+            s->model = NULL;
+            return st;
+        }
+    }
+    return LM_OK;
+}
+
+static void *mem_buffer(void *user, size_t index)
+{
+    struct lm__memory_sink *s = user;
+    return s->model->entries[index].tensor->data;
+}
+
+static lm_status mem_write(void *user, size_t index, const void *data,
+                           size_t nbytes)
+{
+    (void)user;
+    (void)index;
+    (void)data;
+    (void)nbytes;
+    return LM_OK; /* already in place */
+}
+
+static lm_status mem_end(void *user, int commit)
+{
+    struct lm__memory_sink *s = user;
+    if (!commit) {
+        lm_model_destroy(s->model);
+        s->model = NULL;
+    }
+    return LM_OK;
+}
+
+void lm__memory_sink_init(struct lm__memory_sink *s, lm_context *ctx)
+{
+    s->ctx = ctx;
+    s->model = NULL;
+    s->vtable.struct_size = sizeof(s->vtable);
+    s->vtable.begin = mem_begin;
+    s->vtable.buffer = mem_buffer;
+    s->vtable.write = mem_write;
+    s->vtable.end = mem_end;
+    s->vtable.user = s;
+}
