@@ -13,5 +13,6 @@
 #include "libmerge/tensor.h"
 #include "libmerge/model.h"
 #include "libmerge/plan.h"
+#include "libmerge/file_sink.h"
 
 #endif /* LIBMERGE_H */

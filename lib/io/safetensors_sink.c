@@ -1,0 +1,472 @@
+/* A plan sink writing safetensors (optionally sharded, with a Hugging Face
+ * index) while tensors are merged: the header is laid out at begin, each
+ * tensor is pwrite()n at its final offset from whichever worker merged it,
+ * and files are renamed into place only at commit. */
+#include <cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/internal.h"
+#include "libmerge/file_sink.h"
+
+struct shard {
+    char *final_path;
+    char *tmp_path; /* NULL once renamed or removed */
+    int fd;
+};
+
+struct lm_file_sink {
+    lm_sink_vtable vt;
+    lm_context *ctx;
+    char *path;
+    char *dir;
+    bool sharded;
+    uint64_t max_shard_bytes;
+    char **meta_keys, **meta_values;
+    size_t n_meta;
+    struct shard *shards;
+    size_t n_shards;
+    size_t n_tensors;
+    size_t *tensor_shard;
+    uint64_t *tensor_offset; /* absolute offset in its shard file */
+    char **tensor_names;
+    uint64_t total_bytes;
+    bool committed;
+};
+
+static const char *st_dtype(lm_dtype d)
+{
+    switch (d) {
+    case LM_F32: return "F32";
+    case LM_F16: return "F16";
+    case LM_BF16: return "BF16";
+    case LM_F64: return "F64";
+    default: return NULL;
+    }
+}
+
+static lm_status io_error(lm_file_sink *s, const char *what, const char *path)
+{
+    return lm_context_set_error(s->ctx, LM_ERR_IO, "%s '%s': %s", what, path,
+                                strerror(errno));
+}
+
+static char *path_join(lm_context *ctx, const char *dir, const char *name)
+{
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = lm_alloc(ctx, n);
+    if (p)
+        snprintf(p, n, "%s/%s", dir, name);
+    return p;
+}
+
+/* Write all of buf at offset, retrying short writes. */
+static int pwrite_all(int fd, const void *buf, size_t n, uint64_t off)
+{
+    const char *p = buf;
+    while (n) {
+        ssize_t w = pwrite(fd, p, n, (off_t)off);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+        off += (uint64_t)w;
+    }
+    return 0;
+}
+
+static int fsync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+/* Create a temporary file next to `final_path`. */
+static lm_status open_temp(lm_file_sink *s, struct shard *sh)
+{
+    const char *base = strrchr(sh->final_path, '/');
+    base = base ? base + 1 : sh->final_path;
+    size_t n = strlen(s->dir) + strlen(base) + 32;
+    sh->tmp_path = lm_alloc(s->ctx, n);
+    if (!sh->tmp_path)
+        return LM_ERR_OUT_OF_MEMORY;
+    snprintf(sh->tmp_path, n, "%s/.%s.tmp.XXXXXX", s->dir, base);
+    sh->fd = mkstemp(sh->tmp_path);
+    if (sh->fd < 0) {
+        lm_status st = io_error(s, "cannot create a temporary file in",
+                                s->dir);
+        lm_free(s->ctx, sh->tmp_path);
+        sh->tmp_path = NULL;
+        return st;
+    }
+    fchmod(sh->fd, 0644);
+    return LM_OK;
+}
+
+static cJSON *raw_u64(uint64_t v)
+{
+    char buf[24];
+    snprintf(buf, sizeof(buf), "%" PRIu64, v);
+    return cJSON_CreateRaw(buf);
+}
+
+/* Header JSON of shard `k`, padded with spaces to a multiple of 8 bytes;
+ * fills the tensors' absolute offsets. Returns NULL on allocation failure. */
+static char *shard_header(lm_file_sink *s, size_t k,
+                          const lm_tensor_desc *outputs, size_t *len)
+{
+    cJSON *root = cJSON_CreateObject();
+    if (!root)
+        return NULL;
+    bool ok = true;
+    if (s->n_meta) {
+        cJSON *meta = cJSON_AddObjectToObject(root, "__metadata__");
+        for (size_t i = 0; ok && i < s->n_meta; i++)
+            ok = meta && cJSON_AddStringToObject(meta, s->meta_keys[i],
+                                                 s->meta_values[i]);
+    }
+    uint64_t off = 0;
+    for (size_t i = 0; ok && i < s->n_tensors; i++) {
+        if (s->tensor_shard[i] != k)
+            continue;
+        const lm_tensor_desc *d = &outputs[i];
+        cJSON *t = cJSON_AddObjectToObject(root, d->name);
+        cJSON *shape = cJSON_CreateArray();
+        cJSON *offs = cJSON_CreateArray();
+        ok = t && shape && offs &&
+             cJSON_AddStringToObject(t, "dtype", st_dtype(d->dtype));
+        for (int j = 0; ok && j < d->ndim; j++)
+            ok = cJSON_AddItemToArray(shape, raw_u64((uint64_t)d->shape[j]));
+        ok = ok && cJSON_AddItemToArray(offs, raw_u64(off)) &&
+             cJSON_AddItemToArray(offs, raw_u64(off + d->nbytes));
+        if (ok) {
+            cJSON_AddItemToObject(t, "shape", shape);
+            cJSON_AddItemToObject(t, "data_offsets", offs);
+        } else {
+            cJSON_Delete(shape);
+            cJSON_Delete(offs);
+        }
+        s->tensor_offset[i] = off; /* relative for now */
+        off += d->nbytes;
+    }
+    char *json = ok ? cJSON_PrintUnformatted(root) : NULL;
+    cJSON_Delete(root);
+    if (!json)
+        return NULL;
+    size_t n = strlen(json), padded = (n + 7) / 8 * 8;
+    char *out = lm_alloc(s->ctx, padded + 1);
+    if (out) {
+        memcpy(out, json, n);
+        memset(out + n, ' ', padded - n);
+        out[padded] = '\0';
+        *len = padded;
+    }
+    cJSON_free(json);
+    return out;
+}
+
+static lm_status assign_shards(lm_file_sink *s, const lm_tensor_desc *o,
+                               size_t n)
+{
+    size_t count = 1;
+    uint64_t in_shard = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s->sharded && in_shard > 0 &&
+            in_shard + o[i].nbytes > s->max_shard_bytes) {
+            count++;
+            in_shard = 0;
+        }
+        s->tensor_shard[i] = count - 1;
+        in_shard += o[i].nbytes;
+        s->total_bytes += o[i].nbytes;
+    }
+    s->shards = lm__calloc(s->ctx, count, sizeof(*s->shards));
+    if (!s->shards)
+        return LM_ERR_OUT_OF_MEMORY;
+    s->n_shards = count;
+    for (size_t k = 0; k < count; k++) {
+        s->shards[k].fd = -1;
+        if (!s->sharded) {
+            s->shards[k].final_path = lm__strdup(s->ctx, s->path);
+        } else {
+            char name[64];
+            snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors",
+                     k + 1, count);
+            s->shards[k].final_path = path_join(s->ctx, s->dir, name);
+        }
+        if (!s->shards[k].final_path)
+            return LM_ERR_OUT_OF_MEMORY;
+    }
+    return LM_OK;
+}
+
+static lm_status sink_begin(void *user, const lm_tensor_desc *outputs,
+                            size_t n)
+{
+    lm_file_sink *s = user;
+    if (s->shards)
+        return lm_context_set_error(s->ctx, LM_ERR_STATE,
+                                    "safetensors sink used twice");
+    for (size_t i = 0; i < n; i++)
+        if (!st_dtype(outputs[i].dtype))
+            return lm_context_set_error(s->ctx, LM_ERR_DTYPE,
+                                        "safetensors sink: tensor '%s' has "
+                                        "unknown dtype", outputs[i].name);
+    s->n_tensors = n;
+    s->tensor_shard = lm__calloc(s->ctx, n ? n : 1, sizeof(size_t));
+    s->tensor_offset = lm__calloc(s->ctx, n ? n : 1, sizeof(uint64_t));
+    s->tensor_names = lm__calloc(s->ctx, n ? n : 1, sizeof(char *));
+    if (!s->tensor_shard || !s->tensor_offset || !s->tensor_names)
+        return LM_ERR_OUT_OF_MEMORY;
+    for (size_t i = 0; i < n; i++)
+        if (!(s->tensor_names[i] = lm__strdup(s->ctx, outputs[i].name)))
+            return LM_ERR_OUT_OF_MEMORY;
+    LM_TRY(assign_shards(s, outputs, n));
+    for (size_t k = 0; k < s->n_shards; k++) {
+        size_t hlen = 0;
+        char *header = shard_header(s, k, outputs, &hlen);
+        if (!header)
+            return lm_context_set_error(s->ctx, LM_ERR_OUT_OF_MEMORY,
+                                        "safetensors sink: out of memory "
+                                        "building the header");
+        lm_status st = open_temp(s, &s->shards[k]);
+        unsigned char len8[8];
+        for (int b = 0; b < 8; b++)
+            len8[b] = (unsigned char)((uint64_t)hlen >> (8 * b));
+        uint64_t data_start = 8 + hlen, data_bytes = 0;
+        for (size_t i = 0; i < n; i++)
+            if (s->tensor_shard[i] == k) {
+                s->tensor_offset[i] += data_start;
+                data_bytes += outputs[i].nbytes;
+            }
+        if (st == LM_OK &&
+            (pwrite_all(s->shards[k].fd, len8, 8, 0) ||
+             pwrite_all(s->shards[k].fd, header, hlen, 8) ||
+             ftruncate(s->shards[k].fd, (off_t)(data_start + data_bytes))))
+            st = io_error(s, "cannot write", s->shards[k].tmp_path);
+        lm_free(s->ctx, header);
+        LM_TRY(st);
+    }
+    return LM_OK;
+}
+
+static lm_status sink_write(void *user, size_t index, const void *data,
+                            size_t nbytes)
+{
+    lm_file_sink *s = user;
+    struct shard *sh = &s->shards[s->tensor_shard[index]];
+    if (pwrite_all(sh->fd, data, nbytes, s->tensor_offset[index]))
+        return lm_context_set_error(s->ctx, LM_ERR_IO,
+                                    "cannot write tensor '%s' to '%s': %s",
+                                    s->tensor_names[index], sh->tmp_path,
+                                    strerror(errno));
+    return LM_OK;
+}
+
+static void discard_temps(lm_file_sink *s)
+{
+    for (size_t k = 0; k < s->n_shards; k++) {
+        struct shard *sh = &s->shards[k];
+        if (sh->fd >= 0)
+            close(sh->fd);
+        sh->fd = -1;
+        if (sh->tmp_path) {
+            unlink(sh->tmp_path);
+            lm_free(s->ctx, sh->tmp_path);
+            sh->tmp_path = NULL;
+        }
+    }
+}
+
+static lm_status write_index(lm_file_sink *s)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *meta = root ? cJSON_AddObjectToObject(root, "metadata") : NULL;
+    cJSON *map = root ? cJSON_AddObjectToObject(root, "weight_map") : NULL;
+    bool ok = meta && map && cJSON_AddItemToObject(meta, "total_size",
+                                                   raw_u64(s->total_bytes));
+    for (size_t i = 0; ok && i < s->n_meta; i++)
+        ok = cJSON_AddStringToObject(meta, s->meta_keys[i],
+                                     s->meta_values[i]) != NULL;
+    for (size_t i = 0; ok && i < s->n_tensors; i++) {
+        const char *file = strrchr(s->shards[s->tensor_shard[i]].final_path,
+                                   '/') + 1;
+        ok = cJSON_AddStringToObject(map, s->tensor_names[i], file) != NULL;
+    }
+    char *json = ok ? cJSON_Print(root) : NULL;
+    cJSON_Delete(root);
+    if (!json)
+        return LM_ERR_OUT_OF_MEMORY;
+    struct shard idx = {path_join(s->ctx, s->dir,
+                                  "model.safetensors.index.json"), NULL, -1};
+    lm_status st = idx.final_path ? open_temp(s, &idx) : LM_ERR_OUT_OF_MEMORY;
+    if (st == LM_OK && (pwrite_all(idx.fd, json, strlen(json), 0) ||
+                        pwrite_all(idx.fd, "\n", 1, strlen(json)) ||
+                        fsync(idx.fd) ||
+                        rename(idx.tmp_path, idx.final_path)))
+        st = io_error(s, "cannot write", idx.final_path);
+    if (idx.fd >= 0)
+        close(idx.fd);
+    if (st != LM_OK && idx.tmp_path)
+        unlink(idx.tmp_path);
+    lm_free(s->ctx, idx.tmp_path);
+    lm_free(s->ctx, idx.final_path);
+    cJSON_free(json);
+    return st;
+}
+
+static lm_status sink_end(void *user, int commit)
+{
+    lm_file_sink *s = user;
+    if (!commit) {
+        discard_temps(s);
+        return LM_OK;
+    }
+    for (size_t k = 0; k < s->n_shards; k++) {
+        struct shard *sh = &s->shards[k];
+        if (fsync(sh->fd) || close(sh->fd)) {
+            sh->fd = -1;
+            lm_status st = io_error(s, "cannot flush", sh->tmp_path);
+            discard_temps(s);
+            return st;
+        }
+        sh->fd = -1;
+    }
+    for (size_t k = 0; k < s->n_shards; k++) {
+        struct shard *sh = &s->shards[k];
+        if (rename(sh->tmp_path, sh->final_path)) {
+            lm_status st = io_error(s, "cannot rename into place",
+                                    sh->final_path);
+            discard_temps(s);
+            return st;
+        }
+        lm_free(s->ctx, sh->tmp_path);
+        sh->tmp_path = NULL;
+    }
+    /* The index goes last: without it a sharded output is incomplete. */
+    lm_status st = s->sharded ? write_index(s) : LM_OK;
+    if (st == LM_OK && fsync_dir(s->dir))
+        st = io_error(s, "cannot sync directory", s->dir);
+    s->committed = st == LM_OK;
+    return st;
+}
+
+lm_status lm_safetensors_sink_create(lm_context *ctx, const char *path,
+                                     const lm_safetensors_sink_options *opts,
+                                     lm_file_sink **out)
+{
+    if (!ctx || !path || !*path || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    lm_safetensors_sink_options o = LM_SAFETENSORS_SINK_OPTIONS_INIT;
+    if (opts) {
+        if (opts->struct_size < sizeof(o))
+            return lm_context_set_error(ctx, LM_ERR_ABI,
+                                        "safetensors sink: options "
+                                        "struct_size %u too small",
+                                        opts->struct_size);
+        memcpy(&o, opts, sizeof(o));
+    }
+    if (o.n_metadata && (!o.metadata_keys || !o.metadata_values))
+        return lm_context_set_error(ctx, LM_ERR_INVALID_ARGUMENT,
+                                    "safetensors sink: n_metadata without "
+                                    "keys/values");
+    lm_file_sink *s = lm__calloc(ctx, 1, sizeof(*s));
+    if (!s)
+        return LM_ERR_OUT_OF_MEMORY;
+    s->ctx = ctx;
+    s->sharded = o.max_shard_bytes != 0;
+    s->max_shard_bytes = o.max_shard_bytes;
+    s->path = lm__strdup(ctx, path);
+    lm_status st = s->path ? LM_OK : LM_ERR_OUT_OF_MEMORY;
+    if (st == LM_OK && s->sharded) {
+        s->dir = lm__strdup(ctx, path);
+        if (s->dir && mkdir(path, 0777) && errno != EEXIST)
+            st = io_error(s, "cannot create directory", path);
+    } else if (st == LM_OK) {
+        const char *slash = strrchr(path, '/');
+        s->dir = slash ? lm__strdup(ctx, path) : lm__strdup(ctx, ".");
+        if (s->dir && slash)
+            s->dir[slash == path ? 1 : slash - path] = '\0';
+    }
+    if (st == LM_OK && !s->dir)
+        st = LM_ERR_OUT_OF_MEMORY;
+    if (st == LM_OK && o.n_metadata) {
+        s->meta_keys = lm__calloc(ctx, o.n_metadata, sizeof(char *));
+        s->meta_values = lm__calloc(ctx, o.n_metadata, sizeof(char *));
+        st = s->meta_keys && s->meta_values ? LM_OK : LM_ERR_OUT_OF_MEMORY;
+        for (size_t i = 0; st == LM_OK && i < o.n_metadata; i++) {
+            s->meta_keys[i] = lm__strdup(ctx, o.metadata_keys[i]);
+            s->meta_values[i] = lm__strdup(ctx, o.metadata_values[i]);
+            s->n_meta = i + 1;
+            if (!s->meta_keys[i] || !s->meta_values[i])
+                st = LM_ERR_OUT_OF_MEMORY;
+        }
+    }
+    if (st != LM_OK) {
+        lm_file_sink_destroy(s);
+        return st == LM_ERR_OUT_OF_MEMORY
+                   ? lm_context_set_error(ctx, st, "safetensors sink: out of "
+                                                   "memory")
+                   : st;
+    }
+    s->vt.struct_size = sizeof(s->vt);
+    s->vt.begin = sink_begin;
+    s->vt.write = sink_write;
+    s->vt.end = sink_end;
+    s->vt.user = s;
+    *out = s;
+    return LM_OK;
+}
+
+const lm_sink_vtable *lm_file_sink_vtable(lm_file_sink *s)
+{
+    return s ? &s->vt : NULL;
+}
+
+size_t lm_file_sink_file_count(const lm_file_sink *s)
+{
+    return s && s->committed ? s->n_shards : 0;
+}
+
+const char *lm_file_sink_file(const lm_file_sink *s, size_t i)
+{
+    return s && s->committed && i < s->n_shards ? s->shards[i].final_path
+                                                : NULL;
+}
+
+void lm_file_sink_destroy(lm_file_sink *s)
+{
+    if (!s)
+        return;
+    discard_temps(s);
+    for (size_t k = 0; k < s->n_shards; k++)
+        lm_free(s->ctx, s->shards[k].final_path);
+    lm_free(s->ctx, s->shards);
+    for (size_t i = 0; i < s->n_tensors && s->tensor_names; i++)
+        lm_free(s->ctx, s->tensor_names[i]);
+    lm_free(s->ctx, s->tensor_names);
+    lm_free(s->ctx, s->tensor_shard);
+    lm_free(s->ctx, s->tensor_offset);
+    for (size_t i = 0; i < s->n_meta; i++) {
+        lm_free(s->ctx, s->meta_keys[i]);
+        lm_free(s->ctx, s->meta_values[i]);
+    }
+    lm_free(s->ctx, s->meta_keys);
+    lm_free(s->ctx, s->meta_values);
+    lm_free(s->ctx, s->path);
+    lm_free(s->ctx, s->dir);
+    lm_free(s->ctx, s);
+}

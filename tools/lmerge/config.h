@@ -1,0 +1,38 @@
+/* mergekit-style YAML merge configurations. */
+#ifndef LMERGE_CONFIG_H
+#define LMERGE_CONFIG_H
+
+#include <stddef.h>
+
+struct lmerge_param {
+    char *key;
+    char *value; /* scalar text as written */
+    int line;
+};
+
+struct lmerge_model_ref {
+    char *path;
+    int line;
+    struct lmerge_param *params; /* per-model parameters (weight, ...) */
+    size_t n_params;
+};
+
+struct lmerge_config {
+    char *merge_method;
+    int merge_method_line;
+    char *base_model;
+    char *dtype;     /* compute dtype (accepted; libmerge computes in f32) */
+    char *out_dtype; /* output dtype, overrides dtype for the output */
+    struct lmerge_model_ref *models;
+    size_t n_models;
+    struct lmerge_param *params; /* top-level `parameters` */
+    size_t n_params;
+};
+
+/* Parse a config file. On failure returns -1 and writes a message naming
+ * the file and line into err. */
+int lmerge_config_load(const char *path, struct lmerge_config *out,
+                       char *err, size_t err_size);
+void lmerge_config_free(struct lmerge_config *config);
+
+#endif
