@@ -14,5 +14,6 @@
 #include "libmerge/model.h"
 #include "libmerge/plan.h"
 #include "libmerge/file_sink.h"
+#include "libmerge/stats.h"
 
 #endif /* LIBMERGE_H */

@@ -7,5 +7,14 @@
 
 int lmerge_demo(int argc, char **argv);
 int lmerge_methods(int argc, char **argv);
+int lmerge_run(int argc, char **argv);
+int lmerge_info(int argc, char **argv);
+
+/* Open a model from a safetensors file, a directory (model.safetensors or
+ * a sharded index) or another supported format; errors on ctx. */
+lm_status lmerge_open_model(lm_context *ctx, const char *path, lm_model **out);
+/* Copy non-weight files of a base model directory into out_dir. */
+int lmerge_copy_side_files(const char *base_path, const char *out_dir,
+                           char *err, size_t err_size);
 
 #endif

@@ -12,6 +12,8 @@ static void usage(FILE *f)
             "commands:\n"
             "  demo       merge small example models generated in memory and\n"
             "             check the result against an independent computation\n"
+            "  run        merge models on disk from a mergekit-style YAML config\n"
+            "  info       list the tensors and metadata of a model file\n"
             "  methods    list merge methods with their parameters and defaults\n"
             "  version    print the library version\n");
 }
@@ -25,6 +27,10 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     if (strcmp(cmd, "demo") == 0)
         return lmerge_demo(argc - 1, argv + 1);
+    if (strcmp(cmd, "run") == 0)
+        return lmerge_run(argc - 1, argv + 1);
+    if (strcmp(cmd, "info") == 0)
+        return lmerge_info(argc - 1, argv + 1);
     if (strcmp(cmd, "methods") == 0)
         return lmerge_methods(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0) {

@@ -1,0 +1,246 @@
+/* Accumulating input second moments X^T X per (model, tensor). */
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#include "stats/stats_internal.h"
+
+/* Rows converted to f64 per dsyrk call: large enough for BLAS efficiency,
+ * small enough to keep the scratch buffer modest. */
+#define ROW_BLOCK 256
+
+lm_status lm_stats_create(lm_context *ctx, lm_stats **out)
+{
+    if (!ctx || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    lm_stats *s = lm__calloc(ctx, 1, sizeof(*s));
+    if (!s)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "stats: out of memory");
+    s->ctx = ctx;
+    if (pthread_mutex_init(&s->lock, NULL)) {
+        lm_free(ctx, s);
+        return LM_ERR_INTERNAL;
+    }
+    *out = s;
+    return LM_OK;
+}
+
+void lm_stats_destroy(lm_stats *s)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; i < s->count; i++) {
+        struct lm_stats_entry *e = s->entries[i];
+        pthread_mutex_destroy(&e->lock);
+        lm_free(s->ctx, e->gram);
+        lm_free(s->ctx, e->name);
+        lm_free(s->ctx, e);
+    }
+    lm_free(s->ctx, s->entries);
+    pthread_mutex_destroy(&s->lock);
+    lm_free(s->ctx, s);
+}
+
+static struct lm_stats_entry *find(const lm_stats *s, size_t model,
+                                   const char *name)
+{
+    for (size_t i = 0; i < s->count; i++)
+        if (s->entries[i]->model == model &&
+            strcmp(s->entries[i]->name, name) == 0)
+            return s->entries[i];
+    return NULL;
+}
+
+static struct lm_stats_entry *new_entry(lm_stats *s, size_t model,
+                                        const char *name, size_t d_in)
+{
+    if (d_in && d_in > SIZE_MAX / sizeof(double) / d_in)
+        return NULL;
+    struct lm_stats_entry *e = lm__calloc(s->ctx, 1, sizeof(*e));
+    if (!e)
+        return NULL;
+    e->model = model;
+    e->d_in = d_in;
+    e->name = lm__strdup(s->ctx, name);
+    size_t cells = d_in * d_in;
+    e->gram = lm__calloc(s->ctx, cells > 0 ? cells : 1, sizeof(double));
+    if (!e->name || !e->gram || pthread_mutex_init(&e->lock, NULL)) {
+        lm_free(s->ctx, e->name);
+        lm_free(s->ctx, e->gram);
+        lm_free(s->ctx, e);
+        return NULL;
+    }
+    if (s->count == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 32;
+        struct lm_stats_entry **list = lm__calloc(s->ctx, cap, sizeof(*list));
+        if (!list) {
+            pthread_mutex_destroy(&e->lock);
+            lm_free(s->ctx, e->name);
+            lm_free(s->ctx, e->gram);
+            lm_free(s->ctx, e);
+            return NULL;
+        }
+        if (s->count)
+            memcpy(list, s->entries, s->count * sizeof(*list));
+        lm_free(s->ctx, s->entries);
+        s->entries = list;
+        s->cap = cap;
+    }
+    s->entries[s->count++] = e;
+    return e;
+}
+
+struct lm_stats_entry *lm__stats_entry(lm_stats *s, size_t model,
+                                       const char *name, size_t d_in,
+                                       bool create)
+{
+    pthread_mutex_lock(&s->lock);
+    struct lm_stats_entry *e = find(s, model, name);
+    if (!e && create) {
+        e = new_entry(s, model, name, d_in);
+        if (!e)
+            lm_context_set_error(s->ctx, LM_ERR_OUT_OF_MEMORY,
+                                 "stats: out of memory for '%s' (model "
+                                 "%zu, d_in %zu)", name, model, d_in);
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (e && create && e->d_in != d_in) {
+        lm_context_set_error(s->ctx, LM_ERR_SHAPE,
+                             "stats: '%s' of model %zu was observed with "
+                             "d_in %zu, now %zu", name, model, e->d_in, d_in);
+        return NULL;
+    }
+    return e;
+}
+
+/* Copy the upper triangle to the lower one. */
+static void symmetrize(double *g, size_t d)
+{
+    for (size_t i = 0; i < d; i++)
+        for (size_t j = i + 1; j < d; j++)
+            g[j * d + i] = g[i * d + j];
+}
+
+lm_status lm_stats_observe(lm_stats *s, size_t model, const char *name,
+                           const float *rows, size_t n_rows, size_t d_in)
+{
+    if (!s || !name || !*name || (!rows && n_rows) || d_in == 0)
+        return s ? lm_context_set_error(s->ctx, LM_ERR_INVALID_ARGUMENT,
+                                        "stats: observe needs a name, rows "
+                                        "and d_in > 0")
+                 : LM_ERR_INVALID_ARGUMENT;
+    if (n_rows && d_in > SIZE_MAX / n_rows)
+        return lm_context_set_error(s->ctx, LM_ERR_SHAPE,
+                                    "stats: %zu x %zu rows overflow", n_rows,
+                                    d_in);
+    for (size_t i = 0; i < n_rows * d_in; i++)
+        if (!isfinite(rows[i]))
+            return lm_context_set_error(s->ctx, LM_ERR_NONFINITE,
+                                        "stats: input for '%s' (model %zu) "
+                                        "has a non-finite value at row %zu",
+                                        name, model, i / d_in);
+    if (d_in > (size_t)INT32_MAX)
+        return lm_context_set_error(s->ctx, LM_ERR_SHAPE,
+                                    "stats: d_in %zu is too large", d_in);
+    struct lm_stats_entry *e = lm__stats_entry(s, model, name, d_in, true);
+    if (!e)
+        return lm_context_error_status(s->ctx);
+    size_t block = n_rows < ROW_BLOCK ? n_rows : ROW_BLOCK;
+    size_t cells = block * d_in;
+    double *x = lm__calloc(s->ctx, cells > 0 ? cells : 1, sizeof(double));
+    if (!x)
+        return lm_context_set_error(s->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "stats: out of memory for '%s'", name);
+    pthread_mutex_lock(&e->lock);
+    for (size_t r = 0; r < n_rows; r += block) {
+        size_t nb = n_rows - r < block ? n_rows - r : block;
+        for (size_t i = 0; i < nb * d_in; i++)
+            x[i] = rows[r * d_in + i];
+        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)d_in, (int)nb,
+                    1.0, x, (int)d_in, 1.0, e->gram, (int)d_in);
+    }
+    symmetrize(e->gram, d_in);
+    e->n_rows += n_rows;
+    pthread_mutex_unlock(&e->lock);
+    lm_free(s->ctx, x);
+    return LM_OK;
+}
+
+lm_status lm_stats_observe_tensor(lm_stats *s, size_t model, const char *name,
+                                  const lm_tensor *rows)
+{
+    if (!s || !rows)
+        return LM_ERR_INVALID_ARGUMENT;
+    if (rows->ndim != 2)
+        return lm_context_set_error(s->ctx, LM_ERR_SHAPE,
+                                    "stats: rows for '%s' must be 2-D "
+                                    "[n_rows, d_in], got %d dims", name,
+                                    rows->ndim);
+    size_t n = (size_t)rows->shape[0], d = (size_t)rows->shape[1];
+    if (rows->dtype == LM_F32 && !rows->lazy_read)
+        return lm_stats_observe(s, model, name, rows->data, n, d);
+    float *f = lm__calloc(s->ctx, rows->numel ? rows->numel : 1,
+                          sizeof(float));
+    if (!f)
+        return lm_context_set_error(s->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "stats: out of memory for '%s'", name);
+    lm_status st = lm__read_f32(s->ctx, rows, f);
+    if (st == LM_OK)
+        st = lm_stats_observe(s, model, name, f, n, d);
+    lm_free(s->ctx, f);
+    return st;
+}
+
+lm_status lm_stats_get(const lm_stats *s, size_t model, const char *name,
+                       const double **gram, size_t *d_in, uint64_t *n_rows)
+{
+    if (!s || !name)
+        return LM_ERR_INVALID_ARGUMENT;
+    struct lm_stats_entry *e =
+        lm__stats_entry((lm_stats *)s, model, name, 0, false);
+    if (!e)
+        return lm_context_set_error(s->ctx, LM_ERR_NOT_FOUND,
+                                    "stats: nothing observed for '%s' of "
+                                    "model %zu", name, model);
+    if (gram)
+        *gram = e->gram;
+    if (d_in)
+        *d_in = e->d_in;
+    if (n_rows)
+        *n_rows = e->n_rows;
+    return LM_OK;
+}
+
+size_t lm_stats_count(const lm_stats *s) { return s ? s->count : 0; }
+
+lm_status lm_stats_key(const lm_stats *s, size_t i, size_t *model,
+                       const char **name)
+{
+    if (!s || i >= s->count)
+        return LM_ERR_OUT_OF_RANGE;
+    if (model)
+        *model = s->entries[i]->model;
+    if (name)
+        *name = s->entries[i]->name;
+    return LM_OK;
+}
+
+lm_status lm_stats_merge(lm_stats *dst, const lm_stats *src)
+{
+    if (!dst || !src)
+        return LM_ERR_INVALID_ARGUMENT;
+    for (size_t i = 0; i < src->count; i++) {
+        const struct lm_stats_entry *se = src->entries[i];
+        struct lm_stats_entry *de =
+            lm__stats_entry(dst, se->model, se->name, se->d_in, true);
+        if (!de)
+            return lm_context_error_status(dst->ctx);
+        pthread_mutex_lock(&de->lock);
+        for (size_t k = 0; k < se->d_in * se->d_in; k++)
+            de->gram[k] += se->gram[k];
+        de->n_rows += se->n_rows;
+        pthread_mutex_unlock(&de->lock);
+    }
+    return LM_OK;
+}

@@ -1,0 +1,250 @@
+/* lm_stats files: "LMSTATS1", u32 version (1), u32 zero, u64 key count,
+ * then per key: u64 model, u32 name length, name bytes, u64 d_in,
+ * u64 n_rows, the upper triangle of X^T X row by row as f64; finally a
+ * CRC-32 (zlib) of everything before it. All little-endian. */
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "stats/stats_internal.h"
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "lm_stats files are written in host order; add byte swapping"
+#endif
+
+static const char MAGIC[8] = {'L', 'M', 'S', 'T', 'A', 'T', 'S', '1'};
+#define MAX_NAME 4096
+
+struct writer {
+    FILE *f;
+    uLong crc;
+    bool ok;
+};
+
+static void put(struct writer *w, const void *p, size_t n)
+{
+    if (w->ok && fwrite(p, 1, n, w->f) != n)
+        w->ok = false;
+    w->crc = crc32(w->crc, p, (uInt)n);
+}
+
+lm_status lm_stats_save(const lm_stats *s, const char *path)
+{
+    if (!s || !path)
+        return LM_ERR_INVALID_ARGUMENT;
+    size_t n = strlen(path);
+    char *tmp = lm_alloc(s->ctx, n + 16);
+    if (!tmp)
+        return LM_ERR_OUT_OF_MEMORY;
+    snprintf(tmp, n + 16, "%s.tmp.XXXXXX", path);
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        lm_status st = lm_context_set_error(s->ctx, LM_ERR_IO,
+                                            "stats: cannot create '%s': %s",
+                                            tmp, strerror(errno));
+        lm_free(s->ctx, tmp);
+        return st;
+    }
+    fchmod(fd, 0644);
+    struct writer w = {fdopen(fd, "wb"), crc32(0L, Z_NULL, 0), true};
+    if (!w.f) {
+        close(fd);
+        w.ok = false;
+    } else {
+        uint32_t version = 1, zero = 0;
+        uint64_t count = s->count;
+        put(&w, MAGIC, 8);
+        put(&w, &version, 4);
+        put(&w, &zero, 4);
+        put(&w, &count, 8);
+        for (size_t i = 0; i < s->count; i++) {
+            struct lm_stats_entry *e = s->entries[i];
+            pthread_mutex_lock(&e->lock);
+            uint64_t model = e->model, d = e->d_in, rows = e->n_rows;
+            uint32_t len = (uint32_t)strlen(e->name);
+            put(&w, &model, 8);
+            put(&w, &len, 4);
+            put(&w, e->name, len);
+            put(&w, &d, 8);
+            put(&w, &rows, 8);
+            for (size_t r = 0; r < e->d_in; r++)
+                put(&w, e->gram + r * e->d_in + r,
+                    (e->d_in - r) * sizeof(double));
+            pthread_mutex_unlock(&e->lock);
+        }
+        uint32_t crc = (uint32_t)w.crc;
+        if (w.ok && fwrite(&crc, 1, 4, w.f) != 4)
+            w.ok = false;
+        w.ok = w.ok && fflush(w.f) == 0 && fsync(fileno(w.f)) == 0;
+        if (fclose(w.f))
+            w.ok = false;
+    }
+    int saved = errno;
+    if (w.ok && rename(tmp, path) == 0) {
+        lm_free(s->ctx, tmp);
+        return LM_OK;
+    }
+    unlink(tmp);
+    lm_free(s->ctx, tmp);
+    return lm_context_set_error(s->ctx, LM_ERR_IO,
+                                "stats: cannot write '%s': %s", path,
+                                strerror(saved ? saved : errno));
+}
+
+struct reader {
+    const unsigned char *p, *end;
+    const char *path;
+    lm_context *ctx;
+};
+
+static lm_status take(struct reader *r, void *dst, size_t n, const char *what)
+{
+    if ((size_t)(r->end - r->p) < n)
+        return lm_context_set_error(r->ctx, LM_ERR_FORMAT,
+                                    "stats file '%s': truncated while "
+                                    "reading %s", r->path, what);
+    memcpy(dst, r->p, n);
+    r->p += n;
+    return LM_OK;
+}
+
+static lm_status parse(struct reader *r, lm_stats *s)
+{
+    char magic[8];
+    uint32_t version = 0, zero = 0;
+    uint64_t count = 0;
+    LM_TRY(take(r, magic, 8, "the magic"));
+    if (memcmp(magic, MAGIC, 8))
+        return lm_context_set_error(r->ctx, LM_ERR_FORMAT,
+                                    "'%s' is not an lm_stats file (bad "
+                                    "magic)", r->path);
+    LM_TRY(take(r, &version, 4, "the version"));
+    LM_TRY(take(r, &zero, 4, "the header"));
+    if (version != 1)
+        return lm_context_set_error(r->ctx, LM_ERR_FORMAT,
+                                    "stats file '%s': version %u is not "
+                                    "supported (expected 1)", r->path,
+                                    version);
+    LM_TRY(take(r, &count, 8, "the key count"));
+    if (count > (uint64_t)(r->end - r->p) / 28)
+        return lm_context_set_error(r->ctx, LM_ERR_FORMAT,
+                                    "stats file '%s': key count %llu does "
+                                    "not fit in the file", r->path,
+                                    (unsigned long long)count);
+    for (uint64_t i = 0; i < count; i++) {
+        uint64_t model = 0, d = 0, rows = 0;
+        uint32_t len = 0;
+        char name[MAX_NAME + 1];
+        LM_TRY(take(r, &model, 8, "a key"));
+        LM_TRY(take(r, &len, 4, "a name length"));
+        if (len == 0 || len > MAX_NAME)
+            return lm_context_set_error(r->ctx, LM_ERR_FORMAT,
+                                        "stats file '%s': key %llu has a "
+                                        "name length of %u", r->path,
+                                        (unsigned long long)i, len);
+        LM_TRY(take(r, name, len, "a name"));
+        name[len] = '\0';
+        LM_TRY(take(r, &d, 8, "d_in"));
+        LM_TRY(take(r, &rows, 8, "the row count"));
+        uint64_t tri = d * (d + 1) / 2;
+        if (d == 0 || d > (1u << 20) ||
+            tri > (uint64_t)(r->end - r->p) / sizeof(double))
+            return lm_context_set_error(r->ctx, LM_ERR_FORMAT,
+                                        "stats file '%s': '%s' has d_in "
+                                        "%llu, which does not fit in the "
+                                        "file", r->path, name,
+                                        (unsigned long long)d);
+        if (lm__stats_entry(s, (size_t)model, name, (size_t)d, false))
+            return lm_context_set_error(r->ctx, LM_ERR_FORMAT,
+                                        "stats file '%s': key '%s' of model "
+                                        "%llu appears twice", r->path, name,
+                                        (unsigned long long)model);
+        struct lm_stats_entry *e =
+            lm__stats_entry(s, (size_t)model, name, (size_t)d, true);
+        if (!e)
+            return lm_context_error_status(r->ctx);
+        for (size_t row = 0; row < d; row++)
+            LM_TRY(take(r, e->gram + row * d + row, (d - row) * sizeof(double),
+                        "a Gram matrix"));
+        for (size_t k = 0; k < d * d; k++)
+            if (!isfinite(e->gram[k]))
+                return lm_context_set_error(r->ctx, LM_ERR_FORMAT,
+                                            "stats file '%s': '%s' holds a "
+                                            "non-finite value", r->path,
+                                            name);
+        for (size_t a = 0; a < d; a++)
+            for (size_t b = a + 1; b < d; b++)
+                e->gram[b * d + a] = e->gram[a * d + b];
+        e->n_rows = rows;
+    }
+    if (r->p != r->end)
+        return lm_context_set_error(r->ctx, LM_ERR_FORMAT,
+                                    "stats file '%s': %zu unexpected bytes "
+                                    "after the last key", r->path,
+                                    (size_t)(r->end - r->p));
+    return LM_OK;
+}
+
+lm_status lm_stats_load(lm_context *ctx, const char *path, lm_stats **out)
+{
+    if (!ctx || !path || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return lm_context_set_error(ctx, LM_ERR_IO,
+                                    "stats: cannot open '%s': %s", path,
+                                    strerror(errno));
+    struct stat st;
+    unsigned char *buf = NULL;
+    size_t size = 0;
+    lm_status status = LM_OK;
+    if (fstat(fileno(f), &st) || st.st_size < 4) {
+        status = lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                      "stats file '%s' is too short", path);
+    } else {
+        size = (size_t)st.st_size;
+        buf = lm_alloc(ctx, size);
+        if (!buf)
+            status = lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                          "stats: out of memory reading "
+                                          "'%s'", path);
+        else if (fread(buf, 1, size, f) != size)
+            status = lm_context_set_error(ctx, LM_ERR_IO,
+                                          "stats: cannot read '%s'", path);
+    }
+    fclose(f);
+    if (status == LM_OK && (size < 8 || memcmp(buf, MAGIC, 8) != 0))
+        status = lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                      "'%s' is not an lm_stats file (bad "
+                                      "magic)", path);
+    if (status == LM_OK) {
+        uint32_t stored;
+        memcpy(&stored, buf + size - 4, 4);
+        uLong crc = crc32(crc32(0L, Z_NULL, 0), buf, (uInt)(size - 4));
+        if ((uint32_t)crc != stored)
+            status = lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                          "stats file '%s': checksum "
+                                          "mismatch (corrupt or truncated)",
+                                          path);
+    }
+    lm_stats *s = NULL;
+    if (status == LM_OK)
+        status = lm_stats_create(ctx, &s);
+    if (status == LM_OK) {
+        struct reader r = {buf, buf + size - 4, path, ctx};
+        status = parse(&r, s);
+    }
+    lm_free(ctx, buf);
+    if (status != LM_OK) {
+        lm_stats_destroy(s);
+        return status;
+    }
+    *out = s;
+    return LM_OK;
+}

@@ -1,0 +1,336 @@
+/* `lmerge run CONFIG.yaml -o OUT_DIR`: a mergekit-style merge from files
+ * to safetensors, streamed tensor by tensor. */
+#include <errno.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "commands.h"
+#include "config.h"
+
+struct run_opts {
+    const char *config;
+    const char *out_dir;
+    int threads;
+    uint64_t shard_bytes;
+    const char *dtype;
+    bool json, quiet, copy_files;
+};
+
+static void run_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: lmerge run CONFIG.yaml -o OUT_DIR [--threads N]\n"
+            "                  [--shard-size SIZE] [--dtype f32|f16|bf16]\n"
+            "                  [--json] [--quiet] [--no-copy-files]\n"
+            "\n"
+            "CONFIG follows mergekit: merge_method, base_model, models: [{model,\n"
+            "parameters: {weight, ...}}], parameters, dtype/out_dtype.\n"
+            "SIZE accepts K/M/G/T suffixes (bytes, powers of 1000; KiB/MiB/GiB\n"
+            "for powers of 1024); default 5G. The output is OUT_DIR/model.safetensors,\n"
+            "or shards plus model.safetensors.index.json when larger than SIZE.\n");
+}
+
+/* "5G", "500MB", "2GiB", "123" -> bytes; 0 on error. */
+static uint64_t parse_size(const char *s)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno || !(v > 0))
+        return 0;
+    double mult = 1;
+    bool binary = strstr(end, "i") != NULL;
+    switch (*end) {
+    case '\0': break;
+    case 'k': case 'K': mult = binary ? 1024.0 : 1e3; break;
+    case 'm': case 'M': mult = binary ? 1048576.0 : 1e6; break;
+    case 'g': case 'G': mult = binary ? 1073741824.0 : 1e9; break;
+    case 't': case 'T': mult = binary ? 1099511627776.0 : 1e12; break;
+    case 'b': case 'B': break;
+    default: return 0;
+    }
+    double bytes = v * mult;
+    return bytes >= 1 && bytes < 1.8e19 ? (uint64_t)bytes : 0;
+}
+
+static int parse_args(int argc, char **argv, struct run_opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->shard_bytes = 5000000000ULL;
+    o->copy_files = true;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *next = i + 1 < argc ? argv[i + 1] : NULL;
+        if ((!strcmp(a, "-o") || !strcmp(a, "--output")) && next) {
+            o->out_dir = next;
+            i++;
+        } else if (!strcmp(a, "--threads") && next) {
+            char *end;
+            long n = strtol(next, &end, 10);
+            if (*end || n < 0 || n > 1024) {
+                fprintf(stderr, "lmerge run: --threads takes 0..1024\n");
+                return -1;
+            }
+            o->threads = (int)n;
+            i++;
+        } else if (!strcmp(a, "--shard-size") && next) {
+            if (!(o->shard_bytes = parse_size(next))) {
+                fprintf(stderr, "lmerge run: bad --shard-size '%s'\n", next);
+                return -1;
+            }
+            i++;
+        } else if (!strcmp(a, "--dtype") && next) {
+            o->dtype = next;
+            i++;
+        } else if (!strcmp(a, "--json")) {
+            o->json = true;
+        } else if (!strcmp(a, "--quiet") || !strcmp(a, "-q")) {
+            o->quiet = true;
+        } else if (!strcmp(a, "--no-copy-files")) {
+            o->copy_files = false;
+        } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            run_usage(stdout);
+            exit(0);
+        } else if (a[0] == '-' || o->config) {
+            fprintf(stderr, "lmerge run: unexpected argument '%s'\n", a);
+            run_usage(stderr);
+            return -1;
+        } else {
+            o->config = a;
+        }
+    }
+    if (!o->config || !o->out_dir) {
+        run_usage(stderr);
+        return -1;
+    }
+    return 0;
+}
+
+struct progress_state {
+    bool tty;
+    time_t last;
+};
+
+static int show_progress(size_t done, size_t total, uint64_t bytes,
+                         uint64_t bytes_total, void *user)
+{
+    struct progress_state *p = user;
+    time_t now = time(NULL);
+    if (done != total && now == p->last)
+        return 0;
+    p->last = now;
+    int width = 30, filled = total ? (int)(width * done / total) : width;
+    fprintf(stderr, "\r[%.*s%*s] %zu/%zu tensors, %.1f/%.1f MB", filled,
+            "##############################", width - filled, "", done, total,
+            bytes / 1e6, bytes_total / 1e6);
+    if (done == total)
+        fputc('\n', stderr);
+    return 0;
+}
+
+/* Per-model parameters other than `weight` become plan parameters when
+ * every model gives the same value; different values need per-model
+ * parameters, which no strategy takes yet. */
+static int apply_params(lm_context *ctx, lm_plan *plan,
+                        const struct lmerge_config *c, double *weights)
+{
+    for (size_t i = 0; i < c->n_params; i++) {
+        if (lm_plan_set_string(plan, c->params[i].key, c->params[i].value)) {
+            fprintf(stderr, "lmerge run: %s:%d: %s\n", "parameters",
+                    c->params[i].line, lm_context_error(ctx));
+            return -1;
+        }
+    }
+    for (size_t m = 0; m < c->n_models; m++) {
+        weights[m] = 1.0;
+        for (size_t j = 0; j < c->models[m].n_params; j++) {
+            const struct lmerge_param *p = &c->models[m].params[j];
+            if (strcmp(p->key, "weight") == 0) {
+                char *end;
+                weights[m] = strtod(p->value, &end);
+                if (*end || !isfinite(weights[m])) {
+                    fprintf(stderr, "lmerge run: line %d: weight '%s' is not "
+                            "a number\n", p->line, p->value);
+                    return -1;
+                }
+                continue;
+            }
+            for (size_t o = 0; o < c->n_models; o++) {
+                bool same = false;
+                for (size_t q = 0; q < c->models[o].n_params; q++)
+                    if (!strcmp(c->models[o].params[q].key, p->key) &&
+                        !strcmp(c->models[o].params[q].value, p->value))
+                        same = true;
+                if (!same) {
+                    fprintf(stderr, "lmerge run: line %d: per-model '%s' "
+                            "differs between models; libmerge takes one "
+                            "value for all models: put it under the "
+                            "top-level 'parameters'\n", p->line, p->key);
+                    return -1;
+                }
+            }
+            if (m == 0 && lm_plan_set_string(plan, p->key, p->value)) {
+                fprintf(stderr, "lmerge run: line %d: %s\n", p->line,
+                        lm_context_error(ctx));
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+static char *read_text(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (buf) {
+        size_t got = fread(buf, 1, (size_t)n, f);
+        buf[got] = '\0';
+    }
+    fclose(f);
+    return buf;
+}
+
+int lmerge_run(int argc, char **argv)
+{
+    struct run_opts o;
+    if (parse_args(argc, argv, &o))
+        return 2;
+    struct lmerge_config c;
+    char err[1024];
+    if (lmerge_config_load(o.config, &c, err, sizeof(err))) {
+        fprintf(stderr, "lmerge run: %s\n", err);
+        return 1;
+    }
+    int rc = 1;
+    lm_context *ctx = NULL;
+    lm_model *base = NULL, **models = calloc(c.n_models, sizeof(*models));
+    double *weights = calloc(c.n_models, sizeof(*weights));
+    lm_plan *plan = NULL;
+    lm_file_sink *sink = NULL;
+    char *config_text = read_text(o.config);
+    lm_context_options co = LM_CONTEXT_OPTIONS_INIT;
+    co.n_threads = o.threads;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if (!models || !weights || lm_context_create(&co, &ctx) != LM_OK) {
+        fprintf(stderr, "lmerge run: out of memory\n");
+        goto done;
+    }
+    if (lmerge_open_model(ctx, c.base_model, &base)) {
+        fprintf(stderr, "lmerge run: base_model: %s\n", lm_context_error(ctx));
+        goto done;
+    }
+    for (size_t m = 0; m < c.n_models; m++) {
+        if (lmerge_open_model(ctx, c.models[m].path, &models[m])) {
+            fprintf(stderr, "lmerge run: %s:%d: %s\n", o.config,
+                    c.models[m].line, lm_context_error(ctx));
+            goto done;
+        }
+    }
+    if (lm_plan_create(ctx, c.merge_method, &plan)) {
+        fprintf(stderr, "lmerge run: %s:%d: %s\n", o.config,
+                c.merge_method_line, lm_context_error(ctx));
+        goto done;
+    }
+    if (apply_params(ctx, plan, &c, weights))
+        goto done;
+    const char *dtype_name = o.dtype ? o.dtype : c.out_dtype ? c.out_dtype
+                                                             : c.dtype;
+    lm_dtype out_dtype = LM_F32;
+    if (dtype_name) {
+        if (lm_dtype_parse(dtype_name, &out_dtype) ||
+            lm_plan_set_output_dtype(plan, out_dtype)) {
+            fprintf(stderr, "lmerge run: unknown dtype '%s' (use f32, f16, "
+                    "bf16 or f64)\n", dtype_name);
+            goto done;
+        }
+    }
+    lm_plan_set_base(plan, base);
+    for (size_t m = 0; m < c.n_models; m++)
+        lm_plan_add_model(plan, models[m], weights[m]);
+
+    uint64_t total = 0;
+    for (size_t i = 0; i < lm_model_count(base); i++) {
+        const lm_tensor *t = lm_model_tensor(base, i);
+        total += lm_tensor_numel(t) *
+                 lm_dtype_size(dtype_name ? out_dtype : lm_tensor_dtype(t));
+    }
+    if (mkdir(o.out_dir, 0777) && errno != EEXIST) {
+        fprintf(stderr, "lmerge run: cannot create '%s': %s\n", o.out_dir,
+                strerror(errno));
+        goto done;
+    }
+    char single[4096];
+    snprintf(single, sizeof(single), "%s/model.safetensors", o.out_dir);
+    char version[64];
+    snprintf(version, sizeof(version), "libmerge %s", lm_version_string());
+    const char *keys[] = {"format", "merged_by", "merge_method", "merge_config"};
+    const char *values[] = {"pt", version, c.merge_method,
+                            config_text ? config_text : ""};
+    lm_safetensors_sink_options so = LM_SAFETENSORS_SINK_OPTIONS_INIT;
+    so.max_shard_bytes = total > o.shard_bytes ? o.shard_bytes : 0;
+    so.metadata_keys = keys;
+    so.metadata_values = values;
+    so.n_metadata = 4;
+    if (lm_safetensors_sink_create(ctx, so.max_shard_bytes ? o.out_dir : single,
+                                   &so, &sink)) {
+        fprintf(stderr, "lmerge run: %s\n", lm_context_error(ctx));
+        goto done;
+    }
+    struct progress_state ps = {isatty(STDERR_FILENO) && !o.quiet && !o.json,
+                                0};
+    if (ps.tty)
+        lm_plan_set_progress(plan, show_progress, &ps);
+    if (lm_plan_execute_to(plan, lm_file_sink_vtable(sink))) {
+        fprintf(stderr, "lmerge run: merge failed: %s\n",
+                lm_context_error(ctx));
+        goto done;
+    }
+    if (o.copy_files && lmerge_copy_side_files(c.base_model, o.out_dir, err,
+                                               sizeof(err))) {
+        fprintf(stderr, "lmerge run: %s\n", err);
+        goto done;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) +
+                  (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    if (o.json) {
+        printf("{\"status\": \"ok\", \"method\": \"%s\", \"models\": %zu, "
+               "\"tensors\": %zu, \"bytes\": %llu, \"seconds\": %.3f, "
+               "\"files\": [", c.merge_method, c.n_models,
+               lm_model_count(base), (unsigned long long)total, secs);
+        for (size_t i = 0; i < lm_file_sink_file_count(sink); i++)
+            printf("%s\"%s\"", i ? ", " : "", lm_file_sink_file(sink, i));
+        printf("]}\n");
+    } else if (!o.quiet) {
+        printf("merged %zu models with %s: %zu tensors, %.1f MB in %.2f s -> "
+               "%s\n", c.n_models, c.merge_method, lm_model_count(base),
+               total / 1e6, secs,
+               so.max_shard_bytes ? o.out_dir : single);
+    }
+    rc = 0;
+done:
+    lm_file_sink_destroy(sink);
+    lm_plan_destroy(plan);
+    for (size_t m = 0; models && m < c.n_models; m++)
+        lm_model_destroy(models[m]);
+    free(models);
+    free(weights);
+    lm_model_destroy(base);
+    lm_context_destroy(ctx);
+    free(config_text);
+    lmerge_config_free(&c);
+    return rc;
+}
