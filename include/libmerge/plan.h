@@ -44,6 +44,12 @@ LM_API lm_status lm_plan_add_model(lm_plan *plan, const lm_model *model,
                                    double weight);
 LM_API size_t lm_plan_model_count(const lm_plan *plan);
 
+/* Activation statistics for strategies that use them (ESM, purification,
+ * NSC): model index t in the stats is the t-th model added. Borrowed; must
+ * outlive execution. NULL clears. */
+struct lm_stats;
+LM_API lm_status lm_plan_set_stats(lm_plan *plan, const struct lm_stats *stats);
+
 /* Merge every tensor of the base into a new model with the base's names,
  * order, shapes and dtypes. Tensors run in parallel on the context's
  * threads; the result is bit-identical for any thread count. Every model

@@ -111,6 +111,7 @@ static lm_status run_strategy(struct exec *ex, size_t index, float *block,
         .weights = p->weights,
         .seed = lm__hash_string(ctx->seed, name),
         .out = out,
+        .stats = p->stats,
     };
     lm_status st = p->vt->merge_tensor(ex->state, &job, p->vt->user);
     if (st > 0)
@@ -303,6 +304,7 @@ lm_status lm__execute(lm_plan *p, const lm_sink_vtable *sink)
                 .params = p->params,
                 .n_models = p->n_models,
                 .weights = p->weights,
+                .stats = p->stats,
             };
             st = p->vt->init(&info, &ex.state, p->vt->user);
         }

@@ -80,6 +80,7 @@ struct lm_plan {
     const lm_model **models;
     double *weights;
     size_t n_models, cap_models;
+    const struct lm_stats *stats;
 };
 
 /* A sink collecting results into a new model (memory_sink.c). */

@@ -96,6 +96,14 @@ lm_status lm_plan_add_model(lm_plan *p, const lm_model *model, double weight)
 
 size_t lm_plan_model_count(const lm_plan *p) { return p ? p->n_models : 0; }
 
+lm_status lm_plan_set_stats(lm_plan *p, const struct lm_stats *stats)
+{
+    if (!p)
+        return LM_ERR_INVALID_ARGUMENT;
+    p->stats = stats;
+    return LM_OK;
+}
+
 lm_status lm_plan_set_output_dtype(lm_plan *p, lm_dtype dtype)
 {
     if (!p)

@@ -61,6 +61,7 @@ typedef struct lm_strategy_init_info {
     const lm_params *params;
     size_t n_models;          /* fine-tuned models (tasks) in the plan      */
     const double *weights;    /* n_models per-model weights                 */
+    const struct lm_stats *stats; /* lm_plan_set_stats, or NULL             */
 } lm_strategy_init_info;
 
 /* One tensor to merge. All arrays are f32, contiguous, row-major, with
@@ -80,6 +81,9 @@ typedef struct lm_tensor_job {
     uint64_t seed;                  /* derived from (context seed, name):   */
                                     /* same for any thread count/order      */
     float *out;
+    /* Activation statistics given with lm_plan_set_stats, or NULL. Model
+     * t's entry for this tensor: lm_stats_get(stats, t, name, ...). */
+    const struct lm_stats *stats;
 } lm_tensor_job;
 
 /* A merge strategy. Register with lm_register_strategy; the library copies
