@@ -3,7 +3,7 @@
 # Runs apt only when something is missing, so repeated runs are quick.
 set -euo pipefail
 packages=(
-  build-essential clang meson ninja-build pkg-config
+  build-essential clang libclang-rt-14-dev meson ninja-build pkg-config
   libopenblas-dev liblapacke-dev zlib1g-dev libcjson-dev libyaml-dev check
   python3 python3-numpy python3-pytest
 )

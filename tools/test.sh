@@ -2,7 +2,8 @@
 # README command 2 (and CI): install what is missing, then build and run
 # every test three ways: gcc (C + Python + build checks), gcc with
 # AddressSanitizer + UndefinedBehaviorSanitizer (C suites), clang (C suites
-# and build checks). Ends with one "N passed, N failed" line.
+# and build checks); then the libFuzzer targets for LIBMERGE_FUZZ_SECONDS
+# (default 30) each. Ends with one "N passed, N failed" line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install-deps.sh
@@ -25,9 +26,21 @@ run build -- || status=1
 run build-asan -Db_sanitize=address,undefined -Db_lundef=false -- --suite c || status=1
 CC=clang run build-clang -- --suite c --suite build || status=1
 
-/usr/bin/python3 - build build-asan build-clang <<'PY'
+# libFuzzer targets under ASan+UBSan for a bounded time each.
+if [ ! -d build-fuzz ]; then
+  CC=clang meson setup build-fuzz -Dfuzz=true -Dtests=false \
+    -Db_sanitize=address,undefined -Db_lundef=false >/dev/null
+fi
+ninja -C build-fuzz >/dev/null
+fuzz_secs=${LIBMERGE_FUZZ_SECONDS:-30}
+if bash tests/fuzz/run.sh build-fuzz "$fuzz_secs"; then fuzz_ok=1; else fuzz_ok=0; status=1; fi
+
+/usr/bin/python3 - "$fuzz_ok" build build-asan build-clang <<'PY'
 import json, sys, os
 passed = failed = skipped = 0
+if sys.argv[1] == "1": passed += 1
+else: failed += 1
+sys.argv.pop(1)
 for d in sys.argv[1:]:
     path = os.path.join(d, "meson-logs", "testlog.json")
     if not os.path.exists(path):

@@ -90,6 +90,24 @@ static int read_params(struct reader *r, const yaml_node_t *map,
     return 0;
 }
 
+/* YAML allows a key twice in a mapping; a config must not (which one
+ * would win is a guess). */
+static int reject_duplicate_keys(struct reader *r, const yaml_node_t *map)
+{
+    for (yaml_node_pair_t *a = map->data.mapping.pairs.start;
+         a < map->data.mapping.pairs.top; a++) {
+        const char *ka = scalar(yaml_document_get_node(r->doc, a->key));
+        for (yaml_node_pair_t *b = map->data.mapping.pairs.start; ka && b < a;
+             b++) {
+            const char *kb = scalar(yaml_document_get_node(r->doc, b->key));
+            if (kb && strcmp(ka, kb) == 0)
+                return fail(r, yaml_document_get_node(r->doc, a->key),
+                            "key '%s' is given twice", ka);
+        }
+    }
+    return 0;
+}
+
 static int read_model(struct reader *r, const yaml_node_t *node,
                       struct lmerge_model_ref *m)
 {
@@ -99,6 +117,8 @@ static int read_model(struct reader *r, const yaml_node_t *node,
     if (node->type != YAML_MAPPING_NODE)
         return fail(r, node, "each entry of 'models' must be a mapping with "
                              "'model' and optional 'parameters'");
+    if (reject_duplicate_keys(r, node))
+        return -1;
     for (yaml_node_pair_t *pair = node->data.mapping.pairs.start;
          pair < node->data.mapping.pairs.top; pair++) {
         yaml_node_t *k = yaml_document_get_node(r->doc, pair->key);
@@ -145,6 +165,8 @@ static int read_root(struct reader *r, const yaml_node_t *root,
     if (!root || root->type != YAML_MAPPING_NODE)
         return fail(r, root, "the config must be a mapping (merge_method, "
                              "base_model, models, parameters, dtype)");
+    if (reject_duplicate_keys(r, root))
+        return -1;
     for (yaml_node_pair_t *pair = root->data.mapping.pairs.start;
          pair < root->data.mapping.pairs.top; pair++) {
         yaml_node_t *k = yaml_document_get_node(r->doc, pair->key);

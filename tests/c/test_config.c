@@ -1,0 +1,102 @@
+/* The lmerge YAML config reader: accepted shapes and line-numbered
+ * errors. */
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "testutil.h"
+
+static int load_text(const char *text, struct lmerge_config *c, char *err,
+                     size_t n)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/lm_config_%d.yaml", (int)getpid());
+    FILE *f = fopen(path, "w");
+    fputs(text, f);
+    fclose(f);
+    int rc = lmerge_config_load(path, c, err, n);
+    unlink(path);
+    return rc;
+}
+
+START_TEST(mergekit_config)
+{
+    struct lmerge_config c;
+    char err[512];
+    int rc = load_text("merge_method: ties\n"
+                       "base_model: ./base\n"
+                       "models:\n"
+                       "  - model: ./a\n"
+                       "    parameters: {weight: 1.0, density: 0.5}\n"
+                       "  - model: ./b\n"
+                       "    parameters:\n"
+                       "      weight: 0.3\n"
+                       "  - ./c\n"
+                       "parameters:\n"
+                       "  lambda: 0.8\n"
+                       "dtype: bfloat16\n",
+                       &c, err, sizeof(err));
+    ck_assert_msg(rc == 0, "%s", err);
+    ck_assert_str_eq(c.merge_method, "ties");
+    ck_assert_str_eq(c.base_model, "./base");
+    ck_assert_str_eq(c.dtype, "bfloat16");
+    ck_assert_uint_eq(c.n_models, 3);
+    ck_assert_str_eq(c.models[2].path, "./c");
+    ck_assert_uint_eq(c.models[0].n_params, 2);
+    ck_assert_str_eq(c.models[0].params[1].key, "density");
+    ck_assert_str_eq(c.models[1].params[0].value, "0.3");
+    ck_assert_int_eq(c.models[1].params[0].line, 8);
+    ck_assert_uint_eq(c.n_params, 1);
+    ck_assert_str_eq(c.params[0].key, "lambda");
+    lmerge_config_free(&c);
+}
+END_TEST
+
+START_TEST(errors_name_the_line)
+{
+    static const struct {
+        const char *text, *want;
+    } cases[] = {
+        {"merge_method: ties\nbase_model: b\nmodels: [a]\nbogus: 1\n",
+         ":4: unknown key 'bogus'"},
+        {"merge_method: ties\nbase_model: b\nmodels:\n  - model: a\n"
+         "    weight: 2\n",
+         ":5: unknown key 'weight' in a model entry"},
+        {"merge_method: ties\nbase_model: b\nmodels: [a]\nparameters:\n"
+         "  density: [1, 0.5]\n",
+         ":5: parameter 'density': gradients"},
+        {"merge_method: ties\nmodels: [a]\n", "missing 'base_model'"},
+        {"base_model: b\nmodels: [a]\n", "missing 'merge_method'"},
+        {"merge_method: ties\nbase_model: b\n", "'models'"},
+        {"merge_method: ties\nbase_model: b\nmodels: [a]\nmodels: [b]\n",
+         ":4: key 'models' is given twice"},
+        {"merge_method: [ties\n", "YAML syntax error"},
+        {"slices: []\n", "does not support yet"},
+        {"- a\n- b\n", "must be a mapping"},
+        {"", "must be a mapping"},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct lmerge_config c;
+        char err[512] = "";
+        ck_assert_int_eq(load_text(cases[i].text, &c, err, sizeof(err)), -1);
+        ck_assert_msg(strstr(err, cases[i].want) != NULL,
+                      "case %zu: '%s' lacks '%s'", i, err, cases[i].want);
+    }
+    struct lmerge_config c;
+    char err[512];
+    ck_assert_int_eq(lmerge_config_load("/nonexistent.yaml", &c, err,
+                                        sizeof(err)), -1);
+    ck_assert_ptr_nonnull(strstr(err, "cannot open"));
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("config");
+    TCase *tc = tcase_create("cli");
+    tcase_add_test(tc, mergekit_config);
+    tcase_add_test(tc, errors_name_the_line);
+    suite_add_tcase(s, tc);
+    return tu_run(s);
+}
