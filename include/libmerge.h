@@ -15,5 +15,6 @@
 #include "libmerge/plan.h"
 #include "libmerge/file_sink.h"
 #include "libmerge/stats.h"
+#include "libmerge/lora.h"
 
 #endif /* LIBMERGE_H */

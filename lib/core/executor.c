@@ -4,6 +4,7 @@
  * read one tensor at a time and handed back (done_with) right after, and
  * results go straight to the sink, so peak memory is a few tensors per
  * worker. */
+#include <cblas.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -26,6 +27,30 @@ struct exec {
     bool cancelled;
 };
 
+/* Every adapter target is a 2-D base tensor of matching shape. */
+static lm_status validate_lora(const lm_plan *p, size_t m)
+{
+    const lm_lora *l = p->loras[m];
+    for (size_t i = 0; i < l->count; i++) {
+        const struct lm_lora_entry *e = &l->entries[i];
+        lm_tensor *t;
+        if (lm_model_find(p->base, e->target, &t) != LM_OK)
+            return lm_context_set_error(p->ctx, LM_ERR_NOT_FOUND,
+                                        "adapter %zu targets '%s', which the "
+                                        "base lacks", m, e->target);
+        if (t->ndim != 2 || t->shape[0] != e->b->shape[0] ||
+            t->shape[1] != e->a->shape[1])
+            return lm_context_set_error(
+                p->ctx, LM_ERR_SHAPE,
+                "adapter %zu: '%s' is B [%lld, %lld] x A [%lld, %lld] but the "
+                "base tensor is %d-D%s", m, e->target,
+                (long long)e->b->shape[0], (long long)e->b->shape[1],
+                (long long)e->a->shape[0], (long long)e->a->shape[1], t->ndim,
+                t->ndim == 2 ? " of another shape" : "");
+    }
+    return LM_OK;
+}
+
 /* Every model holds every base tensor with the same shape and dtype, and
  * nothing else. */
 static lm_status validate_inputs(const lm_plan *p)
@@ -33,6 +58,10 @@ static lm_status validate_inputs(const lm_plan *p)
     const lm_model *base = p->base;
     for (size_t m = 0; m < p->n_models; m++) {
         const lm_model *model = p->models[m];
+        if (!model) {
+            LM_TRY(validate_lora(p, m));
+            continue;
+        }
         char what[64];
         snprintf(what, sizeof(what), "model %zu", m);
         for (size_t i = 0; i < base->count; i++) {
@@ -65,6 +94,35 @@ static void done_with(const lm_model *model, const lm_tensor *t)
         model->done_with(model->resource, t);
 }
 
+/* delta = scale * B A for an adapter that targets `name`, else zero. */
+static lm_status lora_delta(lm_context *ctx, const lm_lora *l,
+                            const char *name, float *delta, size_t n)
+{
+    const lm_tensor *a, *b;
+    double scale;
+    if (lm_lora_find(l, name, &a, &b, &scale) != LM_OK) {
+        memset(delta, 0, n * sizeof(float));
+        return LM_OK;
+    }
+    size_t r = (size_t)a->shape[0], in = (size_t)a->shape[1],
+           out = (size_t)b->shape[0];
+    float *fa = lm__calloc(ctx, r * in + r * out, sizeof(float));
+    if (!fa)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "out of memory expanding adapter '%s'",
+                                    name);
+    float *fb = fa + r * in;
+    lm_status st = lm__read_f32(ctx, a, fa);
+    if (st == LM_OK)
+        st = lm__read_f32(ctx, b, fb);
+    if (st == LM_OK)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)out,
+                    (int)in, (int)r, (float)scale, fb, (int)r, fa, (int)in,
+                    0.0f, delta, (int)in);
+    lm_free(ctx, fa);
+    return st;
+}
+
 /* Read the base and the task vectors of tensor `index` into `block`
  * (base, then one delta per model). */
 static lm_status load_inputs(lm_plan *p, size_t index, float *block,
@@ -78,13 +136,17 @@ static lm_status load_inputs(lm_plan *p, size_t index, float *block,
     done_with(p->base, base);
     for (size_t m = 0; m < p->n_models; m++) {
         float *d = block + n * (m + 1);
+        deltas[m] = d;
+        if (p->loras[m]) {
+            LM_TRY(lora_delta(p->ctx, p->loras[m], name, d, n));
+            continue;
+        }
         lm_tensor *t;
         lm_model_find(p->models[m], name, &t); /* validated already */
         LM_TRY(lm__read_f32(p->ctx, t, d));
         done_with(p->models[m], t);
         for (size_t i = 0; i < n; i++)
             d[i] -= b[i];
-        deltas[m] = d;
     }
     return LM_OK;
 }
@@ -112,6 +174,7 @@ static lm_status run_strategy(struct exec *ex, size_t index, float *block,
         .seed = lm__hash_string(ctx->seed, name),
         .out = out,
         .stats = p->stats,
+        .loras = p->loras,
     };
     lm_status st = p->vt->merge_tensor(ex->state, &job, p->vt->user);
     if (st > 0)

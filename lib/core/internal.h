@@ -10,6 +10,7 @@
 
 #include "libmerge.h"
 #include "libmerge/sys/strategy.h"
+#include "libmerge/lora.h"
 
 #define LM_ERROR_CAPACITY 1024
 
@@ -68,6 +69,18 @@ struct lm_model {
     void (*done_with)(void *resource, const lm_tensor *tensor);
 };
 
+struct lm_lora_entry {
+    char *target;
+    lm_tensor *a, *b;
+    double scale;
+};
+
+struct lm_lora {
+    lm_context *ctx;
+    struct lm_lora_entry *entries;
+    size_t count, cap;
+};
+
 struct lm_plan {
     lm_context *ctx;
     bool has_output_dtype;
@@ -77,7 +90,8 @@ struct lm_plan {
     const lm_strategy_vtable *vt;
     lm_params *params;
     const lm_model *base;
-    const lm_model **models;
+    const lm_model **models;        /* NULL where the task is an adapter */
+    const struct lm_lora **loras;   /* NULL where the task is a model */
     double *weights;
     size_t n_models, cap_models;
     const struct lm_stats *stats;

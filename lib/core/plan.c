@@ -31,6 +31,7 @@ void lm_plan_destroy(lm_plan *p)
         return;
     lm__params_destroy(p->params);
     lm_free(p->ctx, (void *)p->models);
+    lm_free(p->ctx, (void *)p->loras);
     lm_free(p->ctx, p->weights);
     lm_free(p->ctx, p);
 }
@@ -59,10 +60,9 @@ lm_status lm_plan_set_base(lm_plan *p, const lm_model *base)
     return LM_OK;
 }
 
-lm_status lm_plan_add_model(lm_plan *p, const lm_model *model, double weight)
+static lm_status add_task(lm_plan *p, const lm_model *model,
+                          const lm_lora *lora, double weight)
 {
-    if (!p || !model)
-        return LM_ERR_INVALID_ARGUMENT;
     if (!isfinite(weight))
         return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_RANGE,
                                     "plan: weight of model %zu is not finite",
@@ -70,28 +70,47 @@ lm_status lm_plan_add_model(lm_plan *p, const lm_model *model, double weight)
     if (p->n_models == p->cap_models) {
         size_t cap = p->cap_models ? p->cap_models * 2 : 8;
         const lm_model **models = lm__calloc(p->ctx, cap, sizeof(*models));
+        const lm_lora **loras = lm__calloc(p->ctx, cap, sizeof(*loras));
         double *weights = lm__calloc(p->ctx, cap, sizeof(*weights));
-        if (!models || !weights) {
+        if (!models || !loras || !weights) {
             lm_free(p->ctx, (void *)models);
+            lm_free(p->ctx, (void *)loras);
             lm_free(p->ctx, weights);
             return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
                                         "plan: out of memory");
         }
         if (p->n_models) {
-            memcpy((void *)models, p->models,
-                   p->n_models * sizeof(*models));
+            memcpy((void *)models, p->models, p->n_models * sizeof(*models));
+            memcpy((void *)loras, p->loras, p->n_models * sizeof(*loras));
             memcpy(weights, p->weights, p->n_models * sizeof(*weights));
         }
         lm_free(p->ctx, (void *)p->models);
+        lm_free(p->ctx, (void *)p->loras);
         lm_free(p->ctx, p->weights);
         p->models = models;
+        p->loras = loras;
         p->weights = weights;
         p->cap_models = cap;
     }
     p->models[p->n_models] = model;
+    p->loras[p->n_models] = lora;
     p->weights[p->n_models] = weight;
     p->n_models++;
     return LM_OK;
+}
+
+lm_status lm_plan_add_model(lm_plan *p, const lm_model *model, double weight)
+{
+    if (!p || !model)
+        return LM_ERR_INVALID_ARGUMENT;
+    return add_task(p, model, NULL, weight);
+}
+
+lm_status lm_plan_add_lora(lm_plan *p, const lm_lora *lora, double weight)
+{
+    if (!p || !lora)
+        return LM_ERR_INVALID_ARGUMENT;
+    return add_task(p, NULL, lora, weight);
 }
 
 size_t lm_plan_model_count(const lm_plan *p) { return p ? p->n_models : 0; }

@@ -84,6 +84,10 @@ typedef struct lm_tensor_job {
     /* Activation statistics given with lm_plan_set_stats, or NULL. Model
      * t's entry for this tensor: lm_stats_get(stats, t, name, ...). */
     const struct lm_stats *stats;
+    /* n_models entries: the adapter behind task t when it was added with
+     * lm_plan_add_lora (its factors via lm_lora_find(loras[t], name, ...)),
+     * NULL for full models. deltas[t] holds scale * B A either way. */
+    const struct lm_lora *const *loras;
 } lm_tensor_job;
 
 /* A merge strategy. Register with lm_register_strategy; the library copies

@@ -1,0 +1,114 @@
+/* LoRA adapters: factor pairs per target tensor, kept factored. */
+#include <math.h>
+#include <string.h>
+
+#include "core/internal.h"
+#include "libmerge/lora.h"
+
+lm_status lm_lora_create(lm_context *ctx, lm_lora **out)
+{
+    if (!ctx || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    lm_lora *l = lm__calloc(ctx, 1, sizeof(*l));
+    if (!l)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "lora: out of memory");
+    l->ctx = ctx;
+    *out = l;
+    return LM_OK;
+}
+
+void lm_lora_destroy(lm_lora *l)
+{
+    if (!l)
+        return;
+    for (size_t i = 0; i < l->count; i++) {
+        lm_free(l->ctx, l->entries[i].target);
+        lm_tensor_destroy(l->entries[i].a);
+        lm_tensor_destroy(l->entries[i].b);
+    }
+    lm_free(l->ctx, l->entries);
+    lm_free(l->ctx, l);
+}
+
+static const struct lm_lora_entry *find(const lm_lora *l, const char *target)
+{
+    for (size_t i = 0; i < l->count; i++)
+        if (strcmp(l->entries[i].target, target) == 0)
+            return &l->entries[i];
+    return NULL;
+}
+
+lm_status lm_lora_add(lm_lora *l, const char *target, lm_tensor *a,
+                      lm_tensor *b, double scale)
+{
+    if (!l || !target || !*target || !a || !b)
+        return LM_ERR_INVALID_ARGUMENT;
+    if (a->ndim != 2 || b->ndim != 2 || a->shape[0] != b->shape[1] ||
+        a->shape[0] < 1)
+        return lm_context_set_error(l->ctx, LM_ERR_SHAPE,
+                                    "lora '%s': A must be [r, in] and B "
+                                    "[out, r] with the same r >= 1", target);
+    if (!isfinite(scale))
+        return lm_context_set_error(l->ctx, LM_ERR_OUT_OF_RANGE,
+                                    "lora '%s': scale is not finite", target);
+    if (find(l, target))
+        return lm_context_set_error(l->ctx, LM_ERR_EXISTS,
+                                    "lora: target '%s' given twice", target);
+    if (l->count == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        struct lm_lora_entry *e = lm__calloc(l->ctx, cap, sizeof(*e));
+        if (!e)
+            return lm_context_set_error(l->ctx, LM_ERR_OUT_OF_MEMORY,
+                                        "lora: out of memory");
+        if (l->count)
+            memcpy(e, l->entries, l->count * sizeof(*e));
+        lm_free(l->ctx, l->entries);
+        l->entries = e;
+        l->cap = cap;
+    }
+    char *name = lm__strdup(l->ctx, target);
+    if (!name)
+        return lm_context_set_error(l->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "lora: out of memory");
+    l->entries[l->count++] = (struct lm_lora_entry){name, a, b, scale};
+    return LM_OK;
+}
+
+size_t lm_lora_count(const lm_lora *l) { return l ? l->count : 0; }
+
+static void unpack(const struct lm_lora_entry *e, const lm_tensor **a,
+                   const lm_tensor **b, double *scale)
+{
+    if (a)
+        *a = e->a;
+    if (b)
+        *b = e->b;
+    if (scale)
+        *scale = e->scale;
+}
+
+lm_status lm_lora_entry(const lm_lora *l, size_t i, const char **target,
+                        const lm_tensor **a, const lm_tensor **b,
+                        double *scale)
+{
+    if (!l || i >= l->count)
+        return LM_ERR_OUT_OF_RANGE;
+    if (target)
+        *target = l->entries[i].target;
+    unpack(&l->entries[i], a, b, scale);
+    return LM_OK;
+}
+
+lm_status lm_lora_find(const lm_lora *l, const char *target,
+                       const lm_tensor **a, const lm_tensor **b,
+                       double *scale)
+{
+    if (!l || !target)
+        return LM_ERR_INVALID_ARGUMENT;
+    const struct lm_lora_entry *e = find(l, target);
+    if (!e)
+        return LM_ERR_NOT_FOUND;
+    unpack(e, a, b, scale);
+    return LM_OK;
+}
