@@ -282,22 +282,26 @@ static void *worker(void *arg)
     return NULL;
 }
 
+/* More workers than this would not help on any machine we target, and a
+ * fixed array keeps thread start-up free of allocation. */
+#define MAX_WORKERS 256
+
 static void run_workers(struct exec *ex, int n_threads)
 {
     size_t want = (size_t)n_threads;
     if (want > ex->n_tensors)
         want = ex->n_tensors;
-    pthread_t *threads =
-        want > 1 ? lm__calloc(ex->plan->ctx, want, sizeof(*threads)) : NULL;
+    if (want > MAX_WORKERS)
+        want = MAX_WORKERS;
+    pthread_t threads[MAX_WORKERS];
     size_t started = 0;
     /* Failing to start threads only costs time: the caller works too. */
-    for (; threads && started < want - 1; started++)
+    for (; want > 1 && started < want - 1; started++)
         if (pthread_create(&threads[started], NULL, worker, ex) != 0)
             break;
     worker(ex);
     for (size_t i = 0; i < started; i++)
         pthread_join(threads[i], NULL);
-    lm_free(ex->plan->ctx, threads);
 }
 
 static lm_status describe_outputs(struct exec *ex)
