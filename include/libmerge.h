@@ -16,5 +16,6 @@
 #include "libmerge/file_sink.h"
 #include "libmerge/stats.h"
 #include "libmerge/lora.h"
+#include "libmerge/merger.h"
 
 #endif /* LIBMERGE_H */

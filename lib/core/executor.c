@@ -4,7 +4,6 @@
  * read one tensor at a time and handed back (done_with) right after, and
  * results go straight to the sink, so peak memory is a few tensors per
  * worker. */
-#include <cblas.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -88,112 +87,6 @@ static lm_status validate_inputs(const lm_plan *p)
     return LM_OK;
 }
 
-static void done_with(const lm_model *model, const lm_tensor *t)
-{
-    if (model->done_with)
-        model->done_with(model->resource, t);
-}
-
-/* delta = scale * B A for an adapter that targets `name`, else zero. */
-static lm_status lora_delta(lm_context *ctx, const lm_lora *l,
-                            const char *name, float *delta, size_t n)
-{
-    const lm_tensor *a, *b;
-    double scale;
-    if (lm_lora_find(l, name, &a, &b, &scale) != LM_OK) {
-        memset(delta, 0, n * sizeof(float));
-        return LM_OK;
-    }
-    size_t r = (size_t)a->shape[0], in = (size_t)a->shape[1],
-           out = (size_t)b->shape[0];
-    float *fa = lm__calloc(ctx, r * in + r * out, sizeof(float));
-    if (!fa)
-        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
-                                    "out of memory expanding adapter '%s'",
-                                    name);
-    float *fb = fa + r * in;
-    lm_status st = lm__read_f32(ctx, a, fa);
-    if (st == LM_OK)
-        st = lm__read_f32(ctx, b, fb);
-    if (st == LM_OK)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)out,
-                    (int)in, (int)r, (float)scale, fb, (int)r, fa, (int)in,
-                    0.0f, delta, (int)in);
-    lm_free(ctx, fa);
-    return st;
-}
-
-/* Read the base and the task vectors of tensor `index` into `block`
- * (base, then one delta per model). */
-static lm_status load_inputs(lm_plan *p, size_t index, float *block,
-                             const float **deltas)
-{
-    const char *name = p->base->entries[index].name;
-    const lm_tensor *base = p->base->entries[index].tensor;
-    size_t n = base->numel;
-    float *b = block;
-    LM_TRY(lm__read_f32(p->ctx, base, b));
-    done_with(p->base, base);
-    for (size_t m = 0; m < p->n_models; m++) {
-        float *d = block + n * (m + 1);
-        deltas[m] = d;
-        if (p->loras[m]) {
-            LM_TRY(lora_delta(p->ctx, p->loras[m], name, d, n));
-            continue;
-        }
-        lm_tensor *t;
-        lm_model_find(p->models[m], name, &t); /* validated already */
-        LM_TRY(lm__read_f32(p->ctx, t, d));
-        done_with(p->models[m], t);
-        for (size_t i = 0; i < n; i++)
-            d[i] -= b[i];
-    }
-    return LM_OK;
-}
-
-static lm_status run_strategy(struct exec *ex, size_t index, float *block,
-                              const float **deltas)
-{
-    lm_plan *p = ex->plan;
-    lm_context *ctx = p->ctx;
-    const char *name = p->base->entries[index].name;
-    const lm_tensor *base = p->base->entries[index].tensor;
-    size_t n = base->numel, k = p->n_models;
-    float *b = block, *out = block + n * (k + 1);
-    lm_tensor_job job = {
-        .struct_size = sizeof(job),
-        .ctx = ctx,
-        .name = name,
-        .ndim = base->ndim,
-        .shape = base->shape,
-        .numel = n,
-        .base = b,
-        .n_models = k,
-        .deltas = deltas,
-        .weights = p->weights,
-        .seed = lm__hash_string(ctx->seed, name),
-        .out = out,
-        .stats = p->stats,
-        .loras = p->loras,
-    };
-    lm_status st = p->vt->merge_tensor(ex->state, &job, p->vt->user);
-    if (st > 0)
-        return lm_context_set_error(ctx, LM_ERR_INTERNAL,
-                                    "strategy '%s' returned positive status "
-                                    "%d for '%s'", p->vt->name, (int)st, name);
-    if (st != LM_OK)
-        return st;
-    for (size_t i = 0; i < n; i++) {
-        out[i] += b[i];
-        if (!isfinite(out[i]) && isfinite(b[i]))
-            return lm_context_set_error(ctx, LM_ERR_NONFINITE,
-                                        "strategy '%s' produced a non-finite "
-                                        "value in tensor '%s' at element %zu",
-                                        p->vt->name, name, i);
-    }
-    return LM_OK;
-}
-
 /* Convert the f32 result to the output dtype, into the sink's buffer or a
  * scratch one, and hand it over. */
 static lm_status emit(struct exec *ex, size_t index, const float *out)
@@ -222,30 +115,13 @@ static lm_status emit(struct exec *ex, size_t index, const float *out)
 static lm_status merge_one(struct exec *ex, size_t index)
 {
     lm_plan *p = ex->plan;
-    lm_context *ctx = p->ctx;
-    const char *name = p->base->entries[index].name;
-    size_t n = p->base->entries[index].tensor->numel, k = p->n_models;
-
-    /* One block: base, k deltas, out. */
-    size_t floats = n * (k + 2);
-    if (n && floats / n != k + 2)
-        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
-                                    "tensor '%s' is too large", name);
-    float *block = lm__calloc(ctx, floats ? floats : 1, sizeof(float));
-    const float **deltas = lm__calloc(ctx, k, sizeof(*deltas));
-    lm_status st = LM_OK;
-    if (!block || !deltas)
-        st = lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
-                                  "out of memory merging '%s' (%zu elements "
-                                  "x %zu models)", name, n, k);
+    float *block = NULL, *result = NULL;
+    lm_status st = lm__merge_tensor(p, ex->state, p->base->entries[index].name,
+                                    p->base->entries[index].tensor, true,
+                                    &block, &result);
     if (st == LM_OK)
-        st = load_inputs(p, index, block, deltas);
-    if (st == LM_OK)
-        st = run_strategy(ex, index, block, deltas);
-    if (st == LM_OK)
-        st = emit(ex, index, block + n * (k + 1));
-    lm_free(ctx, block);
-    lm_free(ctx, (void *)deltas);
+        st = emit(ex, index, result);
+    lm_free(p->ctx, block);
     return st;
 }
 

@@ -105,6 +105,14 @@ struct lm__memory_sink {
 };
 void lm__memory_sink_init(struct lm__memory_sink *sink, lm_context *ctx);
 
+/* Merge tensor `name` with base values `base` (tensor_merge.c): on
+ * success *result points to numel f32 merged values inside *block, which
+ * the caller frees with lm_free. `from_plan_base` lets a file-backed plan
+ * base drop the tensor's pages afterwards. */
+lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
+                           const lm_tensor *base, bool from_plan_base,
+                           float **block, float **result);
+
 /* Run the plan into a sink (executor.c). */
 lm_status lm__execute(lm_plan *plan, const lm_sink_vtable *sink);
 
@@ -113,6 +121,9 @@ lm_status lm__execute(lm_plan *plan, const lm_sink_vtable *sink);
 lm_status lm__model_attach_resource(lm_model *model,
                                     void (*release)(void *resource),
                                     void *resource);
+
+/* The tensor named `name`, or NULL (no error recorded). */
+lm_tensor *lm__model_lookup(const lm_model *model, const char *name);
 
 /* Helpers for the rest of the library. */
 size_t lm__numel_checked(int ndim, const int64_t *shape, bool *overflow);

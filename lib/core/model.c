@@ -117,6 +117,14 @@ lm_tensor *lm_model_tensor(const lm_model *m, size_t i)
     return m && i < m->count ? m->entries[i].tensor : NULL;
 }
 
+lm_tensor *lm__model_lookup(const lm_model *m, const char *name)
+{
+    if (!m->index_cap)
+        return NULL;
+    size_t e = m->index[probe(m, name)];
+    return e ? m->entries[e - 1].tensor : NULL;
+}
+
 lm_status lm_model_find(const lm_model *m, const char *name, lm_tensor **out)
 {
     if (!m || !name || !out)

@@ -1,0 +1,102 @@
+/* Load-time mergers: one prepared strategy state, tensors merged on demand
+ * by the host's loader threads. */
+#include <string.h>
+
+#include "core/internal.h"
+#include "libmerge/merger.h"
+
+struct lm_merger {
+    lm_plan *plan;
+    void *state;
+};
+
+lm_status lm_merger_create(lm_plan *p, lm_merger **out)
+{
+    if (!p || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    if (!p->n_models)
+        return lm_context_set_error(p->ctx, LM_ERR_STATE,
+                                    "merger: the plan has no models or "
+                                    "adapters");
+    lm_merger *m = lm__calloc(p->ctx, 1, sizeof(*m));
+    if (!m)
+        return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "merger: out of memory");
+    m->plan = p;
+    if (p->vt->init) {
+        lm_strategy_init_info info = {
+            .struct_size = sizeof(info),
+            .ctx = p->ctx,
+            .params = p->params,
+            .n_models = p->n_models,
+            .weights = p->weights,
+            .stats = p->stats,
+        };
+        lm_status st = p->vt->init(&info, &m->state, p->vt->user);
+        if (st != LM_OK) {
+            lm_free(p->ctx, m);
+            return st;
+        }
+    }
+    *out = m;
+    return LM_OK;
+}
+
+void lm_merger_destroy(lm_merger *m)
+{
+    if (!m)
+        return;
+    if (m->plan->vt->fini)
+        m->plan->vt->fini(m->state, m->plan->vt->user);
+    lm_free(m->plan->ctx, m);
+}
+
+int lm_merger_touches(const lm_merger *m, const char *name)
+{
+    if (!m || !name)
+        return 0;
+    const lm_plan *p = m->plan;
+    for (size_t t = 0; t < p->n_models; t++) {
+        if (p->loras[t] ? lm_lora_find(p->loras[t], name, NULL, NULL, NULL) ==
+                              LM_OK
+                        : lm__model_lookup(p->models[t], name) != NULL)
+            return 1;
+    }
+    return 0;
+}
+
+lm_status lm_merger_apply_to(lm_merger *m, const char *name,
+                             const lm_tensor *base, lm_tensor *out)
+{
+    if (!m || !name || !base || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    lm_context *ctx = m->plan->ctx;
+    if (base->lazy_read || out->lazy_read)
+        return lm_context_set_error(ctx, LM_ERR_STATE,
+                                    "merger: '%s' must be a tensor with "
+                                    "storage, not a lazy one", name);
+    bool same = base->ndim == out->ndim;
+    for (int d = 0; same && d < base->ndim; d++)
+        same = base->shape[d] == out->shape[d];
+    if (!same)
+        return lm_context_set_error(ctx, LM_ERR_SHAPE,
+                                    "merger: output for '%s' has another "
+                                    "shape than the base", name);
+    if (!lm_merger_touches(m, name)) {
+        if (out != base)
+            lm_convert(base->data, base->dtype, out->data, out->dtype,
+                       base->numel);
+        return LM_OK;
+    }
+    float *block = NULL, *result = NULL;
+    LM_TRY(lm__merge_tensor(m->plan, m->state, name, base, false, &block,
+                            &result));
+    lm_convert(result, LM_F32, out->data, out->dtype, base->numel);
+    lm_free(ctx, block);
+    return LM_OK;
+}
+
+lm_status lm_merger_apply(lm_merger *m, const char *name, lm_tensor *tensor)
+{
+    return lm_merger_apply_to(m, name, tensor, tensor);
+}

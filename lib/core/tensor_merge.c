@@ -1,0 +1,158 @@
+/* Merging one tensor: read the base and every task's delta (models by
+ * name, adapters expanded from their factors), run the strategy, add the
+ * base back. Shared by plan execution and load-time mergers. */
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/internal.h"
+
+static void done_with(const lm_model *model, const lm_tensor *t)
+{
+    if (model->done_with)
+        model->done_with(model->resource, t);
+}
+
+/* delta = scale * B A for an adapter that targets `name`, else zero. */
+static lm_status lora_delta(lm_context *ctx, const lm_lora *l, size_t m,
+                            const char *name, const lm_tensor *base,
+                            float *delta)
+{
+    const lm_tensor *a, *b;
+    double scale;
+    if (lm_lora_find(l, name, &a, &b, &scale) != LM_OK) {
+        memset(delta, 0, base->numel * sizeof(float));
+        return LM_OK;
+    }
+    size_t r = (size_t)a->shape[0], in = (size_t)a->shape[1],
+           out = (size_t)b->shape[0];
+    if (base->ndim != 2 || (size_t)base->shape[0] != out ||
+        (size_t)base->shape[1] != in)
+        return lm_context_set_error(ctx, LM_ERR_SHAPE,
+                                    "adapter %zu: '%s' is [%zu, %zu] but the "
+                                    "base tensor is not", m, name, out, in);
+    float *fa = lm__calloc(ctx, r * in + r * out, sizeof(float));
+    if (!fa)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "out of memory expanding adapter '%s'",
+                                    name);
+    float *fb = fa + r * in;
+    lm_status st = lm__read_f32(ctx, a, fa);
+    if (st == LM_OK)
+        st = lm__read_f32(ctx, b, fb);
+    if (st == LM_OK)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)out,
+                    (int)in, (int)r, (float)scale, fb, (int)r, fa, (int)in,
+                    0.0f, delta, (int)in);
+    lm_free(ctx, fa);
+    return st;
+}
+
+/* Read the base and the task vectors of tensor `name` into `block`
+ * (base, then one delta per model). */
+static lm_status load_inputs(lm_plan *p, const char *name,
+                             const lm_tensor *base, bool from_plan_base,
+                             float *block, const float **deltas)
+{
+    size_t n = base->numel;
+    float *b = block;
+    LM_TRY(lm__read_f32(p->ctx, base, b));
+    if (from_plan_base)
+        done_with(p->base, base);
+    for (size_t m = 0; m < p->n_models; m++) {
+        float *d = block + n * (m + 1);
+        deltas[m] = d;
+        if (p->loras[m]) {
+            LM_TRY(lora_delta(p->ctx, p->loras[m], m, name, base, d));
+            continue;
+        }
+        lm_tensor *t = lm__model_lookup(p->models[m], name);
+        if (!t)
+            return lm_context_set_error(p->ctx, LM_ERR_NOT_FOUND,
+                                        "model %zu has no tensor '%s'", m,
+                                        name);
+        char what[32];
+        snprintf(what, sizeof(what), "model %zu", m);
+        LM_TRY(lm__check_pair(p->ctx, what, name, base, t));
+        LM_TRY(lm__read_f32(p->ctx, t, d));
+        done_with(p->models[m], t);
+        for (size_t i = 0; i < n; i++)
+            d[i] -= b[i];
+    }
+    return LM_OK;
+}
+
+static lm_status run_strategy(lm_plan *p, void *state, const char *name,
+                              const lm_tensor *base, float *block,
+                              const float **deltas)
+{
+    lm_context *ctx = p->ctx;
+    size_t n = base->numel, k = p->n_models;
+    float *b = block, *out = block + n * (k + 1);
+    lm_tensor_job job = {
+        .struct_size = sizeof(job),
+        .ctx = ctx,
+        .name = name,
+        .ndim = base->ndim,
+        .shape = base->shape,
+        .numel = n,
+        .base = b,
+        .n_models = k,
+        .deltas = deltas,
+        .weights = p->weights,
+        .seed = lm__hash_string(ctx->seed, name),
+        .out = out,
+        .stats = p->stats,
+        .loras = p->loras,
+    };
+    lm_status st = p->vt->merge_tensor(state, &job, p->vt->user);
+    if (st > 0)
+        return lm_context_set_error(ctx, LM_ERR_INTERNAL,
+                                    "strategy '%s' returned positive status "
+                                    "%d for '%s'", p->vt->name, (int)st, name);
+    if (st != LM_OK)
+        return st;
+    for (size_t i = 0; i < n; i++) {
+        out[i] += b[i];
+        if (!isfinite(out[i]) && isfinite(b[i]))
+            return lm_context_set_error(ctx, LM_ERR_NONFINITE,
+                                        "strategy '%s' produced a non-finite "
+                                        "value in tensor '%s' at element %zu",
+                                        p->vt->name, name, i);
+    }
+    return LM_OK;
+}
+
+lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
+                           const lm_tensor *base, bool from_plan_base,
+                           float **block_out, float **result)
+{
+    lm_context *ctx = p->ctx;
+    size_t n = base->numel, k = p->n_models;
+    *block_out = NULL;
+    /* One block: base, k deltas, out, then the delta pointer table. */
+    size_t floats = n * (k + 2);
+    if (n && floats / n != k + 2)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "tensor '%s' is too large", name);
+    float *block = lm__calloc(ctx, floats ? floats : 1, sizeof(float));
+    const float **deltas = lm__calloc(ctx, k ? k : 1, sizeof(*deltas));
+    lm_status st = LM_OK;
+    if (!block || !deltas)
+        st = lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                  "out of memory merging '%s' (%zu elements "
+                                  "x %zu models)", name, n, k);
+    if (st == LM_OK)
+        st = load_inputs(p, name, base, from_plan_base, block, deltas);
+    if (st == LM_OK)
+        st = run_strategy(p, state, name, base, block, deltas);
+    lm_free(ctx, (void *)deltas);
+    if (st != LM_OK) {
+        lm_free(ctx, block);
+        return st;
+    }
+    *block_out = block;
+    *result = block + n * (k + 1);
+    return LM_OK;
+}
