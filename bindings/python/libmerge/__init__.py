@@ -1,0 +1,328 @@
+"""libmerge: merge fine-tuned models without retraining (ctypes bindings).
+
+    import libmerge
+    merged = libmerge.merge("task_arithmetic", base, [m1, m2], **{"lambda": 0.5})
+
+`base` and each model map tensor names to numpy arrays (float32, float16,
+float64 or bfloat16); the result maps the base's names to new arrays of the
+base's shapes and dtypes. The shared library is found through
+$LIBMERGE_LIBRARY or the system loader (libmerge.so.0).
+"""
+import ctypes
+import math
+import numbers
+import os
+
+import numpy as np
+
+from . import _lib
+from ._errors import (DtypeError, Error, InvalidArgumentError,
+                      NonFiniteError, NotFoundError, OutOfRangeError,
+                      ShapeError, error_for)
+from ._tensor import BF16, F32, F64, BFloat16Array, prepare, to_numpy
+
+__all__ = ["merge", "methods", "method_info", "version", "Stats",
+           "BFloat16Array", "to_bfloat16", "from_bfloat16", "Error",
+           "InvalidArgumentError", "ShapeError", "DtypeError",
+           "NotFoundError", "OutOfRangeError", "NonFiniteError"]
+
+_L = _lib.load()
+__version__ = _L.lm_version_string().decode()
+
+
+def version():
+    """Version string of the loaded shared library."""
+    return _L.lm_version_string().decode()
+
+
+class _Context:
+    """An lm_context for the duration of a `with` block."""
+
+    def __init__(self, threads=0, seed=0):
+        opts = _lib._ContextOptions()
+        opts.struct_size = ctypes.sizeof(opts)
+        opts.n_threads = int(threads)
+        opts.seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+        opts.log_level = 1
+        self.ptr = ctypes.c_void_p()
+        st = _L.lm_context_create(ctypes.byref(opts), ctypes.byref(self.ptr))
+        if st:
+            raise error_for(st, "libmerge: cannot create a context: %s" %
+                            _L.lm_strerror(st).decode())
+
+    def check(self, status):
+        if status:
+            detail = _L.lm_context_error(self.ptr).decode(errors="replace")
+            text = _L.lm_strerror(status).decode()
+            raise error_for(status, "%s: %s" % (text, detail) if detail
+                            else text)
+
+    def close(self):
+        if self.ptr:
+            _L.lm_context_destroy(self.ptr)
+            self.ptr = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _build_model(ctx, mapping, what, keep):
+    """An lm_model wrapping the arrays of `mapping` without copying them;
+    the arrays are appended to `keep` so they outlive the model."""
+    model = ctypes.c_void_p()
+    ctx.check(_L.lm_model_create(ctx.ptr, ctypes.byref(model)))
+    try:
+        for name, value in mapping.items():
+            if not isinstance(name, str):
+                raise TypeError("%s: tensor names must be str, got %r" %
+                                (what, name))
+            array, code = prepare(name, value)
+            keep.append(array)
+            shape = (ctypes.c_int64 * max(array.ndim, 1))(*array.shape)
+            tensor = ctypes.c_void_p()
+            ctx.check(_L.lm_tensor_wrap(
+                ctx.ptr, code, array.ndim, shape,
+                ctypes.c_void_p(array.ctypes.data), array.nbytes,
+                ctypes.byref(tensor)))
+            st = _L.lm_model_add(model, name.encode(), tensor)
+            if st:
+                _L.lm_tensor_destroy(tensor)
+                ctx.check(st)
+    except BaseException:
+        _L.lm_model_destroy(model)
+        raise
+    return model
+
+
+def _set_param(ctx, plan, name, value):
+    key = name.encode()
+    if isinstance(value, (bool, np.bool_)):
+        ctx.check(_L.lm_plan_set_string(plan, key,
+                                        b"true" if value else b"false"))
+    elif isinstance(value, numbers.Real):
+        ctx.check(_L.lm_plan_set_float(plan, key, float(value)))
+    elif isinstance(value, str):
+        ctx.check(_L.lm_plan_set_string(plan, key, value.encode()))
+    else:
+        raise TypeError("parameter %r: expected a number, bool or str, got "
+                        "%s" % (name, type(value).__name__))
+
+
+def merge(method, base, models, *, stats=None, weights=None, threads=0,
+          seed=0, **params):
+    """Merge `models` (a sequence of name -> array mappings) into `base`
+    with strategy `method` (see `methods()`); keyword arguments set the
+    strategy's parameters by name, e.g. **{"lambda": 0.4}.
+
+    weights: one weight per model (default 1.0 each).
+    stats:   a `libmerge.Stats` for methods that use activation statistics.
+    threads: worker threads (0 = all cores); results do not depend on it.
+    seed:    root seed of every random choice (e.g. DARE masks).
+
+    Returns a dict with the base's names (in order), shapes and dtypes. The
+    inputs are wrapped without copying; each output is copied once out of
+    the library. Raises libmerge.Error (with the library's message) on
+    failure."""
+    models = list(models)
+    if weights is None:
+        weights = [1.0] * len(models)
+    weights = [float(w) for w in weights]
+    if len(weights) != len(models):
+        raise ValueError("weights has %d entries for %d models" %
+                         (len(weights), len(models)))
+    if stats is not None and not isinstance(stats, Stats):
+        raise TypeError("stats must be a libmerge.Stats")
+    keep = []
+    owned = []
+    plan = ctypes.c_void_p()
+    out = ctypes.c_void_p()
+    with _Context(threads, seed) as ctx:
+        try:
+            ctx.check(_L.lm_plan_create(ctx.ptr, method.encode(),
+                                        ctypes.byref(plan)))
+            for name, value in params.items():
+                _set_param(ctx, plan, name, value)
+            base_model = _build_model(ctx, base, "base", keep)
+            owned.append(base_model)
+            ctx.check(_L.lm_plan_set_base(plan, base_model))
+            for i, (m, w) in enumerate(zip(models, weights)):
+                model = _build_model(ctx, m, "model %d" % i, keep)
+                owned.append(model)
+                ctx.check(_L.lm_plan_add_model(plan, model, w))
+            if stats is not None:
+                ctx.check(_L.lm_plan_set_stats(plan, stats._ptr))
+            ctx.check(_L.lm_plan_execute(plan, ctypes.byref(out)))
+            result = {}
+            for i in range(_L.lm_model_count(out)):
+                name = _L.lm_model_name(out, i).decode()
+                like = base[name] if isinstance(base[name], np.ndarray) else None
+                result[name] = to_numpy(_L, _L.lm_model_tensor(out, i), like)
+            return result
+        finally:
+            if out:
+                _L.lm_model_destroy(out)
+            if plan:
+                _L.lm_plan_destroy(plan)
+            for m in owned:
+                _L.lm_model_destroy(m)
+
+
+_PARAM_TYPES = {0: "float", 1: "int", 2: "bool", 3: "choice"}
+
+
+def methods():
+    """Names of the registered merge strategies."""
+    with _Context() as ctx:
+        return [_L.lm_strategy_at(ctx.ptr, i).contents.name.decode()
+                for i in range(_L.lm_strategy_count(ctx.ptr))]
+
+
+def method_info(name):
+    """A strategy's description and parameters: a dict with 'name',
+    'description' and 'params', a list of dicts (name, type, default, min,
+    max, choices, help). Raises NotFoundError for an unknown name."""
+    with _Context() as ctx:
+        for i in range(_L.lm_strategy_count(ctx.ptr)):
+            vt = _L.lm_strategy_at(ctx.ptr, i).contents
+            if vt.name.decode() != name:
+                continue
+            params = []
+            for j in range(vt.n_params):
+                p = vt.params[j]
+                kind = _PARAM_TYPES.get(p.type, "unknown")
+                choices = p.choices.decode().split("|") if p.choices else None
+                default = (choices[0] if kind == "choice" else
+                           bool(p.default_value) if kind == "bool" else
+                           int(p.default_value) if kind == "int" else
+                           p.default_value)
+                params.append({
+                    "name": p.name.decode(), "type": kind,
+                    "default": default,
+                    "min": None if kind in ("choice", "bool") else p.min_value,
+                    "max": None if kind in ("choice", "bool") else p.max_value,
+                    "choices": choices,
+                    "help": p.help.decode() if p.help else "",
+                })
+            return {"name": name,
+                    "description": (vt.description or b"").decode(),
+                    "params": params}
+    raise NotFoundError(-5, "no strategy named %r (registered: %s)" %
+                        (name, ", ".join(methods())))
+
+
+def to_bfloat16(values):
+    """Round float values to bfloat16 (nearest, ties to even; float64 is
+    rounded once, not through float32). Returns a BFloat16Array."""
+    src = np.asarray(values)
+    src_code = F64 if src.dtype == np.float64 else F32
+    src = np.ascontiguousarray(src, dtype=np.float64 if src_code == F64
+                               else np.float32)
+    out = np.empty(src.shape, dtype=np.uint16)
+    st = _L.lm_convert(ctypes.c_void_p(src.ctypes.data), src_code,
+                       ctypes.c_void_p(out.ctypes.data), BF16, src.size)
+    if st:
+        raise error_for(st, _L.lm_strerror(st).decode())
+    return out.view(BFloat16Array)
+
+
+def from_bfloat16(values):
+    """float32 values of bfloat16 bit patterns (BFloat16Array, uint16 or
+    an ml_dtypes bfloat16 array); exact."""
+    bits = np.asarray(values).view(np.uint16)
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+class Stats:
+    """Activation statistics: per (model index, tensor name), the input
+    second moment X^T X (float64) and the row count, for strategies that
+    use them (ESM, purification, NSC).
+
+        stats = libmerge.Stats()
+        stats.observe(0, "fc1.weight", inputs)   # rows fed to that layer
+        libmerge.merge("esm", base, models, stats=stats)
+
+    Thread-safe to observe from several threads."""
+
+    def __init__(self, _ptr=None, _ctx=None):
+        self._ctx = _ctx or _Context(threads=1)
+        self._ptr = _ptr
+        if self._ptr is None:
+            self._ptr = ctypes.c_void_p()
+            self._ctx.check(_L.lm_stats_create(self._ctx.ptr,
+                                               ctypes.byref(self._ptr)))
+
+    def __del__(self):
+        ptr = getattr(self, "_ptr", None)
+        if ptr:
+            _L.lm_stats_destroy(ptr)
+            self._ptr = None
+        ctx = getattr(self, "_ctx", None)
+        if ctx is not None:
+            ctx.close()
+
+    def observe(self, model_index, tensor_name, inputs):
+        """Add the rows `inputs` (shape (n, d_in), or (..., d_in): leading
+        dimensions are flattened) fed to the linear layer whose weight is
+        `tensor_name` in model `model_index`."""
+        x = np.asarray(inputs)
+        if x.ndim == 0:
+            raise ValueError("inputs for %r must have a feature dimension" %
+                             tensor_name)
+        if x.dtype.name == "bfloat16" or isinstance(x, BFloat16Array):
+            x = from_bfloat16(x)
+        x = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+        self._ctx.check(_L.lm_stats_observe(
+            self._ptr, int(model_index), tensor_name.encode(),
+            ctypes.c_void_p(x.ctypes.data), x.shape[0], x.shape[1]))
+
+    def get(self, model_index, tensor_name):
+        """(X^T X as a new float64 array, row count) for a key."""
+        gram = ctypes.POINTER(ctypes.c_double)()
+        d = ctypes.c_size_t()
+        n = ctypes.c_uint64()
+        self._ctx.check(_L.lm_stats_get(self._ptr, int(model_index),
+                                        tensor_name.encode(),
+                                        ctypes.byref(gram), ctypes.byref(d),
+                                        ctypes.byref(n)))
+        out = np.empty((d.value, d.value), dtype=np.float64)
+        ctypes.memmove(out.ctypes.data, gram, out.nbytes)
+        return out, n.value
+
+    def keys(self):
+        """[(model_index, tensor_name), ...] in first-observation order."""
+        keys = []
+        for i in range(_L.lm_stats_count(self._ptr)):
+            m = ctypes.c_size_t()
+            name = ctypes.c_char_p()
+            self._ctx.check(_L.lm_stats_key(self._ptr, i, ctypes.byref(m),
+                                            ctypes.byref(name)))
+            keys.append((m.value, name.value.decode()))
+        return keys
+
+    def __len__(self):
+        return _L.lm_stats_count(self._ptr)
+
+    def merge(self, other):
+        """Add another Stats into this one (data-parallel collection)."""
+        self._ctx.check(_L.lm_stats_merge(self._ptr, other._ptr))
+        return self
+
+    def save(self, path):
+        """Write to a checksummed file (crash-safe)."""
+        self._ctx.check(_L.lm_stats_save(self._ptr, os.fsencode(path)))
+
+    @classmethod
+    def load(cls, path):
+        """Read a file written by save()."""
+        ctx = _Context(threads=1)
+        ptr = ctypes.c_void_p()
+        try:
+            ctx.check(_L.lm_stats_load(ctx.ptr, os.fsencode(path),
+                                       ctypes.byref(ptr)))
+        except BaseException:
+            ctx.close()
+            raise
+        return cls(_ptr=ptr, _ctx=ctx)

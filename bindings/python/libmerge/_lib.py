@@ -1,0 +1,157 @@
+"""Finding and loading the libmerge shared library, and its C prototypes."""
+import ctypes
+import ctypes.util
+import os
+
+SOVERSION = 0
+# The binding speaks the API of this major.minor (LM_VERSION_NUMBER // 100).
+API_VERSION = (0, 1)
+
+
+class _ContextOptions(ctypes.Structure):
+    """Mirror of lm_context_options (struct_size first)."""
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("n_threads", ctypes.c_int32),
+        ("seed", ctypes.c_uint64),
+        ("log", ctypes.c_void_p),
+        ("log_user", ctypes.c_void_p),
+        ("log_level", ctypes.c_int32),
+        ("allocator", ctypes.c_void_p),
+    ]
+
+
+class _ParamDesc(ctypes.Structure):
+    """Mirror of lm_param_desc."""
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("name", ctypes.c_char_p),
+        ("type", ctypes.c_int),
+        ("default_value", ctypes.c_double),
+        ("min_value", ctypes.c_double),
+        ("max_value", ctypes.c_double),
+        ("choices", ctypes.c_char_p),
+        ("help", ctypes.c_char_p),
+    ]
+
+
+class _StrategyVtable(ctypes.Structure):
+    """The leading fields of lm_strategy_vtable that the binding reads."""
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("abi_version", ctypes.c_uint32),
+        ("name", ctypes.c_char_p),
+        ("description", ctypes.c_char_p),
+        ("params", ctypes.POINTER(_ParamDesc)),
+        ("n_params", ctypes.c_size_t),
+    ]
+
+
+def check_api_version(number, expected=API_VERSION):
+    """Raise ImportError unless library version `number` (major*10000 +
+    minor*100 + patch) has the expected major.minor."""
+    found = (number // 10000, (number // 100) % 100)
+    if found != tuple(expected):
+        raise ImportError(
+            "libmerge: the shared library is version %d.%d.%d but these "
+            "bindings need %d.%d.x" % (found[0], found[1], number % 100,
+                                       expected[0], expected[1]))
+
+
+def _candidates():
+    env = os.environ.get("LIBMERGE_LIBRARY")
+    if env:
+        return [("$LIBMERGE_LIBRARY", env)]
+    names = ["libmerge.so.%d" % SOVERSION]
+    found = ctypes.util.find_library("merge")
+    if found and found not in names:
+        names.append(found)
+    return [("system loader", n) for n in names]
+
+
+def load():
+    """Load the library: $LIBMERGE_LIBRARY wins, else the system loader's
+    search for libmerge.so.<soversion>. ImportError says what was tried."""
+    tried = []
+    for how, name in _candidates():
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError as e:
+            tried.append("%s (%s): %s" % (name, how, e))
+            continue
+        _declare(lib)
+        check_api_version(lib.lm_version())
+        return lib
+    raise ImportError(
+        "libmerge: cannot load the shared library. Tried:\n  " +
+        "\n  ".join(tried) +
+        "\nSet LIBMERGE_LIBRARY to the path of libmerge.so.%d, or install "
+        "libmerge (meson install) so the system loader finds it." % SOVERSION)
+
+
+def _declare(lib):
+    P = ctypes.c_void_p
+    I64P = ctypes.POINTER(ctypes.c_int64)
+    sigs = {
+        "lm_version": (ctypes.c_uint, []),
+        "lm_version_string": (ctypes.c_char_p, []),
+        "lm_strerror": (ctypes.c_char_p, [ctypes.c_int]),
+        "lm_context_create": (ctypes.c_int,
+                              [ctypes.POINTER(_ContextOptions),
+                               ctypes.POINTER(P)]),
+        "lm_context_destroy": (None, [P]),
+        "lm_context_error": (ctypes.c_char_p, [P]),
+        "lm_tensor_wrap": (ctypes.c_int, [P, ctypes.c_int, ctypes.c_int, I64P,
+                                          P, ctypes.c_size_t,
+                                          ctypes.POINTER(P)]),
+        "lm_tensor_destroy": (None, [P]),
+        "lm_tensor_dtype": (ctypes.c_int, [P]),
+        "lm_tensor_ndim": (ctypes.c_int, [P]),
+        "lm_tensor_shape": (I64P, [P]),
+        "lm_tensor_nbytes": (ctypes.c_size_t, [P]),
+        "lm_tensor_cdata": (P, [P]),
+        "lm_convert": (ctypes.c_int, [P, ctypes.c_int, P, ctypes.c_int,
+                                      ctypes.c_size_t]),
+        "lm_model_create": (ctypes.c_int, [P, ctypes.POINTER(P)]),
+        "lm_model_destroy": (None, [P]),
+        "lm_model_add": (ctypes.c_int, [P, ctypes.c_char_p, P]),
+        "lm_model_count": (ctypes.c_size_t, [P]),
+        "lm_model_name": (ctypes.c_char_p, [P, ctypes.c_size_t]),
+        "lm_model_tensor": (P, [P, ctypes.c_size_t]),
+        "lm_plan_create": (ctypes.c_int, [P, ctypes.c_char_p,
+                                          ctypes.POINTER(P)]),
+        "lm_plan_destroy": (None, [P]),
+        "lm_plan_set_float": (ctypes.c_int, [P, ctypes.c_char_p,
+                                             ctypes.c_double]),
+        "lm_plan_set_string": (ctypes.c_int, [P, ctypes.c_char_p,
+                                              ctypes.c_char_p]),
+        "lm_plan_set_base": (ctypes.c_int, [P, P]),
+        "lm_plan_add_model": (ctypes.c_int, [P, P, ctypes.c_double]),
+        "lm_plan_set_stats": (ctypes.c_int, [P, P]),
+        "lm_plan_execute": (ctypes.c_int, [P, ctypes.POINTER(P)]),
+        "lm_strategy_count": (ctypes.c_size_t, [P]),
+        "lm_strategy_at": (ctypes.POINTER(_StrategyVtable),
+                           [P, ctypes.c_size_t]),
+        "lm_stats_create": (ctypes.c_int, [P, ctypes.POINTER(P)]),
+        "lm_stats_destroy": (None, [P]),
+        "lm_stats_observe": (ctypes.c_int, [P, ctypes.c_size_t,
+                                            ctypes.c_char_p, P,
+                                            ctypes.c_size_t, ctypes.c_size_t]),
+        "lm_stats_get": (ctypes.c_int, [P, ctypes.c_size_t, ctypes.c_char_p,
+                                        ctypes.POINTER(
+                                            ctypes.POINTER(ctypes.c_double)),
+                                        ctypes.POINTER(ctypes.c_size_t),
+                                        ctypes.POINTER(ctypes.c_uint64)]),
+        "lm_stats_count": (ctypes.c_size_t, [P]),
+        "lm_stats_key": (ctypes.c_int, [P, ctypes.c_size_t,
+                                        ctypes.POINTER(ctypes.c_size_t),
+                                        ctypes.POINTER(ctypes.c_char_p)]),
+        "lm_stats_merge": (ctypes.c_int, [P, P]),
+        "lm_stats_save": (ctypes.c_int, [P, ctypes.c_char_p]),
+        "lm_stats_load": (ctypes.c_int, [P, ctypes.c_char_p,
+                                         ctypes.POINTER(P)]),
+    }
+    for name, (restype, argtypes) in sigs.items():
+        fn = getattr(lib, name)
+        fn.restype = restype
+        fn.argtypes = argtypes
