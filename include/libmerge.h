@@ -17,5 +17,6 @@
 #include "libmerge/stats.h"
 #include "libmerge/lora.h"
 #include "libmerge/merger.h"
+#include "libmerge/safetensors.h"
 
 #endif /* LIBMERGE_H */

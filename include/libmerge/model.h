@@ -48,6 +48,19 @@ LM_API lm_status lm_model_add_lazy(lm_model *model, const char *name,
                                    const int64_t *shape, lm_tensor_read_fn read,
                                    void *user);
 
+/* String metadata carried by a model (e.g. a safetensors "__metadata__"
+ * block or GGUF key/values read from a file). Setting an existing key
+ * replaces its value. */
+LM_API lm_status lm_model_set_metadata(lm_model *model, const char *key,
+                                       const char *value);
+LM_API size_t lm_model_metadata_count(const lm_model *model);
+/* Entry i; NULL pointers when out of range. */
+LM_API lm_status lm_model_metadata_at(const lm_model *model, size_t i,
+                                      const char **key, const char **value);
+/* Errors: LM_ERR_NOT_FOUND (no message recorded: absence is normal). */
+LM_API lm_status lm_model_metadata(const lm_model *model, const char *key,
+                                   const char **value);
+
 /* Thread-safety: concurrent reads are safe; lm_model_add needs exclusive
  * access. */
 

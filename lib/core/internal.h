@@ -67,6 +67,8 @@ struct lm_model {
     /* Optional: called after the executor is done with a tensor, so a
      * file-backed model can drop its pages (bounded resident memory). */
     void (*done_with)(void *resource, const lm_tensor *tensor);
+    char **meta_keys, **meta_values;
+    size_t n_meta;
 };
 
 struct lm_lora_entry {

@@ -26,6 +26,12 @@ void lm_model_destroy(lm_model *m)
     }
     lm_free(m->ctx, m->entries);
     lm_free(m->ctx, m->index);
+    for (size_t i = 0; i < m->n_meta; i++) {
+        lm_free(m->ctx, m->meta_keys[i]);
+        lm_free(m->ctx, m->meta_values[i]);
+    }
+    lm_free(m->ctx, m->meta_keys);
+    lm_free(m->ctx, m->meta_values);
     if (m->release)
         m->release(m->resource);
     lm_free(m->ctx, m);
@@ -155,4 +161,73 @@ lm_status lm_model_add_lazy(lm_model *m, const char *name, lm_dtype dtype,
     }
     t->lazy_name = m->entries[m->count - 1].name;
     return LM_OK;
+}
+
+lm_status lm_model_set_metadata(lm_model *m, const char *key,
+                                const char *value)
+{
+    if (!m || !key || !value)
+        return LM_ERR_INVALID_ARGUMENT;
+    char *v = lm__strdup(m->ctx, value);
+    if (!v)
+        return LM_ERR_OUT_OF_MEMORY;
+    for (size_t i = 0; i < m->n_meta; i++) {
+        if (strcmp(m->meta_keys[i], key) == 0) {
+            lm_free(m->ctx, m->meta_values[i]);
+            m->meta_values[i] = v;
+            return LM_OK;
+        }
+    }
+    char *k = lm__strdup(m->ctx, key);
+    char **keys = lm__calloc(m->ctx, m->n_meta + 1, sizeof(char *));
+    char **values = lm__calloc(m->ctx, m->n_meta + 1, sizeof(char *));
+    if (!k || !keys || !values) {
+        lm_free(m->ctx, k);
+        lm_free(m->ctx, v);
+        lm_free(m->ctx, keys);
+        lm_free(m->ctx, values);
+        return lm_context_set_error(m->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "model: out of memory for metadata");
+    }
+    if (m->n_meta) {
+        memcpy(keys, m->meta_keys, m->n_meta * sizeof(char *));
+        memcpy(values, m->meta_values, m->n_meta * sizeof(char *));
+    }
+    keys[m->n_meta] = k;
+    values[m->n_meta] = v;
+    lm_free(m->ctx, m->meta_keys);
+    lm_free(m->ctx, m->meta_values);
+    m->meta_keys = keys;
+    m->meta_values = values;
+    m->n_meta++;
+    return LM_OK;
+}
+
+size_t lm_model_metadata_count(const lm_model *m) { return m ? m->n_meta : 0; }
+
+lm_status lm_model_metadata_at(const lm_model *m, size_t i, const char **key,
+                               const char **value)
+{
+    if (!m || i >= m->n_meta)
+        return LM_ERR_OUT_OF_RANGE;
+    if (key)
+        *key = m->meta_keys[i];
+    if (value)
+        *value = m->meta_values[i];
+    return LM_OK;
+}
+
+lm_status lm_model_metadata(const lm_model *m, const char *key,
+                            const char **value)
+{
+    if (!m || !key)
+        return LM_ERR_INVALID_ARGUMENT;
+    for (size_t i = 0; i < m->n_meta; i++) {
+        if (strcmp(m->meta_keys[i], key) == 0) {
+            if (value)
+                *value = m->meta_values[i];
+            return LM_OK;
+        }
+    }
+    return LM_ERR_NOT_FOUND;
 }

@@ -1,0 +1,119 @@
+/* File mappings and the page release that bounds resident memory. */
+/* madvise(MADV_DONTNEED) is a Linux/BSD extension beyond POSIX. */
+#define _DEFAULT_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "io/mapping.h"
+
+lm_status lm__map_file(lm_context *ctx, const char *path,
+                       struct lm_mapping *out)
+{
+    out->addr = NULL;
+    out->len = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return lm_context_set_error(ctx, LM_ERR_IO, "cannot open '%s': %s",
+                                    path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return lm_context_set_error(ctx, LM_ERR_IO,
+                                    "'%s' is not a regular file", path);
+    }
+    if (st.st_size > 0) {
+        void *addr = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE,
+                          fd, 0);
+        if (addr == MAP_FAILED) {
+            int e = errno;
+            close(fd);
+            return lm_context_set_error(ctx, LM_ERR_IO,
+                                        "cannot map '%s': %s", path,
+                                        strerror(e));
+        }
+        out->addr = addr;
+        out->len = (size_t)st.st_size;
+    }
+    close(fd);
+    return LM_OK;
+}
+
+void lm__unmap(struct lm_mapping *m)
+{
+    if (m->addr)
+        munmap(m->addr, m->len);
+    m->addr = NULL;
+    m->len = 0;
+}
+
+static void release_mappings(void *resource)
+{
+    struct lm_mappings *set = resource;
+    for (size_t i = 0; i < set->count; i++)
+        lm__unmap(&set->maps[i]);
+    lm_free(set->ctx, set->maps);
+    lm_free(set->ctx, set);
+}
+
+/* A merged tensor's pages are dropped from this process (the kernel can
+ * read them again from the file if needed), so resident memory follows the
+ * tensors in flight, not the model size. Only pages entirely inside the
+ * tensor are released, so neighbours being merged are unaffected. */
+static void drop_pages(void *resource, const lm_tensor *t)
+{
+    struct lm_mappings *set = resource;
+    const char *p = t->data;
+    size_t n = t->numel * lm_dtype_size(t->dtype);
+    for (size_t i = 0; i < set->count; i++) {
+        const char *a = set->maps[i].addr;
+        if (!a || p < a || p >= a + set->maps[i].len)
+            continue;
+        uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+        uintptr_t start = ((uintptr_t)p + page - 1) / page * page;
+        uintptr_t end = ((uintptr_t)p + n) / page * page;
+        if (end > start)
+            madvise((void *)start, end - start, MADV_DONTNEED);
+        return;
+    }
+}
+
+lm_status lm__model_mappings(lm_model *model, struct lm_mappings **out)
+{
+    if (model->resource) {
+        *out = model->resource;
+        return LM_OK;
+    }
+    struct lm_mappings *set = lm__calloc(model->ctx, 1, sizeof(*set));
+    if (!set)
+        return LM_ERR_OUT_OF_MEMORY;
+    set->ctx = model->ctx;
+    lm_status st = lm__model_attach_resource(model, release_mappings, set);
+    if (st != LM_OK) {
+        lm_free(model->ctx, set);
+        return st;
+    }
+    model->done_with = drop_pages;
+    *out = set;
+    return LM_OK;
+}
+
+lm_status lm__mappings_add(struct lm_mappings *set, struct lm_mapping map)
+{
+    if (set->count == set->cap) {
+        size_t cap = set->cap ? set->cap * 2 : 4;
+        struct lm_mapping *maps = lm__calloc(set->ctx, cap, sizeof(*maps));
+        if (!maps)
+            return LM_ERR_OUT_OF_MEMORY;
+        if (set->count)
+            memcpy(maps, set->maps, set->count * sizeof(*maps));
+        lm_free(set->ctx, set->maps);
+        set->maps = maps;
+        set->cap = cap;
+    }
+    set->maps[set->count++] = map;
+    return LM_OK;
+}
