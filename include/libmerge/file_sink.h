@@ -41,6 +41,14 @@ typedef struct lm_safetensors_sink_options {
 LM_API lm_status lm_safetensors_sink_create(
     lm_context *ctx, const char *path,
     const lm_safetensors_sink_options *options, lm_file_sink **out);
+/* Write a whole model to a safetensors file (or, with max_shard_bytes, a
+ * sharded directory) through the same crash-safe path as the sink: nothing
+ * appears under the final name unless everything was written. Tensors are
+ * written in model order, in their own dtype. */
+LM_API lm_status lm_safetensors_write(lm_context *ctx, const lm_model *model,
+                                      const char *path,
+                                      const lm_safetensors_sink_options *options);
+
 /* The vtable to pass to lm_plan_execute_to; valid while the sink lives.
  * A sink is used for one execution. */
 LM_API const lm_sink_vtable *lm_file_sink_vtable(lm_file_sink *sink);

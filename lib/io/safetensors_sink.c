@@ -470,3 +470,44 @@ void lm_file_sink_destroy(lm_file_sink *s)
     lm_free(s->ctx, s->dir);
     lm_free(s->ctx, s);
 }
+
+lm_status lm_safetensors_write(lm_context *ctx, const lm_model *model,
+                               const char *path,
+                               const lm_safetensors_sink_options *options)
+{
+    if (!ctx || !model || !path)
+        return LM_ERR_INVALID_ARGUMENT;
+    size_t n = lm_model_count(model);
+    lm_tensor_desc *descs = lm__calloc(ctx, n ? n : 1, sizeof(*descs));
+    if (!descs)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "safetensors: out of memory");
+    for (size_t i = 0; i < n; i++) {
+        const lm_tensor *t = lm_model_tensor(model, i);
+        if (t->lazy_read) {
+            lm_free(ctx, descs);
+            return lm_context_set_error(ctx, LM_ERR_UNSUPPORTED,
+                                        "safetensors: cannot write lazy "
+                                        "tensor '%s'", lm_model_name(model, i));
+        }
+        descs[i].name = lm_model_name(model, i);
+        descs[i].dtype = t->dtype;
+        descs[i].ndim = t->ndim;
+        memcpy(descs[i].shape, t->shape, sizeof(descs[i].shape));
+        descs[i].nbytes = lm_tensor_nbytes(t);
+    }
+    lm_file_sink *sink;
+    lm_status st = lm_safetensors_sink_create(ctx, path, options, &sink);
+    if (st == LM_OK) {
+        st = sink_begin(sink, descs, n);
+        for (size_t i = 0; st == LM_OK && i < n; i++)
+            st = sink_write(sink, i, lm_tensor_cdata(lm_model_tensor(model, i)),
+                            descs[i].nbytes);
+        lm_status end = sink_end(sink, st == LM_OK);
+        if (st == LM_OK)
+            st = end;
+        lm_file_sink_destroy(sink);
+    }
+    lm_free(ctx, descs);
+    return st;
+}

@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/stat.h>
 
 #include "commands.h"
 
@@ -124,20 +126,66 @@ static double check(const lm_model *base, lm_model *const *tasks,
     return worst;
 }
 
+static int write_inputs(lm_context *ctx, const char *dir, lm_model *base,
+                        lm_model *const *tasks)
+{
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/base", dir);
+    if (mkdir(path, 0777) && errno != EEXIST)
+        return -1;
+    snprintf(path, sizeof(path), "%s/base/model.safetensors", dir);
+    if (lm_safetensors_write(ctx, base, path, NULL))
+        return -1;
+    snprintf(path, sizeof(path), "%s/base/config.json", dir);
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return -1;
+    fprintf(f, "{\"model_type\": \"lmerge-demo-mlp\", \"hidden\": 64}\n");
+    fclose(f);
+    for (int t = 0; t < N_TASKS; t++) {
+        snprintf(path, sizeof(path), "%s/task%d.safetensors", dir, t + 1);
+        if (lm_safetensors_write(ctx, tasks[t], path, NULL))
+            return -1;
+    }
+    snprintf(path, sizeof(path), "%s/merge.yaml", dir);
+    f = fopen(path, "w");
+    if (!f)
+        return -1;
+    fprintf(f, "merge_method: task_arithmetic\n"
+               "base_model: %s/base\n"
+               "models:\n", dir);
+    for (int t = 0; t < N_TASKS; t++)
+        fprintf(f, "  - model: %s/task%d.safetensors\n"
+                   "    parameters: {weight: 1.0}\n", dir, t + 1);
+    fprintf(f, "parameters:\n  lambda: 0.4\n");
+    fclose(f);
+    return 0;
+}
+
+/* The main job: example models written to files, merged by `lmerge run`,
+ * the result read back and checked against an independent f64 computation;
+ * then the same check for the other dtypes and `average`, in memory. */
 int lmerge_demo(int argc, char **argv)
 {
-    (void)argc;
-    (void)argv;
-    static const struct {
-        const char *method;
-        double lambda;
-        lm_dtype dtype;
-    } runs[] = {
-        {"task_arithmetic", 0.4, LM_F32},
-        {"task_arithmetic", 0.4, LM_BF16},
-        {"average", 0.0, LM_F32},
-        {"average", 0.0, LM_F16},
-    };
+    char dir[4096] = "";
+    if (argc == 3 && strcmp(argv[1], "--dir") == 0) {
+        snprintf(dir, sizeof(dir), "%s", argv[2]);
+        if (mkdir(dir, 0777) && errno != EEXIST) {
+            fprintf(stderr, "lmerge demo: cannot create '%s': %s\n", dir,
+                    strerror(errno));
+            return 1;
+        }
+    } else if (argc == 1) {
+        snprintf(dir, sizeof(dir), "%s/lmerge-demo-XXXXXX",
+                 getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+        if (!mkdtemp(dir)) {
+            fprintf(stderr, "lmerge demo: cannot create a directory\n");
+            return 1;
+        }
+    } else {
+        fprintf(stderr, "usage: lmerge demo [--dir DIR]\n");
+        return 2;
+    }
     lm_context *ctx;
     if (lm_context_create(NULL, &ctx) != LM_OK) {
         fprintf(stderr, "lmerge demo: cannot create a context\n");
@@ -145,52 +193,94 @@ int lmerge_demo(int argc, char **argv)
     }
     printf("libmerge %s demo: a 2-layer MLP base (fc1 64x32, fc2 16x64) and %d "
            "fine-tuned variants,\neach a rank-2 task vector per weight "
-           "matrix; merged in memory on %d threads.\n\n",
-           lm_version_string(), N_TASKS, lm_context_threads(ctx));
+           "matrix, written as safetensors to\n  %s\n\n",
+           lm_version_string(), N_TASKS, dir);
     int failures = 0;
+    lm_model *base = NULL, *tasks[N_TASKS] = {NULL}, *merged = NULL;
+    if (build_models(ctx, LM_F32, &base, tasks) != LM_OK ||
+        write_inputs(ctx, dir, base, tasks) != 0) {
+        fprintf(stderr, "lmerge demo: cannot write the example models: %s\n",
+                lm_context_error(ctx));
+        failures++;
+    } else {
+        char config[4096], out[4096];
+        snprintf(config, sizeof(config), "%s/merge.yaml", dir);
+        snprintf(out, sizeof(out), "%s/merged", dir);
+        printf("$ lmerge run %s -o %s\n", config, out);
+        fflush(stdout);
+        char *run_argv[] = {"run", config, "-o", out, NULL};
+        if (lmerge_run(4, run_argv) != 0) {
+            failures++;
+        } else if (lm_model_open(ctx, out, &merged) != LM_OK) {
+            fprintf(stderr, "lmerge demo: cannot read the result: %s\n",
+                    lm_context_error(ctx));
+            failures++;
+        } else {
+            double cos[N_TASKS];
+            double worst = check(base, tasks, merged, "task_arithmetic", 0.4,
+                                 cos);
+            bool ok = worst <= 4.0;
+            failures += !ok;
+            printf("read back %zu tensors: cos(merged, task i) = %.3f %.3f "
+                   "%.3f, max error %.2f rounding units  %s\n\n",
+                   lm_model_count(merged), cos[0], cos[1], cos[2], worst,
+                   ok ? "OK" : "MISMATCH");
+        }
+    }
+    lm_model_destroy(merged);
+    lm_model_destroy(base);
+    for (int t = 0; t < N_TASKS; t++)
+        lm_model_destroy(tasks[t]);
+
+    static const struct {
+        const char *method;
+        double lambda;
+        lm_dtype dtype;
+    } runs[] = {
+        {"task_arithmetic", 0.4, LM_BF16},
+        {"average", 0.0, LM_F32},
+        {"average", 0.0, LM_F16},
+    };
+    printf("in memory:\n");
     for (size_t r = 0; r < sizeof(runs) / sizeof(runs[0]); r++) {
-        lm_model *base = NULL, *tasks[N_TASKS] = {NULL}, *merged = NULL;
+        lm_model *b = NULL, *ts[N_TASKS] = {NULL}, *m = NULL;
         lm_plan *plan = NULL;
-        lm_status st = build_models(ctx, runs[r].dtype, &base, tasks);
+        lm_status st = build_models(ctx, runs[r].dtype, &b, ts);
         if (st == LM_OK)
             st = lm_plan_create(ctx, runs[r].method, &plan);
         if (st == LM_OK && strcmp(runs[r].method, "task_arithmetic") == 0)
             st = lm_plan_set_float(plan, "lambda", runs[r].lambda);
         if (st == LM_OK)
-            st = lm_plan_set_base(plan, base);
+            st = lm_plan_set_base(plan, b);
         for (int t = 0; st == LM_OK && t < N_TASKS; t++)
-            st = lm_plan_add_model(plan, tasks[t], 1.0);
+            st = lm_plan_add_model(plan, ts[t], 1.0);
         if (st == LM_OK)
-            st = lm_plan_execute(plan, &merged);
+            st = lm_plan_execute(plan, &m);
         if (st != LM_OK) {
             fprintf(stderr, "lmerge demo: %s failed: %s (%s)\n",
                     runs[r].method, lm_strerror(st), lm_context_error(ctx));
             failures++;
         } else {
             double cos[N_TASKS];
-            double worst = check(base, tasks, merged, runs[r].method,
-                                 runs[r].lambda, cos);
+            double worst = check(b, ts, m, runs[r].method, runs[r].lambda,
+                                 cos);
             bool ok = worst <= 4.0;
             failures += !ok;
-            printf("%-16s %-5s", runs[r].method, lm_dtype_name(runs[r].dtype));
-            if (strcmp(runs[r].method, "task_arithmetic") == 0)
-                printf(" lambda=%.1f", runs[r].lambda);
-            else
-                printf("           ");
-            printf("  %zu tensors  cos(merged, task i) = %.3f %.3f %.3f  "
-                   "max error %.2f rounding units  %s\n",
-                   lm_model_count(merged), cos[0], cos[1], cos[2], worst,
+            printf("  %-16s %-5s %zu tensors  cos(merged, task i) = %.3f %.3f "
+                   "%.3f  max error %.2f rounding units  %s\n",
+                   runs[r].method, lm_dtype_name(runs[r].dtype),
+                   lm_model_count(m), cos[0], cos[1], cos[2], worst,
                    ok ? "OK" : "MISMATCH");
         }
-        lm_model_destroy(merged);
+        lm_model_destroy(m);
         lm_plan_destroy(plan);
-        lm_model_destroy(base);
+        lm_model_destroy(b);
         for (int t = 0; t < N_TASKS; t++)
-            lm_model_destroy(tasks[t]);
+            lm_model_destroy(ts[t]);
     }
     lm_context_destroy(ctx);
-    printf("\ncheck: %s\n", failures ? "FAILED" : "every merged value matches "
-                                                  "an independent f64 "
-                                                  "computation");
+    printf("\ncheck: %s\n", failures ? "FAILED"
+                                     : "every merged value matches an "
+                                       "independent f64 computation");
     return failures ? 1 : 0;
 }

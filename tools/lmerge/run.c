@@ -315,9 +315,10 @@ int lmerge_run(int argc, char **argv)
             printf("%s\"%s\"", i ? ", " : "", lm_file_sink_file(sink, i));
         printf("]}\n");
     } else if (!o.quiet) {
-        printf("merged %zu models with %s: %zu tensors, %.1f MB in %.2f s -> "
+        bool small = total < 1000000;
+        printf("merged %zu models with %s: %zu tensors, %.1f %s in %.2f s -> "
                "%s\n", c.n_models, c.merge_method, lm_model_count(base),
-               total / 1e6, secs,
+               small ? total / 1e3 : total / 1e6, small ? "kB" : "MB", secs,
                so.max_shard_bytes ? o.out_dir : single);
     }
     rc = 0;
