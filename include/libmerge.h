@@ -18,5 +18,6 @@
 #include "libmerge/lora.h"
 #include "libmerge/merger.h"
 #include "libmerge/safetensors.h"
+#include "libmerge/peft.h"
 
 #endif /* LIBMERGE_H */

@@ -2,6 +2,8 @@
 #ifndef LMERGE_COMMANDS_H
 #define LMERGE_COMMANDS_H
 
+#include <stdbool.h>
+
 #include <libmerge.h>
 #include <libmerge/sys/strategy.h>
 
@@ -13,6 +15,8 @@ int lmerge_info(int argc, char **argv);
 /* Open a model from a safetensors file, a directory (model.safetensors or
  * a sharded index) or another supported format; errors on ctx. */
 lm_status lmerge_open_model(lm_context *ctx, const char *path, lm_model **out);
+/* A PEFT adapter directory (holds adapter_config.json)? */
+bool lmerge_is_adapter(const char *path);
 /* Copy non-weight files of a base model directory into out_dir. */
 int lmerge_copy_side_files(const char *base_path, const char *out_dir,
                            char *err, size_t err_size);

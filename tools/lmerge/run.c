@@ -216,6 +216,7 @@ int lmerge_run(int argc, char **argv)
     int rc = 1;
     lm_context *ctx = NULL;
     lm_model *base = NULL, **models = calloc(c.n_models, sizeof(*models));
+    lm_lora **adapters = calloc(c.n_models, sizeof(*adapters));
     double *weights = calloc(c.n_models, sizeof(*weights));
     lm_plan *plan = NULL;
     lm_file_sink *sink = NULL;
@@ -224,7 +225,8 @@ int lmerge_run(int argc, char **argv)
     co.n_threads = o.threads;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    if (!models || !weights || lm_context_create(&co, &ctx) != LM_OK) {
+    if (!models || !adapters || !weights ||
+        lm_context_create(&co, &ctx) != LM_OK) {
         fprintf(stderr, "lmerge run: out of memory\n");
         goto done;
     }
@@ -233,7 +235,11 @@ int lmerge_run(int argc, char **argv)
         goto done;
     }
     for (size_t m = 0; m < c.n_models; m++) {
-        if (lmerge_open_model(ctx, c.models[m].path, &models[m])) {
+        lm_status st = lmerge_is_adapter(c.models[m].path)
+                           ? lm_peft_read(ctx, c.models[m].path, &adapters[m])
+                           : lmerge_open_model(ctx, c.models[m].path,
+                                               &models[m]);
+        if (st != LM_OK) {
             fprintf(stderr, "lmerge run: %s:%d: %s\n", o.config,
                     c.models[m].line, lm_context_error(ctx));
             goto done;
@@ -258,8 +264,12 @@ int lmerge_run(int argc, char **argv)
         }
     }
     lm_plan_set_base(plan, base);
-    for (size_t m = 0; m < c.n_models; m++)
-        lm_plan_add_model(plan, models[m], weights[m]);
+    for (size_t m = 0; m < c.n_models; m++) {
+        if (adapters[m])
+            lm_plan_add_lora(plan, adapters[m], weights[m]);
+        else
+            lm_plan_add_model(plan, models[m], weights[m]);
+    }
 
     uint64_t total = 0;
     for (size_t i = 0; i < lm_model_count(base); i++) {
@@ -325,9 +335,12 @@ int lmerge_run(int argc, char **argv)
 done:
     lm_file_sink_destroy(sink);
     lm_plan_destroy(plan);
-    for (size_t m = 0; models && m < c.n_models; m++)
+    for (size_t m = 0; models && adapters && m < c.n_models; m++) {
         lm_model_destroy(models[m]);
+        lm_lora_destroy(adapters[m]);
+    }
     free(models);
+    free(adapters);
     free(weights);
     lm_model_destroy(base);
     lm_context_destroy(ctx);

@@ -1,0 +1,304 @@
+/* PEFT LoRA adapters: adapter_config.json + adapter_model.safetensors. */
+#include <cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <regex.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "core/internal.h"
+#include "libmerge/peft.h"
+#include "libmerge/safetensors.h"
+
+#define PREFIX "base_model.model."
+
+struct peft_config {
+    double r, alpha;
+    bool rslora;
+    const cJSON *rank_pattern, *alpha_pattern;
+};
+
+static bool file_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static char *slurp(lm_context *ctx, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *buf = NULL;
+    if (fseek(f, 0, SEEK_END) == 0) {
+        long n = ftell(f);
+        if (n >= 0 && n < (1L << 26) && fseek(f, 0, SEEK_SET) == 0 &&
+            (buf = lm_alloc(ctx, (size_t)n + 1)) != NULL) {
+            if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
+                lm_free(ctx, buf);
+                buf = NULL;
+            } else {
+                buf[n] = '\0';
+            }
+        }
+    }
+    fclose(f);
+    return buf;
+}
+
+static lm_status parse_config(lm_context *ctx, const char *path,
+                              const cJSON *root, struct peft_config *c)
+{
+    if (!cJSON_IsObject(root))
+        return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                    "%s: not a JSON object", path);
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(root, "peft_type");
+    if (type && (!cJSON_IsString(type) || strcmp(type->valuestring, "LORA")))
+        return lm_context_set_error(ctx, LM_ERR_UNSUPPORTED,
+                                    "%s: peft_type %s is not LORA", path,
+                                    cJSON_IsString(type) ? type->valuestring
+                                                         : "(not a string)");
+    const cJSON *dora = cJSON_GetObjectItemCaseSensitive(root, "use_dora");
+    if (cJSON_IsTrue(dora))
+        return lm_context_set_error(ctx, LM_ERR_UNSUPPORTED,
+                                    "%s: DoRA adapters (use_dora) are not "
+                                    "supported", path);
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(root, "r");
+    const cJSON *alpha = cJSON_GetObjectItemCaseSensitive(root, "lora_alpha");
+    if (!cJSON_IsNumber(r) || r->valuedouble < 1 ||
+        r->valuedouble != floor(r->valuedouble))
+        return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                    "%s: \"r\" must be a positive integer",
+                                    path);
+    if (alpha && !cJSON_IsNumber(alpha))
+        return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                    "%s: \"lora_alpha\" must be a number",
+                                    path);
+    c->r = r->valuedouble;
+    c->alpha = alpha ? alpha->valuedouble : 8.0; /* PEFT's default */
+    const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "use_rslora");
+    if (rs && !cJSON_IsBool(rs))
+        return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                    "%s: \"use_rslora\" must be a boolean",
+                                    path);
+    c->rslora = cJSON_IsTrue(rs);
+    c->rank_pattern = cJSON_GetObjectItemCaseSensitive(root, "rank_pattern");
+    c->alpha_pattern = cJSON_GetObjectItemCaseSensitive(root, "alpha_pattern");
+    const cJSON *pats[2] = {c->rank_pattern, c->alpha_pattern};
+    for (int i = 0; i < 2; i++) {
+        if (pats[i] && !cJSON_IsNull(pats[i]) && !cJSON_IsObject(pats[i]))
+            return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                        "%s: \"%s\" must be an object", path,
+                                        i ? "alpha_pattern" : "rank_pattern");
+        for (const cJSON *e = pats[i] ? pats[i]->child : NULL; e; e = e->next)
+            if (!cJSON_IsNumber(e) || e->valuedouble <= 0)
+                return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                            "%s: %s entry '%s' must be a "
+                                            "positive number", path,
+                                            i ? "alpha_pattern"
+                                              : "rank_pattern", e->string);
+    }
+    return LM_OK;
+}
+
+/* PEFT picks the first pattern key that matches the end of the module
+ * name at a '.' boundary: re.match(rf"(.*\.)?{key}$", name). */
+static lm_status pattern_value(lm_context *ctx, const char *path,
+                               const cJSON *patterns, const char *module,
+                               double fallback, double *out)
+{
+    *out = fallback;
+    for (const cJSON *e = patterns ? patterns->child : NULL; e; e = e->next) {
+        size_t n = strlen(e->string) + 16;
+        char *re = lm_alloc(ctx, n);
+        if (!re)
+            return LM_ERR_OUT_OF_MEMORY;
+        snprintf(re, n, "^(.*\\.)?(%s)$", e->string);
+        regex_t rx;
+        int rc = regcomp(&rx, re, REG_EXTENDED | REG_NOSUB);
+        lm_free(ctx, re);
+        if (rc != 0)
+            return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                        "%s: pattern '%s' is not a regular "
+                                        "expression libmerge understands",
+                                        path, e->string);
+        bool match = regexec(&rx, module, 0, NULL, 0) == 0;
+        regfree(&rx);
+        if (match) {
+            *out = e->valuedouble;
+            return LM_OK;
+        }
+    }
+    return LM_OK;
+}
+
+static bool ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && !strcmp(s + n - m, suffix);
+}
+
+/* "<module>.lora_A.weight" -> module and which factor; NULL module when
+ * the key is not a LoRA factor. Returns the length of the module part. */
+static size_t split_key(const char *key, int *which)
+{
+    static const char *suffixes[2] = {".lora_A.weight", ".lora_B.weight"};
+    for (int i = 0; i < 2; i++) {
+        if (ends_with(key, suffixes[i])) {
+            *which = i;
+            return strlen(key) - strlen(suffixes[i]);
+        }
+    }
+    return 0;
+}
+
+static lm_status unsupported_key(lm_context *ctx, const char *path,
+                                 const char *key)
+{
+    const char *why = strstr(key, "lora_magnitude_vector")
+                          ? "DoRA magnitude vectors are not supported"
+                      : strstr(key, "lora_embedding_")
+                          ? "LoRA on embeddings is not supported yet"
+                      : strstr(key, "modules_to_save")
+                          ? "modules_to_save (fully trained modules) are not "
+                            "supported"
+                          : NULL;
+    if (why)
+        return lm_context_set_error(ctx, LM_ERR_UNSUPPORTED, "%s: '%s': %s",
+                                    path, key, why);
+    return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                "%s: '%s' is not a LoRA factor "
+                                "(base_model.model.<module>.lora_A/B.weight)",
+                                path, key);
+}
+
+static lm_status add_pair(lm_context *ctx, const char *path,
+                          const struct peft_config *c, lm_lora *lora,
+                          const char *module, const lm_tensor *a,
+                          const lm_tensor *b)
+{
+    if (a->ndim != 2 || b->ndim != 2 || a->shape[0] != b->shape[1])
+        return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                    "%s: '%s': lora_A must be [r, in] and "
+                                    "lora_B [out, r] with the same r", path,
+                                    module);
+    double r, alpha;
+    LM_TRY(pattern_value(ctx, path, c->rank_pattern, module, c->r, &r));
+    LM_TRY(pattern_value(ctx, path, c->alpha_pattern, module, c->alpha,
+                         &alpha));
+    if ((double)a->shape[0] != r)
+        return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                    "%s: '%s' has rank %lld but the config "
+                                    "says %g", path, module,
+                                    (long long)a->shape[0], r);
+    double scale = c->rslora ? alpha / sqrt(r) : alpha / r;
+    size_t n = strlen(module) + 8;
+    char *target = lm_alloc(ctx, n);
+    if (!target)
+        return LM_ERR_OUT_OF_MEMORY;
+    snprintf(target, n, "%s.weight", module);
+    lm_tensor *ca = NULL, *cb = NULL;
+    lm_status st = lm_tensor_clone(ctx, a, &ca);
+    if (st == LM_OK)
+        st = lm_tensor_clone(ctx, b, &cb);
+    if (st == LM_OK)
+        st = lm_lora_add(lora, target, ca, cb, scale);
+    if (st != LM_OK) {
+        lm_tensor_destroy(ca);
+        lm_tensor_destroy(cb);
+    }
+    lm_free(ctx, target);
+    return st;
+}
+
+static lm_status read_factors(lm_context *ctx, const char *path,
+                              const struct peft_config *c, const lm_model *m,
+                              lm_lora *lora)
+{
+    for (size_t i = 0; i < lm_model_count(m); i++) {
+        const char *key = lm_model_name(m, i);
+        int which = -1;
+        size_t mod_len = split_key(key, &which);
+        if (strncmp(key, PREFIX, strlen(PREFIX)) || mod_len <= strlen(PREFIX))
+            return unsupported_key(ctx, path, key);
+        if (which == 1) { /* checked from its lora_A */
+            char partner[4096];
+            snprintf(partner, sizeof(partner), "%.*s.lora_A.weight",
+                     (int)mod_len, key);
+            if (!lm__model_lookup(m, partner))
+                return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                            "%s: '%s' has no matching "
+                                            "lora_A", path, key);
+            continue;
+        }
+        char module[4096], partner[4096];
+        snprintf(module, sizeof(module), "%.*s",
+                 (int)(mod_len - strlen(PREFIX)), key + strlen(PREFIX));
+        snprintf(partner, sizeof(partner), "%.*s.lora_B.weight", (int)mod_len,
+                 key);
+        const lm_tensor *b = lm__model_lookup(m, partner);
+        if (!b)
+            return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                        "%s: '%s' has no matching lora_B",
+                                        path, key);
+        LM_TRY(add_pair(ctx, path, c, lora, module, lm_model_tensor(m, i), b));
+    }
+    return LM_OK;
+}
+
+lm_status lm_peft_read(lm_context *ctx, const char *dir, lm_lora **out)
+{
+    if (!ctx || !dir || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    char cfg_path[4096], st_path[4096];
+    snprintf(cfg_path, sizeof(cfg_path), "%s/adapter_config.json", dir);
+    snprintf(st_path, sizeof(st_path), "%s/adapter_model.safetensors", dir);
+    if (!file_exists(cfg_path))
+        return lm_context_set_error(ctx, LM_ERR_IO,
+                                    "'%s' is not a PEFT adapter directory "
+                                    "(no adapter_config.json)", dir);
+    if (!file_exists(st_path)) {
+        char bin[4096];
+        snprintf(bin, sizeof(bin), "%s/adapter_model.bin", dir);
+        return lm_context_set_error(ctx, file_exists(bin) ? LM_ERR_UNSUPPORTED
+                                                          : LM_ERR_IO,
+                                    file_exists(bin)
+                                        ? "%s: adapter_model.bin (pickle) is "
+                                          "not supported; save the adapter "
+                                          "with safe_serialization=True"
+                                        : "%s: no adapter_model.safetensors",
+                                    dir);
+    }
+    char *text = slurp(ctx, cfg_path);
+    if (!text)
+        return lm_context_set_error(ctx, LM_ERR_IO, "cannot read '%s'",
+                                    cfg_path);
+    cJSON *root = cJSON_Parse(text);
+    lm_free(ctx, text);
+    struct peft_config c;
+    memset(&c, 0, sizeof(c));
+    lm_status st = root ? parse_config(ctx, cfg_path, root, &c)
+                        : lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                               "%s: not well-formed JSON",
+                                               cfg_path);
+    lm_model *m = NULL;
+    lm_lora *lora = NULL;
+    if (st == LM_OK)
+        st = lm_safetensors_read(ctx, st_path, &m);
+    if (st == LM_OK)
+        st = lm_lora_create(ctx, &lora);
+    if (st == LM_OK)
+        st = read_factors(ctx, st_path, &c, m, lora);
+    if (st == LM_OK && lm_lora_count(lora) == 0)
+        st = lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                  "%s: no LoRA factors", st_path);
+    lm_model_destroy(m);
+    cJSON_Delete(root);
+    if (st != LM_OK) {
+        lm_lora_destroy(lora);
+        return st;
+    }
+    *out = lora;
+    return LM_OK;
+}
