@@ -4,6 +4,9 @@
 static const lm_strategy_vtable *const builtins[] = {
     &lm__average_strategy,
     &lm__task_arithmetic_strategy,
+    &lm__ties_strategy,
+    &lm__dare_linear_strategy,
+    &lm__dare_ties_strategy,
 };
 
 lm_status lm__register_builtin_strategies(lm_context *ctx)

@@ -8,6 +8,9 @@
  * through the public lm_register_strategy, as a plugin would be. */
 extern const lm_strategy_vtable lm__average_strategy;
 extern const lm_strategy_vtable lm__task_arithmetic_strategy;
+extern const lm_strategy_vtable lm__ties_strategy;
+extern const lm_strategy_vtable lm__dare_linear_strategy;
+extern const lm_strategy_vtable lm__dare_ties_strategy;
 
 /* job->out[i] = scale * sum_t weights[t] * deltas[t][i], accumulated in
  * f64 and rounded once. */

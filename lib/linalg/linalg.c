@@ -1,0 +1,291 @@
+/* LAPACKE/CBLAS wrappers with status reporting and canonical signs. */
+#include <cblas.h>
+#include <lapacke.h>
+#include <math.h>
+#include <string.h>
+
+#include "linalg/linalg.h"
+
+/* Test hook: per thread, so concurrent merges are unaffected. */
+static _Thread_local bool force_fallback;
+
+void lm__svd_force_fallback_once(void) { force_fallback = true; }
+
+static lm_status check_finite(lm_context *ctx, const char *what,
+                              const double *a, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(a[i]))
+            return lm_context_set_error(ctx, LM_ERR_NONFINITE,
+                                        "%s: input has a non-finite value at "
+                                        "element %zu", what, i);
+    return LM_OK;
+}
+
+static lm_status lapack_failed(lm_context *ctx, const char *routine,
+                               lapack_int info)
+{
+    return lm_context_set_error(ctx, info < 0 ? LM_ERR_INTERNAL : LM_ERR_LINALG,
+                                "LAPACK %s failed (info %d: %s)", routine,
+                                (int)info,
+                                info < 0 ? "illegal argument"
+                                         : "no convergence");
+}
+
+void lm__gemm(bool ta, bool tb, size_t m, size_t n, size_t k, double alpha,
+              const double *a, const double *b, double beta, double *c)
+{
+    if (!m || !n)
+        return;
+    cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans,
+                tb ? CblasTrans : CblasNoTrans, (int)m, (int)n, (int)k, alpha,
+                a, ta ? (int)m : (int)k, b, tb ? (int)k : (int)n, beta, c,
+                (int)n);
+}
+
+void lm__f32_to_f64(const float *src, double *dst, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = src[i];
+}
+
+void lm__f64_to_f32(const double *src, float *dst, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        dst[i] = (float)src[i];
+}
+
+void lm__svd_canonical_signs(double *u, size_t m, size_t k, double *vt,
+                             size_t n)
+{
+    for (size_t j = 0; j < k; j++) {
+        size_t best = 0;
+        double mag = -1;
+        for (size_t i = 0; i < m; i++) {
+            double v = fabs(u[i * k + j]);
+            if (v > mag) {
+                mag = v;
+                best = i;
+            }
+        }
+        if (u[best * k + j] < 0) {
+            for (size_t i = 0; i < m; i++)
+                u[i * k + j] = -u[i * k + j];
+            for (size_t i = 0; i < n; i++)
+                vt[j * n + i] = -vt[j * n + i];
+        }
+    }
+}
+
+lm_status lm__svd(lm_context *ctx, const double *a, size_t m, size_t n,
+                  double *u, double *s, double *vt)
+{
+    LM_TRY(check_finite(ctx, "SVD", a, m * n));
+    size_t k = m < n ? m : n;
+    if (!k)
+        return LM_OK;
+    double *work = lm__calloc(ctx, m * n + k, sizeof(double));
+    if (!work)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "SVD: out of memory for %zu x %zu", m, n);
+    double *copy = work, *superb = work + m * n;
+    lapack_int info = 1;
+    if (!force_fallback) {
+        memcpy(copy, a, m * n * sizeof(double));
+        info = LAPACKE_dgesdd(LAPACK_ROW_MAJOR, 'S', (lapack_int)m,
+                              (lapack_int)n, copy, (lapack_int)n, s, u,
+                              (lapack_int)k, vt, (lapack_int)n);
+    }
+    force_fallback = false;
+    if (info != 0) { /* dgesdd occasionally fails where dgesvd succeeds */
+        memcpy(copy, a, m * n * sizeof(double));
+        info = LAPACKE_dgesvd(LAPACK_ROW_MAJOR, 'S', 'S', (lapack_int)m,
+                              (lapack_int)n, copy, (lapack_int)n, s, u,
+                              (lapack_int)k, vt, (lapack_int)n, superb);
+        if (info != 0) {
+            lm_free(ctx, work);
+            return lapack_failed(ctx, "dgesvd (after dgesdd)", info);
+        }
+    }
+    lm_free(ctx, work);
+    lm__svd_canonical_signs(u, m, k, vt, n);
+    return LM_OK;
+}
+
+lm_status lm__eigh(lm_context *ctx, const double *a, size_t n, double *w,
+                   double *v)
+{
+    LM_TRY(check_finite(ctx, "eigendecomposition", a, n * n));
+    if (!n)
+        return LM_OK;
+    memcpy(v, a, n * n * sizeof(double));
+    lapack_int info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', (lapack_int)n,
+                                     v, (lapack_int)n, w);
+    if (info != 0)
+        return lapack_failed(ctx, "dsyevd", info);
+    /* Ascending -> descending, columns swapped to match. */
+    for (size_t i = 0; i < n / 2; i++) {
+        size_t j = n - 1 - i;
+        double t = w[i];
+        w[i] = w[j];
+        w[j] = t;
+        for (size_t r = 0; r < n; r++) {
+            t = v[r * n + i];
+            v[r * n + i] = v[r * n + j];
+            v[r * n + j] = t;
+        }
+    }
+    return LM_OK;
+}
+
+lm_status lm__cholesky(lm_context *ctx, const double *a, size_t n,
+                       double ridge, double *l)
+{
+    LM_TRY(check_finite(ctx, "Cholesky", a, n * n));
+    memcpy(l, a, n * n * sizeof(double));
+    for (size_t i = 0; i < n; i++)
+        l[i * n + i] += ridge;
+    lapack_int info = LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'L', (lapack_int)n, l,
+                                     (lapack_int)n);
+    if (info > 0)
+        return lm_context_set_error(ctx, LM_ERR_LINALG,
+                                    "LAPACK dpotrf failed (info %d: the "
+                                    "matrix is not positive definite)",
+                                    (int)info);
+    if (info < 0)
+        return lapack_failed(ctx, "dpotrf", info);
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = i + 1; j < n; j++)
+            l[i * n + j] = 0.0;
+    return LM_OK;
+}
+
+lm_status lm__cholesky_solve(lm_context *ctx, const double *l, size_t n,
+                             double *b, size_t nrhs)
+{
+    lapack_int info = LAPACKE_dpotrs(LAPACK_ROW_MAJOR, 'L', (lapack_int)n,
+                                     (lapack_int)nrhs, l, (lapack_int)n, b,
+                                     (lapack_int)nrhs);
+    return info ? lapack_failed(ctx, "dpotrs", info) : LM_OK;
+}
+
+lm_status lm__qr_q(lm_context *ctx, const double *a, size_t m, size_t n,
+                   double *q)
+{
+    LM_TRY(check_finite(ctx, "QR", a, m * n));
+    size_t k = m < n ? m : n;
+    double *work = lm__calloc(ctx, m * n + k + 1, sizeof(double));
+    if (!work)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "QR: out of memory");
+    double *tau = work + m * n;
+    memcpy(work, a, m * n * sizeof(double));
+    lapack_int info = LAPACKE_dgeqrf(LAPACK_ROW_MAJOR, (lapack_int)m,
+                                     (lapack_int)n, work, (lapack_int)n, tau);
+    if (info == 0)
+        info = LAPACKE_dorgqr(LAPACK_ROW_MAJOR, (lapack_int)m, (lapack_int)k,
+                              (lapack_int)k, work, (lapack_int)n, tau);
+    if (info != 0) {
+        lm_free(ctx, work);
+        return lapack_failed(ctx, "dgeqrf/dorgqr", info);
+    }
+    for (size_t i = 0; i < m; i++)
+        memcpy(q + i * k, work + i * n, k * sizeof(double));
+    lm_free(ctx, work);
+    return LM_OK;
+}
+
+lm_status lm__polar(lm_context *ctx, const double *a, size_t m, size_t n,
+                    double *p)
+{
+    size_t k = m < n ? m : n;
+    double *buf = lm__calloc(ctx, m * k + k + k * n, sizeof(double));
+    if (!buf)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "polar: out of memory");
+    double *u = buf, *s = buf + m * k, *vt = s + k;
+    lm_status st = lm__svd(ctx, a, m, n, u, s, vt);
+    if (st == LM_OK)
+        lm__gemm(false, false, m, n, k, 1.0, u, vt, 0.0, p);
+    lm_free(ctx, buf);
+    return st;
+}
+
+/* Standard normal draws from a counter-based generator: value i depends
+ * only on (seed, i). */
+static double gaussian(uint64_t seed, uint64_t i)
+{
+    uint64_t a = lm__mix64(seed ^ lm__mix64(2 * i));
+    uint64_t b = lm__mix64(seed ^ lm__mix64(2 * i + 1));
+    double u1 = ((double)(a >> 11) + 0.5) / 9007199254740992.0;
+    double u2 = (double)(b >> 11) / 9007199254740992.0;
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+lm_status lm__svd_randomized(lm_context *ctx, const double *a, size_t m,
+                             size_t n, size_t k, size_t oversample,
+                             size_t power, uint64_t seed, double *u,
+                             double *s, double *vt)
+{
+    LM_TRY(check_finite(ctx, "randomized SVD", a, m * n));
+    size_t full = m < n ? m : n;
+    size_t l = k + oversample;
+    if (k > full)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_RANGE,
+                                    "randomized SVD: rank %zu > min(%zu, %zu)",
+                                    k, m, n);
+    if (l >= full) { /* nothing to gain: exact SVD, truncated */
+        double *buf = lm__calloc(ctx, m * full + full + full * n,
+                                 sizeof(double));
+        if (!buf)
+            return LM_ERR_OUT_OF_MEMORY;
+        double *fu = buf, *fs = buf + m * full, *fvt = fs + full;
+        lm_status st = lm__svd(ctx, a, m, n, fu, fs, fvt);
+        for (size_t i = 0; st == LM_OK && i < m; i++)
+            memcpy(u + i * k, fu + i * full, k * sizeof(double));
+        if (st == LM_OK) {
+            memcpy(s, fs, k * sizeof(double));
+            memcpy(vt, fvt, k * n * sizeof(double));
+        }
+        lm_free(ctx, buf);
+        return st;
+    }
+    double *buf = lm__calloc(ctx, n * l + 2 * m * l + l * n + l * l + l,
+                             sizeof(double));
+    if (!buf)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "randomized SVD: out of memory");
+    double *omega = buf, *y = omega + n * l, *q = y + m * l, *bm = q + m * l,
+           *ub = bm + l * n, *sb = ub + l * l;
+    for (size_t i = 0; i < n * l; i++)
+        omega[i] = gaussian(seed, i);
+    lm__gemm(false, false, m, l, n, 1.0, a, omega, 0.0, y); /* Y = A Omega */
+    lm_status st = lm__qr_q(ctx, y, m, l, q);
+    for (size_t it = 0; st == LM_OK && it < power; it++) {
+        /* Z = A^T Q (n x l) -> orthonormalise -> Y = A Z -> Q. */
+        lm__gemm(true, false, n, l, m, 1.0, a, q, 0.0, omega);
+        st = lm__qr_q(ctx, omega, n, l, omega);
+        if (st == LM_OK) {
+            lm__gemm(false, false, m, l, n, 1.0, a, omega, 0.0, y);
+            st = lm__qr_q(ctx, y, m, l, q);
+        }
+    }
+    if (st == LM_OK) {
+        lm__gemm(true, false, l, n, m, 1.0, q, a, 0.0, bm); /* B = Q^T A */
+        double *vtb = lm__calloc(ctx, l * n, sizeof(double));
+        st = vtb ? lm__svd(ctx, bm, l, n, ub, sb, vtb) : LM_ERR_OUT_OF_MEMORY;
+        if (st == LM_OK) {
+            /* U = Q Ub, keep the first k columns. */
+            double *full_u = y; /* m x l scratch */
+            lm__gemm(false, false, m, l, l, 1.0, q, ub, 0.0, full_u);
+            for (size_t i = 0; i < m; i++)
+                memcpy(u + i * k, full_u + i * l, k * sizeof(double));
+            memcpy(s, sb, k * sizeof(double));
+            memcpy(vt, vtb, k * n * sizeof(double));
+            lm__svd_canonical_signs(u, m, k, vt, n);
+        }
+        lm_free(ctx, vtb);
+    }
+    lm_free(ctx, buf);
+    return st;
+}

@@ -1,0 +1,136 @@
+/* Magnitude trimming, DARE masks and TIES sign election. */
+#include <math.h>
+#include <string.h>
+
+#include "strategies/sign_merge.h"
+
+size_t lm__density_count(double density, size_t n)
+{
+    size_t k = (size_t)floor(density * (double)n);
+    return n == 0 ? 0 : (k < 1 ? 1 : k > n ? n : k);
+}
+
+static float median3(float x, float y, float z)
+{
+    if (x > y) {
+        float t = x;
+        x = y;
+        y = t;
+    }
+    return z <= x ? x : z >= y ? y : z;
+}
+
+/* k-th largest value (1-based) of a[0..n) by a three-way quickselect; a is
+ * permuted. Linear on average. */
+static float kth_largest(float *a, size_t n, size_t k)
+{
+    size_t lo = 0, hi = n, want = k - 1;
+    while (hi - lo > 1) {
+        float pivot = median3(a[lo], a[lo + (hi - lo) / 2], a[hi - 1]);
+        size_t lt = lo, i = lo, gt = hi;
+        /* [lo, lt) > pivot, [lt, i) == pivot, [gt, hi) < pivot */
+        while (i < gt) {
+            float v = a[i];
+            if (v > pivot) {
+                a[i++] = a[lt];
+                a[lt++] = v;
+            } else if (v < pivot) {
+                a[i] = a[--gt];
+                a[gt] = v;
+            } else {
+                i++;
+            }
+        }
+        if (want < lt)
+            hi = lt;
+        else if (want < gt)
+            return pivot;
+        else
+            lo = gt;
+    }
+    return a[lo];
+}
+
+void lm__keep_top_k(float *x, size_t n, size_t k, float *scratch)
+{
+    if (k >= n)
+        return;
+    if (k == 0) {
+        memset(x, 0, n * sizeof(float));
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        scratch[i] = fabsf(x[i]);
+    float threshold = kth_largest(scratch, n, k);
+    size_t above = 0;
+    for (size_t i = 0; i < n; i++)
+        above += fabsf(x[i]) > threshold;
+    size_t ties_left = k - above;
+    for (size_t i = 0; i < n; i++) {
+        float a = fabsf(x[i]);
+        if (a > threshold)
+            continue;
+        if (a == threshold && ties_left) {
+            ties_left--;
+            continue;
+        }
+        x[i] = 0.0f;
+    }
+}
+
+void lm__dare_mask(float *x, size_t n, double density, bool rescale,
+                   uint64_t seed, size_t task)
+{
+    uint64_t stream = lm__mix64(seed ^ lm__mix64(0xda3e0000ULL + task));
+    float scale = rescale ? (float)(1.0 / density) : 1.0f;
+    for (size_t i = 0; i < n; i++) {
+        double u = (double)(lm__mix64(stream ^ lm__mix64(i)) >> 11) /
+                   9007199254740992.0;
+        x[i] = u < density ? x[i] * scale : 0.0f;
+    }
+}
+
+void lm__sign_merge(const float *const *tasks, const double *weights,
+                    size_t n_tasks, size_t n, const struct lm__sign_merge_opts *o,
+                    float *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        double vote = 0.0;
+        for (size_t t = 0; t < n_tasks; t++) {
+            double v = tasks[t][i];
+            if (o->weights_in_election)
+                v *= weights[t];
+            if (o->consensus == LM_CONSENSUS_COUNT)
+                vote += (v > 0) - (v < 0);
+            else
+                vote += v;
+        }
+        /* A tie elects +, as mergekit does. */
+        int sign = vote >= 0 ? 1 : -1;
+        double num = 0.0, den = 0.0;
+        for (size_t t = 0; t < n_tasks; t++) {
+            float v = tasks[t][i];
+            if (v == 0.0f || (v > 0) != (sign > 0))
+                continue;
+            num += weights[t] * (double)v;
+            den += o->divide == LM_DIVIDE_WEIGHTS ? weights[t] : 1.0;
+        }
+        out[i] = den != 0.0 ? (float)(num / den) : 0.0f;
+    }
+}
+
+lm_status lm__sign_merge_params(const lm_params *p,
+                                struct lm__sign_merge_opts *o)
+{
+    const char *consensus, *divide;
+    int in_election;
+    LM_TRY(lm_params_get_choice(p, "consensus", &consensus));
+    LM_TRY(lm_params_get_choice(p, "divide", &divide));
+    LM_TRY(lm_params_get_bool(p, "weights_in_election", &in_election));
+    o->consensus = strcmp(consensus, "count") ? LM_CONSENSUS_SUM
+                                              : LM_CONSENSUS_COUNT;
+    o->divide = strcmp(divide, "weights") ? LM_DIVIDE_COUNT
+                                          : LM_DIVIDE_WEIGHTS;
+    o->weights_in_election = in_election != 0;
+    return LM_OK;
+}
