@@ -7,6 +7,9 @@ static const lm_strategy_vtable *const builtins[] = {
     &lm__ties_strategy,
     &lm__dare_linear_strategy,
     &lm__dare_ties_strategy,
+    &lm__tsv_strategy,
+    &lm__iso_c_strategy,
+    &lm__iso_cts_strategy,
 };
 
 lm_status lm__register_builtin_strategies(lm_context *ctx)

@@ -75,8 +75,17 @@ def dare(tasks, weights, name, seed, density, rescale=True):
 
 # --- SVD family ---
 
+FLIP_RNG = None
+
+
 def svd(a):
-    return np.linalg.svd(a.astype(np.float64), full_matrices=False)
+    """Thin SVD; with FLIP_RNG set, singular pairs get random signs (the
+    decomposition is just as valid), to test sign-flip invariance."""
+    u, s, vt = np.linalg.svd(a.astype(np.float64), full_matrices=False)
+    if FLIP_RNG is not None:
+        f = FLIP_RNG.choice([-1.0, 1.0], size=s.size)
+        u, vt = u * f, vt * f[:, None]
+    return u, s, vt
 
 
 def polar(a):
