@@ -14,6 +14,7 @@ extern const lm_strategy_vtable lm__dare_ties_strategy;
 extern const lm_strategy_vtable lm__tsv_strategy;
 extern const lm_strategy_vtable lm__iso_c_strategy;
 extern const lm_strategy_vtable lm__iso_cts_strategy;
+extern const lm_strategy_vtable lm__knots_strategy;
 
 /* job->out[i] = scale * sum_t weights[t] * deltas[t][i], accumulated in
  * f64 and rounded once. */

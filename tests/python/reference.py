@@ -129,3 +129,17 @@ def iso_cts(tasks, alpha=1.0, common=0.8):
     V = polar(np.concatenate(vs, 1))
     sigma = np.concatenate(ss).mean()
     return alpha * sigma * (U @ V.T)
+
+
+def knots(tasks, weights, merge="ties", density=0.2, lam=1.0):
+    """KnOTS: SVD of the concatenation, merge the aligned S V_t^T blocks."""
+    m, n = tasks[0].shape
+    x = np.concatenate([t.astype(np.float64) for t in tasks], 1)
+    u, s, vt = svd(x)
+    blocks = [(s[:, None] * vt[:, i * n:(i + 1) * n]).astype(np.float32)
+              for i in range(len(tasks))]
+    if merge == "ties":
+        merged = sign_merge([top_k(b, density) for b in blocks], weights)
+    else:
+        merged = sum(w * b.astype(np.float64) for w, b in zip(weights, blocks))
+    return lam * (u @ merged)
