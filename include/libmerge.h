@@ -19,5 +19,6 @@
 #include "libmerge/merger.h"
 #include "libmerge/safetensors.h"
 #include "libmerge/peft.h"
+#include "libmerge/projector.h"
 
 #endif /* LIBMERGE_H */
