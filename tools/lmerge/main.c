@@ -1,4 +1,5 @@
 /* lmerge: the libmerge command-line tool. */
+#include <cblas.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -24,6 +25,11 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+#ifdef OPENBLAS_VERSION
+    /* libmerge parallelises over tensors; single-threaded BLAS inside each
+     * worker keeps results bit-identical from run to run. */
+    openblas_set_num_threads(1);
+#endif
     const char *cmd = argv[1];
     if (strcmp(cmd, "demo") == 0)
         return lmerge_demo(argc - 1, argv + 1);
