@@ -13,6 +13,7 @@
 
 struct exec {
     lm_plan *plan;
+    bool preparing;            /* first pass of a two-pass strategy */
     const lm_sink_vtable *sink;
     void *state;               /* strategy state from init */
     lm_tensor_desc *outputs;
@@ -118,8 +119,8 @@ static lm_status merge_one(struct exec *ex, size_t index)
     float *block = NULL, *result = NULL;
     lm_status st = lm__merge_tensor(p, ex->state, p->base->entries[index].name,
                                     p->base->entries[index].tensor, true,
-                                    &block, &result);
-    if (st == LM_OK)
+                                    ex->preparing, &block, &result);
+    if (st == LM_OK && !ex->preparing)
         st = emit(ex, index, result);
     lm_free(p->ctx, block);
     return st;
@@ -152,7 +153,7 @@ static void *worker(void *arg)
         ex->status[i] = merge_one(ex, i);
         if (ex->status[i] != LM_OK)
             atomic_store(&ex->stop, true);
-        else
+        else if (!ex->preparing)
             report_progress(ex, i);
     }
     return NULL;
@@ -251,10 +252,19 @@ lm_status lm__execute(lm_plan *p, const lm_sink_vtable *sink)
             };
             st = p->vt->init(&info, &ex.state, p->vt->user);
         }
+        bool initialised = st == LM_OK;
+        if (st == LM_OK && p->vt->prepare_tensor) {
+            /* First pass of a two-pass strategy: nothing is emitted. */
+            ex.preparing = true;
+            run_workers(&ex, ctx->n_threads);
+            st = first_failure(&ex);
+            if (st == LM_OK && p->vt->prepared)
+                st = p->vt->prepared(ex.state, p->vt->user);
+            ex.preparing = false;
+            atomic_store(&ex.next, 0);
+        }
         if (st == LM_OK) {
             run_workers(&ex, ctx->n_threads);
-            if (p->vt->fini)
-                p->vt->fini(ex.state, p->vt->user);
             st = first_failure(&ex);
             if (st == LM_OK && ex.cancelled)
                 st = lm_context_set_error(ctx, LM_ERR_CANCELLED,
@@ -262,6 +272,8 @@ lm_status lm__execute(lm_plan *p, const lm_sink_vtable *sink)
                                           "callback after %zu of %zu tensors",
                                           ex.done, ex.n_tensors);
         }
+        if (initialised && p->vt->fini)
+            p->vt->fini(ex.state, p->vt->user);
         lm_status end = sink->end(sink->user, st == LM_OK);
         if (st == LM_OK && end != LM_OK)
             st = end > 0 ? LM_ERR_CALLBACK : end;

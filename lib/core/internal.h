@@ -110,10 +110,11 @@ void lm__memory_sink_init(struct lm__memory_sink *sink, lm_context *ctx);
 /* Merge tensor `name` with base values `base` (tensor_merge.c): on
  * success *result points to numel f32 merged values inside *block, which
  * the caller frees with lm_free. `from_plan_base` lets a file-backed plan
- * base drop the tensor's pages afterwards. */
+ * base drop the tensor's pages afterwards. With `prepare`, the strategy's
+ * prepare_tensor runs instead and nothing is returned. */
 lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
                            const lm_tensor *base, bool from_plan_base,
-                           float **block, float **result);
+                           bool prepare, float **block, float **result);
 
 /* Run the plan into a sink (executor.c). */
 lm_status lm__execute(lm_plan *plan, const lm_sink_vtable *sink);

@@ -18,6 +18,11 @@ lm_status lm_merger_create(lm_plan *p, lm_merger **out)
         return lm_context_set_error(p->ctx, LM_ERR_STATE,
                                     "merger: the plan has no models or "
                                     "adapters");
+    if (p->vt->prepare_tensor)
+        return lm_context_set_error(p->ctx, LM_ERR_UNSUPPORTED,
+                                    "merger: strategy '%s' needs every "
+                                    "tensor before merging any (two passes); "
+                                    "use lm_plan_execute", p->vt->name);
     lm_merger *m = lm__calloc(p->ctx, 1, sizeof(*m));
     if (!m)
         return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
@@ -89,8 +94,8 @@ lm_status lm_merger_apply_to(lm_merger *m, const char *name,
         return LM_OK;
     }
     float *block = NULL, *result = NULL;
-    LM_TRY(lm__merge_tensor(m->plan, m->state, name, base, false, &block,
-                            &result));
+    LM_TRY(lm__merge_tensor(m->plan, m->state, name, base, false, false,
+                            &block, &result));
     lm_convert(result, LM_F32, out->data, out->dtype, base->numel);
     lm_free(ctx, block);
     return LM_OK;

@@ -62,8 +62,10 @@ lm_status lm__params_create(lm_context *ctx, const lm_strategy_vtable *vt,
     for (size_t i = 0; i < n; i++) {
         lm_param_desc d = desc_at(vt, i);
         p->values[i] = d.default_value;
-        if (d.type == LM_PARAM_CHOICE) {
-            p->choices[i] = first_choice(ctx, d.choices);
+        if (d.type == LM_PARAM_CHOICE || d.type == LM_PARAM_STRING) {
+            p->choices[i] = first_choice(ctx, d.type == LM_PARAM_STRING
+                                                  ? ""
+                                                  : d.choices);
             if (!p->choices[i]) {
                 lm__params_destroy(p);
                 return LM_ERR_OUT_OF_MEMORY;
@@ -106,10 +108,14 @@ lm_status lm__params_set_float(lm_params *p, const char *name, double value)
         return unknown_param(p, name);
     lm_param_desc d = desc_at(p->vt, (size_t)i);
     const char *s = p->vt->name;
-    if (d.type == LM_PARAM_CHOICE)
+    if (d.type == LM_PARAM_CHOICE || d.type == LM_PARAM_STRING)
         return lm_context_set_error(p->ctx, LM_ERR_INVALID_ARGUMENT,
-                                    "%s: parameter '%s' takes one of %s, "
-                                    "not a number", s, name, d.choices);
+                                    "%s: parameter '%s' takes %s%s, not a "
+                                    "number", s, name,
+                                    d.type == LM_PARAM_STRING ? "text"
+                                                              : "one of ",
+                                    d.type == LM_PARAM_STRING ? ""
+                                                              : d.choices);
     if (isnan(value))
         return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_RANGE,
                                     "%s: parameter '%s' is NaN", s, name);
@@ -165,8 +171,8 @@ lm_status lm__params_set_string(lm_params *p, const char *name,
         return unknown_param(p, name);
     lm_param_desc d = desc_at(p->vt, (size_t)i);
     const char *s = p->vt->name;
-    if (d.type == LM_PARAM_CHOICE) {
-        if (!in_choices(d.choices, value))
+    if (d.type == LM_PARAM_CHOICE || d.type == LM_PARAM_STRING) {
+        if (d.type == LM_PARAM_CHOICE && !in_choices(d.choices, value))
             return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_RANGE,
                                         "%s: parameter '%s' = '%s' is not "
                                         "one of %s", s, name, value,
@@ -254,6 +260,17 @@ lm_status lm_params_get_choice(const lm_params *p, const char *name,
     if (!out)
         return LM_ERR_INVALID_ARGUMENT;
     LM_TRY(lookup(p, name, LM_PARAM_CHOICE, &i));
+    *out = p->choices[i];
+    return LM_OK;
+}
+
+lm_status lm_params_get_string(const lm_params *p, const char *name,
+                               const char **out)
+{
+    int i;
+    if (!out)
+        return LM_ERR_INVALID_ARGUMENT;
+    LM_TRY(lookup(p, name, LM_PARAM_STRING, &i));
     *out = p->choices[i];
     return LM_OK;
 }

@@ -55,12 +55,13 @@ static lm_status copy_params(lm_context *ctx, const lm_strategy_vtable *vt,
             why = "elements have different struct_size";
         else if (!valid_name(p[i].name))
             why = "name must be [a-z0-9_]+";
-        else if (p[i].type > LM_PARAM_CHOICE)
+        else if (p[i].type > LM_PARAM_STRING)
             why = "unknown type";
         else if (p[i].type == LM_PARAM_CHOICE &&
                  (!p[i].choices || !*p[i].choices))
             why = "CHOICE without choices";
         else if (p[i].type != LM_PARAM_CHOICE &&
+                 p[i].type != LM_PARAM_STRING &&
                  (isnan(p[i].min_value) || isnan(p[i].max_value) ||
                   !(p[i].default_value >= p[i].min_value &&
                     p[i].default_value <= p[i].max_value)))

@@ -85,7 +85,7 @@ static lm_status load_inputs(lm_plan *p, const char *name,
 
 static lm_status run_strategy(lm_plan *p, void *state, const char *name,
                               const lm_tensor *base, float *block,
-                              const float **deltas)
+                              const float **deltas, bool prepare)
 {
     lm_context *ctx = p->ctx;
     size_t n = base->numel, k = p->n_models;
@@ -106,12 +106,13 @@ static lm_status run_strategy(lm_plan *p, void *state, const char *name,
         .stats = p->stats,
         .loras = p->loras,
     };
-    lm_status st = p->vt->merge_tensor(state, &job, p->vt->user);
+    lm_status st = prepare ? p->vt->prepare_tensor(state, &job, p->vt->user)
+                           : p->vt->merge_tensor(state, &job, p->vt->user);
     if (st > 0)
         return lm_context_set_error(ctx, LM_ERR_INTERNAL,
                                     "strategy '%s' returned positive status "
                                     "%d for '%s'", p->vt->name, (int)st, name);
-    if (st != LM_OK)
+    if (st != LM_OK || prepare)
         return st;
     for (size_t i = 0; i < n; i++) {
         out[i] += b[i];
@@ -126,7 +127,7 @@ static lm_status run_strategy(lm_plan *p, void *state, const char *name,
 
 lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
                            const lm_tensor *base, bool from_plan_base,
-                           float **block_out, float **result)
+                           bool prepare, float **block_out, float **result)
 {
     lm_context *ctx = p->ctx;
     size_t n = base->numel, k = p->n_models;
@@ -146,10 +147,11 @@ lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
     if (st == LM_OK)
         st = load_inputs(p, name, base, from_plan_base, block, deltas);
     if (st == LM_OK)
-        st = run_strategy(p, state, name, base, block, deltas);
+        st = run_strategy(p, state, name, base, block, deltas, prepare);
     lm_free(ctx, (void *)deltas);
-    if (st != LM_OK) {
+    if (st != LM_OK || prepare) {
         lm_free(ctx, block);
+        *block_out = NULL;
         return st;
     }
     *block_out = block;

@@ -10,6 +10,9 @@ static void print_range(const lm_param_desc *p)
     case LM_PARAM_CHOICE:
         printf("one of %s", p->choices);
         break;
+    case LM_PARAM_STRING:
+        printf("text, default empty");
+        break;
     case LM_PARAM_BOOL:
         printf("bool, default %s", p->default_value != 0 ? "true" : "false");
         break;

@@ -170,7 +170,7 @@ def merge(method, base, models, *, stats=None, weights=None, threads=0,
                 _L.lm_model_destroy(m)
 
 
-_PARAM_TYPES = {0: "float", 1: "int", 2: "bool", 3: "choice"}
+_PARAM_TYPES = {0: "float", 1: "int", 2: "bool", 3: "choice", 4: "string"}
 
 
 def methods():
@@ -193,16 +193,18 @@ def method_info(name):
             for j in range(vt.n_params):
                 p = vt.params[j]
                 kind = _PARAM_TYPES.get(p.type, "unknown")
-                choices = p.choices.decode().split("|") if p.choices else None
-                default = (choices[0] if kind == "choice" else
+                choices = (p.choices.decode().split("|")
+                           if p.choices and kind == "choice" else None)
+                default = ("" if kind == "string" else
+                           choices[0] if kind == "choice" else
                            bool(p.default_value) if kind == "bool" else
                            int(p.default_value) if kind == "int" else
                            p.default_value)
                 params.append({
                     "name": p.name.decode(), "type": kind,
                     "default": default,
-                    "min": None if kind in ("choice", "bool") else p.min_value,
-                    "max": None if kind in ("choice", "bool") else p.max_value,
+                    "min": None if kind in ("choice", "bool", "string") else p.min_value,
+                    "max": None if kind in ("choice", "bool", "string") else p.max_value,
                     "choices": choices,
                     "help": p.help.decode() if p.help else "",
                 })

@@ -21,7 +21,8 @@ typedef enum lm_param_type {
     LM_PARAM_FLOAT = 0,  /* double within [min, max]                       */
     LM_PARAM_INT = 1,    /* integer within [min, max]                      */
     LM_PARAM_BOOL = 2,   /* 0 or 1; strings true/false/yes/no/on/off/1/0    */
-    LM_PARAM_CHOICE = 3  /* one of the '|'-separated words in `choices`    */
+    LM_PARAM_CHOICE = 3, /* one of the '|'-separated words in `choices`    */
+    LM_PARAM_STRING = 4  /* free text (e.g. a name pattern); default ""    */
 } lm_param_type;
 
 /* Describes one parameter of a strategy. Tables of these are read by the
@@ -50,6 +51,9 @@ LM_API lm_status lm_params_get_bool(const lm_params *params, const char *name,
                                     int *out);
 /* CHOICE value; the string lives as long as the plan. */
 LM_API lm_status lm_params_get_choice(const lm_params *params,
+                                      const char *name, const char **out);
+/* STRING value ("" unless set); lives as long as the plan. */
+LM_API lm_status lm_params_get_string(const lm_params *params,
                                       const char *name, const char **out);
 /* 1 when the user set the parameter explicitly, else 0. */
 LM_API int lm_params_is_set(const lm_params *params, const char *name);
@@ -113,6 +117,15 @@ typedef struct lm_strategy_vtable {
                               void *user);
     void (*fini)(void *state, void *user);
     void *user;
+    /* Optional two-pass merging, for strategies whose result for one
+     * tensor depends on others (e.g. ESM's layer-level scaling): when set,
+     * prepare_tensor runs on every tensor first (concurrently; it may
+     * update the state under its own lock), then prepared once, then
+     * merge_tensor on every tensor. Strategies with prepare_tensor cannot
+     * be used by load-time mergers (LM_ERR_UNSUPPORTED). */
+    lm_status (*prepare_tensor)(void *state, const lm_tensor_job *job,
+                                void *user);
+    lm_status (*prepared)(void *state, void *user);
 } lm_strategy_vtable;
 
 /* Register a strategy in ctx. Strings and the params table must outlive the
