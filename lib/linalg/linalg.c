@@ -289,3 +289,24 @@ lm_status lm__svd_randomized(lm_context *ctx, const double *a, size_t m,
     lm_free(ctx, buf);
     return st;
 }
+
+lm_status lm__polar_scaled(lm_context *ctx, const double *a, size_t m,
+                           size_t n, double *p, double *mean_sv)
+{
+    size_t k = m < n ? m : n;
+    double *buf = lm__calloc(ctx, m * k + k + k * n, sizeof(double));
+    if (!buf)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "polar: out of memory");
+    double *u = buf, *s = buf + m * k, *vt = s + k;
+    lm_status st = lm__svd(ctx, a, m, n, u, s, vt);
+    if (st == LM_OK) {
+        double mean = 0;
+        for (size_t i = 0; i < k; i++)
+            mean += s[i];
+        *mean_sv = k ? mean / (double)k : 0.0;
+        lm__gemm(false, false, m, n, k, 1.0, u, vt, 0.0, p);
+    }
+    lm_free(ctx, buf);
+    return st;
+}

@@ -55,6 +55,10 @@ lm_status lm__qr_q(lm_context *ctx, const double *a, size_t m, size_t n,
 lm_status lm__polar(lm_context *ctx, const double *a, size_t m, size_t n,
                     double *p);
 
+/* Polar factor of A (m x n) and the mean of A's singular values. */
+lm_status lm__polar_scaled(lm_context *ctx, const double *a, size_t m,
+                           size_t n, double *p, double *mean_sv);
+
 /* C = alpha * op(A) op(B) + beta * C (row-major, BLAS dgemm). */
 void lm__gemm(bool ta, bool tb, size_t m, size_t n, size_t k, double alpha,
               const double *a, const double *b, double beta, double *c);

@@ -11,6 +11,7 @@ static const lm_strategy_vtable *const builtins[] = {
     &lm__iso_c_strategy,
     &lm__iso_cts_strategy,
     &lm__knots_strategy,
+    &lm__esm_strategy,
 };
 
 lm_status lm__register_builtin_strategies(lm_context *ctx)

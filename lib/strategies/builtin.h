@@ -15,10 +15,18 @@ extern const lm_strategy_vtable lm__tsv_strategy;
 extern const lm_strategy_vtable lm__iso_c_strategy;
 extern const lm_strategy_vtable lm__iso_cts_strategy;
 extern const lm_strategy_vtable lm__knots_strategy;
+extern const lm_strategy_vtable lm__esm_strategy;
 
 /* job->out[i] = scale * sum_t weights[t] * deltas[t][i], accumulated in
  * f64 and rounded once. */
 void lm__weighted_sum(const lm_tensor_job *job, double scale);
+
+/* Weighted task vectors w_t * tau_t in f64 (T x numel), lm_free'd by the
+ * caller; NULL when out of memory. */
+double *lm__weighted_tasks(const lm_tensor_job *job);
+/* TSV-M of the T matrices in x (m x n each), alpha 1, exact SVDs. */
+lm_status lm__tsv_merge(const lm_tensor_job *job, const double *x, size_t m,
+                        size_t n, double *out);
 
 /* A strategy state that is just a few numbers read at init. */
 struct lm__scalar_state {

@@ -154,7 +154,7 @@ static void compose(const double *U, const double *sigma, const double *V,
 }
 
 /* Weighted task vectors in f64: x[t] = w_t * tau_t. */
-static double *weighted_tasks(const lm_tensor_job *job)
+double *lm__weighted_tasks(const lm_tensor_job *job)
 {
     size_t n = job->numel, k = job->n_models;
     double *x = lm__calloc(job->ctx, n * k, sizeof(double));
@@ -164,6 +164,20 @@ static double *weighted_tasks(const lm_tensor_job *job)
         for (size_t i = 0; i < n; i++)
             x[t * n + i] = job->weights[t] * (double)job->deltas[t][i];
     return x;
+}
+
+static lm_status merge_tsv(const struct svd_state *s, const lm_tensor_job *job,
+                           const double *x, size_t m, size_t n, double *out);
+
+lm_status lm__tsv_merge(const lm_tensor_job *job, const double *x, size_t m,
+                        size_t n, double *out)
+{
+    struct svd_state plain;
+    memset(&plain, 0, sizeof(plain));
+    plain.ctx = job->ctx;
+    plain.method = TSV;
+    plain.alpha = 1.0;
+    return merge_tsv(&plain, job, x, m, n, out);
 }
 
 static lm_status merge_tsv(const struct svd_state *s, const lm_tensor_job *job,
@@ -316,7 +330,7 @@ static lm_status svd_merge(void *state, const lm_tensor_job *job, void *user)
         return LM_OK;
     }
     size_t m = (size_t)job->shape[0], n = (size_t)job->shape[1];
-    double *x = weighted_tasks(job);
+    double *x = lm__weighted_tasks(job);
     double *out = lm__calloc(job->ctx, n_el, sizeof(double));
     lm_status st = x && out ? LM_OK : LM_ERR_OUT_OF_MEMORY;
     if (st == LM_OK) {

@@ -143,3 +143,51 @@ def knots(tasks, weights, merge="ties", density=0.2, lam=1.0):
     else:
         merged = sum(w * b.astype(np.float64) for w, b in zip(weights, blocks))
     return lam * (u @ merged)
+
+
+# --- ESM (the released algorithm, SVD route: PCA of dO = X dW^T) ---
+
+def esm_layer(dws, xs, k=None, pad_identity=False, norm_power=2.0, eig_power=0.15,
+              inter_task=True, eig_weighting=True, inter_dim=True):
+    T = len(dws)
+    d_out, d_in = dws[0].shape
+    k = k or max(1, d_out // T)
+    us, vs, norms = [], [], []
+    for dw, x in zip(dws, xs):
+        dw = dw.astype(np.float64)
+        x = x.astype(np.float64)
+        n = x.shape[0]
+        _, s, vh = svd(x @ dw.T)
+        p = vh.T
+        lam = s ** 2 / (n - 1)
+        if p.shape[1] < d_out:
+            r = p.shape[1]
+            if pad_identity:
+                p = np.concatenate([p, np.eye(d_out)[:, r:]], 1)
+            else:  # orthonormal completion
+                q, _ = np.linalg.qr(np.concatenate([p, np.eye(d_out)], 1))
+                p = np.concatenate([p, q[:, r:d_out]], 1)
+            lam = np.concatenate([lam, np.zeros(d_out - r)])
+        a = p.T @ dw
+        nt = np.linalg.norm(a)
+        norms.append(nt)
+        if inter_task:
+            a = a * nt ** norm_power
+        lk = lam[:k]
+        if eig_weighting and lk.mean() > 0:
+            e = (lk / lk.mean()) ** eig_power
+            e = e / e.mean()
+        else:
+            e = np.ones(k)
+        us.append(p[:, :k] * e[None, :])
+        vs.append(a[:k] * e[:, None])
+    pc = np.concatenate(us, 1)
+    ac = np.concatenate(vs, 0)
+    if inter_task:
+        ac = ac / np.mean(norms) ** norm_power
+    if inter_dim:
+        cn = np.linalg.norm(ac, axis=0)
+        ac = ac * (cn / cn.mean())[None, :] ** norm_power
+    uu, su, vu = svd(pc)
+    ua, sa, va = svd(ac)
+    return 2 * (uu @ vu * su.mean()) @ (ua @ va * sa.mean())

@@ -1,0 +1,467 @@
+/* `esm`: Essential Subspace Merging (Li et al., CVPR 2026), exact to the
+ * released code's order of operations, with routing of tensors to the
+ * essential-subspace merge (ESD), TSV-M or the mean, the global alpha, and
+ * layer-level scaling among tensors of the same type (docs/methods/esm.md).
+ * Layer scaling needs every layer's merged norm before any is final, so
+ * the strategy runs in two passes and keeps the merged matrices of the
+ * scaled layers in memory between them. */
+#include <math.h>
+#include <regex.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "libmerge/stats.h"
+#include "linalg/linalg.h"
+#include "strategies/esm.h"
+
+enum route { ROUTE_ESD, ROUTE_TSV, ROUTE_MEAN };
+
+static const lm_param_desc esm_params[] = {
+    {sizeof(lm_param_desc), "alpha", LM_PARAM_FLOAT, 1.0, 0.0, 10.0, NULL,
+     "global scale (released code: searched on [0, 2])"},
+    {sizeof(lm_param_desc), "norm_power", LM_PARAM_FLOAT, 2.0, 0.0, 10.0,
+     NULL, "exponent p of the inter-task, input-column and layer scalings"},
+    {sizeof(lm_param_desc), "eig_power", LM_PARAM_FLOAT, 0.15, 0.0, 10.0,
+     NULL, "exponent of the eigenvalue weighting (lambda / mean)^p"},
+    {sizeof(lm_param_desc), "rank", LM_PARAM_INT, 0.0, 0.0, 1e9, NULL,
+     "directions kept per task; 0 = floor(d_out / T)"},
+    {sizeof(lm_param_desc), "pad", LM_PARAM_CHOICE, 0, 0, 0,
+     "complete|identity",
+     "with fewer calibration rows than outputs: orthonormal completion, or "
+     "the released code's identity columns"},
+    {sizeof(lm_param_desc), "preset", LM_PARAM_CHOICE, 0, 0, 0,
+     "generic|clip-vit", "tensor routing: any model, or the released ViT "
+     "routing"},
+    {sizeof(lm_param_desc), "inter_task", LM_PARAM_BOOL, 1.0, 0.0, 1.0, NULL,
+     "scale task blocks by (||A_t|| / mean)^p"},
+    {sizeof(lm_param_desc), "eig_weighting", LM_PARAM_BOOL, 1.0, 0.0, 1.0,
+     NULL, "weight directions by (lambda / mean lambda)^eig_power"},
+    {sizeof(lm_param_desc), "inter_dim", LM_PARAM_BOOL, 1.0, 0.0, 1.0, NULL,
+     "scale input columns by (column norm / mean)^p"},
+    {sizeof(lm_param_desc), "layer_scaling", LM_PARAM_BOOL, 1.0, 0.0, 1.0,
+     NULL, "scale layers by (||dW|| / mean over the same type)^p"},
+    {sizeof(lm_param_desc), "esd_pattern", LM_PARAM_STRING, 0, 0, 0, NULL,
+     "regex: tensors merged in the essential subspace (need stats)"},
+    {sizeof(lm_param_desc), "tsv_pattern", LM_PARAM_STRING, 0, 0, 0, NULL,
+     "regex: 2-D tensors merged with TSV-M"},
+    {sizeof(lm_param_desc), "mean_pattern", LM_PARAM_STRING, 0, 0, 0, NULL,
+     "regex: tensors given the mean task vector"},
+    {sizeof(lm_param_desc), "alpha_pattern", LM_PARAM_STRING, 0, 0, 0, NULL,
+     "regex: tensors scaled by alpha (default: all; clip-vit: ESD ones)"},
+    {sizeof(lm_param_desc), "layer_group", LM_PARAM_STRING, 0, 0, 0, NULL,
+     "regex: its match in a name is the layer type for layer scaling "
+     "(default: the name with layer indices removed)"},
+};
+
+#define N_PATTERNS 5
+enum { P_ESD, P_TSV, P_MEAN, P_ALPHA, P_GROUP };
+static const char *const PATTERN_PARAMS[N_PATTERNS] = {
+    "esd_pattern", "tsv_pattern", "mean_pattern", "alpha_pattern",
+    "layer_group"};
+
+/* The released ViT routing (esm_utils.py). */
+static const char CLIP_ESD[] =
+    "resblocks\\.[0-9]+\\.(attn\\.in_proj_weight|mlp\\.c_fc\\.weight|"
+    "mlp\\.c_proj\\.weight)$";
+static const char CLIP_SCALED[] =
+    "(attn\\.in_proj_weight|attn\\.out_proj\\.weight|mlp\\.c_fc\\.weight|"
+    "mlp\\.c_proj\\.weight)$";
+static const char CLIP_MEAN[] = "(^|\\.)text_projection$";
+
+struct cached {
+    char *name;
+    char *group;
+    float *delta;
+    size_t numel;
+    double norm;
+    double beta;
+};
+
+struct esm_state {
+    lm_context *ctx;
+    struct esm_opts o;
+    double alpha;
+    bool clip_vit, layer_scaling;
+    regex_t re[N_PATTERNS];
+    bool has_re[N_PATTERNS];
+    regex_t clip_esd, clip_scaled, clip_mean;
+    const lm_stats *stats;
+    size_t n_models;
+    pthread_mutex_t lock;
+    struct cached *cache;
+    size_t n_cache, cap_cache;
+};
+
+static bool matches(const regex_t *re, const char *s)
+{
+    return regexec(re, s, 0, NULL, 0) == 0;
+}
+
+static void esm_fini(void *state, void *user)
+{
+    (void)user;
+    struct esm_state *s = state;
+    if (!s)
+        return;
+    for (int i = 0; i < N_PATTERNS; i++)
+        if (s->has_re[i])
+            regfree(&s->re[i]);
+    regfree(&s->clip_esd);
+    regfree(&s->clip_scaled);
+    regfree(&s->clip_mean);
+    for (size_t i = 0; i < s->n_cache; i++) {
+        lm_free(s->ctx, s->cache[i].name);
+        lm_free(s->ctx, s->cache[i].group);
+        lm_free(s->ctx, s->cache[i].delta);
+    }
+    lm_free(s->ctx, s->cache);
+    pthread_mutex_destroy(&s->lock);
+    lm_free(s->ctx, s);
+}
+
+static lm_status esm_init(const lm_strategy_init_info *info, void **state,
+                          void *user)
+{
+    (void)user;
+    struct esm_state *s = lm__calloc(info->ctx, 1, sizeof(*s));
+    if (!s)
+        return LM_ERR_OUT_OF_MEMORY;
+    s->ctx = info->ctx;
+    s->stats = info->stats;
+    s->n_models = info->n_models;
+    pthread_mutex_init(&s->lock, NULL);
+    regcomp(&s->clip_esd, CLIP_ESD, REG_EXTENDED | REG_NOSUB);
+    regcomp(&s->clip_scaled, CLIP_SCALED, REG_EXTENDED | REG_NOSUB);
+    regcomp(&s->clip_mean, CLIP_MEAN, REG_EXTENDED | REG_NOSUB);
+    const lm_params *p = info->params;
+    const char *pad, *preset;
+    int b[4];
+    int64_t rank;
+    lm_status st = lm_params_get_float(p, "alpha", &s->alpha);
+    if (st == LM_OK)
+        st = lm_params_get_float(p, "norm_power", &s->o.norm_power);
+    if (st == LM_OK)
+        st = lm_params_get_float(p, "eig_power", &s->o.eig_power);
+    if (st == LM_OK)
+        st = lm_params_get_int(p, "rank", &rank);
+    if (st == LM_OK)
+        st = lm_params_get_choice(p, "pad", &pad);
+    if (st == LM_OK)
+        st = lm_params_get_choice(p, "preset", &preset);
+    static const char *const switches[4] = {"inter_task", "eig_weighting",
+                                            "inter_dim", "layer_scaling"};
+    for (int i = 0; st == LM_OK && i < 4; i++)
+        st = lm_params_get_bool(p, switches[i], &b[i]);
+    for (int i = 0; st == LM_OK && i < N_PATTERNS; i++) {
+        const char *pat;
+        st = lm_params_get_string(p, PATTERN_PARAMS[i], &pat);
+        if (st == LM_OK && *pat) {
+            if (regcomp(&s->re[i], pat, REG_EXTENDED) != 0)
+                st = lm_context_set_error(info->ctx, LM_ERR_OUT_OF_RANGE,
+                                          "esm: %s '%s' is not a valid "
+                                          "POSIX extended regular "
+                                          "expression", PATTERN_PARAMS[i],
+                                          pat);
+            else
+                s->has_re[i] = true;
+        }
+    }
+    if (st != LM_OK) {
+        esm_fini(s, NULL);
+        return st;
+    }
+    s->o.rank = (size_t)rank;
+    s->o.pad_identity = strcmp(pad, "identity") == 0;
+    s->clip_vit = strcmp(preset, "clip-vit") == 0;
+    s->o.inter_task = b[0];
+    s->o.eig_weighting = b[1];
+    s->o.inter_dim = b[2];
+    s->layer_scaling = b[3];
+    *state = s;
+    return LM_OK;
+}
+
+static bool is_matrix(const lm_tensor_job *job)
+{
+    return job->ndim == 2 && job->shape[0] >= 2 && job->shape[1] >= 2;
+}
+
+/* Stats of every task for this tensor, or a reason why not. */
+static bool has_stats(const struct esm_state *s, const lm_tensor_job *job)
+{
+    if (!s->stats || !is_matrix(job))
+        return false;
+    for (size_t t = 0; t < job->n_models; t++) {
+        const double *g;
+        size_t d;
+        uint64_t n;
+        if (lm_stats_get(s->stats, t, job->name, &g, &d, &n) != LM_OK ||
+            d != (size_t)job->shape[1] || n == 0)
+            return false;
+    }
+    return true;
+}
+
+static enum route route_of(const struct esm_state *s, const lm_tensor_job *job)
+{
+    const char *name = job->name;
+    if (s->has_re[P_ESD] && matches(&s->re[P_ESD], name) && is_matrix(job))
+        return ROUTE_ESD;
+    if (s->has_re[P_MEAN] && matches(&s->re[P_MEAN], name))
+        return ROUTE_MEAN;
+    if (s->has_re[P_TSV] && matches(&s->re[P_TSV], name) && is_matrix(job))
+        return ROUTE_TSV;
+    if (s->clip_vit) {
+        if (matches(&s->clip_esd, name) && is_matrix(job))
+            return ROUTE_ESD;
+        if (matches(&s->clip_mean, name) || !is_matrix(job))
+            return ROUTE_MEAN;
+        return ROUTE_TSV;
+    }
+    if (s->has_re[P_ESD] || !is_matrix(job))
+        return is_matrix(job) ? ROUTE_TSV : ROUTE_MEAN;
+    return has_stats(s, job) ? ROUTE_ESD : ROUTE_TSV;
+}
+
+static bool alpha_applies(const struct esm_state *s, const lm_tensor_job *job,
+                          enum route r)
+{
+    if (s->has_re[P_ALPHA])
+        return matches(&s->re[P_ALPHA], job->name);
+    return s->clip_vit ? r == ROUTE_ESD : true;
+}
+
+/* The layer type for layer scaling (caller frees), or NULL if the tensor
+ * is not scaled. */
+static char *layer_group(const struct esm_state *s, const lm_tensor_job *job,
+                         enum route r)
+{
+    if (!s->layer_scaling || r == ROUTE_MEAN)
+        return NULL;
+    const char *name = job->name;
+    if (s->has_re[P_GROUP]) {
+        regmatch_t m;
+        if (regexec(&s->re[P_GROUP], name, 1, &m, 0) != 0)
+            return NULL;
+        size_t len = (size_t)(m.rm_eo - m.rm_so);
+        char *g = lm_alloc(s->ctx, len + 1);
+        if (g) {
+            memcpy(g, name + m.rm_so, len);
+            g[len] = '\0';
+        }
+        return g;
+    }
+    if (s->clip_vit && !matches(&s->clip_scaled, name))
+        return NULL;
+    /* Default: the name with every all-digit component replaced by '#'. */
+    size_t n = strlen(name);
+    char *g = lm_alloc(s->ctx, n + 1), *w = g;
+    if (!g)
+        return NULL;
+    for (const char *c = name; *c;) {
+        const char *end = strchr(c, '.');
+        size_t len = end ? (size_t)(end - c) : strlen(c);
+        bool digits = len > 0;
+        for (size_t i = 0; i < len; i++)
+            digits = digits && c[i] >= '0' && c[i] <= '9';
+        if (digits)
+            *w++ = '#';
+        else {
+            memcpy(w, c, len);
+            w += len;
+        }
+        c += len;
+        if (*c == '.')
+            *w++ = *c++;
+    }
+    *w = '\0';
+    return g;
+}
+
+/* The merged task vector of one tensor (before alpha and layer scaling),
+ * in f64. */
+static lm_status merge_route(const struct esm_state *s,
+                             const lm_tensor_job *job, enum route r,
+                             double *out)
+{
+    lm_context *ctx = job->ctx;
+    size_t T = job->n_models, n = job->numel;
+    if (r == ROUTE_MEAN) {
+        double wsum = 0;
+        for (size_t t = 0; t < T; t++)
+            wsum += job->weights[t];
+        for (size_t i = 0; i < n; i++) {
+            double acc = 0;
+            for (size_t t = 0; t < T; t++)
+                acc += job->weights[t] * (double)job->deltas[t][i];
+            out[i] = wsum != 0 ? acc / wsum : 0.0;
+        }
+        return LM_OK;
+    }
+    size_t d_out = (size_t)job->shape[0], d_in = (size_t)job->shape[1];
+    double *x = lm__weighted_tasks(job);
+    if (!x)
+        return LM_ERR_OUT_OF_MEMORY;
+    lm_status st;
+    if (r == ROUTE_TSV) {
+        st = lm__tsv_merge(job, x, d_out, d_in, out);
+    } else {
+        const double *grams[256];
+        uint64_t rows[256];
+        st = T > 256 ? lm_context_set_error(ctx, LM_ERR_UNSUPPORTED,
+                                            "esm: at most 256 tasks")
+                     : LM_OK;
+        for (size_t t = 0; st == LM_OK && t < T; t++) {
+            size_t d;
+            if (!s->stats ||
+                lm_stats_get(s->stats, t, job->name, &grams[t], &d,
+                             &rows[t]) != LM_OK ||
+                d != d_in)
+                st = lm_context_set_error(
+                    ctx, LM_ERR_NOT_FOUND,
+                    "esm: tensor '%s' is routed to the essential subspace "
+                    "but task %zu has no activation statistics for it "
+                    "(with d_in %zu); observe its inputs with "
+                    "lm_stats_observe", job->name, t, d_in);
+        }
+        if (st == LM_OK)
+            st = lm__esm_layer(ctx, &s->o, x, grams, rows, T, d_out, d_in,
+                               out);
+    }
+    lm_free(ctx, x);
+    return st;
+}
+
+static double frobenius(const double *x, size_t n)
+{
+    double s2 = 0;
+    for (size_t i = 0; i < n; i++)
+        s2 += x[i] * x[i];
+    return sqrt(s2);
+}
+
+static lm_status name_error(lm_context *ctx, lm_status st, const char *name)
+{
+    if (st == LM_ERR_OUT_OF_MEMORY)
+        return lm_context_set_error(ctx, st, "esm: out of memory merging "
+                                             "'%s'", name);
+    if (!strstr(lm_context_error(ctx), name)) {
+        char msg[LM_ERROR_CAPACITY];
+        lm_context_copy_error(ctx, msg, sizeof(msg));
+        lm_context_set_error(ctx, st, "esm: tensor '%s': %s", name, msg);
+    }
+    return st;
+}
+
+/* Pass 1: merge every layer-scaled tensor and remember it with its norm. */
+static lm_status esm_prepare(void *state, const lm_tensor_job *job,
+                             void *user)
+{
+    (void)user;
+    struct esm_state *s = state;
+    enum route r = route_of(s, job);
+    char *group = layer_group(s, job, r);
+    if (!group)
+        return LM_OK;
+    double *d = lm__calloc(job->ctx, job->numel, sizeof(double));
+    float *f = lm__calloc(job->ctx, job->numel, sizeof(float));
+    char *name = lm__strdup(job->ctx, job->name);
+    lm_status st = d && f && name ? merge_route(s, job, r, d)
+                                  : LM_ERR_OUT_OF_MEMORY;
+    if (st == LM_OK) {
+        lm__f64_to_f32(d, f, job->numel);
+        pthread_mutex_lock(&s->lock);
+        if (s->n_cache == s->cap_cache) {
+            size_t cap = s->cap_cache ? s->cap_cache * 2 : 64;
+            struct cached *c = lm__calloc(job->ctx, cap, sizeof(*c));
+            if (c) {
+                if (s->n_cache)
+                    memcpy(c, s->cache, s->n_cache * sizeof(*c));
+                lm_free(job->ctx, s->cache);
+                s->cache = c;
+                s->cap_cache = cap;
+            }
+        }
+        if (s->n_cache < s->cap_cache) {
+            s->cache[s->n_cache++] = (struct cached){
+                name, group, f, job->numel, frobenius(d, job->numel), 1.0};
+            name = NULL;
+            group = NULL;
+            f = NULL;
+        } else {
+            st = LM_ERR_OUT_OF_MEMORY;
+        }
+        pthread_mutex_unlock(&s->lock);
+    }
+    lm_free(job->ctx, d);
+    lm_free(job->ctx, f);
+    lm_free(job->ctx, name);
+    lm_free(job->ctx, group);
+    return st == LM_OK ? LM_OK : name_error(job->ctx, st, job->name);
+}
+
+/* Between passes: beta = (norm / mean norm of the same type)^p. */
+static lm_status esm_prepared(void *state, void *user)
+{
+    (void)user;
+    struct esm_state *s = state;
+    for (size_t i = 0; i < s->n_cache; i++) {
+        double sum = 0;
+        size_t n = 0;
+        for (size_t j = 0; j < s->n_cache; j++)
+            if (!strcmp(s->cache[i].group, s->cache[j].group)) {
+                sum += s->cache[j].norm;
+                n++;
+            }
+        double mean = sum / (double)n;
+        s->cache[i].beta =
+            mean > 0 ? pow(s->cache[i].norm / mean, s->o.norm_power) : 1.0;
+    }
+    return LM_OK;
+}
+
+static const struct cached *find_cached(const struct esm_state *s,
+                                        const char *name)
+{
+    for (size_t i = 0; i < s->n_cache; i++)
+        if (!strcmp(s->cache[i].name, name))
+            return &s->cache[i];
+    return NULL;
+}
+
+static lm_status esm_merge(void *state, const lm_tensor_job *job, void *user)
+{
+    (void)user;
+    const struct esm_state *s = state;
+    enum route r = route_of(s, job);
+    double coef = alpha_applies(s, job, r) ? s->alpha : 1.0;
+    const struct cached *c = find_cached(s, job->name);
+    if (c) {
+        for (size_t i = 0; i < job->numel; i++)
+            job->out[i] = (float)(coef * c->beta * (double)c->delta[i]);
+        return LM_OK;
+    }
+    double *d = lm__calloc(job->ctx, job->numel ? job->numel : 1,
+                           sizeof(double));
+    lm_status st = d ? merge_route(s, job, r, d) : LM_ERR_OUT_OF_MEMORY;
+    if (st == LM_OK)
+        for (size_t i = 0; i < job->numel; i++)
+            job->out[i] = (float)(coef * d[i]);
+    lm_free(job->ctx, d);
+    return st == LM_OK ? LM_OK : name_error(job->ctx, st, job->name);
+}
+
+const lm_strategy_vtable lm__esm_strategy = {
+    .struct_size = sizeof(lm_strategy_vtable),
+    .abi_version = LM_STRATEGY_ABI_VERSION,
+    .name = "esm",
+    .description = "Essential Subspace Merging: PCA of each task's output "
+                   "shift, projection, whitening, polarized scaling",
+    .params = esm_params,
+    .n_params = sizeof(esm_params) / sizeof(esm_params[0]),
+    .init = esm_init,
+    .merge_tensor = esm_merge,
+    .fini = esm_fini,
+    .prepare_tensor = esm_prepare,
+    .prepared = esm_prepared,
+};
