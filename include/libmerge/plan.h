@@ -115,6 +115,29 @@ typedef struct lm_sink_vtable {
  * time), independent of model size, unless the sink keeps the results. */
 LM_API lm_status lm_plan_execute_to(lm_plan *plan, const lm_sink_vtable *sink);
 
+/* Scores a candidate merge: write a number to maximise (e.g. validation
+ * accuracy) to *score and return 0, or return non-zero to stop the search
+ * (LM_ERR_CALLBACK). `merged` is valid only during the call. */
+typedef int (*lm_score_fn)(double value, const lm_model *merged,
+                           double *score, void *user);
+
+/* Golden-section search of one FLOAT parameter (e.g. ESM's "alpha", task
+ * arithmetic's "lambda") on [lo, hi], maximising the host's score: the
+ * plan is executed in memory at each candidate (the first two are the
+ * golden points lo + 0.382 (hi - lo) and lo + 0.618 (hi - lo), as in the
+ * released ESM code), until the bracket is narrower than `tol` or
+ * `max_evals` merges were scored. On success the parameter is left set to
+ * the best evaluated value, which is returned with its score (NULLs
+ * allowed). Every evaluation is reported to `score`, so the host can keep
+ * the curve. Errors: LM_ERR_NOT_FOUND / LM_ERR_INVALID_ARGUMENT (not a
+ * FLOAT parameter), LM_ERR_OUT_OF_RANGE (lo >= hi, bounds outside the
+ * parameter's range, tol <= 0, max_evals < 2), LM_ERR_CALLBACK, merge
+ * errors. */
+LM_API lm_status lm_plan_search(lm_plan *plan, const char *param, double lo,
+                                double hi, double tol, int max_evals,
+                                lm_score_fn score, void *user,
+                                double *best_value, double *best_score);
+
 /* Thread-safety: a plan is used by one thread at a time. */
 
 #ifdef __cplusplus

@@ -21,7 +21,7 @@ from ._errors import (DtypeError, Error, InvalidArgumentError,
                       ShapeError, error_for)
 from ._tensor import BF16, F32, F64, BFloat16Array, prepare, to_numpy
 
-__all__ = ["merge", "methods", "method_info", "version", "Stats",
+__all__ = ["merge", "search", "methods", "method_info", "version", "Stats",
            "BFloat16Array", "to_bfloat16", "from_bfloat16", "Error",
            "InvalidArgumentError", "ShapeError", "DtypeError",
            "NotFoundError", "OutOfRangeError", "NonFiniteError"]
@@ -161,6 +161,85 @@ def merge(method, base, models, *, stats=None, weights=None, threads=0,
                 like = base[name] if isinstance(base[name], np.ndarray) else None
                 result[name] = to_numpy(_L, _L.lm_model_tensor(out, i), like)
             return result
+        finally:
+            if out:
+                _L.lm_model_destroy(out)
+            if plan:
+                _L.lm_plan_destroy(plan)
+            for m in owned:
+                _L.lm_model_destroy(m)
+
+
+def _model_to_dict(model, base):
+    result = {}
+    for i in range(_L.lm_model_count(model)):
+        name = _L.lm_model_name(model, i).decode()
+        like = base[name] if isinstance(base.get(name), np.ndarray) else None
+        result[name] = to_numpy(_L, _L.lm_model_tensor(model, i), like)
+    return result
+
+
+def search(method, base, models, score, *, param=None, lo=0.0, hi=2.0,
+           tol=0.01, max_evals=15, stats=None, weights=None, threads=0,
+           seed=0, **params):
+    """Choose a scale parameter by golden-section search, maximising
+    `score(merged_dict) -> float` (e.g. accuracy on a validation split;
+    never the test split). `param` defaults to "alpha" when the method has
+    it, else "lambda". Defaults follow the released ESM code: [0, 2],
+    tol 0.01, at most 15 merges.
+
+    Returns (best_value, best_score, curve, merged): the curve is the list
+    of (value, score) evaluated, merged the result at best_value."""
+    info = method_info(method)
+    names = [p["name"] for p in info["params"]]
+    if param is None:
+        param = "alpha" if "alpha" in names else "lambda"
+    curve = []
+    error = []
+
+    def on_score(value, merged, out, user):
+        try:
+            s = float(score(_model_to_dict(merged, base)))
+        except BaseException as e:  # reported after the C call returns
+            error.append(e)
+            return 1
+        curve.append((value, s))
+        out[0] = s
+        return 0
+
+    callback = _lib.SCORE_FN(on_score)
+    models = list(models)
+    weights = [1.0] * len(models) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(models):
+        raise ValueError("weights has %d entries for %d models" %
+                         (len(weights), len(models)))
+    keep, owned = [], []
+    plan = ctypes.c_void_p()
+    out = ctypes.c_void_p()
+    best = ctypes.c_double()
+    best_score = ctypes.c_double()
+    with _Context(threads, seed) as ctx:
+        try:
+            ctx.check(_L.lm_plan_create(ctx.ptr, method.encode(), ctypes.byref(plan)))
+            for name, value in params.items():
+                _set_param(ctx, plan, name, value)
+            base_model = _build_model(ctx, base, "base", keep)
+            owned.append(base_model)
+            ctx.check(_L.lm_plan_set_base(plan, base_model))
+            for i, (m, w) in enumerate(zip(models, weights)):
+                model = _build_model(ctx, m, "model %d" % i, keep)
+                owned.append(model)
+                ctx.check(_L.lm_plan_add_model(plan, model, w))
+            if stats is not None:
+                ctx.check(_L.lm_plan_set_stats(plan, stats._ptr))
+            st = _L.lm_plan_search(plan, param.encode(), lo, hi, tol, max_evals,
+                                   callback, None, ctypes.byref(best),
+                                   ctypes.byref(best_score))
+            if error:
+                raise error[0]
+            ctx.check(st)
+            ctx.check(_L.lm_plan_execute(plan, ctypes.byref(out)))
+            return best.value, best_score.value, curve, _model_to_dict(out, base)
         finally:
             if out:
                 _L.lm_model_destroy(out)

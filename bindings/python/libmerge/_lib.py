@@ -47,6 +47,12 @@ class _StrategyVtable(ctypes.Structure):
     ]
 
 
+# int (*lm_score_fn)(double value, const lm_model *merged, double *score,
+#                    void *user)
+SCORE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_double, ctypes.c_void_p,
+                            ctypes.POINTER(ctypes.c_double), ctypes.c_void_p)
+
+
 def check_api_version(number, expected=API_VERSION):
     """Raise ImportError unless library version `number` (major*10000 +
     minor*100 + patch) has the expected major.minor."""
@@ -129,6 +135,11 @@ def _declare(lib):
         "lm_plan_add_model": (ctypes.c_int, [P, P, ctypes.c_double]),
         "lm_plan_set_stats": (ctypes.c_int, [P, P]),
         "lm_plan_execute": (ctypes.c_int, [P, ctypes.POINTER(P)]),
+        "lm_plan_search": (ctypes.c_int, [P, ctypes.c_char_p, ctypes.c_double,
+                                          ctypes.c_double, ctypes.c_double,
+                                          ctypes.c_int, SCORE_FN, P,
+                                          ctypes.POINTER(ctypes.c_double),
+                                          ctypes.POINTER(ctypes.c_double)]),
         "lm_strategy_count": (ctypes.c_size_t, [P]),
         "lm_strategy_at": (ctypes.POINTER(_StrategyVtable),
                            [P, ctypes.c_size_t]),
