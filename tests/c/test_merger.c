@@ -114,6 +114,12 @@ START_TEST(adapters_only_untouched_and_errors)
     lm_merger *m = NULL;
     ck_assert_status(lm_merger_create(p, &m), LM_ERR_STATE);
     lm_plan_add_lora(p, l, 1.0);
+    lm_plan *two_pass = NULL;
+    lm_plan_create(ctx, "esm", &two_pass);
+    lm_plan_add_lora(two_pass, l, 1.0);
+    ck_assert_status(lm_merger_create(two_pass, &m), LM_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(lm_context_error(ctx), "two passes"));
+    lm_plan_destroy(two_pass);
     ck_assert_ok(lm_merger_create(p, &m));
     ck_assert_int_eq(lm_merger_touches(m, "q"), 1);
     ck_assert_int_eq(lm_merger_touches(m, "k"), 0);

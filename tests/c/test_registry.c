@@ -1,5 +1,6 @@
 /* Strategy registration as a third party would do it. */
 #include <math.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "testutil.h"
@@ -238,6 +239,25 @@ START_TEST(newer_plugin_layouts)
 }
 END_TEST
 
+/* A plugin built against the first vtable layout (no two-pass callbacks)
+ * registers and merges; the missing fields read as NULL. */
+START_TEST(older_plugin_layout)
+{
+    lm_context *ctx = tu_context(1, 0);
+    lm_strategy_vtable vt = maxmag_vtable();
+    vt.name = "old_plugin";
+    vt.struct_size = (uint32_t)offsetof(lm_strategy_vtable, prepare_tensor);
+    vt.prepare_tensor = (lm_status(*)(void *, const lm_tensor_job *,
+                                      void *))0x1; /* beyond struct_size */
+    ck_assert_ok(lm_register_strategy(ctx, &vt));
+    const lm_strategy_vtable *got = NULL;
+    ck_assert_ok(lm_strategy_find(ctx, "old_plugin", &got));
+    ck_assert_ptr_null(got->prepare_tensor);
+    ck_assert_ptr_null(got->prepared);
+    lm_context_destroy(ctx);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("registry");
@@ -246,6 +266,7 @@ int main(void)
     tcase_add_test(tc, third_party_registers_and_merges);
     tcase_add_test(tc, rejected_registrations);
     tcase_add_test(tc, newer_plugin_layouts);
+    tcase_add_test(tc, older_plugin_layout);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }
