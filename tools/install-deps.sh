@@ -5,7 +5,7 @@ set -euo pipefail
 packages=(
   build-essential clang libclang-rt-14-dev meson ninja-build pkg-config
   libopenblas-dev liblapacke-dev zlib1g-dev libcjson-dev libyaml-dev check
-  python3 python3-numpy python3-pytest
+  python3 python3-numpy python3-pytest python3-torch
 )
 missing=()
 for p in "${packages[@]}"; do
