@@ -20,5 +20,6 @@
 #include "libmerge/safetensors.h"
 #include "libmerge/peft.h"
 #include "libmerge/projector.h"
+#include "libmerge/purify.h"
 
 #endif /* LIBMERGE_H */

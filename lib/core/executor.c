@@ -13,7 +13,7 @@
 
 struct exec {
     lm_plan *plan;
-    bool preparing;            /* first pass of a two-pass strategy */
+    enum lm__pass pass;
     const lm_sink_vtable *sink;
     void *state;               /* strategy state from init */
     lm_tensor_desc *outputs;
@@ -119,8 +119,8 @@ static lm_status merge_one(struct exec *ex, size_t index)
     float *block = NULL, *result = NULL;
     lm_status st = lm__merge_tensor(p, ex->state, p->base->entries[index].name,
                                     p->base->entries[index].tensor, true,
-                                    ex->preparing, &block, &result);
-    if (st == LM_OK && !ex->preparing)
+                                    ex->pass, &block, &result);
+    if (st == LM_OK && ex->pass == LM__PASS_MERGE)
         st = emit(ex, index, result);
     lm_free(p->ctx, block);
     return st;
@@ -153,7 +153,7 @@ static void *worker(void *arg)
         ex->status[i] = merge_one(ex, i);
         if (ex->status[i] != LM_OK)
             atomic_store(&ex->stop, true);
-        else if (!ex->preparing)
+        else if (ex->pass == LM__PASS_MERGE)
             report_progress(ex, i);
     }
     return NULL;
@@ -253,16 +253,33 @@ lm_status lm__execute(lm_plan *p, const lm_sink_vtable *sink)
             st = p->vt->init(&info, &ex.state, p->vt->user);
         }
         bool initialised = st == LM_OK;
+        if (st == LM_OK && p->purify) {
+            lm_free(ctx, p->purify_kept);
+            lm_free(ctx, p->purify_full);
+            p->purify_kept = lm__calloc(ctx, p->n_models, sizeof(double));
+            p->purify_full = lm__calloc(ctx, p->n_models, sizeof(double));
+            if (!p->purify_kept || !p->purify_full)
+                st = lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                          "purify: out of memory");
+        }
+        if (st == LM_OK && p->purify &&
+            p->purify_opts.allocation == LM_PURIFY_MODEL) {
+            /* Purification ranks per model need every layer first. */
+            ex.pass = LM__PASS_PURIFY;
+            run_workers(&ex, ctx->n_threads);
+            st = first_failure(&ex);
+            atomic_store(&ex.next, 0);
+        }
         if (st == LM_OK && p->vt->prepare_tensor) {
             /* First pass of a two-pass strategy: nothing is emitted. */
-            ex.preparing = true;
+            ex.pass = LM__PASS_PREPARE;
             run_workers(&ex, ctx->n_threads);
             st = first_failure(&ex);
             if (st == LM_OK && p->vt->prepared)
                 st = p->vt->prepared(ex.state, p->vt->user);
-            ex.preparing = false;
             atomic_store(&ex.next, 0);
         }
+        ex.pass = LM__PASS_MERGE;
         if (st == LM_OK) {
             run_workers(&ex, ctx->n_threads);
             st = first_failure(&ex);

@@ -11,6 +11,7 @@
 #include "libmerge.h"
 #include "libmerge/sys/strategy.h"
 #include "libmerge/lora.h"
+#include "libmerge/purify.h"
 
 #define LM_ERROR_CAPACITY 1024
 
@@ -97,6 +98,12 @@ struct lm_plan {
     double *weights;
     size_t n_models, cap_models;
     const struct lm_stats *stats;
+    bool purify;
+    lm_purify_options purify_opts;
+    /* LM_PURIFY_MODEL: kept and full ranks summed per model by the
+     * allocation pass (n_models each). */
+    double *purify_kept, *purify_full;
+    pthread_mutex_t purify_lock;
 };
 
 /* A sink collecting results into a new model (memory_sink.c). */
@@ -110,11 +117,31 @@ void lm__memory_sink_init(struct lm__memory_sink *sink, lm_context *ctx);
 /* Merge tensor `name` with base values `base` (tensor_merge.c): on
  * success *result points to numel f32 merged values inside *block, which
  * the caller frees with lm_free. `from_plan_base` lets a file-backed plan
- * base drop the tensor's pages afterwards. With `prepare`, the strategy's
- * prepare_tensor runs instead and nothing is returned. */
+ * base drop the tensor's pages afterwards. Other passes return nothing. */
+enum lm__pass {
+    LM__PASS_MERGE = 0,   /* merge_tensor, result returned              */
+    LM__PASS_PREPARE = 1, /* the strategy's prepare_tensor              */
+    LM__PASS_PURIFY = 2   /* purification rank allocation only          */
+};
 lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
                            const lm_tensor *base, bool from_plan_base,
-                           bool prepare, float **block, float **result);
+                           enum lm__pass pass, float **block, float **result);
+
+/* Statistics of (model, name) without recording an error when absent:
+ * 0 when found. */
+int lm__stats_lookup(const struct lm_stats *stats, size_t model,
+                     const char *name, const double **gram, size_t *d_in,
+                     uint64_t *n_rows);
+
+/* Purification (lib/purify): allocation pass for one tensor (records
+ * ranks for LM_PURIFY_MODEL), and purifying the task vectors of one tensor
+ * in place (deltas[t], f32, numel each). */
+lm_status lm__purify_measure(lm_plan *p, const char *name, const float *base,
+                             const int64_t *shape, int ndim,
+                             float *const *deltas);
+lm_status lm__purify_apply(lm_plan *p, const char *name, const float *base,
+                           const int64_t *shape, int ndim,
+                           float *const *deltas);
 
 /* Run the plan into a sink (executor.c). */
 lm_status lm__execute(lm_plan *plan, const lm_sink_vtable *sink);

@@ -18,6 +18,11 @@ lm_status lm_merger_create(lm_plan *p, lm_merger **out)
         return lm_context_set_error(p->ctx, LM_ERR_STATE,
                                     "merger: the plan has no models or "
                                     "adapters");
+    if (p->purify && p->purify_opts.allocation == LM_PURIFY_MODEL)
+        return lm_context_set_error(p->ctx, LM_ERR_UNSUPPORTED,
+                                    "merger: purification with per-model "
+                                    "allocation needs every tensor first; "
+                                    "use LM_PURIFY_LAYER or _UNIFORM");
     if (p->vt->prepare_tensor)
         return lm_context_set_error(p->ctx, LM_ERR_UNSUPPORTED,
                                     "merger: strategy '%s' needs every "
@@ -94,8 +99,8 @@ lm_status lm_merger_apply_to(lm_merger *m, const char *name,
         return LM_OK;
     }
     float *block = NULL, *result = NULL;
-    LM_TRY(lm__merge_tensor(m->plan, m->state, name, base, false, false,
-                            &block, &result));
+    LM_TRY(lm__merge_tensor(m->plan, m->state, name, base, false,
+                            LM__PASS_MERGE, &block, &result));
     lm_convert(result, LM_F32, out->data, out->dtype, base->numel);
     lm_free(ctx, block);
     return LM_OK;

@@ -127,8 +127,10 @@ static lm_status run_strategy(lm_plan *p, void *state, const char *name,
 
 lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
                            const lm_tensor *base, bool from_plan_base,
-                           bool prepare, float **block_out, float **result)
+                           enum lm__pass pass, float **block_out,
+                           float **result)
 {
+    bool prepare = pass != LM__PASS_MERGE;
     lm_context *ctx = p->ctx;
     size_t n = base->numel, k = p->n_models;
     *block_out = NULL;
@@ -146,7 +148,15 @@ lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
                                   "x %zu models)", name, n, k);
     if (st == LM_OK)
         st = load_inputs(p, name, base, from_plan_base, block, deltas);
-    if (st == LM_OK)
+    if (st == LM_OK && p->purify) {
+        float *const *tasks = (float *const *)deltas;
+        st = pass == LM__PASS_PURIFY
+                 ? lm__purify_measure(p, name, block, base->shape, base->ndim,
+                                      tasks)
+                 : lm__purify_apply(p, name, block, base->shape, base->ndim,
+                                    tasks);
+    }
+    if (st == LM_OK && pass != LM__PASS_PURIFY)
         st = run_strategy(p, state, name, base, block, deltas, prepare);
     lm_free(ctx, (void *)deltas);
     if (st != LM_OK || prepare) {

@@ -244,3 +244,16 @@ lm_status lm_stats_merge(lm_stats *dst, const lm_stats *src)
     }
     return LM_OK;
 }
+
+int lm__stats_lookup(const lm_stats *s, size_t model, const char *name,
+                     const double **gram, size_t *d_in, uint64_t *n_rows)
+{
+    struct lm_stats_entry *e =
+        lm__stats_entry((lm_stats *)s, model, name, 0, false);
+    if (!e)
+        return -1;
+    *gram = e->gram;
+    *d_in = e->d_in;
+    *n_rows = e->n_rows;
+    return 0;
+}

@@ -111,14 +111,70 @@ def _set_param(ctx, plan, name, value):
                         "%s" % (name, type(value).__name__))
 
 
+_ALLOCATIONS = {"model": 0, "layer": 1, "uniform": 2}
+DEFAULT_KEEP_CANDIDATES = (1.0, 0.995, 0.99, 0.98, 0.97, 0.95, 0.9, 0.85, 0.8,
+                           0.7, 0.6, 0.5)
+
+
+def _apply_purify(ctx, plan, purify, stats):
+    """Set purification on a plan from the `purify=` dict; with
+    keep="cv", tune the keep ratio on held-out statistics first."""
+    if stats is None:
+        raise ValueError("purify= needs stats= (activation statistics)")
+    known = {"keep", "allocation", "epsilon", "tolerance", "polarize",
+             "max_prune_factor", "heldout", "candidates", "report"}
+    unknown = set(purify) - known
+    if unknown:
+        raise ValueError("purify: unknown option(s) %s (known: %s)" %
+                         (", ".join(sorted(unknown)), ", ".join(sorted(known))))
+    opts = _lib._PurifyOptions()
+    opts.struct_size = ctypes.sizeof(opts)
+    keep = purify.get("keep", 0.97)
+    opts.keep = 1.0 if keep == "cv" else float(keep)
+    allocation = purify.get("allocation", "model")
+    if allocation not in _ALLOCATIONS:
+        raise ValueError("purify: allocation must be one of %s" % ", ".join(_ALLOCATIONS))
+    opts.allocation = _ALLOCATIONS[allocation]
+    opts.epsilon = float(purify.get("epsilon", 0.1))
+    opts.tolerance = float(purify.get("tolerance", 5e-2))
+    opts.polarize = float(purify.get("polarize", 0.0))
+    opts.max_prune_factor = float(purify.get("max_prune_factor", 1.5))
+    ctx.check(_L.lm_plan_set_purify(plan, ctypes.byref(opts)))
+    report = purify.get("report")
+    if keep != "cv":
+        if report is not None:
+            report["keep"] = opts.keep
+        return
+    heldout = purify.get("heldout") or getattr(stats, "heldout", None)
+    if heldout is None:
+        raise ValueError('purify keep="cv" needs held-out statistics: '
+                         'purify={"heldout": Stats} or Stats(heldout_fraction=...)')
+    cands = [float(c) for c in purify.get("candidates", DEFAULT_KEEP_CANDIDATES)]
+    arr = (ctypes.c_double * len(cands))(*cands)
+    curve = (ctypes.c_double * len(cands))()
+    best = ctypes.c_double()
+    ctx.check(_L.lm_plan_tune_purify(plan, heldout._ptr, arr, len(cands),
+                                     ctypes.byref(best), curve))
+    if report is not None:
+        report["keep"] = best.value
+        report["curve"] = list(zip(cands, list(curve)))
+
+
 def merge(method, base, models, *, stats=None, weights=None, threads=0,
-          seed=0, **params):
+          seed=0, purify=None, **params):
     """Merge `models` (a sequence of name -> array mappings) into `base`
     with strategy `method` (see `methods()`); keyword arguments set the
     strategy's parameters by name, e.g. **{"lambda": 0.4}.
 
     weights: one weight per model (default 1.0 each).
     stats:   a `libmerge.Stats` for methods that use activation statistics.
+    purify:  subspace purification before merging (needs stats), a dict:
+             {"keep": 0.97 | "cv", "allocation": "model"|"layer"|"uniform",
+              "polarize": 0.0, "epsilon": 0.1, "tolerance": 0.05,
+              "max_prune_factor": 1.5, "heldout": Stats, "candidates": [...],
+              "report": {}}; keep="cv" picks the ratio minimising the drift
+             on held-out rows (from "heldout" or Stats(heldout_fraction=...))
+             and fills "report" with the choice and the curve.
     threads: worker threads (0 = all cores); results do not depend on it.
     seed:    root seed of every random choice (e.g. DARE masks).
 
@@ -154,6 +210,8 @@ def merge(method, base, models, *, stats=None, weights=None, threads=0,
                 ctx.check(_L.lm_plan_add_model(plan, model, w))
             if stats is not None:
                 ctx.check(_L.lm_plan_set_stats(plan, stats._ptr))
+            if purify is not None:
+                _apply_purify(ctx, plan, purify, stats)
             ctx.check(_L.lm_plan_execute(plan, ctypes.byref(out)))
             result = {}
             for i in range(_L.lm_model_count(out)):
@@ -327,13 +385,20 @@ class Stats:
 
     Thread-safe to observe from several threads."""
 
-    def __init__(self, _ptr=None, _ctx=None):
+    def __init__(self, heldout_fraction=0.0, _ptr=None, _ctx=None):
+        """heldout_fraction > 0 sets aside that fraction of every observed
+        batch's rows, deterministically (every k-th row, k = round(1 /
+        fraction)), in `self.heldout` (a Stats) for held-out tuning."""
         self._ctx = _ctx or _Context(threads=1)
         self._ptr = _ptr
         if self._ptr is None:
             self._ptr = ctypes.c_void_p()
             self._ctx.check(_L.lm_stats_create(self._ctx.ptr,
                                                ctypes.byref(self._ptr)))
+        if not 0.0 <= heldout_fraction < 1.0:
+            raise ValueError("heldout_fraction must be in [0, 1)")
+        self._every = int(round(1.0 / heldout_fraction)) if heldout_fraction > 0 else 0
+        self.heldout = Stats() if self._every else None
 
     def __del__(self):
         ptr = getattr(self, "_ptr", None)
@@ -355,6 +420,13 @@ class Stats:
         if x.dtype.name == "bfloat16" or isinstance(x, BFloat16Array):
             x = from_bfloat16(x)
         x = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
+        if self._every:
+            held = np.arange(x.shape[0]) % self._every == self._every - 1
+            if held.any():
+                self.heldout.observe(model_index, tensor_name, x[held])
+            x = np.ascontiguousarray(x[~held])
+            if x.shape[0] == 0:
+                return
         self._ctx.check(_L.lm_stats_observe(
             self._ptr, int(model_index), tensor_name.encode(),
             ctypes.c_void_p(x.ctypes.data), x.shape[0], x.shape[1]))

@@ -35,6 +35,19 @@ class _ParamDesc(ctypes.Structure):
     ]
 
 
+class _PurifyOptions(ctypes.Structure):
+    """Mirror of lm_purify_options."""
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("keep", ctypes.c_double),
+        ("allocation", ctypes.c_int),
+        ("epsilon", ctypes.c_double),
+        ("tolerance", ctypes.c_double),
+        ("polarize", ctypes.c_double),
+        ("max_prune_factor", ctypes.c_double),
+    ]
+
+
 class _StrategyVtable(ctypes.Structure):
     """The leading fields of lm_strategy_vtable that the binding reads."""
     _fields_ = [
@@ -140,6 +153,11 @@ def _declare(lib):
                                           ctypes.c_int, SCORE_FN, P,
                                           ctypes.POINTER(ctypes.c_double),
                                           ctypes.POINTER(ctypes.c_double)]),
+        "lm_plan_set_purify": (ctypes.c_int, [P, ctypes.POINTER(_PurifyOptions)]),
+        "lm_plan_tune_purify": (ctypes.c_int, [P, P, ctypes.POINTER(ctypes.c_double),
+                                               ctypes.c_size_t,
+                                               ctypes.POINTER(ctypes.c_double),
+                                               ctypes.POINTER(ctypes.c_double)]),
         "lm_strategy_count": (ctypes.c_size_t, [P]),
         "lm_strategy_at": (ctypes.POINTER(_StrategyVtable),
                            [P, ctypes.c_size_t]),

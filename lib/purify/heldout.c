@@ -1,0 +1,102 @@
+/* Held-out tuning of purification: the label-free drift objective and the
+ * choice of the keep ratio that minimises it. */
+#include <math.h>
+#include <string.h>
+
+#include "libmerge/stats.h"
+#include "linalg/linalg.h"
+
+/* tr(D H D^T) for D = merged - (base + tau_t), H = held-out X^T X. */
+static lm_status layer_drift(lm_plan *p, const char *name, const lm_tensor *b,
+                             const lm_tensor *merged, const lm_tensor *ft,
+                             const double *h, double *out)
+{
+    lm_context *ctx = p->ctx;
+    size_t m = (size_t)b->shape[0], n = (size_t)b->shape[1];
+    float *fm = lm__calloc(ctx, 2 * m * n, sizeof(float));
+    double *d = lm__calloc(ctx, 2 * m * n, sizeof(double));
+    lm_status st = fm && d ? lm__read_f32(ctx, merged, fm) : LM_ERR_OUT_OF_MEMORY;
+    if (st == LM_OK)
+        st = lm__read_f32(ctx, ft, fm + m * n);
+    if (st == LM_OK) {
+        for (size_t i = 0; i < m * n; i++)
+            d[i] = (double)fm[i] - (double)fm[m * n + i];
+        double *dh = d + m * n;
+        lm__gemm(false, false, m, n, n, 1.0, d, h, 0.0, dh);
+        double acc = 0;
+        for (size_t i = 0; i < m * n; i++)
+            acc += dh[i] * d[i];
+        *out += acc;
+    }
+    (void)name;
+    lm_free(ctx, fm);
+    lm_free(ctx, d);
+    return st;
+}
+
+lm_status lm_plan_heldout_drift(lm_plan *p, const lm_model *merged,
+                                const struct lm_stats *heldout, double *out)
+{
+    if (!p || !merged || !heldout || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    if (!p->base)
+        return lm_context_set_error(p->ctx, LM_ERR_STATE,
+                                    "drift: the plan has no base");
+    double total = 0;
+    for (size_t i = 0; i < p->base->count; i++) {
+        const char *name = p->base->entries[i].name;
+        const lm_tensor *b = p->base->entries[i].tensor;
+        lm_tensor *mt = lm__model_lookup(merged, name);
+        if (b->ndim != 2 || !mt)
+            continue;
+        for (size_t t = 0; t < p->n_models; t++) {
+            const double *h;
+            size_t d;
+            uint64_t rows;
+            if (!p->models[t] ||
+                lm__stats_lookup(heldout, t, name, &h, &d, &rows) ||
+                d != (size_t)b->shape[1])
+                continue;
+            lm_tensor *ft = lm__model_lookup(p->models[t], name);
+            if (ft)
+                LM_TRY(layer_drift(p, name, b, mt, ft, h, &total));
+        }
+    }
+    *out = total;
+    return LM_OK;
+}
+
+lm_status lm_plan_tune_purify(lm_plan *p, const struct lm_stats *heldout,
+                              const double *candidates, size_t n,
+                              double *best_keep, double *objectives)
+{
+    if (!p || !heldout || !candidates || !n)
+        return LM_ERR_INVALID_ARGUMENT;
+    if (!p->purify)
+        return lm_context_set_error(p->ctx, LM_ERR_STATE,
+                                    "tune purify: enable purification first "
+                                    "(lm_plan_set_purify)");
+    lm_purify_options o = p->purify_opts;
+    double best = NAN, best_obj = INFINITY;
+    for (size_t i = 0; i < n; i++) {
+        o.keep = candidates[i];
+        LM_TRY(lm_plan_set_purify(p, &o));
+        lm_model *merged = NULL;
+        LM_TRY(lm_plan_execute(p, &merged));
+        double obj = 0;
+        lm_status st = lm_plan_heldout_drift(p, merged, heldout, &obj);
+        lm_model_destroy(merged);
+        LM_TRY(st);
+        if (objectives)
+            objectives[i] = obj;
+        if (obj < best_obj) {
+            best_obj = obj;
+            best = candidates[i];
+        }
+    }
+    o.keep = best;
+    LM_TRY(lm_plan_set_purify(p, &o));
+    if (best_keep)
+        *best_keep = best;
+    return LM_OK;
+}

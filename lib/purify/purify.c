@@ -1,0 +1,296 @@
+/* Subspace purification (PAVE, Tang et al.): prune each task vector in the
+ * input-weighted subspace of its fine-tuned weight before merging. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "libmerge/stats.h"
+#include "linalg/linalg.h"
+
+lm_status lm_plan_set_purify(lm_plan *p, const lm_purify_options *o)
+{
+    if (!p)
+        return LM_ERR_INVALID_ARGUMENT;
+    if (!o) {
+        p->purify = false;
+        return LM_OK;
+    }
+    if (o->struct_size < sizeof(lm_purify_options))
+        return lm_context_set_error(p->ctx, LM_ERR_ABI,
+                                    "purify: options struct_size %u too "
+                                    "small", o->struct_size);
+    const char *bad = NULL;
+    if (!(o->keep > 0 && o->keep <= 1))
+        bad = "keep must be in (0, 1]";
+    else if (!(o->epsilon > 0) || !(o->tolerance > 0))
+        bad = "epsilon and tolerance must be positive";
+    else if (!(o->polarize >= 0) || o->polarize > 10)
+        bad = "polarize must be in [0, 10]";
+    else if (!(o->max_prune_factor >= 1))
+        bad = "max_prune_factor must be >= 1";
+    else if ((unsigned)o->allocation > LM_PURIFY_UNIFORM)
+        bad = "unknown allocation";
+    if (bad)
+        return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_RANGE,
+                                    "purify: %s", bad);
+    p->purify = true;
+    p->purify_opts = *o;
+    p->purify_opts.struct_size = sizeof(*o);
+    return LM_OK;
+}
+
+/* One task's factorisation of W C~ for one layer. */
+struct factored {
+    size_t k;          /* min(m, n) */
+    double *u, *s, *vt, *cinv;
+};
+
+static void factored_free(lm_context *ctx, struct factored *f)
+{
+    lm_free(ctx, f->u);
+    f->u = NULL;
+}
+
+/* C~ = G / n + eps I with eps doubled until ||C~^-1 C~ - I||_F < tol;
+ * cinv receives C~^-1 and c the regularised matrix. */
+static lm_status regularise(lm_context *ctx, const lm_purify_options *o,
+                            const double *g, uint64_t rows, size_t d,
+                            double *c, double *cinv, double *work)
+{
+    double eps = o->epsilon;
+    for (int attempt = 0; attempt < 64; attempt++, eps *= 2) {
+        for (size_t i = 0; i < d * d; i++)
+            c[i] = g[i] / (double)rows;
+        for (size_t i = 0; i < d; i++)
+            c[i * d + i] += eps;
+        double *l = work, *prod = work + d * d;
+        if (lm__cholesky(ctx, c, d, 0.0, l) != LM_OK) {
+            lm_context_clear_error(ctx);
+            continue;
+        }
+        memset(cinv, 0, d * d * sizeof(double));
+        for (size_t i = 0; i < d; i++)
+            cinv[i * d + i] = 1.0;
+        LM_TRY(lm__cholesky_solve(ctx, l, d, cinv, d));
+        lm__gemm(false, false, d, d, d, 1.0, cinv, c, 0.0, prod);
+        double err = 0;
+        for (size_t i = 0; i < d; i++)
+            for (size_t j = 0; j < d; j++) {
+                double e = prod[i * d + j] - (i == j);
+                err += e * e;
+            }
+        if (sqrt(err) < o->tolerance)
+            return LM_OK;
+    }
+    return lm_context_set_error(ctx, LM_ERR_LINALG,
+                                "purify: the input covariance stays "
+                                "ill-conditioned after 64 doublings of eps");
+}
+
+/* SVD of (W_0 + tau) C~ for task t; f->u stays NULL when there are no
+ * statistics for (t, name). */
+static lm_status factor_task(lm_plan *p, size_t t, const char *name,
+                             const float *base, const float *delta, size_t m,
+                             size_t n, struct factored *f)
+{
+    lm_context *ctx = p->ctx;
+    memset(f, 0, sizeof(*f));
+    const double *g;
+    size_t d;
+    uint64_t rows;
+    if (!p->stats || lm__stats_lookup(p->stats, t, name, &g, &d, &rows) ||
+        d != n || rows == 0)
+        return LM_OK;
+    size_t k = m < n ? m : n;
+    double *buf = lm__calloc(ctx, m * k + k + k * n + n * n, sizeof(double));
+    double *tmp = lm__calloc(ctx, 2 * m * n + n * n + 2 * n * n,
+                             sizeof(double));
+    lm_status st = buf && tmp ? LM_OK : LM_ERR_OUT_OF_MEMORY;
+    if (st == LM_OK) {
+        double *w = tmp, *wc = w + m * n, *c = wc + m * n, *work = c + n * n;
+        f->u = buf;
+        f->s = buf + m * k;
+        f->vt = f->s + k;
+        f->cinv = f->vt + k * n;
+        f->k = k;
+        st = regularise(ctx, &p->purify_opts, g, rows, n, c, f->cinv, work);
+        for (size_t i = 0; st == LM_OK && i < m * n; i++)
+            w[i] = (double)base[i] + (double)delta[i];
+        if (st == LM_OK) {
+            lm__gemm(false, false, m, n, n, 1.0, w, c, 0.0, wc);
+            st = lm__svd(ctx, wc, m, n, f->u, f->s, f->vt);
+        }
+    }
+    lm_free(ctx, tmp);
+    if (st != LM_OK) {
+        lm_free(ctx, buf);
+        f->u = NULL;
+    }
+    return st;
+}
+
+struct comp {
+    double value;
+    size_t task;
+};
+
+static int by_value(const void *a, const void *b)
+{
+    const struct comp *x = a, *y = b;
+    if (x->value != y->value)
+        return x->value < y->value ? -1 : 1;
+    return x->task < y->task ? -1 : x->task > y->task;
+}
+
+/* Spectral allocation for one layer: remove the globally smallest
+ * normalised singular values while the kept fraction stays >= keep, never
+ * taking a model below its floor. ranks[t] for tasks with factors. */
+static lm_status allocate(lm_context *ctx, const lm_purify_options *o,
+                          const struct factored *f, size_t T, size_t *ranks)
+{
+    size_t full = 0, count = 0, total = 0;
+    for (size_t t = 0; t < T; t++)
+        if (f[t].u) {
+            full = f[t].k;
+            count++;
+            ranks[t] = full;
+        }
+    if (!count)
+        return LM_OK;
+    total = count * full;
+    struct comp *c = lm__calloc(ctx, total, sizeof(*c));
+    if (!c)
+        return LM_ERR_OUT_OF_MEMORY;
+    size_t nc = 0;
+    for (size_t t = 0; t < T; t++)
+        for (size_t i = 0; f[t].u && i < full; i++)
+            c[nc++] = (struct comp){
+                f[t].s[0] > 0 ? f[t].s[i] / f[t].s[0] : 0.0, t};
+    qsort(c, nc, sizeof(*c), by_value);
+    long pruned_avg = (long)full - lround((double)full * o->keep);
+    long floor_rank = (long)full -
+                      lround(o->max_prune_factor * (double)pruned_avg);
+    if (floor_rank < 1)
+        floor_rank = 1;
+    size_t kept = total;
+    for (size_t i = 0; i < nc; i++) {
+        if ((double)(kept - 1) < o->keep * (double)total)
+            break;
+        if ((long)ranks[c[i].task] <= floor_rank)
+            continue;
+        ranks[c[i].task]--;
+        kept--;
+    }
+    lm_free(ctx, c);
+    return LM_OK;
+}
+
+static lm_status factor_all(lm_plan *p, const char *name, const float *base,
+                            size_t m, size_t n, float *const *deltas,
+                            struct factored *f)
+{
+    for (size_t t = 0; t < p->n_models; t++)
+        LM_TRY(factor_task(p, t, name, base, deltas[t], m, n, &f[t]));
+    return LM_OK;
+}
+
+static struct factored *new_factors(lm_plan *p)
+{
+    return lm__calloc(p->ctx, p->n_models, sizeof(struct factored));
+}
+
+static void free_factors(lm_plan *p, struct factored *f)
+{
+    for (size_t t = 0; f && t < p->n_models; t++)
+        factored_free(p->ctx, &f[t]);
+    lm_free(p->ctx, f);
+}
+
+lm_status lm__purify_measure(lm_plan *p, const char *name, const float *base,
+                             const int64_t *shape, int ndim,
+                             float *const *deltas)
+{
+    if (ndim != 2)
+        return LM_OK;
+    size_t m = (size_t)shape[0], n = (size_t)shape[1];
+    struct factored *f = new_factors(p);
+    size_t *ranks = lm__calloc(p->ctx, p->n_models, sizeof(size_t));
+    lm_status st = f && ranks ? factor_all(p, name, base, m, n, deltas, f)
+                              : LM_ERR_OUT_OF_MEMORY;
+    if (st == LM_OK)
+        st = allocate(p->ctx, &p->purify_opts, f, p->n_models, ranks);
+    if (st == LM_OK) {
+        pthread_mutex_lock(&p->purify_lock);
+        for (size_t t = 0; t < p->n_models; t++)
+            if (f[t].u) {
+                p->purify_kept[t] += (double)ranks[t];
+                p->purify_full[t] += (double)f[t].k;
+            }
+        pthread_mutex_unlock(&p->purify_lock);
+    }
+    lm_free(p->ctx, ranks);
+    free_factors(p, f);
+    return st;
+}
+
+lm_status lm__purify_apply(lm_plan *p, const char *name, const float *base,
+                           const int64_t *shape, int ndim,
+                           float *const *deltas)
+{
+    if (ndim != 2)
+        return LM_OK;
+    size_t m = (size_t)shape[0], n = (size_t)shape[1];
+    const lm_purify_options *o = &p->purify_opts;
+    struct factored *f = new_factors(p);
+    size_t *ranks = lm__calloc(p->ctx, p->n_models, sizeof(size_t));
+    double *a = lm__calloc(p->ctx, m * n * 2 + n * n, sizeof(double));
+    lm_status st = f && ranks && a ? factor_all(p, name, base, m, n, deltas, f)
+                                   : LM_ERR_OUT_OF_MEMORY;
+    if (st == LM_OK && o->allocation == LM_PURIFY_LAYER)
+        st = allocate(p->ctx, o, f, p->n_models, ranks);
+    for (size_t t = 0; st == LM_OK && t < p->n_models; t++) {
+        if (!f[t].u)
+            continue;
+        size_t k = f[t].k, r;
+        if (o->allocation == LM_PURIFY_LAYER) {
+            r = ranks[t];
+        } else {
+            double ratio = o->keep;
+            if (o->allocation == LM_PURIFY_MODEL && p->purify_full[t] > 0)
+                ratio = p->purify_kept[t] / p->purify_full[t];
+            r = (size_t)lround(ratio * (double)k);
+        }
+        if (r < 1)
+            r = 1;
+        if (r > k)
+            r = k;
+        /* W' = U_r S_r (V_r^T C~^-1); polarize reweights the kept S. */
+        double mean = 0;
+        for (size_t i = 0; i < r; i++)
+            mean += f[t].s[i];
+        mean /= (double)r;
+        double *us = a, *vc = a + m * n;
+        for (size_t i = 0; i < m; i++)
+            for (size_t j = 0; j < r; j++) {
+                double s = f[t].s[j];
+                if (o->polarize > 0 && mean > 0)
+                    s *= pow(s / mean, o->polarize);
+                us[i * r + j] = f[t].u[i * k + j] * s;
+            }
+        lm__gemm(false, false, r, n, n, 1.0, f[t].vt, f[t].cinv, 0.0, vc);
+        double *w = vc + r * n; /* m*n more: fits as r <= n */
+        lm__gemm(false, false, m, n, r, 1.0, us, vc, 0.0, w);
+        for (size_t i = 0; i < m * n; i++)
+            deltas[t][i] = (float)(w[i] - (double)base[i]);
+    }
+    lm_free(p->ctx, a);
+    lm_free(p->ctx, ranks);
+    free_factors(p, f);
+    if (st != LM_OK && st != LM_ERR_OUT_OF_MEMORY &&
+        !strstr(lm_context_error(p->ctx), name)) {
+        char msg[LM_ERROR_CAPACITY];
+        lm_context_copy_error(p->ctx, msg, sizeof(msg));
+        lm_context_set_error(p->ctx, st, "purify: tensor '%s': %s", name, msg);
+    }
+    return st;
+}
