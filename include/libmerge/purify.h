@@ -65,6 +65,17 @@ LM_API lm_status lm_plan_tune_purify(lm_plan *plan,
                                      const double *candidates, size_t n,
                                      double *best_keep, double *objectives);
 
+/* The same choice by a host score to maximise (e.g. validation accuracy,
+ * when the host has labels): `score` is called with the keep ratio and
+ * the merged model of each candidate; `scores` (n values, may be NULL)
+ * receives the curve. A non-zero return from `score` stops the search
+ * (LM_ERR_CALLBACK). */
+LM_API lm_status lm_plan_tune_purify_score(lm_plan *plan,
+                                           const double *candidates,
+                                           size_t n, lm_score_fn score,
+                                           void *user, double *best_keep,
+                                           double *scores);
+
 #ifdef __cplusplus
 }
 #endif

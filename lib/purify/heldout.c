@@ -66,12 +66,16 @@ lm_status lm_plan_heldout_drift(lm_plan *p, const lm_model *merged,
     return LM_OK;
 }
 
-lm_status lm_plan_tune_purify(lm_plan *p, const struct lm_stats *heldout,
-                              const double *candidates, size_t n,
-                              double *best_keep, double *objectives)
+/* Shared loop of the two tuners: executes the plan at every keep ratio and
+ * keeps the one whose objective (sign-adjusted so smaller is better) wins. */
+typedef lm_status (*objective_fn)(lm_plan *p, double keep,
+                                  const lm_model *merged, double *obj,
+                                  void *user);
+
+static lm_status tune(lm_plan *p, const double *candidates, size_t n,
+                      objective_fn objective, void *user, double sign,
+                      double *best_keep, double *objectives)
 {
-    if (!p || !heldout || !candidates || !n)
-        return LM_ERR_INVALID_ARGUMENT;
     if (!p->purify)
         return lm_context_set_error(p->ctx, LM_ERR_STATE,
                                     "tune purify: enable purification first "
@@ -84,13 +88,13 @@ lm_status lm_plan_tune_purify(lm_plan *p, const struct lm_stats *heldout,
         lm_model *merged = NULL;
         LM_TRY(lm_plan_execute(p, &merged));
         double obj = 0;
-        lm_status st = lm_plan_heldout_drift(p, merged, heldout, &obj);
+        lm_status st = objective(p, candidates[i], merged, &obj, user);
         lm_model_destroy(merged);
         LM_TRY(st);
         if (objectives)
             objectives[i] = obj;
-        if (obj < best_obj) {
-            best_obj = obj;
+        if (sign * obj < best_obj) {
+            best_obj = sign * obj;
             best = candidates[i];
         }
     }
@@ -99,4 +103,50 @@ lm_status lm_plan_tune_purify(lm_plan *p, const struct lm_stats *heldout,
     if (best_keep)
         *best_keep = best;
     return LM_OK;
+}
+
+static lm_status drift_objective(lm_plan *p, double keep,
+                                 const lm_model *merged, double *obj,
+                                 void *user)
+{
+    (void)keep;
+    return lm_plan_heldout_drift(p, merged, user, obj);
+}
+
+lm_status lm_plan_tune_purify(lm_plan *p, const struct lm_stats *heldout,
+                              const double *candidates, size_t n,
+                              double *best_keep, double *objectives)
+{
+    if (!p || !heldout || !candidates || !n)
+        return LM_ERR_INVALID_ARGUMENT;
+    return tune(p, candidates, n, drift_objective, (void *)heldout, 1.0,
+                best_keep, objectives);
+}
+
+struct host_score {
+    lm_score_fn fn;
+    void *user;
+};
+
+static lm_status host_objective(lm_plan *p, double keep,
+                                const lm_model *merged, double *obj,
+                                void *user)
+{
+    const struct host_score *h = user;
+    if (h->fn(keep, merged, obj, h->user) != 0)
+        return lm_context_set_error(p->ctx, LM_ERR_CALLBACK,
+                                    "tune purify: the score callback "
+                                    "stopped the search at keep %g", keep);
+    return LM_OK;
+}
+
+lm_status lm_plan_tune_purify_score(lm_plan *p, const double *candidates,
+                                    size_t n, lm_score_fn score, void *user,
+                                    double *best_keep, double *scores)
+{
+    if (!p || !candidates || !n || !score)
+        return LM_ERR_INVALID_ARGUMENT;
+    struct host_score h = {score, user};
+    return tune(p, candidates, n, host_objective, &h, -1.0, best_keep,
+                scores);
 }

@@ -42,6 +42,7 @@ lm_status lm_plan_set_purify(lm_plan *p, const lm_purify_options *o)
 /* One task's factorisation of W C~ for one layer. */
 struct factored {
     size_t k;          /* min(m, n) */
+    double eps;        /* the ridge that passed the conditioning test */
     double *u, *s, *vt, *cinv;
 };
 
@@ -55,7 +56,8 @@ static void factored_free(lm_context *ctx, struct factored *f)
  * cinv receives C~^-1 and c the regularised matrix. */
 static lm_status regularise(lm_context *ctx, const lm_purify_options *o,
                             const double *g, uint64_t rows, size_t d,
-                            double *c, double *cinv, double *work)
+                            double *c, double *cinv, double *work,
+                            double *eps_used)
 {
     double eps = o->epsilon;
     for (int attempt = 0; attempt < 64; attempt++, eps *= 2) {
@@ -79,8 +81,10 @@ static lm_status regularise(lm_context *ctx, const lm_purify_options *o,
                 double e = prod[i * d + j] - (i == j);
                 err += e * e;
             }
-        if (sqrt(err) < o->tolerance)
+        if (sqrt(err) < o->tolerance) {
+            *eps_used = eps;
             return LM_OK;
+        }
     }
     return lm_context_set_error(ctx, LM_ERR_LINALG,
                                 "purify: the input covariance stays "
@@ -113,7 +117,8 @@ static lm_status factor_task(lm_plan *p, size_t t, const char *name,
         f->vt = f->s + k;
         f->cinv = f->vt + k * n;
         f->k = k;
-        st = regularise(ctx, &p->purify_opts, g, rows, n, c, f->cinv, work);
+        st = regularise(ctx, &p->purify_opts, g, rows, n, c, f->cinv, work,
+                        &f->eps);
         for (size_t i = 0; st == LM_OK && i < m * n; i++)
             w[i] = (double)base[i] + (double)delta[i];
         if (st == LM_OK) {
@@ -264,6 +269,9 @@ lm_status lm__purify_apply(lm_plan *p, const char *name, const float *base,
             r = 1;
         if (r > k)
             r = k;
+        lm_log(p->ctx, LM_LOG_DEBUG,
+               "purify: tensor '%s' model %zu: eps %g, rank %zu of %zu", name,
+               t, f[t].eps, r, k);
         /* W' = U_r S_r (V_r^T C~^-1); polarize reweights the kept S. */
         double mean = 0;
         for (size_t i = 0; i < r; i++)

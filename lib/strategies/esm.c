@@ -195,7 +195,7 @@ static bool has_stats(const struct esm_state *s, const lm_tensor_job *job)
         const double *g;
         size_t d;
         uint64_t n;
-        if (lm_stats_get(s->stats, t, job->name, &g, &d, &n) != LM_OK ||
+        if (lm__stats_lookup(s->stats, t, job->name, &g, &d, &n) ||
             d != (size_t)job->shape[1] || n == 0)
             return false;
     }

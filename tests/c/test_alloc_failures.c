@@ -82,6 +82,10 @@ static lm_status pipeline(lm_context *ctx, const char *dir)
     STEP(lm_plan_execute(p, &out));
     STEP(lm_safetensors_sink_create(ctx, path, NULL, &sink));
     STEP(lm_plan_execute_to(p, lm_file_sink_vtable(sink)));
+    lm_purify_options po = LM_PURIFY_OPTIONS_INIT;
+    double keeps[] = {1.0, 0.5};
+    STEP(lm_plan_set_purify(p, &po));
+    STEP(lm_plan_tune_purify(p, stats, keeps, 2, NULL, NULL));
 #undef STEP
 done:
     lm_file_sink_destroy(sink);

@@ -191,3 +191,90 @@ def esm_layer(dws, xs, k=None, pad_identity=False, norm_power=2.0, eig_power=0.1
     uu, su, vu = svd(pc)
     ua, sa, va = svd(ac)
     return 2 * (uu @ vu * su.mean()) @ (ua @ va * sa.mean())
+
+
+# --- PAVE purification (research/nsc_purify.md §B), written from the
+# equations: C~ = X^T X / n + eps I (eps doubled until ||C~^-1 C~ - I||_F <
+# tol), W_t C~ = U S V^T, W'_t = U_r S_r V_r^T C~^-1, tau'_t = W'_t - W_0.
+
+def pave_regularise(x, eps=0.1, tol=5e-2):
+    """Returns (C~, eps actually used)."""
+    c = x.astype(np.float64).T @ x.astype(np.float64) / x.shape[0]
+    while True:
+        ct = c + eps * np.eye(c.shape[0])
+        if np.linalg.norm(np.linalg.inv(ct) @ ct - np.eye(c.shape[0])) < tol:
+            return ct, eps
+        eps *= 2
+
+
+def pave_spectrum(w, x, eps=0.1, tol=5e-2):
+    ct, _ = pave_regularise(x, eps, tol)
+    u, s, vt = np.linalg.svd(w.astype(np.float64) @ ct, full_matrices=False)
+    return u, s, vt, ct
+
+
+def _lround(x):
+    """C's lround for x >= 0: halves away from zero."""
+    return int(np.floor(x + 0.5))
+
+
+def pave_allocate(spectra, keep, max_prune_factor=1.5):
+    """Per-model ranks of one layer: drop the globally smallest s_i / s_1
+    while at least `keep` of all components remain, no model below
+    full - round(factor * (full - round(full * keep)))."""
+    full = len(spectra[0])
+    floor = max(1, full - _lround(max_prune_factor * (full - _lround(full * keep))))
+    ranks = [full] * len(spectra)
+    order = sorted((s[i] / s[0], t, i) for t, s in enumerate(spectra) for i in range(full))
+    kept, total = full * len(spectra), full * len(spectra)
+    for _, t, _ in order:
+        if kept - 1 < keep * total:
+            break
+        if ranks[t] <= floor:
+            continue
+        ranks[t] -= 1
+        kept -= 1
+    return ranks
+
+
+def pave_truncate(u, s, vt, ct, r, polarize=0.0):
+    s = s[:r].copy()
+    if polarize:
+        s = s * (s / s.mean()) ** polarize
+    return (u[:, :r] * s) @ vt[:r] @ np.linalg.inv(ct)
+
+
+def pave(base, models, xs, keep, allocation="model", polarize=0.0, eps=0.1, tol=5e-2):
+    """Purified task vectors of every model: dicts name -> tau'. xs[t] maps
+    layer names to task t's calibration inputs; other tensors keep plain tau."""
+    layers = [k for k in base if base[k].ndim == 2 and all(k in x for x in xs)]
+    facts = {k: [pave_spectrum(m[k], x[k], eps, tol) for m, x in zip(models, xs)] for k in layers}
+    ranks = {k: pave_allocate([f[1] for f in facts[k]], keep) for k in layers}
+    out = []
+    for t, m in enumerate(models):
+        kept = sum(ranks[k][t] for k in layers)
+        full = sum(len(facts[k][t][1]) for k in layers)
+        tv = {}
+        for k in base:
+            if k not in layers:
+                tv[k] = m[k].astype(np.float64) - base[k]
+                continue
+            u, s, vt, ct = facts[k][t]
+            if allocation == "layer":
+                r = ranks[k][t]
+            else:
+                ratio = kept / full if allocation == "model" else keep
+                r = min(len(s), max(1, _lround(ratio * len(s))))
+            tv[k] = pave_truncate(u, s, vt, ct, r, polarize) - base[k]
+        out.append(tv)
+    return out
+
+
+def heldout_drift(merged, models, hs):
+    """sum_t sum_layers ||(W_merged - W_t) X_t||^2 from held-out inputs."""
+    total = 0.0
+    for m, h in zip(models, hs):
+        for k, x in h.items():
+            d = merged[k].astype(np.float64) - m[k]
+            total += np.sum((x.astype(np.float64) @ d.T) ** 2)
+    return total

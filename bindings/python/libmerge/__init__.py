@@ -9,6 +9,7 @@ base's shapes and dtypes. The shared library is found through
 $LIBMERGE_LIBRARY or the system loader (libmerge.so.0).
 """
 import ctypes
+import logging
 import math
 import numbers
 import os
@@ -35,15 +36,41 @@ def version():
     return _L.lm_version_string().decode()
 
 
+_logger = logging.getLogger("libmerge")
+_PY_LEVELS = {1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}
+
+
+def _forward_log(level, message, user):
+    # Errors are raised as exceptions by Context.check; logging them too
+    # would report every failure twice.
+    if level in _PY_LEVELS:
+        _logger.log(_PY_LEVELS[level], "%s", message.decode(errors="replace"))
+
+
+_LOG_CALLBACK = _lib.LOG_FN(_forward_log)
+
+
+def _lm_log_level():
+    """The libmerge level matching the "libmerge" logger's threshold, so
+    messages nobody will see are not even formatted."""
+    effective = _logger.getEffectiveLevel()
+    for lm_level in (3, 2, 1):
+        if effective <= _PY_LEVELS[lm_level]:
+            return lm_level
+    return 0
+
+
 class _Context:
-    """An lm_context for the duration of a `with` block."""
+    """An lm_context for the duration of a `with` block. libmerge's log
+    messages go to the Python logger "libmerge"."""
 
     def __init__(self, threads=0, seed=0):
         opts = _lib._ContextOptions()
         opts.struct_size = ctypes.sizeof(opts)
         opts.n_threads = int(threads)
         opts.seed = int(seed) & 0xFFFFFFFFFFFFFFFF
-        opts.log_level = 1
+        opts.log = ctypes.cast(_LOG_CALLBACK, ctypes.c_void_p)
+        opts.log_level = _lm_log_level()
         self.ptr = ctypes.c_void_p()
         st = _L.lm_context_create(ctypes.byref(opts), ctypes.byref(self.ptr))
         if st:
@@ -116,13 +143,15 @@ DEFAULT_KEEP_CANDIDATES = (1.0, 0.995, 0.99, 0.98, 0.97, 0.95, 0.9, 0.85, 0.8,
                            0.7, 0.6, 0.5)
 
 
-def _apply_purify(ctx, plan, purify, stats):
+def _apply_purify(ctx, plan, purify, stats, base):
     """Set purification on a plan from the `purify=` dict; with
-    keep="cv", tune the keep ratio on held-out statistics first."""
+    keep="cv", tune the keep ratio (and optionally a scale parameter) on
+    held-out statistics or a host score first."""
     if stats is None:
         raise ValueError("purify= needs stats= (activation statistics)")
     known = {"keep", "allocation", "epsilon", "tolerance", "polarize",
-             "max_prune_factor", "heldout", "candidates", "report"}
+             "max_prune_factor", "heldout", "candidates", "scale", "score",
+             "report"}
     unknown = set(purify) - known
     if unknown:
         raise ValueError("purify: unknown option(s) %s (known: %s)" %
@@ -145,19 +174,60 @@ def _apply_purify(ctx, plan, purify, stats):
         if report is not None:
             report["keep"] = opts.keep
         return
+    score = purify.get("score")
     heldout = purify.get("heldout") or getattr(stats, "heldout", None)
-    if heldout is None:
-        raise ValueError('purify keep="cv" needs held-out statistics: '
-                         'purify={"heldout": Stats} or Stats(heldout_fraction=...)')
+    if score is None and heldout is None:
+        raise ValueError('purify keep="cv" needs held-out statistics '
+                         '(purify={"heldout": Stats} or Stats(heldout_fraction=...)) '
+                         'or a host score (purify={"score": fn})')
     cands = [float(c) for c in purify.get("candidates", DEFAULT_KEEP_CANDIDATES)]
+    scale_name, scales = purify.get("scale", (None, [None]))
     arr = (ctypes.c_double * len(cands))(*cands)
-    curve = (ctypes.c_double * len(cands))()
-    best = ctypes.c_double()
-    ctx.check(_L.lm_plan_tune_purify(plan, heldout._ptr, arr, len(cands),
-                                     ctypes.byref(best), curve))
+    best_overall = None  # (objective to minimise, keep, scale)
+    curve_out = []
+    for scale in scales:
+        if scale_name is not None:
+            _set_param(ctx, plan, scale_name, float(scale))
+        curve = (ctypes.c_double * len(cands))()
+        best = ctypes.c_double()
+        if score is None:
+            ctx.check(_L.lm_plan_tune_purify(plan, heldout._ptr, arr, len(cands),
+                                             ctypes.byref(best), curve))
+            sign = 1.0
+        else:
+            errors = []
+
+            def on_score(value, merged, out, user):
+                try:
+                    out[0] = float(score(_model_to_dict(merged, base)))
+                except BaseException as e:  # re-raised after the C call
+                    errors.append(e)
+                    return 1
+                return 0
+
+            callback = _lib.SCORE_FN(on_score)
+            st = _L.lm_plan_tune_purify_score(plan, arr, len(cands), callback,
+                                              None, ctypes.byref(best), curve)
+            if errors:
+                raise errors[0]
+            ctx.check(st)
+            sign = -1.0
+        for c, v in zip(cands, curve):
+            curve_out.append((c, v) if scale_name is None else (c, float(scale), v))
+        value = sign * curve[cands.index(best.value)]
+        if best_overall is None or value < best_overall[0]:
+            best_overall = (value, best.value, scale)
+    _, best_keep, best_scale = best_overall
+    opts.keep = best_keep
+    ctx.check(_L.lm_plan_set_purify(plan, ctypes.byref(opts)))
+    if scale_name is not None:
+        _set_param(ctx, plan, scale_name, float(best_scale))
     if report is not None:
-        report["keep"] = best.value
-        report["curve"] = list(zip(cands, list(curve)))
+        report["keep"] = best_keep
+        report["objective"] = "host score" if score else "held-out drift"
+        report["curve"] = curve_out
+        if scale_name is not None:
+            report[scale_name] = float(best_scale)
 
 
 def merge(method, base, models, *, stats=None, weights=None, threads=0,
@@ -173,8 +243,10 @@ def merge(method, base, models, *, stats=None, weights=None, threads=0,
               "polarize": 0.0, "epsilon": 0.1, "tolerance": 0.05,
               "max_prune_factor": 1.5, "heldout": Stats, "candidates": [...],
               "report": {}}; keep="cv" picks the ratio minimising the drift
-             on held-out rows (from "heldout" or Stats(heldout_fraction=...))
-             and fills "report" with the choice and the curve.
+             on held-out rows (from "heldout" or Stats(heldout_fraction=...)),
+             or maximising "score": fn(merged_dict) -> float when given;
+             "scale": ("lambda", [values]) tunes that parameter jointly;
+             "report" receives the choices and the objective curve.
     threads: worker threads (0 = all cores); results do not depend on it.
     seed:    root seed of every random choice (e.g. DARE masks).
 
@@ -211,7 +283,7 @@ def merge(method, base, models, *, stats=None, weights=None, threads=0,
             if stats is not None:
                 ctx.check(_L.lm_plan_set_stats(plan, stats._ptr))
             if purify is not None:
-                _apply_purify(ctx, plan, purify, stats)
+                _apply_purify(ctx, plan, purify, stats, base)
             ctx.check(_L.lm_plan_execute(plan, ctypes.byref(out)))
             result = {}
             for i in range(_L.lm_model_count(out)):
@@ -239,12 +311,13 @@ def _model_to_dict(model, base):
 
 def search(method, base, models, score, *, param=None, lo=0.0, hi=2.0,
            tol=0.01, max_evals=15, stats=None, weights=None, threads=0,
-           seed=0, **params):
+           seed=0, purify=None, **params):
     """Choose a scale parameter by golden-section search, maximising
     `score(merged_dict) -> float` (e.g. accuracy on a validation split;
     never the test split). `param` defaults to "alpha" when the method has
     it, else "lambda". Defaults follow the released ESM code: [0, 2],
-    tol 0.01, at most 15 merges.
+    tol 0.01, at most 15 merges. `purify` as in `merge` (a fixed keep
+    ratio, or "cv" tuned first at the parameter's current value).
 
     Returns (best_value, best_score, curve, merged): the curve is the list
     of (value, score) evaluated, merged the result at best_value."""
@@ -290,6 +363,8 @@ def search(method, base, models, score, *, param=None, lo=0.0, hi=2.0,
                 ctx.check(_L.lm_plan_add_model(plan, model, w))
             if stats is not None:
                 ctx.check(_L.lm_plan_set_stats(plan, stats._ptr))
+            if purify is not None:
+                _apply_purify(ctx, plan, purify, stats, base)
             st = _L.lm_plan_search(plan, param.encode(), lo, hi, tol, max_evals,
                                    callback, None, ctypes.byref(best),
                                    ctypes.byref(best_score))

@@ -62,6 +62,7 @@ class _StrategyVtable(ctypes.Structure):
 
 # int (*lm_score_fn)(double value, const lm_model *merged, double *score,
 #                    void *user)
+LOG_FN = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 SCORE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_double, ctypes.c_void_p,
                             ctypes.POINTER(ctypes.c_double), ctypes.c_void_p)
 
@@ -158,6 +159,10 @@ def _declare(lib):
                                                ctypes.c_size_t,
                                                ctypes.POINTER(ctypes.c_double),
                                                ctypes.POINTER(ctypes.c_double)]),
+        "lm_plan_tune_purify_score": (ctypes.c_int, [P, ctypes.POINTER(ctypes.c_double),
+                                                     ctypes.c_size_t, SCORE_FN, P,
+                                                     ctypes.POINTER(ctypes.c_double),
+                                                     ctypes.POINTER(ctypes.c_double)]),
         "lm_strategy_count": (ctypes.c_size_t, [P]),
         "lm_strategy_at": (ctypes.POINTER(_StrategyVtable),
                            [P, ctypes.c_size_t]),

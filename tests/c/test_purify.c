@@ -1,0 +1,227 @@
+/* The purification stage through the C API: option checks, composition
+ * with the executor (thread-count independence), tuning and its errors.
+ * The numerics are checked against numpy in tests/python/test_purify.py. */
+#include <math.h>
+#include <string.h>
+
+#include "testutil.h"
+
+#define T 3
+
+struct fixture {
+    lm_context *ctx;
+    lm_model *base, *models[T];
+    lm_stats *stats, *heldout;
+    lm_plan *plan;
+};
+
+static void observe(lm_context *ctx, lm_stats *s, size_t t, const char *name,
+                    size_t rows, size_t d, uint64_t seed)
+{
+    lm_tensor *x = tu_random_tensor(ctx, LM_F32, 2,
+                                    (int64_t[]){(int64_t)rows, (int64_t)d},
+                                    seed);
+    ck_assert_ok(lm_stats_observe_tensor(s, t, name, x));
+    lm_tensor_destroy(x);
+}
+
+static void setup(struct fixture *f, int threads, const char *method)
+{
+    f->ctx = tu_context(threads, 7);
+    ck_assert_ok(lm_model_create(f->ctx, &f->base));
+    tu_add_random(f->ctx, f->base, "a.weight", LM_F32, 2, (int64_t[]){24, 16}, 1);
+    tu_add_random(f->ctx, f->base, "b.weight", LM_BF16, 2, (int64_t[]){16, 32}, 2);
+    tu_add_random(f->ctx, f->base, "a.bias", LM_F32, 1, (int64_t[]){24}, 3);
+    ck_assert_ok(lm_stats_create(f->ctx, &f->stats));
+    ck_assert_ok(lm_stats_create(f->ctx, &f->heldout));
+    ck_assert_ok(lm_plan_create(f->ctx, method, &f->plan));
+    ck_assert_ok(lm_plan_set_base(f->plan, f->base));
+    for (size_t t = 0; t < T; t++) {
+        ck_assert_ok(lm_model_create(f->ctx, &f->models[t]));
+        tu_add_random(f->ctx, f->models[t], "a.weight", LM_F32, 2, (int64_t[]){24, 16}, 10 + t);
+        tu_add_random(f->ctx, f->models[t], "b.weight", LM_BF16, 2, (int64_t[]){16, 32}, 20 + t);
+        tu_add_random(f->ctx, f->models[t], "a.bias", LM_F32, 1, (int64_t[]){24}, 30 + t);
+        ck_assert_ok(lm_plan_add_model(f->plan, f->models[t], 1.0));
+        observe(f->ctx, f->stats, t, "a.weight", 40, 16, 100 + t);
+        observe(f->ctx, f->stats, t, "b.weight", 40, 32, 200 + t);
+        observe(f->ctx, f->heldout, t, "a.weight", 30, 16, 300 + t);
+        observe(f->ctx, f->heldout, t, "b.weight", 30, 32, 400 + t);
+    }
+}
+
+static void teardown(struct fixture *f)
+{
+    lm_plan_destroy(f->plan);
+    for (size_t t = 0; t < T; t++)
+        lm_model_destroy(f->models[t]);
+    lm_model_destroy(f->base);
+    lm_stats_destroy(f->stats);
+    lm_stats_destroy(f->heldout);
+    lm_context_destroy(f->ctx);
+}
+
+/* The output lives in f's context: destroy it before teardown(f). */
+static lm_model *run(struct fixture *f, int threads, const char *method)
+{
+    setup(f, threads, method);
+    lm_purify_options o = LM_PURIFY_OPTIONS_INIT;
+    o.keep = 0.8;
+    ck_assert_ok(lm_plan_set_purify(f->plan, &o));
+    ck_assert_ok(lm_plan_set_stats(f->plan, f->stats));
+    lm_model *out = NULL;
+    ck_assert_ok(lm_plan_execute(f->plan, &out));
+    return out;
+}
+
+static void assert_same(const lm_model *a, const lm_model *b)
+{
+    ck_assert_uint_eq(lm_model_count(a), lm_model_count(b));
+    for (size_t i = 0; i < lm_model_count(a); i++) {
+        lm_tensor *x = lm_model_tensor(a, i), *y = lm_model_tensor(b, i);
+        ck_assert_uint_eq(lm_tensor_nbytes(x), lm_tensor_nbytes(y));
+        ck_assert(memcmp(lm_tensor_data(x), lm_tensor_data(y),
+                         lm_tensor_nbytes(x)) == 0);
+    }
+}
+
+START_TEST(bit_identical_for_any_thread_count)
+{
+    const char *methods[] = {"task_arithmetic", "ties", "tsv"};
+    for (size_t i = 0; i < 3; i++) {
+        struct fixture f[3];
+        lm_model *one = run(&f[0], 1, methods[i]), *two = run(&f[1], 2, methods[i]),
+                 *four = run(&f[2], 4, methods[i]);
+        assert_same(one, two);
+        assert_same(one, four);
+        lm_model_destroy(one);
+        lm_model_destroy(two);
+        lm_model_destroy(four);
+        for (int k = 0; k < 3; k++)
+            teardown(&f[k]);
+    }
+}
+END_TEST
+
+START_TEST(option_errors)
+{
+    struct fixture f;
+    setup(&f, 1, "task_arithmetic");
+    lm_purify_options o = LM_PURIFY_OPTIONS_INIT;
+    o.keep = 0;
+    ck_assert_status(lm_plan_set_purify(f.plan, &o), LM_ERR_OUT_OF_RANGE);
+    ck_assert_ptr_nonnull(strstr(lm_context_error(f.ctx), "keep"));
+    o = (lm_purify_options)LM_PURIFY_OPTIONS_INIT;
+    o.epsilon = -1;
+    ck_assert_status(lm_plan_set_purify(f.plan, &o), LM_ERR_OUT_OF_RANGE);
+    o = (lm_purify_options)LM_PURIFY_OPTIONS_INIT;
+    o.max_prune_factor = 0.5;
+    ck_assert_status(lm_plan_set_purify(f.plan, &o), LM_ERR_OUT_OF_RANGE);
+    o = (lm_purify_options)LM_PURIFY_OPTIONS_INIT;
+    o.allocation = (lm_purify_allocation)7;
+    ck_assert_status(lm_plan_set_purify(f.plan, &o), LM_ERR_OUT_OF_RANGE);
+    o = (lm_purify_options)LM_PURIFY_OPTIONS_INIT;
+    o.struct_size = 8;
+    ck_assert_status(lm_plan_set_purify(f.plan, &o), LM_ERR_ABI);
+    /* Tuning needs purification enabled, and purification needs stats. */
+    double c[] = {1.0, 0.9};
+    ck_assert_status(lm_plan_tune_purify(f.plan, f.heldout, c, 2, NULL, NULL),
+                     LM_ERR_STATE);
+    o = (lm_purify_options)LM_PURIFY_OPTIONS_INIT;
+    ck_assert_ok(lm_plan_set_purify(f.plan, &o));
+    lm_model *out = NULL;
+    ck_assert_int_ne(lm_plan_execute(f.plan, &out), LM_OK);
+    ck_assert_ptr_null(out);
+    ck_assert_ptr_nonnull(strstr(lm_context_error(f.ctx), "stat"));
+    /* Disabling it again gives the plain merge. */
+    ck_assert_ok(lm_plan_set_purify(f.plan, NULL));
+    ck_assert_ok(lm_plan_execute(f.plan, &out));
+    lm_model_destroy(out);
+    teardown(&f);
+}
+END_TEST
+
+START_TEST(tuning_reports_the_curve)
+{
+    struct fixture f;
+    setup(&f, 2, "task_arithmetic");
+    lm_purify_options o = LM_PURIFY_OPTIONS_INIT;
+    ck_assert_ok(lm_plan_set_purify(f.plan, &o));
+    ck_assert_ok(lm_plan_set_stats(f.plan, f.stats));
+    double c[] = {1.0, 0.9, 0.7, 0.5}, curve[4], best = 0;
+    ck_assert_ok(lm_plan_tune_purify(f.plan, f.heldout, c, 4, &best, curve));
+    size_t arg = 0;
+    for (size_t i = 0; i < 4; i++) {
+        ck_assert(isfinite(curve[i]) && curve[i] > 0);
+        if (curve[i] < curve[arg])
+            arg = i;
+    }
+    ck_assert(best == c[arg]);
+    /* The plan keeps the chosen ratio: its drift is the curve's minimum. */
+    lm_model *out = NULL;
+    double drift = 0;
+    ck_assert_ok(lm_plan_execute(f.plan, &out));
+    ck_assert_ok(lm_plan_heldout_drift(f.plan, out, f.heldout, &drift));
+    ck_assert(drift == curve[arg]);
+    lm_model_destroy(out);
+    teardown(&f);
+}
+END_TEST
+
+static int stop_second(double keep, const lm_model *merged, double *score,
+                       void *user)
+{
+    int *calls = user;
+    (void)merged;
+    *score = keep;
+    return ++*calls == 2;
+}
+
+START_TEST(host_score_can_stop)
+{
+    struct fixture f;
+    setup(&f, 1, "task_arithmetic");
+    lm_purify_options o = LM_PURIFY_OPTIONS_INIT;
+    ck_assert_ok(lm_plan_set_purify(f.plan, &o));
+    ck_assert_ok(lm_plan_set_stats(f.plan, f.stats));
+    double c[] = {0.6, 0.9, 0.7};
+    int calls = 0;
+    ck_assert_status(lm_plan_tune_purify_score(f.plan, c, 3, stop_second,
+                                               &calls, NULL, NULL),
+                     LM_ERR_CALLBACK);
+    ck_assert_int_eq(calls, 2);
+    calls = -100;
+    double best = 0;
+    ck_assert_ok(lm_plan_tune_purify_score(f.plan, c, 3, stop_second, &calls,
+                                           &best, NULL));
+    ck_assert(best == 0.9); /* the score is the keep ratio: maximised */
+    teardown(&f);
+}
+END_TEST
+
+START_TEST(merger_refuses_model_allocation)
+{
+    struct fixture f;
+    setup(&f, 1, "task_arithmetic");
+    lm_purify_options o = LM_PURIFY_OPTIONS_INIT;
+    ck_assert_ok(lm_plan_set_purify(f.plan, &o));
+    ck_assert_ok(lm_plan_set_stats(f.plan, f.stats));
+    lm_merger *m = NULL;
+    ck_assert_int_ne(lm_merger_create(f.plan, &m), LM_OK);
+    ck_assert_ptr_nonnull(strstr(lm_context_error(f.ctx), "allocation"));
+    teardown(&f);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("purify");
+    TCase *tc = tcase_create("purify");
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, bit_identical_for_any_thread_count);
+    tcase_add_test(tc, option_errors);
+    tcase_add_test(tc, tuning_reports_the_curve);
+    tcase_add_test(tc, host_score_can_stop);
+    tcase_add_test(tc, merger_refuses_model_allocation);
+    suite_add_tcase(s, tc);
+    return tu_run(s);
+}

@@ -1,0 +1,263 @@
+"""purify (PAVE subspace purification) against reference.pave, a numpy
+implementation of the released algorithm written from the equations in
+research/nsc_purify.md §B. Merged weights are compared with max |diff| <=
+1e-4 * max |ref| (f32 output of an f64 computation); ranks and the ridge
+eps are compared exactly through the library's debug log."""
+import logging
+import re
+
+import numpy as np
+import pytest
+
+import libmerge
+import reference as ref
+
+T = 3
+SHAPES = {"blocks.0.fc.weight": (20, 16), "blocks.0.proj.weight": (16, 24),
+          "blocks.1.fc.weight": (20, 16)}
+
+
+def make(seed=5, n_rows=64):
+    rng = np.random.default_rng(seed)
+    base = {k: (0.1 * rng.standard_normal(s)).astype(np.float32) for k, s in SHAPES.items()}
+    base["blocks.0.norm.bias"] = np.zeros(16, np.float32)
+    base["head.weight"] = (0.1 * rng.standard_normal((4, 16))).astype(np.float32)  # no stats
+    models, xs = [], []
+    for _ in range(T):
+        models.append({k: (v + 0.05 * rng.standard_normal(v.shape)).astype(np.float32)
+                       for k, v in base.items()})
+        xs.append({k: (rng.standard_normal((n_rows, s[1])) * 0.85 ** np.arange(s[1]))
+                   .astype(np.float32) for k, s in SHAPES.items()})
+    stats = libmerge.Stats()
+    for t in range(T):
+        for k in SHAPES:
+            stats.observe(t, k, xs[t][k])
+    return base, models, xs, stats
+
+
+def close(got, want):
+    scale = max(np.abs(want).max(), 1e-30)
+    assert np.abs(got - want).max() <= 1e-4 * scale
+
+
+def logged_layers(caplog):
+    """(tensor, model) -> (eps, rank, full) from the debug log."""
+    out = {}
+    for rec in caplog.records:
+        m = re.match(r"purify: tensor '(.+)' model (\d+): eps (\S+), rank (\d+) of (\d+)",
+                     rec.getMessage())
+        if m:
+            out[(m[1], int(m[2]))] = (float(m[3]), int(m[4]), int(m[5]))
+    return out
+
+
+@pytest.mark.parametrize("allocation", ["model", "layer", "uniform"])
+@pytest.mark.parametrize("keep,polarize", [(0.9, 0.0), (0.7, 0.0), (0.8, 0.5)])
+def test_task_arithmetic_matches_reference(allocation, keep, polarize):
+    base, models, xs, stats = make()
+    got = libmerge.merge("task_arithmetic", base, models, stats=stats,
+                         purify={"keep": keep, "allocation": allocation,
+                                 "polarize": polarize}, **{"lambda": 1.0})
+    taus = ref.pave(base, models, xs, keep, allocation, polarize)
+    for k in base:
+        close(got[k], base[k] + sum(tv[k] for tv in taus))
+    # Tensors without statistics and 1-D tensors keep the plain task vector.
+    for k in ("head.weight", "blocks.0.norm.bias"):
+        close(got[k], base[k] + sum(m[k] - base[k] for m in models))
+
+
+def test_composes_with_ties():
+    base, models, xs, stats = make(seed=8)
+    got = libmerge.merge("ties", base, models, stats=stats, purify={"keep": 0.8},
+                         density=0.5, **{"lambda": 1.0})
+    taus = ref.pave(base, models, xs, 0.8)
+    for k in base:
+        close(got[k], base[k] + ref.ties([tv[k] for tv in taus], [1.0] * T, density=0.5))
+
+
+def test_keep_one_is_the_plain_merge():
+    base, models, _, stats = make(seed=9)
+    plain = libmerge.merge("task_arithmetic", base, models, **{"lambda": 0.5})
+    got = libmerge.merge("task_arithmetic", base, models, stats=stats,
+                         purify={"keep": 1.0}, **{"lambda": 0.5})
+    for k in base:
+        close(got[k], plain[k])
+
+
+def test_ranks_and_eps_are_the_released_allocation(caplog):
+    base, models, xs, stats = make(seed=11)
+    caplog.set_level(logging.DEBUG, logger="libmerge")
+    libmerge.merge("task_arithmetic", base, models, stats=stats,
+                   purify={"keep": 0.75, "allocation": "layer"})
+    logged = logged_layers(caplog)
+    for k in SHAPES:
+        spectra = [ref.pave_spectrum(m[k], x[k])[1] for m, x in zip(models, xs)]
+        want = ref.pave_allocate(spectra, 0.75)
+        got = [logged[(k, t)][1] for t in range(T)]
+        assert got == want
+        full = logged[(k, 0)][2]
+        total = full * T
+        # Invariants: at least keep of all components remain, and removing
+        # one more would go below it unless every model is at its floor.
+        floor = full - ref._lround(1.5 * (full - ref._lround(full * 0.75)))
+        assert sum(got) >= 0.75 * total
+        assert sum(got) - 1 < 0.75 * total or all(r <= floor for r in got)
+        assert min(got) >= max(floor, 1)
+        assert all(logged[(k, t)][0] == 0.1 for t in range(T))
+
+
+def test_eps_doubles_until_well_conditioned(caplog):
+    rng = np.random.default_rng(3)
+    d = 12
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    # Inputs spanning 3 of 12 directions with a huge scale: C + 0.1 I has
+    # condition ~1e15 and fails the released test ||C~^-1 C~ - I|| < 5e-2.
+    x = (rng.standard_normal((40, 3)) * 1e7) @ q[:, :3].T
+    base = {"w": np.zeros((8, d), np.float32)}
+    models = [{"w": rng.standard_normal((8, d)).astype(np.float32)}]
+    stats = libmerge.Stats()
+    stats.observe(0, "w", x.astype(np.float32))
+    caplog.set_level(logging.DEBUG, logger="libmerge")
+    libmerge.merge("task_arithmetic", base, models, stats=stats, purify={"keep": 0.5})
+    eps = logged_layers(caplog)[("w", 0)][0]
+    steps = np.log2(eps / 0.1)
+    assert steps >= 1 and abs(steps - round(steps)) < 1e-9
+    c = x.astype(np.float32).astype(np.float64)
+    c = c.T @ c / len(c)
+
+    def error(e):
+        ct = c + e * np.eye(d)
+        return np.linalg.norm(np.linalg.solve(ct, ct) - np.eye(d))
+    assert error(0.1) > 5e-2 and error(eps) < 5e-2
+    # And a well-conditioned input keeps the released starting value.
+    caplog.clear()
+    stats2 = libmerge.Stats()
+    stats2.observe(0, "w", rng.standard_normal((40, d)).astype(np.float32))
+    libmerge.merge("task_arithmetic", base, models, stats=stats2, purify={"keep": 0.5})
+    assert logged_layers(caplog)[("w", 0)][0] == 0.1
+
+
+# --- held-out tuning on planted noise ------------------------------------
+# Each task's inputs live in its own 6-dim subspace of R^24 and its task
+# vector is signal on that subspace plus planted noise on the other tasks'
+# subspaces (directions that collide in the merge). The truth is to keep
+# the 6 of 24 components per task: rho = 0.25.
+D, SIG = 24, 6
+TRUTH = SIG / D
+CANDIDATES = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1]
+
+
+def planted(seed, n_train, n_heldout=400):
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((D, D)))
+    subs = [q[:, t * SIG:(t + 1) * SIG] for t in range(T)]
+    base = {"w": np.zeros((D, D), np.float32)}
+    models, train, heldout = [], [], []
+    for t in range(T):
+        others = np.hstack([subs[s] for s in range(T) if s != t])
+        tau = (rng.standard_normal((D, SIG)) @ subs[t].T
+               + 0.5 * rng.standard_normal((D, others.shape[1])) @ others.T)
+        models.append({"w": tau.astype(np.float32)})
+
+        def draw(n):
+            return (rng.standard_normal((n, SIG)) @ subs[t].T
+                    + 0.05 * rng.standard_normal((n, D))).astype(np.float32)
+        train.append(draw(n_train))
+        heldout.append(draw(n_heldout))
+    return base, models, train, heldout
+
+
+def stats_of(xs, **kw):
+    s = libmerge.Stats(**kw)
+    for t, x in enumerate(xs):
+        s.observe(t, "w", x)
+    return s
+
+
+def tuned_keep(base, models, stats, heldout):
+    report = {}
+    libmerge.merge("task_arithmetic", base, models, stats=stats,
+                   purify={"keep": "cv", "heldout": heldout, "candidates": CANDIDATES,
+                           "allocation": "uniform", "report": report})
+    return report["keep"], report
+
+
+@pytest.mark.parametrize("seed", [0, 1, 3])
+@pytest.mark.parametrize("n_train", [4, 8])
+def test_heldout_tuning_beats_in_sample(seed, n_train):
+    base, models, train, heldout = planted(seed, n_train)
+    train_stats = stats_of(train)
+    held, report = tuned_keep(base, models, train_stats, stats_of(heldout))
+    in_sample, _ = tuned_keep(base, models, train_stats, train_stats)
+    # A small sample makes the in-sample objective over-prune: signal
+    # directions the few rows missed look free to remove.
+    assert in_sample < TRUTH
+    assert abs(held - TRUTH) < abs(in_sample - TRUTH)
+    assert report["objective"] == "held-out drift"
+    assert [c for c, _ in report["curve"]] == CANDIDATES
+
+
+def test_heldout_fraction_split_finds_the_truth():
+    picks = []
+    for seed in range(3):
+        base, models, train, _ = planted(seed, 16)
+        keep, _ = tuned_keep(base, models, stats_of(train, heldout_fraction=0.5), None)
+        picks.append(keep)
+    assert picks == [TRUTH] * 3
+
+
+def test_drift_curve_matches_numpy():
+    base, models, train, heldout = planted(2, 8)
+    _, report = tuned_keep(base, models, stats_of(train), stats_of(heldout))
+    xs = [{"w": x} for x in train]
+    hs = [{"w": h} for h in heldout]
+    for keep, objective in report["curve"][:6]:
+        taus = ref.pave(base, models, xs, keep, "uniform")
+        merged = {"w": base["w"] + sum(tv["w"] for tv in taus)}
+        want = ref.heldout_drift(merged, models, hs)
+        assert abs(objective - want) <= 1e-4 * want
+
+
+def test_host_score_and_joint_scale():
+    base, models, train, heldout = planted(1, 8)
+    hs = [{"w": h} for h in heldout]
+    seen = []
+
+    def score(merged):
+        seen.append(merged["w"].copy())
+        return -ref.heldout_drift(merged, models, hs)
+    report = {}
+    libmerge.merge("task_arithmetic", base, models, stats=stats_of(train),
+                   purify={"keep": "cv", "score": score, "candidates": CANDIDATES,
+                           "allocation": "uniform", "report": report,
+                           "scale": ("lambda", [0.5, 1.0])})
+    assert report["objective"] == "host score"
+    assert len(seen) == 2 * len(CANDIDATES)
+    assert report["keep"] == TRUTH and report["lambda"] == 1.0
+    best = max(report["curve"], key=lambda c: c[2])
+    assert (best[0], best[1]) == (report["keep"], report["lambda"])
+
+
+def test_heldout_fraction_sets_aside_every_kth_row():
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    s = libmerge.Stats(heldout_fraction=0.25)
+    s.observe(0, "w", x)
+    g_train, n_train = s.get(0, "w")
+    g_held, n_held = s.heldout.get(0, "w")
+    held = x[3::4].astype(np.float64)
+    train = np.delete(x, np.s_[3::4], axis=0).astype(np.float64)
+    assert (n_train, n_held) == (8, 2)
+    np.testing.assert_allclose(g_held, held.T @ held)
+    np.testing.assert_allclose(g_train, train.T @ train)
+
+
+def test_bad_options_are_clear_errors():
+    base, models, _, stats = make()
+    with pytest.raises(ValueError, match="needs stats"):
+        libmerge.merge("task_arithmetic", base, models, purify={"keep": 0.9})
+    with pytest.raises(libmerge.OutOfRangeError, match="keep must be in"):
+        libmerge.merge("task_arithmetic", base, models, stats=stats, purify={"keep": 1.5})
+    with pytest.raises(ValueError, match="unknown option"):
+        libmerge.merge("task_arithmetic", base, models, stats=stats, purify={"rho": 0.9})
+    with pytest.raises(ValueError, match="held-out"):
+        libmerge.merge("task_arithmetic", base, models, stats=stats, purify={"keep": "cv"})
