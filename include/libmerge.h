@@ -21,5 +21,6 @@
 #include "libmerge/peft.h"
 #include "libmerge/projector.h"
 #include "libmerge/purify.h"
+#include "libmerge/nsc.h"
 
 #endif /* LIBMERGE_H */

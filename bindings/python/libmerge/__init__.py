@@ -554,3 +554,8 @@ class Stats:
             ctx.close()
             raise
         return cls(_ptr=ptr, _ctx=ctx)
+
+
+from .nsc import NSC, LoraAdapter  # noqa: E402  (needs _L and _Context)
+
+__all__ += ["NSC", "LoraAdapter"]

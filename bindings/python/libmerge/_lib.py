@@ -48,6 +48,30 @@ class _PurifyOptions(ctypes.Structure):
     ]
 
 
+class _NscOptions(ctypes.Structure):
+    """Mirror of lm_nsc_options."""
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("init", ctypes.c_double),
+        ("lr", ctypes.c_double),
+        ("beta1", ctypes.c_double),
+        ("beta2", ctypes.c_double),
+        ("adam_eps", ctypes.c_double),
+        ("weight_decay", ctypes.c_double),
+        ("ridge", ctypes.c_double),
+    ]
+
+
+class _NscSpsaOptions(ctypes.Structure):
+    """Mirror of lm_nsc_spsa_options."""
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("steps", ctypes.c_size_t),
+        ("perturbation", ctypes.c_double),
+        ("lr", ctypes.c_double),
+    ]
+
+
 class _StrategyVtable(ctypes.Structure):
     """The leading fields of lm_strategy_vtable that the binding reads."""
     _fields_ = [
@@ -63,6 +87,8 @@ class _StrategyVtable(ctypes.Structure):
 # int (*lm_score_fn)(double value, const lm_model *merged, double *score,
 #                    void *user)
 LOG_FN = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+NSC_EVAL_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t,
+                               ctypes.c_size_t, ctypes.c_void_p)
 SCORE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_double, ctypes.c_void_p,
                             ctypes.POINTER(ctypes.c_double), ctypes.c_void_p)
 
@@ -167,6 +193,35 @@ def _declare(lib):
         "lm_strategy_at": (ctypes.POINTER(_StrategyVtable),
                            [P, ctypes.c_size_t]),
         "lm_stats_create": (ctypes.c_int, [P, ctypes.POINTER(P)]),
+        "lm_tensor_data": (P, [P]),
+        "lm_lora_create": (ctypes.c_int, [P, ctypes.POINTER(P)]),
+        "lm_lora_destroy": (None, [P]),
+        "lm_lora_add": (ctypes.c_int, [P, ctypes.c_char_p, P, P, ctypes.c_double]),
+        "lm_lora_count": (ctypes.c_size_t, [P]),
+        "lm_lora_entry": (ctypes.c_int, [P, ctypes.c_size_t, ctypes.POINTER(ctypes.c_char_p),
+                                         ctypes.POINTER(P), ctypes.POINTER(P),
+                                         ctypes.POINTER(ctypes.c_double)]),
+        "lm_peft_read": (ctypes.c_int, [P, ctypes.c_char_p, ctypes.POINTER(P)]),
+        "lm_nsc_create": (ctypes.c_int, [P, ctypes.POINTER(P), ctypes.c_size_t,
+                                         ctypes.POINTER(_NscOptions), ctypes.POINTER(P)]),
+        "lm_nsc_destroy": (None, [P]),
+        "lm_nsc_task_count": (ctypes.c_size_t, [P]),
+        "lm_nsc_module_count": (ctypes.c_size_t, [P]),
+        "lm_nsc_module_name": (ctypes.c_char_p, [P, ctypes.c_size_t, I64P, I64P]),
+        "lm_nsc_get_lambdas": (ctypes.c_int, [P, ctypes.c_size_t, ctypes.POINTER(ctypes.c_double)]),
+        "lm_nsc_set_lambdas": (ctypes.c_int, [P, ctypes.c_size_t, ctypes.POINTER(ctypes.c_double)]),
+        "lm_nsc_ratio": (ctypes.c_int, [P, ctypes.c_size_t, ctypes.c_size_t, P, ctypes.c_size_t,
+                                        ctypes.c_size_t, ctypes.POINTER(ctypes.c_double), P,
+                                        ctypes.c_double]),
+        "lm_nsc_materialize": (ctypes.c_int, [P, ctypes.c_size_t, P, P]),
+        "lm_nsc_accumulate": (ctypes.c_int, [P, ctypes.c_size_t, P, ctypes.POINTER(ctypes.c_double)]),
+        "lm_nsc_step": (ctypes.c_int, [P]),
+        "lm_nsc_observe": (ctypes.c_int, [P, ctypes.c_size_t, ctypes.c_size_t, P, ctypes.c_size_t,
+                                          ctypes.c_size_t]),
+        "lm_nsc_spsa": (ctypes.c_int, [P, ctypes.POINTER(_NscSpsaOptions), NSC_EVAL_FN, P,
+                                       ctypes.POINTER(ctypes.c_double),
+                                       ctypes.POINTER(ctypes.c_double),
+                                       ctypes.POINTER(ctypes.c_double)]),
         "lm_stats_destroy": (None, [P]),
         "lm_stats_observe": (ctypes.c_int, [P, ctypes.c_size_t,
                                             ctypes.c_char_p, P,

@@ -18,7 +18,10 @@ import torch
 
 from . import Stats
 
-__all__ = ["collect_stats", "state_dict_to_numpy"]
+from .torch_nsc import nsc_merge, nsc_merge_spsa, nsc_objective
+
+__all__ = ["collect_stats", "state_dict_to_numpy", "nsc_merge", "nsc_merge_spsa",
+           "nsc_objective"]
 
 
 def _rows(x):

@@ -1,0 +1,229 @@
+"""NSC (null-space compression) LoRA merging: adapters and the optimiser
+state. The PyTorch driver is `libmerge.torch.nsc_merge`; see
+docs/methods/nsc.md."""
+import ctypes
+
+import numpy as np
+
+from . import _Context, _L, _lib
+from ._tensor import prepare, to_numpy
+
+__all__ = ["LoraAdapter", "NSC"]
+
+
+def _wrap(ctx, array, keep):
+    """An lm_tensor viewing `array` (kept alive through `keep`)."""
+    array, code = prepare("tensor", array)
+    keep.append(array)
+    shape = (ctypes.c_int64 * array.ndim)(*array.shape)
+    t = ctypes.c_void_p()
+    ctx.check(_L.lm_tensor_wrap(ctx.ptr, code, array.ndim, shape,
+                                ctypes.c_void_p(array.ctypes.data),
+                                array.nbytes, ctypes.byref(t)))
+    return t
+
+
+class LoraAdapter:
+    """One task's LoRA update: `factors` maps a base tensor name
+    ("<module>.weight") to (A [r, in], B [out, r], scale), the update being
+    scale * B @ A."""
+
+    def __init__(self, factors):
+        self.factors = {}
+        for target, (a, b, scale) in factors.items():
+            a, b = np.asarray(a), np.asarray(b)
+            if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+                raise ValueError("LoRA factors for %r: A must be [r, in] and B "
+                                 "[out, r], got %s and %s" % (target, a.shape, b.shape))
+            self.factors[target] = (a, b, float(scale))
+
+    @classmethod
+    def from_peft(cls, path):
+        """Read a PEFT adapter directory (adapter_config.json +
+        adapter_model.safetensors) with libmerge's reader."""
+        with _Context(threads=1) as ctx:
+            lora = ctypes.c_void_p()
+            ctx.check(_L.lm_peft_read(ctx.ptr, str(path).encode(), ctypes.byref(lora)))
+            try:
+                factors = {}
+                for i in range(_L.lm_lora_count(lora)):
+                    name = ctypes.c_char_p()
+                    a, b = ctypes.c_void_p(), ctypes.c_void_p()
+                    scale = ctypes.c_double()
+                    ctx.check(_L.lm_lora_entry(lora, i, ctypes.byref(name), ctypes.byref(a),
+                                               ctypes.byref(b), ctypes.byref(scale)))
+                    factors[name.value.decode()] = (to_numpy(_L, a, None),
+                                                    to_numpy(_L, b, None), scale.value)
+            finally:
+                _L.lm_lora_destroy(lora)
+        return cls(factors)
+
+    def _to_c(self, ctx, keep):
+        lora = ctypes.c_void_p()
+        ctx.check(_L.lm_lora_create(ctx.ptr, ctypes.byref(lora)))
+        try:
+            for target, (a, b, scale) in self.factors.items():
+                ta, tb = _wrap(ctx, a, keep), _wrap(ctx, b, keep)
+                st = _L.lm_lora_add(lora, target.encode(), ta, tb, scale)
+                if st:
+                    _L.lm_tensor_destroy(ta)
+                    _L.lm_tensor_destroy(tb)
+                    ctx.check(st)
+        except BaseException:
+            _L.lm_lora_destroy(lora)
+            raise
+        return lora
+
+
+def _f32_rows(z):
+    z = np.asarray(z)
+    return np.ascontiguousarray(z.reshape(-1, z.shape[-1]), dtype=np.float32)
+
+
+class NSC:
+    """The coefficients lambda[module][task] of W0 + sum_k lambda_k s_k B_k A_k
+    and their optimiser (AdamW, released defaults: init 0.4, weight decay
+    0.01). Modules are named like the adapters' targets ("<module>.weight").
+    Not thread-safe across methods that change coefficients."""
+
+    def __init__(self, adapters, *, init=None, lr=1e-3, betas=(0.9, 0.999),
+                 weight_decay=0.01, eps=1e-8, ridge=1e-8, seed=0):
+        adapters = [a if isinstance(a, LoraAdapter) else LoraAdapter.from_peft(a)
+                    if isinstance(a, (str, bytes)) or hasattr(a, "__fspath__")
+                    else LoraAdapter(a) for a in adapters]
+        self._ctx = _Context(threads=1, seed=seed)
+        self._ptr = ctypes.c_void_p()
+        opts = _lib._NscOptions(ctypes.sizeof(_lib._NscOptions),
+                                -1.0 if init is None else float(init), float(lr),
+                                float(betas[0]), float(betas[1]), float(eps),
+                                float(weight_decay), float(ridge))
+        keep, loras = [], []
+        try:
+            for a in adapters:
+                loras.append(a._to_c(self._ctx, keep))
+            arr = (ctypes.c_void_p * len(loras))(*[l.value for l in loras])
+            self._ctx.check(_L.lm_nsc_create(self._ctx.ptr, arr, len(loras),
+                                             ctypes.byref(opts), ctypes.byref(self._ptr)))
+        finally:
+            for l in loras:
+                _L.lm_lora_destroy(l)
+        self.n_tasks = len(adapters)
+        self.modules = []
+        self._shapes = {}
+        for i in range(_L.lm_nsc_module_count(self._ptr)):
+            d_out, d_in = ctypes.c_int64(), ctypes.c_int64()
+            name = _L.lm_nsc_module_name(self._ptr, i, ctypes.byref(d_out),
+                                         ctypes.byref(d_in)).decode()
+            self.modules.append(name)
+            self._shapes[name] = (d_out.value, d_in.value)
+        self._index = {n: i for i, n in enumerate(self.modules)}
+
+    def close(self):
+        if getattr(self, "_ptr", None):
+            _L.lm_nsc_destroy(self._ptr)
+            self._ptr = None
+        if getattr(self, "_ctx", None):
+            self._ctx.close()
+
+    def __del__(self):
+        self.close()
+
+    def _module(self, name):
+        try:
+            return self._index[name]
+        except KeyError:
+            raise KeyError("NSC: no adapter targets %r (modules: %s)" %
+                           (name, ", ".join(self.modules))) from None
+
+    def shape(self, module):
+        return self._shapes[self.modules[self._module(module)]]
+
+    def lambdas(self, module):
+        out = (ctypes.c_double * self.n_tasks)()
+        self._ctx.check(_L.lm_nsc_get_lambdas(self._ptr, self._module(module), out))
+        return np.array(out[:])
+
+    def set_lambdas(self, module, values):
+        values = (ctypes.c_double * self.n_tasks)(*[float(v) for v in values])
+        self._ctx.check(_L.lm_nsc_set_lambdas(self._ptr, self._module(module), values))
+
+    def ratio(self, task, module, z, grad_scale=None):
+        """Mean null-space ratio of task's A over the rows of z (..., d_in);
+        with grad_scale, also grad_scale * d(mean)/dz (float32, z's shape)."""
+        shape = np.shape(z)
+        rows = _f32_rows(z)
+        mean = ctypes.c_double()
+        grad = np.empty_like(rows) if grad_scale is not None else None
+        self._ctx.check(_L.lm_nsc_ratio(
+            self._ptr, int(task), self._module(module), ctypes.c_void_p(rows.ctypes.data),
+            rows.shape[0], rows.shape[1], ctypes.byref(mean),
+            ctypes.c_void_p(grad.ctypes.data) if grad is not None else None,
+            float(grad_scale or 0.0)))
+        return mean.value if grad is None else (mean.value, grad.reshape(shape))
+
+    def materialize(self, module, base, out=None):
+        """W0 + sum_k lambda_k s_k B_k A_k as a new float32 array, or written
+        into `out` (a C-contiguous float32/float64/bfloat16 array)."""
+        keep = []
+        if out is None:
+            out = np.empty(self.shape(module), np.float32)
+        if not out.flags.c_contiguous:
+            raise ValueError("materialize: out must be C-contiguous")
+        tb = _wrap(self._ctx, np.asarray(base), keep)
+        to = _wrap(self._ctx, out, keep)
+        try:
+            self._ctx.check(_L.lm_nsc_materialize(self._ptr, self._module(module), tb, to))
+        finally:
+            _L.lm_tensor_destroy(tb)
+            _L.lm_tensor_destroy(to)
+        return out
+
+    def accumulate(self, module, weight_grad):
+        """Adds dL/dlambda from the weight gradient dL/dW (d_out, d_in) of a
+        module to the pending step; returns the per-task values."""
+        keep = []
+        g = _wrap(self._ctx, np.ascontiguousarray(weight_grad, dtype=np.float32), keep)
+        out = (ctypes.c_double * self.n_tasks)()
+        try:
+            self._ctx.check(_L.lm_nsc_accumulate(self._ptr, self._module(module), g, out))
+        finally:
+            _L.lm_tensor_destroy(g)
+        return np.array(out[:])
+
+    def step(self):
+        """One AdamW step from the accumulated gradients (then cleared)."""
+        self._ctx.check(_L.lm_nsc_step(self._ptr))
+
+    def observe(self, task, module, z):
+        """Inside an `spsa` evaluation: report inputs z of a module."""
+        rows = _f32_rows(z)
+        self._ctx.check(_L.lm_nsc_observe(self._ptr, int(task), self._module(module),
+                                          ctypes.c_void_p(rows.ctypes.data),
+                                          rows.shape[0], rows.shape[1]))
+
+    def spsa(self, evaluate, *, steps=100, perturbation=0.05, lr=1e-2):
+        """Gradient-free optimisation: evaluate(task, step) must run the
+        merged model (materialize the modules first) on one unlabeled batch
+        of `task` and call self.observe(task, module, inputs) at the target
+        modules. Returns (objective before, objective after, curve)."""
+        errors = []
+
+        def on_eval(nsc, task, step, user):
+            try:
+                evaluate(int(task), int(step))
+            except BaseException as e:  # re-raised after the C call
+                errors.append(e)
+                return 1
+            return 0
+
+        callback = _lib.NSC_EVAL_FN(on_eval)
+        opts = _lib._NscSpsaOptions(ctypes.sizeof(_lib._NscSpsaOptions), int(steps),
+                                    float(perturbation), float(lr))
+        first, last = ctypes.c_double(), ctypes.c_double()
+        curve = (ctypes.c_double * max(int(steps), 1))()
+        st = _L.lm_nsc_spsa(self._ptr, ctypes.byref(opts), callback, None,
+                            ctypes.byref(first), ctypes.byref(last), curve)
+        if errors:
+            raise errors[0]
+        self._ctx.check(st)
+        return first.value, last.value, list(curve[:int(steps)])

@@ -1,0 +1,153 @@
+/* NSC through the C API: the gradient-free SPSA driver on a two-layer
+ * linear host, determinism, and errors. The numerics (ratio, gradients,
+ * AdamW) are checked against numpy/torch in tests/python/test_nsc.py. */
+#include <math.h>
+#include <string.h>
+
+#include "testutil.h"
+
+#define D 8
+#define R 2
+#define ROWS 32
+
+struct host {
+    lm_context *ctx;
+    lm_tensor *w0;       /* base of module 0 ("l1.weight") */
+    lm_tensor *w;        /* merged module 0, host buffer */
+    float x[ROWS * D];   /* the task's inputs (same for both tasks) */
+    int calls;
+};
+
+/* The merged first layer feeds the second, whose inputs NSC scores. */
+static int evaluate(lm_nsc *nsc, size_t task, size_t step, void *user)
+{
+    struct host *h = user;
+    (void)step;
+    h->calls++;
+    if (lm_nsc_materialize(nsc, 0, h->w0, h->w) != LM_OK)
+        return 1;
+    const float *w = lm_tensor_data(h->w);
+    float z[ROWS * D];
+    for (size_t i = 0; i < ROWS; i++)
+        for (size_t o = 0; o < D; o++) {
+            float acc = 0;
+            for (size_t k = 0; k < D; k++)
+                acc += h->x[i * D + k] * w[o * D + k];
+            z[i * D + o] = acc;
+        }
+    return lm_nsc_observe(nsc, task, 1, z, ROWS, D) != LM_OK;
+}
+
+static lm_lora *adapter(lm_context *ctx, uint64_t seed)
+{
+    lm_lora *l = NULL;
+    ck_assert_ok(lm_lora_create(ctx, &l));
+    const char *names[] = {"l1.weight", "l2.weight"};
+    for (int i = 0; i < 2; i++) {
+        lm_tensor *a = tu_random_tensor(ctx, LM_F32, 2, (int64_t[]){R, D}, seed + 2 * i);
+        lm_tensor *b = tu_random_tensor(ctx, LM_F32, 2, (int64_t[]){D, R}, seed + 2 * i + 1);
+        ck_assert_ok(lm_lora_add(l, names[i], a, b, 2.0));
+    }
+    return l;
+}
+
+static void run_spsa(uint64_t seed, double *first, double *last,
+                     double *lambdas)
+{
+    struct host h;
+    memset(&h, 0, sizeof(h));
+    h.ctx = tu_context(1, seed);
+    h.w0 = tu_random_tensor(h.ctx, LM_F32, 2, (int64_t[]){D, D}, 99);
+    ck_assert_ok(lm_tensor_create(h.ctx, LM_F32, 2, (int64_t[]){D, D}, &h.w));
+    lm_tensor *x = tu_random_tensor(h.ctx, LM_F32, 2, (int64_t[]){ROWS, D}, 98);
+    memcpy(h.x, lm_tensor_data(x), sizeof(h.x));
+    lm_tensor_destroy(x);
+    lm_lora *ads[2] = {adapter(h.ctx, 10), adapter(h.ctx, 20)};
+    lm_nsc *nsc = NULL;
+    ck_assert_ok(lm_nsc_create(h.ctx, (const lm_lora *const *)ads, 2, NULL, &nsc));
+    lm_lora_destroy(ads[0]);  /* copied: need not outlive the nsc */
+    lm_lora_destroy(ads[1]);
+    lm_nsc_spsa_options o = LM_NSC_SPSA_OPTIONS_INIT;
+    o.steps = 80;
+    double curve[80];
+    ck_assert_ok(lm_nsc_spsa(nsc, &o, evaluate, &h, first, last, curve));
+    ck_assert_int_eq(h.calls, 2 * (2 * 80 + 2)); /* 2 tasks, +-, first, last */
+    ck_assert_ok(lm_nsc_get_lambdas(nsc, 0, lambdas));
+    lm_nsc_destroy(nsc);
+    lm_tensor_destroy(h.w0);
+    lm_tensor_destroy(h.w);
+    lm_context_destroy(h.ctx);
+}
+
+START_TEST(spsa_lowers_the_objective)
+{
+    double first, last, lam[2], first2, last2, lam2[2];
+    run_spsa(5, &first, &last, lam);
+    ck_assert_msg(last < first - 1e-3, "objective %g -> %g", first, last);
+    run_spsa(5, &first2, &last2, lam2); /* same seed: same path */
+    ck_assert(last2 == last && lam2[0] == lam[0] && lam2[1] == lam[1]);
+}
+END_TEST
+
+static int stop_now(lm_nsc *nsc, size_t task, size_t step, void *user)
+{
+    (void)nsc, (void)task, (void)step, (void)user;
+    return 1;
+}
+
+static int observe_nothing(lm_nsc *nsc, size_t task, size_t step, void *user)
+{
+    (void)nsc, (void)task, (void)step, (void)user;
+    return 0;
+}
+
+START_TEST(errors)
+{
+    lm_context *ctx = tu_context(1, 0);
+    lm_lora *ads[2] = {adapter(ctx, 1), adapter(ctx, 2)};
+    lm_nsc *nsc = NULL;
+    lm_nsc_options o = LM_NSC_OPTIONS_INIT;
+    o.beta1 = 1.0;
+    ck_assert_status(lm_nsc_create(ctx, (const lm_lora *const *)ads, 2, &o, &nsc),
+                     LM_ERR_OUT_OF_RANGE);
+    o = (lm_nsc_options)LM_NSC_OPTIONS_INIT;
+    o.struct_size = 4;
+    ck_assert_status(lm_nsc_create(ctx, (const lm_lora *const *)ads, 2, &o, &nsc),
+                     LM_ERR_ABI);
+    ck_assert_ok(lm_nsc_create(ctx, (const lm_lora *const *)ads, 2, NULL, &nsc));
+    ck_assert_uint_eq(lm_nsc_module_count(nsc), 2);
+    size_t idx = 9;
+    ck_assert_ok(lm_nsc_module_index(nsc, "l2.weight", &idx));
+    ck_assert_uint_eq(idx, 1);
+    ck_assert_status(lm_nsc_module_index(nsc, "l3.weight", &idx), LM_ERR_NOT_FOUND);
+    ck_assert_status(lm_nsc_spsa(nsc, NULL, stop_now, NULL, NULL, NULL, NULL),
+                     LM_ERR_CALLBACK);
+    ck_assert_status(lm_nsc_spsa(nsc, NULL, observe_nothing, NULL, NULL, NULL, NULL),
+                     LM_ERR_STATE);
+    ck_assert_ptr_nonnull(strstr(lm_context_error(ctx), "lm_nsc_observe"));
+    double bad[2] = {NAN, 0};
+    ck_assert_status(lm_nsc_set_lambdas(nsc, 0, bad), LM_ERR_NONFINITE);
+    lm_tensor *g = tu_random_tensor(ctx, LM_F32, 2, (int64_t[]){D, D + 1}, 3);
+    ck_assert_status(lm_nsc_accumulate(nsc, 0, g, NULL), LM_ERR_SHAPE);
+    ck_assert_ptr_nonnull(strstr(lm_context_error(ctx), "l1.weight"));
+    lm_tensor_destroy(g);
+    float z[D] = {0};
+    double mean;
+    ck_assert_status(lm_nsc_ratio(nsc, 2, 0, z, 1, D, &mean, NULL, 0),
+                     LM_ERR_OUT_OF_RANGE);
+    lm_nsc_destroy(nsc);
+    lm_lora_destroy(ads[0]);
+    lm_lora_destroy(ads[1]);
+    lm_context_destroy(ctx);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("nsc");
+    TCase *tc = tcase_create("nsc");
+    tcase_add_test(tc, spsa_lowers_the_objective);
+    tcase_add_test(tc, errors);
+    suite_add_tcase(s, tc);
+    return tu_run(s);
+}
