@@ -22,5 +22,6 @@
 #include "libmerge/projector.h"
 #include "libmerge/purify.h"
 #include "libmerge/nsc.h"
+#include "libmerge/gguf.h"
 
 #endif /* LIBMERGE_H */

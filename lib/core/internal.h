@@ -70,6 +70,11 @@ struct lm_model {
     void (*done_with)(void *resource, const lm_tensor *tensor);
     char **meta_keys, **meta_values;
     size_t n_meta;
+    /* A GGUF file's raw key/value section (inside the model's mapping),
+     * so a GGUF writer can carry typed values such as tokenizer arrays. */
+    const void *gguf_kv;
+    size_t gguf_kv_len;
+    uint64_t gguf_kv_count;
 };
 
 struct lm_lora_entry {

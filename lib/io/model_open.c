@@ -5,6 +5,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "io/gguf_format.h"
 #include "io/mapping.h"
 #include "libmerge/safetensors.h"
 
@@ -175,7 +176,9 @@ lm_status lm_model_open(lm_context *ctx, const char *path, lm_model **out)
     lm_model *model;
     LM_TRY(lm_model_create(ctx, &model));
     lm_status s = sharded ? read_sharded(ctx, found, model)
-                          : lm__safetensors_read_into(ctx, found, model);
+                  : ends_with(found, ".gguf")
+                      ? lm__gguf_read_into(ctx, found, model)
+                      : lm__safetensors_read_into(ctx, found, model);
     if (s != LM_OK) {
         lm_model_destroy(model);
         return s;

@@ -102,6 +102,36 @@ static lm_status parse_config(lm_context *ctx, const char *path,
     return LM_OK;
 }
 
+/* glibc's regcomp copies the tree for every stacked quantifier ("a+++"),
+ * so a hostile config could make it allocate gigabytes: refuse long
+ * patterns and quantifiers that follow quantifiers. Real keys are module
+ * names with at most a few plain quantifiers. */
+static bool pattern_is_tame(const char *p)
+{
+    if (strlen(p) > 256)
+        return false;
+    bool prev_quantifier = false;
+    int quantifiers = 0;
+    for (; *p; p++) {
+        if (*p == '\\' && p[1]) {
+            p++;
+            prev_quantifier = false;
+            continue;
+        }
+        bool q = *p == '+' || *p == '*' || *p == '?' || *p == '{';
+        if (q && (prev_quantifier || ++quantifiers > 16))
+            return false;
+        if (*p == '{') { /* skip the bound to its '}' */
+            while (p[1] && p[1] != '}')
+                p++;
+            if (p[1])
+                p++;
+        }
+        prev_quantifier = q;
+    }
+    return true;
+}
+
 /* PEFT picks the first pattern key that matches the end of the module
  * name at a '.' boundary: re.match(rf"(.*\.)?{key}$", name). */
 static lm_status pattern_value(lm_context *ctx, const char *path,
@@ -110,6 +140,11 @@ static lm_status pattern_value(lm_context *ctx, const char *path,
 {
     *out = fallback;
     for (const cJSON *e = patterns ? patterns->child : NULL; e; e = e->next) {
+        if (!pattern_is_tame(e->string))
+            return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                        "%s: pattern '%.64s' is too long or "
+                                        "stacks quantifiers", path,
+                                        e->string);
         size_t n = strlen(e->string) + 16;
         char *re = lm_alloc(ctx, n);
         if (!re)

@@ -95,6 +95,8 @@ def test_adapters_with_patterns_and_rslora(tmp_path):
     ({"r": 3, "lora_alpha": 8}, (), "has rank 4 but the config says 3"),
     ({"lora_alpha": 8}, (), "\"r\" must be a positive integer"),
     ({"r": 4, "lora_alpha": 8}, ("model.layers.0.mlp.down_proj.A",), "has no matching lora_A"),
+    # Found by the fuzzer: glibc's regcomp blows up on stacked quantifiers.
+    ({"r": 4, "lora_alpha": 8, "rank_pattern": {"q" + "+" * 80: 2}}, (), "stacks quantifiers"),
 ])
 def test_bad_adapters(tmp_path, config, drop, fragment):
     write_base(tmp_path / "base")

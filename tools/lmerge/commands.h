@@ -17,6 +17,10 @@ int lmerge_info(int argc, char **argv);
 lm_status lmerge_open_model(lm_context *ctx, const char *path, lm_model **out);
 /* A PEFT adapter directory (holds adapter_config.json)? */
 bool lmerge_is_adapter(const char *path);
+bool lmerge_is_gguf(const char *path);
+/* A model or, for a PEFT directory or a llama.cpp adapter GGUF, a LoRA. */
+lm_status lmerge_open_input(lm_context *ctx, const char *path,
+                            lm_model **model, lm_lora **lora);
 /* Copy non-weight files of a base model directory into out_dir. */
 int lmerge_copy_side_files(const char *base_path, const char *out_dir,
                            char *err, size_t err_size);

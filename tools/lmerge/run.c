@@ -235,10 +235,8 @@ int lmerge_run(int argc, char **argv)
         goto done;
     }
     for (size_t m = 0; m < c.n_models; m++) {
-        lm_status st = lmerge_is_adapter(c.models[m].path)
-                           ? lm_peft_read(ctx, c.models[m].path, &adapters[m])
-                           : lmerge_open_model(ctx, c.models[m].path,
-                                               &models[m]);
+        lm_status st = lmerge_open_input(ctx, c.models[m].path, &models[m],
+                                         &adapters[m]);
         if (st != LM_OK) {
             fprintf(stderr, "lmerge run: %s:%d: %s\n", o.config,
                     c.models[m].line, lm_context_error(ctx));
@@ -282,8 +280,11 @@ int lmerge_run(int argc, char **argv)
                 strerror(errno));
         goto done;
     }
+    /* A GGUF base gives a GGUF output carrying its key/values. */
+    bool gguf = lmerge_is_gguf(c.base_model);
     char single[4096];
-    snprintf(single, sizeof(single), "%s/model.safetensors", o.out_dir);
+    snprintf(single, sizeof(single), "%s/model.%s", o.out_dir,
+             gguf ? "gguf" : "safetensors");
     char version[64];
     snprintf(version, sizeof(version), "libmerge %s", lm_version_string());
     const char *keys[] = {"format", "merged_by", "merge_method", "merge_config"};
@@ -294,8 +295,18 @@ int lmerge_run(int argc, char **argv)
     so.metadata_keys = keys;
     so.metadata_values = values;
     so.n_metadata = 4;
-    if (lm_safetensors_sink_create(ctx, so.max_shard_bytes ? o.out_dir : single,
-                                   &so, &sink)) {
+    lm_gguf_options go = LM_GGUF_OPTIONS_INIT;
+    go.kv_from = base;
+    go.metadata_keys = keys + 1; /* "format": "pt" is safetensors-only */
+    go.metadata_values = values + 1;
+    go.n_metadata = 3;
+    if (gguf)
+        so.max_shard_bytes = 0; /* one GGUF file */
+    lm_status sink_st =
+        gguf ? lm_gguf_sink_create(ctx, single, &go, &sink)
+             : lm_safetensors_sink_create(
+                   ctx, so.max_shard_bytes ? o.out_dir : single, &so, &sink);
+    if (sink_st) {
         fprintf(stderr, "lmerge run: %s\n", lm_context_error(ctx));
         goto done;
     }

@@ -1,7 +1,7 @@
 /* A plan sink writing safetensors (optionally sharded, with a Hugging Face
- * index) while tensors are merged: the header is laid out at begin, each
- * tensor is pwrite()n at its final offset from whichever worker merged it,
- * and files are renamed into place only at commit. */
+ * index) or GGUF while tensors are merged: the header is laid out at
+ * begin, each tensor is pwrite()n at its final offset from whichever worker
+ * merged it, and files are renamed into place only at commit. */
 #include <cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -13,7 +13,9 @@
 #include <unistd.h>
 
 #include "core/internal.h"
+#include "io/gguf_write.h"
 #include "libmerge/file_sink.h"
+#include "libmerge/gguf.h"
 
 struct shard {
     char *final_path;
@@ -38,6 +40,9 @@ struct lm_file_sink {
     char **tensor_names;
     uint64_t total_bytes;
     bool committed;
+    bool gguf;                /* GGUF instead of safetensors */
+    const lm_model *kv_from;  /* GGUF key/values to carry over */
+    uint32_t alignment;
 };
 
 static const char *st_dtype(lm_dtype d)
@@ -213,6 +218,25 @@ static lm_status assign_shards(lm_file_sink *s, const lm_tensor_desc *o,
     return LM_OK;
 }
 
+static lm_status begin_gguf(lm_file_sink *s, const lm_tensor_desc *outputs,
+                            size_t n)
+{
+    struct lm__gguf_layout_in in = {
+        outputs, n, s->kv_from, (const char *const *)s->meta_keys,
+        (const char *const *)s->meta_values, s->n_meta, s->alignment};
+    unsigned char *header = NULL;
+    size_t hlen = 0;
+    uint64_t file_len = 0;
+    LM_TRY(lm__gguf_layout(s->ctx, &in, &header, &hlen, s->tensor_offset,
+                           &file_len));
+    lm_status st = open_temp(s, &s->shards[0]);
+    if (st == LM_OK && (pwrite_all(s->shards[0].fd, header, hlen, 0) ||
+                        ftruncate(s->shards[0].fd, (off_t)file_len)))
+        st = io_error(s, "cannot write", s->shards[0].tmp_path);
+    lm_free(s->ctx, header);
+    return st;
+}
+
 static lm_status sink_begin(void *user, const lm_tensor_desc *outputs,
                             size_t n)
 {
@@ -235,6 +259,8 @@ static lm_status sink_begin(void *user, const lm_tensor_desc *outputs,
         if (!(s->tensor_names[i] = lm__strdup(s->ctx, outputs[i].name)))
             return LM_ERR_OUT_OF_MEMORY;
     LM_TRY(assign_shards(s, outputs, n));
+    if (s->gguf)
+        return begin_gguf(s, outputs, n);
     for (size_t k = 0; k < s->n_shards; k++) {
         size_t hlen = 0;
         char *header = shard_header(s, k, outputs, &hlen);
@@ -364,9 +390,61 @@ static lm_status sink_end(void *user, int commit)
     return st;
 }
 
+static lm_status create_sink(lm_context *ctx, const char *path,
+                             const lm_safetensors_sink_options *opts,
+                             lm_file_sink **out);
+
 lm_status lm_safetensors_sink_create(lm_context *ctx, const char *path,
                                      const lm_safetensors_sink_options *opts,
                                      lm_file_sink **out)
+{
+    return create_sink(ctx, path, opts, out);
+}
+
+/* The alignment a GGUF source declares, or 0. */
+static uint32_t source_alignment(const lm_model *m)
+{
+    const char *v = NULL;
+    if (!m || !m->gguf_kv)
+        return 0;
+    for (size_t i = 0; i < m->n_meta; i++)
+        if (!strcmp(m->meta_keys[i], "general.alignment"))
+            v = m->meta_values[i];
+    return v ? (uint32_t)strtoul(v, NULL, 10) : 0;
+}
+
+lm_status lm_gguf_sink_create(lm_context *ctx, const char *path,
+                              const lm_gguf_options *opts, lm_file_sink **out)
+{
+    if (!ctx || !path || !*path || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    lm_gguf_options o = LM_GGUF_OPTIONS_INIT;
+    if (opts) {
+        if (opts->struct_size < sizeof(o))
+            return lm_context_set_error(ctx, LM_ERR_ABI,
+                                        "GGUF sink: options struct_size %u "
+                                        "too small", opts->struct_size);
+        memcpy(&o, opts, sizeof(o));
+    }
+    uint32_t align = o.alignment ? o.alignment : source_alignment(o.kv_from);
+    if (align && (align % 8 || (align & (align - 1))))
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_RANGE,
+                                    "GGUF sink: alignment %u is not a power "
+                                    "of two >= 8", align);
+    lm_safetensors_sink_options st = LM_SAFETENSORS_SINK_OPTIONS_INIT;
+    st.metadata_keys = o.metadata_keys;
+    st.metadata_values = o.metadata_values;
+    st.n_metadata = o.n_metadata;
+    LM_TRY(create_sink(ctx, path, &st, out));
+    (*out)->gguf = true;
+    (*out)->kv_from = o.kv_from;
+    (*out)->alignment = align;
+    return LM_OK;
+}
+
+static lm_status create_sink(lm_context *ctx, const char *path,
+                             const lm_safetensors_sink_options *opts,
+                             lm_file_sink **out)
 {
     if (!ctx || !path || !*path || !out)
         return LM_ERR_INVALID_ARGUMENT;
@@ -471,12 +549,38 @@ void lm_file_sink_destroy(lm_file_sink *s)
     lm_free(s->ctx, s);
 }
 
+static lm_status write_model(lm_context *ctx, const lm_model *model,
+                             lm_file_sink *sink);
+
 lm_status lm_safetensors_write(lm_context *ctx, const lm_model *model,
                                const char *path,
                                const lm_safetensors_sink_options *options)
 {
     if (!ctx || !model || !path)
         return LM_ERR_INVALID_ARGUMENT;
+    lm_file_sink *sink;
+    LM_TRY(lm_safetensors_sink_create(ctx, path, options, &sink));
+    lm_status st = write_model(ctx, model, sink);
+    lm_file_sink_destroy(sink);
+    return st;
+}
+
+lm_status lm_gguf_write(lm_context *ctx, const lm_model *model,
+                        const char *path, const lm_gguf_options *options)
+{
+    if (!ctx || !model || !path)
+        return LM_ERR_INVALID_ARGUMENT;
+    lm_file_sink *sink;
+    LM_TRY(lm_gguf_sink_create(ctx, path, options, &sink));
+    lm_status st = write_model(ctx, model, sink);
+    lm_file_sink_destroy(sink);
+    return st;
+}
+
+/* Every tensor of an in-memory model through a sink, in model order. */
+static lm_status write_model(lm_context *ctx, const lm_model *model,
+                             lm_file_sink *sink)
+{
     size_t n = lm_model_count(model);
     lm_tensor_desc *descs = lm__calloc(ctx, n ? n : 1, sizeof(*descs));
     if (!descs)
@@ -487,7 +591,7 @@ lm_status lm_safetensors_write(lm_context *ctx, const lm_model *model,
         if (t->lazy_read) {
             lm_free(ctx, descs);
             return lm_context_set_error(ctx, LM_ERR_UNSUPPORTED,
-                                        "safetensors: cannot write lazy "
+                                        "cannot write lazy "
                                         "tensor '%s'", lm_model_name(model, i));
         }
         descs[i].name = lm_model_name(model, i);
@@ -496,18 +600,13 @@ lm_status lm_safetensors_write(lm_context *ctx, const lm_model *model,
         memcpy(descs[i].shape, t->shape, sizeof(descs[i].shape));
         descs[i].nbytes = lm_tensor_nbytes(t);
     }
-    lm_file_sink *sink;
-    lm_status st = lm_safetensors_sink_create(ctx, path, options, &sink);
-    if (st == LM_OK) {
-        st = sink_begin(sink, descs, n);
-        for (size_t i = 0; st == LM_OK && i < n; i++)
-            st = sink_write(sink, i, lm_tensor_cdata(lm_model_tensor(model, i)),
-                            descs[i].nbytes);
-        lm_status end = sink_end(sink, st == LM_OK);
-        if (st == LM_OK)
-            st = end;
-        lm_file_sink_destroy(sink);
-    }
+    lm_status st = sink_begin(sink, descs, n);
+    for (size_t i = 0; st == LM_OK && i < n; i++)
+        st = sink_write(sink, i, lm_tensor_cdata(lm_model_tensor(model, i)),
+                        descs[i].nbytes);
+    lm_status end = sink_end(sink, st == LM_OK);
+    if (st == LM_OK)
+        st = end;
     lm_free(ctx, descs);
     return st;
 }

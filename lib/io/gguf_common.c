@@ -1,0 +1,116 @@
+/* GGUF type tables and the bounds-checked little-endian cursor. */
+#include <stdio.h>
+#include <string.h>
+
+#include "io/gguf_format.h"
+
+bool lm__gguf_from_dtype(lm_dtype d, uint32_t *ggml)
+{
+    switch (d) {
+    case LM_F32: *ggml = GGML_F32; return true;
+    case LM_F16: *ggml = GGML_F16; return true;
+    case LM_BF16: *ggml = GGML_BF16; return true;
+    case LM_F64: *ggml = GGML_F64; return true;
+    default: return false;
+    }
+}
+
+bool lm__gguf_to_dtype(uint32_t ggml, lm_dtype *d)
+{
+    switch (ggml) {
+    case GGML_F32: *d = LM_F32; return true;
+    case GGML_F16: *d = LM_F16; return true;
+    case GGML_BF16: *d = LM_BF16; return true;
+    case GGML_F64: *d = LM_F64; return true;
+    default: return false;
+    }
+}
+
+const char *lm__ggml_type_name(uint32_t ggml, char *buf, size_t size)
+{
+    static const char *const names[] = {
+        "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1",
+        "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K",
+        "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S",
+        "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M",
+        "BF16", "Q4_0_4_4", "Q4_0_4_8", "Q4_0_8_8", "TQ1_0", "TQ2_0"};
+    if (ggml < sizeof(names) / sizeof(names[0]))
+        snprintf(buf, size, "%s", names[ggml]);
+    else if (ggml == 39)
+        snprintf(buf, size, "MXFP4");
+    else
+        snprintf(buf, size, "type %u", ggml);
+    return buf;
+}
+
+bool lm__gguf_u32(struct gguf_cursor *c, uint32_t *v)
+{
+    if (c->end - c->p < 4)
+        return false;
+    *v = (uint32_t)c->p[0] | (uint32_t)c->p[1] << 8 |
+         (uint32_t)c->p[2] << 16 | (uint32_t)c->p[3] << 24;
+    c->p += 4;
+    return true;
+}
+
+bool lm__gguf_u64(struct gguf_cursor *c, uint64_t *v)
+{
+    uint32_t lo, hi;
+    if (!lm__gguf_u32(c, &lo) || !lm__gguf_u32(c, &hi))
+        return false;
+    *v = (uint64_t)hi << 32 | lo;
+    return true;
+}
+
+bool lm__gguf_str(struct gguf_cursor *c, const char **s, uint64_t *len)
+{
+    if (!lm__gguf_u64(c, len) || *len > (uint64_t)(c->end - c->p))
+        return false;
+    *s = (const char *)c->p;
+    c->p += *len;
+    return true;
+}
+
+static size_t scalar_size(uint32_t type)
+{
+    switch (type) {
+    case GGUF_U8: case GGUF_I8: case GGUF_BOOL: return 1;
+    case GGUF_U16: case GGUF_I16: return 2;
+    case GGUF_U32: case GGUF_I32: case GGUF_F32: return 4;
+    case GGUF_U64: case GGUF_I64: case GGUF_F64: return 8;
+    default: return 0;
+    }
+}
+
+bool lm__gguf_skip_value(struct gguf_cursor *c, uint32_t type, int depth)
+{
+    if (type == GGUF_STRING) {
+        const char *s;
+        uint64_t n;
+        return lm__gguf_str(c, &s, &n);
+    }
+    if (type == GGUF_ARRAY) {
+        uint32_t elem;
+        uint64_t count;
+        if (depth > 8 || !lm__gguf_u32(c, &elem) || !lm__gguf_u64(c, &count))
+            return false;
+        size_t size = scalar_size(elem);
+        if (size)
+            return count <= (uint64_t)(c->end - c->p) / size &&
+                   (c->p += count * size, true);
+        if (elem != GGUF_STRING && elem != GGUF_ARRAY)
+            return false;
+        /* Each element takes at least 8 bytes: bounds the loop. */
+        if (count > (uint64_t)(c->end - c->p) / 8)
+            return false;
+        for (uint64_t i = 0; i < count; i++)
+            if (!lm__gguf_skip_value(c, elem, depth + 1))
+                return false;
+        return true;
+    }
+    size_t size = scalar_size(type);
+    if (!size || (size_t)(c->end - c->p) < size)
+        return false;
+    c->p += size;
+    return true;
+}

@@ -1,0 +1,49 @@
+/* GGUF constants and the bounds-checked cursor shared by the GGUF reader
+ * and writer (spec: ggml docs/gguf.md, version 3). */
+#ifndef LM_IO_GGUF_FORMAT_H
+#define LM_IO_GGUF_FORMAT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/internal.h"
+
+#define LM_GGUF_MAGIC 0x46554747u /* "GGUF" little-endian */
+#define LM_GGUF_VERSION 3u
+#define LM_GGUF_DEFAULT_ALIGNMENT 32u
+#define LM_GGUF_MAX_DIMS 4
+
+enum gguf_value_type {
+    GGUF_U8 = 0, GGUF_I8 = 1, GGUF_U16 = 2, GGUF_I16 = 3, GGUF_U32 = 4,
+    GGUF_I32 = 5, GGUF_F32 = 6, GGUF_BOOL = 7, GGUF_STRING = 8,
+    GGUF_ARRAY = 9, GGUF_U64 = 10, GGUF_I64 = 11, GGUF_F64 = 12,
+    GGUF_TYPE_COUNT = 13
+};
+
+enum ggml_type_id {
+    GGML_F32 = 0, GGML_F16 = 1, GGML_F64 = 28, GGML_BF16 = 30
+};
+
+/* ggml type of a libmerge dtype and back (false when not representable). */
+bool lm__gguf_from_dtype(lm_dtype d, uint32_t *ggml);
+bool lm__gguf_to_dtype(uint32_t ggml, lm_dtype *d);
+/* A name for any ggml type id, for messages ("Q4_K", "type 77"). */
+const char *lm__ggml_type_name(uint32_t ggml, char *buf, size_t size);
+
+/* A read position inside [p, end); every read fails cleanly past the end. */
+struct gguf_cursor {
+    const unsigned char *p, *end;
+};
+
+bool lm__gguf_u32(struct gguf_cursor *c, uint32_t *v);
+bool lm__gguf_u64(struct gguf_cursor *c, uint64_t *v);
+/* A gguf string: pointer into the buffer (not NUL-terminated), length. */
+bool lm__gguf_str(struct gguf_cursor *c, const char **s, uint64_t *len);
+/* Skip one value of `type` (arrays recursively, depth-limited). */
+bool lm__gguf_skip_value(struct gguf_cursor *c, uint32_t type, int depth);
+
+/* Map a GGUF file into `model` (lm_gguf_read; also lm_model_open). */
+lm_status lm__gguf_read_into(lm_context *ctx, const char *path,
+                             lm_model *model);
+
+#endif
