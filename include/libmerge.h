@@ -23,5 +23,6 @@
 #include "libmerge/purify.h"
 #include "libmerge/nsc.h"
 #include "libmerge/gguf.h"
+#include "libmerge/npz.h"
 
 #endif /* LIBMERGE_H */

@@ -12,6 +12,9 @@
 #define INDEX_NAME "model.safetensors.index.json"
 #define SINGLE_NAME "model.safetensors"
 
+/* Defined in npz_read.c. */
+lm_status lm__npz_read_into(lm_context *ctx, const char *path,
+                            lm_model *model);
 /* Defined in safetensors_read.c. */
 lm_status lm__safetensors_read_into(lm_context *ctx, const char *path,
                                     lm_model *model);
@@ -176,6 +179,8 @@ lm_status lm_model_open(lm_context *ctx, const char *path, lm_model **out)
     lm_model *model;
     LM_TRY(lm_model_create(ctx, &model));
     lm_status s = sharded ? read_sharded(ctx, found, model)
+                  : ends_with(found, ".npz")
+                      ? lm__npz_read_into(ctx, found, model)
                   : ends_with(found, ".gguf")
                       ? lm__gguf_read_into(ctx, found, model)
                       : lm__safetensors_read_into(ctx, found, model);

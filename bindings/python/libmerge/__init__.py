@@ -557,5 +557,6 @@ class Stats:
 
 
 from .nsc import NSC, LoraAdapter  # noqa: E402  (needs _L and _Context)
+from .files import load, save  # noqa: E402
 
-__all__ += ["NSC", "LoraAdapter"]
+__all__ += ["NSC", "LoraAdapter", "load", "save"]

@@ -72,6 +72,11 @@ class _NscSpsaOptions(ctypes.Structure):
     ]
 
 
+class _NpzOptions(ctypes.Structure):
+    """Mirror of lm_npz_options."""
+    _fields_ = [("struct_size", ctypes.c_uint32), ("compress", ctypes.c_int)]
+
+
 class _StrategyVtable(ctypes.Structure):
     """The leading fields of lm_strategy_vtable that the binding reads."""
     _fields_ = [
@@ -202,6 +207,10 @@ def _declare(lib):
                                          ctypes.POINTER(P), ctypes.POINTER(P),
                                          ctypes.POINTER(ctypes.c_double)]),
         "lm_peft_read": (ctypes.c_int, [P, ctypes.c_char_p, ctypes.POINTER(P)]),
+        "lm_model_open": (ctypes.c_int, [P, ctypes.c_char_p, ctypes.POINTER(P)]),
+        "lm_safetensors_write": (ctypes.c_int, [P, P, ctypes.c_char_p, P]),
+        "lm_gguf_write": (ctypes.c_int, [P, P, ctypes.c_char_p, P]),
+        "lm_npz_write": (ctypes.c_int, [P, P, ctypes.c_char_p, P]),
         "lm_nsc_create": (ctypes.c_int, [P, ctypes.POINTER(P), ctypes.c_size_t,
                                          ctypes.POINTER(_NscOptions), ctypes.POINTER(P)]),
         "lm_nsc_destroy": (None, [P]),

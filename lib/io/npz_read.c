@@ -1,0 +1,317 @@
+/* .npz reader: the zip central directory (zip64 included) locates each
+ * member; stored members are used in place, deflated ones inflated with
+ * zlib; every member's CRC-32 is checked before it becomes a tensor. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <zlib.h>
+
+#include "io/mapping.h"
+#include "io/npy_header.h"
+#include "libmerge/npz.h"
+
+#define SIG_LOCAL 0x04034b50u
+#define SIG_CENTRAL 0x02014b50u
+#define SIG_EOCD 0x06054b50u
+#define SIG_EOCD64 0x06064b50u
+#define SIG_LOCATOR64 0x07064b50u
+
+static uint32_t le16(const unsigned char *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8; }
+static uint32_t le32(const unsigned char *p) { return le16(p) | le16(p + 2) << 16; }
+static uint64_t le64(const unsigned char *p) { return le32(p) | (uint64_t)le32(p + 4) << 32; }
+
+struct member {
+    char name[512];
+    uint32_t method, crc, flags;
+    uint64_t csize, usize, local;
+};
+
+static lm_status bad(lm_context *ctx, const char *path, const char *why)
+{
+    return lm_context_set_error(ctx, LM_ERR_FORMAT, "%s: %s", path, why);
+}
+
+/* Finds the end-of-central-directory record (it ends with a comment of at
+ * most 65535 bytes) and the directory's offset and entry count. */
+static lm_status find_directory(lm_context *ctx, const char *path,
+                                const unsigned char *z, size_t len,
+                                uint64_t *cd_off, uint64_t *entries)
+{
+    if (len < 22)
+        return bad(ctx, path, "too short for a zip archive (truncated?)");
+    size_t lowest = len > 22 + 65535 ? len - 22 - 65535 : 0;
+    for (size_t at = len - 22 + 1; at-- > lowest;) {
+        if (le32(z + at) != SIG_EOCD)
+            continue;
+        *entries = le16(z + at + 10);
+        *cd_off = le32(z + at + 16);
+        if (*cd_off != 0xffffffffu && *entries != 0xffffu)
+            return LM_OK;
+        /* zip64: the locator sits just before the EOCD. */
+        if (at < 20 || le32(z + at - 20) != SIG_LOCATOR64)
+            return bad(ctx, path, "zip64 archive without its locator");
+        uint64_t rec = le64(z + at - 20 + 8);
+        if (rec > len - 56 || le32(z + rec) != SIG_EOCD64)
+            return bad(ctx, path, "bad zip64 end-of-directory record");
+        *entries = le64(z + rec + 32);
+        *cd_off = le64(z + rec + 48);
+        return LM_OK;
+    }
+    return bad(ctx, path, "not a zip archive (no end-of-directory record)");
+}
+
+/* Zip64 extra field: the 64-bit values replace the 32-bit fields that are
+ * 0xffffffff, in the order usize, csize, local offset. */
+static bool apply_zip64(const unsigned char *x, size_t n, struct member *m,
+                        bool big_u, bool big_c, bool big_o)
+{
+    while (n >= 4) {
+        uint32_t id = le16(x), sz = le16(x + 2);
+        if (sz > n - 4)
+            return false;
+        if (id == 1) {
+            const unsigned char *v = x + 4, *end = x + 4 + sz;
+            if (big_u) { if (end - v < 8) return false; m->usize = le64(v); v += 8; }
+            if (big_c) { if (end - v < 8) return false; m->csize = le64(v); v += 8; }
+            if (big_o) { if (end - v < 8) return false; m->local = le64(v); }
+            return true;
+        }
+        x += 4 + sz;
+        n -= 4 + sz;
+    }
+    return !big_u && !big_c && !big_o;
+}
+
+static lm_status read_central(lm_context *ctx, const char *path,
+                              const unsigned char *z, size_t len,
+                              uint64_t *at, struct member *m)
+{
+    if (*at > len || len - *at < 46 || le32(z + *at) != SIG_CENTRAL)
+        return bad(ctx, path, "corrupt zip central directory");
+    const unsigned char *h = z + *at;
+    m->flags = le16(h + 8);
+    m->method = le16(h + 10);
+    m->crc = le32(h + 16);
+    m->csize = le32(h + 20);
+    m->usize = le32(h + 24);
+    uint32_t nlen = le16(h + 28), xlen = le16(h + 30), clen = le16(h + 32);
+    m->local = le32(h + 42);
+    if ((uint64_t)nlen + xlen + clen > len - *at - 46)
+        return bad(ctx, path, "corrupt zip central directory");
+    if (nlen == 0 || nlen >= sizeof(m->name) || memchr(h + 46, 0, nlen))
+        return bad(ctx, path, "a zip member has an invalid name");
+    memcpy(m->name, h + 46, nlen);
+    m->name[nlen] = '\0';
+    if (!apply_zip64(h + 46 + nlen, xlen, m, m->usize == 0xffffffffu,
+                     m->csize == 0xffffffffu, m->local == 0xffffffffu))
+        return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                    "%s: member '%s' has a bad zip64 field",
+                                    path, m->name);
+    *at += 46 + (uint64_t)nlen + xlen + clen;
+    return LM_OK;
+}
+
+/* The member's data inside the mapping, after its local header. */
+static lm_status locate(lm_context *ctx, const char *path,
+                        const unsigned char *z, size_t len,
+                        const struct member *m, const unsigned char **data)
+{
+    if (m->local > len || len - m->local < 30 ||
+        le32(z + m->local) != SIG_LOCAL)
+        return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                    "%s: member '%s' has no local header",
+                                    path, m->name);
+    uint64_t start = m->local + 30 + le16(z + m->local + 26) +
+                     le16(z + m->local + 28);
+    if (start > len || m->csize > len - start)
+        return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                    "%s: member '%s' runs past the end of "
+                                    "the archive (truncated?)", path, m->name);
+    *data = z + start;
+    return LM_OK;
+}
+
+static lm_status inflate_member(lm_context *ctx, const char *path,
+                                const struct member *m,
+                                const unsigned char *src, unsigned char *dst)
+{
+    z_stream s;
+    memset(&s, 0, sizeof(s));
+    if (inflateInit2(&s, -MAX_WBITS) != Z_OK)
+        return LM_ERR_OUT_OF_MEMORY;
+    int rc = Z_OK;
+    uint64_t in_left = m->csize, out_left = m->usize;
+    s.next_in = (unsigned char *)src;
+    s.next_out = dst;
+    while (rc == Z_OK) {
+        uInt in_chunk = in_left > (1u << 30) ? 1u << 30 : (uInt)in_left;
+        uInt out_chunk = out_left > (1u << 30) ? 1u << 30 : (uInt)out_left;
+        s.avail_in = in_chunk;
+        s.avail_out = out_chunk;
+        rc = inflate(&s, Z_NO_FLUSH);
+        in_left -= in_chunk - s.avail_in;
+        out_left -= out_chunk - s.avail_out;
+        if (rc == Z_OK && !in_chunk && !out_chunk)
+            rc = Z_BUF_ERROR;
+        if (rc == Z_BUF_ERROR && !out_left && !in_left)
+            rc = Z_DATA_ERROR;
+    }
+    inflateEnd(&s);
+    if (rc != Z_STREAM_END || out_left)
+        return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                    "%s: member '%s' does not inflate to its "
+                                    "declared %" PRIu64 " bytes", path,
+                                    m->name, m->usize);
+    return LM_OK;
+}
+
+static uint32_t crc_of(const unsigned char *p, uint64_t n)
+{
+    uLong crc = crc32(0L, Z_NULL, 0);
+    while (n) {
+        uInt chunk = n > (1u << 30) ? 1u << 30 : (uInt)n;
+        crc = crc32(crc, p, chunk);
+        p += chunk;
+        n -= chunk;
+    }
+    return (uint32_t)crc;
+}
+
+static lm_status add_member(lm_context *ctx, const char *path,
+                            const unsigned char *z, size_t len,
+                            const struct member *m, lm_model *model)
+{
+    size_t nlen = strlen(m->name);
+    if (nlen < 5 || strcmp(m->name + nlen - 4, ".npy"))
+        return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                    "%s: member '%s' is not an .npy array",
+                                    path, m->name);
+    if (m->flags & 1)
+        return lm_context_set_error(ctx, LM_ERR_UNSUPPORTED,
+                                    "%s: member '%s' is encrypted", path,
+                                    m->name);
+    if (m->method != 0 && m->method != 8)
+        return lm_context_set_error(ctx, LM_ERR_UNSUPPORTED,
+                                    "%s: member '%s' uses zip compression "
+                                    "method %u (stored and deflate only)",
+                                    path, m->name, m->method);
+    if (m->method == 0 && m->csize != m->usize)
+        return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                    "%s: stored member '%s' has different "
+                                    "sizes", path, m->name);
+    const unsigned char *src = NULL;
+    LM_TRY(locate(ctx, path, z, len, m, &src));
+    char what[1024];
+    snprintf(what, sizeof(what), "%s: member '%s'", path, m->name);
+    unsigned char *inflated = NULL;
+    if (m->method == 8) {
+        /* Deflate expands at most ~1032x: refuse absurd declared sizes. */
+        if (m->usize > (m->csize + 1) * 1100)
+            return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                        "%s declares an impossible size",
+                                        what);
+        inflated = lm_alloc(ctx, m->usize ? (size_t)m->usize : 1);
+        if (!inflated)
+            return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                        "%s: cannot allocate %" PRIu64
+                                        " bytes", what, m->usize);
+        lm_status st = inflate_member(ctx, path, m, src, inflated);
+        if (st != LM_OK) {
+            lm_free(ctx, inflated);
+            return st;
+        }
+        src = inflated;
+    }
+    lm_status st = LM_OK;
+    if (crc_of(src, m->usize) != m->crc)
+        st = lm_context_set_error(ctx, LM_ERR_FORMAT, "%s: CRC-32 mismatch "
+                                  "(corrupt archive)", what);
+    lm_dtype dtype = LM_F32;
+    int ndim = 0;
+    int64_t shape[LM_MAX_DIMS];
+    size_t off = 0;
+    if (st == LM_OK)
+        st = lm__npy_parse(ctx, what, src, (size_t)m->usize, &dtype, &ndim,
+                           shape, &off);
+    bool overflow = false;
+    size_t nbytes = 0;
+    if (st == LM_OK) {
+        nbytes = lm__numel_checked(ndim, shape, &overflow) *
+                 lm_dtype_size(dtype);
+        if (overflow || nbytes != m->usize - off)
+            st = lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                      "%s: %" PRIu64 " data bytes for shape "
+                                      "and dtype needing %zu", what,
+                                      (uint64_t)(m->usize - off), nbytes);
+    }
+    char name[512];
+    snprintf(name, sizeof(name), "%.*s", (int)(nlen - 4), m->name);
+    lm_tensor *t = NULL;
+    if (st == LM_OK) {
+        if (!inflated && (uintptr_t)(src + off) % lm_dtype_size(dtype) == 0) {
+            st = lm_tensor_wrap(ctx, dtype, ndim, shape,
+                                (void *)(src + off), nbytes, &t);
+        } else {
+            st = lm_tensor_create(ctx, dtype, ndim, shape, &t);
+            if (st == LM_OK && nbytes)
+                memcpy(lm_tensor_data(t), src + off, nbytes);
+        }
+    }
+    lm_free(ctx, inflated);
+    if (st == LM_OK && (st = lm_model_add(model, name, t)) != LM_OK) {
+        lm_tensor_destroy(t);
+        if (st == LM_ERR_EXISTS)
+            st = lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                      "%s: two members named '%s'", path,
+                                      m->name);
+    }
+    return st;
+}
+
+static lm_status parse(lm_context *ctx, const char *path,
+                       const struct lm_mapping *map, lm_model *model)
+{
+    const unsigned char *z = map->addr;
+    uint64_t cd = 0, entries = 0;
+    LM_TRY(find_directory(ctx, path, z, map->len, &cd, &entries));
+    if (entries > map->len / 46)
+        return bad(ctx, path, "zip entry count larger than the file allows");
+    for (uint64_t i = 0; i < entries; i++) {
+        struct member m;
+        LM_TRY(read_central(ctx, path, z, map->len, &cd, &m));
+        LM_TRY(add_member(ctx, path, z, map->len, &m, model));
+    }
+    return LM_OK;
+}
+
+lm_status lm__npz_read_into(lm_context *ctx, const char *path,
+                            lm_model *model);
+
+lm_status lm__npz_read_into(lm_context *ctx, const char *path,
+                            lm_model *model)
+{
+    struct lm_mappings *set;
+    LM_TRY(lm__model_mappings(model, &set));
+    struct lm_mapping map;
+    LM_TRY(lm__map_file(ctx, path, &map));
+    if (lm__mappings_add(set, map) != LM_OK) {
+        lm__unmap(&map);
+        return LM_ERR_OUT_OF_MEMORY;
+    }
+    return parse(ctx, path, &map, model);
+}
+
+lm_status lm_npz_read(lm_context *ctx, const char *path, lm_model **out)
+{
+    if (!ctx || !path || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    lm_model *model;
+    LM_TRY(lm_model_create(ctx, &model));
+    lm_status st = lm__npz_read_into(ctx, path, model);
+    if (st != LM_OK) {
+        lm_model_destroy(model);
+        return st;
+    }
+    *out = model;
+    return LM_OK;
+}
