@@ -5,7 +5,8 @@ set -euo pipefail
 packages=(
   build-essential clang libclang-rt-14-dev meson ninja-build pkg-config
   libopenblas-dev liblapacke-dev zlib1g-dev libcjson-dev libyaml-dev check
-  python3 python3-numpy python3-pytest python3-torch
+  python3 python3-numpy python3-pytest python3-torch python3-sklearn
+  dataset-fashion-mnist
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -1,0 +1,135 @@
+"""Backbone, pretraining and fine-tuning (full and LoRA) for the quality
+benchmark, on CPU with Debian's python3-torch. Deterministic for a seed."""
+import copy
+
+import numpy as np
+import torch
+
+LAYERS = ("fc1", "fc2", "fc3")
+
+
+class Backbone(torch.nn.Module):
+    """784 -> 256 -> 256 -> 128 MLP; its three weights are what is merged."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(784, 256)
+        self.fc2 = torch.nn.Linear(256, 256)
+        self.fc3 = torch.nn.Linear(256, 128)
+
+    def forward(self, x):
+        x = torch.relu(self.fc1(x))
+        x = torch.relu(self.fc2(x))
+        return torch.relu(self.fc3(x))
+
+
+def _batches(x, y, size, rng):
+    order = rng.permutation(len(x))
+    for i in range(0, len(x), size):
+        j = order[i:i + size]
+        yield torch.from_numpy(x[j]), torch.from_numpy(y[j])
+
+
+def _train(params, forward, data, epochs, lr, seed):
+    opt = torch.optim.Adam(params, lr=lr)
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        for xb, yb in _batches(*data, 128, rng):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(forward(xb), yb).backward()
+            opt.step()
+
+
+def pretrain(images, labels, epochs=3, seed=0):
+    """Supervised pretraining on images no task uses (Fashion-MNIST's
+    official test part), augmented with rotations, flips, inversion and
+    noise so the features serve every task's domain: predict the class
+    and the rotation (40 outputs)."""
+    torch.manual_seed(seed)
+    net, head = Backbone(), torch.nn.Linear(128, 40)
+    rng = np.random.default_rng(seed)
+    x = images.reshape(-1, 28, 28)
+    k = rng.integers(0, 4, len(x))
+    aug = np.stack([np.rot90(img, int(r)) for img, r in zip(x, k)])
+    flip = rng.random(len(x)) < 0.25
+    aug[flip] = aug[flip][:, :, ::-1]
+    inv = rng.random(len(x)) < 0.25
+    aug[inv] = 1.0 - aug[inv]
+    aug = np.clip(aug + 0.1 * rng.standard_normal(aug.shape), 0, 1)
+    target = (labels * 4 + k).astype(np.int64)
+    _train(list(net.parameters()) + list(head.parameters()), lambda xb: head(net(xb)),
+           (np.ascontiguousarray(aug.reshape(len(x), -1), np.float32), target), epochs, 1e-3, seed)
+    return net
+
+
+def probe(net, task, epochs=5, lr=1e-2, seed=0):
+    """A linear head fitted on the frozen pretrained features, then kept
+    fixed while the backbone is fine-tuned (as CLIP's zero-shot heads are
+    in the task-arithmetic protocol): merged backbones feed the same head."""
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(128, task["classes"])
+    x = net(torch.from_numpy(task["train"][0])).detach().numpy()
+    _train(list(head.parameters()), head, (x, task["train"][1]), epochs, lr, seed)
+    for p in head.parameters():
+        p.requires_grad_(False)
+    return head
+
+
+def finetune(net, task, epochs=10, lr=1e-4, seed=0):
+    """Full fine-tuning of a copy of the backbone under the task's frozen
+    probe head."""
+    head = probe(net, task, seed=seed)
+    torch.manual_seed(seed)
+    ft = copy.deepcopy(net)
+    _train(list(ft.parameters()), lambda x: head(ft(x)), task["train"], epochs, lr, seed)
+    return ft, head
+
+
+class _Lora(torch.nn.Module):
+    def __init__(self, base, rank, alpha, gen):
+        super().__init__()
+        self.base = base
+        self.A = torch.nn.Parameter(torch.randn(rank, base.in_features, generator=gen)
+                                    / base.in_features ** 0.5)
+        self.B = torch.nn.Parameter(torch.zeros(base.out_features, rank))
+        self.scale = alpha / rank
+
+    def forward(self, x):
+        return self.base(x) + self.scale * (x @ self.A.T) @ self.B.T
+
+
+def finetune_lora(net, task, rank=8, alpha=16.0, epochs=4, lr=2e-3, seed=0):
+    """LoRA on every backbone layer (the backbone frozen) plus a new head.
+    Returns ({"fcK.weight": (A, B, scale)}, head)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    m = copy.deepcopy(net)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    loras = {}
+    for name in LAYERS:
+        loras[name] = _Lora(getattr(m, name), rank, alpha, gen)
+        setattr(m, name, loras[name])
+    head = probe(net, task, seed=seed)
+    params = [p for l in loras.values() for p in (l.A, l.B)]
+    _train(params, lambda x: head(m(x)), task["train"], epochs, lr, seed)
+    adapter = {n + ".weight": (l.A.detach().numpy().copy(), l.B.detach().numpy().copy(), l.scale)
+               for n, l in loras.items()}
+    return adapter, head
+
+
+def lora_model(net, adapter):
+    """State dict (numpy) of W0 + s B A for one adapter."""
+    sd = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+    for name, (a, b, s) in adapter.items():
+        sd[name] = (sd[name] + s * (b @ a)).astype(np.float32)
+    return sd
+
+
+def accuracy(net, state_dict, head, split):
+    """Accuracy of `head` on the backbone loaded with `state_dict`."""
+    m = copy.deepcopy(net)
+    m.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in state_dict.items()})
+    x, y = split
+    with torch.no_grad():
+        return float((head(m(torch.from_numpy(x))).argmax(1).numpy() == y).mean())

@@ -1,0 +1,110 @@
+"""Merge-quality benchmark: a small backbone pretrained here, fine-tuned
+fully and with LoRA on 10 tasks from Fashion-MNIST and digits, merged by
+every strategy at the paper default and at the best scale found on the
+validation split; absolute and normalized (merged / fine-tuned) test
+accuracy for 4, 8 and all tasks. Writes docs/benchmarks/quality.md and
+quality.png.
+
+usage: LIBMERGE_LIBRARY=build/lib/libmerge.so.0 PYTHONPATH=bindings/python \\
+       /usr/bin/python3 bench/quality/run.py [--smoke] [--out DIR]
+Needs python3-torch, python3-sklearn, dataset-fashion-mnist (and
+python3-matplotlib for the plot). --smoke: 3 digits tasks, few epochs."""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import merges  # noqa: E402
+import models  # noqa: E402
+import report  # noqa: E402
+import tasks as tasklib  # noqa: E402
+
+
+SMOKE_METHODS = ("average", "task_arithmetic", "tsv", "esm", "task_arithmetic + purify 0.97",
+                 "knots", "nsc")
+
+
+def prepare(smoke, cache):
+    """Tasks, the pretrained backbone and every fine-tune (cached)."""
+    names = ["digits", "digits-inverted", "digits-parity", "digits-rot180-mod3"] if smoke else None
+    tasks = tasklib.build(names, n_train=400 if smoke else 3000,
+                          n_val=100 if smoke else 300, n_test=200 if smoke else 500)
+    key = os.path.join(cache, "smoke.pt" if smoke else "full.pt")
+    if os.path.exists(key):
+        return tasks, torch.load(key)
+    images, labels = tasklib.fashion_mnist("t10k")
+    if smoke:
+        images, labels = images[:4000], labels[:4000]
+    net = models.pretrain(images, labels, epochs=5 if smoke else 20)
+    full, lora = [], []
+    for i, t in enumerate(tasks):
+        full_ft, head = models.finetune(net, t, epochs=10, lr=3e-4, seed=i)
+        full.append(({k: v.detach().numpy().copy() for k, v in full_ft.state_dict().items()}, head))
+        lora.append(models.finetune_lora(net, t, epochs=10, seed=i))
+    state = dict(net=net, full=full, lora=lora)
+    os.makedirs(cache, exist_ok=True)
+    torch.save(state, key)
+    return tasks, state
+
+
+def table_rows(specs, net, base, sds, heads, tasks, stats, individual, adapters, args):
+    rows = []
+    for spec in specs:
+        t0 = time.perf_counter()
+        acc_d, acc_b, best = merges.run_method(
+            spec, net, base, sds, heads, tasks, stats, adapters,
+            nsc_steps=10 if args.smoke else 100, max_evals=3 if args.smoke else 8)
+        rows.append(dict(label=spec[0], default=acc_d, best=acc_b, scale=best,
+                         scale_name=spec[3][0] if spec[3] else None,
+                         norm_default=[a / i for a, i in zip(acc_d, individual)],
+                         norm_best=[a / i for a, i in zip(acc_b, individual)],
+                         seconds=time.perf_counter() - t0))
+        print("  %-32s default %.3f  best %.3f (%.1f s)" % (
+            spec[0], np.mean(rows[-1]["norm_default"]), np.mean(rows[-1]["norm_best"]),
+            rows[-1]["seconds"]), flush=True)
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--out", default=os.path.join(HERE, "..", "..", "docs", "benchmarks"))
+    ap.add_argument("--cache", default=os.path.join(HERE, ".cache"))
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    tasks, state = prepare(args.smoke, args.cache)
+    net = state["net"]
+    base = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+    sizes = [3] if args.smoke else [4, 8, len(tasks)]
+    results = {}
+    for kind in ("full", "lora"):
+        fts = state[kind]
+        sds = [sd if kind == "full" else models.lora_model(net, sd) for sd, _ in fts]
+        heads = [h for _, h in fts]
+        individual = [models.accuracy(net, sd, h, t["test"]) for sd, h, t in zip(sds, heads, tasks)]
+        for n in sizes:
+            print("%s fine-tuning, %d tasks" % (kind, n), flush=True)
+            stats = merges.collect(net, sds[:n], tasks[:n])
+            specs = merges.FULL if kind == "full" else merges.LORA
+            if args.smoke:
+                specs = [s for s in specs if s[0] in SMOKE_METHODS]
+            adapters = [a for a, _ in fts[:n]] if kind == "lora" else None
+            results[(kind, n)] = dict(
+                tasks=[t["name"] for t in tasks[:n]], individual=individual[:n],
+                rows=table_rows(specs, net, base, sds[:n], heads[:n], tasks[:n], stats,
+                                individual[:n], adapters, args))
+    os.makedirs(args.out, exist_ok=True)
+    name = "quality-smoke" if args.smoke else "quality"
+    report.write(results, os.path.join(args.out, name + ".md"), time.perf_counter() - t0, args.smoke)
+    report.plot(results, os.path.join(args.out, name + ".png"))
+    print("wrote %s.md (%.0f s)" % (os.path.join(args.out, name), time.perf_counter() - t0))
+
+
+if __name__ == "__main__":
+    main()
