@@ -65,6 +65,19 @@ LM_API lm_status lm_plan_execute(lm_plan *plan, lm_model **out);
  * tensor's dtype). Errors: LM_ERR_DTYPE. */
 LM_API lm_status lm_plan_set_output_dtype(lm_plan *plan, lm_dtype dtype);
 
+/* What to do with NaN and Inf. ERROR (default): a non-finite value in the
+ * base, in any model's task vector (or expanded adapter) or in a merged
+ * result fails the execution with LM_ERR_NONFINITE naming the tensor, the
+ * model and the element. ALLOW: no checks; non-finite values go through
+ * the strategy's arithmetic as IEEE floats do (strategies that need
+ * finite input, such as the SVD family, may still fail in LAPACK). */
+typedef enum lm_nonfinite_policy {
+    LM_NONFINITE_ERROR = 0,
+    LM_NONFINITE_ALLOW = 1
+} lm_nonfinite_policy;
+LM_API lm_status lm_plan_set_nonfinite(lm_plan *plan,
+                                       lm_nonfinite_policy policy);
+
 /* Progress: called after each merged tensor with cumulative counts, from
  * worker threads but never concurrently (calls are serialised and counts
  * only grow). Return non-zero to cancel: execution stops as soon as the

@@ -93,6 +93,7 @@ struct lm_plan {
     lm_context *ctx;
     bool has_output_dtype;
     lm_dtype output_dtype;
+    bool allow_nonfinite;
     lm_progress_fn progress;
     void *progress_user;
     const lm_strategy_vtable *vt;

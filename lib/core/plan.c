@@ -131,6 +131,18 @@ lm_status lm_plan_set_stats(lm_plan *p, const struct lm_stats *stats)
     return LM_OK;
 }
 
+lm_status lm_plan_set_nonfinite(lm_plan *p, lm_nonfinite_policy policy)
+{
+    if (!p)
+        return LM_ERR_INVALID_ARGUMENT;
+    if (policy != LM_NONFINITE_ERROR && policy != LM_NONFINITE_ALLOW)
+        return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_RANGE,
+                                    "plan: unknown non-finite policy %d",
+                                    (int)policy);
+    p->allow_nonfinite = policy == LM_NONFINITE_ALLOW;
+    return LM_OK;
+}
+
 lm_status lm_plan_set_output_dtype(lm_plan *p, lm_dtype dtype)
 {
     if (!p)

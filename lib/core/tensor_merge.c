@@ -49,6 +49,23 @@ static lm_status lora_delta(lm_context *ctx, const lm_lora *l, size_t m,
     return st;
 }
 
+/* Under the default policy, the first NaN/Inf of an input is an error
+ * naming where it came from. */
+static lm_status check_finite(lm_plan *p, const char *what, const char *name,
+                              const float *x, size_t n)
+{
+    if (p->allow_nonfinite)
+        return LM_OK;
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return lm_context_set_error(
+                p->ctx, LM_ERR_NONFINITE,
+                "%s has a non-finite value in tensor '%s' at element %zu "
+                "(lm_plan_set_nonfinite(LM_NONFINITE_ALLOW) merges anyway)",
+                what, name, i);
+    return LM_OK;
+}
+
 /* Read the base and the task vectors of tensor `name` into `block`
  * (base, then one delta per model). */
 static lm_status load_inputs(lm_plan *p, const char *name,
@@ -60,11 +77,15 @@ static lm_status load_inputs(lm_plan *p, const char *name,
     LM_TRY(lm__read_f32(p->ctx, base, b));
     if (from_plan_base)
         done_with(p->base, base);
+    LM_TRY(check_finite(p, "the base", name, b, n));
     for (size_t m = 0; m < p->n_models; m++) {
         float *d = block + n * (m + 1);
         deltas[m] = d;
+        char what[32];
         if (p->loras[m]) {
+            snprintf(what, sizeof(what), "adapter %zu", m);
             LM_TRY(lora_delta(p->ctx, p->loras[m], m, name, base, d));
+            LM_TRY(check_finite(p, what, name, d, n));
             continue;
         }
         lm_tensor *t = lm__model_lookup(p->models[m], name);
@@ -72,11 +93,11 @@ static lm_status load_inputs(lm_plan *p, const char *name,
             return lm_context_set_error(p->ctx, LM_ERR_NOT_FOUND,
                                         "model %zu has no tensor '%s'", m,
                                         name);
-        char what[32];
         snprintf(what, sizeof(what), "model %zu", m);
         LM_TRY(lm__check_pair(p->ctx, what, name, base, t));
         LM_TRY(lm__read_f32(p->ctx, t, d));
         done_with(p->models[m], t);
+        LM_TRY(check_finite(p, what, name, d, n));
         for (size_t i = 0; i < n; i++)
             d[i] -= b[i];
     }
@@ -116,7 +137,7 @@ static lm_status run_strategy(lm_plan *p, void *state, const char *name,
         return st;
     for (size_t i = 0; i < n; i++) {
         out[i] += b[i];
-        if (!isfinite(out[i]) && isfinite(b[i]))
+        if (!p->allow_nonfinite && !isfinite(out[i]))
             return lm_context_set_error(ctx, LM_ERR_NONFINITE,
                                         "strategy '%s' produced a non-finite "
                                         "value in tensor '%s' at element %zu",

@@ -214,3 +214,24 @@ def test_version_check():
     with pytest.raises(ImportError, match="1.1.3"):
         _lib.check_api_version(10103, (0, 1))
     assert libmerge.version() == libmerge.__version__
+
+
+@pytest.mark.parametrize("method", ["task_arithmetic", "ties", "dare_ties", "average", "tsv"])
+def test_nonfinite_inputs_are_errors_by_default(method):
+    base = {"w": np.zeros((4, 4), np.float32), "b": np.zeros(4, np.float32)}
+    good = {"w": np.ones((4, 4), np.float32), "b": np.ones(4, np.float32)}
+    bad = {"w": np.ones((4, 4), np.float32), "b": np.array([1, np.inf, 1, 1], np.float32)}
+    with pytest.raises(libmerge.NonFiniteError, match="model 1 .*tensor 'b' at element 1"):
+        libmerge.merge(method, base, [good, bad])
+    nan_base = {"w": base["w"], "b": np.array([0, 0, np.nan, 0], np.float32)}
+    with pytest.raises(libmerge.NonFiniteError, match="the base .*tensor 'b' at element 2"):
+        libmerge.merge(method, nan_base, [good, good])
+
+
+def test_nonfinite_allow_lets_ieee_arithmetic_through():
+    base = {"b": np.zeros(3, np.float32)}
+    bad = {"b": np.array([1, np.nan, 2], np.float32)}
+    out = libmerge.merge("task_arithmetic", base, [bad], nonfinite="allow", **{"lambda": 0.5})
+    assert out["b"][0] == 0.5 and np.isnan(out["b"][1]) and out["b"][2] == 1.0
+    with pytest.raises(ValueError, match="nonfinite"):
+        libmerge.merge("task_arithmetic", base, [bad], nonfinite="skip")

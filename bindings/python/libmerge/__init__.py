@@ -231,7 +231,7 @@ def _apply_purify(ctx, plan, purify, stats, base):
 
 
 def merge(method, base, models, *, stats=None, weights=None, threads=0,
-          seed=0, purify=None, **params):
+          seed=0, purify=None, nonfinite="error", **params):
     """Merge `models` (a sequence of name -> array mappings) into `base`
     with strategy `method` (see `methods()`); keyword arguments set the
     strategy's parameters by name, e.g. **{"lambda": 0.4}.
@@ -247,6 +247,8 @@ def merge(method, base, models, *, stats=None, weights=None, threads=0,
              or maximising "score": fn(merged_dict) -> float when given;
              "scale": ("lambda", [values]) tunes that parameter jointly;
              "report" receives the choices and the objective curve.
+    nonfinite: "error" (default: NaN/Inf in an input or result raises
+             NonFiniteError naming the tensor and model) or "allow".
     threads: worker threads (0 = all cores); results do not depend on it.
     seed:    root seed of every random choice (e.g. DARE masks).
 
@@ -284,6 +286,9 @@ def merge(method, base, models, *, stats=None, weights=None, threads=0,
                 ctx.check(_L.lm_plan_set_stats(plan, stats._ptr))
             if purify is not None:
                 _apply_purify(ctx, plan, purify, stats, base)
+            if nonfinite not in ("error", "allow"):
+                raise ValueError('nonfinite must be "error" or "allow"')
+            ctx.check(_L.lm_plan_set_nonfinite(plan, 1 if nonfinite == "allow" else 0))
             ctx.check(_L.lm_plan_execute(plan, ctypes.byref(out)))
             result = {}
             for i in range(_L.lm_model_count(out)):
