@@ -1,8 +1,9 @@
 #!/bin/bash
 # README command 2 (and CI): install what is missing, then build and run
-# every test three ways: gcc (C + Python + build checks), gcc with
-# AddressSanitizer + UndefinedBehaviorSanitizer (C suites), clang (C suites
-# and build checks); then the libFuzzer targets for LIBMERGE_FUZZ_SECONDS
+# every test: gcc (C + Python + build checks), a selection of C suites
+# under valgrind, gcc with AddressSanitizer + UndefinedBehaviorSanitizer
+# (C suites), clang with ThreadSanitizer (C suites), clang (C suites and
+# build checks); then the libFuzzer targets for LIBMERGE_FUZZ_SECONDS
 # (default 30) each. Ends with one "N passed, N failed" line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,7 @@ bash tools/install-deps.sh
 
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 export ASAN_OPTIONS=detect_leaks=1
+export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
 # Tests run merges on their own threads; keep OpenBLAS from oversubscribing.
 export OPENBLAS_NUM_THREADS=1
 
@@ -23,7 +25,12 @@ run() { # name, setup args..., -- test args...
 
 status=0
 run build -- || status=1
+# valgrind (memcheck, definite leaks are errors) on the core C suites.
+meson test -C build --print-errorlogs --logbase testlog-valgrind \
+  --wrap='valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite --quiet' \
+  plan merger file_sink safetensors_read lora stats purify nsc tensor model || status=1
 run build-asan -Db_sanitize=address,undefined -Db_lundef=false -- --suite c || status=1
+CC=clang run build-tsan -Db_sanitize=thread -Db_lundef=false -- --suite c || status=1
 CC=clang run build-clang -- --suite c --suite build || status=1
 
 # libFuzzer targets under ASan+UBSan for a bounded time each.
@@ -35,17 +42,15 @@ ninja -C build-fuzz >/dev/null
 fuzz_secs=${LIBMERGE_FUZZ_SECONDS:-30}
 if bash tests/fuzz/run.sh build-fuzz "$fuzz_secs"; then fuzz_ok=1; else fuzz_ok=0; status=1; fi
 
-/usr/bin/python3 - "$fuzz_ok" build build-asan build-clang <<'PY'
-import json, sys, os
+/usr/bin/python3 - "$fuzz_ok" build build-asan build-tsan build-clang <<'PY'
+import glob, json, sys, os
 passed = failed = skipped = 0
 if sys.argv[1] == "1": passed += 1
 else: failed += 1
 sys.argv.pop(1)
 for d in sys.argv[1:]:
-    path = os.path.join(d, "meson-logs", "testlog.json")
-    if not os.path.exists(path):
-        continue
-    for line in open(path):
+    for path in sorted(glob.glob(os.path.join(d, "meson-logs", "testlog*.json"))):
+      for line in open(path):
         r = json.loads(line).get("result")
         if r == "OK": passed += 1
         elif r == "SKIP": skipped += 1
