@@ -36,6 +36,16 @@ def write(results, path, seconds, smoke):
                 row["label"], _pct(np.mean(row["default"])), _pct(np.mean(row["norm_default"])),
                 _pct(np.mean(row["best"])), _pct(np.mean(row["norm_best"])), scale))
         lines.append("")
+    lines += ["## Summary", ""]
+    for (kind, n), r in results.items():
+        bd = max(r["rows"], key=lambda row: np.mean(row["norm_default"]))
+        bs = max(r["rows"], key=lambda row: np.mean(row["norm_best"]))
+        lines.append("- %s fine-tuning, %d tasks: best at the paper default **%s** (%s %% "
+                     "normalized), best at the searched scale **%s** (%s %%)." % (
+                         "Full" if kind == "full" else "LoRA", n, bd["label"],
+                         _pct(np.mean(bd["norm_default"])), bs["label"],
+                         _pct(np.mean(bs["norm_best"]))))
+    lines.append("")
     last = max((k for k in results if k[0] == "full"), key=lambda k: k[1])
     r = results[last]
     lines += ["## Per task, full fine-tuning, %d tasks (searched scale, absolute %%)" % last[1], "",
