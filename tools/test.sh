@@ -3,7 +3,7 @@
 # every test: gcc (C + Python + build checks), a selection of C suites
 # under valgrind, gcc with AddressSanitizer + UndefinedBehaviorSanitizer
 # (C suites), clang with ThreadSanitizer (C suites), clang (C suites and
-# build checks); then the libFuzzer targets for LIBMERGE_FUZZ_SECONDS
+# build checks), an MPI build (distributed lmerge); then the libFuzzer targets for LIBMERGE_FUZZ_SECONDS
 # (default 30) each. Ends with one "N passed, N failed" line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +32,8 @@ meson test -C build --print-errorlogs --logbase testlog-valgrind \
 run build-asan -Db_sanitize=address,undefined -Db_lundef=false -- --suite c || status=1
 CC=clang run build-tsan -Db_sanitize=thread -Db_lundef=false -- --suite c || status=1
 CC=clang run build-clang -- --suite c --suite build || status=1
+# lmerge under mpirun (3 ranks on this machine) against one process.
+run build-mpi -Dmpi=enabled -- --suite mpi || status=1
 
 # libFuzzer targets under ASan+UBSan for a bounded time each.
 if [ ! -d build-fuzz ]; then
@@ -42,7 +44,7 @@ ninja -C build-fuzz >/dev/null
 fuzz_secs=${LIBMERGE_FUZZ_SECONDS:-30}
 if bash tests/fuzz/run.sh build-fuzz "$fuzz_secs"; then fuzz_ok=1; else fuzz_ok=0; status=1; fi
 
-/usr/bin/python3 - "$fuzz_ok" build build-asan build-tsan build-clang <<'PY'
+/usr/bin/python3 - "$fuzz_ok" build build-asan build-tsan build-clang build-mpi <<'PY'
 import glob, json, sys, os
 passed = failed = skipped = 0
 if sys.argv[1] == "1": passed += 1

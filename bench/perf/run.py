@@ -36,16 +36,19 @@ REFERENCE = {"task_arithmetic": "task_arithmetic", "ties": "ties", "tsv": "tsv",
 
 
 def timed(cmd, env=None):
-    """(wall seconds, peak RSS MB) of a child process."""
+    """(wall seconds, peak RSS MB) of a child process. The RSS comes from
+    /usr/bin/time, whose own child starts from a small process: a child
+    forked directly from this (large) Python process would inherit its
+    high-water mark in ru_maxrss."""
+    out = os.path.join(WORK, "time.txt")
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(p.pid, 0)
+    p = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", out] + cmd,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     wall = time.perf_counter() - t0
-    err = p.stderr.read().decode()
-    p.stderr.close()
-    if status != 0:
-        raise SystemExit("failed: %s\n%s" % (" ".join(cmd), err))
-    return wall, usage.ru_maxrss / 1024.0
+    if p.returncode != 0:
+        raise SystemExit("failed: %s\n%s" % (" ".join(cmd), p.stderr.decode()))
+    with open(out) as f:
+        return wall, int(f.read().split()[-1]) / 1024.0
 
 
 def models(n, mb, dtype):

@@ -52,6 +52,15 @@ LM_API lm_status lm_safetensors_write(lm_context *ctx, const lm_model *model,
 /* The vtable to pass to lm_plan_execute_to; valid while the sink lives.
  * A sink is used for one execution. */
 LM_API const lm_sink_vtable *lm_file_sink_vtable(lm_file_sink *sink);
+/* Between the sink's begin and end: the temporary file that will hold
+ * output tensor `index` and the byte offset of its data there, so that
+ * cooperating processes (e.g. MPI ranks, see docs/distributed.md) can
+ * write tensors into the same files with pwrite; their bytes are then
+ * committed by this sink's end (fsync, rename, index). Errors:
+ * LM_ERR_STATE (before begin, after end), LM_ERR_OUT_OF_RANGE. */
+LM_API lm_status lm_file_sink_layout(const lm_file_sink *sink, size_t index,
+                                     const char **path, uint64_t *offset);
+
 /* Paths of the files written (after a successful execution), e.g. to
  * report them; NULL when i is out of range. */
 LM_API size_t lm_file_sink_file_count(const lm_file_sink *sink);

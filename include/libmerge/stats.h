@@ -32,6 +32,14 @@ LM_API lm_status lm_stats_observe_tensor(lm_stats *stats, size_t model,
                                          const char *name,
                                          const lm_tensor *rows);
 
+/* Add a precomputed second moment X^T X (d_in x d_in, row-major, f64) and
+ * its row count to a key, as observing those rows would (e.g. statistics
+ * reduced across processes; see libmerge/mpi.h). Errors: LM_ERR_SHAPE
+ * (d_in differs from the key's), LM_ERR_NONFINITE. */
+LM_API lm_status lm_stats_add_gram(lm_stats *stats, size_t model,
+                                   const char *name, const double *gram,
+                                   size_t d_in, uint64_t n_rows);
+
 /* The accumulated Gram matrix (row-major, full symmetric d_in x d_in) and
  * row count of a key. The pointer is valid until the next observe/merge on
  * that key or destroy. Errors: LM_ERR_NOT_FOUND. */

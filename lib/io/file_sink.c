@@ -514,6 +514,28 @@ const lm_sink_vtable *lm_file_sink_vtable(lm_file_sink *s)
     return s ? &s->vt : NULL;
 }
 
+lm_status lm_file_sink_layout(const lm_file_sink *s, size_t index,
+                              const char **path, uint64_t *offset)
+{
+    if (!s || !path || !offset)
+        return LM_ERR_INVALID_ARGUMENT;
+    if (!s->shards || s->committed)
+        return lm_context_set_error(s->ctx, LM_ERR_STATE,
+                                    "file sink: the layout exists between "
+                                    "begin and end only");
+    if (index >= s->n_tensors)
+        return lm_context_set_error(s->ctx, LM_ERR_OUT_OF_RANGE,
+                                    "file sink: tensor %zu of %zu", index,
+                                    s->n_tensors);
+    const struct shard *sh = &s->shards[s->tensor_shard[index]];
+    if (!sh->tmp_path)
+        return lm_context_set_error(s->ctx, LM_ERR_STATE,
+                                    "file sink: the output was discarded");
+    *path = sh->tmp_path;
+    *offset = s->tensor_offset[index];
+    return LM_OK;
+}
+
 size_t lm_file_sink_file_count(const lm_file_sink *s)
 {
     return s && s->committed ? s->n_shards : 0;

@@ -245,6 +245,28 @@ lm_status lm_stats_merge(lm_stats *dst, const lm_stats *src)
     return LM_OK;
 }
 
+lm_status lm_stats_add_gram(lm_stats *s, size_t model, const char *name,
+                            const double *gram, size_t d_in, uint64_t n_rows)
+{
+    if (!s || !name || !gram || !d_in)
+        return LM_ERR_INVALID_ARGUMENT;
+    for (size_t k = 0; k < d_in * d_in; k++)
+        if (!isfinite(gram[k]))
+            return lm_context_set_error(s->ctx, LM_ERR_NONFINITE,
+                                        "stats: the Gram matrix added to "
+                                        "(%zu, '%s') is not finite", model,
+                                        name);
+    struct lm_stats_entry *e = lm__stats_entry(s, model, name, d_in, true);
+    if (!e)
+        return lm_context_error_status(s->ctx);
+    pthread_mutex_lock(&e->lock);
+    for (size_t k = 0; k < d_in * d_in; k++)
+        e->gram[k] += gram[k];
+    e->n_rows += n_rows;
+    pthread_mutex_unlock(&e->lock);
+    return LM_OK;
+}
+
 int lm__stats_lookup(const lm_stats *s, size_t model, const char *name,
                      const double **gram, size_t *d_in, uint64_t *n_rows)
 {

@@ -21,6 +21,18 @@ bool lmerge_is_gguf(const char *path);
 /* A model or, for a PEFT directory or a llama.cpp adapter GGUF, a LoRA. */
 lm_status lmerge_open_input(lm_context *ctx, const char *path,
                             lm_model **model, lm_lora **lora);
+#ifdef LMERGE_MPI
+/* mpi_exec.c: this process's rank and the number of ranks (0 and 1
+ * without MPI_Init), and the distributed execution of a plan into a file
+ * sink that exists on rank 0 only. Returns 0 when every rank succeeded and
+ * rank 0 committed the output. */
+int lmerge_mpi_rank(void);
+int lmerge_mpi_size(void);
+int lmerge_mpi_execute(lm_context *ctx, lm_plan *plan, const lm_model *base,
+                       bool has_dtype, lm_dtype dtype, const char *method,
+                       lm_file_sink *sink);
+#endif
+
 /* Copy non-weight files of a base model directory into out_dir. */
 int lmerge_copy_side_files(const char *base_path, const char *out_dir,
                            char *err, size_t err_size);

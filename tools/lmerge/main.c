@@ -5,6 +5,10 @@
 
 #include "commands.h"
 
+#ifdef LMERGE_MPI
+#include <mpi.h>
+#endif
+
 static void usage(FILE *f)
 {
     fprintf(f,
@@ -19,7 +23,22 @@ static void usage(FILE *f)
             "  version    print the library version\n");
 }
 
+static int dispatch(int argc, char **argv);
+
 int main(int argc, char **argv)
+{
+#ifdef LMERGE_MPI
+    /* Under mpirun every rank runs the same command; see mpi_exec.c. */
+    MPI_Init(&argc, &argv);
+    int rc = dispatch(argc, argv);
+    MPI_Finalize();
+    return rc;
+#else
+    return dispatch(argc, argv);
+#endif
+}
+
+static int dispatch(int argc, char **argv)
 {
     if (argc < 2) {
         usage(stderr);

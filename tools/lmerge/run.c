@@ -202,6 +202,25 @@ static char *read_text(const char *path)
     return buf;
 }
 
+/* Rank and rank count under MPI; 0 and 1 otherwise. */
+static int my_rank(void)
+{
+#ifdef LMERGE_MPI
+    return lmerge_mpi_rank();
+#else
+    return 0;
+#endif
+}
+
+static int rank_count(void)
+{
+#ifdef LMERGE_MPI
+    return lmerge_mpi_size();
+#else
+    return 1;
+#endif
+}
+
 int lmerge_run(int argc, char **argv)
 {
     struct run_opts o;
@@ -302,21 +321,36 @@ int lmerge_run(int argc, char **argv)
     go.n_metadata = 3;
     if (gguf)
         so.max_shard_bytes = 0; /* one GGUF file */
+    /* Under MPI only rank 0 owns the output files (see mpi_exec.c). */
     lm_status sink_st =
-        gguf ? lm_gguf_sink_create(ctx, single, &go, &sink)
-             : lm_safetensors_sink_create(
-                   ctx, so.max_shard_bytes ? o.out_dir : single, &so, &sink);
+        my_rank() != 0 ? LM_OK
+        : gguf         ? lm_gguf_sink_create(ctx, single, &go, &sink)
+                       : lm_safetensors_sink_create(
+                     ctx, so.max_shard_bytes ? o.out_dir : single, &so, &sink);
     if (sink_st) {
         fprintf(stderr, "lmerge run: %s\n", lm_context_error(ctx));
         goto done;
     }
     struct progress_state ps = {isatty(STDERR_FILENO) && !o.quiet && !o.json,
                                 0};
-    if (ps.tty)
-        lm_plan_set_progress(plan, show_progress, &ps);
-    if (lm_plan_execute_to(plan, lm_file_sink_vtable(sink))) {
-        fprintf(stderr, "lmerge run: merge failed: %s\n",
-                lm_context_error(ctx));
+    if (rank_count() > 1) {
+#ifdef LMERGE_MPI
+        /* Each failing rank has printed its rank, tensor and message. */
+        if (lmerge_mpi_execute(ctx, plan, base, dtype_name != NULL, out_dtype,
+                               c.merge_method, sink))
+            goto done;
+#endif
+    } else {
+        if (ps.tty)
+            lm_plan_set_progress(plan, show_progress, &ps);
+        if (lm_plan_execute_to(plan, lm_file_sink_vtable(sink))) {
+            fprintf(stderr, "lmerge run: merge failed: %s\n",
+                    lm_context_error(ctx));
+            goto done;
+        }
+    }
+    if (my_rank() != 0) {
+        rc = 0; /* rank 0 copies the side files and reports */
         goto done;
     }
     if (o.copy_files && lmerge_copy_side_files(c.base_model, o.out_dir, err,
