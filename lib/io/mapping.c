@@ -117,3 +117,33 @@ lm_status lm__mappings_add(struct lm_mappings *set, struct lm_mapping map)
     set->maps[set->count++] = map;
     return LM_OK;
 }
+
+lm_status lm__map_and_parse(lm_context *ctx, const char *path,
+                            lm_model *model, lm__parse_fn parse)
+{
+    struct lm_mappings *set;
+    LM_TRY(lm__model_mappings(model, &set));
+    struct lm_mapping map;
+    LM_TRY(lm__map_file(ctx, path, &map));
+    if (lm__mappings_add(set, map) != LM_OK) {
+        lm__unmap(&map);
+        return LM_ERR_OUT_OF_MEMORY;
+    }
+    return parse(ctx, path, &map, model);
+}
+
+lm_status lm__read_model(lm_context *ctx, const char *path, lm_model **out,
+                         lm__parse_fn parse)
+{
+    if (!ctx || !path || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    lm_model *model;
+    LM_TRY(lm_model_create(ctx, &model));
+    lm_status st = lm__map_and_parse(ctx, path, model, parse);
+    if (st != LM_OK) {
+        lm_model_destroy(model);
+        return st;
+    }
+    *out = model;
+    return LM_OK;
+}

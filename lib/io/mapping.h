@@ -27,4 +27,17 @@ void lm__unmap(struct lm_mapping *m);
 lm_status lm__model_mappings(lm_model *model, struct lm_mappings **out);
 lm_status lm__mappings_add(struct lm_mappings *set, struct lm_mapping map);
 
+/* A format parser over one mapped file, adding its tensors to a model. */
+typedef lm_status (*lm__parse_fn)(lm_context *ctx, const char *path,
+                                  const struct lm_mapping *map,
+                                  lm_model *model);
+
+/* Map `path` into the model's mapping set, then parse it. */
+lm_status lm__map_and_parse(lm_context *ctx, const char *path,
+                            lm_model *model, lm__parse_fn parse);
+
+/* A new model holding one parsed file (destroyed again on failure). */
+lm_status lm__read_model(lm_context *ctx, const char *path, lm_model **out,
+                         lm__parse_fn parse);
+
 #endif

@@ -300,29 +300,11 @@ lm_status lm__safetensors_read_into(lm_context *ctx, const char *path,
 lm_status lm__safetensors_read_into(lm_context *ctx, const char *path,
                                     lm_model *model)
 {
-    struct lm_mappings *set;
-    LM_TRY(lm__model_mappings(model, &set));
-    struct lm_mapping map;
-    LM_TRY(lm__map_file(ctx, path, &map));
-    if (lm__mappings_add(set, map) != LM_OK) {
-        lm__unmap(&map);
-        return LM_ERR_OUT_OF_MEMORY;
-    }
-    return parse_file(ctx, path, &map, model);
+    return lm__map_and_parse(ctx, path, model, parse_file);
 }
 
 lm_status lm_safetensors_read(lm_context *ctx, const char *path,
                               lm_model **out)
 {
-    if (!ctx || !path || !out)
-        return LM_ERR_INVALID_ARGUMENT;
-    lm_model *model;
-    LM_TRY(lm_model_create(ctx, &model));
-    lm_status st = lm__safetensors_read_into(ctx, path, model);
-    if (st != LM_OK) {
-        lm_model_destroy(model);
-        return st;
-    }
-    *out = model;
-    return LM_OK;
+    return lm__read_model(ctx, path, out, parse_file);
 }

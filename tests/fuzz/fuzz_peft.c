@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fuzz_util.h"
 #include "libmerge.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -34,10 +35,8 @@ static const char *adapter_dir(lm_context *ctx)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    lm_context_options o = LM_CONTEXT_OPTIONS_INIT;
-    o.n_threads = 1;
-    lm_context *ctx;
-    if (lm_context_create(&o, &ctx) != LM_OK)
+    lm_context *ctx = fuzz_context();
+    if (!ctx)
         return 0;
     const char *dir = adapter_dir(ctx);
     char path[256];

@@ -7,10 +7,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    lm_context_options o = LM_CONTEXT_OPTIONS_INIT;
-    o.n_threads = 1;
-    lm_context *ctx;
-    if (lm_context_create(&o, &ctx) != LM_OK)
+    lm_context *ctx = fuzz_context();
+    if (!ctx)
         return 0;
     lm_model *m = NULL;
     if (lm_safetensors_read(ctx, fuzz_write_temp(data, size, ".safetensors"),

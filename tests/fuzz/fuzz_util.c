@@ -1,5 +1,7 @@
 #include "fuzz_util.h"
 
+#include "libmerge.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,4 +19,12 @@ const char *fuzz_write_temp(const uint8_t *data, size_t size,
         abort();
     fclose(f);
     return path;
+}
+
+lm_context *fuzz_context(void)
+{
+    lm_context_options o = LM_CONTEXT_OPTIONS_INIT;
+    o.n_threads = 1;
+    lm_context *ctx = NULL;
+    return lm_context_create(&o, &ctx) == LM_OK ? ctx : NULL;
 }

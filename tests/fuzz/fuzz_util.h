@@ -10,4 +10,8 @@
 const char *fuzz_write_temp(const uint8_t *data, size_t size,
                             const char *suffix);
 
+struct lm_context;
+/* A one-thread context (NULL if it cannot be created). */
+struct lm_context *fuzz_context(void);
+
 #endif
