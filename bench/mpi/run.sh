@@ -23,7 +23,7 @@ for spec in "task_arithmetic|  lambda: 0.3" "tsv|  alpha: 1.0"; do
   for ranks in 1 2 3; do
     rm -rf "$work/out-$ranks"
     t0=$(date +%s.%N)
-    mpirun --oversubscribe -n $ranks "$lmerge" run "$work/$method.yaml" -o "$work/out-$ranks" \
+    mpirun --bind-to none --oversubscribe -n $ranks "$lmerge" run "$work/$method.yaml" -o "$work/out-$ranks" \
       -q --threads $(( ranks == 1 ? 2 : 1 )) --shard-size 100MB
     t1=$(date +%s.%N)
     wall=$(echo "$t1 - $t0" | bc)
