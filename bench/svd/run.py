@@ -2,6 +2,13 @@
 method in the same process (tests/python/reference.py), one layer of
 SIZE x SIZE with T task vectors. Writes docs/benchmarks/svd.md.
 
+Both sides get every core, each in its own best way: numpy through
+OpenBLAS's threads, libmerge through its own workers with OpenBLAS
+single-threaded (the setting docs/api.md recommends, and the one that keeps
+results bit-identical for any thread count). numpy and libmerge share one
+OpenBLAS in this process, so the script switches its thread count before
+each side runs.
+
 usage: LIBMERGE_LIBRARY=build/lib/libmerge.so.0 PYTHONPATH=bindings/python \\
        /usr/bin/python3 bench/svd/run.py [SIZE] [TASKS]"""
 import os
@@ -28,6 +35,19 @@ def tasks(rng, n, t, decay):
     return out
 
 
+def openblas():
+    """The process's OpenBLAS (shared by numpy and libmerge), or None."""
+    import ctypes
+    for name in ("libopenblas.so.0", "libopenblas.so"):
+        try:
+            lib = ctypes.CDLL(name)
+            lib.openblas_set_num_threads
+            return lib
+        except (OSError, AttributeError):
+            pass
+    return None
+
+
 def timed(fn):
     t0 = time.perf_counter()
     out = fn()
@@ -41,24 +61,36 @@ def main():
     taus = tasks(rng, n, t, 0.97)
     base = {"w": np.zeros((n, n), np.float32)}
     models = [{"w": x} for x in taus]
+    cores = os.cpu_count()
+    blas = openblas()
+    set_blas = blas.openblas_set_num_threads if blas else (lambda n: None)
     rows = []
     for method, fn, extra in [("tsv", ref.tsv, {}), ("iso_cts", ref.iso_cts, {}),
                               ("tsv (randomized)", ref.tsv, {"randomized": True})]:
         name = method.split()[0]
-        t_lib, out = timed(lambda: libmerge.merge(name, base, models, **extra)["w"])
+        set_blas(1)
+        t_lib, out = timed(lambda: libmerge.merge(name, base, models, threads=cores,
+                                                  **extra)["w"])
+        set_blas(cores)
         t_ref, want = timed(lambda: fn(taus))
         err = np.abs(out.astype(np.float64) - want).max() / np.abs(want).max()
         rows.append((method, t_lib, t_ref, err))
         print("%-18s libmerge %7.2f s  numpy %7.2f s  ratio %.2f  rel. error %.1e"
               % (method, t_lib, t_ref, t_lib / t_ref, err), flush=True)
-    threads = os.environ.get("OPENBLAS_NUM_THREADS", "(OpenBLAS default)")
     lines = [
         "# SVD-family merge time",
         "",
         "Measured by `bench/svd/run.py %d %d` on %d cores, %s; one %dx%d layer,"
-        % (n, t, os.cpu_count(), time.strftime("%Y-%m-%d"), n, n),
-        "%d task vectors with decaying spectra; OPENBLAS_NUM_THREADS=%s for both."
-        % (t, threads),
+        % (n, t, cores, time.strftime("%Y-%m-%d"), n, n),
+        "%d task vectors with decaying spectra (rank %d, singular values 0.97^i)."
+        % (t, n // 4),
+        "Both sides use all %d cores: numpy through %d OpenBLAS threads, libmerge"
+        % (cores, cores),
+        "through %d workers with OpenBLAS single-threaded (docs/api.md's setting,"
+        % cores,
+        "bit-identical for any thread count)%s." % ("" if blas else
+                                                   " — OpenBLAS not found, so "
+                                                   "BLAS threads were left as they were"),
         "The reference is a straightforward numpy implementation of the same",
         "method (`tests/python/reference.py`, float64 `np.linalg.svd`), run in",
         "the same process, the way the Python tools do it.",

@@ -144,6 +144,7 @@ static void report_progress(struct exec *ex, size_t index)
 static void *worker(void *arg)
 {
     struct exec *ex = arg;
+    lm__threads_hold(ex->plan->ctx, 1);
     for (;;) {
         if (atomic_load(&ex->stop))
             break;
@@ -156,6 +157,8 @@ static void *worker(void *arg)
         else if (ex->pass == LM__PASS_MERGE)
             report_progress(ex, i);
     }
+    /* Idle from here on: a tensor still merging may borrow this thread. */
+    lm__threads_release(ex->plan->ctx, 1);
     return NULL;
 }
 

@@ -6,6 +6,7 @@
 #define LM_CORE_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 
 #include "libmerge.h"
@@ -17,6 +18,9 @@
 
 struct lm_context {
     int n_threads;
+    /* Threads merging for this context right now (executor workers,
+     * load-time merges, parallel-loop helpers): loops borrow the rest. */
+    atomic_int busy_threads;
     uint64_t seed;
     lm_log_fn log;
     void *log_user;
@@ -148,6 +152,17 @@ lm_status lm__purify_measure(lm_plan *p, const char *name, const float *base,
 lm_status lm__purify_apply(lm_plan *p, const char *name, const float *base,
                            const int64_t *shape, int ndim,
                            float *const *deltas);
+
+/* Independent work items inside one merge (parallel.c): fn(arg, i) for
+ * every i < n_items, on the calling thread plus whatever of the context's
+ * threads are idle. Returns the status of the first failing item by index
+ * (later items may not run once one fails). */
+typedef lm_status (*lm__item_fn)(void *arg, size_t item);
+lm_status lm__parallel_for(lm_context *ctx, size_t n_items, lm__item_fn fn,
+                           void *arg);
+/* Mark n threads as busy merging (or no longer) for ctx's budget. */
+void lm__threads_hold(lm_context *ctx, int n);
+void lm__threads_release(lm_context *ctx, int n);
 
 /* Run the plan into a sink (executor.c). */
 lm_status lm__execute(lm_plan *plan, const lm_sink_vtable *sink);

@@ -99,8 +99,11 @@ lm_status lm_merger_apply_to(lm_merger *m, const char *name,
         return LM_OK;
     }
     float *block = NULL, *result = NULL;
-    LM_TRY(lm__merge_tensor(m->plan, m->state, name, base, false,
-                            LM__PASS_MERGE, &block, &result));
+    lm__threads_hold(ctx, 1);
+    lm_status st = lm__merge_tensor(m->plan, m->state, name, base, false,
+                                    LM__PASS_MERGE, &block, &result);
+    lm__threads_release(ctx, 1);
+    LM_TRY(st);
     lm_convert(result, LM_F32, out->data, out->dtype, base->numel);
     lm_free(ctx, block);
     return LM_OK;

@@ -51,7 +51,10 @@ lm_status lm__cholesky_solve(lm_context *ctx, const double *l, size_t n,
 lm_status lm__qr_q(lm_context *ctx, const double *a, size_t m, size_t n,
                    double *q);
 
-/* Polar factor U V^T of A (m x n) from its thin SVD, into p (m x n). */
+/* Polar factor U V^T of A (m x n) into p (m x n): through the
+ * eigendecomposition of the smaller Gram matrix when A is well conditioned
+ * (cond(A) < 1e5), else from A's thin SVD (which also covers rank-deficient
+ * A, whose polar factor is not unique). */
 lm_status lm__polar(lm_context *ctx, const double *a, size_t m, size_t n,
                     double *p);
 

@@ -29,8 +29,9 @@ static const lm_param_desc tsv_params[] = {
      "per-task top-k SVDs by a randomized range finder (faster)"},
     {sizeof(lm_param_desc), "power_iterations", LM_PARAM_INT, 2.0, 0.0, 10.0,
      NULL, "power iterations of the randomized SVD"},
-    {sizeof(lm_param_desc), "oversample", LM_PARAM_INT, 16.0, 0.0, 1024.0,
-     NULL, "extra random probes of the randomized SVD"},
+    {sizeof(lm_param_desc), "oversample", LM_PARAM_INT, 0.0, 0.0, 4096.0,
+     NULL, "extra random probes of the randomized SVD (0: max(16, k/2), "
+     "accurate when the spectrum decays slowly around k)"},
 };
 
 static const lm_param_desc iso_c_params[] = {
@@ -112,9 +113,13 @@ static lm_status top_k(const struct svd_state *s, lm_context *ctx,
                        uint64_t seed, double *u, double *sv, double *vt)
 {
     size_t full = m < n ? m : n;
-    if (s->randomized && k + (size_t)s->oversample < full)
-        return lm__svd_randomized(ctx, x, m, n, k, (size_t)s->oversample,
-                                  (size_t)s->power, seed, u, sv, vt);
+    /* A probe count that scales with k: with a fixed 16 extra probes the
+     * k-th direction is poorly resolved when sigma_k+1 / sigma_k is close
+     * to 1, as in task vectors with slowly decaying spectra. */
+    size_t p = s->oversample ? (size_t)s->oversample : (k / 2 > 16 ? k / 2 : 16);
+    if (s->randomized && k + p < full)
+        return lm__svd_randomized(ctx, x, m, n, k, p, (size_t)s->power, seed,
+                                  u, sv, vt);
     double *buf = lm__calloc(ctx, m * full + full + full * n, sizeof(double));
     if (!buf)
         return LM_ERR_OUT_OF_MEMORY;
@@ -180,32 +185,82 @@ lm_status lm__tsv_merge(const lm_tensor_job *job, const double *x, size_t m,
     return merge_tsv(&plain, job, x, m, n, out);
 }
 
+/* The per-task top-k triplets placed into shared concatenations: task t
+ * owns columns [col0 + t k, col0 + (t+1) k) of U and V and those entries of
+ * sigma, so tasks run in parallel without sharing anything they write. */
+struct task_svds {
+    const struct svd_state *s;
+    const lm_tensor_job *job;
+    const double *x;       /* the T matrices whose top-k we need */
+    size_t m, n, k, cols, col0;
+    double *U, *V, *sigma;
+};
+
+/* Top-k of xt (task t's matrix) into task t's columns. */
+static lm_status svd_into(const struct task_svds *w, size_t t,
+                          const double *xt)
+{
+    lm_context *ctx = w->job->ctx;
+    size_t m = w->m, n = w->n, k = w->k;
+    double *buf = lm__calloc(ctx, m * k + k + k * n, sizeof(double));
+    if (!buf)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "out of memory for task %zu's SVD", t);
+    double *u = buf, *sv = u + m * k, *vt = sv + k;
+    lm_status st = top_k(w->s, ctx, xt, m, n, k, w->job->seed + t, u, sv, vt);
+    if (st == LM_OK) {
+        size_t col = w->col0 + t * k;
+        place(w->U, w->V, m, n, w->cols, col, u, vt, k);
+        memcpy(w->sigma + col, sv, k * sizeof(double));
+    }
+    lm_free(ctx, buf);
+    return st;
+}
+
+static lm_status task_svd(void *arg, size_t t)
+{
+    const struct task_svds *w = arg;
+    return svd_into(w, t, w->x + t * w->m * w->n);
+}
+
+/* Polar factors of U (m x cols) and V (n x cols), one per thread. */
+struct polar_pair {
+    lm_context *ctx;
+    const double *in[2];
+    double *out[2];
+    size_t rows[2], cols;
+};
+
+static lm_status polar_one(void *arg, size_t i)
+{
+    struct polar_pair *p = arg;
+    return lm__polar(p->ctx, p->in[i], p->rows[i], p->cols, p->out[i]);
+}
+
+static lm_status polar_both(lm_context *ctx, const double *U, size_t m,
+                            const double *V, size_t n, size_t cols, double *Up,
+                            double *Vp)
+{
+    struct polar_pair p = {ctx, {U, V}, {Up, Vp}, {m, n}, cols};
+    return lm__parallel_for(ctx, 2, polar_one, &p);
+}
+
 static lm_status merge_tsv(const struct svd_state *s, const lm_tensor_job *job,
                            const double *x, size_t m, size_t n, double *out)
 {
     size_t T = job->n_models, full = m < n ? m : n;
     size_t k = full / T ? full / T : 1, cols = k * T;
     lm_context *ctx = job->ctx;
-    double *buf = lm__calloc(ctx, m * cols * 2 + n * cols * 2 + cols +
-                                      m * k + k + k * n,
+    double *buf = lm__calloc(ctx, m * cols * 2 + n * cols * 2 + cols,
                              sizeof(double));
     if (!buf)
         return LM_ERR_OUT_OF_MEMORY;
     double *U = buf, *Up = U + m * cols, *V = Up + m * cols, *Vp = V + n * cols,
-           *sigma = Vp + n * cols, *u = sigma + cols, *sv = u + m * k,
-           *vt = sv + k;
-    lm_status st = LM_OK;
-    for (size_t t = 0; st == LM_OK && t < T; t++) {
-        st = top_k(s, ctx, x + t * m * n, m, n, k, job->seed + t, u, sv, vt);
-        if (st == LM_OK) {
-            place(U, V, m, n, cols, t * k, u, vt, k);
-            memcpy(sigma + t * k, sv, k * sizeof(double));
-        }
-    }
+           *sigma = Vp + n * cols;
+    struct task_svds w = {s, job, x, m, n, k, cols, 0, U, V, sigma};
+    lm_status st = lm__parallel_for(ctx, T, task_svd, &w);
     if (st == LM_OK)
-        st = lm__polar(ctx, U, m, cols, Up);
-    if (st == LM_OK)
-        st = lm__polar(ctx, V, n, cols, Vp);
+        st = polar_both(ctx, U, m, V, n, cols, Up, Vp);
     if (st == LM_OK)
         compose(Up, sigma, Vp, m, n, cols, s->alpha, U, out);
     lm_free(ctx, buf);
@@ -238,6 +293,76 @@ static lm_status merge_iso_c(const struct svd_state *s,
     return st;
 }
 
+/* Task t's directions outside the common left subspace Uc (U's first kc
+ * columns): the top `per` triplets of (I - Uc Uc^T) tau_t. */
+struct specific_svds {
+    struct task_svds w;
+    size_t kc;
+    /* When m <= n the sum's SVD has all m left vectors, and those after
+     * the first kc span exactly the complement of Uc: columns kc.. of
+     * `left` (m x m). NULL otherwise. */
+    const double *left;
+};
+
+/* With an orthonormal basis Q (m x r) of the complement, the projected
+ * task is Q C with C = Q^T tau_t (r x n): C's SVD a s b^T gives the exact
+ * SVD (Q a) s b^T at a fraction of the cost, since r = m - kc is small. */
+static lm_status specific_svd_reduced(const struct specific_svds *sp, size_t t)
+{
+    const struct task_svds *w = &sp->w;
+    lm_context *ctx = w->job->ctx;
+    size_t m = w->m, n = w->n, kc = sp->kc, r = m - kc, k = w->k;
+    const double *xt = w->x + t * m * n, *q = sp->left + kc;
+    double *buf = lm__calloc(ctx, r * n + r * k + k + k * n + m * k,
+                             sizeof(double));
+    if (!buf)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "out of memory projecting task %zu", t);
+    double *c = buf, *a = c + r * n, *sv = a + r * k, *vt = sv + k,
+           *u = vt + k * n;
+    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)r, (int)n,
+                (int)m, 1.0, q, (int)m, xt, (int)n, 0.0, c, (int)n);
+    lm_status st = top_k(w->s, ctx, c, r, n, k, w->job->seed + t, a, sv, vt);
+    if (st == LM_OK) {
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)k,
+                    (int)r, 1.0, q, (int)m, a, (int)k, 0.0, u, (int)k);
+        lm__svd_canonical_signs(u, m, k, vt, n);
+        size_t col = w->col0 + t * k;
+        place(w->U, w->V, m, n, w->cols, col, u, vt, k);
+        memcpy(w->sigma + col, sv, k * sizeof(double));
+    }
+    lm_free(ctx, buf);
+    return st;
+}
+
+static lm_status specific_svd(void *arg, size_t t)
+{
+    struct specific_svds *sp = arg;
+    if (sp->left)
+        return specific_svd_reduced(sp, t);
+    struct task_svds *w = &sp->w;
+    lm_context *ctx = w->job->ctx;
+    size_t m = w->m, n = w->n, kc = sp->kc;
+    const double *xt = w->x + t * m * n;
+    double *proj = lm__calloc(ctx, m * n + kc * n, sizeof(double));
+    if (!proj)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "out of memory projecting task %zu", t);
+    double *coef = proj + m * n;
+    memcpy(proj, xt, m * n * sizeof(double));
+    if (kc) { /* coef = Uc^T x_t (kc x n); proj -= Uc coef */
+        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kc, (int)n,
+                    (int)m, 1.0, w->U, (int)w->cols, xt, (int)n, 0.0, coef,
+                    (int)n);
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)n,
+                    (int)kc, -1.0, w->U, (int)w->cols, coef, (int)n, 1.0, proj,
+                    (int)n);
+    }
+    lm_status st = svd_into(w, t, proj);
+    lm_free(ctx, proj);
+    return st;
+}
+
 static lm_status merge_iso_cts(const struct svd_state *s,
                                const lm_tensor_job *job, const double *x,
                                size_t m, size_t n, double *out)
@@ -252,18 +377,14 @@ static lm_status merge_iso_cts(const struct svd_state *s,
                                     "no directions with %zu tasks and "
                                     "common_space_fraction %g", job->name, m,
                                     n, T, s->common_fraction);
-    size_t kt = per ? per : 1;
-    double *buf = lm__calloc(ctx, m * n * 2 + m * full + full + full * n +
-                                      2 * m * cols + 2 * n * cols + cols +
-                                      m * kt + kt + kt * n,
+    double *buf = lm__calloc(ctx, m * n + m * full + full + full * n +
+                                      2 * m * cols + 2 * n * cols + cols,
                              sizeof(double));
     if (!buf)
         return LM_ERR_OUT_OF_MEMORY;
-    double *sum = buf, *proj = sum + m * n, *u = proj + m * n,
-           *sv = u + m * full, *vt = sv + full, *U = vt + full * n,
-           *Up = U + m * cols, *V = Up + m * cols, *Vp = V + n * cols,
-           *sigma = Vp + n * cols, *tu = sigma + cols, *ts = tu + m * kt,
-           *tvt = ts + kt;
+    double *sum = buf, *u = sum + m * n, *sv = u + m * full, *vt = sv + full,
+           *U = vt + full * n, *Up = U + m * cols, *V = Up + m * cols,
+           *Vp = V + n * cols, *sigma = Vp + n * cols;
     for (size_t t = 0; t < T; t++)
         for (size_t i = 0; i < m * n; i++)
             sum[i] += x[t * m * n + i];
@@ -277,35 +398,14 @@ static lm_status merge_iso_cts(const struct svd_state *s,
                 V[i * cols + j] = vt[j * n + i];
         memcpy(sigma, sv, kc * sizeof(double));
     }
-    /* Task-specific directions from each tau_t with the common left
-     * subspace projected out: (I - Uc Uc^T) tau_t. */
-    double *coef = kc ? lm__calloc(ctx, kc * n, sizeof(double)) : NULL;
-    if (kc && !coef)
-        st = LM_ERR_OUT_OF_MEMORY;
-    for (size_t t = 0; st == LM_OK && per && t < T; t++) {
-        const double *xt = x + t * m * n;
-        memcpy(proj, xt, m * n * sizeof(double));
-        if (kc) {
-            /* coef = Uc^T x_t (kc x n); proj -= Uc coef. Uc is U's first kc
-             * columns with row stride cols. */
-            cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)kc,
-                        (int)n, (int)m, 1.0, U, (int)cols, xt, (int)n, 0.0,
-                        coef, (int)n);
-            cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m,
-                        (int)n, (int)kc, -1.0, U, (int)cols, coef, (int)n,
-                        1.0, proj, (int)n);
-        }
-        st = top_k(s, ctx, proj, m, n, per, job->seed + t, tu, ts, tvt);
-        if (st == LM_OK) {
-            place(U, V, m, n, cols, kc + t * per, tu, tvt, per);
-            memcpy(sigma + kc + t * per, ts, per * sizeof(double));
-        }
+    if (st == LM_OK && per) {
+        struct specific_svds sp = {{s, job, x, m, n, per, cols, kc, U, V,
+                                    sigma},
+                                   kc, m <= n ? u : NULL};
+        st = lm__parallel_for(ctx, T, specific_svd, &sp);
     }
-    lm_free(ctx, coef);
     if (st == LM_OK)
-        st = lm__polar(ctx, U, m, cols, Up);
-    if (st == LM_OK)
-        st = lm__polar(ctx, V, n, cols, Vp);
+        st = polar_both(ctx, U, m, V, n, cols, Up, Vp);
     if (st == LM_OK) {
         double mean = 0;
         for (size_t i = 0; i < cols; i++)

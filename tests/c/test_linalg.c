@@ -1,10 +1,12 @@
 /* The LAPACK layer and projectors: reconstructions, orthonormality,
  * failure paths, determinism. */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "libmerge/projector.h"
+#include "core/internal.h"
 #include "linalg/linalg.h"
 #include "testutil.h"
 
@@ -131,6 +133,104 @@ START_TEST(eigh_cholesky_qr_polar)
 }
 END_TEST
 
+/* U V^T from lm__svd: the reference polar factor. */
+static void polar_by_svd(lm_context *ctx, const double *a, size_t m, size_t n,
+                         double *p, double *mean_sv)
+{
+    size_t k = m < n ? m : n;
+    double *u = malloc(m * k * 8), *s = malloc(k * 8), *vt = malloc(k * n * 8);
+    ck_assert_ok(lm__svd(ctx, a, m, n, u, s, vt));
+    lm__gemm(false, false, m, n, k, 1.0, u, vt, 0.0, p);
+    double sum = 0;
+    for (size_t i = 0; i < k; i++)
+        sum += s[i];
+    *mean_sv = sum / (double)k;
+    free(u); free(s); free(vt);
+}
+
+/* Well-conditioned inputs take the Gram route and must agree with the SVD
+ * route to rounding; rank-deficient ones take the SVD route itself. */
+START_TEST(polar_routes_agree)
+{
+    lm_context *ctx = tu_context(1, 0);
+    size_t dims[][2] = {{40, 25}, {25, 40}, {30, 30}};
+    for (size_t c = 0; c < 3; c++) {
+        size_t m = dims[c][0], n = dims[c][1];
+        double *a = rand_mat(m, n, 100 + c), *p = malloc(m * n * 8),
+               *want = malloc(m * n * 8), mean, want_mean;
+        ck_assert_ok(lm__polar_scaled(ctx, a, m, n, p, &mean));
+        polar_by_svd(ctx, a, m, n, want, &want_mean);
+        ck_assert_msg(max_abs_diff(p, want, m * n) < 1e-10, "%zu x %zu: %g", m,
+                      n, max_abs_diff(p, want, m * n));
+        ck_assert(fabs(mean - want_mean) < 1e-12 * want_mean);
+        free(a); free(p); free(want);
+    }
+    /* Rank 3 of 10 columns: no unique polar factor, the SVD route's. */
+    size_t m = 20, n = 10;
+    double *l = rand_mat(m, 3, 7), *r = rand_mat(3, n, 8), *a = calloc(m * n, 8);
+    lm__gemm(false, false, m, n, 3, 1.0, l, r, 0.0, a);
+    double *p = malloc(m * n * 8), *want = malloc(m * n * 8), mean, want_mean;
+    ck_assert_ok(lm__polar_scaled(ctx, a, m, n, p, &mean));
+    polar_by_svd(ctx, a, m, n, want, &want_mean);
+    ck_assert(memcmp(p, want, m * n * 8) == 0);
+    ck_assert(mean == want_mean);
+    a[3] = INFINITY;
+    ck_assert_status(lm__polar(ctx, a, m, n, p), LM_ERR_NONFINITE);
+    free(l); free(r); free(a); free(p); free(want);
+    lm_context_destroy(ctx);
+}
+END_TEST
+
+struct items {
+    int runs[16];
+    pthread_t who[16];
+    size_t fail_from;
+};
+
+static lm_status count_item(void *arg, size_t i)
+{
+    struct items *it = arg;
+    it->runs[i]++;
+    it->who[i] = pthread_self();
+    return i >= it->fail_from ? LM_ERR_LINALG - (int)(i - it->fail_from)
+                              : LM_OK;
+}
+
+START_TEST(parallel_loops)
+{
+    /* Every item once; one thread only uses the caller. */
+    lm_context *one = tu_context(1, 0);
+    struct items it = {.fail_from = 99};
+    ck_assert_ok(lm__parallel_for(one, 16, count_item, &it));
+    for (int i = 0; i < 16; i++) {
+        ck_assert_int_eq(it.runs[i], 1);
+        ck_assert(pthread_equal(it.who[i], pthread_self()));
+    }
+    lm_context_destroy(one);
+    /* Four threads: every item once, the budget returned afterwards, and
+     * the status is the first failing item's by index. */
+    lm_context *four = tu_context(4, 0);
+    memset(&it, 0, sizeof(it));
+    it.fail_from = 99;
+    ck_assert_ok(lm__parallel_for(four, 16, count_item, &it));
+    for (int i = 0; i < 16; i++)
+        ck_assert_int_eq(it.runs[i], 1);
+    ck_assert_int_eq(atomic_load(&four->busy_threads), 0);
+    /* Three of four threads held elsewhere: at most one helper joins. */
+    lm__threads_hold(four, 3);
+    memset(&it, 0, sizeof(it));
+    it.fail_from = 99;
+    ck_assert_ok(lm__parallel_for(four, 16, count_item, &it));
+    ck_assert_int_eq(atomic_load(&four->busy_threads), 3);
+    lm__threads_release(four, 3);
+    memset(&it, 0, sizeof(it));
+    it.fail_from = 0;
+    ck_assert_status(lm__parallel_for(four, 1, count_item, &it), LM_ERR_LINALG);
+    ck_assert_ok(lm__parallel_for(four, 0, count_item, &it));
+    lm_context_destroy(four);
+}
+END_TEST
+
 START_TEST(randomized_svd)
 {
     lm_context *ctx = tu_context(1, 0);
@@ -239,6 +339,8 @@ int main(void)
     tcase_add_test(tc, failures_are_reported);
     tcase_add_test(tc, eigh_cholesky_qr_polar);
     tcase_add_test(tc, randomized_svd);
+    tcase_add_test(tc, polar_routes_agree);
+    tcase_add_test(tc, parallel_loops);
     tcase_add_test(tc, projectors);
     suite_add_tcase(s, tc);
     return tu_run(s);

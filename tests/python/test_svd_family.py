@@ -96,3 +96,26 @@ def test_nan_task_vector_is_a_clear_error():
     bad["w"][3, 4] = np.nan
     with pytest.raises(libmerge.NonFiniteError, match="'w'"):
         libmerge.merge("tsv", BASE, [MODELS[0], bad])
+
+
+@pytest.mark.parametrize("method,params", [
+    ("tsv", {}), ("tsv", {"randomized": True}), ("iso_cts", {}), ("iso_c", {})])
+def test_bit_identical_for_any_thread_count(method, params):
+    """The per-task SVDs and the two polar factors of one tensor run on
+    the context's idle threads; which thread runs what must not show."""
+    runs = [libmerge.merge(method, BASE, MODELS, threads=n, **params)["w"].tobytes()
+            for n in (1, 2, 4)]
+    assert runs[0] == runs[1] == runs[2]
+
+
+@pytest.mark.parametrize("shape", [(768, 512), (512, 512)])
+def test_iso_cts_tall_and_square(shape):
+    """Wide and square layers take the reduced route for the task-specific
+    directions (projection onto the sum's remaining left vectors); tall
+    ones project explicitly. Both must match the reference."""
+    rng = np.random.default_rng(11)
+    taus = ref.low_rank_tasks(rng, shape, T, rank=16)
+    base = {"w": np.zeros(shape, np.float32)}
+    models = [{"w": t} for t in taus]
+    close(libmerge.merge("iso_cts", base, models, alpha=0.7)["w"],
+          ref.iso_cts(taus, alpha=0.7, common=0.8))
