@@ -42,7 +42,7 @@ typedef struct lm_purify_options {
 /* Enable (options non-NULL) or disable purification for a plan; it then
  * composes with any strategy. Needs lm_plan_set_stats before execution.
  * Errors: LM_ERR_OUT_OF_RANGE (keep outside (0, 1], epsilon or tolerance
- * <= 0, polarize < 0, max_prune_factor < 1), LM_ERR_ABI. */
+ * <= 0, polarize outside [0, 10], max_prune_factor < 1), LM_ERR_ABI. */
 LM_API lm_status lm_plan_set_purify(lm_plan *plan,
                                     const lm_purify_options *options);
 
@@ -64,6 +64,21 @@ LM_API lm_status lm_plan_tune_purify(lm_plan *plan,
                                      const struct lm_stats *heldout,
                                      const double *candidates, size_t n,
                                      double *best_keep, double *objectives);
+
+/* K-fold version of lm_plan_tune_purify: folds[f] holds fold f's rows
+ * (tagged by the host, or split by lm_stats_observe_folds). For every fold
+ * the plan runs with the other folds' statistics (their sum: subspaces,
+ * and ESM's statistics, from training rows only) and is scored by the
+ * drift on fold f; a candidate's objective is the sum over folds, so every
+ * row is held out once. The plan's own statistics (lm_plan_set_stats,
+ * normally the sum of all folds) are restored afterwards for the final
+ * merge, with the best ratio kept. n_folds >= 2; `objectives` as above. */
+LM_API lm_status lm_plan_tune_purify_folds(lm_plan *plan,
+                                           const struct lm_stats *const *folds,
+                                           size_t n_folds,
+                                           const double *candidates,
+                                           size_t n, double *best_keep,
+                                           double *objectives);
 
 /* The same choice by a host score to maximise (e.g. validation accuracy,
  * when the host has labels): `score` is called with the keep ratio and

@@ -27,6 +27,17 @@ LM_API void lm_stats_destroy(lm_stats *stats);
 LM_API lm_status lm_stats_observe(lm_stats *stats, size_t model,
                                   const char *name, const float *rows,
                                   size_t n_rows, size_t d_in);
+/* K-fold collection for held-out tuning (lm_plan_tune_purify_folds):
+ * row j of a key's stream, counted over every call for that key, goes to
+ * folds[j mod n_folds], so the split does not depend on batch sizes.
+ * n_folds >= 2 stats objects (created by the caller). Rows are checked
+ * before any fold changes (LM_ERR_SHAPE, LM_ERR_NONFINITE). Calls for the
+ * same key must not run concurrently (the split follows the call order);
+ * different keys may. */
+LM_API lm_status lm_stats_observe_folds(lm_stats *const *folds,
+                                        size_t n_folds, size_t model,
+                                        const char *name, const float *rows,
+                                        size_t n_rows, size_t d_in);
 /* Same from a 2-D tensor [n_rows, d_in] of any dtype. */
 LM_API lm_status lm_stats_observe_tensor(lm_stats *stats, size_t model,
                                          const char *name,

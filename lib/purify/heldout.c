@@ -123,6 +123,72 @@ lm_status lm_plan_tune_purify(lm_plan *p, const struct lm_stats *heldout,
                 best_keep, objectives);
 }
 
+/* Fold f's objective: drift on its rows of the plan run on the others. */
+static lm_status fold_curve(lm_plan *p, const struct lm_stats *const *folds,
+                            size_t n_folds, size_t f, const double *candidates,
+                            size_t n, double *curve)
+{
+    lm_stats *train = NULL;
+    LM_TRY(lm_stats_create(p->ctx, &train));
+    lm_status st = LM_OK;
+    for (size_t g = 0; g < n_folds && st == LM_OK; g++)
+        if (g != f)
+            st = lm_stats_merge(train, folds[g]);
+    if (st == LM_OK) {
+        p->stats = train;
+        st = tune(p, candidates, n, drift_objective, (void *)folds[f], 1.0,
+                  NULL, curve);
+    }
+    lm_stats_destroy(train);
+    return st;
+}
+
+lm_status lm_plan_tune_purify_folds(lm_plan *p,
+                                    const struct lm_stats *const *folds,
+                                    size_t n_folds, const double *candidates,
+                                    size_t n, double *best_keep,
+                                    double *objectives)
+{
+    if (!p || !folds || n_folds < 2 || !candidates || !n)
+        return LM_ERR_INVALID_ARGUMENT;
+    for (size_t f = 0; f < n_folds; f++)
+        if (!folds[f])
+            return LM_ERR_INVALID_ARGUMENT;
+    if (!p->purify)
+        return lm_context_set_error(p->ctx, LM_ERR_STATE,
+                                    "tune purify: enable purification first "
+                                    "(lm_plan_set_purify)");
+    double *sum = lm__calloc(p->ctx, 2 * n, sizeof(double));
+    if (!sum)
+        return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "tune purify: out of memory");
+    double *curve = sum + n;
+    const struct lm_stats *own = p->stats;
+    lm_purify_options o = p->purify_opts;
+    lm_status st = LM_OK;
+    for (size_t f = 0; f < n_folds && st == LM_OK; f++) {
+        st = fold_curve(p, folds, n_folds, f, candidates, n, curve);
+        for (size_t i = 0; st == LM_OK && i < n; i++)
+            sum[i] += curve[i];
+    }
+    p->stats = own;
+    if (st == LM_OK) {
+        size_t best = 0;
+        for (size_t i = 1; i < n; i++)
+            if (sum[i] < sum[best])
+                best = i;
+        o.keep = candidates[best];
+        if (best_keep)
+            *best_keep = candidates[best];
+        if (objectives)
+            memcpy(objectives, sum, n * sizeof(double));
+    }
+    /* On failure the plan keeps the ratio it had. */
+    lm_status set = lm_plan_set_purify(p, &o);
+    lm_free(p->ctx, sum);
+    return st != LM_OK ? st : set;
+}
+
 struct host_score {
     lm_score_fn fn;
     void *user;

@@ -198,6 +198,86 @@ START_TEST(host_score_can_stop)
 }
 END_TEST
 
+/* K folds: the curve is the sum of single-split curves run on the other
+ * folds' statistics; the plan's own statistics come back afterwards. */
+START_TEST(folds_sum_single_split_curves)
+{
+    struct fixture f;
+    setup(&f, 2, "task_arithmetic");
+    enum { K = 3 };
+    lm_stats *folds[K];
+    for (int k = 0; k < K; k++)
+        ck_assert_ok(lm_stats_create(f.ctx, &folds[k]));
+    for (size_t t = 0; t < T; t++) {
+        const char *names[2] = {"a.weight", "b.weight"};
+        size_t dims[2] = {16, 32};
+        for (int l = 0; l < 2; l++) {
+            lm_tensor *x = tu_random_tensor(
+                f.ctx, LM_F32, 2, (int64_t[]){30, (int64_t)dims[l]}, 500 + t * 2 + l);
+            const float *rows = lm_tensor_cdata(x);
+            /* Two uneven batches: the split follows the row stream. */
+            ck_assert_ok(lm_stats_observe_folds(folds, K, t, names[l], rows, 7,
+                                                dims[l]));
+            ck_assert_ok(lm_stats_observe_folds(folds, K, t, names[l],
+                                                rows + 7 * dims[l], 23, dims[l]));
+            lm_tensor_destroy(x);
+        }
+    }
+    for (int k = 0; k < K; k++) {
+        const double *g;
+        size_t d;
+        uint64_t n;
+        ck_assert_ok(lm_stats_get(folds[k], 0, "a.weight", &g, &d, &n));
+        ck_assert_uint_eq(n, 10);
+    }
+    lm_purify_options o = LM_PURIFY_OPTIONS_INIT;
+    ck_assert_ok(lm_plan_set_purify(f.plan, &o));
+    ck_assert_ok(lm_plan_set_stats(f.plan, f.stats));
+    double c[] = {1.0, 0.8, 0.6}, curve[3], best = 0, want[3] = {0};
+    ck_assert_ok(lm_plan_tune_purify_folds(f.plan, (const lm_stats *const *)folds,
+                                           K, c, 3, &best, curve));
+    for (int k = 0; k < K; k++) {
+        lm_stats *train = NULL;
+        ck_assert_ok(lm_stats_create(f.ctx, &train));
+        for (int g = 0; g < K; g++)
+            if (g != k)
+                ck_assert_ok(lm_stats_merge(train, folds[g]));
+        ck_assert_ok(lm_plan_set_stats(f.plan, train));
+        double one[3];
+        ck_assert_ok(lm_plan_tune_purify(f.plan, folds[k], c, 3, NULL, one));
+        for (int i = 0; i < 3; i++)
+            want[i] += one[i];
+        ck_assert_ok(lm_plan_set_stats(f.plan, f.stats));
+        lm_stats_destroy(train);
+    }
+    size_t arg = 0;
+    for (int i = 0; i < 3; i++) {
+        ck_assert(curve[i] == want[i]);
+        if (want[i] < want[arg])
+            arg = (size_t)i;
+    }
+    ck_assert(best == c[arg]);
+    ck_assert_status(lm_plan_tune_purify_folds(f.plan, (const lm_stats *const *)folds,
+                                               1, c, 3, &best, curve),
+                     LM_ERR_INVALID_ARGUMENT);
+    /* A non-finite row leaves every fold unchanged. */
+    float bad[16] = {0};
+    bad[5] = NAN;
+    ck_assert_status(lm_stats_observe_folds(folds, K, 0, "a.weight", bad, 1, 16),
+                     LM_ERR_NONFINITE);
+    ck_assert_status(lm_stats_observe_folds(folds, K, 0, "a.weight", bad, 1, 8),
+                     LM_ERR_SHAPE);
+    const double *g;
+    size_t d;
+    uint64_t n;
+    ck_assert_ok(lm_stats_get(folds[0], 0, "a.weight", &g, &d, &n));
+    ck_assert_uint_eq(n, 10);
+    for (int k = 0; k < K; k++)
+        lm_stats_destroy(folds[k]);
+    teardown(&f);
+}
+END_TEST
+
 START_TEST(merger_refuses_model_allocation)
 {
     struct fixture f;
@@ -222,6 +302,7 @@ int main(void)
     tcase_add_test(tc, tuning_reports_the_curve);
     tcase_add_test(tc, host_score_can_stop);
     tcase_add_test(tc, merger_refuses_model_allocation);
+    tcase_add_test(tc, folds_sum_single_split_curves);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

@@ -150,7 +150,7 @@ def _apply_purify(ctx, plan, purify, stats, base):
     if stats is None:
         raise ValueError("purify= needs stats= (activation statistics)")
     known = {"keep", "allocation", "epsilon", "tolerance", "polarize",
-             "max_prune_factor", "heldout", "candidates", "scale", "score",
+             "max_prune_factor", "heldout", "folds", "candidates", "scale", "score",
              "report"}
     unknown = set(purify) - known
     if unknown:
@@ -175,10 +175,18 @@ def _apply_purify(ctx, plan, purify, stats, base):
             report["keep"] = opts.keep
         return
     score = purify.get("score")
-    heldout = purify.get("heldout") or getattr(stats, "heldout", None)
-    if score is None and heldout is None:
+    # Explicit options first, then what the Stats carries.
+    heldout = purify.get("heldout")
+    folds = purify.get("folds")
+    if heldout is None and folds is None:
+        folds = getattr(stats, "folds", None)
+        heldout = None if folds else getattr(stats, "heldout", None)
+    if folds is not None and len(folds) < 2:
+        raise ValueError("purify: folds needs at least 2 Stats")
+    if score is None and heldout is None and not folds:
         raise ValueError('purify keep="cv" needs held-out statistics '
-                         '(purify={"heldout": Stats} or Stats(heldout_fraction=...)) '
+                         '(purify={"heldout": Stats}, purify={"folds": [Stats, ...]}, '
+                         'Stats(heldout_fraction=...) or Stats(folds=K)) '
                          'or a host score (purify={"score": fn})')
     cands = [float(c) for c in purify.get("candidates", DEFAULT_KEEP_CANDIDATES)]
     scale_name, scales = purify.get("scale", (None, [None]))
@@ -190,7 +198,12 @@ def _apply_purify(ctx, plan, purify, stats, base):
             _set_param(ctx, plan, scale_name, float(scale))
         curve = (ctypes.c_double * len(cands))()
         best = ctypes.c_double()
-        if score is None:
+        if score is None and heldout is None:
+            ptrs = (ctypes.c_void_p * len(folds))(*[f._ptr for f in folds])
+            ctx.check(_L.lm_plan_tune_purify_folds(plan, ptrs, len(folds), arr, len(cands),
+                                                   ctypes.byref(best), curve))
+            sign = 1.0
+        elif score is None:
             ctx.check(_L.lm_plan_tune_purify(plan, heldout._ptr, arr, len(cands),
                                              ctypes.byref(best), curve))
             sign = 1.0
@@ -224,7 +237,8 @@ def _apply_purify(ctx, plan, purify, stats, base):
         _set_param(ctx, plan, scale_name, float(best_scale))
     if report is not None:
         report["keep"] = best_keep
-        report["objective"] = "host score" if score else "held-out drift"
+        report["objective"] = ("host score" if score else "held-out drift" if heldout
+                               else "%d-fold held-out drift" % len(folds))
         report["curve"] = curve_out
         if scale_name is not None:
             report[scale_name] = float(best_scale)
@@ -241,10 +255,13 @@ def merge(method, base, models, *, stats=None, weights=None, threads=0,
     purify:  subspace purification before merging (needs stats), a dict:
              {"keep": 0.97 | "cv", "allocation": "model"|"layer"|"uniform",
               "polarize": 0.0, "epsilon": 0.1, "tolerance": 0.05,
-              "max_prune_factor": 1.5, "heldout": Stats, "candidates": [...],
-              "report": {}}; keep="cv" picks the ratio minimising the drift
-             on held-out rows (from "heldout" or Stats(heldout_fraction=...)),
-             or maximising "score": fn(merged_dict) -> float when given;
+              "max_prune_factor": 1.5, "heldout": Stats, "folds": [Stats, ...],
+              "candidates": [...], "report": {}}; keep="cv" picks the ratio
+             minimising the drift on held-out rows (from "heldout" or
+             Stats(heldout_fraction=...)), or summed over K folds, each
+             held out in turn with the subspaces from the others (from
+             "folds" or Stats(folds=K)), or maximising
+             "score": fn(merged_dict) -> float when given;
              "scale": ("lambda", [values]) tunes that parameter jointly;
              "report" receives the choices and the objective curve.
     nonfinite: "error" (default: NaN/Inf in an input or result raises
@@ -465,10 +482,16 @@ class Stats:
 
     Thread-safe to observe from several threads."""
 
-    def __init__(self, heldout_fraction=0.0, _ptr=None, _ctx=None):
+    def __init__(self, heldout_fraction=0.0, folds=0, _ptr=None, _ctx=None):
         """heldout_fraction > 0 sets aside that fraction of every observed
         batch's rows, deterministically (every k-th row, k = round(1 /
-        fraction)), in `self.heldout` (a Stats) for held-out tuning."""
+        fraction)), in `self.heldout` (a Stats) for held-out tuning.
+
+        folds = K >= 2 keeps every row here and also splits the rows into
+        `self.folds` (K Stats; row j of a key's stream goes to fold j mod
+        K, whatever the batch sizes) for K-fold tuning with
+        purify={"keep": "cv"}: every row is held out once. Costs K extra
+        copies of each key's d_in x d_in matrix."""
         self._ctx = _ctx or _Context(threads=1)
         self._ptr = _ptr
         if self._ptr is None:
@@ -479,6 +502,12 @@ class Stats:
             raise ValueError("heldout_fraction must be in [0, 1)")
         self._every = int(round(1.0 / heldout_fraction)) if heldout_fraction > 0 else 0
         self.heldout = Stats() if self._every else None
+        folds = int(folds)
+        if folds == 1 or folds < 0:
+            raise ValueError("folds must be 0 (none) or at least 2")
+        if folds and self._every:
+            raise ValueError("use either heldout_fraction or folds, not both")
+        self.folds = [Stats() for _ in range(folds)] if folds else None
 
     def __del__(self):
         ptr = getattr(self, "_ptr", None)
@@ -510,6 +539,11 @@ class Stats:
         self._ctx.check(_L.lm_stats_observe(
             self._ptr, int(model_index), tensor_name.encode(),
             ctypes.c_void_p(x.ctypes.data), x.shape[0], x.shape[1]))
+        if self.folds:  # after the checks above, so folds stay consistent
+            ptrs = (ctypes.c_void_p * len(self.folds))(*[f._ptr for f in self.folds])
+            self.folds[0]._ctx.check(_L.lm_stats_observe_folds(
+                ptrs, len(self.folds), int(model_index), tensor_name.encode(),
+                ctypes.c_void_p(x.ctypes.data), x.shape[0], x.shape[1]))
 
     def get(self, model_index, tensor_name):
         """(X^T X as a new float64 array, row count) for a key."""
@@ -538,18 +572,35 @@ class Stats:
     def __len__(self):
         return _L.lm_stats_count(self._ptr)
 
+    def _parts(self):
+        """The held-out and fold Stats this one carries, by file suffix."""
+        parts = {".heldout": self.heldout} if self.heldout is not None else {}
+        for k, f in enumerate(self.folds or []):
+            parts[".fold%d" % k] = f
+        return parts
+
     def merge(self, other):
-        """Add another Stats into this one (data-parallel collection)."""
+        """Add another Stats into this one (data-parallel collection),
+        with its held-out rows and folds when both have the same kind."""
+        mine, theirs = self._parts(), other._parts()
+        if set(mine) != set(theirs):
+            raise ValueError("merge: the two Stats split their rows differently "
+                             "(held-out fraction or number of folds)")
         self._ctx.check(_L.lm_stats_merge(self._ptr, other._ptr))
+        for suffix, part in mine.items():
+            part.merge(theirs[suffix])
         return self
 
     def save(self, path):
-        """Write to a checksummed file (crash-safe)."""
+        """Write to a checksummed file (crash-safe); held-out rows and folds
+        go to companion files PATH.heldout and PATH.fold<k>."""
         self._ctx.check(_L.lm_stats_save(self._ptr, os.fsencode(path)))
+        for suffix, part in self._parts().items():
+            part.save(os.fsdecode(path) + suffix)
 
     @classmethod
     def load(cls, path):
-        """Read a file written by save()."""
+        """Read a file written by save(), with its companion files."""
         ctx = _Context(threads=1)
         ptr = ctypes.c_void_p()
         try:
@@ -558,7 +609,17 @@ class Stats:
         except BaseException:
             ctx.close()
             raise
-        return cls(_ptr=ptr, _ctx=ctx)
+        out = cls(_ptr=ptr, _ctx=ctx)
+        path = os.fsdecode(path)
+        if os.path.exists(path + ".heldout"):
+            # Rows observed after loading are not split again.
+            out.heldout = cls.load(path + ".heldout")
+        folds = []
+        while os.path.exists(path + ".fold%d" % len(folds)):
+            folds.append(cls.load(path + ".fold%d" % len(folds)))
+        if len(folds) >= 2:
+            out.folds = folds
+        return out
 
 
 from .nsc import NSC, LoraAdapter  # noqa: E402  (needs _L and _Context)
