@@ -148,7 +148,10 @@ def knots(tasks, weights, merge="ties", density=0.2, lam=1.0):
 # --- ESM (the released algorithm, SVD route: PCA of dO = X dW^T) ---
 
 def esm_layer(dws, xs, k=None, pad_identity=False, norm_power=2.0, eig_power=0.15,
-              inter_task=True, eig_weighting=True, inter_dim=True):
+              inter_task=True, eig_weighting=True, inter_dim=True, route="svd"):
+    """route="svd": P, lambda from the uncentred SVD of dO = X dW^T, as
+    released; route="gram": eigenvectors / eigenvalues of dW (X^T X) dW^T
+    (docs/methods/esm.md step 1), only for n >= d_out (no padding)."""
     T = len(dws)
     d_out, d_in = dws[0].shape
     k = k or max(1, d_out // T)
@@ -157,9 +160,16 @@ def esm_layer(dws, xs, k=None, pad_identity=False, norm_power=2.0, eig_power=0.1
         dw = dw.astype(np.float64)
         x = x.astype(np.float64)
         n = x.shape[0]
-        _, s, vh = svd(x @ dw.T)
-        p = vh.T
-        lam = s ** 2 / (n - 1)
+        if route == "gram":
+            assert n >= d_out, "the Gram route here has no padding"
+            ev, p = np.linalg.eigh(dw @ (x.T @ x) @ dw.T)
+            order = np.argsort(-ev, kind="stable")
+            p = p[:, order]
+            lam = np.maximum(ev[order], 0.0) / (n - 1)
+        else:
+            _, s, vh = svd(x @ dw.T)
+            p = vh.T
+            lam = s ** 2 / (n - 1)
         if p.shape[1] < d_out:
             r = p.shape[1]
             if pad_identity:

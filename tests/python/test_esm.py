@@ -46,26 +46,43 @@ def group(name):
     return re.sub(r"(^|\.)\d+(?=\.|$)", r"\1#", name)
 
 
+def reference_routed(base, models, xs, routes, alpha=1.0, alpha_on=None, groups=None,
+                     layer_scaling=True, norm_power=2.0, **opts):
+    """routes: name -> "esd" | "tsv" | "mean" (every tensor of the model);
+    alpha_on: the names alpha scales (default all); groups: name -> layer
+    type, or None for unscaled (default: ESD/TSV tensors by name with
+    indices removed, mean tensors unscaled). beta = (norm / group mean)^p."""
+    merged = {}
+    for key, r in routes.items():
+        tv = taus(base, models, key)
+        if r == "esd":
+            merged[key] = ref.esm_layer(tv, [x[key] for x in xs], norm_power=norm_power, **opts)
+        elif r == "tsv":
+            merged[key] = ref.tsv(tv)
+        else:
+            assert r == "mean", r
+            merged[key] = np.mean(np.stack(tv).astype(np.float64), 0)
+    if groups is None:
+        groups = {k: group(k) if r != "mean" else None for k, r in routes.items()}
+    if layer_scaling:
+        norms = {k: np.linalg.norm(v) for k, v in merged.items()}
+        beta = {}
+        for k, g in groups.items():
+            if g is not None:
+                same = [norms[j] for j, h in groups.items() if h == g]
+                beta[k] = (norms[k] / np.mean(same)) ** norm_power
+        merged = {k: v * beta.get(k, 1.0) for k, v in merged.items()}
+    alpha_on = set(merged) if alpha_on is None else set(alpha_on)
+    return {k: (alpha if k in alpha_on else 1.0) * v for k, v in merged.items()}
+
+
 def reference_model(base, models, xs, alpha=1.0, layer_scaling=True, esd=LAYERS, **opts):
     """Generic preset: ESD for layers with stats, TSV for other matrices,
     mean elsewhere; alpha everywhere; layer scaling over ESD/TSV tensors
     grouped by name with indices removed."""
-    merged = {}
-    for key in base:
-        tv = taus(base, models, key)
-        if key in esd:
-            merged[key] = ref.esm_layer(tv, [x[key] for x in xs], **opts)
-        elif base[key].ndim == 2:
-            merged[key] = ref.tsv(tv)
-        else:
-            merged[key] = np.mean(np.stack(tv).astype(np.float64), 0)
-    if layer_scaling:
-        mats = [k for k in merged if base[k].ndim == 2]
-        norms = {k: np.linalg.norm(merged[k]) for k in mats}
-        for k in mats:
-            same = [norms[j] for j in mats if group(j) == group(k)]
-            merged[k] = merged[k] * (norms[k] / np.mean(same)) ** 2
-    return {k: alpha * v for k, v in merged.items()}
+    routes = {k: "esd" if k in esd else "tsv" if base[k].ndim == 2 else "mean" for k in base}
+    return reference_routed(base, models, xs, routes, alpha=alpha,
+                            layer_scaling=layer_scaling, **opts)
 
 
 def check(out, base, want):
@@ -154,3 +171,161 @@ def test_clip_vit_preset_routing():
         if k in esd:
             merged[k] = 0.5 * merged[k]  # alpha only on ESD tensors
     check(out, base, merged)
+
+
+# --- routing by name patterns -------------------------------------------
+
+ROUTED = ["blocks.%d.%s.weight" % (i, kind) for kind in ("attn", "mlp", "emb") for i in (0, 1)]
+
+
+def test_pattern_routing_and_alpha_pattern():
+    """esd_pattern -> ESD, tsv_pattern -> TSV-M and mean_pattern -> mean,
+    each on tensors that have statistics (so the generic default would be
+    ESD); head.weight (no stats) -> TSV-M, the bias -> mean. alpha only on
+    alpha_pattern's tensors; layer scaling over ESD/TSV tensors only."""
+    base, models, xs, stats = make(shapes={k: (D_OUT, D_IN) for k in ROUTED})
+    pats = dict(esd_pattern=r"\.attn\.weight$", tsv_pattern=r"\.mlp\.",
+                mean_pattern=r"\.emb\.", alpha_pattern=r"attn|bias$")
+    out = libmerge.merge("esm", base, models, stats=stats, alpha=0.6, **pats)
+    routes = {k: {"attn": "esd", "mlp": "tsv", "emb": "mean"}[k.split(".")[2]] for k in ROUTED}
+    routes.update({"head.weight": "tsv", "blocks.0.norm.bias": "mean"})
+    alpha_on = ["blocks.0.attn.weight", "blocks.1.attn.weight", "blocks.0.norm.bias"]
+    want = reference_routed(base, models, xs, routes, alpha=0.6, alpha_on=alpha_on)
+    check(out, base, want)
+    # The routes really differ here (a test that could not tell them apart
+    # would prove nothing): ESD != TSV != mean on the same tensor.
+    tv = taus(base, models, "blocks.0.mlp.weight")
+    x0 = [x["blocks.0.mlp.weight"] for x in xs]
+    cands = [ref.esm_layer(tv, x0), ref.tsv(tv), np.mean(np.stack(tv).astype(np.float64), 0)]
+    for i in range(3):
+        for j in range(i):
+            assert np.abs(cands[i] - cands[j]).max() > 1e-2 * np.abs(cands[i]).max()
+    # Exact relation: alpha = 0.6 vs 1 scales exactly the alpha_pattern
+    # tensors by 0.6 and leaves every other tensor bit-identical.
+    one = libmerge.merge("esm", base, models, stats=stats, alpha=1.0, **pats)
+    for k in base:
+        d6 = out[k].astype(np.float64) - base[k]
+        d1 = one[k].astype(np.float64) - base[k]
+        if k in alpha_on:
+            assert np.abs(d6 - 0.6 * d1).max() <= 1e-5 * np.abs(d1).max(), k
+        else:
+            np.testing.assert_array_equal(out[k], one[k], err_msg=k)
+
+
+def test_pattern_precedence_esd_then_mean_then_tsv():
+    """docs/methods/esm.md: esd_pattern, mean_pattern, tsv_pattern
+    (precedence in that order). Every tensor here has statistics."""
+    names = ["blocks.0.%s.weight" % c for c in "abcd"]
+    base, models, xs, stats = make(shapes={k: (D_OUT, D_IN) for k in names})
+    out = libmerge.merge("esm", base, models, stats=stats,
+                         esd_pattern=r"\.(a|c|d)\.weight$",
+                         mean_pattern=r"\.(a|b|d)\.weight$",
+                         tsv_pattern=r"\.(b|c|d)\.weight$")
+    routes = {"blocks.0.a.weight": "esd",   # esd + mean
+              "blocks.0.b.weight": "mean",  # mean + tsv
+              "blocks.0.c.weight": "esd",   # esd + tsv
+              "blocks.0.d.weight": "esd",   # all three
+              "head.weight": "tsv", "blocks.0.norm.bias": "mean"}
+    check(out, base, reference_routed(base, models, xs, routes))
+
+
+# --- layer_group ------------------------------------------------------------
+
+@pytest.mark.parametrize("pattern, groups", [
+    # Per block instead of per type (default: blocks.#.fc.weight = {0.fc,
+    # 1.fc}, blocks.#.proj.weight = {0.proj}, head.weight = {head}).
+    (r"^(blocks\.[0-9]+|head)", {"blocks.0.fc.weight": "blocks.0", "blocks.1.fc.weight": "blocks.1",
+                                 "blocks.0.proj.weight": "blocks.0", "head.weight": "head"}),
+    # One group for every matrix.
+    (r"weight$", {k: "weight" for k in LAYERS + ["head.weight"]}),
+])
+def test_user_layer_group(pattern, groups):
+    base, models, xs, stats = make()
+    for m in models:  # make the groups' norms clearly unequal
+        k = "blocks.0.proj.weight"
+        m[k] = (base[k] + 3.0 * (m[k] - base[k])).astype(np.float32)
+    routes = {k: "esd" if k in LAYERS else "tsv" if base[k].ndim == 2 else "mean" for k in base}
+    user = libmerge.merge("esm", base, models, stats=stats, layer_group=pattern)
+    default = libmerge.merge("esm", base, models, stats=stats)
+    check(user, base, reference_routed(base, models, xs, routes, groups=groups))
+    check(default, base, reference_routed(base, models, xs, routes))
+    # Independently of reference_routed: beta_l from the unscaled merge.
+    raw = libmerge.merge("esm", base, models, stats=stats, layer_scaling=False)
+    delta = {k: raw[k].astype(np.float64) - base[k] for k in groups}
+    norms = {k: np.linalg.norm(v) for k, v in delta.items()}
+    for k, g in groups.items():
+        beta = (norms[k] / np.mean([norms[j] for j, h in groups.items() if h == g])) ** 2
+        got = user[k].astype(np.float64) - base[k]
+        assert np.abs(got - beta * delta[k]).max() <= 1e-4 * np.abs(beta * delta[k]).max(), k
+    assert not np.allclose(user["blocks.0.proj.weight"], default["blocks.0.proj.weight"])
+
+
+# --- norm_power -------------------------------------------------------------
+
+@pytest.mark.parametrize("p", [1.0, 3.0])
+def test_norm_power(p):
+    """p enters the inter-task, input-column and layer scalings."""
+    base, models, xs, stats = make()
+    out = libmerge.merge("esm", base, models, stats=stats, norm_power=p)
+    check(out, base, reference_model(base, models, xs, norm_power=p))
+    default = libmerge.merge("esm", base, models, stats=stats)
+    assert not np.allclose(out["blocks.0.fc.weight"], default["blocks.0.fc.weight"])
+
+
+# --- alpha search -------------------------------------------------------------
+
+ALL = LAYERS + ["blocks.0.norm.bias", "head.weight"]
+
+
+@pytest.mark.parametrize("opts, scaled, scored", [
+    # Generic preset: alpha scales every tensor; score the ESD-routed ones.
+    ({}, ALL, LAYERS),
+    # alpha_pattern: alpha scales one ESD tensor; score every tensor (the
+    # unscaled ones must then stay at their alpha = 1 values).
+    ({"alpha_pattern": r"^blocks\.0\.fc\.weight$"}, ["blocks.0.fc.weight"], ALL),
+])
+def test_search_finds_known_alpha(opts, scaled, scored):
+    """score(alpha) = -sum_scored ||W(alpha) - target||^2 with target =
+    W0 + 0.7 (W(1) - W0) on alpha-scaled tensors and W(1) on the others,
+    = -(alpha - 0.7)^2 * sum_{scored, scaled} ||dW(1)||^2: maximum at 0.7."""
+    base, models, xs, stats = make()
+    one = libmerge.merge("esm", base, models, stats=stats, alpha=1.0, **opts)
+    check(one, base, reference_model(base, models, xs))
+    d1 = {k: one[k].astype(np.float64) - base[k] for k in base}
+    target = {k: base[k] + 0.7 * d1[k] if k in scaled else one[k].astype(np.float64)
+              for k in scored}
+    mass = sum(np.sum(d1[k] ** 2) for k in scored if k in scaled)
+
+    def score(merged):
+        return -sum(np.sum((merged[k].astype(np.float64) - target[k]) ** 2) for k in scored)
+
+    best, best_score, curve, merged = libmerge.search("esm", base, models, score, stats=stats, **opts)
+    assert abs(best - 0.7) <= 0.01, (best, curve)  # the search tolerance
+    assert 2 <= len(curve) <= 15
+    assert best_score == max(s for _, s in curve)
+    assert curve[0][0] == pytest.approx(2 - 2 * 0.6180339887, abs=1e-9)  # 0.764
+    for a, s in curve:
+        assert abs(s + (a - 0.7) ** 2 * mass) <= 1e-4 * mass, (a, s)
+    for k in base:  # the returned merge is the one at best_value
+        want = base[k] + (best if k in scaled else 1.0) * d1[k]
+        np.testing.assert_allclose(merged[k], want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+# --- Gram route == SVD route ---------------------------------------------------
+
+@pytest.mark.parametrize("n_rows", [D_OUT, 160])
+def test_gram_route_equals_svd_route(n_rows):
+    """With n >= d_out, eigenvectors of dW (X^T X) dW^T (the library's route)
+    and the SVD of dO = X dW^T (the released one) give the same merge; the
+    library matches both, and pad is irrelevant (bit-identical)."""
+    base, models, xs, stats = make(n_rows=n_rows)
+    out = libmerge.merge("esm", base, models, stats=stats, layer_scaling=False)
+    ident = libmerge.merge("esm", base, models, stats=stats, layer_scaling=False, pad="identity")
+    for k in LAYERS:
+        tv, x = taus(base, models, k), [x[k] for x in xs]
+        via_svd = ref.esm_layer(tv, x, route="svd")
+        via_gram = ref.esm_layer(tv, x, route="gram")
+        assert np.abs(via_svd - via_gram).max() <= 1e-6 * np.abs(via_svd).max(), k
+        check(out, base, {k: via_svd})
+        check(out, base, {k: via_gram})
+        np.testing.assert_array_equal(out[k], ident[k], err_msg=k)
