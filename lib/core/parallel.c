@@ -7,12 +7,14 @@
 
 #include "core/internal.h"
 
-/* Up to `want` of the context's idle threads, marked busy. */
+/* Up to `want` of the context's idle threads, marked busy. The caller is
+ * one of the busy threads: counted already when it is a worker or a
+ * load-time merge, and assumed when nothing is counted (a direct call). */
 static int reserve(lm_context *ctx, int want)
 {
     int busy = atomic_load(&ctx->busy_threads);
     for (;;) {
-        int idle = ctx->n_threads - busy;
+        int idle = ctx->n_threads - (busy > 0 ? busy : 1);
         int take = idle < want ? idle : want;
         if (take <= 0)
             return 0;

@@ -146,6 +146,9 @@ lm_status lm__cholesky(lm_context *ctx, const double *a, size_t n,
                        double ridge, double *l)
 {
     LM_TRY(check_finite(ctx, "Cholesky", a, n * n));
+    if (!isfinite(ridge))
+        return lm_context_set_error(ctx, LM_ERR_NONFINITE,
+                                    "Cholesky: the ridge is not finite");
     memcpy(l, a, n * n * sizeof(double));
     for (size_t i = 0; i < n; i++)
         l[i * n + i] += ridge;
@@ -319,7 +322,8 @@ lm_status lm__svd_randomized(lm_context *ctx, const double *a, size_t m,
         double *buf = lm__calloc(ctx, m * full + full + full * n,
                                  sizeof(double));
         if (!buf)
-            return LM_ERR_OUT_OF_MEMORY;
+            return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                        "randomized SVD: out of memory");
         double *fu = buf, *fs = buf + m * full, *fvt = fs + full;
         lm_status st = lm__svd(ctx, a, m, n, fu, fs, fvt);
         for (size_t i = 0; st == LM_OK && i < m; i++)
@@ -354,7 +358,9 @@ lm_status lm__svd_randomized(lm_context *ctx, const double *a, size_t m,
     if (st == LM_OK) {
         lm__gemm(true, false, l, n, m, 1.0, q, a, 0.0, bm); /* B = Q^T A */
         double *vtb = lm__calloc(ctx, l * n, sizeof(double));
-        st = vtb ? lm__svd(ctx, bm, l, n, ub, sb, vtb) : LM_ERR_OUT_OF_MEMORY;
+        st = vtb ? lm__svd(ctx, bm, l, n, ub, sb, vtb)
+                 : lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                        "randomized SVD: out of memory");
         if (st == LM_OK) {
             /* U = Q Ub, keep the first k columns. */
             double *full_u = y; /* m x l scratch */

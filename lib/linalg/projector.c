@@ -91,7 +91,9 @@ static lm_status from_symmetric(lm_context *ctx, const double *a, size_t d,
 {
     double *buf = lm__calloc(ctx, d * d + d, sizeof(double));
     if (!buf)
-        return LM_ERR_OUT_OF_MEMORY;
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "projector: out of memory (%zu x %zu)", d,
+                                    d);
     double *v = buf, *w = buf + d * d;
     lm_status st = lm__eigh(ctx, a, d, w, v);
     if (st == LM_OK) {
@@ -131,7 +133,10 @@ lm_status lm_projector_from_tensor(lm_context *ctx, const lm_tensor *a,
     float *f = lm__calloc(ctx, m * n + 1, sizeof(float));
     double *buf = lm__calloc(ctx, m * n + m * k + k + k * n + n * k + k,
                              sizeof(double));
-    lm_status st = f && buf ? lm__read_f32(ctx, a, f) : LM_ERR_OUT_OF_MEMORY;
+    lm_status st = f && buf ? lm__read_f32(ctx, a, f)
+                            : lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                                   "projector: out of memory "
+                                                   "(%zu x %zu)", m, n);
     double *x = buf;
     if (st == LM_OK)
         lm__f32_to_f64(f, x, m * n);
@@ -183,7 +188,8 @@ lm_status lm_projector_from_stats(lm_context *ctx, const lm_stats *stats,
                                     name);
     double *c = lm__calloc(ctx, d * d, sizeof(double));
     if (!c)
-        return LM_ERR_OUT_OF_MEMORY;
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "projector: out of memory for '%s'", name);
     for (size_t i = 0; i < d * d; i++)
         c[i] = g[i] / (double)n;
     lm_status st = from_symmetric(ctx, c, d, rank, energy, out);

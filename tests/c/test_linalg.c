@@ -2,6 +2,7 @@
  * failure paths, determinism. */
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -331,6 +332,347 @@ START_TEST(projectors)
 }
 END_TEST
 
+/* The message ends with "element <i>", so "element 1" cannot pass for 13. */
+static void assert_names_element(lm_context *ctx, const char *what, size_t i)
+{
+    char want[48];
+    snprintf(want, sizeof(want), "at element %zu", i);
+    const char *msg = lm_context_error(ctx);
+    size_t lm = strlen(msg), lw = strlen(want);
+    ck_assert_msg(lm >= lw && strcmp(msg + lm - lw, want) == 0 &&
+                      strstr(msg, what),
+                  "message '%s' should name %s and end with '%s'", msg, what,
+                  want);
+}
+
+START_TEST(nonfinite_inputs_are_named)
+{
+    lm_context *ctx = tu_context(1, 0);
+    /* QR: NaN inside, +Inf as the very last element. */
+    double *a = rand_mat(20, 6, 11), *q = malloc(20 * 6 * 8);
+    a[13] = NAN;
+    ck_assert_status(lm__qr_q(ctx, a, 20, 6, q), LM_ERR_NONFINITE);
+    assert_names_element(ctx, "QR", 13);
+    a[13] = 0.5;
+    a[119] = INFINITY;
+    ck_assert_status(lm__qr_q(ctx, a, 20, 6, q), LM_ERR_NONFINITE);
+    assert_names_element(ctx, "QR", 119);
+    free(a); free(q);
+
+    /* Randomized SVD: the range-finder path (k + p < min(m, n)) and the
+     * exact path it takes when the probes would cover everything. */
+    size_t m = 30, n = 24, k = 3;
+    double *b = rand_mat(m, n, 12), *u = malloc(m * k * 8), *s = malloc(k * 8),
+           *vt = malloc(k * n * 8);
+    b[0] = -INFINITY;
+    ck_assert_status(lm__svd_randomized(ctx, b, m, n, k, 4, 1, 5, u, s, vt),
+                     LM_ERR_NONFINITE);
+    assert_names_element(ctx, "randomized SVD", 0);
+    b[0] = 0.25;
+    b[m * n - 2] = NAN;
+    ck_assert_status(lm__svd_randomized(ctx, b, m, n, k, 40, 1, 5, u, s, vt),
+                     LM_ERR_NONFINITE);
+    assert_names_element(ctx, "randomized SVD", m * n - 2);
+    free(b); free(u); free(s); free(vt);
+
+    /* Cholesky of an SPD matrix with one entry spoiled. */
+    size_t d = 5;
+    double *r = rand_mat(d, d, 13), *spd = calloc(d * d, 8), *l = malloc(d * d * 8);
+    lm__gemm(true, false, d, d, d, 1.0, r, r, 0.0, spd);
+    ck_assert_ok(lm__cholesky(ctx, spd, d, 1e-3, l));
+    spd[7] = NAN;
+    ck_assert_status(lm__cholesky(ctx, spd, d, 1e-3, l), LM_ERR_NONFINITE);
+    assert_names_element(ctx, "Cholesky", 7);
+    spd[7] = spd[11];
+    spd[24] = INFINITY;
+    ck_assert_status(lm__cholesky(ctx, spd, d, 0.0, l), LM_ERR_NONFINITE);
+    assert_names_element(ctx, "Cholesky", 24);
+    spd[24] = spd[18];
+    ck_assert_status(lm__cholesky(ctx, spd, d, NAN, l), LM_ERR_NONFINITE);
+    ck_assert_ptr_nonnull(strstr(lm_context_error(ctx), "ridge"));
+    free(r); free(spd); free(l);
+    lm_context_destroy(ctx);
+}
+END_TEST
+
+/* |Q Q^T A - A| (Frobenius) for Q (m x k). */
+static double span_residual(const double *q, const double *a, size_t m,
+                            size_t k, size_t n)
+{
+    double *c = calloc(k * n, 8), *qc = calloc(m * n, 8), sum = 0;
+    lm__gemm(true, false, k, n, m, 1.0, q, a, 0.0, c);
+    lm__gemm(false, false, m, n, k, 1.0, q, c, 0.0, qc);
+    for (size_t i = 0; i < m * n; i++)
+        sum += (qc[i] - a[i]) * (qc[i] - a[i]);
+    free(c); free(qc);
+    return sqrt(sum);
+}
+
+START_TEST(qr_spans_columns)
+{
+    lm_context *ctx = tu_context(1, 0);
+    double *a = rand_mat(20, 6, 21), *q = malloc(20 * 6 * 8);
+    ck_assert_ok(lm__qr_q(ctx, a, 20, 6, q));
+    ck_assert(orthonormality(q, 20, 6) < 1e-12);
+    double res = span_residual(q, a, 20, 6, 6);
+    ck_assert_msg(res < 1e-12, "|Q Q^T A - A| = %g", res);
+    /* Wide: Q (6 x 6) spans all of R^6. */
+    double *w = rand_mat(6, 20, 22), *qw = malloc(6 * 6 * 8);
+    ck_assert_ok(lm__qr_q(ctx, w, 6, 20, qw));
+    ck_assert(orthonormality(qw, 6, 6) < 1e-12);
+    res = span_residual(qw, w, 6, 6, 20);
+    ck_assert_msg(res < 1e-12, "wide: |Q Q^T A - A| = %g", res);
+    free(a); free(q); free(w); free(qw);
+    lm_context_destroy(ctx);
+}
+END_TEST
+
+/* H = I - (2/d) 1 1^T: symmetric, orthogonal, entries exact in f32 for
+ * d = 8 (0.75 on the diagonal, -0.25 elsewhere). */
+#define EIG_D 8
+static double householder(size_t i, size_t j)
+{
+    return (i == j ? 1.0 : 0.0) - 2.0 / EIG_D;
+}
+
+/* Column j of `basis` (dim x rank) equals +-want (length dim). */
+static double col_diff_up_to_sign(const double *basis, size_t dim,
+                                  size_t rank, size_t j, const double *want)
+{
+    double plus = 0, minus = 0;
+    for (size_t i = 0; i < dim; i++) {
+        plus = fmax(plus, fabs(basis[i * rank + j] - want[i]));
+        minus = fmax(minus, fabs(basis[i * rank + j] + want[i]));
+    }
+    return fmin(plus, minus);
+}
+
+/* A = H diag(d) H with distinct d (one negative), stored exactly in f32:
+ * its eigenvectors are H's columns, its eigenvalues d. */
+START_TEST(projector_eigenbasis)
+{
+    lm_context *ctx = tu_context(1, 0);
+    const double d[EIG_D] = {3, 10, -1, 5, 1, 7, 0.5, 2};
+    /* Eigenvalues descending and the column of H each belongs to. */
+    const double sorted[EIG_D] = {10, 7, 5, 3, 2, 1, 0.5, -1};
+    const size_t col_of[EIG_D] = {1, 5, 3, 0, 7, 4, 6, 2};
+    const double total = 28.5; /* the positive eigenvalues */
+    lm_tensor *a = NULL;
+    ck_assert_ok(lm_tensor_create(ctx, LM_F32, 2,
+                                  (int64_t[]){EIG_D, EIG_D}, &a));
+    float *af = lm_tensor_data(a);
+    for (size_t i = 0; i < EIG_D; i++)
+        for (size_t j = 0; j < EIG_D; j++) {
+            double x = 0;
+            for (size_t t = 0; t < EIG_D; t++)
+                x += householder(i, t) * d[t] * householder(t, j);
+            af[i * EIG_D + j] = (float)x;
+            ck_assert((double)af[i * EIG_D + j] == x); /* exact */
+        }
+
+    /* All directions. */
+    lm_projector *p = NULL;
+    ck_assert_ok(lm_projector_from_tensor(ctx, a, LM_BASIS_EIGEN, 0, 0, &p));
+    ck_assert_uint_eq(lm_projector_dim(p), EIG_D);
+    ck_assert_uint_eq(lm_projector_rank(p), EIG_D);
+    ck_assert(fabs(lm_projector_energy(p) - 1.0) < 1e-12);
+    const double *b = lm_projector_basis(p), *vals = lm_projector_values(p);
+    for (size_t j = 0; j < EIG_D; j++) {
+        double h[EIG_D];
+        for (size_t i = 0; i < EIG_D; i++)
+            h[i] = householder(i, col_of[j]);
+        ck_assert_msg(fabs(vals[j] - sorted[j]) < 1e-12, "value %zu: %g", j,
+                      vals[j]);
+        ck_assert_msg(col_diff_up_to_sign(b, EIG_D, EIG_D, j, h) < 1e-12,
+                      "eigenvector %zu", j);
+    }
+    ck_assert(orthonormality(b, EIG_D, EIG_D) < 1e-12);
+    lm_projector_destroy(p);
+
+    /* A fixed rank: the top 3 and their share of the energy. */
+    ck_assert_ok(lm_projector_from_tensor(ctx, a, LM_BASIS_EIGEN, 3, 0, &p));
+    ck_assert_uint_eq(lm_projector_rank(p), 3);
+    ck_assert(fabs(lm_projector_energy(p) - 22.0 / total) < 1e-12);
+    b = lm_projector_basis(p);
+    for (size_t j = 0; j < 3; j++) {
+        double h[EIG_D];
+        for (size_t i = 0; i < EIG_D; i++)
+            h[i] = householder(i, col_of[j]);
+        ck_assert(col_diff_up_to_sign(b, EIG_D, 3, j, h) < 1e-12);
+    }
+    lm_projector_destroy(p);
+
+    /* Energy thresholds: the smallest rank whose cumulative positive
+     * eigenvalues reach the fraction (10, 17, 22, 25, 27, 28, 28.5, 28.5). */
+    struct { double energy; size_t rank; double kept; } cases[] = {
+        {0.30, 1, 10},          {0.36, 2, 17},
+        {0.75, 3, 22},          {22.0 / 28.5, 3, 22}, /* reached exactly */
+        {22.0 / 28.5 + 1e-6, 4, 25}, {0.99, 7, 28.5},
+        {1.0, 7, 28.5}, /* the negative eigenvalue adds no energy */
+    };
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        ck_assert_ok(lm_projector_from_tensor(ctx, a, LM_BASIS_EIGEN, 0,
+                                              cases[c].energy, &p));
+        ck_assert_msg(lm_projector_rank(p) == cases[c].rank,
+                      "energy %.9g: rank %zu, want %zu", cases[c].energy,
+                      lm_projector_rank(p), cases[c].rank);
+        ck_assert(fabs(lm_projector_energy(p) - cases[c].kept / total) <
+                  1e-12);
+        ck_assert(lm_projector_energy(p) >= cases[c].energy * (1 - 1e-12));
+        vals = lm_projector_values(p);
+        ck_assert(fabs(vals[cases[c].rank - 1] - sorted[cases[c].rank - 1]) <
+                  1e-12);
+        lm_projector_destroy(p);
+    }
+
+    /* Not symmetric; not finite. */
+    af[1] += 1.0f;
+    p = NULL;
+    ck_assert_status(lm_projector_from_tensor(ctx, a, LM_BASIS_EIGEN, 0, 0, &p),
+                     LM_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_null(p);
+    af[1] -= 1.0f;
+    af[9] = NAN;
+    ck_assert_status(lm_projector_from_tensor(ctx, a, LM_BASIS_EIGEN, 0, 0, &p),
+                     LM_ERR_NONFINITE);
+    ck_assert_ptr_null(p);
+    lm_tensor_destroy(a);
+    lm_context_destroy(ctx);
+}
+END_TEST
+
+/* Rows c_t h_t (h_t the columns of H above, orthonormal): X^T X / n has
+ * eigenvalues c_t^2 / n and eigenvectors h_t. */
+START_TEST(projector_stats_energy)
+{
+    lm_context *ctx = tu_context(1, 0);
+    const double c[EIG_D] = {1, 3, 0.25, 5, 1.5, 0.5, 4, 2};
+    const double c2[EIG_D] = {25, 16, 9, 4, 2.25, 1, 0.25, 0.0625};
+    const size_t col_of[EIG_D] = {3, 6, 1, 7, 4, 0, 5, 2};
+    const double total = 57.5625;
+    float rows[EIG_D * EIG_D];
+    for (size_t t = 0; t < EIG_D; t++)
+        for (size_t i = 0; i < EIG_D; i++)
+            rows[t * EIG_D + i] = (float)(c[t] * householder(i, t));
+    lm_stats *st = NULL;
+    ck_assert_ok(lm_stats_create(ctx, &st));
+    ck_assert_ok(lm_stats_observe(st, 0, "fc", rows, EIG_D, EIG_D));
+
+    /* Cumulative 25, 41, 50, 54, 56.25, 57.25, 57.5, 57.5625. */
+    struct { double energy; size_t rank; double kept; } cases[] = {
+        {0.40, 1, 25}, {0.5, 2, 41}, {0.9, 4, 54},
+        {50 / 57.5625, 3, 50}, /* reached exactly */
+        {50 / 57.5625 + 1e-6, 4, 54}, {0.998, 7, 57.5}, {1.0, 8, total},
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        lm_projector *p = NULL;
+        ck_assert_ok(lm_projector_from_stats(ctx, st, 0, "fc", 0,
+                                             cases[k].energy, &p));
+        size_t r = lm_projector_rank(p);
+        ck_assert_msg(r == cases[k].rank, "energy %.9g: rank %zu, want %zu",
+                      cases[k].energy, r, cases[k].rank);
+        ck_assert_uint_eq(lm_projector_dim(p), EIG_D);
+        ck_assert(fabs(lm_projector_energy(p) - cases[k].kept / total) < 1e-12);
+        const double *vals = lm_projector_values(p), *b = lm_projector_basis(p);
+        for (size_t j = 0; j < r; j++) {
+            double h[EIG_D];
+            for (size_t i = 0; i < EIG_D; i++)
+                h[i] = householder(i, col_of[j]);
+            ck_assert(fabs(vals[j] - c2[j] / EIG_D) < 1e-12);
+            ck_assert(col_diff_up_to_sign(b, EIG_D, r, j, h) < 1e-12);
+        }
+        lm_projector_destroy(p);
+    }
+    lm_projector *p = NULL;
+    ck_assert_status(lm_projector_from_stats(ctx, st, 0, "fc", 0, 1.5, &p),
+                     LM_ERR_OUT_OF_RANGE);
+    ck_assert_status(lm_projector_from_stats(ctx, st, 0, "fc", EIG_D + 1, 0, &p),
+                     LM_ERR_OUT_OF_RANGE);
+    ck_assert_ptr_null(p);
+    lm_stats_destroy(st);
+    lm_context_destroy(ctx);
+}
+END_TEST
+
+/* A (m x n) = L diag(s) R^T with orthonormal L, R from QR. */
+static double *with_spectrum(lm_context *ctx, size_t m, size_t n,
+                             const double *s, uint64_t seed)
+{
+    size_t k = m < n ? m : n;
+    double *gl = rand_mat(m, k, seed), *gr = rand_mat(n, k, seed + 1);
+    double *l = malloc(m * k * 8), *r = malloc(n * k * 8), *a = calloc(m * n, 8);
+    ck_assert_ok(lm__qr_q(ctx, gl, m, k, l));
+    ck_assert_ok(lm__qr_q(ctx, gr, n, k, r));
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = 0; j < k; j++)
+            l[i * k + j] *= s[j];
+    lm__gemm(false, true, m, n, k, 1.0, l, r, 0.0, a);
+    free(gl); free(gr); free(l); free(r);
+    return a;
+}
+
+START_TEST(randomized_svd_seeds)
+{
+    lm_context *ctx = tu_context(1, 0), *ctx4 = tu_context(4, 0);
+    size_t m = 48, n = 40, k = 4, p = 4;
+    double spec[40];
+    const double top[4] = {10, 6, 4, 3};
+    for (size_t i = 0; i < 40; i++)
+        spec[i] = i < 4 ? top[i] : 1.0; /* a flat tail */
+    double *a = with_spectrum(ctx, m, n, spec, 31);
+    double *u[3], *s[3], *vt[3];
+    for (int i = 0; i < 3; i++) {
+        u[i] = malloc(m * k * 8);
+        s[i] = malloc(k * 8);
+        vt[i] = malloc(k * n * 8);
+    }
+    ck_assert_ok(lm__svd_randomized(ctx, a, m, n, k, p, 1, 7, u[0], s[0], vt[0]));
+    /* Same seed, another context with more threads: bit-identical. */
+    ck_assert_ok(lm__svd_randomized(ctx4, a, m, n, k, p, 1, 7, u[1], s[1], vt[1]));
+    ck_assert_int_eq(memcmp(u[0], u[1], m * k * 8), 0);
+    ck_assert_int_eq(memcmp(s[0], s[1], k * 8), 0);
+    ck_assert_int_eq(memcmp(vt[0], vt[1], k * n * 8), 0);
+    /* Another seed: other probes, so the flat tail leaks in differently. */
+    ck_assert_ok(lm__svd_randomized(ctx, a, m, n, k, p, 1, 8, u[2], s[2], vt[2]));
+    ck_assert_int_ne(memcmp(s[0], s[2], k * 8), 0);
+    ck_assert_int_ne(memcmp(u[0], u[2], m * k * 8), 0);
+    ck_assert_int_ne(memcmp(vt[0], vt[2], k * n * 8), 0);
+    /* ... but only slightly: both near the exact values, signs canonical
+     * (the same directions, not sign-flipped ones). */
+    double worst_s = 0;
+    for (size_t i = 0; i < k; i++)
+        for (int r = 0; r < 3; r += 2) {
+            worst_s = fmax(worst_s, fabs(s[r][i] - top[i]));
+            ck_assert(s[r][i] <= top[i] * (1 + 1e-12)); /* Rayleigh-Ritz */
+        }
+    double du = max_abs_diff(u[0], u[2], m * k);
+    ck_assert_msg(worst_s < 2e-2 * top[0] && du < 0.2, "s off by %g, u by %g",
+                  worst_s, du);
+    ck_assert(orthonormality(u[2], m, k) < 1e-12);
+
+    /* When k + oversample covers min(m, n) the exact SVD is used: the seed
+     * does not matter and the result is lm__svd's, truncated. */
+    size_t full = 40;
+    double *fu = malloc(m * full * 8), *fs = malloc(full * 8),
+           *fvt = malloc(full * n * 8);
+    ck_assert_ok(lm__svd(ctx, a, m, n, fu, fs, fvt));
+    ck_assert_ok(lm__svd_randomized(ctx, a, m, n, k, 36, 1, 1, u[0], s[0], vt[0]));
+    ck_assert_ok(lm__svd_randomized(ctx, a, m, n, k, 36, 1, 2, u[1], s[1], vt[1]));
+    ck_assert_int_eq(memcmp(u[0], u[1], m * k * 8), 0);
+    ck_assert_int_eq(memcmp(s[0], fs, k * 8), 0);
+    ck_assert_int_eq(memcmp(vt[0], fvt, k * n * 8), 0);
+    for (size_t i = 0; i < m; i++)
+        ck_assert_int_eq(memcmp(u[0] + i * k, fu + i * full, k * 8), 0);
+    free(fu); free(fs); free(fvt);
+    for (int i = 0; i < 3; i++) {
+        free(u[i]); free(s[i]); free(vt[i]);
+    }
+    free(a);
+    lm_context_destroy(ctx);
+    lm_context_destroy(ctx4);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("linalg");
@@ -342,6 +684,11 @@ int main(void)
     tcase_add_test(tc, polar_routes_agree);
     tcase_add_test(tc, parallel_loops);
     tcase_add_test(tc, projectors);
+    tcase_add_test(tc, nonfinite_inputs_are_named);
+    tcase_add_test(tc, qr_spans_columns);
+    tcase_add_test(tc, projector_eigenbasis);
+    tcase_add_test(tc, projector_stats_energy);
+    tcase_add_test(tc, randomized_svd_seeds);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }
