@@ -196,6 +196,15 @@ struct task_svds {
     double *U, *V, *sigma;
 };
 
+/* Task t's k triplets into its columns of U, V and sigma. */
+static void store(const struct task_svds *w, size_t t, const double *u,
+                  const double *sv, const double *vt)
+{
+    size_t col = w->col0 + t * w->k;
+    place(w->U, w->V, w->m, w->n, w->cols, col, u, vt, w->k);
+    memcpy(w->sigma + col, sv, w->k * sizeof(double));
+}
+
 /* Top-k of xt (task t's matrix) into task t's columns. */
 static lm_status svd_into(const struct task_svds *w, size_t t,
                           const double *xt)
@@ -208,11 +217,8 @@ static lm_status svd_into(const struct task_svds *w, size_t t,
                                     "out of memory for task %zu's SVD", t);
     double *u = buf, *sv = u + m * k, *vt = sv + k;
     lm_status st = top_k(w->s, ctx, xt, m, n, k, w->job->seed + t, u, sv, vt);
-    if (st == LM_OK) {
-        size_t col = w->col0 + t * k;
-        place(w->U, w->V, m, n, w->cols, col, u, vt, k);
-        memcpy(w->sigma + col, sv, k * sizeof(double));
-    }
+    if (st == LM_OK)
+        store(w, t, u, sv, vt);
     lm_free(ctx, buf);
     return st;
 }
@@ -327,9 +333,7 @@ static lm_status specific_svd_reduced(const struct specific_svds *sp, size_t t)
         cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)k,
                     (int)r, 1.0, q, (int)m, a, (int)k, 0.0, u, (int)k);
         lm__svd_canonical_signs(u, m, k, vt, n);
-        size_t col = w->col0 + t * k;
-        place(w->U, w->V, m, n, w->cols, col, u, vt, k);
-        memcpy(w->sigma + col, sv, k * sizeof(double));
+        store(w, t, u, sv, vt);
     }
     lm_free(ctx, buf);
     return st;
