@@ -49,6 +49,86 @@ static lm_status essential_subspace(lm_context *ctx, const struct esm_opts *o,
     return LM_OK;
 }
 
+/* Everything one task contributes, computed on its own so tasks run in
+ * parallel: task t writes columns [t k, (t+1) k) of pcat, the same rows of
+ * acat (not yet divided by the mean norm) and norms[t]. */
+struct esm_tasks {
+    lm_context *ctx;
+    const struct esm_opts *o;
+    const double *x;
+    const double *const *grams;
+    const uint64_t *n_rows;
+    size_t d_out, d_in, k, cols;
+    double *pcat, *acat, *norms;
+};
+
+static lm_status task_block(void *arg, size_t t)
+{
+    const struct esm_tasks *w = arg;
+    const struct esm_opts *o = w->o;
+    size_t d_out = w->d_out, d_in = w->d_in, k = w->k, cols = w->cols;
+    double *buf = lm__calloc(w->ctx, d_out * d_out + d_out + d_out * d_in + k,
+                             sizeof(double));
+    if (!buf)
+        return lm_context_set_error(w->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "esm: out of memory for task %zu", t);
+    double *p = buf, *lambda = p + d_out * d_out, *a = lambda + d_out,
+           *e = a + d_out * d_in;
+    const double *dw = w->x + t * d_out * d_in;
+    lm_status st = essential_subspace(w->ctx, o, dw, w->grams[t], d_out, d_in,
+                                      w->n_rows[t], p, lambda);
+    if (st != LM_OK) {
+        lm_free(w->ctx, buf);
+        return st;
+    }
+    /* A_t = P^T dW over all d_out rows; its norm drives the inter-task
+     * weight (released code: not the truncated norm). */
+    lm__gemm(true, false, d_out, d_in, d_out, 1.0, p, dw, 0.0, a);
+    double nrm = 0;
+    for (size_t i = 0; i < d_out * d_in; i++)
+        nrm += a[i] * a[i];
+    w->norms[t] = sqrt(nrm);
+    double row_scale = o->inter_task ? pow(w->norms[t], o->norm_power) : 1.0;
+    double lmean = 0;
+    for (size_t i = 0; i < k; i++)
+        lmean += lambda[i];
+    lmean /= (double)k;
+    double emean = 0;
+    for (size_t i = 0; i < k; i++) {
+        e[i] = o->eig_weighting && lmean > 0
+                   ? pow(lambda[i] / lmean, o->eig_power)
+                   : 1.0;
+        emean += e[i];
+    }
+    emean /= (double)k;
+    for (size_t i = 0; i < k; i++)
+        e[i] = emean > 0 ? e[i] / emean : 1.0;
+    for (size_t r = 0; r < d_out; r++)
+        for (size_t j = 0; j < k; j++)
+            w->pcat[r * cols + t * k + j] = p[r * d_out + j] * e[j];
+    for (size_t j = 0; j < k; j++)
+        for (size_t c = 0; c < d_in; c++)
+            w->acat[(t * k + j) * d_in + c] =
+                a[j * d_in + c] * row_scale * e[j];
+    lm_free(w->ctx, buf);
+    return LM_OK;
+}
+
+/* The two rescaled polar factors, one per thread. */
+struct polar_pair {
+    lm_context *ctx;
+    const double *in[2];
+    double *out[2], mean[2];
+    size_t rows[2], cols[2];
+};
+
+static lm_status polar_one(void *arg, size_t i)
+{
+    struct polar_pair *p = arg;
+    return lm__polar_scaled(p->ctx, p->in[i], p->rows[i], p->cols[i],
+                            p->out[i], &p->mean[i]);
+}
+
 lm_status lm__esm_layer(lm_context *ctx, const struct esm_opts *o,
                         const double *x, const double *const *grams,
                         const uint64_t *n_rows, size_t T, size_t d_out,
@@ -60,53 +140,17 @@ lm_status lm__esm_layer(lm_context *ctx, const struct esm_opts *o,
     if (k > d_out)
         k = d_out;
     size_t cols = k * T;
-    double *buf = lm__calloc(ctx, d_out * d_out + d_out + d_out * d_in +
-                                      d_out * cols * 2 + cols * d_in * 2 + T +
-                                      d_in + k,
+    double *buf = lm__calloc(ctx, d_out * cols * 2 + cols * d_in * 2 + T +
+                                      d_in,
                              sizeof(double));
     if (!buf)
         return LM_ERR_OUT_OF_MEMORY;
-    double *p = buf, *lambda = p + d_out * d_out, *a = lambda + d_out,
-           *pcat = a + d_out * d_in, *po = pcat + d_out * cols,
-           *acat = po + d_out * cols, *ao = acat + cols * d_in,
-           *norms = ao + cols * d_in, *colnorm = norms + T, *e = colnorm + d_in;
-    lm_status st = LM_OK;
-    for (size_t t = 0; st == LM_OK && t < T; t++) {
-        const double *dw = x + t * d_out * d_in;
-        st = essential_subspace(ctx, o, dw, grams[t], d_out, d_in, n_rows[t],
-                                p, lambda);
-        if (st != LM_OK)
-            break;
-        /* A_t = P^T dW over all d_out rows; its norm drives the inter-task
-         * weight (released code: not the truncated norm). */
-        lm__gemm(true, false, d_out, d_in, d_out, 1.0, p, dw, 0.0, a);
-        double nrm = 0;
-        for (size_t i = 0; i < d_out * d_in; i++)
-            nrm += a[i] * a[i];
-        norms[t] = sqrt(nrm);
-        double row_scale = o->inter_task ? pow(norms[t], o->norm_power) : 1.0;
-        double lmean = 0;
-        for (size_t i = 0; i < k; i++)
-            lmean += lambda[i];
-        lmean /= (double)k;
-        double emean = 0;
-        for (size_t i = 0; i < k; i++) {
-            e[i] = o->eig_weighting && lmean > 0
-                       ? pow(lambda[i] / lmean, o->eig_power)
-                       : 1.0;
-            emean += e[i];
-        }
-        emean /= (double)k;
-        for (size_t i = 0; i < k; i++)
-            e[i] = emean > 0 ? e[i] / emean : 1.0;
-        for (size_t r = 0; r < d_out; r++)
-            for (size_t j = 0; j < k; j++)
-                pcat[r * cols + t * k + j] = p[r * d_out + j] * e[j];
-        for (size_t j = 0; j < k; j++)
-            for (size_t c = 0; c < d_in; c++)
-                acat[(t * k + j) * d_in + c] =
-                    a[j * d_in + c] * row_scale * e[j];
-    }
+    double *pcat = buf, *po = pcat + d_out * cols, *acat = po + d_out * cols,
+           *ao = acat + cols * d_in, *norms = ao + cols * d_in,
+           *colnorm = norms + T;
+    struct esm_tasks tasks = {ctx,  o,     x,    grams, n_rows, d_out,
+                              d_in, k,     cols, pcat,  acat,   norms};
+    lm_status st = lm__parallel_for(ctx, T, task_block, &tasks);
     if (st == LM_OK && o->inter_task) {
         double mean = 0;
         for (size_t t = 0; t < T; t++)
@@ -134,14 +178,13 @@ lm_status lm__esm_layer(lm_context *ctx, const struct esm_opts *o,
         }
     }
     /* Polar factors rescaled by the mean singular value ("whitening"). */
-    double mean_u = 0, mean_v = 0;
+    struct polar_pair pp = {ctx, {pcat, acat}, {po, ao}, {0, 0},
+                            {d_out, cols}, {cols, d_in}};
     if (st == LM_OK)
-        st = lm__polar_scaled(ctx, pcat, d_out, cols, po, &mean_u);
+        st = lm__parallel_for(ctx, 2, polar_one, &pp);
     if (st == LM_OK)
-        st = lm__polar_scaled(ctx, acat, cols, d_in, ao, &mean_v);
-    if (st == LM_OK)
-        lm__gemm(false, false, d_out, d_in, cols, 2.0 * mean_u * mean_v, po,
-                 ao, 0.0, out);
+        lm__gemm(false, false, d_out, d_in, cols, 2.0 * pp.mean[0] * pp.mean[1],
+                 po, ao, 0.0, out);
     lm_free(ctx, buf);
     return st;
 }
