@@ -13,37 +13,51 @@ from models import accuracy
 
 # label, method, paper-default parameters, scale parameter and search range,
 # purify option. "cv" purification tunes the keep ratio on held-out rows.
-FULL = [
-    ("average", "average", {}, None, None),
-    ("task_arithmetic", "task_arithmetic", {"lambda": 0.3}, ("lambda", 0.0, 1.5), None),
-    ("ties", "ties", {"lambda": 1.0, "density": 0.2}, ("lambda", 0.0, 2.0), None),
-    ("dare_ties", "dare_ties", {"lambda": 1.0, "density": 0.1}, ("lambda", 0.0, 2.0), None),
-    ("tsv", "tsv", {"alpha": 1.0}, ("alpha", 0.0, 2.0), None),
-    ("iso_c", "iso_c", {"alpha": 1.0}, ("alpha", 0.0, 2.0), None),
-    ("iso_cts", "iso_cts", {"alpha": 1.0}, ("alpha", 0.0, 2.0), None),
-    ("esm", "esm", {"alpha": 1.0}, ("alpha", 0.0, 2.0), None),
-    ("task_arithmetic + purify 0.97", "task_arithmetic", {"lambda": 0.3}, ("lambda", 0.0, 1.5), 0.97),
-    ("task_arithmetic + purify cv", "task_arithmetic", {"lambda": 0.3}, ("lambda", 0.0, 1.5), "cv"),
-    ("ties + purify 0.97", "ties", {"lambda": 1.0, "density": 0.2}, ("lambda", 0.0, 2.0), 0.97),
-    ("ties + purify cv", "ties", {"lambda": 1.0, "density": 0.2}, ("lambda", 0.0, 2.0), "cv"),
-    ("tsv + purify 0.97", "tsv", {"alpha": 1.0}, ("alpha", 0.0, 2.0), 0.97),
-    ("tsv + purify cv", "tsv", {"alpha": 1.0}, ("alpha", 0.0, 2.0), "cv"),
+# Every base strategy also runs after purification, at a fixed keep ratio
+# and at the held-out-tuned one.
+_FULL_BASES = [
+    ("average", "average", {}, None),
+    ("task_arithmetic", "task_arithmetic", {"lambda": 0.3}, ("lambda", 0.0, 1.5)),
+    ("ties", "ties", {"lambda": 1.0, "density": 0.2}, ("lambda", 0.0, 2.0)),
+    ("dare_ties", "dare_ties", {"lambda": 1.0, "density": 0.1}, ("lambda", 0.0, 2.0)),
+    ("tsv", "tsv", {"alpha": 1.0}, ("alpha", 0.0, 2.0)),
+    ("iso_c", "iso_c", {"alpha": 1.0}, ("alpha", 0.0, 2.0)),
+    ("iso_cts", "iso_cts", {"alpha": 1.0}, ("alpha", 0.0, 2.0)),
+    ("esm", "esm", {"alpha": 1.0}, ("alpha", 0.0, 2.0)),
 ]
-LORA = [
-    ("task_arithmetic", "task_arithmetic", {"lambda": 0.3}, ("lambda", 0.0, 1.5), None),
-    ("ties", "ties", {"lambda": 1.0, "density": 0.2}, ("lambda", 0.0, 2.0), None),
-    ("knots", "knots", {"lambda": 1.0, "density": 0.2}, ("lambda", 0.0, 2.0), None),
-    ("tsv", "tsv", {"alpha": 1.0}, ("alpha", 0.0, 2.0), None),
-    ("esm", "esm", {"alpha": 1.0}, ("alpha", 0.0, 2.0), None),
-    ("task_arithmetic + purify cv", "task_arithmetic", {"lambda": 0.3}, ("lambda", 0.0, 1.5), "cv"),
-    ("nsc", "nsc", {}, None, None),
+_LORA_BASES = [
+    ("task_arithmetic", "task_arithmetic", {"lambda": 0.3}, ("lambda", 0.0, 1.5)),
+    ("ties", "ties", {"lambda": 1.0, "density": 0.2}, ("lambda", 0.0, 2.0)),
+    ("knots", "knots", {"lambda": 1.0, "density": 0.2}, ("lambda", 0.0, 2.0)),
+    ("tsv", "tsv", {"alpha": 1.0}, ("alpha", 0.0, 2.0)),
+    ("esm", "esm", {"alpha": 1.0}, ("alpha", 0.0, 2.0)),
 ]
+PURIFY_FIXED = 0.97
 
 
-def collect(net, models, tasks, rows=256):
+def _with_purify(bases):
+    specs = [b + (None,) for b in bases]
+    for keep in (PURIFY_FIXED, "cv"):
+        specs += [("%s + purify %s" % (b[0], keep),) + b[1:] + (keep,) for b in bases]
+    return specs
+
+
+FULL = _with_purify(_FULL_BASES)
+LORA = _with_purify(_LORA_BASES) + [("nsc", "nsc", {}, None, None)]
+# ESM with the calibration rows of the previous runs (fewer rows than the
+# 256 outputs of the first two layers): how much the subspace estimate
+# loses when n < d_out (the official code's ViT-B/32 case).
+FEW_ROWS = 192
+FEW_ROWS_SPEC = ("esm, %d calibration rows" % FEW_ROWS, "esm", {"alpha": 1.0},
+                 ("alpha", 0.0, 2.0), None)
+
+
+def collect(net, models, tasks, rows=1024):
     """Stats of every fine-tuned model's layer inputs on its task's
-    unlabeled training rows; a quarter of the rows held out for purify."""
-    stats = libmerge.Stats(heldout_fraction=0.25)
+    unlabeled training rows, also split into 4 folds for purify "cv".
+    1024 rows exceed every layer's 256 outputs, as the paper's 32 images x
+    197 tokens exceed ViT-B/16's widths."""
+    stats = libmerge.Stats(folds=4)
     for i, (sd, task) in enumerate(zip(models, tasks)):
         m = copy.deepcopy(net)
         m.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()})
@@ -66,17 +80,21 @@ def run_method(spec, net, base, models, heads, tasks, stats, adapters=None, nsc_
         sd = lt.nsc_merge(copy.deepcopy(net), adapters, loaders, steps=nsc_steps, lr=1e-3)
         merged = {k: v.numpy() for k, v in sd.items()}
         acc = evaluate(net, merged, heads, tasks, "test")
-        return acc, acc, None
-    opt = {}
-    if purify is not None:
-        opt["purify"] = {"keep": purify}
-    kwargs = dict(stats=stats if (purify is not None or method == "esm") else None, **opt)
-    default = libmerge.merge(method, base, models, **kwargs, **params)
+        return acc, acc, None, {}
+    reports = {}
+
+    def kwargs(which):
+        if purify is None:
+            return dict(stats=stats if method == "esm" else None)
+        reports[which] = {}
+        return dict(stats=stats, purify={"keep": purify, "report": reports[which]})
+
+    default = libmerge.merge(method, base, models, **kwargs("default"), **params)
     acc_default = evaluate(net, default, heads, tasks, "test")
     if scale is None:
-        return acc_default, acc_default, None
+        return acc_default, acc_default, None, reports
     name, lo, hi = scale
-    rest = {k: v for k, v in params.items() if k != name}
+    # purify "cv" is tuned once at the default scale, before the search.
     best, _, _, merged = libmerge.search(method, base, models, score, param=name, lo=lo, hi=hi,
-                                         max_evals=max_evals, **kwargs, **rest)
-    return acc_default, evaluate(net, merged, heads, tasks, "test"), best
+                                         max_evals=max_evals, **kwargs("searched"), **params)
+    return acc_default, evaluate(net, merged, heads, tasks, "test"), best, reports

@@ -25,6 +25,9 @@ import report  # noqa: E402
 import tasks as tasklib  # noqa: E402
 
 
+# Merges per scale search: the released ESM default (golden section on
+# [0, 2], tol 0.01), for every method alike.
+MAX_EVALS = 15
 SMOKE_METHODS = ("average", "task_arithmetic", "tsv", "esm", "task_arithmetic + purify 0.97",
                  "knots", "nsc")
 
@@ -52,15 +55,17 @@ def prepare(smoke, cache):
     return tasks, state
 
 
-def table_rows(specs, net, base, sds, heads, tasks, stats, individual, adapters, args):
+def table_rows(specs, net, base, sds, heads, tasks, stats, individual, adapters, args,
+               few_stats=None):
     rows = []
     for spec in specs:
         t0 = time.perf_counter()
-        acc_d, acc_b, best = merges.run_method(
-            spec, net, base, sds, heads, tasks, stats, adapters,
-            nsc_steps=10 if args.smoke else 100, max_evals=3 if args.smoke else 8)
+        acc_d, acc_b, best, purify = merges.run_method(
+            spec, net, base, sds, heads, tasks,
+            few_stats if spec is merges.FEW_ROWS_SPEC else stats, adapters,
+            nsc_steps=10 if args.smoke else 100, max_evals=3 if args.smoke else MAX_EVALS)
         rows.append(dict(label=spec[0], default=acc_d, best=acc_b, scale=best,
-                         scale_name=spec[3][0] if spec[3] else None,
+                         scale_name=spec[3][0] if spec[3] else None, purify=purify,
                          norm_default=[a / i for a, i in zip(acc_d, individual)],
                          norm_best=[a / i for a, i in zip(acc_b, individual)],
                          seconds=time.perf_counter() - t0))
@@ -92,13 +97,17 @@ def main():
             print("%s fine-tuning, %d tasks" % (kind, n), flush=True)
             stats = merges.collect(net, sds[:n], tasks[:n])
             specs = merges.FULL if kind == "full" else merges.LORA
+            few_stats = None
             if args.smoke:
                 specs = [s for s in specs if s[0] in SMOKE_METHODS]
+            elif kind == "full":
+                few_stats = merges.collect(net, sds[:n], tasks[:n], rows=merges.FEW_ROWS)
+                specs = specs + [merges.FEW_ROWS_SPEC]
             adapters = [a for a, _ in fts[:n]] if kind == "lora" else None
             results[(kind, n)] = dict(
                 tasks=[t["name"] for t in tasks[:n]], individual=individual[:n],
                 rows=table_rows(specs, net, base, sds[:n], heads[:n], tasks[:n], stats,
-                                individual[:n], adapters, args))
+                                individual[:n], adapters, args, few_stats))
     os.makedirs(args.out, exist_ok=True)
     name = "quality-smoke" if args.smoke else "quality"
     report.write(results, os.path.join(args.out, name + ".md"), time.perf_counter() - t0, args.smoke)
