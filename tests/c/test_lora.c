@@ -86,6 +86,78 @@ START_TEST(adapters_merge_like_dense_deltas)
 }
 END_TEST
 
+/* base + scale B A as a dense model (in the base's dtypes). */
+static lm_model *dense_model(lm_context *ctx, const lm_model *base,
+                             const lm_lora *l)
+{
+    lm_model *m = NULL;
+    ck_assert_ok(lm_model_create(ctx, &m));
+    for (size_t k = 0; k < lm_model_count(base); k++) {
+        const lm_tensor *b = lm_model_tensor(base, k);
+        const char *name = lm_model_name(base, k);
+        int64_t shape[2] = {lm_tensor_dim(b, 0),
+                            lm_tensor_ndim(b) == 2 ? lm_tensor_dim(b, 1) : 1};
+        lm_tensor *t = NULL;
+        ck_assert_ok(lm_tensor_create(ctx, lm_tensor_dtype(b),
+                                      lm_tensor_ndim(b), shape, &t));
+        for (size_t i = 0; i < lm_tensor_numel(b); i++)
+            ck_assert_ok(lm_tensor_set(
+                t, i, tu_get(b, i) + ba(l, name, i / (size_t)shape[1],
+                                        i % (size_t)shape[1])));
+        ck_assert_ok(lm_model_add(m, name, t));
+    }
+    return m;
+}
+
+/* SVD-family strategies see an adapter's delta exactly as they see a
+ * dense model's: the f32 q.weight results agree to rounding. Every rank
+ * is at least tsv's k = 10 / 3 triplets per task: below it the extra
+ * singular vectors span a null space, are arbitrary, and the polar factor
+ * depends on them. */
+START_TEST(svd_strategies_take_adapters)
+{
+    const char *methods[] = {"knots", "tsv", "iso_c"};
+    for (size_t mi = 0; mi < 3; mi++) {
+        lm_context *ctx = tu_context(2, 0);
+        lm_model *base = base_model(ctx);
+        lm_lora *l[3] = {adapter(ctx, 10, 4, 2.0), adapter(ctx, 20, 5, 0.5),
+                         adapter(ctx, 30, 3, 1.0)};
+        lm_model *dense[3], *out_l = NULL, *out_d = NULL;
+        lm_plan *pl = NULL, *pd = NULL;
+        ck_assert_ok(lm_plan_create(ctx, methods[mi], &pl));
+        ck_assert_ok(lm_plan_create(ctx, methods[mi], &pd));
+        lm_plan_set_base(pl, base);
+        lm_plan_set_base(pd, base);
+        for (int t = 0; t < 3; t++) {
+            dense[t] = dense_model(ctx, base, l[t]);
+            ck_assert_ok(lm_plan_add_lora(pl, l[t], 1.0));
+            ck_assert_ok(lm_plan_add_model(pd, dense[t], 1.0));
+        }
+        ck_assert_ok(lm_plan_execute(pl, &out_l));
+        ck_assert_ok(lm_plan_execute(pd, &out_d));
+        const lm_tensor *a = lm_model_tensor(out_l, 0), *b = lm_model_tensor(out_d, 0);
+        const lm_tensor *b0 = lm_model_tensor(base, 0);
+        double worst = 0, scale = 0;
+        for (size_t i = 0; i < lm_tensor_numel(a); i++) {
+            worst = fmax(worst, fabs(tu_get(a, i) - tu_get(b, i)));
+            scale = fmax(scale, fabs(tu_get(b, i) - tu_get(b0, i)));
+        }
+        ck_assert_msg(scale > 0.1 && worst <= 1e-5 * scale, "%s: %g of %g",
+                      methods[mi], worst, scale);
+        lm_model_destroy(out_l);
+        lm_model_destroy(out_d);
+        lm_plan_destroy(pl);
+        lm_plan_destroy(pd);
+        for (int t = 0; t < 3; t++) {
+            lm_model_destroy(dense[t]);
+            lm_lora_destroy(l[t]);
+        }
+        lm_model_destroy(base);
+        lm_context_destroy(ctx);
+    }
+}
+END_TEST
+
 START_TEST(bad_adapters)
 {
     lm_context *ctx = tu_context(1, 0);
@@ -150,6 +222,7 @@ int main(void)
     TCase *tc = tcase_create("lora");
     tcase_add_test(tc, adapters_merge_like_dense_deltas);
     tcase_add_test(tc, bad_adapters);
+    tcase_add_test(tc, svd_strategies_take_adapters);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }
