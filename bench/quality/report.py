@@ -58,11 +58,11 @@ def write(results, path, seconds, smoke):
              "Calibration: 1024 unlabeled training rows per task through its fine-tuned "
              "model (the `esm, 192 calibration rows` row: 192, fewer than the layers' "
              "256 outputs). purify 0.97 keeps 97% of the components "
-             "(PAVE); purify cv tunes the keep ratio among 1.0, 0.995, 0.99, 0.98, 0.97, "
-             "0.95, 0.9, 0.8 by 4-fold held-out drift (label-free, "
+             "(PAVE); purify cv tunes the keep ratio among 1.0, 0.99, 0.97, 0.95, 0.9 "
+             "by 4-fold held-out drift (label-free, "
              "at the default scale) before the search; *keep* is the "
-             "ratio used. With LoRA, purification runs for task arithmetic and TSV only "
-             "(run time). NSC is label-free (no search).", ""]
+             "ratio used. The purify rows run with 8 tasks only, and with LoRA for task "
+             "arithmetic only (run time). NSC is label-free (no search).", ""]
     for (kind, n), r in results.items():
         lines += ["## %s fine-tuning, %d tasks" % ("Full" if kind == "full" else "LoRA", n), "",
                   "Tasks: %s. Fine-tuned accuracy: %s (mean %s)." % (

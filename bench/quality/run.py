@@ -100,7 +100,9 @@ def main():
             few_stats = None
             if args.smoke:
                 specs = [s for s in specs if s[0] in SMOKE_METHODS]
-            elif kind == "full":
+            elif n not in merges.PURIFY_SIZES:
+                specs = [s for s in specs if s[4] is None]
+            if not args.smoke and kind == "full":
                 few_stats = merges.collect(net, sds[:n], tasks[:n], rows=merges.FEW_ROWS)
                 specs = specs + [merges.FEW_ROWS_SPEC]
             adapters = [a for a, _ in fts[:n]] if kind == "lora" else None
