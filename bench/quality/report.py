@@ -110,18 +110,25 @@ def plot(results, path):
         print("matplotlib not installed: no plot (apt-get install python3-matplotlib)")
         return
     kinds = sorted({k for k, _ in results})
-    fig, axes = plt.subplots(1, len(kinds), figsize=(7 * len(kinds), 5))
+    fig, axes = plt.subplots(1, len(kinds), figsize=(7 * len(kinds), 9))
     axes = np.atleast_1d(axes)
     for ax, kind in zip(axes, kinds):
         keys = sorted(n for k, n in results if k == kind)
-        labels = [row["label"] for row in results[(kind, keys[0])]["rows"]]
+        # Sizes may list different rows (e.g. purify at one size only).
+        labels = []
+        for n in keys:
+            labels += [row["label"] for row in results[(kind, n)]["rows"]
+                       if row["label"] not in labels]
         width = 0.8 / len(keys)
         for j, n in enumerate(keys):
-            vals = [100 * np.mean(row["norm_best"]) for row in results[(kind, n)]["rows"]]
+            by_label = {row["label"]: 100 * np.mean(row["norm_best"])
+                        for row in results[(kind, n)]["rows"]}
+            vals = [by_label.get(label, np.nan) for label in labels]
             ax.barh(np.arange(len(labels)) + j * width, vals, height=width, label="%d tasks" % n)
         ax.set_yticks(np.arange(len(labels)) + 0.4 - width / 2)
         ax.set_yticklabels(labels, fontsize=8)
         ax.invert_yaxis()
+        ax.set_xlim(60, 100)
         ax.set_xlabel("normalized accuracy %, searched scale")
         ax.set_title("%s fine-tuning" % ("full" if kind == "full" else "LoRA"))
         ax.legend(fontsize=8)

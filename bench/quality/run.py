@@ -10,6 +10,7 @@ usage: LIBMERGE_LIBRARY=build/lib/libmerge.so.0 PYTHONPATH=bindings/python \\
 Needs python3-torch, python3-sklearn, dataset-fashion-mnist (and
 python3-matplotlib for the plot). --smoke: 3 digits tasks, few epochs."""
 import argparse
+import json
 import os
 import sys
 import time
@@ -113,6 +114,9 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     name = "quality-smoke" if args.smoke else "quality"
     report.write(results, os.path.join(args.out, name + ".md"), time.perf_counter() - t0, args.smoke)
+    # Everything measured, so the report and plot can be redone without a rerun.
+    with open(os.path.join(args.cache, name + "-results.json"), "w") as f:
+        json.dump([dict(kind=k, n=n, **r) for (k, n), r in results.items()], f)
     report.plot(results, os.path.join(args.out, name + ".png"))
     print("wrote %s.md (%.0f s)" % (os.path.join(args.out, name), time.perf_counter() - t0))
 
