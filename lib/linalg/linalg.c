@@ -295,6 +295,30 @@ lm_status lm__polar_scaled(lm_context *ctx, const double *a, size_t m,
     return polar(ctx, a, m, n, p, mean_sv);
 }
 
+struct polar_pair {
+    lm_context *ctx;
+    const double *in[2];
+    double *out[2], *mean[2];
+    size_t rows[2], cols[2];
+};
+
+static lm_status polar_one(void *arg, size_t i)
+{
+    const struct polar_pair *p = arg;
+    return polar(p->ctx, p->in[i], p->rows[i], p->cols[i], p->out[i],
+                 p->mean[i]);
+}
+
+lm_status lm__polar_pair(lm_context *ctx, const double *a, size_t ma,
+                         size_t na, double *pa, double *mean_a,
+                         const double *b, size_t mb, size_t nb, double *pb,
+                         double *mean_b)
+{
+    struct polar_pair p = {ctx, {a, b}, {pa, pb}, {mean_a, mean_b},
+                           {ma, mb}, {na, nb}};
+    return lm__parallel_for(ctx, 2, polar_one, &p);
+}
+
 /* Standard normal draws from a counter-based generator: value i depends
  * only on (seed, i). */
 static double gaussian(uint64_t seed, uint64_t i)

@@ -62,6 +62,14 @@ lm_status lm__polar(lm_context *ctx, const double *a, size_t m, size_t n,
 lm_status lm__polar_scaled(lm_context *ctx, const double *a, size_t m,
                            size_t n, double *p, double *mean_sv);
 
+/* The polar factors of A (ma x na) and B (mb x nb) at once, one per idle
+ * thread (lm__parallel_for); mean_a / mean_b receive the mean singular
+ * values when non-NULL. */
+lm_status lm__polar_pair(lm_context *ctx, const double *a, size_t ma,
+                         size_t na, double *pa, double *mean_a,
+                         const double *b, size_t mb, size_t nb, double *pb,
+                         double *mean_b);
+
 /* C = alpha * op(A) op(B) + beta * C (row-major, BLAS dgemm). */
 void lm__gemm(bool ta, bool tb, size_t m, size_t n, size_t k, double alpha,
               const double *a, const double *b, double beta, double *c);

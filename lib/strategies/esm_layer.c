@@ -114,21 +114,6 @@ static lm_status task_block(void *arg, size_t t)
     return LM_OK;
 }
 
-/* The two rescaled polar factors, one per thread. */
-struct polar_pair {
-    lm_context *ctx;
-    const double *in[2];
-    double *out[2], mean[2];
-    size_t rows[2], cols[2];
-};
-
-static lm_status polar_one(void *arg, size_t i)
-{
-    struct polar_pair *p = arg;
-    return lm__polar_scaled(p->ctx, p->in[i], p->rows[i], p->cols[i],
-                            p->out[i], &p->mean[i]);
-}
-
 lm_status lm__esm_layer(lm_context *ctx, const struct esm_opts *o,
                         const double *x, const double *const *grams,
                         const uint64_t *n_rows, size_t T, size_t d_out,
@@ -178,13 +163,13 @@ lm_status lm__esm_layer(lm_context *ctx, const struct esm_opts *o,
         }
     }
     /* Polar factors rescaled by the mean singular value ("whitening"). */
-    struct polar_pair pp = {ctx, {pcat, acat}, {po, ao}, {0, 0},
-                            {d_out, cols}, {cols, d_in}};
+    double mean_u = 0, mean_v = 0;
     if (st == LM_OK)
-        st = lm__parallel_for(ctx, 2, polar_one, &pp);
+        st = lm__polar_pair(ctx, pcat, d_out, cols, po, &mean_u, acat, cols,
+                            d_in, ao, &mean_v);
     if (st == LM_OK)
-        lm__gemm(false, false, d_out, d_in, cols, 2.0 * pp.mean[0] * pp.mean[1],
-                 po, ao, 0.0, out);
+        lm__gemm(false, false, d_out, d_in, cols, 2.0 * mean_u * mean_v, po,
+                 ao, 0.0, out);
     lm_free(ctx, buf);
     return st;
 }

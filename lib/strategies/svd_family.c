@@ -229,28 +229,6 @@ static lm_status task_svd(void *arg, size_t t)
     return svd_into(w, t, w->x + t * w->m * w->n);
 }
 
-/* Polar factors of U (m x cols) and V (n x cols), one per thread. */
-struct polar_pair {
-    lm_context *ctx;
-    const double *in[2];
-    double *out[2];
-    size_t rows[2], cols;
-};
-
-static lm_status polar_one(void *arg, size_t i)
-{
-    struct polar_pair *p = arg;
-    return lm__polar(p->ctx, p->in[i], p->rows[i], p->cols, p->out[i]);
-}
-
-static lm_status polar_both(lm_context *ctx, const double *U, size_t m,
-                            const double *V, size_t n, size_t cols, double *Up,
-                            double *Vp)
-{
-    struct polar_pair p = {ctx, {U, V}, {Up, Vp}, {m, n}, cols};
-    return lm__parallel_for(ctx, 2, polar_one, &p);
-}
-
 static lm_status merge_tsv(const struct svd_state *s, const lm_tensor_job *job,
                            const double *x, size_t m, size_t n, double *out)
 {
@@ -266,7 +244,7 @@ static lm_status merge_tsv(const struct svd_state *s, const lm_tensor_job *job,
     struct task_svds w = {s, job, x, m, n, k, cols, 0, U, V, sigma};
     lm_status st = lm__parallel_for(ctx, T, task_svd, &w);
     if (st == LM_OK)
-        st = polar_both(ctx, U, m, V, n, cols, Up, Vp);
+        st = lm__polar_pair(ctx, U, m, cols, Up, NULL, V, n, cols, Vp, NULL);
     if (st == LM_OK)
         compose(Up, sigma, Vp, m, n, cols, s->alpha, U, out);
     lm_free(ctx, buf);
@@ -409,7 +387,7 @@ static lm_status merge_iso_cts(const struct svd_state *s,
         st = lm__parallel_for(ctx, T, specific_svd, &sp);
     }
     if (st == LM_OK)
-        st = polar_both(ctx, U, m, V, n, cols, Up, Vp);
+        st = lm__polar_pair(ctx, U, m, cols, Up, NULL, V, n, cols, Vp, NULL);
     if (st == LM_OK) {
         double mean = 0;
         for (size_t i = 0; i < cols; i++)
