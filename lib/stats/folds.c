@@ -1,6 +1,5 @@
 /* Deterministic K-fold split of observed rows, for held-out tuning that
  * uses every row once as held-out data (lm_plan_tune_purify_folds). */
-#include <math.h>
 #include <string.h>
 
 #include "stats/stats_internal.h"
@@ -16,18 +15,10 @@ lm_status lm_stats_observe_folds(lm_stats *const *folds, size_t n_folds,
         if (!folds[f])
             return LM_ERR_INVALID_ARGUMENT;
     lm_context *ctx = folds[0]->ctx;
-    if (!name || !*name || (!rows && n_rows) || d_in == 0)
-        return lm_context_set_error(ctx, LM_ERR_INVALID_ARGUMENT,
-                                    "stats folds: observe needs a name, "
-                                    "rows and d_in > 0");
-    if (n_rows && d_in > SIZE_MAX / n_rows)
-        return lm_context_set_error(ctx, LM_ERR_SHAPE,
-                                    "stats folds: %zu x %zu rows overflow",
-                                    n_rows, d_in);
     /* Row j of the key's stream, counted over every earlier call, goes to
      * fold j mod K: the split does not depend on how rows were batched. */
     uint64_t seen = 0;
-    for (size_t f = 0; f < n_folds; f++) {
+    for (size_t f = 0; name && d_in && f < n_folds; f++) {
         struct lm_stats_entry *e = lm__stats_entry(folds[f], model, name,
                                                    d_in, false);
         if (!e)
@@ -41,13 +32,9 @@ lm_status lm_stats_observe_folds(lm_stats *const *folds, size_t n_folds,
         seen += e->n_rows;
         pthread_mutex_unlock(&e->lock);
     }
-    /* Checked here so that a bad row leaves every fold untouched. */
-    for (size_t i = 0; i < n_rows * d_in; i++)
-        if (!isfinite(rows[i]))
-            return lm_context_set_error(ctx, LM_ERR_NONFINITE,
-                                        "stats folds: input for '%s' (model "
-                                        "%zu) has a non-finite value at row "
-                                        "%zu", name, model, i / d_in);
+    /* Checked before any fold changes, so a bad row leaves them all as
+     * they were. */
+    LM_TRY(lm__stats_check_rows(ctx, model, name, rows, n_rows, d_in));
     size_t per = n_rows / n_folds + 1;
     float *buf = lm__calloc(ctx, per * d_in, sizeof(float)); /* d_in > 0 */
     if (!buf)
@@ -62,7 +49,7 @@ lm_status lm_stats_observe_folds(lm_stats *const *folds, size_t n_folds,
             memcpy(buf + count++ * d_in, rows + i * d_in,
                    d_in * sizeof(float));
         if (count)
-            st = lm_stats_observe(folds[f], model, name, buf, count, d_in);
+            st = lm__stats_accumulate(folds[f], model, name, buf, count, d_in);
     }
     lm_free(ctx, buf);
     return st;

@@ -122,27 +122,42 @@ static void symmetrize(double *g, size_t d)
             g[j * d + i] = g[i * d + j];
 }
 
-lm_status lm_stats_observe(lm_stats *s, size_t model, const char *name,
-                           const float *rows, size_t n_rows, size_t d_in)
+lm_status lm__stats_check_rows(lm_context *ctx, size_t model,
+                               const char *name, const float *rows,
+                               size_t n_rows, size_t d_in)
 {
-    if (!s || !name || !*name || (!rows && n_rows) || d_in == 0)
-        return s ? lm_context_set_error(s->ctx, LM_ERR_INVALID_ARGUMENT,
-                                        "stats: observe needs a name, rows "
-                                        "and d_in > 0")
-                 : LM_ERR_INVALID_ARGUMENT;
+    if (!name || !*name || (!rows && n_rows) || d_in == 0)
+        return lm_context_set_error(ctx, LM_ERR_INVALID_ARGUMENT,
+                                    "stats: observe needs a name, rows and "
+                                    "d_in > 0");
     if (n_rows && d_in > SIZE_MAX / n_rows)
-        return lm_context_set_error(s->ctx, LM_ERR_SHAPE,
+        return lm_context_set_error(ctx, LM_ERR_SHAPE,
                                     "stats: %zu x %zu rows overflow", n_rows,
                                     d_in);
     for (size_t i = 0; i < n_rows * d_in; i++)
         if (!isfinite(rows[i]))
-            return lm_context_set_error(s->ctx, LM_ERR_NONFINITE,
+            return lm_context_set_error(ctx, LM_ERR_NONFINITE,
                                         "stats: input for '%s' (model %zu) "
                                         "has a non-finite value at row %zu",
                                         name, model, i / d_in);
     if (d_in > (size_t)INT32_MAX)
-        return lm_context_set_error(s->ctx, LM_ERR_SHAPE,
+        return lm_context_set_error(ctx, LM_ERR_SHAPE,
                                     "stats: d_in %zu is too large", d_in);
+    return LM_OK;
+}
+
+lm_status lm_stats_observe(lm_stats *s, size_t model, const char *name,
+                           const float *rows, size_t n_rows, size_t d_in)
+{
+    if (!s)
+        return LM_ERR_INVALID_ARGUMENT;
+    LM_TRY(lm__stats_check_rows(s->ctx, model, name, rows, n_rows, d_in));
+    return lm__stats_accumulate(s, model, name, rows, n_rows, d_in);
+}
+
+lm_status lm__stats_accumulate(lm_stats *s, size_t model, const char *name,
+                               const float *rows, size_t n_rows, size_t d_in)
+{
     struct lm_stats_entry *e = lm__stats_entry(s, model, name, d_in, true);
     if (!e)
         return lm_context_error_status(s->ctx);

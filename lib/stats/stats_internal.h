@@ -27,4 +27,14 @@ struct lm_stats_entry *lm__stats_entry(lm_stats *stats, size_t model,
                                        const char *name, size_t d_in,
                                        bool create);
 
+/* The argument, size and finiteness checks of lm_stats_observe, with its
+ * messages on ctx. */
+lm_status lm__stats_check_rows(lm_context *ctx, size_t model,
+                               const char *name, const float *rows,
+                               size_t n_rows, size_t d_in);
+/* lm_stats_observe after those checks passed. */
+lm_status lm__stats_accumulate(lm_stats *stats, size_t model,
+                               const char *name, const float *rows,
+                               size_t n_rows, size_t d_in);
+
 #endif

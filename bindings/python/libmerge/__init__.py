@@ -143,6 +143,11 @@ DEFAULT_KEEP_CANDIDATES = (1.0, 0.995, 0.99, 0.98, 0.97, 0.95, 0.9, 0.85, 0.8,
                            0.7, 0.6, 0.5)
 
 
+def _stats_array(stats_list):
+    """A C array of the lm_stats pointers of several Stats."""
+    return (ctypes.c_void_p * len(stats_list))(*[s._ptr for s in stats_list])
+
+
 def _apply_purify(ctx, plan, purify, stats, base):
     """Set purification on a plan from the `purify=` dict; with
     keep="cv", tune the keep ratio (and optionally a scale parameter) on
@@ -199,8 +204,8 @@ def _apply_purify(ctx, plan, purify, stats, base):
         curve = (ctypes.c_double * len(cands))()
         best = ctypes.c_double()
         if score is None and heldout is None:
-            ptrs = (ctypes.c_void_p * len(folds))(*[f._ptr for f in folds])
-            ctx.check(_L.lm_plan_tune_purify_folds(plan, ptrs, len(folds), arr, len(cands),
+            ctx.check(_L.lm_plan_tune_purify_folds(plan, _stats_array(folds), len(folds),
+                                                   arr, len(cands),
                                                    ctypes.byref(best), curve))
             sign = 1.0
         elif score is None:
@@ -540,10 +545,10 @@ class Stats:
             self._ptr, int(model_index), tensor_name.encode(),
             ctypes.c_void_p(x.ctypes.data), x.shape[0], x.shape[1]))
         if self.folds:  # after the checks above, so folds stay consistent
-            ptrs = (ctypes.c_void_p * len(self.folds))(*[f._ptr for f in self.folds])
             self.folds[0]._ctx.check(_L.lm_stats_observe_folds(
-                ptrs, len(self.folds), int(model_index), tensor_name.encode(),
-                ctypes.c_void_p(x.ctypes.data), x.shape[0], x.shape[1]))
+                _stats_array(self.folds), len(self.folds), int(model_index),
+                tensor_name.encode(), ctypes.c_void_p(x.ctypes.data), x.shape[0],
+                x.shape[1]))
 
     def get(self, model_index, tensor_name):
         """(X^T X as a new float64 array, row count) for a key."""
