@@ -77,7 +77,7 @@ lm_status lm_tensor_create(lm_context *ctx, lm_dtype dtype, int ndim,
         return LM_ERR_INVALID_ARGUMENT;
     size_t numel;
     LM_TRY(check_shape(ctx, dtype, ndim, shape, &numel));
-    lm_tensor *t;
+    lm_tensor *t = NULL;
     LM_TRY(new_tensor(ctx, dtype, ndim, shape, numel, &t));
     t->data = lm__calloc(ctx, numel ? numel : 1, lm_dtype_size(dtype));
     if (!t->data) {
@@ -113,7 +113,7 @@ lm_status lm_tensor_wrap(lm_context *ctx, lm_dtype dtype, int ndim,
                                     "tensor: wrapped data is not aligned to "
                                     "its %zu-byte elements",
                                     lm_dtype_size(dtype));
-    lm_tensor *t;
+    lm_tensor *t = NULL;
     LM_TRY(new_tensor(ctx, dtype, ndim, shape, numel, &t));
     t->data = data;
     t->owns_data = false;
@@ -128,7 +128,7 @@ lm_status lm_tensor_clone(lm_context *ctx, const lm_tensor *src,
         return LM_ERR_INVALID_ARGUMENT;
     if (src->lazy_read)
         return lazy_access(src);
-    lm_tensor *t;
+    lm_tensor *t = NULL;
     LM_TRY(lm_tensor_create(ctx, src->dtype, src->ndim, src->shape, &t));
     if (src->numel)
         memcpy(t->data, src->data, lm_tensor_nbytes(src));
@@ -264,7 +264,7 @@ lm_status lm__tensor_create_lazy(lm_context *ctx, lm_dtype dtype, int ndim,
 {
     size_t numel;
     LM_TRY(check_shape(ctx, dtype, ndim, shape, &numel));
-    lm_tensor *t;
+    lm_tensor *t = NULL;
     LM_TRY(new_tensor(ctx, dtype, ndim, shape, numel, &t));
     t->lazy_read = read;
     t->lazy_user = user;

@@ -366,7 +366,7 @@ lm_status lm_nsc_ratio(const lm_nsc *n, size_t task, size_t module,
                        const float *z, size_t rows, size_t d, double *mean,
                        float *grad_z, double grad_scale)
 {
-    const struct nsc_factor *f;
+    const struct nsc_factor *f = NULL;
     if (!n || !z || !mean || !rows)
         return LM_ERR_INVALID_ARGUMENT;
     LM_TRY(lm__nsc_check_task(n, task, module, d, &f));
