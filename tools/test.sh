@@ -1,6 +1,7 @@
 #!/bin/bash
 # README command 2 (and CI): install what is missing, then build and run
-# every test: gcc (C + Python + build checks), a selection of C suites
+# every test: gcc (C + Python + build checks), a release build with its
+# demo (README command 1's configuration), a selection of C suites
 # under valgrind, gcc with AddressSanitizer + UndefinedBehaviorSanitizer
 # (C suites), clang with ThreadSanitizer (C suites), clang (C suites and
 # build checks), an MPI build (distributed lmerge); then the libFuzzer targets for LIBMERGE_FUZZ_SECONDS
@@ -32,6 +33,16 @@ meson test -C build --print-errorlogs --logbase testlog-valgrind \
 run build-asan -Db_sanitize=address,undefined -Db_lundef=false -- --suite c || status=1
 CC=clang run build-tsan -Db_sanitize=thread -Db_lundef=false -- --suite c || status=1
 CC=clang run build-clang -- --suite c --suite build || status=1
+# README command 1 builds with --buildtype=release (-O3, where gcc warns
+# about more): that build must stay warning-free and its demo must pass.
+if [ ! -d build-release ]; then
+  meson setup build-release --buildtype=release -Dtests=false >/dev/null
+fi
+if ninja -C build-release >/dev/null && ./build-release/tools/lmerge/lmerge demo >/dev/null; then
+  release_ok=1
+else
+  release_ok=0; status=1
+fi
 # lmerge under mpirun (3 ranks on this machine) against one process.
 run build-mpi -Dmpi=enabled -- --suite mpi || status=1
 
@@ -44,12 +55,13 @@ ninja -C build-fuzz >/dev/null
 fuzz_secs=${LIBMERGE_FUZZ_SECONDS:-30}
 if bash tests/fuzz/run.sh build-fuzz "$fuzz_secs"; then fuzz_ok=1; else fuzz_ok=0; status=1; fi
 
-/usr/bin/python3 - "$fuzz_ok" build build-asan build-tsan build-clang build-mpi <<'PY'
+/usr/bin/python3 - "$fuzz_ok" "$release_ok" build build-asan build-tsan build-clang build-mpi <<'PY'
 import glob, json, sys, os
 passed = failed = skipped = 0
-if sys.argv[1] == "1": passed += 1
-else: failed += 1
-sys.argv.pop(1)
+for ok in sys.argv[1:3]:  # the fuzz run, the release build and its demo
+    if ok == "1": passed += 1
+    else: failed += 1
+del sys.argv[1:3]
 for d in sys.argv[1:]:
     for path in sorted(glob.glob(os.path.join(d, "meson-logs", "testlog*.json"))):
       for line in open(path):
