@@ -212,7 +212,7 @@ static lm_status first_failure(const struct exec *ex)
     return LM_OK;
 }
 
-lm_status lm__execute(lm_plan *p, const lm_sink_vtable *sink)
+static lm_status execute(lm_plan *p, const lm_sink_vtable *sink)
 {
     lm_context *ctx = p->ctx;
     LM_TRY(validate_inputs(p));
@@ -256,7 +256,9 @@ lm_status lm__execute(lm_plan *p, const lm_sink_vtable *sink)
             st = p->vt->init(&info, &ex.state, p->vt->user);
         }
         bool initialised = st == LM_OK;
-        if (st == LM_OK && p->purify) {
+        /* A search's earlier evaluation measured the same allocation. */
+        bool measure = p->purify && !lm__purify_cache_measured(p);
+        if (st == LM_OK && measure) {
             lm_free(ctx, p->purify_kept);
             lm_free(ctx, p->purify_full);
             p->purify_kept = lm__calloc(ctx, p->n_models, sizeof(double));
@@ -265,7 +267,7 @@ lm_status lm__execute(lm_plan *p, const lm_sink_vtable *sink)
                 st = lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                           "purify: out of memory");
         }
-        if (st == LM_OK && p->purify &&
+        if (st == LM_OK && measure &&
             p->purify_opts.allocation == LM_PURIFY_MODEL) {
             /* Purification ranks per model need every layer first. */
             ex.pass = LM__PASS_PURIFY;
@@ -273,6 +275,8 @@ lm_status lm__execute(lm_plan *p, const lm_sink_vtable *sink)
             st = first_failure(&ex);
             atomic_store(&ex.next, 0);
         }
+        if (st == LM_OK && measure)
+            lm__purify_cache_set_measured(p);
         if (st == LM_OK && p->vt->prepare_tensor) {
             /* First pass of a two-pass strategy: nothing is emitted. */
             ex.pass = LM__PASS_PREPARE;
@@ -304,5 +308,16 @@ lm_status lm__execute(lm_plan *p, const lm_sink_vtable *sink)
     lm_free(ctx, ex.outputs);
     lm_free(ctx, ex.status);
     pthread_mutex_destroy(&ex.progress_lock);
+    return st;
+}
+
+lm_status lm__execute(lm_plan *p, const lm_sink_vtable *sink)
+{
+    /* A two-pass strategy would purify every tensor twice. */
+    bool own_cache = p->purify && p->vt->prepare_tensor &&
+                     lm__purify_cache_begin(p);
+    lm_status st = execute(p, sink);
+    if (own_cache)
+        lm__purify_cache_end(p);
     return st;
 }

@@ -113,7 +113,10 @@ struct lm_plan {
     /* LM_PURIFY_MODEL: kept and full ranks summed per model by the
      * allocation pass (n_models each). */
     double *purify_kept, *purify_full;
-    pthread_mutex_t purify_lock;
+    pthread_mutex_t purify_lock; /* also guards purify_cache */
+    /* Purified task vectors reused by later passes and search evaluations
+     * (lib/purify/cache.c); NULL outside an execution or search. */
+    struct lm__purify_cache *purify_cache;
 };
 
 /* A sink collecting results into a new model (memory_sink.c). */
@@ -151,7 +154,22 @@ lm_status lm__purify_measure(lm_plan *p, const char *name, const float *base,
                              float *const *deltas);
 lm_status lm__purify_apply(lm_plan *p, const char *name, const float *base,
                            const int64_t *shape, int ndim,
-                           float *const *deltas);
+                           float *const *deltas, bool *purified);
+
+/* The purified task vectors cache (lib/purify/cache.c), at most this many
+ * bytes per plan. begin returns true when it created the cache (the caller
+ * then ends it); get copies a cached tensor's task vectors into deltas and
+ * returns true on a hit; put stores a copy when it fits in the budget
+ * (best effort: a miss only costs recomputation). */
+#define LM__PURIFY_CACHE_BYTES ((size_t)1 << 30)
+bool lm__purify_cache_begin(lm_plan *p);
+void lm__purify_cache_end(lm_plan *p);
+bool lm__purify_cache_get(lm_plan *p, const char *name, size_t numel,
+                          float *const *deltas);
+void lm__purify_cache_put(lm_plan *p, const char *name, size_t numel,
+                          float *const *deltas);
+bool lm__purify_cache_measured(const lm_plan *p);
+void lm__purify_cache_set_measured(lm_plan *p);
 
 /* Independent work items inside one merge (parallel.c): fn(arg, i) for
  * every i < n_items, on the calling thread plus whatever of the context's

@@ -171,11 +171,15 @@ lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
         st = load_inputs(p, name, base, from_plan_base, block, deltas);
     if (st == LM_OK && p->purify) {
         float *const *tasks = (float *const *)deltas;
-        st = pass == LM__PASS_PURIFY
-                 ? lm__purify_measure(p, name, block, base->shape, base->ndim,
-                                      tasks)
-                 : lm__purify_apply(p, name, block, base->shape, base->ndim,
+        bool purified = false;
+        if (pass == LM__PASS_PURIFY)
+            st = lm__purify_measure(p, name, block, base->shape, base->ndim,
                                     tasks);
+        else if (!lm__purify_cache_get(p, name, n, tasks))
+            st = lm__purify_apply(p, name, block, base->shape, base->ndim,
+                                  tasks, &purified);
+        if (st == LM_OK && purified)
+            lm__purify_cache_put(p, name, n, tasks);
     }
     if (st == LM_OK && pass != LM__PASS_PURIFY)
         st = run_strategy(p, state, name, base, block, deltas, prepare);

@@ -240,8 +240,9 @@ lm_status lm__purify_measure(lm_plan *p, const char *name, const float *base,
 
 lm_status lm__purify_apply(lm_plan *p, const char *name, const float *base,
                            const int64_t *shape, int ndim,
-                           float *const *deltas)
+                           float *const *deltas, bool *purified)
 {
+    *purified = false;
     if (ndim != 2)
         return LM_OK;
     size_t m = (size_t)shape[0], n = (size_t)shape[1];
@@ -256,6 +257,7 @@ lm_status lm__purify_apply(lm_plan *p, const char *name, const float *base,
     for (size_t t = 0; st == LM_OK && t < p->n_models; t++) {
         if (!f[t].u)
             continue;
+        *purified = true;
         size_t k = f[t].k, r;
         if (o->allocation == LM_PURIFY_LAYER) {
             r = ranks[t];

@@ -2,6 +2,7 @@
  * with the executor (thread-count independence), tuning and its errors.
  * The numerics are checked against numpy in tests/python/test_purify.py. */
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "testutil.h"
@@ -13,6 +14,7 @@ struct fixture {
     lm_model *base, *models[T];
     lm_stats *stats, *heldout;
     lm_plan *plan;
+    lm_context *logged; /* counted_setup's plan context */
 };
 
 static void observe(lm_context *ctx, lm_stats *s, size_t t, const char *name,
@@ -278,6 +280,108 @@ START_TEST(folds_sum_single_split_curves)
 }
 END_TEST
 
+/* Purified task vectors are computed once per search (only the scale
+ * changes between its evaluations) and once per execution of a two-pass
+ * strategy (esm), and reusing them changes no bit of any evaluated merge. */
+static pthread_mutex_t count_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void count_purify(int level, const char *message, void *user)
+{
+    (void)level;
+    pthread_mutex_lock(&count_lock);
+    *(int *)user += strncmp(message, "purify: tensor '", 16) == 0 &&
+                    strstr(message, ": eps ") != NULL;
+    pthread_mutex_unlock(&count_lock);
+}
+
+static uint64_t model_hash(const lm_model *m)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < lm_model_count(m); i++) {
+        lm_tensor *t = lm_model_tensor(m, i);
+        const unsigned char *b = lm_tensor_data(t);
+        for (size_t j = 0; j < lm_tensor_nbytes(t); j++)
+            h = (h ^ b[j]) * 1099511628211ULL;
+    }
+    return h;
+}
+
+struct evaluations {
+    int n;
+    double values[16];
+    uint64_t hashes[16];
+};
+
+static int record_hash(double value, const lm_model *merged, double *score,
+                       void *user)
+{
+    struct evaluations *e = user;
+    e->values[e->n] = value;
+    e->hashes[e->n++] = model_hash(merged);
+    *score = -(value - 0.6) * (value - 0.6);
+    return 0;
+}
+
+/* The fixture's plan, on a context that counts purification logs. */
+static void counted_setup(struct fixture *f, const char *method, int *count,
+                          lm_purify_allocation allocation)
+{
+    setup(f, 2, method);
+    lm_context_options o = LM_CONTEXT_OPTIONS_INIT;
+    o.n_threads = 2;
+    o.seed = 7;
+    o.log = count_purify;
+    o.log_user = count;
+    o.log_level = LM_LOG_DEBUG;
+    lm_context *logged = NULL;
+    ck_assert_ok(lm_context_create(&o, &logged));
+    lm_plan_destroy(f->plan);
+    ck_assert_ok(lm_plan_create(logged, method, &f->plan));
+    ck_assert_ok(lm_plan_set_base(f->plan, f->base));
+    for (size_t t = 0; t < T; t++)
+        ck_assert_ok(lm_plan_add_model(f->plan, f->models[t], 1.0));
+    lm_purify_options po = LM_PURIFY_OPTIONS_INIT;
+    po.keep = 0.8;
+    po.allocation = allocation;
+    ck_assert_ok(lm_plan_set_purify(f->plan, &po));
+    ck_assert_ok(lm_plan_set_stats(f->plan, f->stats));
+    f->logged = logged;
+}
+
+START_TEST(search_purifies_once)
+{
+    const char *methods[] = {"task_arithmetic", "tsv", "esm"};
+    const char *params[] = {"lambda", "alpha", "alpha"};
+    lm_purify_allocation allocations[] = {LM_PURIFY_MODEL, LM_PURIFY_LAYER};
+    for (size_t i = 0; i < 3; i++)
+        for (size_t a = 0; a < 2; a++) {
+            struct fixture f;
+            int count = 0;
+            counted_setup(&f, methods[i], &count, allocations[a]);
+            struct evaluations e = {0};
+            double best;
+            ck_assert_ok(lm_plan_search(f.plan, params[i], 0.0, 2.0, 0.01, 8,
+                                        record_hash, &e, &best, NULL));
+            ck_assert_int_eq(e.n, 8);
+            /* two purified tensors x T tasks, whatever the evaluations */
+            ck_assert_int_eq(count, 2 * T);
+            for (int k = 0; k < e.n; k++) {
+                ck_assert_ok(lm_plan_set_float(f.plan, params[i], e.values[k]));
+                lm_model *out = NULL;
+                ck_assert_ok(lm_plan_execute(f.plan, &out));
+                ck_assert_uint_eq(model_hash(out), e.hashes[k]);
+                lm_model_destroy(out);
+            }
+            /* without the search: once per execution, two passes or one */
+            ck_assert_int_eq(count, 2 * T * (1 + e.n));
+            lm_plan_destroy(f.plan);
+            f.plan = NULL;
+            lm_context_destroy(f.logged);
+            teardown(&f);
+        }
+}
+END_TEST
+
 START_TEST(merger_refuses_model_allocation)
 {
     struct fixture f;
@@ -303,6 +407,7 @@ int main(void)
     tcase_add_test(tc, host_score_can_stop);
     tcase_add_test(tc, merger_refuses_model_allocation);
     tcase_add_test(tc, folds_sum_single_split_curves);
+    tcase_add_test(tc, search_purifies_once);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }
