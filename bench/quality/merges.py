@@ -9,7 +9,7 @@ import torch
 import libmerge
 import libmerge.torch as lt
 
-from models import accuracy
+from models import accuracy, correct
 
 # label, method, paper-default parameters, scale parameter and search range,
 # purify option. "cv" purification tunes the keep ratio on held-out rows.
@@ -52,6 +52,19 @@ def _with_purify(bases, purified):
 FULL = _with_purify(_FULL_BASES, [b[0] for b in _FULL_BASES])
 # LoRA: purification for task arithmetic only, to bound the run time.
 LORA = _with_purify(_LORA_BASES, ("task_arithmetic",)) + [("nsc", "nsc", {}, None, None)]
+# The ViT: every base strategy, and ESM also with the released ViT routing
+# (ESD on attn.in_proj / mlp.c_fc / mlp.c_proj, TSV-M elsewhere, alpha on
+# the ESD keys only).
+# The paper's ablation: ESM with one level of its polarized scaling off,
+# and with all of them off (the essential subspace alone).
+_ESM_SWITCHES = ("inter_task", "eig_weighting", "inter_dim", "layer_scaling")
+ESM_ABLATION = [("esm without %s" % k, "esm", {"alpha": 1.0, k: False}, ("alpha", 0.0, 2.0), None)
+                for k in _ESM_SWITCHES] + [
+    ("esm without scaling", "esm", dict({"alpha": 1.0}, **{k: False for k in _ESM_SWITCHES}),
+     ("alpha", 0.0, 2.0), None)]
+VIT = FULL + [("esm, clip-vit preset", "esm", {"alpha": 1.0, "preset": "clip-vit"},
+               ("alpha", 0.0, 2.0), None)] + ESM_ABLATION
+VIT_IMAGES = 32
 # ESM with the calibration rows of the previous runs (fewer rows than the
 # 256 outputs of the first two layers): how much the subspace estimate
 # loses when n < d_out (the official code's ViT-B/32 case).
@@ -77,18 +90,30 @@ def evaluate(net, merged, heads, tasks, split):
     return [accuracy(net, merged, h, t[split]) for h, t in zip(heads, tasks)]
 
 
+def test_correct(net, merged, heads, tasks):
+    """Per task, which test examples the merged model gets right, as a
+    "0101..." string (paired comparisons between methods in the report)."""
+    return ["".join("1" if c else "0" for c in correct(net, merged, h, t["test"]))
+            for h, t in zip(heads, tasks)]
+
+
+def _scored(correct_strings):
+    return [s.count("1") / len(s) for s in correct_strings], correct_strings
+
+
 def run_method(spec, net, base, models, heads, tasks, stats, adapters=None, nsc_steps=100,
                max_evals=8):
     """Test accuracies per task at the paper default and at the searched
-    scale, and the scale found."""
+    scale, the scale found, purify reports and the searched merge's
+    per-example test results (test_correct)."""
     label, method, params, scale, purify = spec
     score = lambda merged: float(np.mean(evaluate(net, merged, heads, tasks, "val")))  # noqa: E731
     if method == "nsc":
         loaders = [[torch.from_numpy(t["val"][0])] for t in tasks]  # unlabeled
         sd = lt.nsc_merge(copy.deepcopy(net), adapters, loaders, steps=nsc_steps, lr=1e-3)
         merged = {k: v.numpy() for k, v in sd.items()}
-        acc = evaluate(net, merged, heads, tasks, "test")
-        return acc, acc, None, {}
+        acc, hits = _scored(test_correct(net, merged, heads, tasks))
+        return acc, acc, None, {}, hits
     reports = {}
 
     def kwargs(which):
@@ -99,11 +124,12 @@ def run_method(spec, net, base, models, heads, tasks, stats, adapters=None, nsc_
                                          "candidates": PURIFY_CANDIDATES})
 
     default = libmerge.merge(method, base, models, **kwargs("default"), **params)
-    acc_default = evaluate(net, default, heads, tasks, "test")
+    acc_default, hits = _scored(test_correct(net, default, heads, tasks))
     if scale is None:
-        return acc_default, acc_default, None, reports
+        return acc_default, acc_default, None, reports, hits
     name, lo, hi = scale
     # purify "cv" is tuned once at the default scale, before the search.
     best, _, _, merged = libmerge.search(method, base, models, score, param=name, lo=lo, hi=hi,
                                          max_evals=max_evals, **kwargs("searched"), **params)
-    return acc_default, evaluate(net, merged, heads, tasks, "test"), best, reports
+    acc_best, hits = _scored(test_correct(net, merged, heads, tasks))
+    return acc_default, acc_best, best, reports, hits

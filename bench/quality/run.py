@@ -1,12 +1,13 @@
-"""Merge-quality benchmark: a small backbone pretrained here, fine-tuned
-fully and with LoRA on 10 tasks from Fashion-MNIST and digits, merged by
+"""Merge-quality benchmark: two small backbones pretrained here (an MLP,
+fine-tuned fully and with LoRA, and a CLIP-style ViT, fine-tuned fully)
+on 10 tasks from Fashion-MNIST and digits, merged by
 every strategy at the paper default and at the best scale found on the
 validation split; absolute and normalized (merged / fine-tuned) test
 accuracy for 4, 8 and all tasks. Writes docs/benchmarks/quality.md and
 quality.png.
 
 usage: LIBMERGE_LIBRARY=build/lib/libmerge.so.0 PYTHONPATH=bindings/python \\
-       /usr/bin/python3 bench/quality/run.py [--smoke] [--out DIR]
+       /usr/bin/python3 bench/quality/run.py [--smoke] [--out DIR] [--kinds full,lora,vit]
 Needs python3-torch, python3-sklearn, dataset-fashion-mnist (and
 python3-matplotlib for the plot). --smoke: 3 digits tasks, few epochs."""
 import argparse
@@ -29,27 +30,34 @@ import tasks as tasklib  # noqa: E402
 # Merges per scale search: the released ESM default (golden section on
 # [0, 2], tol 0.01), for every method alike.
 MAX_EVALS = 15
+# Fine-tuning steps (batches of 128) for every task: 10 passes over the
+# Fashion-MNIST tasks' 3000 training images; --smoke: 10 passes over 400.
+FINETUNE_STEPS = {False: 240, True: 32}
 SMOKE_METHODS = ("average", "task_arithmetic", "tsv", "esm", "task_arithmetic + purify 0.97",
-                 "knots", "nsc")
+                 "knots", "nsc", "esm, clip-vit preset", "iso_c", "esm without scaling")
 
 
-def prepare(smoke, cache):
-    """Tasks, the pretrained backbone and every fine-tune (cached)."""
+def prepare(smoke, cache, backbone):
+    """Tasks, the pretrained backbone and every fine-tune (cached). The
+    MLP gets full and LoRA fine-tunes, the ViT full ones."""
     names = ["digits", "digits-inverted", "digits-parity", "digits-rot180-mod3"] if smoke else None
     tasks = tasklib.build(names, n_train=400 if smoke else 3000,
                           n_val=100 if smoke else 300, n_test=200 if smoke else 500)
-    key = os.path.join(cache, "smoke.pt" if smoke else "full.pt")
+    key = os.path.join(cache, "%s-%s-%dsteps.pt" % ("smoke" if smoke else "full", backbone,
+                                                    FINETUNE_STEPS[smoke]))
     if os.path.exists(key):
         return tasks, torch.load(key)
     images, labels = tasklib.fashion_mnist("t10k")
     if smoke:
         images, labels = images[:4000], labels[:4000]
-    net = models.pretrain(images, labels, epochs=5 if smoke else 20)
+    epochs = dict(mlp=(20, 5), vit=(10, 2))[backbone][smoke]
+    net = models.pretrain(images, labels, epochs=epochs, backbone=backbone)
     full, lora = [], []
     for i, t in enumerate(tasks):
-        full_ft, head = models.finetune(net, t, epochs=10, lr=3e-4, seed=i)
+        full_ft, head = models.finetune(net, t, steps=FINETUNE_STEPS[smoke], lr=3e-4, seed=i)
         full.append(({k: v.detach().numpy().copy() for k, v in full_ft.state_dict().items()}, head))
-        lora.append(models.finetune_lora(net, t, epochs=10, seed=i))
+        if backbone == "mlp":
+            lora.append(models.finetune_lora(net, t, steps=FINETUNE_STEPS[smoke], seed=i))
     state = dict(net=net, full=full, lora=lora)
     os.makedirs(cache, exist_ok=True)
     torch.save(state, key)
@@ -61,12 +69,13 @@ def table_rows(specs, net, base, sds, heads, tasks, stats, individual, adapters,
     rows = []
     for spec in specs:
         t0 = time.perf_counter()
-        acc_d, acc_b, best, purify = merges.run_method(
+        acc_d, acc_b, best, purify, hits = merges.run_method(
             spec, net, base, sds, heads, tasks,
             few_stats if spec is merges.FEW_ROWS_SPEC else stats, adapters,
             nsc_steps=10 if args.smoke else 100, max_evals=3 if args.smoke else MAX_EVALS)
         rows.append(dict(label=spec[0], default=acc_d, best=acc_b, scale=best,
                          scale_name=spec[3][0] if spec[3] else None, purify=purify,
+                         correct=hits,
                          norm_default=[a / i for a, i in zip(acc_d, individual)],
                          norm_best=[a / i for a, i in zip(acc_b, individual)],
                          seconds=time.perf_counter() - t0))
@@ -81,23 +90,34 @@ def main():
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", default=os.path.join(HERE, "..", "..", "docs", "benchmarks"))
     ap.add_argument("--cache", default=os.path.join(HERE, ".cache"))
+    ap.add_argument("--kinds", default="full,lora,vit",
+                    help="comma-separated subset of full, lora (the MLP) and vit")
     args = ap.parse_args()
+    kinds = args.kinds.split(",")
+    unknown = [k for k in kinds if k not in report.KIND_TITLES]
+    if unknown:
+        ap.error("--kinds: unknown %s (known: %s)" % (", ".join(unknown),
+                                                       ", ".join(report.KIND_TITLES)))
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    tasks, state = prepare(args.smoke, args.cache)
-    net = state["net"]
-    base = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
-    sizes = [3] if args.smoke else [4, 8, len(tasks)]
+    sizes = [3] if args.smoke else [4, 8, 10]
     results = {}
-    for kind in ("full", "lora"):
-        fts = state[kind]
-        sds = [sd if kind == "full" else models.lora_model(net, sd) for sd, _ in fts]
+    # "full" and "lora": the MLP; "vit": the ViT, full fine-tuning.
+    for kind in kinds:
+        tasks, state = prepare(args.smoke, args.cache, "vit" if kind == "vit" else "mlp")
+        net = state["net"]
+        base = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
+        fts = state["lora" if kind == "lora" else "full"]
+        sds = [sd if kind != "lora" else models.lora_model(net, sd) for sd, _ in fts]
         heads = [h for _, h in fts]
         individual = [models.accuracy(net, sd, h, t["test"]) for sd, h, t in zip(sds, heads, tasks)]
         for n in sizes:
-            print("%s fine-tuning, %d tasks" % (kind, n), flush=True)
-            stats = merges.collect(net, sds[:n], tasks[:n])
-            specs = merges.FULL if kind == "full" else merges.LORA
+            print("%s, %d tasks" % (report.KIND_TITLES[kind], n), flush=True)
+            # The ViT's calibration: the paper's 32 unlabeled images per
+            # task, 17 tokens each (544 rows, more than its 256 outputs).
+            rows = merges.VIT_IMAGES if kind == "vit" else 1024
+            stats = merges.collect(net, sds[:n], tasks[:n], rows=rows)
+            specs = dict(full=merges.FULL, lora=merges.LORA, vit=merges.VIT)[kind]
             few_stats = None
             if args.smoke:
                 specs = [s for s in specs if s[0] in SMOKE_METHODS]

@@ -19,8 +19,15 @@ def test_quality_smoke(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     text = (tmp_path / "quality-smoke.md").read_text()
-    for method in ("average", "task_arithmetic", "tsv", "esm", "purify 0.97", "knots", "nsc"):
+    for method in ("average", "task_arithmetic", "tsv", "esm", "purify 0.97", "knots", "nsc",
+                   "esm, clip-vit preset", "esm without scaling"):
         assert method in text
+    assert "## ViT, full fine-tuning, 3 tasks" in text
+    # ESM against TSV-M and Iso-C, with a paired standard error, per setting
+    verdict = re.findall(r"^\| (MLP|ViT), [^|]*, 3 tasks \| ([\d.]+) \|.*\| ([-+][\d.]+) \| ([\d.]+) \|$",
+                         text, re.M)
+    assert len(verdict) == 2, verdict  # MLP and ViT full fine-tuning (no iso_c for LoRA)
+    assert all(0 < float(se) < 10 for *_, se in verdict)
     fine_tuned = [float(x) for x in re.search(r"Fine-tuned accuracy: ([^(]*)\(", text)[1]
                   .strip(" .").split(", ")]
     assert min(fine_tuned) > 60  # every task was learned (chance <= 50 %)
