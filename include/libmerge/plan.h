@@ -145,7 +145,10 @@ typedef int (*lm_score_fn)(double value, const lm_model *merged,
  * the curve. Errors: LM_ERR_NOT_FOUND / LM_ERR_INVALID_ARGUMENT (not a
  * FLOAT parameter), LM_ERR_OUT_OF_RANGE (lo >= hi, bounds outside the
  * parameter's range, tol <= 0, max_evals < 2), LM_ERR_CALLBACK, merge
- * errors. */
+ * errors. With purification on, the purified task vectors of the first
+ * evaluation are reused by the others (up to 1 GiB per plan; the results
+ * are bit-identical), so `score` must not change the plan's models,
+ * statistics or purify options. */
 LM_API lm_status lm_plan_search(lm_plan *plan, const char *param, double lo,
                                 double hi, double tol, int max_evals,
                                 lm_score_fn score, void *user,
