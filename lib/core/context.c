@@ -215,6 +215,22 @@ char *lm__strdup(lm_context *ctx, const char *s)
     return p;
 }
 
+void *lm__reserve(lm_context *ctx, void *items, size_t *cap, size_t count,
+                  size_t size, size_t first)
+{
+    if (count < *cap)
+        return items;
+    size_t grown_cap = *cap ? *cap * 2 : first;
+    void *grown = lm__calloc(ctx, grown_cap, size);
+    if (!grown)
+        return NULL;
+    if (count)
+        memcpy(grown, items, count * size);
+    lm_free(ctx, items);
+    *cap = grown_cap;
+    return grown;
+}
+
 uint64_t lm__mix64(uint64_t x)
 {
     x += 0x9e3779b97f4a7c15ULL;

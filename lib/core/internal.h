@@ -209,6 +209,12 @@ uint64_t lm__hash_string(uint64_t seed, const char *s);
 /* malloc-style helpers through the context allocator. */
 void *lm__calloc(lm_context *ctx, size_t n, size_t size);
 char *lm__strdup(lm_context *ctx, const char *s);
+/* Room for one more item in a growable array (`count` items of `size`
+ * bytes, capacity *cap): the array itself, or a copy of twice the capacity
+ * (`first` when empty) after freeing it. NULL, with the array and *cap
+ * unchanged, when out of memory. */
+void *lm__reserve(lm_context *ctx, void *items, size_t *cap, size_t count,
+                  size_t size, size_t first);
 /* Same shape and dtype as the base tensor, or a message naming the tensor
  * prefixed by `what`. */
 lm_status lm__check_pair(lm_context *ctx, const char *what, const char *name,

@@ -87,19 +87,12 @@ lm_status lm_model_add(lm_model *m, const char *name, lm_tensor *tensor)
     if ((m->count + 1) * 2 > m->index_cap && grow_index(m) != LM_OK)
         return lm_context_set_error(m->ctx, LM_ERR_OUT_OF_MEMORY,
                                     "model: out of memory adding '%s'", name);
-    if (m->count == m->cap) {
-        size_t cap = m->cap ? m->cap * 2 : 16;
-        struct lm_model_entry *e = lm__calloc(m->ctx, cap, sizeof(*e));
-        if (!e)
-            return lm_context_set_error(m->ctx, LM_ERR_OUT_OF_MEMORY,
-                                        "model: out of memory adding '%s'",
-                                        name);
-        if (m->count)
-            memcpy(e, m->entries, m->count * sizeof(*e));
-        lm_free(m->ctx, m->entries);
-        m->entries = e;
-        m->cap = cap;
-    }
+    struct lm_model_entry *room = lm__reserve(m->ctx, m->entries, &m->cap,
+                                              m->count, sizeof(*m->entries), 16);
+    if (!room)
+        return lm_context_set_error(m->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "model: out of memory adding '%s'", name);
+    m->entries = room;
     char *copy = lm__strdup(m->ctx, name);
     if (!copy)
         return lm_context_set_error(m->ctx, LM_ERR_OUT_OF_MEMORY,

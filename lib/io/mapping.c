@@ -103,17 +103,11 @@ lm_status lm__model_mappings(lm_model *model, struct lm_mappings **out)
 
 lm_status lm__mappings_add(struct lm_mappings *set, struct lm_mapping map)
 {
-    if (set->count == set->cap) {
-        size_t cap = set->cap ? set->cap * 2 : 4;
-        struct lm_mapping *maps = lm__calloc(set->ctx, cap, sizeof(*maps));
-        if (!maps)
-            return LM_ERR_OUT_OF_MEMORY;
-        if (set->count)
-            memcpy(maps, set->maps, set->count * sizeof(*maps));
-        lm_free(set->ctx, set->maps);
-        set->maps = maps;
-        set->cap = cap;
-    }
+    struct lm_mapping *room = lm__reserve(set->ctx, set->maps, &set->cap,
+                                          set->count, sizeof(*set->maps), 4);
+    if (!room)
+        return LM_ERR_OUT_OF_MEMORY;
+    set->maps = room;
     set->maps[set->count++] = map;
     return LM_OK;
 }

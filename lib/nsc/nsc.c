@@ -45,19 +45,13 @@ static struct nsc_module *find_or_add(lm_nsc *n, const char *name,
         }
         return m;
     }
-    if (n->n_modules == n->cap) {
-        size_t cap = n->cap ? 2 * n->cap : 8;
-        struct nsc_module *grown = lm__calloc(n->ctx, cap, sizeof(*grown));
-        if (!grown) {
-            *st = LM_ERR_OUT_OF_MEMORY;
-            return NULL;
-        }
-        if (n->n_modules)
-            memcpy(grown, n->modules, n->n_modules * sizeof(*grown));
-        lm_free(n->ctx, n->modules);
-        n->modules = grown;
-        n->cap = cap;
+    struct nsc_module *room = lm__reserve(n->ctx, n->modules, &n->cap,
+                                          n->n_modules, sizeof(*n->modules), 8);
+    if (!room) {
+        *st = LM_ERR_OUT_OF_MEMORY;
+        return NULL;
     }
+    n->modules = room;
     struct nsc_module *m = &n->modules[n->n_modules];
     memset(m, 0, sizeof(*m));
     m->name = lm__strdup(n->ctx, name);

@@ -89,28 +89,16 @@ void lm__purify_cache_put(lm_plan *p, const char *name, size_t numel,
     pthread_mutex_lock(&p->purify_lock);
     bool fits = numel && bytes / numel / k == sizeof(float) &&
                 bytes <= c->budget - c->used && !find(c, name);
-    if (fits && c->n == c->cap) {
-        size_t cap = c->cap ? 2 * c->cap : 64;
-        struct entry *grown = lm__calloc(p->ctx, cap, sizeof(*grown));
-        if (grown) {
-            if (c->n)
-                memcpy(grown, c->entries, c->n * sizeof(*grown));
-            lm_free(p->ctx, c->entries);
-            c->entries = grown;
-            c->cap = cap;
-        } else {
-            fits = false;
-        }
-    }
+    struct entry *room = fits ? lm__reserve(p->ctx, c->entries, &c->cap, c->n,
+                                            sizeof(*c->entries), 64)
+                              : NULL;
     struct entry e = {NULL, NULL, numel};
-    if (fits) {
-        size_t len = strlen(name) + 1;
-        e.name = lm__calloc(p->ctx, len, 1);
+    if (room) {
+        c->entries = room;
+        e.name = lm__strdup(p->ctx, name);
         e.deltas = lm__calloc(p->ctx, numel * k, sizeof(float));
-        fits = e.name && e.deltas;
     }
-    if (fits) {
-        memcpy(e.name, name, strlen(name) + 1);
+    if (e.name && e.deltas) {
         for (size_t t = 0; t < k; t++)
             memcpy(e.deltas + t * numel, deltas[t], numel * sizeof(float));
         c->entries[c->n++] = e;

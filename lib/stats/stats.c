@@ -71,22 +71,16 @@ static struct lm_stats_entry *new_entry(lm_stats *s, size_t model,
         lm_free(s->ctx, e);
         return NULL;
     }
-    if (s->count == s->cap) {
-        size_t cap = s->cap ? s->cap * 2 : 32;
-        struct lm_stats_entry **list = lm__calloc(s->ctx, cap, sizeof(*list));
-        if (!list) {
-            pthread_mutex_destroy(&e->lock);
-            lm_free(s->ctx, e->name);
-            lm_free(s->ctx, e->gram);
-            lm_free(s->ctx, e);
-            return NULL;
-        }
-        if (s->count)
-            memcpy(list, s->entries, s->count * sizeof(*list));
-        lm_free(s->ctx, s->entries);
-        s->entries = list;
-        s->cap = cap;
+    struct lm_stats_entry **room = lm__reserve(s->ctx, s->entries, &s->cap,
+                                               s->count, sizeof(*s->entries), 32);
+    if (!room) {
+        pthread_mutex_destroy(&e->lock);
+        lm_free(s->ctx, e->name);
+        lm_free(s->ctx, e->gram);
+        lm_free(s->ctx, e);
+        return NULL;
     }
+    s->entries = room;
     s->entries[s->count++] = e;
     return e;
 }

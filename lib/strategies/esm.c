@@ -371,18 +371,10 @@ static lm_status esm_prepare(void *state, const lm_tensor_job *job,
     if (st == LM_OK) {
         lm__f64_to_f32(d, f, job->numel);
         pthread_mutex_lock(&s->lock);
-        if (s->n_cache == s->cap_cache) {
-            size_t cap = s->cap_cache ? s->cap_cache * 2 : 64;
-            struct cached *c = lm__calloc(job->ctx, cap, sizeof(*c));
-            if (c) {
-                if (s->n_cache)
-                    memcpy(c, s->cache, s->n_cache * sizeof(*c));
-                lm_free(job->ctx, s->cache);
-                s->cache = c;
-                s->cap_cache = cap;
-            }
-        }
-        if (s->n_cache < s->cap_cache) {
+        struct cached *room = lm__reserve(job->ctx, s->cache, &s->cap_cache,
+                                          s->n_cache, sizeof(*s->cache), 64);
+        if (room) {
+            s->cache = room;
             s->cache[s->n_cache++] = (struct cached){
                 name, group, f, job->numel, frobenius(d, job->numel), 1.0};
             name = NULL;
