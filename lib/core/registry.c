@@ -132,21 +132,15 @@ lm_status lm_register_strategy(lm_context *ctx, const lm_strategy_vtable *vt)
            vt->struct_size < sizeof(*copy) ? vt->struct_size : sizeof(*copy));
     copy->struct_size = sizeof(*copy);
     copy->params = params;
-    if (ctx->n_strategies == ctx->cap_strategies) {
-        size_t cap = ctx->cap_strategies ? ctx->cap_strategies * 2 : 16;
-        lm_strategy_vtable **list = lm__calloc(ctx, cap, sizeof(*list));
-        if (!list) {
-            lm_free(ctx, params);
-            lm_free(ctx, copy);
-            return LM_ERR_OUT_OF_MEMORY;
-        }
-        if (ctx->n_strategies)
-            memcpy(list, ctx->strategies,
-                   ctx->n_strategies * sizeof(*list));
-        lm_free(ctx, ctx->strategies);
-        ctx->strategies = list;
-        ctx->cap_strategies = cap;
+    lm_strategy_vtable **room =
+        lm__reserve(ctx, ctx->strategies, &ctx->cap_strategies,
+                    ctx->n_strategies, sizeof(*ctx->strategies), 16);
+    if (!room) {
+        lm_free(ctx, params);
+        lm_free(ctx, copy);
+        return LM_ERR_OUT_OF_MEMORY;
     }
+    ctx->strategies = room;
     ctx->strategies[ctx->n_strategies++] = copy;
     return LM_OK;
 }
