@@ -64,6 +64,9 @@ ESM_ABLATION = [("esm without %s" % k, "esm", {"alpha": 1.0, k: False}, ("alpha"
      ("alpha", 0.0, 2.0), None)]
 VIT = FULL + [("esm, clip-vit preset", "esm", {"alpha": 1.0, "preset": "clip-vit"},
                ("alpha", 0.0, 2.0), None)] + ESM_ABLATION
+# The ViT under zero-shot-style heads: the same rows but purification's
+# (run time; purification's own comparison is the probe-head ViT's).
+VIT_ZS = [s for s in VIT if s[4] is None]
 VIT_IMAGES = 32
 # ESM with the calibration rows of the previous runs (fewer rows than the
 # 256 outputs of the first two layers): how much the subspace estimate

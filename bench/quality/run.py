@@ -1,13 +1,14 @@
 """Merge-quality benchmark: two small backbones pretrained here (an MLP,
-fine-tuned fully and with LoRA, and a CLIP-style ViT, fine-tuned fully)
-on 10 tasks from Fashion-MNIST and digits, merged by
+fine-tuned fully and with LoRA, and a CLIP-style ViT, fine-tuned fully
+under fitted linear-probe heads and, as CLIP is, under weak zero-shot-style
+heads) on 10 tasks from Fashion-MNIST and digits, merged by
 every strategy at the paper default and at the best scale found on the
 validation split; absolute and normalized (merged / fine-tuned) test
 accuracy for 4, 8 and all tasks. Writes docs/benchmarks/quality.md and
 quality.png.
 
 usage: LIBMERGE_LIBRARY=build/lib/libmerge.so.0 PYTHONPATH=bindings/python \\
-       /usr/bin/python3 bench/quality/run.py [--smoke] [--out DIR] [--kinds full,lora,vit]
+       /usr/bin/python3 bench/quality/run.py [--smoke] [--out DIR] [--kinds full,lora,vit,vit-zs]
 Needs python3-torch, python3-sklearn, dataset-fashion-mnist (and
 python3-matplotlib for the plot). --smoke: 3 digits tasks, few epochs."""
 import argparse
@@ -37,31 +38,52 @@ SMOKE_METHODS = ("average", "task_arithmetic", "tsv", "esm", "task_arithmetic + 
                  "knots", "nsc", "esm, clip-vit preset", "iso_c", "esm without scaling")
 
 
-def prepare(smoke, cache, backbone):
-    """Tasks, the pretrained backbone and every fine-tune (cached). The
-    MLP gets full and LoRA fine-tunes, the ViT full ones."""
-    names = ["digits", "digits-inverted", "digits-parity", "digits-rot180-mod3"] if smoke else None
-    tasks = tasklib.build(names, n_train=400 if smoke else 3000,
-                          n_val=100 if smoke else 300, n_test=200 if smoke else 500)
-    key = os.path.join(cache, "%s-%s-%dsteps.pt" % ("smoke" if smoke else "full", backbone,
-                                                    FINETUNE_STEPS[smoke]))
-    if os.path.exists(key):
-        return tasks, torch.load(key)
+# Per kind of table: backbone, frozen head (models.HEADS), fine-tuning.
+KINDS = {"full": ("mlp", "probe", "full"), "lora": ("mlp", "probe", "lora"),
+         "vit": ("vit", "probe", "full"), "vit-zs": ("vit128", "prototype", "full")}
+
+
+def _cached(path, build):
+    if os.path.exists(path):
+        return torch.load(path)
+    value = build()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(value, path)
+    return value
+
+
+def _pretrain(smoke, backbone):
     images, labels = tasklib.fashion_mnist("t10k")
     if smoke:
         images, labels = images[:4000], labels[:4000]
-    epochs = dict(mlp=(20, 5), vit=(10, 2))[backbone][smoke]
-    net = models.pretrain(images, labels, epochs=epochs, backbone=backbone)
-    full, lora = [], []
-    for i, t in enumerate(tasks):
-        full_ft, head = models.finetune(net, t, steps=FINETUNE_STEPS[smoke], lr=3e-4, seed=i)
-        full.append(({k: v.detach().numpy().copy() for k, v in full_ft.state_dict().items()}, head))
-        if backbone == "mlp":
-            lora.append(models.finetune_lora(net, t, steps=FINETUNE_STEPS[smoke], seed=i))
-    state = dict(net=net, full=full, lora=lora)
-    os.makedirs(cache, exist_ok=True)
-    torch.save(state, key)
-    return tasks, state
+    epochs = dict(mlp=(20, 5), vit=(10, 2), vit128=(10, 2))[backbone][smoke]
+    return models.pretrain(images, labels, epochs=epochs, backbone=backbone)
+
+
+def prepare(smoke, cache, backbone, head):
+    """Tasks, the pretrained backbone and every fine-tune under `head`
+    (cached; the pretrained backbone is shared by both heads). The MLP
+    under probe heads also gets LoRA fine-tunes."""
+    names = ["digits", "digits-inverted", "digits-parity", "digits-rot180-mod3"] if smoke else None
+    tasks = tasklib.build(names, n_train=400 if smoke else 3000,
+                          n_val=100 if smoke else 300, n_test=200 if smoke else 500)
+    run = "smoke" if smoke else "full"
+    net = _cached(os.path.join(cache, "%s-%s-pretrained.pt" % (run, backbone)),
+                  lambda: _pretrain(smoke, backbone))
+
+    def finetunes():
+        full, lora = [], []
+        for i, t in enumerate(tasks):
+            full_ft, h = models.finetune(net, t, steps=FINETUNE_STEPS[smoke], lr=3e-4, seed=i,
+                                         head=head)
+            full.append(({k: v.detach().numpy().copy() for k, v in full_ft.state_dict().items()}, h))
+            if backbone == "mlp" and head == "probe":
+                lora.append(models.finetune_lora(net, t, steps=FINETUNE_STEPS[smoke], seed=i))
+        return dict(full=full, lora=lora)
+
+    state = _cached(os.path.join(cache, "%s-%s-%s-%dsteps.pt" % (
+        run, backbone, head, FINETUNE_STEPS[smoke])), finetunes)
+    return tasks, dict(state, net=net)
 
 
 def table_rows(specs, net, base, sds, heads, tasks, stats, individual, adapters, args,
@@ -90,8 +112,8 @@ def main():
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", default=os.path.join(HERE, "..", "..", "docs", "benchmarks"))
     ap.add_argument("--cache", default=os.path.join(HERE, ".cache"))
-    ap.add_argument("--kinds", default="full,lora,vit",
-                    help="comma-separated subset of full, lora (the MLP) and vit")
+    ap.add_argument("--kinds", default=",".join(KINDS),
+                    help="comma-separated subset of full, lora (the MLP), vit and vit-zs")
     args = ap.parse_args()
     kinds = args.kinds.split(",")
     unknown = [k for k in kinds if k not in report.KIND_TITLES]
@@ -102,22 +124,24 @@ def main():
     t0 = time.perf_counter()
     sizes = [3] if args.smoke else [4, 8, 10]
     results = {}
-    # "full" and "lora": the MLP; "vit": the ViT, full fine-tuning.
     for kind in kinds:
-        tasks, state = prepare(args.smoke, args.cache, "vit" if kind == "vit" else "mlp")
+        backbone, head, tuning = KINDS[kind]
+        tasks, state = prepare(args.smoke, args.cache, backbone, head)
         net = state["net"]
         base = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
-        fts = state["lora" if kind == "lora" else "full"]
+        fts = state[tuning]
         sds = [sd if kind != "lora" else models.lora_model(net, sd) for sd, _ in fts]
         heads = [h for _, h in fts]
         individual = [models.accuracy(net, sd, h, t["test"]) for sd, h, t in zip(sds, heads, tasks)]
+        zero_shot = [models.accuracy(net, base, h, t["test"]) for h, t in zip(heads, tasks)]
         for n in sizes:
             print("%s, %d tasks" % (report.KIND_TITLES[kind], n), flush=True)
             # The ViT's calibration: the paper's 32 unlabeled images per
             # task, 17 tokens each (544 rows, more than its 256 outputs).
-            rows = merges.VIT_IMAGES if kind == "vit" else 1024
+            rows = merges.VIT_IMAGES if backbone.startswith("vit") else 1024
             stats = merges.collect(net, sds[:n], tasks[:n], rows=rows)
-            specs = dict(full=merges.FULL, lora=merges.LORA, vit=merges.VIT)[kind]
+            specs = {"full": merges.FULL, "lora": merges.LORA, "vit": merges.VIT,
+                     "vit-zs": merges.VIT_ZS}[kind]
             few_stats = None
             if args.smoke:
                 specs = [s for s in specs if s[0] in SMOKE_METHODS]
@@ -129,6 +153,7 @@ def main():
             adapters = [a for a, _ in fts[:n]] if kind == "lora" else None
             results[(kind, n)] = dict(
                 tasks=[t["name"] for t in tasks[:n]], individual=individual[:n],
+                zero_shot=zero_shot[:n],
                 rows=table_rows(specs, net, base, sds[:n], heads[:n], tasks[:n], stats,
                                 individual[:n], adapters, args, few_stats))
     os.makedirs(args.out, exist_ok=True)

@@ -23,14 +23,23 @@ def test_quality_smoke(tmp_path):
                    "esm, clip-vit preset", "esm without scaling"):
         assert method in text
     assert "## ViT, full fine-tuning, 3 tasks" in text
+    assert "## ViT width 128, zero-shot-style heads, full fine-tuning, 3 tasks" in text
     # ESM against TSV-M and Iso-C, with a paired standard error, per setting
-    verdict = re.findall(r"^\| (MLP|ViT), [^|]*, 3 tasks \| ([\d.]+) \|.*\| ([-+][\d.]+) \| ([\d.]+) \|$",
+    verdict = re.findall(r"^\| (MLP|ViT)[^|]*, 3 tasks \| ([\d.]+) \|.*\| ([-+][\d.]+) \| ([\d.]+) \|$",
                          text, re.M)
-    assert len(verdict) == 2, verdict  # MLP and ViT full fine-tuning (no iso_c for LoRA)
+    # MLP and both ViT kinds, full fine-tuning (no iso_c for LoRA)
+    assert len(verdict) == 3, verdict
     assert all(0 < float(se) < 10 for *_, se in verdict)
-    fine_tuned = [float(x) for x in re.search(r"Fine-tuned accuracy: ([^(]*)\(", text)[1]
-                  .strip(" .").split(", ")]
-    assert min(fine_tuned) > 60  # every task was learned (chance <= 50 %)
+    sections = re.findall(r"^## (.*), 3 tasks\n\n.*Fine-tuned accuracy: ([^(]*)\(.*"
+                          r"under the same heads: ([\d.]+) % normalized", text, re.M)
+    assert len(sections) == 4, sections
+    for title, listed, pretrained in sections:
+        fine_tuned = [float(x) for x in listed.strip(" .").split(", ")]
+        if "zero-shot-style" in title:
+            # weak heads and the smoke run's 32 steps: learned, not finished
+            assert min(fine_tuned) > 30 and float(pretrained) < 80, (title, listed, pretrained)
+        else:
+            assert min(fine_tuned) > 60, title  # every task was learned (chance <= 50 %)
     rows = re.findall(r"^\| (task_arithmetic|tsv) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)",
                       text, re.M)
     assert rows
