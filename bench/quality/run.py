@@ -60,10 +60,11 @@ def _pretrain(smoke, backbone):
     return models.pretrain(images, labels, epochs=epochs, backbone=backbone)
 
 
-def prepare(smoke, cache, backbone, head):
+def prepare(smoke, cache, backbone, head, seed=0):
     """Tasks, the pretrained backbone and every fine-tune under `head`
     (cached; the pretrained backbone is shared by both heads). The MLP
-    under probe heads also gets LoRA fine-tunes."""
+    under probe heads also gets LoRA fine-tunes. `seed` changes the
+    fine-tunes' seeds (and the heads'), not the pretrained backbone."""
     names = ["digits", "digits-inverted", "digits-parity", "digits-rot180-mod3"] if smoke else None
     tasks = tasklib.build(names, n_train=400 if smoke else 3000,
                           n_val=100 if smoke else 300, n_test=200 if smoke else 500)
@@ -74,15 +75,17 @@ def prepare(smoke, cache, backbone, head):
     def finetunes():
         full, lora = [], []
         for i, t in enumerate(tasks):
-            full_ft, h = models.finetune(net, t, steps=FINETUNE_STEPS[smoke], lr=3e-4, seed=i,
-                                         head=head)
+            full_ft, h = models.finetune(net, t, steps=FINETUNE_STEPS[smoke], lr=3e-4,
+                                         seed=1000 * seed + i, head=head)
             full.append(({k: v.detach().numpy().copy() for k, v in full_ft.state_dict().items()}, h))
             if backbone == "mlp" and head == "probe":
-                lora.append(models.finetune_lora(net, t, steps=FINETUNE_STEPS[smoke], seed=i))
+                lora.append(models.finetune_lora(net, t, steps=FINETUNE_STEPS[smoke],
+                                                 seed=1000 * seed + i))
         return dict(full=full, lora=lora)
 
-    state = _cached(os.path.join(cache, "%s-%s-%s-%dsteps.pt" % (
-        run, backbone, head, FINETUNE_STEPS[smoke])), finetunes)
+    state = _cached(os.path.join(cache, "%s-%s-%s-%dsteps%s.pt" % (
+        run, backbone, head, FINETUNE_STEPS[smoke], "-seed%d" % seed if seed else "")),
+        finetunes)
     return tasks, dict(state, net=net)
 
 

@@ -45,3 +45,25 @@ def test_quality_smoke(tmp_path):
     assert rows
     for _, abs_d, norm_d, abs_b, norm_b in rows:
         assert 0 < float(abs_b) <= 100 and float(norm_b) > 40
+
+
+def test_quality_seeds_smoke(tmp_path):
+    """bench/quality/seeds.py: the ESM verdict repeated over fine-tuning
+    seeds; different seeds must give different fine-tunes."""
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quality", "seeds.py"),
+                        "--smoke", "--kind", "full", "--tasks", "3", "--seeds", "0,1",
+                        "--out", str(tmp_path), "--cache", str(tmp_path / "cache")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    text = (tmp_path / "quality_seeds-smoke.md").read_text()
+    rows = re.findall(r"^\| (\d) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| ([-+][\d.]+) \| ([\d.]+) \|$",
+                      text, re.M)
+    assert [row[0] for row in rows] == ["0", "1"], text
+    for _, esm, tsv, iso_c, diff, se in rows:
+        assert all(40 < float(v) <= 110 for v in (esm, tsv, iso_c))
+        assert abs(float(diff) - (float(esm) - max(float(tsv), float(iso_c)))) < 0.11
+        assert 0 < float(se) < 10
+    assert rows[0][1:4] != rows[1][1:4]  # the seeds' fine-tunes differ
+    assert re.search(r"mean [-+][\d.]+, standard deviation [\d.]+, ESM ahead on \d of 2", text)
