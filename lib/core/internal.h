@@ -113,10 +113,13 @@ struct lm_plan {
     /* LM_PURIFY_MODEL: kept and full ranks summed per model by the
      * allocation pass (n_models each). */
     double *purify_kept, *purify_full;
-    pthread_mutex_t purify_lock; /* also guards purify_cache */
+    pthread_mutex_t purify_lock; /* also guards the two caches */
     /* Purified task vectors reused by later passes and search evaluations
      * (lib/purify/cache.c); NULL outside an execution or search. */
     struct lm__purify_cache *purify_cache;
+    /* Factorisations reused by the executions of a purify tuning
+     * (lib/purify/factor_cache.c); NULL outside a tuning. */
+    struct lm__factor_cache *factor_cache;
 };
 
 /* A sink collecting results into a new model (memory_sink.c). */
@@ -170,6 +173,10 @@ void lm__purify_cache_put(lm_plan *p, const char *name, size_t numel,
                           float *const *deltas);
 bool lm__purify_cache_measured(const lm_plan *p);
 void lm__purify_cache_set_measured(lm_plan *p);
+/* The factorisation cache (lib/purify/factor_cache.c, same budget):
+ * begin returns true when it created the cache (the caller then ends it). */
+bool lm__factor_cache_begin(lm_plan *p);
+void lm__factor_cache_end(lm_plan *p);
 
 /* Independent work items inside one merge (parallel.c): fn(arg, i) for
  * every i < n_items, on the calling thread plus whatever of the context's

@@ -36,6 +36,7 @@ void lm_plan_destroy(lm_plan *p)
         return;
     lm__params_destroy(p->params);
     lm__purify_cache_end(p);
+    lm__factor_cache_end(p);
     pthread_mutex_destroy(&p->purify_lock);
     lm_free(p->ctx, p->purify_kept);
     lm_free(p->ctx, p->purify_full);

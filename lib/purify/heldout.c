@@ -82,15 +82,21 @@ static lm_status tune(lm_plan *p, const double *candidates, size_t n,
                                     "(lm_plan_set_purify)");
     lm_purify_options o = p->purify_opts;
     double best = NAN, best_obj = INFINITY;
-    for (size_t i = 0; i < n; i++) {
+    /* Only keep changes between the executions: factor every layer once. */
+    bool own_cache = lm__factor_cache_begin(p);
+    lm_status st = LM_OK;
+    for (size_t i = 0; i < n && st == LM_OK; i++) {
         o.keep = candidates[i];
-        LM_TRY(lm_plan_set_purify(p, &o));
+        st = lm_plan_set_purify(p, &o);
         lm_model *merged = NULL;
-        LM_TRY(lm_plan_execute(p, &merged));
+        if (st == LM_OK)
+            st = lm_plan_execute(p, &merged);
         double obj = 0;
-        lm_status st = objective(p, candidates[i], merged, &obj, user);
+        if (st == LM_OK)
+            st = objective(p, candidates[i], merged, &obj, user);
         lm_model_destroy(merged);
-        LM_TRY(st);
+        if (st != LM_OK)
+            break;
         if (objectives)
             objectives[i] = obj;
         if (sign * obj < best_obj) {
@@ -98,6 +104,9 @@ static lm_status tune(lm_plan *p, const double *candidates, size_t n,
             best = candidates[i];
         }
     }
+    if (own_cache)
+        lm__factor_cache_end(p);
+    LM_TRY(st);
     o.keep = best;
     LM_TRY(lm_plan_set_purify(p, &o));
     if (best_keep)

@@ -6,6 +6,7 @@
 
 #include "libmerge/stats.h"
 #include "linalg/linalg.h"
+#include "purify/factors.h"
 
 lm_status lm_plan_set_purify(lm_plan *p, const lm_purify_options *o)
 {
@@ -39,16 +40,10 @@ lm_status lm_plan_set_purify(lm_plan *p, const lm_purify_options *o)
     return LM_OK;
 }
 
-/* One task's factorisation of W C~ for one layer. */
-struct factored {
-    size_t k;          /* min(m, n) */
-    double eps;        /* the ridge that passed the conditioning test */
-    double *u, *s, *vt, *cinv;
-};
-
-static void factored_free(lm_context *ctx, struct factored *f)
+static void factored_free(lm_context *ctx, struct lm__factored *f)
 {
-    lm_free(ctx, f->u);
+    if (!f->borrowed)
+        lm_free(ctx, f->u);
     f->u = NULL;
 }
 
@@ -95,7 +90,7 @@ static lm_status regularise(lm_context *ctx, const lm_purify_options *o,
  * statistics for (t, name). */
 static lm_status factor_task(lm_plan *p, size_t t, const char *name,
                              const float *base, const float *delta, size_t m,
-                             size_t n, struct factored *f)
+                             size_t n, struct lm__factored *f)
 {
     lm_context *ctx = p->ctx;
     memset(f, 0, sizeof(*f));
@@ -105,8 +100,12 @@ static lm_status factor_task(lm_plan *p, size_t t, const char *name,
     if (!p->stats || lm__stats_lookup(p->stats, t, name, &g, &d, &rows) ||
         d != n || rows == 0)
         return LM_OK;
+    if (lm__factor_cache_get(p, name, t, f))
+        return LM_OK;
+    lm_log(ctx, LM_LOG_DEBUG, "purify: factoring '%s' model %zu", name, t);
     size_t k = m < n ? m : n;
-    double *buf = lm__calloc(ctx, m * k + k + k * n + n * n, sizeof(double));
+    size_t count = m * k + k + k * n + n * n;
+    double *buf = lm__calloc(ctx, count, sizeof(double));
     double *tmp = lm__calloc(ctx, 2 * m * n + n * n + 2 * n * n,
                              sizeof(double));
     lm_status st = buf && tmp ? LM_OK : LM_ERR_OUT_OF_MEMORY;
@@ -130,6 +129,8 @@ static lm_status factor_task(lm_plan *p, size_t t, const char *name,
     if (st != LM_OK) {
         lm_free(ctx, buf);
         f->u = NULL;
+    } else {
+        lm__factor_cache_put(p, name, t, f, count * sizeof(double));
     }
     return st;
 }
@@ -151,7 +152,7 @@ static int by_value(const void *a, const void *b)
  * normalised singular values while the kept fraction stays >= keep, never
  * taking a model below its floor. ranks[t] for tasks with factors. */
 static lm_status allocate(lm_context *ctx, const lm_purify_options *o,
-                          const struct factored *f, size_t T, size_t *ranks)
+                          const struct lm__factored *f, size_t T, size_t *ranks)
 {
     size_t full = 0, count = 0, total = 0;
     for (size_t t = 0; t < T; t++)
@@ -192,19 +193,19 @@ static lm_status allocate(lm_context *ctx, const lm_purify_options *o,
 
 static lm_status factor_all(lm_plan *p, const char *name, const float *base,
                             size_t m, size_t n, float *const *deltas,
-                            struct factored *f)
+                            struct lm__factored *f)
 {
     for (size_t t = 0; t < p->n_models; t++)
         LM_TRY(factor_task(p, t, name, base, deltas[t], m, n, &f[t]));
     return LM_OK;
 }
 
-static struct factored *new_factors(lm_plan *p)
+static struct lm__factored *new_factors(lm_plan *p)
 {
-    return lm__calloc(p->ctx, p->n_models, sizeof(struct factored));
+    return lm__calloc(p->ctx, p->n_models, sizeof(struct lm__factored));
 }
 
-static void free_factors(lm_plan *p, struct factored *f)
+static void free_factors(lm_plan *p, struct lm__factored *f)
 {
     for (size_t t = 0; f && t < p->n_models; t++)
         factored_free(p->ctx, &f[t]);
@@ -218,7 +219,7 @@ lm_status lm__purify_measure(lm_plan *p, const char *name, const float *base,
     if (ndim != 2)
         return LM_OK;
     size_t m = (size_t)shape[0], n = (size_t)shape[1];
-    struct factored *f = new_factors(p);
+    struct lm__factored *f = new_factors(p);
     size_t *ranks = lm__calloc(p->ctx, p->n_models, sizeof(size_t));
     lm_status st = f && ranks ? factor_all(p, name, base, m, n, deltas, f)
                               : LM_ERR_OUT_OF_MEMORY;
@@ -247,7 +248,7 @@ lm_status lm__purify_apply(lm_plan *p, const char *name, const float *base,
         return LM_OK;
     size_t m = (size_t)shape[0], n = (size_t)shape[1];
     const lm_purify_options *o = &p->purify_opts;
-    struct factored *f = new_factors(p);
+    struct lm__factored *f = new_factors(p);
     size_t *ranks = lm__calloc(p->ctx, p->n_models, sizeof(size_t));
     double *a = lm__calloc(p->ctx, m * n * 2 + n * n, sizeof(double));
     lm_status st = f && ranks && a ? factor_all(p, name, base, m, n, deltas, f)

@@ -323,14 +323,22 @@ static int record_hash(double value, const lm_model *merged, double *score,
 }
 
 /* The fixture's plan, on a context that counts purification logs. */
+static void count_factoring(int level, const char *message, void *user)
+{
+    (void)level;
+    pthread_mutex_lock(&count_lock);
+    *(int *)user += strncmp(message, "purify: factoring '", 19) == 0;
+    pthread_mutex_unlock(&count_lock);
+}
+
 static void counted_setup(struct fixture *f, const char *method, int *count,
-                          lm_purify_allocation allocation)
+                          lm_purify_allocation allocation, lm_log_fn counter)
 {
     setup(f, 2, method);
     lm_context_options o = LM_CONTEXT_OPTIONS_INIT;
     o.n_threads = 2;
     o.seed = 7;
-    o.log = count_purify;
+    o.log = counter;
     o.log_user = count;
     o.log_level = LM_LOG_DEBUG;
     lm_context *logged = NULL;
@@ -358,7 +366,7 @@ START_TEST(search_purifies_once)
         for (size_t a = 0; a < 2; a++) {
             struct fixture f;
             int count = 0;
-            counted_setup(&f, methods[i], &count, allocations[a]);
+            counted_setup(&f, methods[i], &count, allocations[a], count_purify);
             struct evaluations e = {0};
             double best;
             ck_assert_ok(lm_plan_search(f.plan, params[i], 0.0, 2.0, 0.01, 4,
@@ -380,6 +388,44 @@ START_TEST(search_purifies_once)
             lm_context_destroy(f.logged);
             teardown(&f);
         }
+}
+END_TEST
+
+/* A purify tuning factors every layer once for all its candidates (only
+ * keep changes), and every point of its curve is the drift of a plain
+ * execution at that keep, to the bit. */
+START_TEST(tuning_factors_once)
+{
+    const char *methods[] = {"task_arithmetic", "task_arithmetic", "esm"};
+    lm_purify_allocation allocations[] = {LM_PURIFY_MODEL, LM_PURIFY_LAYER,
+                                          LM_PURIFY_LAYER};
+    for (size_t i = 0; i < 3; i++) {
+        struct fixture f;
+        int count = 0;
+        counted_setup(&f, methods[i], &count, allocations[i], count_factoring);
+        double c[] = {1.0, 0.9, 0.7}, curve[3], best = 0;
+        ck_assert_ok(lm_plan_tune_purify(f.plan, f.heldout, c, 3, &best, curve));
+        /* two 2-D tensors with statistics x T tasks */
+        ck_assert_int_eq(count, 2 * T);
+        lm_purify_options o = LM_PURIFY_OPTIONS_INIT;
+        o.allocation = allocations[i];
+        for (int k = 0; k < 3; k++) {
+            o.keep = c[k];
+            ck_assert_ok(lm_plan_set_purify(f.plan, &o));
+            lm_model *out = NULL;
+            double drift = 0;
+            ck_assert_ok(lm_plan_execute(f.plan, &out));
+            ck_assert_ok(lm_plan_heldout_drift(f.plan, out, f.heldout, &drift));
+            ck_assert(drift == curve[k]);
+            lm_model_destroy(out);
+        }
+        /* outside a tuning every execution factors again */
+        ck_assert_int_ge(count, 2 * T * 4);
+        lm_plan_destroy(f.plan);
+        f.plan = NULL;
+        lm_context_destroy(f.logged);
+        teardown(&f);
+    }
 }
 END_TEST
 
@@ -409,6 +455,7 @@ int main(void)
     tcase_add_test(tc, merger_refuses_model_allocation);
     tcase_add_test(tc, folds_sum_single_split_curves);
     tcase_add_test(tc, search_purifies_once);
+    tcase_add_test(tc, tuning_factors_once);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }
