@@ -14,18 +14,15 @@ import numpy as np
 
 import libmerge
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
-LAYERS = 6
-ROWS = 1024
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+from common import LAYERS, ROWS  # noqa: E402
 CASES = (("task_arithmetic", "lambda", 0.0, 1.5), ("tsv", "alpha", 0.0, 2.0),
          ("esm", "alpha", 0.0, 2.0))
 
 
 def synthetic(width, tasks, rng):
-    base = {"l%d.weight" % i: rng.standard_normal((width, width)).astype(np.float32) / width ** 0.5
-            for i in range(LAYERS)}
-    models = [{k: v + 0.02 * rng.standard_normal(v.shape).astype(np.float32)
-               for k, v in base.items()} for _ in range(tasks)]
+    base, models = common.layers(width, tasks, rng)
     stats = libmerge.Stats()
     for t in range(tasks):
         for k in base:
@@ -70,11 +67,7 @@ def main():
             method, len(curve), t_search, t_separate, t_search / t_separate,
             "yes" if same else "**no**"))
         print(lines[-1], flush=True)
-    lines.append("")
-    out = os.path.join(ROOT, "docs", "benchmarks", "purify_search.md")
-    with open(out, "w") as f:
-        f.write("\n".join(lines))
-    print("wrote", out)
+    common.write(lines, "purify_search.md")
 
 
 if __name__ == "__main__":

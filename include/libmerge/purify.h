@@ -59,7 +59,10 @@ LM_API lm_status lm_plan_heldout_drift(lm_plan *plan, const lm_model *merged,
  * minimises the held-out drift: the plan (with purification enabled) is
  * executed in memory for each candidate, statistics from the plan's stats
  * (the training rows), drift from `heldout`. The plan keeps the best
- * ratio. `objectives` (n values) receives the curve; may be NULL. */
+ * ratio. `objectives` (n values) receives the curve; may be NULL. Every
+ * layer is factored once for all candidates (only keep changes between the
+ * executions; up to 1 GiB per plan), with results bit-identical to
+ * separate executions. */
 LM_API lm_status lm_plan_tune_purify(lm_plan *plan,
                                      const struct lm_stats *heldout,
                                      const double *candidates, size_t n,
@@ -84,7 +87,7 @@ LM_API lm_status lm_plan_tune_purify_folds(lm_plan *plan,
  * when the host has labels): `score` is called with the keep ratio and
  * the merged model of each candidate; `scores` (n values, may be NULL)
  * receives the curve. A non-zero return from `score` stops the search
- * (LM_ERR_CALLBACK). */
+ * (LM_ERR_CALLBACK); it must not change the plan. */
 LM_API lm_status lm_plan_tune_purify_score(lm_plan *plan,
                                            const double *candidates,
                                            size_t n, lm_score_fn score,
