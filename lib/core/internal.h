@@ -174,8 +174,8 @@ void lm__purify_cache_put(lm_plan *p, const char *name, size_t numel,
 bool lm__purify_cache_measured(const lm_plan *p);
 void lm__purify_cache_set_measured(lm_plan *p);
 /* The factorisation cache (lib/purify/factor_cache.c, same budget):
- * begin returns true when it created the cache (the caller then ends it). */
-bool lm__factor_cache_begin(lm_plan *p);
+ * begin sets *owned when it created the cache (the caller then ends it). */
+lm_status lm__factor_cache_begin(lm_plan *p, bool *owned);
 void lm__factor_cache_end(lm_plan *p);
 
 /* Independent work items inside one merge (parallel.c): fn(arg, i) for

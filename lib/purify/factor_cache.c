@@ -18,15 +18,18 @@ struct lm__factor_cache {
     size_t n, cap;
 };
 
-bool lm__factor_cache_begin(lm_plan *p)
+lm_status lm__factor_cache_begin(lm_plan *p, bool *owned)
 {
+    *owned = false;
     if (p->factor_cache)
-        return false;
+        return LM_OK;
     p->factor_cache = lm__calloc(p->ctx, 1, sizeof(*p->factor_cache));
     if (!p->factor_cache)
-        return false; /* no cache: every execution factors again */
+        return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "purify: out of memory");
     p->factor_cache->budget = LM__PURIFY_CACHE_BYTES;
-    return true;
+    *owned = true;
+    return LM_OK;
 }
 
 void lm__factor_cache_end(lm_plan *p)
@@ -67,27 +70,31 @@ bool lm__factor_cache_get(lm_plan *p, const char *name, size_t task,
     return e != NULL;
 }
 
-void lm__factor_cache_put(lm_plan *p, const char *name, size_t task,
-                          struct lm__factored *f, size_t bytes)
+lm_status lm__factor_cache_put(lm_plan *p, const char *name, size_t task,
+                               struct lm__factored *f, size_t bytes)
 {
     struct lm__factor_cache *c = p->factor_cache;
     if (!c || !f->u || f->borrowed)
-        return;
+        return LM_OK;
+    lm_status st = LM_OK;
     pthread_mutex_lock(&p->purify_lock);
-    bool fits = bytes <= c->budget - c->used && !find(c, name, task);
-    struct entry *room = fits ? lm__reserve(p->ctx, c->entries, &c->cap, c->n,
-                                            sizeof(*c->entries), 64)
-                              : NULL;
-    char *copy = NULL;
-    if (room) {
-        c->entries = room;
-        copy = lm__strdup(p->ctx, name);
-    }
-    /* Out of budget or memory: the caller keeps (and frees) its block. */
-    if (copy) {
-        f->borrowed = true;
-        c->entries[c->n++] = (struct entry){copy, task, *f};
-        c->used += bytes;
+    /* Out of budget: the caller keeps (and frees) its block. */
+    if (bytes <= c->budget - c->used && !find(c, name, task)) {
+        struct entry *room = lm__reserve(p->ctx, c->entries, &c->cap, c->n,
+                                         sizeof(*c->entries), 64);
+        char *copy = room ? lm__strdup(p->ctx, name) : NULL;
+        if (room)
+            c->entries = room;
+        if (copy) {
+            f->borrowed = true;
+            c->entries[c->n++] = (struct entry){copy, task, *f};
+            c->used += bytes;
+        } else {
+            st = LM_ERR_OUT_OF_MEMORY;
+        }
     }
     pthread_mutex_unlock(&p->purify_lock);
+    return st == LM_OK ? LM_OK
+                       : lm_context_set_error(p->ctx, st,
+                                              "purify: out of memory");
 }

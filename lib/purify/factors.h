@@ -15,10 +15,11 @@ struct lm__factored {
 /* get fills *f with a borrowed copy of the cached factors of (name, task)
  * and returns true on a hit; they stay valid until the cache ends. put
  * hands f's block to the cache when it fits in the budget (f becomes
- * borrowed) and otherwise leaves f as it was. */
+ * borrowed) and otherwise leaves f as it was; out of memory is an error
+ * (f unchanged). */
 bool lm__factor_cache_get(lm_plan *p, const char *name, size_t task,
                           struct lm__factored *f);
-void lm__factor_cache_put(lm_plan *p, const char *name, size_t task,
-                          struct lm__factored *f, size_t bytes);
+lm_status lm__factor_cache_put(lm_plan *p, const char *name, size_t task,
+                               struct lm__factored *f, size_t bytes);
 
 #endif

@@ -83,7 +83,8 @@ static lm_status tune(lm_plan *p, const double *candidates, size_t n,
     lm_purify_options o = p->purify_opts;
     double best = NAN, best_obj = INFINITY;
     /* Only keep changes between the executions: factor every layer once. */
-    bool own_cache = lm__factor_cache_begin(p);
+    bool own_cache = false;
+    LM_TRY(lm__factor_cache_begin(p, &own_cache));
     lm_status st = LM_OK;
     for (size_t i = 0; i < n && st == LM_OK; i++) {
         o.keep = candidates[i];

@@ -125,12 +125,12 @@ static lm_status factor_task(lm_plan *p, size_t t, const char *name,
             st = lm__svd(ctx, wc, m, n, f->u, f->s, f->vt);
         }
     }
+    if (st == LM_OK)
+        st = lm__factor_cache_put(p, name, t, f, count * sizeof(double));
     lm_free(ctx, tmp);
     if (st != LM_OK) {
         lm_free(ctx, buf);
         f->u = NULL;
-    } else {
-        lm__factor_cache_put(p, name, t, f, count * sizeof(double));
     }
     return st;
 }
