@@ -314,8 +314,9 @@ static lm_status execute(lm_plan *p, const lm_sink_vtable *sink)
 lm_status lm__execute(lm_plan *p, const lm_sink_vtable *sink)
 {
     /* A two-pass strategy would purify every tensor twice. */
-    bool own_cache = p->purify && p->vt->prepare_tensor &&
-                     lm__purify_cache_begin(p);
+    bool own_cache = false;
+    if (p->purify && p->vt->prepare_tensor)
+        LM_TRY(lm__purify_cache_begin(p, &own_cache));
     lm_status st = execute(p, sink);
     if (own_cache)
         lm__purify_cache_end(p);

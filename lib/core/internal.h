@@ -160,17 +160,17 @@ lm_status lm__purify_apply(lm_plan *p, const char *name, const float *base,
                            float *const *deltas, bool *purified);
 
 /* The purified task vectors cache (lib/purify/cache.c), at most this many
- * bytes per plan. begin returns true when it created the cache (the caller
+ * bytes per plan. begin sets *owned when it created the cache (the caller
  * then ends it); get copies a cached tensor's task vectors into deltas and
- * returns true on a hit; put stores a copy when it fits in the budget
- * (best effort: a miss only costs recomputation). */
+ * returns true on a hit; put stores a copy when it fits in the budget (a
+ * tensor beyond it is purified again; out of memory is an error). */
 #define LM__PURIFY_CACHE_BYTES ((size_t)1 << 30)
-bool lm__purify_cache_begin(lm_plan *p);
+lm_status lm__purify_cache_begin(lm_plan *p, bool *owned);
 void lm__purify_cache_end(lm_plan *p);
 bool lm__purify_cache_get(lm_plan *p, const char *name, size_t numel,
                           float *const *deltas);
-void lm__purify_cache_put(lm_plan *p, const char *name, size_t numel,
-                          float *const *deltas);
+lm_status lm__purify_cache_put(lm_plan *p, const char *name, size_t numel,
+                               float *const *deltas);
 bool lm__purify_cache_measured(const lm_plan *p);
 void lm__purify_cache_set_measured(lm_plan *p);
 /* The factorisation cache (lib/purify/factor_cache.c, same budget):

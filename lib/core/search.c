@@ -58,7 +58,9 @@ lm_status lm_plan_search(lm_plan *plan, const char *param, double lo,
     LM_TRY(lm_plan_set_float(plan, param, current));
 
     /* Only the scale changes between evaluations: purify once. */
-    bool own_cache = plan->purify && lm__purify_cache_begin(plan);
+    bool own_cache = false;
+    if (plan->purify)
+        LM_TRY(lm__purify_cache_begin(plan, &own_cache));
     const double g = (sqrt(5.0) - 1.0) / 2.0; /* 0.618... */
     struct search s = {plan, param, score, user, 0, 0.0, 0.0};
     double a = lo, b = hi;

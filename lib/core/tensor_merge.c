@@ -179,7 +179,7 @@ lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
             st = lm__purify_apply(p, name, block, base->shape, base->ndim,
                                   tasks, &purified);
         if (st == LM_OK && purified)
-            lm__purify_cache_put(p, name, n, tasks);
+            st = lm__purify_cache_put(p, name, n, tasks);
     }
     if (st == LM_OK && pass != LM__PASS_PURIFY)
         st = run_strategy(p, state, name, base, block, deltas, prepare);

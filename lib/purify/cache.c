@@ -20,15 +20,18 @@ struct lm__purify_cache {
     bool measured;
 };
 
-bool lm__purify_cache_begin(lm_plan *p)
+lm_status lm__purify_cache_begin(lm_plan *p, bool *owned)
 {
+    *owned = false;
     if (p->purify_cache)
-        return false;
+        return LM_OK;
     p->purify_cache = lm__calloc(p->ctx, 1, sizeof(*p->purify_cache));
     if (!p->purify_cache)
-        return false; /* no cache: every pass purifies again */
+        return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "purify: out of memory");
     p->purify_cache->budget = LM__PURIFY_CACHE_BYTES;
-    return true;
+    *owned = true;
+    return LM_OK;
 }
 
 void lm__purify_cache_end(lm_plan *p)
@@ -79,12 +82,12 @@ bool lm__purify_cache_get(lm_plan *p, const char *name, size_t numel,
     return hit;
 }
 
-void lm__purify_cache_put(lm_plan *p, const char *name, size_t numel,
-                          float *const *deltas)
+lm_status lm__purify_cache_put(lm_plan *p, const char *name, size_t numel,
+                               float *const *deltas)
 {
     struct lm__purify_cache *c = p->purify_cache;
     if (!c)
-        return;
+        return LM_OK;
     size_t k = p->n_models, bytes = numel * k * sizeof(float);
     pthread_mutex_lock(&p->purify_lock);
     bool fits = numel && bytes / numel / k == sizeof(float) &&
@@ -98,15 +101,20 @@ void lm__purify_cache_put(lm_plan *p, const char *name, size_t numel,
         e.name = lm__strdup(p->ctx, name);
         e.deltas = lm__calloc(p->ctx, numel * k, sizeof(float));
     }
+    /* Out of budget: this tensor is purified again; out of memory is an
+     * error, as everywhere else. */
+    bool oom = fits && !(e.name && e.deltas);
     if (e.name && e.deltas) {
         for (size_t t = 0; t < k; t++)
             memcpy(e.deltas + t * numel, deltas[t], numel * sizeof(float));
         c->entries[c->n++] = e;
         c->used += bytes;
     } else {
-        /* Out of budget or memory: this tensor is purified again. */
         lm_free(p->ctx, e.name);
         lm_free(p->ctx, e.deltas);
     }
     pthread_mutex_unlock(&p->purify_lock);
+    return oom ? lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
+                                      "purify: out of memory")
+               : LM_OK;
 }

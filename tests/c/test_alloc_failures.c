@@ -39,6 +39,16 @@ static void f_free(void *p, void *user)
 }
 
 /* A full pipeline; returns the first failing status. */
+static int flat_score(double value, const lm_model *merged, double *score,
+                      void *user)
+{
+    (void)value;
+    (void)merged;
+    (void)user;
+    *score = 0;
+    return 0;
+}
+
 static lm_status pipeline(lm_context *ctx, const char *dir)
 {
     lm_status st;
@@ -86,6 +96,9 @@ static lm_status pipeline(lm_context *ctx, const char *dir)
     double keeps[] = {1.0, 0.5};
     STEP(lm_plan_set_purify(p, &po));
     STEP(lm_plan_tune_purify(p, stats, keeps, 2, NULL, NULL));
+    /* a search keeps the purified task vectors for its evaluations */
+    STEP(lm_plan_search(p, "lambda", 0.0, 1.0, 0.1, 3, flat_score, NULL, NULL,
+                        NULL));
 #undef STEP
 done:
     lm_file_sink_destroy(sink);
