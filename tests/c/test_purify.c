@@ -142,6 +142,17 @@ START_TEST(option_errors)
 }
 END_TEST
 
+/* The held-out drift of the plan executed as it stands. */
+static double executed_drift(struct fixture *f)
+{
+    lm_model *out = NULL;
+    double drift = 0;
+    ck_assert_ok(lm_plan_execute(f->plan, &out));
+    ck_assert_ok(lm_plan_heldout_drift(f->plan, out, f->heldout, &drift));
+    lm_model_destroy(out);
+    return drift;
+}
+
 START_TEST(tuning_reports_the_curve)
 {
     struct fixture f;
@@ -159,12 +170,7 @@ START_TEST(tuning_reports_the_curve)
     }
     ck_assert(best == c[arg]);
     /* The plan keeps the chosen ratio: its drift is the curve's minimum. */
-    lm_model *out = NULL;
-    double drift = 0;
-    ck_assert_ok(lm_plan_execute(f.plan, &out));
-    ck_assert_ok(lm_plan_heldout_drift(f.plan, out, f.heldout, &drift));
-    ck_assert(drift == curve[arg]);
-    lm_model_destroy(out);
+    ck_assert(executed_drift(&f) == curve[arg]);
     teardown(&f);
 }
 END_TEST
@@ -356,6 +362,14 @@ static void counted_setup(struct fixture *f, const char *method, int *count,
     f->logged = logged;
 }
 
+static void counted_teardown(struct fixture *f)
+{
+    lm_plan_destroy(f->plan);
+    f->plan = NULL;
+    lm_context_destroy(f->logged);
+    teardown(f);
+}
+
 START_TEST(search_purifies_once)
 {
     /* one single-pass and one two-pass strategy (kept small: valgrind) */
@@ -383,10 +397,7 @@ START_TEST(search_purifies_once)
             }
             /* without the search: once per execution, two passes or one */
             ck_assert_int_eq(count, 2 * T * (1 + e.n));
-            lm_plan_destroy(f.plan);
-            f.plan = NULL;
-            lm_context_destroy(f.logged);
-            teardown(&f);
+            counted_teardown(&f);
         }
 }
 END_TEST
@@ -412,19 +423,11 @@ START_TEST(tuning_factors_once)
         for (int k = 0; k < 3; k++) {
             o.keep = c[k];
             ck_assert_ok(lm_plan_set_purify(f.plan, &o));
-            lm_model *out = NULL;
-            double drift = 0;
-            ck_assert_ok(lm_plan_execute(f.plan, &out));
-            ck_assert_ok(lm_plan_heldout_drift(f.plan, out, f.heldout, &drift));
-            ck_assert(drift == curve[k]);
-            lm_model_destroy(out);
+            ck_assert(executed_drift(&f) == curve[k]);
         }
         /* outside a tuning every execution factors again */
         ck_assert_int_ge(count, 2 * T * 4);
-        lm_plan_destroy(f.plan);
-        f.plan = NULL;
-        lm_context_destroy(f.logged);
-        teardown(&f);
+        counted_teardown(&f);
     }
 }
 END_TEST
