@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+import types
 
 import numpy as np
 import torch
@@ -89,6 +90,29 @@ def prepare(smoke, cache, backbone, head, seed=0):
     return tasks, dict(state, net=net)
 
 
+def calibration_rows(backbone):
+    """Unlabeled rows per task for the statistics: for a ViT the paper's
+    32 images, 17 tokens each (544 rows, more than its 256 outputs)."""
+    return merges.VIT_IMAGES if backbone.startswith("vit") else 1024
+
+
+def finetuned(smoke, cache, kind, seed=0):
+    """One kind's tasks, pretrained backbone (`net`, its weights `base`),
+    fine-tunes (`fts`, as prepared), the models they make (`sds`), heads,
+    fine-tuned test accuracies and calibration rows per task."""
+    backbone, head, tuning = KINDS[kind]
+    tasks, state = prepare(smoke, cache, backbone, head, seed)
+    net = state["net"]
+    fts = state[tuning]
+    sds = [sd if tuning != "lora" else models.lora_model(net, sd) for sd, _ in fts]
+    heads = [h for _, h in fts]
+    return types.SimpleNamespace(
+        tasks=tasks, net=net, fts=fts, sds=sds, heads=heads,
+        base={k: v.detach().numpy().copy() for k, v in net.state_dict().items()},
+        individual=[models.accuracy(net, sd, h, t["test"]) for sd, h, t in zip(sds, heads, tasks)],
+        rows=calibration_rows(backbone))
+
+
 def table_rows(specs, net, base, sds, heads, tasks, stats, individual, adapters, args,
                few_stats=None):
     rows = []
@@ -128,21 +152,13 @@ def main():
     sizes = [3] if args.smoke else [4, 8, 10]
     results = {}
     for kind in kinds:
-        backbone, head, tuning = KINDS[kind]
-        tasks, state = prepare(args.smoke, args.cache, backbone, head)
-        net = state["net"]
-        base = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
-        fts = state[tuning]
-        sds = [sd if kind != "lora" else models.lora_model(net, sd) for sd, _ in fts]
-        heads = [h for _, h in fts]
-        individual = [models.accuracy(net, sd, h, t["test"]) for sd, h, t in zip(sds, heads, tasks)]
+        d = finetuned(args.smoke, args.cache, kind)
+        tasks, net, base, fts, sds, heads = d.tasks, d.net, d.base, d.fts, d.sds, d.heads
+        individual = d.individual
         zero_shot = [models.accuracy(net, base, h, t["test"]) for h, t in zip(heads, tasks)]
         for n in sizes:
             print("%s, %d tasks" % (report.KIND_TITLES[kind], n), flush=True)
-            # The ViT's calibration: the paper's 32 unlabeled images per
-            # task, 17 tokens each (544 rows, more than its 256 outputs).
-            rows = merges.VIT_IMAGES if backbone.startswith("vit") else 1024
-            stats = merges.collect(net, sds[:n], tasks[:n], rows=rows)
+            stats = merges.collect(net, sds[:n], tasks[:n], rows=d.rows)
             specs = {"full": merges.FULL, "lora": merges.LORA, "vit": merges.VIT,
                      "vit-zs": merges.VIT_ZS}[kind]
             few_stats = None

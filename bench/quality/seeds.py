@@ -20,30 +20,21 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import merges  # noqa: E402
-import models  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
 
 METHODS = ("esm", "tsv", "iso_c")
 
 
-def one_seed(args, seed, n):
-    """ESM, TSV-M and Iso-C on the first n tasks of seed's fine-tunes."""
-    backbone, head, tuning = run.KINDS[args.kind]
-    tasks, state = run.prepare(args.smoke, args.cache, backbone, head, seed=seed)
-    net = state["net"]
-    base = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
-    fts = state[tuning][:n]
-    tasks = tasks[:n]
-    sds = [sd if tuning != "lora" else models.lora_model(net, sd) for sd, _ in fts]
-    heads = [h for _, h in fts]
-    individual = [models.accuracy(net, sd, h, t["test"]) for sd, h, t in zip(sds, heads, tasks)]
-    stats = merges.collect(net, sds, tasks,
-                           rows=merges.VIT_IMAGES if backbone.startswith("vit") else 1024)
+def compare(args, d, seed, n):
+    """ESM, TSV-M and Iso-C on the first n tasks of one seed's fine-tunes
+    (run.finetuned)."""
+    sds, heads, tasks, individual = d.sds[:n], d.heads[:n], d.tasks[:n], d.individual[:n]
+    stats = merges.collect(d.net, sds, tasks, rows=d.rows)
     specs = {s[0]: s for s in merges.FULL}
     rows = {}
     for name in METHODS:
-        _, acc, scale, _, hits = merges.run_method(specs[name], net, base, sds, heads, tasks,
+        _, acc, scale, _, hits = merges.run_method(specs[name], d.net, d.base, sds, heads, tasks,
                                                    stats, max_evals=3 if args.smoke else
                                                    run.MAX_EVALS)
         rows[name] = dict(norm=100 * np.mean([a / i for a, i in zip(acc, individual)]),
@@ -79,13 +70,19 @@ def main():
              "*SE*: the paired standard error of that seed's difference over the test "
              "sample." % (args.kind, args.tasks, args.seeds, " --smoke" if args.smoke else "",
                          report.KIND_TITLES[args.kind]), ""]
+    # Each seed's fine-tunes are loaded once, for every task count.
+    results = {}
+    for seed in seeds:
+        d = run.finetuned(args.smoke, args.cache, args.kind, seed)
+        for n in sizes:
+            results[(n, seed)] = compare(args, d, seed, n)
     for n in sizes:
         lines += ["## %d tasks" % n, "",
                   "| seed | esm | tsv | iso_c | esm − best of the two | SE |",
                   "|---|---|---|---|---|---|"]
         diffs = []
         for seed in seeds:
-            rows, diff, se = one_seed(args, seed, n)
+            rows, diff, se = results[(n, seed)]
             diffs.append(diff)
             lines.append("| %d | %.1f | %.1f | %.1f | %+.1f | %s |" % (
                 seed, rows["esm"]["norm"], rows["tsv"]["norm"], rows["iso_c"]["norm"], diff,
