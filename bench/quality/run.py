@@ -49,7 +49,9 @@ def _cached(path, build):
         return torch.load(path)
     value = build()
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    torch.save(value, path)
+    # Written whole or not at all: several runs may share a cache.
+    torch.save(value, path + ".part")
+    os.replace(path + ".part", path)
     return value
 
 
@@ -61,33 +63,48 @@ def _pretrain(smoke, backbone):
     return models.pretrain(images, labels, epochs=epochs, backbone=backbone)
 
 
-def prepare(smoke, cache, backbone, head, seed=0):
-    """Tasks, the pretrained backbone and every fine-tune under `head`
-    (cached; the pretrained backbone is shared by both heads). The MLP
-    under probe heads also gets LoRA fine-tunes. `seed` changes the
-    fine-tunes' seeds (and the heads'), not the pretrained backbone."""
-    names = ["digits", "digits-inverted", "digits-parity", "digits-rot180-mod3"] if smoke else None
+# Tasks in run.py's tables (4, 8 and all 10); seeds.py also takes the
+# ESM paper's counts, up to all of tasks.TASKS.
+TABLE_TASKS = 10
+
+
+def prepare(smoke, cache, backbone, head, seed=0, n_tasks=TABLE_TASKS):
+    """The first `n_tasks` tasks, the pretrained backbone and every
+    fine-tune under `head` (cached per task; the pretrained backbone is
+    shared by both heads). The MLP under probe heads also gets LoRA
+    fine-tunes. `seed` changes the fine-tunes' seeds (and the heads'), not
+    the pretrained backbone."""
+    names = (["digits", "digits-inverted", "digits-parity", "digits-rot180-mod3"] if smoke
+             else [t[0] for t in tasklib.TASKS[:n_tasks]])
     tasks = tasklib.build(names, n_train=400 if smoke else 3000,
                           n_val=100 if smoke else 300, n_test=200 if smoke else 500)
     run = "smoke" if smoke else "full"
     net = _cached(os.path.join(cache, "%s-%s-pretrained.pt" % (run, backbone)),
                   lambda: _pretrain(smoke, backbone))
 
-    def finetunes():
-        full, lora = [], []
-        for i, t in enumerate(tasks):
-            full_ft, h = models.finetune(net, t, steps=FINETUNE_STEPS[smoke], lr=3e-4,
-                                         seed=1000 * seed + i, head=head)
-            full.append(({k: v.detach().numpy().copy() for k, v in full_ft.state_dict().items()}, h))
-            if backbone == "mlp" and head == "probe":
-                lora.append(models.finetune_lora(net, t, steps=FINETUNE_STEPS[smoke],
-                                                 seed=1000 * seed + i))
-        return dict(full=full, lora=lora)
+    # One file per task, so a run with more tasks reuses the fewer's.
+    done = [_cached(finetune_path(smoke, cache, backbone, head, seed, t),
+                    lambda: finetune_task(smoke, net, backbone, head, seed, i, t))
+            for i, t in enumerate(tasks)]
+    return tasks, dict(full=[f for f, _ in done], lora=[l for _, l in done if l], net=net)
 
-    state = _cached(os.path.join(cache, "%s-%s-%s-%dsteps%s.pt" % (
-        run, backbone, head, FINETUNE_STEPS[smoke], "-seed%d" % seed if seed else "")),
-        finetunes)
-    return tasks, dict(state, net=net)
+
+def finetune_path(smoke, cache, backbone, head, seed, task):
+    return os.path.join(cache, "%s-%s-%s-%dsteps-seed%d" % (
+        "smoke" if smoke else "full", backbone, head, FINETUNE_STEPS[smoke], seed),
+        "%s.pt" % task["name"])
+
+
+def finetune_task(smoke, net, backbone, head, seed, i, task):
+    """Task i's full fine-tune (its state dict and head) and, for the MLP
+    under probe heads, its LoRA fine-tune (else None)."""
+    full_ft, h = models.finetune(net, task, steps=FINETUNE_STEPS[smoke], lr=3e-4,
+                                 seed=1000 * seed + i, head=head)
+    full = ({k: v.detach().numpy().copy() for k, v in full_ft.state_dict().items()}, h)
+    lora = None
+    if backbone == "mlp" and head == "probe":
+        lora = models.finetune_lora(net, task, steps=FINETUNE_STEPS[smoke], seed=1000 * seed + i)
+    return full, lora
 
 
 def calibration_rows(backbone):
@@ -96,12 +113,12 @@ def calibration_rows(backbone):
     return merges.VIT_IMAGES if backbone.startswith("vit") else 1024
 
 
-def finetuned(smoke, cache, kind, seed=0):
+def finetuned(smoke, cache, kind, seed=0, n_tasks=TABLE_TASKS):
     """One kind's tasks, pretrained backbone (`net`, its weights `base`),
     fine-tunes (`fts`, as prepared), the models they make (`sds`), heads,
     fine-tuned test accuracies and calibration rows per task."""
     backbone, head, tuning = KINDS[kind]
-    tasks, state = prepare(smoke, cache, backbone, head, seed)
+    tasks, state = prepare(smoke, cache, backbone, head, seed, n_tasks)
     net = state["net"]
     fts = state[tuning]
     sds = [sd if tuning != "lora" else models.lora_model(net, sd) for sd, _ in fts]

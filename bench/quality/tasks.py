@@ -49,6 +49,13 @@ def _shift(x, k):
     return np.roll(x, k, axis=2)
 
 
+def _blur(x):
+    """2x2 average pooling, upsampled back: half the resolution."""
+    n, h, w = x.shape
+    pooled = x.reshape(n, h // 2, 2, w // 2, 2).mean((2, 4))
+    return np.repeat(np.repeat(pooled, 2, 1), 2, 2)
+
+
 # name, source, transform(x, rng) -> x, relabel(y) -> y, classes
 TASKS = [
     ("fmnist", "fmnist", lambda x, r: x, lambda y: y, 10),
@@ -61,6 +68,19 @@ TASKS = [
     ("digits-rot180-mod3", "digits", lambda x, r: x[:, ::-1, ::-1], lambda y: y % 3, 3),
     ("fmnist-shift", "fmnist", lambda x, r: _shift(x, 5), lambda y: y, 10),
     ("digits-noise-ge5", "digits", lambda x, r: _noise(x, r, 0.3), lambda y: (y >= 5).astype(np.int64), 2),
+    # Tasks 11-20, for the ESM paper's task counts (8, 14, 20): as its 14-
+    # and 20-task suites do, they add new views of domains already there
+    # (its FashionMNIST, EMNIST and KMNIST next to MNIST).
+    ("fmnist-inverted", "fmnist", lambda x, r: 1.0 - x, lambda y: y, 10),
+    ("digits-rot90", "digits", lambda x, r: np.rot90(x, 1, (1, 2)), lambda y: y, 10),
+    ("fmnist-blur", "fmnist", lambda x, r: _blur(x), lambda y: y, 10),
+    ("digits-mirror-mod5", "digits", lambda x, r: x[:, :, ::-1], lambda y: y % 5, 5),
+    ("fmnist-transpose-coarse", "fmnist", lambda x, r: np.swapaxes(x, 1, 2), lambda y: COARSE[y], 4),
+    ("digits-shift-noise", "digits", lambda x, r: _noise(_shift(x, 4), r, 0.2), lambda y: y, 10),
+    ("fmnist-noise-strong", "fmnist", lambda x, r: _noise(x, r, 0.5), lambda y: y, 10),
+    ("digits-inverted-rot270", "digits", lambda x, r: 1.0 - np.rot90(x, 3, (1, 2)), lambda y: y, 10),
+    ("fmnist-rot180-shift", "fmnist", lambda x, r: _shift(x[:, ::-1, ::-1], -4), lambda y: y, 10),
+    ("digits-blur-mod4", "digits", lambda x, r: _blur(x), lambda y: y % 4, 4),
 ]
 
 
