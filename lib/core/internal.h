@@ -13,6 +13,7 @@
 #include "libmerge/sys/strategy.h"
 #include "libmerge/lora.h"
 #include "libmerge/purify.h"
+#include "core/name_set.h"
 
 #define LM_ERROR_CAPACITY 1024
 
@@ -63,8 +64,7 @@ struct lm_model {
     lm_context *ctx;
     struct lm_model_entry *entries; /* insertion order */
     size_t count, cap;
-    size_t *index;                  /* open-addressing hash: entry+1, 0=empty */
-    size_t index_cap;               /* power of two */
+    struct lm__name_set names;      /* entries by name */
     /* An external resource the tensors point into (e.g. a file mapping);
      * released after the tensors when the model is destroyed. */
     void (*release)(void *resource);
@@ -72,8 +72,9 @@ struct lm_model {
     /* Optional: called after the executor is done with a tensor, so a
      * file-backed model can drop its pages (bounded resident memory). */
     void (*done_with)(void *resource, const lm_tensor *tensor);
-    char **meta_keys, **meta_values;
-    size_t n_meta;
+    char **meta_keys, **meta_values; /* insertion order */
+    size_t n_meta, meta_cap;
+    struct lm__name_set meta_names;  /* meta_keys by name */
     /* A GGUF file's raw key/value section (inside the model's mapping),
      * so a GGUF writer can carry typed values such as tokenizer arrays. */
     const void *gguf_kv;
@@ -91,6 +92,7 @@ struct lm_lora {
     lm_context *ctx;
     struct lm_lora_entry *entries;
     size_t count, cap;
+    struct lm__name_set targets; /* entries by target */
 };
 
 struct lm_plan {

@@ -28,15 +28,19 @@ void lm_lora_destroy(lm_lora *l)
         lm_tensor_destroy(l->entries[i].b);
     }
     lm_free(l->ctx, l->entries);
+    lm__name_set_free(l->ctx, &l->targets);
     lm_free(l->ctx, l);
+}
+
+static const char *target_of(const void *entries, size_t i)
+{
+    return ((const struct lm_lora_entry *)entries)[i].target;
 }
 
 static const struct lm_lora_entry *find(const lm_lora *l, const char *target)
 {
-    for (size_t i = 0; i < l->count; i++)
-        if (strcmp(l->entries[i].target, target) == 0)
-            return &l->entries[i];
-    return NULL;
+    size_t i = lm__name_set_find(&l->targets, target, target_of, l->entries);
+    return i != SIZE_MAX ? &l->entries[i] : NULL;
 }
 
 lm_status lm_lora_add(lm_lora *l, const char *target, lm_tensor *a,
@@ -55,23 +59,27 @@ lm_status lm_lora_add(lm_lora *l, const char *target, lm_tensor *a,
     if (find(l, target))
         return lm_context_set_error(l->ctx, LM_ERR_EXISTS,
                                     "lora: target '%s' given twice", target);
-    if (l->count == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 16;
-        struct lm_lora_entry *e = lm__calloc(l->ctx, cap, sizeof(*e));
-        if (!e)
-            return lm_context_set_error(l->ctx, LM_ERR_OUT_OF_MEMORY,
-                                        "lora: out of memory");
-        if (l->count)
-            memcpy(e, l->entries, l->count * sizeof(*e));
-        lm_free(l->ctx, l->entries);
-        l->entries = e;
-        l->cap = cap;
-    }
+    struct lm_lora_entry *e = lm__reserve(l->ctx, l->entries, &l->cap,
+                                          l->count, sizeof(*e), 16);
+    if (!e)
+        return lm_context_set_error(l->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "lora: out of memory adding '%s'",
+                                    target);
+    l->entries = e;
     char *name = lm__strdup(l->ctx, target);
     if (!name)
         return lm_context_set_error(l->ctx, LM_ERR_OUT_OF_MEMORY,
-                                    "lora: out of memory");
-    l->entries[l->count++] = (struct lm_lora_entry){name, a, b, scale};
+                                    "lora: out of memory adding '%s'",
+                                    target);
+    l->entries[l->count] = (struct lm_lora_entry){name, a, b, scale};
+    if (lm__name_set_add(l->ctx, &l->targets, l->count, target_of,
+                         l->entries) != LM_OK) {
+        lm_free(l->ctx, name);
+        return lm_context_set_error(l->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "lora: out of memory adding '%s'",
+                                    target);
+    }
+    l->count++;
     return LM_OK;
 }
 

@@ -25,7 +25,8 @@ void lm_model_destroy(lm_model *m)
         lm_free(m->ctx, m->entries[i].name);
     }
     lm_free(m->ctx, m->entries);
-    lm_free(m->ctx, m->index);
+    lm__name_set_free(m->ctx, &m->names);
+    lm__name_set_free(m->ctx, &m->meta_names);
     for (size_t i = 0; i < m->n_meta; i++) {
         lm_free(m->ctx, m->meta_keys[i]);
         lm_free(m->ctx, m->meta_values[i]);
@@ -49,29 +50,14 @@ lm_status lm__model_attach_resource(lm_model *m, void (*release)(void *),
     return LM_OK;
 }
 
-/* Slot holding `name`, or the empty slot where it would go. */
-static size_t probe(const lm_model *m, const char *name)
+static const char *entry_name(const void *entries, size_t i)
 {
-    size_t mask = m->index_cap - 1;
-    size_t slot = (size_t)lm__hash_string(0, name) & mask;
-    while (m->index[slot] &&
-           strcmp(m->entries[m->index[slot] - 1].name, name) != 0)
-        slot = (slot + 1) & mask;
-    return slot;
+    return ((const struct lm_model_entry *)entries)[i].name;
 }
 
-static lm_status grow_index(lm_model *m)
+static size_t find_entry(const lm_model *m, const char *name)
 {
-    size_t cap = m->index_cap ? m->index_cap * 2 : 16;
-    size_t *index = lm__calloc(m->ctx, cap, sizeof(*index));
-    if (!index)
-        return LM_ERR_OUT_OF_MEMORY;
-    lm_free(m->ctx, m->index);
-    m->index = index;
-    m->index_cap = cap;
-    for (size_t i = 0; i < m->count; i++)
-        m->index[probe(m, m->entries[i].name)] = i + 1;
-    return LM_OK;
+    return lm__name_set_find(&m->names, name, entry_name, m->entries);
 }
 
 lm_status lm_model_add(lm_model *m, const char *name, lm_tensor *tensor)
@@ -81,12 +67,9 @@ lm_status lm_model_add(lm_model *m, const char *name, lm_tensor *tensor)
     if (!name || !*name)
         return lm_context_set_error(m->ctx, LM_ERR_INVALID_ARGUMENT,
                                     "model: tensor name is empty");
-    if (m->index_cap && m->index[probe(m, name)])
+    if (find_entry(m, name) != SIZE_MAX)
         return lm_context_set_error(m->ctx, LM_ERR_EXISTS,
                                     "model: duplicate tensor name '%s'", name);
-    if ((m->count + 1) * 2 > m->index_cap && grow_index(m) != LM_OK)
-        return lm_context_set_error(m->ctx, LM_ERR_OUT_OF_MEMORY,
-                                    "model: out of memory adding '%s'", name);
     struct lm_model_entry *room = lm__reserve(m->ctx, m->entries, &m->cap,
                                               m->count, sizeof(*m->entries), 16);
     if (!room)
@@ -99,8 +82,13 @@ lm_status lm_model_add(lm_model *m, const char *name, lm_tensor *tensor)
                                     "model: out of memory adding '%s'", name);
     m->entries[m->count].name = copy;
     m->entries[m->count].tensor = tensor;
+    if (lm__name_set_add(m->ctx, &m->names, m->count, entry_name,
+                         m->entries) != LM_OK) {
+        lm_free(m->ctx, copy);
+        return lm_context_set_error(m->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "model: out of memory adding '%s'", name);
+    }
     m->count++;
-    m->index[probe(m, name)] = m->count;
     return LM_OK;
 }
 
@@ -118,22 +106,18 @@ lm_tensor *lm_model_tensor(const lm_model *m, size_t i)
 
 lm_tensor *lm__model_lookup(const lm_model *m, const char *name)
 {
-    if (!m->index_cap)
-        return NULL;
-    size_t e = m->index[probe(m, name)];
-    return e ? m->entries[e - 1].tensor : NULL;
+    size_t e = find_entry(m, name);
+    return e != SIZE_MAX ? m->entries[e].tensor : NULL;
 }
 
 lm_status lm_model_find(const lm_model *m, const char *name, lm_tensor **out)
 {
     if (!m || !name || !out)
         return LM_ERR_INVALID_ARGUMENT;
-    if (m->index_cap) {
-        size_t e = m->index[probe(m, name)];
-        if (e) {
-            *out = m->entries[e - 1].tensor;
-            return LM_OK;
-        }
+    size_t e = find_entry(m, name);
+    if (e != SIZE_MAX) {
+        *out = m->entries[e].tensor;
+        return LM_OK;
     }
     return lm_context_set_error(m->ctx, LM_ERR_NOT_FOUND,
                                 "model: no tensor named '%s'", name);
@@ -163,36 +147,51 @@ lm_status lm_model_set_metadata(lm_model *m, const char *key,
         return LM_ERR_INVALID_ARGUMENT;
     char *v = lm__strdup(m->ctx, value);
     if (!v)
-        return LM_ERR_OUT_OF_MEMORY;
-    for (size_t i = 0; i < m->n_meta; i++) {
-        if (strcmp(m->meta_keys[i], key) == 0) {
-            lm_free(m->ctx, m->meta_values[i]);
-            m->meta_values[i] = v;
-            return LM_OK;
+        return lm_context_set_error(m->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "model: out of memory for metadata '%s'",
+                                    key);
+    size_t i = lm__name_set_find(&m->meta_names, key, lm__name_of_strings,
+                                 m->meta_keys);
+    if (i != SIZE_MAX) {
+        lm_free(m->ctx, m->meta_values[i]);
+        m->meta_values[i] = v;
+        return LM_OK;
+    }
+    /* Keys and values grow together (geometrically, so loading n keys
+     * costs O(n)); values get the same capacity as keys. */
+    size_t cap = m->meta_cap;
+    char **keys = lm__reserve(m->ctx, m->meta_keys, &cap, m->n_meta,
+                              sizeof(char *), 16);
+    char *k = keys ? lm__strdup(m->ctx, key) : NULL;
+    if (keys)
+        m->meta_keys = keys;
+    if (k && cap != m->meta_cap) {
+        size_t vcap = m->meta_cap;
+        char **values = lm__reserve(m->ctx, m->meta_values, &vcap, m->n_meta,
+                                    sizeof(char *), 16);
+        if (values) {
+            m->meta_values = values;
+            m->meta_cap = cap;
+        } else {
+            lm_free(m->ctx, k);
+            k = NULL;
         }
     }
-    char *k = lm__strdup(m->ctx, key);
-    char **keys = lm__calloc(m->ctx, m->n_meta + 1, sizeof(char *));
-    char **values = lm__calloc(m->ctx, m->n_meta + 1, sizeof(char *));
-    if (!k || !keys || !values) {
-        lm_free(m->ctx, k);
+    if (k) {
+        m->meta_keys[m->n_meta] = k;
+        if (lm__name_set_add(m->ctx, &m->meta_names, m->n_meta,
+                             lm__name_of_strings, m->meta_keys) != LM_OK) {
+            lm_free(m->ctx, k);
+            k = NULL;
+        }
+    }
+    if (!k) {
         lm_free(m->ctx, v);
-        lm_free(m->ctx, keys);
-        lm_free(m->ctx, values);
         return lm_context_set_error(m->ctx, LM_ERR_OUT_OF_MEMORY,
-                                    "model: out of memory for metadata");
+                                    "model: out of memory for metadata '%s'",
+                                    key);
     }
-    if (m->n_meta) {
-        memcpy(keys, m->meta_keys, m->n_meta * sizeof(char *));
-        memcpy(values, m->meta_values, m->n_meta * sizeof(char *));
-    }
-    keys[m->n_meta] = k;
-    values[m->n_meta] = v;
-    lm_free(m->ctx, m->meta_keys);
-    lm_free(m->ctx, m->meta_values);
-    m->meta_keys = keys;
-    m->meta_values = values;
-    m->n_meta++;
+    m->meta_values[m->n_meta++] = v;
     return LM_OK;
 }
 
@@ -215,12 +214,11 @@ lm_status lm_model_metadata(const lm_model *m, const char *key,
 {
     if (!m || !key)
         return LM_ERR_INVALID_ARGUMENT;
-    for (size_t i = 0; i < m->n_meta; i++) {
-        if (strcmp(m->meta_keys[i], key) == 0) {
-            if (value)
-                *value = m->meta_values[i];
-            return LM_OK;
-        }
-    }
-    return LM_ERR_NOT_FOUND;
+    size_t i = lm__name_set_find(&m->meta_names, key, lm__name_of_strings,
+                                 m->meta_keys);
+    if (i == SIZE_MAX)
+        return LM_ERR_NOT_FOUND;
+    if (value)
+        *value = m->meta_values[i];
+    return LM_OK;
 }

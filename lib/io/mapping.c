@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "io/input_file.h"
 #include "io/mapping.h"
 
 lm_status lm__map_file(lm_context *ctx, const char *path,
@@ -15,16 +16,9 @@ lm_status lm__map_file(lm_context *ctx, const char *path,
 {
     out->addr = NULL;
     out->len = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return lm_context_set_error(ctx, LM_ERR_IO, "cannot open '%s': %s",
-                                    path, strerror(errno));
+    int fd;
     struct stat st;
-    if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return lm_context_set_error(ctx, LM_ERR_IO,
-                                    "'%s' is not a regular file", path);
-    }
+    LM_TRY(lm__open_input(ctx, NULL, path, &fd, &st));
     if (st.st_size > 0) {
         void *addr = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE,
                           fd, 0);

@@ -6,6 +6,8 @@
 #include <sys/stat.h>
 
 #include "io/gguf_format.h"
+#include "io/input_file.h"
+#include "io/json_check.h"
 #include "io/mapping.h"
 #include "libmerge/safetensors.h"
 
@@ -19,122 +21,171 @@ lm_status lm__npz_read_into(lm_context *ctx, const char *path,
 lm_status lm__safetensors_read_into(lm_context *ctx, const char *path,
                                     lm_model *model);
 
-static char *read_text(lm_context *ctx, const char *path, size_t *len)
+/* The largest index file read (real ones are a few hundred KB). */
+#define MAX_INDEX ((size_t)1 << 30)
+
+/* "dir/name" in a new string (lm_free), or NULL when out of memory. */
+static char *join(lm_context *ctx, const char *dir, size_t dir_len,
+                  const char *name)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        lm_context_set_error(ctx, LM_ERR_IO, "cannot open '%s': %s", path,
-                             strerror(errno));
-        return NULL;
-    }
-    char *buf = NULL;
-    if (fseek(f, 0, SEEK_END) == 0) {
-        long n = ftell(f);
-        if (n >= 0 && n < (1L << 30) && fseek(f, 0, SEEK_SET) == 0) {
-            buf = lm_alloc(ctx, (size_t)n + 1);
-            if (buf && fread(buf, 1, (size_t)n, f) == (size_t)n) {
-                buf[n] = '\0';
-                *len = (size_t)n;
-            } else {
-                lm_free(ctx, buf);
-                buf = NULL;
-            }
-        }
-    }
-    fclose(f);
-    if (!buf)
-        lm_context_set_error(ctx, LM_ERR_IO, "cannot read '%s'", path);
-    return buf;
+    size_t n = dir_len + 1 + strlen(name) + 1;
+    char *p = lm_alloc(ctx, n);
+    if (p)
+        snprintf(p, n, "%.*s/%s", (int)dir_len, dir, name);
+    return p;
 }
 
-static void dir_of(const char *path, char *dir, size_t size)
+/* The directory part of `path`: its length (".": *dir replaced). */
+static size_t dir_of(const char **dir)
 {
-    const char *slash = strrchr(path, '/');
-    if (!slash)
-        snprintf(dir, size, ".");
-    else
-        snprintf(dir, size, "%.*s", (int)(slash == path ? 1 : slash - path),
-                 path);
+    const char *slash = strrchr(*dir, '/');
+    if (!slash) {
+        *dir = ".";
+        return 1;
+    }
+    return slash == *dir ? 1 : (size_t)(slash - *dir);
+}
+
+/* The weight_map as parallel arrays, with hashed lookup of tensor names
+ * and of distinct shard file names (an index may list 10^5 tensors). */
+struct weight_map {
+    const char **names, **files;
+    size_t n;
+    struct lm__name_set by_name;
+    const char **shards; /* distinct files, first mention first */
+    size_t n_shards;
+    struct lm__name_set by_shard;
+};
+
+static void weight_map_free(lm_context *ctx, struct weight_map *w)
+{
+    lm_free(ctx, w->names);
+    lm_free(ctx, w->files);
+    lm_free(ctx, w->shards);
+    lm__name_set_free(ctx, &w->by_name);
+    lm__name_set_free(ctx, &w->by_shard);
+}
+
+static lm_status weight_map_load(lm_context *ctx, const char *index_path,
+                                 const cJSON *map, struct weight_map *w)
+{
+    for (const cJSON *e = map->child; e; e = e->next)
+        w->n++;
+    if (!w->n)
+        return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                    "%s: the weight_map is empty (a model "
+                                    "needs at least one tensor)", index_path);
+    w->names = lm__calloc(ctx, w->n, sizeof(*w->names));
+    w->files = lm__calloc(ctx, w->n, sizeof(*w->files));
+    w->shards = lm__calloc(ctx, w->n, sizeof(*w->shards));
+    if (!w->names || !w->files || !w->shards)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "%s: out of memory reading the "
+                                    "weight_map of %zu tensors", index_path,
+                                    w->n);
+    size_t i = 0;
+    for (const cJSON *e = map->child; e; e = e->next, i++) {
+        const char *file = cJSON_IsString(e) ? e->valuestring : NULL;
+        if (!file || !*file || strchr(file, '/') || !strcmp(file, "..") ||
+            !strcmp(file, "."))
+            return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                        "%s: weight_map entry '%s' must name "
+                                        "a file in the same directory",
+                                        index_path, e->string);
+        w->names[i] = e->string;
+        w->files[i] = file;
+        if (lm__name_set_find(&w->by_name, e->string, lm__name_of_strings,
+                              w->names) != SIZE_MAX)
+            return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                        "%s: weight_map names tensor '%s' "
+                                        "twice", index_path, e->string);
+        lm_status st = lm__name_set_add(ctx, &w->by_name, i,
+                                        lm__name_of_strings, w->names);
+        if (st == LM_OK &&
+            lm__name_set_find(&w->by_shard, file, lm__name_of_strings,
+                              w->shards) == SIZE_MAX) {
+            w->shards[w->n_shards] = file;
+            st = lm__name_set_add(ctx, &w->by_shard, w->n_shards,
+                                  lm__name_of_strings, w->shards);
+            w->n_shards += st == LM_OK;
+        }
+        if (st != LM_OK)
+            return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                        "%s: out of memory reading the "
+                                        "weight_map at '%s'", index_path,
+                                        e->string);
+    }
+    return LM_OK;
+}
+
+/* Read every shard once, in order of first mention, and check that each
+ * tensor sits in the shard the map names. */
+static lm_status read_shards(lm_context *ctx, const char *index_path,
+                             const struct weight_map *w, lm_model *model)
+{
+    const char *dir = index_path;
+    size_t dir_len = dir_of(&dir);
+    for (size_t s = 0; s < w->n_shards; s++) {
+        const char *file = w->shards[s];
+        char *shard = join(ctx, dir, dir_len, file);
+        if (!shard)
+            return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                        "%s: out of memory opening shard "
+                                        "'%s'", index_path, file);
+        size_t before = lm_model_count(model);
+        lm_status st = lm__safetensors_read_into(ctx, shard, model);
+        lm_free(ctx, shard);
+        for (size_t i = before; st == LM_OK && i < lm_model_count(model);
+             i++) {
+            const char *name = lm_model_name(model, i);
+            size_t at = lm__name_set_find(&w->by_name, name,
+                                          lm__name_of_strings, w->names);
+            if (at == SIZE_MAX)
+                st = lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                          "%s: tensor '%s' of shard '%s' is "
+                                          "not in the weight_map", index_path,
+                                          name, file);
+            else if (strcmp(w->files[at], file))
+                st = lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                          "%s: weight_map puts '%s' in '%s' "
+                                          "but it is in '%s'", index_path,
+                                          name, w->files[at], file);
+        }
+        LM_TRY(st);
+    }
+    for (size_t i = 0; lm_model_count(model) != w->n && i < w->n; i++)
+        if (!lm__model_lookup(model, w->names[i]))
+            return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                        "%s: weight_map lists '%s' but "
+                                        "shard '%s' does not hold it",
+                                        index_path, w->names[i], w->files[i]);
+    return LM_OK;
 }
 
 static lm_status read_sharded(lm_context *ctx, const char *index_path,
                               lm_model *model)
 {
     size_t len = 0;
-    char *text = read_text(ctx, index_path, &len);
-    if (!text)
-        return LM_ERR_IO;
-    cJSON *root = cJSON_ParseWithLength(text, len);
+    char *text = NULL;
+    LM_TRY(lm__read_input(ctx, NULL, index_path, MAX_INDEX, &text, &len));
+    lm_status st = lm__json_check(ctx, index_path, text, len, "");
+    cJSON *root = st == LM_OK ? cJSON_ParseWithLength(text, len) : NULL;
     lm_free(ctx, text);
+    LM_TRY(st);
     const cJSON *map = root ? cJSON_GetObjectItemCaseSensitive(root,
                                                                "weight_map")
                             : NULL;
-    lm_status st = LM_OK;
+    struct weight_map w;
+    memset(&w, 0, sizeof(w));
     if (!cJSON_IsObject(map))
         st = lm_context_set_error(ctx, LM_ERR_FORMAT,
                                   "%s: not a JSON object with a "
                                   "\"weight_map\" object", index_path);
-    char dir[4096];
-    dir_of(index_path, dir, sizeof(dir));
-    size_t n_map = 0;
-    for (const cJSON *e = map ? map->child : NULL; st == LM_OK && e;
-         e = e->next) {
-        n_map++;
-        const char *file = cJSON_IsString(e) ? e->valuestring : NULL;
-        if (!file || !*file || strchr(file, '/') || !strcmp(file, "..") ||
-            !strcmp(file, "."))
-            st = lm_context_set_error(ctx, LM_ERR_FORMAT,
-                                      "%s: weight_map entry '%s' must name a "
-                                      "file in the same directory",
-                                      index_path, e->string);
-    }
-    /* Read every shard once, in order of first mention, and check that
-     * each tensor sits in the shard the map names. */
-    for (const cJSON *e = map ? map->child : NULL; st == LM_OK && e;
-         e = e->next) {
-        bool first = true;
-        for (const cJSON *p = map->child; p != e; p = p->next)
-            if (!strcmp(p->valuestring, e->valuestring))
-                first = false;
-        if (!first)
-            continue;
-        char shard[8192];
-        snprintf(shard, sizeof(shard), "%s/%s", dir, e->valuestring);
-        size_t before = lm_model_count(model);
-        st = lm__safetensors_read_into(ctx, shard, model);
-        for (size_t i = before; st == LM_OK && i < lm_model_count(model);
-             i++) {
-            const char *name = lm_model_name(model, i);
-            const cJSON *where = cJSON_GetObjectItemCaseSensitive(map, name);
-            if (!cJSON_IsString(where))
-                st = lm_context_set_error(ctx, LM_ERR_FORMAT,
-                                          "%s: tensor '%s' of shard '%s' is "
-                                          "not in the weight_map", index_path,
-                                          name, e->valuestring);
-            else if (strcmp(where->valuestring, e->valuestring))
-                st = lm_context_set_error(ctx, LM_ERR_FORMAT,
-                                          "%s: weight_map puts '%s' in '%s' "
-                                          "but it is in '%s'", index_path,
-                                          name, where->valuestring,
-                                          e->valuestring);
-        }
-    }
-    if (st == LM_OK && lm_model_count(model) != n_map) {
-        for (const cJSON *e = map->child; e; e = e->next) {
-            if (!lm__model_lookup(model, e->string)) {
-                st = lm_context_set_error(ctx, LM_ERR_FORMAT,
-                                          "%s: weight_map lists '%s' but "
-                                          "shard '%s' does not hold it",
-                                          index_path, e->string,
-                                          e->valuestring);
-                break;
-            }
-        }
-        if (st == LM_OK)
-            st = lm_context_set_error(ctx, LM_ERR_FORMAT,
-                                      "%s: weight_map names a tensor twice",
-                                      index_path);
-    }
+    if (st == LM_OK)
+        st = weight_map_load(ctx, index_path, map, &w);
+    if (st == LM_OK)
+        st = read_shards(ctx, index_path, &w, model);
+    weight_map_free(ctx, &w);
     cJSON_Delete(root);
     return st;
 }
@@ -159,31 +210,37 @@ lm_status lm_model_open(lm_context *ctx, const char *path, lm_model **out)
     if (stat(path, &st) != 0)
         return lm_context_set_error(ctx, LM_ERR_IO, "cannot open '%s': %s",
                                     path, strerror(errno));
-    char found[8192];
+    char *found = NULL;
     bool sharded;
     if (S_ISDIR(st.st_mode)) {
-        snprintf(found, sizeof(found), "%s/%s", path, INDEX_NAME);
-        sharded = is_file(found);
-        if (!sharded) {
-            snprintf(found, sizeof(found), "%s/%s", path, SINGLE_NAME);
-            if (!is_file(found))
+        found = join(ctx, path, strlen(path), INDEX_NAME);
+        sharded = found && is_file(found);
+        if (found && !sharded) {
+            lm_free(ctx, found);
+            found = join(ctx, path, strlen(path), SINGLE_NAME);
+            if (found && !is_file(found)) {
+                lm_free(ctx, found);
                 return lm_context_set_error(ctx, LM_ERR_NOT_FOUND,
                                             "directory '%s' has neither %s "
                                             "nor %s", path, INDEX_NAME,
                                             SINGLE_NAME);
+            }
         }
     } else {
-        snprintf(found, sizeof(found), "%s", path);
+        found = lm__strdup(ctx, path);
         sharded = ends_with(path, ".index.json");
     }
+    if (!found)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "out of memory opening '%s'", path);
     lm_model *model;
-    LM_TRY(lm_model_create(ctx, &model));
-    lm_status s = sharded ? read_sharded(ctx, found, model)
-                  : ends_with(found, ".npz")
-                      ? lm__npz_read_into(ctx, found, model)
-                  : ends_with(found, ".gguf")
-                      ? lm__gguf_read_into(ctx, found, model)
-                      : lm__safetensors_read_into(ctx, found, model);
+    lm_status s = lm_model_create(ctx, &model);
+    if (s == LM_OK)
+        s = sharded ? read_sharded(ctx, found, model)
+            : ends_with(found, ".npz")  ? lm__npz_read_into(ctx, found, model)
+            : ends_with(found, ".gguf") ? lm__gguf_read_into(ctx, found, model)
+                                  : lm__safetensors_read_into(ctx, found, model);
+    lm_free(ctx, found);
     if (s != LM_OK) {
         lm_model_destroy(model);
         return s;

@@ -8,6 +8,8 @@
 #include <sys/stat.h>
 
 #include "core/internal.h"
+#include "io/input_file.h"
+#include "io/json_check.h"
 #include "libmerge/peft.h"
 #include "libmerge/safetensors.h"
 
@@ -19,32 +21,29 @@ struct peft_config {
     const cJSON *rank_pattern, *alpha_pattern;
 };
 
+/* adapter_config.json files are a few KB. */
+#define MAX_CONFIG ((size_t)1 << 26)
+
 static bool file_exists(const char *path)
 {
     struct stat st;
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-static char *slurp(lm_context *ctx, const char *path)
+static bool exists(const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char *buf = NULL;
-    if (fseek(f, 0, SEEK_END) == 0) {
-        long n = ftell(f);
-        if (n >= 0 && n < (1L << 26) && fseek(f, 0, SEEK_SET) == 0 &&
-            (buf = lm_alloc(ctx, (size_t)n + 1)) != NULL) {
-            if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
-                lm_free(ctx, buf);
-                buf = NULL;
-            } else {
-                buf[n] = '\0';
-            }
-        }
-    }
-    fclose(f);
-    return buf;
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+/* "dir/name" in a new string (lm_free), or NULL when out of memory. */
+static char *join(lm_context *ctx, const char *dir, const char *name)
+{
+    size_t n = strlen(dir) + 1 + strlen(name) + 1;
+    char *p = lm_alloc(ctx, n);
+    if (p)
+        snprintf(p, n, "%s/%s", dir, name);
+    return p;
 }
 
 static lm_status parse_config(lm_context *ctx, const char *path,
@@ -247,6 +246,15 @@ static lm_status add_pair(lm_context *ctx, const char *path,
     return st;
 }
 
+/* The factor's partner: the key with lora_A and lora_B swapped. */
+static const lm_tensor *partner_of(const lm_model *m, char *buf,
+                                   const char *key, size_t mod_len, int which)
+{
+    memcpy(buf, key, mod_len);
+    strcpy(buf + mod_len, which ? ".lora_A.weight" : ".lora_B.weight");
+    return lm__model_lookup(m, buf);
+}
+
 static lm_status read_factors(lm_context *ctx, const char *path,
                               const struct peft_config *c, const lm_model *m,
                               lm_lora *lora)
@@ -257,66 +265,94 @@ static lm_status read_factors(lm_context *ctx, const char *path,
         size_t mod_len = split_key(key, &which);
         if (strncmp(key, PREFIX, strlen(PREFIX)) || mod_len <= strlen(PREFIX))
             return unsupported_key(ctx, path, key);
-        if (which == 1) { /* checked from its lora_A */
-            char partner[4096];
-            snprintf(partner, sizeof(partner), "%.*s.lora_A.weight",
-                     (int)mod_len, key);
-            if (!lm__model_lookup(m, partner))
-                return lm_context_set_error(ctx, LM_ERR_FORMAT,
-                                            "%s: '%s' has no matching "
-                                            "lora_A", path, key);
-            continue;
+        /* Both the partner key and the module fit in strlen(key) + 1. */
+        char *buf = lm_alloc(ctx, strlen(key) + 1);
+        if (!buf)
+            return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                        "%s: out of memory reading tensor "
+                                        "'%s'", path, key);
+        const lm_tensor *mate = partner_of(m, buf, key, mod_len, which);
+        lm_status st = LM_OK;
+        if (!mate)
+            st = lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                      "%s: '%s' has no matching %s", path,
+                                      key, which ? "lora_A" : "lora_B");
+        else if (which == 0) { /* each pair once, from its lora_A */
+            size_t n = mod_len - strlen(PREFIX);
+            memmove(buf, key + strlen(PREFIX), n);
+            buf[n] = '\0';
+            st = lm__oom_in(ctx, add_pair(ctx, path, c, lora, buf,
+                                          lm_model_tensor(m, i), mate),
+                            path, "module", buf);
         }
-        char module[4096], partner[4096];
-        snprintf(module, sizeof(module), "%.*s",
-                 (int)(mod_len - strlen(PREFIX)), key + strlen(PREFIX));
-        snprintf(partner, sizeof(partner), "%.*s.lora_B.weight", (int)mod_len,
-                 key);
-        const lm_tensor *b = lm__model_lookup(m, partner);
-        if (!b)
-            return lm_context_set_error(ctx, LM_ERR_FORMAT,
-                                        "%s: '%s' has no matching lora_B",
-                                        path, key);
-        LM_TRY(add_pair(ctx, path, c, lora, module, lm_model_tensor(m, i), b));
+        lm_free(ctx, buf);
+        LM_TRY(st);
     }
     return LM_OK;
+}
+
+static lm_status read_config(lm_context *ctx, const char *cfg_path,
+                             cJSON **root)
+{
+    char *text = NULL;
+    size_t len = 0;
+    LM_TRY(lm__read_input(ctx, NULL, cfg_path, MAX_CONFIG, &text, &len));
+    lm_status st = lm__json_check(ctx, cfg_path, text, len, "");
+    if (st == LM_OK) {
+        *root = cJSON_ParseWithLength(text, len);
+        if (!*root)
+            st = lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                      "%s: not well-formed JSON", cfg_path);
+    }
+    lm_free(ctx, text);
+    return st;
+}
+
+/* Which of the two files is missing, or neither. A path that exists but
+ * is not a regular file (a FIFO, a directory) is left to the readers,
+ * which refuse it by name. */
+static lm_status check_files(lm_context *ctx, const char *dir,
+                             const char *cfg_path, const char *st_path)
+{
+    if (!exists(cfg_path))
+        return lm_context_set_error(ctx, LM_ERR_IO,
+                                    "'%s' is not a PEFT adapter directory "
+                                    "(no adapter_config.json)", dir);
+    if (exists(st_path))
+        return LM_OK;
+    char *bin = join(ctx, dir, "adapter_model.bin");
+    if (!bin)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "out of memory opening '%s'", dir);
+    bool pickle = file_exists(bin);
+    lm_free(ctx, bin);
+    if (pickle)
+        return lm_context_set_error(ctx, LM_ERR_UNSUPPORTED,
+                                    "%s: adapter_model.bin (pickle) is not "
+                                    "supported; save the adapter with "
+                                    "safe_serialization=True", dir);
+    return lm_context_set_error(ctx, LM_ERR_IO,
+                                "%s: no adapter_model.safetensors", dir);
 }
 
 lm_status lm_peft_read(lm_context *ctx, const char *dir, lm_lora **out)
 {
     if (!ctx || !dir || !out)
         return LM_ERR_INVALID_ARGUMENT;
-    char cfg_path[4096], st_path[4096];
-    snprintf(cfg_path, sizeof(cfg_path), "%s/adapter_config.json", dir);
-    snprintf(st_path, sizeof(st_path), "%s/adapter_model.safetensors", dir);
-    if (!file_exists(cfg_path))
-        return lm_context_set_error(ctx, LM_ERR_IO,
-                                    "'%s' is not a PEFT adapter directory "
-                                    "(no adapter_config.json)", dir);
-    if (!file_exists(st_path)) {
-        char bin[4096];
-        snprintf(bin, sizeof(bin), "%s/adapter_model.bin", dir);
-        return lm_context_set_error(ctx, file_exists(bin) ? LM_ERR_UNSUPPORTED
-                                                          : LM_ERR_IO,
-                                    file_exists(bin)
-                                        ? "%s: adapter_model.bin (pickle) is "
-                                          "not supported; save the adapter "
-                                          "with safe_serialization=True"
-                                        : "%s: no adapter_model.safetensors",
-                                    dir);
-    }
-    char *text = slurp(ctx, cfg_path);
-    if (!text)
-        return lm_context_set_error(ctx, LM_ERR_IO, "cannot read '%s'",
-                                    cfg_path);
-    cJSON *root = cJSON_Parse(text);
-    lm_free(ctx, text);
+    char *cfg_path = join(ctx, dir, "adapter_config.json");
+    char *st_path = join(ctx, dir, "adapter_model.safetensors");
+    lm_status st = cfg_path && st_path
+                       ? check_files(ctx, dir, cfg_path, st_path)
+                       : lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                              "out of memory opening '%s'",
+                                              dir);
+    cJSON *root = NULL;
+    if (st == LM_OK)
+        st = read_config(ctx, cfg_path, &root);
     struct peft_config c;
     memset(&c, 0, sizeof(c));
-    lm_status st = root ? parse_config(ctx, cfg_path, root, &c)
-                        : lm_context_set_error(ctx, LM_ERR_FORMAT,
-                                               "%s: not well-formed JSON",
-                                               cfg_path);
+    if (st == LM_OK)
+        st = parse_config(ctx, cfg_path, root, &c);
     lm_model *m = NULL;
     lm_lora *lora = NULL;
     if (st == LM_OK)
@@ -330,6 +366,8 @@ lm_status lm_peft_read(lm_context *ctx, const char *dir, lm_lora **out)
                                   "%s: no LoRA factors", st_path);
     lm_model_destroy(m);
     cJSON_Delete(root);
+    lm_free(ctx, cfg_path);
+    lm_free(ctx, st_path);
     if (st != LM_OK) {
         lm_lora_destroy(lora);
         return st;

@@ -8,6 +8,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "io/input_file.h"
+#include "io/json_check.h"
 #include "io/mapping.h"
 #include "libmerge/safetensors.h"
 
@@ -147,7 +149,9 @@ static lm_status read_metadata(lm_context *ctx, const char *path,
             return lm_context_set_error(ctx, LM_ERR_FORMAT,
                                         "%s: __metadata__ value of '%s' is "
                                         "not a string", path, kv->string);
-        LM_TRY(lm_model_set_metadata(model, kv->string, kv->valuestring));
+        LM_TRY(lm__oom_in(ctx, lm_model_set_metadata(model, kv->string,
+                                                     kv->valuestring),
+                          path, "metadata key", kv->string));
     }
     return LM_OK;
 }
@@ -196,7 +200,8 @@ static lm_status add_tensor(lm_context *ctx, lm_model *model, const char *path,
     lm_tensor *t;
     if ((uintptr_t)data % lm_dtype_size(dtype)) {
         /* safetensors does not promise alignment: copy such tensors. */
-        LM_TRY(lm_tensor_create(ctx, dtype, ndim, shape, &t));
+        LM_TRY(lm__oom_in(ctx, lm_tensor_create(ctx, dtype, ndim, shape, &t),
+                          path, "tensor", name));
         memcpy(t->data, data, lm_tensor_nbytes(t));
     } else {
         bool overflow;
@@ -213,7 +218,7 @@ static lm_status add_tensor(lm_context *ctx, lm_model *model, const char *path,
                                         "%s: duplicate tensor name '%s'",
                                         path, name);
     }
-    return st;
+    return lm__oom_in(ctx, st, path, "tensor", name);
 }
 
 /* Parse one mapped file and add its tensors to `model`. */
@@ -234,6 +239,9 @@ static lm_status parse_file(lm_context *ctx, const char *path,
                                     "file of %zu bytes", path,
                                     (unsigned long long)hlen, map->len);
     const char *json = (const char *)p + 8;
+    /* cJSON stops at a NUL and cuts strings at \u0000: check the bytes
+     * first (padding included, which must be spaces or JSON whitespace). */
+    LM_TRY(lm__json_check(ctx, path, json, (size_t)hlen, "of the header"));
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(json, (size_t)hlen, &end, 0);
     if (!root || !cJSON_IsObject(root)) {
@@ -245,7 +253,7 @@ static lm_status parse_file(lm_context *ctx, const char *path,
     }
     /* Only spaces may pad the JSON (the writer pads to 8 bytes). */
     for (const char *c = end; c < json + hlen; c++)
-        if (*c != ' ' && *c != '\0' && *c != '\n' && *c != '\t' && *c != '\r') {
+        if (*c != ' ' && *c != '\n' && *c != '\t' && *c != '\r') {
             cJSON_Delete(root);
             return lm_context_set_error(ctx, LM_ERR_FORMAT,
                                         "%s: unexpected bytes after the "
@@ -255,7 +263,11 @@ static lm_status parse_file(lm_context *ctx, const char *path,
     for (const cJSON *e = root->child; e; e = e->next)
         n++;
     struct range *ranges = lm__calloc(ctx, n ? n : 1, sizeof(*ranges));
-    lm_status st = ranges ? LM_OK : LM_ERR_OUT_OF_MEMORY;
+    lm_status st = ranges ? LM_OK
+                          : lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                                 "%s: out of memory for the "
+                                                 "header's %zu entries", path,
+                                                 n);
     size_t nr = 0;
     const char *data = (const char *)p + 8 + hlen;
     uint64_t data_len = map->len - 8 - hlen;
@@ -285,6 +297,10 @@ static lm_status parse_file(lm_context *ctx, const char *path,
                             data + ranges[nr].begin);
         nr++;
     }
+    if (st == LM_OK && nr == 0)
+        st = lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                  "%s: the header lists no tensors (an empty "
+                                  "model)", path);
     if (st == LM_OK)
         st = check_coverage(ctx, path, ranges, nr, data_len);
     lm_free(ctx, ranges);
