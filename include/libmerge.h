@@ -24,5 +24,6 @@
 #include "libmerge/nsc.h"
 #include "libmerge/gguf.h"
 #include "libmerge/npz.h"
+#include "libmerge/output.h"
 
 #endif /* LIBMERGE_H */

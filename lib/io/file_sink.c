@@ -1,7 +1,9 @@
 /* A plan sink writing safetensors (optionally sharded, with a Hugging Face
  * index) or GGUF while tensors are merged: the header is laid out at
  * begin, each tensor is pwrite()n at its final offset from whichever worker
- * merged it, and files are renamed into place only at commit. */
+ * merged it, and nothing is visible under a final name before commit: one
+ * file is renamed into place (atomic_file.h), a sharded output is a
+ * directory committed in one step with its index (libmerge/output.h). */
 #include <cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -13,13 +15,15 @@
 #include <unistd.h>
 
 #include "core/internal.h"
+#include "io/atomic_file.h"
 #include "io/gguf_write.h"
 #include "libmerge/file_sink.h"
 #include "libmerge/gguf.h"
+#include "libmerge/output.h"
 
 struct shard {
     char *final_path;
-    char *tmp_path; /* NULL once renamed or removed */
+    char *write_path; /* where the bytes go until commit; NULL after */
     int fd;
 };
 
@@ -27,8 +31,9 @@ struct lm_file_sink {
     lm_sink_vtable vt;
     lm_context *ctx;
     char *path;
-    char *dir;
     bool sharded;
+    struct lm__atomic_file single; /* the file of a one-file output */
+    lm_output_dir *out;            /* the directory of a sharded one */
     uint64_t max_shard_bytes;
     char **meta_keys, **meta_values;
     size_t n_meta;
@@ -62,63 +67,23 @@ static lm_status io_error(lm_file_sink *s, const char *what, const char *path)
                                 strerror(errno));
 }
 
-static char *path_join(lm_context *ctx, const char *dir, const char *name)
+/* Opens shard k's file: a temporary beside a one-file output, or its
+ * final name inside the sharded output's staging directory. */
+static lm_status open_shard(lm_file_sink *s, struct shard *sh)
 {
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = lm_alloc(ctx, n);
-    if (p)
-        snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
-/* Write all of buf at offset, retrying short writes. */
-static int pwrite_all(int fd, const void *buf, size_t n, uint64_t off)
-{
-    const char *p = buf;
-    while (n) {
-        ssize_t w = pwrite(fd, p, n, (off_t)off);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-        off += (uint64_t)w;
+    if (!s->sharded) {
+        LM_TRY(lm__atomic_open(s->ctx, sh->final_path, &s->single));
+        sh->fd = s->single.fd;
+        sh->write_path = lm__strdup(s->ctx, s->single.tmp_path);
+        return sh->write_path ? LM_OK : LM_ERR_OUT_OF_MEMORY;
     }
-    return 0;
-}
-
-static int fsync_dir(const char *dir)
-{
-    int fd = open(dir, O_RDONLY | O_DIRECTORY);
-    if (fd < 0)
-        return -1;
-    int rc = fsync(fd);
-    close(fd);
-    return rc;
-}
-
-/* Create a temporary file next to `final_path`. */
-static lm_status open_temp(lm_file_sink *s, struct shard *sh)
-{
-    const char *base = strrchr(sh->final_path, '/');
-    base = base ? base + 1 : sh->final_path;
-    size_t n = strlen(s->dir) + strlen(base) + 32;
-    sh->tmp_path = lm_alloc(s->ctx, n);
-    if (!sh->tmp_path)
+    const char *name = strrchr(sh->final_path, '/') + 1;
+    sh->write_path = lm__path_join(s->ctx, lm_output_dir_path(s->out), name);
+    if (!sh->write_path)
         return LM_ERR_OUT_OF_MEMORY;
-    snprintf(sh->tmp_path, n, "%s/.%s.tmp.XXXXXX", s->dir, base);
-    sh->fd = mkstemp(sh->tmp_path);
-    if (sh->fd < 0) {
-        lm_status st = io_error(s, "cannot create a temporary file in",
-                                s->dir);
-        lm_free(s->ctx, sh->tmp_path);
-        sh->tmp_path = NULL;
-        return st;
-    }
-    fchmod(sh->fd, 0644);
-    return LM_OK;
+    sh->fd = open(sh->write_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+                  0666);
+    return sh->fd < 0 ? io_error(s, "cannot create", sh->write_path) : LM_OK;
 }
 
 static cJSON *raw_u64(uint64_t v)
@@ -210,7 +175,7 @@ static lm_status assign_shards(lm_file_sink *s, const lm_tensor_desc *o,
             char name[64];
             snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors",
                      k + 1, count);
-            s->shards[k].final_path = path_join(s->ctx, s->dir, name);
+            s->shards[k].final_path = lm__path_join(s->ctx, s->path, name);
         }
         if (!s->shards[k].final_path)
             return LM_ERR_OUT_OF_MEMORY;
@@ -229,10 +194,10 @@ static lm_status begin_gguf(lm_file_sink *s, const lm_tensor_desc *outputs,
     uint64_t file_len = 0;
     LM_TRY(lm__gguf_layout(s->ctx, &in, &header, &hlen, s->tensor_offset,
                            &file_len));
-    lm_status st = open_temp(s, &s->shards[0]);
-    if (st == LM_OK && (pwrite_all(s->shards[0].fd, header, hlen, 0) ||
+    lm_status st = open_shard(s, &s->shards[0]);
+    if (st == LM_OK && (lm__pwrite_all(s->shards[0].fd, header, hlen, 0) ||
                         ftruncate(s->shards[0].fd, (off_t)file_len)))
-        st = io_error(s, "cannot write", s->shards[0].tmp_path);
+        st = io_error(s, "cannot write", s->shards[0].write_path);
     lm_free(s->ctx, header);
     return st;
 }
@@ -268,7 +233,7 @@ static lm_status sink_begin(void *user, const lm_tensor_desc *outputs,
             return lm_context_set_error(s->ctx, LM_ERR_OUT_OF_MEMORY,
                                         "safetensors sink: out of memory "
                                         "building the header");
-        lm_status st = open_temp(s, &s->shards[k]);
+        lm_status st = open_shard(s, &s->shards[k]);
         unsigned char len8[8];
         for (int b = 0; b < 8; b++)
             len8[b] = (unsigned char)((uint64_t)hlen >> (8 * b));
@@ -279,10 +244,10 @@ static lm_status sink_begin(void *user, const lm_tensor_desc *outputs,
                 data_bytes += outputs[i].nbytes;
             }
         if (st == LM_OK &&
-            (pwrite_all(s->shards[k].fd, len8, 8, 0) ||
-             pwrite_all(s->shards[k].fd, header, hlen, 8) ||
+            (lm__pwrite_all(s->shards[k].fd, len8, 8, 0) ||
+             lm__pwrite_all(s->shards[k].fd, header, hlen, 8) ||
              ftruncate(s->shards[k].fd, (off_t)(data_start + data_bytes))))
-            st = io_error(s, "cannot write", s->shards[k].tmp_path);
+            st = io_error(s, "cannot write", s->shards[k].write_path);
         lm_free(s->ctx, header);
         LM_TRY(st);
     }
@@ -294,29 +259,32 @@ static lm_status sink_write(void *user, size_t index, const void *data,
 {
     lm_file_sink *s = user;
     struct shard *sh = &s->shards[s->tensor_shard[index]];
-    if (pwrite_all(sh->fd, data, nbytes, s->tensor_offset[index]))
+    if (lm__pwrite_all(sh->fd, data, nbytes, s->tensor_offset[index]))
         return lm_context_set_error(s->ctx, LM_ERR_IO,
                                     "cannot write tensor '%s' to '%s': %s",
-                                    s->tensor_names[index], sh->tmp_path,
+                                    s->tensor_names[index], sh->write_path,
                                     strerror(errno));
     return LM_OK;
 }
 
+/* Forgets the files being written; a one-file output's temporary is
+ * removed here, a sharded output's staging directory by lm_output_dir. */
 static void discard_temps(lm_file_sink *s)
 {
     for (size_t k = 0; k < s->n_shards; k++) {
         struct shard *sh = &s->shards[k];
-        if (sh->fd >= 0)
+        if (sh->fd >= 0 && s->sharded)
             close(sh->fd);
         sh->fd = -1;
-        if (sh->tmp_path) {
-            unlink(sh->tmp_path);
-            lm_free(s->ctx, sh->tmp_path);
-            sh->tmp_path = NULL;
-        }
+        lm_free(s->ctx, sh->write_path);
+        sh->write_path = NULL;
     }
+    lm__atomic_discard(&s->single);
+    lm_output_dir_destroy(s->out);
+    s->out = NULL;
 }
 
+/* model.safetensors.index.json inside the staging directory. */
 static lm_status write_index(lm_file_sink *s)
 {
     cJSON *root = cJSON_CreateObject();
@@ -335,58 +303,56 @@ static lm_status write_index(lm_file_sink *s)
     char *json = ok ? cJSON_Print(root) : NULL;
     cJSON_Delete(root);
     if (!json)
-        return LM_ERR_OUT_OF_MEMORY;
-    struct shard idx = {path_join(s->ctx, s->dir,
-                                  "model.safetensors.index.json"), NULL, -1};
-    lm_status st = idx.final_path ? open_temp(s, &idx) : LM_ERR_OUT_OF_MEMORY;
-    if (st == LM_OK && (pwrite_all(idx.fd, json, strlen(json), 0) ||
-                        pwrite_all(idx.fd, "\n", 1, strlen(json)) ||
-                        fsync(idx.fd) ||
-                        rename(idx.tmp_path, idx.final_path)))
-        st = io_error(s, "cannot write", idx.final_path);
-    if (idx.fd >= 0)
-        close(idx.fd);
-    if (st != LM_OK && idx.tmp_path)
-        unlink(idx.tmp_path);
-    lm_free(s->ctx, idx.tmp_path);
-    lm_free(s->ctx, idx.final_path);
+        return lm_context_set_error(s->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "out of memory building the index of "
+                                    "'%s'", s->path);
+    struct shard idx = {NULL, lm__path_join(s->ctx, lm_output_dir_path(s->out),
+                                            "model.safetensors.index.json"),
+                        -1};
+    lm_status st = LM_OK;
+    if (!idx.write_path)
+        st = LM_ERR_OUT_OF_MEMORY;
+    else if ((idx.fd = open(idx.write_path,
+                            O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666)) < 0 ||
+             lm__pwrite_all(idx.fd, json, strlen(json), 0) ||
+             lm__pwrite_all(idx.fd, "\n", 1, strlen(json)))
+        st = io_error(s, "cannot write", idx.write_path);
+    if (idx.fd >= 0 && close(idx.fd) && st == LM_OK)
+        st = io_error(s, "cannot write", idx.write_path);
+    lm_free(s->ctx, idx.write_path);
     cJSON_free(json);
     return st;
+}
+
+static lm_status commit_shards(lm_file_sink *s)
+{
+    for (size_t k = 0; k < s->n_shards; k++) {
+        struct shard *sh = &s->shards[k];
+        int rc = close(sh->fd);
+        sh->fd = -1;
+        if (rc)
+            return io_error(s, "cannot write", sh->write_path);
+    }
+    /* The index is part of the same directory commit: shards never
+     * appear without it. */
+    LM_TRY(write_index(s));
+    return lm_output_dir_commit(s->out);
 }
 
 static lm_status sink_end(void *user, int commit)
 {
     lm_file_sink *s = user;
-    if (!commit) {
-        discard_temps(s);
-        return LM_OK;
-    }
-    for (size_t k = 0; k < s->n_shards; k++) {
-        struct shard *sh = &s->shards[k];
-        if (fsync(sh->fd) || close(sh->fd)) {
-            sh->fd = -1;
-            lm_status st = io_error(s, "cannot flush", sh->tmp_path);
-            discard_temps(s);
-            return st;
+    lm_status st = LM_OK;
+    if (commit && s->shards) {
+        if (s->sharded) {
+            st = commit_shards(s);
+        } else {
+            s->shards[0].fd = -1; /* the atomic file closes it */
+            st = lm__atomic_commit(&s->single);
         }
-        sh->fd = -1;
     }
-    for (size_t k = 0; k < s->n_shards; k++) {
-        struct shard *sh = &s->shards[k];
-        if (rename(sh->tmp_path, sh->final_path)) {
-            lm_status st = io_error(s, "cannot rename into place",
-                                    sh->final_path);
-            discard_temps(s);
-            return st;
-        }
-        lm_free(s->ctx, sh->tmp_path);
-        sh->tmp_path = NULL;
-    }
-    /* The index goes last: without it a sharded output is incomplete. */
-    lm_status st = s->sharded ? write_index(s) : LM_OK;
-    if (st == LM_OK && fsync_dir(s->dir))
-        st = io_error(s, "cannot sync directory", s->dir);
-    s->committed = st == LM_OK;
+    s->committed = commit && s->shards && st == LM_OK;
+    discard_temps(s);
     return st;
 }
 
@@ -469,18 +435,9 @@ static lm_status create_sink(lm_context *ctx, const char *path,
     s->max_shard_bytes = o.max_shard_bytes;
     s->path = lm__strdup(ctx, path);
     lm_status st = s->path ? LM_OK : LM_ERR_OUT_OF_MEMORY;
-    if (st == LM_OK && s->sharded) {
-        s->dir = lm__strdup(ctx, path);
-        if (s->dir && mkdir(path, 0777) && errno != EEXIST)
-            st = io_error(s, "cannot create directory", path);
-    } else if (st == LM_OK) {
-        const char *slash = strrchr(path, '/');
-        s->dir = slash ? lm__strdup(ctx, path) : lm__strdup(ctx, ".");
-        if (s->dir && slash)
-            s->dir[slash == path ? 1 : slash - path] = '\0';
-    }
-    if (st == LM_OK && !s->dir)
-        st = LM_ERR_OUT_OF_MEMORY;
+    s->single = (struct lm__atomic_file){ctx, NULL, NULL, -1};
+    if (st == LM_OK && s->sharded)
+        st = lm_output_dir_begin(ctx, path, NULL, &s->out);
     if (st == LM_OK && o.n_metadata) {
         s->meta_keys = lm__calloc(ctx, o.n_metadata, sizeof(char *));
         s->meta_values = lm__calloc(ctx, o.n_metadata, sizeof(char *));
@@ -528,10 +485,10 @@ lm_status lm_file_sink_layout(const lm_file_sink *s, size_t index,
                                     "file sink: tensor %zu of %zu", index,
                                     s->n_tensors);
     const struct shard *sh = &s->shards[s->tensor_shard[index]];
-    if (!sh->tmp_path)
+    if (!sh->write_path)
         return lm_context_set_error(s->ctx, LM_ERR_STATE,
                                     "file sink: the output was discarded");
-    *path = sh->tmp_path;
+    *path = sh->write_path;
     *offset = s->tensor_offset[index];
     return LM_OK;
 }
@@ -567,7 +524,6 @@ void lm_file_sink_destroy(lm_file_sink *s)
     lm_free(s->ctx, s->meta_keys);
     lm_free(s->ctx, s->meta_values);
     lm_free(s->ctx, s->path);
-    lm_free(s->ctx, s->dir);
     lm_free(s->ctx, s);
 }
 

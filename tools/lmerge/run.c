@@ -19,7 +19,7 @@ struct run_opts {
     int threads;
     uint64_t shard_bytes;
     const char *dtype;
-    bool json, quiet, copy_files;
+    bool json, quiet, copy_files, overwrite;
 };
 
 static void run_usage(FILE *f)
@@ -27,13 +27,16 @@ static void run_usage(FILE *f)
     fprintf(f,
             "usage: lmerge run CONFIG.yaml -o OUT_DIR [--threads N]\n"
             "                  [--shard-size SIZE] [--dtype f32|f16|bf16]\n"
-            "                  [--json] [--quiet] [--no-copy-files]\n"
+            "                  [--json] [--quiet] [--no-copy-files] [--overwrite]\n"
             "\n"
             "CONFIG follows mergekit: merge_method, base_model, models: [{model,\n"
             "parameters: {weight, ...}}], parameters, dtype/out_dtype.\n"
             "SIZE accepts K/M/G/T suffixes (bytes, powers of 1000; KiB/MiB/GiB\n"
             "for powers of 1024); default 5G. The output is OUT_DIR/model.safetensors,\n"
-            "or shards plus model.safetensors.index.json when larger than SIZE.\n");
+            "or shards plus model.safetensors.index.json when larger than SIZE.\n"
+            "OUT_DIR appears complete or not at all; it must not exist, be empty,\n"
+            "or (--overwrite) is replaced as a whole. It may not be, contain or\n"
+            "lie inside an input's directory.\n");
 }
 
 /* "5G", "500MB", "2GiB", "123" -> bytes; 0 on error. */
@@ -94,6 +97,8 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
             o->quiet = true;
         } else if (!strcmp(a, "--no-copy-files")) {
             o->copy_files = false;
+        } else if (!strcmp(a, "--overwrite")) {
+            o->overwrite = true;
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             run_usage(stdout);
             exit(0);
@@ -202,6 +207,30 @@ static char *read_text(const char *path)
     return buf;
 }
 
+/* The output directory, guarded against every input of the config. */
+static int begin_output(lm_context *ctx, const struct run_opts *o,
+                        const struct lmerge_config *c, lm_output_dir **out)
+{
+    const char **inputs = calloc(c->n_models + 1, sizeof(*inputs));
+    if (!inputs) {
+        fprintf(stderr, "lmerge run: out of memory\n");
+        return -1;
+    }
+    inputs[0] = c->base_model;
+    for (size_t m = 0; m < c->n_models; m++)
+        inputs[m + 1] = c->models[m].path;
+    lm_output_dir_options opts;
+    lm_output_dir_options_init(&opts);
+    opts.overwrite = o->overwrite;
+    opts.inputs = inputs;
+    opts.n_inputs = c->n_models + 1;
+    lm_status st = lm_output_dir_begin(ctx, o->out_dir, &opts, out);
+    free(inputs);
+    if (st != LM_OK)
+        fprintf(stderr, "lmerge run: %s\n", lm_context_error(ctx));
+    return st != LM_OK;
+}
+
 /* Rank and rank count under MPI; 0 and 1 otherwise. */
 static int my_rank(void)
 {
@@ -239,6 +268,7 @@ int lmerge_run(int argc, char **argv)
     double *weights = calloc(c.n_models, sizeof(*weights));
     lm_plan *plan = NULL;
     lm_file_sink *sink = NULL;
+    lm_output_dir *out = NULL;
     char *config_text = read_text(o.config);
     lm_context_options co = LM_CONTEXT_OPTIONS_INIT;
     co.n_threads = o.threads;
@@ -294,16 +324,16 @@ int lmerge_run(int argc, char **argv)
         total += lm_tensor_numel(t) *
                  lm_dtype_size(dtype_name ? out_dtype : lm_tensor_dtype(t));
     }
-    if (mkdir(o.out_dir, 0777) && errno != EEXIST) {
-        fprintf(stderr, "lmerge run: cannot create '%s': %s\n", o.out_dir,
-                strerror(errno));
+    /* Everything is written into a staging directory that becomes
+     * OUT_DIR in one step at the end (rank 0 owns it under MPI). */
+    if (my_rank() == 0 && begin_output(ctx, &o, &c, &out))
         goto done;
-    }
+    const char *staging = out ? lm_output_dir_path(out) : o.out_dir;
     /* A GGUF base gives a GGUF output carrying its key/values. */
     bool gguf = lmerge_is_gguf(c.base_model);
+    const char *single_name = gguf ? "model.gguf" : "model.safetensors";
     char single[4096];
-    snprintf(single, sizeof(single), "%s/model.%s", o.out_dir,
-             gguf ? "gguf" : "safetensors");
+    snprintf(single, sizeof(single), "%s/%s", staging, single_name);
     char version[64];
     snprintf(version, sizeof(version), "libmerge %s", lm_version_string());
     const char *keys[] = {"format", "merged_by", "merge_method", "merge_config"};
@@ -326,7 +356,7 @@ int lmerge_run(int argc, char **argv)
         my_rank() != 0 ? LM_OK
         : gguf         ? lm_gguf_sink_create(ctx, single, &go, &sink)
                        : lm_safetensors_sink_create(
-                     ctx, so.max_shard_bytes ? o.out_dir : single, &so, &sink);
+                     ctx, so.max_shard_bytes ? staging : single, &so, &sink);
     if (sink_st) {
         fprintf(stderr, "lmerge run: %s\n", lm_context_error(ctx));
         goto done;
@@ -353,9 +383,15 @@ int lmerge_run(int argc, char **argv)
         rc = 0; /* rank 0 copies the side files and reports */
         goto done;
     }
-    if (o.copy_files && lmerge_copy_side_files(c.base_model, o.out_dir, err,
+    /* Side files go into the staging directory too, so a failed copy
+     * leaves no model without its config behind. */
+    if (o.copy_files && lmerge_copy_side_files(c.base_model, staging, err,
                                                sizeof(err))) {
         fprintf(stderr, "lmerge run: %s\n", err);
+        goto done;
+    }
+    if (lm_output_dir_commit(out)) {
+        fprintf(stderr, "lmerge run: %s\n", lm_context_error(ctx));
         goto done;
     }
     clock_gettime(CLOCK_MONOTONIC, &t1);
@@ -367,18 +403,20 @@ int lmerge_run(int argc, char **argv)
                "\"files\": [", c.merge_method, c.n_models,
                lm_model_count(base), (unsigned long long)total, secs);
         for (size_t i = 0; i < lm_file_sink_file_count(sink); i++)
-            printf("%s\"%s\"", i ? ", " : "", lm_file_sink_file(sink, i));
+            printf("%s\"%s/%s\"", i ? ", " : "", o.out_dir,
+                   strrchr(lm_file_sink_file(sink, i), '/') + 1);
         printf("]}\n");
     } else if (!o.quiet) {
         bool small = total < 1000000;
         printf("merged %zu models with %s: %zu tensors, %.1f %s in %.2f s -> "
                "%s\n", c.n_models, c.merge_method, lm_model_count(base),
                small ? total / 1e3 : total / 1e6, small ? "kB" : "MB", secs,
-               so.max_shard_bytes ? o.out_dir : single);
+               o.out_dir);
     }
     rc = 0;
 done:
     lm_file_sink_destroy(sink);
+    lm_output_dir_destroy(out); /* removes the staging directory on failure */
     lm_plan_destroy(plan);
     for (size_t m = 0; models && adapters && m < c.n_models; m++) {
         lm_model_destroy(models[m]);

@@ -1,5 +1,7 @@
 /* Copying the base model's non-weight files (config.json, tokenizer
- * files, ...) next to the merged weights, each through a temporary name. */
+ * files, ...) next to the merged weights. They are copied into the
+ * output's staging directory, so they need no temporary names of their
+ * own: the whole directory is committed (flushed and renamed) at once. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -29,13 +31,33 @@ static bool is_weight_file(const char *name)
     return false;
 }
 
+/* Opened without blocking (a FIFO would otherwise hang the open) and
+ * checked to be a regular file on the descriptor itself. */
+static int open_regular(const char *src)
+{
+    int fd = open(src, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    struct stat st;
+    if (fd >= 0 && (fstat(fd, &st) || !S_ISREG(st.st_mode))) {
+        close(fd);
+        errno = EINVAL;
+        return -1;
+    }
+    return fd;
+}
+
 static int copy_file(const char *src, const char *dst_dir, const char *name,
                      char *err, size_t err_size)
 {
-    char dst[4096], tmp[4096];
-    snprintf(dst, sizeof(dst), "%s/%s", dst_dir, name);
-    snprintf(tmp, sizeof(tmp), "%s/.%s.tmp.XXXXXX", dst_dir, name);
-    int in = open(src, O_RDONLY), out = in >= 0 ? mkstemp(tmp) : -1;
+    char dst[4096];
+    if ((size_t)snprintf(dst, sizeof(dst), "%s/%s", dst_dir, name) >=
+        sizeof(dst)) {
+        snprintf(err, err_size, "path too long: '%s/%s'", dst_dir, name);
+        return -1;
+    }
+    int in = open_regular(src);
+    int out = in >= 0 ? open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+                             0666)
+                      : -1;
     bool ok = in >= 0 && out >= 0;
     char buf[65536];
     while (ok) {
@@ -52,18 +74,16 @@ static int copy_file(const char *src, const char *dst_dir, const char *name,
             off += w > 0 ? w : 0;
         }
     }
-    ok = ok && fchmod(out, 0644) == 0 && fsync(out) == 0;
     int saved = errno;
     if (in >= 0)
         close(in);
-    if (out >= 0 && close(out))
+    if (out >= 0 && close(out) && ok) {
         ok = false;
-    ok = ok && rename(tmp, dst) == 0;
+        saved = errno;
+    }
     if (!ok) {
-        if (out >= 0)
-            unlink(tmp);
         snprintf(err, err_size, "cannot copy '%s' to '%s': %s", src, dst,
-                 strerror(saved ? saved : errno));
+                 saved == EINVAL ? "not a regular file" : strerror(saved));
         return -1;
     }
     return 0;
@@ -87,6 +107,8 @@ int lmerge_copy_side_files(const char *base_path, const char *out_dir,
             continue;
         char src[4096];
         snprintf(src, sizeof(src), "%s/%s", base_path, e->d_name);
+        /* stat follows links (Hugging Face cache snapshots are links to
+         * blobs); FIFOs, sockets and devices are not side files. */
         if (stat(src, &st) || !S_ISREG(st.st_mode))
             continue;
         rc = copy_file(src, out_dir, e->d_name, err, err_size);
