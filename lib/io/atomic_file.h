@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "libmerge/common.h"
+#include "libmerge/context.h"
 
 struct lm__atomic_file {
     lm_context *ctx;

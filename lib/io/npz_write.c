@@ -12,6 +12,7 @@
 #include <zlib.h>
 
 #include "io/npy_header.h"
+#include "io/atomic_file.h"
 #include "libmerge/npz.h"
 
 #define DOS_DATE_1980 0x21u
@@ -21,7 +22,6 @@ struct writer {
     lm_context *ctx;
     int fd;
     uint64_t at;
-    const char *tmp;
     bool failed;
 };
 
@@ -236,18 +236,6 @@ static void central_directory(struct writer *w, const struct entry *e,
     put(w, eocd, 22);
 }
 
-static char *temp_name(lm_context *ctx, const char *path)
-{
-    size_t n = strlen(path) + 16;
-    char *tmp = lm_alloc(ctx, n);
-    if (!tmp)
-        return NULL;
-    const char *slash = strrchr(path, '/');
-    int dir = slash ? (int)(slash - path + 1) : 0;
-    snprintf(tmp, n, "%.*s.%s.XXXXXX", dir, path, path + dir);
-    return tmp;
-}
-
 lm_status lm_npz_write(lm_context *ctx, const lm_model *model,
                        const char *path, const lm_npz_options *options)
 {
@@ -268,40 +256,26 @@ lm_status lm_npz_write(lm_context *ctx, const lm_model *model,
                                         "npz: cannot write lazy tensor '%s'",
                                         lm_model_name(model, i));
     struct entry *e = lm__calloc(ctx, n ? n : 1, sizeof(*e));
-    char *tmp = temp_name(ctx, path);
-    if (!e || !tmp) {
-        lm_free(ctx, e);
-        lm_free(ctx, tmp);
+    if (!e)
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
-                                    "npz: out of memory");
-    }
-    struct writer w = {ctx, mkstemp(tmp), 0, tmp, false};
-    lm_status st = LM_OK;
-    if (w.fd < 0)
-        st = lm_context_set_error(ctx, LM_ERR_IO, "npz: cannot create a "
-                                  "temporary file for '%s': %s", path,
-                                  strerror(errno));
-    else
-        fchmod(w.fd, 0644);
+                                    "npz: out of memory writing '%s'", path);
+    struct lm__atomic_file file;
+    lm_status st = lm__atomic_open(ctx, path, &file);
+    struct writer w = {ctx, file.fd, 0, false};
     for (size_t i = 0; st == LM_OK && i < n; i++)
         st = write_member(&w, lm_model_name(model, i),
                           lm_model_tensor(model, i), o.compress != 0, &e[i]);
     if (st == LM_OK)
         central_directory(&w, e, n);
-    if (st == LM_OK && (w.failed || fsync(w.fd)))
+    if (st == LM_OK && w.failed)
         st = lm_context_set_error(ctx, LM_ERR_IO, "npz: cannot write '%s': "
                                   "%s", path, strerror(errno ? errno : EIO));
-    if (w.fd >= 0 && close(w.fd) && st == LM_OK)
-        st = lm_context_set_error(ctx, LM_ERR_IO, "npz: cannot write '%s'",
-                                  path);
-    if (st == LM_OK && rename(tmp, path))
-        st = lm_context_set_error(ctx, LM_ERR_IO, "npz: cannot rename into "
-                                  "'%s': %s", path, strerror(errno));
-    if (st != LM_OK && w.fd >= 0)
-        unlink(tmp);
+    if (st == LM_OK)
+        st = lm__atomic_commit(&file);
+    else
+        lm__atomic_discard(&file);
     for (size_t i = 0; i < n; i++)
         lm_free(ctx, e[i].name);
     lm_free(ctx, e);
-    lm_free(ctx, tmp);
     return st;
 }

@@ -3,7 +3,7 @@
 #ifndef LM_IO_PATH_OVERLAP_H
 #define LM_IO_PATH_OVERLAP_H
 
-#include "libmerge/common.h"
+#include "libmerge/context.h"
 
 /* LM_OK when writing the directory `dest` (which may not exist yet) cannot
  * touch `input`; otherwise LM_ERR_INVALID_ARGUMENT with a message naming

@@ -4,7 +4,7 @@
 #ifndef LM_IO_TREE_H
 #define LM_IO_TREE_H
 
-#include "libmerge/common.h"
+#include "libmerge/context.h"
 
 /* fsync every regular file and directory under (and including) `root`. */
 lm_status lm__tree_sync(lm_context *ctx, const char *root);

@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "io/atomic_file.h"
 #include "stats/stats_internal.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -38,63 +39,48 @@ lm_status lm_stats_save(const lm_stats *s, const char *path)
 {
     if (!s || !path)
         return LM_ERR_INVALID_ARGUMENT;
-    size_t n = strlen(path);
-    char *tmp = lm_alloc(s->ctx, n + 16);
-    if (!tmp)
-        return LM_ERR_OUT_OF_MEMORY;
-    snprintf(tmp, n + 16, "%s.tmp.XXXXXX", path);
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        lm_status st = lm_context_set_error(s->ctx, LM_ERR_IO,
-                                            "stats: cannot create '%s': %s",
-                                            tmp, strerror(errno));
-        lm_free(s->ctx, tmp);
-        return st;
-    }
-    fchmod(fd, 0644);
-    struct writer w = {fdopen(fd, "wb"), crc32(0L, Z_NULL, 0), true};
+    struct lm__atomic_file file;
+    LM_TRY(lm__atomic_open(s->ctx, path, &file));
+    struct writer w = {fdopen(file.fd, "wb"), crc32(0L, Z_NULL, 0), true};
     if (!w.f) {
-        close(fd);
+        lm__atomic_discard(&file);
+        return lm_context_set_error(s->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "stats: out of memory writing '%s'", path);
+    }
+    file.fd = dup(fileno(w.f)); /* the atomic file syncs and closes its own */
+    uint32_t version = 1, zero = 0;
+    uint64_t count = s->count;
+    put(&w, MAGIC, 8);
+    put(&w, &version, 4);
+    put(&w, &zero, 4);
+    put(&w, &count, 8);
+    for (size_t i = 0; i < s->count; i++) {
+        struct lm_stats_entry *e = s->entries[i];
+        pthread_mutex_lock(&e->lock);
+        uint64_t model = e->model, d = e->d_in, rows = e->n_rows;
+        uint32_t len = (uint32_t)strlen(e->name);
+        put(&w, &model, 8);
+        put(&w, &len, 4);
+        put(&w, e->name, len);
+        put(&w, &d, 8);
+        put(&w, &rows, 8);
+        for (size_t r = 0; r < e->d_in; r++)
+            put(&w, e->gram + r * e->d_in + r, (e->d_in - r) * sizeof(double));
+        pthread_mutex_unlock(&e->lock);
+    }
+    uint32_t crc = (uint32_t)w.crc;
+    if (w.ok && fwrite(&crc, 1, 4, w.f) != 4)
         w.ok = false;
-    } else {
-        uint32_t version = 1, zero = 0;
-        uint64_t count = s->count;
-        put(&w, MAGIC, 8);
-        put(&w, &version, 4);
-        put(&w, &zero, 4);
-        put(&w, &count, 8);
-        for (size_t i = 0; i < s->count; i++) {
-            struct lm_stats_entry *e = s->entries[i];
-            pthread_mutex_lock(&e->lock);
-            uint64_t model = e->model, d = e->d_in, rows = e->n_rows;
-            uint32_t len = (uint32_t)strlen(e->name);
-            put(&w, &model, 8);
-            put(&w, &len, 4);
-            put(&w, e->name, len);
-            put(&w, &d, 8);
-            put(&w, &rows, 8);
-            for (size_t r = 0; r < e->d_in; r++)
-                put(&w, e->gram + r * e->d_in + r,
-                    (e->d_in - r) * sizeof(double));
-            pthread_mutex_unlock(&e->lock);
-        }
-        uint32_t crc = (uint32_t)w.crc;
-        if (w.ok && fwrite(&crc, 1, 4, w.f) != 4)
-            w.ok = false;
-        w.ok = w.ok && fflush(w.f) == 0 && fsync(fileno(w.f)) == 0;
-        if (fclose(w.f))
-            w.ok = false;
-    }
+    w.ok = w.ok && fflush(w.f) == 0;
     int saved = errno;
-    if (w.ok && rename(tmp, path) == 0) {
-        lm_free(s->ctx, tmp);
-        return LM_OK;
-    }
-    unlink(tmp);
-    lm_free(s->ctx, tmp);
+    if (fclose(w.f))
+        w.ok = false;
+    if (w.ok && file.fd >= 0)
+        return lm__atomic_commit(&file);
+    lm__atomic_discard(&file);
     return lm_context_set_error(s->ctx, LM_ERR_IO,
                                 "stats: cannot write '%s': %s", path,
-                                strerror(saved ? saved : errno));
+                                strerror(saved ? saved : EIO));
 }
 
 struct reader {

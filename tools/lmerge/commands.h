@@ -33,6 +33,11 @@ int lmerge_mpi_execute(lm_context *ctx, lm_plan *plan, const lm_model *base,
                        lm_file_sink *sink);
 #endif
 
+/* interrupt.c: SIGINT/SIGTERM/SIGHUP set a flag that cancels the run;
+ * lmerge_interrupted() returns the signal received, or 0. */
+void lmerge_interrupt_install(void);
+int lmerge_interrupted(void);
+
 /* Copy non-weight files of a base model directory into out_dir. */
 int lmerge_copy_side_files(const char *base_path, const char *out_dir,
                            char *err, size_t err_size);

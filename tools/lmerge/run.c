@@ -126,8 +126,10 @@ static int show_progress(size_t done, size_t total, uint64_t bytes,
                          uint64_t bytes_total, void *user)
 {
     struct progress_state *p = user;
+    if (lmerge_interrupted())
+        return 1; /* cancels the merge: the output is discarded */
     time_t now = time(NULL);
-    if (done != total && now == p->last)
+    if (!p->tty || (done != total && now == p->last))
         return 0;
     p->last = now;
     int width = 30, filled = total ? (int)(width * done / total) : width;
@@ -227,7 +229,10 @@ static int begin_output(lm_context *ctx, const struct run_opts *o,
     lm_status st = lm_output_dir_begin(ctx, o->out_dir, &opts, out);
     free(inputs);
     if (st != LM_OK)
-        fprintf(stderr, "lmerge run: %s\n", lm_context_error(ctx));
+        fprintf(stderr, "lmerge run: %s%s\n", lm_context_error(ctx),
+                st == LM_ERR_EXISTS && !o->overwrite
+                    ? " (lmerge run --overwrite)"
+                    : "");
     return st != LM_OK;
 }
 
@@ -255,6 +260,8 @@ int lmerge_run(int argc, char **argv)
     struct run_opts o;
     if (parse_args(argc, argv, &o))
         return 2;
+    if (rank_count() == 1)
+        lmerge_interrupt_install();
     struct lmerge_config c;
     char err[1024];
     if (lmerge_config_load(o.config, &c, err, sizeof(err))) {
@@ -371,8 +378,7 @@ int lmerge_run(int argc, char **argv)
             goto done;
 #endif
     } else {
-        if (ps.tty)
-            lm_plan_set_progress(plan, show_progress, &ps);
+        lm_plan_set_progress(plan, show_progress, &ps);
         if (lm_plan_execute_to(plan, lm_file_sink_vtable(sink))) {
             fprintf(stderr, "lmerge run: merge failed: %s\n",
                     lm_context_error(ctx));
@@ -390,6 +396,8 @@ int lmerge_run(int argc, char **argv)
         fprintf(stderr, "lmerge run: %s\n", err);
         goto done;
     }
+    if (lmerge_interrupted())
+        goto done;
     if (lm_output_dir_commit(out)) {
         fprintf(stderr, "lmerge run: %s\n", lm_context_error(ctx));
         goto done;
@@ -429,5 +437,10 @@ done:
     lm_context_destroy(ctx);
     free(config_text);
     lmerge_config_free(&c);
+    if (rc != 0 && lmerge_interrupted()) {
+        fprintf(stderr, "lmerge run: stopped by signal %d; '%s' was not "
+                "changed\n", lmerge_interrupted(), o.out_dir);
+        return 128 + lmerge_interrupted();
+    }
     return rc;
 }
