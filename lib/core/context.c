@@ -91,6 +91,7 @@ void lm_context_destroy(lm_context *ctx)
     }
     lm_free(ctx, ctx->strategies);
     pthread_mutex_destroy(&ctx->error_lock);
+    lm_free(ctx, ctx->error_long);
     if (ctx->has_allocator)
         ctx->allocator.free(ctx, ctx->allocator.user);
     else
@@ -101,9 +102,14 @@ int lm_context_threads(const lm_context *ctx) { return ctx ? ctx->n_threads : 1;
 
 uint64_t lm_context_seed(const lm_context *ctx) { return ctx ? ctx->seed : 0; }
 
+static const char *current_error(const lm_context *ctx)
+{
+    return ctx->long_current ? ctx->error_long : ctx->error;
+}
+
 const char *lm_context_error(const lm_context *ctx)
 {
-    return ctx ? ctx->error : "";
+    return ctx ? current_error(ctx) : "";
 }
 
 lm_status lm_context_error_status(const lm_context *ctx)
@@ -126,10 +132,11 @@ size_t lm_context_copy_error(const lm_context *ctx, char *buf, size_t size)
     }
     lm_context *c = (lm_context *)ctx;
     pthread_mutex_lock(&c->error_lock);
-    size_t len = strlen(c->error);
+    const char *text = current_error(c);
+    size_t len = strlen(text);
     if (buf && size) {
         size_t n = len < size - 1 ? len : size - 1;
-        memcpy(buf, c->error, n);
+        memcpy(buf, text, n);
         buf[n] = '\0';
     }
     pthread_mutex_unlock(&c->error_lock);
@@ -143,7 +150,25 @@ void lm_context_clear_error(lm_context *ctx)
     pthread_mutex_lock(&ctx->error_lock);
     ctx->error_status = LM_OK;
     ctx->error[0] = '\0';
+    ctx->long_current = false;
     pthread_mutex_unlock(&ctx->error_lock);
+}
+
+/* `format` printed in full: into `small` when it fits, else into a new
+ * buffer from the context's allocator (NULL: *len says how long). */
+static char *format_full(lm_context *ctx, char *small, size_t small_size,
+                         size_t *len, const char *format, va_list ap)
+{
+    va_list again;
+    va_copy(again, ap);
+    int n = vsnprintf(small, small_size, format, ap);
+    char *big = NULL;
+    if (n >= 0 && (size_t)n >= small_size &&
+        (big = lm_alloc(ctx, (size_t)n + 1)) != NULL)
+        vsnprintf(big, (size_t)n + 1, format, again);
+    va_end(again);
+    *len = n < 0 ? 0 : (size_t)n;
+    return big;
 }
 
 lm_status lm_context_set_error(lm_context *ctx, lm_status status,
@@ -152,15 +177,21 @@ lm_status lm_context_set_error(lm_context *ctx, lm_status status,
     if (!ctx)
         return status;
     char msg[LM_ERROR_CAPACITY];
+    size_t len;
     va_list ap;
     va_start(ap, format);
-    vsnprintf(msg, sizeof(msg), format, ap);
+    /* Out of memory for a long message keeps its first part. */
+    char *big = format_full(ctx, msg, sizeof(msg), &len, format, ap);
     va_end(ap);
     pthread_mutex_lock(&ctx->error_lock);
     ctx->error_status = status;
     memcpy(ctx->error, msg, sizeof(msg));
+    char *old = ctx->error_long;
+    ctx->error_long = big;
+    ctx->long_current = big != NULL;
     pthread_mutex_unlock(&ctx->error_lock);
-    lm_log(ctx, LM_LOG_ERROR, "%s", msg);
+    lm_free(ctx, old);
+    lm_log(ctx, LM_LOG_ERROR, "%s", big ? big : msg);
     return status;
 }
 
@@ -169,11 +200,13 @@ void lm_log(lm_context *ctx, int level, const char *format, ...)
     if (!ctx || !ctx->log || level > ctx->log_level)
         return;
     char msg[LM_ERROR_CAPACITY];
+    size_t len;
     va_list ap;
     va_start(ap, format);
-    vsnprintf(msg, sizeof(msg), format, ap);
+    char *big = format_full(ctx, msg, sizeof(msg), &len, format, ap);
     va_end(ap);
-    ctx->log(level, msg, ctx->log_user);
+    ctx->log(level, big ? big : msg, ctx->log_user);
+    lm_free(ctx, big);
 }
 
 void *lm_alloc(lm_context *ctx, size_t size)

@@ -32,6 +32,12 @@ struct lm_context {
     pthread_mutex_t error_lock;
     lm_status error_status;
     char error[LM_ERROR_CAPACITY];
+    /* A message longer than `error` holds, allocated to its size (never
+     * truncated); the current message only while long_current. Freed at
+     * the next failure, not when the error is cleared, so the pointer
+     * lm_context_error returned stays valid until the next failure. */
+    char *error_long;
+    bool long_current;
 
     /* Registration order; each entry individually allocated so pointers
      * handed out stay valid, with its params table normalised to the

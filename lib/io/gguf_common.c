@@ -92,7 +92,8 @@ bool lm__gguf_skip_value(struct gguf_cursor *c, uint32_t type, int depth)
     if (type == GGUF_ARRAY) {
         uint32_t elem;
         uint64_t count;
-        if (depth > 8 || !lm__gguf_u32(c, &elem) || !lm__gguf_u64(c, &count))
+        if (depth > LM_GGUF_MAX_NESTING || !lm__gguf_u32(c, &elem) ||
+            !lm__gguf_u64(c, &count))
             return false;
         size_t size = scalar_size(elem);
         if (size)

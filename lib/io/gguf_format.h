@@ -42,6 +42,29 @@ bool lm__gguf_str(struct gguf_cursor *c, const char **s, uint64_t *len);
 /* Skip one value of `type` (arrays recursively, depth-limited). */
 bool lm__gguf_skip_value(struct gguf_cursor *c, uint32_t type, int depth);
 
+/* Arrays nest at most this deep (an array of arrays is depth 1). */
+#define LM_GGUF_MAX_NESTING 8
+
+/* A key/value's metadata text: strings as they are, other values as JSON
+ * (lib/io/gguf_text.c). */
+enum lm__gguf_text {
+    LM_GGUF_TEXT_OK,
+    LM_GGUF_TEXT_TRUNCATED, /* runs past the end of the file */
+    LM_GGUF_TEXT_TOO_DEEP,  /* arrays nested deeper than the limit */
+    LM_GGUF_TEXT_BAD_TYPE,  /* unknown value or array element type */
+    LM_GGUF_TEXT_TOO_LONG,  /* text longer than the budget */
+    LM_GGUF_TEXT_NUL        /* a string value holding a NUL byte */
+};
+/* Checks the value of `type` at c and measures its text (at most `budget`
+ * bytes, else TOO_LONG), leaving c after the value. */
+enum lm__gguf_text lm__gguf_text_measure(struct gguf_cursor *c,
+                                         uint32_t type, size_t budget,
+                                         size_t *len);
+/* Writes the text of a value measured as `len` bytes into buf (len + 1
+ * bytes, NUL-terminated); c is where the value starts. */
+void lm__gguf_text_write(struct gguf_cursor c, uint32_t type, char *buf,
+                         size_t len);
+
 /* Map a GGUF file into `model` (lm_gguf_read; also lm_model_open). */
 lm_status lm__gguf_read_into(lm_context *ctx, const char *path,
                              lm_model *model);

@@ -2,13 +2,13 @@
  * copying, key/values as text metadata (and kept raw for the writer), and
  * llama.cpp LoRA adapter files. Every length, count and offset is checked
  * against the file before use. */
-#include <cJSON.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "io/gguf_format.h"
+#include "io/input_file.h"
 #include "io/mapping.h"
 #include "libmerge/gguf.h"
 
@@ -28,105 +28,46 @@ static lm_status bad(lm_context *ctx, const char *path, const char *what)
     return lm_context_set_error(ctx, LM_ERR_FORMAT, "%s: %s", path, what);
 }
 
-static cJSON *scalar_json(struct gguf_cursor *c, uint32_t type)
+/* All key/value text of one file together: 64 MiB. Real files hold a few
+ * MB (a 256k-token vocabulary with scores and merges); the text of any
+ * value is at most ~6 bytes per byte of the file, so memory also stays
+ * proportional to the file below the budget. */
+#define TEXT_BUDGET ((size_t)64 << 20)
+
+static lm_status text_error(lm_context *ctx, const char *path, const char *k,
+                            enum lm__gguf_text r)
 {
-    uint32_t u32;
-    uint64_t u64;
-    const unsigned char *p = c->p;
-    switch (type) {
-    case GGUF_U8: return c->p < c->end ? (c->p++, cJSON_CreateNumber(*p)) : NULL;
-    case GGUF_I8: return c->p < c->end ? (c->p++, cJSON_CreateNumber((int8_t)*p)) : NULL;
-    case GGUF_BOOL: return c->p < c->end ? (c->p++, cJSON_CreateBool(*p != 0)) : NULL;
-    case GGUF_U16: case GGUF_I16:
-        if (c->end - c->p < 2)
-            return NULL;
-        c->p += 2;
-        u32 = (uint32_t)p[0] | (uint32_t)p[1] << 8;
-        return cJSON_CreateNumber(type == GGUF_U16 ? (double)u32
-                                                   : (double)(int16_t)u32);
-    case GGUF_U32: case GGUF_I32: case GGUF_F32: {
-        if (!lm__gguf_u32(c, &u32))
-            return NULL;
-        if (type == GGUF_F32) {
-            float f;
-            memcpy(&f, &u32, 4);
-            return cJSON_CreateNumber((double)f);
-        }
-        return cJSON_CreateNumber(type == GGUF_U32 ? (double)u32
-                                                   : (double)(int32_t)u32);
-    }
-    case GGUF_U64: case GGUF_I64: case GGUF_F64: {
-        if (!lm__gguf_u64(c, &u64))
-            return NULL;
-        if (type == GGUF_F64) {
-            double d;
-            memcpy(&d, &u64, 8);
-            return cJSON_CreateNumber(d);
-        }
-        /* 64-bit integers exactly, as raw JSON text. */
-        char buf[24];
-        if (type == GGUF_U64)
-            snprintf(buf, sizeof(buf), "%" PRIu64, u64);
-        else
-            snprintf(buf, sizeof(buf), "%" PRId64, (int64_t)u64);
-        return cJSON_CreateRaw(buf);
-    }
-    case GGUF_STRING: {
-        const char *s;
-        uint64_t n;
-        if (!lm__gguf_str(c, &s, &n))
-            return NULL;
-        char *copy = malloc((size_t)n + 1);
-        if (!copy)
-            return NULL;
-        memcpy(copy, s, (size_t)n);
-        copy[n] = '\0';
-        cJSON *j = cJSON_CreateString(copy);
-        free(copy);
-        return j;
-    }
+    switch (r) {
+    case LM_GGUF_TEXT_TOO_DEEP:
+        return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                    "%s: the value of '%s' nests arrays "
+                                    "too deep (at most %d levels)", path, k,
+                                    LM_GGUF_MAX_NESTING);
+    case LM_GGUF_TEXT_BAD_TYPE:
+        return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                    "%s: the value of '%s' is an array of an "
+                                    "unknown type", path, k);
+    case LM_GGUF_TEXT_TOO_LONG:
+        return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                    "%s: the key/values up to '%s' exceed "
+                                    "the metadata budget of %zu MiB of text "
+                                    "per file", path, k, TEXT_BUDGET >> 20);
+    case LM_GGUF_TEXT_NUL:
+        return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                    "%s: the string value of '%s' contains a "
+                                    "NUL byte", path, k);
     default:
-        return NULL;
+        return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                    "%s: the value of '%s' runs past the "
+                                    "end of the file", path, k);
     }
-}
-
-static cJSON *value_json(struct gguf_cursor *c, uint32_t type, int depth)
-{
-    if (type != GGUF_ARRAY)
-        return scalar_json(c, type);
-    uint32_t elem;
-    uint64_t count;
-    if (depth > 8 || !lm__gguf_u32(c, &elem) || !lm__gguf_u64(c, &count) ||
-        elem >= GGUF_TYPE_COUNT || count > (uint64_t)(c->end - c->p))
-        return NULL;
-    cJSON *arr = cJSON_CreateArray();
-    for (uint64_t i = 0; arr && i < count; i++) {
-        cJSON *item = value_json(c, elem, depth + 1);
-        if (!item || !cJSON_AddItemToArray(arr, item)) {
-            cJSON_Delete(item);
-            cJSON_Delete(arr);
-            return NULL;
-        }
-    }
-    return arr;
-}
-
-/* Text of a value: strings as they are, everything else as JSON. */
-static char *value_text(struct gguf_cursor *c, uint32_t type)
-{
-    cJSON *j = value_json(c, type, 0);
-    if (!j)
-        return NULL;
-    char *out = cJSON_IsString(j) ? strdup(j->valuestring)
-                                  : cJSON_PrintUnformatted(j);
-    cJSON_Delete(j);
-    return out;
 }
 
 static lm_status read_kvs(lm_context *ctx, const char *path,
                           struct gguf_cursor *c, uint64_t n_kv,
                           lm_model *model, uint32_t *alignment)
 {
+    size_t text_used = 0;
     for (uint64_t i = 0; i < n_kv; i++) {
         const char *key;
         uint64_t klen;
@@ -144,11 +85,10 @@ static lm_status read_kvs(lm_context *ctx, const char *path,
             return lm_context_set_error(ctx, LM_ERR_FORMAT,
                                         "%s: key '%s' has unknown value type "
                                         "%u", path, k, type);
-        const char *existing;
-        if (lm_model_metadata(model, k, &existing) == LM_OK)
+        /* Hashed: duplicate checks stay linear in the number of keys. */
+        if (lm_model_metadata(model, k, NULL) == LM_OK)
             return lm_context_set_error(ctx, LM_ERR_FORMAT,
                                         "%s: key '%s' appears twice", path, k);
-        lm_context_clear_error(ctx);
         if (!strcmp(k, "general.alignment")) {
             struct gguf_cursor peek = *c;
             if (type != GGUF_U32 || !lm__gguf_u32(&peek, alignment) ||
@@ -158,20 +98,22 @@ static lm_status read_kvs(lm_context *ctx, const char *path,
                                             "%s: general.alignment must be a "
                                             "u32 power of two >= 8", path);
         }
-        struct gguf_cursor before = *c;
-        if (!lm__gguf_skip_value(c, type, 0))
-            return lm_context_set_error(ctx, LM_ERR_FORMAT,
-                                        "%s: the value of '%s' runs past the "
-                                        "end of the file", path, k);
-        struct gguf_cursor v = {before.p, c->p};
-        char *text = value_text(&v, type);
+        struct gguf_cursor start = *c;
+        size_t len;
+        enum lm__gguf_text r = lm__gguf_text_measure(
+            c, type, TEXT_BUDGET - text_used, &len);
+        if (r != LM_GGUF_TEXT_OK)
+            return text_error(ctx, path, k, r);
+        text_used += len;
+        char *text = lm_alloc(ctx, len + 1);
         if (!text)
             return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
-                                        "%s: out of memory reading '%s'",
-                                        path, k);
+                                        "%s: out of memory reading key '%s' "
+                                        "(%zu bytes of text)", path, k, len);
+        lm__gguf_text_write(start, type, text, len);
         lm_status st = lm_model_set_metadata(model, k, text);
-        free(text);
-        LM_TRY(st);
+        lm_free(ctx, text);
+        LM_TRY(lm__oom_in(ctx, st, path, "key", k));
     }
     return LM_OK;
 }
@@ -242,7 +184,9 @@ static lm_status check_layout(lm_context *ctx, const char *path,
 {
     struct tensor_info **order = lm__calloc(ctx, n ? n : 1, sizeof(*order));
     if (!order)
-        return LM_ERR_OUT_OF_MEMORY;
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "%s: out of memory checking %" PRIu64
+                                    " tensors", path, n);
     for (uint64_t i = 0; i < n; i++)
         order[i] = &infos[i];
     qsort(order, n, sizeof(*order), by_offset);
@@ -293,10 +237,15 @@ static lm_status parse(lm_context *ctx, const char *path,
     model->gguf_kv = kv_begin;
     model->gguf_kv_len = (size_t)(c.p - kv_begin);
     model->gguf_kv_count = n_kv;
-    struct tensor_info *infos =
-        lm__calloc(ctx, n_tensors ? n_tensors : 1, sizeof(*infos));
+    if (n_tensors == 0)
+        return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                    "%s: the file holds no tensors (an empty "
+                                    "model)", path);
+    struct tensor_info *infos = lm__calloc(ctx, n_tensors, sizeof(*infos));
     if (!infos)
-        return LM_ERR_OUT_OF_MEMORY;
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "%s: out of memory for %" PRIu64
+                                    " tensors", path, n_tensors);
     lm_status st = LM_OK;
     for (uint64_t i = 0; st == LM_OK && i < n_tensors; i++)
         st = read_info(ctx, path, &c, i, alignment, &infos[i]);
@@ -322,6 +271,7 @@ static lm_status parse(lm_context *ctx, const char *path,
                                           "%s: duplicate tensor name '%s'",
                                           path, infos[i].name);
         }
+        st = lm__oom_in(ctx, st, path, "tensor", infos[i].name);
     }
     lm_free(ctx, infos);
     return st;

@@ -196,10 +196,12 @@ static bool ends_with(const char *s, const char *suffix)
     return n >= m && !strcmp(s + n - m, suffix);
 }
 
-static bool is_file(const char *path)
+/* Present at all: something that is not a regular file (a FIFO) is then
+ * refused by the reader with a message saying what it is. */
+static bool exists(const char *path)
 {
     struct stat st;
-    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+    return stat(path, &st) == 0;
 }
 
 lm_status lm_model_open(lm_context *ctx, const char *path, lm_model **out)
@@ -214,11 +216,11 @@ lm_status lm_model_open(lm_context *ctx, const char *path, lm_model **out)
     bool sharded;
     if (S_ISDIR(st.st_mode)) {
         found = join(ctx, path, strlen(path), INDEX_NAME);
-        sharded = found && is_file(found);
+        sharded = found && exists(found);
         if (found && !sharded) {
             lm_free(ctx, found);
             found = join(ctx, path, strlen(path), SINGLE_NAME);
-            if (found && !is_file(found)) {
+            if (found && !exists(found)) {
                 lm_free(ctx, found);
                 return lm_context_set_error(ctx, LM_ERR_NOT_FOUND,
                                             "directory '%s' has neither %s "

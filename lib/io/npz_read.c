@@ -3,9 +3,11 @@
  * zlib; every member's CRC-32 is checked before it becomes a tensor. */
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
 
+#include "io/input_file.h"
 #include "io/mapping.h"
 #include "io/npy_header.h"
 #include "libmerge/npz.h"
@@ -25,6 +27,17 @@ struct member {
     uint32_t method, crc, flags;
     uint64_t csize, usize, local;
 };
+
+/* Bytes of the archive a member occupies, from its local header to the
+ * end of its data; `cd` is its central-directory entry (for messages). */
+struct extent {
+    uint64_t begin, end, cd;
+};
+
+/* Deflate cannot expand more than 1032:1 (a 258-byte match costs at least
+ * two bits), so a larger declared size is a lie told to make the reader
+ * allocate. */
+#define MAX_DEFLATE_RATIO 1032u
 
 static lm_status bad(lm_context *ctx, const char *path, const char *why)
 {
@@ -114,7 +127,8 @@ static lm_status read_central(lm_context *ctx, const char *path,
 /* The member's data inside the mapping, after its local header. */
 static lm_status locate(lm_context *ctx, const char *path,
                         const unsigned char *z, size_t len,
-                        const struct member *m, const unsigned char **data)
+                        const struct member *m, const unsigned char **data,
+                        uint64_t *data_end)
 {
     if (m->local > len || len - m->local < 30 ||
         le32(z + m->local) != SIG_LOCAL)
@@ -128,6 +142,8 @@ static lm_status locate(lm_context *ctx, const char *path,
                                     "%s: member '%s' runs past the end of "
                                     "the archive (truncated?)", path, m->name);
     *data = z + start;
+    if (data_end)
+        *data_end = start + m->csize;
     return LM_OK;
 }
 
@@ -138,7 +154,9 @@ static lm_status inflate_member(lm_context *ctx, const char *path,
     z_stream s;
     memset(&s, 0, sizeof(s));
     if (inflateInit2(&s, -MAX_WBITS) != Z_OK)
-        return LM_ERR_OUT_OF_MEMORY;
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "%s: out of memory inflating member "
+                                    "'%s'", path, m->name);
     int rc = Z_OK;
     uint64_t in_left = m->csize, out_left = m->usize;
     s.next_in = (unsigned char *)src;
@@ -177,9 +195,10 @@ static uint32_t crc_of(const unsigned char *p, uint64_t n)
     return (uint32_t)crc;
 }
 
-static lm_status add_member(lm_context *ctx, const char *path,
-                            const unsigned char *z, size_t len,
-                            const struct member *m, lm_model *model)
+/* Everything about a member that can be checked from the directory,
+ * before anything is allocated for it. */
+static lm_status check_member(lm_context *ctx, const char *path,
+                              const struct member *m)
 {
     size_t nlen = strlen(m->name);
     if (nlen < 5 || strcmp(m->name + nlen - 4, ".npy"))
@@ -199,31 +218,44 @@ static lm_status add_member(lm_context *ctx, const char *path,
         return lm_context_set_error(ctx, LM_ERR_FORMAT,
                                     "%s: stored member '%s' has different "
                                     "sizes", path, m->name);
+    if (m->method == 8 && (m->csize > UINT64_MAX / MAX_DEFLATE_RATIO ||
+                           m->usize > m->csize * MAX_DEFLATE_RATIO))
+        return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                    "%s: member '%s' declares %" PRIu64
+                                    " bytes from %" PRIu64 " compressed, "
+                                    "beyond deflate's maximum ratio of %u:1",
+                                    path, m->name, m->usize, m->csize,
+                                    MAX_DEFLATE_RATIO);
+    return LM_OK;
+}
+
+static lm_status add_member(lm_context *ctx, const char *path,
+                            const unsigned char *z, size_t len,
+                            const struct member *m, lm_model *model)
+{
+    size_t nlen = strlen(m->name);
     const unsigned char *src = NULL;
-    LM_TRY(locate(ctx, path, z, len, m, &src));
-    char what[1024];
-    snprintf(what, sizeof(what), "%s: member '%s'", path, m->name);
+    LM_TRY(locate(ctx, path, z, len, m, &src, NULL));
+    size_t what_size = strlen(path) + nlen + 16;
+    char *what = lm_alloc(ctx, what_size);
+    if (!what)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "%s: out of memory reading member '%s'",
+                                    path, m->name);
+    snprintf(what, what_size, "%s: member '%s'", path, m->name);
     unsigned char *inflated = NULL;
+    lm_status st = LM_OK;
     if (m->method == 8) {
-        /* Deflate expands at most ~1032x: refuse absurd declared sizes. */
-        if (m->usize > (m->csize + 1) * 1100)
-            return lm_context_set_error(ctx, LM_ERR_FORMAT,
-                                        "%s declares an impossible size",
-                                        what);
         inflated = lm_alloc(ctx, m->usize ? (size_t)m->usize : 1);
-        if (!inflated)
-            return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
-                                        "%s: cannot allocate %" PRIu64
-                                        " bytes", what, m->usize);
-        lm_status st = inflate_member(ctx, path, m, src, inflated);
-        if (st != LM_OK) {
-            lm_free(ctx, inflated);
-            return st;
-        }
+        st = inflated ? inflate_member(ctx, path, m, src, inflated)
+                      : lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                             "%s: out of memory reading "
+                                             "member '%s' (%" PRIu64
+                                             " bytes)", path, m->name,
+                                             m->usize);
         src = inflated;
     }
-    lm_status st = LM_OK;
-    if (crc_of(src, m->usize) != m->crc)
+    if (st == LM_OK && crc_of(src, m->usize) != m->crc)
         st = lm_context_set_error(ctx, LM_ERR_FORMAT, "%s: CRC-32 mismatch "
                                   "(corrupt archive)", what);
     lm_dtype dtype = LM_F32;
@@ -236,14 +268,20 @@ static lm_status add_member(lm_context *ctx, const char *path,
     bool overflow = false;
     size_t nbytes = 0;
     if (st == LM_OK) {
-        nbytes = lm__numel_checked(ndim, shape, &overflow) *
-                 lm_dtype_size(dtype);
-        if (overflow || nbytes != m->usize - off)
+        size_t numel = lm__numel_checked(ndim, shape, &overflow);
+        overflow = overflow || numel > SIZE_MAX / lm_dtype_size(dtype);
+        nbytes = overflow ? 0 : numel * lm_dtype_size(dtype);
+        if (overflow)
             st = lm_context_set_error(ctx, LM_ERR_FORMAT,
-                                      "%s: %" PRIu64 " data bytes for shape "
-                                      "and dtype needing %zu", what,
+                                      "%s: the shape overflows (its size in "
+                                      "bytes does not fit in 64 bits)", what);
+        else if (nbytes != m->usize - off)
+            st = lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                      "%s: %" PRIu64 " data bytes, but the "
+                                      "shape and dtype need %zu", what,
                                       (uint64_t)(m->usize - off), nbytes);
     }
+    lm_free(ctx, what);
     char name[512];
     snprintf(name, sizeof(name), "%.*s", (int)(nlen - 4), m->name);
     lm_tensor *t = NULL;
@@ -265,7 +303,47 @@ static lm_status add_member(lm_context *ctx, const char *path,
                                       "%s: two members named '%s'", path,
                                       m->name);
     }
-    return st;
+    return lm__oom_in(ctx, st, path, "member", m->name);
+}
+
+static int by_begin(const void *a, const void *b)
+{
+    const struct extent *x = a, *y = b;
+    return x->begin < y->begin ? -1 : x->begin > y->begin;
+}
+
+/* Every member checked from the directory, and no two members sharing
+ * bytes: ten directory entries pointing at one 200 MB deflate stream
+ * would otherwise inflate it ten times. With distinct streams and the
+ * ratio bound the members' total size is at most 1032 times the file. */
+static lm_status check_members(lm_context *ctx, const char *path,
+                               const unsigned char *z, size_t len,
+                               uint64_t cd, uint64_t entries,
+                               struct extent *ext)
+{
+    for (uint64_t i = 0; i < entries; i++) {
+        struct member m;
+        ext[i].cd = cd;
+        LM_TRY(read_central(ctx, path, z, len, &cd, &m));
+        LM_TRY(check_member(ctx, path, &m));
+        const unsigned char *data;
+        LM_TRY(locate(ctx, path, z, len, &m, &data, &ext[i].end));
+        ext[i].begin = m.local;
+    }
+    qsort(ext, (size_t)entries, sizeof(*ext), by_begin);
+    for (uint64_t i = 1; i < entries; i++) {
+        if (ext[i].begin >= ext[i - 1].end)
+            continue;
+        struct member a, b;
+        uint64_t at = ext[i - 1].cd, bt = ext[i].cd;
+        LM_TRY(read_central(ctx, path, z, len, &at, &a));
+        LM_TRY(read_central(ctx, path, z, len, &bt, &b));
+        return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                    "%s: members '%s' and '%s' overlap in "
+                                    "the archive (shared or overlapping "
+                                    "data)", path, a.name, b.name);
+    }
+    return LM_OK;
 }
 
 static lm_status parse(lm_context *ctx, const char *path,
@@ -276,12 +354,22 @@ static lm_status parse(lm_context *ctx, const char *path,
     LM_TRY(find_directory(ctx, path, z, map->len, &cd, &entries));
     if (entries > map->len / 46)
         return bad(ctx, path, "zip entry count larger than the file allows");
-    for (uint64_t i = 0; i < entries; i++) {
+    if (entries == 0)
+        return bad(ctx, path, "the archive holds no arrays (an empty model)");
+    struct extent *ext = lm__calloc(ctx, (size_t)entries, sizeof(*ext));
+    if (!ext)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "%s: out of memory for %" PRIu64
+                                    " members", path, entries);
+    lm_status st = check_members(ctx, path, z, map->len, cd, entries, ext);
+    lm_free(ctx, ext);
+    for (uint64_t i = 0; st == LM_OK && i < entries; i++) {
         struct member m;
-        LM_TRY(read_central(ctx, path, z, map->len, &cd, &m));
-        LM_TRY(add_member(ctx, path, z, map->len, &m, model));
+        st = read_central(ctx, path, z, map->len, &cd, &m);
+        if (st == LM_OK)
+            st = add_member(ctx, path, z, map->len, &m, model);
     }
-    return LM_OK;
+    return st;
 }
 
 lm_status lm__npz_read_into(lm_context *ctx, const char *path,

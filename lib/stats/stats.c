@@ -38,18 +38,38 @@ void lm_stats_destroy(lm_stats *s)
         lm_free(s->ctx, e);
     }
     lm_free(s->ctx, s->entries);
+    lm__name_set_free(s->ctx, &s->keys);
     pthread_mutex_destroy(&s->lock);
     lm_free(s->ctx, s);
 }
 
+struct key {
+    size_t model;
+    const char *name;
+};
+
+static bool entry_is(const void *table, size_t i, const void *key)
+{
+    const struct lm_stats_entry *e =
+        ((struct lm_stats_entry *const *)table)[i];
+    const struct key *k = key;
+    return e->model == k->model && strcmp(e->name, k->name) == 0;
+}
+
+static uint64_t key_hash(const lm_stats *s, size_t model, const char *name)
+{
+    return lm__mix64(lm__name_set_hash(&s->keys, name, strlen(name)) ^
+                     (uint64_t)model);
+}
+
+/* Hashed: loading a stats file with many keys stays linear. */
 static struct lm_stats_entry *find(const lm_stats *s, size_t model,
                                    const char *name)
 {
-    for (size_t i = 0; i < s->count; i++)
-        if (s->entries[i]->model == model &&
-            strcmp(s->entries[i]->name, name) == 0)
-            return s->entries[i];
-    return NULL;
+    struct key k = {model, name};
+    size_t i = lm__name_set_lookup(&s->keys, key_hash(s, model, name),
+                                   entry_is, s->entries, &k);
+    return i != SIZE_MAX ? s->entries[i] : NULL;
 }
 
 static struct lm_stats_entry *new_entry(lm_stats *s, size_t model,
@@ -81,6 +101,14 @@ static struct lm_stats_entry *new_entry(lm_stats *s, size_t model,
         return NULL;
     }
     s->entries = room;
+    if (lm__name_set_insert(s->ctx, &s->keys, key_hash(s, model, name),
+                            s->count) != LM_OK) {
+        pthread_mutex_destroy(&e->lock);
+        lm_free(s->ctx, e->name);
+        lm_free(s->ctx, e->gram);
+        lm_free(s->ctx, e);
+        return NULL;
+    }
     s->entries[s->count++] = e;
     return e;
 }

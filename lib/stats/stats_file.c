@@ -13,6 +13,7 @@
 #include <zlib.h>
 
 #include "io/atomic_file.h"
+#include "io/input_file.h"
 #include "stats/stats_internal.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -181,30 +182,17 @@ lm_status lm_stats_load(lm_context *ctx, const char *path, lm_stats **out)
 {
     if (!ctx || !path || !out)
         return LM_ERR_INVALID_ARGUMENT;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return lm_context_set_error(ctx, LM_ERR_IO,
-                                    "stats: cannot open '%s': %s", path,
-                                    strerror(errno));
-    struct stat st;
-    unsigned char *buf = NULL;
+    /* Regular files only (a FIFO would block the open forever). */
+    char *text = NULL;
     size_t size = 0;
-    lm_status status = LM_OK;
-    if (fstat(fileno(f), &st) || st.st_size < 4) {
+    lm_status status = lm__read_input(ctx, "stats", path, SIZE_MAX - 1,
+                                      &text, &size);
+    if (status != LM_OK)
+        return status;
+    unsigned char *buf = (unsigned char *)text;
+    if (size < 4)
         status = lm_context_set_error(ctx, LM_ERR_FORMAT,
                                       "stats file '%s' is too short", path);
-    } else {
-        size = (size_t)st.st_size;
-        buf = lm_alloc(ctx, size);
-        if (!buf)
-            status = lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
-                                          "stats: out of memory reading "
-                                          "'%s'", path);
-        else if (fread(buf, 1, size, f) != size)
-            status = lm_context_set_error(ctx, LM_ERR_IO,
-                                          "stats: cannot read '%s'", path);
-    }
-    fclose(f);
     if (status == LM_OK && (size < 8 || memcmp(buf, MAGIC, 8) != 0))
         status = lm_context_set_error(ctx, LM_ERR_FORMAT,
                                       "'%s' is not an lm_stats file (bad "

@@ -19,6 +19,7 @@ struct lm_stats {
     pthread_mutex_t lock; /* guards the entry list */
     struct lm_stats_entry **entries;
     size_t count, cap;
+    struct lm__name_set keys; /* entries by (model, name) */
 };
 
 /* Find or (with create) add the entry for a key; NULL when absent or out
