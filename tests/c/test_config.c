@@ -2,6 +2,7 @@
  * errors. */
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -75,6 +76,9 @@ START_TEST(errors_name_the_line)
         {"slices: []\n", "does not support yet"},
         {"- a\n- b\n", "must be a mapping"},
         {"", "must be a mapping"},
+        /* a second document used to be ignored */
+        {"merge_method: ties\nbase_model: b\nmodels: [a]\n---\n"
+         "merge_method: average\n", ":4: a second YAML document"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct lmerge_config c;
@@ -88,6 +92,22 @@ START_TEST(errors_name_the_line)
     ck_assert_int_eq(lmerge_config_load("/nonexistent.yaml", &c, err,
                                         sizeof(err)), -1);
     ck_assert_ptr_nonnull(strstr(err, "cannot open"));
+    /* A FIFO would block fopen() forever: refused by name instead (the
+     * alarm fails the test rather than hanging it). */
+    char fifo[64];
+    snprintf(fifo, sizeof(fifo), "/tmp/lm_config_fifo_%d.yaml", (int)getpid());
+    ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+    alarm(20);
+    int rc = lmerge_config_load(fifo, &c, err, sizeof(err));
+    alarm(0);
+    unlink(fifo);
+    ck_assert_int_eq(rc, -1);
+    ck_assert_msg(strstr(err, "is a FIFO, not a regular file") != NULL, "%s",
+                  err);
+    ck_assert_int_eq(lmerge_config_load("/dev/null", &c, err, sizeof(err)),
+                     -1);
+    ck_assert_msg(strstr(err, "'/dev/null' is a character device") != NULL,
+                  "%s", err);
 }
 END_TEST
 

@@ -8,7 +8,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <yaml.h>
+
+#include "io/regular_file.h"
 
 struct reader {
     yaml_document_t *doc;
@@ -211,13 +215,49 @@ static int read_root(struct reader *r, const yaml_node_t *root,
     return 0;
 }
 
+/* A config is one YAML document: a second one ("---" and more keys) was
+ * silently ignored, so a merge could run without half of what the file
+ * says. */
+static int single_document(yaml_parser_t *parser, const char *path, char *err,
+                           size_t err_size)
+{
+    yaml_document_t next;
+    if (!yaml_parser_load(parser, &next)) {
+        snprintf(err, err_size, "%s:%lu: YAML syntax error: %s", path,
+                 (unsigned long)parser->problem_mark.line + 1,
+                 parser->problem ? parser->problem : "unknown");
+        return -1;
+    }
+    yaml_node_t *root = yaml_document_get_root_node(&next);
+    int rc = 0;
+    if (root) {
+        snprintf(err, err_size, "%s:%lu: a second YAML document; a config "
+                 "is one document", path,
+                 (unsigned long)next.start_mark.line + 1);
+        rc = -1;
+    }
+    yaml_document_delete(&next);
+    return rc;
+}
+
 int lmerge_config_load(const char *path, struct lmerge_config *out,
                        char *err, size_t err_size)
 {
     memset(out, 0, sizeof(*out));
-    FILE *f = fopen(path, "rb");
+    /* Regular files only: fopen() of a FIFO blocks until a writer comes. */
+    struct stat st;
+    const char *kind;
+    int fd = lm__open_regular(path, &st, &kind);
+    FILE *f = fd >= 0 ? fdopen(fd, "rb") : NULL;
     if (!f) {
-        snprintf(err, err_size, "%s: cannot open: %s", path, strerror(errno));
+        if (kind)
+            snprintf(err, err_size, "'%s' is %s%s", path, kind,
+                     strncmp(kind, "not ", 4) ? ", not a regular file" : "");
+        else
+            snprintf(err, err_size, "%s: cannot open: %s", path,
+                     strerror(errno));
+        if (fd >= 0)
+            close(fd);
         return -1;
     }
     yaml_parser_t parser;
@@ -234,6 +274,8 @@ int lmerge_config_load(const char *path, struct lmerge_config *out,
         struct reader r = {&doc, path, err, err_size};
         rc = read_root(&r, yaml_document_get_root_node(&doc), out);
         yaml_document_delete(&doc);
+        if (rc == 0)
+            rc = single_document(&parser, path, err, err_size);
     }
     yaml_parser_delete(&parser);
     fclose(f);
