@@ -16,9 +16,10 @@ typedef struct lm_file_sink lm_file_sink;
 typedef struct lm_safetensors_sink_options {
     uint32_t struct_size;
     /* 0: one file at `path`. Otherwise `path` is a directory (created if
-     * missing) that receives model-00001-of-0000N.safetensors shards of at
-     * most this many data bytes each (a larger tensor gets a shard of its
-     * own) and model.safetensors.index.json, like Hugging Face. */
+     * missing; refused with LM_ERR_EXISTS if it exists and is not empty)
+     * that receives model-00001-of-0000N.safetensors shards of at most
+     * this many data bytes each (a larger tensor gets a shard of its own)
+     * and model.safetensors.index.json, like Hugging Face. */
     uint64_t max_shard_bytes;
     /* n_metadata key/value pairs for "__metadata__" (strings copied). */
     const char *const *metadata_keys;
@@ -31,12 +32,15 @@ typedef struct lm_safetensors_sink_options {
 
 /* A sink that writes the merge result as safetensors while it is produced:
  * each tensor is written at its final offset as soon as it is merged, so
- * memory stays bounded. Files are written under temporary names in the
- * destination directory, fsync'd and renamed only when every tensor is in
- * (the index file last), so a failed or interrupted merge leaves nothing
- * that looks complete; an existing file at the destination is replaced
- * only on success.
+ * memory stays bounded. Nothing is visible under a final name before every
+ * tensor is in: one file is written under a temporary name beside `path`,
+ * fsync'd and renamed over it; a sharded output is written into a staging
+ * directory that becomes `path`, shards and index together, in one rename
+ * (libmerge/output.h). A failed or interrupted merge leaves nothing that
+ * looks complete; an existing file at the destination is replaced only on
+ * success.
  * Errors: LM_ERR_IO (directory cannot be created or written),
+ * LM_ERR_EXISTS (sharded: `path` is not an empty directory),
  * LM_ERR_INVALID_ARGUMENT. */
 LM_API lm_status lm_safetensors_sink_create(
     lm_context *ctx, const char *path,
