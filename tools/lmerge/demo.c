@@ -206,10 +206,12 @@ int lmerge_demo(int argc, char **argv)
         char config[4096], out[4096];
         snprintf(config, sizeof(config), "%s/merge.yaml", dir);
         snprintf(out, sizeof(out), "%s/merged", dir);
-        printf("$ lmerge run %s -o %s\n", config, out);
+        /* --overwrite: a second demo in the same --dir replaces its own
+         * earlier result. */
+        printf("$ lmerge run %s -o %s --overwrite\n", config, out);
         fflush(stdout);
-        char *run_argv[] = {"run", config, "-o", out, NULL};
-        if (lmerge_run(4, run_argv) != 0) {
+        char *run_argv[] = {"run", config, "-o", out, "--overwrite", NULL};
+        if (lmerge_run(5, run_argv) != 0) {
             failures++;
         } else if (lm_model_open(ctx, out, &merged) != LM_OK) {
             fprintf(stderr, "lmerge demo: cannot read the result: %s\n",
