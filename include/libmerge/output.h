@@ -5,7 +5,7 @@
 #ifndef LIBMERGE_OUTPUT_H
 #define LIBMERGE_OUTPUT_H
 
-#include "libmerge/common.h"
+#include "libmerge/context.h"
 
 #ifdef __cplusplus
 extern "C" {
