@@ -32,6 +32,51 @@ static lm_status lapack_failed(lm_context *ctx, const char *routine,
                                          : "no convergence");
 }
 
+/* LAPACKE's high-level calls (LAPACKE_dgesdd, ...) malloc their workspace
+ * and, for row-major input, transposed copies: allocations the context's
+ * allocator neither sees nor can refuse, whose failure came back as an
+ * "illegal argument". The calls below use the LAPACKE_*_work entry points
+ * in column-major layout instead, with workspace sized by the routine's own
+ * query and taken from the context, and transpose as LAPACKE would (same
+ * LAPACK calls on the same data, so results are unchanged to the bit). */
+static lm_status no_workspace(lm_context *ctx, const char *what, size_t m,
+                              size_t n)
+{
+    return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                "%s: out of memory for the LAPACK workspace "
+                                "(%zu x %zu)", what, m, n);
+}
+
+/* Uninitialised like LAPACKE's malloc (every byte is written before it is
+ * read), unlike lm__calloc, which would touch every page of a workspace
+ * of hundreds of MB. */
+static double *doubles(lm_context *ctx, size_t n)
+{
+    return n > SIZE_MAX / sizeof(double) ? NULL
+                                         : lm_alloc(ctx, n * sizeof(double));
+}
+
+/* A workspace size returned by a query (LAPACK reports it as a double). */
+static size_t queried(double size)
+{
+    return size < 1 ? 1 : (size_t)size;
+}
+
+/* out (col-major, m x n, leading dimension m) = a (row-major m x n). */
+static void to_col_major(const double *a, size_t m, size_t n, double *out)
+{
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = 0; j < n; j++)
+            out[i + j * m] = a[i * n + j];
+}
+
+static void from_col_major(const double *a, size_t m, size_t n, double *out)
+{
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = 0; j < n; j++)
+            out[i * n + j] = a[i + j * m];
+}
+
 void lm__gemm(bool ta, bool tb, size_t m, size_t n, size_t k, double alpha,
               const double *a, const double *b, double beta, double *c)
 {
@@ -81,6 +126,67 @@ void lm__svd_canonical_signs(double *u, size_t m, size_t k, double *vt,
  * SVD A^T = V S U^T hands LAPACK's outputs back in row-major layout: its
  * left vectors (column-major n x k) are our Vt, its right vectors
  * (column-major k x m) our U. This skips LAPACKE's transposed copies. */
+static lapack_int gesdd(lm_context *ctx, const double *a, size_t m,
+                        size_t n, double *copy, double *u, double *s,
+                        double *vt, lm_status *st)
+{
+    size_t k = m < n ? m : n;
+    double query = 0;
+    lapack_int iquery = 0;
+    lapack_int info = LAPACKE_dgesdd_work(
+        LAPACK_COL_MAJOR, 'S', (lapack_int)n, (lapack_int)m, copy,
+        (lapack_int)n, s, vt, (lapack_int)n, u, (lapack_int)k, &query, -1,
+        &iquery);
+    if (info != 0)
+        return info;
+    size_t lwork = queried(query);
+    double *work = doubles(ctx, lwork + (8 * k * sizeof(lapack_int) +
+                                            sizeof(double) - 1) /
+                                               sizeof(double));
+    if (!work) {
+        *st = no_workspace(ctx, "SVD (dgesdd)", m, n);
+        return 0;
+    }
+    memcpy(copy, a, m * n * sizeof(double));
+    info = LAPACKE_dgesdd_work(LAPACK_COL_MAJOR, 'S', (lapack_int)n,
+                               (lapack_int)m, copy, (lapack_int)n, s, vt,
+                               (lapack_int)n, u, (lapack_int)k, work,
+                               (lapack_int)lwork,
+                               (lapack_int *)(work + lwork));
+    lm_free(ctx, work);
+    return info;
+}
+
+static lapack_int gesvd(lm_context *ctx, const double *a, size_t m,
+                        size_t n, double *copy, double *u, double *s,
+                        double *vt, lm_status *st)
+{
+    size_t k = m < n ? m : n;
+    double query = 0;
+    lapack_int info = LAPACKE_dgesvd_work(
+        LAPACK_COL_MAJOR, 'S', 'S', (lapack_int)n, (lapack_int)m, copy,
+        (lapack_int)n, s, vt, (lapack_int)n, u, (lapack_int)k, &query, -1);
+    if (info != 0)
+        return info;
+    size_t lwork = queried(query);
+    double *work = doubles(ctx, lwork);
+    if (!work) {
+        *st = no_workspace(ctx, "SVD (dgesvd)", m, n);
+        return 0;
+    }
+    memcpy(copy, a, m * n * sizeof(double));
+    info = LAPACKE_dgesvd_work(LAPACK_COL_MAJOR, 'S', 'S', (lapack_int)n,
+                               (lapack_int)m, copy, (lapack_int)n, s, vt,
+                               (lapack_int)n, u, (lapack_int)k, work,
+                               (lapack_int)lwork);
+    lm_free(ctx, work);
+    return info;
+}
+
+/* A row-major m x n matrix is the column-major n x m matrix A^T, whose
+ * SVD A^T = V S U^T hands LAPACK's outputs back in row-major layout: its
+ * left vectors (column-major n x k) are our Vt, its right vectors
+ * (column-major k x m) our U. This skips LAPACKE's transposed copies. */
 lm_status lm__svd(lm_context *ctx, const double *a, size_t m, size_t n,
                   double *u, double *s, double *vt)
 {
@@ -88,32 +194,25 @@ lm_status lm__svd(lm_context *ctx, const double *a, size_t m, size_t n,
     size_t k = m < n ? m : n;
     if (!k)
         return LM_OK;
-    double *work = lm__calloc(ctx, m * n + k, sizeof(double));
-    if (!work)
+    double *copy = doubles(ctx, m * n);
+    if (!copy)
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "SVD: out of memory for %zu x %zu", m, n);
-    double *copy = work, *superb = work + m * n;
+    lm_status st = LM_OK;
     lapack_int info = 1;
-    if (!force_fallback) {
-        memcpy(copy, a, m * n * sizeof(double));
-        info = LAPACKE_dgesdd(LAPACK_COL_MAJOR, 'S', (lapack_int)n,
-                              (lapack_int)m, copy, (lapack_int)n, s, vt,
-                              (lapack_int)n, u, (lapack_int)k);
-    }
+    if (!force_fallback)
+        info = gesdd(ctx, a, m, n, copy, u, s, vt, &st);
     force_fallback = false;
-    if (info != 0) { /* dgesdd occasionally fails where dgesvd succeeds */
-        memcpy(copy, a, m * n * sizeof(double));
-        info = LAPACKE_dgesvd(LAPACK_COL_MAJOR, 'S', 'S', (lapack_int)n,
-                              (lapack_int)m, copy, (lapack_int)n, s, vt,
-                              (lapack_int)n, u, (lapack_int)k, superb);
-        if (info != 0) {
-            lm_free(ctx, work);
-            return lapack_failed(ctx, "dgesvd (after dgesdd)", info);
-        }
+    if (st == LM_OK && info != 0) { /* dgesdd occasionally fails where
+                                       dgesvd succeeds */
+        info = gesvd(ctx, a, m, n, copy, u, s, vt, &st);
+        if (st == LM_OK && info != 0)
+            st = lapack_failed(ctx, "dgesvd (after dgesdd)", info);
     }
-    lm_free(ctx, work);
-    lm__svd_canonical_signs(u, m, k, vt, n);
-    return LM_OK;
+    lm_free(ctx, copy);
+    if (st == LM_OK)
+        lm__svd_canonical_signs(u, m, k, vt, n);
+    return st;
 }
 
 lm_status lm__eigh(lm_context *ctx, const double *a, size_t n, double *w,
@@ -122,9 +221,31 @@ lm_status lm__eigh(lm_context *ctx, const double *a, size_t n, double *w,
     LM_TRY(check_finite(ctx, "eigendecomposition", a, n * n));
     if (!n)
         return LM_OK;
-    memcpy(v, a, n * n * sizeof(double));
-    lapack_int info = LAPACKE_dsyevd(LAPACK_ROW_MAJOR, 'V', 'U', (lapack_int)n,
-                                     v, (lapack_int)n, w);
+    double query = 0;
+    lapack_int iquery = 0;
+    lapack_int info = LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'U',
+                                          (lapack_int)n, v, (lapack_int)n, w,
+                                          &query, -1, &iquery, -1);
+    if (info != 0)
+        return lapack_failed(ctx, "dsyevd", info);
+    size_t lwork = queried(query), liwork = queried((double)iquery);
+    /* the column-major copy, then work, then iwork */
+    double *at = doubles(ctx, n * n + lwork +
+                                     (liwork * sizeof(lapack_int) +
+                                      sizeof(double) - 1) / sizeof(double));
+    if (!at)
+        return no_workspace(ctx, "eigendecomposition (dsyevd)", n, n);
+    /* Upper triangle of row-major A = upper triangle of column-major A^T
+     * as LAPACKE copies it; dsyevd reads nothing else. */
+    to_col_major(a, n, n, at);
+    info = LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'U', (lapack_int)n, at,
+                               (lapack_int)n, w, at + n * n,
+                               (lapack_int)lwork,
+                               (lapack_int *)(at + n * n + lwork),
+                               (lapack_int)liwork);
+    if (info == 0)
+        from_col_major(at, n, n, v);
+    lm_free(ctx, at);
     if (info != 0)
         return lapack_failed(ctx, "dsyevd", info);
     /* Ascending -> descending, columns swapped to match. */
@@ -149,11 +270,18 @@ lm_status lm__cholesky(lm_context *ctx, const double *a, size_t n,
     if (!isfinite(ridge))
         return lm_context_set_error(ctx, LM_ERR_NONFINITE,
                                     "Cholesky: the ridge is not finite");
-    memcpy(l, a, n * n * sizeof(double));
+    if (!n)
+        return LM_OK;
+    double *at = doubles(ctx, n * n);
+    if (!at)
+        return no_workspace(ctx, "Cholesky (dpotrf)", n, n);
+    to_col_major(a, n, n, at);
     for (size_t i = 0; i < n; i++)
-        l[i * n + i] += ridge;
-    lapack_int info = LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'L', (lapack_int)n, l,
-                                     (lapack_int)n);
+        at[i * n + i] += ridge;
+    lapack_int info = LAPACKE_dpotrf_work(LAPACK_COL_MAJOR, 'L',
+                                          (lapack_int)n, at, (lapack_int)n);
+    from_col_major(at, n, n, l);
+    lm_free(ctx, at);
     if (info > 0)
         return lm_context_set_error(ctx, LM_ERR_LINALG,
                                     "LAPACK dpotrf failed (info %d: the "
@@ -170,9 +298,21 @@ lm_status lm__cholesky(lm_context *ctx, const double *a, size_t n,
 lm_status lm__cholesky_solve(lm_context *ctx, const double *l, size_t n,
                              double *b, size_t nrhs)
 {
-    lapack_int info = LAPACKE_dpotrs(LAPACK_ROW_MAJOR, 'L', (lapack_int)n,
-                                     (lapack_int)nrhs, l, (lapack_int)n, b,
-                                     (lapack_int)nrhs);
+    if (!n || !nrhs)
+        return LM_OK;
+    double *lt = doubles(ctx, n * n + n * nrhs);
+    if (!lt)
+        return no_workspace(ctx, "Cholesky solve (dpotrs)", n, nrhs);
+    double *bt = lt + n * n;
+    to_col_major(l, n, n, lt);
+    to_col_major(b, n, nrhs, bt);
+    lapack_int info = LAPACKE_dpotrs_work(LAPACK_COL_MAJOR, 'L',
+                                          (lapack_int)n, (lapack_int)nrhs,
+                                          lt, (lapack_int)n, bt,
+                                          (lapack_int)n);
+    if (info == 0)
+        from_col_major(bt, n, nrhs, b);
+    lm_free(ctx, lt);
     return info ? lapack_failed(ctx, "dpotrs", info) : LM_OK;
 }
 
@@ -181,25 +321,47 @@ lm_status lm__qr_q(lm_context *ctx, const double *a, size_t m, size_t n,
 {
     LM_TRY(check_finite(ctx, "QR", a, m * n));
     size_t k = m < n ? m : n;
-    double *work = lm__calloc(ctx, m * n + k + 1, sizeof(double));
-    if (!work)
+    if (!k)
+        return LM_OK;
+    /* A's column-major copy (m x n) and tau first; the same buffer's
+     * workspace, sized for both dgeqrf and dorgqr, follows. */
+    double *at = doubles(ctx, m * n + k);
+    if (!at)
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "QR: out of memory");
-    double *tau = work + m * n;
-    memcpy(work, a, m * n * sizeof(double));
-    lapack_int info = LAPACKE_dgeqrf(LAPACK_ROW_MAJOR, (lapack_int)m,
-                                     (lapack_int)n, work, (lapack_int)n, tau);
+    double *tau = at + m * n, q1 = 0, q2 = 0;
+    lapack_int info = LAPACKE_dgeqrf_work(LAPACK_COL_MAJOR, (lapack_int)m,
+                                          (lapack_int)n, at, (lapack_int)m,
+                                          tau, &q1, -1);
     if (info == 0)
-        info = LAPACKE_dorgqr(LAPACK_ROW_MAJOR, (lapack_int)m, (lapack_int)k,
-                              (lapack_int)k, work, (lapack_int)n, tau);
-    if (info != 0) {
-        lm_free(ctx, work);
-        return lapack_failed(ctx, "dgeqrf/dorgqr", info);
+        info = LAPACKE_dorgqr_work(LAPACK_COL_MAJOR, (lapack_int)m,
+                                   (lapack_int)k, (lapack_int)k, at,
+                                   (lapack_int)m, tau, &q2, -1);
+    size_t lwork1 = queried(q1), lwork2 = queried(q2);
+    double *work = info == 0 ? doubles(ctx, lwork1 > lwork2 ? lwork1
+                                                              : lwork2)
+                             : NULL;
+    if (info == 0 && !work) {
+        lm_free(ctx, at);
+        return no_workspace(ctx, "QR (dgeqrf/dorgqr)", m, n);
     }
-    for (size_t i = 0; i < m; i++)
-        memcpy(q + i * k, work + i * n, k * sizeof(double));
+    if (info == 0) {
+        to_col_major(a, m, n, at);
+        info = LAPACKE_dgeqrf_work(LAPACK_COL_MAJOR, (lapack_int)m,
+                                   (lapack_int)n, at, (lapack_int)m, tau,
+                                   work, (lapack_int)lwork1);
+    }
+    /* Q from the first k columns, which lead the column-major copy. */
+    if (info == 0)
+        info = LAPACKE_dorgqr_work(LAPACK_COL_MAJOR, (lapack_int)m,
+                                   (lapack_int)k, (lapack_int)k, at,
+                                   (lapack_int)m, tau, work,
+                                   (lapack_int)lwork2);
+    if (info == 0)
+        from_col_major(at, m, k, q); /* q may be a: written last */
     lm_free(ctx, work);
-    return LM_OK;
+    lm_free(ctx, at);
+    return info ? lapack_failed(ctx, "dgeqrf/dorgqr", info) : LM_OK;
 }
 
 /* Beyond this ratio of extreme Gram eigenvalues (a condition number of

@@ -61,7 +61,13 @@ static lm_status regularise(lm_context *ctx, const lm_purify_options *o,
         for (size_t i = 0; i < d; i++)
             c[i * d + i] += eps;
         double *l = work, *prod = work + d * d;
-        if (lm__cholesky(ctx, c, d, 0.0, l) != LM_OK) {
+        lm_status st = lm__cholesky(ctx, c, d, 0.0, l);
+        /* Not positive definite: retry with more ridge. Running out of
+         * memory (the factorisation's copy) is not a reason to change the
+         * regularisation silently. */
+        if (st == LM_ERR_OUT_OF_MEMORY)
+            return st;
+        if (st != LM_OK) {
             lm_context_clear_error(ctx);
             continue;
         }

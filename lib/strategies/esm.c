@@ -231,33 +231,37 @@ static bool alpha_applies(const struct esm_state *s, const lm_tensor_job *job,
     return s->clip_vit ? r == ROUTE_ESD : true;
 }
 
-/* The layer type for layer scaling (caller frees), or NULL if the tensor
- * is not scaled. */
-static char *layer_group(const struct esm_state *s, const lm_tensor_job *job,
-                         enum route r)
+/* The layer type for layer scaling into *group (caller frees), NULL if
+ * the tensor is not scaled. Out of memory is a status of its own: taken
+ * for "not scaled", it silently dropped the tensor's layer scaling. */
+static lm_status layer_group(const struct esm_state *s,
+                             const lm_tensor_job *job, enum route r,
+                             char **group)
 {
+    *group = NULL;
     if (!s->layer_scaling || r == ROUTE_MEAN)
-        return NULL;
+        return LM_OK;
     const char *name = job->name;
     if (s->has_re[P_GROUP]) {
         regmatch_t m;
         if (regexec(&s->re[P_GROUP], name, 1, &m, 0) != 0)
-            return NULL;
+            return LM_OK;
         size_t len = (size_t)(m.rm_eo - m.rm_so);
         char *g = lm_alloc(s->ctx, len + 1);
-        if (g) {
-            memcpy(g, name + m.rm_so, len);
-            g[len] = '\0';
-        }
-        return g;
+        if (!g)
+            return LM_ERR_OUT_OF_MEMORY;
+        memcpy(g, name + m.rm_so, len);
+        g[len] = '\0';
+        *group = g;
+        return LM_OK;
     }
     if (s->clip_vit && !matches(&s->clip_scaled, name))
-        return NULL;
+        return LM_OK;
     /* Default: the name with every all-digit component replaced by '#'. */
     size_t n = strlen(name);
     char *g = lm_alloc(s->ctx, n + 1), *w = g;
     if (!g)
-        return NULL;
+        return LM_ERR_OUT_OF_MEMORY;
     for (const char *c = name; *c;) {
         const char *end = strchr(c, '.');
         size_t len = end ? (size_t)(end - c) : strlen(c);
@@ -275,7 +279,8 @@ static char *layer_group(const struct esm_state *s, const lm_tensor_job *job,
             *w++ = *c++;
     }
     *w = '\0';
-    return g;
+    *group = g;
+    return LM_OK;
 }
 
 /* The merged task vector of one tensor (before alpha and layer scaling),
@@ -360,7 +365,10 @@ static lm_status esm_prepare(void *state, const lm_tensor_job *job,
     (void)user;
     struct esm_state *s = state;
     enum route r = route_of(s, job);
-    char *group = layer_group(s, job, r);
+    char *group = NULL;
+    lm_status gst = layer_group(s, job, r, &group);
+    if (gst != LM_OK)
+        return name_error(job->ctx, gst, job->name);
     if (!group)
         return LM_OK;
     double *d = lm__calloc(job->ctx, job->numel, sizeof(double));
