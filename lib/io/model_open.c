@@ -8,6 +8,7 @@
 #include "io/gguf_format.h"
 #include "io/input_file.h"
 #include "io/json_check.h"
+#include "io/json_oom.h"
 #include "io/mapping.h"
 #include "libmerge/safetensors.h"
 
@@ -170,6 +171,10 @@ static lm_status read_sharded(lm_context *ctx, const char *index_path,
     LM_TRY(lm__read_input(ctx, NULL, index_path, MAX_INDEX, &text, &len));
     lm_status st = lm__json_check(ctx, index_path, text, len, "");
     cJSON *root = st == LM_OK ? cJSON_ParseWithLength(text, len) : NULL;
+    if (st == LM_OK && !root && lm__json_parse_ran_out_of_memory(text, len))
+        st = lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                  "%s: out of memory parsing %zu bytes of "
+                                  "JSON", index_path, len);
     lm_free(ctx, text);
     LM_TRY(st);
     const cJSON *map = root ? cJSON_GetObjectItemCaseSensitive(root,

@@ -10,6 +10,7 @@
 #include "core/internal.h"
 #include "io/input_file.h"
 #include "io/json_check.h"
+#include "io/json_oom.h"
 #include "libmerge/peft.h"
 #include "libmerge/safetensors.h"
 
@@ -300,7 +301,11 @@ static lm_status read_config(lm_context *ctx, const char *cfg_path,
     lm_status st = lm__json_check(ctx, cfg_path, text, len, "");
     if (st == LM_OK) {
         *root = cJSON_ParseWithLength(text, len);
-        if (!*root)
+        if (!*root && lm__json_parse_ran_out_of_memory(text, len))
+            st = lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                      "%s: out of memory parsing %zu bytes "
+                                      "of JSON", cfg_path, len);
+        else if (!*root)
             st = lm_context_set_error(ctx, LM_ERR_FORMAT,
                                       "%s: not well-formed JSON", cfg_path);
     }

@@ -10,6 +10,7 @@
 
 #include "io/input_file.h"
 #include "io/json_check.h"
+#include "io/json_oom.h"
 #include "io/mapping.h"
 #include "libmerge/safetensors.h"
 
@@ -244,6 +245,11 @@ static lm_status parse_file(lm_context *ctx, const char *path,
     LM_TRY(lm__json_check(ctx, path, json, (size_t)hlen, "of the header"));
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(json, (size_t)hlen, &end, 0);
+    if (!root && lm__json_parse_ran_out_of_memory(json, (size_t)hlen))
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "%s: out of memory parsing the header "
+                                    "(%llu bytes of JSON)", path,
+                                    (unsigned long long)hlen);
     if (!root || !cJSON_IsObject(root)) {
         size_t at = end ? (size_t)(end - json) : 0;
         cJSON_Delete(root);
