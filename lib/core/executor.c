@@ -256,27 +256,18 @@ static lm_status execute(lm_plan *p, const lm_sink_vtable *sink)
             st = p->vt->init(&info, &ex.state, p->vt->user);
         }
         bool initialised = st == LM_OK;
-        /* A search's earlier evaluation measured the same allocation. */
-        bool measure = p->purify && !lm__purify_cache_measured(p);
+        bool measure = false;
+        if (st == LM_OK)
+            st = lm__stages_begin(p, &measure);
         if (st == LM_OK && measure) {
-            lm_free(ctx, p->purify_kept);
-            lm_free(ctx, p->purify_full);
-            p->purify_kept = lm__calloc(ctx, p->n_models, sizeof(double));
-            p->purify_full = lm__calloc(ctx, p->n_models, sizeof(double));
-            if (!p->purify_kept || !p->purify_full)
-                st = lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
-                                          "purify: out of memory");
-        }
-        if (st == LM_OK && measure &&
-            p->purify_opts.allocation == LM_PURIFY_MODEL) {
-            /* Purification ranks per model need every layer first. */
-            ex.pass = LM__PASS_PURIFY;
+            /* A stage needs every tensor seen before it transforms any. */
+            ex.pass = LM__PASS_MEASURE;
             run_workers(&ex, ctx->n_threads);
             st = first_failure(&ex);
             atomic_store(&ex.next, 0);
+            if (st == LM_OK)
+                lm__stages_measured(p);
         }
-        if (st == LM_OK && measure)
-            lm__purify_cache_set_measured(p);
         if (st == LM_OK && p->vt->prepare_tensor) {
             /* First pass of a two-pass strategy: nothing is emitted. */
             ex.pass = LM__PASS_PREPARE;
@@ -313,12 +304,13 @@ static lm_status execute(lm_plan *p, const lm_sink_vtable *sink)
 
 lm_status lm__execute(lm_plan *p, const lm_sink_vtable *sink)
 {
-    /* A two-pass strategy would purify every tensor twice. */
-    bool own_cache = false;
-    if (p->purify && p->vt->prepare_tensor)
-        LM_TRY(lm__purify_cache_begin(p, &own_cache));
+    /* A two-pass strategy runs the stages on every tensor twice, on the
+     * same inputs. */
+    bool reuse = p->vt->prepare_tensor != NULL;
+    if (reuse)
+        LM_TRY(lm__stages_reuse_begin(p));
     lm_status st = execute(p, sink);
-    if (own_cache)
-        lm__purify_cache_end(p);
+    if (reuse)
+        lm__stages_reuse_end(p);
     return st;
 }

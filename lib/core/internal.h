@@ -9,10 +9,12 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 
-#include "libmerge.h"
+#include "libmerge/context.h"
+#include "libmerge/model.h"
+#include "libmerge/plan.h"
+#include "libmerge/tensor.h"
 #include "libmerge/sys/strategy.h"
 #include "libmerge/lora.h"
-#include "libmerge/purify.h"
 #include "core/name_set.h"
 
 #define LM_ERROR_CAPACITY 1024
@@ -116,18 +118,16 @@ struct lm_plan {
     double *weights;
     size_t n_models, cap_models;
     const struct lm_stats *stats;
-    bool purify;
-    lm_purify_options purify_opts;
-    /* LM_PURIFY_MODEL: kept and full ranks summed per model by the
-     * allocation pass (n_models each). */
-    double *purify_kept, *purify_full;
-    pthread_mutex_t purify_lock; /* also guards the two caches */
-    /* Purified task vectors reused by later passes and search evaluations
-     * (lib/purify/cache.c); NULL outside an execution or search. */
-    struct lm__purify_cache *purify_cache;
-    /* Factorisations reused by the executions of a purify tuning
-     * (lib/purify/factor_cache.c); NULL outside a tuning. */
-    struct lm__factor_cache *factor_cache;
+    /* Transformations of the task vectors before the strategy (stage.h),
+     * in the order they run. */
+    struct lm__plan_stage *stages;
+    size_t n_stages, cap_stages;
+};
+
+struct lm__plan_stage {
+    const struct lm__stage_vtable *vt;
+    void *self;
+    bool measuring; /* asked for a measuring pass in this execution */
 };
 
 /* A sink collecting results into a new model (memory_sink.c). */
@@ -145,7 +145,7 @@ void lm__memory_sink_init(struct lm__memory_sink *sink, lm_context *ctx);
 enum lm__pass {
     LM__PASS_MERGE = 0,   /* merge_tensor, result returned              */
     LM__PASS_PREPARE = 1, /* the strategy's prepare_tensor              */
-    LM__PASS_PURIFY = 2   /* purification rank allocation only          */
+    LM__PASS_MEASURE = 2  /* the stages' measuring pass only            */
 };
 lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
                            const lm_tensor *base, bool from_plan_base,
@@ -157,34 +157,21 @@ int lm__stats_lookup(const struct lm_stats *stats, size_t model,
                      const char *name, const double **gram, size_t *d_in,
                      uint64_t *n_rows);
 
-/* Purification (lib/purify): allocation pass for one tensor (records
- * ranks for LM_PURIFY_MODEL), and purifying the task vectors of one tensor
- * in place (deltas[t], f32, numel each). */
-lm_status lm__purify_measure(lm_plan *p, const char *name, const float *base,
-                             const int64_t *shape, int ndim,
-                             float *const *deltas);
-lm_status lm__purify_apply(lm_plan *p, const char *name, const float *base,
-                           const int64_t *shape, int ndim,
-                           float *const *deltas, bool *purified);
-
-/* The purified task vectors cache (lib/purify/cache.c), at most this many
- * bytes per plan. begin sets *owned when it created the cache (the caller
- * then ends it); get copies a cached tensor's task vectors into deltas and
- * returns true on a hit; put stores a copy when it fits in the budget (a
- * tensor beyond it is purified again; out of memory is an error). */
-#define LM__PURIFY_CACHE_BYTES ((size_t)1 << 30)
-lm_status lm__purify_cache_begin(lm_plan *p, bool *owned);
-void lm__purify_cache_end(lm_plan *p);
-bool lm__purify_cache_get(lm_plan *p, const char *name, size_t numel,
-                          float *const *deltas);
-lm_status lm__purify_cache_put(lm_plan *p, const char *name, size_t numel,
-                               float *const *deltas);
-bool lm__purify_cache_measured(const lm_plan *p);
-void lm__purify_cache_set_measured(lm_plan *p);
-/* The factorisation cache (lib/purify/factor_cache.c, same budget):
- * begin sets *owned when it created the cache (the caller then ends it). */
-lm_status lm__factor_cache_begin(lm_plan *p, bool *owned);
-void lm__factor_cache_end(lm_plan *p);
+/* The plan's stages (stages.c; stage.h declares the interface): check
+ * before running (streaming: for a load-time merger), begin an execution
+ * (*measure: some stage wants a pass over every tensor first), end that
+ * pass, run one tensor through every stage (the measuring pass calls only
+ * the stages that asked for it), and bracket executions whose inputs do
+ * not change. */
+lm_status lm__stages_check(const lm_plan *p, bool streaming);
+lm_status lm__stages_begin(lm_plan *p, bool *measure);
+void lm__stages_measured(lm_plan *p);
+struct lm__stage_tensor;
+lm_status lm__stages_run(const lm_plan *p, bool measure_pass,
+                         const struct lm__stage_tensor *t);
+lm_status lm__stages_reuse_begin(lm_plan *p);
+void lm__stages_reuse_end(lm_plan *p);
+void lm__stages_destroy(lm_plan *p);
 
 /* Independent work items inside one merge (parallel.c): fn(arg, i) for
  * every i < n_items, on the calling thread plus whatever of the context's

@@ -18,11 +18,7 @@ lm_status lm_merger_create(lm_plan *p, lm_merger **out)
         return lm_context_set_error(p->ctx, LM_ERR_STATE,
                                     "merger: the plan has no models or "
                                     "adapters");
-    if (p->purify && p->purify_opts.allocation == LM_PURIFY_MODEL)
-        return lm_context_set_error(p->ctx, LM_ERR_UNSUPPORTED,
-                                    "merger: purification with per-model "
-                                    "allocation needs every tensor first; "
-                                    "use LM_PURIFY_LAYER or _UNIFORM");
+    LM_TRY(lm__stages_check(p, true));
     if (p->vt->prepare_tensor)
         return lm_context_set_error(p->ctx, LM_ERR_UNSUPPORTED,
                                     "merger: strategy '%s' needs every "

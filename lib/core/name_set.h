@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "libmerge.h"
+#include "libmerge/context.h"
 
 struct lm__name_slot {
     size_t item; /* item index + 1; 0 marks an empty slot */

@@ -16,12 +16,7 @@ lm_status lm_plan_create(lm_context *ctx, const char *strategy, lm_plan **out)
                                     "plan: out of memory");
     p->ctx = ctx;
     p->vt = vt;
-    if (pthread_mutex_init(&p->purify_lock, NULL) != 0) {
-        lm_free(ctx, p);
-        return LM_ERR_INTERNAL;
-    }
     if (lm__params_create(ctx, vt, &p->params) != LM_OK) {
-        pthread_mutex_destroy(&p->purify_lock);
         lm_free(ctx, p);
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "plan: out of memory");
@@ -35,11 +30,7 @@ void lm_plan_destroy(lm_plan *p)
     if (!p)
         return;
     lm__params_destroy(p->params);
-    lm__purify_cache_end(p);
-    lm__factor_cache_end(p);
-    pthread_mutex_destroy(&p->purify_lock);
-    lm_free(p->ctx, p->purify_kept);
-    lm_free(p->ctx, p->purify_full);
+    lm__stages_destroy(p);
     lm_free(p->ctx, (void *)p->models);
     lm_free(p->ctx, (void *)p->loras);
     lm_free(p->ctx, p->weights);
@@ -169,10 +160,7 @@ lm_status lm_plan_set_progress(lm_plan *p, lm_progress_fn fn, void *user)
 
 static lm_status check_ready(lm_plan *p)
 {
-    if (p && p->purify && !p->stats)
-        return lm_context_set_error(p->ctx, LM_ERR_STATE,
-                                    "plan: purification needs activation "
-                                    "statistics (lm_plan_set_stats)");
+    LM_TRY(lm__stages_check(p, false));
     if (!p->base)
         return lm_context_set_error(p->ctx, LM_ERR_STATE,
                                     "plan: no base model (lm_plan_set_base)");

@@ -57,10 +57,9 @@ lm_status lm_plan_search(lm_plan *plan, const char *param, double lo,
     LM_TRY(lm_plan_set_float(plan, param, hi));
     LM_TRY(lm_plan_set_float(plan, param, current));
 
-    /* Only the scale changes between evaluations: purify once. */
-    bool own_cache = false;
-    if (plan->purify)
-        LM_TRY(lm__purify_cache_begin(plan, &own_cache));
+    /* Only the scale changes between evaluations: the stages' work is
+     * the same for every one. */
+    LM_TRY(lm__stages_reuse_begin(plan));
     const double g = (sqrt(5.0) - 1.0) / 2.0; /* 0.618... */
     struct search s = {plan, param, score, user, 0, 0.0, 0.0};
     double a = lo, b = hi;
@@ -84,8 +83,7 @@ lm_status lm_plan_search(lm_plan *plan, const char *param, double lo,
             st = evaluate(&s, d, &fd);
         }
     }
-    if (own_cache)
-        lm__purify_cache_end(plan);
+    lm__stages_reuse_end(plan);
     if (st != LM_OK) {
         lm_plan_set_float(plan, param, current);
         return st;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/internal.h"
+#include "core/stage.h"
 
 static void done_with(const lm_model *model, const lm_tensor *t)
 {
@@ -169,19 +170,12 @@ lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
                                   "x %zu models)", name, n, k);
     if (st == LM_OK)
         st = load_inputs(p, name, base, from_plan_base, block, deltas);
-    if (st == LM_OK && p->purify) {
-        float *const *tasks = (float *const *)deltas;
-        bool purified = false;
-        if (pass == LM__PASS_PURIFY)
-            st = lm__purify_measure(p, name, block, base->shape, base->ndim,
-                                    tasks);
-        else if (!lm__purify_cache_get(p, name, n, tasks))
-            st = lm__purify_apply(p, name, block, base->shape, base->ndim,
-                                  tasks, &purified);
-        if (st == LM_OK && purified)
-            st = lm__purify_cache_put(p, name, n, tasks);
+    if (st == LM_OK && p->n_stages) {
+        struct lm__stage_tensor t = {name, block, base->shape, base->ndim, n,
+                                     (float *const *)deltas};
+        st = lm__stages_run(p, pass == LM__PASS_MEASURE, &t);
     }
-    if (st == LM_OK && pass != LM__PASS_PURIFY)
+    if (st == LM_OK && pass != LM__PASS_MEASURE)
         st = run_strategy(p, state, name, base, block, deltas, prepare);
     lm_free(ctx, (void *)deltas);
     if (st != LM_OK || prepare) {

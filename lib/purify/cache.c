@@ -4,7 +4,8 @@
  * strategy's second pass changes, and it costs an SVD per task and layer. */
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/name_set.h"
+#include "purify/state.h"
 
 struct entry {
     char *name;
@@ -16,105 +17,103 @@ struct lm__purify_cache {
     size_t budget, used;
     struct entry *entries;
     size_t n, cap;
-    /* LM_PURIFY_MODEL: the plan's purify_kept/full are measured. */
-    bool measured;
+    struct lm__name_set names; /* entries by name */
 };
 
-lm_status lm__purify_cache_begin(lm_plan *p, bool *owned)
+static const char *entry_name(const void *table, size_t i)
 {
-    *owned = false;
-    if (p->purify_cache)
+    return ((const struct entry *)table)[i].name;
+}
+
+lm_status lm__purify_cache_begin(struct lm__purify *pu)
+{
+    if (pu->cache)
         return LM_OK;
-    p->purify_cache = lm__calloc(p->ctx, 1, sizeof(*p->purify_cache));
-    if (!p->purify_cache)
-        return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
+    pu->cache = lm__calloc(pu->ctx, 1, sizeof(*pu->cache));
+    if (!pu->cache)
+        return lm_context_set_error(pu->ctx, LM_ERR_OUT_OF_MEMORY,
                                     "purify: out of memory");
-    p->purify_cache->budget = LM__PURIFY_CACHE_BYTES;
-    *owned = true;
+    pu->cache->budget = LM__PURIFY_CACHE_BYTES;
     return LM_OK;
 }
 
-void lm__purify_cache_end(lm_plan *p)
+void lm__purify_cache_end(struct lm__purify *pu)
 {
-    struct lm__purify_cache *c = p->purify_cache;
+    struct lm__purify_cache *c = pu->cache;
     if (!c)
         return;
     for (size_t i = 0; i < c->n; i++) {
-        lm_free(p->ctx, c->entries[i].name);
-        lm_free(p->ctx, c->entries[i].deltas);
+        lm_free(pu->ctx, c->entries[i].name);
+        lm_free(pu->ctx, c->entries[i].deltas);
     }
-    lm_free(p->ctx, c->entries);
-    lm_free(p->ctx, c);
-    p->purify_cache = NULL;
-}
-
-bool lm__purify_cache_measured(const lm_plan *p)
-{
-    return p->purify_cache && p->purify_cache->measured;
-}
-
-void lm__purify_cache_set_measured(lm_plan *p)
-{
-    if (p->purify_cache)
-        p->purify_cache->measured = true;
+    lm__name_set_free(pu->ctx, &c->names);
+    lm_free(pu->ctx, c->entries);
+    lm_free(pu->ctx, c);
+    pu->cache = NULL;
 }
 
 static struct entry *find(struct lm__purify_cache *c, const char *name)
 {
-    for (size_t i = 0; i < c->n; i++)
-        if (strcmp(c->entries[i].name, name) == 0)
-            return &c->entries[i];
-    return NULL;
+    size_t i = lm__name_set_find(&c->names, name, entry_name, c->entries);
+    return i == SIZE_MAX ? NULL : &c->entries[i];
 }
 
-bool lm__purify_cache_get(lm_plan *p, const char *name, size_t numel,
-                          float *const *deltas)
+bool lm__purify_cache_get(struct lm__purify *pu, const char *name,
+                          size_t n_models, size_t numel, float *const *deltas)
 {
-    struct lm__purify_cache *c = p->purify_cache;
+    struct lm__purify_cache *c = pu->cache;
     if (!c)
         return false;
-    pthread_mutex_lock(&p->purify_lock);
+    pthread_mutex_lock(&pu->lock);
     struct entry *e = find(c, name);
     bool hit = e && e->numel == numel;
-    for (size_t t = 0; hit && t < p->n_models; t++)
+    for (size_t t = 0; hit && t < n_models; t++)
         memcpy(deltas[t], e->deltas + t * numel, numel * sizeof(float));
-    pthread_mutex_unlock(&p->purify_lock);
+    pthread_mutex_unlock(&pu->lock);
     return hit;
 }
 
-lm_status lm__purify_cache_put(lm_plan *p, const char *name, size_t numel,
+lm_status lm__purify_cache_put(struct lm__purify *pu, const char *name,
+                               size_t n_models, size_t numel,
                                float *const *deltas)
 {
-    struct lm__purify_cache *c = p->purify_cache;
+    struct lm__purify_cache *c = pu->cache;
     if (!c)
         return LM_OK;
-    size_t k = p->n_models, bytes = numel * k * sizeof(float);
-    pthread_mutex_lock(&p->purify_lock);
+    size_t k = n_models, bytes = numel * k * sizeof(float);
+    pthread_mutex_lock(&pu->lock);
     bool fits = numel && bytes / numel / k == sizeof(float) &&
                 bytes <= c->budget - c->used && !find(c, name);
-    struct entry *room = fits ? lm__reserve(p->ctx, c->entries, &c->cap, c->n,
-                                            sizeof(*c->entries), 64)
+    struct entry *room = fits ? lm__reserve(pu->ctx, c->entries, &c->cap,
+                                            c->n, sizeof(*c->entries), 64)
                               : NULL;
     struct entry e = {NULL, NULL, numel};
     if (room) {
         c->entries = room;
-        e.name = lm__strdup(p->ctx, name);
-        e.deltas = lm__calloc(p->ctx, numel * k, sizeof(float));
+        e.name = lm__strdup(pu->ctx, name);
+        e.deltas = lm__calloc(pu->ctx, numel * k, sizeof(float));
     }
     /* Out of budget: this tensor is purified again; out of memory is an
      * error, as everywhere else. */
-    bool oom = fits && !(e.name && e.deltas);
+    bool stored = false;
     if (e.name && e.deltas) {
+        c->entries[c->n] = e;
+        stored = lm__name_set_add(pu->ctx, &c->names, c->n, entry_name,
+                                  c->entries) == LM_OK;
+    }
+    if (stored) {
         for (size_t t = 0; t < k; t++)
             memcpy(e.deltas + t * numel, deltas[t], numel * sizeof(float));
-        c->entries[c->n++] = e;
+        c->n++;
         c->used += bytes;
     } else {
-        lm_free(p->ctx, e.name);
-        lm_free(p->ctx, e.deltas);
+        lm_free(pu->ctx, e.name);
+        lm_free(pu->ctx, e.deltas);
     }
-    pthread_mutex_unlock(&p->purify_lock);
-    return oom ? lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
-                                      "purify: out of memory")
-               : LM_OK;
+    pthread_mutex_unlock(&pu->lock);
+    return fits && !stored ? lm_context_set_error(pu->ctx,
+                                                  LM_ERR_OUT_OF_MEMORY,
+                                                  "purify: out of memory "
+                                                  "caching '%s'", name)
+                           : LM_OK;
 }

@@ -5,6 +5,7 @@
 
 #include "libmerge/stats.h"
 #include "linalg/linalg.h"
+#include "purify/state.h"
 
 /* tr(D H D^T) for D = merged - (base + tau_t), H = held-out X^T X. */
 static lm_status layer_drift(lm_plan *p, const char *name, const lm_tensor *b,
@@ -76,15 +77,16 @@ static lm_status tune(lm_plan *p, const double *candidates, size_t n,
                       objective_fn objective, void *user, double sign,
                       double *best_keep, double *objectives)
 {
-    if (!p->purify)
+    struct lm__purify *pu = lm__purify_of(p);
+    if (!pu)
         return lm_context_set_error(p->ctx, LM_ERR_STATE,
                                     "tune purify: enable purification first "
                                     "(lm_plan_set_purify)");
-    lm_purify_options o = p->purify_opts;
+    lm_purify_options o = pu->opts;
     double best = NAN, best_obj = INFINITY;
     /* Only keep changes between the executions: factor every layer once. */
     bool own_cache = false;
-    LM_TRY(lm__factor_cache_begin(p, &own_cache));
+    LM_TRY(lm__factor_cache_begin(pu, &own_cache));
     lm_status st = LM_OK;
     for (size_t i = 0; i < n && st == LM_OK; i++) {
         o.keep = candidates[i];
@@ -106,7 +108,7 @@ static lm_status tune(lm_plan *p, const double *candidates, size_t n,
         }
     }
     if (own_cache)
-        lm__factor_cache_end(p);
+        lm__factor_cache_end(pu);
     LM_TRY(st);
     o.keep = best;
     LM_TRY(lm_plan_set_purify(p, &o));
@@ -164,7 +166,8 @@ lm_status lm_plan_tune_purify_folds(lm_plan *p,
     for (size_t f = 0; f < n_folds; f++)
         if (!folds[f])
             return LM_ERR_INVALID_ARGUMENT;
-    if (!p->purify)
+    struct lm__purify *pu = lm__purify_of(p);
+    if (!pu)
         return lm_context_set_error(p->ctx, LM_ERR_STATE,
                                     "tune purify: enable purification first "
                                     "(lm_plan_set_purify)");
@@ -174,7 +177,7 @@ lm_status lm_plan_tune_purify_folds(lm_plan *p,
                                     "tune purify: out of memory");
     double *curve = sum + n;
     const struct lm_stats *own = p->stats;
-    lm_purify_options o = p->purify_opts;
+    lm_purify_options o = pu->opts;
     lm_status st = LM_OK;
     for (size_t f = 0; f < n_folds && st == LM_OK; f++) {
         st = fold_curve(p, folds, n_folds, f, candidates, n, curve);

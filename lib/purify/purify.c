@@ -6,39 +6,7 @@
 
 #include "libmerge/stats.h"
 #include "linalg/linalg.h"
-#include "purify/factors.h"
-
-lm_status lm_plan_set_purify(lm_plan *p, const lm_purify_options *o)
-{
-    if (!p)
-        return LM_ERR_INVALID_ARGUMENT;
-    if (!o) {
-        p->purify = false;
-        return LM_OK;
-    }
-    if (o->struct_size < sizeof(lm_purify_options))
-        return lm_context_set_error(p->ctx, LM_ERR_ABI,
-                                    "purify: options struct_size %u too "
-                                    "small", o->struct_size);
-    const char *bad = NULL;
-    if (!(o->keep > 0 && o->keep <= 1))
-        bad = "keep must be in (0, 1]";
-    else if (!(o->epsilon > 0) || !(o->tolerance > 0))
-        bad = "epsilon and tolerance must be positive";
-    else if (!(o->polarize >= 0) || o->polarize > 10)
-        bad = "polarize must be in [0, 10]";
-    else if (!(o->max_prune_factor >= 1))
-        bad = "max_prune_factor must be >= 1";
-    else if ((unsigned)o->allocation > LM_PURIFY_UNIFORM)
-        bad = "unknown allocation";
-    if (bad)
-        return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_RANGE,
-                                    "purify: %s", bad);
-    p->purify = true;
-    p->purify_opts = *o;
-    p->purify_opts.struct_size = sizeof(*o);
-    return LM_OK;
-}
+#include "purify/state.h"
 
 static void factored_free(lm_context *ctx, struct lm__factored *f)
 {
@@ -94,9 +62,10 @@ static lm_status regularise(lm_context *ctx, const lm_purify_options *o,
 
 /* SVD of (W_0 + tau) C~ for task t; f->u stays NULL when there are no
  * statistics for (t, name). */
-static lm_status factor_task(lm_plan *p, size_t t, const char *name,
-                             const float *base, const float *delta, size_t m,
-                             size_t n, struct lm__factored *f)
+static lm_status factor_task(struct lm__purify *pu, const lm_plan *p,
+                             size_t t, const char *name, const float *base,
+                             const float *delta, size_t m, size_t n,
+                             struct lm__factored *f)
 {
     lm_context *ctx = p->ctx;
     memset(f, 0, sizeof(*f));
@@ -106,7 +75,7 @@ static lm_status factor_task(lm_plan *p, size_t t, const char *name,
     if (!p->stats || lm__stats_lookup(p->stats, t, name, &g, &d, &rows) ||
         d != n || rows == 0)
         return LM_OK;
-    if (lm__factor_cache_get(p, name, t, f))
+    if (lm__factor_cache_get(pu, name, t, f))
         return LM_OK;
     lm_log(ctx, LM_LOG_DEBUG, "purify: factoring '%s' model %zu", name, t);
     size_t k = m < n ? m : n;
@@ -122,7 +91,7 @@ static lm_status factor_task(lm_plan *p, size_t t, const char *name,
         f->vt = f->s + k;
         f->cinv = f->vt + k * n;
         f->k = k;
-        st = regularise(ctx, &p->purify_opts, g, rows, n, c, f->cinv, work,
+        st = regularise(ctx, &pu->opts, g, rows, n, c, f->cinv, work,
                         &f->eps);
         for (size_t i = 0; st == LM_OK && i < m * n; i++)
             w[i] = (double)base[i] + (double)delta[i];
@@ -132,7 +101,7 @@ static lm_status factor_task(lm_plan *p, size_t t, const char *name,
         }
     }
     if (st == LM_OK)
-        st = lm__factor_cache_put(p, name, t, f, count * sizeof(double));
+        st = lm__factor_cache_put(pu, name, t, f, count * sizeof(double));
     lm_free(ctx, tmp);
     if (st != LM_OK) {
         lm_free(ctx, buf);
@@ -197,67 +166,69 @@ static lm_status allocate(lm_context *ctx, const lm_purify_options *o,
     return LM_OK;
 }
 
-static lm_status factor_all(lm_plan *p, const char *name, const float *base,
-                            size_t m, size_t n, float *const *deltas,
-                            struct lm__factored *f)
+static lm_status factor_all(struct lm__purify *pu, const lm_plan *p,
+                            const struct lm__stage_tensor *x, size_t m,
+                            size_t n, struct lm__factored *f)
 {
     for (size_t t = 0; t < p->n_models; t++)
-        LM_TRY(factor_task(p, t, name, base, deltas[t], m, n, &f[t]));
+        LM_TRY(factor_task(pu, p, t, x->name, x->base, x->deltas[t], m, n,
+                           &f[t]));
     return LM_OK;
 }
 
-static struct lm__factored *new_factors(lm_plan *p)
+static struct lm__factored *new_factors(const lm_plan *p)
 {
     return lm__calloc(p->ctx, p->n_models, sizeof(struct lm__factored));
 }
 
-static void free_factors(lm_plan *p, struct lm__factored *f)
+static void free_factors(const lm_plan *p, struct lm__factored *f)
 {
     for (size_t t = 0; f && t < p->n_models; t++)
         factored_free(p->ctx, &f[t]);
     lm_free(p->ctx, f);
 }
 
-lm_status lm__purify_measure(lm_plan *p, const char *name, const float *base,
-                             const int64_t *shape, int ndim,
-                             float *const *deltas)
+lm_status lm__purify_measure(struct lm__purify *pu, const lm_plan *p,
+                             const struct lm__stage_tensor *x)
 {
-    if (ndim != 2)
+    if (x->ndim != 2)
         return LM_OK;
-    size_t m = (size_t)shape[0], n = (size_t)shape[1];
+    size_t m = (size_t)x->shape[0], n = (size_t)x->shape[1];
     struct lm__factored *f = new_factors(p);
     size_t *ranks = lm__calloc(p->ctx, p->n_models, sizeof(size_t));
-    lm_status st = f && ranks ? factor_all(p, name, base, m, n, deltas, f)
+    lm_status st = f && ranks ? factor_all(pu, p, x, m, n, f)
                               : LM_ERR_OUT_OF_MEMORY;
     if (st == LM_OK)
-        st = allocate(p->ctx, &p->purify_opts, f, p->n_models, ranks);
+        st = allocate(p->ctx, &pu->opts, f, p->n_models, ranks);
     if (st == LM_OK) {
-        pthread_mutex_lock(&p->purify_lock);
-        for (size_t t = 0; t < p->n_models; t++)
+        pthread_mutex_lock(&pu->lock);
+        for (size_t t = 0; t < p->n_models && t < pu->n_kept; t++)
             if (f[t].u) {
-                p->purify_kept[t] += (double)ranks[t];
-                p->purify_full[t] += (double)f[t].k;
+                pu->kept[t] += (double)ranks[t];
+                pu->full[t] += (double)f[t].k;
             }
-        pthread_mutex_unlock(&p->purify_lock);
+        pthread_mutex_unlock(&pu->lock);
     }
     lm_free(p->ctx, ranks);
     free_factors(p, f);
     return st;
 }
 
-lm_status lm__purify_apply(lm_plan *p, const char *name, const float *base,
-                           const int64_t *shape, int ndim,
-                           float *const *deltas, bool *purified)
+lm_status lm__purify_apply(struct lm__purify *pu, const lm_plan *p,
+                           const struct lm__stage_tensor *x, bool *purified)
 {
     *purified = false;
-    if (ndim != 2)
+    if (x->ndim != 2)
         return LM_OK;
-    size_t m = (size_t)shape[0], n = (size_t)shape[1];
-    const lm_purify_options *o = &p->purify_opts;
+    const char *name = x->name;
+    const float *base = x->base;
+    float *const *deltas = x->deltas;
+    size_t m = (size_t)x->shape[0], n = (size_t)x->shape[1];
+    const lm_purify_options *o = &pu->opts;
     struct lm__factored *f = new_factors(p);
     size_t *ranks = lm__calloc(p->ctx, p->n_models, sizeof(size_t));
     double *a = lm__calloc(p->ctx, m * n * 2 + n * n, sizeof(double));
-    lm_status st = f && ranks && a ? factor_all(p, name, base, m, n, deltas, f)
+    lm_status st = f && ranks && a ? factor_all(pu, p, x, m, n, f)
                                    : LM_ERR_OUT_OF_MEMORY;
     if (st == LM_OK && o->allocation == LM_PURIFY_LAYER)
         st = allocate(p->ctx, o, f, p->n_models, ranks);
@@ -270,8 +241,9 @@ lm_status lm__purify_apply(lm_plan *p, const char *name, const float *base,
             r = ranks[t];
         } else {
             double ratio = o->keep;
-            if (o->allocation == LM_PURIFY_MODEL && p->purify_full[t] > 0)
-                ratio = p->purify_kept[t] / p->purify_full[t];
+            if (o->allocation == LM_PURIFY_MODEL && t < pu->n_kept &&
+                pu->full[t] > 0)
+                ratio = pu->kept[t] / pu->full[t];
             r = (size_t)lround(ratio * (double)k);
         }
         if (r < 1)

@@ -1,0 +1,83 @@
+/* Purification's state, attached to a plan as its purify stage
+ * (core/stage.h), and the caches it keeps: purified task vectors across
+ * executions with unchanged inputs, factorisations of W C~ across the
+ * executions of a keep-ratio tuning. */
+#ifndef LM_PURIFY_STATE_H
+#define LM_PURIFY_STATE_H
+
+#include <pthread.h>
+
+#include "core/internal.h"
+#include "core/stage.h"
+#include "libmerge/purify.h"
+
+/* At most this many bytes per cache and plan; beyond it work is redone. */
+#define LM__PURIFY_CACHE_BYTES ((size_t)1 << 30)
+
+struct lm__purify {
+    lm_context *ctx;
+    lm_purify_options opts;
+    /* LM_PURIFY_MODEL: kept and full ranks summed per model by the
+     * measuring pass (n_kept entries each). */
+    double *kept, *full;
+    size_t n_kept;
+    pthread_mutex_t lock; /* kept/full and both caches */
+    /* Purified task vectors (cache.c) while reuse_depth > 0; `measured`:
+     * kept/full hold this reuse's allocation, no need to measure again. */
+    struct lm__purify_cache *cache;
+    int reuse_depth;
+    bool measured;
+    /* Factorisations (factor_cache.c) during a tuning; NULL otherwise. */
+    struct lm__factor_cache *factors;
+};
+
+extern const struct lm__stage_vtable lm__purify_stage;
+
+/* The plan's purification, or NULL when it has none. */
+static inline struct lm__purify *lm__purify_of(const lm_plan *p)
+{
+    return lm__plan_stage(p, &lm__purify_stage);
+}
+
+struct lm__factored {
+    size_t k;          /* min(m, n) */
+    double eps;        /* the ridge that passed the conditioning test */
+    double *u, *s, *vt, *cinv; /* one block, starting at u */
+    bool borrowed;     /* the block belongs to the factor cache */
+};
+
+/* The two passes over one 2-D tensor (purify.c): ranks for the whole
+ * model (LM_PURIFY_MODEL), and the task vectors purified in place
+ * (*purified when any task had statistics for it). */
+lm_status lm__purify_measure(struct lm__purify *pu, const lm_plan *p,
+                             const struct lm__stage_tensor *t);
+lm_status lm__purify_apply(struct lm__purify *pu, const lm_plan *p,
+                           const struct lm__stage_tensor *t, bool *purified);
+
+/* Purified task vectors (cache.c): begin/end bracket their life; get
+ * copies a cached tensor's task vectors into deltas and returns true on a
+ * hit; put stores a copy when it fits the budget (out of memory is an
+ * error). Both do nothing without a cache. */
+lm_status lm__purify_cache_begin(struct lm__purify *pu);
+void lm__purify_cache_end(struct lm__purify *pu);
+bool lm__purify_cache_get(struct lm__purify *pu, const char *name,
+                          size_t n_models, size_t numel, float *const *deltas);
+lm_status lm__purify_cache_put(struct lm__purify *pu, const char *name,
+                               size_t n_models, size_t numel,
+                               float *const *deltas);
+
+/* Factorisations (factor_cache.c): begin sets *owned when it created the
+ * cache (the caller then ends it). get fills *f with a borrowed copy of the
+ * cached factors of (name, task) and returns true on a hit; they stay
+ * valid until the cache ends. put hands f's block to the cache when it
+ * fits (f becomes borrowed) and otherwise leaves f as it was; out of
+ * memory is an error (f unchanged). */
+lm_status lm__factor_cache_begin(struct lm__purify *pu, bool *owned);
+void lm__factor_cache_end(struct lm__purify *pu);
+bool lm__factor_cache_get(struct lm__purify *pu, const char *name,
+                          size_t task, struct lm__factored *f);
+lm_status lm__factor_cache_put(struct lm__purify *pu, const char *name,
+                               size_t task, struct lm__factored *f,
+                               size_t bytes);
+
+#endif
