@@ -34,10 +34,14 @@ for name in "${targets[@]}"; do
     echo "FAIL: fuzz target $name has no committed corpus ($corpus)"
     status=1; continue
   fi
-  # The corpus is replayed on every run: keep it small (see docs/io.md).
+  # The corpus is replayed on every run: keep it small (minimise with
+  # -merge=1; at most 500 inputs of at most 64 KB per target).
   big=$(find "$corpus" -type f -size +64k | head -3)
   if [ -n "$big" ]; then
     echo "FAIL: corpus files over 64 KB: $big"; status=1
+  fi
+  if [ "${#inputs[@]}" -gt 500 ]; then
+    echo "FAIL: $corpus holds ${#inputs[@]} inputs (at most 500)"; status=1
   fi
 
   work=$(mktemp -d)
