@@ -97,8 +97,8 @@ typedef struct lm_tensor_desc {
     size_t nbytes;
 } lm_tensor_desc;
 
-/* Where merged tensors go. Fill with LM_SINK_INIT-style designated
- * initialisers and set struct_size = sizeof(lm_sink_vtable).
+/* Where merged tensors go. Fill with designated initialisers and set
+ * struct_size = sizeof(lm_sink_vtable).
  *
  * begin:  once, before any tensor, with every output (in base order), so a
  *         file sink can lay out its header. Required.
