@@ -5,14 +5,12 @@
  * grammar again here, without allocating. The functions below follow cJSON
  * 1.7.15's parse_value, parse_string, parse_number, parse_array and
  * parse_object (cJSON.c) step for step, quirks included (whitespace is any
- * byte <= 32, numbers are whatever strtod takes from the longest run of
- * [0-9+-eE.] up to 63 bytes, \u escapes are not checked for hex digits,
+ * byte <= 32, numbers are what strtod takes from the longest run of
+ * [0-9+-eE.], \u escapes are not checked for hex digits,
  * nesting stops at CJSON_NESTING_LIMIT), so "accepted here" means
  * "accepted by cJSON"; test_alloc_failures compares the two on many
  * mutated texts. */
 #include <cJSON.h>
-#include <locale.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "io/json_oom.h"
@@ -20,6 +18,7 @@
 struct buf {
     const unsigned char *s;
     size_t len, off, depth;
+    bool unsure;
 };
 
 static bool can_read(const struct buf *b, size_t n) { return b->off + n <= b->len; }
@@ -38,27 +37,54 @@ static void skip_whitespace(struct buf *b)
 
 static bool value(struct buf *b);
 
+/* cJSON hands strtod the longest run of [0-9+-eE.] with '.' as the
+ * locale's decimal point, and strtod takes from such a run [sign] digits
+ * [. digits] or [sign] . digits, then an exponent only when a digit follows
+ * the e; nothing (a failure) without a mantissa digit. Computed here, so no
+ * locale or strtod. Up to 1.7.18 cJSON copied at most 63 bytes of the run;
+ * later versions and Debian's 1.7.15 (CVE-2023-26819 backport) take it
+ * all, and the header cannot tell which: a run of 64 bytes or more makes
+ * the answer "unsure". */
+#define NUMBER_RUN_SURE 63
+
+static bool is_digit(unsigned char c) { return c >= '0' && c <= '9'; }
+
 static bool number(struct buf *b)
 {
-    char text[64];
-    char point = localeconv()->decimal_point[0];
-    size_t i = 0;
-    for (; i < sizeof(text) - 1 && can_access(b, i); i++) {
-        unsigned char c = at(b, i);
-        if ((c >= '0' && c <= '9') || c == '+' || c == '-' || c == 'e' ||
-            c == 'E')
-            text[i] = (char)c;
-        else if (c == '.')
-            text[i] = point;
-        else
+    size_t run = 0;
+    while (can_access(b, run)) {
+        unsigned char c = at(b, run);
+        if (!is_digit(c) && c != '+' && c != '-' && c != 'e' && c != 'E' &&
+            c != '.')
             break;
+        run++;
     }
-    text[i] = '\0';
-    char *end = NULL;
-    (void)strtod(text, &end);
-    if (end == text)
+    if (run > NUMBER_RUN_SURE) {
+        b->unsure = true;
         return false;
-    b->off += (size_t)(end - text);
+    }
+    const unsigned char *p = b->s + b->off;
+    size_t i = 0, digits = 0;
+    if (i < run && (p[i] == '+' || p[i] == '-'))
+        i++;
+    for (; i < run && is_digit(p[i]); i++)
+        digits++;
+    if (i < run && p[i] == '.')
+        for (i++; i < run && is_digit(p[i]); i++)
+            digits++;
+    if (!digits)
+        return false;
+    if (i < run && (p[i] == 'e' || p[i] == 'E')) {
+        size_t j = i + 1;
+        if (j < run && (p[j] == '+' || p[j] == '-'))
+            j++;
+        if (j < run && is_digit(p[j])) {
+            while (j < run && is_digit(p[j]))
+                j++;
+            i = j;
+        }
+    }
+    b->off += i;
     return true;
 }
 
@@ -202,14 +228,22 @@ static bool value(struct buf *b)
     return false;
 }
 
-bool lm__json_parse_ran_out_of_memory(const char *text, size_t len)
+enum lm__json_grammar lm__json_cjson_grammar(const char *text, size_t len)
 {
     if (!text || !len)
-        return false;
-    struct buf b = {(const unsigned char *)text, len, 0, 0};
+        return LM__JSON_REFUSED;
+    struct buf b = {(const unsigned char *)text, len, 0, 0, false};
     /* cJSON skips a UTF-8 byte order mark (when 5 bytes can be read) */
     if (len > 4 && !memcmp(text, "\xEF\xBB\xBF", 3))
         b.off = 3;
     skip_whitespace(&b);
-    return value(&b);
+    bool ok = value(&b);
+    return b.unsure ? LM__JSON_UNSURE
+                    : ok ? LM__JSON_ACCEPTED : LM__JSON_REFUSED;
+}
+
+bool lm__json_parse_ran_out_of_memory(const char *text, size_t len)
+{
+    /* unsure: keep the parse error (what the readers said before) */
+    return lm__json_cjson_grammar(text, len) == LM__JSON_ACCEPTED;
 }

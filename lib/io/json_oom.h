@@ -10,4 +10,14 @@
  * parse can only have failed because one of cJSON's allocations did. */
 bool lm__json_parse_ran_out_of_memory(const char *text, size_t len);
 
+/* Whether cJSON's grammar accepts a value at the start of text[0..len)
+ * (for the tests comparing it with cJSON). Unsure: a number of 64 bytes or
+ * more, which cJSON builds differ on. */
+enum lm__json_grammar {
+    LM__JSON_REFUSED,
+    LM__JSON_ACCEPTED,
+    LM__JSON_UNSURE,
+};
+enum lm__json_grammar lm__json_cjson_grammar(const char *text, size_t len);
+
 #endif
