@@ -27,14 +27,23 @@ static lm_status check_options(lm_context *ctx, const lm_nsc_options *o)
     return LM_OK;
 }
 
+static const char *module_name(const void *table, size_t i)
+{
+    return ((const struct nsc_module *)table)[i].name;
+}
+
+static size_t find_module(const lm_nsc *n, const char *name)
+{
+    return lm__name_set_find(&n->names, name, module_name, n->modules);
+}
+
 static struct nsc_module *find_or_add(lm_nsc *n, const char *name,
                                       int64_t d_out, int64_t d_in,
                                       lm_status *st)
 {
-    for (size_t i = 0; i < n->n_modules; i++) {
-        struct nsc_module *m = &n->modules[i];
-        if (strcmp(m->name, name) != 0)
-            continue;
+    size_t found = find_module(n, name);
+    if (found != SIZE_MAX) {
+        struct nsc_module *m = &n->modules[found];
         if (m->d_out != d_out || m->d_in != d_in) {
             *st = lm_context_set_error(
                 n->ctx, LM_ERR_SHAPE,
@@ -57,7 +66,9 @@ static struct nsc_module *find_or_add(lm_nsc *n, const char *name,
     m->name = lm__strdup(n->ctx, name);
     m->tasks = lm__calloc(n->ctx, n->n_tasks, sizeof(*m->tasks));
     m->coef = lm__calloc(n->ctx, 4 * n->n_tasks, sizeof(double));
-    if (!m->name || !m->tasks || !m->coef) {
+    if (!m->name || !m->tasks || !m->coef ||
+        lm__name_set_add(n->ctx, &n->names, n->n_modules, module_name,
+                         n->modules) != LM_OK) {
         lm_free(n->ctx, m->name);
         lm_free(n->ctx, m->tasks);
         lm_free(n->ctx, m->coef);
@@ -216,6 +227,7 @@ void lm_nsc_destroy(lm_nsc *n)
         lm_free(n->ctx, m->name);
     }
     lm_free(n->ctx, n->modules);
+    lm__name_set_free(n->ctx, &n->names);
     lm_free(n->ctx, n->obs);
     if (n->lock_ready)
         pthread_mutex_destroy(&n->lock);
@@ -242,11 +254,11 @@ lm_status lm_nsc_module_index(const lm_nsc *n, const char *name,
 {
     if (!n || !name || !index)
         return LM_ERR_INVALID_ARGUMENT;
-    for (size_t i = 0; i < n->n_modules; i++)
-        if (strcmp(n->modules[i].name, name) == 0) {
-            *index = i;
-            return LM_OK;
-        }
+    size_t i = find_module(n, name);
+    if (i != SIZE_MAX) {
+        *index = i;
+        return LM_OK;
+    }
     return lm_context_set_error(n->ctx, LM_ERR_NOT_FOUND,
                                 "nsc: no adapter targets '%s'", name);
 }

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 
 #include "core/internal.h"
+#include "core/name_set.h"
 #include "libmerge/nsc.h"
 #include "linalg/linalg.h"
 
@@ -30,6 +31,7 @@ struct lm_nsc {
     lm_nsc_options opts;
     size_t n_tasks, n_modules, cap;
     struct nsc_module *modules;
+    struct lm__name_set names;  /* modules by name */
     uint64_t steps;             /* AdamW steps taken */
     pthread_mutex_t lock;       /* gradients and observations */
     bool lock_ready;

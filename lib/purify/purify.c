@@ -1,5 +1,6 @@
-/* Subspace purification (PAVE, Tang et al.): prune each task vector in the
- * input-weighted subspace of its fine-tuned weight before merging. */
+/* Subspace purification (PAVE, An et al., arXiv:2510.14697): prune each
+ * task vector in the input-weighted subspace of its fine-tuned weight
+ * before merging. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/name_set.h"
 #include "libmerge/stats.h"
 #include "linalg/linalg.h"
 #include "strategies/esm.h"
@@ -90,7 +91,18 @@ struct esm_state {
     pthread_mutex_t lock;
     struct cached *cache;
     size_t n_cache, cap_cache;
+    struct lm__name_set cache_names; /* cache by tensor name */
 };
+
+static const char *cached_name(const void *table, size_t i)
+{
+    return ((const struct cached *)table)[i].name;
+}
+
+static const char *cached_group(const void *table, size_t i)
+{
+    return ((const struct cached *)table)[i].group;
+}
 
 static bool matches(const regex_t *re, const char *s)
 {
@@ -115,6 +127,7 @@ static void esm_fini(void *state, void *user)
         lm_free(s->ctx, s->cache[i].delta);
     }
     lm_free(s->ctx, s->cache);
+    lm__name_set_free(s->ctx, &s->cache_names);
     pthread_mutex_destroy(&s->lock);
     lm_free(s->ctx, s);
 }
@@ -383,13 +396,18 @@ static lm_status esm_prepare(void *state, const lm_tensor_job *job,
                                           s->n_cache, sizeof(*s->cache), 64);
         if (room) {
             s->cache = room;
-            s->cache[s->n_cache++] = (struct cached){
+            s->cache[s->n_cache] = (struct cached){
                 name, group, f, job->numel, frobenius(d, job->numel), 1.0};
+            st = lm__name_set_add(job->ctx, &s->cache_names, s->n_cache,
+                                  cached_name, s->cache);
+        } else {
+            st = LM_ERR_OUT_OF_MEMORY;
+        }
+        if (st == LM_OK) {
+            s->n_cache++;
             name = NULL;
             group = NULL;
             f = NULL;
-        } else {
-            st = LM_ERR_OUT_OF_MEMORY;
         }
         pthread_mutex_unlock(&s->lock);
     }
@@ -405,28 +423,45 @@ static lm_status esm_prepared(void *state, void *user)
 {
     (void)user;
     struct esm_state *s = state;
-    for (size_t i = 0; i < s->n_cache; i++) {
-        double sum = 0;
-        size_t n = 0;
-        for (size_t j = 0; j < s->n_cache; j++)
-            if (!strcmp(s->cache[i].group, s->cache[j].group)) {
-                sum += s->cache[j].norm;
-                n++;
-            }
-        double mean = sum / (double)n;
+    /* Each group's sum and count sit at its first member's index. */
+    struct lm__name_set groups = {0};
+    size_t *first = lm__calloc(s->ctx, s->n_cache ? 2 * s->n_cache : 1,
+                               sizeof(size_t));
+    double *sum = lm__calloc(s->ctx, s->n_cache ? s->n_cache : 1,
+                             sizeof(double));
+    lm_status st = first && sum ? LM_OK : LM_ERR_OUT_OF_MEMORY;
+    size_t *count = first ? first + s->n_cache : NULL;
+    for (size_t i = 0; st == LM_OK && i < s->n_cache; i++) {
+        size_t g = lm__name_set_find(&groups, s->cache[i].group, cached_group,
+                                     s->cache);
+        if (g == SIZE_MAX) {
+            g = i;
+            st = lm__name_set_add(s->ctx, &groups, i, cached_group, s->cache);
+        }
+        first[i] = g;
+        sum[g] += s->cache[i].norm;
+        count[g]++;
+    }
+    for (size_t i = 0; st == LM_OK && i < s->n_cache; i++) {
+        double mean = sum[first[i]] / (double)count[first[i]];
         s->cache[i].beta =
             mean > 0 ? pow(s->cache[i].norm / mean, s->o.norm_power) : 1.0;
     }
-    return LM_OK;
+    lm__name_set_free(s->ctx, &groups);
+    lm_free(s->ctx, first);
+    lm_free(s->ctx, sum);
+    return st == LM_OK ? LM_OK
+                       : lm_context_set_error(s->ctx, st,
+                                              "esm: out of memory scaling "
+                                              "layer groups");
 }
 
 static const struct cached *find_cached(const struct esm_state *s,
                                         const char *name)
 {
-    for (size_t i = 0; i < s->n_cache; i++)
-        if (!strcmp(s->cache[i].name, name))
-            return &s->cache[i];
-    return NULL;
+    size_t i = lm__name_set_find(&s->cache_names, name, cached_name,
+                                 s->cache);
+    return i == SIZE_MAX ? NULL : &s->cache[i];
 }
 
 static lm_status esm_merge(void *state, const lm_tensor_job *job, void *user)
