@@ -5,6 +5,7 @@
 #ifndef LIBMERGE_PROJECTOR_H
 #define LIBMERGE_PROJECTOR_H
 
+#include "libmerge/plan.h"
 #include "libmerge/stats.h"
 
 #ifdef __cplusplus
@@ -54,6 +55,41 @@ LM_API lm_status lm_projector_project(const lm_projector *p, const float *in,
 LM_API lm_status lm_projector_complement(const lm_projector *p,
                                          const float *in, size_t n,
                                          float *out);
+
+/* Projecting task vectors inside a plan (a plan stage, run on every
+ * matching tensor after the task vectors are loaded and before the
+ * strategy merges them, and before purification if both are set). Each
+ * 2-D task vector dW [rows, cols] is projected along `side`:
+ * LM_PROJECT_ROWS treats every row as a vector of the input space (the
+ * projector's dimension must be cols: e.g. a PCA of the layer's inputs,
+ * lm_projector_from_stats), LM_PROJECT_COLUMNS every column as a vector of
+ * the output space (dimension rows). LM_PROJECTION_KEEP keeps P P^T x,
+ * LM_PROJECTION_REMOVE keeps x - P P^T x.
+ * `pattern` is a POSIX extended regular expression searched in the tensor
+ * name (anchor it with ^...$ to match whole names); `model` is the index
+ * of the model or adapter it applies to, or LM_ALL_MODELS. Every rule whose
+ * pattern and model match is applied, in the order added. The plan
+ * borrows the projector: it must outlive the plan's executions.
+ * Errors: LM_ERR_INVALID_ARGUMENT (bad enum, NULL), LM_ERR_FORMAT (the
+ * pattern does not compile); at execution, LM_ERR_SHAPE naming the tensor
+ * when a matching tensor is not 2-D or its dimension differs from the
+ * projector's. */
+typedef enum lm_projection_side {
+    LM_PROJECT_ROWS = 0,
+    LM_PROJECT_COLUMNS = 1
+} lm_projection_side;
+typedef enum lm_projection_mode {
+    LM_PROJECTION_KEEP = 0,
+    LM_PROJECTION_REMOVE = 1
+} lm_projection_mode;
+#define LM_ALL_MODELS ((size_t)-1)
+LM_API lm_status lm_plan_add_projection(lm_plan *plan, const char *pattern,
+                                        size_t model,
+                                        const lm_projector *projector,
+                                        lm_projection_side side,
+                                        lm_projection_mode mode);
+/* Removes every projection rule of the plan. */
+LM_API lm_status lm_plan_clear_projections(lm_plan *plan);
 
 /* Thread-safety: a projector is immutable after creation; concurrent use
  * is safe. */

@@ -23,6 +23,10 @@ struct lm__stage_tensor {
 
 struct lm__stage_vtable {
     const char *name;
+    /* Stages run in ascending order (ties: attachment order), so that,
+     * e.g., user projections come before purification whichever the host
+     * set first. */
+    int order;
     /* Before an execution runs, and (streaming) before a load-time merger
      * is created: a stage that cannot run that way sets an error. */
     lm_status (*check)(void *self, const lm_plan *p, bool streaming);
@@ -45,8 +49,7 @@ struct lm__stage_vtable {
 };
 
 /* Attach `self` as the plan's stage of kind `vt` (replacing, and
- * destroying, an earlier one of that kind; NULL removes it). Stages run
- * in the order they were first attached. */
+ * destroying, an earlier one of that kind; NULL removes it). */
 lm_status lm__plan_set_stage(lm_plan *p, const struct lm__stage_vtable *vt,
                              void *self);
 /* The plan's stage of kind `vt`, or NULL. */

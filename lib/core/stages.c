@@ -1,4 +1,4 @@
-/* The plan's stages (stage.h), run in attachment order. */
+/* The plan's stages (stage.h), run in ascending `order`. */
 #include <string.h>
 
 #include "core/internal.h"
@@ -30,7 +30,13 @@ lm_status lm__plan_set_stage(lm_plan *p, const struct lm__stage_vtable *vt,
                                     "plan: out of memory adding stage '%s'",
                                     vt->name);
     p->stages = room;
-    p->stages[p->n_stages++] = (struct lm__plan_stage){vt, self, false};
+    size_t at = p->n_stages;
+    while (at > 0 && p->stages[at - 1].vt->order > vt->order)
+        at--;
+    memmove(&p->stages[at + 1], &p->stages[at],
+            (p->n_stages - at) * sizeof(*p->stages));
+    p->stages[at] = (struct lm__plan_stage){vt, self, false};
+    p->n_stages++;
     return LM_OK;
 }
 

@@ -102,6 +102,7 @@ static void reuse_end(void *self)
 
 const struct lm__stage_vtable lm__purify_stage = {
     .name = "purify",
+    .order = 20,
     .check = check,
     .begin = begin,
     .measure = measure,
