@@ -1,5 +1,7 @@
 """Independent numpy implementations of the merge methods, written from the
 papers' equations (see docs/methods/), used as references by the tests."""
+import re
+
 import numpy as np
 
 M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -202,6 +204,43 @@ def esm_layer(dws, xs, k=None, pad_identity=False, norm_power=2.0, eig_power=0.1
     ua, sa, va = svd(ac)
     return 2 * (uu @ vu * su.mean()) @ (ua @ va * sa.mean())
 
+
+
+def esm_group(name):
+    """ESM's default layer type: every all-digit name component -> '#'."""
+    return re.sub(r"(^|\.)\d+(?=\.|$)", r"\1#", name)
+
+
+def esm_routed(taus, xs, routes, alpha=1.0, alpha_on=None, groups=None,
+               layer_scaling=True, norm_power=2.0, **opts):
+    """A whole ESM merge (docs/methods/esm.md). taus: name -> list of task
+    vectors; xs: name -> list of per-task inputs (ESD tensors only);
+    routes: name -> "esd" | "tsv" | "mean"; alpha_on: the names alpha
+    scales (default all); groups: name -> layer type, or None for unscaled
+    (default: ESD/TSV tensors by esm_group, mean tensors unscaled).
+    beta = (norm / group mean)^p. Returns name -> merged task vector."""
+    merged = {}
+    for key, r in routes.items():
+        tv = taus[key]
+        if r == "esd":
+            merged[key] = esm_layer(tv, xs[key], norm_power=norm_power, **opts)
+        elif r == "tsv":
+            merged[key] = tsv(tv)
+        else:
+            assert r == "mean", r
+            merged[key] = np.mean(np.stack(tv).astype(np.float64), 0)
+    if groups is None:
+        groups = {k: esm_group(k) if r != "mean" else None for k, r in routes.items()}
+    if layer_scaling:
+        norms = {k: np.linalg.norm(v) for k, v in merged.items()}
+        beta = {}
+        for k, g in groups.items():
+            if g is not None:
+                same = [norms[j] for j, h in groups.items() if h == g]
+                beta[k] = (norms[k] / np.mean(same)) ** norm_power
+        merged = {k: v * beta.get(k, 1.0) for k, v in merged.items()}
+    alpha_on = set(merged) if alpha_on is None else set(alpha_on)
+    return {k: (alpha if k in alpha_on else 1.0) * v for k, v in merged.items()}
 
 # --- PAVE purification (research/nsc_purify.md §B), written from the
 # equations: C~ = X^T X / n + eps I (eps doubled until ||C~^-1 C~ - I||_F <

@@ -3,8 +3,6 @@ algorithm that takes the SVD of the output shift dO = X dW^T (the library
 uses the Gram route dW (X^T X) dW^T from accumulated statistics), plus the
 routing, alpha and layer-scaling rules. Tolerance: max |diff| <= 1e-4 *
 max |ref|."""
-import re
-
 import numpy as np
 import pytest
 
@@ -42,38 +40,11 @@ def taus(base, models, key):
     return [m[key] - base[key] for m in models]
 
 
-def group(name):
-    return re.sub(r"(^|\.)\d+(?=\.|$)", r"\1#", name)
-
-
-def reference_routed(base, models, xs, routes, alpha=1.0, alpha_on=None, groups=None,
-                     layer_scaling=True, norm_power=2.0, **opts):
-    """routes: name -> "esd" | "tsv" | "mean" (every tensor of the model);
-    alpha_on: the names alpha scales (default all); groups: name -> layer
-    type, or None for unscaled (default: ESD/TSV tensors by name with
-    indices removed, mean tensors unscaled). beta = (norm / group mean)^p."""
-    merged = {}
-    for key, r in routes.items():
-        tv = taus(base, models, key)
-        if r == "esd":
-            merged[key] = ref.esm_layer(tv, [x[key] for x in xs], norm_power=norm_power, **opts)
-        elif r == "tsv":
-            merged[key] = ref.tsv(tv)
-        else:
-            assert r == "mean", r
-            merged[key] = np.mean(np.stack(tv).astype(np.float64), 0)
-    if groups is None:
-        groups = {k: group(k) if r != "mean" else None for k, r in routes.items()}
-    if layer_scaling:
-        norms = {k: np.linalg.norm(v) for k, v in merged.items()}
-        beta = {}
-        for k, g in groups.items():
-            if g is not None:
-                same = [norms[j] for j, h in groups.items() if h == g]
-                beta[k] = (norms[k] / np.mean(same)) ** norm_power
-        merged = {k: v * beta.get(k, 1.0) for k, v in merged.items()}
-    alpha_on = set(merged) if alpha_on is None else set(alpha_on)
-    return {k: (alpha if k in alpha_on else 1.0) * v for k, v in merged.items()}
+def reference_routed(base, models, xs, routes, **opts):
+    """reference.esm_routed on this file's dicts of models and inputs."""
+    return ref.esm_routed({k: taus(base, models, k) for k in routes},
+                          {k: [x[k] for x in xs] for k in routes if k in xs[0]},
+                          routes, **opts)
 
 
 def reference_model(base, models, xs, alpha=1.0, layer_scaling=True, esd=LAYERS, **opts):
@@ -165,7 +136,7 @@ def test_clip_vit_preset_routing():
     scaled = list(shapes)
     norms = {k: np.linalg.norm(merged[k]) for k in scaled}
     for k in scaled:
-        same = [norms[j] for j in scaled if group(j) == group(k)]
+        same = [norms[j] for j in scaled if ref.esm_group(j) == ref.esm_group(k)]
         merged[k] = merged[k] * (norms[k] / np.mean(same)) ** 2
     for k in merged:
         if k in esd:
