@@ -25,5 +25,6 @@
 #include "libmerge/gguf.h"
 #include "libmerge/npz.h"
 #include "libmerge/output.h"
+#include "libmerge/io.h"
 
 #endif /* LIBMERGE_H */

@@ -6,6 +6,8 @@
 #define LIBMERGE_SAFETENSORS_H
 
 #include "libmerge/model.h"
+/* lm_model_open was declared here before libmerge/io.h; kept reachable. */
+#include "libmerge/io.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -26,14 +28,6 @@ extern "C" {
  * modified while the model lives (see docs/io.md). */
 LM_API lm_status lm_safetensors_read(lm_context *ctx, const char *path,
                                      lm_model **out);
-
-/* Open a model from `path`: a .safetensors file, a
- * model.safetensors.index.json (sharded checkpoint: every shard in its
- * weight_map is read and the map is checked against the shards), or a
- * directory holding either (the index wins). Errors as
- * lm_safetensors_read; LM_ERR_NOT_FOUND when a directory holds neither. */
-LM_API lm_status lm_model_open(lm_context *ctx, const char *path,
-                               lm_model **out);
 
 #ifdef __cplusplus
 }

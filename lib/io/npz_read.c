@@ -10,6 +10,7 @@
 #include "io/input_file.h"
 #include "io/mapping.h"
 #include "io/npy_header.h"
+#include "io/formats_read.h"
 #include "libmerge/npz.h"
 
 #define SIG_LOCAL 0x04034b50u
@@ -371,9 +372,6 @@ static lm_status parse(lm_context *ctx, const char *path,
     }
     return st;
 }
-
-lm_status lm__npz_read_into(lm_context *ctx, const char *path,
-                            lm_model *model);
 
 lm_status lm__npz_read_into(lm_context *ctx, const char *path,
                             lm_model *model)

@@ -12,6 +12,7 @@
 #include "io/json_check.h"
 #include "io/json_oom.h"
 #include "io/mapping.h"
+#include "io/formats_read.h"
 #include "libmerge/safetensors.h"
 
 /* safetensors' own reference implementation refuses larger headers. */
@@ -313,11 +314,6 @@ static lm_status parse_file(lm_context *ctx, const char *path,
     cJSON_Delete(root);
     return st;
 }
-
-/* Map `path` into the model's mapping set and add its tensors (also used
- * for the shards of a sharded checkpoint). */
-lm_status lm__safetensors_read_into(lm_context *ctx, const char *path,
-                                    lm_model *model);
 
 lm_status lm__safetensors_read_into(lm_context *ctx, const char *path,
                                     lm_model *model)

@@ -12,15 +12,6 @@ int lmerge_methods(int argc, char **argv);
 int lmerge_run(int argc, char **argv);
 int lmerge_info(int argc, char **argv);
 
-/* Open a model from a safetensors file, a directory (model.safetensors or
- * a sharded index) or another supported format; errors on ctx. */
-lm_status lmerge_open_model(lm_context *ctx, const char *path, lm_model **out);
-/* A PEFT adapter directory (holds adapter_config.json)? */
-bool lmerge_is_adapter(const char *path);
-bool lmerge_is_gguf(const char *path);
-/* A model or, for a PEFT directory or a llama.cpp adapter GGUF, a LoRA. */
-lm_status lmerge_open_input(lm_context *ctx, const char *path,
-                            lm_model **model, lm_lora **lora);
 #ifdef LMERGE_MPI
 /* mpi_exec.c: this process's rank and the number of ranks (0 and 1
  * without MPI_Init), and the distributed execution of a plan into a file

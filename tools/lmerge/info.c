@@ -14,7 +14,7 @@ int lmerge_info(int argc, char **argv)
         return 1;
     lm_model *m = NULL;
     int rc = 0;
-    if (lmerge_open_model(ctx, argv[1], &m) != LM_OK) {
+    if (lm_model_open(ctx, argv[1], &m) != LM_OK) {
         fprintf(stderr, "lmerge info: %s\n", lm_context_error(ctx));
         rc = 1;
     } else {

@@ -286,13 +286,13 @@ int lmerge_run(int argc, char **argv)
         fprintf(stderr, "lmerge run: out of memory\n");
         goto done;
     }
-    if (lmerge_open_model(ctx, c.base_model, &base)) {
+    if (lm_model_open(ctx, c.base_model, &base)) {
         fprintf(stderr, "lmerge run: base_model: %s\n", lm_context_error(ctx));
         goto done;
     }
     for (size_t m = 0; m < c.n_models; m++) {
-        lm_status st = lmerge_open_input(ctx, c.models[m].path, &models[m],
-                                         &adapters[m]);
+        lm_status st = lm_input_open(ctx, c.models[m].path, &models[m],
+                                     &adapters[m]);
         if (st != LM_OK) {
             fprintf(stderr, "lmerge run: %s:%d: %s\n", o.config,
                     c.models[m].line, lm_context_error(ctx));
@@ -336,34 +336,24 @@ int lmerge_run(int argc, char **argv)
     if (my_rank() == 0 && begin_output(ctx, &o, &c, &out))
         goto done;
     const char *staging = out ? lm_output_dir_path(out) : o.out_dir;
-    /* A GGUF base gives a GGUF output carrying its key/values. */
-    bool gguf = lmerge_is_gguf(c.base_model);
-    const char *single_name = gguf ? "model.gguf" : "model.safetensors";
-    char single[4096];
-    snprintf(single, sizeof(single), "%s/%s", staging, single_name);
     char version[64];
     snprintf(version, sizeof(version), "libmerge %s", lm_version_string());
-    const char *keys[] = {"format", "merged_by", "merge_method", "merge_config"};
-    const char *values[] = {"pt", version, c.merge_method,
+    const char *keys[] = {"merged_by", "merge_method", "merge_config"};
+    const char *values[] = {version, c.merge_method,
                             config_text ? config_text : ""};
+    /* The library picks the format: the base's (a GGUF base gives a GGUF
+     * output carrying its key/values), else safetensors, sharded when
+     * large and the format shards. */
     lm_safetensors_sink_options so = LM_SAFETENSORS_SINK_OPTIONS_INIT;
     so.max_shard_bytes = total > o.shard_bytes ? o.shard_bytes : 0;
     so.metadata_keys = keys;
     so.metadata_values = values;
-    so.n_metadata = 4;
-    lm_gguf_options go = LM_GGUF_OPTIONS_INIT;
-    go.kv_from = base;
-    go.metadata_keys = keys + 1; /* "format": "pt" is safetensors-only */
-    go.metadata_values = values + 1;
-    go.n_metadata = 3;
-    if (gguf)
-        so.max_shard_bytes = 0; /* one GGUF file */
+    so.n_metadata = 3;
     /* Under MPI only rank 0 owns the output files (see mpi_exec.c). */
     lm_status sink_st =
-        my_rank() != 0 ? LM_OK
-        : gguf         ? lm_gguf_sink_create(ctx, single, &go, &sink)
-                       : lm_safetensors_sink_create(
-                     ctx, so.max_shard_bytes ? staging : single, &so, &sink);
+        my_rank() != 0
+            ? LM_OK
+            : lm_file_sink_create_for(ctx, staging, base, &so, &sink);
     if (sink_st) {
         fprintf(stderr, "lmerge run: %s\n", lm_context_error(ctx));
         goto done;

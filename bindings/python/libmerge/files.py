@@ -3,7 +3,7 @@ safetensors, GGUF or .npz (chosen by the file extension)."""
 import ctypes
 import os
 
-from . import _build_model, _Context, _L, _lib, _model_to_dict
+from . import _build_model, _Context, _L, _model_to_dict
 
 __all__ = ["load", "save"]
 
@@ -26,20 +26,23 @@ def save(path, tensors, *, compress=False):
     (compress=True deflates the members, like np.savez_compressed; bfloat16
     is widened to float32 there). Written under a temporary name and
     renamed, so a failure leaves no partial file."""
-    ext = os.path.splitext(os.fspath(path))[1]
-    writers = {".safetensors": "lm_safetensors_write", ".gguf": "lm_gguf_write",
-               ".npz": "lm_npz_write"}
-    if ext not in writers:
-        raise ValueError("save: unknown extension %r (use .safetensors, .gguf "
-                         "or .npz)" % ext)
     keep = []
     with _Context(threads=1) as ctx:
         model = _build_model(ctx, tensors, "tensors", keep)
         try:
-            opts = None
-            if ext == ".npz":
-                opts = ctypes.byref(_lib._NpzOptions(ctypes.sizeof(_lib._NpzOptions),
-                                                     int(bool(compress))))
-            ctx.check(getattr(_L, writers[ext])(ctx.ptr, model, os.fsencode(path), opts))
+            # The library's format table picks the writer by extension.
+            ctx.check(_model_save()(ctx.ptr, model, os.fsencode(path),
+                                    _SAVE_COMPRESS if compress else 0))
         finally:
             _L.lm_model_destroy(model)
+
+
+_SAVE_COMPRESS = 1  # LM_SAVE_COMPRESS
+
+
+def _model_save():
+    fn = _L.lm_model_save
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p,
+                   ctypes.c_uint]
+    return fn
