@@ -83,11 +83,14 @@ struct lm_model {
     char **meta_keys, **meta_values; /* insertion order */
     size_t n_meta, meta_cap;
     struct lm__name_set meta_names;  /* meta_keys by name */
-    /* A GGUF file's raw key/value section (inside the model's mapping),
-     * so a GGUF writer can carry typed values such as tokenizer arrays. */
-    const void *gguf_kv;
-    size_t gguf_kv_len;
-    uint64_t gguf_kv_count;
+    /* What the format a model was read from keeps beside its tensors and
+     * metadata, for a writer of the same format to carry over (e.g. typed
+     * key/values that text metadata cannot hold). Opaque here: `tag` names the owner (lib/io), who
+     * alone reads `data`; `destroy` frees it, before `release`, since
+     * `data` may point into the resource. */
+    const void *attachment_tag;
+    void *attachment;
+    void (*attachment_destroy)(lm_context *ctx, void *data);
 };
 
 struct lm_lora_entry {
@@ -192,6 +195,13 @@ lm_status lm__execute(lm_plan *plan, const lm_sink_vtable *sink);
 lm_status lm__model_attach_resource(lm_model *model,
                                     void (*release)(void *resource),
                                     void *resource);
+
+/* Attach format data to a model (see struct lm_model): one per model;
+ * LM_ERR_STATE if one is attached. `destroy` may be NULL. */
+lm_status lm__model_attach(lm_model *model, const void *tag, void *data,
+                           void (*destroy)(lm_context *ctx, void *data));
+/* The data attached under `tag`, or NULL. */
+void *lm__model_attachment(const lm_model *model, const void *tag);
 
 /* The tensor named `name`, or NULL (no error recorded). */
 lm_tensor *lm__model_lookup(const lm_model *model, const char *name);

@@ -33,6 +33,8 @@ void lm_model_destroy(lm_model *m)
     }
     lm_free(m->ctx, m->meta_keys);
     lm_free(m->ctx, m->meta_values);
+    if (m->attachment_destroy)
+        m->attachment_destroy(m->ctx, m->attachment);
     if (m->release)
         m->release(m->resource);
     lm_free(m->ctx, m);
@@ -48,6 +50,24 @@ lm_status lm__model_attach_resource(lm_model *m, void (*release)(void *),
     m->release = release;
     m->resource = resource;
     return LM_OK;
+}
+
+lm_status lm__model_attach(lm_model *m, const void *tag, void *data,
+                           void (*destroy)(lm_context *ctx, void *data))
+{
+    if (!m || !tag)
+        return LM_ERR_INVALID_ARGUMENT;
+    if (m->attachment_tag)
+        return LM_ERR_STATE;
+    m->attachment_tag = tag;
+    m->attachment = data;
+    m->attachment_destroy = destroy;
+    return LM_OK;
+}
+
+void *lm__model_attachment(const lm_model *m, const void *tag)
+{
+    return m && tag && m->attachment_tag == tag ? m->attachment : NULL;
 }
 
 static const char *entry_name(const void *entries, size_t i)

@@ -16,6 +16,7 @@
 
 #include "core/internal.h"
 #include "io/atomic_file.h"
+#include "io/gguf_format.h"
 #include "io/gguf_write.h"
 #include "libmerge/file_sink.h"
 #include "libmerge/gguf.h"
@@ -371,7 +372,7 @@ lm_status lm_safetensors_sink_create(lm_context *ctx, const char *path,
 static uint32_t source_alignment(const lm_model *m)
 {
     const char *v = NULL;
-    if (!m || !m->gguf_kv)
+    if (!lm__gguf_kv_of(m))
         return 0;
     for (size_t i = 0; i < m->n_meta; i++)
         if (!strcmp(m->meta_keys[i], "general.alignment"))

@@ -246,6 +246,7 @@ const struct lm__format *const lm__formats[] = {
 
 const struct lm__format *lm__format_of_model(const lm_model *model)
 {
-    /* Only GGUF keeps something of its file in the model today. */
-    return model && model->gguf_kv ? &gguf : NULL;
+    /* Only GGUF keeps something of its file in the model today (its
+     * typed key/values, as the model's format attachment). */
+    return lm__gguf_kv_of(model) ? &gguf : NULL;
 }

@@ -115,3 +115,36 @@ bool lm__gguf_skip_value(struct gguf_cursor *c, uint32_t type, int depth)
     c->p += size;
     return true;
 }
+
+/* The attachment's tag: its address identifies GGUF key/values. */
+static const char kv_tag[] = "GGUF key/values";
+
+static void kv_destroy(lm_context *ctx, void *data)
+{
+    lm_free(ctx, data);
+}
+
+lm_status lm__gguf_kv_attach(lm_context *ctx, const char *path,
+                             lm_model *model, const void *p, size_t len,
+                             uint64_t count)
+{
+    struct lm__gguf_kv *kv = lm_alloc(ctx, sizeof(*kv));
+    if (!kv)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "%s: out of memory keeping the "
+                                    "key/values", path);
+    *kv = (struct lm__gguf_kv){p, len, count};
+    lm_status st = lm__model_attach(model, kv_tag, kv, kv_destroy);
+    if (st != LM_OK) {
+        lm_free(ctx, kv);
+        return lm_context_set_error(ctx, st, "%s: the model already holds "
+                                             "another file's format data",
+                                    path);
+    }
+    return LM_OK;
+}
+
+const struct lm__gguf_kv *lm__gguf_kv_of(const lm_model *model)
+{
+    return lm__model_attachment(model, kv_tag);
+}

@@ -65,6 +65,21 @@ enum lm__gguf_text lm__gguf_text_measure(struct gguf_cursor *c,
 void lm__gguf_text_write(struct gguf_cursor c, uint32_t type, char *buf,
                          size_t len);
 
+/* A GGUF file's raw key/value section (inside the model's mapping), the
+ * format attachment of a model read from GGUF (lm__model_attach), so a
+ * GGUF writer can carry typed values such as tokenizer arrays. */
+struct lm__gguf_kv {
+    const void *p;
+    size_t len;
+    uint64_t count;
+};
+/* Attach it to `model` (out of memory: an error naming `path`). */
+lm_status lm__gguf_kv_attach(lm_context *ctx, const char *path,
+                             lm_model *model, const void *p, size_t len,
+                             uint64_t count);
+/* The key/values of a model read from GGUF, or NULL. */
+const struct lm__gguf_kv *lm__gguf_kv_of(const lm_model *model);
+
 /* Map a GGUF file into `model` (lm_gguf_read; also lm_model_open). */
 lm_status lm__gguf_read_into(lm_context *ctx, const char *path,
                              lm_model *model);

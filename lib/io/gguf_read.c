@@ -234,9 +234,8 @@ static lm_status parse(lm_context *ctx, const char *path,
                               "file allows");
     const unsigned char *kv_begin = c.p;
     LM_TRY(read_kvs(ctx, path, &c, n_kv, model, &alignment));
-    model->gguf_kv = kv_begin;
-    model->gguf_kv_len = (size_t)(c.p - kv_begin);
-    model->gguf_kv_count = n_kv;
+    LM_TRY(lm__gguf_kv_attach(ctx, path, model, kv_begin,
+                              (size_t)(c.p - kv_begin), n_kv));
     if (n_tensors == 0)
         return lm_context_set_error(ctx, LM_ERR_FORMAT,
                                     "%s: the file holds no tensors (an empty "

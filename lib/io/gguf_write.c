@@ -76,13 +76,12 @@ static bool overridden(const char *key, size_t klen,
 static uint64_t copy_kvs(struct buf *b, const lm_model *src,
                          const struct lm__gguf_layout_in *in)
 {
-    if (!src || !src->gguf_kv)
+    const struct lm__gguf_kv *kv = lm__gguf_kv_of(src);
+    if (!kv)
         return 0;
-    struct gguf_cursor c = {src->gguf_kv,
-                            (const unsigned char *)src->gguf_kv +
-                                src->gguf_kv_len};
+    struct gguf_cursor c = {kv->p, (const unsigned char *)kv->p + kv->len};
     uint64_t copied = 0;
-    for (uint64_t i = 0; i < src->gguf_kv_count; i++) {
+    for (uint64_t i = 0; i < kv->count; i++) {
         const unsigned char *start = c.p;
         const char *key;
         uint64_t klen;
