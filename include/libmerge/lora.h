@@ -43,6 +43,14 @@ LM_API lm_status lm_lora_find(const lm_lora *lora, const char *target,
 LM_API lm_status lm_plan_add_lora(lm_plan *plan, const lm_lora *lora,
                                   double weight);
 
+/* The dense task vector of an adapter: scale * B A (f32, BLAS) for each
+ * target, which must be a 2-D tensor of `base` of shape [out, in]
+ * (LM_ERR_NOT_FOUND / LM_ERR_SHAPE naming it otherwise). */
+LM_API lm_status lm_task_vector_from_lora(lm_context *ctx,
+                                          const lm_lora *lora,
+                                          const lm_model *base,
+                                          lm_task_vector **out);
+
 /* Thread-safety: concurrent reads are safe; lm_lora_add needs exclusive
  * access. */
 

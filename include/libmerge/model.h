@@ -80,6 +80,21 @@ LM_API const char *lm_task_vector_name(const lm_task_vector *tv, size_t i);
  * the task vector. */
 LM_API lm_status lm_task_vector_find(const lm_task_vector *tv,
                                      const char *name, const lm_tensor **out);
+/* A task vector whose deltas are the tensors of `deltas` (e.g. a file
+ * written from lm_task_vector_to_model), copied to f32 (f64 rounded once).
+ * Errors: LM_ERR_INVALID_ARGUMENT (an empty model), LM_ERR_UNSUPPORTED (a
+ * lazy tensor), LM_ERR_OUT_OF_MEMORY. */
+LM_API lm_status lm_task_vector_from_model(lm_context *ctx,
+                                           const lm_model *deltas,
+                                           lm_task_vector **out);
+/* Multiply every delta by `factor` in place (f32): -1 negates (task
+ * forgetting), sums of scaled vectors give analogies. `factor` must be
+ * finite (LM_ERR_OUT_OF_RANGE). Needs exclusive access. */
+LM_API lm_status lm_task_vector_scale(lm_task_vector *tv, double factor);
+/* A new model holding copies of the deltas (f32), in the task vector's
+ * order, e.g. to save with lm_safetensors_write. */
+LM_API lm_status lm_task_vector_to_model(const lm_task_vector *tv,
+                                         lm_model **out);
 
 #ifdef __cplusplus
 }

@@ -42,6 +42,15 @@ LM_API lm_status lm_plan_set_base(lm_plan *plan, const lm_model *base);
  * must be finite. Models are tasks in the order added. */
 LM_API lm_status lm_plan_add_model(lm_plan *plan, const lm_model *model,
                                    double weight);
+/* Add a task given by its task vector (deltas, borrowed like a model):
+ * e.g. one saved to a file and read back with lm_task_vector_from_model,
+ * a LoRA expanded with lm_task_vector_from_lora, or a negated one
+ * (lm_task_vector_scale by -1) to make the merge forget a task. Tensors
+ * the task vector lacks are zero for it; one the base lacks, or of another
+ * shape, is an error at execution naming it. */
+LM_API lm_status lm_plan_add_task_vector(lm_plan *plan,
+                                         const lm_task_vector *task_vector,
+                                         double weight);
 LM_API size_t lm_plan_model_count(const lm_plan *plan);
 
 /* Activation statistics for strategies that use them (ESM, purification,

@@ -51,6 +51,29 @@ static lm_status validate_lora(const lm_plan *p, size_t m)
     return LM_OK;
 }
 
+/* Every tensor of a task vector is a base tensor of the same shape. */
+static lm_status validate_task_vector(const lm_plan *p, size_t m)
+{
+    const lm_model *d = p->tvs[m]->deltas;
+    for (size_t i = 0; i < d->count; i++) {
+        lm_tensor *t;
+        if (lm_model_find(p->base, d->entries[i].name, &t) != LM_OK)
+            return lm_context_set_error(p->ctx, LM_ERR_NOT_FOUND,
+                                        "task vector %zu has tensor '%s', "
+                                        "which the base lacks", m,
+                                        d->entries[i].name);
+        bool same = t->ndim == d->entries[i].tensor->ndim;
+        for (int k = 0; same && k < t->ndim; k++)
+            same = t->shape[k] == d->entries[i].tensor->shape[k];
+        if (!same)
+            return lm_context_set_error(p->ctx, LM_ERR_SHAPE,
+                                        "task vector %zu: tensor '%s' has "
+                                        "another shape than the base's", m,
+                                        d->entries[i].name);
+    }
+    return LM_OK;
+}
+
 /* Every model holds every base tensor with the same shape and dtype, and
  * nothing else. */
 static lm_status validate_inputs(const lm_plan *p)
@@ -58,6 +81,10 @@ static lm_status validate_inputs(const lm_plan *p)
     const lm_model *base = p->base;
     for (size_t m = 0; m < p->n_models; m++) {
         const lm_model *model = p->models[m];
+        if (p->tvs[m]) {
+            LM_TRY(validate_task_vector(p, m));
+            continue;
+        }
         if (!model) {
             LM_TRY(validate_lora(p, m));
             continue;

@@ -118,6 +118,8 @@ struct lm_plan {
     const lm_model *base;
     const lm_model **models;        /* NULL where the task is an adapter */
     const struct lm_lora **loras;   /* NULL where the task is a model */
+    /* Non-NULL where the task is a task vector (deltas, not weights). */
+    const struct lm_task_vector **tvs;
     double *weights;
     size_t n_models, cap_models;
     const struct lm_stats *stats;
@@ -132,6 +134,17 @@ struct lm__plan_stage {
     void *self;
     bool measuring; /* asked for a measuring pass in this execution */
 };
+
+struct lm_task_vector {
+    lm_context *ctx;
+    lm_model *deltas; /* f32, owned */
+};
+
+/* delta = scale * B A of the adapter's factors for `name` (zero when the
+ * adapter does not target it); `m` names the adapter in errors. */
+lm_status lm__lora_delta(lm_context *ctx, const lm_lora *l, size_t m,
+                         const char *name, const lm_tensor *base,
+                         float *delta);
 
 /* A sink collecting results into a new model (memory_sink.c). */
 struct lm__memory_sink {

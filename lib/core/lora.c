@@ -1,5 +1,6 @@
 /* LoRA adapters: factor pairs per target tensor, kept factored. */
 #include <math.h>
+#include <cblas.h>
 #include <string.h>
 
 #include "core/internal.h"
@@ -118,5 +119,78 @@ lm_status lm_lora_find(const lm_lora *l, const char *target,
     if (!e)
         return LM_ERR_NOT_FOUND;
     unpack(e, a, b, scale);
+    return LM_OK;
+}
+
+/* delta = scale * B A for an adapter that targets `name`, else zero. */
+lm_status lm__lora_delta(lm_context *ctx, const lm_lora *l, size_t m,
+                            const char *name, const lm_tensor *base,
+                            float *delta)
+{
+    const lm_tensor *a, *b;
+    double scale;
+    if (lm_lora_find(l, name, &a, &b, &scale) != LM_OK) {
+        memset(delta, 0, base->numel * sizeof(float));
+        return LM_OK;
+    }
+    size_t r = (size_t)a->shape[0], in = (size_t)a->shape[1],
+           out = (size_t)b->shape[0];
+    if (base->ndim != 2 || (size_t)base->shape[0] != out ||
+        (size_t)base->shape[1] != in)
+        return lm_context_set_error(ctx, LM_ERR_SHAPE,
+                                    "adapter %zu: '%s' is [%zu, %zu] but the "
+                                    "base tensor is not", m, name, out, in);
+    float *fa = lm__calloc(ctx, r * in + r * out, sizeof(float));
+    if (!fa)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "out of memory expanding adapter '%s'",
+                                    name);
+    float *fb = fa + r * in;
+    lm_status st = lm__read_f32(ctx, a, fa);
+    if (st == LM_OK)
+        st = lm__read_f32(ctx, b, fb);
+    if (st == LM_OK)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)out,
+                    (int)in, (int)r, (float)scale, fb, (int)r, fa, (int)in,
+                    0.0f, delta, (int)in);
+    lm_free(ctx, fa);
+    return st;
+}
+
+lm_status lm_task_vector_from_lora(lm_context *ctx, const lm_lora *lora,
+                                   const lm_model *base, lm_task_vector **out)
+{
+    if (!ctx || !lora || !base || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    lm_task_vector *tv = lm__calloc(ctx, 1, sizeof(*tv));
+    lm_status st = tv ? lm_model_create(ctx, &tv->deltas)
+                      : LM_ERR_OUT_OF_MEMORY;
+    if (tv)
+        tv->ctx = ctx;
+    for (size_t i = 0; st == LM_OK && i < lora->count; i++) {
+        const char *name = lora->entries[i].target;
+        lm_tensor *b = lm__model_lookup(base, name), *d = NULL;
+        if (!b) {
+            st = lm_context_set_error(ctx, LM_ERR_NOT_FOUND,
+                                      "task vector: the adapter targets "
+                                      "'%s', which the base lacks", name);
+            break;
+        }
+        st = lm_tensor_create(ctx, LM_F32, b->ndim, b->shape, &d);
+        if (st == LM_OK)
+            st = lm__lora_delta(ctx, lora, 0, name, b, d->data);
+        if (st == LM_OK)
+            st = lm_model_add(tv->deltas, name, d);
+        else
+            lm_tensor_destroy(d);
+    }
+    if (st != LM_OK) {
+        lm_task_vector_destroy(tv);
+        return st == LM_ERR_OUT_OF_MEMORY && !tv
+                   ? lm_context_set_error(ctx, st, "task vector: out of "
+                                                   "memory")
+                   : st;
+    }
+    *out = tv;
     return LM_OK;
 }

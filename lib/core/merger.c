@@ -63,9 +63,12 @@ int lm_merger_touches(const lm_merger *m, const char *name)
         return 0;
     const lm_plan *p = m->plan;
     for (size_t t = 0; t < p->n_models; t++) {
-        if (p->loras[t] ? lm_lora_find(p->loras[t], name, NULL, NULL, NULL) ==
-                              LM_OK
-                        : lm__model_lookup(p->models[t], name) != NULL)
+        const lm_model *holder = p->tvs[t]  ? p->tvs[t]->deltas
+                                 : p->loras[t] ? NULL
+                                               : p->models[t];
+        if (holder ? lm__model_lookup(holder, name) != NULL
+                   : lm_lora_find(p->loras[t], name, NULL, NULL, NULL) ==
+                         LM_OK)
             return 1;
     }
     return 0;

@@ -33,6 +33,7 @@ void lm_plan_destroy(lm_plan *p)
     lm__stages_destroy(p);
     lm_free(p->ctx, (void *)p->models);
     lm_free(p->ctx, (void *)p->loras);
+    lm_free(p->ctx, (void *)p->tvs);
     lm_free(p->ctx, p->weights);
     lm_free(p->ctx, p);
 }
@@ -62,7 +63,8 @@ lm_status lm_plan_set_base(lm_plan *p, const lm_model *base)
 }
 
 static lm_status add_task(lm_plan *p, const lm_model *model,
-                          const lm_lora *lora, double weight)
+                          const lm_lora *lora, const lm_task_vector *tv,
+                          double weight)
 {
     if (!isfinite(weight))
         return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_RANGE,
@@ -72,10 +74,12 @@ static lm_status add_task(lm_plan *p, const lm_model *model,
         size_t cap = p->cap_models ? p->cap_models * 2 : 8;
         const lm_model **models = lm__calloc(p->ctx, cap, sizeof(*models));
         const lm_lora **loras = lm__calloc(p->ctx, cap, sizeof(*loras));
+        const lm_task_vector **tvs = lm__calloc(p->ctx, cap, sizeof(*tvs));
         double *weights = lm__calloc(p->ctx, cap, sizeof(*weights));
-        if (!models || !loras || !weights) {
+        if (!models || !loras || !tvs || !weights) {
             lm_free(p->ctx, (void *)models);
             lm_free(p->ctx, (void *)loras);
+            lm_free(p->ctx, (void *)tvs);
             lm_free(p->ctx, weights);
             return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
                                         "plan: out of memory");
@@ -83,18 +87,22 @@ static lm_status add_task(lm_plan *p, const lm_model *model,
         if (p->n_models) {
             memcpy((void *)models, p->models, p->n_models * sizeof(*models));
             memcpy((void *)loras, p->loras, p->n_models * sizeof(*loras));
+            memcpy((void *)tvs, p->tvs, p->n_models * sizeof(*tvs));
             memcpy(weights, p->weights, p->n_models * sizeof(*weights));
         }
         lm_free(p->ctx, (void *)p->models);
         lm_free(p->ctx, (void *)p->loras);
+        lm_free(p->ctx, (void *)p->tvs);
         lm_free(p->ctx, p->weights);
         p->models = models;
         p->loras = loras;
+        p->tvs = tvs;
         p->weights = weights;
         p->cap_models = cap;
     }
     p->models[p->n_models] = model;
     p->loras[p->n_models] = lora;
+    p->tvs[p->n_models] = tv;
     p->weights[p->n_models] = weight;
     p->n_models++;
     return LM_OK;
@@ -104,14 +112,22 @@ lm_status lm_plan_add_model(lm_plan *p, const lm_model *model, double weight)
 {
     if (!p || !model)
         return LM_ERR_INVALID_ARGUMENT;
-    return add_task(p, model, NULL, weight);
+    return add_task(p, model, NULL, NULL, weight);
 }
 
 lm_status lm_plan_add_lora(lm_plan *p, const lm_lora *lora, double weight)
 {
     if (!p || !lora)
         return LM_ERR_INVALID_ARGUMENT;
-    return add_task(p, NULL, lora, weight);
+    return add_task(p, NULL, lora, NULL, weight);
+}
+
+lm_status lm_plan_add_task_vector(lm_plan *p, const lm_task_vector *tv,
+                                  double weight)
+{
+    if (!p || !tv)
+        return LM_ERR_INVALID_ARGUMENT;
+    return add_task(p, NULL, NULL, tv, weight);
 }
 
 size_t lm_plan_model_count(const lm_plan *p) { return p ? p->n_models : 0; }

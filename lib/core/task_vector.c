@@ -1,13 +1,9 @@
 /* Task vectors: per-tensor f32 deltas (fine-tuned minus base). */
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "core/internal.h"
-
-struct lm_task_vector {
-    lm_context *ctx;
-    lm_model *deltas;
-};
 
 lm_status lm__check_pair(lm_context *ctx, const char *what, const char *name,
                          const lm_tensor *base, const lm_tensor *other)
@@ -148,5 +144,106 @@ lm_status lm_task_vector_find(const lm_task_vector *tv, const char *name,
     lm_tensor *t;
     LM_TRY(lm_model_find(tv->deltas, name, &t));
     *out = t;
+    return LM_OK;
+}
+
+static lm_status new_task_vector(lm_context *ctx, lm_task_vector **out)
+{
+    lm_task_vector *tv = lm__calloc(ctx, 1, sizeof(*tv));
+    if (!tv || lm_model_create(ctx, &tv->deltas) != LM_OK) {
+        lm_free(ctx, tv);
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "task vector: out of memory");
+    }
+    tv->ctx = ctx;
+    *out = tv;
+    return LM_OK;
+}
+
+/* An f32 copy of t (values rounded once from f64). */
+static lm_status f32_copy(lm_context *ctx, const lm_tensor *t, lm_tensor **out)
+{
+    LM_TRY(lm_tensor_create(ctx, LM_F32, t->ndim, t->shape, out));
+    lm_status st = lm__read_f32(ctx, t, (*out)->data);
+    if (st != LM_OK) {
+        lm_tensor_destroy(*out);
+        *out = NULL;
+    }
+    return st;
+}
+
+/* Adds t (taking it, destroyed on failure) under name. */
+static lm_status add_delta(lm_task_vector *tv, const char *name,
+                           lm_tensor *t)
+{
+    lm_status st = lm_model_add(tv->deltas, name, t);
+    if (st != LM_OK)
+        lm_tensor_destroy(t);
+    return st;
+}
+
+lm_status lm_task_vector_from_model(lm_context *ctx, const lm_model *deltas,
+                                    lm_task_vector **out)
+{
+    if (!ctx || !deltas || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    if (!deltas->count)
+        return lm_context_set_error(ctx, LM_ERR_INVALID_ARGUMENT,
+                                    "task vector: the model has no tensors");
+    lm_task_vector *tv = NULL;
+    LM_TRY(new_task_vector(ctx, &tv));
+    lm_status st = LM_OK;
+    for (size_t i = 0; st == LM_OK && i < deltas->count; i++) {
+        lm_tensor *copy = NULL;
+        st = f32_copy(ctx, deltas->entries[i].tensor, &copy);
+        if (st == LM_OK)
+            st = add_delta(tv, deltas->entries[i].name, copy);
+    }
+    if (st != LM_OK) {
+        lm_task_vector_destroy(tv);
+        return st;
+    }
+    *out = tv;
+    return LM_OK;
+}
+
+lm_status lm_task_vector_scale(lm_task_vector *tv, double factor)
+{
+    if (!tv)
+        return LM_ERR_INVALID_ARGUMENT;
+    if (!isfinite(factor))
+        return lm_context_set_error(tv->ctx, LM_ERR_OUT_OF_RANGE,
+                                    "task vector: scale %g is not finite",
+                                    factor);
+    for (size_t i = 0; i < tv->deltas->count; i++) {
+        lm_tensor *t = tv->deltas->entries[i].tensor;
+        float *x = t->data;
+        for (size_t k = 0; k < t->numel; k++)
+            x[k] = (float)((double)x[k] * factor);
+    }
+    return LM_OK;
+}
+
+lm_status lm_task_vector_to_model(const lm_task_vector *tv, lm_model **out)
+{
+    if (!tv || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    lm_model *m;
+    LM_TRY(lm_model_create(tv->ctx, &m));
+    lm_status st = LM_OK;
+    for (size_t i = 0; st == LM_OK && i < tv->deltas->count; i++) {
+        lm_tensor *copy = NULL;
+        st = f32_copy(tv->ctx, tv->deltas->entries[i].tensor, &copy);
+        if (st == LM_OK) {
+            st = lm_model_add(m, tv->deltas->entries[i].name, copy);
+            if (st != LM_OK)
+                lm_tensor_destroy(copy);
+        }
+    }
+    if (st != LM_OK) {
+        lm_model_destroy(m);
+        return st;
+    }
+    *out = m;
     return LM_OK;
 }

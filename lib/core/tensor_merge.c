@@ -1,7 +1,6 @@
 /* Merging one tensor: read the base and every task's delta (models by
  * name, adapters expanded from their factors), run the strategy, add the
  * base back. Shared by plan execution and load-time mergers. */
-#include <cblas.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -13,41 +12,6 @@ static void done_with(const lm_model *model, const lm_tensor *t)
 {
     if (model->done_with)
         model->done_with(model->resource, t);
-}
-
-/* delta = scale * B A for an adapter that targets `name`, else zero. */
-static lm_status lora_delta(lm_context *ctx, const lm_lora *l, size_t m,
-                            const char *name, const lm_tensor *base,
-                            float *delta)
-{
-    const lm_tensor *a, *b;
-    double scale;
-    if (lm_lora_find(l, name, &a, &b, &scale) != LM_OK) {
-        memset(delta, 0, base->numel * sizeof(float));
-        return LM_OK;
-    }
-    size_t r = (size_t)a->shape[0], in = (size_t)a->shape[1],
-           out = (size_t)b->shape[0];
-    if (base->ndim != 2 || (size_t)base->shape[0] != out ||
-        (size_t)base->shape[1] != in)
-        return lm_context_set_error(ctx, LM_ERR_SHAPE,
-                                    "adapter %zu: '%s' is [%zu, %zu] but the "
-                                    "base tensor is not", m, name, out, in);
-    float *fa = lm__calloc(ctx, r * in + r * out, sizeof(float));
-    if (!fa)
-        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
-                                    "out of memory expanding adapter '%s'",
-                                    name);
-    float *fb = fa + r * in;
-    lm_status st = lm__read_f32(ctx, a, fa);
-    if (st == LM_OK)
-        st = lm__read_f32(ctx, b, fb);
-    if (st == LM_OK)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)out,
-                    (int)in, (int)r, (float)scale, fb, (int)r, fa, (int)in,
-                    0.0f, delta, (int)in);
-    lm_free(ctx, fa);
-    return st;
 }
 
 /* Under the default policy, the first NaN/Inf of an input is an error
@@ -67,6 +31,26 @@ static lm_status check_finite(lm_plan *p, const char *what, const char *name,
     return LM_OK;
 }
 
+/* A task vector's delta for `name`, zero where it has none. */
+static lm_status stored_delta(lm_plan *p, const lm_task_vector *tv,
+                              const char *what, const char *name,
+                              const lm_tensor *base, float *delta)
+{
+    lm_tensor *t = lm__model_lookup(tv->deltas, name);
+    if (!t) {
+        memset(delta, 0, base->numel * sizeof(float));
+        return LM_OK;
+    }
+    bool same = t->ndim == base->ndim;
+    for (int d = 0; same && d < t->ndim; d++)
+        same = t->shape[d] == base->shape[d];
+    if (!same)
+        return lm_context_set_error(p->ctx, LM_ERR_SHAPE,
+                                    "%s: tensor '%s' has another shape than "
+                                    "the base's", what, name);
+    return lm__read_f32(p->ctx, t, delta);
+}
+
 /* Read the base and the task vectors of tensor `name` into `block`
  * (base, then one delta per model). */
 static lm_status load_inputs(lm_plan *p, const char *name,
@@ -82,10 +66,16 @@ static lm_status load_inputs(lm_plan *p, const char *name,
     for (size_t m = 0; m < p->n_models; m++) {
         float *d = block + n * (m + 1);
         deltas[m] = d;
-        char what[32];
+        char what[48];
+        if (p->tvs[m]) {
+            snprintf(what, sizeof(what), "task vector %zu", m);
+            LM_TRY(stored_delta(p, p->tvs[m], what, name, base, d));
+            LM_TRY(check_finite(p, what, name, d, n));
+            continue;
+        }
         if (p->loras[m]) {
             snprintf(what, sizeof(what), "adapter %zu", m);
-            LM_TRY(lora_delta(p->ctx, p->loras[m], m, name, base, d));
+            LM_TRY(lm__lora_delta(p->ctx, p->loras[m], m, name, base, d));
             LM_TRY(check_finite(p, what, name, d, n));
             continue;
         }
