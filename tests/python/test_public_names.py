@@ -1,0 +1,70 @@
+"""The bindings' public names do not change when the package is
+reorganised: `import libmerge; libmerge.X` keeps working for every X that
+existed before the split into modules (0.1), with the same signatures."""
+import inspect
+
+import libmerge
+
+ALL = ['merge', 'search', 'methods', 'method_info', 'version', 'Stats', 'BFloat16Array',
+       'to_bfloat16', 'from_bfloat16', 'Error', 'InvalidArgumentError', 'ShapeError',
+       'DtypeError', 'NotFoundError', 'OutOfRangeError', 'NonFiniteError', 'NSC',
+       'LoraAdapter', 'load', 'save']
+
+# Every attribute without a leading underscore in 0.1, including the
+# incidental ones (imported modules, dtype codes), which stay reachable.
+PUBLIC_0_1 = ['BF16', 'BFloat16Array', 'DEFAULT_KEEP_CANDIDATES', 'DtypeError', 'Error',
+              'F32', 'F64', 'InvalidArgumentError', 'LoraAdapter', 'NSC', 'NonFiniteError',
+              'NotFoundError', 'OutOfRangeError', 'ShapeError', 'Stats', 'ctypes',
+              'error_for', 'files', 'from_bfloat16', 'load', 'logging', 'math', 'merge',
+              'method_info', 'methods', 'np', 'nsc', 'numbers', 'os', 'prepare', 'save',
+              'search', 'to_bfloat16', 'to_numpy', 'version']
+
+SIGNATURES = {
+    "merge": "(method, base, models, *, stats=None, weights=None, threads=0, seed=0, "
+             "purify=None, nonfinite='error', **params)",
+    "search": "(method, base, models, score, *, param=None, lo=0.0, hi=2.0, tol=0.01, "
+              "max_evals=15, stats=None, weights=None, threads=0, seed=0, purify=None, "
+              "**params)",
+    "methods": "()",
+    "method_info": "(name)",
+    "version": "()",
+    "to_bfloat16": "(values)",
+    "from_bfloat16": "(values)",
+    "load": "(path)",
+    "save": "(path, tensors, *, compress=False)",
+}
+
+
+def test_all_is_unchanged():
+    assert libmerge.__all__ == ALL
+
+
+def test_every_0_1_name_is_still_there():
+    missing = [n for n in PUBLIC_0_1 if not hasattr(libmerge, n)]
+    assert not missing
+
+
+def test_signatures_are_unchanged():
+    for name, sig in SIGNATURES.items():
+        assert str(inspect.signature(getattr(libmerge, name))) == sig, name
+
+
+def test_stats_interface_is_unchanged():
+    methods = sorted(n for n in dir(libmerge.Stats) if not n.startswith("_"))
+    assert methods == ['get', 'keys', 'load', 'merge', 'observe', 'save']
+    params = list(inspect.signature(libmerge.Stats.__init__).parameters)
+    assert params[:3] == ["self", "heldout_fraction", "folds"]
+    s = libmerge.Stats(folds=2)
+    assert s.heldout is None and len(s.folds) == 2
+    assert libmerge.Stats(heldout_fraction=0.5).folds is None
+
+
+def test_submodules_keep_their_names():
+    import libmerge.files
+    import libmerge.nsc
+    assert libmerge.files.__all__ == ["load", "save"]
+    assert libmerge.nsc.__all__ == ["LoraAdapter", "NSC"]
+    assert libmerge.files.load is libmerge.load
+    assert libmerge.nsc.NSC is libmerge.NSC
+    assert libmerge.DEFAULT_KEEP_CANDIDATES == (1.0, 0.995, 0.99, 0.98, 0.97, 0.95, 0.9,
+                                                0.85, 0.8, 0.7, 0.6, 0.5)
