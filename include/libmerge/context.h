@@ -52,6 +52,9 @@ typedef struct lm_context_options {
 #define LM_CONTEXT_OPTIONS_INIT \
     { (uint32_t)sizeof(lm_context_options), 0, 0, NULL, NULL, LM_LOG_WARN, NULL }
 
+/* Fills *options with the defaults (LM_CONTEXT_OPTIONS_INIT). */
+LM_API void lm_context_options_init(lm_context_options *options);
+
 /* Create a context. `options` may be NULL for defaults. The built-in
  * strategies are registered in every new context.
  * Errors: LM_ERR_INVALID_ARGUMENT (out NULL, negative n_threads),

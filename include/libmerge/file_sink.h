@@ -30,6 +30,10 @@ typedef struct lm_safetensors_sink_options {
 #define LM_SAFETENSORS_SINK_OPTIONS_INIT \
     { (uint32_t)sizeof(lm_safetensors_sink_options), 0, NULL, NULL, 0 }
 
+/* Fills *options with the defaults (LM_SAFETENSORS_SINK_OPTIONS_INIT). */
+LM_API void lm_safetensors_sink_options_init(
+    lm_safetensors_sink_options *options);
+
 /* A sink that writes the merge result as safetensors while it is produced:
  * each tensor is written at its final offset as soon as it is merged, so
  * memory stays bounded. Nothing is visible under a final name before every

@@ -53,6 +53,9 @@ typedef struct lm_gguf_options {
 #define LM_GGUF_OPTIONS_INIT \
     { (uint32_t)sizeof(lm_gguf_options), NULL, NULL, NULL, 0, 0 }
 
+/* Fills *options with the defaults (LM_GGUF_OPTIONS_INIT). */
+LM_API void lm_gguf_options_init(lm_gguf_options *options);
+
 /* A sink writing one GGUF version 3 file while the merge runs, through the
  * same crash-safe path as the safetensors sink (temporary name, fsync,
  * rename on success only). Tensors of 1 to 4 dimensions in F32, F16, BF16

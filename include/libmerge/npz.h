@@ -30,6 +30,9 @@ typedef struct lm_npz_options {
 
 #define LM_NPZ_OPTIONS_INIT { (uint32_t)sizeof(lm_npz_options), 0 }
 
+/* Fills *options with the defaults (LM_NPZ_OPTIONS_INIT). */
+LM_API void lm_npz_options_init(lm_npz_options *options);
+
 /* Write a model as an .npz that numpy loads: F32/F16/F64 tensors as such,
  * BF16 widened to float32 (numpy has no bfloat16). Written to a temporary
  * name, fsync'd and renamed on success only. */

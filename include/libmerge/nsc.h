@@ -44,6 +44,9 @@ typedef struct lm_nsc_options {
     { (uint32_t)sizeof(lm_nsc_options), -1.0, 1e-3, 0.9, 0.999, 1e-8,      \
       0.01, 1e-8 }
 
+/* Fills *options with the defaults (LM_NSC_OPTIONS_INIT). */
+LM_API void lm_nsc_options_init(lm_nsc_options *options);
+
 /* An NSC merge of n_tasks adapters (task k = adapters[k]). Modules are the
  * union of the adapters' targets, in first-seen order; a module missing
  * from an adapter has no term for that task. The adapters are copied (f64);
@@ -126,6 +129,9 @@ typedef struct lm_nsc_spsa_options {
 
 #define LM_NSC_SPSA_OPTIONS_INIT                                            \
     { (uint32_t)sizeof(lm_nsc_spsa_options), 100, 0.05, 1e-2 }
+
+/* Fills *options with the defaults (LM_NSC_SPSA_OPTIONS_INIT). */
+LM_API void lm_nsc_spsa_options_init(lm_nsc_spsa_options *options);
 
 /* SPSA: each step draws delta from the context seed and the step number,
  * evaluates L(lambda + c delta) and L(lambda - c delta) (every task), and

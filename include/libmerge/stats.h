@@ -38,6 +38,50 @@ LM_API lm_status lm_stats_observe_folds(lm_stats *const *folds,
                                         size_t n_folds, size_t model,
                                         const char *name, const float *rows,
                                         size_t n_rows, size_t d_in);
+/* Row splits for held-out tuning of purification (docs/stats.md). A stats
+ * object with a split carries the companion statistics itself: the
+ * held-out part, or K folds, created with it and owned by it.
+ *
+ * heldout_fraction f in (0, 1): of the rows of each lm_stats_observe call,
+ * row i goes to the held-out part when i mod k == k - 1, with
+ * k = round(1 / f) (ties to even: 0.4 gives k = 2), and the others to the
+ * stats object itself. The rule is per call (the bindings' rule since 0.1),
+ * so feed batches in a fixed order for a reproducible split.
+ *
+ * folds K >= 2: every row stays in the stats object itself and row j of a
+ * key's stream, counted over every call, also goes to fold j mod K (as
+ * lm_stats_observe_folds), whatever the batch sizes. Calls for the same
+ * key must then not run concurrently; different keys may.
+ *
+ * lm_stats_add_gram adds to the stats object only (a Gram matrix cannot
+ * be split by rows). */
+typedef struct lm_stats_split_options {
+    uint32_t struct_size;
+    double heldout_fraction;     /* 0 = no held-out part, else in (0, 1) */
+    size_t folds;                /* 0 = no folds, else >= 2              */
+} lm_stats_split_options;
+
+#define LM_STATS_SPLIT_OPTIONS_INIT \
+    { (uint32_t)sizeof(lm_stats_split_options), 0.0, 0 }
+
+/* Fills *options with the defaults (LM_STATS_SPLIT_OPTIONS_INIT: no split). */
+LM_API void lm_stats_split_options_init(lm_stats_split_options *options);
+
+/* Give a stats object a row split, before its first observation.
+ * Errors: LM_ERR_OUT_OF_RANGE (fraction outside [0, 1), folds == 1),
+ * LM_ERR_INVALID_ARGUMENT (both a fraction and folds), LM_ERR_STATE (the
+ * object already has keys or a split), LM_ERR_ABI. */
+LM_API lm_status lm_stats_set_split(lm_stats *stats,
+                                    const lm_stats_split_options *options);
+
+/* The held-out part (NULL without one) and the folds (count 0 without
+ * them) a stats object carries; owned by it, valid until it is destroyed.
+ * They are ordinary stats objects (observe, get, merge...), without a
+ * split of their own. */
+LM_API lm_stats *lm_stats_heldout(const lm_stats *stats);
+LM_API size_t lm_stats_fold_count(const lm_stats *stats);
+LM_API lm_stats *lm_stats_fold_at(const lm_stats *stats, size_t k);
+
 /* Same from a 2-D tensor [n_rows, d_in] of any dtype. */
 LM_API lm_status lm_stats_observe_tensor(lm_stats *stats, size_t model,
                                          const char *name,
@@ -63,12 +107,18 @@ LM_API lm_status lm_stats_key(const lm_stats *stats, size_t i, size_t *model,
                               const char **name);
 
 /* dst += src for every key (keys missing from dst are added); d_in must
- * agree for shared keys. Used to combine data-parallel collection. */
+ * agree for shared keys. Used to combine data-parallel collection. The
+ * held-out parts and folds are merged too; both must carry the same kind
+ * (LM_ERR_INVALID_ARGUMENT "split their rows differently" otherwise). */
 LM_API lm_status lm_stats_merge(lm_stats *dst, const lm_stats *src);
 
 /* Save to / load from a file (a small checksummed binary format, see
  * docs/stats.md), so calibration is done once. Saving is crash-safe
- * (temporary file, fsync, rename). */
+ * (temporary file, fsync, rename). A held-out part and folds go to
+ * companion files PATH.heldout and PATH.fold0, PATH.fold1, ...; loading
+ * attaches them when they exist (folds only when there are at least 2).
+ * A loaded held-out part is not fed again (the fraction is not stored);
+ * loaded folds go on splitting new rows by stream index. */
 LM_API lm_status lm_stats_save(const lm_stats *stats, const char *path);
 LM_API lm_status lm_stats_load(lm_context *ctx, const char *path,
                                lm_stats **out);

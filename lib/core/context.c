@@ -18,6 +18,12 @@ static int online_cores(void)
     return n < 1 ? 1 : (n > 256 ? 256 : (int)n);
 }
 
+void lm_context_options_init(lm_context_options *options)
+{
+    if (options)
+        *options = (lm_context_options)LM_CONTEXT_OPTIONS_INIT;
+}
+
 lm_status lm_context_create(const lm_context_options *options, lm_context **out)
 {
     if (!out)

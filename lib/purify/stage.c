@@ -128,6 +128,12 @@ static const char *invalid(const lm_purify_options *o)
     return NULL;
 }
 
+void lm_purify_options_init(lm_purify_options *options)
+{
+    if (options)
+        *options = (lm_purify_options)LM_PURIFY_OPTIONS_INIT;
+}
+
 lm_status lm_plan_set_purify(lm_plan *p, const lm_purify_options *o)
 {
     if (!p)

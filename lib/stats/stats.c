@@ -39,6 +39,7 @@ void lm_stats_destroy(lm_stats *s)
     }
     lm_free(s->ctx, s->entries);
     lm__name_set_free(s->ctx, &s->keys);
+    lm__stats_split_free(s);
     pthread_mutex_destroy(&s->lock);
     lm_free(s->ctx, s);
 }
@@ -173,6 +174,8 @@ lm_status lm_stats_observe(lm_stats *s, size_t model, const char *name,
 {
     if (!s)
         return LM_ERR_INVALID_ARGUMENT;
+    if (lm__stats_has_split(s))
+        return lm__stats_observe_split(s, model, name, rows, n_rows, d_in);
     LM_TRY(lm__stats_check_rows(s->ctx, model, name, rows, n_rows, d_in));
     return lm__stats_accumulate(s, model, name, rows, n_rows, d_in);
 }
@@ -267,6 +270,7 @@ lm_status lm_stats_merge(lm_stats *dst, const lm_stats *src)
 {
     if (!dst || !src)
         return LM_ERR_INVALID_ARGUMENT;
+    LM_TRY(lm__stats_check_same_split(dst, src));
     for (size_t i = 0; i < src->count; i++) {
         const struct lm_stats_entry *se = src->entries[i];
         struct lm_stats_entry *de =
@@ -279,7 +283,7 @@ lm_status lm_stats_merge(lm_stats *dst, const lm_stats *src)
         de->n_rows += se->n_rows;
         pthread_mutex_unlock(&de->lock);
     }
-    return LM_OK;
+    return lm__stats_merge_parts(dst, src);
 }
 
 lm_status lm_stats_add_gram(lm_stats *s, size_t model, const char *name,

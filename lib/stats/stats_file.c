@@ -36,10 +36,8 @@ static void put(struct writer *w, const void *p, size_t n)
     w->crc = crc32(w->crc, p, (uInt)n);
 }
 
-lm_status lm_stats_save(const lm_stats *s, const char *path)
+lm_status lm__stats_save_file(const lm_stats *s, const char *path)
 {
-    if (!s || !path)
-        return LM_ERR_INVALID_ARGUMENT;
     struct lm__atomic_file file;
     LM_TRY(lm__atomic_open(s->ctx, path, &file));
     struct writer w = {fdopen(file.fd, "wb"), crc32(0L, Z_NULL, 0), true};
@@ -178,10 +176,9 @@ static lm_status parse(struct reader *r, lm_stats *s)
     return LM_OK;
 }
 
-lm_status lm_stats_load(lm_context *ctx, const char *path, lm_stats **out)
+lm_status lm__stats_load_file(lm_context *ctx, const char *path,
+                              lm_stats **out)
 {
-    if (!ctx || !path || !out)
-        return LM_ERR_INVALID_ARGUMENT;
     /* Regular files only (a FIFO would block the open forever). */
     char *text = NULL;
     size_t size = 0;

@@ -48,6 +48,15 @@ class _PurifyOptions(ctypes.Structure):
     ]
 
 
+class _StatsSplitOptions(ctypes.Structure):
+    """Mirror of lm_stats_split_options."""
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("heldout_fraction", ctypes.c_double),
+        ("folds", ctypes.c_size_t),
+    ]
+
+
 class _NscOptions(ctypes.Structure):
     """Mirror of lm_nsc_options."""
     _fields_ = [
@@ -96,6 +105,57 @@ NSC_EVAL_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t,
                                ctypes.c_size_t, ctypes.c_void_p)
 SCORE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_double, ctypes.c_void_p,
                             ctypes.POINTER(ctypes.c_double), ctypes.c_void_p)
+
+
+class _PurifyCvOptions(ctypes.Structure):
+    """Mirror of lm_purify_cv_options."""
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("candidates", ctypes.POINTER(ctypes.c_double)),
+        ("n_candidates", ctypes.c_size_t),
+        ("heldout", ctypes.c_void_p),
+        ("folds", ctypes.POINTER(ctypes.c_void_p)),
+        ("n_folds", ctypes.c_size_t),
+        ("score", SCORE_FN),
+        ("score_user", ctypes.c_void_p),
+        ("scale", ctypes.c_char_p),
+        ("scales", ctypes.POINTER(ctypes.c_double)),
+        ("n_scales", ctypes.c_size_t),
+    ]
+
+
+class _PurifyCvResult(ctypes.Structure):
+    """Mirror of lm_purify_cv_result."""
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("keep", ctypes.c_double),
+        ("scale", ctypes.c_double),
+        ("objective", ctypes.c_int),
+        ("n_folds", ctypes.c_size_t),
+    ]
+
+
+# The options structs the bindings fill from the library's defaults
+# (lm_<x>_options_init), never from copies of the C macros.
+OPTIONS_INIT = {
+    "lm_context_options_init": _ContextOptions,
+    "lm_purify_options_init": _PurifyOptions,
+    "lm_purify_cv_options_init": _PurifyCvOptions,
+    "lm_stats_split_options_init": _StatsSplitOptions,
+    "lm_nsc_options_init": _NscOptions,
+    "lm_nsc_spsa_options_init": _NscSpsaOptions,
+    "lm_npz_options_init": _NpzOptions,
+}
+
+
+def options(lib, struct):
+    """A new options struct holding the library's defaults."""
+    out = struct()
+    for fn, cls in OPTIONS_INIT.items():
+        if cls is struct:
+            getattr(lib, fn)(ctypes.byref(out))
+            return out
+    raise KeyError(struct.__name__)
 
 
 def check_api_version(number, expected=API_VERSION):
@@ -199,6 +259,15 @@ def _declare(lib):
                                                      ctypes.c_size_t, SCORE_FN, P,
                                                      ctypes.POINTER(ctypes.c_double),
                                                      ctypes.POINTER(ctypes.c_double)]),
+        "lm_plan_tune_purify_cv": (ctypes.c_int, [P, ctypes.POINTER(_PurifyCvOptions),
+                                                  ctypes.POINTER(ctypes.c_double),
+                                                  ctypes.POINTER(_PurifyCvResult)]),
+        "lm_purify_default_candidates": (ctypes.c_size_t,
+                                         [ctypes.POINTER(ctypes.POINTER(ctypes.c_double))]),
+        "lm_stats_set_split": (ctypes.c_int, [P, ctypes.POINTER(_StatsSplitOptions)]),
+        "lm_stats_heldout": (P, [P]),
+        "lm_stats_fold_count": (ctypes.c_size_t, [P]),
+        "lm_stats_fold_at": (P, [P, ctypes.c_size_t]),
         "lm_strategy_count": (ctypes.c_size_t, [P]),
         "lm_strategy_at": (ctypes.POINTER(_StrategyVtable),
                            [P, ctypes.c_size_t]),
@@ -258,6 +327,8 @@ def _declare(lib):
         "lm_stats_load": (ctypes.c_int, [P, ctypes.c_char_p,
                                          ctypes.POINTER(P)]),
     }
+    for name, struct in OPTIONS_INIT.items():
+        sigs[name] = (None, [ctypes.POINTER(struct)])
     for name, (restype, argtypes) in sigs.items():
         fn = getattr(lib, name)
         fn.restype = restype

@@ -1,0 +1,156 @@
+"""merge, search, methods and method_info: argument checking, then the C
+calls (lm_plan_execute, lm_plan_search)."""
+import ctypes
+
+from . import _lib
+from . import purify as _purify
+from ._context import Context, L
+from ._errors import NotFoundError
+from ._models import model_to_dict
+from ._plan import Plan, check_weights
+from .stats import Stats
+
+
+def merge(method, base, models, *, stats=None, weights=None, threads=0,
+          seed=0, purify=None, nonfinite="error", **params):
+    """Merge `models` (a sequence of name -> array mappings) into `base`
+    with strategy `method` (see `methods()`); keyword arguments set the
+    strategy's parameters by name, e.g. **{"lambda": 0.4}.
+
+    weights: one weight per model (default 1.0 each).
+    stats:   a `libmerge.Stats` for methods that use activation statistics.
+    purify:  subspace purification before merging (needs stats), a dict:
+             {"keep": 0.97 | "cv", "allocation": "model"|"layer"|"uniform",
+              "polarize": 0.0, "epsilon": 0.1, "tolerance": 0.05,
+              "max_prune_factor": 1.5, "heldout": Stats, "folds": [Stats, ...],
+              "candidates": [...], "report": {}}; keep="cv" picks the ratio
+             minimising the drift on held-out rows (from "heldout" or
+             Stats(heldout_fraction=...)), or summed over K folds, each
+             held out in turn with the subspaces from the others (from
+             "folds" or Stats(folds=K)), or maximising
+             "score": fn(merged_dict) -> float when given;
+             "scale": ("lambda", [values]) tunes that parameter jointly;
+             "report" receives the choices and the objective curve.
+             The library makes these choices (lm_plan_tune_purify_cv).
+    nonfinite: "error" (default: NaN/Inf in an input or result raises
+             NonFiniteError naming the tensor and model) or "allow".
+    threads: worker threads (0 = all cores); results do not depend on it.
+    seed:    root seed of every random choice (e.g. DARE masks).
+
+    Returns a dict with the base's names (in order), shapes and dtypes. The
+    inputs are wrapped without copying; each output is copied once out of
+    the library. Raises libmerge.Error (with the library's message) on
+    failure."""
+    models, weights = check_weights(models, weights)
+    if stats is not None and not isinstance(stats, Stats):
+        raise TypeError("stats must be a libmerge.Stats")
+    out = ctypes.c_void_p()
+    with Context(threads, seed) as ctx:
+        plan = Plan(ctx, method, base, models, weights, stats, params)
+        try:
+            if purify is not None:
+                _purify.apply(ctx, plan.ptr, purify, stats, base)
+            if nonfinite not in ("error", "allow"):
+                raise ValueError('nonfinite must be "error" or "allow"')
+            ctx.check(L.lm_plan_set_nonfinite(plan.ptr, 1 if nonfinite == "allow" else 0))
+            ctx.check(L.lm_plan_execute(plan.ptr, ctypes.byref(out)))
+            return model_to_dict(out, base)
+        finally:
+            if out:
+                L.lm_model_destroy(out)
+            plan.close()
+
+
+def search(method, base, models, score, *, param=None, lo=0.0, hi=2.0,
+           tol=0.01, max_evals=15, stats=None, weights=None, threads=0,
+           seed=0, purify=None, **params):
+    """Choose a scale parameter by golden-section search, maximising
+    `score(merged_dict) -> float` (e.g. accuracy on a validation split;
+    never the test split). `param` defaults to "alpha" when the method has
+    it, else "lambda". Defaults follow the released ESM code: [0, 2],
+    tol 0.01, at most 15 merges. `purify` as in `merge` (a fixed keep
+    ratio, or "cv" tuned first at the parameter's current value).
+
+    Returns (best_value, best_score, curve, merged): the curve is the list
+    of (value, score) evaluated, merged the result at best_value."""
+    info = method_info(method)
+    names = [p["name"] for p in info["params"]]
+    if param is None:
+        param = "alpha" if "alpha" in names else "lambda"
+    curve = []
+    error = []
+
+    def on_score(value, merged, out, user):
+        try:
+            s = float(score(model_to_dict(merged, base)))
+        except BaseException as e:  # reported after the C call returns
+            error.append(e)
+            return 1
+        curve.append((value, s))
+        out[0] = s
+        return 0
+
+    callback = _lib.SCORE_FN(on_score)
+    models, weights = check_weights(models, weights)
+    out = ctypes.c_void_p()
+    best = ctypes.c_double()
+    best_score = ctypes.c_double()
+    with Context(threads, seed) as ctx:
+        plan = Plan(ctx, method, base, models, weights, stats, params)
+        try:
+            if purify is not None:
+                _purify.apply(ctx, plan.ptr, purify, stats, base)
+            st = L.lm_plan_search(plan.ptr, param.encode(), lo, hi, tol, max_evals,
+                                  callback, None, ctypes.byref(best),
+                                  ctypes.byref(best_score))
+            if error:
+                raise error[0]
+            ctx.check(st)
+            ctx.check(L.lm_plan_execute(plan.ptr, ctypes.byref(out)))
+            return best.value, best_score.value, curve, model_to_dict(out, base)
+        finally:
+            if out:
+                L.lm_model_destroy(out)
+            plan.close()
+
+
+_PARAM_TYPES = {0: "float", 1: "int", 2: "bool", 3: "choice", 4: "string"}
+
+
+def methods():
+    """Names of the registered merge strategies."""
+    with Context() as ctx:
+        return [L.lm_strategy_at(ctx.ptr, i).contents.name.decode()
+                for i in range(L.lm_strategy_count(ctx.ptr))]
+
+
+def _param_info(p):
+    kind = _PARAM_TYPES.get(p.type, "unknown")
+    choices = (p.choices.decode().split("|")
+               if p.choices and kind == "choice" else None)
+    default = ("" if kind == "string" else
+               choices[0] if kind == "choice" else
+               bool(p.default_value) if kind == "bool" else
+               int(p.default_value) if kind == "int" else
+               p.default_value)
+    bounded = kind not in ("choice", "bool", "string")
+    return {"name": p.name.decode(), "type": kind, "default": default,
+            "min": p.min_value if bounded else None,
+            "max": p.max_value if bounded else None,
+            "choices": choices, "help": p.help.decode() if p.help else ""}
+
+
+def method_info(name):
+    """A strategy's description and parameters: a dict with 'name',
+    'description' and 'params', a list of dicts (name, type, default, min,
+    max, choices, help). Raises NotFoundError for an unknown name."""
+    with Context() as ctx:
+        for i in range(L.lm_strategy_count(ctx.ptr)):
+            vt = L.lm_strategy_at(ctx.ptr, i).contents
+            if vt.name.decode() != name:
+                continue
+            return {"name": name,
+                    "description": (vt.description or b"").decode(),
+                    "params": [_param_info(vt.params[j]) for j in range(vt.n_params)]}
+    raise NotFoundError(-5, "no strategy named %r (registered: %s)" %
+                        (name, ", ".join(methods())))

@@ -1,0 +1,68 @@
+"""Building an lm_plan from Python arguments (marshalling only)."""
+import ctypes
+import numbers
+
+import numpy as np
+
+from ._context import L
+from ._models import build_model
+
+
+def set_param(ctx, plan, name, value):
+    """A strategy parameter by its Python type: bool, number or str."""
+    key = name.encode()
+    if isinstance(value, (bool, np.bool_)):
+        ctx.check(L.lm_plan_set_string(plan, key,
+                                       b"true" if value else b"false"))
+    elif isinstance(value, numbers.Real):
+        ctx.check(L.lm_plan_set_float(plan, key, float(value)))
+    elif isinstance(value, str):
+        ctx.check(L.lm_plan_set_string(plan, key, value.encode()))
+    else:
+        raise TypeError("parameter %r: expected a number, bool or str, got "
+                        "%s" % (name, type(value).__name__))
+
+
+def check_weights(models, weights):
+    """The models as a list and one float weight per model (default 1.0)."""
+    models = list(models)
+    weights = [1.0] * len(models) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(models):
+        raise ValueError("weights has %d entries for %d models" %
+                         (len(weights), len(models)))
+    return models, weights
+
+
+class Plan:
+    """An lm_plan with its base, models and statistics, destroyed (with the
+    models it wraps) by close()."""
+
+    def __init__(self, ctx, method, base, models, weights, stats, params):
+        self.ctx = ctx
+        self.ptr = ctypes.c_void_p()
+        self._keep, self._owned = [], []
+        try:
+            ctx.check(L.lm_plan_create(ctx.ptr, method.encode(), ctypes.byref(self.ptr)))
+            for name, value in params.items():
+                set_param(ctx, self.ptr, name, value)
+            self._add(build_model(ctx, base, "base", self._keep))
+            ctx.check(L.lm_plan_set_base(self.ptr, self._owned[-1]))
+            for i, (m, w) in enumerate(zip(models, weights)):
+                self._add(build_model(ctx, m, "model %d" % i, self._keep))
+                ctx.check(L.lm_plan_add_model(self.ptr, self._owned[-1], w))
+            if stats is not None:
+                ctx.check(L.lm_plan_set_stats(self.ptr, stats._ptr))
+        except BaseException:
+            self.close()
+            raise
+
+    def _add(self, model):
+        self._owned.append(model)
+
+    def close(self):
+        if self.ptr:
+            L.lm_plan_destroy(self.ptr)
+            self.ptr = None
+        for m in self._owned:
+            L.lm_model_destroy(m)
+        self._owned = []
