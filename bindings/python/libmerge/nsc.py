@@ -6,6 +6,7 @@ import ctypes
 import numpy as np
 
 from . import _Context, _L, _lib
+from ._context import options
 from ._tensor import prepare, to_numpy
 
 __all__ = ["LoraAdapter", "NSC"]
@@ -86,17 +87,23 @@ class NSC:
     0.01). Modules are named like the adapters' targets ("<module>.weight").
     Not thread-safe across methods that change coefficients."""
 
-    def __init__(self, adapters, *, init=None, lr=1e-3, betas=(0.9, 0.999),
-                 weight_decay=0.01, eps=1e-8, ridge=1e-8, seed=0):
+    def __init__(self, adapters, *, init=None, lr=None, betas=None,
+                 weight_decay=None, eps=None, ridge=None, seed=0):
+        """Options left at None take the library's defaults
+        (lm_nsc_options_init: lr 1e-3, betas (0.9, 0.999), weight decay
+        0.01, eps 1e-8, ridge 1e-8; init None = the released 0.4)."""
         adapters = [a if isinstance(a, LoraAdapter) else LoraAdapter.from_peft(a)
                     if isinstance(a, (str, bytes)) or hasattr(a, "__fspath__")
                     else LoraAdapter(a) for a in adapters]
         self._ctx = _Context(threads=1, seed=seed)
         self._ptr = ctypes.c_void_p()
-        opts = _lib._NscOptions(ctypes.sizeof(_lib._NscOptions),
-                                -1.0 if init is None else float(init), float(lr),
-                                float(betas[0]), float(betas[1]), float(eps),
-                                float(weight_decay), float(ridge))
+        opts = options(_lib._NscOptions)
+        given = {"init": init, "lr": lr, "adam_eps": eps, "weight_decay": weight_decay,
+                 "ridge": ridge, "beta1": None if betas is None else betas[0],
+                 "beta2": None if betas is None else betas[1]}
+        for field, value in given.items():
+            if value is not None:
+                setattr(opts, field, float(value))
         keep, loras = [], []
         try:
             for a in adapters:
@@ -201,11 +208,13 @@ class NSC:
                                           ctypes.c_void_p(rows.ctypes.data),
                                           rows.shape[0], rows.shape[1]))
 
-    def spsa(self, evaluate, *, steps=100, perturbation=0.05, lr=1e-2):
+    def spsa(self, evaluate, *, steps=None, perturbation=None, lr=None):
         """Gradient-free optimisation: evaluate(task, step) must run the
         merged model (materialize the modules first) on one unlabeled batch
         of `task` and call self.observe(task, module, inputs) at the target
-        modules. Returns (objective before, objective after, curve)."""
+        modules. Returns (objective before, objective after, curve).
+        Options left at None take the library's defaults
+        (lm_nsc_spsa_options_init: 100 steps, perturbation 0.05, lr 1e-2)."""
         errors = []
 
         def on_eval(nsc, task, step, user):
@@ -217,8 +226,14 @@ class NSC:
             return 0
 
         callback = _lib.NSC_EVAL_FN(on_eval)
-        opts = _lib._NscSpsaOptions(ctypes.sizeof(_lib._NscSpsaOptions), int(steps),
-                                    float(perturbation), float(lr))
+        opts = options(_lib._NscSpsaOptions)
+        if steps is not None:
+            opts.steps = int(steps)
+        if perturbation is not None:
+            opts.perturbation = float(perturbation)
+        if lr is not None:
+            opts.lr = float(lr)
+        steps = opts.steps
         first, last = ctypes.c_double(), ctypes.c_double()
         curve = (ctypes.c_double * max(int(steps), 1))()
         st = _L.lm_nsc_spsa(self._ptr, ctypes.byref(opts), callback, None,
