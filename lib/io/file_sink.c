@@ -1,25 +1,18 @@
-/* A plan sink writing safetensors (optionally sharded, with a Hugging Face
- * index) or GGUF while tensors are merged: the header is laid out at
- * begin, each tensor is pwrite()n at its final offset from whichever worker
- * merged it, and nothing is visible under a final name before commit: one
- * file is renamed into place (atomic_file.h), a sharded output is a
- * directory committed in one step with its index (libmerge/output.h). */
-#include <cJSON.h>
+/* A plan sink writing files while tensors are merged, whatever the format
+ * (file_writer.h supplies the bytes around the data): the files are laid
+ * out at begin, each tensor is pwrite()n at its final offset from
+ * whichever worker merged it, and nothing is visible under a final name
+ * before commit: one file is renamed into place (atomic_file.h), a
+ * sharded output is a directory committed in one step with its index
+ * (libmerge/output.h). */
 #include <errno.h>
 #include <fcntl.h>
-#include <inttypes.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
-#include "core/internal.h"
 #include "io/atomic_file.h"
-#include "io/gguf_format.h"
-#include "io/gguf_write.h"
-#include "libmerge/file_sink.h"
-#include "libmerge/gguf.h"
+#include "io/file_writer.h"
 #include "libmerge/output.h"
 
 struct shard {
@@ -31,6 +24,8 @@ struct shard {
 struct lm_file_sink {
     lm_sink_vtable vt;
     lm_context *ctx;
+    const struct lm__file_writer *w;
+    void *config; /* the writer's */
     char *path;
     bool sharded;
     struct lm__atomic_file single; /* the file of a one-file output */
@@ -46,26 +41,22 @@ struct lm_file_sink {
     char **tensor_names;
     uint64_t total_bytes;
     bool committed;
-    bool gguf;                /* GGUF instead of safetensors */
-    const lm_model *kv_from;  /* GGUF key/values to carry over */
-    uint32_t alignment;
 };
-
-static const char *st_dtype(lm_dtype d)
-{
-    switch (d) {
-    case LM_F32: return "F32";
-    case LM_F16: return "F16";
-    case LM_BF16: return "BF16";
-    case LM_F64: return "F64";
-    default: return NULL;
-    }
-}
 
 static lm_status io_error(lm_file_sink *s, const char *what, const char *path)
 {
     return lm_context_set_error(s->ctx, LM_ERR_IO, "%s '%s': %s", what, path,
                                 strerror(errno));
+}
+
+static struct lm__sink_layout layout_of(lm_file_sink *s,
+                                        const lm_tensor_desc *outputs)
+{
+    return (struct lm__sink_layout){
+        outputs, (const char *const *)s->tensor_names, s->n_tensors,
+        s->tensor_shard, s->n_shards, s->total_bytes, s->tensor_offset,
+        (const char *const *)s->meta_keys,
+        (const char *const *)s->meta_values, s->n_meta};
 }
 
 /* Opens shard k's file: a temporary beside a one-file output, or its
@@ -87,68 +78,8 @@ static lm_status open_shard(lm_file_sink *s, struct shard *sh)
     return sh->fd < 0 ? io_error(s, "cannot create", sh->write_path) : LM_OK;
 }
 
-static cJSON *raw_u64(uint64_t v)
-{
-    char buf[24];
-    snprintf(buf, sizeof(buf), "%" PRIu64, v);
-    return cJSON_CreateRaw(buf);
-}
-
-/* Header JSON of shard `k`, padded with spaces to a multiple of 8 bytes;
- * fills the tensors' absolute offsets. Returns NULL on allocation failure. */
-static char *shard_header(lm_file_sink *s, size_t k,
-                          const lm_tensor_desc *outputs, size_t *len)
-{
-    cJSON *root = cJSON_CreateObject();
-    if (!root)
-        return NULL;
-    bool ok = true;
-    if (s->n_meta) {
-        cJSON *meta = cJSON_AddObjectToObject(root, "__metadata__");
-        for (size_t i = 0; ok && i < s->n_meta; i++)
-            ok = meta && cJSON_AddStringToObject(meta, s->meta_keys[i],
-                                                 s->meta_values[i]);
-    }
-    uint64_t off = 0;
-    for (size_t i = 0; ok && i < s->n_tensors; i++) {
-        if (s->tensor_shard[i] != k)
-            continue;
-        const lm_tensor_desc *d = &outputs[i];
-        cJSON *t = cJSON_AddObjectToObject(root, d->name);
-        cJSON *shape = cJSON_CreateArray();
-        cJSON *offs = cJSON_CreateArray();
-        ok = t && shape && offs &&
-             cJSON_AddStringToObject(t, "dtype", st_dtype(d->dtype));
-        for (int j = 0; ok && j < d->ndim; j++)
-            ok = cJSON_AddItemToArray(shape, raw_u64((uint64_t)d->shape[j]));
-        ok = ok && cJSON_AddItemToArray(offs, raw_u64(off)) &&
-             cJSON_AddItemToArray(offs, raw_u64(off + d->nbytes));
-        if (ok) {
-            cJSON_AddItemToObject(t, "shape", shape);
-            cJSON_AddItemToObject(t, "data_offsets", offs);
-        } else {
-            cJSON_Delete(shape);
-            cJSON_Delete(offs);
-        }
-        s->tensor_offset[i] = off; /* relative for now */
-        off += d->nbytes;
-    }
-    char *json = ok ? cJSON_PrintUnformatted(root) : NULL;
-    cJSON_Delete(root);
-    if (!json)
-        return NULL;
-    size_t n = strlen(json), padded = (n + 7) / 8 * 8;
-    char *out = lm_alloc(s->ctx, padded + 1);
-    if (out) {
-        memcpy(out, json, n);
-        memset(out + n, ' ', padded - n);
-        out[padded] = '\0';
-        *len = padded;
-    }
-    cJSON_free(json);
-    return out;
-}
-
+/* Tensors go to shards in order, a new shard when the next tensor would
+ * pass max_shard_bytes (a larger tensor gets a shard of its own). */
 static lm_status assign_shards(lm_file_sink *s, const lm_tensor_desc *o,
                                size_t n)
 {
@@ -174,8 +105,7 @@ static lm_status assign_shards(lm_file_sink *s, const lm_tensor_desc *o,
             s->shards[k].final_path = lm__strdup(s->ctx, s->path);
         } else {
             char name[64];
-            snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors",
-                     k + 1, count);
+            s->w->shard_name(k, count, name, sizeof(name));
             s->shards[k].final_path = lm__path_join(s->ctx, s->path, name);
         }
         if (!s->shards[k].final_path)
@@ -184,21 +114,22 @@ static lm_status assign_shards(lm_file_sink *s, const lm_tensor_desc *o,
     return LM_OK;
 }
 
-static lm_status begin_gguf(lm_file_sink *s, const lm_tensor_desc *outputs,
-                            size_t n)
+/* Shard k: the writer's header at offset 0, the file at its full length
+ * so that tensors can be written at their offsets in any order. */
+static lm_status begin_shard(lm_file_sink *s, const lm_tensor_desc *outputs,
+                             size_t k)
 {
-    struct lm__gguf_layout_in in = {
-        outputs, n, s->kv_from, (const char *const *)s->meta_keys,
-        (const char *const *)s->meta_values, s->n_meta, s->alignment};
+    struct lm__sink_layout l = layout_of(s, outputs);
     unsigned char *header = NULL;
     size_t hlen = 0;
     uint64_t file_len = 0;
-    LM_TRY(lm__gguf_layout(s->ctx, &in, &header, &hlen, s->tensor_offset,
-                           &file_len));
-    lm_status st = open_shard(s, &s->shards[0]);
-    if (st == LM_OK && (lm__pwrite_all(s->shards[0].fd, header, hlen, 0) ||
-                        ftruncate(s->shards[0].fd, (off_t)file_len)))
-        st = io_error(s, "cannot write", s->shards[0].write_path);
+    LM_TRY(s->w->header(s->ctx, s->config, &l, k, &header, &hlen,
+                        &file_len));
+    struct shard *sh = &s->shards[k];
+    lm_status st = open_shard(s, sh);
+    if (st == LM_OK && (lm__pwrite_all(sh->fd, header, hlen, 0) ||
+                        ftruncate(sh->fd, (off_t)file_len)))
+        st = io_error(s, "cannot write", sh->write_path);
     lm_free(s->ctx, header);
     return st;
 }
@@ -208,13 +139,10 @@ static lm_status sink_begin(void *user, const lm_tensor_desc *outputs,
 {
     lm_file_sink *s = user;
     if (s->shards)
-        return lm_context_set_error(s->ctx, LM_ERR_STATE,
-                                    "safetensors sink used twice");
-    for (size_t i = 0; i < n; i++)
-        if (!st_dtype(outputs[i].dtype))
-            return lm_context_set_error(s->ctx, LM_ERR_DTYPE,
-                                        "safetensors sink: tensor '%s' has "
-                                        "unknown dtype", outputs[i].name);
+        return lm_context_set_error(s->ctx, LM_ERR_STATE, "%s used twice",
+                                    s->w->what);
+    if (s->w->check)
+        LM_TRY(s->w->check(s->ctx, outputs, n));
     s->n_tensors = n;
     s->tensor_shard = lm__calloc(s->ctx, n ? n : 1, sizeof(size_t));
     s->tensor_offset = lm__calloc(s->ctx, n ? n : 1, sizeof(uint64_t));
@@ -225,33 +153,8 @@ static lm_status sink_begin(void *user, const lm_tensor_desc *outputs,
         if (!(s->tensor_names[i] = lm__strdup(s->ctx, outputs[i].name)))
             return LM_ERR_OUT_OF_MEMORY;
     LM_TRY(assign_shards(s, outputs, n));
-    if (s->gguf)
-        return begin_gguf(s, outputs, n);
-    for (size_t k = 0; k < s->n_shards; k++) {
-        size_t hlen = 0;
-        char *header = shard_header(s, k, outputs, &hlen);
-        if (!header)
-            return lm_context_set_error(s->ctx, LM_ERR_OUT_OF_MEMORY,
-                                        "safetensors sink: out of memory "
-                                        "building the header");
-        lm_status st = open_shard(s, &s->shards[k]);
-        unsigned char len8[8];
-        for (int b = 0; b < 8; b++)
-            len8[b] = (unsigned char)((uint64_t)hlen >> (8 * b));
-        uint64_t data_start = 8 + hlen, data_bytes = 0;
-        for (size_t i = 0; i < n; i++)
-            if (s->tensor_shard[i] == k) {
-                s->tensor_offset[i] += data_start;
-                data_bytes += outputs[i].nbytes;
-            }
-        if (st == LM_OK &&
-            (lm__pwrite_all(s->shards[k].fd, len8, 8, 0) ||
-             lm__pwrite_all(s->shards[k].fd, header, hlen, 8) ||
-             ftruncate(s->shards[k].fd, (off_t)(data_start + data_bytes))))
-            st = io_error(s, "cannot write", s->shards[k].write_path);
-        lm_free(s->ctx, header);
-        LM_TRY(st);
-    }
+    for (size_t k = 0; k < s->n_shards; k++)
+        LM_TRY(begin_shard(s, outputs, k));
     return LM_OK;
 }
 
@@ -285,59 +188,30 @@ static void discard_temps(lm_file_sink *s)
     s->out = NULL;
 }
 
-/* model.safetensors.index.json inside the staging directory. */
-static lm_status write_index(lm_file_sink *s)
-{
-    cJSON *root = cJSON_CreateObject();
-    cJSON *meta = root ? cJSON_AddObjectToObject(root, "metadata") : NULL;
-    cJSON *map = root ? cJSON_AddObjectToObject(root, "weight_map") : NULL;
-    bool ok = meta && map && cJSON_AddItemToObject(meta, "total_size",
-                                                   raw_u64(s->total_bytes));
-    for (size_t i = 0; ok && i < s->n_meta; i++)
-        ok = cJSON_AddStringToObject(meta, s->meta_keys[i],
-                                     s->meta_values[i]) != NULL;
-    for (size_t i = 0; ok && i < s->n_tensors; i++) {
-        const char *file = strrchr(s->shards[s->tensor_shard[i]].final_path,
-                                   '/') + 1;
-        ok = cJSON_AddStringToObject(map, s->tensor_names[i], file) != NULL;
-    }
-    char *json = ok ? cJSON_Print(root) : NULL;
-    cJSON_Delete(root);
-    if (!json)
-        return lm_context_set_error(s->ctx, LM_ERR_OUT_OF_MEMORY,
-                                    "out of memory building the index of "
-                                    "'%s'", s->path);
-    struct shard idx = {NULL, lm__path_join(s->ctx, lm_output_dir_path(s->out),
-                                            "model.safetensors.index.json"),
-                        -1};
-    lm_status st = LM_OK;
-    if (!idx.write_path)
-        st = LM_ERR_OUT_OF_MEMORY;
-    else if ((idx.fd = open(idx.write_path,
-                            O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666)) < 0 ||
-             lm__pwrite_all(idx.fd, json, strlen(json), 0) ||
-             lm__pwrite_all(idx.fd, "\n", 1, strlen(json)))
-        st = io_error(s, "cannot write", idx.write_path);
-    if (idx.fd >= 0 && close(idx.fd) && st == LM_OK)
-        st = io_error(s, "cannot write", idx.write_path);
-    lm_free(s->ctx, idx.write_path);
-    cJSON_free(json);
-    return st;
-}
-
 static lm_status commit_shards(lm_file_sink *s)
 {
+    const char **names = lm__calloc(s->ctx, s->n_shards, sizeof(*names));
+    if (!names)
+        return lm_context_set_error(s->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "out of memory committing '%s'",
+                                    s->path);
+    lm_status st = LM_OK;
     for (size_t k = 0; k < s->n_shards; k++) {
         struct shard *sh = &s->shards[k];
         int rc = close(sh->fd);
         sh->fd = -1;
-        if (rc)
-            return io_error(s, "cannot write", sh->write_path);
+        if (rc && st == LM_OK)
+            st = io_error(s, "cannot write", sh->write_path);
+        names[k] = strrchr(sh->final_path, '/') + 1;
     }
     /* The index is part of the same directory commit: shards never
      * appear without it. */
-    LM_TRY(write_index(s));
-    return lm_output_dir_commit(s->out);
+    struct lm__sink_layout l = layout_of(s, NULL);
+    if (st == LM_OK)
+        st = s->w->index(s->ctx, &l, names, lm_output_dir_path(s->out),
+                         s->path);
+    lm_free(s->ctx, names);
+    return st == LM_OK ? lm_output_dir_commit(s->out) : st;
 }
 
 static lm_status sink_end(void *user, int commit)
@@ -357,105 +231,56 @@ static lm_status sink_end(void *user, int commit)
     return st;
 }
 
-static lm_status create_sink(lm_context *ctx, const char *path,
-                             const lm_safetensors_sink_options *opts,
-                             lm_file_sink **out);
-
-lm_status lm_safetensors_sink_create(lm_context *ctx, const char *path,
-                                     const lm_safetensors_sink_options *opts,
-                                     lm_file_sink **out)
+static lm_status copy_metadata(lm_file_sink *s, const char *const *keys,
+                               const char *const *values, size_t n)
 {
-    return create_sink(ctx, path, opts, out);
-}
-
-/* The alignment a GGUF source declares, or 0. */
-static uint32_t source_alignment(const lm_model *m)
-{
-    const char *v = NULL;
-    if (!lm__gguf_kv_of(m))
-        return 0;
-    for (size_t i = 0; i < m->n_meta; i++)
-        if (!strcmp(m->meta_keys[i], "general.alignment"))
-            v = m->meta_values[i];
-    return v ? (uint32_t)strtoul(v, NULL, 10) : 0;
-}
-
-lm_status lm_gguf_sink_create(lm_context *ctx, const char *path,
-                              const lm_gguf_options *opts, lm_file_sink **out)
-{
-    if (!ctx || !path || !*path || !out)
-        return LM_ERR_INVALID_ARGUMENT;
-    lm_gguf_options o = LM_GGUF_OPTIONS_INIT;
-    if (opts) {
-        if (opts->struct_size < sizeof(o))
-            return lm_context_set_error(ctx, LM_ERR_ABI,
-                                        "GGUF sink: options struct_size %u "
-                                        "too small", opts->struct_size);
-        memcpy(&o, opts, sizeof(o));
+    if (!n)
+        return LM_OK;
+    s->meta_keys = lm__calloc(s->ctx, n, sizeof(char *));
+    s->meta_values = lm__calloc(s->ctx, n, sizeof(char *));
+    if (!s->meta_keys || !s->meta_values)
+        return LM_ERR_OUT_OF_MEMORY;
+    for (size_t i = 0; i < n; i++) {
+        s->meta_keys[i] = lm__strdup(s->ctx, keys[i]);
+        s->meta_values[i] = lm__strdup(s->ctx, values[i]);
+        s->n_meta = i + 1;
+        if (!s->meta_keys[i] || !s->meta_values[i])
+            return LM_ERR_OUT_OF_MEMORY;
     }
-    uint32_t align = o.alignment ? o.alignment : source_alignment(o.kv_from);
-    if (align && (align % 8 || (align & (align - 1))))
-        return lm_context_set_error(ctx, LM_ERR_OUT_OF_RANGE,
-                                    "GGUF sink: alignment %u is not a power "
-                                    "of two >= 8", align);
-    lm_safetensors_sink_options st = LM_SAFETENSORS_SINK_OPTIONS_INIT;
-    st.metadata_keys = o.metadata_keys;
-    st.metadata_values = o.metadata_values;
-    st.n_metadata = o.n_metadata;
-    LM_TRY(create_sink(ctx, path, &st, out));
-    (*out)->gguf = true;
-    (*out)->kv_from = o.kv_from;
-    (*out)->alignment = align;
     return LM_OK;
 }
 
-static lm_status create_sink(lm_context *ctx, const char *path,
-                             const lm_safetensors_sink_options *opts,
-                             lm_file_sink **out)
+lm_status lm__file_sink_create(lm_context *ctx, const char *path,
+                               const struct lm__file_writer *w, void *config,
+                               uint64_t max_shard_bytes,
+                               const char *const *meta_keys,
+                               const char *const *meta_values, size_t n_meta,
+                               lm_file_sink **out)
 {
-    if (!ctx || !path || !*path || !out)
-        return LM_ERR_INVALID_ARGUMENT;
-    lm_safetensors_sink_options o = LM_SAFETENSORS_SINK_OPTIONS_INIT;
-    if (opts) {
-        if (opts->struct_size < sizeof(o))
-            return lm_context_set_error(ctx, LM_ERR_ABI,
-                                        "safetensors sink: options "
-                                        "struct_size %u too small",
-                                        opts->struct_size);
-        memcpy(&o, opts, sizeof(o));
-    }
-    if (o.n_metadata && (!o.metadata_keys || !o.metadata_values))
-        return lm_context_set_error(ctx, LM_ERR_INVALID_ARGUMENT,
-                                    "safetensors sink: n_metadata without "
-                                    "keys/values");
     lm_file_sink *s = lm__calloc(ctx, 1, sizeof(*s));
-    if (!s)
-        return LM_ERR_OUT_OF_MEMORY;
+    if (!s) {
+        if (w->config_free)
+            w->config_free(ctx, config);
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "%s: out of memory", w->what);
+    }
     s->ctx = ctx;
-    s->sharded = o.max_shard_bytes != 0;
-    s->max_shard_bytes = o.max_shard_bytes;
+    s->w = w;
+    s->config = config;
+    s->sharded = max_shard_bytes != 0;
+    s->max_shard_bytes = max_shard_bytes;
+    s->single = (struct lm__atomic_file){ctx, NULL, NULL, -1};
     s->path = lm__strdup(ctx, path);
     lm_status st = s->path ? LM_OK : LM_ERR_OUT_OF_MEMORY;
-    s->single = (struct lm__atomic_file){ctx, NULL, NULL, -1};
     if (st == LM_OK && s->sharded)
         st = lm_output_dir_begin(ctx, path, NULL, &s->out);
-    if (st == LM_OK && o.n_metadata) {
-        s->meta_keys = lm__calloc(ctx, o.n_metadata, sizeof(char *));
-        s->meta_values = lm__calloc(ctx, o.n_metadata, sizeof(char *));
-        st = s->meta_keys && s->meta_values ? LM_OK : LM_ERR_OUT_OF_MEMORY;
-        for (size_t i = 0; st == LM_OK && i < o.n_metadata; i++) {
-            s->meta_keys[i] = lm__strdup(ctx, o.metadata_keys[i]);
-            s->meta_values[i] = lm__strdup(ctx, o.metadata_values[i]);
-            s->n_meta = i + 1;
-            if (!s->meta_keys[i] || !s->meta_values[i])
-                st = LM_ERR_OUT_OF_MEMORY;
-        }
-    }
+    if (st == LM_OK)
+        st = copy_metadata(s, meta_keys, meta_values, n_meta);
     if (st != LM_OK) {
         lm_file_sink_destroy(s);
         return st == LM_ERR_OUT_OF_MEMORY
-                   ? lm_context_set_error(ctx, st, "safetensors sink: out of "
-                                                   "memory")
+                   ? lm_context_set_error(ctx, st, "%s: out of memory",
+                                          w->what)
                    : st;
     }
     s->vt.struct_size = sizeof(s->vt);
@@ -524,47 +349,20 @@ void lm_file_sink_destroy(lm_file_sink *s)
     }
     lm_free(s->ctx, s->meta_keys);
     lm_free(s->ctx, s->meta_values);
+    if (s->w->config_free)
+        s->w->config_free(s->ctx, s->config);
     lm_free(s->ctx, s->path);
     lm_free(s->ctx, s);
 }
 
-static lm_status write_model(lm_context *ctx, const lm_model *model,
-                             lm_file_sink *sink);
-
-lm_status lm_safetensors_write(lm_context *ctx, const lm_model *model,
-                               const char *path,
-                               const lm_safetensors_sink_options *options)
-{
-    if (!ctx || !model || !path)
-        return LM_ERR_INVALID_ARGUMENT;
-    lm_file_sink *sink;
-    LM_TRY(lm_safetensors_sink_create(ctx, path, options, &sink));
-    lm_status st = write_model(ctx, model, sink);
-    lm_file_sink_destroy(sink);
-    return st;
-}
-
-lm_status lm_gguf_write(lm_context *ctx, const lm_model *model,
-                        const char *path, const lm_gguf_options *options)
-{
-    if (!ctx || !model || !path)
-        return LM_ERR_INVALID_ARGUMENT;
-    lm_file_sink *sink;
-    LM_TRY(lm_gguf_sink_create(ctx, path, options, &sink));
-    lm_status st = write_model(ctx, model, sink);
-    lm_file_sink_destroy(sink);
-    return st;
-}
-
-/* Every tensor of an in-memory model through a sink, in model order. */
-static lm_status write_model(lm_context *ctx, const lm_model *model,
-                             lm_file_sink *sink)
+lm_status lm__file_sink_write_model(lm_context *ctx, const lm_model *model,
+                                    lm_file_sink *sink)
 {
     size_t n = lm_model_count(model);
     lm_tensor_desc *descs = lm__calloc(ctx, n ? n : 1, sizeof(*descs));
     if (!descs)
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
-                                    "safetensors: out of memory");
+                                    "%s: out of memory", sink->w->what);
     for (size_t i = 0; i < n; i++) {
         const lm_tensor *t = lm_model_tensor(model, i);
         if (t->lazy_read) {
