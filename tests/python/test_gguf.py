@@ -126,6 +126,33 @@ def test_llama_cpp_lora_adapters(tmp_path):
         close(tensors[k], want)
 
 
+def test_gguf_directories(tmp_path):
+    """A directory holding exactly one .gguf is that file (lib/io/formats.c):
+    as the base (the output is GGUF with its key/values) and as an adapter;
+    two .gguf files in one directory are an error naming it."""
+    base = {k: RNG.standard_normal(s).astype(np.float32) for k, s in SHAPES.items()}
+    (tmp_path / "base").mkdir()
+    gg.write(tmp_path / "base" / "toy-f32.gguf", base, KVS)
+    (tmp_path / "base" / "README.md").write_text("a model card")
+    (tmp_path / "ad").mkdir()
+    a = RNG.standard_normal((4, 16)).astype(np.float32)
+    b = RNG.standard_normal((16, 4)).astype(np.float32)
+    write_lora(tmp_path / "ad" / "lora.gguf", {"blk.0.attn_q.weight": (a, b)}, alpha=4.0)
+    cfg = config(tmp_path, tmp_path / "base", [tmp_path / "ad"], extra="  lambda: 1.0\n")
+    r = run("run", cfg, "-o", tmp_path / "out", "--quiet")
+    assert r.returncode == 0, r.stderr
+    tensors, kvs = gg.read(tmp_path / "out" / "model.gguf")
+    assert kvs["general.name"] == (gg.STRING, "toy")
+    close(tensors["blk.0.attn_q.weight"],
+          base["blk.0.attn_q.weight"] + (4.0 / 4) * (b.astype(np.float64) @ a))
+    close(tensors["token_embd.weight"], base["token_embd.weight"])
+    gg.write(tmp_path / "base" / "toy-f16.gguf", base, KVS)
+    r = run("run", cfg, "-o", tmp_path / "out2", "--quiet")
+    assert r.returncode != 0
+    assert "'%s' holds 2 .gguf files" % (tmp_path / "base") in r.stderr
+    assert not (tmp_path / "out2").exists()
+
+
 def good_base(tmp_path):
     return {"w": np.ones((4, 8), np.float32)}
 

@@ -68,6 +68,23 @@ def test_round_trips_through_other_formats(tmp_path):
             same(got[k], t[k])
 
 
+def test_formats_come_from_the_library_table(tmp_path):
+    # save picks the writer by extension in C (lm_model_save); load
+    # recognises a file without a known extension by its first bytes.
+    t = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    with pytest.raises(ValueError, match="unknown extension") as e:
+        libmerge.save(tmp_path / "m.pt", t)
+    assert "m.pt" in str(e.value)
+    assert not (tmp_path / "m.pt").exists()
+    for ext in (".safetensors", ".gguf", ".npz"):
+        libmerge.save(tmp_path / ("m" + ext), t)
+        os.rename(tmp_path / ("m" + ext), tmp_path / "blob")
+        same(libmerge.load(tmp_path / "blob")["w"], t["w"])
+    (tmp_path / "blob").write_bytes(b"not a model")
+    with pytest.raises(libmerge.Error, match="unknown model format"):
+        libmerge.load(tmp_path / "blob")
+
+
 def npz_with(tmp_path, members, method=zipfile.ZIP_STORED):
     p = tmp_path / "bad.npz"
     with zipfile.ZipFile(p, "w", compression=method) as z:
