@@ -14,10 +14,19 @@ extern "C" {
 typedef struct lm_merger lm_merger;
 
 /* Prepare a merger from a plan whose strategy, parameters and tasks
- * (models and/or adapters) are set; the plan needs no base: base tensors
- * arrive one by one through lm_merger_apply, in any order. Runs the
- * strategy's init once. The plan and everything it borrows must outlive
- * the merger, and the plan must not be changed while the merger lives. */
+ * (models, adapters and/or task vectors) are set; base tensors arrive one
+ * by one through lm_merger_apply, in any order. Runs the strategy's init
+ * once. The plan needs no base, except for methods that need every tensor
+ * before merging any (a strategy with a prepare pass, such as ESM's layer
+ * scaling, or purification with LM_PURIFY_MODEL allocation): then the
+ * merger runs those passes over the plan's base here, on the context's
+ * threads, and every later apply gives bit-for-bit what lm_plan_execute
+ * gives. Memory kept for that: what the pass keeps (ESM: each scaled
+ * layer's merged delta in f32, i.e. up to the model's size in f32;
+ * purification: two doubles per model plus its 1 GiB cache of purified
+ * task vectors). Without a base such a plan is LM_ERR_STATE. The plan and
+ * everything it borrows must outlive the merger, and the plan must not be
+ * changed while the merger lives. */
 LM_API lm_status lm_merger_create(lm_plan *plan, lm_merger **out);
 /* Runs the strategy's fini. NULL is accepted. */
 LM_API void lm_merger_destroy(lm_merger *merger);

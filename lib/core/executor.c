@@ -239,6 +239,61 @@ static lm_status first_failure(const struct exec *ex)
     return LM_OK;
 }
 
+/* Everything before the first merged tensor that needs every tensor:
+ * the stages' measuring pass (when one asks for it), then a two-pass
+ * strategy's prepare pass. Nothing is emitted. */
+static lm_status first_passes(struct exec *ex)
+{
+    lm_plan *p = ex->plan;
+    bool measure = false;
+    LM_TRY(lm__stages_begin(p, &measure));
+    lm_status st = LM_OK;
+    if (measure) {
+        ex->pass = LM__PASS_MEASURE;
+        run_workers(ex, p->ctx->n_threads);
+        st = first_failure(ex);
+        atomic_store(&ex->next, 0);
+        if (st == LM_OK)
+            lm__stages_measured(p);
+    }
+    if (st == LM_OK && p->vt->prepare_tensor) {
+        ex->pass = LM__PASS_PREPARE;
+        run_workers(ex, p->ctx->n_threads);
+        st = first_failure(ex);
+        if (st == LM_OK && p->vt->prepared)
+            st = p->vt->prepared(ex->state, p->vt->user);
+        atomic_store(&ex->next, 0);
+    }
+    return st;
+}
+
+lm_status lm__first_passes(lm_plan *p, void *state)
+{
+    struct exec ex;
+    memset(&ex, 0, sizeof(ex));
+    ex.plan = p;
+    ex.state = state;
+    ex.n_tensors = p->base->count;
+    atomic_init(&ex.next, 0);
+    atomic_init(&ex.stop, false);
+    ex.status = lm__calloc(p->ctx, ex.n_tensors ? ex.n_tensors : 1,
+                           sizeof(*ex.status));
+    if (!ex.status)
+        return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "plan: out of memory");
+    if (pthread_mutex_init(&ex.progress_lock, NULL) != 0) {
+        lm_free(p->ctx, ex.status);
+        return lm_context_set_error(p->ctx, LM_ERR_INTERNAL,
+                                    "cannot create a mutex");
+    }
+    lm_status st = validate_inputs(p);
+    if (st == LM_OK)
+        st = first_passes(&ex);
+    pthread_mutex_destroy(&ex.progress_lock);
+    lm_free(p->ctx, ex.status);
+    return st;
+}
+
 static lm_status execute(lm_plan *p, const lm_sink_vtable *sink)
 {
     lm_context *ctx = p->ctx;
@@ -283,27 +338,8 @@ static lm_status execute(lm_plan *p, const lm_sink_vtable *sink)
             st = p->vt->init(&info, &ex.state, p->vt->user);
         }
         bool initialised = st == LM_OK;
-        bool measure = false;
         if (st == LM_OK)
-            st = lm__stages_begin(p, &measure);
-        if (st == LM_OK && measure) {
-            /* A stage needs every tensor seen before it transforms any. */
-            ex.pass = LM__PASS_MEASURE;
-            run_workers(&ex, ctx->n_threads);
-            st = first_failure(&ex);
-            atomic_store(&ex.next, 0);
-            if (st == LM_OK)
-                lm__stages_measured(p);
-        }
-        if (st == LM_OK && p->vt->prepare_tensor) {
-            /* First pass of a two-pass strategy: nothing is emitted. */
-            ex.pass = LM__PASS_PREPARE;
-            run_workers(&ex, ctx->n_threads);
-            st = first_failure(&ex);
-            if (st == LM_OK && p->vt->prepared)
-                st = p->vt->prepared(ex.state, p->vt->user);
-            atomic_store(&ex.next, 0);
-        }
+            st = first_passes(&ex);
         ex.pass = LM__PASS_MERGE;
         if (st == LM_OK) {
             run_workers(&ex, ctx->n_threads);

@@ -140,6 +140,12 @@ struct lm_task_vector {
     lm_model *deltas; /* f32, owned */
 };
 
+/* The passes over every tensor that come before merging any (executor.c):
+ * the stages' measuring pass and a two-pass strategy's prepare pass, with
+ * the strategy state `state` (from its init), on the context's threads.
+ * For load-time mergers; needs the plan's base. */
+lm_status lm__first_passes(lm_plan *p, void *state);
+
 /* delta = scale * B A of the adapter's factors for `name` (zero when the
  * adapter does not target it); `m` names the adapter in errors. */
 lm_status lm__lora_delta(lm_context *ctx, const lm_lora *l, size_t m,

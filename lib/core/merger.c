@@ -8,7 +8,25 @@
 struct lm_merger {
     lm_plan *plan;
     void *state;
+    bool reusing; /* the stages keep their first-pass results */
 };
+
+/* Strategies with a prepare pass and stages with a measuring pass need
+ * every tensor before the first merge: a merger runs those passes over
+ * the plan's base at creation, so it needs one. */
+static lm_status first_pass_needs_base(const lm_plan *p)
+{
+    if (p->base)
+        return LM_OK;
+    if (p->vt->prepare_tensor)
+        return lm_context_set_error(p->ctx, LM_ERR_STATE,
+                                    "merger: strategy '%s' needs every "
+                                    "tensor before merging any: set the "
+                                    "plan's base (lm_plan_set_base) so the "
+                                    "merger can run that pass at creation",
+                                    p->vt->name);
+    return lm__stages_check(p, true);
+}
 
 lm_status lm_merger_create(lm_plan *p, lm_merger **out)
 {
@@ -18,12 +36,8 @@ lm_status lm_merger_create(lm_plan *p, lm_merger **out)
         return lm_context_set_error(p->ctx, LM_ERR_STATE,
                                     "merger: the plan has no models or "
                                     "adapters");
-    LM_TRY(lm__stages_check(p, true));
-    if (p->vt->prepare_tensor)
-        return lm_context_set_error(p->ctx, LM_ERR_UNSUPPORTED,
-                                    "merger: strategy '%s' needs every "
-                                    "tensor before merging any (two passes); "
-                                    "use lm_plan_execute", p->vt->name);
+    LM_TRY(lm__stages_check(p, false));
+    LM_TRY(first_pass_needs_base(p));
     lm_merger *m = lm__calloc(p->ctx, 1, sizeof(*m));
     if (!m)
         return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
@@ -44,6 +58,18 @@ lm_status lm_merger_create(lm_plan *p, lm_merger **out)
             return st;
         }
     }
+    if (p->base) {
+        /* Measuring and prepare passes now; their results (and what the
+         * stages cache) serve every later apply. */
+        lm_status st = lm__stages_reuse_begin(p);
+        m->reusing = st == LM_OK;
+        if (st == LM_OK)
+            st = lm__first_passes(p, m->state);
+        if (st != LM_OK) {
+            lm_merger_destroy(m);
+            return st;
+        }
+    }
     *out = m;
     return LM_OK;
 }
@@ -54,6 +80,8 @@ void lm_merger_destroy(lm_merger *m)
         return;
     if (m->plan->vt->fini)
         m->plan->vt->fini(m->state, m->plan->vt->user);
+    if (m->reusing)
+        lm__stages_reuse_end(m->plan);
     lm_free(m->plan->ctx, m);
 }
 

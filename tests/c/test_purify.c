@@ -3,6 +3,7 @@
  * The numerics are checked against numpy in tests/python/test_purify.py. */
 #include <math.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "testutil.h"
@@ -432,16 +433,99 @@ START_TEST(tuning_factors_once)
 }
 END_TEST
 
-START_TEST(merger_refuses_model_allocation)
+struct loader {
+    lm_merger *merger;
+    const lm_model *base;
+    lm_model *out; /* preallocated outputs, one per base tensor */
+    size_t first, step;
+};
+
+static void *load(void *arg)
+{
+    struct loader *l = arg;
+    for (size_t i = l->first; i < lm_model_count(l->base); i += l->step) {
+        lm_status st = lm_merger_apply_to(
+            l->merger, lm_model_name(l->base, i), lm_model_tensor(l->base, i),
+            (lm_tensor *)lm_model_tensor(l->out, i));
+        ck_assert_int_eq(st, LM_OK);
+    }
+    return NULL;
+}
+
+/* Load-time merging of strategies and stages that need every tensor
+ * first (ESM's layer scaling, purification's per-model allocation): the
+ * merger runs those passes over the plan's base at creation, and tensors
+ * applied from 1 or 8 loader threads are bit-identical to an execution. */
+START_TEST(load_time_first_pass_matches_execution)
+{
+    const char *methods[] = {"task_arithmetic", "esm", "esm"};
+    const bool purified[] = {true, false, true};
+    for (int c = 0; c < 3; c++)
+        for (int loaders = 1; loaders <= 8; loaders += 7) {
+            struct fixture f;
+            setup(&f, 2, methods[c]);
+            if (purified[c]) {
+                lm_purify_options o = LM_PURIFY_OPTIONS_INIT;
+                o.keep = 0.7;
+                o.allocation = LM_PURIFY_MODEL;
+                ck_assert_ok(lm_plan_set_purify(f.plan, &o));
+            }
+            ck_assert_ok(lm_plan_set_stats(f.plan, f.stats));
+            if (c > 0) /* one layer group, so layer scaling matters */
+                ck_assert_ok(lm_plan_set_string(f.plan, "layer_group",
+                                                "weight"));
+            /* The merger first: nothing measured before may help it. */
+            lm_merger *m;
+            ck_assert_ok(lm_merger_create(f.plan, &m));
+            lm_model *got;
+            ck_assert_ok(lm_model_create(f.ctx, &got));
+            for (size_t i = 0; i < lm_model_count(f.base); i++) {
+                const lm_tensor *b = lm_model_tensor(f.base, i);
+                lm_tensor *t;
+                ck_assert_ok(lm_tensor_create(
+                    f.ctx, lm_tensor_dtype(b), lm_tensor_ndim(b),
+                    (int64_t[]){lm_tensor_dim(b, 0),
+                                lm_tensor_ndim(b) > 1 ? lm_tensor_dim(b, 1)
+                                                      : 0},
+                    &t));
+                ck_assert_ok(lm_model_add(got, lm_model_name(f.base, i), t));
+            }
+            pthread_t threads[8];
+            struct loader ls[8];
+            for (int k = 0; k < loaders; k++) {
+                ls[k] = (struct loader){m, f.base, got, (size_t)k,
+                                        (size_t)loaders};
+                ck_assert_int_eq(pthread_create(&threads[k], NULL, load,
+                                                &ls[k]), 0);
+            }
+            for (int k = 0; k < loaders; k++)
+                pthread_join(threads[k], NULL);
+            lm_merger_destroy(m);
+            lm_model *want;
+            ck_assert_ok(lm_plan_execute(f.plan, &want));
+            assert_same(want, got);
+            lm_model_destroy(got);
+            lm_model_destroy(want);
+            teardown(&f);
+        }
+}
+END_TEST
+
+START_TEST(merger_without_base_refuses_model_allocation)
 {
     struct fixture f;
     setup(&f, 1, "task_arithmetic");
+    lm_plan *p;
+    ck_assert_ok(lm_plan_create(f.ctx, "task_arithmetic", &p));
+    ck_assert_ok(lm_plan_add_model(p, f.models[0], 1.0));
     lm_purify_options o = LM_PURIFY_OPTIONS_INIT;
-    ck_assert_ok(lm_plan_set_purify(f.plan, &o));
-    ck_assert_ok(lm_plan_set_stats(f.plan, f.stats));
+    o.allocation = LM_PURIFY_MODEL;
+    ck_assert_ok(lm_plan_set_purify(p, &o));
+    ck_assert_ok(lm_plan_set_stats(p, f.stats));
     lm_merger *m = NULL;
-    ck_assert_int_ne(lm_merger_create(f.plan, &m), LM_OK);
+    ck_assert_int_ne(lm_merger_create(p, &m), LM_OK);
     ck_assert_ptr_nonnull(strstr(lm_context_error(f.ctx), "allocation"));
+    lm_plan_destroy(p);
     teardown(&f);
 }
 END_TEST
@@ -455,7 +539,8 @@ int main(void)
     tcase_add_test(tc, option_errors);
     tcase_add_test(tc, tuning_reports_the_curve);
     tcase_add_test(tc, host_score_can_stop);
-    tcase_add_test(tc, merger_refuses_model_allocation);
+    tcase_add_test(tc, load_time_first_pass_matches_execution);
+    tcase_add_test(tc, merger_without_base_refuses_model_allocation);
     tcase_add_test(tc, folds_sum_single_split_curves);
     tcase_add_test(tc, search_purifies_once);
     tcase_add_test(tc, tuning_factors_once);
