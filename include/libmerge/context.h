@@ -90,6 +90,27 @@ LM_API void lm_context_clear_error(lm_context *ctx);
  * strategies must happen before it is shared (the registry is not locked);
  * error reporting and allocation are thread-safe. */
 
+/* Host utilities (also used by strategies and other plugins). */
+/* Record a failure on ctx: status plus a printf-style message. Returns
+ * `status` so callers can write `return lm_context_set_error(...)`. */
+LM_API lm_status lm_context_set_error(lm_context *ctx, lm_status status,
+                                      const char *format, ...)
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
+/* Allocation through the context's allocator (thread-safe). lm_free
+ * accepts NULL. */
+LM_API void *lm_alloc(lm_context *ctx, size_t size);
+LM_API void lm_free(lm_context *ctx, void *ptr);
+/* Send a message to the context's log callback if `level` passes. */
+LM_API void lm_log(lm_context *ctx, int level, const char *format, ...)
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
 #ifdef __cplusplus
 }
 #endif

@@ -145,25 +145,9 @@ LM_API const lm_strategy_vtable *lm_strategy_at(const lm_context *ctx,
 LM_API lm_status lm_strategy_find(const lm_context *ctx, const char *name,
                                   const lm_strategy_vtable **out);
 
-/* Record a failure on ctx: status plus a printf-style message. Returns
- * `status` so callers can write `return lm_context_set_error(...)`. */
-LM_API lm_status lm_context_set_error(lm_context *ctx, lm_status status,
-                                      const char *format, ...)
-#if defined(__GNUC__) || defined(__clang__)
-    __attribute__((format(printf, 3, 4)))
-#endif
-    ;
-
-/* Allocation through the context's allocator (thread-safe). lm_free
- * accepts NULL. */
-LM_API void *lm_alloc(lm_context *ctx, size_t size);
-LM_API void lm_free(lm_context *ctx, void *ptr);
-/* Send a message to the context's log callback if `level` passes. */
-LM_API void lm_log(lm_context *ctx, int level, const char *format, ...)
-#if defined(__GNUC__) || defined(__clang__)
-    __attribute__((format(printf, 3, 4)))
-#endif
-    ;
+/* lm_context_set_error, lm_alloc, lm_free and lm_log, which strategies
+ * use, are host utilities declared in libmerge/context.h (included
+ * above). */
 
 #ifdef __cplusplus
 }
