@@ -267,28 +267,37 @@ static lm_status first_passes(struct exec *ex)
     return st;
 }
 
-lm_status lm__first_passes(lm_plan *p, void *state)
+/* An execution over every tensor of the plan's base, before any pass:
+ * on failure nothing needs releasing. */
+static lm_status exec_init(struct exec *ex, lm_plan *p,
+                           const lm_sink_vtable *sink, void *state)
 {
-    struct exec ex;
-    memset(&ex, 0, sizeof(ex));
-    ex.plan = p;
-    ex.state = state;
-    ex.n_tensors = p->base->count;
-    atomic_init(&ex.next, 0);
-    atomic_init(&ex.stop, false);
-    ex.status = lm__calloc(p->ctx, ex.n_tensors ? ex.n_tensors : 1,
-                           sizeof(*ex.status));
-    if (!ex.status)
+    memset(ex, 0, sizeof(*ex));
+    ex->plan = p;
+    ex->sink = sink;
+    ex->state = state;
+    ex->n_tensors = p->base->count;
+    atomic_init(&ex->next, 0);
+    atomic_init(&ex->stop, false);
+    ex->status = lm__calloc(p->ctx, ex->n_tensors ? ex->n_tensors : 1,
+                            sizeof(*ex->status));
+    if (!ex->status)
         return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
                                     "plan: out of memory");
-    if (pthread_mutex_init(&ex.progress_lock, NULL) != 0) {
-        lm_free(p->ctx, ex.status);
+    if (pthread_mutex_init(&ex->progress_lock, NULL) != 0) {
+        lm_free(p->ctx, ex->status);
         return lm_context_set_error(p->ctx, LM_ERR_INTERNAL,
                                     "cannot create a mutex");
     }
-    lm_status st = validate_inputs(p);
-    if (st == LM_OK)
-        st = first_passes(&ex);
+    return LM_OK;
+}
+
+lm_status lm__first_passes(lm_plan *p, void *state)
+{
+    LM_TRY(validate_inputs(p));
+    struct exec ex;
+    LM_TRY(exec_init(&ex, p, NULL, state));
+    lm_status st = first_passes(&ex);
     pthread_mutex_destroy(&ex.progress_lock);
     lm_free(p->ctx, ex.status);
     return st;
@@ -300,22 +309,8 @@ static lm_status execute(lm_plan *p, const lm_sink_vtable *sink)
     LM_TRY(validate_inputs(p));
 
     struct exec ex;
-    memset(&ex, 0, sizeof(ex));
-    ex.plan = p;
-    ex.sink = sink;
-    ex.n_tensors = p->base->count;
-    atomic_init(&ex.next, 0);
-    atomic_init(&ex.stop, false);
-    if (pthread_mutex_init(&ex.progress_lock, NULL) != 0)
-        return lm_context_set_error(ctx, LM_ERR_INTERNAL,
-                                    "cannot create a mutex");
+    LM_TRY(exec_init(&ex, p, sink, NULL));
     lm_status st = describe_outputs(&ex);
-    if (st == LM_OK) {
-        ex.status = lm__calloc(ctx, ex.n_tensors ? ex.n_tensors : 1,
-                               sizeof(*ex.status));
-        if (!ex.status)
-            st = LM_ERR_OUT_OF_MEMORY;
-    }
     if (st == LM_OK) {
         st = sink->begin(sink->user, ex.outputs, ex.n_tensors);
         if (st > 0)

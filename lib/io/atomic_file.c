@@ -29,9 +29,11 @@ int lm__pwrite_all(int fd, const void *buf, size_t n, uint64_t offset)
     return 0;
 }
 
-int lm__fsync_dir(const char *dir)
+int lm__fsync_path(const char *path, bool dir)
 {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO that took a regular file's place cannot hang us. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW |
+                            (dir ? O_DIRECTORY : O_NONBLOCK));
     if (fd < 0)
         return -1;
     int rc = fsync(fd);
@@ -39,6 +41,11 @@ int lm__fsync_dir(const char *dir)
     close(fd);
     errno = saved;
     return rc;
+}
+
+int lm__fsync_dir(const char *dir)
+{
+    return lm__fsync_path(dir, true);
 }
 
 char *lm__path_join(lm_context *ctx, const char *dir, const char *name)

@@ -4,6 +4,7 @@
  * files that must appear together) use lm_output_dir instead. */
 #ifndef LM_IO_ATOMIC_FILE_H
 #define LM_IO_ATOMIC_FILE_H
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -27,7 +28,9 @@ void lm__atomic_discard(struct lm__atomic_file *f);
 
 /* Writes all of buf at offset, retrying short writes and EINTR. */
 int lm__pwrite_all(int fd, const void *buf, size_t n, uint64_t offset);
-/* fsync of a directory, so renames inside it survive a power loss. */
+/* fsync of a file or (dir) a directory, so renames inside it survive a
+ * power loss; symlinks are not followed. -1 with errno on failure. */
+int lm__fsync_path(const char *path, bool dir);
 int lm__fsync_dir(const char *dir);
 /* The directory part of path ("." when it has none), allocated. */
 char *lm__dir_of(lm_context *ctx, const char *path);

@@ -2,7 +2,6 @@
  * which for staging and model directories is one or two levels. */
 #include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <stdbool.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -15,19 +14,6 @@
 static bool dot_entry(const char *name)
 {
     return !strcmp(name, ".") || !strcmp(name, "..");
-}
-
-static int sync_path(const char *path, bool dir)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW |
-                            (dir ? O_DIRECTORY : O_NONBLOCK));
-    if (fd < 0)
-        return -1;
-    int rc = fsync(fd);
-    int saved = errno;
-    close(fd);
-    errno = saved;
-    return rc;
 }
 
 lm_status lm__tree_sync(lm_context *ctx, const char *root)
@@ -50,13 +36,13 @@ lm_status lm__tree_sync(lm_context *ctx, const char *root)
                                       path, strerror(errno));
         else if (S_ISDIR(s.st_mode))
             st = lm__tree_sync(ctx, path);
-        else if (S_ISREG(s.st_mode) && sync_path(path, false))
+        else if (S_ISREG(s.st_mode) && lm__fsync_path(path, false))
             st = lm_context_set_error(ctx, LM_ERR_IO, "cannot flush '%s': %s",
                                       path, strerror(errno));
         lm_free(ctx, path);
     }
     closedir(d);
-    if (st == LM_OK && sync_path(root, true))
+    if (st == LM_OK && lm__fsync_path(root, true))
         st = lm_context_set_error(ctx, LM_ERR_IO,
                                   "cannot sync directory '%s': %s", root,
                                   strerror(errno));

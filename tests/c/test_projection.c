@@ -211,19 +211,7 @@ START_TEST(merger_matches_execution)
     ck_assert_ok(lm_plan_execute(f.plan, &merged));
     lm_merger *mg;
     ck_assert_ok(lm_merger_create(f.plan, &mg));
-    for (size_t i = 0; i < lm_model_count(f.base); i++) {
-        const lm_tensor *b = lm_model_tensor(f.base, i);
-        lm_tensor *out, *want;
-        ck_assert_ok(lm_tensor_create(f.ctx, LM_F32, lm_tensor_ndim(b),
-                                      (int64_t[]){lm_tensor_dim(b, 0),
-                                                  lm_tensor_dim(b, 1)},
-                                      &out));
-        ck_assert_ok(lm_merger_apply_to(mg, lm_model_name(f.base, i), b, out));
-        ck_assert_ok(lm_model_find(merged, lm_model_name(f.base, i), &want));
-        ck_assert_int_eq(memcmp(lm_tensor_cdata(out), lm_tensor_cdata(want),
-                                lm_tensor_numel(b) * sizeof(float)), 0);
-        lm_tensor_destroy(out);
-    }
+    tu_assert_merger_matches(f.ctx, mg, f.base, merged);
     lm_merger_destroy(mg);
     lm_model_destroy(merged);
     teardown(&f);

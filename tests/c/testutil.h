@@ -20,6 +20,10 @@ void tu_add_random(lm_context *ctx, lm_model *model, const char *name,
                    uint64_t seed);
 /* Value i of a tensor as double. */
 double tu_get(const lm_tensor *t, size_t i);
+/* Every base tensor applied by `merger` equals (bytes) the same tensor of
+ * `want`, an execution's output. */
+void tu_assert_merger_matches(lm_context *ctx, lm_merger *merger,
+                              const lm_model *base, const lm_model *want);
 /* Run the suite and return the process exit code. */
 int tu_run(Suite *suite);
 

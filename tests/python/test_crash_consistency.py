@@ -5,7 +5,6 @@ with --overwrite, either the old complete model or the new one. SIGINT and
 SIGTERM cancel cleanly: the destination is unchanged and no staging
 directory remains. Inputs are byte-identical (sha256) after every run.
 Covered for one safetensors file, shards plus index, and GGUF."""
-import hashlib
 import os
 import signal
 import subprocess
@@ -16,20 +15,11 @@ import pytest
 
 import gguf_format
 import st_format
+from filetree import snapshot
 
 LMERGE = os.environ.get("LIBMERGE_LMERGE")
 pytestmark = pytest.mark.skipif(not LMERGE, reason="LIBMERGE_LMERGE is not set")
 FRACTIONS = (0.0, 0.15, 0.3, 0.5, 0.7, 0.85, 1.0, 1.2)
-
-
-def snapshot(root):
-    out = {}
-    for d, _, files in os.walk(root):
-        for f in files:
-            p = os.path.join(d, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 def make_inputs(tmp, kind):

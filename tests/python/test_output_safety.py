@@ -5,7 +5,6 @@ directory that is, contains or lies inside an input's directory is refused
 (side files, index) leaves no output and no staging directory. Every input
 is compared byte for byte (sha256) before and after. Merged values are
 checked against numpy's task arithmetic."""
-import hashlib
 import json
 import os
 import resource
@@ -16,21 +15,11 @@ import numpy as np
 import pytest
 
 import st_format
+from filetree import snapshot
 
 LMERGE = os.environ.get("LIBMERGE_LMERGE")
 pytestmark = pytest.mark.skipif(not LMERGE, reason="LIBMERGE_LMERGE is not set")
 SHAPES = {"embed.weight": (40, 8), "layers.0.fc.weight": (16, 8), "norm.weight": (8,)}
-
-
-def snapshot(root):
-    """{relative path: sha256} of every file under root."""
-    out = {}
-    for d, _, files in os.walk(root):
-        for f in files:
-            p = os.path.join(d, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 def make_inputs(tmp):
