@@ -44,5 +44,6 @@ __version__ = version()
 
 from .nsc import NSC, LoraAdapter  # noqa: E402  (needs _L and _Context)
 from .files import load, save  # noqa: E402
+from .task_vector import TaskVector  # noqa: E402
 
-__all__ += ["NSC", "LoraAdapter", "load", "save"]
+__all__ += ["NSC", "LoraAdapter", "load", "save", "TaskVector"]

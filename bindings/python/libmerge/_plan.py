@@ -6,6 +6,7 @@ import numpy as np
 
 from ._context import L
 from ._models import build_model
+from .task_vector import TaskVector, add_to_plan
 
 
 def set_param(ctx, plan, name, value):
@@ -40,7 +41,7 @@ class Plan:
     def __init__(self, ctx, method, base, models, weights, stats, params):
         self.ctx = ctx
         self.ptr = ctypes.c_void_p()
-        self._keep, self._owned = [], []
+        self._keep, self._owned, self._handles = [], [], []
         try:
             ctx.check(L.lm_plan_create(ctx.ptr, method.encode(), ctypes.byref(self.ptr)))
             for name, value in params.items():
@@ -48,6 +49,10 @@ class Plan:
             self._add(build_model(ctx, base, "base", self._keep))
             ctx.check(L.lm_plan_set_base(self.ptr, self._owned[-1]))
             for i, (m, w) in enumerate(zip(models, weights)):
+                if isinstance(m, TaskVector):
+                    add_to_plan(ctx, self.ptr, m, w, "task vector %d" % i,
+                                self._keep, self._handles)
+                    continue
                 self._add(build_model(ctx, m, "model %d" % i, self._keep))
                 ctx.check(L.lm_plan_add_model(self.ptr, self._owned[-1], w))
             if stats is not None:
@@ -66,3 +71,8 @@ class Plan:
         for m in self._owned:
             L.lm_model_destroy(m)
         self._owned = []
+        # Task vectors after the plan that borrowed them, each before the
+        # model its deltas wrap.
+        for destroy, handle in reversed(self._handles):
+            destroy(handle)
+        self._handles = []
