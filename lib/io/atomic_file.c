@@ -106,6 +106,17 @@ lm_status lm__atomic_open(lm_context *ctx, const char *final_path,
 
 lm_status lm__atomic_commit(struct lm__atomic_file *f)
 {
+    /* Allocated before the rename: once the file is in place, nothing may
+     * fail for lack of memory (the caller would report an error for an
+     * output that exists). */
+    char *dir = lm__dir_of(f->ctx, f->final_path);
+    if (!dir) {
+        lm_status st = lm_context_set_error(f->ctx, LM_ERR_OUT_OF_MEMORY,
+                                            "out of memory committing '%s'",
+                                            f->final_path);
+        lm__atomic_discard(f);
+        return st;
+    }
     const char *what = "cannot flush";
     bool ok = fsync(f->fd) == 0;
     int saved = errno;
@@ -123,17 +134,14 @@ lm_status lm__atomic_commit(struct lm__atomic_file *f)
         lm_status st = lm_context_set_error(f->ctx, LM_ERR_IO, "%s '%s': %s",
                                             what, f->final_path,
                                             strerror(saved));
+        lm_free(f->ctx, dir);
         lm__atomic_discard(f);
         return st;
     }
     lm_free(f->ctx, f->tmp_path);
     f->tmp_path = NULL;
-    char *dir = lm__dir_of(f->ctx, f->final_path);
     lm_status st = LM_OK;
-    if (!dir)
-        st = lm_context_set_error(f->ctx, LM_ERR_OUT_OF_MEMORY,
-                                  "out of memory syncing '%s'", f->final_path);
-    else if (lm__fsync_dir(dir))
+    if (lm__fsync_dir(dir))
         st = lm_context_set_error(f->ctx, LM_ERR_IO,
                                   "cannot sync directory '%s': %s", dir,
                                   strerror(errno));

@@ -161,10 +161,11 @@ static lm_status gguf_in_dir(lm_context *ctx, const char *dir, char **file)
                                     "('%s', '%s'%s): name the one to open",
                                     dir, count, first, second,
                                     count > 2 ? ", ..." : "");
-    return lm__format_dir_entry(ctx, dir, first, file) == LM_OK
-               ? LM_OK
-               : lm_context_set_error(ctx, LM_ERR_IO, "'%s/%s' vanished",
-                                      dir, first);
+    lm_status st = lm__format_dir_entry(ctx, dir, first, file);
+    if (st == LM_ERR_NOT_FOUND) /* removed since readdir: say which */
+        return lm_context_set_error(ctx, LM_ERR_IO, "'%s/%s' vanished",
+                                    dir, first);
+    return st;
 }
 
 static bool gguf_model_is_lora(const lm_model *model)

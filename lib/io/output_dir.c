@@ -298,22 +298,29 @@ lm_status lm_output_dir_commit(lm_output_dir *o)
     if (exists)
         LM_TRY(lm__dir_entries(o->ctx, o->dest, &count, &first));
     lm_free(o->ctx, first);
+    /* Allocated before the rename: once the output is in place, nothing
+     * may fail for lack of memory (the caller would report an error for
+     * an output that exists). */
+    char *parent = lm__dir_of(o->ctx, o->dest);
+    if (!parent)
+        return oom(o->ctx, o->dest);
+    lm_status st = LM_OK;
     if (count) {
-        LM_TRY(replace_dest(o));
+        st = replace_dest(o);
     } else if (rename(o->staging, o->dest)) {
-        return lm_context_set_error(o->ctx,
-                                    errno == ENOTEMPTY || errno == EEXIST
-                                        ? LM_ERR_EXISTS
-                                        : LM_ERR_IO,
-                                    "cannot rename the output into '%s': %s",
-                                    o->dest, strerror(errno));
+        st = lm_context_set_error(o->ctx,
+                                  errno == ENOTEMPTY || errno == EEXIST
+                                      ? LM_ERR_EXISTS
+                                      : LM_ERR_IO,
+                                  "cannot rename the output into '%s': %s",
+                                  o->dest, strerror(errno));
+    }
+    if (st != LM_OK) {
+        lm_free(o->ctx, parent);
+        return st;
     }
     o->committed = true;
-    char *parent = lm__dir_of(o->ctx, o->dest);
-    lm_status st = LM_OK;
-    if (!parent)
-        st = oom(o->ctx, o->dest);
-    else if (lm__fsync_dir(parent))
+    if (lm__fsync_dir(parent))
         st = lm_context_set_error(o->ctx, LM_ERR_IO,
                                   "cannot sync directory '%s': %s", parent,
                                   strerror(errno));

@@ -4,6 +4,7 @@
  * (lm_model_open, lm_lora_open, lm_input_open, lm_model_save,
  * lm_file_sink_create_for). */
 #define _XOPEN_SOURCE 700 /* nftw */
+#include <dirent.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -392,6 +393,194 @@ START_TEST(sink_in_the_base_format)
 }
 END_TEST
 
+/* An allocator failing its k-th allocation (0: never), counting what is
+ * live so that leaks show. */
+struct failing {
+    long count, fail_at, live;
+};
+
+static void *fail_alloc(size_t n, void *user)
+{
+    struct failing *f = user;
+    if (++f->count == f->fail_at)
+        return NULL;
+    void *p = malloc(n);
+    f->live += p != NULL;
+    return p;
+}
+
+static void fail_free(void *p, void *user)
+{
+    struct failing *f = user;
+    f->live -= p != NULL;
+    free(p);
+}
+
+/* Opens `path` as an input with the k-th allocation failing, for every k
+ * until a run makes fewer: each failure is reported as out of memory
+ * naming nothing half-built, and frees everything. */
+static long sweep_open(const char *path)
+{
+    long failures = 0;
+    for (long k = 1;; k++) {
+        ck_assert_msg(k < 100000, "%s: no run succeeded", path);
+        struct failing f = {0, 0, 0};
+        lm_allocator alloc = {sizeof(alloc), fail_alloc, fail_free, &f};
+        lm_context_options o = LM_CONTEXT_OPTIONS_INIT;
+        o.allocator = &alloc;
+        o.n_threads = 1;
+        lm_context *c = NULL;
+        ck_assert_ok(lm_context_create(&o, &c));
+        f.count = 0;
+        f.fail_at = k;
+        lm_model *m = NULL;
+        lm_lora *l = NULL;
+        lm_status st = lm_input_open(c, path, &m, &l);
+        long made = f.count;
+        char err[512];
+        snprintf(err, sizeof(err), "%s", lm_context_error(c));
+        lm_model_destroy(m);
+        lm_lora_destroy(l);
+        lm_context_destroy(c);
+        ck_assert_msg(f.live == 0, "%s, allocation %ld failed: %ld blocks "
+                      "leaked", path, k, f.live);
+        if (made < k) {
+            ck_assert_msg(st == LM_OK, "%s: %s", path, err);
+            return failures;
+        }
+        ck_assert_msg(st == LM_ERR_OUT_OF_MEMORY, "%s, allocation %ld "
+                      "failed: status %d (%s)", path, k, (int)st, err);
+        ck_assert_msg(m == NULL && l == NULL, "%s: half-built output", path);
+        failures++;
+    }
+}
+
+static size_t entries_in(const char *path)
+{
+    size_t n = 0;
+    DIR *d = opendir(path);
+    ck_assert_ptr_nonnull(d);
+    for (struct dirent *e; (e = readdir(d));)
+        n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+    closedir(d);
+    return n;
+}
+
+/* Writes a model to out/NAME (kind 0: lm_model_save; 1: a merge through
+ * lm_file_sink_create_for into out, like a GGUF base when `like` is set,
+ * sharded when `shard`) with the k-th allocation failing, for every k: a
+ * failure is out of memory, frees everything and leaves out/ empty. */
+static long sweep_write(const char *name, int kind, const char *like_path,
+                        uint64_t shard)
+{
+    char out[256];
+    snprintf(out, sizeof(out), "%s", at("out"));
+    for (long k = 1;; k++) {
+        ck_assert_msg(k < 100000, "%s: no run succeeded", name);
+        struct failing f = {0, 0, 0};
+        lm_allocator alloc = {sizeof(alloc), fail_alloc, fail_free, &f};
+        lm_context_options o = LM_CONTEXT_OPTIONS_INIT;
+        o.allocator = &alloc;
+        o.n_threads = 1;
+        lm_context *c = NULL, *keep = ctx;
+        ck_assert_ok(lm_context_create(&o, &c));
+        ctx = c; /* small_model and at() use it */
+        lm_model *m = small_model(), *like = NULL;
+        if (like_path)
+            ck_assert_ok(lm_model_open(c, like_path, &like));
+        ck_assert_int_eq(mkdir(out, 0700), 0);
+        char path[300];
+        snprintf(path, sizeof(path), "%s/%s", out, name);
+        f.count = 0;
+        f.fail_at = k;
+        lm_status st;
+        if (kind == 0) {
+            st = lm_model_save(c, m, path, LM_SAVE_COMPRESS);
+        } else {
+            lm_safetensors_sink_options so = LM_SAFETENSORS_SINK_OPTIONS_INIT;
+            const char *keys[] = {"merged_by"}, *values[] = {"test"};
+            so.max_shard_bytes = shard;
+            so.metadata_keys = keys;
+            so.metadata_values = values;
+            so.n_metadata = 1;
+            lm_file_sink *sink = NULL;
+            lm_plan *p = NULL;
+            st = lm_file_sink_create_for(c, out, like, &so, &sink);
+            if (st == LM_OK)
+                st = lm_plan_create(c, "average", &p);
+            if (st == LM_OK)
+                st = lm_plan_set_base(p, m);
+            if (st == LM_OK)
+                st = lm_plan_add_model(p, m, 1.0);
+            if (st == LM_OK)
+                st = lm_plan_execute_to(p, lm_file_sink_vtable(sink));
+            lm_plan_destroy(p);
+            lm_file_sink_destroy(sink);
+        }
+        long made = f.count;
+        f.fail_at = 0;
+        char err[512];
+        snprintf(err, sizeof(err), "%s", lm_context_error(c));
+        size_t left = entries_in(out);
+        nftw(out, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        lm_model_destroy(m);
+        lm_model_destroy(like);
+        ctx = keep;
+        lm_context_destroy(c);
+        ck_assert_msg(f.live == 0, "%s, allocation %ld failed: %ld blocks "
+                      "leaked", name, k, f.live);
+        if (made < k) {
+            ck_assert_msg(st == LM_OK, "%s: %s", name, err);
+            ck_assert_uint_gt(left, 0);
+            return k - 1;
+        }
+        ck_assert_msg(st != LM_OK, "%s, allocation %ld failed silently",
+                      name, k);
+        ck_assert_msg(st == LM_ERR_OUT_OF_MEMORY || strstr(err, "memory"),
+                      "%s, allocation %ld failed: status %d (%s)", name, k,
+                      (int)st, err);
+        ck_assert_msg(left == 0, "%s, allocation %ld failed: %zu files left "
+                      "(%s)", name, k, left, err);
+    }
+}
+
+START_TEST(every_allocation_of_a_write_may_fail)
+{
+    const char *names[] = {"o.safetensors", "o.gguf", "o.npz"};
+    for (int i = 0; i < 3; i++)
+        printf("formats: save %s: %ld allocation failures, all clean\n",
+               names[i], sweep_write(names[i], 0, NULL, 0));
+    char gguf[256];
+    snprintf(gguf, sizeof(gguf), "%s", at("m.gguf"));
+    printf("formats: sink for safetensors: %ld, sharded: %ld, GGUF: %ld "
+           "allocation failures, all clean\n",
+           sweep_write("model.safetensors", 1, NULL, 0),
+           sweep_write("model.safetensors.index.json", 1, NULL, 16),
+           sweep_write("model.gguf", 1, gguf, 0));
+}
+END_TEST
+
+START_TEST(every_allocation_of_an_open_may_fail)
+{
+    mkdir_at("gg");
+    copy_file(at("m.gguf"), at("gg/x.gguf"));
+    write_peft("peft", true);
+    write_gguf_adapter(at("ad.gguf"));
+    const char *paths[] = {at("m.safetensors"), at("m.gguf"), at("m.npz"),
+                           at("sharded"), at("gg"), at("peft"),
+                           at("ad.gguf")};
+    char copies[7][256];
+    for (int i = 0; i < 7; i++)
+        snprintf(copies[i], sizeof(copies[i]), "%s", paths[i]);
+    for (int i = 0; i < 7; i++) {
+        long n = sweep_open(copies[i]);
+        ck_assert_int_gt(n, 0);
+        printf("formats: %s: %ld allocation failures, all clean\n",
+               strrchr(copies[i], '/') + 1, n);
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("formats");
@@ -404,6 +593,8 @@ int main(void)
     tcase_add_test(tc, adapters);
     tcase_add_test(tc, save_by_extension);
     tcase_add_test(tc, sink_in_the_base_format);
+    tcase_add_test(tc, every_allocation_of_an_open_may_fail);
+    tcase_add_test(tc, every_allocation_of_a_write_may_fail);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }
