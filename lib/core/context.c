@@ -5,7 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/internal.h"
+#include "core/context_private.h"
 
 /* The first published lm_context_options ended after `allocator`; smaller
  * structs cannot come from any released header. */

@@ -3,7 +3,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "core/internal.h"
+#include "core/tensor_private.h"
 
 size_t lm_dtype_size(lm_dtype dtype)
 {

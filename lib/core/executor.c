@@ -9,7 +9,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/plan_private.h"
 
 struct exec {
     lm_plan *plan;

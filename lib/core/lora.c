@@ -3,7 +3,8 @@
 #include <cblas.h>
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/lora_private.h"
+#include "core/model_private.h"
 #include "libmerge/lora.h"
 
 lm_status lm_lora_create(lm_context *ctx, lm_lora **out)

@@ -1,6 +1,6 @@
 /* The sink behind lm_plan_execute: results become a new in-memory model,
  * written in place (no copy after conversion). */
-#include "core/internal.h"
+#include "core/plan_private.h"
 
 static lm_status mem_begin(void *user, const lm_tensor_desc *outputs,
                            size_t n)

@@ -2,7 +2,7 @@
  * by the host's loader threads. */
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/plan_private.h"
 #include "libmerge/merger.h"
 
 struct lm_merger {

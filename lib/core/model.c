@@ -1,7 +1,7 @@
 /* Named tensor sets with insertion order and hashed lookup. */
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/model_private.h"
 
 lm_status lm_model_create(lm_context *ctx, lm_model **out)
 {

@@ -3,7 +3,7 @@
  * other names end at a hash comparison. */
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/context_private.h"
 #include "core/name_set.h"
 
 uint64_t lm__name_set_hash(const struct lm__name_set *set, const char *name,

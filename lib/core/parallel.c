@@ -5,7 +5,7 @@
  * own inputs alone: then which thread ran it cannot change a bit. */
 #include <stdatomic.h>
 
-#include "core/internal.h"
+#include "core/context_private.h"
 
 /* Up to `want` of the context's idle threads, marked busy. The caller is
  * one of the busy threads: counted already when it is a worker or a

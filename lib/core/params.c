@@ -6,7 +6,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "core/internal.h"
+#include "core/plan_private.h"
 
 struct lm_params {
     lm_context *ctx;

@@ -2,7 +2,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/plan_private.h"
 
 lm_status lm_plan_create(lm_context *ctx, const char *strategy, lm_plan **out)
 {

@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/context_private.h"
 
 /* Sizes of the first published layouts: nothing smaller is accepted. */
 #define VTABLE_V1_SIZE \

@@ -1,7 +1,7 @@
 /* Golden-section search of a scale parameter against a host score. */
 #include <math.h>
 
-#include "core/internal.h"
+#include "core/plan_private.h"
 
 struct search {
     lm_plan *plan;

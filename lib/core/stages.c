@@ -1,7 +1,7 @@
 /* The plan's stages (stage.h), run in ascending `order`. */
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/plan_private.h"
 #include "core/stage.h"
 
 lm_status lm__plan_set_stage(lm_plan *p, const struct lm__stage_vtable *vt,

@@ -1,5 +1,5 @@
 /* Version queries and static status text. */
-#include "core/internal.h"
+#include "core/context_private.h"
 
 unsigned lm_version(void) { return LM_VERSION_NUMBER; }
 

@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/model_private.h"
 
 lm_status lm__check_pair(lm_context *ctx, const char *what, const char *name,
                          const lm_tensor *base, const lm_tensor *other)

@@ -1,7 +1,7 @@
 /* Dense tensors: owned or wrapping caller memory. */
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/tensor_private.h"
 
 size_t lm__numel_checked(int ndim, const int64_t *shape, bool *overflow)
 {

@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "core/internal.h"
+#include "core/plan_private.h"
 #include "core/stage.h"
 
 static void done_with(const lm_model *model, const lm_tensor *t)

@@ -6,6 +6,7 @@
 #include "libmerge/stats.h"
 #include "linalg/linalg.h"
 #include "purify/state.h"
+#include "stats/lookup.h"
 
 /* tr(D H D^T) for D = merged - (base + tau_t), H = held-out X^T X. */
 static lm_status layer_drift(lm_plan *p, const char *name, const lm_tensor *b,

@@ -8,6 +8,7 @@
 #include "libmerge/stats.h"
 #include "linalg/linalg.h"
 #include "purify/state.h"
+#include "stats/lookup.h"
 
 static void factored_free(lm_context *ctx, struct lm__factored *f)
 {

@@ -4,6 +4,7 @@
 
 #include "core/internal.h"
 #include "libmerge/stats.h"
+#include "stats/lookup.h"
 
 struct lm_stats_entry {
     size_t model;

@@ -14,6 +14,7 @@
 #include "libmerge/stats.h"
 #include "linalg/linalg.h"
 #include "strategies/esm.h"
+#include "stats/lookup.h"
 
 enum route { ROUTE_ESD, ROUTE_TSV, ROUTE_MEAN };
 

@@ -1,0 +1,84 @@
+/* The context's private layout and the allocation, hashing and
+ * threading helpers every module uses. Not installed.
+ *
+ * Copyright libmerge authors. SPDX-License-Identifier: Apache-2.0
+ */
+#ifndef LM_CORE_CONTEXT_PRIVATE_H
+#define LM_CORE_CONTEXT_PRIVATE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "libmerge/context.h"
+#include "libmerge/sys/strategy.h"
+
+#define LM_ERROR_CAPACITY 1024
+
+struct lm_context {
+    int n_threads;
+    /* Threads merging for this context right now (executor workers,
+     * load-time merges, parallel-loop helpers): loops borrow the rest. */
+    atomic_int busy_threads;
+    uint64_t seed;
+    lm_log_fn log;
+    void *log_user;
+    int log_level;
+    lm_allocator allocator;
+    bool has_allocator;
+
+    pthread_mutex_t error_lock;
+    lm_status error_status;
+    char error[LM_ERROR_CAPACITY];
+    /* A message longer than `error` holds, allocated to its size (never
+     * truncated); the current message only while long_current. Freed at
+     * the next failure, not when the error is cleared, so the pointer
+     * lm_context_error returned stays valid until the next failure. */
+    char *error_long;
+    bool long_current;
+
+    /* Registration order; each entry individually allocated so pointers
+     * handed out stay valid, with its params table normalised to the
+     * current lm_param_desc layout and owned by the registry. */
+    lm_strategy_vtable **strategies;
+    size_t n_strategies;
+    size_t cap_strategies;
+};
+
+/* Return early on failure. */
+#define LM_TRY(expr)                     \
+    do {                                 \
+        lm_status lm_try_s_ = (expr);    \
+        if (lm_try_s_ != LM_OK)          \
+            return lm_try_s_;            \
+    } while (0)
+
+
+/* 64-bit mix (splitmix64 finaliser) and string hash for seeds. */
+uint64_t lm__mix64(uint64_t x);
+uint64_t lm__hash_string(uint64_t seed, const char *s);
+/* malloc-style helpers through the context allocator. */
+void *lm__calloc(lm_context *ctx, size_t n, size_t size);
+char *lm__strdup(lm_context *ctx, const char *s);
+/* Room for one more item in a growable array (`count` items of `size`
+ * bytes, capacity *cap): the array itself, or a copy of twice the capacity
+ * (`first` when empty) after freeing it. NULL, with the array and *cap
+ * unchanged, when out of memory. */
+void *lm__reserve(lm_context *ctx, void *items, size_t *cap, size_t count,
+                  size_t size, size_t first);
+
+/* Independent work items inside one merge (parallel.c): fn(arg, i) for
+ * every i < n_items, on the calling thread plus whatever of the context's
+ * threads are idle. Returns the status of the first failing item by index
+ * (later items may not run once one fails). */
+typedef lm_status (*lm__item_fn)(void *arg, size_t item);
+lm_status lm__parallel_for(lm_context *ctx, size_t n_items, lm__item_fn fn,
+                           void *arg);
+/* Mark n threads as busy merging (or no longer) for ctx's budget. */
+void lm__threads_hold(lm_context *ctx, int n);
+void lm__threads_release(lm_context *ctx, int n);
+
+/* Register the built-in strategies (lib/strategies/builtin.c). */
+lm_status lm__register_builtin_strategies(lm_context *ctx);
+
+#endif /* LM_CORE_CONTEXT_PRIVATE_H */

@@ -1,0 +1,97 @@
+/* Plans and their execution: private layout, parameters, stages, the
+ * per-tensor merge and the executor. Not installed.
+ *
+ * Copyright libmerge authors. SPDX-License-Identifier: Apache-2.0
+ */
+#ifndef LM_CORE_PLAN_PRIVATE_H
+#define LM_CORE_PLAN_PRIVATE_H
+
+#include "core/lora_private.h"
+#include "core/model_private.h"
+#include "libmerge/plan.h"
+
+struct lm_plan {
+    lm_context *ctx;
+    bool has_output_dtype;
+    lm_dtype output_dtype;
+    bool allow_nonfinite;
+    lm_progress_fn progress;
+    void *progress_user;
+    const lm_strategy_vtable *vt;
+    lm_params *params;
+    const lm_model *base;
+    const lm_model **models;        /* NULL where the task is an adapter */
+    const struct lm_lora **loras;   /* NULL where the task is a model */
+    /* Non-NULL where the task is a task vector (deltas, not weights). */
+    const struct lm_task_vector **tvs;
+    double *weights;
+    size_t n_models, cap_models;
+    const struct lm_stats *stats;
+    /* Transformations of the task vectors before the strategy (stage.h),
+     * in the order they run. */
+    struct lm__plan_stage *stages;
+    size_t n_stages, cap_stages;
+};
+
+struct lm__plan_stage {
+    const struct lm__stage_vtable *vt;
+    void *self;
+    bool measuring; /* asked for a measuring pass in this execution */
+};
+
+/* Parameter values for a plan (params.c). */
+lm_status lm__params_create(lm_context *ctx, const lm_strategy_vtable *vt,
+                            lm_params **out);
+void lm__params_destroy(lm_params *params);
+lm_status lm__params_set_float(lm_params *params, const char *name,
+                               double value);
+lm_status lm__params_set_string(lm_params *params, const char *name,
+                                const char *value);
+
+/* The plan's stages (stages.c; stage.h declares the interface): check
+ * before running (streaming: for a load-time merger), begin an execution
+ * (*measure: some stage wants a pass over every tensor first), end that
+ * pass, run one tensor through every stage (the measuring pass calls only
+ * the stages that asked for it), and bracket executions whose inputs do
+ * not change. */
+lm_status lm__stages_check(const lm_plan *p, bool streaming);
+lm_status lm__stages_begin(lm_plan *p, bool *measure);
+void lm__stages_measured(lm_plan *p);
+struct lm__stage_tensor;
+lm_status lm__stages_run(const lm_plan *p, bool measure_pass,
+                         const struct lm__stage_tensor *t);
+lm_status lm__stages_reuse_begin(lm_plan *p);
+void lm__stages_reuse_end(lm_plan *p);
+void lm__stages_destroy(lm_plan *p);
+
+/* Merge tensor `name` with base values `base` (tensor_merge.c): on
+ * success *result points to numel f32 merged values inside *block, which
+ * the caller frees with lm_free. `from_plan_base` lets a file-backed plan
+ * base drop the tensor's pages afterwards. Other passes return nothing. */
+enum lm__pass {
+    LM__PASS_MERGE = 0,   /* merge_tensor, result returned              */
+    LM__PASS_PREPARE = 1, /* the strategy's prepare_tensor              */
+    LM__PASS_MEASURE = 2  /* the stages' measuring pass only            */
+};
+lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
+                           const lm_tensor *base, bool from_plan_base,
+                           enum lm__pass pass, float **block, float **result);
+
+/* The passes over every tensor that come before merging any (executor.c):
+ * the stages' measuring pass and a two-pass strategy's prepare pass, with
+ * the strategy state `state` (from its init), on the context's threads.
+ * For load-time mergers; needs the plan's base. */
+lm_status lm__first_passes(lm_plan *p, void *state);
+
+/* Run the plan into a sink (executor.c). */
+lm_status lm__execute(lm_plan *plan, const lm_sink_vtable *sink);
+
+/* A sink collecting results into a new model (memory_sink.c). */
+struct lm__memory_sink {
+    lm_sink_vtable vtable;
+    lm_context *ctx;
+    lm_model *model;
+};
+void lm__memory_sink_init(struct lm__memory_sink *sink, lm_context *ctx);
+
+#endif /* LM_CORE_PLAN_PRIVATE_H */
