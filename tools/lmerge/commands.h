@@ -29,6 +29,18 @@ int lmerge_mpi_execute(lm_context *ctx, lm_plan *plan, const lm_model *base,
 void lmerge_interrupt_install(void);
 int lmerge_interrupted(void);
 
+/* run_stats.c: a config's `stats:` (loaded, summed, set on the plan;
+ * *stats to destroy after the plan) and `purify:` (options set; keep "cv"
+ * tuned, the choice in *tuned_keep, else NaN). Print the error and return
+ * -1 on failure. */
+struct lmerge_config;
+int lmerge_apply_stats(lm_context *ctx, lm_plan *plan,
+                       const struct lmerge_config *c, const char *path,
+                       lm_stats **stats);
+int lmerge_apply_purify(lm_context *ctx, lm_plan *plan,
+                        const struct lmerge_config *c, const char *path,
+                        double *tuned_keep);
+
 /* Copy non-weight files of a base model directory into out_dir. */
 int lmerge_copy_side_files(const char *base_path, const char *out_dir,
                            char *err, size_t err_size);

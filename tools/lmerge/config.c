@@ -163,6 +163,36 @@ static int read_models(struct reader *r, const yaml_node_t *seq,
     return 0;
 }
 
+/* `stats: path` or `stats: [path, ...]`. */
+static int read_stats(struct reader *r, const yaml_node_t *v,
+                      struct lmerge_config *c)
+{
+    c->stats_line = line_of(v);
+    if (v->type == YAML_SCALAR_NODE) {
+        c->stats = calloc(1, sizeof(char *));
+        c->n_stats = c->stats ? 1 : 0;
+        return c->stats ? copy_scalar(r, v, "stats", &c->stats[0])
+                        : fail(r, v, "out of memory");
+    }
+    if (v->type != YAML_SEQUENCE_NODE)
+        return fail(r, v, "'stats' must be a path or a list of paths");
+    size_t n = (size_t)(v->data.sequence.items.top -
+                        v->data.sequence.items.start);
+    if (!n)
+        return fail(r, v, "'stats' is an empty list");
+    c->stats = calloc(n, sizeof(char *));
+    if (!c->stats)
+        return fail(r, v, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        yaml_node_t *item = yaml_document_get_node(
+            r->doc, v->data.sequence.items.start[i]);
+        c->n_stats = i + 1;
+        if (copy_scalar(r, item, "stats", &c->stats[i]))
+            return -1;
+    }
+    return 0;
+}
+
 static int read_root(struct reader *r, const yaml_node_t *root,
                      struct lmerge_config *c)
 {
@@ -192,7 +222,12 @@ static int read_root(struct reader *r, const yaml_node_t *root,
             rc = read_models(r, v, c);
         else if (strcmp(key, "parameters") == 0)
             rc = read_params(r, v, "parameters", &c->params, &c->n_params);
-        else if (strcmp(key, "slices") == 0 || strcmp(key, "modules") == 0 ||
+        else if (strcmp(key, "stats") == 0)
+            rc = read_stats(r, v, c);
+        else if (strcmp(key, "purify") == 0) {
+            c->purify_line = line_of(v);
+            rc = read_params(r, v, "purify", &c->purify, &c->n_purify);
+        } else if (strcmp(key, "slices") == 0 || strcmp(key, "modules") == 0 ||
                  strcmp(key, "tokenizer") == 0 ||
                  strcmp(key, "tokenizer_source") == 0 ||
                  strcmp(key, "chat_template") == 0)
@@ -201,7 +236,7 @@ static int read_root(struct reader *r, const yaml_node_t *root,
         else
             rc = fail(r, k, "unknown key '%s' (expected merge_method, "
                             "base_model, models, parameters, dtype, "
-                            "out_dtype)", key);
+                            "out_dtype, stats, purify)", key);
         if (rc)
             return rc;
     }
@@ -305,5 +340,9 @@ void lmerge_config_free(struct lmerge_config *c)
     }
     free(c->models);
     free_params(c->params, c->n_params);
+    free_params(c->purify, c->n_purify);
+    for (size_t i = 0; i < c->n_stats; i++)
+        free(c->stats[i]);
+    free(c->stats);
     memset(c, 0, sizeof(*c));
 }

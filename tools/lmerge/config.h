@@ -27,6 +27,15 @@ struct lmerge_config {
     size_t n_models;
     struct lmerge_param *params; /* top-level `parameters` */
     size_t n_params;
+    /* `stats:` one path or a list (lm_stats files, summed), model index t
+     * of a file = the t-th entry of `models`. */
+    char **stats;
+    size_t n_stats;
+    int stats_line;
+    /* `purify:` keys and values, as written; purify_line 0 when absent. */
+    struct lmerge_param *purify;
+    size_t n_purify;
+    int purify_line;
 };
 
 /* Parse a config file. On failure returns -1 and writes a message naming

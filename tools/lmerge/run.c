@@ -276,6 +276,7 @@ int lmerge_run(int argc, char **argv)
     lm_plan *plan = NULL;
     lm_file_sink *sink = NULL;
     lm_output_dir *out = NULL;
+    lm_stats *stats = NULL;
     char *config_text = read_text(o.config);
     lm_context_options co = LM_CONTEXT_OPTIONS_INIT;
     co.n_threads = o.threads;
@@ -324,6 +325,13 @@ int lmerge_run(int argc, char **argv)
         else
             lm_plan_add_model(plan, models[m], weights[m]);
     }
+    double tuned_keep = NAN;
+    if (lmerge_apply_stats(ctx, plan, &c, o.config, &stats) ||
+        lmerge_apply_purify(ctx, plan, &c, o.config, &tuned_keep))
+        goto done;
+    if (!isnan(tuned_keep) && !o.quiet && !o.json)
+        fprintf(stderr, "lmerge run: purify keep %.4g chosen on held-out "
+                "rows\n", tuned_keep);
 
     uint64_t total = 0;
     for (size_t i = 0; i < lm_model_count(base); i++) {
@@ -403,7 +411,10 @@ int lmerge_run(int argc, char **argv)
         for (size_t i = 0; i < lm_file_sink_file_count(sink); i++)
             printf("%s\"%s/%s\"", i ? ", " : "", o.out_dir,
                    strrchr(lm_file_sink_file(sink, i), '/') + 1);
-        printf("]}\n");
+        printf("]");
+        if (!isnan(tuned_keep))
+            printf(", \"purify_keep\": %.17g", tuned_keep);
+        printf("}\n");
     } else if (!o.quiet) {
         bool small = total < 1000000;
         printf("merged %zu models with %s: %zu tensors, %.1f %s in %.2f s -> "
@@ -416,6 +427,7 @@ done:
     lm_file_sink_destroy(sink);
     lm_output_dir_destroy(out); /* removes the staging directory on failure */
     lm_plan_destroy(plan);
+    lm_stats_destroy(stats);
     for (size_t m = 0; models && adapters && m < c.n_models; m++) {
         lm_model_destroy(models[m]);
         lm_lora_destroy(adapters[m]);
