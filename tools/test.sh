@@ -29,7 +29,8 @@ run build -- || status=1
 # valgrind (memcheck, definite leaks are errors) on the core C suites.
 meson test -C build --print-errorlogs --logbase testlog-valgrind \
   --wrap='valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite --quiet' \
-  plan merger file_sink safetensors_read lora stats purify nsc tensor model linalg || status=1
+  plan merger file_sink safetensors_read lora stats purify nsc tensor model linalg \
+  output_dir projection task_vector_input || status=1
 run build-asan -Db_sanitize=address,undefined -Db_lundef=false -- --suite c || status=1
 CC=clang run build-tsan -Db_sanitize=thread -Db_lundef=false -- --suite c || status=1
 CC=clang run build-clang -- --suite c --suite build || status=1
