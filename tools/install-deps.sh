@@ -6,6 +6,7 @@ packages=(
   build-essential clang libclang-rt-14-dev meson ninja-build pkg-config
   libopenblas-dev liblapacke-dev zlib1g-dev libcjson-dev libyaml-dev check
   python3 python3-numpy python3-pytest python3-torch python3-sklearn
+  python3-pip python3-setuptools python3-wheel
   dataset-fashion-mnist abigail-tools valgrind libopenmpi-dev openmpi-bin
 )
 missing=()
