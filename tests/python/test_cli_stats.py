@@ -101,3 +101,60 @@ def test_errors_name_the_line(tmp_path, extra, message):
     r = run("run", cfg, "-o", tmp_path / "out", "--quiet")
     assert r.returncode == 1 and message in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def two_stats(tmp_path):
+    rng = np.random.default_rng(9)
+    paths = []
+    parts = []
+    for r in range(2):  # e.g. two ranks' calibration files
+        s = libmerge.Stats()
+        s.observe(0, "fc1.weight", rng.standard_normal((10 + r, 8)).astype(np.float32))
+        s.observe(1, "fc2.weight", rng.standard_normal((7, 12)).astype(np.float32))
+        p = tmp_path / ("rank%d.lmstats" % r)
+        s.save(str(p))
+        paths.append(p)
+        parts.append(s)
+    return paths, parts
+
+
+def test_stats_info_check_and_merge(tmp_path):
+    paths, parts = two_stats(tmp_path)
+    r = run("stats", "info", *paths)
+    assert r.returncode == 0, r.stderr
+    assert "2 keys" in r.stdout and "fc1.weight" in r.stdout and "rows 11" in r.stdout
+    r = run("stats", "check", *paths)
+    assert r.returncode == 0 and "2 files ok" in r.stdout, r.stderr
+    out = tmp_path / "sum.lmstats"
+    r = run("stats", "merge", "-o", out, *paths)
+    assert r.returncode == 0, r.stderr
+    want = libmerge.Stats()
+    for s in parts:
+        want.merge(s)
+    got = libmerge.Stats.load(str(out))
+    assert sorted(got.keys()) == sorted(want.keys())
+    for key in want.keys():
+        g, n = got.get(*key)
+        w, m = want.get(*key)
+        assert n == m
+        np.testing.assert_array_equal(g, w)  # the same f64 sums
+
+
+def test_stats_errors(tmp_path):
+    paths, _ = two_stats(tmp_path)
+    bad = tmp_path / "bad.lmstats"
+    data = bytearray(paths[0].read_bytes())
+    data[30] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    r = run("stats", "check", paths[0], bad)
+    assert r.returncode == 1 and "bad.lmstats" in r.stderr, r.stderr
+    # A failed merge writes nothing.
+    other = libmerge.Stats()
+    other.observe(0, "fc1.weight", np.ones((3, 5), np.float32))  # another d_in
+    other.save(str(tmp_path / "other.lmstats"))
+    out = tmp_path / "sum.lmstats"
+    r = run("stats", "merge", "-o", out, paths[0], tmp_path / "other.lmstats")
+    assert r.returncode == 1 and "other.lmstats" in r.stderr, r.stderr
+    assert not out.exists()
+    assert run("stats", "merge", paths[0]).returncode == 2
+    assert run("stats", "frobnicate", paths[0]).returncode == 2

@@ -11,6 +11,7 @@ int lmerge_demo(int argc, char **argv);
 int lmerge_methods(int argc, char **argv);
 int lmerge_run(int argc, char **argv);
 int lmerge_info(int argc, char **argv);
+int lmerge_stats(int argc, char **argv);
 
 #ifdef LMERGE_MPI
 /* mpi_exec.c: this process's rank and the number of ranks (0 and 1

@@ -20,6 +20,7 @@ static void usage(FILE *f)
             "  run        merge models on disk from a mergekit-style YAML config\n"
             "  info       list the tensors and metadata of a model file\n"
             "  methods    list merge methods with their parameters and defaults\n"
+            "  stats      inspect, check or sum activation-statistics files\n"
             "  version    print the library version\n");
 }
 
@@ -56,6 +57,8 @@ static int dispatch(int argc, char **argv)
         return lmerge_run(argc - 1, argv + 1);
     if (strcmp(cmd, "info") == 0)
         return lmerge_info(argc - 1, argv + 1);
+    if (strcmp(cmd, "stats") == 0)
+        return lmerge_stats(argc - 1, argv + 1);
     if (strcmp(cmd, "methods") == 0)
         return lmerge_methods(argc - 1, argv + 1);
     if (strcmp(cmd, "version") == 0) {
