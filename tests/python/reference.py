@@ -242,8 +242,8 @@ def esm_routed(taus, xs, routes, alpha=1.0, alpha_on=None, groups=None,
     alpha_on = set(merged) if alpha_on is None else set(alpha_on)
     return {k: (alpha if k in alpha_on else 1.0) * v for k, v in merged.items()}
 
-# --- PAVE purification (research/nsc_purify.md §B), written from the
-# equations: C~ = X^T X / n + eps I (eps doubled until ||C~^-1 C~ - I||_F <
+# --- PAVE purification (An et al., arXiv:2510.14697; public code
+# github.com/ABgit111/purified_task_vector), written from the equations: C~ = X^T X / n + eps I (eps doubled until ||C~^-1 C~ - I||_F <
 # tol), W_t C~ = U S V^T, W'_t = U_r S_r V_r^T C~^-1, tau'_t = W'_t - W_0.
 
 def pave_regularise(x, eps=0.1, tol=5e-2):

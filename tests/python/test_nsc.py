@@ -1,6 +1,7 @@
 """NSC merging. The null-space ratio, its gradient, the coefficient gradient,
 the merged weight and the AdamW update are checked against numpy / torch
-references written from the equations (research/nsc_purify.md §A):
+references written from the equations of NSC (Lee, Jeong, Yoon,
+arXiv:2603.26317; github.com/wonyoung01/nsc_merging):
 ratio |diff| <= 1e-6, gradients relative <= 1e-3 (the library returns
 f32 dL/dZ; finite differences in f64), AdamW trajectory relative <= 1e-9.
 The drivers run on a small torch MLP with LoRA adapters (nsc_toy.py)."""

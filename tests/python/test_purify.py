@@ -1,6 +1,6 @@
 """purify (PAVE subspace purification) against reference.pave, a numpy
-implementation of the released algorithm written from the equations in
-research/nsc_purify.md §B. Merged weights are compared with max |diff| <=
+implementation of the released algorithm written from the equations of
+PAVE (An et al., arXiv:2510.14697; github.com/ABgit111/purified_task_vector). Merged weights are compared with max |diff| <=
 1e-4 * max |ref| (f32 output of an f64 computation); ranks and the ridge
 eps are compared exactly through the library's debug log."""
 import logging
