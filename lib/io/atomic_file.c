@@ -11,6 +11,7 @@
 
 #include "core/internal.h"
 #include "io/atomic_file.h"
+#include "io/paths.h"
 
 int lm__pwrite_all(int fd, const void *buf, size_t n, uint64_t offset)
 {
@@ -46,29 +47,6 @@ int lm__fsync_path(const char *path, bool dir)
 int lm__fsync_dir(const char *dir)
 {
     return lm__fsync_path(dir, true);
-}
-
-char *lm__path_join(lm_context *ctx, const char *dir, const char *name)
-{
-    size_t n = strlen(dir) + strlen(name) + 2;
-    char *p = lm_alloc(ctx, n);
-    if (p)
-        snprintf(p, n, "%s/%s", dir, name);
-    return p;
-}
-
-char *lm__dir_of(lm_context *ctx, const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    if (!slash)
-        return lm__strdup(ctx, ".");
-    size_t n = slash == path ? 1 : (size_t)(slash - path);
-    char *d = lm_alloc(ctx, n + 1);
-    if (d) {
-        memcpy(d, path, n);
-        d[n] = '\0';
-    }
-    return d;
 }
 
 lm_status lm__atomic_open(lm_context *ctx, const char *final_path,

@@ -32,9 +32,5 @@ int lm__pwrite_all(int fd, const void *buf, size_t n, uint64_t offset);
  * power loss; symlinks are not followed. -1 with errno on failure. */
 int lm__fsync_path(const char *path, bool dir);
 int lm__fsync_dir(const char *dir);
-/* The directory part of path ("." when it has none), allocated. */
-char *lm__dir_of(lm_context *ctx, const char *path);
-/* dir + "/" + name, allocated. */
-char *lm__path_join(lm_context *ctx, const char *dir, const char *name);
 
 #endif

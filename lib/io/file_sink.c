@@ -13,6 +13,7 @@
 
 #include "io/atomic_file.h"
 #include "io/file_writer.h"
+#include "io/paths.h"
 #include "libmerge/output.h"
 
 struct shard {

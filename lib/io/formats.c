@@ -10,6 +10,7 @@
 #include "io/formats.h"
 #include "io/formats_read.h"
 #include "io/gguf_format.h"
+#include "io/paths.h"
 #include "libmerge/gguf.h"
 #include "libmerge/io.h"
 #include "libmerge/npz.h"

@@ -3,6 +3,7 @@
 
 #include "io/atomic_file.h"
 #include "io/formats.h"
+#include "io/paths.h"
 #include "libmerge/io.h"
 
 static bool ends_with(const char *s, const char *suffix)

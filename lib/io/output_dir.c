@@ -23,6 +23,7 @@
 #include "io/atomic_file.h"
 #include "io/path_overlap.h"
 #include "io/tree.h"
+#include "io/paths.h"
 #include "libmerge/output.h"
 
 struct lm_output_dir {

@@ -11,6 +11,7 @@
 #include "io/input_file.h"
 #include "io/json_check.h"
 #include "io/json_oom.h"
+#include "io/paths.h"
 #include "libmerge/peft.h"
 #include "libmerge/safetensors.h"
 
@@ -35,16 +36,6 @@ static bool exists(const char *path)
 {
     struct stat st;
     return lstat(path, &st) == 0;
-}
-
-/* "dir/name" in a new string (lm_free), or NULL when out of memory. */
-static char *join(lm_context *ctx, const char *dir, const char *name)
-{
-    size_t n = strlen(dir) + 1 + strlen(name) + 1;
-    char *p = lm_alloc(ctx, n);
-    if (p)
-        snprintf(p, n, "%s/%s", dir, name);
-    return p;
 }
 
 static lm_status parse_config(lm_context *ctx, const char *path,
@@ -325,7 +316,7 @@ static lm_status check_files(lm_context *ctx, const char *dir,
                                     "(no adapter_config.json)", dir);
     if (exists(st_path))
         return LM_OK;
-    char *bin = join(ctx, dir, "adapter_model.bin");
+    char *bin = lm__path_join(ctx, dir, "adapter_model.bin");
     if (!bin)
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "out of memory opening '%s'", dir);
@@ -344,8 +335,8 @@ lm_status lm_peft_read(lm_context *ctx, const char *dir, lm_lora **out)
 {
     if (!ctx || !dir || !out)
         return LM_ERR_INVALID_ARGUMENT;
-    char *cfg_path = join(ctx, dir, "adapter_config.json");
-    char *st_path = join(ctx, dir, "adapter_model.safetensors");
+    char *cfg_path = lm__path_join(ctx, dir, "adapter_config.json");
+    char *st_path = lm__path_join(ctx, dir, "adapter_model.safetensors");
     lm_status st = cfg_path && st_path
                        ? check_files(ctx, dir, cfg_path, st_path)
                        : lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,

@@ -11,6 +11,7 @@
 
 #include "io/atomic_file.h"
 #include "io/file_writer.h"
+#include "io/paths.h"
 #include "libmerge/safetensors.h"
 
 #define WHAT "safetensors sink"

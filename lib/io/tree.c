@@ -10,6 +10,7 @@
 #include "core/internal.h"
 #include "io/atomic_file.h"
 #include "io/tree.h"
+#include "io/paths.h"
 
 static bool dot_entry(const char *name)
 {
