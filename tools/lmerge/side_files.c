@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "commands.h"
+#include "io/regular_file.h"
 
 static bool ends_with(const char *s, const char *suffix)
 {
@@ -31,20 +32,6 @@ static bool is_weight_file(const char *name)
     return false;
 }
 
-/* Opened without blocking (a FIFO would otherwise hang the open) and
- * checked to be a regular file on the descriptor itself. */
-static int open_regular(const char *src)
-{
-    int fd = open(src, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    struct stat st;
-    if (fd >= 0 && (fstat(fd, &st) || !S_ISREG(st.st_mode))) {
-        close(fd);
-        errno = EINVAL;
-        return -1;
-    }
-    return fd;
-}
-
 static int copy_file(const char *src, const char *dst_dir, const char *name,
                      char *err, size_t err_size)
 {
@@ -54,7 +41,9 @@ static int copy_file(const char *src, const char *dst_dir, const char *name,
         snprintf(err, err_size, "path too long: '%s/%s'", dst_dir, name);
         return -1;
     }
-    int in = open_regular(src);
+    struct stat st;
+    const char *kind;
+    int in = lm__open_regular(src, &st, &kind);
     int out = in >= 0 ? open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
                              0666)
                       : -1;
@@ -82,8 +71,9 @@ static int copy_file(const char *src, const char *dst_dir, const char *name,
         saved = errno;
     }
     if (!ok) {
-        snprintf(err, err_size, "cannot copy '%s' to '%s': %s", src, dst,
-                 saved == EINVAL ? "not a regular file" : strerror(saved));
+        snprintf(err, err_size, "cannot copy '%s' to '%s': %s%s", src, dst,
+                 kind ? kind : strerror(saved),
+                 kind ? ", not a regular file" : "");
         return -1;
     }
     return 0;
