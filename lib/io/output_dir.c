@@ -56,15 +56,16 @@ static lm_status oom(lm_context *ctx, const char *dest)
 }
 
 /* LM_OK when `dest` may receive the output: absent, an empty directory,
- * or (overwrite) any directory; *exists tells whether it is there. */
-static lm_status check_dest(lm_output_dir *o, bool *exists)
+ * or (overwrite) any directory; *entries receives how many entries it
+ * holds (0 when absent). */
+static lm_status check_dest(lm_output_dir *o, size_t *entries)
 {
     lm_context *ctx = o->ctx;
     for (size_t i = 0; i < o->n_inputs; i++)
         LM_TRY(lm__check_overlap(ctx, o->dest, o->inputs[i]));
     struct stat st;
-    *exists = lstat(o->dest, &st) == 0;
-    if (!*exists) {
+    *entries = 0;
+    if (lstat(o->dest, &st) != 0) {
         if (errno == ENOENT)
             return LM_OK;
         return lm_context_set_error(ctx, LM_ERR_IO, "cannot use '%s': %s",
@@ -77,6 +78,7 @@ static lm_status check_dest(lm_output_dir *o, bool *exists)
     size_t count;
     char *first;
     LM_TRY(lm__dir_entries(ctx, o->dest, &count, &first));
+    *entries = count;
     lm_status status = LM_OK;
     if (count && !o->overwrite)
         status = lm_context_set_error(
@@ -232,12 +234,12 @@ lm_status lm_output_dir_begin(lm_context *ctx, const char *dest,
     if (!o)
         return oom(ctx, dest);
     o->ctx = ctx;
-    bool exists;
+    size_t entries;
     lm_status st = set_dest(o, dest);
     if (st == LM_OK)
         st = copy_options(o, options);
     if (st == LM_OK)
-        st = check_dest(o, &exists);
+        st = check_dest(o, &entries);
     if (st == LM_OK)
         st = make_parents(o);
     if (st == LM_OK)
@@ -292,13 +294,8 @@ lm_status lm_output_dir_commit(lm_output_dir *o)
         return lm_context_set_error(o->ctx, LM_ERR_STATE,
                                     "output '%s' already committed", o->dest);
     LM_TRY(lm__tree_sync(o->ctx, o->staging));
-    bool exists;
-    LM_TRY(check_dest(o, &exists));
-    size_t count = 0;
-    char *first = NULL;
-    if (exists)
-        LM_TRY(lm__dir_entries(o->ctx, o->dest, &count, &first));
-    lm_free(o->ctx, first);
+    size_t count;
+    LM_TRY(check_dest(o, &count));
     /* Allocated before the rename: once the output is in place, nothing
      * may fail for lack of memory (the caller would report an error for
      * an output that exists). */
