@@ -38,6 +38,10 @@ extern "C" {
 /* The SONAME is libmerge.so.LM_SOVERSION; it changes on every ABI break. */
 #define LM_SOVERSION 0
 
+/* "Every model" where a function takes a model index (projections,
+ * per-model parameters). */
+#define LM_ALL_MODELS ((size_t)-1)
+
 /* Runtime version of the library actually loaded (compare with
  * LM_VERSION_NUMBER to detect a header/library mismatch). */
 LM_API unsigned lm_version(void);

@@ -36,6 +36,29 @@ LM_API lm_status lm_plan_set_float(lm_plan *plan, const char *name,
 LM_API lm_status lm_plan_set_string(lm_plan *plan, const char *name,
                                     const char *value);
 
+/* Set a FLOAT/INT/BOOL parameter for one tensor and/or one model, as
+ * mergekit configs do (a density per model, a `t` gradient over the
+ * layers, a weight for the MLP tensors only). `tensor`: an exact tensor
+ * name, or NULL for every tensor; `model`: a model index (add order) or
+ * LM_ALL_MODELS. The value a strategy reads for (tensor, model) is the
+ * first set of: (tensor, model), (tensor, every model), (every tensor,
+ * model), the plan-wide value (lm_plan_set_float), the default; later
+ * calls for the same slot replace earlier ones. The name "weight" sets
+ * model `model`'s weight (for that tensor, or every tensor), replacing
+ * the weight it was added with; it needs a model index. Strategies read
+ * per-model values with lm_params_get_model_float; per-tensor values
+ * through lm_tensor_job.params. A tensor the base model lacks is an
+ * error at execution naming it.
+ * Only the slots a strategy declares it reads are accepted: a value for
+ * one tensor needs LM_PARAM_PER_TENSOR on the parameter, one for one model
+ * LM_PARAM_PER_MODEL (sys/strategy.h; `lmerge methods` shows them).
+ * Errors: as lm_plan_set_float, plus LM_ERR_INVALID_ARGUMENT ("weight"
+ * with LM_ALL_MODELS, a slot the parameter does not have, a model index
+ * past the models added so far). */
+LM_API lm_status lm_plan_set_float_for(lm_plan *plan, const char *name,
+                                       double value, const char *tensor,
+                                       size_t model);
+
 /* The base model (borrowed: it must outlive lm_plan_execute). Required. */
 LM_API lm_status lm_plan_set_base(lm_plan *plan, const lm_model *base);
 /* Add a fine-tuned model with its weight (borrowed like the base). Weights

@@ -82,7 +82,6 @@ typedef enum lm_projection_mode {
     LM_PROJECTION_KEEP = 0,
     LM_PROJECTION_REMOVE = 1
 } lm_projection_mode;
-#define LM_ALL_MODELS ((size_t)-1)
 LM_API lm_status lm_plan_add_projection(lm_plan *plan, const char *pattern,
                                         size_t model,
                                         const lm_projector *projector,

@@ -74,11 +74,18 @@ static lm_status validate_task_vector(const lm_plan *p, size_t m)
     return LM_OK;
 }
 
+static bool base_has(const void *base, const char *name)
+{
+    lm_tensor *t;
+    return lm_model_find(base, name, &t) == LM_OK;
+}
+
 /* Every model holds every base tensor with the same shape and dtype, and
- * nothing else. */
+ * nothing else; per-tensor parameters name base tensors. */
 static lm_status validate_inputs(const lm_plan *p)
 {
     const lm_model *base = p->base;
+    LM_TRY(lm__params_check_tensors(p->params, base_has, base));
     for (size_t m = 0; m < p->n_models; m++) {
         const lm_model *model = p->models[m];
         if (p->tvs[m]) {

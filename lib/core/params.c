@@ -8,14 +8,6 @@
 
 #include "core/plan_private.h"
 
-struct lm_params {
-    lm_context *ctx;
-    const lm_strategy_vtable *vt;
-    double *values;
-    char **choices; /* CHOICE values, owned */
-    bool *set;
-};
-
 /* The registry stores every table normalised to the current
  * lm_param_desc layout, so plain indexing is safe here. */
 static lm_param_desc desc_at(const lm_strategy_vtable *vt, size_t i)
@@ -23,7 +15,7 @@ static lm_param_desc desc_at(const lm_strategy_vtable *vt, size_t i)
     return vt->params[i];
 }
 
-static int find_param(const lm_params *p, const char *name)
+int lm__params_index(const lm_params *p, const char *name)
 {
     for (size_t i = 0; i < p->vt->n_params; i++)
         if (strcmp(p->vt->params[i].name, name) == 0)
@@ -80,6 +72,7 @@ void lm__params_destroy(lm_params *p)
 {
     if (!p)
         return;
+    lm__params_overrides_free(p);
     if (p->choices)
         for (size_t i = 0; i < p->vt->n_params; i++)
             lm_free(p->ctx, p->choices[i]);
@@ -101,13 +94,10 @@ static lm_status unknown_param(const lm_params *p, const char *name)
                                 p->vt->n_params ? list : "none");
 }
 
-lm_status lm__params_set_float(lm_params *p, const char *name, double value)
+lm_status lm__params_check_value(const lm_params *p, int i, double value)
 {
-    int i = find_param(p, name);
-    if (i < 0)
-        return unknown_param(p, name);
     lm_param_desc d = desc_at(p->vt, (size_t)i);
-    const char *s = p->vt->name;
+    const char *s = p->vt->name, *name = d.name;
     if (d.type == LM_PARAM_CHOICE || d.type == LM_PARAM_STRING)
         return lm_context_set_error(p->ctx, LM_ERR_INVALID_ARGUMENT,
                                     "%s: parameter '%s' takes %s%s, not a "
@@ -132,6 +122,15 @@ lm_status lm__params_set_float(lm_params *p, const char *name, double value)
                                     "%s: parameter '%s' = %g is outside "
                                     "[%g, %g]", s, name, value, d.min_value,
                                     d.max_value);
+    return LM_OK;
+}
+
+lm_status lm__params_set_float(lm_params *p, const char *name, double value)
+{
+    int i = lm__params_index(p, name);
+    if (i < 0)
+        return unknown_param(p, name);
+    LM_TRY(lm__params_check_value(p, i, value));
     p->values[i] = value;
     p->set[i] = true;
     return LM_OK;
@@ -166,7 +165,7 @@ static bool in_choices(const char *choices, const char *word)
 lm_status lm__params_set_string(lm_params *p, const char *name,
                                 const char *value)
 {
-    int i = find_param(p, name);
+    int i = lm__params_index(p, name);
     if (i < 0)
         return unknown_param(p, name);
     lm_param_desc d = desc_at(p->vt, (size_t)i);
@@ -210,7 +209,7 @@ static lm_status lookup(const lm_params *p, const char *name,
 {
     if (!p || !name)
         return LM_ERR_INVALID_ARGUMENT;
-    int i = find_param(p, name);
+    int i = lm__params_index(p, name);
     if (i < 0)
         return unknown_param(p, name);
     if (desc_at(p->vt, (size_t)i).type != want)
@@ -228,7 +227,7 @@ lm_status lm_params_get_float(const lm_params *p, const char *name,
     if (!out)
         return LM_ERR_INVALID_ARGUMENT;
     LM_TRY(lookup(p, name, LM_PARAM_FLOAT, &i));
-    *out = p->values[i];
+    *out = lm__params_value(p, i, LM_ALL_MODELS);
     return LM_OK;
 }
 
@@ -239,7 +238,7 @@ lm_status lm_params_get_int(const lm_params *p, const char *name,
     if (!out)
         return LM_ERR_INVALID_ARGUMENT;
     LM_TRY(lookup(p, name, LM_PARAM_INT, &i));
-    *out = (int64_t)p->values[i];
+    *out = (int64_t)lm__params_value(p, i, LM_ALL_MODELS);
     return LM_OK;
 }
 
@@ -249,7 +248,7 @@ lm_status lm_params_get_bool(const lm_params *p, const char *name, int *out)
     if (!out)
         return LM_ERR_INVALID_ARGUMENT;
     LM_TRY(lookup(p, name, LM_PARAM_BOOL, &i));
-    *out = p->values[i] != 0.0;
+    *out = lm__params_value(p, i, LM_ALL_MODELS) != 0.0;
     return LM_OK;
 }
 
@@ -279,6 +278,23 @@ int lm_params_is_set(const lm_params *p, const char *name)
 {
     if (!p || !name)
         return 0;
-    int i = find_param(p, name);
-    return i >= 0 && p->set[i];
+    int i = lm__params_index(p, name);
+    return i >= 0 && lm__params_overridden(p, i);
+}
+
+lm_status lm_params_get_model_float(const lm_params *p, const char *name,
+                                    size_t model, double *out)
+{
+    if (!p || !name || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    int i = lm__params_index(p, name);
+    if (i < 0)
+        return unknown_param(p, name);
+    lm_param_type type = desc_at(p->vt, (size_t)i).type;
+    if (type == LM_PARAM_CHOICE || type == LM_PARAM_STRING)
+        return lm_context_set_error(p->ctx, LM_ERR_INVALID_ARGUMENT,
+                                    "%s: parameter '%s' is not a number",
+                                    p->vt->name, name);
+    *out = lm__params_value(p, i, model);
+    return LM_OK;
 }

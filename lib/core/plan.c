@@ -47,6 +47,30 @@ lm_status lm_plan_set_float(lm_plan *p, const char *name, double value)
     return lm__params_set_float(p->params, name, value);
 }
 
+lm_status lm_plan_set_float_for(lm_plan *p, const char *name, double value,
+                                const char *tensor, size_t model)
+{
+    if (!p || !name)
+        return LM_ERR_INVALID_ARGUMENT;
+    if (model != LM_ALL_MODELS && model >= p->n_models)
+        return lm_context_set_error(p->ctx, LM_ERR_INVALID_ARGUMENT,
+                                    "%s: parameter '%s' set for model %zu "
+                                    "but the plan has %zu models (add them "
+                                    "first)", p->vt->name, name, model,
+                                    p->n_models);
+    /* A weight for every tensor is simply the model's weight, so that a
+     * strategy's init sees it too. */
+    if (!tensor && model != LM_ALL_MODELS && strcmp(name, "weight") == 0) {
+        if (!isfinite(value))
+            return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_RANGE,
+                                        "plan: weight of model %zu is not "
+                                        "finite", model);
+        p->weights[model] = value;
+        return LM_OK;
+    }
+    return lm__params_set_for(p->params, name, value, tensor, model);
+}
+
 lm_status lm_plan_set_string(lm_plan *p, const char *name, const char *value)
 {
     if (!p || !name || !value)

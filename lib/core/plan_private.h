@@ -8,6 +8,7 @@
 
 #include "core/lora_private.h"
 #include "core/model_private.h"
+#include "core/params_private.h"
 #include "libmerge/plan.h"
 
 struct lm_plan {
@@ -38,15 +39,6 @@ struct lm__plan_stage {
     void *self;
     bool measuring; /* asked for a measuring pass in this execution */
 };
-
-/* Parameter values for a plan (params.c). */
-lm_status lm__params_create(lm_context *ctx, const lm_strategy_vtable *vt,
-                            lm_params **out);
-void lm__params_destroy(lm_params *params);
-lm_status lm__params_set_float(lm_params *params, const char *name,
-                               double value);
-lm_status lm__params_set_string(lm_params *params, const char *name,
-                                const char *value);
 
 /* The plan's stages (stages.c; stage.h declares the interface): check
  * before running (streaming: for a load-time merger), begin an execution

@@ -57,6 +57,11 @@ static lm_status copy_params(lm_context *ctx, const lm_strategy_vtable *vt,
             why = "name must be [a-z0-9_]+";
         else if (p[i].type > LM_PARAM_STRING)
             why = "unknown type";
+        else if (p[i].flags & ~(LM_PARAM_PER_TENSOR | LM_PARAM_PER_MODEL))
+            why = "unknown flags";
+        else if (p[i].flags && (p[i].type == LM_PARAM_CHOICE ||
+                                p[i].type == LM_PARAM_STRING))
+            why = "per-tensor/per-model flags on a CHOICE/STRING";
         else if (p[i].type == LM_PARAM_CHOICE &&
                  (!p[i].choices || !*p[i].choices))
             why = "CHOICE without choices";

@@ -102,6 +102,19 @@ static lm_status run_strategy(lm_plan *p, void *state, const char *name,
     lm_context *ctx = p->ctx;
     size_t n = base->numel, k = p->n_models;
     float *b = block, *out = block + n * (k + 1);
+    lm_params view;
+    lm__params_view(p->params, name, &view);
+    const double *weights = p->weights;
+    double *tensor_weights = NULL;
+    if (lm__params_has_weights(p->params)) {
+        tensor_weights = lm__calloc(ctx, k ? k : 1, sizeof(double));
+        if (!tensor_weights)
+            return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                        "out of memory merging '%s'", name);
+        for (size_t m = 0; m < k; m++)
+            tensor_weights[m] = lm__params_weight(&view, m, p->weights[m]);
+        weights = tensor_weights;
+    }
     lm_tensor_job job = {
         .struct_size = sizeof(job),
         .ctx = ctx,
@@ -112,14 +125,16 @@ static lm_status run_strategy(lm_plan *p, void *state, const char *name,
         .base = b,
         .n_models = k,
         .deltas = deltas,
-        .weights = p->weights,
+        .weights = weights,
         .seed = lm__hash_string(ctx->seed, name),
         .out = out,
         .stats = p->stats,
         .loras = p->loras,
+        .params = &view,
     };
     lm_status st = prepare ? p->vt->prepare_tensor(state, &job, p->vt->user)
                            : p->vt->merge_tensor(state, &job, p->vt->user);
+    lm_free(ctx, tensor_weights);
     if (st > 0)
         return lm_context_set_error(ctx, LM_ERR_INTERNAL,
                                     "strategy '%s' returned positive status "

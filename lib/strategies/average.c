@@ -6,40 +6,32 @@
 
 static const lm_param_desc average_params[] = {
     {sizeof(lm_param_desc), "normalize", LM_PARAM_BOOL, 1.0, 0.0, 1.0, NULL,
-     "divide by the sum of the weights (true: a weighted mean)"},
+     "divide by the sum of the weights (true: a weighted mean)",
+     LM_PARAM_PER_TENSOR},
 };
 
-static lm_status average_init(const lm_strategy_init_info *info, void **state,
-                              void *user)
-{
-    (void)user;
-    int normalize;
-    LM_TRY(lm_params_get_bool(info->params, "normalize", &normalize));
-    double scale = 1.0;
-    if (normalize) {
-        double wsum = 0.0;
-        for (size_t t = 0; t < info->n_models; t++)
-            wsum += info->weights[t];
-        if (wsum == 0.0)
-            return lm_context_set_error(info->ctx, LM_ERR_OUT_OF_RANGE,
-                                        "average: the model weights sum to 0; "
-                                        "cannot normalize");
-        scale = 1.0 / wsum;
-    }
-    struct lm__scalar_state *s = lm_alloc(info->ctx, sizeof(*s));
-    if (!s)
-        return LM_ERR_OUT_OF_MEMORY;
-    s->ctx = info->ctx;
-    s->value[0] = scale;
-    *state = s;
-    return LM_OK;
-}
-
+/* Read per tensor: the weights (and normalize) may differ by tensor in a
+ * mergekit config. */
 static lm_status average_merge(void *state, const lm_tensor_job *job,
                                void *user)
 {
+    (void)state;
     (void)user;
-    lm__weighted_sum(job, ((const struct lm__scalar_state *)state)->value[0]);
+    int normalize;
+    LM_TRY(lm_params_get_bool(job->params, "normalize", &normalize));
+    double scale = 1.0;
+    if (normalize) {
+        double wsum = 0.0;
+        for (size_t t = 0; t < job->n_models; t++)
+            wsum += job->weights[t];
+        if (wsum == 0.0)
+            return lm_context_set_error(job->ctx, LM_ERR_OUT_OF_RANGE,
+                                        "average: the model weights sum to 0 "
+                                        "for tensor '%s'; cannot normalize",
+                                        job->name);
+        scale = 1.0 / wsum;
+    }
+    lm__weighted_sum(job, scale);
     return LM_OK;
 }
 
@@ -50,7 +42,5 @@ const lm_strategy_vtable lm__average_strategy = {
     .description = "weighted mean of the models (model soup)",
     .params = average_params,
     .n_params = sizeof(average_params) / sizeof(average_params[0]),
-    .init = average_init,
     .merge_tensor = average_merge,
-    .fini = lm__scalar_state_fini,
 };

@@ -30,10 +30,3 @@ void lm__weighted_sum(const lm_tensor_job *job, double scale)
         job->out[i] = (float)(scale * acc);
     }
 }
-
-void lm__scalar_state_fini(void *state, void *user)
-{
-    (void)user;
-    if (state)
-        lm_free(((struct lm__scalar_state *)state)->ctx, state);
-}

@@ -28,11 +28,4 @@ double *lm__weighted_tasks(const lm_tensor_job *job);
 lm_status lm__tsv_merge(const lm_tensor_job *job, const double *x, size_t m,
                         size_t n, double *out);
 
-/* A strategy state that is just a few numbers read at init. */
-struct lm__scalar_state {
-    lm_context *ctx;
-    double value[4];
-};
-void lm__scalar_state_fini(void *state, void *user);
-
 #endif

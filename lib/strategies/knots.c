@@ -10,17 +10,17 @@
 
 static const lm_param_desc knots_params[] = {
     {sizeof(lm_param_desc), "merge", LM_PARAM_CHOICE, 0, 0, 0, "ties|ta",
-     "how the aligned blocks are merged"},
+     "how the aligned blocks are merged", 0},
     {sizeof(lm_param_desc), "density", LM_PARAM_FLOAT, 0.2, 1e-6, 1.0, NULL,
-     "ties: fraction of each aligned block kept, by magnitude"},
+     "ties: fraction of each aligned block kept, by magnitude", 0},
     {sizeof(lm_param_desc), "lambda", LM_PARAM_FLOAT, 1.0, -10.0, 10.0, NULL,
-     "scale of the merged update (KnOTS-TIES best: 0.6)"},
+     "scale of the merged update (KnOTS-TIES best: 0.6)", 0},
     {sizeof(lm_param_desc), "consensus", LM_PARAM_CHOICE, 0, 0, 0, "sum|count",
-     "ties: elect the sign of the sum or the majority"},
+     "ties: elect the sign of the sum or the majority", 0},
     {sizeof(lm_param_desc), "divide", LM_PARAM_CHOICE, 0, 0, 0,
-     "count|weights", "ties: disjoint mean over agreeing tasks or by weights"},
+     "count|weights", "ties: disjoint mean over agreeing tasks or by weights", 0},
     {sizeof(lm_param_desc), "weights_in_election", LM_PARAM_BOOL, 0.0, 0.0,
-     1.0, NULL, "ties: weight the blocks before the sign election"},
+     1.0, NULL, "ties: weight the blocks before the sign election", 0},
 };
 
 struct knots_state {

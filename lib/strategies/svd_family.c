@@ -24,19 +24,19 @@ struct svd_state {
 static const lm_param_desc tsv_params[] = {
     {sizeof(lm_param_desc), "alpha", LM_PARAM_FLOAT, 1.0, 0.0, 10.0, NULL,
      "scale of the merged task vector (papers pick it on validation in "
-     "(0, 3])"},
+     "(0, 3])", 0},
     {sizeof(lm_param_desc), "randomized", LM_PARAM_BOOL, 0.0, 0.0, 1.0, NULL,
-     "per-task top-k SVDs by a randomized range finder (faster)"},
+     "per-task top-k SVDs by a randomized range finder (faster)", 0},
     {sizeof(lm_param_desc), "power_iterations", LM_PARAM_INT, 2.0, 0.0, 10.0,
-     NULL, "power iterations of the randomized SVD"},
+     NULL, "power iterations of the randomized SVD", 0},
     {sizeof(lm_param_desc), "oversample", LM_PARAM_INT, 0.0, 0.0, 4096.0,
      NULL, "extra random probes of the randomized SVD (0: max(16, k/2), "
-     "accurate when the spectrum decays slowly around k)"},
+     "accurate when the spectrum decays slowly around k)", 0},
 };
 
 static const lm_param_desc iso_c_params[] = {
     {sizeof(lm_param_desc), "alpha", LM_PARAM_FLOAT, 1.0, 0.0, 10.0, NULL,
-     "scale of the merged task vector"},
+     "scale of the merged task vector", 0},
 };
 
 /* No randomized option: the flattened spectrum gives every kept direction
@@ -44,9 +44,9 @@ static const lm_param_desc iso_c_params[] = {
  * as they are in tsv. */
 static const lm_param_desc iso_cts_params[] = {
     {sizeof(lm_param_desc), "alpha", LM_PARAM_FLOAT, 1.0, 0.0, 10.0, NULL,
-     "scale of the merged task vector"},
+     "scale of the merged task vector", 0},
     {sizeof(lm_param_desc), "common_space_fraction", LM_PARAM_FLOAT, 0.8,
-     0.0, 1.0, NULL, "fraction of the rank given to the common subspace"},
+     0.0, 1.0, NULL, "fraction of the rank given to the common subspace", 0},
 };
 
 static lm_status svd_init(const lm_strategy_init_info *info, void **state,

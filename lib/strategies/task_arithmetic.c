@@ -4,28 +4,18 @@
 
 static const lm_param_desc ta_params[] = {
     {sizeof(lm_param_desc), "lambda", LM_PARAM_FLOAT, 1.0, -10.0, 10.0, NULL,
-     "scale of the summed task vectors (papers tune it; 0.3-0.5 is common)"},
+     "scale of the summed task vectors (papers tune it; 0.3-0.5 is common)",
+     LM_PARAM_PER_TENSOR},
 };
 
-static lm_status ta_init(const lm_strategy_init_info *info, void **state,
-                         void *user)
-{
-    (void)user;
-    double lambda;
-    LM_TRY(lm_params_get_float(info->params, "lambda", &lambda));
-    struct lm__scalar_state *s = lm_alloc(info->ctx, sizeof(*s));
-    if (!s)
-        return LM_ERR_OUT_OF_MEMORY;
-    s->ctx = info->ctx;
-    s->value[0] = lambda;
-    *state = s;
-    return LM_OK;
-}
-
+/* lambda is read per tensor: mergekit configs may give it a gradient. */
 static lm_status ta_merge(void *state, const lm_tensor_job *job, void *user)
 {
+    (void)state;
     (void)user;
-    lm__weighted_sum(job, ((const struct lm__scalar_state *)state)->value[0]);
+    double lambda;
+    LM_TRY(lm_params_get_float(job->params, "lambda", &lambda));
+    lm__weighted_sum(job, lambda);
     return LM_OK;
 }
 
@@ -36,7 +26,5 @@ const lm_strategy_vtable lm__task_arithmetic_strategy = {
     .description = "base + lambda * sum of weighted task vectors",
     .params = ta_params,
     .n_params = sizeof(ta_params) / sizeof(ta_params[0]),
-    .init = ta_init,
     .merge_tensor = ta_merge,
-    .fini = lm__scalar_state_fini,
 };

@@ -8,41 +8,41 @@
 
 #define SIGN_MERGE_PARAMS                                                   \
     {sizeof(lm_param_desc), "consensus", LM_PARAM_CHOICE, 0, 0, 0,          \
-     "sum|count", "elect the sign of the sum (paper) or the majority"},     \
+     "sum|count", "elect the sign of the sum (paper) or the majority", 0},     \
     {sizeof(lm_param_desc), "divide", LM_PARAM_CHOICE, 0, 0, 0,             \
      "count|weights",                                                       \
      "disjoint mean over agreeing tasks (paper, PEFT) or divide by their "  \
-     "weights (mergekit normalize)"},                                       \
+     "weights (mergekit normalize)", 0},                                       \
     {sizeof(lm_param_desc), "weights_in_election", LM_PARAM_BOOL, 0.0, 0.0, \
-     1.0, NULL, "weight task vectors before the sign election (mergekit)"}
+     1.0, NULL, "weight task vectors before the sign election (mergekit)", 0}
 
 static const lm_param_desc ties_params[] = {
     {sizeof(lm_param_desc), "density", LM_PARAM_FLOAT, 0.2, 1e-6, 1.0, NULL,
-     "fraction of each task vector's entries kept, by magnitude"},
+     "fraction of each task vector's entries kept, by magnitude", 0},
     {sizeof(lm_param_desc), "lambda", LM_PARAM_FLOAT, 1.0, -10.0, 10.0, NULL,
-     "scale of the merged task vector"},
+     "scale of the merged task vector", 0},
     SIGN_MERGE_PARAMS,
 };
 
 static const lm_param_desc dare_ties_params[] = {
     {sizeof(lm_param_desc), "density", LM_PARAM_FLOAT, 0.1, 1e-6, 1.0, NULL,
-     "keep probability of each entry (1 - drop rate)"},
+     "keep probability of each entry (1 - drop rate)", 0},
     {sizeof(lm_param_desc), "lambda", LM_PARAM_FLOAT, 1.0, -10.0, 10.0, NULL,
-     "scale of the merged task vector"},
+     "scale of the merged task vector", 0},
     {sizeof(lm_param_desc), "rescale", LM_PARAM_BOOL, 1.0, 0.0, 1.0, NULL,
-     "divide kept entries by density"},
+     "divide kept entries by density", 0},
     SIGN_MERGE_PARAMS,
 };
 
 static const lm_param_desc dare_linear_params[] = {
     {sizeof(lm_param_desc), "density", LM_PARAM_FLOAT, 0.1, 1e-6, 1.0, NULL,
-     "keep probability of each entry (1 - drop rate)"},
+     "keep probability of each entry (1 - drop rate)", 0},
     {sizeof(lm_param_desc), "lambda", LM_PARAM_FLOAT, 1.0, -10.0, 10.0, NULL,
-     "scale of the merged task vector"},
+     "scale of the merged task vector", 0},
     {sizeof(lm_param_desc), "rescale", LM_PARAM_BOOL, 1.0, 0.0, 1.0, NULL,
-     "divide kept entries by density"},
+     "divide kept entries by density", 0},
     {sizeof(lm_param_desc), "normalize", LM_PARAM_BOOL, 0.0, 0.0, 1.0, NULL,
-     "divide the weighted sum by the sum of weights"},
+     "divide the weighted sum by the sum of weights", 0},
 };
 
 enum sparsify { TRIM_MAGNITUDE, DROP_RANDOM };

@@ -9,9 +9,9 @@
  * of largest magnitude ("max_magnitude"), scaled by `gain`. */
 static const lm_param_desc maxmag_params[] = {
     {sizeof(lm_param_desc), "gain", LM_PARAM_FLOAT, 1.0, 0.0, 4.0, NULL,
-     "scale of the selected entries"},
+     "scale of the selected entries", 0},
     {sizeof(lm_param_desc), "mode", LM_PARAM_CHOICE, 0, 0, 0, "abs|signed",
-     "compare |x| or x"},
+     "compare |x| or x", 0},
 };
 
 struct maxmag_state {

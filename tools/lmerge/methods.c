@@ -40,6 +40,13 @@ int lmerge_methods(int argc, char **argv)
             const lm_param_desc *p = &vt->params[j];
             printf("    %-20s ", p->name);
             print_range(p);
+            if (p->flags & (LM_PARAM_PER_TENSOR | LM_PARAM_PER_MODEL))
+                printf("; per %s",
+                       (p->flags & LM_PARAM_PER_TENSOR) &&
+                               (p->flags & LM_PARAM_PER_MODEL)
+                           ? "tensor and model"
+                           : (p->flags & LM_PARAM_PER_TENSOR) ? "tensor"
+                                                              : "model");
             if (p->help)
                 printf("\n    %-20s %s", "", p->help);
             printf("\n");

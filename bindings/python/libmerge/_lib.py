@@ -32,6 +32,7 @@ class _ParamDesc(ctypes.Structure):
         ("max_value", ctypes.c_double),
         ("choices", ctypes.c_char_p),
         ("help", ctypes.c_char_p),
+        ("flags", ctypes.c_uint32),
     ]
 
 
@@ -234,6 +235,10 @@ def _declare(lib):
         "lm_plan_destroy": (None, [P]),
         "lm_plan_set_float": (ctypes.c_int, [P, ctypes.c_char_p,
                                              ctypes.c_double]),
+        "lm_plan_set_float_for": (ctypes.c_int, [P, ctypes.c_char_p,
+                                                 ctypes.c_double,
+                                                 ctypes.c_char_p,
+                                                 ctypes.c_size_t]),
         "lm_plan_set_string": (ctypes.c_int, [P, ctypes.c_char_p,
                                               ctypes.c_char_p]),
         "lm_plan_set_base": (ctypes.c_int, [P, P]),

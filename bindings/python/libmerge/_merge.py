@@ -15,7 +15,10 @@ def merge(method, base, models, *, stats=None, weights=None, threads=0,
           seed=0, purify=None, nonfinite="error", **params):
     """Merge `models` (a sequence of name -> array mappings) into `base`
     with strategy `method` (see `methods()`); keyword arguments set the
-    strategy's parameters by name, e.g. **{"lambda": 0.4}.
+    strategy's parameters by name, e.g. **{"lambda": 0.4}. A parameter
+    flagged per_model in method_info() also takes one value per model (a
+    list), one flagged per_tensor a dict {tensor name: value or per-model
+    list} (lm_plan_set_float_for).
 
     weights: one weight per model (default 1.0 each).
     stats:   a `libmerge.Stats` for methods that use activation statistics.
@@ -137,13 +140,15 @@ def _param_info(p):
     return {"name": p.name.decode(), "type": kind, "default": default,
             "min": p.min_value if bounded else None,
             "max": p.max_value if bounded else None,
-            "choices": choices, "help": p.help.decode() if p.help else ""}
+            "choices": choices, "help": p.help.decode() if p.help else "",
+            "per_tensor": bool(p.flags & 1), "per_model": bool(p.flags & 2)}
 
 
 def method_info(name):
     """A strategy's description and parameters: a dict with 'name',
     'description' and 'params', a list of dicts (name, type, default, min,
-    max, choices, help). Raises NotFoundError for an unknown name."""
+    max, choices, help, per_tensor, per_model: whether a dict of tensor
+    names / a per-model list is accepted for it). Raises NotFoundError for an unknown name."""
     with Context() as ctx:
         for i in range(L.lm_strategy_count(ctx.ptr)):
             vt = L.lm_strategy_at(ctx.ptr, i).contents

@@ -9,10 +9,36 @@ from ._models import build_model
 from .task_vector import TaskVector, add_to_plan
 
 
-def set_param(ctx, plan, name, value):
-    """A strategy parameter by its Python type: bool, number or str."""
+ALL_MODELS = ctypes.c_size_t(-1).value
+
+
+def _set_for(ctx, plan, name, value, tensor, n_models):
+    """A number, or one number per model, for one tensor (None: all)."""
     key = name.encode()
-    if isinstance(value, (bool, np.bool_)):
+    t = None if tensor is None else tensor.encode()
+    if isinstance(value, (list, tuple, np.ndarray)):
+        if len(value) != n_models:
+            raise ValueError("parameter %r%s: %d values for %d models" % (
+                name, "" if tensor is None else " of %r" % tensor,
+                len(value), n_models))
+        for m, v in enumerate(value):
+            ctx.check(L.lm_plan_set_float_for(plan, key, float(v), t, m))
+    else:
+        ctx.check(L.lm_plan_set_float_for(plan, key, float(value), t,
+                                          ALL_MODELS))
+
+
+def set_param(ctx, plan, name, value, n_models=0):
+    """A strategy parameter by its Python type: bool, number or str; a list
+    (one number per model) or a dict (tensor name -> number or per-model
+    list) sets per-model / per-tensor values (lm_plan_set_float_for)."""
+    key = name.encode()
+    if isinstance(value, (list, tuple, np.ndarray)):
+        _set_for(ctx, plan, name, value, None, n_models)
+    elif isinstance(value, dict):
+        for tensor, v in value.items():
+            _set_for(ctx, plan, name, v, str(tensor), n_models)
+    elif isinstance(value, (bool, np.bool_)):
         ctx.check(L.lm_plan_set_string(plan, key,
                                        b"true" if value else b"false"))
     elif isinstance(value, numbers.Real):
@@ -44,8 +70,6 @@ class Plan:
         self._keep, self._owned, self._handles = [], [], []
         try:
             ctx.check(L.lm_plan_create(ctx.ptr, method.encode(), ctypes.byref(self.ptr)))
-            for name, value in params.items():
-                set_param(ctx, self.ptr, name, value)
             self._add(build_model(ctx, base, "base", self._keep))
             ctx.check(L.lm_plan_set_base(self.ptr, self._owned[-1]))
             for i, (m, w) in enumerate(zip(models, weights)):
@@ -55,6 +79,9 @@ class Plan:
                     continue
                 self._add(build_model(ctx, m, "model %d" % i, self._keep))
                 ctx.check(L.lm_plan_add_model(self.ptr, self._owned[-1], w))
+            # After the models: per-model values name them by index.
+            for name, value in params.items():
+                set_param(ctx, self.ptr, name, value, len(models))
             if stats is not None:
                 ctx.check(L.lm_plan_set_stats(self.ptr, stats._ptr))
         except BaseException:

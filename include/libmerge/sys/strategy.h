@@ -25,6 +25,12 @@ typedef enum lm_param_type {
     LM_PARAM_STRING = 4  /* free text (e.g. a name pattern); default ""    */
 } lm_param_type;
 
+/* lm_param_desc.flags: where a strategy reads the parameter, and so which
+ * lm_plan_set_float_for values it honours (others are refused rather than
+ * silently ignored). */
+#define LM_PARAM_PER_TENSOR 1u /* read from lm_tensor_job.params          */
+#define LM_PARAM_PER_MODEL 2u  /* read with lm_params_get_model_float     */
+
 /* Describes one parameter of a strategy. Tables of these are read by the
  * library up to struct_size. */
 typedef struct lm_param_desc {
@@ -36,6 +42,8 @@ typedef struct lm_param_desc {
     double max_value;           /* inclusive; use HUGE_VAL for none         */
     const char *choices;        /* CHOICE: "a|b|c"; default is choices' 1st */
     const char *help;           /* one line for `lmerge methods`/docs       */
+    uint32_t flags;             /* LM_PARAM_PER_TENSOR | LM_PARAM_PER_MODEL */
+                                /* (0.2; 0 in older tables)                 */
 } lm_param_desc;
 
 /* Parameter values for one plan, read by strategies. */
@@ -55,8 +63,17 @@ LM_API lm_status lm_params_get_choice(const lm_params *params,
 /* STRING value ("" unless set); lives as long as the plan. */
 LM_API lm_status lm_params_get_string(const lm_params *params,
                                       const char *name, const char **out);
-/* 1 when the user set the parameter explicitly, else 0. */
+/* 1 when the user set the parameter explicitly (plan-wide, or for this
+ * tensor or any model through lm_plan_set_float_for), else 0. */
 LM_API int lm_params_is_set(const lm_params *params, const char *name);
+/* The value of a FLOAT/INT/BOOL parameter for model `model` (its index
+ * in the plan): its per-model value (lm_plan_set_float_for) for the
+ * tensor `params` is a view of (lm_tensor_job.params), else for every
+ * tensor, else the value lm_params_get_float returns. LM_ALL_MODELS
+ * gives that last value. Errors as lm_params_get_float. */
+LM_API lm_status lm_params_get_model_float(const lm_params *params,
+                                           const char *name, size_t model,
+                                           double *out);
 
 /* Everything a strategy's init receives. */
 typedef struct lm_strategy_init_info {
@@ -92,6 +109,12 @@ typedef struct lm_tensor_job {
      * lm_plan_add_lora (its factors via lm_lora_find(loras[t], name, ...)),
      * NULL for full models. deltas[t] holds scale * B A either way. */
     const struct lm_lora *const *loras;
+    /* The parameters as this tensor sees them: lm_params_get_* return its
+     * per-tensor values, lm_params_get_model_float its per-model ones
+     * (lm_plan_set_float_for). `weights` above already holds this
+     * tensor's per-model weights. Lives for the call. Check struct_size
+     * before reading it from a library older than 0.2. */
+    const lm_params *params;
 } lm_tensor_job;
 
 /* A merge strategy. Register with lm_register_strategy; the library copies
