@@ -345,20 +345,38 @@ static lm_status specific_svd(void *arg, size_t t)
     return st;
 }
 
+/* The common and task-specific sizes as the official code
+ * (github.com/danielm1405/iso-merging, src/utils/iso.py) computes them:
+ * k_c0 = floor(f k), the task-specific total (k - k_c0) / T rounded to the
+ * nearest integer (Python's round: ties to even) times T, and k_c takes
+ * the rest, so k_c + T per = k and no direction is dropped (flooring both
+ * dropped up to T - 1: ViT-B, T = 8 kept 766 of 768). Where the rounding
+ * would exceed k (only when k_c0 < T / 2; the official code fails there)
+ * per is floor(k / T). */
+static void iso_cts_split(double fraction, size_t full, size_t T, size_t *kc,
+                          size_t *per)
+{
+    size_t kc0 = (size_t)floor(fraction * (double)full);
+    if (kc0 > full)
+        kc0 = full;
+    size_t rest = full - kc0, q = rest / T, r = rest % T;
+    if (2 * r > T || (2 * r == T && q % 2 == 1))
+        q++;
+    if (q * T > full)
+        q = full / T;
+    *per = q;
+    *kc = full - q * T;
+}
+
 static lm_status merge_iso_cts(const struct svd_state *s,
                                const lm_tensor_job *job, const double *x,
                                size_t m, size_t n, double *out)
 {
-    size_t T = job->n_models, full = m < n ? m : n;
-    size_t kc = (size_t)floor(s->common_fraction * (double)full);
-    size_t per = (full - kc) / T, cols = kc + per * T;
+    size_t T = job->n_models, full = m < n ? m : n, kc, per;
+    iso_cts_split(s->common_fraction, full, T, &kc, &per);
+    size_t cols = kc + per * T;
     lm_context *ctx = job->ctx;
-    if (cols == 0)
-        return lm_context_set_error(ctx, LM_ERR_OUT_OF_RANGE,
-                                    "iso_cts: tensor '%s' (%zu x %zu) leaves "
-                                    "no directions with %zu tasks and "
-                                    "common_space_fraction %g", job->name, m,
-                                    n, T, s->common_fraction);
+    /* cols == full >= 2: svd_merge routes only matrices here. */
     double *buf = lm__calloc(ctx, m * n + m * full + full + full * n +
                                       2 * m * cols + 2 * n * cols + cols,
                              sizeof(double));

@@ -114,19 +114,41 @@ def iso_c(tasks, alpha=1.0):
     return alpha * s.mean() * (u @ vt)
 
 
+def iso_cts_sizes(full, n_tasks, common):
+    """(k_c, per-task size) as the official code computes them
+    (github.com/danielm1405/iso-merging, src/utils/iso.py; Marczak et al.,
+    ICML 2025, Sec. 4): start from int(full * common), round the
+    task-specific total to a multiple of T with Python's round (ties to
+    even), give the common space the rest, so k_c + T * per == full.
+    The official code fails where that total exceeds full (int(full *
+    common) < T / 2); libmerge documents per = full // T there."""
+    kc = int(full * common)
+    specific = round((full - kc) / n_tasks) * n_tasks
+    if specific > full:
+        specific = (full // n_tasks) * n_tasks
+    kc = full - specific
+    return kc, specific // n_tasks
+
+
 def iso_cts(tasks, alpha=1.0, common=0.8):
+    """Iso-CTS: the sum's top k_c triplets (common space), each task's top
+    `per` triplets after projecting out the common left space, the two
+    concatenated bases orthogonalised (U V^T of their SVDs), every singular
+    value replaced by the mean of the concatenated ones."""
     m, n = tasks[0].shape
     full = min(m, n)
     total = sum(x.astype(np.float64) for x in tasks)
     u, s, vt = svd(total)
-    kc = int(common * full)
-    per = (full - kc) // len(tasks)
-    us, ss, vs = [u[:, :kc]], [s[:kc]], [vt[:kc].T]
+    kc, per = iso_cts_sizes(full, len(tasks), common)
     uc = u[:, :kc]
+    us, ss, vs = [], [], []
     for x in tasks:
         xp = x.astype(np.float64) - uc @ (uc.T @ x.astype(np.float64))
         tu, ts, tvt = svd(xp)
         us.append(tu[:, :per]); ss.append(ts[:per]); vs.append(tvt[:per].T)
+    # The official code lays the task blocks first and the common space
+    # last; the column order changes neither polar factor's product.
+    us.append(uc); ss.append(s[:kc]); vs.append(vt[:kc].T)
     U = polar(np.concatenate(us, 1))
     V = polar(np.concatenate(vs, 1))
     sigma = np.concatenate(ss).mean()

@@ -119,3 +119,36 @@ def test_iso_cts_tall_and_square(shape):
     models = [{"w": t} for t in taus]
     close(libmerge.merge("iso_cts", base, models, alpha=0.7)["w"],
           ref.iso_cts(taus, alpha=0.7, common=0.8))
+
+
+@pytest.mark.parametrize("full,T,common,kc,per", [
+    (768, 8, 0.8, 616, 19),   # ViT-B, 8 tasks: 614 + 154 -> 616 + 8 * 19
+    (768, 14, 0.8, 614, 11),  # 154 / 14 = 11 exactly
+    (768, 20, 0.8, 608, 8),   # 154 / 20 = 7.7 rounds up: 608 + 20 * 8
+    (64, 4, 0.84375, 56, 2),  # 10 / 4 = 2.5: Python's round gives 2 (even)
+    (11, 4, 0.0, 3, 2),       # round(11 / 4) * 4 > 11: per = 11 // 4
+])
+def test_iso_cts_sizes_follow_the_official_rounding(full, T, common, kc, per):
+    """The reference's split, worked by hand from the official formula
+    (round((k - int(f k)) / T) * T task-specific directions)."""
+    assert ref.iso_cts_sizes(full, T, common) == (kc, per)
+    assert kc + T * per == full
+
+
+@pytest.mark.parametrize("T,common", [(8, 0.8), (4, 0.84375), (5, 0.0), (20, 0.8)])
+def test_iso_cts_keeps_every_direction(T, common):
+    """The merged update is isotropic of rank min(m, n): k_c + T * per
+    covers every direction (the floor-floor split lost up to T - 1, e.g.
+    5 of 64 at T = 8), and it matches the reference, including the
+    ties-to-even case (T = 4, 10 / 4 task-specific directions)."""
+    rng = np.random.default_rng(23)
+    shape = (64, 96)
+    taus = ref.low_rank_tasks(rng, shape, T, rank=16)
+    base = {"w": np.zeros(shape, np.float32)}
+    models = [{"w": t} for t in taus]
+    out = libmerge.merge("iso_cts", base, models,
+                         common_space_fraction=common)["w"].astype(np.float64)
+    sv = np.linalg.svd(out, compute_uv=False)
+    # Flat spectrum over all 64 directions, to f32 storage precision.
+    assert sv.min() >= (1 - 1e-4) * sv.max(), (sv.min(), sv.max())
+    close(out, ref.iso_cts(taus, common=common))
