@@ -122,9 +122,10 @@ static lm_status validate_inputs(const lm_plan *p)
     return LM_OK;
 }
 
-/* Convert the f32 result to the output dtype, into the sink's buffer or a
+/* Convert the result to the output dtype, into the sink's buffer or a
  * scratch one, and hand it over. */
-static lm_status emit(struct exec *ex, size_t index, const float *out)
+static lm_status emit(struct exec *ex, size_t index,
+                      const struct lm__merged *out)
 {
     lm_context *ctx = ex->plan->ctx;
     const lm_tensor_desc *d = &ex->outputs[index];
@@ -139,7 +140,7 @@ static lm_status emit(struct exec *ex, size_t index, const float *out)
                                         "out of memory for output '%s'",
                                         d->name);
     }
-    lm_convert(out, LM_F32, dst, d->dtype, n);
+    lm__merged_write(out, n, dst, d->dtype);
     lm_status st = ex->sink->write(ex->sink->user, index, dst, d->nbytes);
     lm_free(ctx, scratch);
     if (st > 0)
@@ -150,13 +151,13 @@ static lm_status emit(struct exec *ex, size_t index, const float *out)
 static lm_status merge_one(struct exec *ex, size_t index)
 {
     lm_plan *p = ex->plan;
-    float *block = NULL, *result = NULL;
+    struct lm__merged merged;
     lm_status st = lm__merge_tensor(p, ex->state, p->base->entries[index].name,
                                     p->base->entries[index].tensor, true,
-                                    ex->pass, &block, &result);
+                                    ex->pass, &merged);
     if (st == LM_OK && ex->pass == LM__PASS_MERGE)
-        st = emit(ex, index, result);
-    lm_free(p->ctx, block);
+        st = emit(ex, index, &merged);
+    lm__merged_free(p->ctx, &merged);
     return st;
 }
 

@@ -125,14 +125,14 @@ lm_status lm_merger_apply_to(lm_merger *m, const char *name,
                        base->numel);
         return LM_OK;
     }
-    float *block = NULL, *result = NULL;
+    struct lm__merged merged;
     lm__threads_hold(ctx, 1);
     lm_status st = lm__merge_tensor(m->plan, m->state, name, base, false,
-                                    LM__PASS_MERGE, &block, &result);
+                                    LM__PASS_MERGE, &merged);
     lm__threads_release(ctx, 1);
     LM_TRY(st);
-    lm_convert(result, LM_F32, out->data, out->dtype, base->numel);
-    lm_free(ctx, block);
+    lm__merged_write(&merged, base->numel, out->data, out->dtype);
+    lm__merged_free(ctx, &merged);
     return LM_OK;
 }
 

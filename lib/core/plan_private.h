@@ -57,17 +57,26 @@ void lm__stages_reuse_end(lm_plan *p);
 void lm__stages_destroy(lm_plan *p);
 
 /* Merge tensor `name` with base values `base` (tensor_merge.c): on
- * success *result points to numel f32 merged values inside *block, which
- * the caller frees with lm_free. `from_plan_base` lets a file-backed plan
+ * success *merged holds the result (write it out with lm__merged_write,
+ * free it with lm__merged_free). `from_plan_base` lets a file-backed plan
  * base drop the tensor's pages afterwards. Other passes return nothing. */
 enum lm__pass {
     LM__PASS_MERGE = 0,   /* merge_tensor, result returned              */
     LM__PASS_PREPARE = 1, /* the strategy's prepare_tensor              */
     LM__PASS_MEASURE = 2  /* the stages' measuring pass only            */
 };
+struct lm__merged {
+    float *block;         /* owned                                          */
+    const float *values;  /* merged values; the merged task vector when     */
+    double *base64;       /* base64 (owned) is set: an input was f64         */
+};
 lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
                            const lm_tensor *base, bool from_plan_base,
-                           enum lm__pass pass, float **block, float **result);
+                           enum lm__pass pass, struct lm__merged *merged);
+/* The n merged values converted once to `dtype` into dst. */
+void lm__merged_write(const struct lm__merged *merged, size_t n, void *dst,
+                      lm_dtype dtype);
+void lm__merged_free(lm_context *ctx, struct lm__merged *merged);
 
 /* The passes over every tensor that come before merging any (executor.c):
  * the stages' measuring pass and a two-pass strategy's prepare pass, with

@@ -23,11 +23,6 @@ lm_status lm__check_pair(lm_context *ctx, const char *what, const char *name,
                                     "%s: tensor '%s' has shape [%s] but the "
                                     "base has [%s]", what, name, b, a);
     }
-    if (base->dtype != other->dtype)
-        return lm_context_set_error(ctx, LM_ERR_DTYPE,
-                                    "%s: tensor '%s' is %s but the base is %s",
-                                    what, name, lm_dtype_name(other->dtype),
-                                    lm_dtype_name(base->dtype));
     return LM_OK;
 }
 

@@ -258,6 +258,39 @@ lm_status lm__read_f32(lm_context *ctx, const lm_tensor *t, float *dst)
 }
 
 
+lm_status lm__read_f64(lm_context *ctx, const lm_tensor *t, double *dst)
+{
+    if (!t->lazy_read)
+        return lm_convert(t->data, t->dtype, dst, LM_F64, t->numel);
+    size_t nbytes = t->numel * lm_dtype_size(t->dtype);
+    /* Every dtype is at most 8 bytes: read into the tail of dst and
+     * widen forwards (f64 in place). */
+    void *raw = (char *)dst + t->numel * sizeof(double) - nbytes;
+    lm_status st = t->lazy_read(t->lazy_name, raw, nbytes, t->lazy_user);
+    if (st != LM_OK) {
+        if (st > 0)
+            st = LM_ERR_CALLBACK;
+        return lm_context_set_error(ctx, st, "reading tensor '%s' from the "
+                                    "host callback failed: %s",
+                                    t->lazy_name, lm_strerror(st));
+    }
+    if (t->dtype == LM_F64)
+        return LM_OK;
+    size_t w = lm_dtype_size(t->dtype);
+    for (size_t i = 0; i < t->numel; i++) {
+        float v;
+        if (t->dtype == LM_F32)
+            memcpy(&v, (char *)raw + i * w, sizeof(v));
+        else {
+            uint16_t h;
+            memcpy(&h, (char *)raw + i * w, sizeof(h));
+            v = t->dtype == LM_F16 ? lm_f16_to_f32(h) : lm_bf16_to_f32(h);
+        }
+        dst[i] = v;
+    }
+    return LM_OK;
+}
+
 lm_status lm__tensor_create_lazy(lm_context *ctx, lm_dtype dtype, int ndim,
                                  const int64_t *shape, lm_tensor_read_fn read,
                                  void *user, lm_tensor **out)

@@ -1,6 +1,11 @@
 /* Merging one tensor: read the base and every task's delta (models by
  * name, adapters expanded from their factors), run the strategy, add the
- * base back. Shared by plan execution and load-time mergers. */
+ * base back. Shared by plan execution and load-time mergers.
+ *
+ * Inputs may mix dtypes. When any of them is f64 the tensor is merged
+ * "wide": each delta is the f64 difference rounded once to f32, and the
+ * base is added back in f64 at the end, so an f64 model loses only the
+ * f32 rounding of its (small) task vectors, not of its weights. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -51,15 +56,47 @@ static lm_status stored_delta(lm_plan *p, const lm_task_vector *tv,
     return lm__read_f32(p->ctx, t, delta);
 }
 
+/* Does any input of tensor `name` hold f64 values? */
+static bool needs_wide(const lm_plan *p, const char *name,
+                       const lm_tensor *base)
+{
+    if (base->dtype == LM_F64)
+        return true;
+    for (size_t m = 0; m < p->n_models; m++) {
+        if (!p->models[m])
+            continue;
+        const lm_tensor *t = lm__model_lookup(p->models[m], name);
+        if (t && t->dtype == LM_F64)
+            return true;
+    }
+    return false;
+}
+
+/* A delta of a wide merge: the f64 difference, rounded once. */
+static void wide_delta(const double *base64, const double *model, float *d,
+                       size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        d[i] = (float)(model[i] - base64[i]);
+}
+
 /* Read the base and the task vectors of tensor `name` into `block`
- * (base, then one delta per model). */
+ * (base, then one delta per model); base64/scratch64 (n doubles each)
+ * when merging wide. */
 static lm_status load_inputs(lm_plan *p, const char *name,
                              const lm_tensor *base, bool from_plan_base,
-                             float *block, const float **deltas)
+                             float *block, const float **deltas,
+                             double *base64, double *scratch64)
 {
     size_t n = base->numel;
     float *b = block;
-    LM_TRY(lm__read_f32(p->ctx, base, b));
+    if (base64) {
+        LM_TRY(lm__read_f64(p->ctx, base, base64));
+        for (size_t i = 0; i < n; i++)
+            b[i] = (float)base64[i];
+    } else {
+        LM_TRY(lm__read_f32(p->ctx, base, b));
+    }
     if (from_plan_base)
         done_with(p->base, base);
     LM_TRY(check_finite(p, "the base", name, b, n));
@@ -86,6 +123,13 @@ static lm_status load_inputs(lm_plan *p, const char *name,
                                         name);
         snprintf(what, sizeof(what), "model %zu", m);
         LM_TRY(lm__check_pair(p->ctx, what, name, base, t));
+        if (base64) {
+            LM_TRY(lm__read_f64(p->ctx, t, scratch64));
+            done_with(p->models[m], t);
+            wide_delta(base64, scratch64, d, n);
+            LM_TRY(check_finite(p, what, name, d, n));
+            continue;
+        }
         LM_TRY(lm__read_f32(p->ctx, t, d));
         done_with(p->models[m], t);
         LM_TRY(check_finite(p, what, name, d, n));
@@ -97,7 +141,8 @@ static lm_status load_inputs(lm_plan *p, const char *name,
 
 static lm_status run_strategy(lm_plan *p, void *state, const char *name,
                               const lm_tensor *base, float *block,
-                              const float **deltas, bool prepare)
+                              const float **deltas, const double *base64,
+                              bool prepare)
 {
     lm_context *ctx = p->ctx;
     size_t n = base->numel, k = p->n_models;
@@ -142,8 +187,9 @@ static lm_status run_strategy(lm_plan *p, void *state, const char *name,
     if (st != LM_OK || prepare)
         return st;
     for (size_t i = 0; i < n; i++) {
-        out[i] += b[i];
-        if (!p->allow_nonfinite && !isfinite(out[i]))
+        /* Wide merges keep the task vector; lm__merged_write adds base64. */
+        double v = base64 ? base64[i] + (double)out[i] : (double)(out[i] += b[i]);
+        if (!p->allow_nonfinite && !isfinite(v))
             return lm_context_set_error(ctx, LM_ERR_NONFINITE,
                                         "strategy '%s' produced a non-finite "
                                         "value in tensor '%s' at element %zu",
@@ -154,41 +200,71 @@ static lm_status run_strategy(lm_plan *p, void *state, const char *name,
 
 lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
                            const lm_tensor *base, bool from_plan_base,
-                           enum lm__pass pass, float **block_out,
-                           float **result)
+                           enum lm__pass pass, struct lm__merged *merged)
 {
     bool prepare = pass != LM__PASS_MERGE;
     lm_context *ctx = p->ctx;
     size_t n = base->numel, k = p->n_models;
-    *block_out = NULL;
+    *merged = (struct lm__merged){0};
     /* One block: base, k deltas, out, then the delta pointer table. */
     size_t floats = n * (k + 2);
     if (n && floats / n != k + 2)
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "tensor '%s' is too large", name);
+    bool wide = needs_wide(p, name, base);
     float *block = lm__calloc(ctx, floats ? floats : 1, sizeof(float));
     const float **deltas = lm__calloc(ctx, k ? k : 1, sizeof(*deltas));
+    double *base64 = wide ? lm__calloc(ctx, 2 * (n ? n : 1), sizeof(double))
+                          : NULL;
     lm_status st = LM_OK;
-    if (!block || !deltas)
+    if (!block || !deltas || (wide && !base64))
         st = lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                   "out of memory merging '%s' (%zu elements "
                                   "x %zu models)", name, n, k);
     if (st == LM_OK)
-        st = load_inputs(p, name, base, from_plan_base, block, deltas);
+        st = load_inputs(p, name, base, from_plan_base, block, deltas,
+                         base64, base64 ? base64 + n : NULL);
     if (st == LM_OK && p->n_stages) {
         struct lm__stage_tensor t = {name, block, base->shape, base->ndim, n,
                                      (float *const *)deltas};
         st = lm__stages_run(p, pass == LM__PASS_MEASURE, &t);
     }
     if (st == LM_OK && pass != LM__PASS_MEASURE)
-        st = run_strategy(p, state, name, base, block, deltas, prepare);
+        st = run_strategy(p, state, name, base, block, deltas, base64,
+                          prepare);
     lm_free(ctx, (void *)deltas);
     if (st != LM_OK || prepare) {
         lm_free(ctx, block);
-        *block_out = NULL;
+        lm_free(ctx, base64);
         return st;
     }
-    *block_out = block;
-    *result = block + n * (k + 1);
+    merged->block = block;
+    merged->values = block + n * (k + 1);
+    merged->base64 = base64;
     return LM_OK;
+}
+
+void lm__merged_write(const struct lm__merged *m, size_t n, void *dst,
+                      lm_dtype dtype)
+{
+    if (!m->base64) {
+        lm_convert(m->values, LM_F32, dst, dtype, n);
+        return;
+    }
+    /* Base + task vector in f64, converted in chunks (one rounding). */
+    double chunk[256];
+    size_t w = lm_dtype_size(dtype);
+    for (size_t i = 0; i < n; i += 256) {
+        size_t c = n - i < 256 ? n - i : 256;
+        for (size_t j = 0; j < c; j++)
+            chunk[j] = m->base64[i + j] + (double)m->values[i + j];
+        lm_convert(chunk, LM_F64, (char *)dst + i * w, dtype, c);
+    }
+}
+
+void lm__merged_free(lm_context *ctx, struct lm__merged *m)
+{
+    lm_free(ctx, m->block);
+    lm_free(ctx, m->base64);
+    *m = (struct lm__merged){0};
 }

@@ -30,12 +30,14 @@ size_t lm__numel_checked(int ndim, const int64_t *shape, bool *overflow);
 /* Convert a tensor's elements to a caller-provided f32 buffer, reading
  * lazy tensors through their callback. */
 lm_status lm__read_f32(lm_context *ctx, const lm_tensor *tensor, float *dst);
+/* The same into f64 (exact for every dtype). */
+lm_status lm__read_f64(lm_context *ctx, const lm_tensor *tensor, double *dst);
 /* A lazy tensor (no storage; bytes from `read`). */
 lm_status lm__tensor_create_lazy(lm_context *ctx, lm_dtype dtype, int ndim,
                                  const int64_t *shape, lm_tensor_read_fn read,
                                  void *user, lm_tensor **out);
-/* Same shape and dtype as the base tensor, or a message naming the tensor
- * prefixed by `what`. */
+/* Same shape as the base tensor (any dtype: inputs may mix them), or a
+ * message naming the tensor prefixed by `what`. */
 lm_status lm__check_pair(lm_context *ctx, const char *what, const char *name,
                          const lm_tensor *base, const lm_tensor *other);
 

@@ -111,10 +111,11 @@ START_TEST(task_vector_checks)
     ck_assert_ptr_nonnull(strstr(lm_context_error(ctx), "'a'"));
     ck_assert_ptr_nonnull(strstr(lm_context_error(ctx), "[3,4]"));
 
+    /* Dtypes may differ (a bf16 base with f32 fine-tunes is common). */
     lm_model *bad_dtype = pair_model(ctx, 2, LM_F16);
-    ck_assert_status(lm_task_vector_create(ctx, base, bad_dtype, &tv),
-                     LM_ERR_DTYPE);
-    ck_assert_ptr_nonnull(strstr(lm_context_error(ctx), "f16"));
+    ck_assert_ok(lm_task_vector_create(ctx, base, bad_dtype, &tv));
+    lm_task_vector_destroy(tv);
+    tv = NULL;
 
     lm_model *missing = NULL;
     lm_model_create(ctx, &missing);

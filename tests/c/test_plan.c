@@ -101,8 +101,9 @@ START_TEST(mismatched_models_are_named)
     lm_plan_create(ctx, "task_arithmetic", &p);
     lm_plan_set_base(p, base);
     lm_plan_add_model(p, half, 1.0);
-    ck_assert_status(lm_plan_execute(p, &out), LM_ERR_DTYPE);
-    ck_assert_ptr_nonnull(strstr(lm_context_error(ctx), "model 0"));
+    ck_assert_ok(lm_plan_execute(p, &out)); /* mixed dtypes merge */
+    lm_model_destroy(out);
+    out = NULL;
     lm_plan_destroy(p);
 
     lm_plan_create(ctx, "task_arithmetic", &p);
