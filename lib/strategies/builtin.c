@@ -12,6 +12,15 @@ static const lm_strategy_vtable *const builtins[] = {
     &lm__iso_cts_strategy,
     &lm__knots_strategy,
     &lm__esm_strategy,
+    &lm__linear_strategy,
+    &lm__slerp_strategy,
+    &lm__nuslerp_strategy,
+    &lm__multislerp_strategy,
+    &lm__karcher_strategy,
+    &lm__model_stock_strategy,
+    &lm__nearswap_strategy,
+    &lm__arcee_fusion_strategy,
+    &lm__passthrough_strategy,
 };
 
 lm_status lm__register_builtin_strategies(lm_context *ctx)

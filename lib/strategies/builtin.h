@@ -16,6 +16,16 @@ extern const lm_strategy_vtable lm__iso_c_strategy;
 extern const lm_strategy_vtable lm__iso_cts_strategy;
 extern const lm_strategy_vtable lm__knots_strategy;
 extern const lm_strategy_vtable lm__esm_strategy;
+/* mergekit's geometric family (geometry.h) */
+extern const lm_strategy_vtable lm__linear_strategy;
+extern const lm_strategy_vtable lm__slerp_strategy;
+extern const lm_strategy_vtable lm__nuslerp_strategy;
+extern const lm_strategy_vtable lm__multislerp_strategy;
+extern const lm_strategy_vtable lm__karcher_strategy;
+extern const lm_strategy_vtable lm__model_stock_strategy;
+extern const lm_strategy_vtable lm__nearswap_strategy;
+extern const lm_strategy_vtable lm__arcee_fusion_strategy;
+extern const lm_strategy_vtable lm__passthrough_strategy;
 
 /* job->out[i] = scale * sum_t weights[t] * deltas[t][i], accumulated in
  * f64 and rounded once. */
