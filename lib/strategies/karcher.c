@@ -5,7 +5,8 @@
  * flattened vector per model; the points are the models themselves (base
  * + task vector), so a base counts only when it is also added as a model.
  *
- *   alpha_t = w_t / sum w (mergekit: 1/N, i.e. equal weights);
+ *   alpha_t = 1/N: the models' weights are not used (as in mergekit, so
+ *   its configs give its numbers whatever weights they list);
  *   u_t = m_t / |m_t| (zero when |m_t| = 0); only models with |m_t| > tol
  *   steer the direction, their alphas renormalised;
  *   u = normalised weighted mean of the u_t (the first unit vector when
@@ -85,13 +86,6 @@ static lm_status karcher_merge(void *state, const lm_tensor_job *job,
     LM_TRY(lm_params_get_int(p, "max_iter", &max_iter));
     LM_TRY(lm_params_get_float(p, "tol", &tol));
     size_t n = job->numel, T = job->n_models;
-    double wsum = 0;
-    for (size_t t = 0; t < T; t++)
-        wsum += job->weights[t];
-    if (wsum == 0)
-        return lm_context_set_error(job->ctx, LM_ERR_OUT_OF_RANGE,
-                                    "karcher: the model weights for tensor "
-                                    "'%s' sum to 0", job->name);
     /* units (T x n), u, step (n each), alpha, norms, kept alphas (3 T). */
     double *buf = lm__calloc(job->ctx, T * n + 2 * n + 3 * T, sizeof(double));
     if (!buf)
@@ -103,7 +97,7 @@ static lm_status karcher_merge(void *state, const lm_tensor_job *job,
     for (size_t t = 0; t < T; t++) {
         double *ut = units + t * n;
         lm__geo_point(job, t, 0, ut);
-        alpha[t] = job->weights[t] / wsum;
+        alpha[t] = 1.0 / (double)T;
         nrm[t] = sqrt(dot(ut, ut, n));
         for (size_t i = 0; nrm[t] > 0 && i < n; i++)
             ut[i] /= nrm[t];
@@ -118,13 +112,6 @@ static lm_status karcher_merge(void *state, const lm_tensor_job *job,
             job->out[i] = -job->base[i];
         lm_free(job->ctx, buf);
         return LM_OK;
-    }
-    if (kept == 0) {
-        lm_free(job->ctx, buf);
-        return lm_context_set_error(job->ctx, LM_ERR_OUT_OF_RANGE,
-                                    "karcher: the weights of the non-zero "
-                                    "models for tensor '%s' sum to 0",
-                                    job->name);
     }
     for (size_t t = 0; t < T; t++)
         a[t] = nrm[t] > tol ? alpha[t] / kept : 0;

@@ -7,11 +7,15 @@ Tolerance: max |libmerge - reference| <= 1e-5 on the merged f32 weights
 (absolute; the weights here are O(0.1), so about 1e-4 relative). The
 references run in f32 as mergekit does, the library in f64 over f32
 inputs; measured differences are ~1e-7."""
+import os
+import subprocess
+
 import numpy as np
 import pytest
 
 import libmerge
 import mergekit_reference_geo as mg
+import st_format
 
 TOL = 1e-5
 RNG = np.random.default_rng(2206)
@@ -225,11 +229,10 @@ def test_karcher_base_model_is_one_of_the_points():
     check_all(out, lambda k: mg.karcher([base[k]] + [m[k] for m in ms]))
 
 
-def test_karcher_weights_generalise_the_equal_alphas():
+def test_karcher_ignores_weights_as_mergekit_does():
     base, ms = make(3, spread=0.05)
-    w = [1.0, 2.0, 0.5]
-    out = libmerge.merge("karcher", base, ms, weights=w)
-    check_all(out, lambda k: mg.karcher([m[k] for m in ms], [x / sum(w) for x in w]))
+    out = libmerge.merge("karcher", base, ms, weights=[1.0, 2.0, 0.5])
+    check_all(out, lambda k: mg.karcher([m[k] for m in ms]))
 
 
 def test_karcher_parallel_and_zero():
@@ -337,3 +340,35 @@ def test_passthrough():
     check_all(out, lambda k: mg.passthrough(base[k], 2.0))
     with pytest.raises(libmerge.Error, match="source 2"):
         libmerge.merge("passthrough", base, ms, source=2)
+
+
+# --- from YAML (lmerge run) ----------------------------------------------------
+
+LMERGE = os.environ.get("LIBMERGE_LMERGE")
+
+
+@pytest.mark.skipif(not LMERGE, reason="LIBMERGE_LMERGE is not set")
+@pytest.mark.parametrize("method,n,params,ref", [
+    ("slerp", 1, "  t: 0.3\n", lambda b, ms: mg.slerp(0.3, b, ms[0])),
+    ("linear", 3, "  normalize: false\n", lambda b, ms: mg.linear(ms, [0.5, 0.25, 0.25], False)),
+    ("karcher", 3, "", lambda b, ms: mg.karcher(ms)),
+    ("model_stock", 3, "  filter_wise: true\n", lambda b, ms: mg.model_stock(b, ms, True)),
+    ("multislerp", 3, "  normalize_weights: true\n",
+     lambda b, ms: mg.multislerp(ms, [0.5, 0.25, 0.25], b)),
+])
+def test_lmerge_run_config(tmp_path, method, n, params, ref):
+    base, ms = make(n, spread=0.05)
+    st_format.write(tmp_path / "base.safetensors", base)
+    models = ""
+    for i, m in enumerate(ms):
+        st_format.write(tmp_path / ("m%d.safetensors" % i), m)
+        models += "  - model: %s\n    parameters: {weight: %s}\n" % (
+            tmp_path / ("m%d.safetensors" % i), [0.5, 0.25, 0.25][i])
+    cfg = tmp_path / "merge.yaml"
+    cfg.write_text("merge_method: %s\nbase_model: %s\nmodels:\n%sparameters:\n%s"
+                   % (method, tmp_path / "base.safetensors", models, params or "  {}\n"))
+    r = subprocess.run([LMERGE, "run", str(cfg), "-o", str(tmp_path / "out")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out, _, _ = st_format.read(tmp_path / "out" / "model.safetensors")
+    check_all(out, lambda k: ref(base[k], [m[k] for m in ms]))
