@@ -97,5 +97,4 @@ const lm_strategy_vtable lm__arcee_fusion_strategy = {
     .n_params = 0,
     .init = arcee_fusion_init,
     .merge_tensor = arcee_fusion_merge,
-    .fini = lm__geo_fini,
 };

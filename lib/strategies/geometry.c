@@ -1,12 +1,6 @@
 /* Helpers shared by the geometric strategies (geometry.h). */
 #include "strategies/geometry.h"
 
-const lm_params *lm__geo_params(const void *state, const lm_tensor_job *job)
-{
-    (void)job;
-    return ((const struct lm__geo_state *)state)->params;
-}
-
 lm_status lm__geo_init(const lm_strategy_init_info *info, void **state,
                        const char *method, size_t lo, size_t hi,
                        const char *why)
@@ -16,20 +10,8 @@ lm_status lm__geo_init(const lm_strategy_init_info *info, void **state,
                                     "%s: the plan has %zu model(s) besides "
                                     "the base; %s",
                                     method, info->n_models, why);
-    struct lm__geo_state *s = lm_alloc(info->ctx, sizeof(*s));
-    if (!s)
-        return LM_ERR_OUT_OF_MEMORY;
-    s->ctx = info->ctx;
-    s->params = info->params;
-    *state = s;
+    *state = NULL;
     return LM_OK;
-}
-
-void lm__geo_fini(void *state, void *user)
-{
-    (void)user;
-    if (state)
-        lm_free(((struct lm__geo_state *)state)->ctx, state);
 }
 
 void lm__geo_point(const lm_tensor_job *job, size_t t, int with_base,

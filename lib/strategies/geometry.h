@@ -12,25 +12,16 @@
 #define WITH_BASE_PARAM                                                     \
     {sizeof(lm_param_desc), "with_base", LM_PARAM_BOOL, 1.0, 0.0, 1.0, NULL, \
      "true: interpolate task vectors (mergekit with base_model); false: "   \
-     "the models themselves (mergekit without base_model)"}
+     "the models themselves (mergekit without base_model)",                \
+     LM_PARAM_PER_TENSOR}
 
-/* The parameters a geometric strategy reads per tensor. */
-struct lm__geo_state {
-    lm_context *ctx;
-    const lm_params *params;
-};
-
-/* The parameters as the tensor of `job` sees them (per-tensor values set
- * with lm_plan_set_float_for included). */
-const lm_params *lm__geo_params(const void *state, const lm_tensor_job *job);
-
-/* init that checks the plan's model count is within [lo, hi] (the message
- * names the strategy and says what the models are for) and keeps the
- * parameters. */
+/* init of every geometric strategy: checks the plan's model count is
+ * within [lo, hi] (the message names the strategy and says what the
+ * models are for). No state: every parameter is read per tensor from
+ * job->params, where mergekit's gradients and filters put them. */
 lm_status lm__geo_init(const lm_strategy_init_info *info, void **state,
                        const char *method, size_t lo, size_t hi,
                        const char *why);
-void lm__geo_fini(void *state, void *user);
 
 /* x[i] = task vector t (with_base) or model t itself (base + delta), f64. */
 void lm__geo_point(const lm_tensor_job *job, size_t t, int with_base,

@@ -22,9 +22,11 @@
 
 static const lm_param_desc karcher_params[] = {
     {sizeof(lm_param_desc), "max_iter", LM_PARAM_INT, 10.0, 0.0, 100000.0,
-     NULL, "iterations of the Karcher mean"},
+     NULL, "iterations of the Karcher mean",
+     LM_PARAM_PER_TENSOR},
     {sizeof(lm_param_desc), "tol", LM_PARAM_FLOAT, 1e-5, 0.0, 1.0, NULL,
-     "convergence tolerance (also the smallest norm and angle used)"},
+     "convergence tolerance (also the smallest norm and angle used)",
+     LM_PARAM_PER_TENSOR},
 };
 
 static lm_status karcher_init(const lm_strategy_init_info *info, void **state,
@@ -80,7 +82,7 @@ static lm_status karcher_merge(void *state, const lm_tensor_job *job,
                                void *user)
 {
     (void)user;
-    const lm_params *p = lm__geo_params(state, job);
+    const lm_params *p = job->params;
     int64_t max_iter;
     double tol;
     LM_TRY(lm_params_get_int(p, "max_iter", &max_iter));
@@ -138,5 +140,4 @@ const lm_strategy_vtable lm__karcher_strategy = {
     .n_params = sizeof(karcher_params) / sizeof(karcher_params[0]),
     .init = karcher_init,
     .merge_tensor = karcher_merge,
-    .fini = lm__geo_fini,
 };

@@ -13,7 +13,8 @@
 
 static const lm_param_desc linear_params[] = {
     {sizeof(lm_param_desc), "normalize", LM_PARAM_BOOL, 1.0, 0.0, 1.0, NULL,
-     "divide by the sum of the weights (true: a weighted mean)"},
+     "divide by the sum of the weights (true: a weighted mean)",
+     LM_PARAM_PER_TENSOR},
 };
 
 static lm_status linear_init(const lm_strategy_init_info *info, void **state,
@@ -29,7 +30,7 @@ static lm_status linear_merge(void *state, const lm_tensor_job *job,
 {
     (void)user;
     int normalize;
-    LM_TRY(lm_params_get_bool(lm__geo_params(state, job), "normalize",
+    LM_TRY(lm_params_get_bool(job->params, "normalize",
                               &normalize));
     double wsum = 0.0;
     for (size_t t = 0; t < job->n_models; t++)
@@ -63,5 +64,4 @@ const lm_strategy_vtable lm__linear_strategy = {
     .n_params = sizeof(linear_params) / sizeof(linear_params[0]),
     .init = linear_init,
     .merge_tensor = linear_merge,
-    .fini = lm__geo_fini,
 };

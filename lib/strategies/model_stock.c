@@ -18,7 +18,8 @@
 
 static const lm_param_desc model_stock_params[] = {
     {sizeof(lm_param_desc), "filter_wise", LM_PARAM_BOOL, 0.0, 0.0, 1.0, NULL,
-     "one interpolation ratio per row instead of per tensor"},
+     "one interpolation ratio per row instead of per tensor",
+     LM_PARAM_PER_TENSOR},
 };
 
 static lm_status model_stock_init(const lm_strategy_init_info *info,
@@ -64,7 +65,7 @@ static lm_status model_stock_merge(void *state, const lm_tensor_job *job,
 {
     (void)user;
     int filter_wise;
-    LM_TRY(lm_params_get_bool(lm__geo_params(state, job), "filter_wise",
+    LM_TRY(lm_params_get_bool(job->params, "filter_wise",
                               &filter_wise));
     size_t T = job->n_models;
     double *nrm = lm_alloc(job->ctx, T * sizeof(double));
@@ -108,5 +109,4 @@ const lm_strategy_vtable lm__model_stock_strategy = {
     .n_params = sizeof(model_stock_params) / sizeof(model_stock_params[0]),
     .init = model_stock_init,
     .merge_tensor = model_stock_merge,
-    .fini = lm__geo_fini,
 };

@@ -17,9 +17,11 @@
 
 static const lm_param_desc multislerp_params[] = {
     {sizeof(lm_param_desc), "normalize_weights", LM_PARAM_BOOL, 1.0, 0.0,
-     1.0, NULL, "divide the weights by their sum"},
+     1.0, NULL, "divide the weights by their sum",
+     LM_PARAM_PER_TENSOR},
     {sizeof(lm_param_desc), "eps", LM_PARAM_FLOAT, 1e-8, 0.0, 1.0, NULL,
-     "added to norms before dividing"},
+     "added to norms before dividing",
+     LM_PARAM_PER_TENSOR},
     WITH_BASE_PARAM,
 };
 
@@ -103,7 +105,7 @@ static lm_status multislerp_merge(void *state, const lm_tensor_job *job,
                                   void *user)
 {
     (void)user;
-    const lm_params *p = lm__geo_params(state, job);
+    const lm_params *p = job->params;
     size_t n = job->numel, T = job->n_models;
     if (T == 1) { /* mergekit returns the one model as it is */
         for (size_t i = 0; i < n; i++)
@@ -151,5 +153,4 @@ const lm_strategy_vtable lm__multislerp_strategy = {
     .n_params = sizeof(multislerp_params) / sizeof(multislerp_params[0]),
     .init = multislerp_init,
     .merge_tensor = multislerp_merge,
-    .fini = lm__geo_fini,
 };

@@ -13,7 +13,8 @@
 static const lm_param_desc nearswap_params[] = {
     {sizeof(lm_param_desc), "t", LM_PARAM_FLOAT, 0.0, -HUGE_VAL, HUGE_VAL,
      NULL, "distance from the base within which the model's value is taken "
-     "(required)"},
+     "(required)",
+     LM_PARAM_PER_TENSOR},
 };
 
 static lm_status nearswap_init(const lm_strategy_init_info *info,
@@ -28,7 +29,7 @@ static lm_status nearswap_merge(void *state, const lm_tensor_job *job,
                                 void *user)
 {
     (void)user;
-    const lm_params *p = lm__geo_params(state, job);
+    const lm_params *p = job->params;
     if (!lm_params_is_set(p, "t"))
         return lm_context_set_error(job->ctx, LM_ERR_INVALID_ARGUMENT,
                                     "nearswap: parameter 't' is required "
@@ -54,5 +55,4 @@ const lm_strategy_vtable lm__nearswap_strategy = {
     .n_params = sizeof(nearswap_params) / sizeof(nearswap_params[0]),
     .init = nearswap_init,
     .merge_tensor = nearswap_merge,
-    .fini = lm__geo_fini,
 };

@@ -19,10 +19,12 @@
 
 static const lm_param_desc nuslerp_params[] = {
     {sizeof(lm_param_desc), "nuslerp_flatten", LM_PARAM_BOOL, 1.0, 0.0, 1.0,
-     NULL, "treat each tensor as one vector (else per row)"},
+     NULL, "treat each tensor as one vector (else per row)",
+     LM_PARAM_PER_TENSOR},
     {sizeof(lm_param_desc), "nuslerp_row_wise", LM_PARAM_BOOL, 0.0, 0.0, 1.0,
      NULL, "without flatten: vectors along the first dimension (else the "
-     "last)"},
+     "last)",
+     LM_PARAM_PER_TENSOR},
     WITH_BASE_PARAM,
 };
 
@@ -61,7 +63,7 @@ static lm_status nuslerp_merge(void *state, const lm_tensor_job *job,
                                void *user)
 {
     (void)user;
-    const lm_params *p = lm__geo_params(state, job);
+    const lm_params *p = job->params;
     int flatten, row_wise, with_base;
     LM_TRY(lm_params_get_bool(p, "nuslerp_flatten", &flatten));
     LM_TRY(lm_params_get_bool(p, "nuslerp_row_wise", &row_wise));
@@ -96,5 +98,4 @@ const lm_strategy_vtable lm__nuslerp_strategy = {
     .n_params = sizeof(nuslerp_params) / sizeof(nuslerp_params[0]),
     .init = nuslerp_init,
     .merge_tensor = nuslerp_merge,
-    .fini = lm__geo_fini,
 };

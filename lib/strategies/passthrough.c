@@ -11,9 +11,11 @@
 
 static const lm_param_desc passthrough_params[] = {
     {sizeof(lm_param_desc), "source", LM_PARAM_INT, 0.0, -1.0, 1e9, NULL,
-     "index of the model whose tensor is copied (-1: the base)"},
+     "index of the model whose tensor is copied (-1: the base)",
+     LM_PARAM_PER_TENSOR},
     {sizeof(lm_param_desc), "scale", LM_PARAM_FLOAT, 1.0, -HUGE_VAL,
-     HUGE_VAL, NULL, "factor applied to the copied tensor"},
+     HUGE_VAL, NULL, "factor applied to the copied tensor",
+     LM_PARAM_PER_TENSOR | LM_PARAM_PER_MODEL},
 };
 
 static lm_status passthrough_init(const lm_strategy_init_info *info,
@@ -28,7 +30,7 @@ static lm_status passthrough_merge(void *state, const lm_tensor_job *job,
                                    void *user)
 {
     (void)user;
-    const lm_params *p = lm__geo_params(state, job);
+    const lm_params *p = job->params;
     int64_t source;
     double scale;
     LM_TRY(lm_params_get_int(p, "source", &source));
@@ -39,7 +41,8 @@ static lm_status passthrough_merge(void *state, const lm_tensor_job *job,
                                     "has %zu models)",
                                     (long long)source, job->name,
                                     job->n_models);
-    LM_TRY(lm_params_get_float(p, "scale", &scale)); /* PERMODEL */
+    LM_TRY(lm_params_get_model_float(
+        p, "scale", source < 0 ? LM_ALL_MODELS : (size_t)source, &scale));
     for (size_t i = 0; i < job->numel; i++) {
         double v = job->base[i];
         if (source >= 0)
@@ -59,5 +62,4 @@ const lm_strategy_vtable lm__passthrough_strategy = {
     .n_params = sizeof(passthrough_params) / sizeof(passthrough_params[0]),
     .init = passthrough_init,
     .merge_tensor = passthrough_merge,
-    .fini = lm__geo_fini,
 };

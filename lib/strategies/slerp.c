@@ -20,7 +20,9 @@
 
 static const lm_param_desc slerp_params[] = {
     {sizeof(lm_param_desc), "t", LM_PARAM_FLOAT, 0.5, -HUGE_VAL, HUGE_VAL,
-     NULL, "interpolation factor: 0 is the base, 1 the model (required)"},
+     NULL, "interpolation factor: 0 is the base, 1 the model; required "
+     "(mergekit has no default)",
+     LM_PARAM_PER_TENSOR},
 };
 
 static lm_status slerp_init(const lm_strategy_init_info *info, void **state,
@@ -36,7 +38,7 @@ static lm_status slerp_merge(void *state, const lm_tensor_job *job,
                              void *user)
 {
     (void)user;
-    const lm_params *p = lm__geo_params(state, job);
+    const lm_params *p = job->params;
     if (!lm_params_is_set(p, "t"))
         return lm_context_set_error(job->ctx, LM_ERR_INVALID_ARGUMENT,
                                     "slerp: parameter 't' is required "
@@ -81,5 +83,4 @@ const lm_strategy_vtable lm__slerp_strategy = {
     .n_params = sizeof(slerp_params) / sizeof(slerp_params[0]),
     .init = slerp_init,
     .merge_tensor = slerp_merge,
-    .fini = lm__geo_fini,
 };

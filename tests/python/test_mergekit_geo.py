@@ -372,3 +372,48 @@ def test_lmerge_run_config(tmp_path, method, n, params, ref):
     assert r.returncode == 0, r.stderr
     out, _, _ = st_format.read(tmp_path / "out" / "model.safetensors")
     check_all(out, lambda k: ref(base[k], [m[k] for m in ms]))
+
+
+# --- per-tensor and per-model values (mergekit's gradients and filters) --------
+
+def test_slerp_t_per_tensor():
+    """A t gradient over the layers becomes one t per tensor."""
+    base, (m,) = make(1)
+    ts = {"layers.0.mlp.weight": 0.1, "layers.0.attn.weight": 0.9,
+          "layers.0.norm.weight": 0.0, "layers.0.conv.weight": 0.5}
+    out = libmerge.merge("slerp", base, [m], t=ts)
+    check_all(out, lambda k: mg.slerp(ts[k], base[k], m[k]))
+    # A tensor without a t (no plan-wide value) is an error naming it.
+    part = {"layers.0.mlp.weight": 0.1}
+    with pytest.raises(libmerge.Error, match="'t' is required.*layers.0.attn.weight|"
+                       "'t' is required.*layers.0.norm.weight|'t' is required.*conv"):
+        libmerge.merge("slerp", base, [m], t=part)
+
+
+def test_nearswap_t_per_tensor():
+    base, (m,) = make(1)
+    ts = {k: 0.005 * (i + 1) for i, k in enumerate(SHAPES)}
+    out = libmerge.merge("nearswap", base, [m], t=ts)
+    check_all(out, lambda k: mg.nearswap(base[k], m[k], ts[k]))
+
+
+@pytest.mark.parametrize("method", ["linear", "nuslerp", "multislerp"])
+def test_weights_per_tensor(method):
+    base, ms = make(2, spread=0.05)
+    k0 = "layers.0.attn.weight"
+    out = libmerge.merge(method, base, ms, weights=[1.0, 1.0], weight={k0: [0.2, 0.8]})
+    refs = {"linear": lambda k, w: mg.linear([m[k] for m in ms], w),
+            "nuslerp": lambda k, w: mg.nuslerp([m[k] for m in ms], w, base[k]),
+            "multislerp": lambda k, w: mg.multislerp([m[k] for m in ms], w, base[k])}
+    check_all(out, lambda k: refs[method](k, [0.2, 0.8] if k == k0 else [1.0, 1.0]))
+
+
+def test_passthrough_scale_per_model_and_tensor():
+    base, ms = make(2)
+    k0 = "layers.0.norm.weight"
+    out = libmerge.merge("passthrough", base, ms, source={k0: 0, "layers.0.mlp.weight": 0},
+                         scale=[0.5, 2.0])
+    # Every other tensor comes from the plan-wide source (0 by default).
+    check_all(out, lambda k: mg.passthrough(ms[0][k], 0.5))
+    out = libmerge.merge("passthrough", base, ms, source={k0: 1}, scale={k0: [0.5, 3.0]})
+    check_all(out, lambda k: mg.passthrough(ms[1][k], 3.0) if k == k0 else ms[0][k])
