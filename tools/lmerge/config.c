@@ -227,16 +227,18 @@ static int read_root(struct reader *r, const yaml_node_t *root,
         else if (strcmp(key, "purify") == 0) {
             c->purify_line = line_of(v);
             rc = read_params(r, v, "purify", &c->purify, &c->n_purify);
-        } else if (strcmp(key, "slices") == 0 || strcmp(key, "modules") == 0 ||
-                 strcmp(key, "tokenizer") == 0 ||
-                 strcmp(key, "tokenizer_source") == 0 ||
-                 strcmp(key, "chat_template") == 0)
+        } else if (lmerge_tokenizer_is_key(key)) {
+            rc = lmerge_tokenizer_spec_read(r->doc, v, key, r->path,
+                                            &c->tokenizer, r->err,
+                                            r->err_size);
+        } else if (strcmp(key, "slices") == 0 || strcmp(key, "modules") == 0)
             rc = fail(r, k, "'%s' is a mergekit feature lmerge does not "
                             "support yet", key);
         else
             rc = fail(r, k, "unknown key '%s' (expected merge_method, "
                             "base_model, models, parameters, dtype, "
-                            "out_dtype, stats, purify)", key);
+                            "out_dtype, stats, purify, tokenizer_source, "
+                            "tokenizer, chat_template)", key);
         if (rc)
             return rc;
     }
@@ -344,5 +346,6 @@ void lmerge_config_free(struct lmerge_config *c)
     for (size_t i = 0; i < c->n_stats; i++)
         free(c->stats[i]);
     free(c->stats);
+    lmerge_tokenizer_spec_free(&c->tokenizer);
     memset(c, 0, sizeof(*c));
 }

@@ -4,6 +4,8 @@
 
 #include <stddef.h>
 
+#include "tokenizer.h"
+
 struct lmerge_param {
     char *key;
     char *value; /* scalar text as written */
@@ -36,6 +38,8 @@ struct lmerge_config {
     struct lmerge_param *purify;
     size_t n_purify;
     int purify_line;
+    /* tokenizer_source / tokenizer / chat_template (tokenizer_yaml.c) */
+    struct lmerge_tok_spec tokenizer;
 };
 
 /* Parse a config file. On failure returns -1 and writes a message naming

@@ -12,6 +12,7 @@
 
 #include "commands.h"
 #include "config.h"
+#include "tokenizer.h"
 
 struct run_opts {
     const char *config;
@@ -277,6 +278,8 @@ int lmerge_run(int argc, char **argv)
     lm_file_sink *sink = NULL;
     lm_output_dir *out = NULL;
     lm_stats *stats = NULL;
+    lmerge_tok_plan *tok = NULL;
+    lm_model **remapped = NULL;
     char *config_text = read_text(o.config);
     lm_context_options co = LM_CONTEXT_OPTIONS_INIT;
     co.n_threads = o.threads;
@@ -300,6 +303,12 @@ int lmerge_run(int argc, char **argv)
             goto done;
         }
     }
+    /* Tokenizer merging: the plan merges remapped copies (same tensors,
+     * embedding rows on the merged vocabulary). */
+    if (lmerge_tokenizer_prepare(ctx, &c, base, models, adapters, &tok,
+                                 &remapped))
+        goto done;
+    lm_model *plan_base = remapped && remapped[0] ? remapped[0] : base;
     if (lm_plan_create(ctx, c.merge_method, &plan)) {
         fprintf(stderr, "lmerge run: %s:%d: %s\n", o.config,
                 c.merge_method_line, lm_context_error(ctx));
@@ -318,12 +327,15 @@ int lmerge_run(int argc, char **argv)
             goto done;
         }
     }
-    lm_plan_set_base(plan, base);
+    lm_plan_set_base(plan, plan_base);
     for (size_t m = 0; m < c.n_models; m++) {
         if (adapters[m])
             lm_plan_add_lora(plan, adapters[m], weights[m]);
         else
-            lm_plan_add_model(plan, models[m], weights[m]);
+            lm_plan_add_model(plan, remapped && remapped[m + 1]
+                                        ? remapped[m + 1]
+                                        : models[m],
+                              weights[m]);
     }
     double tuned_keep = NAN;
     if (lmerge_apply_stats(ctx, plan, &c, o.config, &stats) ||
@@ -334,8 +346,8 @@ int lmerge_run(int argc, char **argv)
                 "rows\n", tuned_keep);
 
     uint64_t total = 0;
-    for (size_t i = 0; i < lm_model_count(base); i++) {
-        const lm_tensor *t = lm_model_tensor(base, i);
+    for (size_t i = 0; i < lm_model_count(plan_base); i++) {
+        const lm_tensor *t = lm_model_tensor(plan_base, i);
         total += lm_tensor_numel(t) *
                  lm_dtype_size(dtype_name ? out_dtype : lm_tensor_dtype(t));
     }
@@ -371,7 +383,7 @@ int lmerge_run(int argc, char **argv)
     if (rank_count() > 1) {
 #ifdef LMERGE_MPI
         /* Each failing rank has printed its rank, tensor and message. */
-        if (lmerge_mpi_execute(ctx, plan, base, dtype_name != NULL, out_dtype,
+        if (lmerge_mpi_execute(ctx, plan, plan_base, dtype_name != NULL, out_dtype,
                                c.merge_method, sink))
             goto done;
 #endif
@@ -394,6 +406,11 @@ int lmerge_run(int argc, char **argv)
         fprintf(stderr, "lmerge run: %s\n", err);
         goto done;
     }
+    /* The merged tokenizer's files replace the base's copies. */
+    if (tok && lmerge_tokenizer_write(tok, staging, err, sizeof(err))) {
+        fprintf(stderr, "lmerge run: %s\n", err);
+        goto done;
+    }
     if (lmerge_interrupted())
         goto done;
     if (lm_output_dir_commit(out)) {
@@ -407,7 +424,7 @@ int lmerge_run(int argc, char **argv)
         printf("{\"status\": \"ok\", \"method\": \"%s\", \"models\": %zu, "
                "\"tensors\": %zu, \"bytes\": %llu, \"seconds\": %.3f, "
                "\"files\": [", c.merge_method, c.n_models,
-               lm_model_count(base), (unsigned long long)total, secs);
+               lm_model_count(plan_base), (unsigned long long)total, secs);
         for (size_t i = 0; i < lm_file_sink_file_count(sink); i++)
             printf("%s\"%s/%s\"", i ? ", " : "", o.out_dir,
                    strrchr(lm_file_sink_file(sink, i), '/') + 1);
@@ -418,7 +435,7 @@ int lmerge_run(int argc, char **argv)
     } else if (!o.quiet) {
         bool small = total < 1000000;
         printf("merged %zu models with %s: %zu tensors, %.1f %s in %.2f s -> "
-               "%s\n", c.n_models, c.merge_method, lm_model_count(base),
+               "%s\n", c.n_models, c.merge_method, lm_model_count(plan_base),
                small ? total / 1e3 : total / 1e6, small ? "kB" : "MB", secs,
                o.out_dir);
     }
@@ -428,6 +445,7 @@ done:
     lm_output_dir_destroy(out); /* removes the staging directory on failure */
     lm_plan_destroy(plan);
     lm_stats_destroy(stats);
+    lmerge_tokenizer_release(tok, remapped, c.n_models + 1);
     for (size_t m = 0; models && adapters && m < c.n_models; m++) {
         lm_model_destroy(models[m]);
         lm_lora_destroy(adapters[m]);
