@@ -61,15 +61,21 @@ def dyadic(rng, shape):
 
 
 def write_model(path, vocab, merges, added_tokens, rows, vocab_size, rng,
-                tied=False, extra_files=None):
-    """A model directory: safetensors weights, config.json, tokenizer files."""
+                tied=False, extra_files=None, bf16=False):
+    """A model directory: safetensors weights, config.json, tokenizer files.
+    bf16: tensors stored as bf16 (the values are exact in bf16)."""
     path.mkdir()
     tensors = {EMB: dyadic(rng, (rows, WIDTH)),
                "model.layers.0.mlp.up_proj.weight": dyadic(rng, (16, WIDTH)),
                "model.norm.weight": dyadic(rng, (WIDTH,))}
     if not tied:
         tensors[HEAD] = dyadic(rng, (rows, WIDTH))
-    st_format.write(path / "model.safetensors", tensors)
+    if bf16:
+        st_format.write(path / "model.safetensors",
+                        {k: (v.view(np.uint32) >> 16).astype(np.uint16)
+                         for k, v in tensors.items()}, bf16=list(tensors))
+    else:
+        st_format.write(path / "model.safetensors", tensors)
     (path / "config.json").write_text(json.dumps(
         {"model_type": "llama", "architectures": ["LlamaForCausalLM"],
          "hidden_size": WIDTH, "vocab_size": vocab_size,
@@ -88,7 +94,7 @@ def write_model(path, vocab, merges, added_tokens, rows, vocab_size, rng,
     return tensors
 
 
-def make_models(tmp_path, base_vocab_size=41, base_rows=41):
+def make_models(tmp_path, base_vocab_size=41, base_rows=41, bf16=False):
     """base: 40 plain tokens + <|endoftext|>; A adds the plain token "ll"
     (so its <|endoftext|> moves to 41) and <|im_start|>, <|im_end|>; B adds
     <|tool|> and <|im_start|> at other ids, pads its matrices to 48 rows and
@@ -99,17 +105,19 @@ def make_models(tmp_path, base_vocab_size=41, base_rows=41):
     models["base"] = (write_model(tmp_path / "base", BASE_VOCAB, MERGES,
                                   [added(40, eot)], base_rows, base_vocab_size,
                                   rng, extra_files={"vocab.json": "{}",
-                                                    "merges.txt": "#\n"}),
+                                                    "merges.txt": "#\n"}, bf16=bf16),
                       tmp_path / "base")
     models["a"] = (write_model(tmp_path / "a", BASE_VOCAB + ["ll"], MERGES + ["l l"],
                                [added(41, eot), added(42, "<|im_start|>"),
                                 added(43, "<|im_end|>")], 44, 44, rng,
                                extra_files={"chat_template.jinja":
-                                            "{% for m in messages %}A{{ m.content }}{% endfor %}\n"}),
+                                            "{% for m in messages %}A{{ m.content }}{% endfor %}\n"},
+                               bf16=bf16),
                    tmp_path / "a")
     models["b"] = (write_model(tmp_path / "b", BASE_VOCAB, MERGES,
                                [added(40, eot), added(41, "<|tool|>"),
-                                added(42, "<|im_start|>")], 48, 48, rng, tied=True),
+                                added(42, "<|im_start|>")], 48, 48, rng, tied=True,
+                               bf16=bf16),
                    tmp_path / "b")
     return models
 
@@ -447,3 +455,29 @@ tokenizer_source: union
     assert got_tokens == out_tokens
     tok = json.loads((out / "tokenizer.json").read_text())
     assert tok["model"]["type"] == "Unigram" and len(tok["model"]["vocab"]) == len(pieces)
+
+
+def test_bf16_models_keep_their_rows(tmp_path):
+    # bf16 inputs: rows are copied in bf16 and the means rounded once; the
+    # values (multiples of 1/16) and the results here are exact in bf16.
+    models = make_models(tmp_path, bf16=True)
+    r, out = merge(tmp_path, models, "tokenizer_source: union\ndtype: bfloat16\n")
+    _tokens, want = reference(models, "union")
+    tensors, _m, _h = st_format.read(out / "model.safetensors")
+    for name, w in want.items():
+        assert tensors[name].dtype == np.uint16
+        assert np.array_equal(tensors[name], (w.view(np.uint32) >> 16).astype(np.uint16)), name
+
+
+def test_model_source_outside_the_merge(tmp_path):
+    # tokenizer_source may name a model that is not merged (mergekit loads
+    # its tokenizer only): here a copy of A's tokenizer files.
+    models = make_models(tmp_path)
+    donor = tmp_path / "donor"
+    donor.mkdir()
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (donor / f).write_bytes((models["a"][1] / f).read_bytes())
+    r, out = merge(tmp_path, models, f"tokenizer_source: {donor}\n")
+    out_tokens, want = reference(models, "a")
+    check_tensors(out, want, slice(None))
+    assert vocab_of(out)[0] == out_tokens
