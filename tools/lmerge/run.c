@@ -237,6 +237,33 @@ static int begin_output(lm_context *ctx, const struct run_opts *o,
     return st != LM_OK;
 }
 
+/* The config's inputs for tokenizer merging: the base, then the models
+ * (NULL for a LoRA adapter). */
+static int prepare_tokenizer(lm_context *ctx, const struct lmerge_config *c,
+                             lm_model *base, lm_model *const *models,
+                             lmerge_tok_plan **tok, lm_model ***remapped)
+{
+    size_t n = c->n_models + 1;
+    const char **paths = calloc(n, sizeof(*paths));
+    lm_model **in = calloc(n, sizeof(*in));
+    int rc = -1;
+    if (paths && in) {
+        paths[0] = c->base_model;
+        in[0] = base;
+        for (size_t m = 0; m < c->n_models; m++) {
+            paths[m + 1] = c->models[m].path;
+            in[m + 1] = models[m];
+        }
+        rc = lmerge_tokenizer_prepare(ctx, &c->tokenizer, paths, in, n, tok,
+                                      remapped);
+    } else {
+        fprintf(stderr, "lmerge run: out of memory\n");
+    }
+    free(paths);
+    free(in);
+    return rc;
+}
+
 /* Rank and rank count under MPI; 0 and 1 otherwise. */
 static int my_rank(void)
 {
@@ -305,8 +332,7 @@ int lmerge_run(int argc, char **argv)
     }
     /* Tokenizer merging: the plan merges remapped copies (same tensors,
      * embedding rows on the merged vocabulary). */
-    if (lmerge_tokenizer_prepare(ctx, &c, base, models, adapters, &tok,
-                                 &remapped))
+    if (prepare_tokenizer(ctx, &c, base, models, &tok, &remapped))
         goto done;
     lm_model *plan_base = remapped && remapped[0] ? remapped[0] : base;
     if (lm_plan_create(ctx, c.merge_method, &plan)) {

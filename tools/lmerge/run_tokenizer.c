@@ -5,70 +5,52 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "config.h"
 #include "tokenizer.h"
 
-int lmerge_tokenizer_prepare(lm_context *ctx, const struct lmerge_config *c,
-                             lm_model *base, lm_model *const *models,
-                             lm_lora *const *adapters, lmerge_tok_plan **tp,
+int lmerge_tokenizer_prepare(lm_context *ctx,
+                             const struct lmerge_tok_spec *spec,
+                             const char *const *paths, lm_model *const *in,
+                             size_t n, lmerge_tok_plan **tp,
                              lm_model ***remapped)
 {
     *tp = NULL;
     *remapped = NULL;
-    size_t n = c->n_models + 1;
-    const char **paths = calloc(n, sizeof(*paths));
-    lm_model **in = calloc(n, sizeof(*in));
-    lm_model **out = calloc(n, sizeof(*out));
+    lm_model **out = calloc(n ? n : 1, sizeof(*out));
     char err[1024];
-    int rc = -1;
-    if (!paths || !in || !out) {
+    if (!out) {
         fprintf(stderr, "lmerge run: out of memory\n");
-        goto done;
+        return -1;
     }
-    paths[0] = c->base_model;
-    in[0] = base;
-    for (size_t m = 0; m < c->n_models; m++) {
-        paths[m + 1] = c->models[m].path;
-        in[m + 1] = models[m];
-        if (adapters[m] && c->tokenizer.source) {
-            fprintf(stderr, "lmerge run: line %d: '%s' is a LoRA adapter; "
-                    "tokenizer merging remaps the embeddings of full "
-                    "models\n", c->models[m].line, c->models[m].path);
-            goto done;
+    for (size_t i = 0; spec->source && i < n; i++) {
+        if (!in[i]) {
+            fprintf(stderr, "lmerge run: '%s' is a LoRA adapter; tokenizer "
+                    "merging remaps the embeddings of full models\n",
+                    paths[i]);
+            free(out);
+            return -1;
         }
     }
-    if (c->tokenizer.source || c->tokenizer.chat_template) {
-        if (lmerge_tokenizer_plan(&c->tokenizer, paths, n, tp, err,
-                                  sizeof(err)) ||
-            lmerge_tokenizer_remap(*tp, ctx, in, out, err, sizeof(err))) {
-            fprintf(stderr, "lmerge run: %s\n", err);
-            lmerge_tokenizer_plan_free(*tp);
-            *tp = NULL;
-            goto done;
-        }
+    int rc = 0;
+    if (spec->source || spec->chat_template)
+        rc = lmerge_tokenizer_plan(spec, paths, n, tp, err, sizeof(err)) ||
+             lmerge_tokenizer_remap(*tp, ctx, in, out, err, sizeof(err));
+    bool cut = false;
+    if (rc == 0 && !spec->source)
+        rc = lmerge_tokenizer_rectify(ctx, in, n, out, &cut, err,
+                                      sizeof(err));
+    if (rc) {
+        fprintf(stderr, "lmerge run: %s\n", err);
+        lmerge_tokenizer_plan_free(*tp);
+        *tp = NULL;
+        free(out);
+        return -1;
     }
-    if (!c->tokenizer.source) {
-        bool cut = false;
-        if (lmerge_tokenizer_rectify(ctx, in, n, out, &cut, err,
-                                     sizeof(err))) {
-            fprintf(stderr, "lmerge run: %s\n", err);
-            lmerge_tokenizer_plan_free(*tp);
-            *tp = NULL;
-            goto done;
-        }
-        if (cut)
-            fprintf(stderr, "lmerge run: note: the embedding matrices have "
-                    "different row counts and no tokenizer source is given; "
-                    "merging their common leading rows (as mergekit)\n");
-    }
+    if (cut)
+        fprintf(stderr, "lmerge run: note: the embedding matrices have "
+                "different row counts and no tokenizer source is given; "
+                "merging their common leading rows (as mergekit)\n");
     *remapped = out;
-    out = NULL;
-    rc = 0;
-done:
-    free(paths);
-    free(in);
-    free(out);
-    return rc;
+    return 0;
 }
 
 void lmerge_tokenizer_release(lmerge_tok_plan *tp, lm_model **remapped,

@@ -88,16 +88,18 @@ int lmerge_tokenizer_rectify(lm_context *ctx, lm_model *const *in, size_t n,
                              lm_model **out, bool *cut, char *err,
                              size_t err_size);
 
-/* run_tokenizer.c, for lmerge run: with tokenizer_source / tokenizer /
- * chat_template in the config, the plan (*tp); *remapped, an array of
- * c->n_models + 1 models (the base first; entries NULL where the opened
- * model is merged as it is) to merge in place of the opened ones: the
- * remapped models, or without a tokenizer source the common-rows views.
- * Prints the error and returns -1 on failure. */
-struct lmerge_config;
-int lmerge_tokenizer_prepare(lm_context *ctx, const struct lmerge_config *c,
-                             lm_model *base, lm_model *const *models,
-                             lm_lora *const *adapters, lmerge_tok_plan **tp,
+/* run_tokenizer.c, for lmerge run. paths[0..n) are the merge's inputs
+ * (the base first; a path may repeat) and in[i] the model opened from
+ * paths[i] (NULL: a LoRA adapter, refused when a tokenizer source is
+ * given). With a tokenizer source or chat_template: the plan (*tp, NULL
+ * otherwise). *remapped: n models (entries NULL where in[i] is merged as it
+ * is) to merge in place of in[i]: the remapped models, or without a
+ * tokenizer source the common-rows views. in[] must outlive them. Prints
+ * the error and returns -1 on failure. */
+int lmerge_tokenizer_prepare(lm_context *ctx,
+                             const struct lmerge_tok_spec *spec,
+                             const char *const *paths, lm_model *const *in,
+                             size_t n, lmerge_tok_plan **tp,
                              lm_model ***remapped);
 void lmerge_tokenizer_release(lmerge_tok_plan *tp, lm_model **remapped,
                               size_t n);
