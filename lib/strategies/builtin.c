@@ -21,6 +21,13 @@ static const lm_strategy_vtable *const builtins[] = {
     &lm__nearswap_strategy,
     &lm__arcee_fusion_strategy,
     &lm__passthrough_strategy,
+    &lm__breadcrumbs_strategy,
+    &lm__breadcrumbs_ties_strategy,
+    &lm__della_strategy,
+    &lm__della_linear_strategy,
+    &lm__sce_strategy,
+    &lm__ram_strategy,
+    &lm__ramplus_tl_strategy,
 };
 
 lm_status lm__register_builtin_strategies(lm_context *ctx)

@@ -26,6 +26,14 @@ extern const lm_strategy_vtable lm__model_stock_strategy;
 extern const lm_strategy_vtable lm__nearswap_strategy;
 extern const lm_strategy_vtable lm__arcee_fusion_strategy;
 extern const lm_strategy_vtable lm__passthrough_strategy;
+/* mergekit's sparsification family (sparsify.h) */
+extern const lm_strategy_vtable lm__breadcrumbs_strategy;
+extern const lm_strategy_vtable lm__breadcrumbs_ties_strategy;
+extern const lm_strategy_vtable lm__della_strategy;
+extern const lm_strategy_vtable lm__della_linear_strategy;
+extern const lm_strategy_vtable lm__sce_strategy;
+extern const lm_strategy_vtable lm__ram_strategy;
+extern const lm_strategy_vtable lm__ramplus_tl_strategy;
 
 /* job->out[i] = scale * sum_t weights[t] * deltas[t][i], accumulated in
  * f64 and rounded once. */

@@ -109,13 +109,18 @@ void lm__sign_merge(const float *const *tasks, const double *weights,
         int sign = vote >= 0 ? 1 : -1;
         double num = 0.0, den = 0.0;
         for (size_t t = 0; t < n_tasks; t++) {
-            float v = tasks[t][i];
-            if (v == 0.0f || (v > 0) != (sign > 0))
+            double v = tasks[t][i];
+            /* Agreement is judged on the values that voted. */
+            double a = o->weights_in_election ? v * weights[t] : v;
+            if (a == 0.0 || (a > 0) != (sign > 0))
                 continue;
-            num += weights[t] * (double)v;
+            num += weights[t] * v;
             den += o->divide == LM_DIVIDE_WEIGHTS ? weights[t] : 1.0;
         }
-        out[i] = den != 0.0 ? (float)(num / den) : 0.0f;
+        /* No agreeing task leaves num = 0; weights that cancel divide by
+         * 1 (mergekit's divisor rule). */
+        out[i] = (float)(o->divide == LM_DIVIDE_NONE || den == 0.0 ? num
+                                                                   : num / den);
     }
 }
 
@@ -129,8 +134,9 @@ lm_status lm__sign_merge_params(const lm_params *p,
     LM_TRY(lm_params_get_bool(p, "weights_in_election", &in_election));
     o->consensus = strcmp(consensus, "count") ? LM_CONSENSUS_SUM
                                               : LM_CONSENSUS_COUNT;
-    o->divide = strcmp(divide, "weights") ? LM_DIVIDE_COUNT
-                                          : LM_DIVIDE_WEIGHTS;
+    o->divide = !strcmp(divide, "weights") ? LM_DIVIDE_WEIGHTS
+                : !strcmp(divide, "none")    ? LM_DIVIDE_NONE
+                                             : LM_DIVIDE_COUNT;
     o->weights_in_election = in_election != 0;
     return LM_OK;
 }

@@ -6,7 +6,7 @@
 #include "strategies/builtin.h"
 
 enum lm__consensus { LM_CONSENSUS_SUM, LM_CONSENSUS_COUNT };
-enum lm__divide { LM_DIVIDE_COUNT, LM_DIVIDE_WEIGHTS };
+enum lm__divide { LM_DIVIDE_COUNT, LM_DIVIDE_WEIGHTS, LM_DIVIDE_NONE };
 
 struct lm__sign_merge_opts {
     enum lm__consensus consensus;
@@ -29,12 +29,16 @@ void lm__dare_mask(float *x, size_t n, double density, bool rescale,
                    uint64_t seed, size_t task);
 
 /* Elect a sign per entry over tasks and average the agreeing entries.
- * tasks[t][i] are (trimmed) task vectors; out[i] = the disjoint merge. */
+ * tasks[t][i] are (trimmed) task vectors; out[i] = the disjoint merge:
+ * sum of w_t tasks[t][i] over the tasks whose value (weighted when
+ * weights_in_election, as mergekit) is non-zero with the elected sign,
+ * divided by their count, their weights (a zero sum divides by 1, as
+ * mergekit) or nothing (LM_DIVIDE_NONE, mergekit's normalize=false). */
 void lm__sign_merge(const float *const *tasks, const double *weights,
                     size_t n_tasks, size_t n, const struct lm__sign_merge_opts *o,
                     float *out);
 
-/* Read consensus/divide/weights_in_election parameters. */
+/* Read consensus/divide/weights_in_election parameters (per tensor). */
 lm_status lm__sign_merge_params(const lm_params *p,
                                 struct lm__sign_merge_opts *o);
 

@@ -1,21 +1,37 @@
-/* `task_arithmetic` (Ilharco et al. 2023): base + lambda * sum_t w_t tau_t.
- * Matches mergekit's task_arithmetic with normalize=false. */
-#include "strategies/builtin.h"
+/* `task_arithmetic` (Ilharco et al. 2023): base + lambda * sum_t w_t tau_t,
+ * optionally divided by sum_t w_t (`normalize`, mergekit's option: a sum
+ * with |sum| < 1e-8 divides by 1). Matches mergekit's task_arithmetic
+ * (github.com/arcee-ai/mergekit, generalized_task_arithmetic.py). */
+#include "strategies/sparsify.h"
 
 static const lm_param_desc ta_params[] = {
     {sizeof(lm_param_desc), "lambda", LM_PARAM_FLOAT, 1.0, -10.0, 10.0, NULL,
      "scale of the summed task vectors (papers tune it; 0.3-0.5 is common)",
-     LM_PARAM_PER_TENSOR},
+     LM__PER_TENSOR},
+    {sizeof(lm_param_desc), "normalize", LM_PARAM_BOOL, 0.0, 0.0, 1.0, NULL,
+     "divide by the sum of the weights (mergekit; |sum| < 1e-8: by 1)",
+     LM__PER_TENSOR},
 };
 
-/* lambda is read per tensor: mergekit configs may give it a gradient. */
+static lm_status ta_init(const lm_strategy_init_info *info, void **state,
+                         void *user)
+{
+    (void)user;
+    /* Parameters are read per tensor; the state only remembers them. */
+    *state = (void *)info->params;
+    return LM_OK;
+}
+
 static lm_status ta_merge(void *state, const lm_tensor_job *job, void *user)
 {
-    (void)state;
     (void)user;
+    const lm_params *p = lm__job_params(job, state);
     double lambda;
-    LM_TRY(lm_params_get_float(job->params, "lambda", &lambda));
-    lm__weighted_sum(job, lambda);
+    int normalize;
+    LM_TRY(lm_params_get_float(p, "lambda", &lambda));
+    LM_TRY(lm_params_get_bool(p, "normalize", &normalize));
+    lm__gta_combine(job->deltas, job->weights, job->n_models, job->numel,
+                    false, normalize != 0, lambda, job->out);
     return LM_OK;
 }
 
@@ -26,5 +42,6 @@ const lm_strategy_vtable lm__task_arithmetic_strategy = {
     .description = "base + lambda * sum of weighted task vectors",
     .params = ta_params,
     .n_params = sizeof(ta_params) / sizeof(ta_params[0]),
+    .init = ta_init,
     .merge_tensor = ta_merge,
 };

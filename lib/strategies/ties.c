@@ -4,56 +4,69 @@
  * paper, PEFT and mergekit (docs/methods/ties_dare.md). */
 #include <string.h>
 
-#include "strategies/sign_merge.h"
+#include "strategies/sparsify.h"
 
 #define SIGN_MERGE_PARAMS                                                   \
     {sizeof(lm_param_desc), "consensus", LM_PARAM_CHOICE, 0, 0, 0,          \
-     "sum|count", "elect the sign of the sum (paper) or the majority", 0},     \
+     "sum|count", "elect the sign of the sum (paper) or the majority", 0},  \
     {sizeof(lm_param_desc), "divide", LM_PARAM_CHOICE, 0, 0, 0,             \
-     "count|weights",                                                       \
-     "disjoint mean over agreeing tasks (paper, PEFT) or divide by their "  \
-     "weights (mergekit normalize)", 0},                                       \
+     "count|weights|none",                                                  \
+     "disjoint mean over agreeing tasks (paper, PEFT), divide by their "    \
+     "weights (mergekit normalize=true) or not at all (normalize=false)", 0}, \
     {sizeof(lm_param_desc), "weights_in_election", LM_PARAM_BOOL, 0.0, 0.0, \
-     1.0, NULL, "weight task vectors before the sign election (mergekit)", 0}
+     1.0, NULL, "weight task vectors before the sign election (mergekit)", \
+     LM__PER_TENSOR}
 
 static const lm_param_desc ties_params[] = {
     {sizeof(lm_param_desc), "density", LM_PARAM_FLOAT, 0.2, 1e-6, 1.0, NULL,
-     "fraction of each task vector's entries kept, by magnitude", 0},
+     "fraction of each task vector's entries kept, by magnitude",
+     LM__PER_MODEL},
     {sizeof(lm_param_desc), "lambda", LM_PARAM_FLOAT, 1.0, -10.0, 10.0, NULL,
-     "scale of the merged task vector", 0},
+     "scale of the merged task vector", LM__PER_TENSOR},
+    {sizeof(lm_param_desc), "rescale", LM_PARAM_BOOL, 0.0, 0.0, 1.0, NULL,
+     "rescale each trimmed task vector to its L1 norm before (mergekit)",
+     LM__PER_TENSOR},
     SIGN_MERGE_PARAMS,
 };
 
+#define RESCALE_MODE_PARAM                                                  \
+    {sizeof(lm_param_desc), "rescale_mode", LM_PARAM_CHOICE, 0, 0, 0,       \
+     "density|l1",                                                          \
+     "with rescale: divide kept entries by density (paper) or restore the " \
+     "task vector's L1 norm (mergekit 0.1+)", 0}
+
 static const lm_param_desc dare_ties_params[] = {
     {sizeof(lm_param_desc), "density", LM_PARAM_FLOAT, 0.1, 1e-6, 1.0, NULL,
-     "keep probability of each entry (1 - drop rate)", 0},
+     "keep probability of each entry (1 - drop rate)", LM__PER_MODEL},
     {sizeof(lm_param_desc), "lambda", LM_PARAM_FLOAT, 1.0, -10.0, 10.0, NULL,
-     "scale of the merged task vector", 0},
+     "scale of the merged task vector", LM__PER_TENSOR},
     {sizeof(lm_param_desc), "rescale", LM_PARAM_BOOL, 1.0, 0.0, 1.0, NULL,
-     "divide kept entries by density", 0},
+     "rescale kept entries (how: rescale_mode)", LM__PER_TENSOR},
+    RESCALE_MODE_PARAM,
     SIGN_MERGE_PARAMS,
 };
 
 static const lm_param_desc dare_linear_params[] = {
     {sizeof(lm_param_desc), "density", LM_PARAM_FLOAT, 0.1, 1e-6, 1.0, NULL,
-     "keep probability of each entry (1 - drop rate)", 0},
+     "keep probability of each entry (1 - drop rate)", LM__PER_MODEL},
     {sizeof(lm_param_desc), "lambda", LM_PARAM_FLOAT, 1.0, -10.0, 10.0, NULL,
-     "scale of the merged task vector", 0},
+     "scale of the merged task vector", LM__PER_TENSOR},
     {sizeof(lm_param_desc), "rescale", LM_PARAM_BOOL, 1.0, 0.0, 1.0, NULL,
-     "divide kept entries by density", 0},
+     "rescale kept entries (how: rescale_mode)", LM__PER_TENSOR},
+    RESCALE_MODE_PARAM,
     {sizeof(lm_param_desc), "normalize", LM_PARAM_BOOL, 0.0, 0.0, 1.0, NULL,
-     "divide the weighted sum by the sum of weights", 0},
+     "divide the weighted sum by the sum of weights (|sum| < 1e-8: by 1)",
+     LM__PER_TENSOR},
 };
 
 enum sparsify { TRIM_MAGNITUDE, DROP_RANDOM };
 
+/* Everything is read per tensor (per-tensor and per-model values). */
 struct sparse_state {
     lm_context *ctx;
+    const lm_params *params;
     enum sparsify how;
     bool elect; /* sign election + disjoint merge, else weighted sum */
-    double density, lambda, scale;
-    bool rescale;
-    struct lm__sign_merge_opts opts;
 };
 
 static lm_status init_common(const lm_strategy_init_info *info, void **state,
@@ -63,38 +76,9 @@ static lm_status init_common(const lm_strategy_init_info *info, void **state,
     if (!s)
         return LM_ERR_OUT_OF_MEMORY;
     s->ctx = info->ctx;
+    s->params = info->params;
     s->how = how;
     s->elect = elect;
-    s->scale = 1.0;
-    lm_status st = lm_params_get_float(info->params, "density", &s->density);
-    if (st == LM_OK)
-        st = lm_params_get_float(info->params, "lambda", &s->lambda);
-    if (st == LM_OK && how == DROP_RANDOM) {
-        int rescale;
-        st = lm_params_get_bool(info->params, "rescale", &rescale);
-        s->rescale = rescale != 0;
-    }
-    if (st == LM_OK && elect)
-        st = lm__sign_merge_params(info->params, &s->opts);
-    if (st == LM_OK && !elect) {
-        int normalize;
-        st = lm_params_get_bool(info->params, "normalize", &normalize);
-        double wsum = 0;
-        for (size_t t = 0; t < info->n_models; t++)
-            wsum += info->weights[t];
-        if (st == LM_OK && normalize) {
-            if (wsum == 0)
-                st = lm_context_set_error(info->ctx, LM_ERR_OUT_OF_RANGE,
-                                          "dare_linear: the weights sum to 0; "
-                                          "cannot normalize");
-            else
-                s->scale = 1.0 / wsum;
-        }
-    }
-    if (st != LM_OK) {
-        lm_free(info->ctx, s);
-        return st;
-    }
     *state = s;
     return LM_OK;
 }
@@ -119,11 +103,41 @@ static lm_status dare_linear_init(const lm_strategy_init_info *i, void **s,
     return init_common(i, s, DROP_RANDOM, false);
 }
 
+struct tensor_opts {
+    double lambda;
+    bool rescale, l1, normalize;
+    struct lm__sign_merge_opts sign;
+};
+
+static lm_status read_opts(const struct sparse_state *s, const lm_params *p,
+                           struct tensor_opts *o)
+{
+    int flag;
+    memset(o, 0, sizeof(*o));
+    LM_TRY(lm_params_get_float(p, "lambda", &o->lambda));
+    LM_TRY(lm_params_get_bool(p, "rescale", &flag));
+    o->rescale = flag != 0;
+    o->l1 = s->how == TRIM_MAGNITUDE; /* ties' rescale is mergekit's */
+    if (s->how == DROP_RANDOM) {
+        const char *mode;
+        LM_TRY(lm_params_get_choice(p, "rescale_mode", &mode));
+        o->l1 = strcmp(mode, "l1") == 0;
+    }
+    if (s->elect)
+        return lm__sign_merge_params(p, &o->sign);
+    LM_TRY(lm_params_get_bool(p, "normalize", &flag));
+    o->normalize = flag != 0;
+    return LM_OK;
+}
+
 static lm_status sparse_merge(void *state, const lm_tensor_job *job,
                               void *user)
 {
     (void)user;
     const struct sparse_state *s = state;
+    const lm_params *p = lm__job_params(job, s->params);
+    struct tensor_opts o;
+    LM_TRY(read_opts(s, p, &o));
     size_t n = job->numel, k = job->n_models;
     /* Sparsified copies of every task vector, then one scratch row. */
     float *buf = lm__calloc(job->ctx, n * (k + 1) + 1, sizeof(float));
@@ -136,31 +150,37 @@ static lm_status sparse_merge(void *state, const lm_tensor_job *job,
                                     job->name);
     }
     float *scratch = buf + n * k;
-    size_t keep = lm__density_count(s->density, n);
-    for (size_t t = 0; t < k; t++) {
+    lm_status st = LM_OK;
+    for (size_t t = 0; t < k && st == LM_OK; t++) {
         float *x = buf + n * t;
+        double density;
+        st = lm__task_param(job, s->params, "density", t, &density);
+        if (st != LM_OK)
+            break;
         memcpy(x, job->deltas[t], n * sizeof(float));
-        if (s->how == TRIM_MAGNITUDE)
-            lm__keep_top_k(x, n, keep, scratch);
-        else
-            lm__dare_mask(x, n, s->density, s->rescale, job->seed, t);
+        /* density 1 keeps everything untouched (no rescale either). */
+        if (s->how == TRIM_MAGNITUDE && density < 1.0) {
+            lm__keep_top_k(x, n, lm__density_count(density, n), scratch);
+            if (o.rescale)
+                lm__rescale_l1(job->deltas[t], x, n);
+        } else if (s->how == DROP_RANDOM && density < 1.0) {
+            lm__dare_mask(x, n, density, o.rescale && !o.l1, job->seed, t);
+            if (o.rescale && o.l1)
+                lm__rescale_l1(job->deltas[t], x, n);
+        }
         rows[t] = x;
     }
-    if (s->elect) {
-        lm__sign_merge(rows, job->weights, k, n, &s->opts, job->out);
+    if (st == LM_OK && s->elect) {
+        lm__sign_merge(rows, job->weights, k, n, &o.sign, job->out);
         for (size_t i = 0; i < n; i++)
-            job->out[i] = (float)(s->lambda * job->out[i]);
-    } else {
-        for (size_t i = 0; i < n; i++) {
-            double acc = 0;
-            for (size_t t = 0; t < k; t++)
-                acc += job->weights[t] * (double)rows[t][i];
-            job->out[i] = (float)(s->lambda * s->scale * acc);
-        }
+            job->out[i] = (float)(o.lambda * job->out[i]);
+    } else if (st == LM_OK) {
+        lm__gta_combine(rows, job->weights, k, n, false, o.normalize,
+                        o.lambda, job->out);
     }
     lm_free(job->ctx, buf);
     lm_free(job->ctx, (void *)rows);
-    return LM_OK;
+    return st;
 }
 
 static void sparse_fini(void *state, void *user)

@@ -87,8 +87,9 @@ START_TEST(builtins_are_registered)
     const lm_strategy_vtable *vt = NULL;
     ck_assert_ok(lm_strategy_find(ctx, "task_arithmetic", &vt));
     ck_assert_str_eq(vt->name, "task_arithmetic");
-    ck_assert_uint_eq(vt->n_params, 1);
+    ck_assert_uint_eq(vt->n_params, 2);
     ck_assert_str_eq(vt->params[0].name, "lambda");
+    ck_assert_str_eq(vt->params[1].name, "normalize");
     ck_assert_ok(lm_strategy_find(ctx, "average", &vt));
     ck_assert_str_eq(lm_strategy_at(ctx, 0)->name, "average");
     ck_assert_ptr_null(lm_strategy_at(ctx, 1000));

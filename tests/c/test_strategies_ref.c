@@ -1,6 +1,7 @@
 /* Every built-in strategy against the numpy references, from C: each case
  * of tests/fixtures/strategies (written once by
- * tests/fixtures/gen_strategy_fixtures.py from tests/python/reference.py)
+ * tests/fixtures/gen_strategy_fixtures.py from tests/python/reference.py
+ * and tests/python/mergekit_reference.py)
  * is merged through the public API exactly as a C host would (wrapped
  * tensors, lm_plan_set_string, observed statistics) with 1 and with 4
  * threads; the two results must be bit-identical and match the reference
@@ -32,6 +33,17 @@ static const struct {
     {"ties", 1e-6},
     {"dare_linear", 1e-6},
     {"dare_ties", 1e-6},
+    /* mergekit's sparsification family: elementwise too; the L1 rescale
+     * adds one f32 rounding of a scale computed in f64, SCE's weights and
+     * RAM+'s factors are f64/f32 scalars (measured: at most 23% of the
+     * bound). */
+    {"breadcrumbs", 1e-6},
+    {"breadcrumbs_ties", 1e-6},
+    {"della", 1e-6},
+    {"della_linear", 1e-6},
+    {"sce", 1e-6},
+    {"ram", 1e-6},
+    {"ramplus_tl", 1e-6},
     /* SVD methods and ESM: f64 LAPACK on both sides but by different
      * routes (numpy's SVD against dgesdd with canonical signs; polar
      * factors from the Gram matrix's eigendecomposition, error ~ eps *

@@ -57,10 +57,14 @@ def sign_merge(tasks, weights, consensus="sum", divide="count", weights_in_elect
     v = t * w if weights_in_election else t
     vote = np.sign(v).sum(0) if consensus == "count" else v.sum(0)
     sign = np.where(vote >= 0, 1.0, -1.0)
-    agree = (t != 0) & (np.sign(t) == sign)
+    # Agreement is judged on the values that voted (mergekit's mask on the
+    # weighted task vectors); a zero divisor divides by 1 (mergekit).
+    agree = (v != 0) & (np.sign(v) == sign)
     num = (w * t * agree).sum(0)
+    if divide == "none":
+        return num
     den = (w * agree).sum(0) if divide == "weights" else agree.sum(0)
-    return np.where(den != 0, num / np.where(den == 0, 1, den), 0.0)
+    return num / np.where(den == 0, 1, den)
 
 
 def ties(tasks, weights, density=0.2, lam=1.0, **opts):

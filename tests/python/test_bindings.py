@@ -122,7 +122,8 @@ def test_methods_and_info():
     names = libmerge.methods()
     assert "average" in names and "task_arithmetic" in names
     info = libmerge.method_info("task_arithmetic")
-    (lam,) = info["params"]
+    lam, norm = info["params"]
+    assert norm["name"] == "normalize" and norm["default"] is False
     assert lam["name"] == "lambda" and lam["type"] == "float"
     assert lam["default"] == 1.0 and lam["min"] == -10.0 and lam["max"] == 10.0
     avg = libmerge.method_info("average")["params"][0]
