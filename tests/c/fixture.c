@@ -229,10 +229,12 @@ void fx_load_case(const char *path, fx_case *c)
         char *kw = lex_word(&lx, "end");
         if (strcmp(kw, "end") == 0)
             break;
-        if (strcmp(kw, "param") == 0) {
+        if (strcmp(kw, "param") == 0 || strcmp(kw, "param_model") == 0) {
             c->params = grow(c->params, c->n_params + 1, sizeof(fx_param));
+            int per_model = strcmp(kw, "param_model") == 0;
             fx_param *p = &c->params[c->n_params++];
             p->name = dup(lex_word(&lx, "param name"));
+            p->model = per_model ? lex_size(&lx, "param model") : FX_ALL_MODELS;
             p->value = dup(lex_word(&lx, "param value"));
         } else if (strcmp(kw, "expect") == 0) {
             read_expect(&lx, c);

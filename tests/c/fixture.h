@@ -34,7 +34,9 @@ typedef struct fx_inputs {
 
 typedef struct fx_param {
     char *name, *value;
+    size_t model; /* param_model: that model's value; FX_ALL_MODELS: param */
 } fx_param;
+#define FX_ALL_MODELS ((size_t)-1)
 
 typedef struct fx_expect { /* reference merged task vector, merged - base */
     char *name;

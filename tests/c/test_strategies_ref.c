@@ -116,15 +116,27 @@ static lm_model *merge(const fx_case *c, const fx_inputs *in, int n_threads,
     lm_plan *plan = NULL;
     ck_assert_ok(lm_plan_create(ctx, c->method, &plan));
     for (size_t i = 0; i < c->n_params; i++)
-        ck_assert_msg(lm_plan_set_string(plan, c->params[i].name,
-                                         c->params[i].value) == LM_OK,
-                      "%s=%s: %s", c->params[i].name, c->params[i].value,
-                      lm_context_error(ctx));
+        if (c->params[i].model == FX_ALL_MODELS)
+            ck_assert_msg(lm_plan_set_string(plan, c->params[i].name,
+                                             c->params[i].value) == LM_OK,
+                          "%s=%s: %s", c->params[i].name, c->params[i].value,
+                          lm_context_error(ctx));
     ck_assert_ok(lm_plan_set_base(plan, base));
     for (size_t m = 0; m < n_tasks; m++) {
         models[m] = wrap_model(ctx, in, m + 1);
         ck_assert_ok(lm_plan_add_model(plan, models[m], c->weights[m]));
     }
+    /* Per-model values (mergekit's per-model density, gamma, epsilon), as
+     * a C host sets them. */
+    for (size_t i = 0; i < c->n_params; i++)
+        if (c->params[i].model != FX_ALL_MODELS)
+            ck_assert_msg(lm_plan_set_float_for(plan, c->params[i].name,
+                                                atof(c->params[i].value),
+                                                NULL, c->params[i].model) ==
+                              LM_OK,
+                          "%s[%zu]=%s: %s", c->params[i].name,
+                          c->params[i].model, c->params[i].value,
+                          lm_context_error(ctx));
     lm_stats *stats = NULL;
     if (in->n_rows) {
         ck_assert_ok(lm_stats_create(ctx, &stats));
