@@ -59,6 +59,19 @@ LM_API lm_status lm_plan_set_float_for(lm_plan *plan, const char *name,
                                        double value, const char *tensor,
                                        size_t model);
 
+/* Tie output tensor `tensor` to `same_as` (e.g. "lm_head.weight" to
+ * "model.embed_tokens.weight" when a config sets tie_word_embeddings):
+ * both are one parameter, so `tensor` is merged once, as `same_as` — the
+ * same inputs, seed, statistics and parameters — and the two outputs are
+ * identical in every strategy. Ties are also found without asking: base
+ * tensors sharing storage (same data pointer, dtype and shape) where
+ * every model shares it too, as a state dict with tied weights does.
+ * Checked at execution: both names in the base with one shape, no cycles.
+ * Errors: LM_ERR_INVALID_ARGUMENT (a tensor tied to itself), LM_ERR_EXISTS
+ * (already tied). */
+LM_API lm_status lm_plan_tie(lm_plan *plan, const char *tensor,
+                             const char *same_as);
+
 /* The base model (borrowed: it must outlive lm_plan_execute). Required. */
 LM_API lm_status lm_plan_set_base(lm_plan *plan, const lm_model *base);
 /* Add a fine-tuned model with its weight (borrowed like the base). Weights

@@ -21,6 +21,7 @@ struct exec {
     atomic_size_t next;        /* next tensor index to claim */
     atomic_bool stop;          /* a failure or a cancellation */
     lm_status *status;         /* per tensor */
+    size_t *tie_src;           /* per tensor: merged as this one (ties.c) */
     pthread_mutex_t progress_lock;
     size_t done;
     uint64_t bytes_done, bytes_total;
@@ -151,9 +152,13 @@ static lm_status emit(struct exec *ex, size_t index,
 static lm_status merge_one(struct exec *ex, size_t index)
 {
     lm_plan *p = ex->plan;
+    /* A tied tensor is its source's merge, emitted under its own name. */
+    size_t as = ex->tie_src[index] == SIZE_MAX ? index : ex->tie_src[index];
+    if (as != index && ex->pass != LM__PASS_MERGE)
+        return LM_OK;
     struct lm__merged merged;
-    lm_status st = lm__merge_tensor(p, ex->state, p->base->entries[index].name,
-                                    p->base->entries[index].tensor, true,
+    lm_status st = lm__merge_tensor(p, ex->state, p->base->entries[as].name,
+                                    p->base->entries[as].tensor, true,
                                     ex->pass, &merged);
     if (st == LM_OK && ex->pass == LM__PASS_MERGE)
         st = emit(ex, index, &merged);
@@ -292,8 +297,14 @@ static lm_status exec_init(struct exec *ex, lm_plan *p,
     if (!ex->status)
         return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
                                     "plan: out of memory");
+    lm_status st = lm__ties_resolve(p, &ex->tie_src);
+    if (st != LM_OK) {
+        lm_free(p->ctx, ex->status);
+        return st;
+    }
     if (pthread_mutex_init(&ex->progress_lock, NULL) != 0) {
         lm_free(p->ctx, ex->status);
+        lm_free(p->ctx, ex->tie_src);
         return lm_context_set_error(p->ctx, LM_ERR_INTERNAL,
                                     "cannot create a mutex");
     }
@@ -308,6 +319,7 @@ lm_status lm__first_passes(lm_plan *p, void *state)
     lm_status st = first_passes(&ex);
     pthread_mutex_destroy(&ex.progress_lock);
     lm_free(p->ctx, ex.status);
+    lm_free(p->ctx, ex.tie_src);
     return st;
 }
 
@@ -326,6 +338,7 @@ static lm_status execute(lm_plan *p, const lm_sink_vtable *sink)
         if (st != LM_OK) {
             lm_free(ctx, ex.outputs);
             lm_free(ctx, ex.status);
+            lm_free(ctx, ex.tie_src);
             pthread_mutex_destroy(&ex.progress_lock);
             return st;
         }
@@ -364,6 +377,7 @@ static lm_status execute(lm_plan *p, const lm_sink_vtable *sink)
     }
     lm_free(ctx, ex.outputs);
     lm_free(ctx, ex.status);
+    lm_free(ctx, ex.tie_src);
     pthread_mutex_destroy(&ex.progress_lock);
     return st;
 }

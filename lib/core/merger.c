@@ -9,6 +9,7 @@ struct lm_merger {
     lm_plan *plan;
     void *state;
     bool reusing; /* the stages keep their first-pass results */
+    size_t *tie_src; /* per base entry (ties.c), when the plan has a base */
 };
 
 /* Strategies with a prepare pass and stages with a measuring pass need
@@ -61,7 +62,12 @@ lm_status lm_merger_create(lm_plan *p, lm_merger **out)
     if (p->base) {
         /* Measuring and prepare passes now; their results (and what the
          * stages cache) serve every later apply. */
-        lm_status st = lm__stages_reuse_begin(p);
+        lm_status st = lm__ties_resolve(p, &m->tie_src);
+        if (st != LM_OK) {
+            lm_merger_destroy(m);
+            return st;
+        }
+        st = lm__stages_reuse_begin(p);
         m->reusing = st == LM_OK;
         if (st == LM_OK)
             st = lm__first_passes(p, m->state);
@@ -82,6 +88,7 @@ void lm_merger_destroy(lm_merger *m)
         m->plan->vt->fini(m->state, m->plan->vt->user);
     if (m->reusing)
         lm__stages_reuse_end(m->plan);
+    lm_free(m->plan->ctx, m->tie_src);
     lm_free(m->plan->ctx, m);
 }
 
@@ -100,6 +107,29 @@ int lm_merger_touches(const lm_merger *m, const char *name)
             return 1;
     }
     return 0;
+}
+
+/* The name tensor `name` is merged as: its tie's root (ties.c), found in
+ * the base's resolution or, without a base, by following lm_plan_tie. */
+static const char *merged_as(const lm_merger *m, const char *name)
+{
+    const lm_plan *p = m->plan;
+    if (m->tie_src) {
+        for (size_t i = 0; i < p->base->count; i++)
+            if (m->tie_src[i] != SIZE_MAX &&
+                strcmp(p->base->entries[i].name, name) == 0)
+                return p->base->entries[m->tie_src[i]].name;
+        return name;
+    }
+    for (size_t steps = 0; steps <= p->n_ties; steps++) {
+        size_t t = 0;
+        while (t < p->n_ties && strcmp(p->ties[t].alias, name) != 0)
+            t++;
+        if (t == p->n_ties)
+            break;
+        name = p->ties[t].source;
+    }
+    return name;
 }
 
 lm_status lm_merger_apply_to(lm_merger *m, const char *name,
@@ -127,8 +157,8 @@ lm_status lm_merger_apply_to(lm_merger *m, const char *name,
     }
     struct lm__merged merged;
     lm__threads_hold(ctx, 1);
-    lm_status st = lm__merge_tensor(m->plan, m->state, name, base, false,
-                                    LM__PASS_MERGE, &merged);
+    lm_status st = lm__merge_tensor(m->plan, m->state, merged_as(m, name),
+                                    base, false, LM__PASS_MERGE, &merged);
     lm__threads_release(ctx, 1);
     LM_TRY(st);
     lm__merged_write(&merged, base->numel, out->data, out->dtype);

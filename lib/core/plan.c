@@ -31,6 +31,7 @@ void lm_plan_destroy(lm_plan *p)
         return;
     lm__params_destroy(p->params);
     lm__stages_destroy(p);
+    lm__ties_free(p);
     lm_free(p->ctx, (void *)p->models);
     lm_free(p->ctx, (void *)p->loras);
     lm_free(p->ctx, (void *)p->tvs);

@@ -32,6 +32,12 @@ struct lm_plan {
      * in the order they run. */
     struct lm__plan_stage *stages;
     size_t n_stages, cap_stages;
+    struct lm__tie *ties;
+    size_t n_ties, cap_ties;
+};
+
+struct lm__tie {
+    char *alias, *source; /* lm_plan_tie(alias, source) */
 };
 
 struct lm__plan_stage {
@@ -83,6 +89,13 @@ void lm__merged_free(lm_context *ctx, struct lm__merged *merged);
  * the strategy state `state` (from its init), on the context's threads.
  * For load-time mergers; needs the plan's base. */
 lm_status lm__first_passes(lm_plan *p, void *state);
+
+/* Tied tensors (ties.c): for each base entry, the index of the entry it
+ * is merged as (the root of its ties), or SIZE_MAX; an array of
+ * base->count the caller frees. Errors name unknown tensors, differing
+ * shapes and cycles. */
+lm_status lm__ties_resolve(const lm_plan *p, size_t **src);
+void lm__ties_free(lm_plan *p);
 
 /* Run the plan into a sink (executor.c). */
 lm_status lm__execute(lm_plan *plan, const lm_sink_vtable *sink);

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "commands.h"
+#include "ties.h"
 #include "config.h"
 #include "tokenizer.h"
 
@@ -363,6 +364,9 @@ int lmerge_run(int argc, char **argv)
                                         : models[m],
                               weights[m]);
     }
+    if (lmerge_tie_embeddings(ctx, plan, base, models, adapters, c.n_models,
+                              o.quiet || o.json))
+        goto done;
     double tuned_keep = NAN;
     if (lmerge_apply_stats(ctx, plan, &c, o.config, &stats) ||
         lmerge_apply_purify(ctx, plan, &c, o.config, &tuned_keep))
