@@ -208,11 +208,13 @@ static int same_mask(const float *x, const float *y)
  * thread count or the run. */
 START_TEST(masks_by_seed_and_name)
 {
-    static float b1[N], b4[N];
+    static float b1[N], b4[N], copy_a[N];
     fill_tau(tau_a, 1);
     fill_tau(tau_c, 5); /* other values at the same positions */
-    /* Tensors "a" and "b" hold the same task vector. */
-    struct dare_run r = {"dare_linear", 0.3, 1.0, 1, 1, 42, 1, {tau_a}, tau_a};
+    /* Tensors "a" and "b" hold the same task vector, in separate storage
+     * (shared storage would tie them: one parameter, one mask). */
+    memcpy(copy_a, tau_a, sizeof(copy_a));
+    struct dare_run r = {"dare_linear", 0.3, 1.0, 1, 1, 42, 1, {tau_a}, copy_a};
     run(&r, out1, b1);
     r.n_threads = 4;
     run(&r, out2, b4);
