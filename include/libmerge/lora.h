@@ -34,10 +34,20 @@ LM_API lm_status lm_lora_find(const lm_lora *lora, const char *target,
                               const lm_tensor **a, const lm_tensor **b,
                               double *scale);
 
+/* Whether target's base weight is stored transposed, [in, out] — GPT-2's
+ * Conv1D layers, PEFT's `fan_in_fan_out: true` (lm_peft_read sets it from
+ * adapter_config.json): its update is then scale * (B A)^T, with A still
+ * [r, in] and B [out, r]. Errors: LM_ERR_NOT_FOUND (no such target). */
+LM_API lm_status lm_lora_set_transposed(lm_lora *lora, const char *target,
+                                        int transposed);
+/* 1 when target is set transposed, else 0 (also for unknown targets). */
+LM_API int lm_lora_is_transposed(const lm_lora *lora, const char *target);
+
 /* Add an adapter to a plan as one task: its task vector is scale * B A for
  * the tensors it targets and zero elsewhere (the product is formed one
  * tensor at a time, in f32 with BLAS, only when that tensor is merged).
- * Every target must be a 2-D base tensor of shape [out, in]; execution
+ * Every target must be a 2-D base tensor of shape [out, in] ([in, out]
+ * when set transposed); execution
  * fails with LM_ERR_NOT_FOUND / LM_ERR_SHAPE naming it otherwise. Borrowed:
  * must outlive execution. */
 LM_API lm_status lm_plan_add_lora(lm_plan *plan, const lm_lora *lora,

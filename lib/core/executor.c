@@ -39,8 +39,9 @@ static lm_status validate_lora(const lm_plan *p, size_t m)
             return lm_context_set_error(p->ctx, LM_ERR_NOT_FOUND,
                                         "adapter %zu targets '%s', which the "
                                         "base lacks", m, e->target);
-        if (t->ndim != 2 || t->shape[0] != e->b->shape[0] ||
-            t->shape[1] != e->a->shape[1])
+        int64_t rows = e->transposed ? e->a->shape[1] : e->b->shape[0];
+        int64_t cols = e->transposed ? e->b->shape[0] : e->a->shape[1];
+        if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols)
             return lm_context_set_error(
                 p->ctx, LM_ERR_SHAPE,
                 "adapter %zu: '%s' is B [%lld, %lld] x A [%lld, %lld] but the "

@@ -73,7 +73,7 @@ lm_status lm_lora_add(lm_lora *l, const char *target, lm_tensor *a,
         return lm_context_set_error(l->ctx, LM_ERR_OUT_OF_MEMORY,
                                     "lora: out of memory adding '%s'",
                                     target);
-    l->entries[l->count] = (struct lm_lora_entry){name, a, b, scale};
+    l->entries[l->count] = (struct lm_lora_entry){name, a, b, scale, false};
     if (lm__name_set_add(l->ctx, &l->targets, l->count, target_of,
                          l->entries) != LM_OK) {
         lm_free(l->ctx, name);
@@ -124,36 +124,62 @@ lm_status lm_lora_find(const lm_lora *l, const char *target,
 }
 
 /* delta = scale * B A for an adapter that targets `name`, else zero. */
-lm_status lm__lora_delta(lm_context *ctx, const lm_lora *l, size_t m,
-                            const char *name, const lm_tensor *base,
-                            float *delta)
+lm_status lm_lora_set_transposed(lm_lora *l, const char *target,
+                                 int transposed)
 {
-    const lm_tensor *a, *b;
-    double scale;
-    if (lm_lora_find(l, name, &a, &b, &scale) != LM_OK) {
+    if (!l || !target)
+        return LM_ERR_INVALID_ARGUMENT;
+    struct lm_lora_entry *e = (struct lm_lora_entry *)find(l, target);
+    if (!e)
+        return lm_context_set_error(l->ctx, LM_ERR_NOT_FOUND,
+                                    "lora: no target '%s'", target);
+    e->transposed = transposed != 0;
+    return LM_OK;
+}
+
+int lm_lora_is_transposed(const lm_lora *l, const char *target)
+{
+    const struct lm_lora_entry *e = l && target ? find(l, target) : NULL;
+    return e && e->transposed;
+}
+
+lm_status lm__lora_delta(lm_context *ctx, const lm_lora *l, size_t m,
+                         const char *name, const lm_tensor *base,
+                         float *delta)
+{
+    const struct lm_lora_entry *e = find(l, name);
+    if (!e) {
         memset(delta, 0, base->numel * sizeof(float));
         return LM_OK;
     }
-    size_t r = (size_t)a->shape[0], in = (size_t)a->shape[1],
-           out = (size_t)b->shape[0];
-    if (base->ndim != 2 || (size_t)base->shape[0] != out ||
-        (size_t)base->shape[1] != in)
+    size_t r = (size_t)e->a->shape[0], in = (size_t)e->a->shape[1],
+           out = (size_t)e->b->shape[0];
+    size_t rows = e->transposed ? in : out, cols = e->transposed ? out : in;
+    if (base->ndim != 2 || (size_t)base->shape[0] != rows ||
+        (size_t)base->shape[1] != cols)
         return lm_context_set_error(ctx, LM_ERR_SHAPE,
-                                    "adapter %zu: '%s' is [%zu, %zu] but the "
-                                    "base tensor is not", m, name, out, in);
+                                    "adapter %zu: '%s' is [%zu, %zu]%s but "
+                                    "the base tensor is not", m, name, rows,
+                                    cols, e->transposed ? " (fan_in_fan_out)"
+                                                        : "");
     float *fa = lm__calloc(ctx, r * in + r * out, sizeof(float));
     if (!fa)
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "out of memory expanding adapter '%s'",
                                     name);
     float *fb = fa + r * in;
-    lm_status st = lm__read_f32(ctx, a, fa);
+    lm_status st = lm__read_f32(ctx, e->a, fa);
     if (st == LM_OK)
-        st = lm__read_f32(ctx, b, fb);
-    if (st == LM_OK)
+        st = lm__read_f32(ctx, e->b, fb);
+    /* B A is [out, in]; a transposed target takes A^T B^T, [in, out]. */
+    if (st == LM_OK && !e->transposed)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)out,
-                    (int)in, (int)r, (float)scale, fb, (int)r, fa, (int)in,
+                    (int)in, (int)r, (float)e->scale, fb, (int)r, fa, (int)in,
                     0.0f, delta, (int)in);
+    else if (st == LM_OK)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, (int)in,
+                    (int)out, (int)r, (float)e->scale, fa, (int)in, fb,
+                    (int)r, 0.0f, delta, (int)out);
     lm_free(ctx, fa);
     return st;
 }

@@ -14,6 +14,7 @@ struct lm_lora_entry {
     char *target;
     lm_tensor *a, *b;
     double scale;
+    bool transposed; /* target stored [in, out]: the update is (B A)^T */
 };
 
 struct lm_lora {

@@ -20,6 +20,7 @@
 struct peft_config {
     double r, alpha;
     bool rslora;
+    bool fan_in_fan_out; /* targets store W as [in, out] (GPT-2 Conv1D) */
     const cJSON *rank_pattern, *alpha_pattern;
 };
 
@@ -74,6 +75,13 @@ static lm_status parse_config(lm_context *ctx, const char *path,
                                     "%s: \"use_rslora\" must be a boolean",
                                     path);
     c->rslora = cJSON_IsTrue(rs);
+    const cJSON *fifo = cJSON_GetObjectItemCaseSensitive(root,
+                                                         "fan_in_fan_out");
+    if (fifo && !cJSON_IsBool(fifo))
+        return lm_context_set_error(ctx, LM_ERR_FORMAT,
+                                    "%s: \"fan_in_fan_out\" must be a "
+                                    "boolean", path);
+    c->fan_in_fan_out = cJSON_IsTrue(fifo);
     c->rank_pattern = cJSON_GetObjectItemCaseSensitive(root, "rank_pattern");
     c->alpha_pattern = cJSON_GetObjectItemCaseSensitive(root, "alpha_pattern");
     const cJSON *pats[2] = {c->rank_pattern, c->alpha_pattern};
@@ -233,6 +241,8 @@ static lm_status add_pair(lm_context *ctx, const char *path,
     if (st != LM_OK) {
         lm_tensor_destroy(ca);
         lm_tensor_destroy(cb);
+    } else if (c->fan_in_fan_out) {
+        st = lm_lora_set_transposed(lora, target, 1);
     }
     lm_free(ctx, target);
     return st;

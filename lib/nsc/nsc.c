@@ -200,6 +200,15 @@ lm_status lm_nsc_create(lm_context *ctx, const lm_lora *const *adapters,
             st = lm_lora_entry(adapters[t], i, &name, &a, &b, &scale);
             if (st != LM_OK)
                 break;
+            /* Its buffers are [out, in]; a Conv1D target is [in, out]. */
+            if (lm_lora_is_transposed(adapters[t], name)) {
+                st = lm_context_set_error(ctx, LM_ERR_UNSUPPORTED,
+                                          "nsc: adapter %zu targets '%s' "
+                                          "with fan_in_fan_out (a [in, out] "
+                                          "weight), which NSC does not "
+                                          "support yet", t, name);
+                break;
+            }
             struct nsc_module *m = find_or_add(n, name, lm_tensor_dim(b, 0),
                                                lm_tensor_dim(a, 1), &st);
             if (m)

@@ -105,3 +105,42 @@ def test_bad_adapters(tmp_path, config, drop, fragment):
     assert r.returncode == 1
     assert fragment in r.stderr, r.stderr
     assert not (out / "model.safetensors").exists()
+
+
+# GPT-2 stores its attention and MLP weights as Conv1D, [in, out]; PEFT
+# adapters for them say fan_in_fan_out: true and their update is
+# scale * (B @ A).T (peft's LoraLayer.get_delta_weight transposes it).
+GPT2 = {"transformer.h.0.attn.c_attn": (16, 48),   # [in, out]
+        "transformer.h.0.mlp.c_proj": (64, 16)}
+
+
+def test_fan_in_fan_out_conv1d(tmp_path):
+    base = {m + ".weight": RNG.standard_normal(s).astype(np.float32) for m, s in GPT2.items()}
+    (tmp_path / "base").mkdir()
+    st_format.write(tmp_path / "base" / "model.safetensors", base)
+    (tmp_path / "lora").mkdir()
+    tensors, factors, r = {}, {}, 4
+    for m, (inp, out) in GPT2.items():
+        a = RNG.standard_normal((r, inp)).astype(np.float32) * 0.1
+        b = RNG.standard_normal((out, r)).astype(np.float32) * 0.1
+        factors[m] = (a, b)
+        tensors["base_model.model.%s.lora_A.weight" % m] = a
+        tensors["base_model.model.%s.lora_B.weight" % m] = b
+    st_format.write(tmp_path / "lora" / "adapter_model.safetensors", tensors)
+    (tmp_path / "lora" / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": r, "lora_alpha": 8, "fan_in_fan_out": True,
+         "target_modules": ["c_attn", "c_proj"]}))
+    res, out = run_merge(tmp_path, [tmp_path / "lora"], lam=1.0)
+    assert res.returncode == 0, res.stderr
+    got = st_format.read(out / "model.safetensors")[0]
+    for m, (a, b) in factors.items():
+        want = base[m + ".weight"].astype(np.float64) + (8 / r) * (b.astype(np.float64) @ a).T
+        np.testing.assert_allclose(got[m + ".weight"], want, rtol=1e-5, atol=1e-5)
+    # The same adapter read without the flag does not fit the [in, out]
+    # weights: refused by name, not merged un-transposed.
+    (tmp_path / "lora" / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "r": r, "lora_alpha": 8}))
+    import shutil
+    shutil.rmtree(out)
+    res, _ = run_merge(tmp_path, [tmp_path / "lora"], lam=1.0)
+    assert res.returncode != 0 and "c_attn" in res.stderr
