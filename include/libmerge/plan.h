@@ -116,6 +116,26 @@ LM_API lm_status lm_plan_set_output_dtype(lm_plan *plan, lm_dtype dtype);
  * model and the element. ALLOW: no checks; non-finite values go through
  * the strategy's arithmetic as IEEE floats do (strategies that need
  * finite input, such as the SVD family, may still fail in LAPACK). */
+/* Models whose tensor has another number of rows than the base's: a
+ * fine-tune that added tokens to its vocabulary (embedding and output head
+ * [V', d] against the base's [V, d]), or a base that did. ERROR (the
+ * default): LM_ERR_SHAPE naming the tensor. Otherwise the rows both have
+ * are merged and the output keeps the base's shape — rows a model has
+ * beyond the base's are not in it — and the rows a model lacks count, for
+ * that model, as: BASE the base's row (a zero task vector; mergekit's
+ * filling when the base has the token), ZERO a zero row, MEAN the mean of
+ * the models that have the row (the base's when none has). Only the first
+ * dimension of a 2-D tensor may differ; adapters and task vectors must
+ * match the base. */
+typedef enum lm_rows_policy {
+    LM_ROWS_ERROR = 0,
+    LM_ROWS_BASE = 1,
+    LM_ROWS_ZERO = 2,
+    LM_ROWS_MEAN = 3
+} lm_rows_policy;
+LM_API lm_status lm_plan_set_rows_policy(lm_plan *plan,
+                                         lm_rows_policy policy);
+
 typedef enum lm_nonfinite_policy {
     LM_NONFINITE_ERROR = 0,
     LM_NONFINITE_ALLOW = 1

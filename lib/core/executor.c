@@ -107,8 +107,9 @@ static lm_status validate_inputs(const lm_plan *p)
                 return lm_context_set_error(p->ctx, LM_ERR_NOT_FOUND,
                                             "model %zu has no tensor '%s' "
                                             "(present in the base)", m, name);
-            LM_TRY(lm__check_pair(p->ctx, what, name, base->entries[i].tensor,
-                                  t));
+            if (!lm__rows_differ(p, base->entries[i].tensor, t))
+                LM_TRY(lm__check_pair(p->ctx, what, name,
+                                      base->entries[i].tensor, t));
         }
         if (model->count != base->count) {
             for (size_t i = 0; i < model->count; i++) {

@@ -177,6 +177,18 @@ lm_status lm_plan_set_nonfinite(lm_plan *p, lm_nonfinite_policy policy)
     return LM_OK;
 }
 
+lm_status lm_plan_set_rows_policy(lm_plan *p, lm_rows_policy policy)
+{
+    if (!p)
+        return LM_ERR_INVALID_ARGUMENT;
+    if ((unsigned)policy > LM_ROWS_MEAN)
+        return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_RANGE,
+                                    "plan: unknown rows policy %d",
+                                    (int)policy);
+    p->rows = policy;
+    return LM_OK;
+}
+
 lm_status lm_plan_set_output_dtype(lm_plan *p, lm_dtype dtype)
 {
     if (!p)

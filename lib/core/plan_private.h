@@ -16,6 +16,7 @@ struct lm_plan {
     bool has_output_dtype;
     lm_dtype output_dtype;
     bool allow_nonfinite;
+    lm_rows_policy rows; /* lm_plan_set_rows_policy */
     lm_progress_fn progress;
     void *progress_user;
     const lm_strategy_vtable *vt;
@@ -89,6 +90,10 @@ void lm__merged_free(lm_context *ctx, struct lm__merged *merged);
  * the strategy state `state` (from its init), on the context's threads.
  * For load-time mergers; needs the plan's base. */
 lm_status lm__first_passes(lm_plan *p, void *state);
+
+/* Does model tensor t differ from base tensor b only in its row count, as
+ * the plan's rows policy accepts (tensor_merge.c)? */
+bool lm__rows_differ(const lm_plan *p, const lm_tensor *b, const lm_tensor *t);
 
 /* Tied tensors (ties.c): for each base entry, the index of the entry it
  * is merged as (the root of its ties), or SIZE_MAX; an array of

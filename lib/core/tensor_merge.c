@@ -80,13 +80,69 @@ static void wide_delta(const double *base64, const double *model, float *d,
         d[i] = (float)(model[i] - base64[i]);
 }
 
+bool lm__rows_differ(const lm_plan *p, const lm_tensor *b, const lm_tensor *t)
+{
+    return p->rows != LM_ROWS_ERROR && b->ndim == 2 && t->ndim == 2 &&
+           b->shape[1] == t->shape[1] && b->shape[0] != t->shape[0];
+}
+
+/* The delta of a model whose tensor t has another row count than the base
+ * (lm_plan_set_rows_policy): shared rows exactly (f64 difference), rows it
+ * lacks as the policy says — MEAN rows are left for fill_mean_rows. */
+static lm_status rows_delta(lm_plan *p, const lm_tensor *t,
+                            const lm_tensor *base, const float *b,
+                            const double *base64, float *d)
+{
+    double *v = lm__calloc(p->ctx, t->numel ? t->numel : 1, sizeof(double));
+    if (!v)
+        return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "out of memory reading tensor '%s'",
+                                    t->lazy_name ? t->lazy_name : "?");
+    lm_status st = lm__read_f64(p->ctx, t, v);
+    size_t cols = (size_t)base->shape[1];
+    size_t shared = (size_t)(t->shape[0] < base->shape[0] ? t->shape[0]
+                                                          : base->shape[0]);
+    for (size_t i = 0; st == LM_OK && i < shared * cols; i++)
+        d[i] = (float)(v[i] - (base64 ? base64[i] : (double)b[i]));
+    for (size_t i = shared * cols; st == LM_OK && i < base->numel; i++)
+        d[i] = p->rows == LM_ROWS_ZERO ? -b[i] : 0.0f;
+    lm_free(p->ctx, v);
+    return st;
+}
+
+/* MEAN: a model's missing row r becomes the mean task-vector row of the
+ * models that have it (none: the base's row, a zero delta). */
+static void fill_mean_rows(const lm_plan *p, const lm_tensor *base,
+                           const int64_t *rows, float *const *deltas)
+{
+    size_t cols = (size_t)base->shape[1];
+    for (int64_t r = 0; r < base->shape[0]; r++) {
+        size_t have = 0;
+        for (size_t m = 0; m < p->n_models; m++)
+            have += rows[m] > r;
+        if (have == p->n_models || have == 0)
+            continue;
+        for (size_t c = 0; c < cols; c++) {
+            double sum = 0;
+            for (size_t m = 0; m < p->n_models; m++)
+                if (rows[m] > r)
+                    sum += deltas[m][(size_t)r * cols + c];
+            for (size_t m = 0; m < p->n_models; m++)
+                if (rows[m] <= r)
+                    deltas[m][(size_t)r * cols + c] = (float)(sum / have);
+        }
+    }
+}
+
 /* Read the base and the task vectors of tensor `name` into `block`
  * (base, then one delta per model); base64/scratch64 (n doubles each)
- * when merging wide. */
+ * when merging wide; rows (one per model, the base's row count on entry)
+ * under the MEAN rows policy. */
 static lm_status load_inputs(lm_plan *p, const char *name,
                              const lm_tensor *base, bool from_plan_base,
                              float *block, const float **deltas,
-                             double *base64, double *scratch64)
+                             double *base64, double *scratch64,
+                             int64_t *rows)
 {
     size_t n = base->numel;
     float *b = block;
@@ -122,6 +178,14 @@ static lm_status load_inputs(lm_plan *p, const char *name,
                                         "model %zu has no tensor '%s'", m,
                                         name);
         snprintf(what, sizeof(what), "model %zu", m);
+        if (lm__rows_differ(p, base, t)) {
+            LM_TRY(rows_delta(p, t, base, b, base64, d));
+            done_with(p->models[m], t);
+            LM_TRY(check_finite(p, what, name, d, n));
+            if (rows)
+                rows[m] = t->shape[0];
+            continue;
+        }
         LM_TRY(lm__check_pair(p->ctx, what, name, base, t));
         if (base64) {
             LM_TRY(lm__read_f64(p->ctx, t, scratch64));
@@ -136,6 +200,8 @@ static lm_status load_inputs(lm_plan *p, const char *name,
         for (size_t i = 0; i < n; i++)
             d[i] -= b[i];
     }
+    if (rows)
+        fill_mean_rows(p, base, rows, (float *const *)deltas);
     return LM_OK;
 }
 
@@ -221,9 +287,19 @@ lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
         st = lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                   "out of memory merging '%s' (%zu elements "
                                   "x %zu models)", name, n, k);
+    int64_t *rows = NULL;
+    if (st == LM_OK && p->rows == LM_ROWS_MEAN && base->ndim == 2) {
+        rows = lm__calloc(ctx, k ? k : 1, sizeof(*rows));
+        if (!rows)
+            st = lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                      "out of memory merging '%s'", name);
+        for (size_t m = 0; rows && m < k; m++)
+            rows[m] = base->shape[0];
+    }
     if (st == LM_OK)
         st = load_inputs(p, name, base, from_plan_base, block, deltas,
-                         base64, base64 ? base64 + n : NULL);
+                         base64, base64 ? base64 + n : NULL, rows);
+    lm_free(ctx, rows);
     if (st == LM_OK && p->n_stages) {
         struct lm__stage_tensor t = {name, block, base->shape, base->ndim, n,
                                      (float *const *)deltas};

@@ -8,6 +8,7 @@ import os
 import subprocess
 
 import numpy as np
+import pytest
 
 import libmerge
 import st_format
@@ -75,3 +76,21 @@ def test_merge_mixed_numpy_dtypes_keeps_the_base_dtype():
         assert merged[k].dtype == np.float32
         np.testing.assert_allclose(merged[k], expect[k], rtol=2e-7,
                                    atol=1e-7 * float(np.abs(expect[k]).max()))
+
+
+def test_merge_rows_policies_against_numpy():
+    """A fine-tune with 2 added tokens and one with 2 fewer: shared rows
+    merged, missing rows filled as each policy says (numpy, f64)."""
+    base = {"embed": RNG.standard_normal((6, 4)).astype(np.float32)}
+    a = {"embed": RNG.standard_normal((8, 4)).astype(np.float32)}
+    b = {"embed": RNG.standard_normal((4, 4)).astype(np.float32)}
+    with pytest.raises(libmerge.ShapeError, match="embed"):
+        libmerge.merge("task_arithmetic", base, [a, b])
+    B = base["embed"].astype(np.float64)
+    for policy in ("base", "zero", "mean"):
+        fill = {"base": B[4:], "zero": np.zeros((2, 4)),
+                "mean": a["embed"][4:6].astype(np.float64)}[policy]
+        b_full = np.concatenate([b["embed"].astype(np.float64), fill])
+        want = B + 1.0 * (a["embed"][:6] - B) + 0.5 * (b_full - B)
+        got = libmerge.merge("task_arithmetic", base, [a, b], weights=[1.0, 0.5], rows=policy)
+        np.testing.assert_allclose(got["embed"], want, rtol=1e-6, atol=1e-6)

@@ -11,8 +11,11 @@ from ._plan import Plan, check_weights
 from .stats import Stats
 
 
+_ROWS = ["error", "base", "zero", "mean"]  # lm_rows_policy order
+
+
 def merge(method, base, models, *, stats=None, weights=None, threads=0,
-          seed=0, purify=None, nonfinite="error", **params):
+          seed=0, purify=None, nonfinite="error", rows="error", **params):
     """Merge `models` (a sequence of name -> array mappings) into `base`
     with strategy `method` (see `methods()`); keyword arguments set the
     strategy's parameters by name, e.g. **{"lambda": 0.4}. A parameter
@@ -35,6 +38,12 @@ def merge(method, base, models, *, stats=None, weights=None, threads=0,
              "scale": ("lambda", [values]) tunes that parameter jointly;
              "report" receives the choices and the objective curve.
              The library makes these choices (lm_plan_tune_purify_cv).
+    rows:    models whose tensor has another row count than the base's (a
+             fine-tune that added tokens): "error" (default), or merge the
+             shared rows and fill the rows a model lacks with the base's
+             ("base"), zeros ("zero") or the mean of the models that have
+             them ("mean"); the output keeps the base's shapes
+             (lm_plan_set_rows_policy).
     nonfinite: "error" (default: NaN/Inf in an input or result raises
              NonFiniteError naming the tensor and model) or "allow".
     threads: worker threads (0 = all cores); results do not depend on it.
@@ -56,6 +65,9 @@ def merge(method, base, models, *, stats=None, weights=None, threads=0,
             if nonfinite not in ("error", "allow"):
                 raise ValueError('nonfinite must be "error" or "allow"')
             ctx.check(L.lm_plan_set_nonfinite(plan.ptr, 1 if nonfinite == "allow" else 0))
+            if rows not in _ROWS:
+                raise ValueError("rows must be one of %s" % ", ".join(_ROWS))
+            ctx.check(L.lm_plan_set_rows_policy(plan.ptr, _ROWS.index(rows)))
             ctx.check(L.lm_plan_execute(plan.ptr, ctypes.byref(out)))
             return model_to_dict(out, base)
         finally:
