@@ -481,3 +481,16 @@ def test_model_source_outside_the_merge(tmp_path):
     out_tokens, want = reference(models, "a")
     check_tensors(out, want, slice(None))
     assert vocab_of(out)[0] == out_tokens
+
+
+def test_head_stored_as_a_copy_of_the_embedding(tmp_path):
+    # Checkpoints saving tied weights twice: lmerge ties the pair (merged
+    # once); the remapped head and embedding stay identical.
+    models = make_models(tmp_path)
+    for k, (t, path) in models.items():
+        t[HEAD] = t[EMB].copy()
+        st_format.write(path / "model.safetensors", t)
+    r, out = merge(tmp_path, models, "tokenizer_source: union\n")
+    _tokens, want = reference(models, "union")
+    tensors = check_tensors(out, want, slice(None))
+    assert np.array_equal(tensors[HEAD], tensors[EMB])
