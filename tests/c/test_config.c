@@ -65,15 +65,34 @@ START_TEST(errors_name_the_line)
          "    weight: 2\n",
          ":5: unknown key 'weight' in a model entry"},
         {"merge_method: ties\nbase_model: b\nmodels: [a]\nparameters:\n"
-         "  density: [1, 0.5]\n",
-         ":5: parameter 'density': gradients"},
-        {"merge_method: ties\nmodels: [a]\n", "missing 'base_model'"},
+         "  density:\n    - filter: mlp\n",
+         ":6: parameter 'density': a filter entry without 'value'"},
+        {"merge_method: ties\nbase_model: b\nmodels: [a]\nparameters:\n"
+         "  density:\n    - {filter: mlp, value: 1, when: 2}\n",
+         ":6: unknown key 'when' in a filter entry"},
+        {"merge_method: ties\nbase_model: b\nmodels: [a]\nparameters:\n"
+         "  density: []\n", ":5: parameter 'density' is an empty list"},
+        {"merge_method: ties\nmodels: [a]\nslices:\n  - sources:\n"
+         "      - {model: a, layer_range: [0, 2]}\n",
+         "both 'models' (line 2) and 'slices' (line 3)"},
+        {"merge_method: ties\nslices:\n  - sources:\n      - model: a\n",
+         ":4: slice source 'a' without 'layer_range'"},
+        {"merge_method: ties\nslices:\n  - sources:\n"
+         "      - {model: a, layer_range: [4, 2]}\n",
+         ":4: 'layer_range' [4, 2] holds no layer"},
+        {"merge_method: ties\nslices:\n  - sources:\n"
+         "      - {model: a, layer_range: [0, 2]}\n    residual_weight: 1\n",
+         ":5: 'residual_weight' in a slice is a mergekit feature"},
+        {"merge_method: ties\nmodels: [a+b+c]\n", "more than one '+'"},
+        {"merge_method: ties\nmodels: [org/a@main]\n", "'@revision'"},
+        {"merge_method: ties\nmodels: [a]\nmodules: {}\n",
+         ":3: 'modules' (per-module merges"},
         {"base_model: b\nmodels: [a]\n", "missing 'merge_method'"},
         {"merge_method: ties\nbase_model: b\n", "'models'"},
         {"merge_method: ties\nbase_model: b\nmodels: [a]\nmodels: [b]\n",
          ":4: key 'models' is given twice"},
         {"merge_method: [ties\n", "YAML syntax error"},
-        {"slices: []\n", "does not support yet"},
+        {"merge_method: slerp\nslices: []\n", ":2: 'slices' is an empty list"},
         {"- a\n- b\n", "must be a mapping"},
         {"", "must be a mapping"},
         /* a second document used to be ignored */
@@ -111,12 +130,72 @@ START_TEST(errors_name_the_line)
 }
 END_TEST
 
+/* Gradients, filters and slices as mergekit's config.py reads them, and
+ * evaluate_setting's arithmetic on them. */
+START_TEST(gradients_filters_slices)
+{
+    struct lmerge_config c;
+    char err[512];
+    int rc = load_text(
+        "merge_method: slerp\n"
+        "base_model: a+lora_a\n"
+        "slices:\n"
+        "  - sources:\n"
+        "      - model: a+lora_a\n"
+        "        layer_range: [0, 4]\n"
+        "      - model: b\n"
+        "        layer_range: [2, 6]\n"
+        "        parameters: {weight: [0, 1]}\n"
+        "    parameters:\n"
+        "      t: 0.25\n"
+        "parameters:\n"
+        "  t:\n"
+        "    - filter: self_attn\n"
+        "      value: [0, 0.5, 0.3, 0.7, 1]\n"
+        "    - filter: mlp\n"
+        "      value: [1, 0.5, 0.7, 0.3, 0]\n"
+        "    - value: 0.5\n"
+        "  only_mlp:\n"
+        "    - {filter: mlp, value: 2}\n"
+        "dtype: float16\n",
+        &c, err, sizeof(err));
+    ck_assert_msg(rc == 0, "%s", err);
+    ck_assert_str_eq(c.base_model, "a");
+    ck_assert_str_eq(c.base_lora, "lora_a");
+    ck_assert_uint_eq(c.n_slices, 1);
+    ck_assert_uint_eq(c.slices[0].n_sources, 2);
+    ck_assert_str_eq(c.slices[0].sources[0].lora, "lora_a");
+    ck_assert_int_eq(c.slices[0].sources[1].layer_range[0], 2);
+    ck_assert_int_eq(c.slices[0].sources[1].layer_range[1], 6);
+    const struct lmerge_param *t = &c.params[0];
+    ck_assert_uint_eq(t->n_conds, 3);
+    const char *text;
+    double v;
+    /* [0, .5, .3, .7, 1] at t = 0.6: scaled 2.4, 0.6 * 0.3 + 0.4 * 0.7 */
+    ck_assert_int_eq(lmerge_param_eval(t, "model.layers.3.self_attn.q.weight",
+                                       0.6, &text, &v), 1);
+    ck_assert_ptr_null(text);
+    ck_assert_double_eq_tol(v, 0.6 * 0.3 + 0.4 * 0.7, 1e-15);
+    ck_assert_int_eq(lmerge_param_eval(t, "model.layers.3.mlp.up.weight", 1.0,
+                                       &text, &v), 1);
+    ck_assert_double_eq(v, 0.0);
+    ck_assert_int_eq(lmerge_param_eval(t, "model.norm.weight", 0.3, &text, &v),
+                     1);
+    ck_assert_str_eq(text, "0.5");
+    /* No filter matches: the next level of precedence decides. */
+    ck_assert_int_eq(lmerge_param_eval(&c.params[1], "model.norm.weight", 0.0,
+                                       &text, &v), 0);
+    lmerge_config_free(&c);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("config");
     TCase *tc = tcase_create("cli");
     tcase_add_test(tc, mergekit_config);
     tcase_add_test(tc, errors_name_the_line);
+    tcase_add_test(tc, gradients_filters_slices);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

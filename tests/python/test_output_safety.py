@@ -114,7 +114,8 @@ def test_reused_output_directory_needs_overwrite_and_is_replaced_whole(tmp_path)
     # With --overwrite: exactly B's files, and every reader sees B.
     r = run("run", cfg_b, "-o", out, "--quiet", "--overwrite")
     assert r.returncode == 0, r.stderr
-    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(out)) == ["README.md", "config.json",
+                                   "mergekit_config.yml", "model.safetensors"]
     want = expected(base, fts, 0.7)
     got = read_model(out)
     for k in want:
@@ -167,7 +168,7 @@ def test_failed_index_write_leaves_no_shard(tmp_path):
     assert r.returncode == 1 and "index" in r.stderr, r.stderr
     assert not (tmp_path / "new").exists()  # not even the parent it created
     r = run("run", cfg, "-o", out, "--shard-size", "16B", "--quiet")
-    assert r.returncode == 0 and len(os.listdir(out)) == 61, r.stderr
+    assert r.returncode == 0 and len(os.listdir(out)) == 63, r.stderr
 
 
 def test_failed_merge_leaves_no_directory(tmp_path):
@@ -186,7 +187,8 @@ def test_fifo_is_refused_not_waited_on(tmp_path):
     os.mkfifo(tmp_path / "pipe.safetensors")              # a model: refused
     r = run("run", config(tmp_path, 0.5), "-o", tmp_path / "out", "--quiet", timeout=20)
     assert r.returncode == 0, r.stderr
-    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "README.md", "config.json", "mergekit_config.yml", "model.safetensors"]
     cfg = config(tmp_path, 0.5, base="pipe.safetensors", name="p.yaml")
     r = run("run", cfg, "-o", tmp_path / "out2", "--quiet", timeout=20)
     assert r.returncode == 1 and "pipe.safetensors" in r.stderr and "FIFO" in r.stderr, r.stderr

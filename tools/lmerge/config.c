@@ -1,7 +1,7 @@
 /* Reading mergekit-style YAML with libyaml's document API, strictly: an
  * unknown key is an error naming its line, so a typo never silently
  * changes a merge. */
-#include "config.h"
+#include "config_read.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -10,19 +10,11 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <yaml.h>
 
 #include "io/regular_file.h"
 
-struct reader {
-    yaml_document_t *doc;
-    const char *path;
-    char *err;
-    size_t err_size;
-};
-
-static int fail(struct reader *r, const yaml_node_t *node, const char *fmt,
-                ...)
+int lmerge_cfg_fail(struct reader *r, const yaml_node_t *node,
+                    const char *fmt, ...)
 {
     char msg[512];
     va_list ap;
@@ -34,20 +26,8 @@ static int fail(struct reader *r, const yaml_node_t *node, const char *fmt,
     return -1;
 }
 
-static int line_of(const yaml_node_t *node)
-{
-    return (int)node->start_mark.line + 1;
-}
-
-static const char *scalar(const yaml_node_t *node)
-{
-    return node && node->type == YAML_SCALAR_NODE
-               ? (const char *)node->data.scalar.value
-               : NULL;
-}
-
-static int copy_scalar(struct reader *r, const yaml_node_t *node,
-                       const char *key, char **out)
+int lmerge_cfg_copy_scalar(struct reader *r, const yaml_node_t *node,
+                           const char *key, char **out)
 {
     const char *s = scalar(node);
     if (!s)
@@ -57,108 +37,20 @@ static int copy_scalar(struct reader *r, const yaml_node_t *node,
     return *out ? 0 : fail(r, node, "out of memory");
 }
 
-static int read_params(struct reader *r, const yaml_node_t *map,
-                       const char *where, struct lmerge_param **out,
-                       size_t *n_out)
+int lmerge_cfg_mapping(struct reader *r, const yaml_node_t *map,
+                       const char *what)
 {
-    if (map->type != YAML_MAPPING_NODE)
-        return fail(r, map, "'%s' must be a mapping of name: value", where);
-    size_t n = (size_t)(map->data.mapping.pairs.top -
-                        map->data.mapping.pairs.start);
-    struct lmerge_param *p = calloc(n ? n : 1, sizeof(*p));
-    if (!p)
-        return fail(r, map, "out of memory");
-    *out = p;
-    *n_out = 0;
-    for (yaml_node_pair_t *pair = map->data.mapping.pairs.start;
-         pair < map->data.mapping.pairs.top; pair++) {
-        yaml_node_t *k = yaml_document_get_node(r->doc, pair->key);
-        yaml_node_t *v = yaml_document_get_node(r->doc, pair->value);
-        const char *key = scalar(k);
-        if (!key)
-            return fail(r, k, "parameter names must be plain words");
-        for (size_t j = 0; j < *n_out; j++)
-            if (strcmp(p[j].key, key) == 0)
-                return fail(r, k, "parameter '%s' is given twice", key);
-        if (!scalar(v))
-            return fail(r, v,
-                        "parameter '%s': gradients and filtered values are "
-                        "not supported yet; give a single value", key);
-        p[*n_out].key = strdup(key);
-        p[*n_out].value = strdup(scalar(v));
-        p[*n_out].line = line_of(v);
-        (*n_out)++;
-        if (!p[*n_out - 1].key || !p[*n_out - 1].value)
-            return fail(r, v, "out of memory");
-    }
-    return 0;
-}
-
-/* YAML allows a key twice in a mapping; a config must not (which one
- * would win is a guess). */
-static int reject_duplicate_keys(struct reader *r, const yaml_node_t *map)
-{
+    (void)what;
     for (yaml_node_pair_t *a = map->data.mapping.pairs.start;
          a < map->data.mapping.pairs.top; a++) {
-        const char *ka = scalar(yaml_document_get_node(r->doc, a->key));
+        const char *ka = scalar(node_at(r, a->key));
         for (yaml_node_pair_t *b = map->data.mapping.pairs.start; ka && b < a;
              b++) {
-            const char *kb = scalar(yaml_document_get_node(r->doc, b->key));
+            const char *kb = scalar(node_at(r, b->key));
             if (kb && strcmp(ka, kb) == 0)
-                return fail(r, yaml_document_get_node(r->doc, a->key),
-                            "key '%s' is given twice", ka);
+                return fail(r, node_at(r, a->key), "key '%s' is given twice",
+                            ka);
         }
-    }
-    return 0;
-}
-
-static int read_model(struct reader *r, const yaml_node_t *node,
-                      struct lmerge_model_ref *m)
-{
-    m->line = line_of(node);
-    if (node->type == YAML_SCALAR_NODE) /* "- path" shorthand */
-        return copy_scalar(r, node, "model", &m->path);
-    if (node->type != YAML_MAPPING_NODE)
-        return fail(r, node, "each entry of 'models' must be a mapping with "
-                             "'model' and optional 'parameters'");
-    if (reject_duplicate_keys(r, node))
-        return -1;
-    for (yaml_node_pair_t *pair = node->data.mapping.pairs.start;
-         pair < node->data.mapping.pairs.top; pair++) {
-        yaml_node_t *k = yaml_document_get_node(r->doc, pair->key);
-        yaml_node_t *v = yaml_document_get_node(r->doc, pair->value);
-        const char *key = scalar(k);
-        if (key && strcmp(key, "model") == 0) {
-            if (copy_scalar(r, v, "model", &m->path))
-                return -1;
-        } else if (key && strcmp(key, "parameters") == 0) {
-            if (read_params(r, v, "parameters", &m->params, &m->n_params))
-                return -1;
-        } else {
-            return fail(r, k, "unknown key '%s' in a model entry (expected "
-                              "'model' or 'parameters')", key ? key : "?");
-        }
-    }
-    if (!m->path)
-        return fail(r, node, "model entry without 'model: PATH'");
-    return 0;
-}
-
-static int read_models(struct reader *r, const yaml_node_t *seq,
-                       struct lmerge_config *c)
-{
-    if (seq->type != YAML_SEQUENCE_NODE)
-        return fail(r, seq, "'models' must be a list");
-    size_t n = (size_t)(seq->data.sequence.items.top -
-                        seq->data.sequence.items.start);
-    c->models = calloc(n ? n : 1, sizeof(*c->models));
-    if (!c->models)
-        return fail(r, seq, "out of memory");
-    for (yaml_node_item_t *it = seq->data.sequence.items.start;
-         it < seq->data.sequence.items.top; it++) {
-        if (read_model(r, yaml_document_get_node(r->doc, *it),
-                       &c->models[c->n_models++]))
-            return -1;
     }
     return 0;
 }
@@ -171,7 +63,7 @@ static int read_stats(struct reader *r, const yaml_node_t *v,
     if (v->type == YAML_SCALAR_NODE) {
         c->stats = calloc(1, sizeof(char *));
         c->n_stats = c->stats ? 1 : 0;
-        return c->stats ? copy_scalar(r, v, "stats", &c->stats[0])
+        return c->stats ? lmerge_cfg_copy_scalar(r, v, "stats", &c->stats[0])
                         : fail(r, v, "out of memory");
     }
     if (v->type != YAML_SEQUENCE_NODE)
@@ -184,13 +76,64 @@ static int read_stats(struct reader *r, const yaml_node_t *v,
     if (!c->stats)
         return fail(r, v, "out of memory");
     for (size_t i = 0; i < n; i++) {
-        yaml_node_t *item = yaml_document_get_node(
-            r->doc, v->data.sequence.items.start[i]);
+        yaml_node_t *item = node_at(r, v->data.sequence.items.start[i]);
         c->n_stats = i + 1;
-        if (copy_scalar(r, item, "stats", &c->stats[i]))
+        if (lmerge_cfg_copy_scalar(r, item, "stats", &c->stats[i]))
             return -1;
     }
     return 0;
+}
+
+/* A string key: its value and line. */
+static int text_key(struct reader *r, const yaml_node_t *v, const char *key,
+                    char **out, int *line)
+{
+    *line = line_of(v);
+    return lmerge_cfg_copy_scalar(r, v, key, out);
+}
+
+static int read_key(struct reader *r, const char *key, const yaml_node_t *k,
+                    const yaml_node_t *v, struct lmerge_config *c)
+{
+    if (!strcmp(key, "merge_method"))
+        return text_key(r, v, key, &c->merge_method, &c->merge_method_line);
+    if (!strcmp(key, "base_model")) {
+        char *path = NULL;
+        c->base_model_line = line_of(v);
+        int rc = lmerge_cfg_model_ref(r, v, &path, &c->base_model,
+                                      &c->base_lora);
+        free(path);
+        return rc;
+    }
+    if (!strcmp(key, "dtype"))
+        return text_key(r, v, key, &c->dtype, &c->dtype_line);
+    if (!strcmp(key, "out_dtype"))
+        return text_key(r, v, key, &c->out_dtype, &c->out_dtype_line);
+    if (!strcmp(key, "models"))
+        return lmerge_cfg_read_models(r, v, c);
+    if (!strcmp(key, "slices"))
+        return lmerge_cfg_read_slices(r, v, c);
+    if (!strcmp(key, "parameters"))
+        return lmerge_cfg_read_params(r, v, "parameters", &c->params,
+                                      &c->n_params);
+    if (lmerge_tokenizer_is_key(key)) /* the tokenizer module's keys */
+        return lmerge_tokenizer_spec_read(r->doc, (void *)v, key, r->path,
+                                          &c->tokenizer, r->err, r->err_size);
+    if (!strcmp(key, "stats"))
+        return read_stats(r, v, c);
+    if (!strcmp(key, "purify")) {
+        c->purify_line = line_of(v);
+        return lmerge_cfg_read_params(r, v, "purify", &c->purify,
+                                      &c->n_purify);
+    }
+    if (!strcmp(key, "modules"))
+        return fail(r, k, "'modules' (per-module merges of multi-module "
+                          "models) is a mergekit feature lmerge does not "
+                          "support yet");
+    return fail(r, k, "unknown key '%s' (expected merge_method, base_model, "
+                      "models, slices, parameters, dtype, out_dtype, "
+                      "tokenizer_source, tokenizer, chat_template, stats, "
+                      "purify)", key);
 }
 
 static int read_root(struct reader *r, const yaml_node_t *root,
@@ -199,56 +142,31 @@ static int read_root(struct reader *r, const yaml_node_t *root,
     if (!root || root->type != YAML_MAPPING_NODE)
         return fail(r, root, "the config must be a mapping (merge_method, "
                              "base_model, models, parameters, dtype)");
-    if (reject_duplicate_keys(r, root))
+    if (lmerge_cfg_mapping(r, root, "the config"))
         return -1;
     for (yaml_node_pair_t *pair = root->data.mapping.pairs.start;
          pair < root->data.mapping.pairs.top; pair++) {
-        yaml_node_t *k = yaml_document_get_node(r->doc, pair->key);
-        yaml_node_t *v = yaml_document_get_node(r->doc, pair->value);
+        yaml_node_t *k = node_at(r, pair->key), *v = node_at(r, pair->value);
         const char *key = scalar(k);
-        int rc = 0;
         if (!key)
-            rc = fail(r, k, "keys must be plain words");
-        else if (strcmp(key, "merge_method") == 0) {
-            rc = copy_scalar(r, v, key, &c->merge_method);
-            c->merge_method_line = line_of(v);
-        } else if (strcmp(key, "base_model") == 0)
-            rc = copy_scalar(r, v, key, &c->base_model);
-        else if (strcmp(key, "dtype") == 0)
-            rc = copy_scalar(r, v, key, &c->dtype);
-        else if (strcmp(key, "out_dtype") == 0)
-            rc = copy_scalar(r, v, key, &c->out_dtype);
-        else if (strcmp(key, "models") == 0)
-            rc = read_models(r, v, c);
-        else if (strcmp(key, "parameters") == 0)
-            rc = read_params(r, v, "parameters", &c->params, &c->n_params);
-        else if (strcmp(key, "stats") == 0)
-            rc = read_stats(r, v, c);
-        else if (strcmp(key, "purify") == 0) {
-            c->purify_line = line_of(v);
-            rc = read_params(r, v, "purify", &c->purify, &c->n_purify);
-        } else if (lmerge_tokenizer_is_key(key)) {
-            rc = lmerge_tokenizer_spec_read(r->doc, v, key, r->path,
-                                            &c->tokenizer, r->err,
-                                            r->err_size);
-        } else if (strcmp(key, "slices") == 0 || strcmp(key, "modules") == 0)
-            rc = fail(r, k, "'%s' is a mergekit feature lmerge does not "
-                            "support yet", key);
-        else
-            rc = fail(r, k, "unknown key '%s' (expected merge_method, "
-                            "base_model, models, parameters, dtype, "
-                            "out_dtype, stats, purify, tokenizer_source, "
-                            "tokenizer, chat_template)", key);
-        if (rc)
-            return rc;
+            return fail(r, k, "keys must be plain words");
+        if (read_key(r, key, k, v, c))
+            return -1;
+        /* Blocks are reported at their key, not where their value starts. */
+        if (!strcmp(key, "slices"))
+            c->slices_line = line_of(k);
+        else if (!strcmp(key, "models"))
+            c->models_line = line_of(k);
     }
     if (!c->merge_method)
         return fail(r, root, "missing 'merge_method'");
-    if (!c->base_model)
-        return fail(r, root, "missing 'base_model' (every libmerge method "
-                             "merges task vectors relative to a base)");
-    if (!c->n_models)
-        return fail(r, root, "missing or empty 'models'");
+    /* mergekit: exactly one of models, slices (or modules). */
+    if (c->n_models && c->n_slices)
+        return fail(r, root, "both 'models' (line %d) and 'slices' (line %d) "
+                             "are given; mergekit takes exactly one",
+                    c->models_line, c->slices_line);
+    if (!c->n_models && !c->n_slices)
+        return fail(r, root, "missing 'models' or 'slices'");
     return 0;
 }
 
@@ -321,31 +239,35 @@ int lmerge_config_load(const char *path, struct lmerge_config *out,
     return rc;
 }
 
-static void free_params(struct lmerge_param *p, size_t n)
+static void free_refs(struct lmerge_model_ref *m, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        free(p[i].key);
-        free(p[i].value);
+    for (size_t i = 0; m && i < n; i++) {
+        free(m[i].path);
+        free(m[i].model);
+        free(m[i].lora);
+        lmerge_params_free(m[i].params, m[i].n_params);
     }
-    free(p);
+    free(m);
 }
 
 void lmerge_config_free(struct lmerge_config *c)
 {
     free(c->merge_method);
     free(c->base_model);
+    free(c->base_lora);
     free(c->dtype);
     free(c->out_dtype);
-    for (size_t i = 0; i < c->n_models; i++) {
-        free(c->models[i].path);
-        free_params(c->models[i].params, c->models[i].n_params);
+    free_refs(c->models, c->n_models);
+    for (size_t i = 0; c->slices && i < c->n_slices; i++) {
+        free_refs(c->slices[i].sources, c->slices[i].n_sources);
+        lmerge_params_free(c->slices[i].params, c->slices[i].n_params);
     }
-    free(c->models);
-    free_params(c->params, c->n_params);
-    free_params(c->purify, c->n_purify);
+    free(c->slices);
+    lmerge_params_free(c->params, c->n_params);
+    lmerge_params_free(c->purify, c->n_purify);
+    lmerge_tokenizer_spec_free(&c->tokenizer);
     for (size_t i = 0; i < c->n_stats; i++)
         free(c->stats[i]);
     free(c->stats);
-    lmerge_tokenizer_spec_free(&c->tokenizer);
     memset(c, 0, sizeof(*c));
 }

@@ -13,6 +13,9 @@
 #include "commands.h"
 #include "ties.h"
 #include "config.h"
+#include "inputs.h"
+#include "out_files.h"
+#include "resolve.h"
 #include "tokenizer.h"
 
 struct run_opts {
@@ -21,7 +24,7 @@ struct run_opts {
     int threads;
     uint64_t shard_bytes;
     const char *dtype;
-    bool json, quiet, copy_files, overwrite;
+    bool json, quiet, copy_files, overwrite, dry_run;
 };
 
 static void run_usage(FILE *f)
@@ -30,9 +33,12 @@ static void run_usage(FILE *f)
             "usage: lmerge run CONFIG.yaml -o OUT_DIR [--threads N]\n"
             "                  [--shard-size SIZE] [--dtype f32|f16|bf16]\n"
             "                  [--json] [--quiet] [--no-copy-files] [--overwrite]\n"
+            "       lmerge run --dry-run CONFIG.yaml   (print the resolved plan,\n"
+            "                  write nothing)\n"
             "\n"
-            "CONFIG follows mergekit: merge_method, base_model, models: [{model,\n"
-            "parameters: {weight, ...}}], parameters, dtype/out_dtype.\n"
+            "CONFIG is a mergekit config: merge_method, base_model, models or\n"
+            "slices, parameters (gradients and filters), dtype/out_dtype\n"
+            "(docs/cli.md, \"Coming from mergekit\").\n"
             "SIZE accepts K/M/G/T suffixes (bytes, powers of 1000; KiB/MiB/GiB\n"
             "for powers of 1024); default 5G. The output is OUT_DIR/model.safetensors,\n"
             "or shards plus model.safetensors.index.json when larger than SIZE.\n"
@@ -101,6 +107,8 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
             o->copy_files = false;
         } else if (!strcmp(a, "--overwrite")) {
             o->overwrite = true;
+        } else if (!strcmp(a, "--dry-run") || !strcmp(a, "-n")) {
+            o->dry_run = true;
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             run_usage(stdout);
             exit(0);
@@ -112,7 +120,7 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
             o->config = a;
         }
     }
-    if (!o->config || !o->out_dir) {
+    if (!o->config || (!o->out_dir && !o->dry_run)) {
         run_usage(stderr);
         return -1;
     }
@@ -143,57 +151,6 @@ static int show_progress(size_t done, size_t total, uint64_t bytes,
     return 0;
 }
 
-/* Per-model parameters other than `weight` become plan parameters when
- * every model gives the same value; different values need per-model
- * parameters, which no strategy takes yet. */
-static int apply_params(lm_context *ctx, lm_plan *plan,
-                        const struct lmerge_config *c, double *weights)
-{
-    for (size_t i = 0; i < c->n_params; i++) {
-        if (lm_plan_set_string(plan, c->params[i].key, c->params[i].value)) {
-            fprintf(stderr, "lmerge run: %s:%d: %s\n", "parameters",
-                    c->params[i].line, lm_context_error(ctx));
-            return -1;
-        }
-    }
-    for (size_t m = 0; m < c->n_models; m++) {
-        weights[m] = 1.0;
-        for (size_t j = 0; j < c->models[m].n_params; j++) {
-            const struct lmerge_param *p = &c->models[m].params[j];
-            if (strcmp(p->key, "weight") == 0) {
-                char *end;
-                weights[m] = strtod(p->value, &end);
-                if (*end || !isfinite(weights[m])) {
-                    fprintf(stderr, "lmerge run: line %d: weight '%s' is not "
-                            "a number\n", p->line, p->value);
-                    return -1;
-                }
-                continue;
-            }
-            for (size_t o = 0; o < c->n_models; o++) {
-                bool same = false;
-                for (size_t q = 0; q < c->models[o].n_params; q++)
-                    if (!strcmp(c->models[o].params[q].key, p->key) &&
-                        !strcmp(c->models[o].params[q].value, p->value))
-                        same = true;
-                if (!same) {
-                    fprintf(stderr, "lmerge run: line %d: per-model '%s' "
-                            "differs between models; libmerge takes one "
-                            "value for all models: put it under the "
-                            "top-level 'parameters'\n", p->line, p->key);
-                    return -1;
-                }
-            }
-            if (m == 0 && lm_plan_set_string(plan, p->key, p->value)) {
-                fprintf(stderr, "lmerge run: line %d: %s\n", p->line,
-                        lm_context_error(ctx));
-                return -1;
-            }
-        }
-    }
-    return 0;
-}
-
 static char *read_text(const char *path)
 {
     FILE *f = fopen(path, "rb");
@@ -213,22 +170,38 @@ static char *read_text(const char *path)
 
 /* The output directory, guarded against every input of the config. */
 static int begin_output(lm_context *ctx, const struct run_opts *o,
-                        const struct lmerge_config *c, lm_output_dir **out)
+                        const struct lmerge_inputs *in, lm_output_dir **out)
 {
-    const char **inputs = calloc(c->n_models + 1, sizeof(*inputs));
-    if (!inputs) {
+    /* MODEL+LORA references guard both parts. */
+    const char **inputs = calloc(2 * in->n + 1, sizeof(*inputs));
+    char **parts = calloc(2 * in->n + 1, sizeof(*parts));
+    size_t n = 0;
+    for (size_t i = 0; inputs && parts && i < in->n; i++) {
+        const char *plus = strchr(in->ref[i], '+');
+        if (!plus) {
+            inputs[n++] = in->ref[i];
+            continue;
+        }
+        parts[n] = strndup(in->ref[i], (size_t)(plus - in->ref[i]));
+        inputs[n] = parts[n];
+        n++;
+        inputs[n++] = plus + 1;
+    }
+    if (!inputs || !parts) {
+        free(inputs);
+        free(parts);
         fprintf(stderr, "lmerge run: out of memory\n");
         return -1;
     }
-    inputs[0] = c->base_model;
-    for (size_t m = 0; m < c->n_models; m++)
-        inputs[m + 1] = c->models[m].path;
     lm_output_dir_options opts;
     lm_output_dir_options_init(&opts);
     opts.overwrite = o->overwrite;
     opts.inputs = inputs;
-    opts.n_inputs = c->n_models + 1;
+    opts.n_inputs = n;
     lm_status st = lm_output_dir_begin(ctx, o->out_dir, &opts, out);
+    for (size_t i = 0; i < n; i++)
+        free(parts[i]);
+    free(parts);
     free(inputs);
     if (st != LM_OK)
         fprintf(stderr, "lmerge run: %s%s\n", lm_context_error(ctx),
@@ -236,33 +209,6 @@ static int begin_output(lm_context *ctx, const struct run_opts *o,
                     ? " (lmerge run --overwrite)"
                     : "");
     return st != LM_OK;
-}
-
-/* The config's inputs for tokenizer merging: the base, then the models
- * (NULL for a LoRA adapter). */
-static int prepare_tokenizer(lm_context *ctx, const struct lmerge_config *c,
-                             lm_model *base, lm_model *const *models,
-                             lmerge_tok_plan **tok, lm_model ***remapped)
-{
-    size_t n = c->n_models + 1;
-    const char **paths = calloc(n, sizeof(*paths));
-    lm_model **in = calloc(n, sizeof(*in));
-    int rc = -1;
-    if (paths && in) {
-        paths[0] = c->base_model;
-        in[0] = base;
-        for (size_t m = 0; m < c->n_models; m++) {
-            paths[m + 1] = c->models[m].path;
-            in[m + 1] = models[m];
-        }
-        rc = lmerge_tokenizer_prepare(ctx, &c->tokenizer, paths, in, n, tok,
-                                      remapped);
-    } else {
-        fprintf(stderr, "lmerge run: out of memory\n");
-    }
-    free(paths);
-    free(in);
-    return rc;
 }
 
 /* Rank and rank count under MPI; 0 and 1 otherwise. */
@@ -284,6 +230,112 @@ static int rank_count(void)
 #endif
 }
 
+/* Tokenizer merging (tokenizer.h): the inputs' paths (a MODEL+LORA
+ * reference's model part) and models, the base first; the remapped models
+ * (same tensors, embedding rows on the merged vocabulary) then stand in
+ * for the inputs, the originals kept in *orig to destroy; *paths_out
+ * (NULL-terminated) to free after the plan. */
+static int prepare_tokenizer(lm_context *ctx, const struct lmerge_config *c,
+                             struct lmerge_inputs *in, lmerge_tok_plan **tok,
+                             lm_model ***remapped, lm_model ***orig,
+                             char ***paths_out)
+{
+    size_t n = in->n;
+    /* The plan keeps pointers to the paths: they live until the end. */
+    char **paths = calloc(n + 1, sizeof(*paths));
+    *paths_out = paths;
+    *orig = calloc(n, sizeof(**orig));
+    int rc = paths && *orig ? 0 : -1;
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        if (!(paths[i] = strndup(in->ref[i], strcspn(in->ref[i], "+"))))
+            rc = -1;
+    if (rc)
+        fprintf(stderr, "lmerge run: out of memory\n");
+    else
+        rc = lmerge_tokenizer_prepare(ctx, &c->tokenizer,
+                                      (const char *const *)paths, in->model,
+                                      n, tok, remapped);
+    for (size_t i = 0; rc == 0 && *remapped && i < n; i++)
+        if ((*remapped)[i]) {
+            (*orig)[i] = in->model[i];
+            in->model[i] = (*remapped)[i];
+        }
+    return rc;
+}
+
+/* The strategy a method runs on in this build. */
+static const char *pick_strategy(lm_context *ctx, const struct lmerge_method *m,
+                                 const struct lmerge_config *c,
+                                 const char *path)
+{
+    const lm_strategy_vtable *vt;
+    if (lm_strategy_find(ctx, m->strategy, &vt) == LM_OK)
+        return m->strategy;
+    if (m->alt_strategy && lm_strategy_find(ctx, m->alt_strategy, &vt) == LM_OK)
+        return m->alt_strategy;
+    if (m->mergekit)
+        fprintf(stderr, "lmerge run: %s:%d: mergekit's '%s' needs libmerge "
+                "strategy '%s', which this build does not have (lmerge "
+                "methods)\n", path, c->merge_method_line, m->name,
+                m->strategy);
+    else
+        fprintf(stderr, "lmerge run: %s:%d: no strategy named '%s' (lmerge "
+                "methods lists them)\n", path, c->merge_method_line, m->name);
+    return NULL;
+}
+
+static void print_plan(const struct lmerge_config *c,
+                       const struct lmerge_layout *l,
+                       const struct lmerge_inputs *in,
+                       const struct lmerge_resolved *r, const char *strategy,
+                       const char *dtype, const lm_model *base)
+{
+    const struct lmerge_method *m = l->method;
+    printf("method: %s%s -> libmerge strategy %s\n", m->name,
+           m->mergekit ? " (mergekit)" : "", strategy);
+    const struct lmerge_out *o = &l->out[0];
+    printf("base: %s%s\n", in->ref[o->base.input],
+           m->role == LMERGE_BASE_MEMBER ? " (also a model of the merge)"
+           : m->role == LMERGE_BASE_REFERENCE
+               ? " (the reference task vectors are taken from)"
+               : "");
+    printf("models (%zu):\n", l->n_models);
+    for (size_t j = 0; j < l->n_models; j++) {
+        printf("  %zu: %s", j, in->ref[o->models[j].input]);
+        for (size_t t = 1; t < l->n_out; t++)
+            if (l->out[t].models[j].input != o->models[j].input) {
+                printf(" (first slice; other slices read other models)");
+                break;
+            }
+        printf("\n");
+    }
+    printf("parameters:\n");
+    lmerge_resolved_print(stdout, l, r);
+    printf("output dtype: %s\n", dtype ? dtype : "as the inputs");
+    printf("output: %zu tensors", l->n_out);
+    if (l->n_layers_out >= 0)
+        printf(", %ld layers%s", l->n_layers_out,
+               l->renumbered && l->n_layers_in >= 0 &&
+                       l->n_layers_in != l->n_layers_out
+                   ? " (renumbered; config.json num_hidden_layers updated)"
+                   : "");
+    printf(", %s\n", l->direct ? "read from the inputs as they are"
+                               : "assembled from slices / LoRA-applied inputs");
+    for (size_t t = 0; t < l->n_out; t++) {
+        const struct lmerge_out *x = &l->out[t];
+        printf("  %s  t=%.4g  <-", x->name, x->t);
+        printf(" base %s", strcmp(x->base.in_name, x->name) ? x->base.in_name
+                                                              : "=");
+        for (size_t j = 0; j < l->n_models; j++)
+            printf(", %zu %s", j,
+                   strcmp(x->models[j].in_name, x->name) ? x->models[j].in_name
+                                                          : "=");
+        printf("\n");
+    }
+    (void)c;
+    (void)base;
+}
+
 int lmerge_run(int argc, char **argv)
 {
     struct run_opts o;
@@ -299,91 +351,100 @@ int lmerge_run(int argc, char **argv)
     }
     int rc = 1;
     lm_context *ctx = NULL;
-    lm_model *base = NULL, **models = calloc(c.n_models, sizeof(*models));
-    lm_lora **adapters = calloc(c.n_models, sizeof(*adapters));
-    double *weights = calloc(c.n_models, sizeof(*weights));
+    struct lmerge_method scratch;
+    const struct lmerge_method *method =
+        lmerge_method_find(c.merge_method, &scratch);
+    struct lmerge_inputs in = {0};
+    struct lmerge_layout layout = {0};
+    struct lmerge_resolved res = {0};
+    struct lmerge_views views = {0};
     lm_plan *plan = NULL;
     lm_file_sink *sink = NULL;
     lm_output_dir *out = NULL;
     lm_stats *stats = NULL;
     lmerge_tok_plan *tok = NULL;
-    lm_model **remapped = NULL;
+    lm_model **remapped = NULL, **orig_models = NULL;
+    char **tok_paths = NULL;
     char *config_text = read_text(o.config);
     lm_context_options co = LM_CONTEXT_OPTIONS_INIT;
     co.n_threads = o.threads;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    if (!models || !adapters || !weights ||
-        lm_context_create(&co, &ctx) != LM_OK) {
+    if (lm_context_create(&co, &ctx) != LM_OK) {
         fprintf(stderr, "lmerge run: out of memory\n");
         goto done;
     }
-    if (lm_model_open(ctx, c.base_model, &base)) {
-        fprintf(stderr, "lmerge run: base_model: %s\n", lm_context_error(ctx));
+    const char *strategy = pick_strategy(ctx, method, &c, o.config);
+    if (!strategy || lmerge_inputs_open(ctx, &c, o.config, &in) ||
+        prepare_tokenizer(ctx, &c, &in, &tok, &remapped, &orig_models,
+                          &tok_paths) ||
+        lmerge_layout_build(&c, o.config, method, &in, &layout) ||
+        lmerge_resolve(&c, o.config, &layout, &res) ||
+        lmerge_views_build(ctx, &layout, &in, &views))
         goto done;
-    }
-    for (size_t m = 0; m < c.n_models; m++) {
-        lm_status st = lm_input_open(ctx, c.models[m].path, &models[m],
-                                     &adapters[m]);
-        if (st != LM_OK) {
-            fprintf(stderr, "lmerge run: %s:%d: %s\n", o.config,
-                    c.models[m].line, lm_context_error(ctx));
-            goto done;
-        }
-    }
-    /* Tokenizer merging: the plan merges remapped copies (same tensors,
-     * embedding rows on the merged vocabulary). */
-    if (prepare_tokenizer(ctx, &c, base, models, &tok, &remapped))
-        goto done;
-    lm_model *plan_base = remapped && remapped[0] ? remapped[0] : base;
-    if (lm_plan_create(ctx, c.merge_method, &plan)) {
+    if (lm_plan_create(ctx, strategy, &plan)) {
         fprintf(stderr, "lmerge run: %s:%d: %s\n", o.config,
                 c.merge_method_line, lm_context_error(ctx));
         goto done;
     }
-    if (apply_params(ctx, plan, &c, weights))
-        goto done;
-    const char *dtype_name = o.dtype ? o.dtype : c.out_dtype ? c.out_dtype
-                                                             : c.dtype;
-    lm_dtype out_dtype = LM_F32;
-    if (dtype_name) {
-        if (lm_dtype_parse(dtype_name, &out_dtype) ||
-            lm_plan_set_output_dtype(plan, out_dtype)) {
-            fprintf(stderr, "lmerge run: unknown dtype '%s' (use f32, f16, "
-                    "bf16 or f64)\n", dtype_name);
+    lm_plan_set_base(plan, views.base);
+    for (size_t j = 0; j < layout.n_models; j++) {
+        double w = lmerge_resolved_weight(&res, j);
+        lm_status st = views.models[j]
+                           ? lm_plan_add_model(plan, views.models[j], w)
+                           : lm_plan_add_lora(plan, views.adapters[j], w);
+        if (st != LM_OK) {
+            fprintf(stderr, "lmerge run: %s\n", lm_context_error(ctx));
             goto done;
         }
     }
-    lm_plan_set_base(plan, plan_base);
-    for (size_t m = 0; m < c.n_models; m++) {
-        if (adapters[m])
-            lm_plan_add_lora(plan, adapters[m], weights[m]);
-        else
-            lm_plan_add_model(plan, remapped && remapped[m + 1]
-                                        ? remapped[m + 1]
-                                        : models[m],
-                              weights[m]);
+    if (lmerge_resolved_apply(ctx, plan, &layout, &res, o.config))
+        goto done;
+    const char *dtype_name = o.dtype ? o.dtype : c.out_dtype ? c.out_dtype
+                                                             : c.dtype;
+    int dtype_line = o.dtype ? 0 : c.out_dtype ? c.out_dtype_line
+                                               : c.dtype_line;
+    lm_dtype out_dtype = LM_F32;
+    if (dtype_name) {
+        const char *d = strncmp(dtype_name, "torch.", 6) ? dtype_name
+                                                         : dtype_name + 6;
+        if (lm_dtype_parse(d, &out_dtype) ||
+            lm_plan_set_output_dtype(plan, out_dtype)) {
+            fprintf(stderr, "lmerge run: %s:%d: unknown dtype '%s' (use "
+                    "float32, float16, bfloat16; or f32, f16, bf16, f64)\n",
+                    o.config, dtype_line, dtype_name);
+            goto done;
+        }
     }
     if (lmerge_tie_embeddings(ctx, plan, base, models, adapters, c.n_models,
                               o.quiet || o.json))
         goto done;
     double tuned_keep = NAN;
-    if (lmerge_apply_stats(ctx, plan, &c, o.config, &stats) ||
-        lmerge_apply_purify(ctx, plan, &c, o.config, &tuned_keep))
+    if (lmerge_apply_stats(ctx, plan, &c, o.config, &stats))
+        goto done;
+    if (o.dry_run) {
+        print_plan(&c, &layout, &in, &res, strategy, dtype_name, views.base);
+        if (c.n_purify)
+            printf("purify: %zu option(s), applied at execution\n",
+                   c.n_purify);
+        rc = 0;
+        goto done;
+    }
+    if (lmerge_apply_purify(ctx, plan, &c, o.config, &tuned_keep))
         goto done;
     if (!isnan(tuned_keep) && !o.quiet && !o.json)
         fprintf(stderr, "lmerge run: purify keep %.4g chosen on held-out "
                 "rows\n", tuned_keep);
 
     uint64_t total = 0;
-    for (size_t i = 0; i < lm_model_count(plan_base); i++) {
-        const lm_tensor *t = lm_model_tensor(plan_base, i);
+    for (size_t i = 0; i < lm_model_count(views.base); i++) {
+        const lm_tensor *t = lm_model_tensor(views.base, i);
         total += lm_tensor_numel(t) *
                  lm_dtype_size(dtype_name ? out_dtype : lm_tensor_dtype(t));
     }
     /* Everything is written into a staging directory that becomes
      * OUT_DIR in one step at the end (rank 0 owns it under MPI). */
-    if (my_rank() == 0 && begin_output(ctx, &o, &c, &out))
+    if (my_rank() == 0 && begin_output(ctx, &o, &in, &out))
         goto done;
     const char *staging = out ? lm_output_dir_path(out) : o.out_dir;
     char version[64];
@@ -393,17 +454,19 @@ int lmerge_run(int argc, char **argv)
                             config_text ? config_text : ""};
     /* The library picks the format: the base's (a GGUF base gives a GGUF
      * output carrying its key/values), else safetensors, sharded when
-     * large and the format shards. */
+     * large and the format shards. A frankenmerge is safetensors: the
+     * base's key/values would describe another layer count. */
     lm_safetensors_sink_options so = LM_SAFETENSORS_SINK_OPTIONS_INIT;
     so.max_shard_bytes = total > o.shard_bytes ? o.shard_bytes : 0;
     so.metadata_keys = keys;
     so.metadata_values = values;
     so.n_metadata = 3;
+    const lm_model *like = c.n_slices ? NULL : in.model[layout.out[0].base.input];
     /* Under MPI only rank 0 owns the output files (see mpi_exec.c). */
     lm_status sink_st =
         my_rank() != 0
             ? LM_OK
-            : lm_file_sink_create_for(ctx, staging, base, &so, &sink);
+            : lm_file_sink_create_for(ctx, staging, like, &so, &sink);
     if (sink_st) {
         fprintf(stderr, "lmerge run: %s\n", lm_context_error(ctx));
         goto done;
@@ -413,8 +476,8 @@ int lmerge_run(int argc, char **argv)
     if (rank_count() > 1) {
 #ifdef LMERGE_MPI
         /* Each failing rank has printed its rank, tensor and message. */
-        if (lmerge_mpi_execute(ctx, plan, plan_base, dtype_name != NULL, out_dtype,
-                               c.merge_method, sink))
+        if (lmerge_mpi_execute(ctx, plan, views.base, dtype_name != NULL,
+                               out_dtype, c.merge_method, sink))
             goto done;
 #endif
     } else {
@@ -431,12 +494,27 @@ int lmerge_run(int argc, char **argv)
     }
     /* Side files go into the staging directory too, so a failed copy
      * leaves no model without its config behind. */
-    if (o.copy_files && lmerge_copy_side_files(c.base_model, staging, err,
-                                               sizeof(err))) {
-        fprintf(stderr, "lmerge run: %s\n", err);
+    struct lmerge_out_info info = {
+        .donor = in.ref[layout.out[0].base.input],
+        .dtype = dtype_name,
+        .n_layers = c.n_slices ? layout.n_layers_out : -1,
+        .config_text = config_text ? config_text : "",
+        .strategy = strategy,
+        .copy_files = o.copy_files,
+    };
+    /* The donor of side files is base_model's model part, else the
+     * first model (mergekit's _get_donor_model). */
+    char *donor = strndup(info.donor, strcspn(info.donor, "+"));
+    info.donor = donor;
+    int wrc = donor ? lmerge_write_out_files(&c, &layout, &info, staging, err,
+                                             sizeof(err))
+                    : -1;
+    free(donor);
+    if (wrc) {
+        fprintf(stderr, "lmerge run: %s\n", donor ? err : "out of memory");
         goto done;
     }
-    /* The merged tokenizer's files replace the base's copies. */
+    /* The merged tokenizer's files replace the donor's copies. */
     if (tok && lmerge_tokenizer_write(tok, staging, err, sizeof(err))) {
         fprintf(stderr, "lmerge run: %s\n", err);
         goto done;
@@ -451,10 +529,10 @@ int lmerge_run(int argc, char **argv)
     double secs = (double)(t1.tv_sec - t0.tv_sec) +
                   (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     if (o.json) {
-        printf("{\"status\": \"ok\", \"method\": \"%s\", \"models\": %zu, "
-               "\"tensors\": %zu, \"bytes\": %llu, \"seconds\": %.3f, "
-               "\"files\": [", c.merge_method, c.n_models,
-               lm_model_count(plan_base), (unsigned long long)total, secs);
+        printf("{\"status\": \"ok\", \"method\": \"%s\", \"strategy\": "
+               "\"%s\", \"models\": %zu, \"tensors\": %zu, \"bytes\": %llu, "
+               "\"seconds\": %.3f, \"files\": [", c.merge_method, strategy,
+               layout.n_models, layout.n_out, (unsigned long long)total, secs);
         for (size_t i = 0; i < lm_file_sink_file_count(sink); i++)
             printf("%s\"%s/%s\"", i ? ", " : "", o.out_dir,
                    strrchr(lm_file_sink_file(sink, i), '/') + 1);
@@ -465,7 +543,7 @@ int lmerge_run(int argc, char **argv)
     } else if (!o.quiet) {
         bool small = total < 1000000;
         printf("merged %zu models with %s: %zu tensors, %.1f %s in %.2f s -> "
-               "%s\n", c.n_models, c.merge_method, lm_model_count(plan_base),
+               "%s\n", layout.n_models, c.merge_method, layout.n_out,
                small ? total / 1e3 : total / 1e6, small ? "kB" : "MB", secs,
                o.out_dir);
     }
@@ -475,15 +553,18 @@ done:
     lm_output_dir_destroy(out); /* removes the staging directory on failure */
     lm_plan_destroy(plan);
     lm_stats_destroy(stats);
-    lmerge_tokenizer_release(tok, remapped, c.n_models + 1);
-    for (size_t m = 0; models && adapters && m < c.n_models; m++) {
-        lm_model_destroy(models[m]);
-        lm_lora_destroy(adapters[m]);
-    }
-    free(models);
-    free(adapters);
-    free(weights);
-    lm_model_destroy(base);
+    lmerge_views_free(&views);
+    lmerge_resolved_free(&res);
+    lmerge_layout_free(&layout);
+    for (size_t i = 0; orig_models && i < in.n; i++)
+        if (orig_models[i])
+            in.model[i] = orig_models[i];
+    lmerge_tokenizer_release(tok, remapped, in.n);
+    free(orig_models);
+    for (size_t i = 0; tok_paths && tok_paths[i]; i++)
+        free(tok_paths[i]);
+    free(tok_paths);
+    lmerge_inputs_close(&in);
     lm_context_destroy(ctx);
     free(config_text);
     lmerge_config_free(&c);

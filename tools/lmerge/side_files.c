@@ -32,6 +32,14 @@ static bool is_weight_file(const char *name)
     return false;
 }
 
+/* Written for the merge itself (out_files.c): the donor's model card
+ * describes the donor, not the merge (mergekit writes its own card too). */
+static bool is_generated(const char *name)
+{
+    return !strcmp(name, "README.md") || !strcmp(name, "mergekit_config.yml") ||
+           !strcmp(name, "config.json");
+}
+
 static int copy_file(const char *src, const char *dst_dir, const char *name,
                      char *err, size_t err_size)
 {
@@ -93,7 +101,8 @@ int lmerge_copy_side_files(const char *base_path, const char *out_dir,
     }
     int rc = 0;
     for (struct dirent *e; rc == 0 && (e = readdir(d));) {
-        if (e->d_name[0] == '.' || is_weight_file(e->d_name))
+        if (e->d_name[0] == '.' || is_weight_file(e->d_name) ||
+            is_generated(e->d_name))
             continue;
         char src[4096];
         snprintf(src, sizeof(src), "%s/%s", base_path, e->d_name);
