@@ -13,6 +13,11 @@ arrays (a MODEL+LORA reference is looked up as written).
 """
 import numpy as np
 
+try:  # helper B's references of the geometric methods, when present
+    import mergekit_reference_geo as geo
+except ImportError:
+    geo = None
+
 PRE = ["model.embed_tokens.weight"]
 LAYER = ["input_layernorm.weight", "self_attn.q_proj.weight",
          "self_attn.k_proj.weight", "self_attn.v_proj.weight",
@@ -160,6 +165,13 @@ def merge_tensor(config, sl, out_name, t, inputs, models):
         res = sum(w * x for w, (_, x, _) in zip(ws, tensors))
         normalize = parameter(config, sl, "normalize", out_name, t)
         return res / sum(ws) if normalize in (None, True) else res
+    if method in ("slerp", "arcee_fusion"):
+        base = next(x for m, x, _ in tensors if m == base_ref).astype(np.float32)
+        other = next(x for m, x, _ in tensors if m != base_ref).astype(np.float32)
+        if method == "arcee_fusion":
+            return geo.arcee_fusion(base, other).astype(np.float64)
+        tv = parameter(config, sl, "t", out_name, t)
+        return np.asarray(geo.slerp(tv, base, other), np.float64)
     if method in GTA_DEFAULTS:
         base = next(x for m, x, _ in tensors if m == base_ref)
         tvs, ws, ds = [], [], []

@@ -6,9 +6,10 @@ evaluator mergekit_config_eval.py; the output folder as mergekit writes
 it; and every config key lmerge refuses.
 
 Tolerances: outputs written in f32 (--dtype f32) must be within 1e-5
-(max abs diff) of the f64 reference; outputs in the configs' float16
-within one float16 ulp of the reference rounded to float16 (lmerge
-computes in f32 and rounds once, mergekit computes in the dtype itself).
+(max abs diff) of the reference; outputs in the configs' float16 within
+one float16 ulp of the reference rounded to float16, bfloat16 within one
+bfloat16 ulp (lmerge computes in f32 and rounds once, mergekit computes in
+the dtype itself).
 """
 import json
 import os
@@ -49,6 +50,15 @@ def need(strategy, *params):
     if strategy not in have or any(p not in have[strategy] for p in params):
         pytest.skip("libmerge strategy %s%s is not in this build yet"
                     % (strategy, " with " + ", ".join(params) if params else ""))
+
+
+def need_param(strategy, param, text):
+    """Skip unless `lmerge methods` shows `param` of `strategy` with `text`
+    (e.g. "per model") in its description line."""
+    lines = strategies().get(strategy, "").splitlines()
+    if not any(l.split()[:1] == [param] and text in l for l in lines):
+        pytest.skip("libmerge strategy %s has no %s %s in this build yet"
+                    % (strategy, param, text))
 
 
 def write_model(d, tensors, n_layers, card=True):
@@ -103,6 +113,10 @@ def check(cfg, parsed, models, tmp_path, out_name="out"):
     assert r.returncode == 0, r.stderr
     got = st_format.read_dir(out)
     for k, v in want.items():
+        if parsed.get("dtype") == "bfloat16":  # raw bits; one bf16 ulp
+            g = (got[k].astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+            assert np.all(np.abs(g - v) <= np.abs(v) * 2.0**-7), k
+            continue
         assert got[k].dtype == np.float16, k
         ref = v.astype(np.float16)
         ulp = np.spacing(np.abs(ref)).astype(np.float64)
@@ -144,6 +158,7 @@ def test_example_orcamini_platy_44layer(tmp_path):
 
 def test_example_ties(tmp_path):
     need("ties", "divide", "none")
+    need_param("ties", "density", "per model")
     names = ["TheBloke/Llama-2-13B-fp16", "psmathur/orca_mini_v3_13b",
              "garage-bAInd/Platypus2-13B", "WizardLM/WizardMath-13B-V1.0"]
     # hidden 16: density 0.1 keeps int(0.1 * 16) = 1 entry of a norm
@@ -163,15 +178,25 @@ def test_example_bio_merge(tmp_path):
 
 
 def test_example_gradient_slerp(tmp_path):
+    """t per tensor: a gradient for self_attn, another for mlp, 0.5 for the
+    rest, over 40 layers (t = i / 39)."""
     need("slerp")
-    pytest.skip("slerp reference: tests/python/mergekit_reference_geo.py "
-                "(helper B) is not wired into the evaluator yet")
+    if mk.geo is None:
+        pytest.skip("mergekit_reference_geo.py is not in this tree yet")
+    names = ["psmathur/orca_mini_v3_13b", "garage-bAInd/Platypus2-13B"]
+    models, paths = family(tmp_path, names, names[0], 40, 11)
+    cfg, parsed = example("gradient-slerp", paths, tmp_path)
+    check(cfg, parsed, models, tmp_path)
 
 
 def test_example_arcee_fusion(tmp_path):
     need("arcee_fusion")
-    pytest.skip("arcee_fusion reference (helper B) is not wired into the "
-                "evaluator yet")
+    if mk.geo is None:
+        pytest.skip("mergekit_reference_geo.py is not in this tree yet")
+    names = ["model_a", "model_b"]
+    models, paths = family(tmp_path, names, names[0], 3, 12)
+    cfg, parsed = example("arcee_fusion", paths, tmp_path)
+    check(cfg, parsed, models, tmp_path)
 
 
 GRADIENTS = """merge_method: task_arithmetic

@@ -353,6 +353,17 @@ int lmerge_resolved_apply(lm_context *ctx, lm_plan *plan,
             }
             if (tr > 0)
                 break;
+            /* `average` (the fallback for linear) without normalize sums
+             * task vectors, not models: only `linear` can say that. */
+            if (!strcmp(lib_name, "normalize") && lib_value == 0.0 &&
+                !strcmp(l->method->name, "linear") &&
+                strcmp(lm_plan_strategy(plan), "linear")) {
+                fprintf(stderr, "lmerge run: %s:%d: mergekit's linear with "
+                        "normalize: false needs libmerge's 'linear' "
+                        "strategy, which this build does not have\n", path,
+                        v->line);
+                return -1;
+            }
             /* mergekit's normalize / rescale: false switch a feature off:
              * what a strategy without that feature does anyway. */
             if (!lib_text && lib_value == 0.0 && l->method->mergekit &&
