@@ -351,22 +351,31 @@ LMERGE = os.environ.get("LIBMERGE_LMERGE")
 @pytest.mark.parametrize("method,n,params,ref", [
     ("slerp", 1, "  t: 0.3\n", lambda b, ms: mg.slerp(0.3, b, ms[0])),
     ("linear", 3, "  normalize: false\n", lambda b, ms: mg.linear(ms, [0.5, 0.25, 0.25], False)),
-    ("karcher", 3, "", lambda b, ms: mg.karcher(ms)),
+    # mergekit gathers base_model with the models: one more point of the mean
+    ("karcher", 3, "", lambda b, ms: mg.karcher(ms + [b])),
     ("model_stock", 3, "  filter_wise: true\n", lambda b, ms: mg.model_stock(b, ms, True)),
     ("multislerp", 3, "  normalize_weights: true\n",
      lambda b, ms: mg.multislerp(ms, [0.5, 0.25, 0.25], b)),
 ])
 def test_lmerge_run_config(tmp_path, method, n, params, ref):
+    """The config reader (docs/cli.md "Coming from mergekit") passes only
+    the parameters mergekit's method reads: `weight` for linear and
+    multislerp; linear takes no base_model (mergekit would append it to
+    the models without a weight)."""
     base, ms = make(n, spread=0.05)
     st_format.write(tmp_path / "base.safetensors", base)
     models = ""
+    weighted = method in ("linear", "multislerp")
     for i, m in enumerate(ms):
         st_format.write(tmp_path / ("m%d.safetensors" % i), m)
-        models += "  - model: %s\n    parameters: {weight: %s}\n" % (
-            tmp_path / ("m%d.safetensors" % i), [0.5, 0.25, 0.25][i])
+        models += "  - model: %s\n" % (tmp_path / ("m%d.safetensors" % i))
+        if weighted:
+            models += "    parameters: {weight: %s}\n" % [0.5, 0.25, 0.25][i]
     cfg = tmp_path / "merge.yaml"
-    cfg.write_text("merge_method: %s\nbase_model: %s\nmodels:\n%sparameters:\n%s"
-                   % (method, tmp_path / "base.safetensors", models, params or "  {}\n"))
+    head = "merge_method: %s\n" % method
+    if method != "linear":
+        head += "base_model: %s\n" % (tmp_path / "base.safetensors")
+    cfg.write_text("%smodels:\n%sparameters:\n%s" % (head, models, params or "  {}\n"))
     r = subprocess.run([LMERGE, "run", str(cfg), "-o", str(tmp_path / "out")],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
