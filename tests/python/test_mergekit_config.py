@@ -158,7 +158,7 @@ def test_example_orcamini_platy_44layer(tmp_path):
 
 def test_example_ties(tmp_path):
     need("ties", "divide", "none")
-    need_param("ties", "density", "per model")
+    need_param("ties", "density", "model")
     names = ["TheBloke/Llama-2-13B-fp16", "psmathur/orca_mini_v3_13b",
              "garage-bAInd/Platypus2-13B", "WizardLM/WizardMath-13B-V1.0"]
     # hidden 16: density 0.1 keeps int(0.1 * 16) = 1 entry of a norm

@@ -37,7 +37,7 @@ static const struct lmerge_mk_param p_della_linear[] = {
     END};
 static const struct lmerge_mk_param p_sce[] = {
     {"int8_mask", false, "false", false}, {"select_topk", false, "1.0", false},
-    {"weight", true, "1.0", false}, END};
+    END};
 static const struct lmerge_mk_param p_ram[] = {
     {"epsilon", false, "1e-5", false}, END};
 static const struct lmerge_mk_param p_ramplus[] = {
