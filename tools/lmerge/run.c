@@ -416,8 +416,9 @@ int lmerge_run(int argc, char **argv)
             goto done;
         }
     }
-    if (lmerge_tie_embeddings(ctx, plan, base, models, adapters, c.n_models,
-                              o.quiet || o.json))
+    if (lmerge_tie_embeddings(ctx, plan, views.base, views.models,
+                              views.adapters, layout.n_models,
+                              o.quiet || o.json || o.dry_run))
         goto done;
     double tuned_keep = NAN;
     if (lmerge_apply_stats(ctx, plan, &c, o.config, &stats))
