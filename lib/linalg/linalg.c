@@ -62,6 +62,25 @@ static size_t queried(double size)
     return size < 1 ? 1 : (size_t)size;
 }
 
+bool lm__lapack_fits(double count)
+{
+    double max = sizeof(lapack_int) == 4 ? 2147483647.0 : 9.2e18;
+    return count <= max;
+}
+
+/* LAPACK's dimensions and workspace sizes are lapack_int (32-bit here):
+ * checked before the call, since a size that wraps makes LAPACK misreport
+ * its workspace or index out of bounds. */
+static lm_status too_big(lm_context *ctx, const char *what, size_t m,
+                         size_t n, double work)
+{
+    return lm_context_set_error(ctx, LM_ERR_UNSUPPORTED,
+                                "%s of a %zu x %zu matrix needs a LAPACK "
+                                "workspace of %.0f elements, above the "
+                                "%zu-bit LAPACK integer limit", what, m, n,
+                                work, 8 * sizeof(lapack_int));
+}
+
 /* out (col-major, m x n, leading dimension m) = a (row-major m x n). */
 static void to_col_major(const double *a, size_t m, size_t n, double *out)
 {
@@ -131,6 +150,11 @@ static lapack_int gesdd(lm_context *ctx, const double *a, size_t m,
                         double *vt, lm_status *st)
 {
     size_t k = m < n ? m : n;
+    double mx = (double)(m < n ? n : m), need = 4.0 * k * k + 7.0 * k + mx;
+    if (!lm__lapack_fits(need) || !lm__lapack_fits(mx)) {
+        *st = too_big(ctx, "SVD (dgesdd)", m, n, need);
+        return 0;
+    }
     double query = 0;
     lapack_int iquery = 0;
     lapack_int info = LAPACKE_dgesdd_work(
@@ -162,6 +186,11 @@ static lapack_int gesvd(lm_context *ctx, const double *a, size_t m,
                         double *vt, lm_status *st)
 {
     size_t k = m < n ? m : n;
+    double mx = (double)(m < n ? n : m), need = 5.0 * k + mx;
+    if (!lm__lapack_fits(need)) {
+        *st = too_big(ctx, "SVD (dgesvd)", m, n, need);
+        return 0;
+    }
     double query = 0;
     lapack_int info = LAPACKE_dgesvd_work(
         LAPACK_COL_MAJOR, 'S', 'S', (lapack_int)n, (lapack_int)m, copy,
@@ -221,6 +250,9 @@ lm_status lm__eigh(lm_context *ctx, const double *a, size_t n, double *w,
     LM_TRY(check_finite(ctx, "eigendecomposition", a, n * n));
     if (!n)
         return LM_OK;
+    double need = 1.0 + 6.0 * (double)n + 2.0 * (double)n * (double)n;
+    if (!lm__lapack_fits(need))
+        return too_big(ctx, "eigendecomposition (dsyevd)", n, n, need);
     double query = 0;
     lapack_int iquery = 0;
     lapack_int info = LAPACKE_dsyevd_work(LAPACK_COL_MAJOR, 'V', 'U',
@@ -483,7 +515,7 @@ lm_status lm__polar_pair(lm_context *ctx, const double *a, size_t ma,
 
 /* Standard normal draws from a counter-based generator: value i depends
  * only on (seed, i). */
-static double gaussian(uint64_t seed, uint64_t i)
+double lm__gaussian(uint64_t seed, uint64_t i)
 {
     uint64_t a = lm__mix64(seed ^ lm__mix64(2 * i));
     uint64_t b = lm__mix64(seed ^ lm__mix64(2 * i + 1));
@@ -529,7 +561,7 @@ lm_status lm__svd_randomized(lm_context *ctx, const double *a, size_t m,
     double *omega = buf, *y = omega + n * l, *q = y + m * l, *bm = q + m * l,
            *ub = bm + l * n, *sb = ub + l * l;
     for (size_t i = 0; i < n * l; i++)
-        omega[i] = gaussian(seed, i);
+        omega[i] = lm__gaussian(seed, i);
     lm__gemm(false, false, m, l, n, 1.0, a, omega, 0.0, y); /* Y = A Omega */
     lm_status st = lm__qr_q(ctx, y, m, l, q);
     for (size_t it = 0; st == LM_OK && it < power; it++) {

@@ -70,6 +70,16 @@ lm_status lm__polar_pair(lm_context *ctx, const double *a, size_t ma,
                          const double *b, size_t mb, size_t nb, double *pb,
                          double *mean_b);
 
+/* Whether a dimension or workspace size fits LAPACK's integer
+ * (lapack_int: 32-bit in the usual builds). The SVD and eigensolver
+ * wrappers check their workspace formulas before calling LAPACK and fail
+ * with LM_ERR_UNSUPPORTED; callers may check first to name a tensor. */
+bool lm__lapack_fits(double count);
+
+/* Standard normal number i of the stream `seed` (counter-based: the same
+ * (seed, i) gives the same number on any thread). */
+double lm__gaussian(uint64_t seed, uint64_t i);
+
 /* C = alpha * op(A) op(B) + beta * C (row-major, BLAS dgemm). */
 void lm__gemm(bool ta, bool tb, size_t m, size_t n, size_t k, double alpha,
               const double *a, const double *b, double beta, double *c);

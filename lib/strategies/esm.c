@@ -31,6 +31,13 @@ static const lm_param_desc esm_params[] = {
      "complete|identity",
      "with fewer calibration rows than outputs: orthonormal completion, or "
      "the released code's identity columns", 0},
+    {sizeof(lm_param_desc), "esd_route", LM_PARAM_CHOICE, 0, 0, 0,
+     "auto|gram|output|randomized",
+     "how each task's essential subspace is computed: the cheapest exact "
+     "route within memory_budget (randomized if none fits), or forced", 0},
+    {sizeof(lm_param_desc), "memory_budget", LM_PARAM_FLOAT, 2.0, 1e-6, 1e6,
+     NULL, "GiB one task's essential subspace (and one layer's "
+     "concatenation) may take; estimated before allocating", 0},
     {sizeof(lm_param_desc), "preset", LM_PARAM_CHOICE, 0, 0, 0,
      "generic|clip-vit", "tensor routing: any model, or the released ViT "
      "routing", 0},
@@ -148,7 +155,8 @@ static lm_status esm_init(const lm_strategy_init_info *info, void **state,
     regcomp(&s->clip_scaled, CLIP_SCALED, REG_EXTENDED | REG_NOSUB);
     regcomp(&s->clip_mean, CLIP_MEAN, REG_EXTENDED | REG_NOSUB);
     const lm_params *p = info->params;
-    const char *pad, *preset;
+    const char *pad, *preset, *route;
+    double budget = 0;
     int b[4];
     int64_t rank;
     lm_status st = lm_params_get_float(p, "alpha", &s->alpha);
@@ -162,6 +170,10 @@ static lm_status esm_init(const lm_strategy_init_info *info, void **state,
         st = lm_params_get_choice(p, "pad", &pad);
     if (st == LM_OK)
         st = lm_params_get_choice(p, "preset", &preset);
+    if (st == LM_OK)
+        st = lm_params_get_choice(p, "esd_route", &route);
+    if (st == LM_OK)
+        st = lm_params_get_float(p, "memory_budget", &budget);
     static const char *const switches[4] = {"inter_task", "eig_weighting",
                                             "inter_dim", "layer_scaling"};
     for (int i = 0; st == LM_OK && i < 4; i++)
@@ -187,6 +199,11 @@ static lm_status esm_init(const lm_strategy_init_info *info, void **state,
     s->o.rank = (size_t)rank;
     s->o.pad_identity = strcmp(pad, "identity") == 0;
     s->clip_vit = strcmp(preset, "clip-vit") == 0;
+    s->o.route = strcmp(route, "gram") == 0         ? ESD_GRAM
+                 : strcmp(route, "output") == 0     ? ESD_OUTPUT
+                 : strcmp(route, "randomized") == 0 ? ESD_RANDOMIZED
+                                                    : ESD_AUTO;
+    s->o.budget = budget * 1024.0 * 1024.0 * 1024.0;
     s->o.inter_task = b[0];
     s->o.eig_weighting = b[1];
     s->o.inter_dim = b[2];
@@ -344,8 +361,8 @@ static lm_status merge_route(const struct esm_state *s,
                     "lm_stats_observe", job->name, t, d_in);
         }
         if (st == LM_OK)
-            st = lm__esm_layer(ctx, &s->o, x, grams, rows, T, d_out, d_in,
-                               out);
+            st = lm__esm_layer(ctx, &s->o, job->name, job->seed, x, grams,
+                               rows, T, d_out, d_in, out);
     }
     lm_free(ctx, x);
     return st;

@@ -9,6 +9,7 @@
 #include "libmerge/projector.h"
 #include "core/internal.h"
 #include "linalg/linalg.h"
+#include "strategies/esm.h"
 #include "testutil.h"
 
 static double *rand_mat(size_t m, size_t n, uint64_t seed)
@@ -73,6 +74,27 @@ static void check_svd(size_t m, size_t n, bool fallback)
     free(a); free(u); free(s); free(vt); free(r); free(us);
     lm_context_destroy(ctx);
 }
+
+/* 32-bit LAPACK: dsyevd of n needs 1 + 6n + 2n^2 workspace elements, so
+ * ESM's Gram route stops fitting at n = 32766; the output route at the same
+ * d_out only decomposes C (d_in) and B (min(n, d_in) x d_out). */
+START_TEST(lapack_integer_limits)
+{
+    ck_assert(lm__lapack_fits(2147483647.0));
+    ck_assert(!lm__lapack_fits(2147483648.0));
+    ck_assert(lm__esm_route_fits_lapack(ESD_GRAM, 32765, 4096, 100000, 4000));
+    ck_assert(!lm__esm_route_fits_lapack(ESD_GRAM, 32767, 4096, 100000, 4000));
+    ck_assert(!lm__esm_route_fits_lapack(ESD_GRAM, 128256, 4096, 100000, 1));
+    ck_assert(lm__esm_route_fits_lapack(ESD_OUTPUT, 128256, 4096, 100000, 1));
+    ck_assert(lm__esm_route_fits_lapack(ESD_RANDOMIZED, 128256, 4096, 100000,
+                                        64));
+    /* The Gram route's estimate at 32k: five d_out^2 arrays, ~39 GiB. */
+    double g = lm__esm_route_bytes(ESD_GRAM, 32000, 4096, 8192, 4000);
+    ck_assert(g > 39.0 * 1073741824.0 && g < 39.2 * 1073741824.0);
+    double o = lm__esm_route_bytes(ESD_OUTPUT, 32000, 4096, 8192, 4000);
+    ck_assert(o < g / 8);
+}
+END_TEST
 
 START_TEST(svd_reconstructs)
 {
@@ -689,6 +711,7 @@ int main(void)
     tcase_add_test(tc, projector_eigenbasis);
     tcase_add_test(tc, projector_stats_energy);
     tcase_add_test(tc, randomized_svd_seeds);
+    tcase_add_test(tc, lapack_integer_limits);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

@@ -176,10 +176,15 @@ def knots(tasks, weights, merge="ties", density=0.2, lam=1.0):
 # --- ESM (the released algorithm, SVD route: PCA of dO = X dW^T) ---
 
 def esm_layer(dws, xs, k=None, pad_identity=False, norm_power=2.0, eig_power=0.15,
-              inter_task=True, eig_weighting=True, inter_dim=True, route="svd"):
+              inter_task=True, eig_weighting=True, inter_dim=True, route="svd",
+              keep_rank=False):
     """route="svd": P, lambda from the uncentred SVD of dO = X dW^T, as
     released; route="gram": eigenvectors / eigenvalues of dW (X^T X) dW^T
-    (docs/methods/esm.md step 1), only for n >= d_out (no padding)."""
+    (docs/methods/esm.md step 1), only for n >= d_out (no padding).
+    keep_rank: a task keeps only its directions with s^2 above numpy's
+    matrix_rank tolerance (s_max^2 max(d_out, d_in) eps) among the first k
+    -- libmerge's documented rule where k exceeds rank(dO) and the released
+    directions are an arbitrary null-space basis."""
     T = len(dws)
     d_out, d_in = dws[0].shape
     k = k or max(1, d_out // T)
@@ -198,7 +203,14 @@ def esm_layer(dws, xs, k=None, pad_identity=False, norm_power=2.0, eig_power=0.1
             _, s, vh = svd(x @ dw.T)
             p = vh.T
             lam = s ** 2 / (n - 1)
-        if p.shape[1] < d_out:
+        if p.shape[1] < d_out and keep_rank and not pad_identity:
+            # Only the rank's directions are kept, and an orthonormal
+            # completion leaves ||P^T dW|| = ||dW||: no d_out x d_out basis
+            # needed (lm_head-sized tests).
+            a = p.T @ dw
+            nt = np.linalg.norm(dw)
+            lam = lam[:p.shape[1]]
+        elif p.shape[1] < d_out:
             r = p.shape[1]
             if pad_identity:
                 p = np.concatenate([p, np.eye(d_out)[:, r:]], 1)
@@ -206,19 +218,24 @@ def esm_layer(dws, xs, k=None, pad_identity=False, norm_power=2.0, eig_power=0.1
                 q, _ = np.linalg.qr(np.concatenate([p, np.eye(d_out)], 1))
                 p = np.concatenate([p, q[:, r:d_out]], 1)
             lam = np.concatenate([lam, np.zeros(d_out - r)])
-        a = p.T @ dw
-        nt = np.linalg.norm(a)
+        if not (keep_rank and not pad_identity and p.shape[1] < d_out):
+            a = p.T @ dw
+            nt = np.linalg.norm(a)
         norms.append(nt)
         if inter_task:
             a = a * nt ** norm_power
-        lk = lam[:k]
-        if eig_weighting and lk.mean() > 0:
+        kt = k
+        if keep_rank:
+            ev = lam * max(n - 1, 1)
+            kt = min(k, int(np.sum(ev > ev.max() * max(d_out, d_in) * np.finfo(float).eps)))
+        lk = lam[:kt]
+        if eig_weighting and kt and lk.mean() > 0:
             e = (lk / lk.mean()) ** eig_power
             e = e / e.mean()
         else:
-            e = np.ones(k)
-        us.append(p[:, :k] * e[None, :])
-        vs.append(a[:k] * e[:, None])
+            e = np.ones(kt)
+        us.append(p[:, :kt] * e[None, :])
+        vs.append(a[:kt] * e[:, None])
     pc = np.concatenate(us, 1)
     ac = np.concatenate(vs, 0)
     if inter_task:

@@ -63,3 +63,24 @@ def test_bf16_state_dicts():
     assert set(out) == {"w"} and isinstance(out["w"], libmerge.BFloat16Array)
     np.testing.assert_array_equal(libmerge.from_bfloat16(out["w"]),
                                   sd["w"].float().numpy())
+
+
+@pytest.mark.parametrize("include,exclude,want", [
+    (None, ["fc2"], {"fc1.weight", "attn.in_proj_weight"}),
+    (None, "^attn$", {"fc1.weight", "fc2.weight"}),
+    (["^fc"], None, {"fc1.weight", "fc2.weight"}),
+    (["fc"], ["2$"], {"fc1.weight"}),
+])
+def test_collect_stats_include_exclude(include, exclude, want):
+    """Patterns are regular expressions searched in module names: hooked
+    when some include pattern matches (all when None) and no exclude one
+    does, as for exclude=["lm_head"] on a language model."""
+    torch.manual_seed(1)
+    stats = lt.collect_stats(Net(), [torch.randn(5, 3, 8)], include=include,
+                             exclude=exclude)
+    assert {name for _, name in stats.keys()} == want
+
+
+def test_collect_stats_bad_pattern_names_it():
+    with pytest.raises(ValueError, match=r"exclude pattern '\['"):
+        lt.collect_stats(Net(), [torch.randn(5, 3, 8)], exclude=["["])

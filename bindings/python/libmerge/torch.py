@@ -13,6 +13,8 @@ statistics key is "<module name>.weight", the weight's state-dict name) and
 nn.MultiheadAttention in-projection ("<name>.in_proj_weight", the query
 input, as the released ESM code does). Labels are never used.
 """
+import re
+
 import numpy as np
 import torch
 
@@ -31,17 +33,38 @@ def _rows(x):
     return x.reshape(-1, x.shape[-1]).cpu().numpy().astype(np.float32, copy=False)
 
 
+def _pattern_list(patterns, what):
+    if patterns is None:
+        return []
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    out = []
+    for p in patterns:
+        try:
+            out.append(re.compile(p))
+        except re.error as e:
+            raise ValueError("libmerge.torch.collect_stats: %s pattern %r is "
+                             "not a regular expression: %s" % (what, p, e)) from None
+    return out
+
+
 def collect_stats(model, batches, stats=None, *, model_index=0, modules=None,
-                  max_batches=None, prefix=""):
+                  max_batches=None, prefix="", include=None, exclude=None):
     """Run `batches` (an iterable of inputs, or of (inputs, labels) pairs
     whose labels are ignored) through `model` in eval mode without gradients
     and add each hooked layer's input rows to `stats` (a new Stats if None)
     under `model_index`. `modules`: names of the modules to hook (default:
-    every nn.Linear and nn.MultiheadAttention). `prefix` is prepended to the
-    state-dict names. Returns the Stats."""
+    every nn.Linear and nn.MultiheadAttention). `include` / `exclude`:
+    regular expressions (a string or a list) searched in each module name;
+    a module is hooked when it matches some `include` pattern (all do when
+    None) and no `exclude` pattern, e.g. `exclude=["lm_head"]` keeps the
+    output head out of ESM's essential-subspace route. `prefix` is prepended
+    to the state-dict names. Returns the Stats."""
     stats = stats if stats is not None else Stats()
     handles = []
     wanted = set(modules) if modules is not None else None
+    inc = _pattern_list(include, "include")
+    exc = _pattern_list(exclude, "exclude")
 
     def linear_hook(name):
         def hook(module, inputs, output):
@@ -63,6 +86,10 @@ def collect_stats(model, batches, stats=None, *, model_index=0, modules=None,
 
     for name, module in model.named_modules():
         if wanted is not None and name not in wanted:
+            continue
+        if inc and not any(p.search(name) for p in inc):
+            continue
+        if any(p.search(name) for p in exc):
             continue
         if isinstance(module, torch.nn.Linear) and not isinstance(
                 module, torch.nn.modules.linear.NonDynamicallyQuantizableLinear):
