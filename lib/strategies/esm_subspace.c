@@ -174,7 +174,10 @@ static lm_status via_gram(lm_context *ctx, const struct esm_opts *o,
                 0.5 * (g[i * d_out + j] + g[j * d_out + i]);
     lm_status st = lm__eigh(ctx, g, d_out, ev, v);
     if (st == LM_OK) {
-        size_t r = numerical_rank(ev, d_out, d_out, d_in);
+        /* rank G <= min(n, d_in): rounding noise never counts past it
+         * (and y below holds at most d_in columns per row). */
+        size_t r = min_sz(numerical_rank(ev, d_out, d_out, d_in),
+                          factor_rows(d_in, in->n_rows));
         size_t k = min_sz(r, in->cap);
         for (size_t i = 0; i < d_out; i++)
             memcpy(p + i * in->cap, v + i * d_out, k * sizeof(double));
@@ -210,6 +213,7 @@ static lm_status gram_factor(lm_context *ctx, const struct esm_task_in *in,
         double tol = w[0] > 0 ? w[0] * (double)d * DBL_EPSILON : 0;
         while (k < d && w[k] > tol && w[0] > 0)
             k++;
+        k = min_sz(k, factor_rows(d, in->n_rows)); /* rank C <= n */
         for (size_t j = 0; j < k; j++) {
             double sq = sqrt(w[j]);
             for (size_t i = 0; i < d; i++)
@@ -308,7 +312,8 @@ static lm_status via_randomized(lm_context *ctx, const struct esm_opts *o,
         st = lm__eigh(ctx, h, l, w, v);
     }
     if (st == LM_OK) {
-        size_t rank = numerical_rank(w, l, d_out, d_in);
+        size_t rank = min_sz(numerical_rank(w, l, d_out, d_in),
+                             factor_rows(d_in, in->n_rows));
         size_t k = min_sz(rank, in->cap);
         /* P = Q V[:, :k] into p (stride cap). */
         lm__gemm(false, false, d_out, l, l, 1.0, q, v, 0.0, z);
