@@ -372,3 +372,27 @@ def test_bad_configs(tmp_path, text, message):
         pytest.skip("slerp not in this build")
     assert r.returncode == 1 and message in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("method", ["nuslerp", "multislerp"])
+def test_interpolation_without_base_model(tmp_path, method):
+    """mergekit's nuslerp and multislerp without base_model interpolate the
+    models themselves (the strategies' with_base=false), compared with the
+    geometric references (mergekit_reference_geo.py) within 1e-5."""
+    need(method, "with_base")
+    if mk.geo is None:
+        pytest.skip("mergekit_reference_geo.py is not in this tree")
+    names = ["x", "y"]
+    models, paths = family(tmp_path, names, None, 2, 13)
+    cfg = tmp_path / "c.yml"
+    cfg.write_text("merge_method: %s\nmodels:\n  - model: %s\n    parameters: {weight: 0.7}\n"
+                   "  - model: %s\n    parameters: {weight: 0.3}\ndtype: float32\n"
+                   % (method, paths["x"], paths["y"]))
+    r = run("run", cfg, "-o", tmp_path / "out", "-q")
+    assert r.returncode == 0, r.stderr
+    got = st_format.read_dir(tmp_path / "out")
+    x, y = models[paths["x"]], models[paths["y"]]
+    ref = mk.geo.nuslerp if method == "nuslerp" else mk.geo.multislerp
+    worst = max(float(np.max(np.abs(got[k] - ref([x[k], y[k]], [0.7, 0.3], None))))
+                for k in got)
+    assert worst <= 1e-5, worst

@@ -64,43 +64,44 @@ static const struct lmerge_mk_param p_passthrough[] = {
 
 static const struct lmerge_method methods[] = {
     {"linear", "linear", "average", LMERGE_BASE_MEMBER, p_linear, NULL, 1, 0,
-     true},
+     true, NULL},
     {"task_arithmetic", "task_arithmetic", NULL, LMERGE_BASE_REFERENCE, p_ta,
-     NULL, 1, 0, true},
+     NULL, 1, 0, true, NULL},
     {"ties", "ties", NULL, LMERGE_BASE_REFERENCE, p_ties,
-     "consensus=sum;weights_in_election=true", 1, 0, true},
+     "consensus=sum;weights_in_election=true", 1, 0, true, NULL},
     {"dare_ties", "dare_ties", NULL, LMERGE_BASE_REFERENCE, p_dare_ties,
-     "consensus=sum;weights_in_election=true;rescale_mode=l1", 1, 0, true},
+     "consensus=sum;weights_in_election=true;rescale_mode=l1", 1, 0, true, NULL},
     {"dare_linear", "dare_linear", NULL, LMERGE_BASE_REFERENCE, p_dare_linear,
-     "rescale_mode=l1", 1, 0, true},
+     "rescale_mode=l1", 1, 0, true, NULL},
     {"breadcrumbs", "breadcrumbs", NULL, LMERGE_BASE_REFERENCE, p_breadcrumbs,
-     NULL, 1, 0, true},
+     NULL, 1, 0, true, NULL},
     {"breadcrumbs_ties", "breadcrumbs_ties", NULL, LMERGE_BASE_REFERENCE,
-     p_breadcrumbs, NULL, 1, 0, true},
-    {"della", "della", NULL, LMERGE_BASE_REFERENCE, p_della, NULL, 1, 0, true},
+     p_breadcrumbs, NULL, 1, 0, true, NULL},
+    {"della", "della", NULL, LMERGE_BASE_REFERENCE, p_della, NULL, 1, 0, true, NULL},
     {"della_linear", "della_linear", NULL, LMERGE_BASE_REFERENCE,
-     p_della_linear, NULL, 1, 0, true},
-    {"sce", "sce", NULL, LMERGE_BASE_REFERENCE, p_sce, NULL, 1, 0, true},
-    {"ram", "ram", NULL, LMERGE_BASE_REFERENCE, p_ram, NULL, 1, 0, true},
+     p_della_linear, NULL, 1, 0, true, NULL},
+    {"sce", "sce", NULL, LMERGE_BASE_REFERENCE, p_sce, NULL, 1, 0, true, NULL},
+    {"ram", "ram", NULL, LMERGE_BASE_REFERENCE, p_ram, NULL, 1, 0, true, NULL},
     {"ramplus_tl", "ramplus_tl", NULL, LMERGE_BASE_REFERENCE, p_ramplus, NULL,
-     1, 0, true},
-    {"slerp", "slerp", NULL, LMERGE_BASE_REFERENCE, p_slerp, NULL, 1, 1, true},
+     1, 0, true, NULL},
+    {"slerp", "slerp", NULL, LMERGE_BASE_REFERENCE, p_slerp, NULL, 1, 1, true, NULL},
+    /* Without base_model mergekit interpolates the models themselves. */
     {"nuslerp", "nuslerp", NULL, LMERGE_BASE_REFERENCE, p_nuslerp, NULL, 1, 0,
-     true},
+     true, "with_base=false"},
     {"multislerp", "multislerp", NULL, LMERGE_BASE_REFERENCE, p_multislerp,
-     NULL, 1, 0, true},
+     NULL, 1, 0, true, "with_base=false"},
     {"karcher", "karcher", NULL, LMERGE_BASE_MEMBER, p_karcher, NULL, 1, 0,
-     true},
+     true, NULL},
     {"model_stock", "model_stock", NULL, LMERGE_BASE_REFERENCE, p_model_stock,
-     NULL, 2, 0, true},
+     NULL, 2, 0, true, NULL},
     {"nearswap", "nearswap", NULL, LMERGE_BASE_REFERENCE, p_nearswap, NULL, 1,
-     1, true},
+     1, true, NULL},
     {"arcee_fusion", "arcee_fusion", NULL, LMERGE_BASE_REFERENCE, p_none, NULL,
-     1, 1, true},
+     1, 1, true, NULL},
     /* Without the passthrough strategy: `average` of the one model on itself
      * as base is that model's tensor exactly (base + 0). */
     {"passthrough", "passthrough", "average", LMERGE_BASE_MEMBER, p_passthrough,
-     NULL, 1, 1, true},
+     NULL, 1, 1, true, NULL},
 };
 
 static const struct lmerge_mk_param p_libmerge[] = {
@@ -120,6 +121,17 @@ const struct lmerge_method *lmerge_method_find(const char *name,
     scratch->role = LMERGE_BASE_LIBMERGE;
     scratch->params = p_libmerge;
     scratch->min_models = 1;
+    return scratch;
+}
+
+const struct lmerge_method *lmerge_method_without_base(
+    const struct lmerge_method *m, struct lmerge_method *scratch)
+{
+    if (!m->without_base)
+        return m;
+    *scratch = *m;
+    scratch->role = LMERGE_BASE_MEMBER;
+    scratch->fixed = m->without_base;
     return scratch;
 }
 

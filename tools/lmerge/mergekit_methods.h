@@ -42,7 +42,16 @@ struct lmerge_method {
     const char *fixed;
     size_t min_models, max_models; /* besides the base; 0 = any */
     bool mergekit;         /* false: a libmerge-only strategy */
+    /* Set when mergekit also runs the method without base_model: the
+     * method then works as LMERGE_BASE_MEMBER with these libmerge
+     * parameters fixed ("name=value;..."). */
+    const char *without_base;
 };
+
+/* The method as a config without base_model runs it (*scratch filled when
+ * it differs from m). */
+const struct lmerge_method *lmerge_method_without_base(
+    const struct lmerge_method *m, struct lmerge_method *scratch);
 
 /* The method for a config's merge_method: mergekit's table, else a
  * generic entry for a libmerge strategy (filled into *scratch). */

@@ -354,6 +354,9 @@ int lmerge_run(int argc, char **argv)
     struct lmerge_method scratch;
     const struct lmerge_method *method =
         lmerge_method_find(c.merge_method, &scratch);
+    struct lmerge_method no_base;
+    if (!c.base_model)
+        method = lmerge_method_without_base(method, &no_base);
     struct lmerge_inputs in = {0};
     struct lmerge_layout layout = {0};
     struct lmerge_resolved res = {0};
