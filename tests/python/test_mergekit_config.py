@@ -396,3 +396,45 @@ def test_interpolation_without_base_model(tmp_path, method):
     worst = max(float(np.max(np.abs(got[k] - ref([x[k], y[k]], [0.7, 0.3], None))))
                 for k in got)
     assert worst <= 1e-5, worst
+
+
+ALL_METHODS = ["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear",
+               "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "sce",
+               "ram", "ramplus_tl", "slerp", "nuslerp", "multislerp", "karcher",
+               "model_stock", "nearswap", "arcee_fusion", "passthrough"]
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_every_mergekit_method_runs_with_its_defaults(tmp_path, method):
+    """Each of mergekit's method names maps to a strategy of this build and
+    runs with mergekit's defaults (only the parameters it requires given);
+    --dry-run names the strategy. The numbers of each method are checked
+    against the references in test_mergekit_sparse.py /
+    test_mergekit_geo.py and the examples above."""
+    need(method)
+    n = 1 if method in ("slerp", "nearswap", "arcee_fusion", "passthrough") else 2
+    if method == "model_stock":
+        n = 2
+    models, paths = family(tmp_path, ["base", "a", "b"], "base", 2, 14, hidden=16)
+    weighted = method in ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear",
+                          "breadcrumbs", "breadcrumbs_ties", "della", "della_linear",
+                          "nuslerp", "multislerp")
+    text = "merge_method: %s\n" % method
+    if method not in ("linear", "passthrough"):
+        text += "base_model: %s\n" % paths["base"]
+    text += "models:\n"
+    for name in ["a", "b"][:n]:
+        text += "  - model: %s\n" % paths[name]
+        if weighted:
+            text += "    parameters: {weight: 0.5}\n"
+    if method in ("slerp", "nearswap"):
+        text += "parameters: {t: 0.4}\n"
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(text)
+    r = run("run", "--dry-run", cfg)
+    assert r.returncode == 0 and "-> libmerge strategy %s" % method in r.stdout, r.stderr
+    r = run("run", cfg, "-o", tmp_path / "out", "-q")
+    assert r.returncode == 0, r.stderr
+    got = st_format.read_dir(tmp_path / "out")
+    assert sorted(got) == sorted(models[paths["base"]])
+    assert all(np.all(np.isfinite(v)) for v in got.values())
