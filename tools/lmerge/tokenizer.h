@@ -41,6 +41,10 @@ struct lmerge_tok_spec {
     int64_t pad_to_multiple_of; /* 0: no padding */
     char *chat_template;        /* "auto", or Jinja text; NULL when absent */
     int chat_template_line;
+    /* Set by the caller when the config has no base_model: paths[0] still
+     * gives the vocabulary (mergekit's referenced_models[0]) but the
+     * "base's row" fallback is skipped, as in mergekit's embed.py. */
+    bool no_base_model;
 };
 
 /* tokenizer_yaml.c: read the top-level key `key` (tokenizer_source,

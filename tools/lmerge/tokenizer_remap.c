@@ -153,7 +153,8 @@ static int plan_fills(struct remap *r)
                                false};
         else if (present == 0)
             *f = (struct fill){FILL_ZERO, 0, 0, false};
-        else if (p->models[0].perm[id] >= 0) /* models[0] is the base */
+        else if (!p->spec->no_base_model &&
+                 p->models[0].perm[id] >= 0) /* models[0] is the base */
             *f = (struct fill){FILL_ROW, 0, p->models[0].perm[id], false};
         else
             *f = (struct fill){FILL_MEAN, 0, 0, false};
