@@ -88,7 +88,8 @@ def permutation(out_tokens, vocab, vocab_size):
 def remap(out_tokens, mats, perms, base_name, token_cfgs=None,
           original_vocabs=None, pad_to_multiple_of=None):
     """PermutedEmbeddings.execute: mats / perms are {model: matrix} and
-    {model: permutation} in config order (base first). token_cfgs:
+    {model: permutation} in config order (base first); base_name None: a
+    config without base_model (the base-row rule is skipped). token_cfgs:
     {token: {"source": model | ("model_token", model, token_or_id) |
     ("zero",), "force": bool}}. Returns {model: remapped matrix} (f32,
     sums in f32 in model order as torch does in the merge dtype)."""
@@ -117,7 +118,7 @@ def remap(out_tokens, mats, perms, base_name, token_cfgs=None,
             return mats[have[0]][perms[have[0]][i]]
         if not have:
             return np.zeros(width, np.float32)
-        if perms[base_name][i] >= 0:
+        if base_name is not None and perms[base_name][i] >= 0:
             return mats[base_name][perms[base_name][i]]
         acc = np.zeros(width, np.float32)
         for m in have:

@@ -494,3 +494,40 @@ def test_head_stored_as_a_copy_of_the_embedding(tmp_path):
     _tokens, want = reference(models, "union")
     tensors = check_tensors(out, want, slice(None))
     assert np.array_equal(tensors[HEAD], tensors[EMB])
+
+
+def test_union_without_base_model(tmp_path):
+    # No base_model (mergekit's linear): the first model gives the base
+    # vocabulary but a token the others share is their mean, not its row.
+    models = make_models(tmp_path)
+    cfg = tmp_path / "merge.yaml"
+    cfg.write_text(f"""merge_method: linear
+models:
+  - model: {models['a'][1]}
+    parameters: {{weight: 1.0}}
+  - model: {models['b'][1]}
+    parameters: {{weight: 1.0}}
+  - model: {models['base'][1]}
+    parameters: {{weight: 2.0}}
+tokenizer_source: union
+""")
+    out = tmp_path / "out"
+    r = run("run", cfg, "-o", out)
+    assert r.returncode == 0, r.stderr
+    order = ["a", "b", "base"]
+    infos = {k: (k,) + ref.read_tokenizer(models[k][1]) for k in order}
+    out_tokens = ref.output_vocab("union", infos["a"], [infos["b"], infos["base"]])
+    perms = {k: ref.permutation(out_tokens, infos[k][1], infos[k][3]) for k in order}
+    tensors, _m, _h = st_format.read(out / "model.safetensors")
+    for name in (EMB, HEAD):
+        mats = {k: models[k][0].get(name, models[k][0][EMB]) for k in order}
+        re = ref.remap(out_tokens, mats, perms, None)
+        want = (re["a"] + re["b"] + np.float32(2.0) * re["base"]) / np.float32(4.0)
+        assert np.max(np.abs(tensors[name] - want)) <= 1e-6, name
+    # the test can tell the rules apart: with a as the base, the third
+    # model's <|im_start|> row would be a's, not the mean of a's and b's
+    i = out_tokens.index("<|im_start|>")
+    as_base = ref.remap(out_tokens, {k: models[k][0][EMB] for k in order}, perms, "a")
+    assert not np.array_equal(as_base["base"][i], re_emb := ref.remap(
+        out_tokens, {k: models[k][0][EMB] for k in order}, perms, None)["base"][i])
+    assert np.array_equal(re_emb, (models["a"][0][EMB][42] + models["b"][0][EMB][42]) / 2)

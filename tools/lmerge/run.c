@@ -241,6 +241,10 @@ static int prepare_tokenizer(lm_context *ctx, const struct lmerge_config *c,
                              char ***paths_out)
 {
     size_t n = in->n;
+    /* Without base_model the first input gives the vocabulary but is no
+     * base for the fallback rows (mergekit's embed.py). */
+    struct lmerge_tok_spec spec = c->tokenizer;
+    spec.no_base_model = c->base_model == NULL;
     /* The plan keeps pointers to the paths: they live until the end. */
     char **paths = calloc(n + 1, sizeof(*paths));
     *paths_out = paths;
@@ -252,7 +256,7 @@ static int prepare_tokenizer(lm_context *ctx, const struct lmerge_config *c,
     if (rc)
         fprintf(stderr, "lmerge run: out of memory\n");
     else
-        rc = lmerge_tokenizer_prepare(ctx, &c->tokenizer,
+        rc = lmerge_tokenizer_prepare(ctx, &spec,
                                       (const char *const *)paths, in->model,
                                       n, tok, remapped);
     for (size_t i = 0; rc == 0 && *remapped && i < n; i++)

@@ -63,7 +63,9 @@ typedef struct lmerge_tok_plan lmerge_tok_plan;
 /* Read the tokenizer.json (and config.json) of the base and of every model
  * (paths[0] the base, paths[1..n_paths) the config's models, in config
  * order; a path may repeat) and build the output vocabulary and each
- * model's row permutation. `spec->source` NULL: only chat_template.
+ * model's row permutation. `spec->source` NULL: only chat_template. The
+ * plan copies *spec but not the strings it points to (they must outlive
+ * the plan), nor the paths.
  * Returns 0, or -1 with a message naming the file and field in err. */
 int lmerge_tokenizer_plan(const struct lmerge_tok_spec *spec,
                           const char *const *paths, size_t n_paths,

@@ -55,7 +55,9 @@ struct tok_model {
 };
 
 struct lmerge_tok_plan {
-    const struct lmerge_tok_spec *spec;
+    const struct lmerge_tok_spec *spec; /* &spec_copy */
+    struct lmerge_tok_spec spec_copy;   /* shallow: the strings stay the
+                                           caller's */
     size_t n_paths;
     size_t *unique_of; /* paths[i] -> index in models */
     struct tok_model *models;

@@ -48,7 +48,8 @@ int lmerge_tokenizer_plan(const struct lmerge_tok_spec *spec,
         snprintf(err, err_size, "out of memory");
         return -1;
     }
-    p->spec = spec;
+    p->spec_copy = *spec;
+    p->spec = &p->spec_copy;
     p->n_paths = n_paths;
     int rc = 0;
     for (size_t i = 0; i < n_paths && rc == 0; i++)
