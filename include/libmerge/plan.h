@@ -72,6 +72,15 @@ LM_API lm_status lm_plan_set_float_for(lm_plan *plan, const char *name,
 LM_API lm_status lm_plan_tie(lm_plan *plan, const char *tensor,
                              const char *same_as);
 
+/* Base tensor `tensor` (2-D) is stored transposed, [in, out] — GPT-2's
+ * Conv1D layers (c_attn, c_proj, c_fc). Strategies and stages then see it
+ * as [out, in] like every other weight (ESM's input statistics, the SVD
+ * family's singular spaces, KnOTS and purification depend on it); the
+ * result is written back in the stored layout. Checked at execution: a
+ * 2-D tensor of the base (error naming it otherwise).
+ * Errors: LM_ERR_INVALID_ARGUMENT, LM_ERR_OUT_OF_MEMORY. */
+LM_API lm_status lm_plan_set_transposed(lm_plan *plan, const char *tensor);
+
 /* The base model (borrowed: it must outlive lm_plan_execute). Required. */
 LM_API lm_status lm_plan_set_base(lm_plan *plan, const lm_model *base);
 /* Add a fine-tuned model with its weight (borrowed like the base). Weights

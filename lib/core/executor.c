@@ -88,6 +88,7 @@ static lm_status validate_inputs(const lm_plan *p)
 {
     const lm_model *base = p->base;
     LM_TRY(lm__params_check_tensors(p->params, base_has, base));
+    LM_TRY(lm__layout_check(p));
     for (size_t m = 0; m < p->n_models; m++) {
         const lm_model *model = p->models[m];
         if (p->tvs[m]) {

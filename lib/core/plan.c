@@ -32,6 +32,7 @@ void lm_plan_destroy(lm_plan *p)
     lm__params_destroy(p->params);
     lm__stages_destroy(p);
     lm__ties_free(p);
+    lm__layout_free(p);
     lm_free(p->ctx, (void *)p->models);
     lm_free(p->ctx, (void *)p->loras);
     lm_free(p->ctx, (void *)p->tvs);

@@ -35,6 +35,10 @@ struct lm_plan {
     size_t n_stages, cap_stages;
     struct lm__tie *ties;
     size_t n_ties, cap_ties;
+    /* lm_plan_set_transposed (layout.c) */
+    char **transposed;
+    size_t n_transposed, cap_transposed;
+    struct lm__name_set transposed_index;
 };
 
 struct lm__tie {
@@ -94,6 +98,15 @@ lm_status lm__first_passes(lm_plan *p, void *state);
 /* Does model tensor t differ from base tensor b only in its row count, as
  * the plan's rows policy accepts (tensor_merge.c)? */
 bool lm__rows_differ(const lm_plan *p, const lm_tensor *b, const lm_tensor *t);
+
+/* Tensors stored [in, out] (layout.c): is `name` one, every one a 2-D
+ * base tensor (error naming it otherwise), free the list, and transpose
+ * `count` consecutive rows x cols matrices in place. */
+bool lm__plan_transposed(const lm_plan *p, const char *name);
+lm_status lm__layout_check(const lm_plan *p);
+void lm__layout_free(lm_plan *p);
+lm_status lm__transpose_each(lm_context *ctx, float *data, size_t count,
+                             size_t rows, size_t cols);
 
 /* Tied tensors (ties.c): for each base entry, the index of the entry it
  * is merged as (the root of its ties), or SIZE_MAX; an array of

@@ -206,9 +206,9 @@ static lm_status load_inputs(lm_plan *p, const char *name,
 }
 
 static lm_status run_strategy(lm_plan *p, void *state, const char *name,
-                              const lm_tensor *base, float *block,
-                              const float **deltas, const double *base64,
-                              bool prepare)
+                              const lm_tensor *base, const int64_t *shape,
+                              float *block, const float **deltas,
+                              const double *base64, bool prepare)
 {
     lm_context *ctx = p->ctx;
     size_t n = base->numel, k = p->n_models;
@@ -231,7 +231,7 @@ static lm_status run_strategy(lm_plan *p, void *state, const char *name,
         .ctx = ctx,
         .name = name,
         .ndim = base->ndim,
-        .shape = base->shape,
+        .shape = shape,
         .numel = n,
         .base = b,
         .n_models = k,
@@ -300,14 +300,24 @@ lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
         st = load_inputs(p, name, base, from_plan_base, block, deltas,
                          base64, base64 ? base64 + n : NULL, rows);
     lm_free(ctx, rows);
+    /* A weight stored [in, out] is merged as [out, in] (layout.c). */
+    bool flip = base->ndim == 2 && lm__plan_transposed(p, name);
+    size_t r = flip ? (size_t)base->shape[0] : 0,
+           c = flip ? (size_t)base->shape[1] : 0;
+    int64_t flipped[2] = {base->shape[flip], base->shape[!flip]};
+    const int64_t *shape = flip ? flipped : base->shape;
+    if (st == LM_OK && flip)
+        st = lm__transpose_each(ctx, block, k + 1, r, c);
     if (st == LM_OK && p->n_stages) {
-        struct lm__stage_tensor t = {name, block, base->shape, base->ndim, n,
+        struct lm__stage_tensor t = {name, block, shape, base->ndim, n,
                                      (float *const *)deltas};
         st = lm__stages_run(p, pass == LM__PASS_MEASURE, &t);
     }
     if (st == LM_OK && pass != LM__PASS_MEASURE)
-        st = run_strategy(p, state, name, base, block, deltas, base64,
+        st = run_strategy(p, state, name, base, shape, block, deltas, base64,
                           prepare);
+    if (st == LM_OK && flip && !prepare)
+        st = lm__transpose_each(ctx, block + n * (k + 1), 1, c, r);
     lm_free(ctx, (void *)deltas);
     if (st != LM_OK || prepare) {
         lm_free(ctx, block);

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "commands.h"
+#include "layout.h"
 #include "ties.h"
 #include "config.h"
 #include "inputs.h"
@@ -425,7 +426,9 @@ int lmerge_run(int argc, char **argv)
     }
     if (lmerge_tie_embeddings(ctx, plan, views.base, views.models,
                               views.adapters, layout.n_models,
-                              o.quiet || o.json || o.dry_run))
+                              o.quiet || o.json || o.dry_run) ||
+        lmerge_set_layouts(ctx, plan, in.ref[layout.out[0].base.input],
+                           views.base, o.quiet || o.json || o.dry_run))
         goto done;
     double tuned_keep = NAN;
     if (lmerge_apply_stats(ctx, plan, &c, o.config, &stats))

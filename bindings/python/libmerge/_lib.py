@@ -285,6 +285,7 @@ def _declare(lib):
         "lm_tensor_data": (P, [P]),
         "lm_plan_set_nonfinite": (ctypes.c_int, [P, ctypes.c_int]),
         "lm_plan_set_rows_policy": (ctypes.c_int, [P, ctypes.c_int]),
+        "lm_plan_set_transposed": (ctypes.c_int, [P, ctypes.c_char_p]),
         "lm_lora_create": (ctypes.c_int, [P, ctypes.POINTER(P)]),
         "lm_lora_destroy": (None, [P]),
         "lm_lora_add": (ctypes.c_int, [P, ctypes.c_char_p, P, P, ctypes.c_double]),

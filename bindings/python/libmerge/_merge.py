@@ -15,7 +15,8 @@ _ROWS = ["error", "base", "zero", "mean"]  # lm_rows_policy order
 
 
 def merge(method, base, models, *, stats=None, weights=None, threads=0,
-          seed=0, purify=None, nonfinite="error", rows="error", **params):
+          seed=0, purify=None, nonfinite="error", rows="error", transposed=(),
+          **params):
     """Merge `models` (a sequence of name -> array mappings) into `base`
     with strategy `method` (see `methods()`); keyword arguments set the
     strategy's parameters by name, e.g. **{"lambda": 0.4}. A parameter
@@ -38,6 +39,9 @@ def merge(method, base, models, *, stats=None, weights=None, threads=0,
              "scale": ("lambda", [values]) tunes that parameter jointly;
              "report" receives the choices and the objective curve.
              The library makes these choices (lm_plan_tune_purify_cv).
+    transposed: names of 2-D tensors stored [in, out] (GPT-2's Conv1D
+             weights): strategies see them as [out, in], the result comes
+             back in the stored layout (lm_plan_set_transposed).
     rows:    models whose tensor has another row count than the base's (a
              fine-tune that added tokens): "error" (default), or merge the
              shared rows and fill the rows a model lacks with the base's
@@ -68,6 +72,8 @@ def merge(method, base, models, *, stats=None, weights=None, threads=0,
             if rows not in _ROWS:
                 raise ValueError("rows must be one of %s" % ", ".join(_ROWS))
             ctx.check(L.lm_plan_set_rows_policy(plan.ptr, _ROWS.index(rows)))
+            for name in ([transposed] if isinstance(transposed, str) else transposed):
+                ctx.check(L.lm_plan_set_transposed(plan.ptr, name.encode()))
             ctx.check(L.lm_plan_execute(plan.ptr, ctypes.byref(out)))
             return model_to_dict(out, base)
         finally:
