@@ -1,4 +1,3 @@
-<<<<<<< HEAD
 /* The output of a mergekit config, tensor by tensor: which tensor of
  * which input each plan slot reads, the layer position t mergekit's
  * gradients are evaluated at, and the slice whose parameters apply
@@ -72,17 +71,5 @@ size_t lmerge_inputs_find(const struct lmerge_inputs *in, const char *ref);
  * tensor outside the layer stack. */
 bool lmerge_layer_split(const char *name, size_t *prefix_len, long *index,
                         const char **suffix);
-=======
-/* Weights an architecture stores transposed (GPT-2's Conv1D). */
-#ifndef LMERGE_LAYOUT_H
-#define LMERGE_LAYOUT_H
-
-#include "libmerge.h"
-
-/* Flag the base's transposed weights on the plan, by the model_type of the
- * config.json beside base_path (a model reference, "+lora" allowed). Returns -1 after printing an error. */
-int lmerge_set_layouts(lm_context *ctx, lm_plan *plan, const char *base_path,
-                       const lm_model *base, int quiet);
->>>>>>> 1d4ef75 (Transposed storage (GPT-2 Conv1D): lm_plan_set_transposed merges [in, out] weights as [out, in] for every strategy and stage and writes them back as stored; lmerge flags GPT-2's Conv1D weights from config.json; Python transposed=; bit-exact transpose tests for ESM, purify, SVD family, KnOTS, TIES, TA)
 
 #endif

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "commands.h"
+#include "conv1d.h"
 #include "layout.h"
 #include "ties.h"
 #include "config.h"
