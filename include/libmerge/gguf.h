@@ -15,13 +15,16 @@ extern "C" {
 /* Read a GGUF file (version 2 or 3) by mmap: F32, F16, BF16 and F64
  * tensors are viewed without copying, with shapes in libmerge's row-major
  * order (the reverse of GGUF's ggml order: a [out, in] weight is stored as
- * ne = {in, out}). Every key/value becomes text metadata (strings as they
+ * ne = {in, out}). Quantized tensors (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1,
+ * Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K) are dequantized into f32 tensors
+ * owned by the model, bit for bit as ggml computes them. Every key/value becomes text metadata (strings as they
  * are, numbers and arrays as JSON) and is also kept in its typed form for
  * lm_gguf_sink_create's `kv_from`. Errors: LM_ERR_IO, LM_ERR_FORMAT
  * (malformed or truncated file, overlapping or misaligned tensors,
  * duplicate names or keys; messages name the file and tensor or key),
- * LM_ERR_UNSUPPORTED (quantized or integer tensors, naming the ggml type;
- * GGUF version 1). */
+ * LM_ERR_UNSUPPORTED (other quantized types and integer tensors, naming
+ * the tensor and the ggml type; GGUF version 1); LM_ERR_FORMAT also for a
+ * quantized row that is not whole blocks. */
 LM_API lm_status lm_gguf_read(lm_context *ctx, const char *path,
                               lm_model **out);
 

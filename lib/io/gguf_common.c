@@ -121,7 +121,10 @@ static const char kv_tag[] = "GGUF key/values";
 
 static void kv_destroy(lm_context *ctx, void *data)
 {
-    lm_free(ctx, data);
+    struct lm__gguf_kv *kv = data;
+    lm_free(ctx, kv->quantized);
+    lm_free(ctx, kv->quantized_type);
+    lm_free(ctx, kv);
 }
 
 lm_status lm__gguf_kv_attach(lm_context *ctx, const char *path,
@@ -133,7 +136,7 @@ lm_status lm__gguf_kv_attach(lm_context *ctx, const char *path,
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "%s: out of memory keeping the "
                                     "key/values", path);
-    *kv = (struct lm__gguf_kv){p, len, count};
+    *kv = (struct lm__gguf_kv){p, len, count, NULL, NULL, 0};
     lm_status st = lm__model_attach(model, kv_tag, kv, kv_destroy);
     if (st != LM_OK) {
         lm_free(ctx, kv);
@@ -147,4 +150,47 @@ lm_status lm__gguf_kv_attach(lm_context *ctx, const char *path,
 const struct lm__gguf_kv *lm__gguf_kv_of(const lm_model *model)
 {
     return lm__model_attachment(model, kv_tag);
+}
+
+lm_status lm__gguf_note_quantized(lm_context *ctx, lm_model *model,
+                                  const lm_tensor *t, uint32_t type)
+{
+    struct lm__gguf_kv *kv = lm__model_attachment(model, kv_tag);
+    if (!kv)
+        return LM_ERR_STATE;
+    size_t n = kv->n_quantized;
+    if ((n & (n - 1)) == 0) { /* grow at powers of two */
+        size_t cap = n ? 2 * n : 8;
+        const lm_tensor **ts = lm__calloc(ctx, cap, sizeof(*ts));
+        uint32_t *types = lm__calloc(ctx, cap, sizeof(*types));
+        if (!ts || !types) {
+            lm_free(ctx, ts);
+            lm_free(ctx, types);
+            return LM_ERR_OUT_OF_MEMORY;
+        }
+        if (n) {
+            memcpy(ts, kv->quantized, n * sizeof(*ts));
+            memcpy(types, kv->quantized_type, n * sizeof(*types));
+        }
+        lm_free(ctx, kv->quantized);
+        lm_free(ctx, kv->quantized_type);
+        kv->quantized = ts;
+        kv->quantized_type = types;
+    }
+    kv->quantized[n] = t;
+    kv->quantized_type[n] = type;
+    kv->n_quantized = n + 1;
+    return LM_OK;
+}
+
+uint32_t lm__gguf_source_type(const lm_model *model, const char *name)
+{
+    const struct lm__gguf_kv *kv = lm__gguf_kv_of(model);
+    if (!kv || !kv->n_quantized)
+        return 0;
+    const lm_tensor *t = lm__model_lookup(model, name);
+    for (size_t i = 0; t && i < kv->n_quantized; i++)
+        if (kv->quantized[i] == t)
+            return kv->quantized_type[i];
+    return 0;
 }

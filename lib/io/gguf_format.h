@@ -72,6 +72,12 @@ struct lm__gguf_kv {
     const void *p;
     size_t len;
     uint64_t count;
+    /* The tensors read from a quantized tensor (dequantized to f32) and
+     * their ggml types, so a writer can tell them apart (lm_free'd with
+     * the attachment). */
+    const lm_tensor **quantized;
+    uint32_t *quantized_type;
+    size_t n_quantized;
 };
 /* Attach it to `model` (out of memory: an error naming `path`). */
 lm_status lm__gguf_kv_attach(lm_context *ctx, const char *path,
@@ -79,6 +85,13 @@ lm_status lm__gguf_kv_attach(lm_context *ctx, const char *path,
                              uint64_t count);
 /* The key/values of a model read from GGUF, or NULL. */
 const struct lm__gguf_kv *lm__gguf_kv_of(const lm_model *model);
+/* Records that `t` of `model` (read from GGUF) was stored as ggml type
+ * `type` (a block format): LM_ERR_OUT_OF_MEMORY without a message. */
+lm_status lm__gguf_note_quantized(lm_context *ctx, lm_model *model,
+                                  const lm_tensor *t, uint32_t type);
+/* The ggml block format `name`'s tensor of `model` was read from, or 0
+ * when it was not quantized (or the model is not from GGUF). */
+uint32_t lm__gguf_source_type(const lm_model *model, const char *name);
 
 /* Map a GGUF file into `model` (lm_gguf_read; also lm_model_open). */
 lm_status lm__gguf_read_into(lm_context *ctx, const char *path,

@@ -1,5 +1,5 @@
 /* GGUF reader: version 2/3 files, unquantized tensors mapped without
- * copying, key/values as text metadata (and kept raw for the writer), and
+ * copying, quantized ones (gguf_quant.h) dequantized to f32, key/values as text metadata (and kept raw for the writer), and
  * llama.cpp LoRA adapter files. Every length, count and offset is checked
  * against the file before use. */
 #include <inttypes.h>
@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "io/gguf_format.h"
+#include "io/gguf_quant.h"
 #include "io/input_file.h"
 #include "io/mapping.h"
 #include "libmerge/gguf.h"
@@ -19,8 +20,10 @@ struct tensor_info {
     char name[MAX_NAME + 1];
     int ndim;
     int64_t shape[LM_GGUF_MAX_DIMS]; /* libmerge (row-major) order */
-    lm_dtype dtype;
-    uint64_t offset, nbytes;
+    lm_dtype dtype; /* LM_F32 for a quantized tensor */
+    const struct lm__gguf_quant *quant; /* NULL: stored as dtype */
+    uint32_t type;                      /* the ggml type */
+    uint64_t offset, nbytes;            /* bytes in the file */
 };
 
 static lm_status bad(lm_context *ctx, const char *path, const char *what)
@@ -145,12 +148,29 @@ static lm_status read_info(lm_context *ctx, const char *path,
     if (!lm__gguf_u32(c, &type) || !lm__gguf_u64(c, &t->offset))
         return bad(ctx, path, "truncated tensor information");
     char tname[32];
-    if (!lm__gguf_to_dtype(type, &t->dtype))
+    t->type = type;
+    t->quant = lm__gguf_quant_of(type);
+    if (t->quant)
+        t->dtype = LM_F32;
+    else if (!lm__gguf_to_dtype(type, &t->dtype)) {
+        /* "Q4_K", or "type 77" for an id ggml does not define. */
+        lm__ggml_type_name(type, tname, sizeof(tname));
+        bool known = strncmp(tname, "type ", 5) != 0;
         return lm_context_set_error(
             ctx, LM_ERR_UNSUPPORTED,
-            "%s: tensor '%s' has ggml type %s; libmerge merges F32, F16, "
-            "BF16 and F64 tensors only (dequantize first)", path, t->name,
-            lm__ggml_type_name(type, tname, sizeof(tname)));
+            "%s: tensor '%s' has %sggml type %s, which libmerge does not "
+            "read (it reads F32, F16, BF16, F64, Q4_0, Q4_1, Q5_0, Q5_1, "
+            "Q8_0, Q8_1 and Q2_K to Q8_K)", path, t->name,
+            known ? "" : "unknown ", known ? tname : tname + 5);
+    }
+    /* A quantized row is whole blocks (ggml's ne[0] is the row). */
+    if (t->quant && dims[0] % t->quant->block)
+        return lm_context_set_error(
+            ctx, LM_ERR_FORMAT,
+            "%s: tensor '%s' is %s but its rows hold %" PRIu64 " values, "
+            "not a multiple of the %s block of %u", path, t->name,
+            lm__ggml_type_name(type, tname, sizeof(tname)), dims[0], tname,
+            t->quant->block);
     t->ndim = (int)ndim;
     uint64_t numel = 1;
     for (uint32_t d = 0; d < ndim; d++) {
@@ -162,7 +182,8 @@ static lm_status read_info(lm_context *ctx, const char *path,
         numel *= dims[d];
         t->shape[ndim - 1 - d] = (int64_t)dims[d]; /* ggml ne[0] is last */
     }
-    t->nbytes = numel * lm_dtype_size(t->dtype);
+    t->nbytes = t->quant ? numel / t->quant->block * t->quant->bytes
+                         : numel * lm_dtype_size(t->dtype);
     if (t->offset % alignment)
         return lm_context_set_error(ctx, LM_ERR_FORMAT,
                                     "%s: tensor '%s' starts at offset %" PRIu64
@@ -207,6 +228,27 @@ static lm_status check_layout(lm_context *ctx, const char *path,
     }
     lm_free(ctx, order);
     return st;
+}
+
+/* A quantized tensor becomes an f32 tensor of its own (the blocks were
+ * bounds-checked against the file by check_layout): memory is 4 bytes a
+ * value, at most ~12 times the tensor's bytes in the file (Q2_K). */
+static lm_status dequantize(lm_context *ctx, const char *path,
+                            const struct tensor_info *info,
+                            const unsigned char *data, lm_tensor **out)
+{
+    lm_status st = lm_tensor_create(ctx, LM_F32, info->ndim, info->shape,
+                                    out);
+    if (st != LM_OK)
+        return st == LM_ERR_OUT_OF_MEMORY
+                   ? lm_context_set_error(ctx, st, "%s: out of memory "
+                                          "dequantizing tensor '%s'", path,
+                                          info->name)
+                   : st;
+    size_t n_blocks = (size_t)(info->nbytes / info->quant->bytes);
+    if (n_blocks)
+        info->quant->dequantize(data, n_blocks, lm_tensor_data(*out));
+    return LM_OK;
 }
 
 static lm_status parse(lm_context *ctx, const char *path,
@@ -256,12 +298,14 @@ static lm_status parse(lm_context *ctx, const char *path,
     if (st == LM_OK)
         st = check_layout(ctx, path, infos, n_tensors, data_len);
     for (uint64_t i = 0; st == LM_OK && i < n_tensors; i++) {
-        lm_tensor *t;
+        lm_tensor *t = NULL;
         const unsigned char *data =
             (const unsigned char *)map->addr + data_start + infos[i].offset;
-        st = lm_tensor_wrap(ctx, infos[i].dtype, infos[i].ndim,
-                            infos[i].shape, (void *)data,
-                            (size_t)infos[i].nbytes, &t);
+        st = infos[i].quant
+                 ? dequantize(ctx, path, &infos[i], data, &t)
+                 : lm_tensor_wrap(ctx, infos[i].dtype, infos[i].ndim,
+                                  infos[i].shape, (void *)data,
+                                  (size_t)infos[i].nbytes, &t);
         if (st == LM_OK && (st = lm_model_add(model, infos[i].name, t)) !=
                                LM_OK) {
             lm_tensor_destroy(t);
@@ -269,6 +313,8 @@ static lm_status parse(lm_context *ctx, const char *path,
                 st = lm_context_set_error(ctx, LM_ERR_FORMAT,
                                           "%s: duplicate tensor name '%s'",
                                           path, infos[i].name);
+        } else if (st == LM_OK && infos[i].quant) {
+            st = lm__gguf_note_quantized(ctx, model, t, infos[i].type);
         }
         st = lm__oom_in(ctx, st, path, "tensor", infos[i].name);
     }

@@ -29,12 +29,14 @@ def _value(vtype, v):
 
 
 def write(path, tensors, kvs=(), alignment=32, version=3, raw_types=None,
-          offsets=None):
+          offsets=None, shapes=None):
     """tensors: name -> numpy array (uint16 arrays in `raw_types` with a ggml
-    type id, e.g. bf16 bits or fake quantized blocks); kvs: (key, type,
-    value) triples; offsets: name -> forced relative offset (for broken
-    files)."""
+    type id, e.g. bf16 bits, or the uint8 bytes of quantized blocks); kvs:
+    (key, type, value) triples; offsets: name -> forced relative offset (for
+    broken files); shapes: name -> the shape declared for the tensor (numpy
+    order) when it is not the array's, as for quantized bytes."""
     raw_types = raw_types or {}
+    shapes = shapes or {}
     kvs = list(kvs)
     if alignment != 32 and not any(k == "general.alignment" for k, _, _ in kvs):
         kvs.append(("general.alignment", U32, alignment))
@@ -46,8 +48,9 @@ def write(path, tensors, kvs=(), alignment=32, version=3, raw_types=None,
         a = np.ascontiguousarray(a)
         ggml = raw_types.get(name, GGML.get(a.dtype))
         off = offsets.get(name, rel) if offsets else rel
-        out += _str(name) + struct.pack("<I", a.ndim)
-        out += b"".join(struct.pack("<Q", d) for d in reversed(a.shape))
+        shape = tuple(shapes.get(name, a.shape))
+        out += _str(name) + struct.pack("<I", len(shape))
+        out += b"".join(struct.pack("<Q", d) for d in reversed(shape))
         out += struct.pack("<IQ", ggml, off)
         blobs.append((off, a.tobytes()))
         rel = -(-(max(rel, off) + a.nbytes) // alignment) * alignment
@@ -87,9 +90,18 @@ class _Reader:
         return self.take(_SCALAR[vtype])
 
 
-def read(path):
+# Block formats: ggml type id -> (values, bytes) per block (gguf-py's
+# GGML_QUANT_SIZES).
+QUANT_SIZES = {2: (32, 18), 3: (32, 20), 6: (32, 22), 7: (32, 24),
+               8: (32, 34), 9: (32, 36), 10: (256, 84), 11: (256, 110),
+               12: (256, 144), 13: (256, 176), 14: (256, 210), 15: (256, 292)}
+
+
+def read(path, raw=None):
     """(tensors, kvs): numpy arrays (bf16 as uint16 bits) and
-    key -> (type, value)."""
+    key -> (type, value). Quantized tensors are uint8 block bytes; when
+    `raw` is a dict it receives name -> (ggml type, shape) of every
+    tensor."""
     buf = open(path, "rb").read()
     r = _Reader(buf)
     magic, version, n_t, n_kv = r.take("<IIQQ")
@@ -112,6 +124,14 @@ def read(path):
     tensors = {}
     for name, shape, ggml, off in infos:
         assert off % align == 0, name
+        if raw is not None:
+            raw[name] = (ggml, shape)
+        if ggml in QUANT_SIZES:
+            block, size = QUANT_SIZES[ggml]
+            n = int(np.prod(shape)) // block * size
+            assert start + off + n <= len(buf)
+            tensors[name] = np.frombuffer(buf, np.uint8, count=n, offset=start + off).copy()
+            continue
         dt = {0: np.float32, 1: np.float16, 28: np.float64, GGML_BF16: np.uint16}[ggml]
         n = int(np.prod(shape)) * np.dtype(dt).itemsize
         tensors[name] = np.frombuffer(buf, dt, count=int(np.prod(shape)),

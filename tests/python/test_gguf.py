@@ -188,10 +188,13 @@ def expect_failure(tmp_path, base_path, fragment, models=None):
         if (tmp_path / "out").exists() else True
 
 
-def test_quantized_tensor_is_refused_by_type_name(tmp_path):
+def test_unread_quantized_type_is_refused_by_type_name(tmp_path):
+    # IQ2_XXS (type 16): 66 bytes per 256 values, a format libmerge does
+    # not decode (test_gguf_quant.py covers the ones it does).
     p = tmp_path / "base.gguf"
-    gg.write(p, {"w": np.zeros(144, np.uint8)}, KVS[:1], raw_types={"w": 12})
-    expect_failure(tmp_path, p, "ggml type Q4_K")
+    gg.write(p, {"w": np.zeros(66, np.uint8)}, KVS[:1], raw_types={"w": 16},
+             shapes={"w": (256,)})
+    expect_failure(tmp_path, p, "tensor 'w' has ggml type IQ2_XXS")
 
 
 def test_layout_rules(tmp_path):
