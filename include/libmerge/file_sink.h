@@ -65,7 +65,9 @@ LM_API const lm_sink_vtable *lm_file_sink_vtable(lm_file_sink *sink);
  * cooperating processes (e.g. MPI ranks, see docs/distributed.md) can
  * write tensors into the same files with pwrite; their bytes are then
  * committed by this sink's end (fsync, rename, index). Errors:
- * LM_ERR_STATE (before begin, after end), LM_ERR_OUT_OF_RANGE. */
+ * LM_ERR_STATE (before begin, after end), LM_ERR_OUT_OF_RANGE,
+ * LM_ERR_UNSUPPORTED (a tensor the sink re-encodes, e.g. GGUF F16 or Q8_0
+ * storage: see lm_gguf_options.store). */
 LM_API lm_status lm_file_sink_layout(const lm_file_sink *sink, size_t index,
                                      const char **path, uint64_t *offset);
 

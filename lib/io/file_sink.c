@@ -39,6 +39,8 @@ struct lm_file_sink {
     size_t n_tensors;
     size_t *tensor_shard;
     uint64_t *tensor_offset; /* absolute offset in its shard file */
+    uint64_t *tensor_stored; /* bytes in the file (the writer's encoding) */
+    uint64_t *tensor_bytes;  /* output bytes (the plan's dtype) */
     char **tensor_names;
     uint64_t total_bytes;
     bool committed;
@@ -81,20 +83,20 @@ static lm_status open_shard(lm_file_sink *s, struct shard *sh)
 
 /* Tensors go to shards in order, a new shard when the next tensor would
  * pass max_shard_bytes (a larger tensor gets a shard of its own). */
-static lm_status assign_shards(lm_file_sink *s, const lm_tensor_desc *o,
-                               size_t n)
+static lm_status assign_shards(lm_file_sink *s, size_t n)
 {
     size_t count = 1;
     uint64_t in_shard = 0;
     for (size_t i = 0; i < n; i++) {
+        uint64_t bytes = s->tensor_stored[i];
         if (s->sharded && in_shard > 0 &&
-            in_shard + o[i].nbytes > s->max_shard_bytes) {
+            in_shard + bytes > s->max_shard_bytes) {
             count++;
             in_shard = 0;
         }
         s->tensor_shard[i] = count - 1;
-        in_shard += o[i].nbytes;
-        s->total_bytes += o[i].nbytes;
+        in_shard += bytes;
+        s->total_bytes += bytes;
     }
     s->shards = lm__calloc(s->ctx, count, sizeof(*s->shards));
     if (!s->shards)
@@ -148,12 +150,20 @@ static lm_status sink_begin(void *user, const lm_tensor_desc *outputs,
     s->tensor_shard = lm__calloc(s->ctx, n ? n : 1, sizeof(size_t));
     s->tensor_offset = lm__calloc(s->ctx, n ? n : 1, sizeof(uint64_t));
     s->tensor_names = lm__calloc(s->ctx, n ? n : 1, sizeof(char *));
-    if (!s->tensor_shard || !s->tensor_offset || !s->tensor_names)
+    s->tensor_stored = lm__calloc(s->ctx, n ? n : 1, sizeof(uint64_t));
+    s->tensor_bytes = lm__calloc(s->ctx, n ? n : 1, sizeof(uint64_t));
+    if (!s->tensor_shard || !s->tensor_offset || !s->tensor_names ||
+        !s->tensor_stored || !s->tensor_bytes)
         return LM_ERR_OUT_OF_MEMORY;
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         if (!(s->tensor_names[i] = lm__strdup(s->ctx, outputs[i].name)))
             return LM_ERR_OUT_OF_MEMORY;
-    LM_TRY(assign_shards(s, outputs, n));
+        s->tensor_stored[i] = s->tensor_bytes[i] = outputs[i].nbytes;
+    }
+    if (s->w->stored_sizes)
+        LM_TRY(s->w->stored_sizes(s->ctx, s->config, outputs, n,
+                                  s->tensor_stored));
+    LM_TRY(assign_shards(s, n));
     for (size_t k = 0; k < s->n_shards; k++)
         LM_TRY(begin_shard(s, outputs, k));
     return LM_OK;
@@ -164,11 +174,25 @@ static lm_status sink_write(void *user, size_t index, const void *data,
 {
     lm_file_sink *s = user;
     struct shard *sh = &s->shards[s->tensor_shard[index]];
-    if (lm__pwrite_all(sh->fd, data, nbytes, s->tensor_offset[index]))
+    void *encoded = NULL;
+    if (s->w->encode) {
+        size_t len = 0;
+        LM_TRY(s->w->encode(s->ctx, s->config, index,
+                            s->tensor_names[index], data, nbytes, &encoded,
+                            &len));
+        if (encoded) {
+            data = encoded;
+            nbytes = len;
+        }
+    }
+    int failed = lm__pwrite_all(sh->fd, data, nbytes, s->tensor_offset[index]);
+    int err = errno;
+    lm_free(s->ctx, encoded);
+    if (failed)
         return lm_context_set_error(s->ctx, LM_ERR_IO,
                                     "cannot write tensor '%s' to '%s': %s",
                                     s->tensor_names[index], sh->write_path,
-                                    strerror(errno));
+                                    strerror(err));
     return LM_OK;
 }
 
@@ -315,6 +339,14 @@ lm_status lm_file_sink_layout(const lm_file_sink *s, size_t index,
     if (!sh->write_path)
         return lm_context_set_error(s->ctx, LM_ERR_STATE,
                                     "file sink: the output was discarded");
+    /* Bytes written from outside would skip the writer's encoding. */
+    if (s->tensor_stored[index] != s->tensor_bytes[index])
+        return lm_context_set_error(s->ctx, LM_ERR_UNSUPPORTED,
+                                    "%s: tensor '%s' is re-encoded by the "
+                                    "sink (e.g. GGUF F16 or Q8_0 storage), "
+                                    "so its output bytes cannot be written "
+                                    "into the file directly", s->w->what,
+                                    s->tensor_names[index]);
     *path = sh->write_path;
     *offset = s->tensor_offset[index];
     return LM_OK;
@@ -344,6 +376,8 @@ void lm_file_sink_destroy(lm_file_sink *s)
     lm_free(s->ctx, s->tensor_names);
     lm_free(s->ctx, s->tensor_shard);
     lm_free(s->ctx, s->tensor_offset);
+    lm_free(s->ctx, s->tensor_stored);
+    lm_free(s->ctx, s->tensor_bytes);
     for (size_t i = 0; i < s->n_meta; i++) {
         lm_free(s->ctx, s->meta_keys[i]);
         lm_free(s->ctx, s->meta_values[i]);

@@ -46,6 +46,18 @@ struct lm__file_writer {
                        const char *dest);
     /* Frees the writer's config (may be NULL). */
     void (*config_free)(lm_context *ctx, void *config);
+    /* Writers that store tensors in another encoding than their output
+     * bytes (GGUF's F16 and Q8_0): at begin, before header(), the bytes
+     * each output takes in the file (sizes[i]); later, from any worker,
+     * tensor i's output bytes re-encoded into *out (lm_alloc'd, freed by
+     * the sink), or *out NULL to write them as they are. NULL hooks: every
+     * tensor is stored as its output bytes. */
+    lm_status (*stored_sizes)(lm_context *ctx, void *config,
+                              const lm_tensor_desc *outputs, size_t n,
+                              uint64_t *sizes);
+    lm_status (*encode)(lm_context *ctx, const void *config, size_t index,
+                        const char *name, const void *data, size_t nbytes,
+                        void **out, size_t *out_len);
 };
 
 /* A sink writing `path` (a file; with max_shard_bytes, a directory of

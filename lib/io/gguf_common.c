@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "io/gguf_format.h"
+#include "libmerge/gguf.h"
 
 bool lm__gguf_from_dtype(lm_dtype d, uint32_t *ggml)
 {
@@ -26,7 +27,8 @@ bool lm__gguf_to_dtype(uint32_t ggml, lm_dtype *d)
     }
 }
 
-const char *lm__ggml_type_name(uint32_t ggml, char *buf, size_t size)
+/* ggml's name of type id `ggml`, or NULL for an id it does not define. */
+static const char *known_name(uint32_t ggml)
 {
     static const char *const names[] = {
         "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1",
@@ -35,9 +37,15 @@ const char *lm__ggml_type_name(uint32_t ggml, char *buf, size_t size)
         "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M",
         "BF16", "Q4_0_4_4", "Q4_0_4_8", "Q4_0_8_8", "TQ1_0", "TQ2_0"};
     if (ggml < sizeof(names) / sizeof(names[0]))
-        snprintf(buf, size, "%s", names[ggml]);
-    else if (ggml == 39)
-        snprintf(buf, size, "MXFP4");
+        return names[ggml];
+    return ggml == 39 ? "MXFP4" : NULL;
+}
+
+const char *lm__ggml_type_name(uint32_t ggml, char *buf, size_t size)
+{
+    const char *name = known_name(ggml);
+    if (name)
+        snprintf(buf, size, "%s", name);
     else
         snprintf(buf, size, "type %u", ggml);
     return buf;
@@ -193,4 +201,17 @@ uint32_t lm__gguf_source_type(const lm_model *model, const char *name)
         if (kv->quantized[i] == t)
             return kv->quantized_type[i];
     return 0;
+}
+
+const char *lm_gguf_tensor_type(const lm_model *model, const char *name)
+{
+    if (!model || !name || !lm__gguf_kv_of(model))
+        return NULL;
+    const lm_tensor *t = lm__model_lookup(model, name);
+    if (!t)
+        return NULL;
+    uint32_t type = lm__gguf_source_type(model, name);
+    if (!type && !lm__gguf_from_dtype(lm_tensor_dtype(t), &type))
+        return NULL; /* a tensor added later in a dtype GGUF cannot hold */
+    return known_name(type);
 }

@@ -105,7 +105,7 @@ lm_status lm__gguf_layout(lm_context *ctx, const struct lm__gguf_layout_in *in,
     uint32_t align = in->alignment ? in->alignment : LM_GGUF_DEFAULT_ALIGNMENT;
     for (size_t i = 0; i < in->n; i++) {
         uint32_t type;
-        if (!lm__gguf_from_dtype(in->outputs[i].dtype, &type))
+        if (!in->types && !lm__gguf_from_dtype(in->outputs[i].dtype, &type))
             return lm_context_set_error(ctx, LM_ERR_DTYPE,
                                         "GGUF: tensor '%s' has a dtype GGUF "
                                         "cannot hold", in->outputs[i].name);
@@ -139,7 +139,11 @@ lm_status lm__gguf_layout(lm_context *ctx, const struct lm__gguf_layout_in *in,
     for (size_t i = 0; i < in->n; i++) {
         const lm_tensor_desc *d = &in->outputs[i];
         uint32_t type = 0;
-        lm__gguf_from_dtype(d->dtype, &type);
+        if (in->types)
+            type = in->types[i];
+        else
+            lm__gguf_from_dtype(d->dtype, &type);
+        uint64_t nbytes = in->sizes ? in->sizes[i] : d->nbytes;
         put_str(&b, d->name);
         put_u32(&b, (uint32_t)d->ndim);
         for (int k = d->ndim - 1; k >= 0; k--) /* ggml order */
@@ -147,7 +151,7 @@ lm_status lm__gguf_layout(lm_context *ctx, const struct lm__gguf_layout_in *in,
         put_u32(&b, type);
         put_u64(&b, rel);
         offsets[i] = rel;
-        rel += (d->nbytes + align - 1) / align * align;
+        rel += (nbytes + align - 1) / align * align;
     }
     static const unsigned char zeros[64];
     while (!b.failed && b.len % align)

@@ -11,6 +11,10 @@ struct lm__gguf_layout_in {
     const char *const *meta_keys, *const *meta_values;
     size_t n_meta;
     uint32_t alignment;               /* 0: 32 */
+    /* Each tensor's stored ggml type and bytes; NULL: its dtype's and
+     * nbytes. */
+    const uint32_t *types;
+    const uint64_t *sizes;
 };
 
 /* The header bytes (caller frees with lm_free), each tensor's absolute

@@ -209,7 +209,7 @@ static lm_status write_index(lm_context *ctx, const struct lm__sink_layout *l,
 }
 
 static const struct lm__file_writer safetensors_writer = {
-    WHAT, check, header, shard_name, write_index, NULL};
+    WHAT, check, header, shard_name, write_index, NULL, NULL, NULL};
 
 lm_status lm_safetensors_sink_create(lm_context *ctx, const char *path,
                                      const lm_safetensors_sink_options *opts,

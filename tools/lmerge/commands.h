@@ -42,6 +42,15 @@ int lmerge_apply_purify(lm_context *ctx, lm_plan *plan,
                         const struct lmerge_config *c, const char *path,
                         double *tuned_keep);
 
+/* gguf_out.c: the sink of a GGUF output whose storage the config sets
+ * (`gguf_type`, or an explicit dtype), into dir/model.gguf: returns 1 with
+ * *sink set, 0 when the default sink applies (lm_file_sink_create_for), -1
+ * after printing an error. */
+int lmerge_gguf_sink(lm_context *ctx, const char *dir, const lm_model *base,
+                     const char *gguf_type, bool dtype_given,
+                     const char *const *keys, const char *const *values,
+                     size_t n_meta, lm_file_sink **sink);
+
 /* Copy non-weight files of a base model directory into out_dir. */
 int lmerge_copy_side_files(const char *base_path, const char *out_dir,
                            char *err, size_t err_size);

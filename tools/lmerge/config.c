@@ -109,6 +109,10 @@ static int read_key(struct reader *r, const char *key, const yaml_node_t *k,
         return text_key(r, v, key, &c->dtype, &c->dtype_line);
     if (!strcmp(key, "out_dtype"))
         return text_key(r, v, key, &c->out_dtype, &c->out_dtype_line);
+    if (!strcmp(key, "gguf_type")) { /* lmerge's own key (gguf_out.c) */
+        int line;
+        return text_key(r, v, key, &c->gguf_type, &line);
+    }
     if (!strcmp(key, "models"))
         return lmerge_cfg_read_models(r, v, c);
     if (!strcmp(key, "slices"))
@@ -132,8 +136,8 @@ static int read_key(struct reader *r, const char *key, const yaml_node_t *k,
                           "support yet");
     return fail(r, k, "unknown key '%s' (expected merge_method, base_model, "
                       "models, slices, parameters, dtype, out_dtype, "
-                      "tokenizer_source, tokenizer, chat_template, stats, "
-                      "purify)", key);
+                      "gguf_type, tokenizer_source, tokenizer, "
+                      "chat_template, stats, purify)", key);
 }
 
 static int read_root(struct reader *r, const yaml_node_t *root,
@@ -257,6 +261,7 @@ void lmerge_config_free(struct lmerge_config *c)
     free(c->base_lora);
     free(c->dtype);
     free(c->out_dtype);
+    free(c->gguf_type);
     free_refs(c->models, c->n_models);
     for (size_t i = 0; c->slices && i < c->n_slices; i++) {
         free_refs(c->slices[i].sources, c->slices[i].n_sources);

@@ -59,6 +59,7 @@ struct lmerge_config {
                         writes this dtype unless out_dtype is given */
     char *out_dtype; /* output dtype, overrides dtype for the output */
     int dtype_line, out_dtype_line;
+    char *gguf_type; /* GGUF output storage (gguf_out.c), NULL: auto */
     struct lmerge_model_ref *models;
     size_t n_models;
     int models_line;

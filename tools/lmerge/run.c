@@ -26,6 +26,7 @@ struct run_opts {
     int threads;
     uint64_t shard_bytes;
     const char *dtype;
+    const char *gguf_type;
     bool json, quiet, copy_files, overwrite, dry_run;
 };
 
@@ -34,6 +35,7 @@ static void run_usage(FILE *f)
     fprintf(f,
             "usage: lmerge run CONFIG.yaml -o OUT_DIR [--threads N]\n"
             "                  [--shard-size SIZE] [--dtype f32|f16|bf16]\n"
+            "                  [--gguf-type auto|q8_0]\n"
             "                  [--json] [--quiet] [--no-copy-files] [--overwrite]\n"
             "       lmerge run --dry-run CONFIG.yaml   (print the resolved plan,\n"
             "                  write nothing)\n"
@@ -41,6 +43,9 @@ static void run_usage(FILE *f)
             "CONFIG is a mergekit config: merge_method, base_model, models or\n"
             "slices, parameters (gradients and filters), dtype/out_dtype\n"
             "(docs/cli.md, \"Coming from mergekit\").\n"
+            "lmerge's gguf_type (or --gguf-type) sets a GGUF base's output: auto\n"
+            "writes tensors dequantized from a quantized base as F16, q8_0\n"
+            "writes 2-D weights as Q8_0.\n"
             "SIZE accepts K/M/G/T suffixes (bytes, powers of 1000; KiB/MiB/GiB\n"
             "for powers of 1024); default 5G. The output is OUT_DIR/model.safetensors,\n"
             "or shards plus model.safetensors.index.json when larger than SIZE.\n"
@@ -100,6 +105,9 @@ static int parse_args(int argc, char **argv, struct run_opts *o)
             i++;
         } else if (!strcmp(a, "--dtype") && next) {
             o->dtype = next;
+            i++;
+        } else if (!strcmp(a, "--gguf-type") && next) {
+            o->gguf_type = next;
             i++;
         } else if (!strcmp(a, "--json")) {
             o->json = true;
@@ -475,8 +483,13 @@ int lmerge_run(int argc, char **argv)
     so.n_metadata = 3;
     const lm_model *like = c.n_slices ? NULL : in.model[layout.out[0].base.input];
     /* Under MPI only rank 0 owns the output files (see mpi_exec.c). */
+    int gguf = my_rank() != 0 ? 0 : lmerge_gguf_sink(
+        ctx, staging, like, o.gguf_type ? o.gguf_type : c.gguf_type,
+        dtype_name != NULL, keys, values, 3, &sink);
+    if (gguf < 0)
+        goto done;
     lm_status sink_st =
-        my_rank() != 0
+        my_rank() != 0 || gguf
             ? LM_OK
             : lm_file_sink_create_for(ctx, staging, like, &so, &sink);
     if (sink_st) {
