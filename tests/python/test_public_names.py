@@ -46,9 +46,29 @@ def test_every_0_1_name_is_still_there():
     assert not missing
 
 
-def test_signatures_are_unchanged():
+def _params(sig_text):
+    """Parameters of a signature written as text, via a stub def."""
+    scope = {}
+    exec("def f%s: pass" % sig_text, scope)
+    return inspect.signature(scope["f"]).parameters
+
+
+def test_signatures_are_compatible():
+    """Every 0.1 call still works: each 0.1 parameter keeps its position,
+    kind and default; parameters added since are keyword-only with a
+    default (so no 0.1 call can reach them by accident)."""
     for name, sig in SIGNATURES.items():
-        assert str(inspect.signature(getattr(libmerge, name))) == sig, name
+        old = _params(sig)
+        new = inspect.signature(getattr(libmerge, name)).parameters
+        for p in old.values():
+            assert p.name in new, (name, p.name)
+            q = new[p.name]
+            assert (q.kind, q.default) == (p.kind, p.default), (name, p.name)
+        positional = [p for p in old.values() if p.kind <= p.POSITIONAL_OR_KEYWORD]
+        assert list(new)[:len(positional)] == [p.name for p in positional], name
+        for q in new.values():
+            if q.name not in old:
+                assert q.kind == q.KEYWORD_ONLY and q.default is not q.empty, (name, q.name)
 
 
 def test_stats_interface_is_unchanged():
