@@ -12,6 +12,7 @@
 #include "libmerge/context.h"
 #include "libmerge/tensor.h"
 #include "libmerge/model.h"
+#include "libmerge/sink.h"
 #include "libmerge/plan.h"
 #include "libmerge/file_sink.h"
 #include "libmerge/stats.h"

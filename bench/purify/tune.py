@@ -6,7 +6,7 @@ factoring every layer afresh), in the same process, on synthetic layers.
 Checks that the tuned merge equals a plain merge at the keep it chose.
 Writes docs/benchmarks/purify_tune.md.
 
-usage: LIBMERGE_LIBRARY=build/lib/libmerge.so.0 PYTHONPATH=bindings/python \\
+usage: LIBMERGE_LIBRARY=build/lib/libmerge.so.1 PYTHONPATH=bindings/python \\
        OPENBLAS_NUM_THREADS=1 /usr/bin/python3 bench/purify/tune.py [WIDTH] [TASKS]"""
 import os
 import sys

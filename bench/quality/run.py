@@ -7,7 +7,7 @@ validation split; absolute and normalized (merged / fine-tuned) test
 accuracy for 4, 8 and all tasks. Writes docs/benchmarks/quality.md and
 quality.png.
 
-usage: LIBMERGE_LIBRARY=build/lib/libmerge.so.0 PYTHONPATH=bindings/python \\
+usage: LIBMERGE_LIBRARY=build/lib/libmerge.so.1 PYTHONPATH=bindings/python \\
        /usr/bin/python3 bench/quality/run.py [--smoke] [--out DIR] [--kinds full,lora,vit,vit-zs]
 Needs python3-torch, python3-sklearn, dataset-fashion-mnist (and
 python3-matplotlib for the plot). --smoke: 3 digits tasks, few epochs."""

@@ -5,7 +5,7 @@ The paired standard error in quality.md covers only the test sample; this
 shows how much the ranking moves with the fine-tunes themselves. Writes
 docs/benchmarks/quality_seeds.md.
 
-usage: LIBMERGE_LIBRARY=build/lib/libmerge.so.0 PYTHONPATH=bindings/python \\
+usage: LIBMERGE_LIBRARY=build/lib/libmerge.so.1 PYTHONPATH=bindings/python \\
        /usr/bin/python3 bench/quality/seeds.py [--kind vit-zs] [--tasks 8,14,20] [--seeds 0,1,2]
        [--threads N] [--smoke] [--out DIR]
 Task counts go up to all of tasks.TASKS (20); the default is the ESM

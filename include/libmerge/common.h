@@ -29,14 +29,14 @@ extern "C" {
 #endif
 
 #define LM_VERSION_MAJOR 0
-#define LM_VERSION_MINOR 1
+#define LM_VERSION_MINOR 2
 #define LM_VERSION_PATCH 0
 /* major*10000 + minor*100 + patch, as zstd does. */
 #define LM_VERSION_NUMBER \
     (LM_VERSION_MAJOR * 10000 + LM_VERSION_MINOR * 100 + LM_VERSION_PATCH)
-#define LM_VERSION_STRING "0.1.0"
+#define LM_VERSION_STRING "0.2.0"
 /* The SONAME is libmerge.so.LM_SOVERSION; it changes on every ABI break. */
-#define LM_SOVERSION 0
+#define LM_SOVERSION 1
 
 /* "Every model" where a function takes a model index (projections,
  * per-model parameters). */

@@ -5,7 +5,8 @@
 #ifndef LIBMERGE_FILE_SINK_H
 #define LIBMERGE_FILE_SINK_H
 
-#include "libmerge/plan.h"
+#include "libmerge/model.h"
+#include "libmerge/sink.h"
 
 #ifdef __cplusplus
 extern "C" {

@@ -6,6 +6,7 @@
 #define LIBMERGE_PLAN_H
 
 #include "libmerge/model.h"
+#include "libmerge/sink.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -162,42 +163,7 @@ typedef int (*lm_progress_fn)(size_t tensors_done, size_t tensors_total,
 LM_API lm_status lm_plan_set_progress(lm_plan *plan, lm_progress_fn fn,
                                       void *user);
 
-/* Description of one output tensor, handed to a sink before merging. */
-typedef struct lm_tensor_desc {
-    const char *name;
-    lm_dtype dtype;
-    int ndim;
-    int64_t shape[LM_MAX_DIMS];
-    size_t nbytes;
-} lm_tensor_desc;
-
-/* Where merged tensors go. Fill with designated initialisers and set
- * struct_size = sizeof(lm_sink_vtable).
- *
- * begin:  once, before any tensor, with every output (in base order), so a
- *         file sink can lay out its header. Required.
- * buffer: optional; returns where tensor `index`'s `nbytes` output bytes
- *         should be written (e.g. inside an output mapping), or NULL to let
- *         the library use a scratch buffer and call `write`.
- * write:  tensor `index` is complete (in `data`, valid during the call).
- *         Called from worker threads, concurrently and in any order.
- *         Required.
- * end:    once, last, whenever begin succeeded; `commit` is 1 when every
- *         tensor was written, 0 when
- *         the execution failed or was cancelled (the sink must then leave
- *         nothing that looks complete). Its status is returned by
- *         lm_plan_execute_to when commit is 1. Required. */
-typedef struct lm_sink_vtable {
-    uint32_t struct_size;
-    lm_status (*begin)(void *user, const lm_tensor_desc *outputs, size_t n);
-    void *(*buffer)(void *user, size_t index);
-    lm_status (*write)(void *user, size_t index, const void *data,
-                       size_t nbytes);
-    lm_status (*end)(void *user, int commit);
-    void *user;
-} lm_sink_vtable;
-
-/* Execute into a sink instead of a new in-memory model. Peak memory is a
+/* Execute into a sink (libmerge/sink.h) instead of a new in-memory model. Peak memory is a
  * few tensors per worker thread (inputs are read or mapped one tensor at a
  * time), independent of model size, unless the sink keeps the results. */
 LM_API lm_status lm_plan_execute_to(lm_plan *plan, const lm_sink_vtable *sink);

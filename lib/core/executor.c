@@ -17,6 +17,7 @@ struct exec {
     const lm_sink_vtable *sink;
     void *state;               /* strategy state from init */
     lm_tensor_desc *outputs;
+    const lm_tensor_desc **output_list; /* what the sink's begin gets */
     size_t n_tensors;
     atomic_size_t next;        /* next tensor index to claim */
     atomic_bool stop;          /* a failure or a cancellation */
@@ -134,7 +135,7 @@ static lm_status emit(struct exec *ex, size_t index,
     lm_context *ctx = ex->plan->ctx;
     const lm_tensor_desc *d = &ex->outputs[index];
     size_t n = ex->plan->base->entries[index].tensor->numel;
-    void *dst = ex->sink->buffer ? ex->sink->buffer(ex->sink->user, index)
+    void *dst = ex->sink->buffer ? ex->sink->buffer(index, ex->sink->user)
                                  : NULL;
     void *scratch = NULL;
     if (!dst) {
@@ -145,7 +146,7 @@ static lm_status emit(struct exec *ex, size_t index,
                                         d->name);
     }
     lm__merged_write(out, n, dst, d->dtype);
-    lm_status st = ex->sink->write(ex->sink->user, index, dst, d->nbytes);
+    lm_status st = ex->sink->write(index, dst, d->nbytes, ex->sink->user);
     lm_free(ctx, scratch);
     if (st > 0)
         st = LM_ERR_CALLBACK;
@@ -232,11 +233,15 @@ static lm_status describe_outputs(struct exec *ex)
     lm_plan *p = ex->plan;
     ex->outputs = lm__calloc(p->ctx, ex->n_tensors ? ex->n_tensors : 1,
                              sizeof(*ex->outputs));
-    if (!ex->outputs)
+    ex->output_list = lm__calloc(p->ctx, ex->n_tensors ? ex->n_tensors : 1,
+                                 sizeof(*ex->output_list));
+    if (!ex->outputs || !ex->output_list)
         return LM_ERR_OUT_OF_MEMORY;
     for (size_t i = 0; i < ex->n_tensors; i++) {
         const lm_tensor *b = p->base->entries[i].tensor;
         lm_tensor_desc *d = &ex->outputs[i];
+        ex->output_list[i] = d;
+        d->struct_size = sizeof(*d);
         d->name = p->base->entries[i].name;
         d->dtype = p->has_output_dtype ? p->output_dtype : b->dtype;
         d->ndim = b->ndim;
@@ -335,11 +340,12 @@ static lm_status execute(lm_plan *p, const lm_sink_vtable *sink)
     LM_TRY(exec_init(&ex, p, sink, NULL));
     lm_status st = describe_outputs(&ex);
     if (st == LM_OK) {
-        st = sink->begin(sink->user, ex.outputs, ex.n_tensors);
+        st = sink->begin(ex.output_list, ex.n_tensors, sink->user);
         if (st > 0)
             st = LM_ERR_CALLBACK;
         if (st != LM_OK) {
             lm_free(ctx, ex.outputs);
+            lm_free(ctx, ex.output_list);
             lm_free(ctx, ex.status);
             lm_free(ctx, ex.tie_src);
             pthread_mutex_destroy(&ex.progress_lock);
@@ -371,7 +377,7 @@ static lm_status execute(lm_plan *p, const lm_sink_vtable *sink)
         }
         if (initialised && p->vt->fini)
             p->vt->fini(ex.state, p->vt->user);
-        lm_status end = sink->end(sink->user, st == LM_OK);
+        lm_status end = sink->end(st == LM_OK, sink->user);
         if (st == LM_OK && end != LM_OK)
             st = end > 0 ? LM_ERR_CALLBACK : end;
     } else {
@@ -379,6 +385,7 @@ static lm_status execute(lm_plan *p, const lm_sink_vtable *sink)
                                   "plan: out of memory");
     }
     lm_free(ctx, ex.outputs);
+    lm_free(ctx, ex.output_list);
     lm_free(ctx, ex.status);
     lm_free(ctx, ex.tie_src);
     pthread_mutex_destroy(&ex.progress_lock);

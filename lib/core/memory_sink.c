@@ -2,17 +2,18 @@
  * written in place (no copy after conversion). */
 #include "core/plan_private.h"
 
-static lm_status mem_begin(void *user, const lm_tensor_desc *outputs,
-                           size_t n)
+static lm_status mem_begin(const lm_tensor_desc *const *outputs, size_t n,
+                           void *user)
 {
     struct lm__memory_sink *s = user;
     LM_TRY(lm_model_create(s->ctx, &s->model));
     for (size_t i = 0; i < n; i++) {
         lm_tensor *t;
-        lm_status st = lm_tensor_create(s->ctx, outputs[i].dtype,
-                                        outputs[i].ndim, outputs[i].shape, &t);
+        const lm_tensor_desc *d = outputs[i];
+        lm_status st = lm_tensor_create(s->ctx, d->dtype, d->ndim, d->shape,
+                                        &t);
         if (st == LM_OK) {
-            st = lm_model_add(s->model, outputs[i].name, t);
+            st = lm_model_add(s->model, d->name, t);
             if (st != LM_OK)
                 lm_tensor_destroy(t);
         }
@@ -25,14 +26,14 @@ static lm_status mem_begin(void *user, const lm_tensor_desc *outputs,
     return LM_OK;
 }
 
-static void *mem_buffer(void *user, size_t index)
+static void *mem_buffer(size_t index, void *user)
 {
     struct lm__memory_sink *s = user;
     return s->model->entries[index].tensor->data;
 }
 
-static lm_status mem_write(void *user, size_t index, const void *data,
-                           size_t nbytes)
+static lm_status mem_write(size_t index, const void *data, size_t nbytes,
+                           void *user)
 {
     (void)user;
     (void)index;
@@ -41,7 +42,7 @@ static lm_status mem_write(void *user, size_t index, const void *data,
     return LM_OK; /* already in place */
 }
 
-static lm_status mem_end(void *user, int commit)
+static lm_status mem_end(int commit, void *user)
 {
     struct lm__memory_sink *s = user;
     if (!commit) {

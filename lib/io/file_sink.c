@@ -137,10 +137,11 @@ static lm_status begin_shard(lm_file_sink *s, const lm_tensor_desc *outputs,
     return st;
 }
 
-static lm_status sink_begin(void *user, const lm_tensor_desc *outputs,
-                            size_t n)
+/* Lays out every file for `outputs` (contiguous, in the library's own
+ * descriptor layout). */
+static lm_status begin_files(lm_file_sink *s, const lm_tensor_desc *outputs,
+                             size_t n)
 {
-    lm_file_sink *s = user;
     if (s->shards)
         return lm_context_set_error(s->ctx, LM_ERR_STATE, "%s used twice",
                                     s->w->what);
@@ -169,8 +170,36 @@ static lm_status sink_begin(void *user, const lm_tensor_desc *outputs,
     return LM_OK;
 }
 
-static lm_status sink_write(void *user, size_t index, const void *data,
-                            size_t nbytes)
+/* The sink's begin: descriptors arrive as an array of pointers (each
+ * versioned by its struct_size); the writers work on a contiguous copy.
+ * A descriptor smaller than the first versioned layout is refused; a
+ * larger one (from a newer header) is read as far as this library knows. */
+static lm_status sink_begin(const lm_tensor_desc *const *outputs, size_t n,
+                            void *user)
+{
+    lm_file_sink *s = user;
+    lm_tensor_desc *copy = lm__calloc(s->ctx, n ? n : 1, sizeof(*copy));
+    if (!copy)
+        return LM_ERR_OUT_OF_MEMORY;
+    lm_status st = LM_OK;
+    for (size_t i = 0; i < n && st == LM_OK; i++) {
+        size_t size = outputs[i] ? outputs[i]->struct_size : 0;
+        if (size < sizeof(*copy))
+            st = lm_context_set_error(s->ctx, LM_ERR_ABI,
+                                      "%s: output %zu: descriptor of %zu "
+                                      "bytes, expected %zu",
+                                      s->w->what, i, size, sizeof(*copy));
+        else
+            memcpy(&copy[i], outputs[i], sizeof(*copy));
+    }
+    if (st == LM_OK)
+        st = begin_files(s, copy, n);
+    lm_free(s->ctx, copy);
+    return st;
+}
+
+static lm_status sink_write(size_t index, const void *data, size_t nbytes,
+                            void *user)
 {
     lm_file_sink *s = user;
     struct shard *sh = &s->shards[s->tensor_shard[index]];
@@ -239,7 +268,7 @@ static lm_status commit_shards(lm_file_sink *s)
     return st == LM_OK ? lm_output_dir_commit(s->out) : st;
 }
 
-static lm_status sink_end(void *user, int commit)
+static lm_status sink_end(int commit, void *user)
 {
     lm_file_sink *s = user;
     lm_status st = LM_OK;
@@ -406,17 +435,18 @@ lm_status lm__file_sink_write_model(lm_context *ctx, const lm_model *model,
                                         "cannot write lazy "
                                         "tensor '%s'", lm_model_name(model, i));
         }
+        descs[i].struct_size = sizeof(descs[i]);
         descs[i].name = lm_model_name(model, i);
         descs[i].dtype = t->dtype;
         descs[i].ndim = t->ndim;
         memcpy(descs[i].shape, t->shape, sizeof(descs[i].shape));
         descs[i].nbytes = lm_tensor_nbytes(t);
     }
-    lm_status st = sink_begin(sink, descs, n);
+    lm_status st = begin_files(sink, descs, n);
     for (size_t i = 0; st == LM_OK && i < n; i++)
-        st = sink_write(sink, i, lm_tensor_cdata(lm_model_tensor(model, i)),
-                        descs[i].nbytes);
-    lm_status end = sink_end(sink, st == LM_OK);
+        st = sink_write(i, lm_tensor_cdata(lm_model_tensor(model, i)),
+                        descs[i].nbytes, sink);
+    lm_status end = sink_end(st == LM_OK, sink);
     if (st == LM_OK)
         st = end;
     lm_free(ctx, descs);

@@ -258,6 +258,40 @@ START_TEST(failures_leave_nothing)
 }
 END_TEST
 
+/* Descriptors are versioned: a sink driven directly (as lmerge's MPI
+ * driver does) refuses one smaller than the first versioned layout,
+ * naming the output, and writes nothing. */
+START_TEST(short_descriptor_refused)
+{
+    lm_context *ctx = tu_context(1, 0);
+    char dir[] = "/tmp/lm_sink_XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char path[256];
+    snprintf(path, sizeof(path), "%s/out.safetensors", dir);
+    lm_file_sink *sink = NULL;
+    ck_assert_ok(lm_safetensors_sink_create(ctx, path, NULL, &sink));
+    const lm_sink_vtable *vt = lm_file_sink_vtable(sink);
+    lm_tensor_desc d[2];
+    memset(d, 0, sizeof(d));
+    const lm_tensor_desc *list[2] = {&d[0], &d[1]};
+    for (int i = 0; i < 2; i++) {
+        d[i].struct_size = sizeof(d[i]);
+        d[i].name = i ? "b" : "a";
+        d[i].dtype = LM_F32;
+        d[i].ndim = 1;
+        d[i].shape[0] = 2;
+        d[i].nbytes = 8;
+    }
+    d[1].struct_size = 4;
+    ck_assert_status(vt->begin(list, 2, vt->user), LM_ERR_ABI);
+    ck_assert_ptr_nonnull(strstr(lm_context_error(ctx), "output 1"));
+    lm_file_sink_destroy(sink);
+    ck_assert_int_eq(count_entries(dir), 0);
+    rmdir(dir);
+    lm_context_destroy(ctx);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("file_sink");
@@ -265,6 +299,7 @@ int main(void)
     tcase_add_test(tc, single_file);
     tcase_add_test(tc, sharded_with_index);
     tcase_add_test(tc, failures_leave_nothing);
+    tcase_add_test(tc, short_descriptor_refused);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

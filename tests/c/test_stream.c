@@ -37,26 +37,29 @@ struct collect {
     pthread_mutex_t lock;
 };
 
-static lm_status c_begin(void *user, const lm_tensor_desc *o, size_t n)
+static lm_status c_begin(const lm_tensor_desc *const *o, size_t n,
+                         void *user)
 {
     struct collect *c = user;
     c->begins++;
     c->n = n;
     for (size_t i = 0; i < n; i++) {
-        c->desc[i] = o[i];
-        c->data[i] = calloc(1, o[i].nbytes ? o[i].nbytes : 1);
+        /* Descriptors are versioned: this test's header describes them. */
+        ck_assert_uint_eq(o[i]->struct_size, sizeof(lm_tensor_desc));
+        c->desc[i] = *o[i];
+        c->data[i] = calloc(1, o[i]->nbytes ? o[i]->nbytes : 1);
     }
     return LM_OK;
 }
 
-static void *c_buffer(void *user, size_t index)
+static void *c_buffer(size_t index, void *user)
 {
     struct collect *c = user;
     return c->use_buffer ? c->data[index] : NULL;
 }
 
-static lm_status c_write(void *user, size_t index, const void *data,
-                         size_t nbytes)
+static lm_status c_write(size_t index, const void *data, size_t nbytes,
+                         void *user)
 {
     struct collect *c = user;
     if ((int)index == c->fail_at)
@@ -70,7 +73,7 @@ static lm_status c_write(void *user, size_t index, const void *data,
     return LM_OK;
 }
 
-static lm_status c_end(void *user, int commit)
+static lm_status c_end(int commit, void *user)
 {
     struct collect *c = user;
     c->ends++;

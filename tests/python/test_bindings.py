@@ -194,13 +194,13 @@ def test_stats_against_numpy(tmp_path):
 
 
 def test_missing_library_is_a_clear_import_error():
-    env = dict(os.environ, LIBMERGE_LIBRARY="/nonexistent/libmerge.so.0",
+    env = dict(os.environ, LIBMERGE_LIBRARY="/nonexistent/libmerge.so.1",
                PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "..",
                                        "bindings", "python"))
     r = subprocess.run([sys.executable, "-c", "import libmerge"], env=env,
                        capture_output=True, text=True)
     assert r.returncode != 0
-    assert "ImportError" in r.stderr and "/nonexistent/libmerge.so.0" in r.stderr
+    assert "ImportError" in r.stderr and "/nonexistent/libmerge.so.1" in r.stderr
     assert "LIBMERGE_LIBRARY" in r.stderr
 
 

@@ -207,11 +207,14 @@ int lmerge_mpi_execute(lm_context *ctx, lm_plan *plan, const lm_model *base,
     int rank = lmerge_mpi_rank(), ranks = lmerge_mpi_size();
     size_t n = lm_model_count(base);
     lm_tensor_desc *d = calloc(n ? n : 1, sizeof(*d));
+    const lm_tensor_desc **list = calloc(n ? n : 1, sizeof(*list));
     int *owner = calloc(n ? n : 1, sizeof(int)), *file_of = calloc(n ? n : 1, sizeof(int));
     uint64_t *offset = calloc(n ? n : 1, sizeof(uint64_t));
     char (*paths)[1024] = calloc(MAX_FILES, sizeof(*paths));
     for (size_t i = 0; i < n; i++) {
         const lm_tensor *t = lm_model_tensor(base, i);
+        list[i] = &d[i];
+        d[i].struct_size = sizeof(d[i]);
         d[i].name = lm_model_name(base, i);
         d[i].dtype = has_dtype ? dtype : lm_tensor_dtype(t);
         d[i].ndim = lm_tensor_ndim(t);
@@ -221,7 +224,7 @@ int lmerge_mpi_execute(lm_context *ctx, lm_plan *plan, const lm_model *base,
     }
     assign(method, d, n, ranks, owner);
     const lm_sink_vtable *vt = rank == 0 ? lm_file_sink_vtable(sink) : NULL;
-    int ok = rank != 0 || vt->begin(vt->user, d, n) == LM_OK;
+    int ok = rank != 0 || vt->begin(list, n, vt->user) == LM_OK;
     if (rank == 0 && !ok)
         fprintf(stderr, "lmerge run: rank 0: %s\n", lm_context_error(ctx));
     MPI_Bcast(&ok, 1, MPI_INT, 0, MPI_COMM_WORLD);
@@ -245,13 +248,14 @@ int lmerge_mpi_execute(lm_context *ctx, lm_plan *plan, const lm_model *base,
     if (rank == 0 && ok) {
         /* Nothing is committed unless every rank succeeded: no index, no
          * renamed shard. */
-        lm_status st = vt->end(vt->user, !any_failed);
+        lm_status st = vt->end(!any_failed, vt->user);
         committed = !any_failed && st == LM_OK;
         if (!any_failed && st != LM_OK)
             fprintf(stderr, "lmerge run: rank 0: %s\n", lm_context_error(ctx));
     }
     MPI_Bcast(&committed, 1, MPI_INT, 0, MPI_COMM_WORLD);
     free(d);
+    free(list);
     free(owner);
     free(file_of);
     free(offset);

@@ -6,7 +6,7 @@
 `base` and each model map tensor names to numpy arrays (float32, float16,
 float64 or bfloat16); the result maps the base's names to new arrays of the
 base's shapes and dtypes. The shared library is found through
-$LIBMERGE_LIBRARY or the system loader (libmerge.so.0).
+$LIBMERGE_LIBRARY or the system loader (libmerge.so.1).
 
 The package only checks arguments and marshals them; every merge decision
 (held-out splits, K folds, keep="cv" tuning) is the C library's. Modules:

@@ -3,9 +3,9 @@ import ctypes
 import ctypes.util
 import os
 
-SOVERSION = 0
+SOVERSION = 1
 # The binding speaks the API of this major.minor (LM_VERSION_NUMBER // 100).
-API_VERSION = (0, 1)
+API_VERSION = (0, 2)
 
 
 class _ContextOptions(ctypes.Structure):
