@@ -34,9 +34,9 @@ static void *load(void *arg)
 {
     struct loader *l = arg;
     for (size_t i = l->first; i < lm_model_count(l->file); i += l->stride) {
-        const char *name = lm_model_name(l->file, i);
+        const char *name = lm_model_name_at(l->file, i);
         lm_tensor *copy = NULL;
-        l->status = lm_tensor_clone(l->ctx, lm_model_tensor(l->file, i), &copy);
+        l->status = lm_tensor_clone(l->ctx, lm_model_at(l->file, i), &copy);
         if (l->status != LM_OK)
             return NULL;
         l->loaded[i] = copy;
@@ -52,8 +52,8 @@ static const lm_tensor *find(const lm_model *m, lm_tensor **loaded,
                              const char *name)
 {
     for (size_t i = 0; i < lm_model_count(m); i++)
-        if (!strcmp(lm_model_name(m, i), name))
-            return loaded ? loaded[i] : lm_model_tensor(m, i);
+        if (!strcmp(lm_model_name_at(m, i), name))
+            return loaded ? loaded[i] : lm_model_at(m, i);
     fprintf(stderr, "load_time_merge: the model has no '%s'\n", name);
     exit(1);
 }

@@ -27,7 +27,7 @@ int main(void)
         fprintf(stderr, "merge failed: %s\n", lm_context_error(ctx));
         return 1;
     }
-    const float *w = lm_tensor_cdata(lm_model_tensor(merged, 0));
+    const float *w = lm_tensor_cdata(lm_model_at(merged, 0));
     printf("merged: %g %g %g %g\n", w[0], w[1], w[2], w[3]); /* 1.5 2 3 5 */
     lm_model_destroy(merged);
     lm_plan_destroy(plan);

@@ -134,7 +134,7 @@ public:
     size_t size() const noexcept { return lm_model_count(m_.get()); }
     std::string name(size_t i) const
     {
-        const char *n = lm_model_name(m_.get(), i);
+        const char *n = lm_model_name_at(m_.get(), i);
         if (!n)
             throw std::out_of_range("libmerge::Model::name");
         return n;

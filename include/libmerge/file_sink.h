@@ -75,7 +75,7 @@ LM_API lm_status lm_file_sink_layout(const lm_file_sink *sink, size_t index,
 /* Paths of the files written (after a successful execution), e.g. to
  * report them; NULL when i is out of range. */
 LM_API size_t lm_file_sink_file_count(const lm_file_sink *sink);
-LM_API const char *lm_file_sink_file(const lm_file_sink *sink, size_t i);
+LM_API const char *lm_file_sink_file_at(const lm_file_sink *sink, size_t i);
 /* Destroys the sink; if it was never committed, its temporary files are
  * removed. NULL is accepted. */
 LM_API void lm_file_sink_destroy(lm_file_sink *sink);

@@ -26,9 +26,9 @@ LM_API lm_status lm_lora_add(lm_lora *lora, const char *target, lm_tensor *a,
                              lm_tensor *b, double scale);
 LM_API size_t lm_lora_count(const lm_lora *lora);
 /* Entry i (insertion order). Pointers stay owned by the adapter. */
-LM_API lm_status lm_lora_entry(const lm_lora *lora, size_t i,
-                               const char **target, const lm_tensor **a,
-                               const lm_tensor **b, double *scale);
+LM_API lm_status lm_lora_at(const lm_lora *lora, size_t i,
+                            const char **target, const lm_tensor **a,
+                            const lm_tensor **b, double *scale);
 /* Errors: LM_ERR_NOT_FOUND. */
 LM_API lm_status lm_lora_find(const lm_lora *lora, const char *target,
                               const lm_tensor **a, const lm_tensor **b,

@@ -26,9 +26,11 @@ LM_API void lm_model_destroy(lm_model *model);
 LM_API lm_status lm_model_add(lm_model *model, const char *name,
                               lm_tensor *tensor);
 LM_API size_t lm_model_count(const lm_model *model);
-/* Name / tensor of entry i (insertion order); NULL when out of range. */
-LM_API const char *lm_model_name(const lm_model *model, size_t i);
-LM_API lm_tensor *lm_model_tensor(const lm_model *model, size_t i);
+/* Tensor i and its name (insertion order); NULL when out of range. The
+ * i-th item of any libmerge collection is X_at, its count X_count, a
+ * lookup by name X_find (docs/api.md). */
+LM_API const char *lm_model_name_at(const lm_model *model, size_t i);
+LM_API lm_tensor *lm_model_at(const lm_model *model, size_t i);
 /* Look a tensor up by name. Errors: LM_ERR_NOT_FOUND. */
 LM_API lm_status lm_model_find(const lm_model *model, const char *name,
                                lm_tensor **out);
@@ -58,8 +60,8 @@ LM_API size_t lm_model_metadata_count(const lm_model *model);
 LM_API lm_status lm_model_metadata_at(const lm_model *model, size_t i,
                                       const char **key, const char **value);
 /* Errors: LM_ERR_NOT_FOUND (no message recorded: absence is normal). */
-LM_API lm_status lm_model_metadata(const lm_model *model, const char *key,
-                                   const char **value);
+LM_API lm_status lm_model_metadata_find(const lm_model *model,
+                                        const char *key, const char **value);
 
 /* Thread-safety: concurrent reads are safe; lm_model_add needs exclusive
  * access. */
@@ -75,7 +77,7 @@ LM_API lm_status lm_task_vector_create(lm_context *ctx, const lm_model *base,
                                        lm_task_vector **out);
 LM_API void lm_task_vector_destroy(lm_task_vector *tv);
 LM_API size_t lm_task_vector_count(const lm_task_vector *tv);
-LM_API const char *lm_task_vector_name(const lm_task_vector *tv, size_t i);
+LM_API const char *lm_task_vector_name_at(const lm_task_vector *tv, size_t i);
 /* The f32 delta for `name`. Errors: LM_ERR_NOT_FOUND. The tensor belongs to
  * the task vector. */
 LM_API lm_status lm_task_vector_find(const lm_task_vector *tv,

@@ -62,8 +62,8 @@ static inline lm_status lm_stats_allreduce(lm_context *ctx,
         const char *name;
         const double *g;
         uint64_t rows;
-        lm_stats_key(local, (size_t)i, &model, &name);
-        lm_stats_get(local, model, name, &g, &d, &rows);
+        lm_stats_at(local, (size_t)i, &model, &name);
+        lm_stats_find(local, model, name, &g, &d, &rows);
         if (strlen(name) >= sizeof(mine[i].name))
             st = LM_ERR_INVALID_ARGUMENT;
         else
@@ -120,7 +120,7 @@ static inline lm_status lm_stats_allreduce(lm_context *ctx,
         const double *g;
         uint64_t rows = 0;
         memset(buf, 0, (d * d + 1) * sizeof(double));
-        if (lm_stats_get(local, (size_t)all[k].model, all[k].name, &g, &dd,
+        if (lm_stats_find(local, (size_t)all[k].model, all[k].name, &g, &dd,
                          &rows) == LM_OK)
             memcpy(buf, g, d * d * sizeof(double));
         else

@@ -62,11 +62,11 @@ LM_API void lm_nsc_destroy(lm_nsc *nsc);
 LM_API size_t lm_nsc_task_count(const lm_nsc *nsc);
 LM_API size_t lm_nsc_module_count(const lm_nsc *nsc);
 /* Module i's target name and shape (d_out, d_in); NULL if out of range. */
-LM_API const char *lm_nsc_module_name(const lm_nsc *nsc, size_t i,
-                                      int64_t *d_out, int64_t *d_in);
+LM_API const char *lm_nsc_module_at(const lm_nsc *nsc, size_t i,
+                                    int64_t *d_out, int64_t *d_in);
 /* Index of a module by target name (LM_ERR_NOT_FOUND). */
-LM_API lm_status lm_nsc_module_index(const lm_nsc *nsc, const char *name,
-                                     size_t *index);
+LM_API lm_status lm_nsc_module_find(const lm_nsc *nsc, const char *name,
+                                    size_t *index);
 
 /* Coefficients of module i: lambdas[k] for k < task count. A task without
  * an adapter for the module reads 0 and ignores writes. */

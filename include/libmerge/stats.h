@@ -98,13 +98,13 @@ LM_API lm_status lm_stats_add_gram(lm_stats *stats, size_t model,
 /* The accumulated Gram matrix (row-major, full symmetric d_in x d_in) and
  * row count of a key. The pointer is valid until the next observe/merge on
  * that key or destroy. Errors: LM_ERR_NOT_FOUND. */
-LM_API lm_status lm_stats_get(const lm_stats *stats, size_t model,
-                              const char *name, const double **gram,
-                              size_t *d_in, uint64_t *n_rows);
+LM_API lm_status lm_stats_find(const lm_stats *stats, size_t model,
+                               const char *name, const double **gram,
+                               size_t *d_in, uint64_t *n_rows);
 LM_API size_t lm_stats_count(const lm_stats *stats);
 /* Key i (in first-observation order). */
-LM_API lm_status lm_stats_key(const lm_stats *stats, size_t i, size_t *model,
-                              const char **name);
+LM_API lm_status lm_stats_at(const lm_stats *stats, size_t i, size_t *model,
+                             const char **name);
 
 /* dst += src for every key (keys missing from dst are added); d_in must
  * agree for shared keys. Used to combine data-parallel collection. The

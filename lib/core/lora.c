@@ -98,7 +98,7 @@ static void unpack(const struct lm_lora_entry *e, const lm_tensor **a,
         *scale = e->scale;
 }
 
-lm_status lm_lora_entry(const lm_lora *l, size_t i, const char **target,
+lm_status lm_lora_at(const lm_lora *l, size_t i, const char **target,
                         const lm_tensor **a, const lm_tensor **b,
                         double *scale)
 {

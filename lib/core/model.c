@@ -114,12 +114,12 @@ lm_status lm_model_add(lm_model *m, const char *name, lm_tensor *tensor)
 
 size_t lm_model_count(const lm_model *m) { return m ? m->count : 0; }
 
-const char *lm_model_name(const lm_model *m, size_t i)
+const char *lm_model_name_at(const lm_model *m, size_t i)
 {
     return m && i < m->count ? m->entries[i].name : NULL;
 }
 
-lm_tensor *lm_model_tensor(const lm_model *m, size_t i)
+lm_tensor *lm_model_at(const lm_model *m, size_t i)
 {
     return m && i < m->count ? m->entries[i].tensor : NULL;
 }
@@ -229,7 +229,7 @@ lm_status lm_model_metadata_at(const lm_model *m, size_t i, const char **key,
     return LM_OK;
 }
 
-lm_status lm_model_metadata(const lm_model *m, const char *key,
+lm_status lm_model_metadata_find(const lm_model *m, const char *key,
                             const char **value)
 {
     if (!m || !key)

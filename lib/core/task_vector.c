@@ -126,9 +126,9 @@ size_t lm_task_vector_count(const lm_task_vector *tv)
     return tv ? lm_model_count(tv->deltas) : 0;
 }
 
-const char *lm_task_vector_name(const lm_task_vector *tv, size_t i)
+const char *lm_task_vector_name_at(const lm_task_vector *tv, size_t i)
 {
-    return tv ? lm_model_name(tv->deltas, i) : NULL;
+    return tv ? lm_model_name_at(tv->deltas, i) : NULL;
 }
 
 lm_status lm_task_vector_find(const lm_task_vector *tv, const char *name,

@@ -386,7 +386,7 @@ size_t lm_file_sink_file_count(const lm_file_sink *s)
     return s && s->committed ? s->n_shards : 0;
 }
 
-const char *lm_file_sink_file(const lm_file_sink *s, size_t i)
+const char *lm_file_sink_file_at(const lm_file_sink *s, size_t i)
 {
     return s && s->committed && i < s->n_shards ? s->shards[i].final_path
                                                 : NULL;
@@ -428,15 +428,15 @@ lm_status lm__file_sink_write_model(lm_context *ctx, const lm_model *model,
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "%s: out of memory", sink->w->what);
     for (size_t i = 0; i < n; i++) {
-        const lm_tensor *t = lm_model_tensor(model, i);
+        const lm_tensor *t = lm_model_at(model, i);
         if (t->lazy_read) {
             lm_free(ctx, descs);
             return lm_context_set_error(ctx, LM_ERR_UNSUPPORTED,
                                         "cannot write lazy "
-                                        "tensor '%s'", lm_model_name(model, i));
+                                        "tensor '%s'", lm_model_name_at(model, i));
         }
         descs[i].struct_size = sizeof(descs[i]);
-        descs[i].name = lm_model_name(model, i);
+        descs[i].name = lm_model_name_at(model, i);
         descs[i].dtype = t->dtype;
         descs[i].ndim = t->ndim;
         memcpy(descs[i].shape, t->shape, sizeof(descs[i].shape));
@@ -444,7 +444,7 @@ lm_status lm__file_sink_write_model(lm_context *ctx, const lm_model *model,
     }
     lm_status st = begin_files(sink, descs, n);
     for (size_t i = 0; st == LM_OK && i < n; i++)
-        st = sink_write(i, lm_tensor_cdata(lm_model_tensor(model, i)),
+        st = sink_write(i, lm_tensor_cdata(lm_model_at(model, i)),
                         descs[i].nbytes, sink);
     lm_status end = sink_end(st == LM_OK, sink);
     if (st == LM_OK)

@@ -172,7 +172,7 @@ static lm_status gguf_in_dir(lm_context *ctx, const char *dir, char **file)
 static bool gguf_model_is_lora(const lm_model *model)
 {
     const char *type = NULL;
-    return lm_model_metadata(model, "general.type", &type) == LM_OK &&
+    return lm_model_metadata_find(model, "general.type", &type) == LM_OK &&
            !strcmp(type, "adapter");
 }
 

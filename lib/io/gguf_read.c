@@ -89,7 +89,7 @@ static lm_status read_kvs(lm_context *ctx, const char *path,
                                         "%s: key '%s' has unknown value type "
                                         "%u", path, k, type);
         /* Hashed: duplicate checks stay linear in the number of keys. */
-        if (lm_model_metadata(model, k, NULL) == LM_OK)
+        if (lm_model_metadata_find(model, k, NULL) == LM_OK)
             return lm_context_set_error(ctx, LM_ERR_FORMAT,
                                         "%s: key '%s' appears twice", path, k);
         if (!strcmp(k, "general.alignment")) {
@@ -344,7 +344,7 @@ static lm_status require_meta(lm_context *ctx, const char *path,
                               const char *want)
 {
     const char *v = NULL;
-    if (lm_model_metadata(m, key, &v) != LM_OK || strcmp(v, want) != 0) {
+    if (lm_model_metadata_find(m, key, &v) != LM_OK || strcmp(v, want) != 0) {
         lm_context_clear_error(ctx);
         return lm_context_set_error(ctx, LM_ERR_FORMAT,
                                     "%s: not a LoRA adapter GGUF (%s is %s%s%s,"
@@ -360,7 +360,7 @@ static lm_status pair_adapters(lm_context *ctx, const char *path,
                                const lm_model *m, double alpha, lm_lora *lora)
 {
     for (size_t i = 0; i < lm_model_count(m); i++) {
-        const char *name = lm_model_name(m, i);
+        const char *name = lm_model_name_at(m, i);
         bool is_a = ends_with(name, ".lora_a"), is_b = ends_with(name, ".lora_b");
         if (!is_a && !is_b)
             return lm_context_set_error(ctx, LM_ERR_FORMAT,
@@ -377,7 +377,7 @@ static lm_status pair_adapters(lm_context *ctx, const char *path,
                                         name, other);
         if (!is_a || ends_with(target, "_norm.weight"))
             continue; /* each pair once; llama.cpp skips norm adapters */
-        const lm_tensor *a = lm_model_tensor(m, i), *b = mate;
+        const lm_tensor *a = lm_model_at(m, i), *b = mate;
         if (lm_tensor_ndim(a) != 2 || lm_tensor_ndim(b) != 2 ||
             lm_tensor_dim(a, 0) != lm_tensor_dim(b, 1))
             return lm_context_set_error(ctx, LM_ERR_SHAPE,
@@ -413,7 +413,7 @@ lm_status lm_gguf_read_lora(lm_context *ctx, const char *path, lm_lora **out)
     double alpha = 0; /* absent: no alpha scaling, as in llama.cpp */
     const char *text;
     if (st == LM_OK) {
-        if (lm_model_metadata(m, "adapter.lora.alpha", &text) == LM_OK) {
+        if (lm_model_metadata_find(m, "adapter.lora.alpha", &text) == LM_OK) {
             char *end;
             alpha = strtod(text, &end);
             if (*end || end == text)

@@ -160,7 +160,7 @@ static uint32_t source_alignment(const lm_model *m)
 {
     const char *v = NULL;
     if (!lm__gguf_kv_of(m) ||
-        lm_model_metadata(m, "general.alignment", &v) != LM_OK)
+        lm_model_metadata_find(m, "general.alignment", &v) != LM_OK)
         return 0;
     return (uint32_t)strtoul(v, NULL, 10);
 }

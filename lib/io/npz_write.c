@@ -251,10 +251,10 @@ lm_status lm_npz_write(lm_context *ctx, const lm_model *model,
     }
     size_t n = lm_model_count(model);
     for (size_t i = 0; i < n; i++)
-        if (lm_model_tensor(model, i)->lazy_read)
+        if (lm_model_at(model, i)->lazy_read)
             return lm_context_set_error(ctx, LM_ERR_UNSUPPORTED,
                                         "npz: cannot write lazy tensor '%s'",
-                                        lm_model_name(model, i));
+                                        lm_model_name_at(model, i));
     struct entry *e = lm__calloc(ctx, n ? n : 1, sizeof(*e));
     if (!e)
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
@@ -263,8 +263,8 @@ lm_status lm_npz_write(lm_context *ctx, const lm_model *model,
     lm_status st = lm__atomic_open(ctx, path, &file);
     struct writer w = {ctx, file.fd, 0, false};
     for (size_t i = 0; st == LM_OK && i < n; i++)
-        st = write_member(&w, lm_model_name(model, i),
-                          lm_model_tensor(model, i), o.compress != 0, &e[i]);
+        st = write_member(&w, lm_model_name_at(model, i),
+                          lm_model_at(model, i), o.compress != 0, &e[i]);
     if (st == LM_OK)
         central_directory(&w, e, n);
     if (st == LM_OK && w.failed)

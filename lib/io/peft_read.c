@@ -262,7 +262,7 @@ static lm_status read_factors(lm_context *ctx, const char *path,
                               lm_lora *lora)
 {
     for (size_t i = 0; i < lm_model_count(m); i++) {
-        const char *key = lm_model_name(m, i);
+        const char *key = lm_model_name_at(m, i);
         int which = -1;
         size_t mod_len = split_key(key, &which);
         if (strncmp(key, PREFIX, strlen(PREFIX)) || mod_len <= strlen(PREFIX))
@@ -284,7 +284,7 @@ static lm_status read_factors(lm_context *ctx, const char *path,
             memmove(buf, key + strlen(PREFIX), n);
             buf[n] = '\0';
             st = lm__oom_in(ctx, add_pair(ctx, path, c, lora, buf,
-                                          lm_model_tensor(m, i), mate),
+                                          lm_model_at(m, i), mate),
                             path, "module", buf);
         }
         lm_free(ctx, buf);

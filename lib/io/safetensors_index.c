@@ -126,7 +126,7 @@ static lm_status read_shards(lm_context *ctx, const char *index_path,
         lm_free(ctx, shard);
         for (size_t i = before; st == LM_OK && i < lm_model_count(model);
              i++) {
-            const char *name = lm_model_name(model, i);
+            const char *name = lm_model_name_at(model, i);
             size_t at = lm__name_set_find(&w->by_name, name,
                                           lm__name_of_strings, w->names);
             if (at == SIZE_MAX)

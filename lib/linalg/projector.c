@@ -181,7 +181,7 @@ lm_status lm_projector_from_stats(lm_context *ctx, const lm_stats *stats,
     const double *g;
     size_t d;
     uint64_t n;
-    LM_TRY(lm_stats_get(stats, model, name, &g, &d, &n));
+    LM_TRY(lm_stats_find(stats, model, name, &g, &d, &n));
     if (n == 0)
         return lm_context_set_error(ctx, LM_ERR_STATE,
                                     "projector: no rows observed for '%s'",

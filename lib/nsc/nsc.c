@@ -197,7 +197,7 @@ lm_status lm_nsc_create(lm_context *ctx, const lm_lora *const *adapters,
             const char *name;
             const lm_tensor *a, *b;
             double scale;
-            st = lm_lora_entry(adapters[t], i, &name, &a, &b, &scale);
+            st = lm_lora_at(adapters[t], i, &name, &a, &b, &scale);
             if (st != LM_OK)
                 break;
             /* Its buffers are [out, in]; a Conv1D target is [in, out]. */
@@ -246,7 +246,7 @@ void lm_nsc_destroy(lm_nsc *n)
 size_t lm_nsc_task_count(const lm_nsc *n) { return n ? n->n_tasks : 0; }
 size_t lm_nsc_module_count(const lm_nsc *n) { return n ? n->n_modules : 0; }
 
-const char *lm_nsc_module_name(const lm_nsc *n, size_t i, int64_t *d_out,
+const char *lm_nsc_module_at(const lm_nsc *n, size_t i, int64_t *d_out,
                                int64_t *d_in)
 {
     if (!n || i >= n->n_modules)
@@ -258,7 +258,7 @@ const char *lm_nsc_module_name(const lm_nsc *n, size_t i, int64_t *d_out,
     return n->modules[i].name;
 }
 
-lm_status lm_nsc_module_index(const lm_nsc *n, const char *name,
+lm_status lm_nsc_module_find(const lm_nsc *n, const char *name,
                               size_t *index)
 {
     if (!n || !name || !index)

@@ -232,7 +232,7 @@ lm_status lm_stats_observe_tensor(lm_stats *s, size_t model, const char *name,
     return st;
 }
 
-lm_status lm_stats_get(const lm_stats *s, size_t model, const char *name,
+lm_status lm_stats_find(const lm_stats *s, size_t model, const char *name,
                        const double **gram, size_t *d_in, uint64_t *n_rows)
 {
     if (!s || !name)
@@ -254,7 +254,7 @@ lm_status lm_stats_get(const lm_stats *s, size_t model, const char *name,
 
 size_t lm_stats_count(const lm_stats *s) { return s ? s->count : 0; }
 
-lm_status lm_stats_key(const lm_stats *s, size_t i, size_t *model,
+lm_status lm_stats_at(const lm_stats *s, size_t i, size_t *model,
                        const char **name)
 {
     if (!s || i >= s->count)

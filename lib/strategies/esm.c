@@ -350,7 +350,7 @@ static lm_status merge_route(const struct esm_state *s,
         for (size_t t = 0; st == LM_OK && t < T; t++) {
             size_t d;
             if (!s->stats ||
-                lm_stats_get(s->stats, t, job->name, &grams[t], &d,
+                lm_stats_find(s->stats, t, job->name, &grams[t], &d,
                              &rows[t]) != LM_OK ||
                 d != d_in)
                 st = lm_context_set_error(

@@ -129,7 +129,7 @@ START_TEST(single_file)
         ck_assert_ok(lm_safetensors_sink_create(ctx, path, &o, &sink));
         ck_assert_ok(lm_plan_execute_to(p, lm_file_sink_vtable(sink)));
         ck_assert_uint_eq(lm_file_sink_file_count(sink), 1);
-        ck_assert_str_eq(lm_file_sink_file(sink, 0), path);
+        ck_assert_str_eq(lm_file_sink_file_at(sink, 0), path);
         ck_assert_int_eq(check_file(path, mem, "merge_method",
                                     "task_arithmetic"), N_TENSORS + 1);
         ck_assert_int_eq(count_entries(dir), 1); /* no temporaries left */
@@ -168,8 +168,8 @@ START_TEST(sharded_with_index)
         char want[64];
         snprintf(want, sizeof(want), "model-%05zu-of-%05zu.safetensors",
                  i + 1, n);
-        ck_assert_ptr_nonnull(strstr(lm_file_sink_file(sink, i), want));
-        total += check_file(lm_file_sink_file(sink, i), mem, NULL, NULL);
+        ck_assert_ptr_nonnull(strstr(lm_file_sink_file_at(sink, i), want));
+        total += check_file(lm_file_sink_file_at(sink, i), mem, NULL, NULL);
     }
     ck_assert_int_eq(total, N_TENSORS + 1);
     char idx[300];
@@ -184,13 +184,13 @@ START_TEST(sharded_with_index)
                                       "total_size")->valuedouble;
     uint64_t want_size = 0;
     for (size_t i = 0; i < lm_model_count(mem); i++)
-        want_size += lm_tensor_nbytes(lm_model_tensor(mem, i));
+        want_size += lm_tensor_nbytes(lm_model_at(mem, i));
     ck_assert_uint_eq((uint64_t)size, want_size);
     cJSON_Delete(j);
     free(buf);
     ck_assert_int_eq(count_entries(out), (int)n + 1);
     for (size_t i = 0; i < n; i++)
-        unlink(lm_file_sink_file(sink, i));
+        unlink(lm_file_sink_file_at(sink, i));
     unlink(idx);
     rmdir(out);
     rmdir(dir);

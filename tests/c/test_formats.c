@@ -370,15 +370,15 @@ START_TEST(sink_in_the_base_format)
     /* A GGUF base: model.gguf with the base's key/values. */
     sink_for("out_gguf", gg, 1 << 20, m);
     ck_assert_ok(lm_model_open(ctx, at("out_gguf/model.gguf"), &back));
-    ck_assert_ok(lm_model_metadata(back, "general.alignment", &v));
-    ck_assert_ok(lm_model_metadata(back, "merged_by", &v));
+    ck_assert_ok(lm_model_metadata_find(back, "general.alignment", &v));
+    ck_assert_ok(lm_model_metadata_find(back, "merged_by", &v));
     ck_assert_str_eq(v, "test");
-    ck_assert_status(lm_model_metadata(back, "format", &v), LM_ERR_NOT_FOUND);
+    ck_assert_status(lm_model_metadata_find(back, "format", &v), LM_ERR_NOT_FOUND);
     lm_model_destroy(back);
     /* Anything else: safetensors, "format": "pt" first. */
     sink_for("out_st", NULL, 0, m);
     ck_assert_ok(lm_model_open(ctx, at("out_st/model.safetensors"), &back));
-    ck_assert_ok(lm_model_metadata(back, "format", &v));
+    ck_assert_ok(lm_model_metadata_find(back, "format", &v));
     ck_assert_str_eq(v, "pt");
     const char *k = NULL;
     ck_assert_ok(lm_model_metadata_at(back, 0, &k, &v));

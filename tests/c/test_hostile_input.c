@@ -524,7 +524,7 @@ START_TEST(gguf_array_memory_bounded)
         lm_model *m = NULL;
         const char *v = NULL;
         if (lm_context_create(NULL, &ctx) || lm_gguf_read(ctx, path, &m) ||
-            lm_model_metadata(m, "big", &v) ||
+            lm_model_metadata_find(m, "big", &v) ||
             strlen(v) != 2 * (10u << 20) + 1 || strncmp(v, "[7,7,", 5))
             _exit(2);
         lm_model_destroy(m);
@@ -653,7 +653,7 @@ START_TEST(nul_and_control_bytes_in_headers)
     lm_model *m = NULL;
     ck_assert_ok(lm_safetensors_read(
         ctx, safetensors_file("ok.safetensors", ok, strlen(ok), 4), &m));
-    ck_assert_str_eq(lm_model_name(m, 0), "a\\u0000");
+    ck_assert_str_eq(lm_model_name_at(m, 0), "a\\u0000");
     lm_model_destroy(m);
     lm_context_destroy(ctx);
 }

@@ -59,9 +59,9 @@ START_TEST(adapters_merge_like_dense_deltas)
     lm_model *out = NULL;
     ck_assert_ok(lm_plan_execute(p, &out));
     for (size_t k = 0; k < 3; k++) {
-        const char *name = lm_model_name(base, k);
-        const lm_tensor *b = lm_model_tensor(base, k);
-        const lm_tensor *o = lm_model_tensor(out, k);
+        const char *name = lm_model_name_at(base, k);
+        const lm_tensor *b = lm_model_at(base, k);
+        const lm_tensor *o = lm_model_at(out, k);
         int64_t cols = lm_tensor_ndim(b) == 2 ? lm_tensor_dim(b, 1) : 1;
         for (size_t i = 0; i < lm_tensor_numel(b); i++) {
             size_t r = i / (size_t)cols, c = i % (size_t)cols;
@@ -75,8 +75,8 @@ START_TEST(adapters_merge_like_dense_deltas)
         }
     }
     /* q.bias is untouched by adapters. */
-    ck_assert_int_eq(memcmp(lm_tensor_cdata(lm_model_tensor(out, 1)),
-                            lm_tensor_cdata(lm_model_tensor(base, 1)), 48), 0);
+    ck_assert_int_eq(memcmp(lm_tensor_cdata(lm_model_at(out, 1)),
+                            lm_tensor_cdata(lm_model_at(base, 1)), 48), 0);
     lm_model_destroy(out);
     lm_plan_destroy(p);
     lm_lora_destroy(l1);
@@ -93,8 +93,8 @@ static lm_model *dense_model(lm_context *ctx, const lm_model *base,
     lm_model *m = NULL;
     ck_assert_ok(lm_model_create(ctx, &m));
     for (size_t k = 0; k < lm_model_count(base); k++) {
-        const lm_tensor *b = lm_model_tensor(base, k);
-        const char *name = lm_model_name(base, k);
+        const lm_tensor *b = lm_model_at(base, k);
+        const char *name = lm_model_name_at(base, k);
         int64_t shape[2] = {lm_tensor_dim(b, 0),
                             lm_tensor_ndim(b) == 2 ? lm_tensor_dim(b, 1) : 1};
         lm_tensor *t = NULL;
@@ -135,8 +135,8 @@ START_TEST(svd_strategies_take_adapters)
         }
         ck_assert_ok(lm_plan_execute(pl, &out_l));
         ck_assert_ok(lm_plan_execute(pd, &out_d));
-        const lm_tensor *a = lm_model_tensor(out_l, 0), *b = lm_model_tensor(out_d, 0);
-        const lm_tensor *b0 = lm_model_tensor(base, 0);
+        const lm_tensor *a = lm_model_at(out_l, 0), *b = lm_model_at(out_d, 0);
+        const lm_tensor *b0 = lm_model_at(base, 0);
         double worst = 0, scale = 0;
         for (size_t i = 0; i < lm_tensor_numel(a); i++) {
             worst = fmax(worst, fabs(tu_get(a, i) - tu_get(b, i)));
@@ -177,10 +177,10 @@ START_TEST(bad_adapters)
     ck_assert_uint_eq(lm_lora_count(l), 1);
     const char *target;
     double scale;
-    ck_assert_ok(lm_lora_entry(l, 0, &target, NULL, NULL, &scale));
+    ck_assert_ok(lm_lora_at(l, 0, &target, NULL, NULL, &scale));
     ck_assert_str_eq(target, "q.weight");
     ck_assert(scale == 1.0);
-    ck_assert_status(lm_lora_entry(l, 1, &target, NULL, NULL, NULL),
+    ck_assert_status(lm_lora_at(l, 1, &target, NULL, NULL, NULL),
                      LM_ERR_OUT_OF_RANGE);
     ck_assert_status(lm_lora_find(l, "k.weight", NULL, NULL, NULL),
                      LM_ERR_NOT_FOUND);

@@ -35,8 +35,8 @@ static void *load(void *arg)
     struct loader *l = arg;
     /* Each thread takes every n-th tensor, backwards: an arbitrary order. */
     for (int i = N_TENSORS - 1 - l->id; i >= 0; i -= l->n_threads) {
-        lm_status st = lm_merger_apply(l->merger, lm_model_name(l->work, (size_t)i),
-                                       lm_model_tensor(l->work, (size_t)i));
+        lm_status st = lm_merger_apply(l->merger, lm_model_name_at(l->work, (size_t)i),
+                                       lm_model_at(l->work, (size_t)i));
         if (st != LM_OK)
             l->status = st;
     }
@@ -70,8 +70,8 @@ START_TEST(threads_match_offline_merge)
         lm_model_create(ctx, &work);
         for (size_t i = 0; i < N_TENSORS; i++) {
             lm_tensor *c;
-            lm_tensor_clone(ctx, lm_model_tensor(base, i), &c);
-            lm_model_add(work, lm_model_name(base, i), c);
+            lm_tensor_clone(ctx, lm_model_at(base, i), &c);
+            lm_model_add(work, lm_model_name_at(base, i), c);
         }
         pthread_t th[8];
         struct loader ls[8];
@@ -84,9 +84,9 @@ START_TEST(threads_match_offline_merge)
             ck_assert_int_eq(ls[t].status, LM_OK);
         }
         for (size_t i = 0; i < N_TENSORS; i++) {
-            const lm_tensor *x = lm_model_tensor(offline, i);
+            const lm_tensor *x = lm_model_at(offline, i);
             ck_assert_int_eq(memcmp(lm_tensor_cdata(x),
-                                    lm_tensor_cdata(lm_model_tensor(work, i)),
+                                    lm_tensor_cdata(lm_model_at(work, i)),
                                     lm_tensor_nbytes(x)), 0);
         }
         lm_model_destroy(work);

@@ -16,15 +16,15 @@ START_TEST(add_find_order)
         tu_add_random(ctx, m, name, LM_F32, 1, shape, (uint64_t)i);
     }
     ck_assert_uint_eq(lm_model_count(m), 100);
-    ck_assert_str_eq(lm_model_name(m, 0), "layer.99.weight");
-    ck_assert_str_eq(lm_model_name(m, 99), "layer.0.weight");
-    ck_assert_ptr_null(lm_model_name(m, 100));
-    ck_assert_ptr_null(lm_model_tensor(m, 100));
+    ck_assert_str_eq(lm_model_name_at(m, 0), "layer.99.weight");
+    ck_assert_str_eq(lm_model_name_at(m, 99), "layer.0.weight");
+    ck_assert_ptr_null(lm_model_name_at(m, 100));
+    ck_assert_ptr_null(lm_model_at(m, 100));
     for (int i = 0; i < 100; i++) {
         snprintf(name, sizeof(name), "layer.%d.weight", i);
         lm_tensor *t = NULL;
         ck_assert_ok(lm_model_find(m, name, &t));
-        ck_assert_ptr_eq(t, lm_model_tensor(m, (size_t)(99 - i)));
+        ck_assert_ptr_eq(t, lm_model_at(m, (size_t)(99 - i)));
     }
     lm_tensor *t = NULL;
     ck_assert_status(lm_model_find(m, "nope", &t), LM_ERR_NOT_FOUND);
@@ -72,9 +72,9 @@ START_TEST(task_vector_is_difference)
         lm_task_vector *tv = NULL;
         ck_assert_ok(lm_task_vector_create(ctx, base, ft, &tv));
         ck_assert_uint_eq(lm_task_vector_count(tv), 2);
-        ck_assert_str_eq(lm_task_vector_name(tv, 1), "b");
+        ck_assert_str_eq(lm_task_vector_name_at(tv, 1), "b");
         for (size_t j = 0; j < 2; j++) {
-            const char *name = lm_model_name(base, j);
+            const char *name = lm_model_name_at(base, j);
             const lm_tensor *d = NULL;
             ck_assert_ok(lm_task_vector_find(tv, name, &d));
             ck_assert_int_eq(lm_tensor_dtype(d), LM_F32);

@@ -117,9 +117,9 @@ START_TEST(errors)
     ck_assert_ok(lm_nsc_create(ctx, (const lm_lora *const *)ads, 2, NULL, &nsc));
     ck_assert_uint_eq(lm_nsc_module_count(nsc), 2);
     size_t idx = 9;
-    ck_assert_ok(lm_nsc_module_index(nsc, "l2.weight", &idx));
+    ck_assert_ok(lm_nsc_module_find(nsc, "l2.weight", &idx));
     ck_assert_uint_eq(idx, 1);
-    ck_assert_status(lm_nsc_module_index(nsc, "l3.weight", &idx), LM_ERR_NOT_FOUND);
+    ck_assert_status(lm_nsc_module_find(nsc, "l3.weight", &idx), LM_ERR_NOT_FOUND);
     ck_assert_status(lm_nsc_spsa(nsc, NULL, stop_now, NULL, NULL, NULL, NULL),
                      LM_ERR_CALLBACK);
     ck_assert_status(lm_nsc_spsa(nsc, NULL, observe_nothing, NULL, NULL, NULL, NULL),

@@ -209,10 +209,10 @@ START_TEST(thread_count_does_not_change_bits)
         for (int th = 1; th < 4; th++) {
             ck_assert_uint_eq(lm_model_count(results[th]), 40);
             for (size_t i = 0; i < 40; i++) {
-                const lm_tensor *x = lm_model_tensor(results[0], i);
-                const lm_tensor *y = lm_model_tensor(results[th], i);
-                ck_assert_str_eq(lm_model_name(results[0], i),
-                                 lm_model_name(results[th], i));
+                const lm_tensor *x = lm_model_at(results[0], i);
+                const lm_tensor *y = lm_model_at(results[th], i);
+                ck_assert_str_eq(lm_model_name_at(results[0], i),
+                                 lm_model_name_at(results[th], i));
                 ck_assert_int_eq(memcmp(lm_tensor_cdata(x),
                                         lm_tensor_cdata(y),
                                         lm_tensor_nbytes(x)), 0);

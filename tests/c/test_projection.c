@@ -30,12 +30,12 @@ static void setup(struct fixture *f)
     for (int m = 0; m < 2; m++) {
         ck_assert_ok(lm_model_create(f->ctx, &f->ft[m]));
         for (size_t i = 0; i < lm_model_count(f->base); i++) {
-            const lm_tensor *b = lm_model_tensor(f->base, i);
+            const lm_tensor *b = lm_model_at(f->base, i);
             lm_tensor *t = tu_random_tensor(
                 f->ctx, LM_F32, lm_tensor_ndim(b),
                 (int64_t[]){lm_tensor_dim(b, 0), lm_tensor_dim(b, 1)},
                 100 + 10 * (uint64_t)m + i);
-            ck_assert_ok(lm_model_add(f->ft[m], lm_model_name(f->base, i), t));
+            ck_assert_ok(lm_model_add(f->ft[m], lm_model_name_at(f->base, i), t));
         }
     }
     ck_assert_ok(lm_plan_create(f->ctx, "task_arithmetic", &f->plan));

@@ -80,7 +80,7 @@ static void assert_same(const lm_model *a, const lm_model *b)
 {
     ck_assert_uint_eq(lm_model_count(a), lm_model_count(b));
     for (size_t i = 0; i < lm_model_count(a); i++) {
-        lm_tensor *x = lm_model_tensor(a, i), *y = lm_model_tensor(b, i);
+        lm_tensor *x = lm_model_at(a, i), *y = lm_model_at(b, i);
         ck_assert_uint_eq(lm_tensor_nbytes(x), lm_tensor_nbytes(y));
         ck_assert(memcmp(lm_tensor_data(x), lm_tensor_data(y),
                          lm_tensor_nbytes(x)) == 0);
@@ -236,7 +236,7 @@ START_TEST(folds_sum_single_split_curves)
         const double *g;
         size_t d;
         uint64_t n;
-        ck_assert_ok(lm_stats_get(folds[k], 0, "a.weight", &g, &d, &n));
+        ck_assert_ok(lm_stats_find(folds[k], 0, "a.weight", &g, &d, &n));
         ck_assert_uint_eq(n, 10);
     }
     lm_purify_options o = LM_PURIFY_OPTIONS_INIT;
@@ -279,7 +279,7 @@ START_TEST(folds_sum_single_split_curves)
     const double *g;
     size_t d;
     uint64_t n;
-    ck_assert_ok(lm_stats_get(folds[0], 0, "a.weight", &g, &d, &n));
+    ck_assert_ok(lm_stats_find(folds[0], 0, "a.weight", &g, &d, &n));
     ck_assert_uint_eq(n, 10);
     for (int k = 0; k < K; k++)
         lm_stats_destroy(folds[k]);
@@ -305,7 +305,7 @@ static uint64_t model_hash(const lm_model *m)
 {
     uint64_t h = 1469598103934665603ULL;
     for (size_t i = 0; i < lm_model_count(m); i++) {
-        lm_tensor *t = lm_model_tensor(m, i);
+        lm_tensor *t = lm_model_at(m, i);
         const unsigned char *b = lm_tensor_data(t);
         for (size_t j = 0; j < lm_tensor_nbytes(t); j++)
             h = (h ^ b[j]) * 1099511628211ULL;
@@ -445,8 +445,8 @@ static void *load(void *arg)
     struct loader *l = arg;
     for (size_t i = l->first; i < lm_model_count(l->base); i += l->step) {
         lm_status st = lm_merger_apply_to(
-            l->merger, lm_model_name(l->base, i), lm_model_tensor(l->base, i),
-            (lm_tensor *)lm_model_tensor(l->out, i));
+            l->merger, lm_model_name_at(l->base, i), lm_model_at(l->base, i),
+            (lm_tensor *)lm_model_at(l->out, i));
         ck_assert_int_eq(st, LM_OK);
     }
     return NULL;
@@ -480,7 +480,7 @@ START_TEST(load_time_first_pass_matches_execution)
             lm_model *got;
             ck_assert_ok(lm_model_create(f.ctx, &got));
             for (size_t i = 0; i < lm_model_count(f.base); i++) {
-                const lm_tensor *b = lm_model_tensor(f.base, i);
+                const lm_tensor *b = lm_model_at(f.base, i);
                 lm_tensor *t;
                 ck_assert_ok(lm_tensor_create(
                     f.ctx, lm_tensor_dtype(b), lm_tensor_ndim(b),
@@ -488,7 +488,7 @@ START_TEST(load_time_first_pass_matches_execution)
                                 lm_tensor_ndim(b) > 1 ? lm_tensor_dim(b, 1)
                                                       : 0},
                     &t));
-                ck_assert_ok(lm_model_add(got, lm_model_name(f.base, i), t));
+                ck_assert_ok(lm_model_add(got, lm_model_name_at(f.base, i), t));
             }
             pthread_t threads[8];
             struct loader ls[8];

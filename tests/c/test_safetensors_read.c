@@ -77,19 +77,19 @@ START_TEST(hand_made_file)
     lm_model *m = NULL;
     ck_assert_ok(lm_safetensors_read(ctx, path, &m));
     ck_assert_uint_eq(lm_model_count(m), 4);
-    ck_assert_str_eq(lm_model_name(m, 0), "a");
-    ck_assert(tu_get(lm_model_tensor(m, 0), 1) == -2.0);
-    ck_assert_int_eq(lm_tensor_is_wrapped(lm_model_tensor(m, 0)), 1);
-    ck_assert(tu_get(lm_model_tensor(m, 1), 1) == 3.0);
-    ck_assert_int_eq(lm_tensor_ndim(lm_model_tensor(m, 2)), 0);
-    ck_assert(tu_get(lm_model_tensor(m, 2), 0) == 0.5);
-    ck_assert(tu_get(lm_model_tensor(m, 3), 0) == 0.25);
-    ck_assert_int_eq(lm_tensor_is_wrapped(lm_model_tensor(m, 3)), 0);
+    ck_assert_str_eq(lm_model_name_at(m, 0), "a");
+    ck_assert(tu_get(lm_model_at(m, 0), 1) == -2.0);
+    ck_assert_int_eq(lm_tensor_is_wrapped(lm_model_at(m, 0)), 1);
+    ck_assert(tu_get(lm_model_at(m, 1), 1) == 3.0);
+    ck_assert_int_eq(lm_tensor_ndim(lm_model_at(m, 2)), 0);
+    ck_assert(tu_get(lm_model_at(m, 2), 0) == 0.5);
+    ck_assert(tu_get(lm_model_at(m, 3), 0) == 0.25);
+    ck_assert_int_eq(lm_tensor_is_wrapped(lm_model_at(m, 3)), 0);
     const char *v;
-    ck_assert_ok(lm_model_metadata(m, "note", &v));
+    ck_assert_ok(lm_model_metadata_find(m, "note", &v));
     ck_assert_str_eq(v, "hi");
     ck_assert_uint_eq(lm_model_metadata_count(m), 2);
-    ck_assert_status(lm_model_metadata(m, "nope", &v), LM_ERR_NOT_FOUND);
+    ck_assert_status(lm_model_metadata_find(m, "nope", &v), LM_ERR_NOT_FOUND);
     lm_model_destroy(m);
     /* Through lm_model_open too. */
     ck_assert_ok(lm_model_open(ctx, path, &m));
@@ -224,9 +224,9 @@ START_TEST(round_trip_through_the_writer)
         ck_assert_ok(lm_model_open(ctx, path, &back));
         ck_assert_uint_eq(lm_model_count(back), 12);
         for (size_t i = 0; i < 12; i++) {
-            const lm_tensor *x = lm_model_tensor(src, i);
+            const lm_tensor *x = lm_model_at(src, i);
             lm_tensor *y;
-            ck_assert_ok(lm_model_find(back, lm_model_name(src, i), &y));
+            ck_assert_ok(lm_model_find(back, lm_model_name_at(src, i), &y));
             ck_assert_int_eq(lm_tensor_dtype(y), lm_tensor_dtype(x));
             ck_assert_int_eq(memcmp(lm_tensor_cdata(x), lm_tensor_cdata(y),
                                     lm_tensor_nbytes(x)), 0);
@@ -238,9 +238,9 @@ START_TEST(round_trip_through_the_writer)
         lm_plan_set_base(q, back);
         lm_plan_add_model(q, back, 1.0);
         ck_assert_ok(lm_plan_execute(q, &merged));
-        ck_assert_int_eq(memcmp(lm_tensor_cdata(lm_model_tensor(merged, 5)),
-                                lm_tensor_cdata(lm_model_tensor(src, 5)),
-                                lm_tensor_nbytes(lm_model_tensor(src, 5))), 0);
+        ck_assert_int_eq(memcmp(lm_tensor_cdata(lm_model_at(merged, 5)),
+                                lm_tensor_cdata(lm_model_at(src, 5)),
+                                lm_tensor_nbytes(lm_model_at(src, 5))), 0);
         lm_model_destroy(merged);
         lm_plan_destroy(q);
         lm_model_destroy(back);
@@ -278,7 +278,7 @@ START_TEST(sharded_index_is_checked)
     lm_model *m = NULL;
     ck_assert_ok(lm_model_open(ctx, sub, &m));
     ck_assert_uint_eq(lm_model_count(m), 2);
-    ck_assert(tu_get(lm_model_tensor(m, 1), 0) == 2.0);
+    ck_assert(tu_get(lm_model_at(m, 1), 0) == 2.0);
     lm_model_destroy(m);
     ck_assert_ok(lm_model_open(ctx, index, &m));
     lm_model_destroy(m);

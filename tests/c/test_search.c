@@ -16,7 +16,7 @@ static int score(double value, const lm_model *merged, double *out, void *user)
 {
     struct record *r = user;
     double v;
-    lm_tensor_get(lm_model_tensor(merged, 0), 0, &v);
+    lm_tensor_get(lm_model_at(merged, 0), 0, &v);
     ck_assert(fabs(v - value) < 1e-6);
     r->values[r->calls++] = value;
     *out = -(v - 0.7) * (v - 0.7);
@@ -60,7 +60,7 @@ START_TEST(finds_the_maximum)
     /* The plan keeps the best value. */
     lm_model *out;
     lm_plan_execute(p, &out);
-    ck_assert(fabs(tu_get(lm_model_tensor(out, 0), 0) - best) < 1e-6);
+    ck_assert(fabs(tu_get(lm_model_at(out, 0), 0) - best) < 1e-6);
     lm_model_destroy(out);
 
     memset(&r, 0, sizeof(r));

@@ -48,13 +48,13 @@ START_TEST(gram_matches_naive_in_batches)
     const double *g;
     size_t din;
     uint64_t rows;
-    ck_assert_ok(lm_stats_get(s, 0, "fc.weight", &g, &din, &rows));
+    ck_assert_ok(lm_stats_find(s, 0, "fc.weight", &g, &din, &rows));
     ck_assert_uint_eq(din, d);
     ck_assert_uint_eq(rows, n);
     double *want = malloc(d * d * sizeof(double));
     naive_gram(x, n, d, want);
     assert_gram_close(g, want, d);
-    ck_assert_status(lm_stats_get(s, 1, "fc.weight", &g, &din, &rows),
+    ck_assert_status(lm_stats_find(s, 1, "fc.weight", &g, &din, &rows),
                      LM_ERR_NOT_FOUND);
     ck_assert_ptr_nonnull(strstr(lm_context_error(ctx), "model 1"));
     free(want);
@@ -78,7 +78,7 @@ START_TEST(tensor_input_and_errors)
     double want[25];
     naive_gram(f, 9, 5, want);
     const double *g;
-    ck_assert_ok(lm_stats_get(s, 2, "w", &g, NULL, NULL));
+    ck_assert_ok(lm_stats_find(s, 2, "w", &g, NULL, NULL));
     assert_gram_close(g, want, 5);
     ck_assert_status(lm_stats_observe(s, 2, "w", f, 5, 9), LM_ERR_SHAPE);
     ck_assert_ptr_nonnull(strstr(lm_context_error(ctx), "d_in 5"));
@@ -93,10 +93,10 @@ START_TEST(tensor_input_and_errors)
     ck_assert_uint_eq(lm_stats_count(s), 1);
     size_t model;
     const char *name;
-    ck_assert_ok(lm_stats_key(s, 0, &model, &name));
+    ck_assert_ok(lm_stats_at(s, 0, &model, &name));
     ck_assert_uint_eq(model, 2);
     ck_assert_str_eq(name, "w");
-    ck_assert_status(lm_stats_key(s, 1, &model, &name), LM_ERR_OUT_OF_RANGE);
+    ck_assert_status(lm_stats_at(s, 1, &model, &name), LM_ERR_OUT_OF_RANGE);
     lm_tensor_destroy(t);
     lm_tensor_destroy(t1);
     lm_stats_destroy(s);
@@ -117,7 +117,7 @@ START_TEST(merge_adds)
     ck_assert_ok(lm_stats_merge(a, b));
     const double *g;
     uint64_t rows;
-    lm_stats_get(a, 0, "w", &g, NULL, &rows);
+    lm_stats_find(a, 0, "w", &g, NULL, &rows);
     ck_assert_uint_eq(rows, 50);
     double want[36];
     naive_gram(x, 50, 6, want);
@@ -174,7 +174,7 @@ START_TEST(concurrent_observers)
         snprintf(name, sizeof(name), "layer%d", l);
         const double *g;
         uint64_t rows;
-        ck_assert_ok(lm_stats_get(s, 0, name, &g, NULL, &rows));
+        ck_assert_ok(lm_stats_find(s, 0, name, &g, NULL, &rows));
         ck_assert_uint_eq(rows, 320);
         for (int k = 0; k < 256; k++)
             ck_assert(fabs(g[k] - want[k]) <= 1e-9 * (1 + fabs(want[k])));
@@ -226,12 +226,12 @@ START_TEST(file_round_trip_and_corruption)
     for (size_t i = 0; i < 2; i++) {
         size_t m;
         const char *name;
-        lm_stats_key(s, i, &m, &name);
+        lm_stats_at(s, i, &m, &name);
         const double *g1, *g2;
         size_t d1, d2;
         uint64_t r1, r2;
-        lm_stats_get(s, m, name, &g1, &d1, &r1);
-        ck_assert_ok(lm_stats_get(t, m, name, &g2, &d2, &r2));
+        lm_stats_find(s, m, name, &g1, &d1, &r1);
+        ck_assert_ok(lm_stats_find(t, m, name, &g2, &d2, &r2));
         ck_assert_uint_eq(d1, d2);
         ck_assert_uint_eq(r1, r2);
         ck_assert_int_eq(memcmp(g1, g2, d1 * d1 * sizeof(double)), 0);

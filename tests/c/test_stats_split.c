@@ -51,7 +51,7 @@ static void assert_gram(const lm_stats *s, const char *name, const double *want,
     const double *g;
     size_t d;
     uint64_t n;
-    ck_assert_ok(lm_stats_get(s, 0, name, &g, &d, &n));
+    ck_assert_ok(lm_stats_find(s, 0, name, &g, &d, &n));
     ck_assert_uint_eq(n, want_n);
     for (size_t i = 0; i < D * D; i++)
         ck_assert_double_eq_tol(g[i], want[i], 1e-9);
@@ -84,7 +84,7 @@ START_TEST(heldout_rows_per_call)
     const double *h;
     size_t d;
     uint64_t held;
-    ck_assert_ok(lm_stats_get(lm_stats_heldout(s), 0, "w", &h, &d, &held));
+    ck_assert_ok(lm_stats_find(lm_stats_heldout(s), 0, "w", &h, &d, &held));
     ck_assert_uint_eq(held, 3);
     lm_stats_destroy(all);
     lm_stats_destroy(s);
@@ -111,7 +111,7 @@ START_TEST(folds_keep_every_row)
         const double *fg;
         size_t d;
         uint64_t fn;
-        ck_assert_ok(lm_stats_get(lm_stats_fold_at(s, k), 0, "w", &fg, &d, &fn));
+        ck_assert_ok(lm_stats_find(lm_stats_fold_at(s, k), 0, "w", &fg, &d, &fn));
         ck_assert_uint_eq(fn, k == 0 ? 4 : 3); /* rows k, k + 3, ... */
     }
     lm_stats_destroy(s);
@@ -149,8 +149,8 @@ START_TEST(merge_save_load)
         const double *g1, *g2;
         size_t d;
         uint64_t n1, n2;
-        ck_assert_ok(lm_stats_get(lm_stats_fold_at(a, k), 0, "w", &g1, &d, &n1));
-        ck_assert_ok(lm_stats_get(lm_stats_fold_at(la, k), 0, "w", &g2, &d, &n2));
+        ck_assert_ok(lm_stats_find(lm_stats_fold_at(a, k), 0, "w", &g1, &d, &n1));
+        ck_assert_ok(lm_stats_find(lm_stats_fold_at(la, k), 0, "w", &g2, &d, &n2));
         ck_assert_uint_eq(n1, 4);
         ck_assert_uint_eq(n1, n2);
         ck_assert(memcmp(g1, g2, D * D * sizeof(double)) == 0);
@@ -160,9 +160,9 @@ START_TEST(merge_save_load)
     const double *g;
     size_t d;
     uint64_t n;
-    ck_assert_ok(lm_stats_get(lh, 0, "w", &g, &d, &n));
+    ck_assert_ok(lm_stats_find(lh, 0, "w", &g, &d, &n));
     ck_assert_uint_eq(n, 12);
-    ck_assert_ok(lm_stats_get(lm_stats_heldout(lh), 0, "w", &g, &d, &n));
+    ck_assert_ok(lm_stats_find(lm_stats_heldout(lh), 0, "w", &g, &d, &n));
     ck_assert_uint_eq(n, 4);
     char rm[160];
     snprintf(rm, sizeof(rm), "rm -rf '%s'", dir);

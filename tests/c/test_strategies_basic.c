@@ -57,8 +57,8 @@ static void run_case(const char *method, lm_dtype dtype, double lambda,
     for (int m = 0; m < N_MODELS; m++)
         wsum += weights[m];
     for (size_t k = 0; k < 3; k++) {
-        const char *name = lm_model_name(base, k);
-        ck_assert_str_eq(lm_model_name(out, k), name);
+        const char *name = lm_model_name_at(base, k);
+        ck_assert_str_eq(lm_model_name_at(out, k), name);
         lm_tensor *bt, *ot;
         lm_model_find(base, name, &bt);
         lm_model_find(out, name, &ot);
@@ -133,7 +133,7 @@ START_TEST(average_exact_small)
     }
     lm_model *out;
     ck_assert_ok(lm_plan_execute(p, &out));
-    ck_assert(tu_get(lm_model_tensor(out, 0), 0) == (double)(7.0f / 3.0f));
+    ck_assert(tu_get(lm_model_at(out, 0), 0) == (double)(7.0f / 3.0f));
     lm_model_destroy(out);
     lm_plan_destroy(p);
 

@@ -83,9 +83,9 @@ static void run(const struct dare_run *r, float *out_a, float *out_b)
     }
     lm_model *out = NULL;
     ck_assert_ok(lm_plan_execute(plan, &out));
-    memcpy(out_a, lm_tensor_cdata(lm_model_tensor(out, 0)), N * sizeof(float));
+    memcpy(out_a, lm_tensor_cdata(lm_model_at(out, 0)), N * sizeof(float));
     if (out_b)
-        memcpy(out_b, lm_tensor_cdata(lm_model_tensor(out, 1)),
+        memcpy(out_b, lm_tensor_cdata(lm_model_at(out, 1)),
                N * sizeof(float));
     lm_model_destroy(out);
     lm_plan_destroy(plan);

@@ -134,8 +134,8 @@ START_TEST(sink_matches_memory_result)
         ck_assert_uint_eq(c.n, N_TENSORS);
         for (size_t i = 0; i < N_TENSORS; i++) {
             ck_assert_int_eq(c.writes[i], 1);
-            ck_assert_str_eq(c.desc[i].name, lm_model_name(base, i));
-            const lm_tensor *t = lm_model_tensor(mem, i);
+            ck_assert_str_eq(c.desc[i].name, lm_model_name_at(base, i));
+            const lm_tensor *t = lm_model_at(mem, i);
             ck_assert_int_eq(memcmp(c.data[i], lm_tensor_cdata(t),
                                     lm_tensor_nbytes(t)), 0);
         }
@@ -217,7 +217,7 @@ START_TEST(progress_and_cancel)
     ck_assert_uint_eq(l.last_bytes, l.bytes_total);
     uint64_t want = 0;
     for (size_t i = 0; i < N_TENSORS; i++)
-        want += lm_tensor_nbytes(lm_model_tensor(out, i));
+        want += lm_tensor_nbytes(lm_model_at(out, i));
     ck_assert_uint_eq(l.bytes_total, want);
     lm_model_destroy(out);
 
@@ -254,7 +254,7 @@ START_TEST(output_dtype_override)
     ck_assert_ok(lm_plan_set_output_dtype(p, LM_BF16));
     ck_assert_ok(lm_plan_execute(p, &bf16));
     for (size_t i = 0; i < N_TENSORS; i++) {
-        const lm_tensor *x = lm_model_tensor(f32, i), *y = lm_model_tensor(bf16, i);
+        const lm_tensor *x = lm_model_at(f32, i), *y = lm_model_at(bf16, i);
         ck_assert_int_eq(lm_tensor_dtype(y), LM_BF16);
         const float *xf = lm_tensor_cdata(x);
         const uint16_t *yb = lm_tensor_cdata(y);
@@ -302,8 +302,8 @@ static lm_model *lazy_copy(lm_context *ctx, const lm_model *m,
     lm_model *lazy = NULL;
     ck_assert_ok(lm_model_create(ctx, &lazy));
     for (size_t i = 0; i < lm_model_count(m); i++) {
-        const lm_tensor *t = lm_model_tensor(m, i);
-        ck_assert_ok(lm_model_add_lazy(lazy, lm_model_name(m, i),
+        const lm_tensor *t = lm_model_at(m, i);
+        ck_assert_ok(lm_model_add_lazy(lazy, lm_model_name_at(m, i),
                                        lm_tensor_dtype(t), lm_tensor_ndim(t),
                                        lm_tensor_shape(t), host_read, h));
     }
@@ -329,15 +329,15 @@ START_TEST(lazy_sources_match_memory)
     ck_assert_int_eq(hb.reads, N_TENSORS);
     ck_assert_int_eq(ha.reads, N_TENSORS);
     for (size_t i = 0; i < N_TENSORS; i++)
-        ck_assert_int_eq(memcmp(lm_tensor_cdata(lm_model_tensor(want, i)),
-                                lm_tensor_cdata(lm_model_tensor(got, i)),
-                                lm_tensor_nbytes(lm_model_tensor(want, i))),
+        ck_assert_int_eq(memcmp(lm_tensor_cdata(lm_model_at(want, i)),
+                                lm_tensor_cdata(lm_model_at(got, i)),
+                                lm_tensor_nbytes(lm_model_at(want, i))),
                          0);
     /* Element access on a lazy tensor is refused, not a crash. */
     double v;
-    ck_assert_status(lm_tensor_get(lm_model_tensor(lazy_a, 0), 0, &v),
+    ck_assert_status(lm_tensor_get(lm_model_at(lazy_a, 0), 0, &v),
                      LM_ERR_STATE);
-    ck_assert_ptr_null(lm_tensor_data(lm_model_tensor(lazy_a, 0)));
+    ck_assert_ptr_null(lm_tensor_data(lm_model_at(lazy_a, 0)));
     /* A failing callback names the tensor. */
     ha.fail_name = "t07";
     lm_model *none = NULL;
@@ -391,9 +391,9 @@ START_TEST(lazy_narrow_dtypes)
         lm_plan_set_base(p, base);
         lm_plan_add_model(p, lazy, 1.0);
         ck_assert_ok(lm_plan_execute(p, &got));
-        const lm_tensor *x = lm_model_tensor(want, 0);
+        const lm_tensor *x = lm_model_at(want, 0);
         ck_assert_int_eq(memcmp(lm_tensor_cdata(x),
-                                lm_tensor_cdata(lm_model_tensor(got, 0)),
+                                lm_tensor_cdata(lm_model_at(got, 0)),
                                 lm_tensor_nbytes(x)), 0);
         lm_plan_destroy(p);
         lm_model_destroy(want);

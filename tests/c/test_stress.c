@@ -76,16 +76,16 @@ static void *own_context(void *arg)
         if (!p || lm_plan_execute(p, &out) != LM_OK)
             w->failures++;
         for (size_t i = 0; out && i < lm_model_count(out); i++)
-            w->failures += !same(lm_model_tensor(out, i),
-                                 lm_model_tensor(w->s->want[method], i));
+            w->failures += !same(lm_model_at(out, i),
+                                 lm_model_at(w->s->want[method], i));
         lm_model_destroy(out);
         lm_merger *m = NULL;
         if (method != 3 && lm_merger_create(p, &m) == LM_OK) {
             for (size_t i = 0; i < N_TENSORS; i++) {
                 lm_tensor *copy = NULL;
-                lm_tensor_clone(ctx, lm_model_tensor(w->s->base, i), &copy);
-                if (lm_merger_apply(m, lm_model_name(w->s->base, i), copy) != LM_OK ||
-                    !same(copy, lm_model_tensor(w->s->want[method], i)))
+                lm_tensor_clone(ctx, lm_model_at(w->s->base, i), &copy);
+                if (lm_merger_apply(m, lm_model_name_at(w->s->base, i), copy) != LM_OK ||
+                    !same(copy, lm_model_at(w->s->want[method], i)))
                     w->failures++;
                 lm_tensor_destroy(copy);
             }
@@ -110,9 +110,9 @@ static void *one_merger(void *arg)
     struct shared_merger *w = arg;
     for (size_t i = (size_t)w->id; i < N_TENSORS; i += N_WORKERS) {
         lm_tensor *copy = NULL;
-        lm_tensor_clone(w->ctx, lm_model_tensor(w->s->base, i), &copy);
-        if (lm_merger_apply(w->merger, lm_model_name(w->s->base, i), copy) != LM_OK ||
-            !same(copy, lm_model_tensor(w->s->want[1], i)))
+        lm_tensor_clone(w->ctx, lm_model_at(w->s->base, i), &copy);
+        if (lm_merger_apply(w->merger, lm_model_name_at(w->s->base, i), copy) != LM_OK ||
+            !same(copy, lm_model_at(w->s->want[1], i)))
             w->failures++;
         lm_tensor_destroy(copy);
     }

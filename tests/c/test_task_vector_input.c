@@ -198,9 +198,9 @@ START_TEST(from_lora)
     lm_model *via_lora;
     ck_assert_ok(lm_plan_execute(p, &via_lora));
     for (size_t i = 0; i < lm_model_count(via_lora); i++) {
-        const lm_tensor *x = lm_model_tensor(via_lora, i);
+        const lm_tensor *x = lm_model_at(via_lora, i);
         lm_tensor *y;
-        ck_assert_ok(lm_model_find(via_tv, lm_model_name(via_lora, i), &y));
+        ck_assert_ok(lm_model_find(via_tv, lm_model_name_at(via_lora, i), &y));
         ck_assert_int_eq(memcmp(lm_tensor_cdata(x), lm_tensor_cdata(y),
                                 lm_tensor_numel(x) * sizeof(float)), 0);
     }

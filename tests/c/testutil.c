@@ -61,20 +61,20 @@ void tu_assert_merger_matches(lm_context *ctx, lm_merger *merger,
                               const lm_model *base, const lm_model *want)
 {
     for (size_t i = 0; i < lm_model_count(base); i++) {
-        const lm_tensor *b = lm_model_tensor(base, i);
+        const lm_tensor *b = lm_model_at(base, i);
         int64_t shape[LM_MAX_DIMS];
         for (int d = 0; d < lm_tensor_ndim(b); d++)
             shape[d] = lm_tensor_dim(b, d);
         lm_tensor *out, *expected;
         ck_assert_ok(lm_tensor_create(ctx, lm_tensor_dtype(b),
                                       lm_tensor_ndim(b), shape, &out));
-        ck_assert_ok(lm_merger_apply_to(merger, lm_model_name(base, i), b,
+        ck_assert_ok(lm_merger_apply_to(merger, lm_model_name_at(base, i), b,
                                         out));
-        ck_assert_ok(lm_model_find(want, lm_model_name(base, i), &expected));
+        ck_assert_ok(lm_model_find(want, lm_model_name_at(base, i), &expected));
         ck_assert_msg(memcmp(lm_tensor_cdata(out), lm_tensor_cdata(expected),
                              lm_tensor_nbytes(out)) == 0,
                       "merger and execution differ on '%s'",
-                      lm_model_name(base, i));
+                      lm_model_name_at(base, i));
         lm_tensor_destroy(out);
     }
 }

@@ -48,9 +48,9 @@ int main(int argc, char **argv)
         const char *name;
         const double *gw, *gg;
         uint64_t nw, ng;
-        lm_stats_key(want, k, &model, &name);
-        lm_stats_get(want, model, name, &gw, &dw, &nw);
-        if (lm_stats_get(sum, model, name, &gg, &dg, &ng) != LM_OK || dg != dw || ng != nw) {
+        lm_stats_at(want, k, &model, &name);
+        lm_stats_find(want, model, name, &gw, &dw, &nw);
+        if (lm_stats_find(sum, model, name, &gg, &dg, &ng) != LM_OK || dg != dw || ng != nw) {
             fprintf(stderr, "rank %d: key (%zu, %s) missing or wrong count\n", rank, model, name);
             fail = 1;
             break;

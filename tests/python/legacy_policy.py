@@ -83,7 +83,7 @@ class Stats:
     def get(self, model_index, tensor_name):
         gram = ctypes.POINTER(ctypes.c_double)()
         d, n = ctypes.c_size_t(), ctypes.c_uint64()
-        self._ctx.check(_L.lm_stats_get(self._ptr, int(model_index), tensor_name.encode(),
+        self._ctx.check(_L.lm_stats_find(self._ptr, int(model_index), tensor_name.encode(),
                                         ctypes.byref(gram), ctypes.byref(d), ctypes.byref(n)))
         out = np.empty((d.value, d.value), dtype=np.float64)
         ctypes.memmove(out.ctypes.data, gram, out.nbytes)
@@ -93,7 +93,7 @@ class Stats:
         keys = []
         for i in range(_L.lm_stats_count(self._ptr)):
             m, name = ctypes.c_size_t(), ctypes.c_char_p()
-            self._ctx.check(_L.lm_stats_key(self._ptr, i, ctypes.byref(m), ctypes.byref(name)))
+            self._ctx.check(_L.lm_stats_at(self._ptr, i, ctypes.byref(m), ctypes.byref(name)))
             keys.append((m.value, name.value.decode()))
         return keys
 
@@ -111,9 +111,9 @@ def _set_param(ctx, plan, name, value):
 def _model_to_dict(model, base):
     result = {}
     for i in range(_L.lm_model_count(model)):
-        name = _L.lm_model_name(model, i).decode()
+        name = _L.lm_model_name_at(model, i).decode()
         like = base[name] if isinstance(base.get(name), np.ndarray) else None
-        result[name] = to_numpy(_L, _L.lm_model_tensor(model, i), like)
+        result[name] = to_numpy(_L, _L.lm_model_at(model, i), like)
     return result
 
 

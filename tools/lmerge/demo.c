@@ -92,9 +92,9 @@ static double check(const lm_model *base, lm_model *const *tasks,
 {
     double worst = 0.0, dot[N_TASKS] = {0}, nt[N_TASKS] = {0}, nm = 0;
     for (size_t k = 0; k < lm_model_count(base); k++) {
-        const lm_tensor *b = lm_model_tensor(base, k);
+        const lm_tensor *b = lm_model_at(base, k);
         lm_tensor *m;
-        lm_model_find(merged, lm_model_name(base, k), &m);
+        lm_model_find(merged, lm_model_name_at(base, k), &m);
         lm_dtype dt = lm_tensor_dtype(b);
         double eps = dt == LM_BF16 ? 0x1p-8 : dt == LM_F16 ? 0x1p-11 : 0x1p-24;
         for (size_t i = 0; i < lm_tensor_numel(b); i++) {
@@ -103,7 +103,7 @@ static double check(const lm_model *base, lm_model *const *tasks,
             lm_tensor_get(m, i, &mv);
             for (int t = 0; t < N_TASKS; t++) {
                 lm_tensor *tt;
-                lm_model_find(tasks[t], lm_model_name(base, k), &tt);
+                lm_model_find(tasks[t], lm_model_name_at(base, k), &tt);
                 lm_tensor_get(tt, i, &tv[t]);
                 tv[t] -= bv;
                 acc += tv[t];

@@ -19,8 +19,8 @@ int lmerge_info(int argc, char **argv)
         rc = 1;
     } else {
         for (size_t i = 0; i < lm_model_count(m); i++) {
-            const lm_tensor *t = lm_model_tensor(m, i);
-            printf("%-48s %-5s [", lm_model_name(m, i),
+            const lm_tensor *t = lm_model_at(m, i);
+            printf("%-48s %-5s [", lm_model_name_at(m, i),
                    lm_dtype_name(lm_tensor_dtype(t)));
             for (int d = 0; d < lm_tensor_ndim(t); d++)
                 printf("%s%lld", d ? ", " : "", (long long)lm_tensor_dim(t, d));

@@ -172,7 +172,7 @@ static int merge_mine(lm_context *ctx, lm_plan *plan, const lm_model *base,
                                           d[i].shape, &out);
         if (st == LM_OK)
             st = lm_merger_apply_to(merger, d[i].name,
-                                    lm_model_tensor(base, i), out);
+                                    lm_model_at(base, i), out);
         if (st == LM_OK && pwrite_all(fds[f], lm_tensor_cdata(out),
                                       d[i].nbytes, offset[i]))
             st = LM_ERR_IO;
@@ -212,10 +212,10 @@ int lmerge_mpi_execute(lm_context *ctx, lm_plan *plan, const lm_model *base,
     uint64_t *offset = calloc(n ? n : 1, sizeof(uint64_t));
     char (*paths)[1024] = calloc(MAX_FILES, sizeof(*paths));
     for (size_t i = 0; i < n; i++) {
-        const lm_tensor *t = lm_model_tensor(base, i);
+        const lm_tensor *t = lm_model_at(base, i);
         list[i] = &d[i];
         d[i].struct_size = sizeof(d[i]);
-        d[i].name = lm_model_name(base, i);
+        d[i].name = lm_model_name_at(base, i);
         d[i].dtype = has_dtype ? dtype : lm_tensor_dtype(t);
         d[i].ndim = lm_tensor_ndim(t);
         for (int k = 0; k < d[i].ndim; k++)

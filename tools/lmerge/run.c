@@ -458,7 +458,7 @@ int lmerge_run(int argc, char **argv)
 
     uint64_t total = 0;
     for (size_t i = 0; i < lm_model_count(views.base); i++) {
-        const lm_tensor *t = lm_model_tensor(views.base, i);
+        const lm_tensor *t = lm_model_at(views.base, i);
         total += lm_tensor_numel(t) *
                  lm_dtype_size(dtype_name ? out_dtype : lm_tensor_dtype(t));
     }
@@ -560,7 +560,7 @@ int lmerge_run(int argc, char **argv)
                layout.n_models, layout.n_out, (unsigned long long)total, secs);
         for (size_t i = 0; i < lm_file_sink_file_count(sink); i++)
             printf("%s\"%s/%s\"", i ? ", " : "", o.out_dir,
-                   strrchr(lm_file_sink_file(sink, i), '/') + 1);
+                   strrchr(lm_file_sink_file_at(sink, i), '/') + 1);
         printf("]");
         if (!isnan(tuned_keep))
             printf(", \"purify_keep\": %.17g", tuned_keep);

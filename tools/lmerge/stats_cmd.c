@@ -28,8 +28,8 @@ static void describe(const char *path, const lm_stats *s)
         const char *name;
         const double *gram;
         uint64_t rows;
-        if (lm_stats_key(s, i, &model, &name) == LM_OK &&
-            lm_stats_get(s, model, name, &gram, &d_in, &rows) == LM_OK)
+        if (lm_stats_at(s, i, &model, &name) == LM_OK &&
+            lm_stats_find(s, model, name, &gram, &d_in, &rows) == LM_OK)
             printf("  model %-3zu %-48s d_in %-6zu rows %llu\n", model, name,
                    d_in, (unsigned long long)rows);
     }

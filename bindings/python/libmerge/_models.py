@@ -40,7 +40,7 @@ def model_to_dict(model, base):
     results take the kind of the same-named array of `base`."""
     result = {}
     for i in range(L.lm_model_count(model)):
-        name = L.lm_model_name(model, i).decode()
+        name = L.lm_model_name_at(model, i).decode()
         like = base[name] if isinstance(base.get(name), np.ndarray) else None
-        result[name] = to_numpy(L, L.lm_model_tensor(model, i), like)
+        result[name] = to_numpy(L, L.lm_model_at(model, i), like)
     return result

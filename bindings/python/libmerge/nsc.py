@@ -51,7 +51,7 @@ class LoraAdapter:
                     name = ctypes.c_char_p()
                     a, b = ctypes.c_void_p(), ctypes.c_void_p()
                     scale = ctypes.c_double()
-                    ctx.check(_L.lm_lora_entry(lora, i, ctypes.byref(name), ctypes.byref(a),
+                    ctx.check(_L.lm_lora_at(lora, i, ctypes.byref(name), ctypes.byref(a),
                                                ctypes.byref(b), ctypes.byref(scale)))
                     factors[name.value.decode()] = (to_numpy(_L, a, None),
                                                     to_numpy(_L, b, None), scale.value)
@@ -119,7 +119,7 @@ class NSC:
         self._shapes = {}
         for i in range(_L.lm_nsc_module_count(self._ptr)):
             d_out, d_in = ctypes.c_int64(), ctypes.c_int64()
-            name = _L.lm_nsc_module_name(self._ptr, i, ctypes.byref(d_out),
+            name = _L.lm_nsc_module_at(self._ptr, i, ctypes.byref(d_out),
                                          ctypes.byref(d_in)).decode()
             self.modules.append(name)
             self._shapes[name] = (d_out.value, d_in.value)

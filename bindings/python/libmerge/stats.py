@@ -108,7 +108,7 @@ class Stats:
         gram = ctypes.POINTER(ctypes.c_double)()
         d = ctypes.c_size_t()
         n = ctypes.c_uint64()
-        self._ctx.check(L.lm_stats_get(self._ptr, int(model_index),
+        self._ctx.check(L.lm_stats_find(self._ptr, int(model_index),
                                        tensor_name.encode(),
                                        ctypes.byref(gram), ctypes.byref(d),
                                        ctypes.byref(n)))
@@ -122,7 +122,7 @@ class Stats:
         for i in range(L.lm_stats_count(self._ptr)):
             m = ctypes.c_size_t()
             name = ctypes.c_char_p()
-            self._ctx.check(L.lm_stats_key(self._ptr, i, ctypes.byref(m),
+            self._ctx.check(L.lm_stats_at(self._ptr, i, ctypes.byref(m),
                                            ctypes.byref(name)))
             keys.append((m.value, name.value.decode()))
         return keys

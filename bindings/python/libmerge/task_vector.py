@@ -33,7 +33,7 @@ class TaskVector:
                 f = build_model(ctx, finetuned, "finetuned", keep)
                 ctx.check(L.lm_task_vector_create(ctx.ptr, b, f, ctypes.byref(tv)))
                 ctx.check(L.lm_task_vector_to_model(tv, ctypes.byref(out)))
-                names = {L.lm_model_name(out, i).decode(): None
+                names = {L.lm_model_name_at(out, i).decode(): None
                          for i in range(L.lm_model_count(out))}
                 self.deltas = model_to_dict(out, names)
             finally:

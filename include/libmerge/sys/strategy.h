@@ -103,7 +103,7 @@ typedef struct lm_tensor_job {
                                     /* same for any thread count/order      */
     float *out;
     /* Activation statistics given with lm_plan_set_stats, or NULL. Model
-     * t's entry for this tensor: lm_stats_get(stats, t, name, ...). */
+     * t's entry for this tensor: lm_stats_find(stats, t, name, ...). */
     const struct lm_stats *stats;
     /* n_models entries: the adapter behind task t when it was added with
      * lm_plan_add_lora (its factors via lm_lora_find(loras[t], name, ...)),
