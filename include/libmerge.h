@@ -1,7 +1,9 @@
 /* libmerge: merge fine-tuned neural-network models without retraining.
  *
  * Umbrella header: the stable API. Plugin authors also include
- * <libmerge/sys/strategy.h>.
+ * <libmerge/sys/strategy.h>. The experimental tier (NSC, purification
+ * tuning: <libmerge/experimental/nsc.h>, <libmerge/experimental/
+ * purify_tune.h>) is included explicitly, outside the ABI promise.
  *
  * Copyright libmerge authors. SPDX-License-Identifier: Apache-2.0
  */
@@ -22,7 +24,6 @@
 #include "libmerge/peft.h"
 #include "libmerge/projector.h"
 #include "libmerge/purify.h"
-#include "libmerge/nsc.h"
 #include "libmerge/gguf.h"
 #include "libmerge/npz.h"
 #include "libmerge/output.h"

@@ -28,6 +28,13 @@ extern "C" {
 #  define LM_API
 #endif
 
+/* Functions of the experimental tier (headers under libmerge/experimental/:
+ * NSC and the purification tuners) carry LM_EXPERIMENTAL instead of
+ * LM_API. They are exported the same way, but outside the ABI promise:
+ * they may change or go in any release, without a SONAME bump, and the
+ * ABI check ignores them (docs/api.md, "Experimental tier"). */
+#define LM_EXPERIMENTAL LM_API
+
 #define LM_VERSION_MAJOR 0
 #define LM_VERSION_MINOR 2
 #define LM_VERSION_PATCH 0

@@ -7,7 +7,7 @@
 
 #include "core/internal.h"
 #include "core/name_set.h"
-#include "libmerge/nsc.h"
+#include "libmerge/experimental/nsc.h"
 #include "linalg/linalg.h"
 
 /* One task's adapter at one module, in f64. */

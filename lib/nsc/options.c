@@ -1,5 +1,5 @@
 /* Option defaults as functions, so bindings never copy the C macros. */
-#include "libmerge/nsc.h"
+#include "libmerge/experimental/nsc.h"
 
 void lm_nsc_options_init(lm_nsc_options *options)
 {

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "libmerge/experimental/purify_tune.h"
 #include "libmerge/stats.h"
 #include "purify/state.h"
 

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "libmerge/experimental/purify_tune.h"
 #include "libmerge/stats.h"
 #include "linalg/linalg.h"
 #include "purify/state.h"

@@ -23,6 +23,7 @@
 
 #include "io/json_oom.h"
 #include "linalg/linalg.h"
+#include "libmerge/experimental/purify_tune.h"
 #include "testutil.h"
 
 struct failing_alloc {

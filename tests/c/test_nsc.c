@@ -4,6 +4,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "libmerge/experimental/nsc.h"
 #include "testutil.h"
 
 #define D 8

@@ -6,6 +6,8 @@
 #include <stdbool.h>
 #include <string.h>
 
+#include "libmerge/experimental/nsc.h"
+#include "libmerge/experimental/purify_tune.h"
 #include "testutil.h"
 
 #define T 3

@@ -7,7 +7,7 @@
 # usage: check_layers.sh CC SOURCE_ROOT
 set -eu
 cc=$1; root=$2
-forbidden='libmerge\.h$|libmerge/(purify|nsc|stats|npz|gguf|peft|safetensors|file_sink|output|io)\.h|lib/(purify|nsc|strategies|io|stats)/'
+forbidden='libmerge\.h$|libmerge/experimental/|libmerge/(purify|stats|npz|gguf|peft|safetensors|file_sink|output|io)\.h|lib/(purify|nsc|strategies|io|stats)/'
 status=0
 for src in "$root"/lib/core/*.c; do
   deps=$("$cc" -std=c11 -D_POSIX_C_SOURCE=200809L -MM -MG -I"$root/include" \

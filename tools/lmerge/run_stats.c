@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "libmerge/experimental/purify_tune.h"
+
 #include "commands.h"
 #include "config.h"
 

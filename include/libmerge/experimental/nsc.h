@@ -18,9 +18,12 @@
  *   gradient-free: lm_nsc_spsa calls the host back to run the merged model
  *     on a task's batch; the host reports target-module inputs with
  *     lm_nsc_observe.
+ *
+ * Experimental tier (LM_EXPERIMENTAL, docs/api.md): outside the ABI
+ * promise until the method settles; it may change in any release.
  */
-#ifndef LIBMERGE_NSC_H
-#define LIBMERGE_NSC_H
+#ifndef LIBMERGE_EXPERIMENTAL_NSC_H
+#define LIBMERGE_EXPERIMENTAL_NSC_H
 
 #include "libmerge/lora.h"
 
@@ -45,7 +48,7 @@ typedef struct lm_nsc_options {
       0.01, 1e-8 }
 
 /* Fills *options with the defaults (LM_NSC_OPTIONS_INIT). */
-LM_API void lm_nsc_options_init(lm_nsc_options *options);
+LM_EXPERIMENTAL void lm_nsc_options_init(lm_nsc_options *options);
 
 /* An NSC merge of n_tasks adapters (task k = adapters[k]). Modules are the
  * union of the adapters' targets, in first-seen order; a module missing
@@ -54,25 +57,25 @@ LM_API void lm_nsc_options_init(lm_nsc_options *options);
  * the same target with different widths across adapters, naming it),
  * LM_ERR_LINALG (A A^T singular even with the ridge), LM_ERR_OUT_OF_RANGE,
  * LM_ERR_ABI. */
-LM_API lm_status lm_nsc_create(lm_context *ctx, const lm_lora *const *adapters,
+LM_EXPERIMENTAL lm_status lm_nsc_create(lm_context *ctx, const lm_lora *const *adapters,
                                size_t n_tasks, const lm_nsc_options *options,
                                lm_nsc **out);
-LM_API void lm_nsc_destroy(lm_nsc *nsc);
+LM_EXPERIMENTAL void lm_nsc_destroy(lm_nsc *nsc);
 
-LM_API size_t lm_nsc_task_count(const lm_nsc *nsc);
-LM_API size_t lm_nsc_module_count(const lm_nsc *nsc);
+LM_EXPERIMENTAL size_t lm_nsc_task_count(const lm_nsc *nsc);
+LM_EXPERIMENTAL size_t lm_nsc_module_count(const lm_nsc *nsc);
 /* Module i's target name and shape (d_out, d_in); NULL if out of range. */
-LM_API const char *lm_nsc_module_at(const lm_nsc *nsc, size_t i,
+LM_EXPERIMENTAL const char *lm_nsc_module_at(const lm_nsc *nsc, size_t i,
                                     int64_t *d_out, int64_t *d_in);
 /* Index of a module by target name (LM_ERR_NOT_FOUND). */
-LM_API lm_status lm_nsc_module_find(const lm_nsc *nsc, const char *name,
+LM_EXPERIMENTAL lm_status lm_nsc_module_find(const lm_nsc *nsc, const char *name,
                                     size_t *index);
 
 /* Coefficients of module i: lambdas[k] for k < task count. A task without
  * an adapter for the module reads 0 and ignores writes. */
-LM_API lm_status lm_nsc_get_lambdas(const lm_nsc *nsc, size_t module,
+LM_EXPERIMENTAL lm_status lm_nsc_get_lambdas(const lm_nsc *nsc, size_t module,
                                     double *lambdas);
-LM_API lm_status lm_nsc_set_lambdas(lm_nsc *nsc, size_t module,
+LM_EXPERIMENTAL lm_status lm_nsc_set_lambdas(lm_nsc *nsc, size_t module,
                                     const double *lambdas);
 
 /* Mean null-space ratio of task k's A at module i over the n_rows rows of
@@ -83,7 +86,7 @@ LM_API lm_status lm_nsc_set_lambdas(lm_nsc *nsc, size_t module,
  * first and is exact only for alpha = r). Rows with z = 0 count as
  * omega = 0 with zero gradient; at omega = 0 the gradient is taken as 0.
  * Read-only: thread-safe. */
-LM_API lm_status lm_nsc_ratio(const lm_nsc *nsc, size_t task, size_t module,
+LM_EXPERIMENTAL lm_status lm_nsc_ratio(const lm_nsc *nsc, size_t task, size_t module,
                               const float *z, size_t n_rows, size_t d_in,
                               double *mean, float *grad_z,
                               double grad_scale);
@@ -93,19 +96,19 @@ LM_API lm_status lm_nsc_ratio(const lm_nsc *nsc, size_t task, size_t module,
  * lm_tensor_wrap); `base` is W0 in any dtype and may be `out` itself only
  * if the caller keeps its own copy of W0. Thread-safe for different
  * modules. */
-LM_API lm_status lm_nsc_materialize(const lm_nsc *nsc, size_t module,
+LM_EXPERIMENTAL lm_status lm_nsc_materialize(const lm_nsc *nsc, size_t module,
                                     const lm_tensor *base, lm_tensor *out);
 
 /* dL/dlambda_k = s_k <G, B_k A_k> for the host's weight gradient
  * G = dL/dW of module i (any dtype), computed factored as
  * s_k <B_k^T G, A_k>; added to the pending gradient (thread-safe) and,
  * when grads is non-NULL, written to grads[k]. */
-LM_API lm_status lm_nsc_accumulate(lm_nsc *nsc, size_t module,
+LM_EXPERIMENTAL lm_status lm_nsc_accumulate(lm_nsc *nsc, size_t module,
                                    const lm_tensor *weight_grad,
                                    double *grads);
 /* One AdamW step on every coefficient from the pending gradients, which
  * are then cleared. Not concurrent with other calls on the same nsc. */
-LM_API lm_status lm_nsc_step(lm_nsc *nsc);
+LM_EXPERIMENTAL lm_status lm_nsc_step(lm_nsc *nsc);
 
 /* Gradient-free driver. `evaluate` must run the merged model (current
  * coefficients: materialise the modules with lm_nsc_materialize) on one
@@ -117,7 +120,7 @@ typedef int (*lm_nsc_eval_fn)(lm_nsc *nsc, size_t task, size_t step,
 /* Inside an evaluation: adds the null-space ratios of `task`'s A at module
  * i for n_rows inputs z to the current objective (mean over every observed
  * row of the task, then over tasks). Thread-safe. */
-LM_API lm_status lm_nsc_observe(lm_nsc *nsc, size_t task, size_t module,
+LM_EXPERIMENTAL lm_status lm_nsc_observe(lm_nsc *nsc, size_t task, size_t module,
                                 const float *z, size_t n_rows, size_t d_in);
 
 typedef struct lm_nsc_spsa_options {
@@ -131,7 +134,7 @@ typedef struct lm_nsc_spsa_options {
     { (uint32_t)sizeof(lm_nsc_spsa_options), 100, 0.05, 1e-2 }
 
 /* Fills *options with the defaults (LM_NSC_SPSA_OPTIONS_INIT). */
-LM_API void lm_nsc_spsa_options_init(lm_nsc_spsa_options *options);
+LM_EXPERIMENTAL void lm_nsc_spsa_options_init(lm_nsc_spsa_options *options);
 
 /* SPSA: each step draws delta from the context seed and the step number,
  * evaluates L(lambda + c delta) and L(lambda - c delta) (every task), and
@@ -139,7 +142,7 @@ LM_API void lm_nsc_spsa_options_init(lm_nsc_spsa_options *options);
  * objective at the start and at the end (one more evaluation with the
  * final coefficients) go to *first / *last (may be NULL); `curve` (steps
  * values, may be NULL) receives (L+ + L-) / 2 per step. */
-LM_API lm_status lm_nsc_spsa(lm_nsc *nsc, const lm_nsc_spsa_options *options,
+LM_EXPERIMENTAL lm_status lm_nsc_spsa(lm_nsc *nsc, const lm_nsc_spsa_options *options,
                              lm_nsc_eval_fn evaluate, void *user,
                              double *first, double *last, double *curve);
 
@@ -150,4 +153,4 @@ LM_API lm_status lm_nsc_spsa(lm_nsc *nsc, const lm_nsc_spsa_options *options,
 #ifdef __cplusplus
 }
 #endif
-#endif /* LIBMERGE_NSC_H */
+#endif /* LIBMERGE_EXPERIMENTAL_NSC_H */
