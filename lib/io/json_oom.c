@@ -8,7 +8,7 @@
  * byte <= 32, numbers are what strtod takes from the longest run of
  * [0-9+-eE.], \u escapes are not checked for hex digits,
  * nesting stops at CJSON_NESTING_LIMIT), so "accepted here" means
- * "accepted by cJSON"; test_alloc_failures compares the two on many
+ * "accepted by cJSON"; test_robustness_alloc_failures compares the two on many
  * mutated texts. */
 #include <cJSON.h>
 #include <string.h>
