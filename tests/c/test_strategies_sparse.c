@@ -261,8 +261,8 @@ START_TEST(per_model_density_reaches_the_strategy)
         ck_assert_ok(lm_plan_add_model(b.plan, b.ms[i], 1.0));
     ck_assert_ok(lm_plan_execute(b.plan, &without));
     for (size_t k = 0; k < 2; k++) {
-        const lm_tensor *x = lm_model_tensor(with_zero, k);
-        const lm_tensor *y = lm_model_tensor(without, k);
+        const lm_tensor *x = lm_model_at(with_zero, k);
+        const lm_tensor *y = lm_model_at(without, k);
         ck_assert_mem_eq(lm_tensor_cdata(x), lm_tensor_cdata(y),
                          lm_tensor_numel(x) * sizeof(float));
     }
@@ -270,8 +270,8 @@ START_TEST(per_model_density_reaches_the_strategy)
     ck_assert_ok(lm_plan_set_float_for(a.plan, "density", 0.5, NULL, 2));
     lm_model *full = NULL;
     ck_assert_ok(lm_plan_execute(a.plan, &full));
-    ck_assert_int_ne(memcmp(lm_tensor_cdata(lm_model_tensor(full, 0)),
-                            lm_tensor_cdata(lm_model_tensor(without, 0)),
+    ck_assert_int_ne(memcmp(lm_tensor_cdata(lm_model_at(full, 0)),
+                            lm_tensor_cdata(lm_model_at(without, 0)),
                             24 * sizeof(float)),
                      0);
     lm_model_destroy(full);

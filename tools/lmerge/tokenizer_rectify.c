@@ -54,8 +54,8 @@ int lmerge_tokenizer_rectify(lm_context *ctx, lm_model *const *in, size_t n,
         if (lm_model_create(ctx, &out[i]))
             goto oom;
         for (size_t k = 0; k < lm_model_count(in[i]); k++) {
-            const char *name = lm_model_name(in[i], k);
-            const lm_tensor *t = lm_model_tensor(in[i], k);
+            const char *name = lm_model_name_at(in[i], k);
+            const lm_tensor *t = lm_model_at(in[i], k);
             int64_t shape[LM_MAX_DIMS];
             int nd = lm_tensor_ndim(t);
             memcpy(shape, lm_tensor_shape(t), (size_t)nd * sizeof(int64_t));

@@ -294,8 +294,8 @@ static int assemble(struct remap *r, lm_model *in, lm_tensor **mats,
     if (lm_model_create(r->ctx, out))
         return fail(r, "%s%s", "out of memory", "");
     for (size_t i = 0; i < lm_model_count(in); i++) {
-        const char *name = lm_model_name(in, i);
-        const lm_tensor *t = lm_model_tensor(in, i);
+        const char *name = lm_model_name_at(in, i);
+        const lm_tensor *t = lm_model_at(in, i);
         lm_tensor *w = NULL;
         size_t k = 0;
         while (k < n_names && strcmp(names[k], name))
