@@ -52,7 +52,7 @@ static long stack_layers(const lm_model *m, const char *name, size_t plen)
 {
     long n = 0;
     for (size_t i = 0; i < lm_model_count(m); i++) {
-        const char *o = lm_model_name(m, i), *suf;
+        const char *o = lm_model_name_at(m, i), *suf;
         size_t pl;
         long idx;
         if (lmerge_layer_split(o, &pl, &idx, &suf) && pl == plen &&
@@ -67,7 +67,7 @@ static int one_stack(const lm_model *m, const char **prefix, size_t *plen)
 {
     *prefix = NULL;
     for (size_t i = 0; i < lm_model_count(m); i++) {
-        const char *o = lm_model_name(m, i), *suf;
+        const char *o = lm_model_name_at(m, i), *suf;
         size_t pl;
         long idx;
         if (!lmerge_layer_split(o, &pl, &idx, &suf))
@@ -226,7 +226,7 @@ static int build_models(struct lmerge_layout *l, const struct lmerge_config *c,
     (void)c;
     size_t cap = 0;
     for (size_t i = 0; i < lm_model_count(m); i++) {
-        const char *name = lm_model_name(m, i), *suf;
+        const char *name = lm_model_name_at(m, i), *suf;
         size_t pl;
         long idx;
         double t = 0.0;
@@ -260,7 +260,7 @@ static int edge_tensors(struct lmerge_layout *l, size_t *cap, size_t si,
         return -2;
     }
     for (size_t i = 0; i < lm_model_count(m); i++) {
-        const char *name = lm_model_name(m, i), *suf;
+        const char *name = lm_model_name_at(m, i), *suf;
         size_t pl;
         long idx;
         if (lmerge_layer_split(name, &pl, &idx, &suf) || is_pre(name) != pre)
@@ -315,7 +315,7 @@ static int slice_layers(struct lmerge_layout *l, size_t *cap, size_t si,
         double t = len > 1 ? (double)i / (double)(len - 1) : 1.0;
         long src0 = s->sources[0].layer_range[0] + i;
         for (size_t ti = 0; rc == 0 && ti < lm_model_count(m0); ti++) {
-            const char *name = lm_model_name(m0, ti), *suf;
+            const char *name = lm_model_name_at(m0, ti), *suf;
             size_t pl;
             long idx;
             if (!lmerge_layer_split(name, &pl, &idx, &suf) || idx != src0 ||
