@@ -58,8 +58,8 @@ int lmerge_set_layouts(lm_context *ctx, lm_plan *plan, const char *base_path,
         return 0;
     size_t flagged = 0;
     for (size_t i = 0; i < lm_model_count(base); i++) {
-        const char *name = lm_model_name(base, i);
-        if (lm_tensor_ndim(lm_model_tensor(base, i)) != 2)
+        const char *name = lm_model_name_at(base, i);
+        if (lm_tensor_ndim(lm_model_at(base, i)) != 2)
             continue;
         for (size_t k = 0; k < sizeof(gpt2_conv1d) / sizeof(*gpt2_conv1d);
              k++)
