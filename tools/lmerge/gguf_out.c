@@ -14,7 +14,7 @@ int lmerge_gguf_sink(lm_context *ctx, const char *dir, const lm_model *base,
                      size_t n_meta, lm_file_sink **sink)
 {
     bool gguf_base = lm_model_count(base) > 0 &&
-                     lm_gguf_tensor_type(base, lm_model_name(base, 0));
+                     lm_gguf_tensor_type(base, lm_model_name_at(base, 0));
     bool q8_0 = false;
     if (gguf_type && (!strcmp(gguf_type, "q8_0") ||
                       !strcmp(gguf_type, "Q8_0"))) {
