@@ -168,7 +168,7 @@ lm_status lm__ties_resolve(const lm_plan *p, size_t **out)
         src[i] = SIZE_MAX;
     lm_status st = LM_OK;
     for (size_t t = 0; t < p->n_ties && st == LM_OK; t++) {
-        size_t a, s;
+        size_t a = 0, s = 0; /* set by base_index on success */
         st = base_index(p, p->ties[t].alias, "tied", &a);
         if (st == LM_OK)
             st = base_index(p, p->ties[t].source, "its source", &s);
