@@ -20,18 +20,12 @@ lm_status lm_plan_set_transposed(lm_plan *p, const char *tensor)
         return LM_ERR_INVALID_ARGUMENT;
     if (lm__plan_transposed(p, tensor))
         return LM_OK;
-    if (p->n_transposed == p->cap_transposed) {
-        size_t cap = p->cap_transposed ? 2 * p->cap_transposed : 16;
-        char **names = lm__calloc(p->ctx, cap, sizeof(*names));
-        if (!names)
-            return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
-                                        "plan: out of memory");
-        if (p->n_transposed)
-            memcpy(names, p->transposed, p->n_transposed * sizeof(*names));
-        lm_free(p->ctx, p->transposed);
-        p->transposed = names;
-        p->cap_transposed = cap;
-    }
+    char **names = lm__reserve(p->ctx, p->transposed, &p->cap_transposed,
+                               p->n_transposed, sizeof(*names), 16);
+    if (!names)
+        return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "plan: out of memory");
+    p->transposed = names;
     char *copy = lm__strdup(p->ctx, tensor);
     if (!copy)
         return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,

@@ -8,18 +8,6 @@
 #include "core/context_private.h"
 #include "core/params_private.h"
 
-/* A copy of the n-element array `old` with room for cap elements. */
-static void *grow(lm_context *ctx, void *old, size_t n, size_t cap,
-                  size_t size)
-{
-    void *fresh = lm__calloc(ctx, cap, size);
-    if (fresh && n)
-        memcpy(fresh, old, n * size);
-    if (fresh)
-        lm_free(ctx, old);
-    return fresh;
-}
-
 static const char *tensor_name_at(const void *table, size_t i)
 {
     return ((const struct lm__param_overrides *)table)->tensors[i];
@@ -46,15 +34,11 @@ static lm_status put(lm_context *ctx, struct lm__param_values *list,
         e->value = value;
         return LM_OK;
     }
-    if (list->n == list->cap) {
-        size_t cap = list->cap ? list->cap * 2 : 4;
-        struct lm__param_value *v =
-            grow(ctx, list->v, list->n, cap, sizeof(*v));
-        if (!v)
-            return LM_ERR_OUT_OF_MEMORY;
-        list->v = v;
-        list->cap = cap;
-    }
+    struct lm__param_value *v =
+        lm__reserve(ctx, list->v, &list->cap, list->n, sizeof(*v), 4);
+    if (!v)
+        return LM_ERR_OUT_OF_MEMORY;
+    list->v = v;
     list->v[list->n++] = (struct lm__param_value){param, model, value};
     return LM_OK;
 }
@@ -69,20 +53,20 @@ static lm_status tensor_list(lm_params *p, const char *name, bool create,
         *out = i == SIZE_MAX ? NULL : &o->by_tensor[i];
         return LM_OK;
     }
-    if (o->n_tensors == o->cap_tensors) {
-        size_t cap = o->cap_tensors ? o->cap_tensors * 2 : 16;
-        char **names = grow(p->ctx, o->tensors, o->n_tensors, cap,
-                            sizeof(*names));
-        if (!names)
-            return LM_ERR_OUT_OF_MEMORY;
-        o->tensors = names;
-        struct lm__param_values *lists =
-            grow(p->ctx, o->by_tensor, o->n_tensors, cap, sizeof(*lists));
-        if (!lists)
-            return LM_ERR_OUT_OF_MEMORY;
-        o->by_tensor = lists;
-        o->cap_tensors = cap;
-    }
+    /* Two arrays, one capacity: it is updated once both have grown. */
+    size_t cap = o->cap_tensors, cap_lists = o->cap_tensors;
+    char **names = lm__reserve(p->ctx, o->tensors, &cap, o->n_tensors,
+                               sizeof(*names), 16);
+    if (!names)
+        return LM_ERR_OUT_OF_MEMORY;
+    o->tensors = names;
+    struct lm__param_values *lists =
+        lm__reserve(p->ctx, o->by_tensor, &cap_lists, o->n_tensors,
+                    sizeof(*lists), 16);
+    if (!lists)
+        return LM_ERR_OUT_OF_MEMORY;
+    o->by_tensor = lists;
+    o->cap_tensors = cap;
     char *copy = lm__strdup(p->ctx, name);
     if (!copy)
         return LM_ERR_OUT_OF_MEMORY;

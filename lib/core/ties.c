@@ -27,18 +27,12 @@ lm_status lm_plan_tie(lm_plan *p, const char *tensor, const char *same_as)
             return lm_context_set_error(p->ctx, LM_ERR_EXISTS,
                                         "plan: tensor '%s' is already tied "
                                         "to '%s'", tensor, p->ties[i].source);
-    if (p->n_ties == p->cap_ties) {
-        size_t cap = p->cap_ties ? 2 * p->cap_ties : 4;
-        struct lm__tie *t = lm__calloc(p->ctx, cap, sizeof(*t));
-        if (!t)
-            return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
-                                        "plan: out of memory");
-        if (p->n_ties)
-            memcpy(t, p->ties, p->n_ties * sizeof(*t));
-        lm_free(p->ctx, p->ties);
-        p->ties = t;
-        p->cap_ties = cap;
-    }
+    struct lm__tie *ties = lm__reserve(p->ctx, p->ties, &p->cap_ties,
+                                       p->n_ties, sizeof(*ties), 4);
+    if (!ties)
+        return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "plan: out of memory");
+    p->ties = ties;
     struct lm__tie *t = &p->ties[p->n_ties];
     t->alias = lm__strdup(p->ctx, tensor);
     t->source = lm__strdup(p->ctx, same_as);
