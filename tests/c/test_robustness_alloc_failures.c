@@ -26,32 +26,6 @@
 #include "libmerge/experimental/purify_tune.h"
 #include "testutil.h"
 
-struct failing_alloc {
-    atomic_long count;      /* allocations attempted */
-    long fail_at;           /* 1-based; 0 = never */
-    atomic_long live;       /* allocated minus freed */
-};
-
-static void *f_alloc(size_t n, void *user)
-{
-    struct failing_alloc *f = user;
-    long k = atomic_fetch_add(&f->count, 1) + 1;
-    if (f->fail_at && k == f->fail_at)
-        return NULL;
-    void *p = malloc(n);
-    if (p)
-        atomic_fetch_add(&f->live, 1);
-    return p;
-}
-
-static void f_free(void *p, void *user)
-{
-    struct failing_alloc *f = user;
-    if (p)
-        atomic_fetch_sub(&f->live, 1);
-    free(p);
-}
-
 /* A full pipeline; returns the first failing status. */
 static int flat_score(double value, const lm_model *merged, double *score,
                       void *user)
@@ -136,13 +110,10 @@ START_TEST(every_allocation_may_fail)
     ck_assert_ptr_nonnull(mkdtemp(dir));
     long n = 1, failures = 0;
     for (;; n++) {
-        struct failing_alloc f;
-        atomic_init(&f.count, 0);
-        atomic_init(&f.live, 0);
-        f.fail_at = n;
-        lm_allocator alloc = {sizeof(alloc), f_alloc, f_free, &f};
+        struct tu_failing_alloc f;
+        tu_failing_alloc_init(&f, n);
         lm_context_options o = LM_CONTEXT_OPTIONS_INIT;
-        o.allocator = &alloc;
+        o.allocator = &f.alloc;
         o.n_threads = 2;
         lm_context *ctx = NULL;
         lm_status st = lm_context_create(&o, &ctx);
@@ -481,13 +452,10 @@ START_TEST(every_cjson_allocation_may_fail)
     long k = 1, failures = 0;
     for (;; k++) {
         ck_assert_msg(k < 100000, "%s: no run succeeded", c->name);
-        struct failing_alloc f;
-        atomic_init(&f.count, 0);
-        atomic_init(&f.live, 0);
-        f.fail_at = 0;
-        lm_allocator alloc = {sizeof(alloc), f_alloc, f_free, &f};
+        struct tu_failing_alloc f;
+        tu_failing_alloc_init(&f, 0);
         lm_context_options o = LM_CONTEXT_OPTIONS_INIT;
-        o.allocator = &alloc;
+        o.allocator = &f.alloc;
         o.n_threads = 2;
         lm_context *ctx = NULL;
         ck_assert_ok(lm_context_create(&o, &ctx));
@@ -717,13 +685,10 @@ START_TEST(every_linalg_allocation_may_fail)
     long failures = 0;
     for (long n = 1;; n++) {
         ck_assert_msg(n < 100000, "%s: no run succeeded", method);
-        struct failing_alloc f;
-        atomic_init(&f.count, 0);
-        atomic_init(&f.live, 0);
-        f.fail_at = n;
-        lm_allocator alloc = {sizeof(alloc), f_alloc, f_free, &f};
+        struct tu_failing_alloc f;
+        tu_failing_alloc_init(&f, n);
         lm_context_options o = LM_CONTEXT_OPTIONS_INIT;
-        o.allocator = &alloc;
+        o.allocator = &f.alloc;
         o.n_threads = 2;
         o.log = workspace_logged;
         o.log_user = &w;
@@ -838,13 +803,10 @@ START_TEST(every_workspace_may_fail)
     long failures = 0;
     for (long n = 1;; n++) {
         ck_assert_msg(n < 1000, "%s: no run succeeded", c->name);
-        struct failing_alloc f;
-        atomic_init(&f.count, 0);
-        atomic_init(&f.live, 0);
-        f.fail_at = 0;
-        lm_allocator alloc = {sizeof(alloc), f_alloc, f_free, &f};
+        struct tu_failing_alloc f;
+        tu_failing_alloc_init(&f, 0);
         lm_context_options o = LM_CONTEXT_OPTIONS_INIT;
-        o.allocator = &alloc;
+        o.allocator = &f.alloc;
         o.n_threads = 1;
         lm_context *ctx = NULL;
         ck_assert_ok(lm_context_create(&o, &ctx));

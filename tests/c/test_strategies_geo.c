@@ -12,31 +12,6 @@
 
 #include "testutil.h"
 
-struct failing_alloc {
-    atomic_long count, live;
-    long fail_at; /* 1-based; 0 = never */
-};
-
-static void *f_alloc(size_t n, void *user)
-{
-    struct failing_alloc *f = user;
-    long k = atomic_fetch_add(&f->count, 1) + 1;
-    if (f->fail_at && k == f->fail_at)
-        return NULL;
-    void *p = malloc(n);
-    if (p)
-        atomic_fetch_add(&f->live, 1);
-    return p;
-}
-
-static void f_free(void *p, void *user)
-{
-    struct failing_alloc *f = user;
-    if (p)
-        atomic_fetch_sub(&f->live, 1);
-    free(p);
-}
-
 static const int64_t shape2[] = {6, 4}, shape1[] = {5};
 
 /* Model i: two random tensors (a matrix and a vector). */
@@ -105,42 +80,18 @@ static lm_status run_case(lm_context *ctx, const struct geo_case *c,
     return st;
 }
 
+static lm_status run_and_drop(lm_context *ctx, const void *arg)
+{
+    lm_model *out = NULL;
+    lm_status st = run_case(ctx, arg, &out);
+    lm_model_destroy(out);
+    return st;
+}
+
 START_TEST(every_allocation_may_fail)
 {
     const struct geo_case *c = &cases[_i];
-    long failures = 0;
-    for (long n = 1;; n++) {
-        ck_assert_msg(n < 100000, "%s: no run succeeded", c->method);
-        struct failing_alloc f;
-        atomic_init(&f.count, 0);
-        atomic_init(&f.live, 0);
-        f.fail_at = n;
-        lm_allocator alloc = {sizeof(alloc), f_alloc, f_free, &f};
-        lm_context_options o = LM_CONTEXT_OPTIONS_INIT;
-        o.allocator = &alloc;
-        o.n_threads = 2;
-        lm_context *ctx = NULL;
-        lm_model *out = NULL;
-        lm_status st = lm_context_create(&o, &ctx);
-        if (st == LM_OK) {
-            st = run_case(ctx, c, &out);
-            lm_model_destroy(out);
-            lm_context_destroy(ctx);
-        }
-        ck_assert_msg(atomic_load(&f.live) == 0,
-                      "%s, allocation %ld failed: %ld blocks leaked",
-                      c->method, n, atomic_load(&f.live));
-        if (atomic_load(&f.count) < n) {
-            ck_assert_msg(st == LM_OK, "%s: status %d with no failure",
-                          c->method, (int)st);
-            break;
-        }
-        ck_assert_msg(st == LM_ERR_OUT_OF_MEMORY,
-                      "%s, allocation %ld failed: status %d", c->method, n,
-                      (int)st);
-        failures++;
-    }
-    ck_assert_int_gt(failures, 10);
+    ck_assert_int_gt(tu_sweep_alloc_failures(c->method, run_and_drop, c), 10);
 }
 END_TEST
 

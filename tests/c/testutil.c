@@ -78,3 +78,66 @@ void tu_assert_merger_matches(lm_context *ctx, lm_merger *merger,
         lm_tensor_destroy(out);
     }
 }
+
+static void *failing_alloc(size_t n, void *user)
+{
+    struct tu_failing_alloc *f = user;
+    long k = atomic_fetch_add(&f->count, 1) + 1;
+    if (f->fail_at && k == f->fail_at)
+        return NULL;
+    void *p = malloc(n);
+    if (p)
+        atomic_fetch_add(&f->live, 1);
+    return p;
+}
+
+static void failing_free(void *p, void *user)
+{
+    struct tu_failing_alloc *f = user;
+    if (p)
+        atomic_fetch_sub(&f->live, 1);
+    free(p);
+}
+
+void tu_failing_alloc_init(struct tu_failing_alloc *f, long fail_at)
+{
+    atomic_init(&f->count, 0);
+    atomic_init(&f->live, 0);
+    f->fail_at = fail_at;
+    f->alloc = (lm_allocator){sizeof(f->alloc), failing_alloc, failing_free,
+                              f};
+}
+
+long tu_sweep_alloc_failures(const char *what,
+                             lm_status (*run)(lm_context *ctx,
+                                              const void *arg),
+                             const void *arg)
+{
+    long failures = 0;
+    for (long n = 1;; n++) {
+        ck_assert_msg(n < 100000, "%s: no run succeeded", what);
+        struct tu_failing_alloc f;
+        tu_failing_alloc_init(&f, n);
+        lm_context_options o = LM_CONTEXT_OPTIONS_INIT;
+        o.allocator = &f.alloc;
+        o.n_threads = 2;
+        lm_context *ctx = NULL;
+        lm_status st = lm_context_create(&o, &ctx);
+        if (st == LM_OK) {
+            st = run(ctx, arg);
+            lm_context_destroy(ctx);
+        }
+        ck_assert_msg(atomic_load(&f.live) == 0,
+                      "%s, allocation %ld failed: %ld blocks leaked", what,
+                      n, atomic_load(&f.live));
+        if (atomic_load(&f.count) < n) {
+            ck_assert_msg(st == LM_OK, "%s: status %d with no failure",
+                          what, (int)st);
+            return failures;
+        }
+        ck_assert_msg(st == LM_ERR_OUT_OF_MEMORY,
+                      "%s, allocation %ld failed: status %d", what, n,
+                      (int)st);
+        failures++;
+    }
+}

@@ -3,6 +3,7 @@
 #define LM_TESTUTIL_H
 
 #include <check.h>
+#include <stdatomic.h>
 
 #include "libmerge.h"
 #include "libmerge/sys/strategy.h"
@@ -24,6 +25,24 @@ double tu_get(const lm_tensor *t, size_t i);
  * `want`, an execution's output. */
 void tu_assert_merger_matches(lm_context *ctx, lm_merger *merger,
                               const lm_model *base, const lm_model *want);
+/* An lm_allocator that fails its fail_at-th allocation (1-based; 0 =
+ * never) and counts the blocks still live, for allocation-failure sweeps.
+ * Initialise with tu_failing_alloc_init, then pass &f->alloc. */
+struct tu_failing_alloc {
+    atomic_long count; /* allocations attempted */
+    atomic_long live;  /* allocated minus freed */
+    long fail_at;
+    lm_allocator alloc;
+};
+void tu_failing_alloc_init(struct tu_failing_alloc *f, long fail_at);
+/* Run `run(ctx, arg)` on a fresh 2-thread context once for every
+ * allocation it makes, failing that one: each run must leak nothing and
+ * end in LM_ERR_OUT_OF_MEMORY, until a run with no failure reached
+ * succeeds. Messages name `what`. Returns the number of failed runs. */
+long tu_sweep_alloc_failures(const char *what,
+                             lm_status (*run)(lm_context *ctx,
+                                              const void *arg),
+                             const void *arg);
 /* Run the suite and return the process exit code. */
 int tu_run(Suite *suite);
 
