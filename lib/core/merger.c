@@ -115,11 +115,10 @@ static const char *merged_as(const lm_merger *m, const char *name)
 {
     const lm_plan *p = m->plan;
     if (m->tie_src) {
-        for (size_t i = 0; i < p->base->count; i++)
-            if (m->tie_src[i] != SIZE_MAX &&
-                strcmp(p->base->entries[i].name, name) == 0)
-                return p->base->entries[m->tie_src[i]].name;
-        return name;
+        size_t i = lm__model_index(p->base, name);
+        return i != SIZE_MAX && m->tie_src[i] != SIZE_MAX
+                   ? p->base->entries[m->tie_src[i]].name
+                   : name;
     }
     for (size_t steps = 0; steps <= p->n_ties; steps++) {
         size_t t = 0;

@@ -75,7 +75,7 @@ static const char *entry_name(const void *entries, size_t i)
     return ((const struct lm_model_entry *)entries)[i].name;
 }
 
-static size_t find_entry(const lm_model *m, const char *name)
+size_t lm__model_index(const lm_model *m, const char *name)
 {
     return lm__name_set_find(&m->names, name, entry_name, m->entries);
 }
@@ -87,7 +87,7 @@ lm_status lm_model_add(lm_model *m, const char *name, lm_tensor *tensor)
     if (!name || !*name)
         return lm_context_set_error(m->ctx, LM_ERR_INVALID_ARGUMENT,
                                     "model: tensor name is empty");
-    if (find_entry(m, name) != SIZE_MAX)
+    if (lm__model_index(m, name) != SIZE_MAX)
         return lm_context_set_error(m->ctx, LM_ERR_EXISTS,
                                     "model: duplicate tensor name '%s'", name);
     struct lm_model_entry *room = lm__reserve(m->ctx, m->entries, &m->cap,
@@ -126,7 +126,7 @@ lm_tensor *lm_model_at(const lm_model *m, size_t i)
 
 lm_tensor *lm__model_lookup(const lm_model *m, const char *name)
 {
-    size_t e = find_entry(m, name);
+    size_t e = lm__model_index(m, name);
     return e != SIZE_MAX ? m->entries[e].tensor : NULL;
 }
 
@@ -134,7 +134,7 @@ lm_status lm_model_find(const lm_model *m, const char *name, lm_tensor **out)
 {
     if (!m || !name || !out)
         return LM_ERR_INVALID_ARGUMENT;
-    size_t e = find_entry(m, name);
+    size_t e = lm__model_index(m, name);
     if (e != SIZE_MAX) {
         *out = m->entries[e].tensor;
         return LM_OK;

@@ -60,5 +60,7 @@ void *lm__model_attachment(const lm_model *model, const void *tag);
 
 /* The tensor named `name`, or NULL (no error recorded). */
 lm_tensor *lm__model_lookup(const lm_model *model, const char *name);
+/* Index of the entry named `name` (hashed), or SIZE_MAX. */
+size_t lm__model_index(const lm_model *model, const char *name);
 
 #endif /* LM_CORE_MODEL_PRIVATE_H */

@@ -140,12 +140,9 @@ static lm_status find_shared(const lm_plan *p, size_t *src)
 static lm_status base_index(const lm_plan *p, const char *name,
                             const char *role, size_t *out)
 {
-    const lm_model *base = p->base;
-    for (size_t i = 0; i < base->count; i++)
-        if (strcmp(base->entries[i].name, name) == 0) {
-            *out = i;
-            return LM_OK;
-        }
+    *out = lm__model_index(p->base, name);
+    if (*out != SIZE_MAX)
+        return LM_OK;
     return lm_context_set_error(p->ctx, LM_ERR_NOT_FOUND,
                                 "plan: tied tensor '%s' (%s) is not in the "
                                 "base model", name, role);
