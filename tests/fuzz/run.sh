@@ -1,7 +1,9 @@
 #!/bin/bash
 # Check every fuzz target of tests/fuzz/meson.build: replay its committed
 # corpus (corpus/<name>/, every file run once, nothing fuzzed), then fuzz
-# for SECONDS (default 30) starting from that corpus.
+# for SECONDS (default 30) starting from that corpus. Targets run
+# LIBMERGE_FUZZ_JOBS at a time (default: the number of cores); each
+# target's report is printed whole, in meson.build's order.
 # usage: tests/fuzz/run.sh BUILD_DIR [SECONDS]
 #
 # Fails when a target listed in meson.build was not built (a fuzz build
@@ -20,19 +22,21 @@ if [ "${#targets[@]}" -eq 0 ]; then
   echo "FAIL: no fuzz targets found in $here/meson.build"; exit 1
 fi
 
-status=0
-for name in "${targets[@]}"; do
+# One target: replay, then fuzz. Prints its report, returns nonzero on
+# any failure.
+check_target() {
+  local name=$1 status=0
   exe=$build/tests/fuzz/fuzz_$name
   if [ ! -f "$exe" ] || [ ! -x "$exe" ]; then
     echo "FAIL: fuzz target $name was not built ($exe missing;" \
          "configure with CC=clang -Dfuzz=true)"
-    status=1; continue
+    return 1
   fi
   corpus=$here/corpus/$name
   mapfile -t inputs < <(find "$corpus" -type f 2>/dev/null | sort)
   if [ "${#inputs[@]}" -eq 0 ]; then
     echo "FAIL: fuzz target $name has no committed corpus ($corpus)"
-    status=1; continue
+    return 1
   fi
   # The corpus is replayed on every run: keep it small (minimise with
   # -merge=1; at most 500 inputs of at most 64 KB per target).
@@ -51,13 +55,13 @@ for name in "${targets[@]}"; do
        > "$work.replay.log" 2>&1; then
     echo "FAIL: fuzz target $name crashes on its committed corpus"
     grep -E "^Running:|ERROR|SUMMARY|#[0-9]+ 0x" "$work.replay.log" | tail -30
-    status=1; rm -rf "$work" "$work.replay.log"; continue
+    rm -rf "$work" "$work.replay.log"; return 1
   fi
   ran=$(grep -c '^Executed ' "$work.replay.log" || true)
   if [ "$ran" -ne "${#inputs[@]}" ]; then
     echo "FAIL: fuzz target $name ran $ran of ${#inputs[@]} corpus inputs"
     tail -5 "$work.replay.log"
-    status=1; rm -rf "$work" "$work.replay.log"; continue
+    rm -rf "$work" "$work.replay.log"; return 1
   fi
   echo "ok: $name replays its ${#inputs[@]} corpus inputs"
   rm -f "$work.replay.log"
@@ -77,5 +81,22 @@ for name in "${targets[@]}"; do
     echo "ok: $name: $(grep -E '^#[0-9]+.*cov:' "$work.log" | tail -1 | cut -c1-100)"
   fi
   rm -rf "$work" "$work.log"
+  return $status
+}
+
+jobs=${LIBMERGE_FUZZ_JOBS:-$(nproc)}
+reports=$(mktemp -d)
+trap 'rm -rf "$reports"' EXIT
+running=0
+for name in "${targets[@]}"; do
+  if [ "$running" -ge "$jobs" ]; then wait -n || true; running=$((running - 1)); fi
+  ( check_target "$name" > "$reports/$name.log" 2>&1; echo $? > "$reports/$name.rc" ) &
+  running=$((running + 1))
+done
+wait
+status=0
+for name in "${targets[@]}"; do
+  cat "$reports/$name.log"
+  [ "$(cat "$reports/$name.rc" 2>/dev/null)" = 0 ] || status=1
 done
 exit $status

@@ -1,4 +1,4 @@
-"""Run pytest on a directory; exit 77 (meson's "skipped") only when numpy
+"""Run pytest on a directory (extra arguments go to pytest); exit 77 (meson's "skipped") only when numpy
 or pytest are missing, so a machine without them says so instead of
 silently passing. CI installs both."""
 import sys
@@ -10,4 +10,4 @@ except ImportError as e:
     print("skipping the Python tests: %s (apt-get install python3-numpy "
           "python3-pytest)" % e)
     sys.exit(77)
-sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", sys.argv[1]]))
+sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", sys.argv[1]] + sys.argv[2:]))
