@@ -194,6 +194,51 @@ LM_API lm_status lm_plan_search(lm_plan *plan, const char *param, double lo,
                                 lm_score_fn score, void *user,
                                 double *best_value, double *best_score);
 
+/* Options of lm_plan_search_with. */
+typedef struct lm_search_options {
+    uint32_t struct_size;
+    double lo, hi;  /* the first bracket ([0, 2], as the released ESM code) */
+    double tol;     /* stop when the bracket is narrower (0.01)            */
+    int max_evals;  /* merges scored per bracket (15)                      */
+    int max_widen;  /* times the bracket may move when the best point sits */
+                    /* at one of its edges; 0 = never, as lm_plan_search   */
+                    /* (4)                                                 */
+} lm_search_options;
+
+#define LM_SEARCH_OPTIONS_INIT                                              \
+    { (uint32_t)sizeof(lm_search_options), 0.0, 2.0, 0.01, 15, 4 }
+
+/* Fills *options with LM_SEARCH_OPTIONS_INIT. */
+LM_API void lm_search_options_init(lm_search_options *options);
+
+/* What lm_plan_search_with found. */
+typedef struct lm_search_result {
+    uint32_t struct_size;   /* set by the caller                          */
+    double best_value;      /* the best evaluated value (left set)        */
+    double best_score;
+    double lo, hi;          /* the last bracket searched                  */
+    int evals;              /* merges scored in all                       */
+    int widened;            /* times the bracket moved                    */
+    int at_edge;            /* 1: the best point is still at an edge of   */
+                            /* the last bracket (max_widen or the         */
+                            /* parameter's declared range stopped it):    */
+                            /* the maximum may lie beyond                 */
+} lm_search_result;
+
+/* lm_plan_search that does not let its bracket decide the answer: a
+ * golden-section search on [lo, hi] whose final bracket still touches hi
+ * (every comparison favoured the upper end) means the maximum may lie
+ * beyond hi, so the search runs again on [hi - w/2, hi + w] (w = hi - lo,
+ * clipped to the parameter's declared range), and symmetrically at lo;
+ * at most max_widen times. Each bracket gets max_evals merges; every one
+ * is reported to `score`. `options` NULL means the defaults; `result`
+ * may be NULL. Errors as lm_plan_search, and LM_ERR_ABI for a too-small
+ * struct_size, LM_ERR_OUT_OF_RANGE for max_widen < 0. */
+LM_API lm_status lm_plan_search_with(lm_plan *plan, const char *param,
+                                     const lm_search_options *options,
+                                     lm_score_fn score, void *user,
+                                     lm_search_result *result);
+
 /* Thread-safety: a plan is used by one thread at a time. */
 
 #ifdef __cplusplus

@@ -94,6 +94,13 @@ static lm_status unknown_param(const lm_params *p, const char *name)
                                 p->vt->n_params ? list : "none");
 }
 
+void lm__params_range(const lm_params *p, int i, double *min, double *max)
+{
+    lm_param_desc d = desc_at(p->vt, (size_t)i);
+    *min = d.min_value;
+    *max = d.max_value;
+}
+
 lm_status lm__params_check_value(const lm_params *p, int i, double value)
 {
     lm_param_desc d = desc_at(p->vt, (size_t)i);

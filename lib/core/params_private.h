@@ -61,6 +61,9 @@ lm_status lm__params_set_string(lm_params *params, const char *name,
 
 /* Index of parameter `name` in the strategy's table, or -1. */
 int lm__params_index(const lm_params *params, const char *name);
+/* The declared [min, max] of parameter i. */
+void lm__params_range(const lm_params *params, int i, double *min,
+                      double *max);
 /* Is `value` valid for parameter i? Sets the context's error if not. */
 lm_status lm__params_check_value(const lm_params *params, int i,
                                  double value);

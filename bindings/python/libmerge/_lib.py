@@ -136,6 +136,32 @@ class _PurifyCvResult(ctypes.Structure):
     ]
 
 
+class _SearchOptions(ctypes.Structure):
+    """Mirror of lm_search_options."""
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("lo", ctypes.c_double),
+        ("hi", ctypes.c_double),
+        ("tol", ctypes.c_double),
+        ("max_evals", ctypes.c_int),
+        ("max_widen", ctypes.c_int),
+    ]
+
+
+class _SearchResult(ctypes.Structure):
+    """Mirror of lm_search_result."""
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("best_value", ctypes.c_double),
+        ("best_score", ctypes.c_double),
+        ("lo", ctypes.c_double),
+        ("hi", ctypes.c_double),
+        ("evals", ctypes.c_int),
+        ("widened", ctypes.c_int),
+        ("at_edge", ctypes.c_int),
+    ]
+
+
 # The options structs the bindings fill from the library's defaults
 # (lm_<x>_options_init), never from copies of the C macros.
 OPTIONS_INIT = {
@@ -146,6 +172,7 @@ OPTIONS_INIT = {
     "lm_nsc_options_init": _NscOptions,
     "lm_nsc_spsa_options_init": _NscSpsaOptions,
     "lm_npz_options_init": _NpzOptions,
+    "lm_search_options_init": _SearchOptions,
 }
 
 
@@ -255,6 +282,9 @@ def _declare(lib):
                                           ctypes.c_int, SCORE_FN, P,
                                           ctypes.POINTER(ctypes.c_double),
                                           ctypes.POINTER(ctypes.c_double)]),
+        "lm_plan_search_with": (ctypes.c_int, [P, ctypes.c_char_p,
+                                               ctypes.POINTER(_SearchOptions), SCORE_FN, P,
+                                               ctypes.POINTER(_SearchResult)]),
         "lm_plan_set_purify": (ctypes.c_int, [P, ctypes.POINTER(_PurifyOptions)]),
         "lm_plan_tune_purify": (ctypes.c_int, [P, P, ctypes.POINTER(ctypes.c_double),
                                                ctypes.c_size_t,

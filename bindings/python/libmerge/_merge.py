@@ -4,7 +4,7 @@ import ctypes
 
 from . import _lib
 from . import purify as _purify
-from ._context import Context, L
+from ._context import Context, L, options
 from ._errors import NotFoundError
 from ._models import model_to_dict
 from ._plan import Plan, check_weights
@@ -82,18 +82,39 @@ def merge(method, base, models, *, stats=None, weights=None, threads=0,
             plan.close()
 
 
+class SearchResult(tuple):
+    """(best_value, best_score, curve, merged), plus what the search did:
+    `bracket` (the last (lo, hi) searched), `widened` (times the bracket
+    moved past an edge) and `at_edge` (True when the best value is still
+    at an edge of the last bracket: the limit of `widen` or the
+    parameter's range stopped it, and the maximum may lie beyond)."""
+
+    def __new__(cls, best, best_score, curve, merged, bracket, widened, at_edge):
+        self = super().__new__(cls, (best, best_score, curve, merged))
+        self.bracket = bracket
+        self.widened = widened
+        self.at_edge = at_edge
+        return self
+
+
 def search(method, base, models, score, *, param=None, lo=0.0, hi=2.0,
-           tol=0.01, max_evals=15, stats=None, weights=None, threads=0,
+           tol=0.01, max_evals=15, widen=4, stats=None, weights=None, threads=0,
            seed=0, purify=None, **params):
     """Choose a scale parameter by golden-section search, maximising
     `score(merged_dict) -> float` (e.g. accuracy on a validation split;
     never the test split). `param` defaults to "alpha" when the method has
     it, else "lambda". Defaults follow the released ESM code: [0, 2],
-    tol 0.01, at most 15 merges. `purify` as in `merge` (a fixed keep
-    ratio, or "cv" tuned first at the parameter's current value).
+    tol 0.01, at most 15 merges per bracket. When the best point ends at
+    an edge of the bracket, the bracket moves past it (to
+    [hi - w/2, hi + w], or the mirror image at lo) at most `widen` times
+    (0: never, the released behaviour), within the parameter's declared
+    range. `purify` as in `merge` (a fixed keep ratio, or "cv" tuned first
+    at the parameter's current value).
 
-    Returns (best_value, best_score, curve, merged): the curve is the list
-    of (value, score) evaluated, merged the result at best_value."""
+    Returns a SearchResult: (best_value, best_score, curve, merged), with
+    the curve the list of (value, score) evaluated and merged the result
+    at best_value; its attributes bracket, widened and at_edge report
+    the bracket."""
     info = method_info(method)
     names = [p["name"] for p in info["params"]]
     if param is None:
@@ -113,22 +134,26 @@ def search(method, base, models, score, *, param=None, lo=0.0, hi=2.0,
 
     callback = _lib.SCORE_FN(on_score)
     models, weights = check_weights(models, weights)
+    opts = options(_lib._SearchOptions)
+    opts.lo, opts.hi, opts.tol = lo, hi, tol
+    opts.max_evals, opts.max_widen = max_evals, widen
+    result = _lib._SearchResult()
+    result.struct_size = ctypes.sizeof(result)
     out = ctypes.c_void_p()
-    best = ctypes.c_double()
-    best_score = ctypes.c_double()
     with Context(threads, seed) as ctx:
         plan = Plan(ctx, method, base, models, weights, stats, params)
         try:
             if purify is not None:
                 _purify.apply(ctx, plan.ptr, purify, stats, base)
-            st = L.lm_plan_search(plan.ptr, param.encode(), lo, hi, tol, max_evals,
-                                  callback, None, ctypes.byref(best),
-                                  ctypes.byref(best_score))
+            st = L.lm_plan_search_with(plan.ptr, param.encode(), ctypes.byref(opts),
+                                       callback, None, ctypes.byref(result))
             if error:
                 raise error[0]
             ctx.check(st)
             ctx.check(L.lm_plan_execute(plan.ptr, ctypes.byref(out)))
-            return best.value, best_score.value, curve, model_to_dict(out, base)
+            return SearchResult(result.best_value, result.best_score, curve,
+                                model_to_dict(out, base), (result.lo, result.hi),
+                                result.widened, bool(result.at_edge))
         finally:
             if out:
                 L.lm_model_destroy(out)
