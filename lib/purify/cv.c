@@ -71,20 +71,98 @@ static lm_status resolve(lm_plan *p, const lm_purify_cv_options *o,
     return LM_OK;
 }
 
+/* What one tuning chose at one scale. */
+struct tuned {
+    double keep;
+    double gain, gain_se; /* against keep 1.0, folds only; else NaN */
+};
+
+/* Mean and standard error of d[f * n + i] - d[f * n + j] over folds. */
+static void paired(const double *d, size_t k, size_t n, size_t i, size_t j,
+                   double *mean, double *se)
+{
+    double m = 0, ss = 0;
+    for (size_t f = 0; f < k; f++)
+        m += d[f * n + i] - d[f * n + j];
+    m /= (double)k;
+    for (size_t f = 0; f < k; f++) {
+        double e = d[f * n + i] - d[f * n + j] - m;
+        ss += e * e;
+    }
+    *mean = m;
+    *se = sqrt(ss / (double)(k - 1) / (double)k);
+}
+
+/* K folds. With z > 0 the paired one-standard-error rule: among the
+ * candidates whose drift exceeds the minimum's by at most z standard
+ * errors of the fold-paired difference, the largest keep ratio (the least
+ * pruning), so fold-to-fold noise cannot make the tuning prune: keep 1.0
+ * stays unless its excess over the minimum is beyond z standard errors.
+ * z = 0: the minimum (the first in the list on ties), as
+ * lm_plan_tune_purify_folds. */
+static lm_status tune_folds(lm_plan *p, const struct objective *obj,
+                               double z, const double *cands, size_t n,
+                               struct tuned *t, double *row)
+{
+    size_t k = obj->n_folds;
+    double *d = lm__calloc(p->ctx, k * n, sizeof(double));
+    if (!d)
+        return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "purify cv: out of memory");
+    lm_status st = lm__purify_fold_curves(p, obj->folds, k, cands, n, d);
+    if (st != LM_OK) {
+        lm_free(p->ctx, d);
+        return st;
+    }
+    size_t best = 0, one = n;
+    for (size_t i = 0; i < n; i++) {
+        row[i] = 0;
+        for (size_t f = 0; f < k; f++)
+            row[i] += d[f * n + i];
+        if (row[i] < row[best])
+            best = i;
+        if (cands[i] == 1.0 && one == n)
+            one = i;
+    }
+    if (!isfinite(row[best])) {
+        lm_free(p->ctx, d);
+        return lm_context_set_error(p->ctx, LM_ERR_NONFINITE,
+                                    "purify cv: the held-out drift is not "
+                                    "finite");
+    }
+    size_t chosen = best;
+    for (size_t i = 0; z > 0 && i < n; i++) {
+        double excess, se;
+        paired(d, k, n, i, best, &excess, &se);
+        if (excess <= z * se && cands[i] > cands[chosen])
+            chosen = i;
+    }
+    t->keep = cands[chosen];
+    t->gain = t->gain_se = NAN;
+    if (one < n) {
+        double mean, se;
+        paired(d, k, n, one, chosen, &mean, &se);
+        t->gain = mean * (double)k;
+        t->gain_se = se * (double)k;
+    }
+    lm_free(p->ctx, d);
+    return LM_OK;
+}
+
 /* One tuning of the keep ratio at the plan's current scale. */
 static lm_status tune_once(lm_plan *p, const lm_purify_cv_options *o,
                            const struct objective *obj, const double *cands,
-                           size_t n, double *best, double *row)
+                           size_t n, struct tuned *t, double *row)
 {
+    t->gain = t->gain_se = NAN;
     switch (obj->kind) {
     case LM_PURIFY_FOLDS_DRIFT:
-        return lm_plan_tune_purify_folds(p, obj->folds, obj->n_folds, cands,
-                                         n, best, row);
+        return tune_folds(p, obj, o->se_rule, cands, n, t, row);
     case LM_PURIFY_HELDOUT_DRIFT:
-        return lm_plan_tune_purify(p, obj->heldout, cands, n, best, row);
+        return lm_plan_tune_purify(p, obj->heldout, cands, n, &t->keep, row);
     default:
         return lm_plan_tune_purify_score(p, cands, n, o->score, o->score_user,
-                                         best, row);
+                                         &t->keep, row);
     }
 }
 
@@ -99,6 +177,10 @@ static lm_status check_options(lm_plan *p, const lm_purify_cv_options *o,
     if (o->candidates && !o->n_candidates)
         return lm_context_set_error(p->ctx, LM_ERR_INVALID_ARGUMENT,
                                     "purify cv: no candidates");
+    if (!(o->se_rule >= 0) || isinf(o->se_rule))
+        return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_RANGE,
+                                    "purify cv: se_rule must be finite and "
+                                    ">= 0 (got %g)", o->se_rule);
     if (o->scale && (!o->scales || !o->n_scales))
         return lm_context_set_error(p->ctx, LM_ERR_INVALID_ARGUMENT,
                                     "purify cv: scale '%s' has no values",
@@ -112,7 +194,8 @@ static lm_status check_options(lm_plan *p, const lm_purify_cv_options *o,
 
 struct choice {
     bool have;
-    double value, keep, scale;
+    double value, scale;
+    struct tuned tuned;
 };
 
 /* Every scale in order; the strictly smallest objective at its own best
@@ -129,21 +212,22 @@ static lm_status tune_scales(lm_plan *p, const lm_purify_cv_options *o,
     double sign = obj->kind == LM_PURIFY_HOST_SCORE ? -1.0 : 1.0;
     lm_status st = LM_OK;
     for (size_t s = 0; s < n_scales && st == LM_OK; s++) {
-        double *row = curve ? curve + s * n : scratch, best = NAN;
+        double *row = curve ? curve + s * n : scratch;
+        struct tuned t = {NAN, NAN, NAN};
         if (o->scale)
             st = lm_plan_set_float(p, o->scale, o->scales[s]);
         if (st == LM_OK)
-            st = tune_once(p, o, obj, cands, n, &best, row);
+            st = tune_once(p, o, obj, cands, n, &t, row);
         size_t i = 0;
-        while (st == LM_OK && i < n && cands[i] != best)
+        while (st == LM_OK && i < n && cands[i] != t.keep)
             i++;
         if (st == LM_OK && i == n)
             st = lm_context_set_error(p->ctx, LM_ERR_NONFINITE,
                                       "purify cv: no keep ratio won (the "
                                       "objectives are not finite)");
         if (st == LM_OK && (!c->have || sign * row[i] < c->value)) {
-            *c = (struct choice){true, sign * row[i], best,
-                                 o->scale ? o->scales[s] : NAN};
+            *c = (struct choice){true, sign * row[i],
+                                 o->scale ? o->scales[s] : NAN, t};
         }
     }
     lm_free(p->ctx, scratch);
@@ -162,18 +246,20 @@ lm_status lm_plan_tune_purify_cv(lm_plan *p, const lm_purify_cv_options *o,
         n = lm_purify_default_candidates(&cands);
     struct objective obj;
     lm_status st = resolve(p, o, &obj);
-    struct choice c = {false, 0, 0, NAN};
+    struct choice c = {false, 0, NAN, {NAN, NAN, NAN}};
     if (st == LM_OK)
         st = tune_scales(p, o, &obj, cands, n, curve, &c);
     lm_free(p->ctx, obj.owned);
     LM_TRY(st);
     lm_purify_options opts = lm__purify_of(p)->opts;
-    opts.keep = c.keep;
+    opts.keep = c.tuned.keep;
     LM_TRY(lm_plan_set_purify(p, &opts));
     if (o->scale)
         LM_TRY(lm_plan_set_float(p, o->scale, c.scale));
     if (out) {
-        out->keep = c.keep;
+        out->keep = c.tuned.keep;
+        out->gain = c.tuned.gain;
+        out->gain_se = c.tuned.gain_se;
         out->scale = c.scale;
         out->objective = obj.kind;
         out->n_folds = obj.kind == LM_PURIFY_FOLDS_DRIFT ? obj.n_folds : 0;

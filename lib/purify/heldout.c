@@ -157,6 +157,20 @@ static lm_status fold_curve(lm_plan *p, const struct lm_stats *const *folds,
     return st;
 }
 
+lm_status lm__purify_fold_curves(lm_plan *p,
+                                 const struct lm_stats *const *folds,
+                                 size_t n_folds, const double *candidates,
+                                 size_t n, double *per_fold)
+{
+    const struct lm_stats *own = p->stats;
+    lm_status st = LM_OK;
+    for (size_t f = 0; f < n_folds && st == LM_OK; f++)
+        st = fold_curve(p, folds, n_folds, f, candidates, n,
+                        per_fold + f * n);
+    p->stats = own;
+    return st;
+}
+
 lm_status lm_plan_tune_purify_folds(lm_plan *p,
                                     const struct lm_stats *const *folds,
                                     size_t n_folds, const double *candidates,
@@ -173,34 +187,34 @@ lm_status lm_plan_tune_purify_folds(lm_plan *p,
         return lm_context_set_error(p->ctx, LM_ERR_STATE,
                                     "tune purify: enable purification first "
                                     "(lm_plan_set_purify)");
-    double *sum = lm__calloc(p->ctx, 2 * n, sizeof(double));
-    if (!sum)
+    double *per_fold = lm__calloc(p->ctx, n_folds * n, sizeof(double));
+    if (!per_fold)
         return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
                                     "tune purify: out of memory");
-    double *curve = sum + n;
-    const struct lm_stats *own = p->stats;
     lm_purify_options o = pu->opts;
-    lm_status st = LM_OK;
-    for (size_t f = 0; f < n_folds && st == LM_OK; f++) {
-        st = fold_curve(p, folds, n_folds, f, candidates, n, curve);
-        for (size_t i = 0; st == LM_OK && i < n; i++)
-            sum[i] += curve[i];
-    }
-    p->stats = own;
+    lm_status st = lm__purify_fold_curves(p, folds, n_folds, candidates, n,
+                                          per_fold);
     if (st == LM_OK) {
         size_t best = 0;
-        for (size_t i = 1; i < n; i++)
-            if (sum[i] < sum[best])
+        double best_sum = 0;
+        for (size_t i = 0; i < n; i++) {
+            double sum = 0;
+            for (size_t f = 0; f < n_folds; f++)
+                sum += per_fold[f * n + i];
+            if (objectives)
+                objectives[i] = sum;
+            if (i == 0 || sum < best_sum) {
                 best = i;
+                best_sum = sum;
+            }
+        }
         o.keep = candidates[best];
         if (best_keep)
             *best_keep = candidates[best];
-        if (objectives)
-            memcpy(objectives, sum, n * sizeof(double));
     }
     /* On failure the plan keeps the ratio it had. */
     lm_status set = lm_plan_set_purify(p, &o);
-    lm_free(p->ctx, sum);
+    lm_free(p->ctx, per_fold);
     return st != LM_OK ? st : set;
 }
 

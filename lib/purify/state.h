@@ -54,6 +54,22 @@ lm_status lm__purify_measure(struct lm__purify *pu, const lm_plan *p,
 lm_status lm__purify_apply(struct lm__purify *pu, const lm_plan *p,
                            const struct lm__stage_tensor *t, bool *purified);
 
+/* Fold f's held-out drift at every candidate keep ratio, the plan run on
+ * the other folds' statistics (heldout.c): per_fold[f * n + i]. The
+ * plan's statistics are restored; its keep ratio is left to the caller. */
+lm_status lm__purify_fold_curves(lm_plan *p,
+                                 const struct lm_stats *const *folds,
+                                 size_t n_folds, const double *candidates,
+                                 size_t n, double *per_fold);
+
+/* Fold f's held-out drift at every candidate keep ratio, the plan run on
+ * the other folds' statistics (heldout.c): per_fold[f * n + i]. The
+ * plan's statistics are restored; its keep ratio is left to the caller. */
+lm_status lm__purify_fold_curves(lm_plan *p,
+                                 const struct lm_stats *const *folds,
+                                 size_t n_folds, const double *candidates,
+                                 size_t n, double *per_fold);
+
 /* Purified task vectors (cache.c): begin/end bracket their life; get
  * copies a cached tensor's task vectors into deltas and returns true on a
  * hit; put stores a copy when it fits the budget (out of memory is an

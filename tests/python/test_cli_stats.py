@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not LMERGE, reason="LIBMERGE_LMERGE is not set")
 SHAPES = {"fc1.weight": (12, 8), "fc1.bias": (12,), "fc2.weight": (6, 12)}
 
 
-def make(tmp_path, heldout_fraction=0.0):
+def make(tmp_path, heldout_fraction=0.0, folds=None):
     rng = np.random.default_rng(5)
     base = {k: rng.standard_normal(s).astype(np.float32) for k, s in SHAPES.items()}
     fts = [{k: v + 0.2 * rng.standard_normal(v.shape).astype(np.float32)
@@ -26,7 +26,8 @@ def make(tmp_path, heldout_fraction=0.0):
     st_format.write(tmp_path / "base.safetensors", base)
     for i, f in enumerate(fts):
         st_format.write(tmp_path / ("ft%d.safetensors" % i), f)
-    stats = libmerge.Stats(heldout_fraction=heldout_fraction)
+    stats = (libmerge.Stats(folds=folds) if folds
+             else libmerge.Stats(heldout_fraction=heldout_fraction))
     for t in range(2):
         stats.observe(t, "fc1.weight", rng.standard_normal((40, 8)).astype(np.float32))
         stats.observe(t, "fc2.weight", rng.standard_normal((40, 12)).astype(np.float32))
@@ -86,6 +87,22 @@ def test_keep_cv_uses_the_files_heldout_rows(tmp_path):
     same(st_format.read_dir(str(tmp_path / "out")), want)
 
 
+@pytest.mark.parametrize("se_rule", [0, 3])
+def test_keep_cv_se_rule_over_the_files_folds(tmp_path, se_rule):
+    base, fts, stats = make(tmp_path, folds=4)
+    cfg = config(tmp_path, "task_arithmetic",
+                 "stats: [%s]\npurify: {keep: cv, se_rule: %s}\n"
+                 % (tmp_path / "acts.lmstats", se_rule))
+    r = run("run", cfg, "-o", tmp_path / "out", "--json")
+    assert r.returncode == 0, r.stderr
+    report = {}
+    want = libmerge.merge("task_arithmetic", base, fts, stats=stats,
+                          purify={"keep": "cv", "se_rule": se_rule, "report": report})
+    assert report["objective"] == "4-fold held-out drift"
+    assert json.loads(r.stdout)["purify_keep"] == report["keep"]
+    same(st_format.read_dir(str(tmp_path / "out")), want)
+
+
 @pytest.mark.parametrize("extra,message", [
     ("purify: {keep: 0.8}\n", "m.yaml:6: purify needs activation statistics"),
     ("stats: nope.lmstats\n", "stats 'nope.lmstats'"),
@@ -93,6 +110,7 @@ def test_keep_cv_uses_the_files_heldout_rows(tmp_path):
     ("stats: ACTS\npurify: {keep: 0.8, rank: 3}\n", "unknown purify key 'rank'"),
     ("stats: ACTS\npurify: {allocation: global}\n", "purify allocation 'global'"),
     ("stats: ACTS\npurify: {keep: 1.5}\n", "keep must be in (0, 1]"),
+    ("stats: ACTS\npurify: {keep: cv, se_rule: -1}\n", "se_rule must be finite"),
 ])
 def test_errors_name_the_line(tmp_path, extra, message):
     make(tmp_path)

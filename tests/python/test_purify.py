@@ -385,3 +385,80 @@ def test_polarize_helps_only_when_keep_is_too_generous():
     assert table[(0.25, 0.25)] > table[(0.25, 0.0)]      # distorts at the truth
     assert table[(1.0, 0.25)] > table[(1.0, 0.0)]
     assert min(table, key=table.get) == (0.25, 0.0)
+
+
+def _paired_one_se(per_fold, cands, z):
+    """The paired one-standard-error rule, from its definition: among the
+    candidates whose summed drift exceeds the minimum's by at most z
+    standard errors of the per-fold differences, the largest keep."""
+    d = np.asarray(per_fold)  # folds x candidates
+    k = d.shape[0]
+    best = int(np.argmin(d.sum(0)))
+    ok = []
+    for i in range(len(cands)):
+        diff = d[:, i] - d[:, best]
+        se = diff.std(ddof=1) / np.sqrt(k)
+        if diff.mean() <= z * se:
+            ok.append(i)
+    chosen = max(ok, key=lambda i: cands[i])
+    one = cands.index(1.0)
+    diff = d[:, one] - d[:, chosen]
+    return cands[chosen], diff.sum(), diff.std(ddof=1) / np.sqrt(k) * k
+
+
+@pytest.mark.parametrize("seed", [2, 8])
+def test_fold_tuning_prunes_only_beyond_fold_noise(seed):
+    """keep="cv" over folds (se_rule 1, the default) against the rule
+    applied in numpy to per-fold drifts computed by the numpy reference
+    (ref.pave, ref.heldout_drift). Random task vectors and isotropic
+    inputs, 12 rows per task, 4 folds: the drift's minimum is at heavy
+    pruning, but on seed 8 its gain over keep 1.0 is within one standard
+    error between folds, so the rule keeps 1.0 where the plain minimum
+    (se_rule 0) prunes to 0.5."""
+    d, t, k = 16, 3, 4
+    cands = [1.0, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5]
+    rng = np.random.default_rng(seed)
+    base = {"w": np.zeros((d, d), np.float32)}
+    models = [{"w": rng.standard_normal((d, d)).astype(np.float32)} for _ in range(t)]
+    xs = [rng.standard_normal((12, d)).astype(np.float32) for _ in range(t)]
+    per_fold = []
+    for f in range(k):
+        train = [{"w": x[np.arange(len(x)) % k != f]} for x in xs]
+        held = [{"w": x[np.arange(len(x)) % k == f]} for x in xs]
+        row = []
+        for keep in cands:
+            taus = ref.pave(base, models, train, keep, "uniform")
+            merged = {"w": base["w"] + sum(tv["w"] for tv in taus)}
+            row.append(ref.heldout_drift(merged, models, held))
+        per_fold.append(row)
+    reports = {}
+    for se_rule in (None, 0.0):
+        s = stats_of(xs, folds=k)
+        report = {}
+        purify = {"keep": "cv", "candidates": cands, "allocation": "uniform",
+                  "report": report}
+        if se_rule is not None:
+            purify["se_rule"] = se_rule
+        libmerge.merge("task_arithmetic", base, models, stats=s, purify=purify)
+        reports[se_rule] = report
+    want_keep, want_gain, want_se = _paired_one_se(per_fold, cands, 1.0)
+    got = reports[None]
+    assert got["keep"] == want_keep
+    # drifts are ~1e3 here, from f32 merges: relative 1e-4
+    assert abs(got["gain"] - want_gain) <= 1e-4 * abs(np.sum(per_fold)) / k
+    assert abs(got["gain_se"] - want_se) <= 1e-4 * abs(np.sum(per_fold)) / k
+    plain = reports[0.0]
+    assert plain["keep"] == cands[int(np.argmin(np.sum(per_fold, 0)))] == 0.5
+    if seed == 8:
+        assert got["keep"] == 1.0 and got["gain"] == 0.0
+        assert plain["gain"] < plain["gain_se"]  # within one standard error
+    else:
+        assert got["keep"] == 0.6  # the least pruning within 1 SE of 0.5
+
+
+def test_se_rule_must_be_finite_and_non_negative():
+    base, models, train, _ = planted(0, 8)
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(libmerge.OutOfRangeError, match="se_rule"):
+            libmerge.merge("task_arithmetic", base, models, stats=stats_of(train, folds=2),
+                           purify={"keep": "cv", "se_rule": bad})

@@ -54,11 +54,14 @@ static int number(const struct lmerge_param *p, const char *path, double *v)
     return 0;
 }
 
-/* lm_purify_options from the `purify:` block; *cv when keep is "cv". */
+/* lm_purify_options from the `purify:` block; *cv when keep is "cv",
+ * with the tuning's options in *cvo. */
 static int purify_options(const struct lmerge_config *c, const char *path,
-                          lm_purify_options *o, bool *cv)
+                          lm_purify_options *o, bool *cv,
+                          lm_purify_cv_options *cvo)
 {
     lm_purify_options_init(o);
+    lm_purify_cv_options_init(cvo);
     *cv = false;
     static const char *const allocations[] = {"model", "layer", "uniform"};
     for (size_t i = 0; i < c->n_purify; i++) {
@@ -76,6 +79,8 @@ static int purify_options(const struct lmerge_config *c, const char *path,
             rc = number(p, path, &o->polarize);
         else if (!strcmp(p->key, "max_prune_factor"))
             rc = number(p, path, &o->max_prune_factor);
+        else if (!strcmp(p->key, "se_rule"))
+            rc = number(p, path, &cvo->se_rule);
         else if (!strcmp(p->key, "allocation")) {
             rc = -1;
             for (int a = 0; a < 3; a++)
@@ -90,7 +95,7 @@ static int purify_options(const struct lmerge_config *c, const char *path,
         } else {
             fprintf(stderr, "lmerge run: %s:%d: unknown purify key '%s' "
                     "(expected keep, allocation, polarize, epsilon, "
-                    "tolerance, max_prune_factor)\n", path, p->line, p->key);
+                    "tolerance, max_prune_factor, se_rule)\n", path, p->line, p->key);
             rc = -1;
         }
         if (rc)
@@ -114,8 +119,9 @@ int lmerge_apply_purify(lm_context *ctx, lm_plan *plan,
         return -1;
     }
     lm_purify_options o;
+    lm_purify_cv_options cvo;
     bool cv;
-    if (purify_options(c, path, &o, &cv))
+    if (purify_options(c, path, &o, &cv, &cvo))
         return -1;
     if (lm_plan_set_purify(plan, &o)) {
         fprintf(stderr, "lmerge run: %s:%d: purify: %s\n", path,
@@ -124,8 +130,6 @@ int lmerge_apply_purify(lm_context *ctx, lm_plan *plan,
     }
     if (!cv)
         return 0;
-    lm_purify_cv_options cvo;
-    lm_purify_cv_options_init(&cvo);
     lm_purify_cv_result res = LM_PURIFY_CV_RESULT_INIT;
     if (lm_plan_tune_purify_cv(plan, &cvo, NULL, &res)) {
         fprintf(stderr, "lmerge run: %s:%d: purify keep cv: %s\n", path,

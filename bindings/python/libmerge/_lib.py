@@ -122,6 +122,7 @@ class _PurifyCvOptions(ctypes.Structure):
         ("scale", ctypes.c_char_p),
         ("scales", ctypes.POINTER(ctypes.c_double)),
         ("n_scales", ctypes.c_size_t),
+        ("se_rule", ctypes.c_double),
     ]
 
 
@@ -133,6 +134,8 @@ class _PurifyCvResult(ctypes.Structure):
         ("scale", ctypes.c_double),
         ("objective", ctypes.c_int),
         ("n_folds", ctypes.c_size_t),
+        ("gain", ctypes.c_double),
+        ("gain_se", ctypes.c_double),
     ]
 
 

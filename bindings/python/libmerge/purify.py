@@ -13,7 +13,7 @@ __all__ = ["DEFAULT_KEEP_CANDIDATES"]
 _ALLOCATIONS = {"model": 0, "layer": 1, "uniform": 2}
 _KNOWN = {"keep", "allocation", "epsilon", "tolerance", "polarize",
           "max_prune_factor", "heldout", "folds", "candidates", "scale", "score",
-          "report"}
+          "se_rule", "report"}
 _OBJECTIVES = {0: "held-out drift", 1: "%d-fold held-out drift", 2: "host score"}
 
 
@@ -80,6 +80,8 @@ def _tune(ctx, plan, purify, base, report):
     if folds is not None:
         cv.folds = (ctypes.c_void_p * max(len(folds), 1))(*[f._ptr for f in folds])
         cv.n_folds = len(folds)
+    if "se_rule" in purify:
+        cv.se_rule = float(purify["se_rule"])
     scale_name, scales = purify.get("scale", (None, None))
     if scale_name is not None:
         scales, cv.scales = _doubles(scales)
@@ -106,6 +108,8 @@ def _tune(ctx, plan, purify, base, report):
     if report is None:
         return
     report["keep"] = result.keep
+    if result.objective == 1:  # folds: the chosen keep against keep 1.0
+        report["gain"], report["gain_se"] = result.gain, result.gain_se
     text = _OBJECTIVES[result.objective]
     report["objective"] = text % result.n_folds if "%d" in text else text
     report["curve"] = [(c, curve[r * len(cands) + i]) if scale_name is None

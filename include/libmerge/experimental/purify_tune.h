@@ -95,11 +95,18 @@ typedef struct lm_purify_cv_options {
                                     jointly (e.g. "lambda"), or NULL      */
     const double *scales;        /* its n_scales values, tried in order  */
     size_t n_scales;
+    /* With K folds: the keep ratio chosen is the largest candidate whose
+     * drift exceeds the minimum's by at most `se_rule` standard errors of
+     * their fold-paired difference (a paired one-standard-error rule), so
+     * keep 1.0 stays unless pruning's held-out gain is beyond the noise
+     * between folds. 0: the plain minimum (0.1's choice). Ignored by the
+     * other objectives, which have no replicates. Default 1. */
+    double se_rule;
 } lm_purify_cv_options;
 
 #define LM_PURIFY_CV_OPTIONS_INIT                                           \
     { (uint32_t)sizeof(lm_purify_cv_options), NULL, 0, NULL, NULL, 0, NULL, \
-      NULL, NULL, NULL, 0 }
+      NULL, NULL, NULL, 0, 1.0 }
 
 /* Fills *options with the defaults (LM_PURIFY_CV_OPTIONS_INIT). */
 LM_EXPERIMENTAL void lm_purify_cv_options_init(lm_purify_cv_options *options);
@@ -111,17 +118,22 @@ typedef struct lm_purify_cv_result {
     double scale;                /* the chosen scale; NaN without one     */
     lm_purify_objective objective;
     size_t n_folds;              /* K for LM_PURIFY_FOLDS_DRIFT, else 0   */
+    /* Folds only (else NaN): the chosen keep ratio's drift reduction
+     * against keep 1.0, summed over folds, and its standard error from
+     * the fold-paired differences (NaN when 1.0 is not a candidate). */
+    double gain, gain_se;
 } lm_purify_cv_result;
 
 #define LM_PURIFY_CV_RESULT_INIT                                            \
     { (uint32_t)sizeof(lm_purify_cv_result), 0.0, 0.0,                     \
-      LM_PURIFY_HELDOUT_DRIFT, 0 }
+      LM_PURIFY_HELDOUT_DRIFT, 0, 0.0, 0.0 }
 
 /* Tune the keep ratio, and optionally a scale parameter with it, the way
  * the Python bindings' purify={"keep": "cv"} does: for each scale value
  * in order (or once without a scale), the parameter is set and the keep
  * ratio tuned over the candidates with the chosen objective
- * (lm_plan_tune_purify, _folds or _score); the pair wins whose objective
+ * (lm_plan_tune_purify, _folds — with `se_rule` — or _score); the pair
+ * wins whose objective
  * (drift, or minus the score) at its keep ratio is strictly smallest,
  * the first on ties. The plan keeps the winning keep ratio and scale.
  * Purification must be enabled (lm_plan_set_purify; its keep is
