@@ -28,6 +28,7 @@ static const lm_strategy_vtable *const builtins[] = {
     &lm__sce_strategy,
     &lm__ram_strategy,
     &lm__ramplus_tl_strategy,
+    &lm__nsc_strategy,
 };
 
 lm_status lm__register_builtin_strategies(lm_context *ctx)

@@ -34,6 +34,8 @@ extern const lm_strategy_vtable lm__della_linear_strategy;
 extern const lm_strategy_vtable lm__sce_strategy;
 extern const lm_strategy_vtable lm__ram_strategy;
 extern const lm_strategy_vtable lm__ramplus_tl_strategy;
+/* NSC LoRA merging with optimised coefficients (nsc.c) */
+extern const lm_strategy_vtable lm__nsc_strategy;
 
 /* job->out[i] = scale * sum_t weights[t] * deltas[t][i], accumulated in
  * f64 and rounded once. */

@@ -146,6 +146,27 @@ LM_EXPERIMENTAL lm_status lm_nsc_spsa(lm_nsc *nsc, const lm_nsc_spsa_options *op
                              lm_nsc_eval_fn evaluate, void *user,
                              double *first, double *last, double *curve);
 
+/* Coefficient tables: the optimised lambdas as a small JSON file that the
+ * `nsc` strategy merges with (plan parameter "coefficients", `lmerge run`
+ * with `merge_method: nsc`), format in docs/methods/nsc.md:
+ *   {"format": "libmerge-nsc-coefficients", "version": 1,
+ *    "tasks": [names], "modules": {"<target>": [lambda per task], ...}}
+ * Save writes every module (a task without an adapter for it reads 0)
+ * atomically: the file appears complete or not at all. `task_names`
+ * (n_tasks strings, e.g. the adapter paths) may be NULL: "task0", ...
+ * Errors: LM_ERR_NONFINITE, LM_ERR_IO, LM_ERR_OUT_OF_MEMORY. */
+LM_EXPERIMENTAL lm_status lm_nsc_save_coefficients(const lm_nsc *nsc,
+                                                   const char *path,
+                                                   const char *const *task_names);
+/* Replaces every lambda with a table's. The table must list exactly this
+ * merge's modules and number of tasks; nothing changes on error.
+ * Errors (naming the file and key): LM_ERR_IO, LM_ERR_FORMAT,
+ * LM_ERR_UNSUPPORTED (version), LM_ERR_NONFINITE, LM_ERR_INVALID_ARGUMENT
+ * (task count), LM_ERR_NOT_FOUND (a module missing from the table, or one
+ * no adapter targets). */
+LM_EXPERIMENTAL lm_status lm_nsc_load_coefficients(lm_nsc *nsc,
+                                                   const char *path);
+
 /* Thread-safety: lm_nsc_ratio, lm_nsc_materialize, lm_nsc_accumulate and
  * lm_nsc_observe may be called from several threads at once;
  * lm_nsc_set_lambdas, lm_nsc_step and lm_nsc_spsa need exclusive use. */
