@@ -140,6 +140,24 @@ static int read_key(struct reader *r, const char *key, const yaml_node_t *k,
                       "chat_template, stats, purify)", key);
 }
 
+/* `merge_method: nsc` merges with coefficients an NSC optimiser chose:
+ * without a table (or explicit lambdas) there is nothing to merge with,
+ * so say so before any file is opened. */
+static int check_nsc(struct reader *r, const struct lmerge_config *c)
+{
+    if (strcmp(c->merge_method, "nsc") != 0)
+        return 0;
+    for (size_t i = 0; i < c->n_params; i++)
+        if (!strcmp(c->params[i].key, "coefficients") ||
+            !strcmp(c->params[i].key, "lambda"))
+            return 0;
+    snprintf(r->err, r->err_size,
+             "%s:%d: merge_method nsc needs 'parameters: {coefficients: "
+             "PATH}', a coefficient table written by the NSC optimiser "
+             "(docs/methods/nsc.md)", r->path, c->merge_method_line);
+    return -1;
+}
+
 static int read_root(struct reader *r, const yaml_node_t *root,
                      struct lmerge_config *c)
 {
@@ -171,7 +189,7 @@ static int read_root(struct reader *r, const yaml_node_t *root,
                     c->models_line, c->slices_line);
     if (!c->n_models && !c->n_slices)
         return fail(r, root, "missing 'models' or 'slices'");
-    return 0;
+    return check_nsc(r, c);
 }
 
 /* A config is one YAML document: a second one ("---" and more keys) was

@@ -17,7 +17,8 @@ _ROWS = ["error", "base", "zero", "mean"]  # lm_rows_policy order
 def merge(method, base, models, *, stats=None, weights=None, threads=0,
           seed=0, purify=None, nonfinite="error", rows="error", transposed=(),
           **params):
-    """Merge `models` (a sequence of name -> array mappings) into `base`
+    """Merge `models` (a sequence of name -> array mappings, `TaskVector`s
+    or `LoraAdapter`s, the last kept factored: lm_plan_add_lora) into `base`
     with strategy `method` (see `methods()`); keyword arguments set the
     strategy's parameters by name, e.g. **{"lambda": 0.4}. A parameter
     flagged per_model in method_info() also takes one value per model (a
@@ -26,6 +27,9 @@ def merge(method, base, models, *, stats=None, weights=None, threads=0,
 
     weights: one weight per model (default 1.0 each).
     stats:   a `libmerge.Stats` for methods that use activation statistics.
+    NSC:     merge("nsc", base, [LoraAdapter, ...], coefficients=path) with
+             a table saved by NSC.save_coefficients or
+             libmerge.torch.nsc_merge(..., coefficients=path).
     purify:  subspace purification before merging (needs stats), a dict:
              {"keep": 0.97 | "cv", "allocation": "model"|"layer"|"uniform",
               "polarize": 0.0, "epsilon": 0.1, "tolerance": 0.05,

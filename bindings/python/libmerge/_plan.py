@@ -6,6 +6,7 @@ import numpy as np
 
 from ._context import L
 from ._models import build_model
+from .nsc import LoraAdapter
 from .task_vector import TaskVector, add_to_plan
 
 
@@ -73,6 +74,12 @@ class Plan:
             self._add(build_model(ctx, base, "base", self._keep))
             ctx.check(L.lm_plan_set_base(self.ptr, self._owned[-1]))
             for i, (m, w) in enumerate(zip(models, weights)):
+                if isinstance(m, LoraAdapter):
+                    # Kept factored; the plan borrows the lm_lora.
+                    lora = m._to_c(ctx, self._keep)
+                    self._handles.append((L.lm_lora_destroy, lora))
+                    ctx.check(L.lm_plan_add_lora(self.ptr, lora, w))
+                    continue
                 if isinstance(m, TaskVector):
                     add_to_plan(ctx, self.ptr, m, w, "task vector %d" % i,
                                 self._keep, self._handles)

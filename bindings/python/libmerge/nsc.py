@@ -201,6 +201,25 @@ class NSC:
         """One AdamW step from the accumulated gradients (then cleared)."""
         self._ctx.check(_L.lm_nsc_step(self._ptr))
 
+    def save_coefficients(self, path, task_names=None):
+        """Write the coefficients as a table (JSON, docs/methods/nsc.md)
+        that merge("nsc", ..., coefficients=path) and `lmerge run` read
+        back (lm_nsc_save_coefficients); task_names: one string per task
+        (default "task0", ...)."""
+        names = None
+        if task_names is not None:
+            task_names = [str(n) for n in task_names]
+            if len(task_names) != self.n_tasks:
+                raise ValueError("save_coefficients: %d task names for %d tasks" %
+                                 (len(task_names), self.n_tasks))
+            names = (ctypes.c_char_p * self.n_tasks)(*[n.encode() for n in task_names])
+        self._ctx.check(_L.lm_nsc_save_coefficients(self._ptr, str(path).encode(), names))
+
+    def load_coefficients(self, path):
+        """Replace every coefficient with a table's (lm_nsc_load_coefficients:
+        it must list exactly these modules and tasks)."""
+        self._ctx.check(_L.lm_nsc_load_coefficients(self._ptr, str(path).encode()))
+
     def observe(self, task, module, z):
         """Inside an `spsa` evaluation: report inputs z of a module."""
         rows = _f32_rows(z)

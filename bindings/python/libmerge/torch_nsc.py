@@ -93,8 +93,21 @@ class _Setup:
         self.model.train(self.training)
 
 
+def _task_names(adapters):
+    """Adapter paths as task names when every adapter is a path, else None
+    ("task0", ...)."""
+    paths = [str(a) for a in adapters
+             if isinstance(a, (str, bytes)) or hasattr(a, "__fspath__")]
+    return paths if len(paths) == len(adapters) else None
+
+
+def _finish(nsc, adapters, coefficients):
+    if coefficients is not None:
+        nsc.save_coefficients(coefficients, _task_names(adapters))
+
+
 def nsc_merge(model, adapters, unlabeled_loaders, target_modules=None, *, steps=100,
-              lr=1e-3, init=None, weight_decay=0.01, report=None):
+              lr=1e-3, init=None, weight_decay=0.01, report=None, coefficients=None):
     """NSC-merge LoRA `adapters` (one per task: PEFT directories,
     libmerge.LoraAdapter or {"<module>.weight": (A, B, scale)}) into the
     base `model` (its weights are W0; it is left unchanged). Each step draws
@@ -105,7 +118,11 @@ def nsc_merge(model, adapters, unlabeled_loaders, target_modules=None, *, steps=
     modules) in the merged model, back-propagates the mean over tasks and
     lets libmerge turn the weight gradients into an AdamW step on the
     coefficients. Returns the merged state dict; `report` (a dict) gets the
-    objective per step and the final coefficients."""
+    objective per step and the final coefficients. `coefficients`: a path
+    where the final coefficients are saved as a table (JSON,
+    NSC.save_coefficients) for merge("nsc", ..., coefficients=path) and
+    `lmerge run` with `merge_method: nsc`."""
+    adapters = list(adapters)
     nsc = NSC(adapters, init=init, lr=lr, weight_decay=weight_decay)
     if len(unlabeled_loaders) != nsc.n_tasks:
         raise ValueError("nsc_merge: %d loaders for %d adapters" %
@@ -147,6 +164,7 @@ def nsc_merge(model, adapters, unlabeled_loaders, target_modules=None, *, steps=
     if report is not None:
         report["objective"] = history
         report["lambdas"] = {n: nsc.lambdas(n) for n in nsc.modules}
+    _finish(nsc, adapters, coefficients)
     nsc.close()
     return merged
 
@@ -173,11 +191,13 @@ def nsc_objective(model, adapters_or_nsc, unlabeled_loaders, target_modules=None
 
 
 def nsc_merge_spsa(model, adapters, unlabeled_loaders, target_modules=None, *, steps=100,
-                   perturbation=0.05, lr=1e-2, init=None, seed=0, report=None):
+                   perturbation=0.05, lr=1e-2, init=None, seed=0, report=None,
+                   coefficients=None):
     """Gradient-free NSC (libmerge's SPSA driver): no backward pass, two
     merged forward passes per task and step. Same arguments and result as
-    `nsc_merge`; `report` gets the objective before and after and the
-    per-step curve."""
+    `nsc_merge` (`coefficients` included); `report` gets the objective
+    before and after and the per-step curve."""
+    adapters = list(adapters)
     nsc = NSC(adapters, init=init, lr=lr, seed=seed)
     if len(unlabeled_loaders) != nsc.n_tasks:
         raise ValueError("nsc_merge_spsa: %d loaders for %d adapters" %
@@ -211,5 +231,6 @@ def nsc_merge_spsa(model, adapters, unlabeled_loaders, target_modules=None, *, s
     if report is not None:
         report.update(first=first, last=last, curve=curve,
                       lambdas={n: nsc.lambdas(n) for n in nsc.modules})
+    _finish(nsc, adapters, coefficients)
     nsc.close()
     return merged
