@@ -10,7 +10,8 @@ ALL = ['merge', 'search', 'methods', 'method_info', 'version', 'Stats', 'BFloat1
        'DtypeError', 'NotFoundError', 'OutOfRangeError', 'NonFiniteError', 'NSC',
        'LoraAdapter', 'load', 'save']
 # Names added since 0.1, appended to __all__ in this order.
-ADDED = ['TaskVector']
+ADDED = ['TaskVector', 'Merger', 'merge_to', 'register_strategy', 'unregister_strategy',
+         'Projector']
 
 # Every attribute without a leading underscore in 0.1, including the
 # incidental ones (imported modules, dtype codes), which stay reachable.

@@ -12,7 +12,9 @@ The package only checks arguments and marshals them; every merge decision
 (held-out splits, K folds, keep="cv" tuning) is the C library's. Modules:
 _lib (loading, prototypes), _context (context, logging), _tensor and _bf16
 (arrays), _models and _plan (models and plans), _merge (merge, search,
-methods), purify, stats, files, nsc, torch (optional).
+methods), purify, stats, files, nsc, task_vector, projector, strategy
+(strategies written in Python), merger (load-time Merger), output
+(merge_to: streaming into files), torch (optional).
 """
 # Imported for compatibility: these names were reachable as libmerge.X in 0.1.
 import ctypes  # noqa: F401
@@ -45,5 +47,10 @@ __version__ = version()
 from .nsc import NSC, LoraAdapter  # noqa: E402  (needs _L and _Context)
 from .files import load, save  # noqa: E402
 from .task_vector import TaskVector  # noqa: E402
+from .projector import Projector  # noqa: E402
+from .strategy import register_strategy, unregister_strategy  # noqa: E402
+from .merger import Merger  # noqa: E402
+from .output import merge_to  # noqa: E402
 
-__all__ += ["NSC", "LoraAdapter", "load", "save", "TaskVector"]
+__all__ += ["NSC", "LoraAdapter", "load", "save", "TaskVector", "Merger", "merge_to",
+            "register_strategy", "unregister_strategy", "Projector"]

@@ -38,6 +38,11 @@ def _lm_log_level():
     return 0
 
 
+# Called with every new Context (e.g. to register strategies written in
+# Python, libmerge.strategy).
+CREATE_HOOKS = []
+
+
 def options(struct):
     """A new options struct with the library's defaults (lm_*_options_init)."""
     return _lib.options(L, struct)
@@ -57,10 +62,30 @@ class Context:
         if st:
             raise error_for(st, "libmerge: cannot create a context: %s" %
                             L.lm_strerror(st).decode())
+        try:
+            for hook in CREATE_HOOKS:
+                hook(self)
+        except BaseException:
+            self.close()
+            raise
+
+    def threads(self):
+        """Worker threads of this context (lm_context_threads)."""
+        return L.lm_context_threads(self.ptr)
 
     def check(self, status):
+        """Raise the exception for a failing status with the context's
+        detailed message, then clear it (a later failure never shows a
+        stale message). The message is copied (lm_context_copy_error) and
+        used only when it belongs to this status."""
         if status:
-            detail = L.lm_context_error(self.ptr).decode(errors="replace")
+            detail = ""
+            if L.lm_context_error_status(self.ptr) == status:
+                n = L.lm_context_copy_error(self.ptr, None, 0)
+                buf = ctypes.create_string_buffer(n + 1)
+                L.lm_context_copy_error(self.ptr, buf, n + 1)
+                detail = buf.value.decode(errors="replace")
+            L.lm_context_clear_error(self.ptr)
             text = L.lm_strerror(status).decode()
             raise error_for(status, "%s: %s" % (text, detail) if detail
                             else text)

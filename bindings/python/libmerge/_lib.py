@@ -165,6 +165,127 @@ class _SearchResult(ctypes.Structure):
     ]
 
 
+# --- strategies written in Python (libmerge/sys/strategy.h) ---------------
+class _InitInfo(ctypes.Structure):
+    """Mirror of lm_strategy_init_info."""
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("ctx", ctypes.c_void_p),
+        ("params", ctypes.c_void_p),
+        ("n_models", ctypes.c_size_t),
+        ("weights", ctypes.POINTER(ctypes.c_double)),
+        ("stats", ctypes.c_void_p),
+    ]
+
+
+class _TensorJob(ctypes.Structure):
+    """Mirror of lm_tensor_job (0.2: params last)."""
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("ctx", ctypes.c_void_p),
+        ("name", ctypes.c_char_p),
+        ("ndim", ctypes.c_int),
+        ("shape", ctypes.POINTER(ctypes.c_int64)),
+        ("numel", ctypes.c_size_t),
+        ("base", ctypes.POINTER(ctypes.c_float)),
+        ("n_models", ctypes.c_size_t),
+        ("deltas", ctypes.POINTER(ctypes.POINTER(ctypes.c_float))),
+        ("weights", ctypes.POINTER(ctypes.c_double)),
+        ("seed", ctypes.c_uint64),
+        ("out", ctypes.POINTER(ctypes.c_float)),
+        ("stats", ctypes.c_void_p),
+        ("loras", ctypes.POINTER(ctypes.c_void_p)),
+        ("params", ctypes.c_void_p),
+    ]
+
+
+# lm_status (*init)(const lm_strategy_init_info *, void **state, void *user)
+STRATEGY_INIT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(_InitInfo),
+                                    ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p)
+# lm_status (*merge_tensor)(void *state, const lm_tensor_job *, void *user)
+STRATEGY_MERGE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p,
+                                     ctypes.POINTER(_TensorJob), ctypes.c_void_p)
+# void (*fini)(void *state, void *user)
+STRATEGY_FINI_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+
+
+class _FullStrategyVtable(ctypes.Structure):
+    """Mirror of the whole lm_strategy_vtable, for lm_register_strategy."""
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("abi_version", ctypes.c_uint32),
+        ("name", ctypes.c_char_p),
+        ("description", ctypes.c_char_p),
+        ("params", ctypes.POINTER(_ParamDesc)),
+        ("n_params", ctypes.c_size_t),
+        ("init", STRATEGY_INIT_FN),
+        ("merge_tensor", STRATEGY_MERGE_FN),
+        ("fini", STRATEGY_FINI_FN),
+        ("user", ctypes.c_void_p),
+        ("prepare_tensor", ctypes.c_void_p),
+        ("prepared", ctypes.c_void_p),
+    ]
+
+
+STRATEGY_ABI_VERSION = 1
+
+# --- sinks and output directories ----------------------------------------
+class _TensorDesc(ctypes.Structure):
+    """Mirror of lm_tensor_desc."""
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("name", ctypes.c_char_p),
+        ("dtype", ctypes.c_int),
+        ("ndim", ctypes.c_int),
+        ("shape", ctypes.c_int64 * 8),
+        ("nbytes", ctypes.c_size_t),
+    ]
+
+
+class _SafetensorsSinkOptions(ctypes.Structure):
+    """Mirror of lm_safetensors_sink_options."""
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("max_shard_bytes", ctypes.c_uint64),
+        ("metadata_keys", ctypes.POINTER(ctypes.c_char_p)),
+        ("metadata_values", ctypes.POINTER(ctypes.c_char_p)),
+        ("n_metadata", ctypes.c_size_t),
+    ]
+
+
+class _GgufOptions(ctypes.Structure):
+    """Mirror of lm_gguf_options."""
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("kv_from", ctypes.c_void_p),
+        ("metadata_keys", ctypes.POINTER(ctypes.c_char_p)),
+        ("metadata_values", ctypes.POINTER(ctypes.c_char_p)),
+        ("n_metadata", ctypes.c_size_t),
+        ("alignment", ctypes.c_uint32),
+        ("store", ctypes.c_int),
+    ]
+
+
+class _OutputDirOptions(ctypes.Structure):
+    """Mirror of lm_output_dir_options."""
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("overwrite", ctypes.c_int),
+        ("inputs", ctypes.POINTER(ctypes.c_char_p)),
+        ("n_inputs", ctypes.c_size_t),
+    ]
+
+
+# int (*lm_progress_fn)(size_t done, size_t total, uint64_t bytes_done,
+#                       uint64_t bytes_total, void *user)
+PROGRESS_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_size_t, ctypes.c_size_t,
+                               ctypes.c_uint64, ctypes.c_uint64, ctypes.c_void_p)
+# lm_status (*lm_tensor_read_fn)(const char *name, void *dst, size_t nbytes,
+#                                void *user)
+TENSOR_READ_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p,
+                                  ctypes.c_size_t, ctypes.c_void_p)
+
+
 # The options structs the bindings fill from the library's defaults
 # (lm_<x>_options_init), never from copies of the C macros.
 OPTIONS_INIT = {
@@ -176,6 +297,9 @@ OPTIONS_INIT = {
     "lm_nsc_spsa_options_init": _NscSpsaOptions,
     "lm_npz_options_init": _NpzOptions,
     "lm_search_options_init": _SearchOptions,
+    "lm_safetensors_sink_options_init": _SafetensorsSinkOptions,
+    "lm_gguf_options_init": _GgufOptions,
+    "lm_output_dir_options_init": _OutputDirOptions,
 }
 
 
@@ -375,6 +499,124 @@ def _declare(lib):
         "lm_stats_save": (ctypes.c_int, [P, ctypes.c_char_p]),
         "lm_stats_load": (ctypes.c_int, [P, ctypes.c_char_p,
                                          ctypes.POINTER(P)]),
+        # context: errors and utilities for Python strategies
+        "lm_context_threads": (ctypes.c_int, [P]),
+        "lm_context_seed": (ctypes.c_uint64, [P]),
+        "lm_context_error_status": (ctypes.c_int, [P]),
+        "lm_context_copy_error": (ctypes.c_size_t, [P, ctypes.c_char_p, ctypes.c_size_t]),
+        "lm_context_clear_error": (None, [P]),
+        # variadic: called with the format "%s" and one bytes argument
+        "lm_context_set_error": (ctypes.c_int, [P, ctypes.c_int, ctypes.c_char_p]),
+        "lm_log": (None, [P, ctypes.c_int, ctypes.c_char_p]),
+        # dtypes and tensors
+        "lm_dtype_size": (ctypes.c_size_t, [ctypes.c_int]),
+        "lm_dtype_name": (ctypes.c_char_p, [ctypes.c_int]),
+        "lm_dtype_parse": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(ctypes.c_int)]),
+        "lm_tensor_create": (ctypes.c_int, [P, ctypes.c_int, ctypes.c_int, I64P,
+                                            ctypes.POINTER(P)]),
+        "lm_tensor_dim": (ctypes.c_int64, [P, ctypes.c_int]),
+        "lm_tensor_numel": (ctypes.c_size_t, [P]),
+        # models: lookup, lazy tensors, metadata, files
+        "lm_model_find": (ctypes.c_int, [P, ctypes.c_char_p, ctypes.POINTER(P)]),
+        "lm_model_add_lazy": (ctypes.c_int, [P, ctypes.c_char_p, ctypes.c_int, ctypes.c_int,
+                                             I64P, TENSOR_READ_FN, P]),
+        "lm_model_metadata_count": (ctypes.c_size_t, [P]),
+        "lm_model_metadata_at": (ctypes.c_int, [P, ctypes.c_size_t,
+                                                ctypes.POINTER(ctypes.c_char_p),
+                                                ctypes.POINTER(ctypes.c_char_p)]),
+        "lm_model_metadata_find": (ctypes.c_int, [P, ctypes.c_char_p,
+                                                  ctypes.POINTER(ctypes.c_char_p)]),
+        "lm_model_save": (ctypes.c_int, [P, P, ctypes.c_char_p, ctypes.c_uint]),
+        "lm_safetensors_read": (ctypes.c_int, [P, ctypes.c_char_p, ctypes.POINTER(P)]),
+        "lm_gguf_read": (ctypes.c_int, [P, ctypes.c_char_p, ctypes.POINTER(P)]),
+        "lm_npz_read": (ctypes.c_int, [P, ctypes.c_char_p, ctypes.POINTER(P)]),
+        "lm_gguf_tensor_type": (ctypes.c_char_p, [P, ctypes.c_char_p]),
+        "lm_input_open": (ctypes.c_int, [P, ctypes.c_char_p, ctypes.POINTER(P),
+                                         ctypes.POINTER(P)]),
+        "lm_lora_open": (ctypes.c_int, [P, ctypes.c_char_p, ctypes.POINTER(P)]),
+        "lm_gguf_read_lora": (ctypes.c_int, [P, ctypes.c_char_p, ctypes.POINTER(P)]),
+        # task vectors and LoRA adapters
+        "lm_task_vector_count": (ctypes.c_size_t, [P]),
+        "lm_task_vector_name_at": (ctypes.c_char_p, [P, ctypes.c_size_t]),
+        "lm_task_vector_find": (ctypes.c_int, [P, ctypes.c_char_p, ctypes.POINTER(P)]),
+        "lm_task_vector_scale": (ctypes.c_int, [P, ctypes.c_double]),
+        "lm_task_vector_from_lora": (ctypes.c_int, [P, P, P, ctypes.POINTER(P)]),
+        "lm_lora_find": (ctypes.c_int, [P, ctypes.c_char_p, ctypes.POINTER(P),
+                                        ctypes.POINTER(P), ctypes.POINTER(ctypes.c_double)]),
+        "lm_lora_set_transposed": (ctypes.c_int, [P, ctypes.c_char_p, ctypes.c_int]),
+        "lm_lora_is_transposed": (ctypes.c_int, [P, ctypes.c_char_p]),
+        # plans
+        "lm_plan_strategy": (ctypes.c_char_p, [P]),
+        "lm_plan_model_count": (ctypes.c_size_t, [P]),
+        "lm_plan_tie": (ctypes.c_int, [P, ctypes.c_char_p, ctypes.c_char_p]),
+        "lm_plan_set_output_dtype": (ctypes.c_int, [P, ctypes.c_int]),
+        "lm_plan_set_progress": (ctypes.c_int, [P, PROGRESS_FN, P]),
+        "lm_plan_execute_to": (ctypes.c_int, [P, P]),
+        # projectors
+        "lm_projector_from_tensor": (ctypes.c_int, [P, P, ctypes.c_int, ctypes.c_size_t,
+                                                    ctypes.c_double, ctypes.POINTER(P)]),
+        "lm_projector_from_stats": (ctypes.c_int, [P, P, ctypes.c_size_t, ctypes.c_char_p,
+                                                   ctypes.c_size_t, ctypes.c_double,
+                                                   ctypes.POINTER(P)]),
+        "lm_projector_destroy": (None, [P]),
+        "lm_projector_dim": (ctypes.c_size_t, [P]),
+        "lm_projector_rank": (ctypes.c_size_t, [P]),
+        "lm_projector_energy": (ctypes.c_double, [P]),
+        "lm_projector_basis": (ctypes.POINTER(ctypes.c_double), [P]),
+        "lm_projector_values": (ctypes.POINTER(ctypes.c_double), [P]),
+        "lm_projector_project": (ctypes.c_int, [P, P, ctypes.c_size_t, P]),
+        "lm_projector_complement": (ctypes.c_int, [P, P, ctypes.c_size_t, P]),
+        "lm_plan_add_projection": (ctypes.c_int, [P, ctypes.c_char_p, ctypes.c_size_t, P,
+                                                  ctypes.c_int, ctypes.c_int]),
+        # statistics
+        "lm_stats_observe_tensor": (ctypes.c_int, [P, ctypes.c_size_t, ctypes.c_char_p, P]),
+        "lm_stats_add_gram": (ctypes.c_int, [P, ctypes.c_size_t, ctypes.c_char_p,
+                                             ctypes.POINTER(ctypes.c_double), ctypes.c_size_t,
+                                             ctypes.c_uint64]),
+        # strategies
+        "lm_register_strategy": (ctypes.c_int, [P, ctypes.POINTER(_FullStrategyVtable)]),
+        "lm_strategy_find": (ctypes.c_int, [P, ctypes.c_char_p,
+                                            ctypes.POINTER(ctypes.POINTER(_StrategyVtable))]),
+        "lm_params_get_float": (ctypes.c_int, [P, ctypes.c_char_p,
+                                               ctypes.POINTER(ctypes.c_double)]),
+        "lm_params_get_int": (ctypes.c_int, [P, ctypes.c_char_p,
+                                             ctypes.POINTER(ctypes.c_int64)]),
+        "lm_params_get_bool": (ctypes.c_int, [P, ctypes.c_char_p, ctypes.POINTER(ctypes.c_int)]),
+        "lm_params_get_choice": (ctypes.c_int, [P, ctypes.c_char_p,
+                                                ctypes.POINTER(ctypes.c_char_p)]),
+        "lm_params_get_string": (ctypes.c_int, [P, ctypes.c_char_p,
+                                                ctypes.POINTER(ctypes.c_char_p)]),
+        "lm_params_is_set": (ctypes.c_int, [P, ctypes.c_char_p]),
+        "lm_params_get_model_float": (ctypes.c_int, [P, ctypes.c_char_p, ctypes.c_size_t,
+                                                     ctypes.POINTER(ctypes.c_double)]),
+        # load-time mergers
+        "lm_merger_create": (ctypes.c_int, [P, ctypes.POINTER(P)]),
+        "lm_merger_destroy": (None, [P]),
+        "lm_merger_touches": (ctypes.c_int, [P, ctypes.c_char_p]),
+        "lm_merger_apply": (ctypes.c_int, [P, ctypes.c_char_p, P]),
+        "lm_merger_apply_to": (ctypes.c_int, [P, ctypes.c_char_p, P, P]),
+        # sinks and output directories
+        "lm_safetensors_sink_create": (ctypes.c_int, [P, ctypes.c_char_p,
+                                                      ctypes.POINTER(_SafetensorsSinkOptions),
+                                                      ctypes.POINTER(P)]),
+        "lm_gguf_sink_create": (ctypes.c_int, [P, ctypes.c_char_p,
+                                               ctypes.POINTER(_GgufOptions),
+                                               ctypes.POINTER(P)]),
+        "lm_file_sink_create_for": (ctypes.c_int, [P, ctypes.c_char_p, P,
+                                                   ctypes.POINTER(_SafetensorsSinkOptions),
+                                                   ctypes.POINTER(P)]),
+        "lm_file_sink_vtable": (P, [P]),
+        "lm_file_sink_file_count": (ctypes.c_size_t, [P]),
+        "lm_file_sink_file_at": (ctypes.c_char_p, [P, ctypes.c_size_t]),
+        "lm_file_sink_destroy": (None, [P]),
+        "lm_output_dir_begin": (ctypes.c_int, [P, ctypes.c_char_p,
+                                               ctypes.POINTER(_OutputDirOptions),
+                                               ctypes.POINTER(P)]),
+        "lm_output_dir_path": (ctypes.c_char_p, [P]),
+        "lm_output_dir_commit": (ctypes.c_int, [P]),
+        "lm_output_dir_destroy": (None, [P]),
+        "lm_nsc_module_find": (ctypes.c_int, [P, ctypes.c_char_p,
+                                              ctypes.POINTER(ctypes.c_size_t)]),
     }
     for name, struct in OPTIONS_INIT.items():
         sigs[name] = (None, [ctypes.POINTER(struct)])

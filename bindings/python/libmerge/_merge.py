@@ -8,6 +8,7 @@ from ._context import Context, L, options
 from ._errors import NotFoundError
 from ._models import model_to_dict
 from ._plan import Plan, check_weights
+from .projector import add_projections
 from .stats import Stats
 
 
@@ -16,7 +17,7 @@ _ROWS = ["error", "base", "zero", "mean"]  # lm_rows_policy order
 
 def merge(method, base, models, *, stats=None, weights=None, threads=0,
           seed=0, purify=None, nonfinite="error", rows="error", transposed=(),
-          **params):
+          out_dtype=None, tie=None, projections=(), progress=None, **params):
     """Merge `models` (a sequence of name -> array mappings, `TaskVector`s
     or `LoraAdapter`s, the last kept factored: lm_plan_add_lora) into `base`
     with strategy `method` (see `methods()`); keyword arguments set the
@@ -54,6 +55,16 @@ def merge(method, base, models, *, stats=None, weights=None, threads=0,
              (lm_plan_set_rows_policy).
     nonfinite: "error" (default: NaN/Inf in an input or result raises
              NonFiniteError naming the tensor and model) or "allow".
+    out_dtype: "f32", "f16", "bf16" or "f64": every output in that dtype
+             (lm_plan_set_output_dtype; default: each base tensor's).
+    tie:     {tensor: same_as}: `tensor` is tied to `same_as` (tied
+             embeddings) and gets its merged values (lm_plan_tie).
+    projections: rules projecting task vectors before the merge, each
+             (pattern, Projector[, side[, mode[, model]]]); see
+             libmerge.projector.add_projections (lm_plan_add_projection).
+    progress: fn(tensors_done, tensors_total, bytes_done, bytes_total)
+             called as tensors complete; returning True cancels the merge
+             (libmerge.Error with status LM_ERR_CANCELLED).
     threads: worker threads (0 = all cores); results do not depend on it.
     seed:    root seed of every random choice (e.g. DARE masks).
 
@@ -68,17 +79,12 @@ def merge(method, base, models, *, stats=None, weights=None, threads=0,
     with Context(threads, seed) as ctx:
         plan = Plan(ctx, method, base, models, weights, stats, params)
         try:
-            if purify is not None:
-                _purify.apply(ctx, plan.ptr, purify, stats, base)
-            if nonfinite not in ("error", "allow"):
-                raise ValueError('nonfinite must be "error" or "allow"')
-            ctx.check(L.lm_plan_set_nonfinite(plan.ptr, 1 if nonfinite == "allow" else 0))
-            if rows not in _ROWS:
-                raise ValueError("rows must be one of %s" % ", ".join(_ROWS))
-            ctx.check(L.lm_plan_set_rows_policy(plan.ptr, _ROWS.index(rows)))
-            for name in ([transposed] if isinstance(transposed, str) else transposed):
-                ctx.check(L.lm_plan_set_transposed(plan.ptr, name.encode()))
-            ctx.check(L.lm_plan_execute(plan.ptr, ctypes.byref(out)))
+            configure(ctx, plan, base, stats, purify=purify, nonfinite=nonfinite, rows=rows,
+                      transposed=transposed, out_dtype=out_dtype, tie=tie,
+                      projections=projections, progress=progress)
+            st = L.lm_plan_execute(plan.ptr, ctypes.byref(out))
+            plan.reraise()
+            ctx.check(st)
             return model_to_dict(out, base)
         finally:
             if out:
@@ -99,6 +105,36 @@ class SearchResult(tuple):
         self.widened = widened
         self.at_edge = at_edge
         return self
+def configure(ctx, plan, base, stats, *, purify=None, nonfinite="error", rows="error",
+              transposed=(), out_dtype=None, tie=None, projections=(), progress=None):
+    """The plan options merge, merge_to and Merger share."""
+    if purify is not None:
+        _purify.apply(ctx, plan.ptr, purify, stats, base)
+    if nonfinite not in ("error", "allow"):
+        raise ValueError('nonfinite must be "error" or "allow"')
+    ctx.check(L.lm_plan_set_nonfinite(plan.ptr, 1 if nonfinite == "allow" else 0))
+    if rows not in _ROWS:
+        raise ValueError("rows must be one of %s" % ", ".join(_ROWS))
+    ctx.check(L.lm_plan_set_rows_policy(plan.ptr, _ROWS.index(rows)))
+    for name in ([transposed] if isinstance(transposed, str) else transposed):
+        ctx.check(L.lm_plan_set_transposed(plan.ptr, name.encode()))
+    if out_dtype is not None:
+        code = ctypes.c_int()
+        ctx.check(L.lm_dtype_parse(str(out_dtype).encode(), ctypes.byref(code)))
+        ctx.check(L.lm_plan_set_output_dtype(plan.ptr, code.value))
+    for name, same_as in (tie or {}).items():
+        ctx.check(L.lm_plan_tie(plan.ptr, name.encode(), same_as.encode()))
+    add_projections(ctx, plan.ptr, projections, plan._keep)
+    if progress is not None:
+        def on_progress(done, total, bytes_done, bytes_total, user):
+            try:
+                return 1 if progress(done, total, bytes_done, bytes_total) else 0
+            except BaseException as e:  # re-raised by plan.reraise()
+                plan.errors.append(e)
+                return 1
+        callback = _lib.PROGRESS_FN(on_progress)
+        plan._keep.append(callback)
+        ctx.check(L.lm_plan_set_progress(plan.ptr, callback, None))
 
 
 def search(method, base, models, score, *, param=None, lo=0.0, hi=2.0,
@@ -197,12 +233,12 @@ def method_info(name):
     max, choices, help, per_tensor, per_model: whether a dict of tensor
     names / a per-model list is accepted for it). Raises NotFoundError for an unknown name."""
     with Context() as ctx:
-        for i in range(L.lm_strategy_count(ctx.ptr)):
-            vt = L.lm_strategy_at(ctx.ptr, i).contents
-            if vt.name.decode() != name:
-                continue
+        vt = ctypes.POINTER(_lib._StrategyVtable)()
+        if L.lm_strategy_find(ctx.ptr, name.encode(), ctypes.byref(vt)) == 0:
+            vt = vt.contents
             return {"name": name,
                     "description": (vt.description or b"").decode(),
                     "params": [_param_info(vt.params[j]) for j in range(vt.n_params)]}
+        L.lm_context_clear_error(ctx.ptr)
     raise NotFoundError(-5, "no strategy named %r (registered: %s)" %
                         (name, ", ".join(methods())))

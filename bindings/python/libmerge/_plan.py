@@ -69,10 +69,13 @@ class Plan:
         self.ctx = ctx
         self.ptr = ctypes.c_void_p()
         self._keep, self._owned, self._handles = [], [], []
+        self.errors = []  # exceptions raised by Python callbacks during a call
         try:
             ctx.check(L.lm_plan_create(ctx.ptr, method.encode(), ctypes.byref(self.ptr)))
-            self._add(build_model(ctx, base, "base", self._keep))
-            ctx.check(L.lm_plan_set_base(self.ptr, self._owned[-1]))
+            # A load-time merger may go without a base (libmerge.Merger).
+            if base is not None:
+                self._add(build_model(ctx, base, "base", self._keep))
+                ctx.check(L.lm_plan_set_base(self.ptr, self._owned[-1]))
             for i, (m, w) in enumerate(zip(models, weights)):
                 if isinstance(m, LoraAdapter):
                     # Kept factored; the plan borrows the lm_lora.
@@ -94,6 +97,12 @@ class Plan:
         except BaseException:
             self.close()
             raise
+
+    def reraise(self):
+        """Raise the first exception a Python callback raised."""
+        if self.errors:
+            e, self.errors = self.errors[0], []
+            raise e
 
     def _add(self, model):
         self._owned.append(model)

@@ -65,11 +65,14 @@ def to_numpy(lib, tensor, like):
     """Copy an lm_tensor into a new numpy array; bf16 results take the
     kind of the base array `like` (BFloat16Array or ml_dtypes)."""
     code = lib.lm_tensor_dtype(tensor)
-    ndim = lib.lm_tensor_ndim(tensor)
     shape_ptr = lib.lm_tensor_shape(tensor)
-    shape = tuple(shape_ptr[i] for i in range(ndim))
+    shape = tuple(shape_ptr[i] for i in range(lib.lm_tensor_ndim(tensor)))
     out = np.empty(shape, dtype=_CODE_NUMPY[code])
     nbytes = lib.lm_tensor_nbytes(tensor)
+    # The copy below trusts the library's size; a disagreement is a bug.
+    if nbytes != lib.lm_tensor_numel(tensor) * lib.lm_dtype_size(code) or nbytes != out.nbytes:
+        raise RuntimeError("libmerge: tensor of %s %s reports %d bytes" % (
+            lib.lm_dtype_name(code).decode(), shape, nbytes))
     if nbytes:
         ctypes.memmove(out.ctypes.data, lib.lm_tensor_cdata(tensor), nbytes)
     if code == BF16:

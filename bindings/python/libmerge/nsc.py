@@ -2,11 +2,13 @@
 state. The PyTorch driver is `libmerge.torch.nsc_merge`; see
 docs/methods/nsc.md."""
 import ctypes
+import os
 
 import numpy as np
 
 from . import _Context, _L, _lib
 from ._context import options
+from ._errors import error_for as _error_for
 from ._tensor import prepare, to_numpy
 
 __all__ = ["LoraAdapter", "NSC"]
@@ -29,7 +31,10 @@ class LoraAdapter:
     ("<module>.weight") to (A [r, in], B [out, r], scale), the update being
     scale * B @ A."""
 
-    def __init__(self, factors):
+    def __init__(self, factors, *, transposed=()):
+        """transposed: targets whose base tensor is stored [in, out] (GPT-2
+        Conv1D): the update is added as (scale * B @ A)^T there
+        (lm_lora_set_transposed)."""
         self.factors = {}
         for target, (a, b, scale) in factors.items():
             a, b = np.asarray(a), np.asarray(b)
@@ -37,27 +42,55 @@ class LoraAdapter:
                 raise ValueError("LoRA factors for %r: A must be [r, in] and B "
                                  "[out, r], got %s and %s" % (target, a.shape, b.shape))
             self.factors[target] = (a, b, float(scale))
+        self.transposed = set(transposed)
+        unknown = self.transposed - set(self.factors)
+        if unknown:
+            raise ValueError("transposed names targets the adapter lacks: %s" % sorted(unknown))
+
+    @classmethod
+    def _from_c(cls, lora):
+        factors, transposed = {}, []
+        for i in range(_L.lm_lora_count(lora)):
+            name = ctypes.c_char_p()
+            a, b = ctypes.c_void_p(), ctypes.c_void_p()
+            scale = ctypes.c_double()
+            st = _L.lm_lora_at(lora, i, ctypes.byref(name), ctypes.byref(a),
+                               ctypes.byref(b), ctypes.byref(scale))
+            if st:
+                raise _error_for(st, "LoRA adapter entry %d: %s" % (i, _L.lm_strerror(st).decode()))
+            factors[name.value.decode()] = (to_numpy(_L, a, None),
+                                            to_numpy(_L, b, None), scale.value)
+            if _L.lm_lora_is_transposed(lora, name.value):
+                transposed.append(name.value.decode())
+        return cls(factors, transposed=transposed)
+
+    @classmethod
+    def _read(cls, reader, path):
+        with _Context(threads=1) as ctx:
+            lora = ctypes.c_void_p()
+            ctx.check(reader(ctx.ptr, os.fsencode(str(path)), ctypes.byref(lora)))
+            try:
+                return cls._from_c(lora)
+            finally:
+                _L.lm_lora_destroy(lora)
 
     @classmethod
     def from_peft(cls, path):
         """Read a PEFT adapter directory (adapter_config.json +
         adapter_model.safetensors) with libmerge's reader."""
-        with _Context(threads=1) as ctx:
-            lora = ctypes.c_void_p()
-            ctx.check(_L.lm_peft_read(ctx.ptr, str(path).encode(), ctypes.byref(lora)))
-            try:
-                factors = {}
-                for i in range(_L.lm_lora_count(lora)):
-                    name = ctypes.c_char_p()
-                    a, b = ctypes.c_void_p(), ctypes.c_void_p()
-                    scale = ctypes.c_double()
-                    ctx.check(_L.lm_lora_at(lora, i, ctypes.byref(name), ctypes.byref(a),
-                                               ctypes.byref(b), ctypes.byref(scale)))
-                    factors[name.value.decode()] = (to_numpy(_L, a, None),
-                                                    to_numpy(_L, b, None), scale.value)
-            finally:
-                _L.lm_lora_destroy(lora)
-        return cls(factors)
+        return cls._read(_L.lm_peft_read, path)
+
+    @classmethod
+    def load(cls, path, *, format=None):
+        """Read an adapter in any format libmerge reads (lm_lora_open: a
+        PEFT directory or a llama.cpp GGUF adapter); format="gguf" reads
+        `path` as a GGUF adapter whatever its name (lm_gguf_read_lora),
+        format="peft" as a PEFT directory."""
+        readers = {None: _L.lm_lora_open, "gguf": _L.lm_gguf_read_lora,
+                   "peft": _L.lm_peft_read}
+        if format not in readers:
+            raise ValueError("format must be None, 'gguf' or 'peft'")
+        return cls._read(readers[format], path)
 
     def _to_c(self, ctx, keep):
         lora = ctypes.c_void_p()
@@ -70,6 +103,8 @@ class LoraAdapter:
                     _L.lm_tensor_destroy(ta)
                     _L.lm_tensor_destroy(tb)
                     ctx.check(st)
+            for target in sorted(getattr(self, "transposed", ())):
+                ctx.check(_L.lm_lora_set_transposed(lora, target.encode(), 1))
         except BaseException:
             _L.lm_lora_destroy(lora)
             raise
@@ -123,7 +158,6 @@ class NSC:
                                          ctypes.byref(d_in)).decode()
             self.modules.append(name)
             self._shapes[name] = (d_out.value, d_in.value)
-        self._index = {n: i for i, n in enumerate(self.modules)}
 
     def close(self):
         if getattr(self, "_ptr", None):
@@ -136,11 +170,12 @@ class NSC:
         self.close()
 
     def _module(self, name):
-        try:
-            return self._index[name]
-        except KeyError:
+        index = ctypes.c_size_t()
+        if _L.lm_nsc_module_find(self._ptr, str(name).encode(), ctypes.byref(index)):
+            _L.lm_context_clear_error(self._ctx.ptr)
             raise KeyError("NSC: no adapter targets %r (modules: %s)" %
-                           (name, ", ".join(self.modules))) from None
+                           (name, ", ".join(self.modules)))
+        return index.value
 
     def shape(self, module):
         return self._shapes[self.modules[self._module(module)]]

@@ -7,9 +7,8 @@ import os
 import numpy as np
 
 from . import _lib
-from ._bf16 import from_bfloat16
 from ._context import Context, L, options
-from ._tensor import BFloat16Array
+from ._tensor import BFloat16Array, prepare
 
 __all__ = ["Stats"]
 
@@ -96,12 +95,37 @@ class Stats:
         if x.ndim == 0:
             raise ValueError("inputs for %r must have a feature dimension" %
                              tensor_name)
-        if x.dtype.name == "bfloat16" or isinstance(x, BFloat16Array):
-            x = from_bfloat16(x)
+        if (x.dtype in (np.float16, np.float64) or x.dtype.name == "bfloat16" or
+                isinstance(x, BFloat16Array)):
+            # f16, bf16 and f64 rows go to the library as they are
+            # (lm_stats_observe_tensor converts them), without a copy here.
+            rows, code = prepare(tensor_name, x.reshape(-1, x.shape[-1]))
+            shape = (ctypes.c_int64 * 2)(*rows.shape)
+            t = ctypes.c_void_p()
+            self._ctx.check(L.lm_tensor_wrap(self._ctx.ptr, code, 2, shape,
+                                             ctypes.c_void_p(rows.ctypes.data), rows.nbytes,
+                                             ctypes.byref(t)))
+            try:
+                self._ctx.check(L.lm_stats_observe_tensor(self._ptr, int(model_index),
+                                                          tensor_name.encode(), t))
+            finally:
+                L.lm_tensor_destroy(t)
+            return
         x = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)
         self._ctx.check(L.lm_stats_observe(
             self._ptr, int(model_index), tensor_name.encode(),
             ctypes.c_void_p(x.ctypes.data), x.shape[0], x.shape[1]))
+
+    def add_gram(self, model_index, tensor_name, gram, n_rows):
+        """Add a precomputed X^T X (d_in x d_in) over `n_rows` rows to a key,
+        as observing those rows would (e.g. statistics reduced elsewhere).
+        Goes to this object only, not to its held-out part or folds."""
+        g = np.ascontiguousarray(gram, dtype=np.float64)
+        if g.ndim != 2 or g.shape[0] != g.shape[1]:
+            raise ValueError("gram for %r must be square, got shape %s" % (tensor_name, g.shape))
+        self._ctx.check(L.lm_stats_add_gram(
+            self._ptr, int(model_index), tensor_name.encode(),
+            g.ctypes.data_as(ctypes.POINTER(ctypes.c_double)), g.shape[0], int(n_rows)))
 
     def get(self, model_index, tensor_name):
         """(X^T X as a new float64 array, row count) for a key."""

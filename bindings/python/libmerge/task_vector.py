@@ -7,15 +7,17 @@ a fine-tuned model (lm_plan_add_task_vector).
     merged = libmerge.merge("task_arithmetic", base, [m1, forget])
     tv.save("math.safetensors"); tv = libmerge.TaskVector.load("math.safetensors")
 
-Arithmetic (negation, scaling, sums for analogies) is plain elementwise f32
-on the arrays; a TaskVector may hold fewer tensors than the base, and the
-library counts the missing ones as zero for that task."""
+Scaling and negation are the library's (lm_task_vector_scale: each value
+times the factor in f64, rounded once to f32); sums for analogies are plain
+elementwise f32 on the arrays. A TaskVector may hold fewer tensors than the
+base, and the library counts the missing ones as zero for that task."""
 import ctypes
 
 import numpy as np
 
 from ._context import Context, L
 from ._models import build_model, model_to_dict
+from ._tensor import to_numpy
 
 
 class TaskVector:
@@ -53,6 +55,27 @@ class TaskVector:
         return tv
 
     @classmethod
+    def from_lora(cls, adapter, base):
+        """The dense task vector scale * B @ A of a `libmerge.LoraAdapter`
+        for every tensor it targets, shaped like `base`'s tensors
+        (lm_task_vector_from_lora)."""
+        keep = []
+        with Context() as ctx:
+            lora = adapter._to_c(ctx, keep)
+            b = tv = None
+            try:
+                b = build_model(ctx, base, "base", keep)
+                tv = ctypes.c_void_p()
+                ctx.check(L.lm_task_vector_from_lora(ctx.ptr, lora, b, ctypes.byref(tv)))
+                return cls.from_deltas(_read(ctx, tv))
+            finally:
+                if tv:
+                    L.lm_task_vector_destroy(tv)
+                if b:
+                    L.lm_model_destroy(b)
+                L.lm_lora_destroy(lora)
+
+    @classmethod
     def load(cls, path):
         """Read deltas saved by save() (any format libmerge.load reads)."""
         from .files import load
@@ -67,10 +90,21 @@ class TaskVector:
         return self * -1.0
 
     def __mul__(self, factor):
-        f = np.float32(factor)
-        if not np.isfinite(f):
-            raise ValueError("scale %r is not finite" % (factor,))
-        return TaskVector.from_deltas({k: v * f for k, v in self.deltas.items()})
+        if not isinstance(factor, (int, float, np.number)):
+            return NotImplemented
+        keep = []
+        with Context(threads=1) as ctx:
+            model = build_model(ctx, self.deltas, "task vector", keep)
+            tv = ctypes.c_void_p()
+            try:
+                # The handle copies the deltas; scaling it leaves self alone.
+                ctx.check(L.lm_task_vector_from_model(ctx.ptr, model, ctypes.byref(tv)))
+                ctx.check(L.lm_task_vector_scale(tv, float(factor)))
+                return TaskVector.from_deltas(_read(ctx, tv))
+            finally:
+                if tv:
+                    L.lm_task_vector_destroy(tv)
+                L.lm_model_destroy(model)
 
     __rmul__ = __mul__
 
@@ -90,6 +124,17 @@ class TaskVector:
 
     def __repr__(self):
         return "TaskVector(%d tensors)" % len(self.deltas)
+
+
+def _read(ctx, tv):
+    """name -> float32 copy of every delta of an lm_task_vector."""
+    out = {}
+    for i in range(L.lm_task_vector_count(tv)):
+        name = L.lm_task_vector_name_at(tv, i)
+        t = ctypes.c_void_p()
+        ctx.check(L.lm_task_vector_find(tv, name, ctypes.byref(t)))
+        out[name.decode()] = to_numpy(L, t, None)
+    return out
 
 
 def add_to_plan(ctx, plan, tv, weight, what, keep, owned):
