@@ -845,6 +845,22 @@ public:
         detail::check(lm_nsc_materialize(n_.get(), module, base.get(), out.get()), ctx_);
     }
     void step() { detail::check(lm_nsc_step(n_.get()), ctx_); }
+    // The lambdas as a coefficient table for the `nsc` strategy (JSON,
+    // written atomically); task names default to "task0", ...
+    void save_coefficients(const std::string &path,
+                           const std::vector<std::string> &task_names = {}) const
+    {
+        std::vector<const char *> names;
+        for (const std::string &n : task_names)
+            names.push_back(n.c_str());
+        detail::check(lm_nsc_save_coefficients(n_.get(), path.c_str(),
+                                               names.empty() ? nullptr : names.data()),
+                      ctx_);
+    }
+    void load_coefficients(const std::string &path)
+    {
+        detail::check(lm_nsc_load_coefficients(n_.get(), path.c_str()), ctx_);
+    }
     lm_nsc *get() const noexcept { return n_.get(); }
 
 private:

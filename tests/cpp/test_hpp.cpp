@@ -356,6 +356,23 @@ static void test_nsc(libmerge::Context &ctx)
     // W0 + 1 * B1 A1 + 0.5 * B2 A2 = [1+1, 2+1; 3+1, 4] with B2 A2 = [0 2; 0 0]
     EXPECT(out.at(0) == 2.0 && out.at(1) == 3.0 && out.at(2) == 4.0 && out.at(3) == 4.0);
     EXPECT_ERROR(nsc.find("nope"), LM_ERR_NOT_FOUND, "");
+    // Coefficient table round trip, then the `nsc` strategy reads it.
+    char path[] = "/tmp/lm_hpp_nsc_XXXXXX";
+    int fd = mkstemp(path);
+    EXPECT(fd >= 0);
+    close(fd);
+    nsc.save_coefficients(path, {"first", "second"});
+    nsc.set_lambdas(0, {0.0, 0.0});
+    nsc.load_coefficients(path);
+    EXPECT(nsc.lambdas(0) == std::vector<double>({1.0, 0.5}));
+    libmerge::Model merged = libmerge::Plan(ctx, "nsc")
+                                 .set("coefficients", path)
+                                 .base(base).add(l1).add(l2)
+                                 .execute();
+    for (size_t i = 0; i < 4; i++)
+        EXPECT(merged["w"].at(i) == out.at(i)); // same merge as materialize
+    std::remove(path);
+    EXPECT_ERROR(nsc.load_coefficients(path), LM_ERR_IO, "lm_hpp_nsc");
 }
 
 int main()
