@@ -276,6 +276,26 @@ class _OutputDirOptions(ctypes.Structure):
     ]
 
 
+# lm_sink_vtable callbacks (libmerge/sink.h)
+SINK_BEGIN_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.POINTER(_TensorDesc)),
+                                 ctypes.c_size_t, ctypes.c_void_p)
+SINK_WRITE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_size_t, ctypes.c_void_p,
+                                 ctypes.c_size_t, ctypes.c_void_p)
+SINK_END_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
+
+
+class _SinkVtable(ctypes.Structure):
+    """Mirror of lm_sink_vtable (buffer left NULL: the library's scratch)."""
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("begin", SINK_BEGIN_FN),
+        ("buffer", ctypes.c_void_p),
+        ("write", SINK_WRITE_FN),
+        ("end", SINK_END_FN),
+        ("user", ctypes.c_void_p),
+    ]
+
+
 # int (*lm_progress_fn)(size_t done, size_t total, uint64_t bytes_done,
 #                       uint64_t bytes_total, void *user)
 PROGRESS_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_size_t, ctypes.c_size_t,
