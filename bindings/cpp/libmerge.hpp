@@ -760,6 +760,38 @@ public:
         detail::check(lm_plan_execute_to(p_.get(), sink), ctx_);
     }
     void execute_to(FileSink &sink) const { execute_to(sink.vtable()); }
+    // Golden-section search of `param` maximising score(value, merged)
+    // (lm_plan_search_with; options NULL: its defaults). An exception
+    // thrown by `score` stops the search and is rethrown here.
+    lm_search_result search(const std::string &param,
+                            const std::function<double(double, const lm_model *)> &score,
+                            const lm_search_options *options = nullptr)
+    {
+        struct Call {
+            const std::function<double(double, const lm_model *)> *fn;
+            std::exception_ptr error;
+            static int run(double value, const lm_model *merged, double *out, void *user)
+            {
+                Call *c = static_cast<Call *>(user);
+                try {
+                    *out = (*c->fn)(value, merged);
+                    return 0;
+                } catch (...) {
+                    c->error = std::current_exception();
+                    return 1;
+                }
+            }
+        } call{&score, nullptr};
+        lm_search_result r;
+        r = lm_search_result();
+        r.struct_size = sizeof r;
+        lm_status st = lm_plan_search_with(p_.get(), param.c_str(), options, &Call::run,
+                                           &call, &r);
+        if (call.error)
+            std::rethrow_exception(call.error);
+        detail::check(st, ctx_);
+        return r;
+    }
     lm_plan *get() const noexcept { return p_.get(); }
 
 private:

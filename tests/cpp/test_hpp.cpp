@@ -106,6 +106,24 @@ static void test_plan_and_model(libmerge::Context &ctx)
     EXPECT_ERROR(libmerge::Plan(ctx, "task_arithmetic").set("lambda", 99.0),
                  LM_ERR_OUT_OF_RANGE, "lambda");
     EXPECT_ERROR(out["missing"], LM_ERR_NOT_FOUND, "missing");
+    // Search: merged w[3] = 4 + lambda * 2 (from b) peaks the score at
+    // lambda = 0.35; golden section to tol 0.01.
+    libmerge::Plan s(ctx, "task_arithmetic");
+    s.base(mb).add(mc);
+    lm_search_result best = s.search("lambda", [](double, const lm_model *m) {
+        const float *w = static_cast<const float *>(lm_tensor_cdata(lm_model_at(m, 0)));
+        return -(w[3] - 4.7) * (w[3] - 4.7);
+    });
+    EXPECT(std::fabs(best.best_value - 0.35) < 0.01 && best.evals > 0);
+    bool rethrown = false;
+    try {
+        s.search("lambda", [](double, const lm_model *) -> double {
+            throw std::logic_error("score failed");
+        });
+    } catch (const std::logic_error &) {
+        rethrown = true;
+    }
+    EXPECT(rethrown);
     bool range = false;
     try {
         out.name(7);
