@@ -62,6 +62,7 @@ lm_status lm_context_create(const lm_context_options *options, lm_context **out)
         return LM_ERR_OUT_OF_MEMORY;
     memset(ctx, 0, sizeof(*ctx));
     atomic_init(&ctx->busy_threads, 0);
+    atomic_init(&ctx->fused_tensors, 0);
     ctx->n_threads = opts.n_threads ? opts.n_threads : online_cores();
     ctx->seed = opts.seed;
     ctx->log = opts.log;

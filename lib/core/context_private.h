@@ -20,6 +20,9 @@ struct lm_context {
     /* Threads merging for this context right now (executor workers,
      * load-time merges, parallel-loop helpers): loops borrow the rest. */
     atomic_int busy_threads;
+    /* Tensors merged by the fused path (core/fused.c); tests read it to
+     * know which path ran. */
+    atomic_size_t fused_tensors;
     uint64_t seed;
     lm_log_fn log;
     void *log_user;

@@ -127,45 +127,59 @@ static lm_status validate_inputs(const lm_plan *p)
     return LM_OK;
 }
 
-/* Convert the result to the output dtype, into the sink's buffer or a
- * scratch one, and hand it over. */
+/* Convert the result to the output dtype, into the sink's buffer or the
+ * worker's scratch (kept across tensors), and hand it over. */
 static lm_status emit(struct exec *ex, size_t index,
-                      const struct lm__merged *out)
+                      const struct lm__merged *out,
+                      struct lm__fused_scratch *scratch)
 {
     lm_context *ctx = ex->plan->ctx;
     const lm_tensor_desc *d = &ex->outputs[index];
     size_t n = ex->plan->base->entries[index].tensor->numel;
     void *dst = ex->sink->buffer ? ex->sink->buffer(index, ex->sink->user)
                                  : NULL;
-    void *scratch = NULL;
     if (!dst) {
-        dst = scratch = lm_alloc(ctx, d->nbytes);
-        if (!scratch)
+        if (!scratch->data || scratch->size < d->nbytes) {
+            lm_free(ctx, scratch->data);
+            scratch->data = lm_alloc(ctx, d->nbytes ? d->nbytes : 1);
+            scratch->size = scratch->data ? d->nbytes : 0;
+        }
+        dst = scratch->data;
+        if (!dst)
             return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                         "out of memory for output '%s'",
                                         d->name);
     }
     lm__merged_write(out, n, dst, d->dtype);
     lm_status st = ex->sink->write(index, dst, d->nbytes, ex->sink->user);
-    lm_free(ctx, scratch);
     if (st > 0)
         st = LM_ERR_CALLBACK;
     return st;
 }
 
-static lm_status merge_one(struct exec *ex, size_t index)
+static lm_status merge_one(struct exec *ex, size_t index,
+                           struct lm__fused_scratch *scratch)
 {
     lm_plan *p = ex->plan;
     /* A tied tensor is its source's merge, emitted under its own name. */
     size_t as = ex->tie_src[index] == SIZE_MAX ? index : ex->tie_src[index];
     if (as != index && ex->pass != LM__PASS_MERGE)
         return LM_OK;
+    const char *name = p->base->entries[as].name;
+    const lm_tensor *base = p->base->entries[as].tensor;
+    if (ex->pass == LM__PASS_MERGE) {
+        bool done;
+        LM_TRY(lm__fused_merge(p, ex->state, name, base, index,
+                               &ex->outputs[index], ex->sink, scratch,
+                               &done));
+        if (done)
+            return LM_OK;
+    }
     struct lm__merged merged;
-    lm_status st = lm__merge_tensor(p, ex->state, p->base->entries[as].name,
-                                    p->base->entries[as].tensor, true,
-                                    ex->pass, &merged);
+    lm_status st = lm__merge_tensor(p, ex->state, name, base, true, ex->pass,
+                                    &merged);
     if (st == LM_OK && ex->pass == LM__PASS_MERGE)
-        st = emit(ex, index, &merged);
+        st = emit(ex, index, &merged, scratch);
     lm__merged_free(p->ctx, &merged);
     return st;
 }
@@ -188,6 +202,7 @@ static void report_progress(struct exec *ex, size_t index)
 static void *worker(void *arg)
 {
     struct exec *ex = arg;
+    struct lm__fused_scratch scratch = {NULL, 0};
     lm__threads_hold(ex->plan->ctx, 1);
     for (;;) {
         if (atomic_load(&ex->stop))
@@ -195,12 +210,13 @@ static void *worker(void *arg)
         size_t i = atomic_fetch_add(&ex->next, 1);
         if (i >= ex->n_tensors)
             break;
-        ex->status[i] = merge_one(ex, i);
+        ex->status[i] = merge_one(ex, i, &scratch);
         if (ex->status[i] != LM_OK)
             atomic_store(&ex->stop, true);
         else if (ex->pass == LM__PASS_MERGE)
             report_progress(ex, i);
     }
+    lm_free(ex->plan->ctx, scratch.data);
     /* Idle from here on: a tensor still merging may borrow this thread. */
     lm__threads_release(ex->plan->ctx, 1);
     return NULL;

@@ -84,6 +84,31 @@ struct lm__merged {
 lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
                            const lm_tensor *base, bool from_plan_base,
                            enum lm__pass pass, struct lm__merged *merged);
+/* The job merge_tensor gets for tensor `name` (tensor_merge.c), without
+ * data (base, deltas, out NULL): the parameters' view for the tensor in
+ * *view, its per-model weights (*tensor_weights, to lm_free, when they
+ * differ from the plan's). */
+lm_status lm__tensor_job_init(lm_plan *p, const char *name,
+                              const lm_tensor *base, const int64_t *shape,
+                              lm_params *view, double **tensor_weights,
+                              lm_tensor_job *job);
+/* Merge tensor `index` of the plan's base in one fused pass when its
+ * strategy declares a linear rule (core/linear_rule.h) and nothing else
+ * (stages, adapters, task vectors, transposition, row policies, lazy
+ * tensors, a non-finite value under the default policy) needs the plain
+ * path: the result goes to the sink (through `scratch`, a buffer of
+ * *scratch_size bytes the caller keeps across tensors and frees, when the
+ * sink has no buffer of its own). *done false: nothing was emitted, merge
+ * it the plain way (fused.c). */
+struct lm__fused_scratch {
+    void *data;
+    size_t size;
+};
+lm_status lm__fused_merge(lm_plan *p, void *state, const char *name,
+                          const lm_tensor *base, size_t index,
+                          const lm_tensor_desc *out,
+                          const lm_sink_vtable *sink,
+                          struct lm__fused_scratch *scratch, bool *done);
 /* The n merged values converted once to `dtype` into dst. */
 void lm__merged_write(const struct lm__merged *merged, size_t n, void *dst,
                       lm_dtype dtype);

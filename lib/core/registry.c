@@ -4,6 +4,14 @@
 #include <string.h>
 
 #include "core/context_private.h"
+#include "core/linear_rule.h"
+
+/* The registry's copy of a vtable, with what only the library's own
+ * strategies declare (the vtable first: ctx->strategies points at it). */
+struct registered {
+    lm_strategy_vtable vt;
+    lm__linear_rule_fn linear_rule;
+};
 
 /* Sizes of the first published layouts: nothing smaller is accepted. */
 #define VTABLE_V1_SIZE \
@@ -127,7 +135,8 @@ lm_status lm_register_strategy(lm_context *ctx, const lm_strategy_vtable *vt)
 
     lm_param_desc *params;
     LM_TRY(copy_params(ctx, vt, &params));
-    lm_strategy_vtable *copy = lm__calloc(ctx, 1, sizeof(*copy));
+    struct registered *reg = lm__calloc(ctx, 1, sizeof(*reg));
+    lm_strategy_vtable *copy = reg ? &reg->vt : NULL;
     if (!copy) {
         lm_free(ctx, params);
         return LM_ERR_OUT_OF_MEMORY;
@@ -148,6 +157,22 @@ lm_status lm_register_strategy(lm_context *ctx, const lm_strategy_vtable *vt)
     ctx->strategies = room;
     ctx->strategies[ctx->n_strategies++] = copy;
     return LM_OK;
+}
+
+lm_status lm__strategy_set_linear_rule(lm_context *ctx, const char *name,
+                                       lm__linear_rule_fn fn)
+{
+    lm_strategy_vtable *vt = (lm_strategy_vtable *)find_registered(ctx, name);
+    if (!vt)
+        return lm_context_set_error(ctx, LM_ERR_NOT_FOUND,
+                                    "no strategy named '%s'", name);
+    ((struct registered *)vt)->linear_rule = fn;
+    return LM_OK;
+}
+
+lm__linear_rule_fn lm__strategy_linear_rule(const lm_strategy_vtable *vt)
+{
+    return vt ? ((const struct registered *)vt)->linear_rule : NULL;
 }
 
 size_t lm_strategy_count(const lm_context *ctx)

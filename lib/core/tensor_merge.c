@@ -205,6 +205,42 @@ static lm_status load_inputs(lm_plan *p, const char *name,
     return LM_OK;
 }
 
+lm_status lm__tensor_job_init(lm_plan *p, const char *name,
+                              const lm_tensor *base, const int64_t *shape,
+                              lm_params *view, double **tensor_weights,
+                              lm_tensor_job *job)
+{
+    lm_context *ctx = p->ctx;
+    size_t k = p->n_models;
+    lm__params_view(p->params, name, view);
+    const double *weights = p->weights;
+    *tensor_weights = NULL;
+    if (lm__params_has_weights(p->params)) {
+        double *w = lm__calloc(ctx, k ? k : 1, sizeof(double));
+        if (!w)
+            return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                        "out of memory merging '%s'", name);
+        for (size_t m = 0; m < k; m++)
+            w[m] = lm__params_weight(view, m, p->weights[m]);
+        weights = *tensor_weights = w;
+    }
+    *job = (lm_tensor_job){
+        .struct_size = sizeof(*job),
+        .ctx = ctx,
+        .name = name,
+        .ndim = base->ndim,
+        .shape = shape,
+        .numel = base->numel,
+        .n_models = k,
+        .weights = weights,
+        .seed = lm__hash_string(ctx->seed, name),
+        .stats = p->stats,
+        .loras = p->loras,
+        .params = view,
+    };
+    return LM_OK;
+}
+
 static lm_status run_strategy(lm_plan *p, void *state, const char *name,
                               const lm_tensor *base, const int64_t *shape,
                               float *block, const float **deltas,
@@ -214,35 +250,13 @@ static lm_status run_strategy(lm_plan *p, void *state, const char *name,
     size_t n = base->numel, k = p->n_models;
     float *b = block, *out = block + n * (k + 1);
     lm_params view;
-    lm__params_view(p->params, name, &view);
-    const double *weights = p->weights;
-    double *tensor_weights = NULL;
-    if (lm__params_has_weights(p->params)) {
-        tensor_weights = lm__calloc(ctx, k ? k : 1, sizeof(double));
-        if (!tensor_weights)
-            return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
-                                        "out of memory merging '%s'", name);
-        for (size_t m = 0; m < k; m++)
-            tensor_weights[m] = lm__params_weight(&view, m, p->weights[m]);
-        weights = tensor_weights;
-    }
-    lm_tensor_job job = {
-        .struct_size = sizeof(job),
-        .ctx = ctx,
-        .name = name,
-        .ndim = base->ndim,
-        .shape = shape,
-        .numel = n,
-        .base = b,
-        .n_models = k,
-        .deltas = deltas,
-        .weights = weights,
-        .seed = lm__hash_string(ctx->seed, name),
-        .out = out,
-        .stats = p->stats,
-        .loras = p->loras,
-        .params = &view,
-    };
+    double *tensor_weights;
+    lm_tensor_job job;
+    LM_TRY(lm__tensor_job_init(p, name, base, shape, &view, &tensor_weights,
+                               &job));
+    job.base = b;
+    job.deltas = deltas;
+    job.out = out;
     lm_status st = prepare ? p->vt->prepare_tensor(state, &job, p->vt->user)
                            : p->vt->merge_tensor(state, &job, p->vt->user);
     lm_free(ctx, tensor_weights);

@@ -4,6 +4,8 @@
  * tau_t. */
 #include "strategies/builtin.h"
 
+#include "core/linear_rule.h"
+
 static const lm_param_desc average_params[] = {
     {sizeof(lm_param_desc), "normalize", LM_PARAM_BOOL, 1.0, 0.0, 1.0, NULL,
      "divide by the sum of the weights (true: a weighted mean)",
@@ -11,12 +13,11 @@ static const lm_param_desc average_params[] = {
 };
 
 /* Read per tensor: the weights (and normalize) may differ by tensor in a
- * mergekit config. */
-static lm_status average_merge(void *state, const lm_tensor_job *job,
-                               void *user)
+ * mergekit config. out = scale * sum_t w_t tau_t. */
+lm_status lm__average_rule(void *state, const lm_tensor_job *job,
+                           struct lm__linear_rule *out)
 {
     (void)state;
-    (void)user;
     int normalize;
     LM_TRY(lm_params_get_bool(job->params, "normalize", &normalize));
     double scale = 1.0;
@@ -31,7 +32,17 @@ static lm_status average_merge(void *state, const lm_tensor_job *job,
                                         job->name);
         scale = 1.0 / wsum;
     }
-    lm__weighted_sum(job, scale);
+    *out = (struct lm__linear_rule){.mul = scale, .div = 1.0};
+    return LM_OK;
+}
+
+static lm_status average_merge(void *state, const lm_tensor_job *job,
+                               void *user)
+{
+    (void)user;
+    struct lm__linear_rule rule;
+    LM_TRY(lm__average_rule(state, job, &rule));
+    lm__linear_apply(job, &rule);
     return LM_OK;
 }
 

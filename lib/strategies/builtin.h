@@ -37,6 +37,19 @@ extern const lm_strategy_vtable lm__ramplus_tl_strategy;
 /* NSC LoRA merging with optimised coefficients (nsc.c) */
 extern const lm_strategy_vtable lm__nsc_strategy;
 
+/* job->out[i] per a linear rule (core/linear_rule.h): the plain path of
+ * the strategies that declare one, so that both paths share the rule. */
+struct lm__linear_rule;
+void lm__linear_apply(const lm_tensor_job *job,
+                      const struct lm__linear_rule *rule);
+/* The rules of task_arithmetic, average and linear (lm__linear_rule_fn). */
+lm_status lm__task_arithmetic_rule(void *state, const lm_tensor_job *job,
+                                   struct lm__linear_rule *out);
+lm_status lm__average_rule(void *state, const lm_tensor_job *job,
+                           struct lm__linear_rule *out);
+lm_status lm__linear_rule(void *state, const lm_tensor_job *job,
+                          struct lm__linear_rule *out);
+
 /* job->out[i] = scale * sum_t weights[t] * deltas[t][i], accumulated in
  * f64 and rounded once. */
 void lm__weighted_sum(const lm_tensor_job *job, double scale);

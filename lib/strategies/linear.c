@@ -11,6 +11,8 @@
  * which). Weights may differ per tensor (lm_plan_set_float_for). */
 #include "strategies/geometry.h"
 
+#include "core/linear_rule.h"
+
 static const lm_param_desc linear_params[] = {
     {sizeof(lm_param_desc), "normalize", LM_PARAM_BOOL, 1.0, 0.0, 1.0, NULL,
      "divide by the sum of the weights (true: a weighted mean)",
@@ -25,10 +27,13 @@ static lm_status linear_init(const lm_strategy_init_info *info, void **state,
                         "linear needs at least one");
 }
 
-static lm_status linear_merge(void *state, const lm_tensor_job *job,
-                              void *user)
+/* normalize: out = (1 / sum_t w_t) * sum_t w_t tau_t; otherwise
+ * sum_t w_t (base + tau_t) - base, the base's share in one term
+ * (sum_t w_t - 1) base. */
+lm_status lm__linear_rule(void *state, const lm_tensor_job *job,
+                          struct lm__linear_rule *out)
 {
-    (void)user;
+    (void)state;
     int normalize;
     LM_TRY(lm_params_get_bool(job->params, "normalize",
                               &normalize));
@@ -40,17 +45,22 @@ static lm_status linear_merge(void *state, const lm_tensor_job *job,
                                     "linear: the model weights for tensor "
                                     "'%s' sum to 0; cannot normalize",
                                     job->name);
-    if (normalize) {
-        lm__weighted_sum(job, 1.0 / wsum);
-        return LM_OK;
-    }
-    /* sum_t w_t (base + tau_t) - base, the base's share in one term. */
-    for (size_t i = 0; i < job->numel; i++) {
-        double acc = (wsum - 1.0) * (double)job->base[i];
-        for (size_t t = 0; t < job->n_models; t++)
-            acc += job->weights[t] * (double)job->deltas[t][i];
-        job->out[i] = (float)acc;
-    }
+    if (normalize)
+        *out = (struct lm__linear_rule){.mul = 1.0 / wsum, .div = 1.0};
+    else
+        *out = (struct lm__linear_rule){.base_term = true,
+                                        .base_coef = wsum - 1.0,
+                                        .mul = 1.0, .div = 1.0};
+    return LM_OK;
+}
+
+static lm_status linear_merge(void *state, const lm_tensor_job *job,
+                              void *user)
+{
+    (void)user;
+    struct lm__linear_rule rule;
+    LM_TRY(lm__linear_rule(state, job, &rule));
+    lm__linear_apply(job, &rule);
     return LM_OK;
 }
 

@@ -2,7 +2,11 @@
  * optionally divided by sum_t w_t (`normalize`, mergekit's option: a sum
  * with |sum| < 1e-8 divides by 1). Matches mergekit's task_arithmetic
  * (github.com/arcee-ai/mergekit, generalized_task_arithmetic.py). */
+#include <math.h>
+
 #include "strategies/sparsify.h"
+
+#include "core/linear_rule.h"
 
 static const lm_param_desc ta_params[] = {
     {sizeof(lm_param_desc), "lambda", LM_PARAM_FLOAT, 1.0, -10.0, 10.0, NULL,
@@ -22,16 +26,34 @@ static lm_status ta_init(const lm_strategy_init_info *info, void **state,
     return LM_OK;
 }
 
-static lm_status ta_merge(void *state, const lm_tensor_job *job, void *user)
+/* out = lambda * (sum_t w_t tau_t / div), div the weight sum when
+ * normalizing (as lm__gta_combine without election). */
+lm_status lm__task_arithmetic_rule(void *state, const lm_tensor_job *job,
+                                   struct lm__linear_rule *out)
 {
-    (void)user;
     const lm_params *p = lm__job_params(job, state);
     double lambda;
     int normalize;
     LM_TRY(lm_params_get_float(p, "lambda", &lambda));
     LM_TRY(lm_params_get_bool(p, "normalize", &normalize));
-    lm__gta_combine(job->deltas, job->weights, job->n_models, job->numel,
-                    false, normalize != 0, lambda, job->out);
+    double div = 1.0;
+    if (normalize) {
+        double wsum = 0.0;
+        for (size_t t = 0; t < job->n_models; t++)
+            wsum += job->weights[t];
+        if (fabs(wsum) >= 1e-8)
+            div = wsum;
+    }
+    *out = (struct lm__linear_rule){.mul = lambda, .div = div};
+    return LM_OK;
+}
+
+static lm_status ta_merge(void *state, const lm_tensor_job *job, void *user)
+{
+    (void)user;
+    struct lm__linear_rule rule;
+    LM_TRY(lm__task_arithmetic_rule(state, job, &rule));
+    lm__linear_apply(job, &rule);
     return LM_OK;
 }
 

@@ -1,0 +1,333 @@
+/* The fused single-pass path for linear-combination strategies
+ * (task_arithmetic, linear, average: core/linear_rule.h). The plain path
+ * (tensor_merge.c) converts the base and every model to whole-tensor f32
+ * copies, forms every task vector in a separate pass, calls merge_tensor,
+ * adds the base back, then converts to the output dtype: k + 2 tensor-
+ * sized buffers written and read again. Here each block of a few thousand
+ * elements is read once from every input in its own dtype (straight from
+ * the mapping), combined in L2-resident buffers and converted once into
+ * the output, so memory traffic is the inputs read once and the output
+ * written once.
+ *
+ * Bit-identical to the plain path: the same conversions (lm_convert on a
+ * sub-range is the same element-wise function), and per element the same
+ * operations in the same order (the rule's contract), only grouped by
+ * block. Anything the plain path treats specially (stages, adapters,
+ * task vectors, transposed layouts, row policies, lazy tensors, a
+ * non-finite value under the default policy, whose error message names
+ * the first offending input and element) is left to the plain path. */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/linear_rule.h"
+#include "core/plan_private.h"
+
+/* Elements per block: the block's f32 and f64 buffers (about 70 KB) stay
+ * in L2 while every input streams through them once. */
+#define BLOCK 2048
+/* Elements per parallel item: one tensor is split only when threads are
+ * idle (the last tensors of a merge). */
+#define CHUNK ((size_t)BLOCK * 256)
+/* More models than this go the plain path (fixed arrays, no allocation). */
+#define MAX_MODELS 64
+
+/* An item or block that needs the plain path (a non-finite value). */
+#define DECLINE ((lm_status)1)
+
+struct fused {
+    lm_context *ctx;
+    struct lm__linear_rule rule;
+    const double *w;
+    size_t k;
+    const void *base;
+    lm_dtype base_dt;
+    const void *in[MAX_MODELS];
+    lm_dtype in_dt[MAX_MODELS];
+    bool wide;  /* an input is f64: the plain path's "wide" merge */
+    bool check; /* non-finite values decline (the plain path reports) */
+    size_t n;
+    void *dst;
+    lm_dtype out_dt;
+};
+
+struct work {
+    float *b, *x, *o;
+    double *acc, *b64, *x64;
+};
+
+/* The plain path is forced with LIBMERGE_FUSED=0 (for tests and A/B
+ * measurements; documented in docs/architecture.md). */
+static bool fused_enabled(void)
+{
+    const char *e = getenv("LIBMERGE_FUSED");
+    return !(e && strcmp(e, "0") == 0);
+}
+
+/* Any Inf/NaN among x[0..n)? Branch-free so that it vectorises. */
+static bool any_nonfinite_f32(const float *x, size_t n)
+{
+    uint32_t bad = 0;
+    for (size_t j = 0; j < n; j++) {
+        uint32_t u;
+        memcpy(&u, &x[j], sizeof(u));
+        bad |= (uint32_t)((u & 0x7f800000u) == 0x7f800000u);
+    }
+    return bad != 0;
+}
+
+static bool any_nonfinite_f64(const double *x, size_t n)
+{
+    uint64_t bad = 0;
+    for (size_t j = 0; j < n; j++) {
+        uint64_t u;
+        memcpy(&u, &x[j], sizeof(u));
+        bad |= (uint64_t)((u & 0x7ff0000000000000u) == 0x7ff0000000000000u);
+    }
+    return bad != 0;
+}
+
+/* Elements [lo, lo + len) of src as f32: in place when src is f32. */
+static const float *load_f32(const void *src, lm_dtype dt, size_t lo,
+                             size_t len, float *buf)
+{
+    if (dt == LM_F32)
+        return (const float *)src + lo;
+    lm_convert((const char *)src + lo * lm_dtype_size(dt), dt, buf, LM_F32,
+               len);
+    return buf;
+}
+
+static const double *load_f64(const void *src, lm_dtype dt, size_t lo,
+                              size_t len, double *buf)
+{
+    if (dt == LM_F64)
+        return (const double *)src + lo;
+    lm_convert((const char *)src + lo * lm_dtype_size(dt), dt, buf, LM_F64,
+               len);
+    return buf;
+}
+
+/* acc = base_term ? base_coef * b : 0 (the rule's first term). */
+static void acc_init(const struct lm__linear_rule *r, const float *b,
+                     double *acc, size_t len)
+{
+    if (r->base_term)
+        for (size_t j = 0; j < len; j++)
+            acc[j] = r->base_coef * (double)b[j];
+    else
+        for (size_t j = 0; j < len; j++)
+            acc[j] = 0.0;
+}
+
+/* Inputs of no f64: as tensor_merge.c's load_inputs + run_strategy. */
+static lm_status block_narrow(const struct fused *f, struct work *w,
+                              size_t lo, size_t len)
+{
+    const float *b = load_f32(f->base, f->base_dt, lo, len, w->b);
+    if (f->check && any_nonfinite_f32(b, len))
+        return DECLINE;
+    double *restrict acc = w->acc;
+    acc_init(&f->rule, b, acc, len);
+    for (size_t t = 0; t < f->k; t++) {
+        const float *x = load_f32(f->in[t], f->in_dt[t], lo, len, w->x);
+        if (f->check && any_nonfinite_f32(x, len))
+            return DECLINE;
+        double wt = f->w[t];
+        for (size_t j = 0; j < len; j++) {
+            float d = x[j] - b[j]; /* the task vector, rounded to f32 */
+            acc[j] += wt * (double)d;
+        }
+    }
+    float *o = f->out_dt == LM_F32 ? (float *)f->dst + lo : w->o;
+    double mul = f->rule.mul, div = f->rule.div;
+    for (size_t j = 0; j < len; j++) {
+        float v = (float)(mul * (acc[j] / div));
+        o[j] = v + b[j];
+    }
+    if (f->check && any_nonfinite_f32(o, len))
+        return DECLINE;
+    if (o == w->o)
+        lm_convert(o, LM_F32, (char *)f->dst + lo * lm_dtype_size(f->out_dt),
+                   f->out_dt, len);
+    return LM_OK;
+}
+
+/* An input is f64: deltas are f64 differences rounded once to f32, the
+ * base is added back in f64 and the sum rounded once to the output. */
+static lm_status block_wide(const struct fused *f, struct work *w,
+                            size_t lo, size_t len)
+{
+    const double *b64 = load_f64(f->base, f->base_dt, lo, len, w->b64);
+    float *b = w->b;
+    for (size_t j = 0; j < len; j++)
+        b[j] = (float)b64[j];
+    if (f->check && any_nonfinite_f32(b, len))
+        return DECLINE;
+    double *acc = w->acc;
+    acc_init(&f->rule, b, acc, len);
+    for (size_t t = 0; t < f->k; t++) {
+        const double *x = load_f64(f->in[t], f->in_dt[t], lo, len, w->x64);
+        float *d = w->x;
+        for (size_t j = 0; j < len; j++)
+            d[j] = (float)(x[j] - b64[j]);
+        if (f->check && any_nonfinite_f32(d, len))
+            return DECLINE;
+        double wt = f->w[t];
+        for (size_t j = 0; j < len; j++)
+            acc[j] += wt * (double)d[j];
+    }
+    double *o = f->out_dt == LM_F64 ? (double *)f->dst + lo : w->x64;
+    double mul = f->rule.mul, div = f->rule.div;
+    for (size_t j = 0; j < len; j++) {
+        float v = (float)(mul * (acc[j] / div));
+        o[j] = b64[j] + (double)v;
+    }
+    if (f->check && any_nonfinite_f64(o, len))
+        return DECLINE;
+    if (o == w->x64)
+        lm_convert(o, LM_F64, (char *)f->dst + lo * lm_dtype_size(f->out_dt),
+                   f->out_dt, len);
+    return LM_OK;
+}
+
+/* One chunk of the tensor, with its own block buffers. */
+static lm_status run_chunk(void *arg, size_t item)
+{
+    const struct fused *f = arg;
+    size_t lo = item * CHUNK, hi = lo + CHUNK < f->n ? lo + CHUNK : f->n;
+    size_t floats = 3 * (size_t)BLOCK, doubles = 3 * (size_t)BLOCK;
+    char *mem = lm_alloc(f->ctx, floats * sizeof(float) +
+                                     doubles * sizeof(double));
+    if (!mem)
+        return lm_context_set_error(f->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "out of memory for merge buffers");
+    double *d = (double *)mem;
+    float *s = (float *)(d + doubles);
+    struct work w = {s, s + BLOCK, s + 2 * BLOCK, d, d + BLOCK,
+                     d + 2 * BLOCK};
+    lm_status st = LM_OK;
+    for (size_t i = lo; i < hi && st == LM_OK; i += BLOCK) {
+        size_t len = hi - i < BLOCK ? hi - i : BLOCK;
+        st = f->wide ? block_wide(f, &w, i, len) : block_narrow(f, &w, i, len);
+    }
+    lm_free(f->ctx, mem);
+    return st;
+}
+
+static bool same_shape(const lm_tensor *a, const lm_tensor *b)
+{
+    if (a->ndim != b->ndim)
+        return false;
+    for (int d = 0; d < a->ndim; d++)
+        if (a->shape[d] != b->shape[d])
+            return false;
+    return true;
+}
+
+/* Can tensor `name` go the fused way? Fills f's inputs when it can. */
+static bool eligible(const lm_plan *p, const char *name, const lm_tensor *base,
+                     struct fused *f)
+{
+    if (!lm__strategy_linear_rule(p->vt) || p->n_stages || !base->numel ||
+        !base->data || p->n_models > MAX_MODELS || !fused_enabled())
+        return false;
+    if (base->ndim == 2 && lm__plan_transposed(p, name))
+        return false;
+    f->base = base->data;
+    f->base_dt = base->dtype;
+    f->wide = base->dtype == LM_F64;
+    for (size_t m = 0; m < p->n_models; m++) {
+        if (p->tvs[m] || p->loras[m] || !p->models[m])
+            return false;
+        const lm_tensor *t = lm__model_lookup(p->models[m], name);
+        if (!t || !t->data || !same_shape(base, t) ||
+            !lm_dtype_size(t->dtype))
+            return false;
+        f->in[m] = t->data;
+        f->in_dt[m] = t->dtype;
+        f->wide |= t->dtype == LM_F64;
+    }
+    return true;
+}
+
+static void done_with_inputs(const lm_plan *p, const char *name,
+                             const lm_tensor *base)
+{
+    if (p->base->done_with)
+        p->base->done_with(p->base->resource, base);
+    for (size_t m = 0; m < p->n_models; m++) {
+        const lm_model *model = p->models[m];
+        if (model->done_with)
+            model->done_with(model->resource, lm__model_lookup(model, name));
+    }
+}
+
+/* The output buffer: the sink's, or the worker's scratch grown to fit
+ * (kept across tensors, so large outputs do not fault in fresh pages for
+ * every tensor). */
+static void *output_buffer(lm_context *ctx, const lm_sink_vtable *sink,
+                           size_t index, size_t nbytes,
+                           struct lm__fused_scratch *scratch)
+{
+    void *dst = sink->buffer ? sink->buffer(index, sink->user) : NULL;
+    if (dst)
+        return dst;
+    if (scratch->size < nbytes) {
+        lm_free(ctx, scratch->data);
+        scratch->data = lm_alloc(ctx, nbytes);
+        scratch->size = scratch->data ? nbytes : 0;
+    }
+    return scratch->data;
+}
+
+lm_status lm__fused_merge(lm_plan *p, void *state, const char *name,
+                          const lm_tensor *base, size_t index,
+                          const lm_tensor_desc *out,
+                          const lm_sink_vtable *sink,
+                          struct lm__fused_scratch *scratch, bool *done)
+{
+    *done = false;
+    struct fused f = {0};
+    if (!eligible(p, name, base, &f))
+        return LM_OK;
+    lm_context *ctx = p->ctx;
+    lm_params view;
+    double *tensor_weights;
+    lm_tensor_job job;
+    LM_TRY(lm__tensor_job_init(p, name, base, base->shape, &view,
+                               &tensor_weights, &job));
+    /* A rule that fails (weights summing to 0, ...) fails the same way in
+     * merge_tensor, after the plain path's input checks: let it report. */
+    lm_status st = lm__strategy_linear_rule(p->vt)(state, &job, &f.rule);
+    if (st != LM_OK) {
+        lm_free(ctx, tensor_weights);
+        return LM_OK;
+    }
+    f.ctx = ctx;
+    f.w = job.weights;
+    f.k = p->n_models;
+    f.check = !p->allow_nonfinite;
+    f.n = base->numel;
+    f.out_dt = out->dtype;
+    f.dst = output_buffer(ctx, sink, index, out->nbytes, scratch);
+    if (!f.dst) {
+        lm_free(ctx, tensor_weights);
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "out of memory for output '%s'",
+                                    out->name);
+    }
+    size_t items = (f.n + CHUNK - 1) / CHUNK;
+    st = items == 1 ? run_chunk(&f, 0)
+                    : lm__parallel_for(ctx, items, run_chunk, &f);
+    lm_free(ctx, tensor_weights);
+    if (st == DECLINE)
+        return LM_OK;
+    LM_TRY(st);
+    done_with_inputs(p, name, base);
+    atomic_fetch_add(&ctx->fused_tensors, 1);
+    *done = true;
+    st = sink->write(index, f.dst, out->nbytes, sink->user);
+    return st > 0 ? LM_ERR_CALLBACK : st;
+}
