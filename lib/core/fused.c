@@ -88,14 +88,41 @@ static bool any_nonfinite_f64(const double *x, size_t n)
     return bad != 0;
 }
 
+/* bf16 <-> f32 as lm_bf16_to_f32 / lm_f32_to_bf16 (dtype.c) compute them,
+ * bit for bit, written branch-free so that the compiler vectorises them
+ * (dtype.c's per-element calls do not vectorise; bf16 is the common
+ * checkpoint dtype). core_fused checks them against the plain path. */
+static void bf16_to_f32(const uint16_t *src, float *dst, size_t n)
+{
+    for (size_t j = 0; j < n; j++) {
+        uint32_t u = (uint32_t)src[j] << 16;
+        memcpy(&dst[j], &u, sizeof(u));
+    }
+}
+
+static void f32_to_bf16(const float *src, uint16_t *dst, size_t n)
+{
+    for (size_t j = 0; j < n; j++) {
+        uint32_t x;
+        memcpy(&x, &src[j], sizeof(x));
+        uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
+        uint32_t quiet_nan = (x >> 16) | 0x0040u;
+        dst[j] = (uint16_t)((x & 0x7fffffffu) > 0x7f800000u ? quiet_nan
+                                                             : rounded);
+    }
+}
+
 /* Elements [lo, lo + len) of src as f32: in place when src is f32. */
 static const float *load_f32(const void *src, lm_dtype dt, size_t lo,
                              size_t len, float *buf)
 {
     if (dt == LM_F32)
         return (const float *)src + lo;
-    lm_convert((const char *)src + lo * lm_dtype_size(dt), dt, buf, LM_F32,
-               len);
+    if (dt == LM_BF16)
+        bf16_to_f32((const uint16_t *)src + lo, buf, len);
+    else
+        lm_convert((const char *)src + lo * lm_dtype_size(dt), dt, buf,
+                   LM_F32, len);
     return buf;
 }
 
@@ -148,7 +175,9 @@ static lm_status block_narrow(const struct fused *f, struct work *w,
     }
     if (f->check && any_nonfinite_f32(o, len))
         return DECLINE;
-    if (o == w->o)
+    if (o == w->o && f->out_dt == LM_BF16)
+        f32_to_bf16(o, (uint16_t *)f->dst + lo, len);
+    else if (o == w->o)
         lm_convert(o, LM_F32, (char *)f->dst + lo * lm_dtype_size(f->out_dt),
                    f->out_dt, len);
     return LM_OK;
