@@ -223,3 +223,31 @@ def test_forward_detects_layout_errors(families, tmp_path):
     untied = dict(merged, **{"lm_head.weight": merged["transformer.wte.weight"]})
     with pytest.raises(RuntimeError, match="lm_head"):
         logits("gpt2", untied)
+
+
+@pytest.mark.parametrize("out_dtype,want,tol", [(None, "BF16", 2e-2), ("float32", "F32", 1e-5)])
+def test_bf16_base_with_f32_finetunes(out_dtype, want, tol, families, tmp_path):
+    """Issue 23's mixed-dtype bullet on a real layout: Mistral's bf16 base
+    with fine-tunes saved in f32 (their own config says float32). The
+    output takes the base's dtype unless `dtype` says otherwise, loads into
+    the Mistral module, and its task-arithmetic logits match numpy's
+    (tolerance as above: bf16 rounding of every weight, or f32)."""
+    fams, root = families
+    base_dir, ft_dirs = fams["mistral"]
+    f32_dirs = []
+    for i, d in enumerate(ft_dirs):
+        p = os.path.join(str(root), "mistral_f32_%d" % i)
+        if not os.path.exists(p):
+            archs.write_checkpoint(p, "mistral", archs.read_float(d), dtype="float32")
+        f32_dirs.append(p)
+    assert set(archs.header_dtypes(f32_dirs[0]).values()) == {"F32"}
+    text = config_text("task_arithmetic", base_dir, f32_dirs)
+    if out_dtype:
+        text += "dtype: %s\n" % out_dtype
+    out, _ = run(tmp_path, text)
+    assert set(archs.header_dtypes(out).values()) == {want}
+    merged = archs.read_float(out)
+    ref = logits("mistral", reference("task_arithmetic", archs.read_float(base_dir),
+                                      [archs.read_float(d) for d in f32_dirs]))
+    y = logits("mistral", merged)
+    assert np.abs(y - ref).max() / np.abs(ref).max() <= tol

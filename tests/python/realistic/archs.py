@@ -139,9 +139,11 @@ def read_float(directory):
             for k, v in raw.items()}
 
 
-def write_checkpoint(directory, arch, tensors, sharded=False):
+def write_checkpoint(directory, arch, tensors, sharded=False, dtype=None):
+    """dtype: "float32" or "bfloat16" (default: the config's torch_dtype,
+    which config.json then states)."""
     os.makedirs(directory, exist_ok=True)
-    config = CONFIGS[arch]
+    config = dict(CONFIGS[arch], torch_dtype=dtype or CONFIGS[arch]["torch_dtype"])
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     bf16 = config["torch_dtype"] == "bfloat16"
