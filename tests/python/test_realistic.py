@@ -69,8 +69,9 @@ def lmerge_methods():
 
 
 def test_every_listed_strategy_is_exercised():
-    """A strategy added to `lmerge methods` must get a row in METHODS."""
-    assert lmerge_methods() == set(METHODS)
+    """A strategy added to `lmerge methods` must get a row in METHODS (or,
+    for LoRA-only strategies, a test of its own: nsc below)."""
+    assert lmerge_methods() == set(METHODS) | {"nsc"}
 
 
 @pytest.fixture(scope="module")
@@ -251,3 +252,28 @@ def test_bf16_base_with_f32_finetunes(out_dtype, want, tol, families, tmp_path):
                                       [archs.read_float(d) for d in f32_dirs]))
     y = logits("mistral", merged)
     assert np.abs(y - ref).max() / np.abs(ref).max() <= tol
+
+
+@pytest.mark.parametrize("arch", sorted(archs.LORA_TARGETS))
+def test_nsc_lora_adapters(arch, families, tmp_path):
+    """`nsc` merges LoRA adapters, so it gets PEFT adapter directories
+    (GPT-2's with fan_in_fan_out: true on its Conv1D weights) and an
+    explicit lambda: base + lambda * sum_k (alpha / r) B_k A_k, in the
+    stored layout. The output loads into the architecture's module and its
+    logits match numpy's merged weights to 1e-5 of the largest logit."""
+    fams, root = families
+    base_dir, _ = fams[arch]
+    base = archs.read_float(base_dir)
+    dirs, deltas = archs.write_adapters(tmp_path, arch, base)
+    lam = 0.7
+    text = "merge_method: nsc\nbase_model: %s\nmodels:\n%sparameters: {lambda: %r}\n" % (
+        base_dir, "".join("  - model: %s\n" % d for d in dirs), lam)
+    out, _ = run(tmp_path, text)
+    merged = archs.read_float(out)
+    assert archs.header_dtypes(out) == archs.header_dtypes(base_dir)
+    want = {k: v.astype(np.float64) + lam * sum(d.get(k, 0.0) for d in deltas)
+            for k, v in base.items()}
+    assert any(k in deltas[0] for k in want)
+    y, ref = logits(arch, merged), logits(arch, want)
+    assert np.abs(y - ref).max() / np.abs(ref).max() <= tolerance(arch)
+    assert np.abs(ref - logits(arch, base)).max() > 1e-3   # the adapters matter

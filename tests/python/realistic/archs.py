@@ -179,3 +179,44 @@ def write_family(root, arch):
         write_checkpoint(p, arch, finetune(base, t))
         fts.append(p)
     return os.path.join(d, "base"), fts
+
+
+# LoRA targets per architecture (module names as PEFT lists them) and
+# whether the weights are stored [in, out] (PEFT's fan_in_fan_out).
+LORA_TARGETS = {"llama3": (["q_proj", "down_proj"], False),
+                "gpt2": (["c_attn", "c_proj"], True)}
+
+
+def write_adapters(root, arch, base, count=2, r=2, alpha=4):
+    """PEFT LoRA adapter directories for `base` (adapter_config.json and
+    adapter_model.safetensors, names base_model.model.<module>.lora_A/B
+    .weight); returns ([dirs], [{weight name: delta}]) with each adapter's
+    update in the stored layout: (alpha / r) B A, transposed for
+    fan_in_fan_out."""
+    targets, fifo = LORA_TARGETS[arch]
+    rng = np.random.default_rng(77)
+    dirs, deltas = [], []
+    for k in range(count):
+        tensors, delta = {}, {}
+        for name, w in base.items():
+            module = name[:-len(".weight")]
+            if not name.endswith(".weight") or module.split(".")[-1] not in targets:
+                continue
+            d_in, d_out = (w.shape[0], w.shape[1]) if fifo else (w.shape[1], w.shape[0])
+            a = (0.1 * rng.standard_normal((r, d_in))).astype(np.float32)
+            b = (0.1 * rng.standard_normal((d_out, r))).astype(np.float32)
+            tensors["base_model.model.%s.lora_A.weight" % module] = a
+            tensors["base_model.model.%s.lora_B.weight" % module] = b
+            upd = (alpha / r) * (b.astype(np.float64) @ a)
+            delta[name] = upd.T if fifo else upd
+        p = os.path.join(str(root), "%s_lora%d" % (arch, k))
+        os.makedirs(p, exist_ok=True)
+        st_format.write(os.path.join(p, "adapter_model.safetensors"), tensors)
+        with open(os.path.join(p, "adapter_config.json"), "w") as f:
+            json.dump({"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r,
+                       "lora_alpha": alpha, "lora_dropout": 0.0, "bias": "none",
+                       "fan_in_fan_out": fifo, "target_modules": targets,
+                       "base_model_name_or_path": arch}, f)
+        dirs.append(p)
+        deltas.append(delta)
+    return dirs, deltas
