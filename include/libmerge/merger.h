@@ -18,7 +18,8 @@ typedef struct lm_merger lm_merger;
  * by one through lm_merger_apply, in any order. Runs the strategy's init
  * once. The plan needs no base, except for methods that need every tensor
  * before merging any (a strategy with a prepare pass, such as ESM's layer
- * scaling, or purification with LM_PURIFY_MODEL allocation): then the
+ * scaling or TIES/KnOTS with scope=model, or purification with
+ * LM_PURIFY_MODEL allocation): then the
  * merger runs those passes over the plan's base here, on the context's
  * threads, and every later apply gives bit-for-bit what lm_plan_execute
  * gives. Memory kept for that: what the pass keeps (ESM: each scaled

@@ -293,7 +293,8 @@ static lm_status first_passes(struct exec *ex)
         if (st == LM_OK)
             lm__stages_measured(p);
     }
-    if (st == LM_OK && p->vt->prepare_tensor) {
+    unsigned passes = lm__prepare_passes(p, ex->state);
+    for (unsigned i = 0; st == LM_OK && i < passes; i++) {
         ex->pass = LM__PASS_PREPARE;
         run_workers(ex, p->ctx->n_threads);
         st = first_failure(ex);
@@ -302,6 +303,15 @@ static lm_status first_passes(struct exec *ex)
         atomic_store(&ex->next, 0);
     }
     return st;
+}
+
+unsigned lm__prepare_passes(const lm_plan *p, void *state)
+{
+    if (!p->vt->prepare_tensor)
+        return 0;
+    /* The registry pads older vtables with zeros: NULL means one pass. */
+    return p->vt->prepare_passes ? p->vt->prepare_passes(state, p->vt->user)
+                                 : 1;
 }
 
 /* An execution over every tensor of the plan's base, before any pass:
@@ -347,7 +357,7 @@ lm_status lm__first_passes(lm_plan *p, void *state)
     return st;
 }
 
-static lm_status execute(lm_plan *p, const lm_sink_vtable *sink)
+lm_status lm__execute(lm_plan *p, const lm_sink_vtable *sink)
 {
     lm_context *ctx = p->ctx;
     LM_TRY(validate_inputs(p));
@@ -379,6 +389,13 @@ static lm_status execute(lm_plan *p, const lm_sink_vtable *sink)
             st = p->vt->init(&info, &ex.state, p->vt->user);
         }
         bool initialised = st == LM_OK;
+        /* A strategy with prepare passes runs the stages on every tensor
+         * more than once, on the same inputs. */
+        bool reuse = initialised && lm__prepare_passes(p, ex.state) > 0;
+        if (reuse) {
+            st = lm__stages_reuse_begin(p);
+            reuse = st == LM_OK;
+        }
         if (st == LM_OK)
             st = first_passes(&ex);
         ex.pass = LM__PASS_MERGE;
@@ -391,6 +408,8 @@ static lm_status execute(lm_plan *p, const lm_sink_vtable *sink)
                                           "callback after %zu of %zu tensors",
                                           ex.done, ex.n_tensors);
         }
+        if (reuse)
+            lm__stages_reuse_end(p);
         if (initialised && p->vt->fini)
             p->vt->fini(ex.state, p->vt->user);
         lm_status end = sink->end(st == LM_OK, sink->user);
@@ -408,15 +427,3 @@ static lm_status execute(lm_plan *p, const lm_sink_vtable *sink)
     return st;
 }
 
-lm_status lm__execute(lm_plan *p, const lm_sink_vtable *sink)
-{
-    /* A two-pass strategy runs the stages on every tensor twice, on the
-     * same inputs. */
-    bool reuse = p->vt->prepare_tensor != NULL;
-    if (reuse)
-        LM_TRY(lm__stages_reuse_begin(p));
-    lm_status st = execute(p, sink);
-    if (reuse)
-        lm__stages_reuse_end(p);
-    return st;
-}

@@ -14,12 +14,13 @@ struct lm_merger {
 
 /* Strategies with a prepare pass and stages with a measuring pass need
  * every tensor before the first merge: a merger runs those passes over
- * the plan's base at creation, so it needs one. */
-static lm_status first_pass_needs_base(const lm_plan *p)
+ * the plan's base at creation, so it needs one. Whether the strategy has
+ * a pass depends on its parameters, so this runs after its init. */
+static lm_status first_pass_needs_base(const lm_plan *p, void *state)
 {
     if (p->base)
         return LM_OK;
-    if (p->vt->prepare_tensor)
+    if (lm__prepare_passes(p, state) > 0)
         return lm_context_set_error(p->ctx, LM_ERR_STATE,
                                     "merger: strategy '%s' needs every "
                                     "tensor before merging any: set the "
@@ -38,7 +39,6 @@ lm_status lm_merger_create(lm_plan *p, lm_merger **out)
                                     "merger: the plan has no models or "
                                     "adapters");
     LM_TRY(lm__stages_check(p, false));
-    LM_TRY(first_pass_needs_base(p));
     lm_merger *m = lm__calloc(p->ctx, 1, sizeof(*m));
     if (!m)
         return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
@@ -58,6 +58,11 @@ lm_status lm_merger_create(lm_plan *p, lm_merger **out)
             lm_free(p->ctx, m);
             return st;
         }
+    }
+    lm_status need = first_pass_needs_base(p, m->state);
+    if (need != LM_OK) {
+        lm_merger_destroy(m);
+        return need;
     }
     if (p->base) {
         /* Measuring and prepare passes now; their results (and what the

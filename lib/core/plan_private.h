@@ -119,6 +119,9 @@ void lm__merged_free(lm_context *ctx, struct lm__merged *merged);
  * the strategy state `state` (from its init), on the context's threads.
  * For load-time mergers; needs the plan's base. */
 lm_status lm__first_passes(lm_plan *p, void *state);
+/* How many prepare passes the strategy asks for with state `state` (its
+ * init's): prepare_passes, else 1 when it has prepare_tensor, else 0. */
+unsigned lm__prepare_passes(const lm_plan *p, void *state);
 
 /* Does model tensor t differ from base tensor b only in its row count, as
  * the plan's rows policy accepts (tensor_merge.c)? */

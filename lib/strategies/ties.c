@@ -4,6 +4,7 @@
  * paper, PEFT and mergekit (docs/methods/ties_dare.md). */
 #include <string.h>
 
+#include "strategies/global_topk.h"
 #include "strategies/sparsify.h"
 
 #define SIGN_MERGE_PARAMS                                                   \
@@ -27,6 +28,10 @@ static const lm_param_desc ties_params[] = {
      "rescale each trimmed task vector to its L1 norm before (mergekit)",
      LM__PER_TENSOR},
     SIGN_MERGE_PARAMS,
+    {sizeof(lm_param_desc), "scope", LM_PARAM_CHOICE, 0, 0, 0,
+     "tensor|model",
+     "trim each tensor to its top density (mergekit) or each task over the "
+     "whole model flattened (the paper's code; two extra passes)", 0},
 };
 
 #define RESCALE_MODE_PARAM                                                  \
@@ -67,7 +72,33 @@ struct sparse_state {
     const lm_params *params;
     enum sparsify how;
     bool elect; /* sign election + disjoint merge, else weighted sum */
+    /* ties with scope=model: each task's density and whole-model
+     * threshold (global_topk.h). */
+    bool model_scope;
+    double *density;
+    struct lm__global_topk topk;
 };
+
+static void sparse_fini(void *state, void *user);
+
+/* scope=model: one density per task for the whole model. */
+static lm_status init_model_scope(const lm_strategy_init_info *info,
+                                  struct sparse_state *s)
+{
+    const char *scope;
+    LM_TRY(lm_params_get_choice(info->params, "scope", &scope));
+    if (strcmp(scope, "model") != 0)
+        return LM_OK;
+    s->model_scope = true;
+    s->density = lm__calloc(info->ctx, info->n_models ? info->n_models : 1,
+                            sizeof(double));
+    if (!s->density)
+        return LM_ERR_OUT_OF_MEMORY;
+    for (size_t t = 0; t < info->n_models; t++)
+        LM_TRY(lm_params_get_model_float(info->params, "density", t,
+                                         &s->density[t]));
+    return lm__global_topk_init(info->ctx, &s->topk, info->n_models);
+}
 
 static lm_status init_common(const lm_strategy_init_info *info, void **state,
                              enum sparsify how, bool elect)
@@ -85,8 +116,52 @@ static lm_status init_common(const lm_strategy_init_info *info, void **state,
 
 static lm_status ties_init(const lm_strategy_init_info *i, void **s, void *u)
 {
-    (void)u;
-    return init_common(i, s, TRIM_MAGNITUDE, true);
+    LM_TRY(init_common(i, s, TRIM_MAGNITUDE, true));
+    lm_status st = init_model_scope(i, *s);
+    if (st != LM_OK) {
+        sparse_fini(*s, u);
+        *s = NULL;
+    }
+    return st;
+}
+
+static unsigned ties_passes(void *state, void *user)
+{
+    (void)user;
+    const struct sparse_state *s = state;
+    return s->model_scope ? LM__GLOBAL_TOPK_PASSES : 0;
+}
+
+/* Count every task's entries of this tensor towards its whole-model
+ * threshold. A density set for this tensor alone cannot apply to a
+ * whole-model trim: refused rather than ignored. */
+static lm_status ties_prepare(void *state, const lm_tensor_job *job,
+                              void *user)
+{
+    (void)user;
+    struct sparse_state *s = state;
+    for (size_t t = 0; t < job->n_models; t++) {
+        double density;
+        LM_TRY(lm__task_param(job, s->params, "density", t, &density));
+        if (density != s->density[t])
+            return lm_context_set_error(
+                job->ctx, LM_ERR_INVALID_ARGUMENT,
+                "ties: scope=model trims each task with one density over the "
+                "whole model, but tensor '%s' sets model %zu's density to %g "
+                "(model-wide %g); use scope=tensor for per-tensor densities",
+                job->name, t, density, s->density[t]);
+        LM_TRY(lm__global_topk_add(job->ctx, &s->topk, t, job->deltas[t],
+                                   job->numel));
+    }
+    return LM_OK;
+}
+
+static lm_status ties_prepared(void *state, void *user)
+{
+    (void)user;
+    struct sparse_state *s = state;
+    lm__global_topk_pass_done(&s->topk, s->density);
+    return LM_OK;
 }
 
 static lm_status dare_ties_init(const lm_strategy_init_info *i, void **s,
@@ -159,7 +234,11 @@ static lm_status sparse_merge(void *state, const lm_tensor_job *job,
             break;
         memcpy(x, job->deltas[t], n * sizeof(float));
         /* density 1 keeps everything untouched (no rescale either). */
-        if (s->how == TRIM_MAGNITUDE && density < 1.0) {
+        if (s->model_scope) {
+            lm__global_topk_trim(&s->topk, t, x, n);
+            if (o.rescale && density < 1.0)
+                lm__rescale_l1(job->deltas[t], x, n);
+        } else if (s->how == TRIM_MAGNITUDE && density < 1.0) {
             lm__keep_top_k(x, n, lm__density_count(density, n), scratch);
             if (o.rescale)
                 lm__rescale_l1(job->deltas[t], x, n);
@@ -187,8 +266,11 @@ static void sparse_fini(void *state, void *user)
 {
     (void)user;
     struct sparse_state *s = state;
-    if (s)
-        lm_free(s->ctx, s);
+    if (!s)
+        return;
+    lm__global_topk_free(s->ctx, &s->topk);
+    lm_free(s->ctx, s->density);
+    lm_free(s->ctx, s);
 }
 
 #define VTABLE(var, nm, desc, tbl, initfn)                                  \
@@ -204,9 +286,20 @@ static void sparse_fini(void *state, void *user)
         .fini = sparse_fini,                                                \
     }
 
-VTABLE(lm__ties_strategy, "ties",
-       "TIES: trim by magnitude, elect signs, disjoint mean", ties_params,
-       ties_init);
+const lm_strategy_vtable lm__ties_strategy = {
+    .struct_size = sizeof(lm_strategy_vtable),
+    .abi_version = LM_STRATEGY_ABI_VERSION,
+    .name = "ties",
+    .description = "TIES: trim by magnitude, elect signs, disjoint mean",
+    .params = ties_params,
+    .n_params = sizeof(ties_params) / sizeof(ties_params[0]),
+    .init = ties_init,
+    .merge_tensor = sparse_merge,
+    .fini = sparse_fini,
+    .prepare_tensor = ties_prepare,
+    .prepared = ties_prepared,
+    .prepare_passes = ties_passes,
+};
 VTABLE(lm__dare_ties_strategy, "dare_ties",
        "DARE random drop and rescale, then TIES sign election",
        dare_ties_params, dare_ties_init);

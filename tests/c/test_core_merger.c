@@ -157,12 +157,64 @@ START_TEST(adapters_only_untouched_and_errors)
 }
 END_TEST
 
+/* TIES and KnOTS with scope=model run two prepare passes (the whole-model
+ * threshold) at merger creation: with a base, every apply gives the
+ * offline merge's bits; without one, LM_ERR_STATE, while scope=tensor
+ * still needs no base. */
+START_TEST(model_scope_prepare_passes)
+{
+    static const char *const methods[] = {"ties", "knots"};
+    for (int i = 0; i < 2; i++) {
+        lm_context *ctx = tu_context(4, 7);
+        lm_model *base = make_model(ctx, 11), *a = make_model(ctx, 12),
+                 *b = make_model(ctx, 13);
+        lm_plan *p = NULL;
+        ck_assert_ok(lm_plan_create(ctx, methods[i], &p));
+        ck_assert_ok(lm_plan_set_string(p, "scope", "model"));
+        ck_assert_ok(lm_plan_set_float(p, "density", 0.3));
+        lm_plan_add_model(p, a, 1.0);
+        lm_plan_add_model(p, b, 1.0);
+        lm_merger *m = NULL;
+        ck_assert_status(lm_merger_create(p, &m), LM_ERR_STATE);
+        ck_assert_ptr_nonnull(strstr(lm_context_error(ctx), methods[i]));
+        ck_assert_ok(lm_plan_set_string(p, "scope", "tensor"));
+        ck_assert_ok(lm_merger_create(p, &m));
+        lm_merger_destroy(m);
+        ck_assert_ok(lm_plan_set_string(p, "scope", "model"));
+        lm_plan_set_base(p, base);
+        lm_model *offline = NULL;
+        ck_assert_ok(lm_plan_execute(p, &offline));
+        ck_assert_ok(lm_merger_create(p, &m));
+        tu_assert_merger_matches(ctx, m, base, offline);
+        lm_merger_destroy(m);
+        /* The whole-model trim differs from the per-tensor one. */
+        ck_assert_ok(lm_plan_set_string(p, "scope", "tensor"));
+        lm_model *per_tensor = NULL;
+        ck_assert_ok(lm_plan_execute(p, &per_tensor));
+        int differ = 0;
+        for (size_t t = 0; t < N_TENSORS && !differ; t++)
+            differ = memcmp(lm_tensor_cdata(lm_model_at(offline, t)),
+                            lm_tensor_cdata(lm_model_at(per_tensor, t)),
+                            lm_tensor_nbytes(lm_model_at(offline, t))) != 0;
+        ck_assert(differ);
+        lm_model_destroy(per_tensor);
+        lm_model_destroy(offline);
+        lm_plan_destroy(p);
+        lm_model_destroy(base);
+        lm_model_destroy(a);
+        lm_model_destroy(b);
+        lm_context_destroy(ctx);
+    }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("merger");
     TCase *tc = tcase_create("merger");
     tcase_add_test(tc, threads_match_offline_merge);
     tcase_add_test(tc, adapters_only_untouched_and_errors);
+    tcase_add_test(tc, model_scope_prepare_passes);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

@@ -20,8 +20,11 @@ static const struct lmerge_mk_param p_linear[] = {
     {"normalize", false, "true", false}, {"weight", true, NULL, true}, END};
 static const struct lmerge_mk_param p_ta[] = {GTA_GLOBAL("false", "false"),
                                               GTA_TENSOR, END};
-static const struct lmerge_mk_param p_ties[] = {GTA_GLOBAL("true", "false"),
-                                                GTA_TENSOR, END};
+/* `scope` is libmerge's (mergekit trims per tensor, its default here):
+ * `model` trims over the whole model as the TIES paper's code does. */
+static const struct lmerge_mk_param p_ties[] = {
+    GTA_GLOBAL("true", "false"), GTA_TENSOR, {"scope", false, NULL, false},
+    END};
 static const struct lmerge_mk_param p_dare_ties[] = {
     GTA_GLOBAL("false", "true"), GTA_TENSOR, END};
 static const struct lmerge_mk_param p_dare_linear[] = {
@@ -147,6 +150,11 @@ const struct lmerge_mk_param *lmerge_method_param(
 static bool is(const struct lmerge_method *m, const char *name)
 {
     return m->mergekit && !strcmp(m->name, name);
+}
+
+bool lmerge_mk_text_param(const struct lmerge_method *m, const char *name)
+{
+    return is(m, "ties") && !strcmp(name, "scope");
 }
 
 int lmerge_mk_translate(const struct lmerge_method *m, const char *name,

@@ -53,6 +53,10 @@ struct lmerge_method {
 const struct lmerge_method *lmerge_method_without_base(
     const struct lmerge_method *m, struct lmerge_method *scratch);
 
+/* libmerge's own parameters added to a mergekit method, taking words
+ * rather than numbers (ties: `scope`). */
+bool lmerge_mk_text_param(const struct lmerge_method *m, const char *name);
+
 /* The method for a config's merge_method: mergekit's table, else a
  * generic entry for a libmerge strategy (filled into *scratch). */
 const struct lmerge_method *lmerge_method_find(const char *name,

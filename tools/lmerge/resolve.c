@@ -196,7 +196,7 @@ static int resolve_one(const struct lmerge_config *c, const char *path,
             v->uniform = true;
         }
         if (text && lmerge_parse_number(text, &num)) {
-            if (m->mergekit) {
+            if (m->mergekit && !lmerge_mk_text_param(m, name)) {
                 fprintf(stderr, "lmerge run: %s:%d: parameter '%s': '%s' is "
                         "not a number\n", path, line, name, text);
                 return -1;

@@ -144,11 +144,19 @@ typedef struct lm_strategy_vtable {
      * tensor depends on others (e.g. ESM's layer-level scaling): when set,
      * prepare_tensor runs on every tensor first (concurrently; it may
      * update the state under its own lock), then prepared once, then
-     * merge_tensor on every tensor. Strategies with prepare_tensor cannot
-     * be used by load-time mergers (LM_ERR_UNSUPPORTED). */
+     * merge_tensor on every tensor. A load-time merger runs these passes
+     * over the plan's base at creation (lm_merger_create). */
     lm_status (*prepare_tensor)(void *state, const lm_tensor_job *job,
                                 void *user);
     lm_status (*prepared)(void *state, void *user);
+    /* Optional (0.2): how many prepare passes this execution needs, asked
+     * once after init (0 = none: merge_tensor at once, and a load-time
+     * merger needs no base). Each pass runs prepare_tensor on every tensor
+     * and then prepared; the state counts the passes itself (e.g. TIES
+     * with scope=model: a histogram pass, then a refining pass, for an
+     * exact whole-model magnitude threshold). NULL: one pass when
+     * prepare_tensor is set, else none. */
+    unsigned (*prepare_passes)(void *state, void *user);
 } lm_strategy_vtable;
 
 /* Register a strategy in ctx. Strings and the params table must outlive the
