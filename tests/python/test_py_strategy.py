@@ -168,3 +168,46 @@ def test_registration_is_checked():
     assert "py_max" not in libmerge.methods()
     with pytest.raises(libmerge.NotFoundError):
         libmerge.unregister_strategy("py_max")
+
+
+def test_two_pass_strategy_global_norm():
+    """A first pass over every tensor: the summed task vector of the whole
+    model is scaled to unit Frobenius norm (a result that depends on every
+    tensor). numpy in f64 against the library's f32 sums: 1e-5."""
+    def init(info):
+        return {"sq": 0.0}
+
+    def prepare_tensor(job):
+        job.state["sq"] += float(np.sum(np.sum(job.deltas, axis=0, dtype=np.float64) ** 2))
+
+    def prepared(state):
+        state["scale"] = 1.0 / np.sqrt(state["sq"])
+
+    def merge_tensor(job):
+        return job.state["scale"] * np.sum(job.deltas, axis=0, dtype=np.float64)
+
+    libmerge.register_strategy("py_unit", merge_tensor, init=init,
+                               prepare_tensor=prepare_tensor, prepared=prepared)
+    base = model()
+    models = [model(), model()]
+    total = {k: sum(m[k].astype(np.float64) - base[k] for m in models) for k in base}
+    norm = np.sqrt(sum(np.sum(v ** 2) for v in total.values()))
+    got = libmerge.merge("py_unit", base, models, threads=2)
+    for k in base:
+        np.testing.assert_allclose(got[k], base[k] + total[k] / norm, rtol=1e-5, atol=1e-5)
+    # Load time: the first pass runs over the given base, then bit-identical.
+    with pytest.raises(libmerge.Error):
+        libmerge.Merger("py_unit", models)
+    with libmerge.Merger("py_unit", models, base=base) as merger:
+        for k in base:
+            np.testing.assert_array_equal(merger.apply(k, base[k]), got[k])
+
+    def bad_prepared(state):
+        raise ValueError("nope")
+    libmerge.register_strategy("py_badprep", merge_tensor, init=init,
+                               prepare_tensor=prepare_tensor, prepared=bad_prepared)
+    with pytest.raises(libmerge.Error) as e:
+        libmerge.merge("py_badprep", base, models)
+    assert e.value.status_name == "LM_ERR_CALLBACK"
+    with pytest.raises(TypeError):
+        libmerge.register_strategy("py_x", merge_tensor, prepared=prepared)

@@ -207,6 +207,8 @@ STRATEGY_MERGE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p,
                                      ctypes.POINTER(_TensorJob), ctypes.c_void_p)
 # void (*fini)(void *state, void *user)
 STRATEGY_FINI_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p)
+# lm_status (*prepared)(void *state, void *user)
+STRATEGY_PREPARED_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
 
 
 class _FullStrategyVtable(ctypes.Structure):
@@ -222,8 +224,8 @@ class _FullStrategyVtable(ctypes.Structure):
         ("merge_tensor", STRATEGY_MERGE_FN),
         ("fini", STRATEGY_FINI_FN),
         ("user", ctypes.c_void_p),
-        ("prepare_tensor", ctypes.c_void_p),
-        ("prepared", ctypes.c_void_p),
+        ("prepare_tensor", STRATEGY_MERGE_FN),   # same signature as merge_tensor
+        ("prepared", STRATEGY_PREPARED_FN),
     ]
 
 

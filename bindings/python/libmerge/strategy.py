@@ -13,8 +13,10 @@ then on, so `merge`, `search`, `merge_to`, `Merger` and `methods()` see it
 like a built-in. The callbacks run on the library's worker threads (holding
 the GIL, so Python strategies do not run in parallel). An exception raised
 by a callback becomes LM_ERR_CALLBACK with the exception's text in the
-library's message, never a crash. Strategies with a prepare pass (two-pass
-methods) cannot be written in Python yet."""
+library's message, never a crash. A two-pass strategy (one whose result
+for a tensor depends on others, like ESM's layer scaling) gives
+`prepare_tensor(job)`, run on every tensor first, and `prepared(state)`,
+run once before the merges; a load-time Merger then needs the base."""
 import ctypes
 import math
 import threading
@@ -188,7 +190,8 @@ class _Strategy:
     """A vtable whose callbacks call Python, and everything it points to
     (kept referenced for as long as any context may use them)."""
 
-    def __init__(self, name, merge_tensor, params, description, init, fini):
+    def __init__(self, name, merge_tensor, params, description, init, fini,
+                 prepare_tensor=None, prepared=None):
         self.name = name
         descs = [_param_desc(p) for p in params]
         self.types = {d.name.decode(): kind for d, kind in descs}
@@ -228,6 +231,26 @@ class _Strategy:
                                (self.name, job.name.decode(errors="replace")), e)
             return 0
 
+        def c_prepare(state_key, job_p, user):
+            job = job_p.contents
+            try:
+                prepare_tensor(Job(job, self.states.get(state_key), self.types))
+            except BaseException as e:
+                return _report(job.ctx, "python strategy %r: prepare_tensor on %r" %
+                               (self.name, job.name.decode(errors="replace")), e)
+            return 0
+
+        # The prepared callback has no context to report through: its
+        # exception is kept and becomes LM_ERR_CALLBACK, named by the library.
+        def c_prepared(state_key, user):
+            try:
+                if prepared is not None:
+                    prepared(self.states.get(state_key))
+            except BaseException:
+                _context._logger.exception("python strategy %r: prepared", self.name)
+                return LM_ERR_CALLBACK
+            return 0
+
         def c_fini(state_key, user):
             with self.state_lock:
                 state = self.states.pop(state_key, None) if state_key else None
@@ -240,6 +263,9 @@ class _Strategy:
 
         self.callbacks = (_lib.STRATEGY_INIT_FN(c_init), _lib.STRATEGY_MERGE_FN(c_merge),
                           _lib.STRATEGY_FINI_FN(c_fini))
+        if prepare_tensor is not None:
+            self.two_pass = (_lib.STRATEGY_MERGE_FN(c_prepare),
+                             _lib.STRATEGY_PREPARED_FN(c_prepared))
         self.name_b, self.description_b = name.encode(), description.encode()
         vt = _lib._FullStrategyVtable()
         vt.struct_size = ctypes.sizeof(_lib._FullStrategyVtable)
@@ -248,6 +274,8 @@ class _Strategy:
         vt.params = self.params
         vt.n_params = len(descs)
         vt.init, vt.merge_tensor, vt.fini = self.callbacks
+        if prepare_tensor is not None:
+            vt.prepare_tensor, vt.prepared = self.two_pass
         self.vtable = vt
 
     def register(self, ctx_ptr):
@@ -266,7 +294,7 @@ _context.CREATE_HOOKS.append(_register_all)
 
 
 def register_strategy(name, merge_tensor, *, params=(), description="", init=None,
-                      fini=None):
+                      fini=None, prepare_tensor=None, prepared=None):
     """Register a strategy written in Python under `name` ([a-z0-9_]+, not
     a built-in's name) for every context created from now on.
 
@@ -278,12 +306,19 @@ def register_strategy(name, merge_tensor, *, params=(), description="", init=Non
     choices, help, per_tensor, per_model) or bare names (floats).
     init(info) -> state: optional, once per execution (see `InitInfo`);
     job.state is what it returned. fini(state): optional, after execution.
+    prepare_tensor(job), prepared(state): optional first pass over every
+    tensor (job.out unused there) and a step between the passes, for
+    strategies whose result for one tensor depends on others; they update
+    the state (calls are serialised by the GIL).
 
     The library validates the table now (bad name, name taken, bad
     parameter table raise libmerge.Error)."""
     if not callable(merge_tensor):
         raise TypeError("merge_tensor must be callable")
-    s = _Strategy(str(name), merge_tensor, list(params), str(description), init, fini)
+    if prepared is not None and prepare_tensor is None:
+        raise TypeError("prepared needs prepare_tensor")
+    s = _Strategy(str(name), merge_tensor, list(params), str(description), init, fini,
+                  prepare_tensor, prepared)
     with _LOCK:
         if s.name in _REGISTRY:
             raise error_for(-6, "a Python strategy named %r is already registered" % s.name)
