@@ -397,39 +397,54 @@ lm_status lm__qr_q(lm_context *ctx, const double *a, size_t m, size_t n,
 }
 
 /* Beyond this ratio of extreme Gram eigenvalues (a condition number of
- * 1e5 for A) the Gram route's error, about eps * cond(A)^2, would exceed
- * 1e-6, and rank-deficient inputs have no unique polar factor: the SVD
- * route takes over. */
+ * 1e5 for A) the f64 Gram route's error, about eps * cond(A)^2, would
+ * exceed 1e-6, and rank-deficient inputs have no unique polar factor: the
+ * SVD route takes over. */
 #define GRAM_MIN_EIG_RATIO 1e-10
 
+/* The f32 Gram route's error estimate, lm__gram_unit(f32) * cond(A)^2,
+ * must stay within LM_SVD_TOL (cond(A) <= about 6.4). */
+static bool f32_polar_ok(const double *w, size_t k)
+{
+    return w[k - 1] > 0 &&
+           lm__gram_unit(true) * w[0] / w[k - 1] <= LM_SVD_TOL;
+}
+
 /* Polar factor through the smaller Gram matrix G (A^T A for tall A, A A^T
- * for wide): G = Q W Q^T, P = A Q W^-1/2 Q^T (or Q W^-1/2 Q^T A), about
- * twice as fast as an SVD of A. *done is false when A is too poorly
- * conditioned for it. */
+ * otherwise): G = Q W Q^T, P = A Q W^-1/2 Q^T (or Q W^-1/2 Q^T A), about
+ * twice as fast as an SVD of A. G is formed and decomposed in f32 when
+ * the f32 estimate passes, else in f64. *done is false when A is too
+ * poorly conditioned for either. */
 static lm_status polar_gram(lm_context *ctx, const double *a, size_t m,
                             size_t n, double *p, double *mean_sv, bool *done)
 {
-    bool tall = m >= n;
-    size_t k = tall ? n : m, other = tall ? m : n;
+    bool tall = m > n;
+    size_t k = tall ? n : m;
     *done = false;
-    double *buf = lm__calloc(ctx, 2 * k * k + k + k * other, sizeof(double));
+    double *buf = lm__calloc(ctx, 3 * k * k + k, sizeof(double));
     if (!buf)
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "polar: out of memory");
     double *g = buf, *q = g + k * k, *w = q + k * k, *t = w + k;
-    cblas_dsyrk(CblasRowMajor, CblasUpper, tall ? CblasTrans : CblasNoTrans,
-                (int)k, (int)other, 1.0, a, (int)n, 0.0, g, (int)k);
-    for (size_t i = 0; i < k; i++)
-        for (size_t j = 0; j < i; j++)
-            g[i * k + j] = g[j * k + i];
-    lm_status st = lm__eigh(ctx, g, k, w, q);
+    /* f32 eigenvalues alone decide, so a refused f32 route costs about a
+     * quarter of a decomposition. */
+    lm_status st = lm__gram_eig(ctx, a, m, n, true, w, NULL);
+    if (st == LM_ERR_LINALG) {
+        lm_context_clear_error(ctx); /* f64 decides */
+        st = LM_OK;
+    }
+    bool single = st == LM_OK && f32_polar_ok(w, k);
+    if (st == LM_OK)
+        st = lm__gram_eig(ctx, a, m, n, single, w, q);
+    if (st == LM_OK && single && !f32_polar_ok(w, k))
+        st = lm__gram_eig(ctx, a, m, n, false, w, q); /* borderline */
     if (st == LM_OK && w[k - 1] > GRAM_MIN_EIG_RATIO * w[0]) {
         double mean = 0;
         for (size_t i = 0; i < k; i++)
             mean += sqrt(w[i]);
         if (mean_sv)
             *mean_sv = mean / (double)k;
-        /* g <- Q W^-1/2, then q <- Q W^-1/2 Q^T (symmetric). */
+        /* g <- Q W^-1/2, then t <- Q W^-1/2 Q^T (symmetric). */
         for (size_t i = 0; i < k; i++)
             for (size_t j = 0; j < k; j++)
                 g[i * k + j] = q[i * k + j] / sqrt(w[j]);

@@ -88,4 +88,74 @@ void lm__gemm(bool ta, bool tb, size_t m, size_t n, size_t k, double alpha,
 void lm__f32_to_f64(const float *src, double *dst, size_t n);
 void lm__f64_to_f32(const double *src, float *dst, size_t n);
 
+/* --- Precision per tensor (svd_top.c; docs/methods/svd_family.md) --- */
+
+/* Multiplier of the unit roundoff in the Gram route's error model: G's
+ * eigenpairs are taken as exact for G + E, ||E|| <= factor * u * ||G||
+ * (formation by syrk plus the eigensolver's backward error). Measured
+ * errors stayed below 2.6x the estimate with this factor
+ * (tests/python/test_svd_precision.py). */
+#define LM_GRAM_ERROR_FACTOR 4.0
+/* Default accepted estimate of the relative error of one factorization:
+ * 10x under the 1e-4 the SVD family promises against an f64 reference. */
+#define LM_SVD_TOL 1e-5
+
+typedef enum lm_svd_route {
+    LM_SVD_GRAM_F32 = 0, /* ssyrk + ssyevd */
+    LM_SVD_GRAM_F64 = 1, /* dsyrk + dsyevd */
+    LM_SVD_EXACT = 2,    /* dgesdd (dgesvd if it fails) */
+    LM_SVD_RANDOMIZED = 3,
+    LM_SVD_ROUTES = 4
+} lm_svd_route;
+
+/* Eigendecomposition of A's smaller Gram matrix (A A^T when m <= n, else
+ * A^T A; d = min(m, n)), formed and decomposed in f32 when `single`:
+ * w (d) descending, q (d x d) with the eigenvectors as columns (q NULL:
+ * eigenvalues only, about a quarter of the cost). */
+lm_status lm__gram_eig(lm_context *ctx, const double *a, size_t m, size_t n,
+                       bool single, double *w, double *q);
+
+/* LM_GRAM_ERROR_FACTOR times the unit roundoff of f32 or f64. */
+double lm__gram_unit(bool single);
+
+/* First-order estimate of the relative error of the top-k triplets taken
+ * from G's eigenpairs w (d, descending) in that precision, with
+ * e = lm__gram_unit * w_1:
+ *     e / w_k                                       (sigma_k, V from A^T U)
+ *   + e / (w_k - w_k+1) * sqrt(w_k / sum_{i<=k} w_i) (rotation across the
+ *                                                     cut, k < d only)
+ * Rotations inside the kept set do not count: they move u_i sigma_i v_i^T
+ * only by (sigma_i - sigma_j) times the angle, which stays bounded. */
+double lm__gram_svd_estimate(const double *w, size_t d, size_t k,
+                             bool single);
+
+/* Top-k SVD of A (m x n): U (m x k), S (k), Vt (k x n), canonical signs,
+ * by the first of: Gram route in f32, Gram route in f64, whose estimate is
+ * <= tol; else the exact lm__svd truncated (tol <= 0: always exact).
+ * `left` (optional, m x m, only filled when m <= n): all m left singular
+ * vectors, the first k as in U. *route tells which ran. */
+lm_status lm__svd_top(lm_context *ctx, const double *a, size_t m, size_t n,
+                      size_t k, double tol, double *u, double *s, double *vt,
+                      double *left, lm_svd_route *route);
+
+/* Randomized top-k SVD with an a-posteriori check (svd_checked.c): a
+ * sketch of rank l = k + oversample (power iterations as
+ * lm__svd_randomized), then
+ *   resid = ||A V_k - U_k S_k||_F, eps = HMT's 10-probe bound of
+ *   ||(I - Q Q^T) A||_2, est = lm__randomized_estimate(resid, sb, k, eps)
+ * with sb the sketch's l singular values. While est > tol the rank
+ * doubles; once 2 l >= min(m, n) lm__svd_top(tol) runs instead. *route
+ * and *rank (optional) tell what ran. tol <= 0: exact. */
+lm_status lm__svd_randomized_checked(lm_context *ctx, const double *a,
+                                     size_t m, size_t n, size_t k,
+                                     size_t oversample, size_t power,
+                                     uint64_t seed, double tol, double *u,
+                                     double *s, double *vt,
+                                     lm_svd_route *route, size_t *rank);
+
+/* resid / ||sb_1..k|| + resid / (sb_k - sb_k+1 - eps) * sb_k / ||sb_1..k||
+ * (infinite when that gap is not positive). */
+double lm__randomized_estimate(double resid, const double *sb, size_t k,
+                               double eps);
+
 #endif

@@ -1,8 +1,9 @@
 /* The SVD family: `tsv` (TSV-M, Gargiulo et al. 2025), `iso_c` and
  * `iso_cts` (Marczak et al. 2025). Matrices ([out, in] tensors) are merged
- * in f64 through LAPACK; every other tensor gets alpha * the weighted mean
- * of the task vectors, as the papers' code does for 1-D parameters. Task
- * vectors are multiplied by their model weights first. */
+ * through LAPACK, each factorization in the precision lm__svd_top's rule
+ * picks (docs/methods/svd_family.md); every other tensor gets alpha * the
+ * weighted mean of the task vectors, as the papers' code does for 1-D
+ * parameters. Task vectors are multiplied by their model weights first. */
 #include <cblas.h>
 #include <math.h>
 #include <string.h>
@@ -17,26 +18,39 @@ struct svd_state {
     enum svd_method method;
     double alpha;
     double common_fraction; /* iso_cts */
+    double tol;             /* svd_tolerance: precision rule, 0 = exact */
     bool randomized;
     int64_t power, oversample;
 };
+
+/* The precision rule's tolerance (docs/methods/svd_family.md): each
+ * factorization takes the cheapest route (Gram in f32, Gram in f64,
+ * exact dgesdd) whose estimated relative error is within it. */
+#define SVD_TOLERANCE_PARAM                                                 \
+    {sizeof(lm_param_desc), "svd_tolerance", LM_PARAM_FLOAT, LM_SVD_TOL,    \
+     0.0, 1e-2, NULL, "accepted estimated relative error of each "          \
+     "factorization (f32/f64 Gram routes); 0 = exact f64 dgesdd only", 0}
 
 static const lm_param_desc tsv_params[] = {
     {sizeof(lm_param_desc), "alpha", LM_PARAM_FLOAT, 1.0, 0.0, 10.0, NULL,
      "scale of the merged task vector (papers pick it on validation in "
      "(0, 3])", 0},
     {sizeof(lm_param_desc), "randomized", LM_PARAM_BOOL, 0.0, 0.0, 1.0, NULL,
-     "per-task top-k SVDs by a randomized range finder (faster)", 0},
+     "per-task top-k SVDs by a randomized range finder whose rank grows "
+     "until an a-posteriori error estimate is within svd_tolerance (exact "
+     "route when it would not be cheaper)", 0},
     {sizeof(lm_param_desc), "power_iterations", LM_PARAM_INT, 2.0, 0.0, 10.0,
      NULL, "power iterations of the randomized SVD", 0},
     {sizeof(lm_param_desc), "oversample", LM_PARAM_INT, 0.0, 0.0, 4096.0,
      NULL, "extra random probes of the randomized SVD (0: max(16, k/2), "
      "accurate when the spectrum decays slowly around k)", 0},
+    SVD_TOLERANCE_PARAM,
 };
 
 static const lm_param_desc iso_c_params[] = {
     {sizeof(lm_param_desc), "alpha", LM_PARAM_FLOAT, 1.0, 0.0, 10.0, NULL,
      "scale of the merged task vector", 0},
+    SVD_TOLERANCE_PARAM,
 };
 
 /* No randomized option: the flattened spectrum gives every kept direction
@@ -47,6 +61,7 @@ static const lm_param_desc iso_cts_params[] = {
      "scale of the merged task vector", 0},
     {sizeof(lm_param_desc), "common_space_fraction", LM_PARAM_FLOAT, 0.8,
      0.0, 1.0, NULL, "fraction of the rank given to the common subspace", 0},
+    SVD_TOLERANCE_PARAM,
 };
 
 static lm_status svd_init(const lm_strategy_init_info *info, void **state,
@@ -58,6 +73,8 @@ static lm_status svd_init(const lm_strategy_init_info *info, void **state,
     s->ctx = info->ctx;
     s->method = method;
     lm_status st = lm_params_get_float(info->params, "alpha", &s->alpha);
+    if (st == LM_OK)
+        st = lm_params_get_float(info->params, "svd_tolerance", &s->tol);
     if (st == LM_OK && method == ISO_CTS)
         st = lm_params_get_float(info->params, "common_space_fraction",
                                  &s->common_fraction);
@@ -110,7 +127,8 @@ static void svd_fini(void *state, void *user)
 /* Top-k triplets of x (m x n): exact SVD truncated, or randomized. */
 static lm_status top_k(const struct svd_state *s, lm_context *ctx,
                        const double *x, size_t m, size_t n, size_t k,
-                       uint64_t seed, double *u, double *sv, double *vt)
+                       uint64_t seed, double *u, double *sv, double *vt,
+                       lm_svd_route *route)
 {
     size_t full = m < n ? m : n;
     /* A probe count that scales with k: with a fixed 16 extra probes the
@@ -118,21 +136,24 @@ static lm_status top_k(const struct svd_state *s, lm_context *ctx,
      * to 1, as in task vectors with slowly decaying spectra. */
     size_t p = s->oversample ? (size_t)s->oversample : (k / 2 > 16 ? k / 2 : 16);
     if (s->randomized && k + p < full)
-        return lm__svd_randomized(ctx, x, m, n, k, p, (size_t)s->power, seed,
-                                  u, sv, vt);
-    double *buf = lm__calloc(ctx, m * full + full + full * n, sizeof(double));
-    if (!buf)
-        return LM_ERR_OUT_OF_MEMORY;
-    double *fu = buf, *fs = fu + m * full, *fvt = fs + full;
-    lm_status st = lm__svd(ctx, x, m, n, fu, fs, fvt);
-    if (st == LM_OK) {
-        for (size_t i = 0; i < m; i++)
-            memcpy(u + i * k, fu + i * full, k * sizeof(double));
-        memcpy(sv, fs, k * sizeof(double));
-        memcpy(vt, fvt, k * n * sizeof(double));
-    }
-    lm_free(ctx, buf);
-    return st;
+        return lm__svd_randomized_checked(ctx, x, m, n, k, p,
+                                          (size_t)s->power, seed, s->tol, u,
+                                          sv, vt, route, NULL);
+    return lm__svd_top(ctx, x, m, n, k, s->tol, u, sv, vt, NULL, route);
+}
+
+/* Which factorization routes one tensor took, at LM_LOG_DEBUG (the tests
+ * read it to check the precision rule's choices). */
+static void log_routes(const lm_tensor_job *job, const char *what,
+                       const lm_svd_route *routes, size_t count)
+{
+    size_t n[LM_SVD_ROUTES] = {0};
+    for (size_t i = 0; i < count; i++)
+        n[routes[i]]++;
+    lm_log(job->ctx, LM_LOG_DEBUG,
+           "tensor '%s': %s SVD routes: gram_f32 %zu, gram_f64 %zu, "
+           "exact %zu, randomized %zu", job->name, what, n[LM_SVD_GRAM_F32],
+           n[LM_SVD_GRAM_F64], n[LM_SVD_EXACT], n[LM_SVD_RANDOMIZED]);
 }
 
 /* Columns [col, col + k) of U (m x cols) from u (m x k); rows of Vt (k x n)
@@ -194,6 +215,7 @@ struct task_svds {
     const double *x;       /* the T matrices whose top-k we need */
     size_t m, n, k, cols, col0;
     double *U, *V, *sigma;
+    lm_svd_route *routes; /* one per task */
 };
 
 /* Task t's k triplets into its columns of U, V and sigma. */
@@ -216,7 +238,8 @@ static lm_status svd_into(const struct task_svds *w, size_t t,
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "out of memory for task %zu's SVD", t);
     double *u = buf, *sv = u + m * k, *vt = sv + k;
-    lm_status st = top_k(w->s, ctx, xt, m, n, k, w->job->seed + t, u, sv, vt);
+    lm_status st = top_k(w->s, ctx, xt, m, n, k, w->job->seed + t, u, sv, vt,
+                         &w->routes[t]);
     if (st == LM_OK)
         store(w, t, u, sv, vt);
     lm_free(ctx, buf);
@@ -241,8 +264,16 @@ static lm_status merge_tsv(const struct svd_state *s, const lm_tensor_job *job,
         return LM_ERR_OUT_OF_MEMORY;
     double *U = buf, *Up = U + m * cols, *V = Up + m * cols, *Vp = V + n * cols,
            *sigma = Vp + n * cols;
-    struct task_svds w = {s, job, x, m, n, k, cols, 0, U, V, sigma};
+    lm_svd_route *routes = lm__calloc(ctx, T, sizeof(*routes));
+    if (!routes) {
+        lm_free(ctx, buf);
+        return LM_ERR_OUT_OF_MEMORY;
+    }
+    struct task_svds w = {s, job, x, m, n, k, cols, 0, U, V, sigma, routes};
     lm_status st = lm__parallel_for(ctx, T, task_svd, &w);
+    if (st == LM_OK)
+        log_routes(job, "per-task", routes, T);
+    lm_free(ctx, routes);
     if (st == LM_OK)
         st = lm__polar_pair(ctx, U, m, cols, Up, NULL, V, n, cols, Vp, NULL);
     if (st == LM_OK)
@@ -257,6 +288,19 @@ static lm_status merge_iso_c(const struct svd_state *s,
 {
     size_t T = job->n_models, full = m < n ? m : n;
     lm_context *ctx = job->ctx;
+    if (s->tol > 0) { /* U V^T = polar(M), through M's Gram matrix */
+        double *sum = lm__calloc(ctx, m * n, sizeof(double)), mean = 0;
+        if (!sum)
+            return LM_ERR_OUT_OF_MEMORY;
+        for (size_t t = 0; t < T; t++)
+            for (size_t i = 0; i < m * n; i++)
+                sum[i] += x[t * m * n + i];
+        lm_status st = lm__polar_scaled(ctx, sum, m, n, out, &mean);
+        for (size_t i = 0; st == LM_OK && i < m * n; i++)
+            out[i] *= s->alpha * mean;
+        lm_free(ctx, sum);
+        return st;
+    }
     double *buf = lm__calloc(ctx, m * n + m * full + full + full * n,
                              sizeof(double));
     if (!buf)
@@ -306,7 +350,8 @@ static lm_status specific_svd_reduced(const struct specific_svds *sp, size_t t)
            *u = vt + k * n;
     cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)r, (int)n,
                 (int)m, 1.0, q, (int)m, xt, (int)n, 0.0, c, (int)n);
-    lm_status st = top_k(w->s, ctx, c, r, n, k, w->job->seed + t, a, sv, vt);
+    lm_status st = top_k(w->s, ctx, c, r, n, k, w->job->seed + t, a, sv, vt,
+                         &w->routes[t]);
     if (st == LM_OK) {
         cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)k,
                     (int)r, 1.0, q, (int)m, a, (int)k, 0.0, u, (int)k);
@@ -377,22 +422,32 @@ static lm_status merge_iso_cts(const struct svd_state *s,
     size_t cols = kc + per * T;
     lm_context *ctx = job->ctx;
     /* cols == full >= 2: svd_merge routes only matrices here. */
-    double *buf = lm__calloc(ctx, m * n + m * full + full + full * n +
-                                      2 * m * cols + 2 * n * cols + cols,
+    /* M's top kk = max(kc, 1) triplets (u: m x kk, vt: kk x n) and, for
+     * wide layers, all its left vectors (left: m x m). */
+    size_t kk = kc ? kc : 1;
+    double *buf = lm__calloc(ctx, m * n + m * kk + full + kk * n +
+                                      (m <= n ? m * m : 0) + 2 * m * cols +
+                                      2 * n * cols + cols,
                              sizeof(double));
-    if (!buf)
+    lm_svd_route *routes = lm__calloc(ctx, T + 1, sizeof(*routes));
+    if (!buf || !routes) {
+        lm_free(ctx, buf);
+        lm_free(ctx, routes);
         return LM_ERR_OUT_OF_MEMORY;
-    double *sum = buf, *u = sum + m * n, *sv = u + m * full, *vt = sv + full,
-           *U = vt + full * n, *Up = U + m * cols, *V = Up + m * cols,
-           *Vp = V + n * cols, *sigma = Vp + n * cols;
+    }
+    double *sum = buf, *u = sum + m * n, *sv = u + m * kk, *vt = sv + full,
+           *left = vt + kk * n, *U = left + (m <= n ? m * m : 0),
+           *Up = U + m * cols, *V = Up + m * cols, *Vp = V + n * cols,
+           *sigma = Vp + n * cols;
     for (size_t t = 0; t < T; t++)
         for (size_t i = 0; i < m * n; i++)
             sum[i] += x[t * m * n + i];
-    lm_status st = lm__svd(ctx, sum, m, n, u, sv, vt);
+    lm_status st = lm__svd_top(ctx, sum, m, n, kk, s->tol, u, sv, vt,
+                               m <= n ? left : NULL, &routes[T]);
     if (st == LM_OK && kc) {
         /* The common subspace: M's top kc triplets. */
         for (size_t i = 0; i < m; i++)
-            memcpy(U + i * cols, u + i * full, kc * sizeof(double));
+            memcpy(U + i * cols, u + i * kk, kc * sizeof(double));
         for (size_t j = 0; j < kc; j++)
             for (size_t i = 0; i < n; i++)
                 V[i * cols + j] = vt[j * n + i];
@@ -400,10 +455,13 @@ static lm_status merge_iso_cts(const struct svd_state *s,
     }
     if (st == LM_OK && per) {
         struct specific_svds sp = {{s, job, x, m, n, per, cols, kc, U, V,
-                                    sigma},
-                                   kc, m <= n ? u : NULL};
+                                    sigma, routes},
+                                   kc, m <= n ? left : NULL};
         st = lm__parallel_for(ctx, T, specific_svd, &sp);
     }
+    if (st == LM_OK)
+        log_routes(job, "sum and task-specific", per ? routes : routes + T,
+                   per ? T + 1 : 1);
     if (st == LM_OK)
         st = lm__polar_pair(ctx, U, m, cols, Up, NULL, V, n, cols, Vp, NULL);
     if (st == LM_OK) {
@@ -413,6 +471,7 @@ static lm_status merge_iso_cts(const struct svd_state *s,
         mean /= (double)cols;
         lm__gemm(false, true, m, n, cols, s->alpha * mean, Up, Vp, 0.0, out);
     }
+    lm_free(ctx, routes);
     lm_free(ctx, buf);
     return st;
 }

@@ -1,0 +1,170 @@
+/* Top-k SVD through the smaller Gram matrix, in the lowest precision whose
+ * error estimate passes (f32, then f64), else LAPACK's exact dgesdd.
+ * docs/methods/svd_family.md ("Precision per tensor") states the rule. */
+#include <cblas.h>
+#include <lapacke.h>
+#include <math.h>
+#include <string.h>
+
+#include "linalg/linalg.h"
+
+#define REAL float
+#define GE_NAME gram_eig_f32
+#define GE_SYRK cblas_ssyrk
+#define GE_SYEVD_WORK LAPACKE_ssyevd_work
+#define GE_ROUTINE "ssyevd"
+#include "linalg/gram_eig_impl.h"
+#undef REAL
+#undef GE_NAME
+#undef GE_SYRK
+#undef GE_SYEVD_WORK
+#undef GE_ROUTINE
+
+#define REAL double
+#define GE_NAME gram_eig_f64
+#define GE_SYRK cblas_dsyrk
+#define GE_SYEVD_WORK LAPACKE_dsyevd_work
+#define GE_ROUTINE "dsyevd"
+#include "linalg/gram_eig_impl.h"
+
+lm_status lm__gram_eig(lm_context *ctx, const double *a, size_t m, size_t n,
+                       bool single, double *w, double *q)
+{
+    if (!m || !n)
+        return LM_OK;
+    return single ? gram_eig_f32(ctx, a, m, n, w, q)
+                  : gram_eig_f64(ctx, a, m, n, w, q);
+}
+
+double lm__gram_unit(bool single)
+{
+    /* Unit roundoff times LM_GRAM_ERROR_FACTOR: the backward error of
+     * forming G and of the eigensolver, relative to ||G||. */
+    return LM_GRAM_ERROR_FACTOR * (single ? 0x1p-24 : 0x1p-53);
+}
+
+/* First-order relative error of the top-k triplets from eigenpairs of G
+ * perturbed by e = unit * lambda_1 (see the header). */
+double lm__gram_svd_estimate(const double *w, size_t d, size_t k, bool single)
+{
+    double e = lm__gram_unit(single) * w[0];
+    if (!(w[k - 1] > e))
+        return INFINITY; /* sigma_k below the noise of G: rank-deficient */
+    double est = e / w[k - 1];
+    if (k < d) {
+        double gap = w[k - 1] - w[k], top = 0;
+        if (!(gap > 0))
+            return INFINITY;
+        for (size_t i = 0; i < k; i++)
+            top += w[i];
+        est += e / gap * sqrt(w[k - 1] / top);
+    }
+    return est;
+}
+
+/* The triplets from G's eigenpairs: for wide A, U_k = Q_k and
+ * V_k^T = S^-1 U_k^T A; for tall A, V_k = Q_k and U_k = A V_k S^-1. */
+static void triplets(const double *a, size_t m, size_t n, size_t k,
+                     const double *w, const double *q, double *u, double *s,
+                     double *vt)
+{
+    size_t d = m <= n ? m : n;
+    for (size_t j = 0; j < k; j++)
+        s[j] = sqrt(w[j]);
+    if (m <= n) {
+        for (size_t i = 0; i < m; i++)
+            memcpy(u + i * k, q + i * d, k * sizeof(double));
+        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)k, (int)n,
+                    (int)m, 1.0, u, (int)k, a, (int)n, 0.0, vt, (int)n);
+        for (size_t j = 0; j < k; j++)
+            for (size_t i = 0; i < n; i++)
+                vt[j * n + i] /= s[j];
+    } else {
+        for (size_t j = 0; j < k; j++)
+            for (size_t i = 0; i < n; i++)
+                vt[j * n + i] = q[i * d + j];
+        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)k,
+                    (int)n, 1.0, a, (int)n, q, (int)d, 0.0, u, (int)k);
+        for (size_t i = 0; i < m; i++)
+            for (size_t j = 0; j < k; j++)
+                u[i * k + j] /= s[j];
+    }
+    lm__svd_canonical_signs(u, m, k, vt, n);
+}
+
+static lm_status exact(lm_context *ctx, const double *a, size_t m, size_t n,
+                       size_t k, double *u, double *s, double *vt,
+                       double *left)
+{
+    size_t d = m < n ? m : n;
+    double *buf = lm_alloc(ctx, (m * d + d + d * n) * sizeof(double));
+    if (!buf)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "SVD: out of memory for %zu x %zu", m, n);
+    double *fu = buf, *fs = fu + m * d, *fvt = fs + d;
+    lm_status st = lm__svd(ctx, a, m, n, fu, fs, fvt);
+    if (st == LM_OK) {
+        for (size_t i = 0; i < m; i++)
+            memcpy(u + i * k, fu + i * d, k * sizeof(double));
+        memcpy(s, fs, k * sizeof(double));
+        memcpy(vt, fvt, k * n * sizeof(double));
+        if (left && m <= n)
+            memcpy(left, fu, m * m * sizeof(double));
+    }
+    lm_free(ctx, buf);
+    return st;
+}
+
+lm_status lm__svd_top(lm_context *ctx, const double *a, size_t m, size_t n,
+                      size_t k, double tol, double *u, double *s, double *vt,
+                      double *left, lm_svd_route *route)
+{
+    size_t d = m < n ? m : n;
+    if (k > d)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_RANGE,
+                                    "SVD: rank %zu > min(%zu, %zu)", k, m, n);
+    *route = LM_SVD_EXACT;
+    if (!k)
+        return LM_OK;
+    for (size_t i = 0; i < m * n; i++)
+        if (!isfinite(a[i]))
+            return lm_context_set_error(ctx, LM_ERR_NONFINITE,
+                                        "SVD: input has a non-finite value "
+                                        "at element %zu", i);
+    if (tol > 0) {
+        double *buf = lm_alloc(ctx, (d + d * d) * sizeof(double));
+        if (!buf)
+            return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                        "SVD: out of memory for %zu x %zu",
+                                        m, n);
+        double *w = buf, *q = w + d;
+        lm_status st = LM_OK;
+        /* f32 eigenvalues alone decide (a quarter of the cost of the
+         * vectors), so a refused f32 route costs little. */
+        st = lm__gram_eig(ctx, a, m, n, true, w, NULL);
+        if (st == LM_ERR_LINALG) {
+            lm_context_clear_error(ctx); /* f64 decides */
+            st = LM_OK;
+        }
+        bool f32 = st == LM_OK &&
+                   lm__gram_svd_estimate(w, d, k, true) <= tol;
+        for (int single = f32; st == LM_OK && single >= 0; single--) {
+            st = lm__gram_eig(ctx, a, m, n, single, w, q);
+            if (st != LM_OK || lm__gram_svd_estimate(w, d, k, single) > tol)
+                continue;
+            triplets(a, m, n, k, w, q, u, s, vt);
+            if (left && m <= n)
+                memcpy(left, q, m * m * sizeof(double));
+            *route = single ? LM_SVD_GRAM_F32 : LM_SVD_GRAM_F64;
+            break;
+        }
+        lm_free(ctx, buf);
+        /* A LAPACK failure on G is no verdict on A: dgesdd decides. */
+        if (st == LM_ERR_OUT_OF_MEMORY || st == LM_ERR_UNSUPPORTED)
+            return st;
+        if (*route != LM_SVD_EXACT)
+            return LM_OK;
+        lm_context_clear_error(ctx);
+    }
+    return exact(ctx, a, m, n, k, u, s, vt, left);
+}
