@@ -57,11 +57,16 @@ static lm_status GE_NAME(lm_context *ctx, const double *a, size_t m,
         }
     }
     lm_free(ctx, buf);
-    if (info != 0)
-        return lm_context_set_error(ctx, info < 0 ? LM_ERR_INTERNAL
-                                                  : LM_ERR_LINALG,
-                                    "LAPACK %s failed on a %zu x %zu Gram "
-                                    "matrix (info %d)", GE_ROUTINE, d, d,
-                                    (int)info);
+    /* No convergence: LM_ERR_LINALG without a message, since every caller
+     * falls back to another route (the context's error is shared by all
+     * threads, so a message set and then cleared could erase another
+     * tensor's). */
+    if (info > 0)
+        return LM_ERR_LINALG;
+    if (info < 0)
+        return lm_context_set_error(ctx, LM_ERR_INTERNAL,
+                                    "LAPACK %s: illegal argument %d on a "
+                                    "%zu x %zu Gram matrix", GE_ROUTINE,
+                                    (int)-info, d, d);
     return LM_OK;
 }

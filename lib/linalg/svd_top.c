@@ -142,10 +142,8 @@ lm_status lm__svd_top(lm_context *ctx, const double *a, size_t m, size_t n,
         /* f32 eigenvalues alone decide (a quarter of the cost of the
          * vectors), so a refused f32 route costs little. */
         st = lm__gram_eig(ctx, a, m, n, true, w, NULL);
-        if (st == LM_ERR_LINALG) {
-            lm_context_clear_error(ctx); /* f64 decides */
+        if (st == LM_ERR_LINALG) /* no convergence (silent): f64 decides */
             st = LM_OK;
-        }
         bool f32 = st == LM_OK &&
                    lm__gram_svd_estimate(w, d, k, true) <= tol;
         for (int single = f32; st == LM_OK && single >= 0; single--) {
@@ -153,18 +151,21 @@ lm_status lm__svd_top(lm_context *ctx, const double *a, size_t m, size_t n,
             if (st != LM_OK || lm__gram_svd_estimate(w, d, k, single) > tol)
                 continue;
             triplets(a, m, n, k, w, q, u, s, vt);
-            if (left && m <= n)
+            if (left && m <= n) { /* the first k with U's signs */
                 memcpy(left, q, m * m * sizeof(double));
+                for (size_t i = 0; i < m; i++)
+                    memcpy(left + i * m, u + i * k, k * sizeof(double));
+            }
             *route = single ? LM_SVD_GRAM_F32 : LM_SVD_GRAM_F64;
             break;
         }
         lm_free(ctx, buf);
-        /* A LAPACK failure on G is no verdict on A: dgesdd decides. */
-        if (st == LM_ERR_OUT_OF_MEMORY || st == LM_ERR_UNSUPPORTED)
+        /* No convergence on G (silent) is no verdict on A: dgesdd
+         * decides. Other failures stand. */
+        if (st != LM_OK && st != LM_ERR_LINALG)
             return st;
         if (*route != LM_SVD_EXACT)
             return LM_OK;
-        lm_context_clear_error(ctx);
     }
     return exact(ctx, a, m, n, k, u, s, vt, left);
 }

@@ -1,0 +1,232 @@
+"""SVD-family rows of the speed benchmark (issue 24 item 3): tsv, tsv
+randomized, iso_c and iso_cts in libmerge against the torch reference
+(f32 torch.linalg.svd, 2 torch threads and 2 OpenBLAS threads, the way
+Python merging tools compute them; bench/perf/reference.py's tsv/iso_c and
+an iso_cts written the same way here) on the same 2 cores, and the
+relative difference of both to a float64 numpy reference
+(tests/python/reference.py, np.linalg.svd).
+
+One transformer block's matrices at hidden h (h x h, 4h x h, h x 4h;
+`--hidden`, 768 as ViT-B: 11 MB per model in f32), 4 fine-tunes. Task vectors are either
+i.i.d. Gaussian (`flat`: the worst case for truncation and for the
+randomized finder) or random vectors with a decaying spectrum (`decay`,
+singular values 0.99^i as fine-tuning updates roughly have). Each side
+runs in its own process on files in /tmp and times only the merge (data
+generation and loading excluded). libmerge: Python bindings, every layer
+in one merge call (as `lmerge run` merges a model), threads=1 and
+threads=2, OpenBLAS single-threaded (docs/api.md).
+
+usage: bench/perf/svd_rows.py [--quick] [--hidden 768] [--kinds flat,decay]
+                             [--methods tsv,iso_c,...] [--out FILE.md]
+  (--quick: one 512x512 and one 2048x512 layer)"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
+PY = "/usr/bin/python3"
+WORK = os.environ.get("BENCH_TMP", "/tmp/lmerge-bench-svd-rows")
+T = 4
+
+METHODS = {  # label -> (libmerge strategy, libmerge params, torch function)
+    "tsv": ("tsv", {}, "tsv"),
+    "tsv randomized": ("tsv", {"randomized": True}, "tsv"),
+    "iso_c": ("iso_c", {}, "iso_c"),
+    "iso_cts": ("iso_cts", {}, "iso_cts"),
+}
+
+
+# --- data ------------------------------------------------------------------
+
+def make_tasks(kind, shapes, path):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for li, (m, n) in enumerate(shapes):
+        d = min(m, n)
+        for t in range(T):
+            if kind == "flat":
+                x = 0.01 * rng.standard_normal((m, n))
+            else:
+                u, _ = np.linalg.qr(rng.standard_normal((m, d)))
+                v, _ = np.linalg.qr(rng.standard_normal((n, d)))
+                x = (u * (0.05 * 0.99 ** np.arange(d))) @ v.T
+            arrays["l%d_t%d" % (li, t)] = x.astype(np.float32)
+    np.savez(path, **arrays)
+
+
+def load(path, n_layers):
+    z = np.load(path)
+    return [[z["l%d_t%d" % (li, t)] for t in range(T)] for li in range(n_layers)]
+
+
+# --- the three sides (each in its own process) -------------------------------
+
+def side_libmerge(path, n_layers, method, threads, out):
+    import libmerge
+    strategy, params, _ = METHODS[method]
+    layers = load(path, n_layers)
+    # One merge of every layer, as `lmerge run` merges a model: tensors
+    # run on the context's threads side by side.
+    base = {"l%d" % li: np.zeros(taus[0].shape, np.float32)
+            for li, taus in enumerate(layers)}
+    models = [{"l%d" % li: taus[t] for li, taus in enumerate(layers)} for t in range(T)]
+    t0 = time.perf_counter()
+    results = libmerge.merge(strategy, base, models, threads=threads, **params)
+    seconds = time.perf_counter() - t0
+    np.savez(out, **results)
+    return seconds
+
+
+def torch_iso_cts(taus, common=0.8):
+    """Iso-CTS the way the official code computes it (f32 torch SVDs)."""
+    import torch
+    total = sum(taus)
+    m, n = total.shape
+    full = min(m, n)
+    u, s, vt = torch.linalg.svd(total, full_matrices=False)
+    kc = int(full * common)
+    specific = round((full - kc) / len(taus)) * len(taus)
+    if specific > full:
+        specific = (full // len(taus)) * len(taus)
+    kc, per = full - specific, specific // len(taus)
+    uc = u[:, :kc]
+    us, ss, vs = [u[:, :kc]], [s[:kc]], [vt[:kc]]
+    for x in taus:
+        r = x - uc @ (uc.T @ x)
+        a, b, c = torch.linalg.svd(r, full_matrices=False)
+        us.append(a[:, :per]); ss.append(b[:per]); vs.append(c[:per])
+    U, S, V = torch.cat(us, 1), torch.cat(ss), torch.cat(vs, 0)
+    pu = torch.linalg.svd(U, full_matrices=False)
+    pv = torch.linalg.svd(V, full_matrices=False)
+    return S.mean() * (pu[0] @ pu[2]) @ (pv[0] @ pv[2])
+
+
+def side_torch(path, n_layers, method, out):
+    import torch
+    sys.path.insert(0, HERE)
+    import reference
+    torch.set_num_threads(2)
+    fn = {"tsv": reference.tsv, "iso_c": reference.iso_c,
+          "iso_cts": torch_iso_cts}[METHODS[method][2]]
+    layers = [[torch.from_numpy(x) for x in taus] for taus in load(path, n_layers)]
+    results, t0 = {}, time.perf_counter()
+    for li, taus in enumerate(layers):
+        results["l%d" % li] = fn(taus).numpy()
+    seconds = time.perf_counter() - t0
+    np.savez(out, **results)
+    return seconds
+
+
+def side_f64(path, n_layers, method, out):
+    sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
+    import reference as ref
+    fn = {"tsv": ref.tsv, "iso_c": ref.iso_c, "iso_cts": ref.iso_cts}[METHODS[method][2]]
+    results = {"l%d" % li: fn([x.astype(np.float64) for x in taus])
+               for li, taus in enumerate(load(path, n_layers))}
+    np.savez(out, **results)
+    return 0.0
+
+
+# --- driver ------------------------------------------------------------------
+
+def child(args, blas_threads):
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(blas_threads),
+               PYTHONPATH=os.path.join(ROOT, "bindings", "python"))
+    p = subprocess.run([PY, os.path.abspath(__file__), "--side"] + [str(a) for a in args],
+                       env=env, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit("failed: %s\n%s" % (args, p.stderr))
+    return float(p.stdout.strip().splitlines()[-1])
+
+
+def rel(path, ref_path, n_layers):
+    a, b = np.load(path), np.load(ref_path)
+    num = sum(np.linalg.norm(a["l%d" % i].astype(np.float64) - b["l%d" % i]) ** 2
+              for i in range(n_layers))
+    den = sum(np.linalg.norm(b["l%d" % i]) ** 2 for i in range(n_layers))
+    return float(np.sqrt(num / den))
+
+
+def write(rows, shapes, seconds, path):
+    lines = [
+        "# SVD-family merge time",
+        "",
+        "Generated by `bench/perf/svd_rows.py` in %.0f s on this machine (2 cores, "
+        "shared with other jobs during the run: see the notes). Layers %s, %d "
+        "fine-tunes. *torch*: f32 `torch.linalg.svd`, 2 torch threads and 2 OpenBLAS "
+        "threads (bench/perf/reference.py's tsv and iso_c; iso_cts written the same "
+        "way in svd_rows.py). *libmerge*: Python bindings, 1 or 2 threads, OpenBLAS "
+        "single-threaded. Each side runs in its own process and times only the "
+        "merge. *rel. diff*: ‖x − ref‖_F / ‖ref‖_F over all layers against a float64 "
+        "numpy reference (tests/python/reference.py)." % (
+            seconds, ", ".join("%dx%d" % s for s in shapes), T),
+        "",
+        "| method | spectrum | libmerge 1 thr (s) | libmerge 2 thr (s) | torch (s) | "
+        "torch / libmerge | libmerge rel. diff | torch rel. diff | target met |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        speed = r["torch"] / r["lm2"]
+        met = speed >= 1.5 and r["rel_lm"] <= 1e-4
+        lines.append("| %s | %s | %.2f | %.2f | %.2f | %.2f | %.1e | %.1e | %s |" % (
+            r["method"], r["kind"], r["lm1"], r["lm2"], r["torch"], speed, r["rel_lm"],
+            r["rel_torch"], "yes" if met else "**no**"))
+    lines += ["", "Target (issue 24): libmerge at least 1.5x faster than torch on the same "
+              "cores (torch / libmerge >= 1.5) at relative difference <= 1e-4 to the f64 "
+              "reference.", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    print("\n".join(lines))
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--side":
+        side, path, n_layers, method, out = sys.argv[2:7]
+        n_layers = int(n_layers)
+        if side == "libmerge":
+            s = side_libmerge(path, n_layers, method, int(sys.argv[7]), out)
+        elif side == "torch":
+            s = side_torch(path, n_layers, method, out)
+        else:
+            s = side_f64(path, n_layers, method, out)
+        print(s)
+        return
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=os.path.join(WORK, "svd_rows.md"))
+    ap.add_argument("--hidden", type=int, default=768)
+    ap.add_argument("--kinds", default="flat,decay")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    args = ap.parse_args()
+    h = 512 if args.quick else args.hidden
+    shapes = [(h, h), (4 * h, h), (h, 4 * h)][:2 if args.quick else 3]
+    os.makedirs(WORK, exist_ok=True)
+    t0, rows = time.perf_counter(), []
+    for kind in args.kinds.split(","):
+        size = "%d_%d" % (h, len(shapes))
+        path = os.path.join(WORK, "%s_%s.npz" % (kind, size))
+        if not os.path.exists(path):
+            make_tasks(kind, shapes, path)
+        for method in args.methods.split(","):
+            tag = os.path.join(WORK, "%s_%s_%s" % (kind, size, method.replace(" ", "_")))
+            ref = tag + "_f64.npz"
+            if not os.path.exists(ref):
+                child(["f64", path, len(shapes), method, ref], 2)
+            lm1 = child(["libmerge", path, len(shapes), method, tag + "_lm1.npz", 1], 1)
+            lm2 = child(["libmerge", path, len(shapes), method, tag + "_lm2.npz", 2], 1)
+            tt = child(["torch", path, len(shapes), method, tag + "_torch.npz"], 2)
+            rows.append({"method": method, "kind": kind, "lm1": lm1, "lm2": lm2, "torch": tt,
+                         "rel_lm": rel(tag + "_lm2.npz", ref, len(shapes)),
+                         "rel_torch": rel(tag + "_torch.npz", ref, len(shapes))})
+            print(json.dumps(rows[-1]), flush=True)
+    write(rows, shapes, time.perf_counter() - t0, args.out)
+
+
+if __name__ == "__main__":
+    main()
