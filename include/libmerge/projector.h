@@ -90,6 +90,72 @@ LM_API lm_status lm_plan_add_projection(lm_plan *plan, const char *pattern,
 /* Removes every projection rule of the plan. */
 LM_API lm_status lm_plan_clear_projections(lm_plan *plan);
 
+/* User subspaces: a projector that replaces the subspace a method would
+ * build from activation statistics, for the tensors whose name matches
+ * `pattern` (POSIX extended regular expression, searched; anchor with
+ * ^...$) and the task `model` (its index in the plan, or LM_ALL_MODELS).
+ * Both users are per task and on the OUTPUT side: for a 2-D task vector
+ * dW [d_out, d_in] the projector's dimension must be d_out (rows of the
+ * tensor as merged, i.e. after lm_plan_set_transposed); otherwise the
+ * execution fails with LM_ERR_SHAPE naming the tensor and the task.
+ *
+ * LM_SUBSPACE_ESM: task t's essential subspace in the `esm` strategy
+ *   (normally the top eigenvectors of dW C dW^T, the PCA of the task's
+ *   output shift). Every direction of the projector is used (the `rank`
+ *   parameter does not apply), weighted by its strength w_j (below) where
+ *   ESM uses the eigenvalues; ||A_t|| in the inter-task weight is
+ *   ||dW_t||_F (as with pad=complete). A tensor whose every task has a
+ *   user subspace or statistics is merged in the essential subspace by
+ *   the generic routing; esd_pattern, tsv_pattern, mean_pattern and the
+ *   clip-vit preset still decide routing when set.
+ * LM_SUBSPACE_PURIFY: task t's kept subspace in purification (normally
+ *   the top left singular vectors of W_t C~). The fine-tuned weight
+ *   W_t = W_0 + dW_t becomes P D P^T W_t, with D = diag((s_j / mean s)^
+ *   polarize) (identity when polarize is 0), s_j = sqrt(w_j); keep,
+ *   allocation and max_prune_factor do not apply to it, and it takes no
+ *   part in the layer's or model's rank allocation.
+ *
+ * A direction's strength w_j is its squared singular value for a
+ * projector built from LM_BASIS_LEFT / LM_BASIS_RIGHT, its eigenvalue
+ * (negative ones count as zero) for LM_BASIS_EIGEN and
+ * lm_projector_from_stats. So lm_projector_from_tensor(G, LM_BASIS_EIGEN,
+ * k) with G = dW X^T X dW^T, or (X dW^T, LM_BASIS_RIGHT, k), is ESM's own
+ * subspace, and (W_t C~, LM_BASIS_LEFT, r) is purification's.
+ *
+ * Tensors and tasks without a matching rule keep the method's own
+ * subspace from statistics (or its no-statistics routing); rules do not
+ * apply to tensors that are not 2-D. The first rule added whose user,
+ * pattern and model match is the one used. Setting a rule with the same
+ * (user, pattern, model) as an existing one replaces its projector in
+ * place; projector NULL removes it. The plan borrows the projector: it
+ * must outlive the plan's executions.
+ * Errors: LM_ERR_INVALID_ARGUMENT (bad enum, NULL), LM_ERR_FORMAT (the
+ * pattern does not compile), LM_ERR_NOT_FOUND (removing a rule that does
+ * not exist); at execution, LM_ERR_OUT_OF_RANGE for a model index the
+ * plan does not have, LM_ERR_INVALID_ARGUMENT when a rule's user does not
+ * run (LM_SUBSPACE_ESM with another strategy, LM_SUBSPACE_PURIFY without
+ * lm_plan_set_purify): a rule is never silently unused. */
+typedef enum lm_subspace_user {
+    LM_SUBSPACE_ESM = 0,
+    LM_SUBSPACE_PURIFY = 1
+} lm_subspace_user;
+LM_API lm_status lm_plan_set_subspace(lm_plan *plan, lm_subspace_user user,
+                                      const char *pattern, size_t model,
+                                      const lm_projector *projector);
+/* The rules in the order added: their number, the i-th one's fields (the
+ * pattern string lives until the rule is removed; LM_ERR_OUT_OF_RANGE past
+ * the end), and the projector used for (user, tensor name, model)
+ * (LM_ERR_NOT_FOUND when no rule matches). */
+LM_API size_t lm_plan_subspace_count(const lm_plan *plan);
+LM_API lm_status lm_plan_subspace_at(const lm_plan *plan, size_t i,
+                                     lm_subspace_user *user,
+                                     const char **pattern, size_t *model,
+                                     const lm_projector **projector);
+LM_API lm_status lm_plan_subspace_find(const lm_plan *plan,
+                                       lm_subspace_user user,
+                                       const char *tensor, size_t model,
+                                       const lm_projector **out);
+
 /* Thread-safety: a projector is immutable after creation; concurrent use
  * is safe. */
 

@@ -48,6 +48,10 @@ struct lm_params {
     struct lm__param_overrides *overrides; /* NULL until the first one */
     /* In a view: the viewed tensor's overrides (NULL when it has none). */
     const struct lm__param_values *tensor;
+    /* The plan these parameters belong to, so that a built-in strategy
+     * reaches plan-level inputs the strategy vtable does not carry (ESM:
+     * user subspaces, lm_plan_subspace_find). Set by lm_plan_create. */
+    const struct lm_plan *plan;
 };
 
 /* Parameter values for a plan (params.c). */

@@ -21,6 +21,7 @@ lm_status lm_plan_create(lm_context *ctx, const char *strategy, lm_plan **out)
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "plan: out of memory");
     }
+    p->params->plan = p;
     *out = p;
     return LM_OK;
 }

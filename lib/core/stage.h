@@ -37,6 +37,8 @@ struct lm__stage_vtable {
                          const struct lm__stage_tensor *t);
     /* After a successful measuring pass. Optional. */
     void (*measured)(void *self);
+    /* Optional: a stage may only hold settings that others read and
+     * check them (user subspaces, lib/linalg/subspaces.c). */
     lm_status (*transform)(void *self, const lm_plan *p,
                            const struct lm__stage_tensor *t);
     /* Between reuse_begin and reuse_end the plan's inputs and the stage's

@@ -93,7 +93,7 @@ lm_status lm__stages_run(const lm_plan *p, bool measure_pass,
 {
     for (size_t i = 0; i < p->n_stages; i++) {
         const struct lm__plan_stage *s = &p->stages[i];
-        if (!measure_pass)
+        if (!measure_pass && s->vt->transform)
             LM_TRY(s->vt->transform(s->self, p, t));
         else if (s->measuring)
             LM_TRY(s->vt->measure(s->self, p, t));

@@ -4,6 +4,7 @@
 
 #include "libmerge/projector.h"
 #include "linalg/linalg.h"
+#include "linalg/projector_private.h"
 
 struct lm_projector {
     lm_context *ctx;
@@ -11,6 +12,7 @@ struct lm_projector {
     double energy;
     double *basis;  /* dim x rank */
     double *values; /* rank */
+    bool singular;  /* values are singular values (else eigenvalues) */
 };
 
 /* Rank for `energy` over non-negative weights w (descending). */
@@ -81,6 +83,7 @@ static lm_status finish(lm_context *ctx, const double *vecs, size_t dim,
     p->basis = basis;
     p->values = basis + dim * rank;
     memcpy(p->values, values, rank * sizeof(double));
+    p->singular = values != w; /* the SVD passes s and its squares */
     *out = p;
     return LM_OK;
 }
@@ -215,6 +218,12 @@ const double *lm_projector_basis(const lm_projector *p)
 const double *lm_projector_values(const lm_projector *p)
 {
     return p ? p->values : NULL;
+}
+
+double lm__projector_strength(const lm_projector *p, size_t j)
+{
+    double v = p->values[j];
+    return p->singular ? v * v : v > 0 ? v : 0.0;
 }
 
 static lm_status apply(const lm_projector *p, const float *in, size_t n,

@@ -5,8 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "libmerge/projector.h"
 #include "libmerge/stats.h"
 #include "linalg/linalg.h"
+#include "linalg/projector_private.h"
 #include "purify/state.h"
 #include "stats/lookup.h"
 
@@ -62,8 +64,20 @@ static lm_status regularise(lm_context *ctx, const lm_purify_options *o,
                                 "ill-conditioned after 64 doublings of eps");
 }
 
+/* Task t's user subspace for tensor `name` (lm_plan_set_subspace), or
+ * NULL. */
+static const lm_projector *user_subspace(const lm_plan *p, size_t t,
+                                         const char *name)
+{
+    const lm_projector *u = NULL;
+    if (lm_plan_subspace_find(p, LM_SUBSPACE_PURIFY, name, t, &u) != LM_OK)
+        u = NULL;
+    return u;
+}
+
 /* SVD of (W_0 + tau) C~ for task t; f->u stays NULL when there are no
- * statistics for (t, name). */
+ * statistics for (t, name) or the user gave the task's subspace (which
+ * then takes no part in the rank allocation). */
 static lm_status factor_task(struct lm__purify *pu, const lm_plan *p,
                              size_t t, const char *name, const float *base,
                              const float *delta, size_t m, size_t n,
@@ -75,7 +89,7 @@ static lm_status factor_task(struct lm__purify *pu, const lm_plan *p,
     size_t d;
     uint64_t rows;
     if (!p->stats || lm__stats_lookup(p->stats, t, name, &g, &d, &rows) ||
-        d != n || rows == 0)
+        d != n || rows == 0 || user_subspace(p, t, name))
         return LM_OK;
     if (lm__factor_cache_get(pu, name, t, f))
         return LM_OK;
@@ -216,6 +230,53 @@ lm_status lm__purify_measure(struct lm__purify *pu, const lm_plan *p,
     return st;
 }
 
+/* W' = P D P^T W with W = base + delta, D = diag((s_j / mean s)^polarize),
+ * s_j = sqrt(strength_j): what the statistics route computes,
+ * U_r S~_r V_r^T C~^-1 = U_r diag(S~_r / S_r) U_r^T W, with the user's P in
+ * place of U_r (docs/methods/purify.md, "User subspaces"). delta is
+ * replaced by W' - base. */
+static lm_status purify_user(const lm_plan *p, const lm_purify_options *o,
+                             const char *name, size_t t,
+                             const lm_projector *u, const float *base,
+                             float *delta, size_t m, size_t n)
+{
+    size_t r = lm_projector_rank(u);
+    if (lm_projector_dim(u) != m)
+        return lm_context_set_error(
+            p->ctx, LM_ERR_SHAPE,
+            "purify: tensor '%s' [%zu, %zu]: the user subspace of model %zu "
+            "has dimension %zu; purification's subspace lies in the output "
+            "space (dimension %zu)", name, m, n, t, lm_projector_dim(u), m);
+    double *buf = lm__calloc(p->ctx, m * n + r * n + r + 1, sizeof(double));
+    if (!buf)
+        return LM_ERR_OUT_OF_MEMORY;
+    double *w = buf, *c = w + m * n, *d = c + r * n;
+    const double *basis = lm_projector_basis(u);
+    double mean = 0;
+    for (size_t j = 0; j < r; j++) {
+        d[j] = sqrt(lm__projector_strength(u, j));
+        mean += d[j];
+    }
+    mean /= r ? (double)r : 1.0;
+    for (size_t j = 0; j < r; j++)
+        d[j] = o->polarize > 0 && mean > 0 ? pow(d[j] / mean, o->polarize)
+                                           : 1.0;
+    for (size_t i = 0; i < m * n; i++)
+        w[i] = (double)base[i] + (double)delta[i];
+    lm__gemm(true, false, r, n, m, 1.0, basis, w, 0.0, c); /* P^T W */
+    for (size_t j = 0; j < r; j++)
+        for (size_t i = 0; i < n; i++)
+            c[j * n + i] *= d[j];
+    lm__gemm(false, false, m, n, r, 1.0, basis, c, 0.0, w); /* P D P^T W */
+    for (size_t i = 0; i < m * n; i++)
+        delta[i] = (float)(w[i] - (double)base[i]);
+    lm_log(p->ctx, LM_LOG_DEBUG,
+           "purify: tensor '%s' model %zu: user subspace, rank %zu of %zu",
+           name, t, r, m);
+    lm_free(p->ctx, buf);
+    return LM_OK;
+}
+
 lm_status lm__purify_apply(struct lm__purify *pu, const lm_plan *p,
                            const struct lm__stage_tensor *x, bool *purified)
 {
@@ -235,6 +296,12 @@ lm_status lm__purify_apply(struct lm__purify *pu, const lm_plan *p,
     if (st == LM_OK && o->allocation == LM_PURIFY_LAYER)
         st = allocate(p->ctx, o, f, p->n_models, ranks);
     for (size_t t = 0; st == LM_OK && t < p->n_models; t++) {
+        const lm_projector *u = f[t].u ? NULL : user_subspace(p, t, name);
+        if (u) {
+            *purified = true;
+            st = purify_user(p, o, name, t, u, base, deltas[t], m, n);
+            continue;
+        }
         if (!f[t].u)
             continue;
         *purified = true;

@@ -3,6 +3,7 @@
  * the strategy, never knowing what it does. */
 #include <string.h>
 
+#include "libmerge/projector.h"
 #include "purify/state.h"
 
 static void destroy(void *self)
@@ -16,13 +17,26 @@ static void destroy(void *self)
     lm_free(pu->ctx, pu);
 }
 
+/* Does the plan give purification any subspace of its own? */
+static bool has_user_subspaces(const lm_plan *p)
+{
+    for (size_t i = 0; i < lm_plan_subspace_count(p); i++) {
+        lm_subspace_user u;
+        if (lm_plan_subspace_at(p, i, &u, NULL, NULL, NULL) == LM_OK &&
+            u == LM_SUBSPACE_PURIFY)
+            return true;
+    }
+    return false;
+}
+
 static lm_status check(void *self, const lm_plan *p, bool streaming)
 {
     struct lm__purify *pu = self;
-    if (!p->stats)
+    if (!p->stats && !has_user_subspaces(p))
         return lm_context_set_error(p->ctx, LM_ERR_STATE,
                                     "plan: purification needs activation "
-                                    "statistics (lm_plan_set_stats)");
+                                    "statistics (lm_plan_set_stats) or user "
+                                    "subspaces (lm_plan_set_subspace)");
     if (streaming && pu->opts.allocation == LM_PURIFY_MODEL)
         return lm_context_set_error(p->ctx, LM_ERR_UNSUPPORTED,
                                     "merger: purification with per-model "

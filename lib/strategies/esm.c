@@ -95,6 +95,7 @@ struct esm_state {
     bool has_re[N_PATTERNS];
     regex_t clip_esd, clip_scaled, clip_mean;
     const lm_stats *stats;
+    const lm_plan *plan; /* for user subspaces (lm_plan_subspace_find) */
     size_t n_models;
     pthread_mutex_t lock;
     struct cached *cache;
@@ -149,6 +150,7 @@ static lm_status esm_init(const lm_strategy_init_info *info, void **state,
         return LM_ERR_OUT_OF_MEMORY;
     s->ctx = info->ctx;
     s->stats = info->stats;
+    s->plan = info->params ? info->params->plan : NULL;
     s->n_models = info->n_models;
     pthread_mutex_init(&s->lock, NULL);
     regcomp(&s->clip_esd, CLIP_ESD, REG_EXTENDED | REG_NOSUB);
@@ -217,16 +219,32 @@ static bool is_matrix(const lm_tensor_job *job)
     return job->ndim == 2 && job->shape[0] >= 2 && job->shape[1] >= 2;
 }
 
-/* Stats of every task for this tensor, or a reason why not. */
+/* Task t's user subspace for this tensor (lm_plan_set_subspace), or
+ * NULL. */
+static const lm_projector *user_subspace(const struct esm_state *s,
+                                         const lm_tensor_job *job, size_t t)
+{
+    const lm_projector *u = NULL;
+    if (s->plan && lm_plan_subspace_find(s->plan, LM_SUBSPACE_ESM, job->name,
+                                         t, &u) != LM_OK)
+        u = NULL;
+    return u;
+}
+
+/* Can every task's essential subspace be had for this tensor: from the
+ * user, or from statistics? */
 static bool has_stats(const struct esm_state *s, const lm_tensor_job *job)
 {
-    if (!s->stats || !is_matrix(job))
+    if (!is_matrix(job))
         return false;
     for (size_t t = 0; t < job->n_models; t++) {
         const double *g;
         size_t d;
         uint64_t n;
-        if (lm__stats_lookup(s->stats, t, job->name, &g, &d, &n) ||
+        if (user_subspace(s, job, t))
+            continue;
+        if (!s->stats ||
+            lm__stats_lookup(s->stats, t, job->name, &g, &d, &n) ||
             d != (size_t)job->shape[1] || n == 0)
             return false;
     }
@@ -344,11 +362,25 @@ static lm_status merge_route(const struct esm_state *s,
     } else {
         const double *grams[256];
         uint64_t rows[256];
+        const lm_projector *user[256];
         st = T > 256 ? lm_context_set_error(ctx, LM_ERR_UNSUPPORTED,
                                             "esm: at most 256 tasks")
                      : LM_OK;
         for (size_t t = 0; st == LM_OK && t < T; t++) {
             size_t d;
+            grams[t] = NULL;
+            rows[t] = 0;
+            if ((user[t] = user_subspace(s, job, t))) {
+                if (lm_projector_dim(user[t]) != d_out)
+                    st = lm_context_set_error(
+                        ctx, LM_ERR_SHAPE,
+                        "esm: tensor '%s' [%zu, %zu]: the user subspace of "
+                        "task %zu has dimension %zu; an essential subspace "
+                        "lies in the output space (dimension %zu)",
+                        job->name, d_out, d_in, t,
+                        lm_projector_dim(user[t]), d_out);
+                continue;
+            }
             if (!s->stats ||
                 lm_stats_find(s->stats, t, job->name, &grams[t], &d,
                              &rows[t]) != LM_OK ||
@@ -358,11 +390,12 @@ static lm_status merge_route(const struct esm_state *s,
                     "esm: tensor '%s' is routed to the essential subspace "
                     "but task %zu has no activation statistics for it "
                     "(with d_in %zu); observe its inputs with "
-                    "lm_stats_observe", job->name, t, d_in);
+                    "lm_stats_observe or give it a subspace with "
+                    "lm_plan_set_subspace", job->name, t, d_in);
         }
         if (st == LM_OK)
             st = lm__esm_layer(ctx, &s->o, job->name, job->seed, x, grams,
-                               rows, T, d_out, d_in, out);
+                               rows, user, T, d_out, d_in, out);
     }
     lm_free(ctx, x);
     return st;

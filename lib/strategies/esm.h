@@ -3,6 +3,7 @@
 #ifndef LM_STRATEGIES_ESM_H
 #define LM_STRATEGIES_ESM_H
 
+#include "libmerge/projector.h"
 #include "strategies/builtin.h"
 
 /* How a task's essential subspace is computed (docs/methods/esm.md,
@@ -46,11 +47,15 @@ bool lm__esm_route_fits_lapack(enum esm_route route, size_t d_out,
 const char *lm__esm_route_name(enum esm_route route);
 
 /* Merge one layer: x holds T weighted task matrices (d_out x d_in), grams
- * the T input second moments X^T X (d_in x d_in) with n_rows rows. name
- * is the tensor's, for errors; seed feeds the randomized route. */
+ * the T input second moments X^T X (d_in x d_in) with n_rows rows. user[t]
+ * non-NULL: task t's essential subspace is that projector (dimension
+ * d_out, checked by the caller; lm_plan_set_subspace) and grams[t] is not
+ * read. name is the tensor's, for errors; seed feeds the randomized
+ * route. */
 lm_status lm__esm_layer(lm_context *ctx, const struct esm_opts *o,
                         const char *name, uint64_t seed, const double *x,
                         const double *const *grams, const uint64_t *n_rows,
-                        size_t T, size_t d_out, size_t d_in, double *out);
+                        const lm_projector *const *user, size_t T,
+                        size_t d_out, size_t d_in, double *out);
 
 #endif

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "linalg/linalg.h"
+#include "linalg/projector_private.h"
 #include "strategies/esm.h"
 
 /* Everything one task contributes, computed on its own so tasks run in
@@ -22,11 +23,33 @@ struct esm_tasks {
     const double *x;
     const double *const *grams;
     const uint64_t *n_rows;
+    const lm_projector *const *user;
     size_t d_out, d_in, cols;
     const size_t *cap, *off;
     size_t *kept;
     double *pcat, *acat, *norms;
 };
+
+/* A user's subspace for the task (lm_plan_set_subspace) in place of the
+ * one built from statistics: every direction it has (cap = its rank),
+ * the strengths where ESM uses eigenvalues (only their ratios matter),
+ * and ||dW||_F for the inter-task weight, which is ||P^T dW|| over a
+ * complete orthonormal P, the released norm for pad=complete. */
+static lm_status user_subspace(const lm_projector *u,
+                               const struct esm_task_in *in, double *p,
+                               double *lambda, size_t *kept, double *norm)
+{
+    size_t r = lm_projector_rank(u);
+    memcpy(p, lm_projector_basis(u), in->d_out * r * sizeof(double));
+    for (size_t j = 0; j < r; j++)
+        lambda[j] = lm__projector_strength(u, j);
+    double s2 = 0;
+    for (size_t i = 0; i < in->d_out * in->d_in; i++)
+        s2 += in->dw[i] * in->dw[i];
+    *norm = sqrt(s2);
+    *kept = r;
+    return LM_OK;
+}
 
 static lm_status task_block(void *arg, size_t t)
 {
@@ -45,8 +68,10 @@ static lm_status task_block(void *arg, size_t t)
     struct esm_task_in in = {dw,    w->grams[t], w->n_rows[t], d_out,
                              d_in,  cap,         w->seed + t};
     size_t k = 0;
-    lm_status st = lm__esm_subspace(w->ctx, o, w->route, &in, p, lambda, &k,
-                                    &w->norms[t]);
+    lm_status st = w->user[t] ? user_subspace(w->user[t], &in, p, lambda, &k,
+                                              &w->norms[t])
+                              : lm__esm_subspace(w->ctx, o, w->route, &in, p,
+                                                 lambda, &k, &w->norms[t]);
     if (st != LM_OK) {
         lm_free(w->ctx, buf);
         return st;
@@ -177,7 +202,8 @@ static lm_status pick_route(lm_context *ctx, const struct esm_opts *o,
 lm_status lm__esm_layer(lm_context *ctx, const struct esm_opts *o,
                         const char *name, uint64_t seed, const double *x,
                         const double *const *grams, const uint64_t *n_rows,
-                        size_t T, size_t d_out, size_t d_in, double *out)
+                        const lm_projector *const *user, size_t T,
+                        size_t d_out, size_t d_in, double *out)
 {
     size_t k = o->rank ? o->rank : d_out / T;
     if (k < 1)
@@ -187,21 +213,36 @@ lm_status lm__esm_layer(lm_context *ctx, const struct esm_opts *o,
     /* Room per task: rank G <= min(n, d_in, d_out), so at most that many
      * directions survive (the released k can exceed it at lm_head sizes). */
     size_t *cap = lm__calloc(ctx, 3 * T, sizeof(size_t));
-    if (!cap)
+    uint64_t *stat_rows = lm__calloc(ctx, T, sizeof(uint64_t));
+    if (!cap || !stat_rows) {
+        lm_free(ctx, cap);
+        lm_free(ctx, stat_rows);
         return LM_ERR_OUT_OF_MEMORY;
+    }
     size_t *off = cap + T, *kept = off + T, cols = 0, cap_max = 0;
+    size_t n_stat = 0; /* tasks whose subspace comes from statistics */
     for (size_t t = 0; t < T; t++) {
-        size_t c = k < d_in ? k : d_in;
-        if (n_rows[t] < (uint64_t)c)
-            c = (size_t)n_rows[t];
+        size_t c;
+        if (user[t]) {
+            c = lm_projector_rank(user[t]);
+        } else {
+            c = k < d_in ? k : d_in;
+            if (n_rows[t] < (uint64_t)c)
+                c = (size_t)n_rows[t];
+            cap_max = c > cap_max ? c : cap_max;
+            stat_rows[n_stat++] = n_rows[t];
+        }
         cap[t] = c;
         off[t] = cols;
         cols += c;
-        cap_max = c > cap_max ? c : cap_max;
     }
+    /* The route (and its memory estimate) concerns only the tasks whose
+     * subspace is computed here. */
     enum esm_route route = ESD_GRAM;
-    lm_status st = pick_route(ctx, o, name, T, d_out, d_in, n_rows, cap_max,
-                              &route);
+    lm_status st = n_stat ? pick_route(ctx, o, name, n_stat, d_out, d_in,
+                                       stat_rows, cap_max, &route)
+                          : LM_OK;
+    lm_free(ctx, stat_rows);
     double need = layer_bytes(d_out, d_in, cols);
     if (st == LM_OK && need > o->budget)
         st = lm_context_set_error(
@@ -224,9 +265,9 @@ lm_status lm__esm_layer(lm_context *ctx, const struct esm_opts *o,
     double *pcat = buf, *po = pcat + d_out * cols, *acat = po + d_out * cols,
            *ao = acat + cols * d_in, *norms = ao + cols * d_in,
            *colnorm = norms + T;
-    struct esm_tasks tasks = {ctx,  o,    route, seed, x,    grams,
-                              n_rows, d_out, d_in, cols, cap, off,
-                              kept, pcat, acat, norms};
+    struct esm_tasks tasks = {ctx,  o,     route, seed, x,    grams,
+                              n_rows, user, d_out, d_in, cols, cap,
+                              off,  kept,  pcat, acat, norms};
     st = lm__parallel_for(ctx, T, task_block, &tasks);
     /* Close the gaps tasks with fewer directions than room left: columns
      * of pcat and rows of acat move left, order kept. */
