@@ -11,7 +11,7 @@ ALL = ['merge', 'search', 'methods', 'method_info', 'version', 'Stats', 'BFloat1
        'LoraAdapter', 'load', 'save']
 # Names added since 0.1, appended to __all__ in this order.
 ADDED = ['TaskVector', 'Merger', 'merge_to', 'register_strategy', 'unregister_strategy',
-         'Projector']
+         'Projector', 'Subspace']
 
 # Every attribute without a leading underscore in 0.1, including the
 # incidental ones (imported modules, dtype codes), which stay reachable.

@@ -12,7 +12,7 @@ The package only checks arguments and marshals them; every merge decision
 (held-out splits, K folds, keep="cv" tuning) is the C library's. Modules:
 _lib (loading, prototypes), _context (context, logging), _tensor and _bf16
 (arrays), _models and _plan (models and plans), _merge (merge, search,
-methods), purify, stats, files, nsc, task_vector, projector, strategy
+methods), purify, subspace, stats, files, nsc, task_vector, projector, strategy
 (strategies written in Python), merger (load-time Merger), output
 (merge_to: streaming into files), torch (optional).
 """
@@ -51,6 +51,7 @@ from .projector import Projector  # noqa: E402
 from .strategy import register_strategy, unregister_strategy  # noqa: E402
 from .merger import Merger  # noqa: E402
 from .output import merge_to  # noqa: E402
+from .subspace import Subspace  # noqa: E402
 
 __all__ += ["NSC", "LoraAdapter", "load", "save", "TaskVector", "Merger", "merge_to",
-            "register_strategy", "unregister_strategy", "Projector"]
+            "register_strategy", "unregister_strategy", "Projector", "Subspace"]

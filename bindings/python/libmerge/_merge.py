@@ -4,6 +4,7 @@ import ctypes
 
 from . import _lib
 from . import purify as _purify
+from . import subspace as _subspace
 from ._context import Context, L, options
 from ._errors import NotFoundError
 from ._models import model_to_dict
@@ -17,7 +18,7 @@ _ROWS = ["error", "base", "zero", "mean"]  # lm_rows_policy order
 
 def merge(method, base, models, *, stats=None, weights=None, threads=0,
           seed=0, purify=None, nonfinite="error", rows="error", transposed=(),
-          out_dtype=None, tie=None, projections=(), progress=None, **params):
+          out_dtype=None, tie=None, projections=(), progress=None, subspaces=(), **params):
     """Merge `models` (a sequence of name -> array mappings, `TaskVector`s
     or `LoraAdapter`s, the last kept factored: lm_plan_add_lora) into `base`
     with strategy `method` (see `methods()`); keyword arguments set the
@@ -53,6 +54,9 @@ def merge(method, base, models, *, stats=None, weights=None, threads=0,
              ("base"), zeros ("zero") or the mean of the models that have
              them ("mean"); the output keeps the base's shapes
              (lm_plan_set_rows_policy).
+    subspaces: `libmerge.Subspace` objects: user subspaces replacing the
+             ones esm or purify build from statistics, per tensor pattern
+             and task (lm_plan_set_subspace; docs/methods/esm.md).
     nonfinite: "error" (default: NaN/Inf in an input or result raises
              NonFiniteError naming the tensor and model) or "allow".
     out_dtype: "f32", "f16", "bf16" or "f64": every output in that dtype
@@ -81,7 +85,8 @@ def merge(method, base, models, *, stats=None, weights=None, threads=0,
         try:
             configure(ctx, plan, base, stats, purify=purify, nonfinite=nonfinite, rows=rows,
                       transposed=transposed, out_dtype=out_dtype, tie=tie,
-                      projections=projections, progress=progress)
+                      projections=projections, progress=progress,
+                      subspaces=subspaces)
             st = L.lm_plan_execute(plan.ptr, ctypes.byref(out))
             plan.reraise()
             ctx.check(st)
@@ -106,8 +111,11 @@ class SearchResult(tuple):
         self.at_edge = at_edge
         return self
 def configure(ctx, plan, base, stats, *, purify=None, nonfinite="error", rows="error",
-              transposed=(), out_dtype=None, tie=None, projections=(), progress=None):
+              transposed=(), out_dtype=None, tie=None, projections=(), progress=None,
+              subspaces=()):
     """The plan options merge, merge_to and Merger share."""
+    # Before purify: a keep="cv" tuning executes the plan.
+    _subspace.apply(ctx, plan.ptr, subspaces, plan._keep)
     if purify is not None:
         _purify.apply(ctx, plan.ptr, purify, stats, base)
     if nonfinite not in ("error", "allow"):
@@ -139,7 +147,7 @@ def configure(ctx, plan, base, stats, *, purify=None, nonfinite="error", rows="e
 
 def search(method, base, models, score, *, param=None, lo=0.0, hi=2.0,
            tol=0.01, max_evals=15, widen=4, stats=None, weights=None, threads=0,
-           seed=0, purify=None, **params):
+           seed=0, purify=None, subspaces=(), **params):
     """Choose a scale parameter by golden-section search, maximising
     `score(merged_dict) -> float` (e.g. accuracy on a validation split;
     never the test split). `param` defaults to "alpha" when the method has
@@ -149,7 +157,7 @@ def search(method, base, models, score, *, param=None, lo=0.0, hi=2.0,
     [hi - w/2, hi + w], or the mirror image at lo) at most `widen` times
     (0: never, the released behaviour), within the parameter's declared
     range. `purify` as in `merge` (a fixed keep ratio, or "cv" tuned first
-    at the parameter's current value).
+    at the parameter's current value); `subspaces` as in `merge`.
 
     Returns a SearchResult: (best_value, best_score, curve, merged), with
     the curve the list of (value, score) evaluated and merged the result
@@ -183,6 +191,7 @@ def search(method, base, models, score, *, param=None, lo=0.0, hi=2.0,
     with Context(threads, seed) as ctx:
         plan = Plan(ctx, method, base, models, weights, stats, params)
         try:
+            _subspace.apply(ctx, plan.ptr, subspaces, plan._keep)
             if purify is not None:
                 _purify.apply(ctx, plan.ptr, purify, stats, base)
             st = L.lm_plan_search_with(plan.ptr, param.encode(), ctypes.byref(opts),

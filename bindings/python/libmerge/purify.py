@@ -51,8 +51,9 @@ def _options(purify):
 def apply(ctx, plan, purify, stats, base):
     """Set purification on a plan from the `purify=` dict; with
     keep="cv", let the library tune the keep ratio (and a scale) first."""
-    if stats is None:
-        raise ValueError("purify= needs stats= (activation statistics)")
+    if stats is None and not L.lm_plan_subspace_count(plan):
+        raise ValueError("purify= needs stats= (activation statistics) or "
+                         "subspaces= (libmerge.Subspace)")
     unknown = set(purify) - _KNOWN
     if unknown:
         raise ValueError("purify: unknown option(s) %s (known: %s)" %
