@@ -230,6 +230,22 @@ def test_purify_without_stats_needs_only_subspaces():
         close(got[key].astype(np.float64) - base[key], want, key)
 
 
+def test_search_uses_subspaces():
+    """search(subspaces=...): the returned merge is merge() at the best
+    alpha with the same subspaces, bit for bit."""
+    base, models, _, _ = make()
+    rng = np.random.default_rng(5)
+    subs = [libmerge.Subspace("esm", "fc", rng.standard_normal((D_OUT, D_OUT)), rank=4)]
+    key = LAYERS[0]
+    target = base[key] + 0.5 * sum(delta(base, m, key) for m in models).astype(np.float32)
+    best, _, _, merged = libmerge.search(
+        "esm", base, models, lambda m: -float(np.abs(m[key] - target).sum()),
+        max_evals=4, widen=0, subspaces=subs)
+    again = libmerge.merge("esm", base, models, alpha=best, subspaces=subs)
+    for k in base:
+        assert np.array_equal(merged[k], again[k]), k
+
+
 # --- errors --------------------------------------------------------------------
 
 def test_errors_name_tensor_and_refuse_unused_rules():
