@@ -246,6 +246,26 @@ def test_search_uses_subspaces():
         assert np.array_equal(merged[k], again[k]), k
 
 
+def test_projector_object_merger_and_merge_to():
+    """A libmerge.Projector in a Subspace; Merger and merge_to(callable)
+    give merge()'s bits with the same subspaces."""
+    base, models, _, _ = make()
+    rng = np.random.default_rng(8)
+    proj = libmerge.Projector.from_array(rng.standard_normal((D_OUT, D_OUT)), "left", rank=5)
+    subs = [libmerge.Subspace("purify", "fc", proj)]
+    want = libmerge.merge("task_arithmetic", base, models, purify={"keep": 0.9},
+                          subspaces=subs)
+    got = {}
+    libmerge.merge_to(lambda name, a: got.__setitem__(name, np.array(a)), "task_arithmetic",
+                      base, models, purify={"keep": 0.9}, subspaces=subs)
+    with libmerge.Merger("task_arithmetic", models, purify={"keep": 0.9, "allocation": "layer"},
+                         subspaces=subs) as merger:
+        applied = {k: merger.apply(k, v) for k, v in base.items()}
+    for k in base:
+        assert np.array_equal(got[k], want[k]), k
+        assert np.array_equal(applied[k], want[k]), k
+
+
 # --- errors --------------------------------------------------------------------
 
 def test_errors_name_tensor_and_refuse_unused_rules():

@@ -38,7 +38,8 @@ class Merger:
         models, weights = check_weights(models, weights)
         if stats is not None and not isinstance(stats, Stats):
             raise TypeError("stats must be a libmerge.Stats")
-        option_names = ("purify", "nonfinite", "rows", "transposed", "projections")
+        option_names = ("purify", "nonfinite", "rows", "transposed", "projections",
+                        "subspaces")
         opts = {k: kwargs.pop(k) for k in option_names if k in kwargs}
         self._stats = stats  # borrowed by the plan
         self._ptr = None

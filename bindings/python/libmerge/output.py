@@ -133,7 +133,7 @@ def merge_to(dest, method, base, models, *, metadata=None, shard_bytes=0, overwr
     if stats is not None and not isinstance(stats, Stats):
         raise TypeError("stats must be a libmerge.Stats")
     option_names = ("purify", "nonfinite", "rows", "transposed", "out_dtype", "tie",
-                    "projections", "progress")
+                    "projections", "progress", "subspaces")
     opts = {k: kwargs.pop(k) for k in option_names if k in kwargs}
     if callable(dest):
         _merge_to_callable(dest, method, base, models, stats, weights, threads, seed, opts,
