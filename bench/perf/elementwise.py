@@ -77,9 +77,16 @@ def run_row(lmerge, method, n, mb, dtype, threads, plain):
     cfg = os.path.join(d, "bench.yaml")
     with open(cfg, "w") as f:
         f.write("merge_method: %s\nbase_model: %s/base\nmodels:\n" % (method, d))
-        f.write("".join("  - model: %s/model%d\n" % (d, i) for i in range(1, n + 1)))
         if method == "task_arithmetic":
+            f.write("".join("  - model: %s/model%d\n" % (d, i) for i in range(1, n + 1)))
             f.write("parameters:\n  lambda: 0.3\n")
+        else:
+            # mergekit's linear sums the listed models: the base with
+            # weight 0 makes it the mean of the fine-tunes, as the scripts.
+            w = "    parameters:\n      weight: %s\n"
+            f.write("  - model: %s/base\n" % d + w % "0.0")
+            f.write("".join("  - model: %s/model%d\n" % (d, i) + w % "1.0"
+                            for i in range(1, n + 1)))
     os.makedirs(OUT, exist_ok=True)
     target = os.path.join(OUT, "out.safetensors")
     floor_cmd = [PY, "-c", FLOOR, target, str(out_bytes)] + inputs
@@ -169,8 +176,10 @@ def main():
     lmerge = os.path.join(a.build, "tools", "lmerge", "lmerge")
     load = "%.1f" % os.getloadavg()[0]
     t0 = time.time()
-    rows = [run_row(lmerge, *r) for r in (QUICK if a.quick else ROWS)]
-    write(rows, a.out, time.time() - t0, load)
+    rows = []
+    for r in QUICK if a.quick else ROWS:
+        rows.append(run_row(lmerge, *r))
+        write(rows, a.out, time.time() - t0, load)  # a partial run still reports
 
 
 if __name__ == "__main__":

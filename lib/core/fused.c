@@ -16,8 +16,11 @@
  * task vectors, transposed layouts, row policies, lazy tensors, a
  * non-finite value under the default policy, whose error message names
  * the first offending input and element) is left to the plain path. */
+#define _DEFAULT_SOURCE /* madvise */
 #include <math.h>
 #include <stdatomic.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -281,6 +284,22 @@ static bool eligible(const lm_plan *p, const char *name, const lm_tensor *base,
     return true;
 }
 
+/* Map an input's pages in one call instead of one fault per 16 pages
+ * (MADV_POPULATE_READ, Linux 5.14; elsewhere or on failure nothing
+ * happens and the pages fault in as they are read). */
+static void populate(const void *data, size_t nbytes)
+{
+#ifdef MADV_POPULATE_READ
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t start = (uintptr_t)data / page * page;
+    uintptr_t end = (uintptr_t)data + nbytes;
+    (void)madvise((void *)start, end - start, MADV_POPULATE_READ);
+#else
+    (void)data;
+    (void)nbytes;
+#endif
+}
+
 static void done_with_inputs(const lm_plan *p, const char *name,
                              const lm_tensor *base)
 {
@@ -347,6 +366,9 @@ lm_status lm__fused_merge(lm_plan *p, void *state, const char *name,
                                     "out of memory for output '%s'",
                                     out->name);
     }
+    populate(f.base, f.n * lm_dtype_size(f.base_dt));
+    for (size_t m = 0; m < f.k; m++)
+        populate(f.in[m], f.n * lm_dtype_size(f.in_dt[m]));
     size_t items = (f.n + CHUNK - 1) / CHUNK;
     st = items == 1 ? run_chunk(&f, 0)
                     : lm__parallel_for(ctx, items, run_chunk, &f);
