@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "linalg/linalg.h"
+#include "strategies/embedding.h"
 #include "strategies/global_topk.h"
 #include "strategies/sign_merge.h"
 
@@ -29,6 +30,9 @@ static const lm_param_desc knots_params[] = {
     {sizeof(lm_param_desc), "scope", LM_PARAM_CHOICE, 0, 0, 0, "tensor|model",
      "ties: trim each tensor's blocks, or each task's blocks of every matrix "
      "flattened together (the paper's code; two extra passes)", 0},
+    LM__EMBEDDING_PARAMS("svd|mean", "embeddings/heads: aligned by the "
+                         "joint SVD as other matrices, or lambda * the "
+                         "weighted sum"),
 };
 
 struct knots_state {
@@ -41,6 +45,7 @@ struct knots_state {
     bool model_scope;
     double *densities;
     struct lm__global_topk topk;
+    struct lm__embedding_rule embedding; /* embedding_route */
 };
 
 static void knots_fini(void *state, void *user);
@@ -83,7 +88,10 @@ static lm_status knots_init(const lm_strategy_init_info *info, void **state,
         return st;
     }
     s->ties = strcmp(merge, "ties") == 0;
-    st = init_model_scope(info, s);
+    st = lm__embedding_rule_init(info->ctx, info->params, "knots",
+                                 &s->embedding);
+    if (st == LM_OK)
+        st = init_model_scope(info, s);
     if (st != LM_OK) {
         knots_fini(s, user);
         return st;
@@ -99,6 +107,7 @@ static void knots_fini(void *state, void *user)
     if (!s)
         return;
     lm__global_topk_free(s->ctx, &s->topk);
+    lm__embedding_rule_free(&s->embedding);
     lm_free(s->ctx, s->densities);
     lm_free(s->ctx, s);
 }
@@ -172,9 +181,12 @@ static lm_status aligned_blocks(const lm_tensor_job *job, struct aligned *a)
     return LM_OK;
 }
 
-static bool is_matrix(const lm_tensor_job *job)
+/* Merged through the joint SVD: matrices, except embeddings routed to
+ * the weighted sum. */
+static bool is_matrix(const struct knots_state *s, const lm_tensor_job *job)
 {
-    return job->ndim == 2 && job->shape[0] >= 2 && job->shape[1] >= 2;
+    return job->ndim == 2 && job->shape[0] >= 2 && job->shape[1] >= 2 &&
+           lm__embedding_route_for(&s->embedding, job) != LM_EMBEDDING_MEAN;
 }
 
 static unsigned knots_passes(void *state, void *user)
@@ -191,7 +203,7 @@ static lm_status knots_prepare(void *state, const lm_tensor_job *job,
 {
     (void)user;
     struct knots_state *s = state;
-    if (!is_matrix(job))
+    if (!is_matrix(s, job))
         return LM_OK;
     struct aligned a;
     LM_TRY(aligned_blocks(job, &a));
@@ -216,7 +228,7 @@ static lm_status knots_merge(void *state, const lm_tensor_job *job,
 {
     (void)user;
     const struct knots_state *s = state;
-    if (!is_matrix(job)) {
+    if (!is_matrix(s, job)) {
         lm__weighted_sum(job, s->lambda);
         return LM_OK;
     }

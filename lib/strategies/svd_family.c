@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "linalg/linalg.h"
-#include "strategies/builtin.h"
+#include "strategies/embedding.h"
 
 enum svd_method { TSV, ISO_C, ISO_CTS };
 
@@ -21,6 +21,7 @@ struct svd_state {
     double tol;             /* svd_tolerance: precision rule, 0 = exact */
     bool randomized;
     int64_t power, oversample;
+    struct lm__embedding_rule embedding; /* embedding_route */
 };
 
 /* The precision rule's tolerance (docs/methods/svd_family.md): each
@@ -45,12 +46,23 @@ static const lm_param_desc tsv_params[] = {
      NULL, "extra random probes of the randomized SVD (0: max(16, k/2), "
      "accurate when the spectrum decays slowly around k)", 0},
     SVD_TOLERANCE_PARAM,
+    LM__EMBEDDING_PARAMS("svd|mean|randomized",
+                         "embeddings/heads: exact SVD (as other matrices), "
+                         "alpha * weighted mean, or randomized top-k SVDs"),
 };
+
+/* Iso-C/CTS use every direction of the sum (a flat spectrum over all of
+ * them), so a randomized top-k SVD has nothing to truncate: no
+ * `randomized` embedding route. */
+#define ISO_EMBEDDING_PARAMS                                                \
+    LM__EMBEDDING_PARAMS("svd|mean", "embeddings/heads: SVD as other "      \
+                         "matrices, or alpha * the weighted mean")
 
 static const lm_param_desc iso_c_params[] = {
     {sizeof(lm_param_desc), "alpha", LM_PARAM_FLOAT, 1.0, 0.0, 10.0, NULL,
      "scale of the merged task vector", 0},
     SVD_TOLERANCE_PARAM,
+    ISO_EMBEDDING_PARAMS,
 };
 
 /* No randomized option: the flattened spectrum gives every kept direction
@@ -62,6 +74,7 @@ static const lm_param_desc iso_cts_params[] = {
     {sizeof(lm_param_desc), "common_space_fraction", LM_PARAM_FLOAT, 0.8,
      0.0, 1.0, NULL, "fraction of the rank given to the common subspace", 0},
     SVD_TOLERANCE_PARAM,
+    ISO_EMBEDDING_PARAMS,
 };
 
 static lm_status svd_init(const lm_strategy_init_info *info, void **state,
@@ -89,6 +102,10 @@ static lm_status svd_init(const lm_strategy_init_info *info, void **state,
             st = lm_params_get_int(info->params, "oversample",
                                    &s->oversample);
     }
+    static const char *const names[] = {"tsv", "iso_c", "iso_cts"};
+    if (st == LM_OK)
+        st = lm__embedding_rule_init(info->ctx, info->params, names[method],
+                                     &s->embedding);
     if (st != LM_OK) {
         lm_free(info->ctx, s);
         return st;
@@ -120,8 +137,10 @@ static void svd_fini(void *state, void *user)
 {
     (void)user;
     struct svd_state *s = state;
-    if (s)
-        lm_free(s->ctx, s);
+    if (!s)
+        return;
+    lm__embedding_rule_free(&s->embedding);
+    lm_free(s->ctx, s);
 }
 
 /* Top-k triplets of x (m x n): exact SVD truncated, or randomized. */
@@ -481,7 +500,18 @@ static lm_status svd_merge(void *state, const lm_tensor_job *job, void *user)
     (void)user;
     const struct svd_state *s = state;
     size_t n_el = job->numel, T = job->n_models;
-    if (job->ndim != 2 || job->shape[0] < 2 || job->shape[1] < 2) {
+    enum lm__embedding_route route = lm__embedding_route_for(&s->embedding,
+                                                             job);
+    /* The randomized route: these options with randomized top-k SVDs (a
+     * shallow copy, only read). */
+    struct svd_state randomized;
+    if (route == LM_EMBEDDING_RANDOMIZED) {
+        randomized = *s;
+        randomized.randomized = true;
+        s = &randomized;
+    }
+    if (job->ndim != 2 || job->shape[0] < 2 || job->shape[1] < 2 ||
+        route == LM_EMBEDDING_MEAN) {
         double wsum = 0;
         for (size_t t = 0; t < T; t++)
             wsum += job->weights[t];
