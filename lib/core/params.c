@@ -68,10 +68,32 @@ lm_status lm__params_create(lm_context *ctx, const lm_strategy_vtable *vt,
     return LM_OK;
 }
 
+lm_status lm__params_attach(lm_params *p, const void *tag, void *data,
+                            void (*destroy)(lm_context *ctx, void *data))
+{
+    if (p->attach_tag && p->attach_tag != tag)
+        return lm_context_set_error(p->ctx, LM_ERR_STATE,
+                                    "plan: strategy '%s' already has other "
+                                    "data attached", p->vt->name);
+    if (p->attach_data && p->attach_destroy)
+        p->attach_destroy(p->ctx, p->attach_data);
+    p->attach_tag = data ? tag : NULL;
+    p->attach_data = data;
+    p->attach_destroy = data ? destroy : NULL;
+    return LM_OK;
+}
+
+void *lm__params_attachment(const lm_params *p, const void *tag)
+{
+    return p && p->attach_tag == tag ? p->attach_data : NULL;
+}
+
 void lm__params_destroy(lm_params *p)
 {
     if (!p)
         return;
+    if (p->attach_data && p->attach_destroy)
+        p->attach_destroy(p->ctx, p->attach_data);
     lm__params_overrides_free(p);
     if (p->choices)
         for (size_t i = 0; i < p->vt->n_params; i++)

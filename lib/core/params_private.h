@@ -52,6 +52,10 @@ struct lm_params {
      * reaches plan-level inputs the strategy vtable does not carry (ESM:
      * user subspaces, lm_plan_subspace_find). Set by lm_plan_create. */
     const struct lm_plan *plan;
+    /* Strategy attachment (lm__params_attach); views borrow it. */
+    const void *attach_tag;
+    void *attach_data;
+    void (*attach_destroy)(lm_context *ctx, void *data);
 };
 
 /* Parameter values for a plan (params.c). */
@@ -62,6 +66,17 @@ lm_status lm__params_set_float(lm_params *params, const char *name,
                                double value);
 lm_status lm__params_set_string(lm_params *params, const char *name,
                                 const char *value);
+
+/* Data a module outside the core attaches to a plan for its strategy to
+ * find at init through lm_strategy_init_info.params (e.g. lib/nsc's host
+ * forward callback for the `nsc` strategy), so the core needs to know
+ * neither. One per plan: attaching under the same tag replaces (and
+ * destroys) the old data, NULL data detaches; another tag is
+ * LM_ERR_STATE. Destroyed with the plan. */
+lm_status lm__params_attach(lm_params *params, const void *tag, void *data,
+                            void (*destroy)(lm_context *ctx, void *data));
+/* The data attached under `tag`, or NULL. */
+void *lm__params_attachment(const lm_params *params, const void *tag);
 
 /* Index of parameter `name` in the strategy's table, or -1. */
 int lm__params_index(const lm_params *params, const char *name);

@@ -37,6 +37,12 @@ void lm__nsc_table_free(lm_context *ctx, struct lm__nsc_table *t);
 const double *lm__nsc_table_find(const struct lm__nsc_table *t,
                                  const char *module);
 
+/* A table holding an lm_nsc's coefficients (every module, every task;
+ * "task0", ... as names). Its `path` names the source in messages. */
+struct lm_nsc;
+lm_status lm__nsc_table_from(const struct lm_nsc *nsc,
+                             struct lm__nsc_table **out);
+
 /* Writes a table atomically (temporary file, fsync, rename). `tasks` may
  * be NULL: "task0", "task1", ... Values must be finite
  * (LM_ERR_NONFINITE naming the module and task); LM_ERR_IO when the

@@ -1,6 +1,7 @@
 /* lm_nsc_save_coefficients / lm_nsc_load_coefficients: an lm_nsc's
  * lambdas to and from a coefficient table (coefficients.h), the file the
  * `nsc` strategy merges with. */
+#include <stdio.h>
 #include <string.h>
 
 #include "nsc/coefficients.h"
@@ -78,4 +79,49 @@ lm_status lm_nsc_load_coefficients(lm_nsc *n, const char *path)
     }
     lm__nsc_table_free(n->ctx, t);
     return st;
+}
+
+static const char *table_module(const void *table, size_t i)
+{
+    return ((const struct lm__nsc_table *)table)->modules[i];
+}
+
+static lm_status table_fill(const lm_nsc *n, struct lm__nsc_table *t)
+{
+    size_t nm = n->n_modules, nt = n->n_tasks;
+    t->tasks = lm__calloc(n->ctx, nt, sizeof(char *));
+    t->modules = lm__calloc(n->ctx, nm + 1, sizeof(char *));
+    t->lambdas = lm__calloc(n->ctx, nm * nt + 1, sizeof(double));
+    if (!(t->path = lm__strdup(n->ctx, "(lm_plan_set_nsc_forward)")) ||
+        !t->tasks || !t->modules || !t->lambdas)
+        return LM_ERR_OUT_OF_MEMORY;
+    t->n_tasks = nt;
+    for (size_t k = 0; k < nt; k++) {
+        char name[32];
+        snprintf(name, sizeof(name), "task%zu", k);
+        if (!(t->tasks[k] = lm__strdup(n->ctx, name)))
+            return LM_ERR_OUT_OF_MEMORY;
+    }
+    for (size_t i = 0; i < nm; i++) {
+        LM_TRY(lm_nsc_get_lambdas(n, i, t->lambdas + i * nt));
+        if (!(t->modules[i] = lm__strdup(n->ctx, n->modules[i].name)))
+            return LM_ERR_OUT_OF_MEMORY;
+        t->n_modules++;
+        LM_TRY(lm__name_set_add(n->ctx, &t->index, i, table_module, t));
+    }
+    return LM_OK;
+}
+
+lm_status lm__nsc_table_from(const lm_nsc *n, struct lm__nsc_table **out)
+{
+    struct lm__nsc_table *t = lm__calloc(n->ctx, 1, sizeof(*t));
+    lm_status st = t ? table_fill(n, t) : LM_ERR_OUT_OF_MEMORY;
+    if (st != LM_OK) {
+        lm__nsc_table_free(n->ctx, t);
+        return st == LM_ERR_OUT_OF_MEMORY
+                   ? lm_context_set_error(n->ctx, st, "nsc: out of memory")
+                   : st;
+    }
+    *out = t;
+    return LM_OK;
 }

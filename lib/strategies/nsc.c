@@ -11,12 +11,15 @@
  *     the Python drivers (nsc/coefficients.h), checked strictly: every
  *     module an adapter targets needs a row, with one value per task; or
  *   - `lambda` set per (tensor, model) with lm_plan_set_float_for, the
- *     core's per-tensor parameters, for hosts holding them in memory.
+ *     core's per-tensor parameters, for hosts holding them in memory; or
+ *   - the optimiser itself, run at init through the host's forward
+ *     callback set with lm_plan_set_nsc_forward (lib/nsc/forward.c).
  * Every task must be a LoRA adapter (lm_plan_add_lora): the coefficients
  * are per LoRA module. */
 #include <math.h>
 
 #include "nsc/coefficients.h"
+#include "nsc/forward.h"
 #include "strategies/sparsify.h"
 
 static const lm_param_desc nsc_params[] = {
@@ -54,13 +57,28 @@ static lm_status nsc_init(const lm_strategy_init_info *info, void **state,
      * module has a coefficient is checked in merge_tensor. */
     if (*path && lm_params_is_set(info->params, "lambda"))
         return both_set(info->ctx);
+    struct lm__nsc_forward *fw = lm__nsc_forward_of(info->params);
+    if (fw && (*path || lm_params_is_set(info->params, "lambda")))
+        return lm_context_set_error(info->ctx, LM_ERR_INVALID_ARGUMENT,
+                                    "nsc: the plan runs the optimiser "
+                                    "(lm_plan_set_nsc_forward); do not set "
+                                    "'coefficients' or 'lambda' too");
     struct nsc_state *s = lm__calloc(info->ctx, 1, sizeof(*s));
     if (!s)
         return lm_context_set_error(info->ctx, LM_ERR_OUT_OF_MEMORY,
                                     "nsc: out of memory");
     s->ctx = info->ctx;
     s->params = info->params;
-    if (*path) {
+    if (fw) {
+        lm_nsc *nsc = NULL;
+        lm_status st = lm__nsc_forward_run(fw, info->n_models, &nsc);
+        if (st == LM_OK)
+            st = lm__nsc_table_from(nsc, &s->table);
+        if (st != LM_OK) {
+            lm_free(info->ctx, s);
+            return st;
+        }
+    } else if (*path) {
         lm_status st = lm__nsc_table_read(info->ctx, path, &s->table);
         if (st == LM_OK && s->table->n_tasks != info->n_models)
             st = lm_context_set_error(info->ctx, LM_ERR_INVALID_ARGUMENT,

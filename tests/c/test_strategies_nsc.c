@@ -289,12 +289,16 @@ struct host {
     const lm_model *base;
     lm_tensor *w1;
     const lm_tensor *x;
+    int calls;
+    int stop_at; /* > 0: fail that call */
 };
 
 static int evaluate(lm_nsc *nsc, size_t task, size_t step, void *user)
 {
     struct host *h = user;
     (void)step;
+    if (++h->calls == h->stop_at)
+        return 1;
     lm_tensor *w0 = NULL;
     if (lm_model_find(h->base, "l1.weight", &w0) != LM_OK ||
         lm_nsc_materialize(nsc, 0, w0, h->w1) != LM_OK)
@@ -320,7 +324,7 @@ START_TEST(spsa_table_merges_like_materialize)
     lm_nsc *nsc = NULL;
     ck_assert_ok(lm_nsc_create(f.ctx, (const lm_lora *const *)f.ads, 2, NULL,
                                &nsc));
-    struct host h = {f.base, NULL, NULL};
+    struct host h = {f.base, NULL, NULL, 0, 0};
     ck_assert_ok(lm_tensor_create(f.ctx, LM_F32, 2, (int64_t[]){6, 5}, &h.w1));
     lm_tensor *x = tu_random_tensor(f.ctx, LM_F32, 2, (int64_t[]){16, 5}, 7);
     h.x = x;
@@ -350,6 +354,100 @@ START_TEST(spsa_table_merges_like_materialize)
     lm_tensor_destroy(x);
     lm_tensor_destroy(h.w1);
     lm_nsc_destroy(nsc);
+    fx_free(&f);
+}
+END_TEST
+
+static void same_bytes(const lm_model *a, const lm_model *b)
+{
+    for (size_t i = 0; i < lm_model_count(a); i++) {
+        const lm_tensor *x = lm_model_at(a, i), *y = lm_model_at(b, i);
+        ck_assert(memcmp(lm_tensor_cdata(x), lm_tensor_cdata(y),
+                         lm_tensor_nbytes(x)) == 0);
+    }
+}
+
+/* NSC inside the plan (lm_plan_set_nsc_forward): the SPSA run through the
+ * host's callback at the first execution equals a standalone lm_nsc_spsa
+ * with the same seed and options, bit for bit, and so does the merge with
+ * its table; later executions and a merger reuse it without calling the
+ * host again and give the same bytes. */
+START_TEST(forward_inside_the_plan)
+{
+    struct fx f;
+    fx_init(&f, 2);
+    struct host h = {f.base, NULL, NULL, 0, 0};
+    ck_assert_ok(lm_tensor_create(f.ctx, LM_F32, 2, (int64_t[]){6, 5}, &h.w1));
+    lm_tensor *x = tu_random_tensor(f.ctx, LM_F32, 2, (int64_t[]){16, 5}, 7);
+    h.x = x;
+    lm_nsc_spsa_options o = LM_NSC_SPSA_OPTIONS_INIT;
+    o.steps = 6;
+    double w[2] = {1.0, 1.0};
+    lm_plan *p = nsc_plan(&f, w);
+    ck_assert_ok(lm_plan_set_nsc_forward(p, evaluate, &h, NULL, &o));
+    ck_assert_ptr_null(lm_plan_nsc(p));
+    lm_model *out = NULL;
+    ck_assert_ok(lm_plan_execute(p, &out));
+    ck_assert_int_eq(h.calls, 2 * 2 * 6); /* tasks x (+, -) x steps */
+    const lm_nsc *inside = lm_plan_nsc(p);
+    ck_assert_ptr_nonnull(inside);
+
+    lm_nsc *alone = NULL;
+    ck_assert_ok(lm_nsc_create(f.ctx, (const lm_lora *const *)f.ads, 2, NULL,
+                               &alone));
+    ck_assert_ok(lm_nsc_spsa(alone, &o, evaluate, &h, NULL, NULL, NULL));
+    for (size_t l = 0; l < 2; l++) {
+        double a[2], b[2];
+        ck_assert_ok(lm_nsc_get_lambdas(inside, l, a));
+        ck_assert_ok(lm_nsc_get_lambdas(alone, l, b));
+        ck_assert(a[0] == b[0] && a[1] == b[1]);
+        ck_assert(a[0] != 0.4); /* the optimiser moved it */
+    }
+    ck_assert_ok(lm_nsc_save_coefficients(alone, f.table, NULL));
+    lm_nsc_destroy(alone);
+    lm_plan *q = nsc_plan(&f, w);
+    ck_assert_ok(lm_plan_set_string(q, "coefficients", f.table));
+    lm_model *want = NULL;
+    ck_assert_ok(lm_plan_execute(q, &want));
+    same_bytes(out, want);
+    lm_model_destroy(want);
+    lm_plan_destroy(q);
+
+    int calls = h.calls;
+    lm_model *again = NULL;
+    ck_assert_ok(lm_plan_execute(p, &again));
+    same_bytes(out, again);
+    lm_model_destroy(again);
+    lm_merger *m = NULL;
+    ck_assert_ok(lm_merger_create(p, &m));
+    tu_assert_merger_matches(f.ctx, m, f.base, out);
+    lm_merger_destroy(m);
+    ck_assert_int_eq(h.calls, calls);
+
+    /* Not with a table too; a host that stops; detaching. */
+    ck_assert_ok(lm_plan_set_string(p, "coefficients", f.table));
+    ck_assert_status(lm_plan_execute(p, &again), LM_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(lm_context_error(f.ctx),
+                                 "lm_plan_set_nsc_forward"));
+    ck_assert_ok(lm_plan_set_string(p, "coefficients", ""));
+    h.calls = 0;
+    h.stop_at = 3;
+    ck_assert_ok(lm_plan_set_nsc_forward(p, evaluate, &h, NULL, &o));
+    ck_assert_status(lm_plan_execute(p, &again), LM_ERR_CALLBACK);
+    ck_assert_ptr_null(lm_plan_nsc(p));
+    ck_assert_ok(lm_plan_set_nsc_forward(p, NULL, NULL, NULL, NULL));
+    ck_assert_status(lm_plan_execute(p, &again), LM_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(lm_context_error(f.ctx), "no coefficients"));
+    lm_plan_destroy(p);
+
+    lm_plan *ta = NULL;
+    ck_assert_ok(lm_plan_create(f.ctx, "task_arithmetic", &ta));
+    ck_assert_status(lm_plan_set_nsc_forward(ta, evaluate, &h, NULL, NULL),
+                     LM_ERR_INVALID_ARGUMENT);
+    lm_plan_destroy(ta);
+    lm_model_destroy(out);
+    lm_tensor_destroy(x);
+    lm_tensor_destroy(h.w1);
     fx_free(&f);
 }
 END_TEST
@@ -475,6 +573,7 @@ int main(void)
     tcase_add_test(tc, save_load_round_trip);
     tcase_add_test(tc, spsa_table_merges_like_materialize);
     tcase_add_test(tc, bad_tables);
+    tcase_add_test(tc, forward_inside_the_plan);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

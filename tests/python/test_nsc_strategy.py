@@ -119,6 +119,45 @@ def test_bad_tables_name_the_file_and_key(tmp_path):
         libmerge.merge("nsc", base, [loras[0], base], **{"lambda": 0.5})
 
 
+def test_optimiser_inside_the_plan(tmp_path):
+    """merge_with_forward (lm_plan_set_nsc_forward) runs the same SPSA as a
+    standalone NSC with the same seed and options (lambdas bit for bit) and
+    merges with its table (bit for bit; within 1e-5 of materialize)."""
+    from libmerge.nsc import merge_with_forward
+    base, ads = make()
+    x = RNG.standard_normal((16, 12)).astype(np.float32)
+
+    def evaluate(nsc, task, step):
+        w1 = nsc.materialize("l1.weight", base["l1.weight"])
+        # Task 1 has no adapter on l2: it reports l1's inputs instead.
+        if task == 0:
+            nsc.observe(0, "l2.weight", x @ w1.T)
+        else:
+            nsc.observe(1, "l1.weight", x)
+
+    path = tmp_path / "inside.json"
+    loras = [libmerge.LoraAdapter(a) for a in ads]
+    got = merge_with_forward(base, loras, evaluate, steps=6, seed=4,
+                             coefficients=path)
+    alone = libmerge.NSC(loras, seed=4)
+    alone.spsa(lambda task, step: evaluate(alone, task, step), steps=6)
+    table = json.loads(path.read_text())
+    for m in alone.modules:
+        assert table["modules"][m] == list(alone.lambdas(m))
+    assert table["modules"]["l1.weight"] != [0.4, 0.4]
+    for m in alone.modules:
+        assert np.abs(got[m] - alone.materialize(m, base[m])).max() <= TOL
+    alone.close()
+    again = libmerge.merge("nsc", base, loras, coefficients=str(path))
+    for k in base:
+        assert (again[k] == got[k]).all()
+
+    def stop(nsc, task, step):
+        raise KeyError("host stopped")
+    with pytest.raises(KeyError, match="host stopped"):
+        merge_with_forward(base, loras, stop, steps=2)
+
+
 # --- the torch drivers' tables ------------------------------------------
 
 def toy_model():

@@ -11,7 +11,7 @@ from ._context import options
 from ._errors import error_for as _error_for
 from ._tensor import prepare, to_numpy
 
-__all__ = ["LoraAdapter", "NSC"]
+__all__ = ["LoraAdapter", "NSC", "merge_with_forward"]
 
 
 def _wrap(ctx, array, keep):
@@ -149,7 +149,19 @@ class NSC:
         finally:
             for l in loras:
                 _L.lm_lora_destroy(l)
-        self.n_tasks = len(adapters)
+        self._describe()
+
+    @classmethod
+    def _borrow(cls, ptr, ctx):
+        """A view of an lm_nsc the library owns (a plan's optimiser, inside
+        its forward callback): usable for the call, never destroyed here."""
+        nsc = cls.__new__(cls)
+        nsc._ptr, nsc._ctx, nsc._borrowed = ctypes.c_void_p(ptr), ctx, True
+        nsc._describe()
+        return nsc
+
+    def _describe(self):
+        self.n_tasks = _L.lm_nsc_task_count(self._ptr)
         self.modules = []
         self._shapes = {}
         for i in range(_L.lm_nsc_module_count(self._ptr)):
@@ -160,6 +172,9 @@ class NSC:
             self._shapes[name] = (d_out.value, d_in.value)
 
     def close(self):
+        if getattr(self, "_borrowed", False):
+            self._ptr = None
+            return
         if getattr(self, "_ptr", None):
             _L.lm_nsc_destroy(self._ptr)
             self._ptr = None
@@ -296,3 +311,60 @@ class NSC:
             raise errors[0]
         self._ctx.check(st)
         return first.value, last.value, list(curve[:int(steps)])
+
+
+def merge_with_forward(base, adapters, evaluate, *, weights=None, steps=None,
+                       perturbation=None, lr=None, init=None, threads=0, seed=0,
+                       coefficients=None):
+    """Merge LoRA `adapters` (LoraAdapter, PEFT directories or factor dicts)
+    into `base` with the "nsc" strategy, the plan running NSC's gradient-free
+    optimiser itself before merging (lm_plan_set_nsc_forward):
+    evaluate(nsc, task, step) gets an NSC view and must materialize the
+    modules it needs, run the model on one batch of `task` and report the
+    target modules' inputs with nsc.observe(task, module, inputs). Options
+    left at None take the library's defaults (lm_nsc_spsa_options_init,
+    lm_nsc_options_init). Returns the merged dict; `coefficients`: a path
+    where the optimised table is saved."""
+    from ._context import Context
+    from ._models import model_to_dict
+    from ._plan import Plan, check_weights
+    adapters = [a if isinstance(a, LoraAdapter) else LoraAdapter.from_peft(a)
+                if isinstance(a, (str, bytes)) or hasattr(a, "__fspath__")
+                else LoraAdapter(a) for a in adapters]
+    adapters, weights = check_weights(adapters, weights)
+    errors = []
+    with Context(threads, seed) as ctx:
+        def on_eval(nsc_ptr, task, step, user):
+            try:
+                view = NSC._borrow(nsc_ptr, ctx)
+                evaluate(view, int(task), int(step))
+            except BaseException as e:  # re-raised after the C call
+                errors.append(e)
+                return 1
+            return 0
+
+        callback = _lib.NSC_EVAL_FN(on_eval)
+        opts = options(_lib._NscOptions)
+        if init is not None:
+            opts.init = float(init)
+        spsa = options(_lib._NscSpsaOptions)
+        for field, value in (("steps", steps), ("perturbation", perturbation), ("lr", lr)):
+            if value is not None:
+                setattr(spsa, field, int(value) if field == "steps" else float(value))
+        plan = Plan(ctx, "nsc", base, adapters, weights, None, {})
+        out = ctypes.c_void_p()
+        try:
+            ctx.check(_L.lm_plan_set_nsc_forward(plan.ptr, callback, None,
+                                                 ctypes.byref(opts), ctypes.byref(spsa)))
+            st = _L.lm_plan_execute(plan.ptr, ctypes.byref(out))
+            if errors:
+                raise errors[0]
+            ctx.check(st)
+            if coefficients is not None:
+                ctx.check(_L.lm_nsc_save_coefficients(_L.lm_plan_nsc(plan.ptr),
+                                                      str(coefficients).encode(), None))
+            return model_to_dict(out, base)
+        finally:
+            if out:
+                _L.lm_model_destroy(out)
+            plan.close()

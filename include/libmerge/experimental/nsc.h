@@ -167,6 +167,28 @@ LM_EXPERIMENTAL lm_status lm_nsc_save_coefficients(const lm_nsc *nsc,
 LM_EXPERIMENTAL lm_status lm_nsc_load_coefficients(lm_nsc *nsc,
                                                    const char *path);
 
+/* NSC inside a plan: a plan created with the "nsc" strategy (tasks added
+ * with lm_plan_add_lora) runs the gradient-free optimiser itself, once,
+ * before it merges any tensor — at its first lm_plan_execute /
+ * lm_plan_execute_to / lm_merger_create — by calling `evaluate` as
+ * lm_nsc_spsa does (the host materialises the modules of the lm_nsc it
+ * is given, runs its network on a batch of `task` and reports the target
+ * modules' inputs with lm_nsc_observe), then merges with the resulting
+ * coefficients. Later executions and mergers of the plan reuse them while
+ * its adapters stay the same. `options` / `spsa` may be NULL (defaults).
+ * Not with the "coefficients" or "lambda" parameters. evaluate NULL
+ * removes the callback. Errors: LM_ERR_INVALID_ARGUMENT (another
+ * strategy), LM_ERR_ABI; the execution reports the optimiser's errors
+ * (LM_ERR_CALLBACK when `evaluate` stops it). */
+LM_EXPERIMENTAL lm_status lm_plan_set_nsc_forward(lm_plan *plan,
+                                                  lm_nsc_eval_fn evaluate,
+                                                  void *user,
+                                                  const lm_nsc_options *options,
+                                                  const lm_nsc_spsa_options *spsa);
+/* The plan's optimised lm_nsc (borrowed, valid until the plan changes or
+ * dies), e.g. to save its table; NULL before the first run. */
+LM_EXPERIMENTAL const lm_nsc *lm_plan_nsc(const lm_plan *plan);
+
 /* Thread-safety: lm_nsc_ratio, lm_nsc_materialize, lm_nsc_accumulate and
  * lm_nsc_observe may be called from several threads at once;
  * lm_nsc_set_lambdas, lm_nsc_step and lm_nsc_spsa need exclusive use. */
