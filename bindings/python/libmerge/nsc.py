@@ -11,7 +11,7 @@ from ._context import options
 from ._errors import error_for as _error_for
 from ._tensor import prepare, to_numpy
 
-__all__ = ["LoraAdapter", "NSC", "merge_with_forward"]
+__all__ = ["LoraAdapter", "NSC"]  # merge_with_forward: experimental, by module
 
 
 def _wrap(ctx, array, keep):
