@@ -22,6 +22,12 @@ static lm_status check_options(lm_context *ctx, const lm_nsc_options *o)
         bad = "adam_eps must be positive, weight_decay and ridge >= 0";
     else if (!isfinite(o->init))
         bad = "init must be finite";
+    else if (isnan(o->lambda_min) || isnan(o->lambda_max) ||
+             !(o->lambda_min <= o->lambda_max) || o->lambda_min == HUGE_VAL ||
+             o->lambda_max == -HUGE_VAL)
+        bad = "need lambda_min <= lambda_max (not NaN)";
+    else if (!(o->trust_radius > 0))
+        bad = "trust_radius must be positive (HUGE_VAL: none)";
     if (bad)
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_RANGE, "nsc: %s", bad);
     return LM_OK;
@@ -65,7 +71,7 @@ static struct nsc_module *find_or_add(lm_nsc *n, const char *name,
     memset(m, 0, sizeof(*m));
     m->name = lm__strdup(n->ctx, name);
     m->tasks = lm__calloc(n->ctx, n->n_tasks, sizeof(*m->tasks));
-    m->coef = lm__calloc(n->ctx, 4 * n->n_tasks, sizeof(double));
+    m->coef = lm__calloc(n->ctx, 5 * n->n_tasks, sizeof(double));
     if (!m->name || !m->tasks || !m->coef ||
         lm__name_set_add(n->ctx, &n->names, n->n_modules, module_name,
                          n->modules) != LM_OK) {
@@ -80,6 +86,7 @@ static struct nsc_module *find_or_add(lm_nsc *n, const char *name,
     m->grad = m->coef + n->n_tasks;
     m->adam_m = m->grad + n->n_tasks;
     m->adam_v = m->adam_m + n->n_tasks;
+    m->centre = m->adam_v + n->n_tasks;
     n->n_modules++;
     return m;
 }
@@ -153,7 +160,7 @@ static lm_status add_factor(lm_nsc *n, struct nsc_module *m, size_t task,
     f->a = buf;
     f->b = buf + r * d_in;
     f->ginv = buf + r * d_in + d_out * r + r * r;
-    m->coef[task] = n->opts.init;
+    m->coef[task] = m->centre[task] = n->opts.init;
     return LM_OK;
 }
 
@@ -172,6 +179,11 @@ lm_status lm_nsc_create(lm_context *ctx, const lm_lora *const *adapters,
     }
     if (o.init < 0)
         o.init = 0.4;
+    if (o.init < o.lambda_min || o.init > o.lambda_max)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_RANGE,
+                                    "nsc: init %g is outside [%g, %g] "
+                                    "(lambda_min, lambda_max)", o.init,
+                                    o.lambda_min, o.lambda_max);
     lm_nsc *n = lm__calloc(ctx, 1, sizeof(*n));
     if (!n)
         return LM_ERR_OUT_OF_MEMORY;
@@ -308,7 +320,15 @@ lm_status lm_nsc_set_lambdas(lm_nsc *n, size_t i, const double *lambdas)
                                         "finite", t, m->name);
     for (size_t t = 0; t < n->n_tasks; t++)
         if (m->tasks[t].a)
-            m->coef[t] = lambdas[t];
+            m->coef[t] = m->centre[t] = lambdas[t];
+    return LM_OK;
+}
+
+lm_status lm_nsc_set_frozen(lm_nsc *n, size_t i, int frozen)
+{
+    struct nsc_module *m = NULL;
+    LM_TRY(lm__nsc_module(n, i, &m));
+    m->frozen = frozen != 0;
     return LM_OK;
 }
 
@@ -487,8 +507,10 @@ void lm__nsc_adamw(lm_nsc *n, double lr)
     for (size_t i = 0; i < n->n_modules; i++) {
         struct nsc_module *m = &n->modules[i];
         for (size_t t = 0; t < n->n_tasks; t++) {
-            if (!m->tasks[t].a)
+            if (!m->tasks[t].a || m->frozen) {
+                m->grad[t] = 0;
                 continue;
+            }
             double g = m->grad[t];
             m->coef[t] *= 1.0 - lr * o->weight_decay;
             m->adam_m[t] = o->beta1 * m->adam_m[t] + (1 - o->beta1) * g;
@@ -496,6 +518,11 @@ void lm__nsc_adamw(lm_nsc *n, double lr)
             m->coef[t] -= lr * (m->adam_m[t] / c1) /
                           (sqrt(m->adam_v[t] / c2) + o->adam_eps);
             m->grad[t] = 0;
+            /* The projection: a no-op with the released (infinite)
+             * bounds, so the released trajectory is unchanged. */
+            double lo = fmax(o->lambda_min, m->centre[t] - o->trust_radius);
+            double hi = fmin(o->lambda_max, m->centre[t] + o->trust_radius);
+            m->coef[t] = fmin(fmax(m->coef[t], lo), hi);
         }
     }
 }

@@ -23,7 +23,9 @@ struct nsc_module {
     char *name;
     int64_t d_out, d_in;
     struct nsc_factor *tasks;  /* n_tasks; a == NULL: no adapter */
-    double *coef, *grad, *adam_m, *adam_v;  /* n_tasks each, one block */
+    /* n_tasks each, one block; centre: the trust region's */
+    double *coef, *grad, *adam_m, *adam_v, *centre;
+    bool frozen;
 };
 
 struct lm_nsc {
@@ -45,6 +47,7 @@ lm_status lm__nsc_check_task(const lm_nsc *n, size_t task, size_t module,
 lm_status lm__nsc_ratio_sum(lm_context *ctx, const struct nsc_factor *f,
                             const float *z, size_t rows, size_t d,
                             double *sum, float *grad, double grad_scale);
+/* AdamW on every unfrozen coefficient, then the safeguards' projection. */
 void lm__nsc_adamw(lm_nsc *n, double lr);
 
 #endif

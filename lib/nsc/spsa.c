@@ -2,6 +2,7 @@
  * the objective's gradient, fed to the same AdamW update as the gradient
  * protocol. The host runs the network through a callback. */
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "nsc/nsc_internal.h"
@@ -58,12 +59,14 @@ static double sign_of(uint64_t seed, size_t step, size_t j)
     return (h >> 63) ? 1.0 : -1.0;
 }
 
+/* Frozen modules are not perturbed: their gradient is known to be zero,
+ * and perturbing them would feed the slope's noise into their update. */
 static void perturb(lm_nsc *n, size_t step, double by)
 {
     size_t j = 0;
     for (size_t i = 0; i < n->n_modules; i++)
         for (size_t t = 0; t < n->n_tasks; t++, j++)
-            if (n->modules[i].tasks[t].a)
+            if (n->modules[i].tasks[t].a && !n->modules[i].frozen)
                 n->modules[i].coef[t] += by * sign_of(n->ctx->seed, step, j);
 }
 
@@ -86,12 +89,17 @@ lm_status lm_nsc_spsa(lm_nsc *n, const lm_nsc_spsa_options *o,
         return lm_context_set_error(n->ctx, LM_ERR_OUT_OF_RANGE,
                                     "nsc: spsa perturbation and lr must be "
                                     "positive");
+    if (opts.steps > SIZE_MAX - opts.first_step)
+        return lm_context_set_error(n->ctx, LM_ERR_OUT_OF_RANGE,
+                                    "nsc: spsa first_step + steps "
+                                    "overflows");
     double c = opts.perturbation, value = 0;
     if (first) {
-        LM_TRY(evaluate(n, fn, user, 0, &value));
+        LM_TRY(evaluate(n, fn, user, opts.first_step, &value));
         *first = value;
     }
-    for (size_t step = 0; step < opts.steps; step++) {
+    size_t end = opts.first_step + opts.steps;
+    for (size_t step = opts.first_step; step < end; step++) {
         double plus, minus;
         perturb(n, step, c);
         lm_status st = evaluate(n, fn, user, step, &plus);
@@ -101,7 +109,7 @@ lm_status lm_nsc_spsa(lm_nsc *n, const lm_nsc_spsa_options *o,
         perturb(n, step, c);
         LM_TRY(st);
         if (curve)
-            curve[step] = 0.5 * (plus + minus);
+            curve[step - opts.first_step] = 0.5 * (plus + minus);
         double slope = (plus - minus) / (2 * c);
         size_t j = 0;
         for (size_t i = 0; i < n->n_modules; i++)
@@ -113,7 +121,7 @@ lm_status lm_nsc_spsa(lm_nsc *n, const lm_nsc_spsa_options *o,
         lm__nsc_adamw(n, opts.lr);
     }
     if (last) {
-        LM_TRY(evaluate(n, fn, user, opts.steps, &value));
+        LM_TRY(evaluate(n, fn, user, end, &value));
         *last = value;
     }
     return LM_OK;

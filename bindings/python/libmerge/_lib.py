@@ -69,6 +69,9 @@ class _NscOptions(ctypes.Structure):
         ("adam_eps", ctypes.c_double),
         ("weight_decay", ctypes.c_double),
         ("ridge", ctypes.c_double),
+        ("lambda_min", ctypes.c_double),
+        ("lambda_max", ctypes.c_double),
+        ("trust_radius", ctypes.c_double),
     ]
 
 
@@ -79,6 +82,7 @@ class _NscSpsaOptions(ctypes.Structure):
         ("steps", ctypes.c_size_t),
         ("perturbation", ctypes.c_double),
         ("lr", ctypes.c_double),
+        ("first_step", ctypes.c_size_t),
     ]
 
 
@@ -501,6 +505,7 @@ def _declare(lib):
         "lm_nsc_materialize": (ctypes.c_int, [P, ctypes.c_size_t, P, P]),
         "lm_nsc_accumulate": (ctypes.c_int, [P, ctypes.c_size_t, P, ctypes.POINTER(ctypes.c_double)]),
         "lm_nsc_step": (ctypes.c_int, [P]),
+        "lm_nsc_set_frozen": (ctypes.c_int, [P, ctypes.c_size_t, ctypes.c_int]),
         "lm_nsc_observe": (ctypes.c_int, [P, ctypes.c_size_t, ctypes.c_size_t, P, ctypes.c_size_t,
                                           ctypes.c_size_t]),
         "lm_nsc_spsa": (ctypes.c_int, [P, ctypes.POINTER(_NscSpsaOptions), NSC_EVAL_FN, P,

@@ -123,10 +123,15 @@ class NSC:
     Not thread-safe across methods that change coefficients."""
 
     def __init__(self, adapters, *, init=None, lr=None, betas=None,
-                 weight_decay=None, eps=None, ridge=None, seed=0):
+                 weight_decay=None, eps=None, ridge=None, lambda_min=None,
+                 lambda_max=None, trust_radius=None, seed=0):
         """Options left at None take the library's defaults
         (lm_nsc_options_init: lr 1e-3, betas (0.9, 0.999), weight decay
-        0.01, eps 1e-8, ridge 1e-8; init None = the released 0.4)."""
+        0.01, eps 1e-8, ridge 1e-8; init None = the released 0.4). The
+        safeguards (not in the released code): every update is projected
+        onto [lambda_min, lambda_max] (default [0, inf)) and onto
+        init +- trust_radius (default inf); lambda_min=-inf is the
+        released, unconstrained optimiser."""
         adapters = [a if isinstance(a, LoraAdapter) else LoraAdapter.from_peft(a)
                     if isinstance(a, (str, bytes)) or hasattr(a, "__fspath__")
                     else LoraAdapter(a) for a in adapters]
@@ -134,7 +139,9 @@ class NSC:
         self._ptr = ctypes.c_void_p()
         opts = options(_lib._NscOptions)
         given = {"init": init, "lr": lr, "adam_eps": eps, "weight_decay": weight_decay,
-                 "ridge": ridge, "beta1": None if betas is None else betas[0],
+                 "ridge": ridge, "lambda_min": lambda_min, "lambda_max": lambda_max,
+                 "trust_radius": trust_radius,
+                 "beta1": None if betas is None else betas[0],
                  "beta2": None if betas is None else betas[1]}
         for field, value in given.items():
             if value is not None:
@@ -203,6 +210,11 @@ class NSC:
     def set_lambdas(self, module, values):
         values = (ctypes.c_double * self.n_tasks)(*[float(v) for v in values])
         self._ctx.check(_L.lm_nsc_set_lambdas(self._ptr, self._module(module), values))
+
+    def set_frozen(self, module, frozen=True):
+        """Freeze a module's coefficients: no SPSA perturbation, no update
+        (for modules whose gradient is exactly zero)."""
+        self._ctx.check(_L.lm_nsc_set_frozen(self._ptr, self._module(module), int(bool(frozen))))
 
     def ratio(self, task, module, z, grad_scale=None):
         """Mean null-space ratio of task's A over the rows of z (..., d_in);
@@ -277,13 +289,15 @@ class NSC:
                                           ctypes.c_void_p(rows.ctypes.data),
                                           rows.shape[0], rows.shape[1]))
 
-    def spsa(self, evaluate, *, steps=None, perturbation=None, lr=None):
+    def spsa(self, evaluate, *, steps=None, perturbation=None, lr=None, first_step=0):
         """Gradient-free optimisation: evaluate(task, step) must run the
         merged model (materialize the modules first) on one unlabeled batch
         of `task` and call self.observe(task, module, inputs) at the target
         modules. Returns (objective before, objective after, curve).
         Options left at None take the library's defaults
-        (lm_nsc_spsa_options_init: 100 steps, perturbation 0.05, lr 1e-2)."""
+        (lm_nsc_spsa_options_init: 100 steps, perturbation 0.05, lr 1e-3).
+        `first_step` numbers the steps (and their perturbations) from
+        there, so a run can continue in chunks."""
         errors = []
 
         def on_eval(nsc, task, step, user):
@@ -302,6 +316,7 @@ class NSC:
             opts.perturbation = float(perturbation)
         if lr is not None:
             opts.lr = float(lr)
+        opts.first_step = int(first_step)
         steps = opts.steps
         first, last = ctypes.c_double(), ctypes.c_double()
         curve = (ctypes.c_double * max(int(steps), 1))()

@@ -25,6 +25,8 @@
 #ifndef LIBMERGE_EXPERIMENTAL_NSC_H
 #define LIBMERGE_EXPERIMENTAL_NSC_H
 
+#include <math.h> /* HUGE_VAL in LM_NSC_OPTIONS_INIT */
+
 #include "libmerge/lora.h"
 
 #ifdef __cplusplus
@@ -41,11 +43,21 @@ typedef struct lm_nsc_options {
     double adam_eps;      /* AdamW epsilon (1e-8)                         */
     double weight_decay;  /* decoupled, also decays lambda (0.01)         */
     double ridge;         /* added to A A^T before Cholesky (1e-8)        */
+    /* Safeguards (not in the released code, which lets lambdas go
+     * anywhere; -HUGE_VAL, HUGE_VAL, HUGE_VAL restore it): after every
+     * update each lambda is projected onto [lambda_min, lambda_max] and
+     * onto [centre - trust_radius, centre + trust_radius], the centre
+     * being its value at creation or at the last lm_nsc_set_lambdas.
+     * Pushed hard, the null-space objective barely moves while lambdas go
+     * negative and accuracy collapses; lambda >= 0 rules that out. */
+    double lambda_min;    /* 0                                            */
+    double lambda_max;    /* HUGE_VAL                                     */
+    double trust_radius;  /* HUGE_VAL (none)                              */
 } lm_nsc_options;
 
 #define LM_NSC_OPTIONS_INIT                                                 \
     { (uint32_t)sizeof(lm_nsc_options), -1.0, 1e-3, 0.9, 0.999, 1e-8,      \
-      0.01, 1e-8 }
+      0.01, 1e-8, 0.0, HUGE_VAL, HUGE_VAL }
 
 /* Fills *options with the defaults (LM_NSC_OPTIONS_INIT). */
 LM_EXPERIMENTAL void lm_nsc_options_init(lm_nsc_options *options);
@@ -72,7 +84,9 @@ LM_EXPERIMENTAL lm_status lm_nsc_module_find(const lm_nsc *nsc, const char *name
                                     size_t *index);
 
 /* Coefficients of module i: lambdas[k] for k < task count. A task without
- * an adapter for the module reads 0 and ignores writes. */
+ * an adapter for the module reads 0 and ignores writes. Setting moves the
+ * trust region's centre there; the safeguards bound the optimisers'
+ * updates, not the values set here. */
 LM_EXPERIMENTAL lm_status lm_nsc_get_lambdas(const lm_nsc *nsc, size_t module,
                                     double *lambdas);
 LM_EXPERIMENTAL lm_status lm_nsc_set_lambdas(lm_nsc *nsc, size_t module,
@@ -106,8 +120,17 @@ LM_EXPERIMENTAL lm_status lm_nsc_materialize(const lm_nsc *nsc, size_t module,
 LM_EXPERIMENTAL lm_status lm_nsc_accumulate(lm_nsc *nsc, size_t module,
                                    const lm_tensor *weight_grad,
                                    double *grads);
+/* Freeze (1) or release (0) module i's coefficients: frozen ones are
+ * neither perturbed by lm_nsc_spsa nor changed by any update (not even
+ * weight decay). For modules whose gradient is exactly zero — after every
+ * target module in the network's forward order — SPSA's random
+ * perturbations would otherwise move them as pure noise. */
+LM_EXPERIMENTAL lm_status lm_nsc_set_frozen(lm_nsc *nsc, size_t module,
+                                            int frozen);
+
 /* One AdamW step on every coefficient from the pending gradients, which
- * are then cleared. Not concurrent with other calls on the same nsc. */
+ * are then cleared, followed by the projection of the options'
+ * safeguards. Not concurrent with other calls on the same nsc. */
 LM_EXPERIMENTAL lm_status lm_nsc_step(lm_nsc *nsc);
 
 /* Gradient-free driver. `evaluate` must run the merged model (current
@@ -128,15 +151,21 @@ typedef struct lm_nsc_spsa_options {
     size_t steps;        /* iterations, 2 evaluations of every task each   */
     double perturbation; /* c: lambda +- c * delta, delta in {-1, +1}      */
     double lr;           /* AdamW step on the SPSA gradient estimate       */
+    size_t first_step;   /* number of the first step (0): a run continued  */
+                         /* in chunks (e.g. to check held-out batches in   */
+                         /* between) keeps drawing fresh perturbations     */
 } lm_nsc_spsa_options;
 
+/* lr 1e-3, the released gradient driver's: at 1e-2 SPSA overshot (64.0
+ * against 71.7 % normalized on the same adapters at 1e-3). */
 #define LM_NSC_SPSA_OPTIONS_INIT                                            \
-    { (uint32_t)sizeof(lm_nsc_spsa_options), 100, 0.05, 1e-2 }
+    { (uint32_t)sizeof(lm_nsc_spsa_options), 100, 0.05, 1e-3, 0 }
 
 /* Fills *options with the defaults (LM_NSC_SPSA_OPTIONS_INIT). */
 LM_EXPERIMENTAL void lm_nsc_spsa_options_init(lm_nsc_spsa_options *options);
 
-/* SPSA: each step draws delta from the context seed and the step number,
+/* SPSA: each step draws delta from the context seed and the step number
+ * (first_step, first_step + 1, ...; the callback gets that number),
  * evaluates L(lambda + c delta) and L(lambda - c delta) (every task), and
  * feeds g = (L+ - L-) / (2c) delta to the AdamW update with `lr`. The
  * objective at the start and at the end (one more evaluation with the
