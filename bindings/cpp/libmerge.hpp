@@ -871,6 +871,11 @@ public:
                                                  "per task");
         detail::check(lm_nsc_set_lambdas(n_.get(), module, values.data()), ctx_);
     }
+    // Takes `module`'s coefficients out of the optimisation (or back in).
+    void set_frozen(size_t module, bool frozen = true)
+    {
+        detail::check(lm_nsc_set_frozen(n_.get(), module, frozen), ctx_);
+    }
     // The merged weight of `module` into `out` from base weight `base`.
     void materialize(size_t module, const TensorView &base, Tensor &out) const
     {

@@ -368,6 +368,15 @@ static void test_nsc(libmerge::Context &ctx)
            nsc.find("w") == 0);
     nsc.set_lambdas(0, {1.0, 0.5});
     EXPECT(nsc.lambdas(0) == std::vector<double>({1.0, 0.5}));
+    // A frozen module is not even weight-decayed; released, it is.
+    nsc.set_frozen(0);
+    nsc.step();
+    EXPECT(nsc.lambdas(0) == std::vector<double>({1.0, 0.5}));
+    nsc.set_frozen(0, false);
+    nsc.step();
+    EXPECT(nsc.lambdas(0)[0] < 1.0);
+    EXPECT_ERROR(nsc.set_frozen(1), LM_ERR_OUT_OF_RANGE, "");
+    nsc.set_lambdas(0, {1.0, 0.5});
     libmerge::Model base = model_of(ctx, BASE);
     libmerge::Tensor out(ctx, LM_F32, {2, 2});
     nsc.materialize(0, base["w"], out);

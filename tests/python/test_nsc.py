@@ -225,3 +225,107 @@ def test_driver_merges_peft_directories_in_one_call(toy, tmp_path):
     from_arrays = lt.nsc_merge(net, [t["adapter"] for t in tasks], loaders, steps=5)
     for k in from_dirs:
         assert np.abs((from_dirs[k] - from_arrays[k]).numpy()).max() <= 1e-6
+
+
+# --- safe NSC: target rule, frozen modules, bounds, early stopping --------
+
+def test_default_targets_are_the_last_quarter_of_the_blocks():
+    from libmerge.torch_nsc import default_targets
+    llama = ["model.layers.%d.self_attn.%s.weight" % (b, p)
+             for b in range(32) for p in ("q_proj", "v_proj")]
+    # The released LLaVA script: blocks 24-31 of 32 (it keeps only v_proj).
+    want = ["model.layers.%d.self_attn.%s" % (b, p) for b in range(24, 32)
+            for p in ("q_proj", "v_proj")]
+    assert default_targets(llama) == want
+    vit = ["vision_model.encoder.layers.%d.mlp.fc%d.weight" % (b, i)
+           for b in range(12) for i in (1, 2)]
+    assert default_targets(vit) == [n[:-7] for n in vit[-6:]]       # 3 of 12 blocks
+    assert default_targets(["h.0.attn.c_attn.weight", "h.1.attn.c_attn.weight"]) == \
+        ["h.1.attn.c_attn"]                                          # at least one block
+    # Block indices need not be contiguous or sorted in the adapters.
+    assert default_targets(["blocks.7.fc.weight", "blocks.2.fc.weight", "blocks.5.fc.weight",
+                            "blocks.9.fc.weight"]) == ["blocks.9.fc"]
+    # No block index: the last quarter of the modules (at least one).
+    assert default_targets(["fc1.weight", "fc2.weight", "fc3.weight"]) == ["fc3"]
+    assert default_targets(["a%d.weight" % i for i in range(8)]) == ["a6", "a7"]
+
+
+def test_spsa_freezes_the_modules_after_every_target(toy):
+    """Targets fc2: fc2's own coefficients and fc3's act after its input,
+    so their gradient is exactly zero; SPSA leaves them at init (without
+    the freeze they wander with the perturbations)."""
+    import libmerge.torch as lt
+    nsc_toy, net, tasks, loaders = toy
+    ads = [t["adapter"] for t in tasks]
+    frozen, loose = {}, {}
+    lt.nsc_merge_spsa(net, ads, loaders, ["fc2"], steps=20, lr=1e-2, report=frozen)
+    lt.nsc_merge_spsa(net, ads, loaders, ["fc2"], steps=20, lr=1e-2, report=loose,
+                      freeze_after_targets=False)
+    assert frozen["frozen"] == ["fc2.weight", "fc3.weight"]
+    for name in ("fc2.weight", "fc3.weight"):
+        assert list(frozen["lambdas"][name]) == [0.4, 0.4]
+        assert max(abs(v - 0.4) for v in loose["lambdas"][name]) > 1e-3
+    assert max(abs(v - 0.4) for v in frozen["lambdas"]["fc1.weight"]) > 1e-3
+    # Same perturbation stream, same zero-gradient modules: fc1 follows the
+    # same path whether the others are frozen or not.
+    np.testing.assert_allclose(frozen["lambdas"]["fc1.weight"], loose["lambdas"]["fc1.weight"],
+                               rtol=0, atol=1e-12)
+
+
+def test_bounds_and_trust_region_hold_in_both_drivers(toy):
+    import libmerge.torch as lt
+    nsc_toy, net, tasks, loaders = toy
+    ads = [t["adapter"] for t in tasks]
+    free, boxed, trust = {}, {}, {}
+    lt.nsc_merge(net, ads, loaders, steps=60, lr=0.05, lambda_min=-np.inf, report=free)
+    lt.nsc_merge(net, ads, loaders, steps=60, lr=0.05, report=boxed, lambda_max=0.6)
+    lt.nsc_merge_spsa(net, ads, loaders, steps=60, lr=0.05, report=trust, trust_radius=0.05)
+    all_free = np.concatenate(list(free["lambdas"].values()))
+    all_boxed = np.concatenate(list(boxed["lambdas"].values()))
+    all_trust = np.concatenate(list(trust["lambdas"].values()))
+    assert all_free.min() < 0 or all_free.max() > 0.6  # the bounds have something to stop
+    assert all_boxed.min() >= 0 and all_boxed.max() <= 0.6
+    assert np.abs(all_trust - 0.4).max() <= 0.05 + 1e-15
+
+
+def test_early_stopping_keeps_the_best_heldout_point(toy):
+    """The returned coefficients are those after best_step steps (a run of
+    exactly that many steps gives them bit for bit), the held-out objective
+    there is the curve's minimum and never above the start."""
+    import libmerge.torch as lt
+    nsc_toy, net, tasks, loaders = toy
+    ads = [t["adapter"] for t in tasks]
+    held = [[t["val"][0][128:256]] for t in tasks]
+    report = {}
+    lt.nsc_merge(net, ads, loaders, steps=80, lr=0.05, report=report, heldout_loaders=held,
+                 eval_every=5, patience=2)
+    steps, values = zip(*report["heldout"])
+    assert steps[0] == 0 and report["best_step"] in steps
+    assert min(values) == values[steps.index(report["best_step"])] <= values[0]
+    again = {}
+    merged = lt.nsc_merge(net, ads, loaders, steps=report["best_step"], lr=0.05, report=again)
+    for name, lam in report["lambdas"].items():
+        assert list(lam) == list(again["lambdas"][name]), name
+    net2 = copy.deepcopy(net)
+    net2.load_state_dict(merged)
+    assert abs(lt.nsc_objective(net2, ads, held) - min(values)) < 1e-9
+
+
+def test_spsa_in_chunks_is_the_same_run(toy):
+    """Held-out checks run SPSA in chunks of eval_every steps: with a
+    patience that never stops it, the result is the one-call run's."""
+    import libmerge.torch as lt
+    nsc_toy, net, tasks, loaders = toy
+    ads = [t["adapter"] for t in tasks]
+    held = [[t["val"][0][128:256]] for t in tasks]
+    one, chunks = {}, {}
+    lt.nsc_merge_spsa(net, ads, loaders, steps=25, report=one)
+    lt.nsc_merge_spsa(net, ads, loaders, steps=25, report=chunks, heldout_loaders=held,
+                      eval_every=10, patience=100)
+    assert one["curve"] == chunks["curve"]
+    assert [s for s, _ in chunks["heldout"]] == [0, 10, 20, 25]
+    # The kept coefficients are those of a one-call run of best_step steps.
+    best = {}
+    lt.nsc_merge_spsa(net, ads, loaders, steps=chunks["best_step"], report=best)
+    for name, lam in chunks["lambdas"].items():
+        assert list(lam) == list(best["lambdas"][name]), name

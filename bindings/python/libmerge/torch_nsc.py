@@ -11,6 +11,30 @@ from .nsc import NSC
 __all__ = ["nsc_merge", "nsc_merge_spsa", "nsc_objective"]
 
 
+def _block(name):
+    """The block index of a module path: its first integer component
+    ("model.layers.30.self_attn.v_proj" -> 30), or None."""
+    for part in name.split("."):
+        if part.isdigit():
+            return int(part)
+    return None
+
+
+def default_targets(modules):
+    """The paper's target layers: every adapted module in the last quarter
+    of the transformer blocks (max(1, B // 4) of B blocks; a block is the
+    first integer component of the module path). The released LLaVA script
+    targets blocks 24-31 of 32 too, but only their v_proj adapters: pass
+    target_modules to reproduce it. Modules without a block index: the
+    last quarter of the adapted modules, in the adapters' order."""
+    names = [n[:-len(".weight")] for n in modules]
+    blocks = sorted({b for b in map(_block, names) if b is not None})
+    if blocks:
+        last = set(blocks[len(blocks) - max(1, len(blocks) // 4):])
+        return [n for n in names if _block(n) in last]
+    return names[len(names) - max(1, len(names) // 4):]
+
+
 class _Ratio(torch.autograd.Function):
     """Mean null-space ratio of a module's inputs, computed by libmerge,
     with libmerge's d(mean)/dz as the backward pass."""
@@ -55,9 +79,7 @@ class _Setup:
             self.weights[name] = w
         self.w0 = {n: w.detach().float().cpu().numpy().copy() for n, w in self.weights.items()}
         if target_modules is None:
-            # Released default: the last quarter of the adapted layers.
-            names = list(self.weights)
-            target_modules = [n[:-len(".weight")] for n in names[len(names) - max(1, len(names) // 4):]]
+            target_modules = default_targets(list(self.weights))
         self.targets = [t[:-len(".weight")] if t.endswith(".weight") else t for t in target_modules]
         for t in self.targets:
             if t + ".weight" not in self.weights:
@@ -80,6 +102,30 @@ class _Setup:
                 lambda mod, inp, t=t: on_input(t + ".weight", inp[0])))
         return handles
 
+    def after_every_target(self, batch):
+        """The adapted modules whose coefficients cannot change any target's
+        input: first called at or after the last call of a target in one
+        forward pass over `batch` (or never called). Their gradient is
+        exactly zero, so SPSA must not perturb them."""
+        calls = []
+        handles = [self.model.get_submodule(n[:-len(".weight")]).register_forward_pre_hook(
+            lambda mod, inp, n=n: calls.append(n)) for n in self.weights]
+        try:
+            with torch.no_grad():
+                _run(self.model, batch)
+        finally:
+            for h in handles:
+                h.remove()
+        targets = {t + ".weight" for t in self.targets}
+        last = max((i for i, n in enumerate(calls) if n in targets), default=-1)
+        if last < 0:
+            raise ValueError("NSC: no target module (%s) ran in the forward pass" %
+                             ", ".join(self.targets))
+        first = {}
+        for i, n in enumerate(calls):
+            first.setdefault(n, i)
+        return [n for n in self.weights if first.get(n, len(calls)) >= last]
+
     def merged_state_dict(self):
         self.materialize()
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
@@ -91,6 +137,70 @@ class _Setup:
         for p, flag in self.requires_grad.items():
             p.requires_grad_(flag)
         self.model.train(self.training)
+
+
+def _objective(setup, nsc, batches):
+    """Mean over tasks of the mean null-space ratio at the targets, with
+    the model as it is, on each task's list of batches."""
+    per_task = []
+    with torch.no_grad():
+        for task, task_batches in enumerate(batches):
+            values = []
+            handles = setup.hooks(lambda name, z: values.append(
+                nsc.ratio(task, name, z.float().cpu().numpy())))
+            try:
+                for batch in task_batches:
+                    _run(setup.model, batch)
+            finally:
+                for h in handles:
+                    h.remove()
+            per_task.append(np.mean(values))
+    return float(np.mean(per_task))
+
+
+class _EarlyStop:
+    """Held-out early stopping (not in the released code): the objective on
+    fixed unseen batches, measured at the start and every `eval_every`
+    steps; the run stops after `patience` checks without a new best and
+    the best coefficients seen (the start included) are kept."""
+
+    def __init__(self, setup, nsc, loaders, eval_every, patience, batches):
+        if len(loaders) != nsc.n_tasks:
+            raise ValueError("NSC: %d held-out loaders for %d adapters" %
+                             (len(loaders), nsc.n_tasks))
+        if eval_every < 1 or patience < 1 or batches < 1:
+            raise ValueError("NSC: eval_every, patience and heldout_batches must be >= 1")
+        self.setup, self.nsc = setup, nsc
+        self.batches = [list(itertools.islice(loader, batches)) for loader in loaders]
+        if any(not b for b in self.batches):
+            raise ValueError("NSC: a held-out loader is empty")
+        self.eval_every, self.patience = eval_every, patience
+        self.curve, self.best, self.best_step, self.misses = [], None, 0, 0
+        self.best_lambdas = None
+
+    def check(self, step):
+        """Measures after `step` steps; True when the run should stop."""
+        self.setup.materialize()
+        value = _objective(self.setup, self.nsc, self.batches)
+        self.curve.append((step, value))
+        if self.best is None or value < self.best:
+            self.best, self.best_step, self.misses = value, step, 0
+            self.best_lambdas = {n: self.nsc.lambdas(n) for n in self.nsc.modules}
+        else:
+            self.misses += 1
+        return self.misses >= self.patience
+
+    def keep_best(self, report):
+        for n, values in self.best_lambdas.items():
+            self.nsc.set_lambdas(n, values)
+        if report is not None:
+            report.update(heldout=self.curve, best_step=self.best_step)
+
+
+def _early_stop(setup, nsc, heldout_loaders, eval_every, patience, heldout_batches):
+    if heldout_loaders is None:
+        return None
+    return _EarlyStop(setup, nsc, heldout_loaders, eval_every, patience, heldout_batches)
 
 
 def _task_names(adapters):
@@ -107,7 +217,9 @@ def _finish(nsc, adapters, coefficients):
 
 
 def nsc_merge(model, adapters, unlabeled_loaders, target_modules=None, *, steps=100,
-              lr=1e-3, init=None, weight_decay=0.01, report=None, coefficients=None):
+              lr=1e-3, init=None, weight_decay=0.01, report=None, coefficients=None,
+              lambda_min=0.0, lambda_max=None, trust_radius=None,
+              heldout_loaders=None, eval_every=10, patience=3, heldout_batches=1):
     """NSC-merge LoRA `adapters` (one per task: PEFT directories,
     libmerge.LoraAdapter or {"<module>.weight": (A, B, scale)}) into the
     base `model` (its weights are W0; it is left unchanged). Each step draws
@@ -121,9 +233,21 @@ def nsc_merge(model, adapters, unlabeled_loaders, target_modules=None, *, steps=
     objective per step and the final coefficients. `coefficients`: a path
     where the final coefficients are saved as a table (JSON,
     NSC.save_coefficients) for merge("nsc", ..., coefficients=path) and
-    `lmerge run` with `merge_method: nsc`."""
+    `lmerge run` with `merge_method: nsc`.
+
+    Safeguards (not in the released code; docs/methods/nsc.md): every
+    update is projected onto [lambda_min, lambda_max] (default [0, inf);
+    lambda_min=-inf is the released optimiser) and onto the initial
+    coefficients +- trust_radius (default unbounded). With
+    `heldout_loaders` (one per task, batches not used for training) the
+    objective on their first `heldout_batches` batches is measured at the
+    start and every `eval_every` steps; the run stops after `patience`
+    checks without improvement and returns the best coefficients seen, so
+    it never ends above its start on those batches (report: "heldout",
+    "best_step")."""
     adapters = list(adapters)
-    nsc = NSC(adapters, init=init, lr=lr, weight_decay=weight_decay)
+    nsc = NSC(adapters, init=init, lr=lr, weight_decay=weight_decay, lambda_min=lambda_min,
+              lambda_max=lambda_max, trust_radius=trust_radius)
     if len(unlabeled_loaders) != nsc.n_tasks:
         raise ValueError("nsc_merge: %d loaders for %d adapters" %
                          (len(unlabeled_loaders), nsc.n_tasks))
@@ -131,12 +255,15 @@ def nsc_merge(model, adapters, unlabeled_loaders, target_modules=None, *, steps=
     iters = [itertools.cycle(loader) for loader in unlabeled_loaders]
     history = []
     try:
+        model.eval()
+        stop = _early_stop(setup, nsc, heldout_loaders, eval_every, patience, heldout_batches)
+        if stop:
+            stop.check(0)
         for p in model.parameters():
             p.requires_grad_(False)
         for w in setup.weights.values():
             w.requires_grad_(True)
-        model.eval()
-        for _ in range(steps):
+        for step in range(1, steps + 1):
             setup.materialize()
             total = 0.0
             for task, it in enumerate(iters):
@@ -158,6 +285,10 @@ def nsc_merge(model, adapters, unlabeled_loaders, target_modules=None, *, steps=
                     w.grad = None
             nsc.step()
             history.append(total)
+            if stop and (step % eval_every == 0 or step == steps) and stop.check(step):
+                break
+        if stop:
+            stop.keep_best(report)
         merged = setup.merged_state_dict()
     finally:
         setup.restore()
@@ -174,31 +305,26 @@ def nsc_objective(model, adapters_or_nsc, unlabeled_loaders, target_modules=None
     target modules) of `model` as it is, on `batches` batches per task."""
     nsc = adapters_or_nsc if isinstance(adapters_or_nsc, NSC) else NSC(adapters_or_nsc)
     setup = _Setup(model, nsc, target_modules)
-    per_task = []
-    with torch.no_grad():
-        for task, loader in enumerate(unlabeled_loaders):
-            values = []
-            handles = setup.hooks(lambda name, z: values.append(
-                nsc.ratio(task, name, z.float().cpu().numpy())))
-            try:
-                for batch in itertools.islice(loader, batches):
-                    _run(model, batch)
-            finally:
-                for h in handles:
-                    h.remove()
-            per_task.append(np.mean(values))
-    return float(np.mean(per_task))
+    return _objective(setup, nsc, [list(itertools.islice(loader, batches))
+                                   for loader in unlabeled_loaders])
 
 
 def nsc_merge_spsa(model, adapters, unlabeled_loaders, target_modules=None, *, steps=100,
-                   perturbation=0.05, lr=1e-2, init=None, seed=0, report=None,
-                   coefficients=None):
+                   perturbation=0.05, lr=1e-3, init=None, seed=0, report=None,
+                   coefficients=None, lambda_min=0.0, lambda_max=None, trust_radius=None,
+                   freeze_after_targets=True, heldout_loaders=None, eval_every=10,
+                   patience=3, heldout_batches=1):
     """Gradient-free NSC (libmerge's SPSA driver): no backward pass, two
     merged forward passes per task and step. Same arguments and result as
-    `nsc_merge` (`coefficients` included); `report` gets the objective
-    before and after and the per-step curve."""
+    `nsc_merge` (`coefficients`, the safeguards and held-out early stopping
+    included); `report` gets the objective before and after, the per-step
+    curve and the frozen modules. `freeze_after_targets`: modules that run
+    at or after the last target (found by one forward pass) cannot change
+    the objective, so their coefficients are neither perturbed nor moved
+    (they keep `init`)."""
     adapters = list(adapters)
-    nsc = NSC(adapters, init=init, lr=lr, seed=seed)
+    nsc = NSC(adapters, init=init, lr=lr, seed=seed, lambda_min=lambda_min,
+              lambda_max=lambda_max, trust_radius=trust_radius)
     if len(unlabeled_loaders) != nsc.n_tasks:
         raise ValueError("nsc_merge_spsa: %d loaders for %d adapters" %
                          (len(unlabeled_loaders), nsc.n_tasks))
@@ -222,14 +348,35 @@ def nsc_merge_spsa(model, adapters, unlabeled_loaders, target_modules=None, *, s
                 h.remove()
     evaluate.step = 0
 
+    frozen = []
     try:
         model.eval()
-        first, last, curve = nsc.spsa(evaluate, steps=steps, perturbation=perturbation, lr=lr)
+        if freeze_after_targets:
+            setup.materialize()
+            frozen = setup.after_every_target(batches[0])
+            for name in frozen:
+                nsc.set_frozen(name)
+        stop = _early_stop(setup, nsc, heldout_loaders, eval_every, patience, heldout_batches)
+        if stop:
+            stop.check(0)
+        chunk = eval_every if stop else steps
+        first, last, curve, done = None, None, [], 0
+        while done < steps:
+            n = min(chunk, steps - done)
+            f, last, c = nsc.spsa(evaluate, steps=n, perturbation=perturbation, lr=lr,
+                                  first_step=done)
+            first = f if first is None else first
+            curve += c
+            done += n
+            if stop and stop.check(done):
+                break
+        if stop:
+            stop.keep_best(report)
         merged = setup.merged_state_dict()
     finally:
         setup.restore()
     if report is not None:
-        report.update(first=first, last=last, curve=curve,
+        report.update(first=first, last=last, curve=curve, frozen=frozen,
                       lambdas={n: nsc.lambdas(n) for n in nsc.modules})
     _finish(nsc, adapters, coefficients)
     nsc.close()
