@@ -2,6 +2,7 @@
 and their ctypes mirrors have the C structs' sizes (the init functions
 write struct_size = sizeof in C)."""
 import ctypes
+import math
 
 import pytest
 
@@ -23,8 +24,9 @@ def test_defaults_come_from_c():
     n = _lib.options(libmerge._L, _lib._NscOptions)
     assert (n.init, n.lr, n.beta1, n.beta2, n.adam_eps, n.weight_decay, n.ridge) == \
         (-1.0, 1e-3, 0.9, 0.999, 1e-8, 0.01, 1e-8)
+    assert (n.lambda_min, n.lambda_max, n.trust_radius) == (0.0, math.inf, math.inf)
     s = _lib.options(libmerge._L, _lib._NscSpsaOptions)
-    assert (s.steps, s.perturbation, s.lr) == (100, 0.05, 1e-2)
+    assert (s.steps, s.perturbation, s.lr, s.first_step) == (100, 0.05, 1e-3, 0)
     c = _lib.options(libmerge._L, _lib._ContextOptions)
     assert (c.n_threads, c.seed, c.log_level) == (0, 0, 1)
     sp = _lib.options(libmerge._L, _lib._StatsSplitOptions)
