@@ -130,6 +130,29 @@ lm_status lm_context_error_status(const lm_context *ctx)
     return st;
 }
 
+uint64_t lm__error_serial(lm_context *ctx)
+{
+    pthread_mutex_lock(&ctx->error_lock);
+    uint64_t serial = ctx->error_serial;
+    pthread_mutex_unlock(&ctx->error_lock);
+    return serial;
+}
+
+char *lm__error_set_since(lm_context *ctx, uint64_t serial)
+{
+    char *copy = NULL;
+    pthread_mutex_lock(&ctx->error_lock);
+    if (ctx->error_serial != serial) {
+        const char *text = current_error(ctx);
+        size_t len = strlen(text);
+        copy = lm_alloc(ctx, len + 1);
+        if (copy)
+            memcpy(copy, text, len + 1);
+    }
+    pthread_mutex_unlock(&ctx->error_lock);
+    return copy;
+}
+
 size_t lm_context_copy_error(const lm_context *ctx, char *buf, size_t size)
 {
     if (!ctx) {
@@ -196,6 +219,7 @@ lm_status lm_context_set_error(lm_context *ctx, lm_status status,
     char *old = ctx->error_long;
     ctx->error_long = big;
     ctx->long_current = big != NULL;
+    ctx->error_serial++;
     pthread_mutex_unlock(&ctx->error_lock);
     lm_free(ctx, old);
     lm_log(ctx, LM_LOG_ERROR, "%s", big ? big : msg);

@@ -39,6 +39,9 @@ struct lm_context {
      * lm_context_error returned stays valid until the next failure. */
     char *error_long;
     bool long_current;
+    /* Counts failures set on this context, so a caller can tell whether a
+     * host callback set its own message (lm__error_set_since). */
+    uint64_t error_serial;
 
     /* Registration order; each entry individually allocated so pointers
      * handed out stay valid, with its params table normalised to the
@@ -83,5 +86,10 @@ void lm__threads_release(lm_context *ctx, int n);
 
 /* Register the built-in strategies (lib/strategies/builtin.c). */
 lm_status lm__register_builtin_strategies(lm_context *ctx);
+
+/* The failure count now, and the message a failure set since `serial`
+ * (a copy from the context's allocator, the caller frees it), or NULL. */
+uint64_t lm__error_serial(lm_context *ctx);
+char *lm__error_set_since(lm_context *ctx, uint64_t serial);
 
 #endif /* LM_CORE_CONTEXT_PRIVATE_H */

@@ -216,6 +216,26 @@ lm_status lm_tensor_get_at(const lm_tensor *t, const int64_t *indices,
     return lm_tensor_get(t, flat, out);
 }
 
+/* One read through the host's callback. A failure names the tensor and
+ * keeps the message the host set with lm_context_set_error during the
+ * call (if any), else the status's own text. */
+static lm_status host_read(lm_context *ctx, const lm_tensor *t, void *raw,
+                           size_t nbytes)
+{
+    uint64_t serial = lm__error_serial(ctx);
+    lm_status st = t->lazy_read(t->lazy_name, raw, nbytes, t->lazy_user);
+    if (st == LM_OK)
+        return LM_OK;
+    if (st > 0)
+        st = LM_ERR_CALLBACK;
+    char *host = lm__error_set_since(ctx, serial);
+    lm_context_set_error(ctx, st, "reading tensor '%s' from the host "
+                         "callback failed: %s", t->lazy_name,
+                         host ? host : lm_strerror(st));
+    lm_free(ctx, host);
+    return st;
+}
+
 lm_status lm__read_f32(lm_context *ctx, const lm_tensor *t, float *dst)
 {
     if (!t->lazy_read)
@@ -235,7 +255,7 @@ lm_status lm__read_f32(lm_context *ctx, const lm_tensor *t, float *dst)
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "out of memory reading tensor '%s'",
                                     t->lazy_name);
-    lm_status st = t->lazy_read(t->lazy_name, raw, nbytes, t->lazy_user);
+    lm_status st = host_read(ctx, t, raw, nbytes);
     if (st == LM_OK && t->dtype != LM_F32) {
         if (t->dtype == LM_F64) {
             lm_convert(raw, LM_F64, dst, LM_F32, t->numel);
@@ -245,12 +265,6 @@ lm_status lm__read_f32(lm_context *ctx, const lm_tensor *t, float *dst)
                 dst[i] = t->dtype == LM_F16 ? lm_f16_to_f32(h[i])
                                             : lm_bf16_to_f32(h[i]);
         }
-    } else if (st != LM_OK) {
-        if (st > 0)
-            st = LM_ERR_CALLBACK;
-        lm_context_set_error(ctx, st, "reading tensor '%s' from the host "
-                             "callback failed: %s", t->lazy_name,
-                             lm_strerror(st));
     }
     if (t->dtype == LM_F64)
         lm_free(ctx, raw);
@@ -266,14 +280,7 @@ lm_status lm__read_f64(lm_context *ctx, const lm_tensor *t, double *dst)
     /* Every dtype is at most 8 bytes: read into the tail of dst and
      * widen forwards (f64 in place). */
     void *raw = (char *)dst + t->numel * sizeof(double) - nbytes;
-    lm_status st = t->lazy_read(t->lazy_name, raw, nbytes, t->lazy_user);
-    if (st != LM_OK) {
-        if (st > 0)
-            st = LM_ERR_CALLBACK;
-        return lm_context_set_error(ctx, st, "reading tensor '%s' from the "
-                                    "host callback failed: %s",
-                                    t->lazy_name, lm_strerror(st));
-    }
+    LM_TRY(host_read(ctx, t, raw, nbytes));
     if (t->dtype == LM_F64)
         return LM_OK;
     size_t w = lm_dtype_size(t->dtype);

@@ -277,6 +277,7 @@ struct host_source {
     int reads;
     pthread_mutex_t lock;
     const char *fail_name;
+    lm_context *explain; /* set: a failure says why on this context */
 };
 
 static lm_status host_read(const char *name, void *dst, size_t nbytes,
@@ -284,7 +285,10 @@ static lm_status host_read(const char *name, void *dst, size_t nbytes,
 {
     struct host_source *h = user;
     if (h->fail_name && strcmp(name, h->fail_name) == 0)
-        return LM_ERR_IO;
+        return h->explain ? lm_context_set_error(h->explain, LM_ERR_IO,
+                                                 "shard 3 vanished at "
+                                                 "offset %d", 4096)
+                          : LM_ERR_IO;
     lm_tensor *t;
     if (lm_model_find(h->backing, name, &t) != LM_OK ||
         lm_tensor_nbytes(t) != nbytes)
@@ -316,8 +320,8 @@ START_TEST(lazy_sources_match_memory)
     lm_model *base = make_model(ctx, 1), *a = make_model(ctx, 2),
              *b = make_model(ctx, 3);
     /* An f16 variant checks the in-place widening path too. */
-    struct host_source hb = {base, 0, PTHREAD_MUTEX_INITIALIZER, NULL};
-    struct host_source ha = {a, 0, PTHREAD_MUTEX_INITIALIZER, NULL};
+    struct host_source hb = {base, 0, PTHREAD_MUTEX_INITIALIZER, NULL, NULL};
+    struct host_source ha = {a, 0, PTHREAD_MUTEX_INITIALIZER, NULL, NULL};
     lm_model *lazy_base = lazy_copy(ctx, base, &hb);
     lm_model *lazy_a = lazy_copy(ctx, a, &ha);
     lm_model *want = NULL, *got = NULL;
@@ -344,6 +348,15 @@ START_TEST(lazy_sources_match_memory)
     ck_assert_status(lm_plan_execute(p, &none), LM_ERR_IO);
     ck_assert_ptr_null(none);
     ck_assert_ptr_nonnull(strstr(lm_context_error(ctx), "'t07'"));
+    ck_assert_ptr_nonnull(strstr(lm_context_error(ctx), "input/output error"));
+    /* The host's own message (lm_context_set_error in the callback) is
+     * kept, after the tensor's name. */
+    ha.explain = ctx;
+    ck_assert_status(lm_plan_execute(p, &none), LM_ERR_IO);
+    ck_assert_ptr_nonnull(strstr(lm_context_error(ctx), "'t07'"));
+    ck_assert_ptr_nonnull(
+        strstr(lm_context_error(ctx), "shard 3 vanished at offset 4096"));
+    ha.explain = NULL;
     /* Task vectors accept lazy tensors too. */
     ha.fail_name = NULL;
     lm_task_vector *tv = NULL;
@@ -378,7 +391,7 @@ START_TEST(lazy_narrow_dtypes)
         lm_model_create(ctx, &ft);
         tu_add_random(ctx, base, "w", types[k], 2, (int64_t[]){7, 9}, 1);
         tu_add_random(ctx, ft, "w", types[k], 2, (int64_t[]){7, 9}, 2);
-        struct host_source h = {ft, 0, PTHREAD_MUTEX_INITIALIZER, NULL};
+        struct host_source h = {ft, 0, PTHREAD_MUTEX_INITIALIZER, NULL, NULL};
         lm_model *lazy = lazy_copy(ctx, ft, &h);
         lm_model *want = NULL, *got = NULL;
         lm_plan *p = NULL;
