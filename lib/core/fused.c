@@ -15,7 +15,9 @@
  * block. Anything the plain path treats specially (stages, adapters,
  * task vectors, transposed layouts, row policies, lazy tensors, a
  * non-finite value under the default policy, whose error message names
- * the first offending input and element) is left to the plain path. */
+ * the first offending input and element) is left to the plain path.
+ * Sparse rules (ties, DARE) share this entry and its helpers
+ * (core/fused_private.h) and run in core/fused_sparse.c. */
 #define _DEFAULT_SOURCE /* madvise */
 #include <math.h>
 #include <stdatomic.h>
@@ -24,36 +26,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/linear_rule.h"
-#include "core/plan_private.h"
+#include "core/fused_private.h"
 
-/* Elements per block: the block's f32 and f64 buffers (about 70 KB) stay
- * in L2 while every input streams through them once. */
-#define BLOCK 2048
-/* Elements per parallel item: one tensor is split only when threads are
- * idle (the last tensors of a merge). */
-#define CHUNK ((size_t)BLOCK * 256)
-/* More models than this go the plain path (fixed arrays, no allocation). */
-#define MAX_MODELS 64
-
-/* An item or block that needs the plain path (a non-finite value). */
-#define DECLINE ((lm_status)1)
-
-struct fused {
-    lm_context *ctx;
-    struct lm__linear_rule rule;
-    const double *w;
-    size_t k;
-    const void *base;
-    lm_dtype base_dt;
-    const void *in[MAX_MODELS];
-    lm_dtype in_dt[MAX_MODELS];
-    bool wide;  /* an input is f64: the plain path's "wide" merge */
-    bool check; /* non-finite values decline (the plain path reports) */
-    size_t n;
-    void *dst;
-    lm_dtype out_dt;
-};
+/* Block: its f32 and f64 buffers (about 70 KB) stay in L2. */
+#define BLOCK LM__FUSED_BLOCK
+#define CHUNK LM__FUSED_CHUNK
+#define MAX_MODELS LM__FUSED_MAX_MODELS
+#define DECLINE LM__FUSED_DECLINE
+#define fused lm__fused
 
 struct work {
     float *b, *x, *o;
@@ -69,7 +49,7 @@ static bool fused_enabled(void)
 }
 
 /* Any Inf/NaN among x[0..n)? Branch-free so that it vectorises. */
-static bool any_nonfinite_f32(const float *x, size_t n)
+bool lm__fused_any_nonfinite_f32(const float *x, size_t n)
 {
     uint32_t bad = 0;
     for (size_t j = 0; j < n; j++) {
@@ -80,7 +60,7 @@ static bool any_nonfinite_f32(const float *x, size_t n)
     return bad != 0;
 }
 
-static bool any_nonfinite_f64(const double *x, size_t n)
+bool lm__fused_any_nonfinite_f64(const double *x, size_t n)
 {
     uint64_t bad = 0;
     for (size_t j = 0; j < n; j++) {
@@ -103,7 +83,7 @@ static void bf16_to_f32(const uint16_t *src, float *dst, size_t n)
     }
 }
 
-static void f32_to_bf16(const float *src, uint16_t *dst, size_t n)
+void lm__fused_f32_to_bf16(const float *src, uint16_t *dst, size_t n)
 {
     for (size_t j = 0; j < n; j++) {
         uint32_t x;
@@ -116,8 +96,8 @@ static void f32_to_bf16(const float *src, uint16_t *dst, size_t n)
 }
 
 /* Elements [lo, lo + len) of src as f32: in place when src is f32. */
-static const float *load_f32(const void *src, lm_dtype dt, size_t lo,
-                             size_t len, float *buf)
+const float *lm__fused_load_f32(const void *src, lm_dtype dt, size_t lo,
+                                size_t len, float *buf)
 {
     if (dt == LM_F32)
         return (const float *)src + lo;
@@ -129,8 +109,8 @@ static const float *load_f32(const void *src, lm_dtype dt, size_t lo,
     return buf;
 }
 
-static const double *load_f64(const void *src, lm_dtype dt, size_t lo,
-                              size_t len, double *buf)
+const double *lm__fused_load_f64(const void *src, lm_dtype dt, size_t lo,
+                                 size_t len, double *buf)
 {
     if (dt == LM_F64)
         return (const double *)src + lo;
@@ -155,14 +135,15 @@ static void acc_init(const struct lm__linear_rule *r, const float *b,
 static lm_status block_narrow(const struct fused *f, struct work *w,
                               size_t lo, size_t len)
 {
-    const float *b = load_f32(f->base, f->base_dt, lo, len, w->b);
-    if (f->check && any_nonfinite_f32(b, len))
+    const float *b = lm__fused_load_f32(f->base, f->base_dt, lo, len, w->b);
+    if (f->check && lm__fused_any_nonfinite_f32(b, len))
         return DECLINE;
     double *restrict acc = w->acc;
     acc_init(&f->rule, b, acc, len);
     for (size_t t = 0; t < f->k; t++) {
-        const float *x = load_f32(f->in[t], f->in_dt[t], lo, len, w->x);
-        if (f->check && any_nonfinite_f32(x, len))
+        const float *x =
+            lm__fused_load_f32(f->in[t], f->in_dt[t], lo, len, w->x);
+        if (f->check && lm__fused_any_nonfinite_f32(x, len))
             return DECLINE;
         double wt = f->w[t];
         for (size_t j = 0; j < len; j++) {
@@ -176,10 +157,10 @@ static lm_status block_narrow(const struct fused *f, struct work *w,
         float v = (float)(mul * (acc[j] / div));
         o[j] = v + b[j];
     }
-    if (f->check && any_nonfinite_f32(o, len))
+    if (f->check && lm__fused_any_nonfinite_f32(o, len))
         return DECLINE;
     if (o == w->o && f->out_dt == LM_BF16)
-        f32_to_bf16(o, (uint16_t *)f->dst + lo, len);
+        lm__fused_f32_to_bf16(o, (uint16_t *)f->dst + lo, len);
     else if (o == w->o)
         lm_convert(o, LM_F32, (char *)f->dst + lo * lm_dtype_size(f->out_dt),
                    f->out_dt, len);
@@ -191,20 +172,22 @@ static lm_status block_narrow(const struct fused *f, struct work *w,
 static lm_status block_wide(const struct fused *f, struct work *w,
                             size_t lo, size_t len)
 {
-    const double *b64 = load_f64(f->base, f->base_dt, lo, len, w->b64);
+    const double *b64 =
+        lm__fused_load_f64(f->base, f->base_dt, lo, len, w->b64);
     float *b = w->b;
     for (size_t j = 0; j < len; j++)
         b[j] = (float)b64[j];
-    if (f->check && any_nonfinite_f32(b, len))
+    if (f->check && lm__fused_any_nonfinite_f32(b, len))
         return DECLINE;
     double *acc = w->acc;
     acc_init(&f->rule, b, acc, len);
     for (size_t t = 0; t < f->k; t++) {
-        const double *x = load_f64(f->in[t], f->in_dt[t], lo, len, w->x64);
+        const double *x =
+            lm__fused_load_f64(f->in[t], f->in_dt[t], lo, len, w->x64);
         float *d = w->x;
         for (size_t j = 0; j < len; j++)
             d[j] = (float)(x[j] - b64[j]);
-        if (f->check && any_nonfinite_f32(d, len))
+        if (f->check && lm__fused_any_nonfinite_f32(d, len))
             return DECLINE;
         double wt = f->w[t];
         for (size_t j = 0; j < len; j++)
@@ -216,7 +199,7 @@ static lm_status block_wide(const struct fused *f, struct work *w,
         float v = (float)(mul * (acc[j] / div));
         o[j] = b64[j] + (double)v;
     }
-    if (f->check && any_nonfinite_f64(o, len))
+    if (f->check && lm__fused_any_nonfinite_f64(o, len))
         return DECLINE;
     if (o == w->x64)
         lm_convert(o, LM_F64, (char *)f->dst + lo * lm_dtype_size(f->out_dt),
@@ -262,8 +245,13 @@ static bool same_shape(const lm_tensor *a, const lm_tensor *b)
 static bool eligible(const lm_plan *p, const char *name, const lm_tensor *base,
                      struct fused *f)
 {
-    if (!lm__strategy_linear_rule(p->vt) || p->n_stages || !base->numel ||
-        !base->data || p->n_models > MAX_MODELS || !fused_enabled())
+    if (!(lm__strategy_linear_rule(p->vt) || lm__strategy_sparse_rule(p->vt)) ||
+        p->n_stages || !base->numel || !base->data ||
+        p->n_models > MAX_MODELS || !fused_enabled())
+        return false;
+    /* A non-finite value allowed in a magnitude selection: the plain
+     * path's order of NaNs is not worth reproducing. */
+    if (!lm__strategy_linear_rule(p->vt) && p->allow_nonfinite)
         return false;
     if (base->ndim == 2 && lm__plan_transposed(p, name))
         return false;
@@ -348,11 +336,16 @@ lm_status lm__fused_merge(lm_plan *p, void *state, const char *name,
                                &tensor_weights, &job));
     /* A rule that fails (weights summing to 0, ...) fails the same way in
      * merge_tensor, after the plain path's input checks: let it report. */
-    lm_status st = lm__strategy_linear_rule(p->vt)(state, &job, &f.rule);
-    if (st != LM_OK) {
+    struct lm__sparse_rule sparse;
+    lm__linear_rule_fn linear = lm__strategy_linear_rule(p->vt);
+    lm_status st = linear ? linear(state, &job, &f.rule)
+                          : lm__strategy_sparse_rule(p->vt)(state, &job,
+                                                            &sparse);
+    if (st != LM_OK || (!linear && !sparse.fusable)) {
         lm_free(ctx, tensor_weights);
         return LM_OK;
     }
+    f.sparse = linear ? NULL : &sparse;
     f.ctx = ctx;
     f.w = job.weights;
     f.k = p->n_models;
@@ -370,8 +363,11 @@ lm_status lm__fused_merge(lm_plan *p, void *state, const char *name,
     for (size_t m = 0; m < f.k; m++)
         populate(f.in[m], f.n * lm_dtype_size(f.in_dt[m]));
     size_t items = (f.n + CHUNK - 1) / CHUNK;
-    st = items == 1 ? run_chunk(&f, 0)
-                    : lm__parallel_for(ctx, items, run_chunk, &f);
+    if (f.sparse)
+        st = lm__fused_sparse_run(&f);
+    else
+        st = items == 1 ? run_chunk(&f, 0)
+                        : lm__parallel_for(ctx, items, run_chunk, &f);
     lm_free(ctx, tensor_weights);
     if (st == DECLINE)
         return LM_OK;

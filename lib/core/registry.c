@@ -5,12 +5,14 @@
 
 #include "core/context_private.h"
 #include "core/linear_rule.h"
+#include "core/sparse_rule.h"
 
 /* The registry's copy of a vtable, with what only the library's own
  * strategies declare (the vtable first: ctx->strategies points at it). */
 struct registered {
     lm_strategy_vtable vt;
     lm__linear_rule_fn linear_rule;
+    lm__sparse_rule_fn sparse_rule;
 };
 
 /* Sizes of the first published layouts: nothing smaller is accepted. */
@@ -173,6 +175,22 @@ lm_status lm__strategy_set_linear_rule(lm_context *ctx, const char *name,
 lm__linear_rule_fn lm__strategy_linear_rule(const lm_strategy_vtable *vt)
 {
     return vt ? ((const struct registered *)vt)->linear_rule : NULL;
+}
+
+lm_status lm__strategy_set_sparse_rule(lm_context *ctx, const char *name,
+                                       lm__sparse_rule_fn fn)
+{
+    lm_strategy_vtable *vt = (lm_strategy_vtable *)find_registered(ctx, name);
+    if (!vt)
+        return lm_context_set_error(ctx, LM_ERR_NOT_FOUND,
+                                    "no strategy named '%s'", name);
+    ((struct registered *)vt)->sparse_rule = fn;
+    return LM_OK;
+}
+
+lm__sparse_rule_fn lm__strategy_sparse_rule(const lm_strategy_vtable *vt)
+{
+    return vt ? ((const struct registered *)vt)->sparse_rule : NULL;
 }
 
 size_t lm_strategy_count(const lm_context *ctx)

@@ -52,7 +52,7 @@ lm_status lm__register_builtin_strategies(lm_context *ctx)
          i++)
         LM_TRY(lm__strategy_set_linear_rule(ctx, linear_rules[i].name,
                                             linear_rules[i].rule));
-    return LM_OK;
+    return lm__sparse_rules_register(ctx);
 }
 
 void lm__linear_apply(const lm_tensor_job *job,

@@ -42,6 +42,9 @@ extern const lm_strategy_vtable lm__nsc_strategy;
 struct lm__linear_rule;
 void lm__linear_apply(const lm_tensor_job *job,
                       const struct lm__linear_rule *rule);
+/* Declare the sparse rules of ties, dare_ties and dare_linear
+ * (core/sparse_rule.h; ties.c). */
+lm_status lm__sparse_rules_register(lm_context *ctx);
 /* The rules of task_arithmetic, average and linear (lm__linear_rule_fn). */
 lm_status lm__task_arithmetic_rule(void *state, const lm_tensor_job *job,
                                    struct lm__linear_rule *out);

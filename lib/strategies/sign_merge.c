@@ -2,53 +2,13 @@
 #include <math.h>
 #include <string.h>
 
+#include "core/select.h"
 #include "strategies/sign_merge.h"
 
 size_t lm__density_count(double density, size_t n)
 {
     size_t k = (size_t)floor(density * (double)n);
     return n == 0 ? 0 : (k < 1 ? 1 : k > n ? n : k);
-}
-
-static float median3(float x, float y, float z)
-{
-    if (x > y) {
-        float t = x;
-        x = y;
-        y = t;
-    }
-    return z <= x ? x : z >= y ? y : z;
-}
-
-/* k-th largest value (1-based) of a[0..n) by a three-way quickselect; a is
- * permuted. Linear on average. */
-static float kth_largest(float *a, size_t n, size_t k)
-{
-    size_t lo = 0, hi = n, want = k - 1;
-    while (hi - lo > 1) {
-        float pivot = median3(a[lo], a[lo + (hi - lo) / 2], a[hi - 1]);
-        size_t lt = lo, i = lo, gt = hi;
-        /* [lo, lt) > pivot, [lt, i) == pivot, [gt, hi) < pivot */
-        while (i < gt) {
-            float v = a[i];
-            if (v > pivot) {
-                a[i++] = a[lt];
-                a[lt++] = v;
-            } else if (v < pivot) {
-                a[i] = a[--gt];
-                a[gt] = v;
-            } else {
-                i++;
-            }
-        }
-        if (want < lt)
-            hi = lt;
-        else if (want < gt)
-            return pivot;
-        else
-            lo = gt;
-    }
-    return a[lo];
 }
 
 void lm__keep_top_k(float *x, size_t n, size_t k, float *scratch)
@@ -61,7 +21,7 @@ void lm__keep_top_k(float *x, size_t n, size_t k, float *scratch)
     }
     for (size_t i = 0; i < n; i++)
         scratch[i] = fabsf(x[i]);
-    float threshold = kth_largest(scratch, n, k);
+    float threshold = lm__kth_largest(scratch, n, k);
     size_t above = 0;
     for (size_t i = 0; i < n; i++)
         above += fabsf(x[i]) > threshold;
@@ -81,12 +41,20 @@ void lm__keep_top_k(float *x, size_t n, size_t k, float *scratch)
 void lm__dare_mask(float *x, size_t n, double density, bool rescale,
                    uint64_t seed, size_t task)
 {
+    lm__dare_mask_at(x, n, 0, density, rescale, seed, task);
+}
+
+void lm__dare_mask_at(float *x, size_t len, size_t offset, double density,
+                      bool rescale, uint64_t seed, size_t task)
+{
     uint64_t stream = lm__mix64(seed ^ lm__mix64(0xda3e0000ULL + task));
     float scale = rescale ? (float)(1.0 / density) : 1.0f;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t j = 0; j < len; j++) {
+        /* The draw depends on the element's index in the whole tensor. */
+        uint64_t i = offset + j;
         double u = (double)(lm__mix64(stream ^ lm__mix64(i)) >> 11) /
                    9007199254740992.0;
-        x[i] = u < density ? x[i] * scale : 0.0f;
+        x[j] = u < density ? x[j] * scale : 0.0f;
     }
 }
 

@@ -4,6 +4,8 @@
  * paper, PEFT and mergekit (docs/methods/ties_dare.md). */
 #include <string.h>
 
+#include "core/sparse_rule.h"
+
 #include "strategies/global_topk.h"
 #include "strategies/sparsify.h"
 
@@ -260,6 +262,85 @@ static lm_status sparse_merge(void *state, const lm_tensor_job *job,
     lm_free(job->ctx, buf);
     lm_free(job->ctx, (void *)rows);
     return st;
+}
+
+/* The fused path's rule (core/sparse_rule.h): the same per-task choices
+ * as sparse_merge, and its mask and combination applied to blocks. */
+static void rule_mask(const struct lm__sparse_rule *r, size_t t, float *x,
+                      size_t len, size_t offset)
+{
+    lm__dare_mask_at(x, len, offset, r->task[t].density, r->task[t].rescale,
+                     r->seed, t);
+}
+
+static void rule_combine(const struct lm__sparse_rule *r,
+                         const float *const *rows, const double *weights,
+                         size_t k, size_t len, float *out)
+{
+    if (!r->elect) {
+        lm__gta_combine(rows, weights, k, len, false, r->normalize,
+                        r->lambda, out);
+        return;
+    }
+    struct lm__sign_merge_opts o = {
+        .consensus = (enum lm__consensus)r->consensus,
+        .divide = (enum lm__divide)r->divide,
+        .weights_in_election = r->weights_in_election,
+    };
+    lm__sign_merge(rows, weights, k, len, &o, out);
+    for (size_t i = 0; i < len; i++)
+        out[i] = (float)(r->lambda * out[i]);
+}
+
+static lm_status sparse_rule(void *state, const lm_tensor_job *job,
+                             struct lm__sparse_rule *r)
+{
+    const struct sparse_state *s = state;
+    const lm_params *p = lm__job_params(job, s->params);
+    struct tensor_opts o;
+    LM_TRY(read_opts(s, p, &o));
+    memset(r, 0, sizeof(*r));
+    /* A whole-model threshold or an L1 rescale (a whole-tensor sum in
+     * index order) stay with the plain path. */
+    r->fusable = !s->model_scope && job->n_models <= LM__SPARSE_MAX_TASKS;
+    r->seed = job->seed;
+    r->mask = rule_mask;
+    r->combine = rule_combine;
+    r->lambda = o.lambda;
+    r->elect = s->elect;
+    r->normalize = o.normalize;
+    r->weights_in_election = o.sign.weights_in_election;
+    r->consensus = (int)o.sign.consensus;
+    r->divide = (int)o.sign.divide;
+    size_t n = job->numel;
+    for (size_t t = 0; t < job->n_models && r->fusable; t++) {
+        double density;
+        LM_TRY(lm__task_param(job, s->params, "density", t, &density));
+        struct lm__sparse_task *task = &r->task[t];
+        task->how = LM__SPARSE_ALL;
+        if (density >= 1.0)
+            continue;
+        if (s->how == TRIM_MAGNITUDE) {
+            task->keep = lm__density_count(density, n);
+            if (task->keep < n)
+                task->how = LM__SPARSE_TOP;
+            r->fusable = !o.rescale;
+        } else {
+            task->how = LM__SPARSE_MASK;
+            task->density = density;
+            task->rescale = o.rescale && !o.l1;
+            r->fusable = !(o.rescale && o.l1);
+        }
+    }
+    return LM_OK;
+}
+
+lm_status lm__sparse_rules_register(lm_context *ctx)
+{
+    static const char *const names[] = {"ties", "dare_ties", "dare_linear"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        LM_TRY(lm__strategy_set_sparse_rule(ctx, names[i], sparse_rule));
+    return LM_OK;
 }
 
 static void sparse_fini(void *state, void *user)

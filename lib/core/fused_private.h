@@ -1,0 +1,54 @@
+/* What the fused paths share (core/fused.c: linear rules,
+ * core/fused_sparse.c: sparse rules). Not installed. */
+#ifndef LM_CORE_FUSED_PRIVATE_H
+#define LM_CORE_FUSED_PRIVATE_H
+
+#include "core/linear_rule.h"
+#include "core/plan_private.h"
+#include "core/sparse_rule.h"
+
+/* Elements per block: the block's buffers stay in L2 while every input
+ * streams through them once. */
+#define LM__FUSED_BLOCK 2048
+/* Elements per parallel item: one tensor is split only when threads are
+ * idle (the last tensors of a merge). */
+#define LM__FUSED_CHUNK ((size_t)LM__FUSED_BLOCK * 256)
+/* More models than this go the plain path (fixed arrays). */
+#define LM__FUSED_MAX_MODELS 64
+/* An item or block that needs the plain path (a non-finite value, a
+ * selection the streaming pass could not settle). */
+#define LM__FUSED_DECLINE ((lm_status)1)
+
+struct lm__fused {
+    lm_context *ctx;
+    struct lm__linear_rule rule;
+    const struct lm__sparse_rule *sparse; /* else the linear rule */
+    const double *w;
+    size_t k;
+    const void *base;
+    lm_dtype base_dt;
+    const void *in[LM__FUSED_MAX_MODELS];
+    lm_dtype in_dt[LM__FUSED_MAX_MODELS];
+    bool wide;  /* an input is f64: the plain path's "wide" merge */
+    bool check; /* non-finite values decline (the plain path reports) */
+    size_t n;
+    void *dst;
+    lm_dtype out_dt;
+};
+
+bool lm__fused_any_nonfinite_f32(const float *x, size_t n);
+bool lm__fused_any_nonfinite_f64(const double *x, size_t n);
+/* Elements [lo, lo + len) of src as f32 / f64: in place when src already
+ * is, else converted into buf (the plain path's conversions). */
+const float *lm__fused_load_f32(const void *src, lm_dtype dt, size_t lo,
+                                size_t len, float *buf);
+const double *lm__fused_load_f64(const void *src, lm_dtype dt, size_t lo,
+                                 size_t len, double *buf);
+/* f32 -> bf16 as lm_convert, vectorised. */
+void lm__fused_f32_to_bf16(const float *src, uint16_t *dst, size_t n);
+
+/* The sparse-rule merge of one tensor into f->dst (fused_sparse.c):
+ * LM__FUSED_DECLINE when the plain path must do it. */
+lm_status lm__fused_sparse_run(const struct lm__fused *f);
+
+#endif

@@ -1,0 +1,426 @@
+/* The fused path for sparse rules (core/sparse_rule.h: ties, dare_ties,
+ * dare_linear). The plain path copies every task vector to a whole-tensor
+ * f32 buffer, trims each with a quickselect over another copy of its
+ * magnitudes, then combines. Here:
+ *
+ *  1. a sample of each trimmed task's magnitudes (SAMPLE elements at
+ *     fixed strides, read straight from the inputs) brackets its
+ *     threshold between two sample values lo <= hi, wide enough that the
+ *     true k-th largest magnitude falls inside for any tensor but a
+ *     pathological one;
+ *  2. one streaming pass over every input counts per chunk the
+ *     magnitudes above hi, equal to hi, equal to lo, and keeps those
+ *     strictly between (a few percent of the tensor); the k-th largest
+ *     is then found among those by quickselect (O(n) overall, no sort),
+ *     with how many entries equal to it each chunk holds;
+ *  3. one fused pass per L2 block reads every input once in its own
+ *     dtype, trims (magnitude above the threshold, or equal to it while
+ *     fewer than k - #above equal ones came before: lm__keep_top_k's
+ *     index order), masks (DARE: the same per-index draws), combines
+ *     (sign election, disjoint mean, scale), adds the base and converts
+ *     once to the output dtype.
+ *
+ * Bit-identical to the plain path: the same f32 task vectors, the same
+ * threshold (a value, so however it is found), the same kept set, and
+ * the strategy's own mask and combine functions applied per block. When
+ * the bracket misses (the sample lied) or the band between lo and hi is
+ * too full, the tensor declines to the plain path, which is only slower.
+ * Chunks are fixed by the tensor (LM__FUSED_CHUNK), not by the threads,
+ * so 1 and N threads give the same bytes. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/fused_private.h"
+#include "core/select.h"
+
+#define BLOCK LM__FUSED_BLOCK
+#define CHUNK LM__FUSED_CHUNK
+#define DECLINE LM__FUSED_DECLINE
+/* Sampled magnitudes per trimmed task: a tensor this small is sampled
+ * whole, so its threshold is exact before the streaming pass. */
+#define SAMPLE 16384
+/* A chunk keeps at most this fraction of its elements as candidates (the
+ * bracket expects about 3 %); more declines the tensor. */
+#define CAND_DIV 8
+
+/* What the streaming pass learns about one task in one chunk. */
+struct chunk_task {
+    size_t above, eq_hi, eq_lo; /* magnitudes > hi, == hi, == lo (< hi) */
+    float *cand;                /* lo < magnitude < hi, in index order */
+    size_t n_cand, cap;
+    size_t eq_before; /* entries equal to the threshold in earlier chunks */
+};
+
+struct sparse {
+    const struct lm__fused *f;
+    const struct lm__sparse_rule *r;
+    size_t k, items;
+    float lo[LM__SPARSE_MAX_TASKS], hi[LM__SPARSE_MAX_TASKS];
+    float thr[LM__SPARSE_MAX_TASKS];
+    size_t ties_left[LM__SPARSE_MAX_TASKS]; /* equal entries kept */
+    struct chunk_task *ct;                  /* items x k */
+};
+
+/* Per-chunk block buffers. */
+struct bufs {
+    float *b, *x, *v, *o, *rows;
+    double *b64, *x64;
+    void *mem;
+};
+
+static lm_status bufs_alloc(const struct lm__fused *f, struct bufs *w)
+{
+    size_t floats = (4 + f->k) * (size_t)BLOCK, doubles = 2 * (size_t)BLOCK;
+    w->mem = lm_alloc(f->ctx, doubles * sizeof(double) +
+                                  floats * sizeof(float));
+    if (!w->mem)
+        return lm_context_set_error(f->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "out of memory for merge buffers");
+    w->b64 = w->mem;
+    w->x64 = w->b64 + BLOCK;
+    w->b = (float *)(w->x64 + BLOCK);
+    w->x = w->b + BLOCK;
+    w->v = w->x + BLOCK;
+    w->o = w->v + BLOCK;
+    w->rows = w->o + BLOCK;
+    return LM_OK;
+}
+
+/* The base of elements [lo, lo + len) in f32 (and f64 when wide), as the
+ * linear fused path and the plain path read it. */
+static lm_status load_base(const struct lm__fused *f, struct bufs *w,
+                           size_t lo, size_t len, const float **b,
+                           const double **b64)
+{
+    if (!f->wide) {
+        *b = lm__fused_load_f32(f->base, f->base_dt, lo, len, w->b);
+        *b64 = NULL;
+    } else {
+        *b64 = lm__fused_load_f64(f->base, f->base_dt, lo, len, w->b64);
+        for (size_t j = 0; j < len; j++)
+            w->b[j] = (float)(*b64)[j];
+        *b = w->b;
+    }
+    return f->check && lm__fused_any_nonfinite_f32(*b, len) ? DECLINE
+                                                            : LM_OK;
+}
+
+/* Task t's f32 task vector on the block into d: model - base rounded to
+ * f32 (narrow), or the f64 difference rounded once (wide). */
+static lm_status load_delta(const struct lm__fused *f, struct bufs *w,
+                            size_t t, size_t lo, size_t len, const float *b,
+                            const double *b64, float *d)
+{
+    if (!f->wide) {
+        const float *x =
+            lm__fused_load_f32(f->in[t], f->in_dt[t], lo, len, w->x);
+        if (f->check && lm__fused_any_nonfinite_f32(x, len))
+            return DECLINE;
+        for (size_t j = 0; j < len; j++)
+            d[j] = x[j] - b[j];
+        return LM_OK;
+    }
+    const double *x =
+        lm__fused_load_f64(f->in[t], f->in_dt[t], lo, len, w->x64);
+    for (size_t j = 0; j < len; j++)
+        d[j] = (float)(x[j] - b64[j]);
+    return f->check && lm__fused_any_nonfinite_f32(d, len) ? DECLINE : LM_OK;
+}
+
+static int by_magnitude_desc(const void *pa, const void *pb)
+{
+    float a = *(const float *)pa, b = *(const float *)pb;
+    return (a < b) - (a > b);
+}
+
+/* Step 1: bracket task t's threshold (the keep-th largest magnitude). */
+static lm_status bracket(struct sparse *s, struct bufs *w, size_t t,
+                         float *sample)
+{
+    const struct lm__fused *f = s->f;
+    size_t n = f->n, keep = s->r->task[t].keep;
+    size_t m = n < SAMPLE ? n : SAMPLE;
+    for (size_t j = 0; j < m; j++) {
+        /* Evenly spread, deterministic: the middle of each of m runs. */
+        size_t i = m == n ? j : (size_t)(((2 * (double)j + 1) * (double)n) /
+                                         (2 * (double)m));
+        const float *b;
+        const double *b64;
+        float d;
+        LM_TRY(load_base(f, w, i, 1, &b, &b64));
+        LM_TRY(load_delta(f, w, t, i, 1, b, b64, &d));
+        sample[j] = fabsf(d);
+    }
+    if (m == n) { /* the whole tensor: exact */
+        s->lo[t] = s->hi[t] = lm__kth_largest(sample, n, keep);
+        return LM_OK;
+    }
+    qsort(sample, m, sizeof(*sample), by_magnitude_desc);
+    /* The sample rank of the threshold, +-4 standard deviations of a
+     * sample quantile plus a margin for discrete magnitudes. */
+    double p = (double)keep / (double)n, r = p * (double)m;
+    double delta = 4.0 * sqrt((double)m * p * (1.0 - p)) + 8.0;
+    double hr = floor(r - delta), lr = ceil(r + delta);
+    s->hi[t] = hr >= 1.0 ? sample[(size_t)hr - 1] : INFINITY;
+    s->lo[t] = lr <= (double)m ? sample[(size_t)lr - 1] : 0.0f;
+    return LM_OK;
+}
+
+static lm_status add_candidate(const struct lm__fused *f,
+                               struct chunk_task *c, float a, size_t limit)
+{
+    if (c->n_cand == c->cap) {
+        if (c->cap >= limit)
+            return DECLINE;
+        size_t cap = c->cap ? 2 * c->cap : 1024;
+        float *grown = lm_alloc(f->ctx, cap * sizeof(float));
+        if (!grown)
+            return lm_context_set_error(f->ctx, LM_ERR_OUT_OF_MEMORY,
+                                        "out of memory selecting a "
+                                        "threshold");
+        if (c->n_cand)
+            memcpy(grown, c->cand, c->n_cand * sizeof(float));
+        lm_free(f->ctx, c->cand);
+        c->cand = grown;
+        c->cap = cap;
+    }
+    c->cand[c->n_cand++] = a;
+    return LM_OK;
+}
+
+/* Step 2 on one chunk. */
+static lm_status count_chunk(void *arg, size_t item)
+{
+    struct sparse *s = arg;
+    const struct lm__fused *f = s->f;
+    size_t lo = item * CHUNK, hi = lo + CHUNK < f->n ? lo + CHUNK : f->n;
+    size_t limit = (hi - lo) / CAND_DIV + 1024;
+    struct bufs w;
+    LM_TRY(bufs_alloc(f, &w));
+    lm_status st = LM_OK;
+    for (size_t i = lo; i < hi && st == LM_OK; i += BLOCK) {
+        size_t len = hi - i < BLOCK ? hi - i : BLOCK;
+        const float *b;
+        const double *b64;
+        st = load_base(f, &w, i, len, &b, &b64);
+        for (size_t t = 0; t < s->k && st == LM_OK; t++) {
+            if (s->r->task[t].how != LM__SPARSE_TOP)
+                continue;
+            st = load_delta(f, &w, t, i, len, b, b64, w.v);
+            struct chunk_task *c = &s->ct[item * s->k + t];
+            float top = s->hi[t], bottom = s->lo[t];
+            for (size_t j = 0; j < len && st == LM_OK; j++) {
+                float a = fabsf(w.v[j]);
+                if (a > top)
+                    c->above++;
+                else if (a == top)
+                    c->eq_hi++;
+                else if (a == bottom)
+                    c->eq_lo++;
+                else if (a > bottom)
+                    st = add_candidate(f, c, a, limit);
+            }
+        }
+    }
+    lm_free(f->ctx, w.mem);
+    return st;
+}
+
+/* After step 2: task t's threshold, how many entries equal to it are
+ * kept, and how many of those come before each chunk. */
+static lm_status settle(struct sparse *s, size_t t)
+{
+    const struct lm__fused *f = s->f;
+    size_t keep = s->r->task[t].keep, above = 0, eq_hi = 0, eq_lo = 0,
+           n_cand = 0;
+    for (size_t c = 0; c < s->items; c++) {
+        const struct chunk_task *x = &s->ct[c * s->k + t];
+        above += x->above;
+        eq_hi += x->eq_hi;
+        eq_lo += x->eq_lo;
+        n_cand += x->n_cand;
+    }
+    float thr;
+    size_t greater; /* entries strictly above the threshold */
+    enum { HI, BAND, LO } at;
+    if (keep <= above) {
+        return DECLINE; /* the threshold is above hi */
+    } else if (keep <= above + eq_hi) {
+        thr = s->hi[t];
+        greater = above;
+        at = HI;
+    } else if (keep <= above + eq_hi + n_cand) {
+        float *all = lm_alloc(f->ctx, n_cand * sizeof(float));
+        if (!all)
+            return lm_context_set_error(f->ctx, LM_ERR_OUT_OF_MEMORY,
+                                        "out of memory selecting a "
+                                        "threshold");
+        size_t at_ = 0;
+        for (size_t c = 0; c < s->items; c++) {
+            const struct chunk_task *x = &s->ct[c * s->k + t];
+            if (x->n_cand)
+                memcpy(all + at_, x->cand, x->n_cand * sizeof(float));
+            at_ += x->n_cand;
+        }
+        thr = lm__kth_largest(all, n_cand, keep - above - eq_hi);
+        lm_free(f->ctx, all);
+        greater = above + eq_hi;
+        for (size_t c = 0; c < s->items; c++) {
+            const struct chunk_task *x = &s->ct[c * s->k + t];
+            for (size_t j = 0; j < x->n_cand; j++)
+                greater += x->cand[j] > thr;
+        }
+        at = BAND;
+    } else if (keep <= above + eq_hi + n_cand + eq_lo) {
+        thr = s->lo[t];
+        greater = above + eq_hi + n_cand;
+        at = LO;
+    } else {
+        return DECLINE; /* below lo */
+    }
+    s->thr[t] = thr;
+    s->ties_left[t] = keep - greater;
+    size_t before = 0;
+    for (size_t c = 0; c < s->items; c++) {
+        struct chunk_task *x = &s->ct[c * s->k + t];
+        x->eq_before = before;
+        if (at == HI)
+            before += x->eq_hi;
+        else if (at == LO)
+            before += x->eq_lo;
+        else
+            for (size_t j = 0; j < x->n_cand; j++)
+                before += x->cand[j] == thr;
+    }
+    return LM_OK;
+}
+
+/* Keep magnitudes above thr, and equal ones while *seen < ties_left. */
+static void trim(float *d, size_t len, float thr, size_t ties_left,
+                 size_t *seen)
+{
+    for (size_t j = 0; j < len; j++) {
+        float a = fabsf(d[j]);
+        if (a > thr)
+            continue;
+        if (a == thr && *seen < ties_left) {
+            ++*seen;
+            continue;
+        }
+        d[j] = 0.0f;
+    }
+}
+
+/* out = v + base, converted once to the output dtype at [lo, lo + len). */
+static lm_status emit(const struct lm__fused *f, struct bufs *w, size_t lo,
+                      size_t len, const float *b, const double *b64)
+{
+    const float *v = w->v;
+    if (!f->wide) {
+        float *o = f->out_dt == LM_F32 ? (float *)f->dst + lo : w->o;
+        for (size_t j = 0; j < len; j++)
+            o[j] = v[j] + b[j];
+        if (f->check && lm__fused_any_nonfinite_f32(o, len))
+            return DECLINE;
+        if (o == w->o && f->out_dt == LM_BF16)
+            lm__fused_f32_to_bf16(o, (uint16_t *)f->dst + lo, len);
+        else if (o == w->o)
+            lm_convert(o, LM_F32,
+                       (char *)f->dst + lo * lm_dtype_size(f->out_dt),
+                       f->out_dt, len);
+        return LM_OK;
+    }
+    double *o = f->out_dt == LM_F64 ? (double *)f->dst + lo : w->x64;
+    for (size_t j = 0; j < len; j++)
+        o[j] = b64[j] + (double)v[j];
+    if (f->check && lm__fused_any_nonfinite_f64(o, len))
+        return DECLINE;
+    if (o == w->x64)
+        lm_convert(o, LM_F64, (char *)f->dst + lo * lm_dtype_size(f->out_dt),
+                   f->out_dt, len);
+    return LM_OK;
+}
+
+/* Step 3 on one chunk. */
+static lm_status merge_chunk(void *arg, size_t item)
+{
+    const struct sparse *s = arg;
+    const struct lm__fused *f = s->f;
+    const struct lm__sparse_rule *r = s->r;
+    size_t lo = item * CHUNK, hi = lo + CHUNK < f->n ? lo + CHUNK : f->n;
+    size_t seen[LM__SPARSE_MAX_TASKS];
+    for (size_t t = 0; t < s->k; t++)
+        seen[t] = r->task[t].how == LM__SPARSE_TOP
+                      ? s->ct[item * s->k + t].eq_before
+                      : 0;
+    const float *rows[LM__SPARSE_MAX_TASKS];
+    struct bufs w;
+    LM_TRY(bufs_alloc(f, &w));
+    lm_status st = LM_OK;
+    for (size_t i = lo; i < hi && st == LM_OK; i += BLOCK) {
+        size_t len = hi - i < BLOCK ? hi - i : BLOCK;
+        const float *b;
+        const double *b64;
+        st = load_base(f, &w, i, len, &b, &b64);
+        for (size_t t = 0; t < s->k && st == LM_OK; t++) {
+            float *d = w.rows + t * (size_t)BLOCK;
+            st = load_delta(f, &w, t, i, len, b, b64, d);
+            if (r->task[t].how == LM__SPARSE_TOP)
+                trim(d, len, s->thr[t], s->ties_left[t], &seen[t]);
+            else if (r->task[t].how == LM__SPARSE_MASK)
+                r->mask(r, t, d, len, i);
+            rows[t] = d;
+        }
+        if (st == LM_OK) {
+            r->combine(r, rows, f->w, s->k, len, w.v);
+            st = emit(f, &w, i, len, b, b64);
+        }
+    }
+    lm_free(f->ctx, w.mem);
+    return st;
+}
+
+static lm_status run_items(const struct lm__fused *f, struct sparse *s,
+                           lm__item_fn fn)
+{
+    return s->items == 1 ? fn(s, 0)
+                         : lm__parallel_for(f->ctx, s->items, fn, s);
+}
+
+lm_status lm__fused_sparse_run(const struct lm__fused *f)
+{
+    struct sparse s = {.f = f, .r = f->sparse, .k = f->k};
+    s.items = (f->n + CHUNK - 1) / CHUNK;
+    bool trims = false;
+    for (size_t t = 0; t < s.k; t++)
+        trims |= s.r->task[t].how == LM__SPARSE_TOP;
+    lm_status st = LM_OK;
+    if (trims) {
+        s.ct = lm__calloc(f->ctx, s.items * s.k, sizeof(*s.ct));
+        size_t m = f->n < SAMPLE ? f->n : SAMPLE;
+        float *sample = lm_alloc(f->ctx, m * sizeof(float));
+        struct bufs w = {0};
+        st = s.ct && sample ? bufs_alloc(f, &w)
+                            : lm_context_set_error(f->ctx,
+                                                   LM_ERR_OUT_OF_MEMORY,
+                                                   "out of memory selecting "
+                                                   "a threshold");
+        for (size_t t = 0; t < s.k && st == LM_OK; t++)
+            if (s.r->task[t].how == LM__SPARSE_TOP)
+                st = bracket(&s, &w, t, sample);
+        lm_free(f->ctx, w.mem);
+        lm_free(f->ctx, sample);
+        if (st == LM_OK)
+            st = run_items(f, &s, count_chunk);
+        for (size_t t = 0; t < s.k && st == LM_OK; t++)
+            if (s.r->task[t].how == LM__SPARSE_TOP)
+                st = settle(&s, t);
+        for (size_t c = 0; s.ct && c < s.items * s.k; c++)
+            lm_free(f->ctx, s.ct[c].cand);
+    }
+    if (st == LM_OK)
+        st = run_items(f, &s, merge_chunk);
+    lm_free(f->ctx, s.ct);
+    return st;
+}

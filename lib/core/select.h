@@ -1,0 +1,14 @@
+/* Order statistics shared by the strategies' magnitude trims and the
+ * fused path's streaming selection (core/fused_sparse.c): one function,
+ * so that both find the same threshold. Not installed. */
+#ifndef LM_CORE_SELECT_H
+#define LM_CORE_SELECT_H
+
+#include <stddef.h>
+
+/* The k-th largest value (1-based, 1 <= k <= n) of a[0..n), by a
+ * three-way quickselect (linear on average, no sort); a is permuted.
+ * No NaN in a. */
+float lm__kth_largest(float *a, size_t n, size_t k);
+
+#endif

@@ -1,0 +1,289 @@
+/* The fused path for ties, dare_ties and dare_linear
+ * (lib/core/fused_sparse.c) against the plain path (forced with
+ * LIBMERGE_FUSED=0): under the methods' options, every input dtype and
+ * mixtures of them (f64 ones included), output dtype overrides, per-model
+ * densities, odd sizes (1 element, block boundaries +-1, a tensor larger
+ * than the selection's sample, one split into parallel chunks) and 1 or
+ * 2 threads, the outputs must be bit-identical (tolerance: 0 ulps,
+ * compared as bytes), and the fused path must have taken every tensor it
+ * can. Magnitudes that tie at the threshold (coarse, repeated values; a
+ * model equal to the base) across chunk boundaries check that the kept
+ * set is lm__keep_top_k's, index order included. The plain path is itself
+ * checked against numpy references (tests/python, strategies_ref). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/context_private.h"
+#include "testutil.h"
+
+/* Around the fused block (2048), and past the selection's sample (16384
+ * elements: the bracket then comes from a sample, not the whole tensor). */
+static const int64_t sizes[][2] = {
+    {1, 0}, {7, 0}, {2047, 0}, {2049, 0}, {37, 61}, {3, 8191},
+};
+#define N_SIZES (sizeof(sizes) / sizeof(sizes[0]))
+
+/* offset + scale * u, u pseudo-random in [-1, 1) — or, with `levels`,
+ * one of levels evenly spaced values, so that magnitudes repeat. */
+static lm_tensor *rand_tensor(lm_context *ctx, lm_dtype dtype, int ndim,
+                              const int64_t *shape, uint64_t seed,
+                              double offset, double scale, int levels)
+{
+    lm_tensor *t = NULL;
+    ck_assert_ok(lm_tensor_create(ctx, dtype, ndim, shape, &t));
+    uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+    lm_status st = LM_OK;
+    for (size_t i = 0; i < lm_tensor_numel(t); i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        double u = (double)(x >> 11) / 9007199254740992.0 * 2.0 - 1.0;
+        if (levels)
+            u = (double)((int)((u + 1.0) / 2.0 * levels) - levels / 2) /
+                levels;
+        if (lm_tensor_set(t, i, offset + scale * u) != LM_OK)
+            st = LM_ERR_INTERNAL;
+    }
+    ck_assert_ok(st);
+    return t;
+}
+
+static lm_model *random_model(lm_context *ctx, lm_dtype dtype, uint64_t seed,
+                              double offset)
+{
+    lm_model *m;
+    ck_assert_ok(lm_model_create(ctx, &m));
+    for (size_t i = 0; i < N_SIZES; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "t%zu", i);
+        int ndim = sizes[i][1] ? 2 : 1;
+        ck_assert_ok(lm_model_add(m, name,
+                                  rand_tensor(ctx, dtype, ndim, sizes[i],
+                                              seed * 100 + i, offset, 0.01,
+                                              0)));
+    }
+    return m;
+}
+
+struct config {
+    const char *method;
+    const char *keys[4]; /* "name=value" through lm_plan_set_param */
+    double density1;     /* model 1's own density, or 0 */
+    bool fused;          /* the fused path takes it */
+};
+
+static const struct config configs[] = {
+    {"ties", {"density=0.3", "lambda=0.7"}, 0, true},
+    {"ties", {"density=0.2", "consensus=count", "divide=weights"}, 0.9, true},
+    {"ties", {"density=0.5", "weights_in_election=1", "divide=none"}, 1.0,
+     true},
+    {"ties", {"density=0.999", "lambda=1.3"}, 0, true},
+    {"dare_ties", {"density=0.4", "lambda=0.9"}, 0.6, true},
+    {"dare_ties", {"density=0.7", "rescale=0", "consensus=count"}, 0, true},
+    {"dare_linear", {"density=0.3", "normalize=1"}, 0.8, true},
+    {"dare_linear", {"density=0.5", "rescale=0", "lambda=2"}, 0, true},
+    /* L1 rescales and a whole-model trim stay with the plain path. */
+    {"ties", {"density=0.3", "rescale=1"}, 0, false},
+    {"dare_ties", {"density=0.3", "rescale_mode=l1"}, 0, false},
+    {"ties", {"density=0.3", "scope=model"}, 0, false},
+};
+#define N_CONFIGS (sizeof(configs) / sizeof(configs[0]))
+
+static lm_model *run(lm_context *ctx, const struct config *c, lm_model *base,
+                     lm_model **models, size_t k, int out, bool fused,
+                     size_t *n_fused)
+{
+    if (fused)
+        unsetenv("LIBMERGE_FUSED");
+    else
+        setenv("LIBMERGE_FUSED", "0", 1);
+    static const double w[3] = {0.7, -0.2, 1.1};
+    lm_plan *p;
+    ck_assert_ok(lm_plan_create(ctx, c->method, &p));
+    ck_assert_ok(lm_plan_set_base(p, base));
+    for (size_t t = 0; t < k; t++)
+        ck_assert_ok(lm_plan_add_model(p, models[t], w[t]));
+    for (size_t i = 0; i < 4 && c->keys[i]; i++) {
+        char key[64];
+        snprintf(key, sizeof(key), "%s", c->keys[i]);
+        char *eq = strchr(key, '=');
+        *eq = '\0';
+        ck_assert_ok(lm_plan_set_string(p, key, eq + 1));
+    }
+    if (c->density1 > 0)
+        ck_assert_ok(lm_plan_set_float_for(p, "density", c->density1, NULL,
+                                           1));
+    if (out >= 0)
+        ck_assert_ok(lm_plan_set_output_dtype(p, (lm_dtype)out));
+    size_t before = atomic_load(&ctx->fused_tensors);
+    lm_model *merged;
+    ck_assert_ok(lm_plan_execute(p, &merged));
+    *n_fused = atomic_load(&ctx->fused_tensors) - before;
+    lm_plan_destroy(p);
+    unsetenv("LIBMERGE_FUSED");
+    return merged;
+}
+
+static void assert_same_bytes(const lm_model *a, const lm_model *b,
+                              const char *what)
+{
+    ck_assert_uint_eq(lm_model_count(a), lm_model_count(b));
+    for (size_t i = 0; i < lm_model_count(a); i++) {
+        const lm_tensor *x = lm_model_at(a, i), *y = lm_model_at(b, i);
+        ck_assert_int_eq(lm_tensor_dtype(x), lm_tensor_dtype(y));
+        ck_assert_uint_eq(lm_tensor_nbytes(x), lm_tensor_nbytes(y));
+        if (memcmp(lm_tensor_cdata(x), lm_tensor_cdata(y),
+                   lm_tensor_nbytes(x)) != 0)
+            ck_abort_msg("%s: tensor %s differs between the fused and the "
+                         "plain path", what, lm_model_name_at(a, i));
+    }
+}
+
+/* Plain and fused merges of the same inputs, compared. */
+static void compare(lm_context *ctx, const struct config *c, lm_model *base,
+                    lm_model **models, size_t k, int out, size_t n_tensors,
+                    const char *what)
+{
+    size_t nf, np;
+    lm_model *plain = run(ctx, c, base, models, k, out, false, &np);
+    lm_model *fused = run(ctx, c, base, models, k, out, true, &nf);
+    char msg[160];
+    snprintf(msg, sizeof(msg), "%s, %s %s%s", what, c->method, c->keys[0],
+             c->keys[1] ? c->keys[1] : "");
+    ck_assert_uint_eq(np, 0);
+    if (nf != (c->fused ? n_tensors : 0))
+        ck_abort_msg("%s: %zu of %zu tensors fused", msg, nf, n_tensors);
+    assert_same_bytes(fused, plain, msg);
+    lm_model_destroy(plain);
+    lm_model_destroy(fused);
+}
+
+struct dtypes {
+    lm_dtype base, models[3];
+    int out; /* -1: the base's */
+};
+
+static const struct dtypes dtype_cases[] = {
+    {LM_F32, {LM_F32, LM_F32, LM_F32}, -1},
+    {LM_BF16, {LM_BF16, LM_BF16, LM_BF16}, -1},
+    {LM_F16, {LM_F16, LM_F16, LM_F16}, -1},
+    {LM_F64, {LM_F64, LM_F64, LM_F64}, -1},
+    {LM_BF16, {LM_F32, LM_F16, LM_BF16}, -1},    /* mixed, narrow   */
+    {LM_F32, {LM_F64, LM_BF16, LM_F32}, -1},     /* mixed, wide     */
+    {LM_F32, {LM_F32, LM_F32, LM_F32}, LM_BF16}, /* f32 -> bf16 out */
+    {LM_F64, {LM_F64, LM_F16, LM_F64}, LM_F16},  /* wide -> f16 out */
+};
+#define N_DTYPES (sizeof(dtype_cases) / sizeof(dtype_cases[0]))
+
+START_TEST(sparse_fused_matches_plain)
+{
+    const struct dtypes *d = &dtype_cases[_i / 2];
+    int n_threads = 1 + _i % 2;
+    lm_context *ctx = tu_context(n_threads, 7);
+    lm_model *base = random_model(ctx, d->base, 1, 0.5);
+    lm_model *models[3];
+    for (size_t t = 0; t < 3; t++)
+        models[t] = random_model(ctx, d->models[t], 10 + t, 0.5);
+    char what[64];
+    snprintf(what, sizeof(what), "dtypes %d, %d thread(s)", _i / 2,
+             n_threads);
+    for (size_t c = 0; c < N_CONFIGS; c++)
+        compare(ctx, &configs[c], base, models, 3, d->out, N_SIZES, what);
+    lm_model_destroy(base);
+    for (size_t t = 0; t < 3; t++)
+        lm_model_destroy(models[t]);
+    lm_context_destroy(ctx);
+}
+END_TEST
+
+/* One tensor of more than one chunk (2048 * 256 elements), split across
+ * threads when some are idle. _i / 2: 0 smooth values; 1 values of a few
+ * levels (magnitudes tie at the threshold in every chunk; model 1 equals
+ * the base: all its magnitudes are 0 and tie). */
+START_TEST(sparse_chunked_ties)
+{
+    bool coarse = _i / 2 == 1;
+    lm_context *ctx = tu_context(1 + _i % 2, 7);
+    int64_t shape[1] = {2048 * 256 * 2 + 3};
+    static const lm_dtype dt[3] = {LM_BF16, LM_BF16, LM_F32};
+    lm_model *m[3];
+    for (size_t t = 0; t < 3; t++) {
+        ck_assert_ok(lm_model_create(ctx, &m[t]));
+        uint64_t seed = coarse && t == 2 ? 40 : 40 + t;
+        ck_assert_ok(lm_model_add(m[t], "w",
+                                  rand_tensor(ctx, dt[t], 1, shape, seed,
+                                              coarse && t ? 0.0 : 0.1, 1.0,
+                                              coarse ? 8 : 0)));
+    }
+    if (coarse) { /* model 2 (the second fine-tune) = the base */
+        lm_model_destroy(m[2]);
+        ck_assert_ok(lm_model_create(ctx, &m[2]));
+        ck_assert_ok(lm_model_add(m[2], "w",
+                                  rand_tensor(ctx, LM_BF16, 1, shape, 40, 0.1,
+                                              1.0, 8)));
+    }
+    for (size_t c = 0; c < 2; c++) {
+        struct config cfg = {c ? "dare_ties" : "ties",
+                             {"density=0.3", "lambda=0.8"}, 0.55, true};
+        compare(ctx, &cfg, m[0], m + 1, 2, -1, 1,
+                coarse ? "chunked, coarse" : "chunked");
+    }
+    for (size_t t = 0; t < 3; t++)
+        lm_model_destroy(m[t]);
+    lm_context_destroy(ctx);
+}
+END_TEST
+
+/* A non-finite value under the default policy: the plain path reports
+ * it, with the same status and message as with the fused path off. */
+START_TEST(sparse_nonfinite_input)
+{
+    lm_context *ctx = tu_context(2, 7);
+    int64_t shape[1] = {20000};
+    lm_model *m[3];
+    for (size_t t = 0; t < 3; t++) {
+        ck_assert_ok(lm_model_create(ctx, &m[t]));
+        ck_assert_ok(lm_model_add(m[t], "w",
+                                  rand_tensor(ctx, LM_BF16, 1, shape, 5 + t,
+                                              0.0, 1.0, 0)));
+    }
+    lm_tensor *w;
+    ck_assert_ok(lm_model_find(m[2], "w", &w));
+    ck_assert_ok(lm_tensor_set(w, 17321, 0.0 / 0.0));
+    char msg[2][512];
+    for (int fused = 0; fused < 2; fused++) {
+        if (!fused)
+            setenv("LIBMERGE_FUSED", "0", 1);
+        lm_plan *p;
+        ck_assert_ok(lm_plan_create(ctx, "ties", &p));
+        ck_assert_ok(lm_plan_set_base(p, m[0]));
+        ck_assert_ok(lm_plan_add_model(p, m[1], 1.0));
+        ck_assert_ok(lm_plan_add_model(p, m[2], 1.0));
+        lm_model *out = NULL;
+        ck_assert_int_eq(lm_plan_execute(p, &out), LM_ERR_NONFINITE);
+        snprintf(msg[fused], sizeof(msg[fused]), "%s",
+                 lm_context_error(ctx));
+        lm_plan_destroy(p);
+        unsetenv("LIBMERGE_FUSED");
+    }
+    ck_assert_str_eq(msg[0], msg[1]);
+    ck_assert_ptr_nonnull(strstr(msg[1], "17321"));
+    for (size_t t = 0; t < 3; t++)
+        lm_model_destroy(m[t]);
+    lm_context_destroy(ctx);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("fused_sparse");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 120);
+    tcase_add_loop_test(tc, sparse_fused_matches_plain, 0,
+                        2 * (int)N_DTYPES);
+    tcase_add_loop_test(tc, sparse_chunked_ties, 0, 4);
+    tcase_add_test(tc, sparse_nonfinite_input);
+    suite_add_tcase(s, tc);
+    return tu_run(s);
+}
