@@ -3,6 +3,7 @@
 #define LM_STRATEGIES_BUILTIN_H
 
 #include "core/internal.h"
+#include "linalg/whiten.h"
 
 /* Each built-in is a vtable registered by lm__register_builtin_strategies
  * through the public lm_register_strategy, as a plugin would be. */
@@ -60,8 +61,9 @@ void lm__weighted_sum(const lm_tensor_job *job, double scale);
 /* Weighted task vectors w_t * tau_t in f64 (T x numel), lm_free'd by the
  * caller; NULL when out of memory. */
 double *lm__weighted_tasks(const lm_tensor_job *job);
-/* TSV-M of the T matrices in x (m x n each), alpha 1, exact SVDs. */
+/* TSV-M of the T matrices in x (m x n each), alpha 1, exact SVDs, the
+ * polar step as `whiten` says (linalg/whiten.h). */
 lm_status lm__tsv_merge(const lm_tensor_job *job, const double *x, size_t m,
-                        size_t n, double *out);
+                        size_t n, lm_whiten whiten, double *out);
 
 #endif

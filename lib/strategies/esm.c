@@ -60,6 +60,7 @@ static const lm_param_desc esm_params[] = {
     {sizeof(lm_param_desc), "layer_group", LM_PARAM_STRING, 0, 0, 0, NULL,
      "regex: its match in a name is the layer type for layer scaling "
      "(default: the name with layer indices removed)", 0},
+    LM__WHITEN_PARAM,
 };
 
 #define N_PATTERNS 5
@@ -176,6 +177,8 @@ static lm_status esm_init(const lm_strategy_init_info *info, void **state,
         st = lm_params_get_choice(p, "esd_route", &route);
     if (st == LM_OK)
         st = lm_params_get_float(p, "memory_budget", &budget);
+    if (st == LM_OK)
+        st = lm__whiten_get(p, &s->o.whiten);
     static const char *const switches[4] = {"inter_task", "eig_weighting",
                                             "inter_dim", "layer_scaling"};
     for (int i = 0; st == LM_OK && i < 4; i++)
@@ -358,11 +361,12 @@ static lm_status merge_route(const struct esm_state *s,
         return LM_ERR_OUT_OF_MEMORY;
     lm_status st;
     if (r == ROUTE_TSV) {
-        st = lm__tsv_merge(job, x, d_out, d_in, out);
+        st = lm__tsv_merge(job, x, d_out, d_in, s->o.whiten, out);
     } else {
         const double *grams[256];
         uint64_t rows[256];
         const lm_projector *user[256];
+        double rho[256];
         st = T > 256 ? lm_context_set_error(ctx, LM_ERR_UNSUPPORTED,
                                             "esm: at most 256 tasks")
                      : LM_OK;
@@ -370,6 +374,10 @@ static lm_status merge_route(const struct esm_state *s,
             size_t d;
             grams[t] = NULL;
             rows[t] = 0;
+            rho[t] = s->o.whiten == LM_WHITEN_RANK_AWARE
+                         ? lm__input_precision(job->base, job->deltas[t],
+                                               job->numel)
+                         : 0.0;
             if ((user[t] = user_subspace(s, job, t))) {
                 if (lm_projector_dim(user[t]) != d_out)
                     st = lm_context_set_error(
@@ -395,7 +403,7 @@ static lm_status merge_route(const struct esm_state *s,
         }
         if (st == LM_OK)
             st = lm__esm_layer(ctx, &s->o, job->name, job->seed, x, grams,
-                               rows, user, T, d_out, d_in, out);
+                               rows, user, rho, T, d_out, d_in, out);
     }
     lm_free(ctx, x);
     return st;

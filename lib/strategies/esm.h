@@ -18,6 +18,7 @@ struct esm_opts {
     enum esm_route route;
     double budget; /* bytes one task's subspace (or the layer's
                     * concatenation) may take */
+    lm_whiten whiten; /* the polar step (linalg/whiten.h) */
 };
 
 /* One task's essential subspace, the directions kept (at most cap):
@@ -51,11 +52,12 @@ const char *lm__esm_route_name(enum esm_route route);
  * non-NULL: task t's essential subspace is that projector (dimension
  * d_out, checked by the caller; lm_plan_set_subspace) and grams[t] is not
  * read. name is the tensor's, for errors; seed feeds the randomized
- * route. */
+ * route. rho: the tasks' relative input precisions
+ * (lm__input_precision), read only with whiten=rank_aware. */
 lm_status lm__esm_layer(lm_context *ctx, const struct esm_opts *o,
                         const char *name, uint64_t seed, const double *x,
                         const double *const *grams, const uint64_t *n_rows,
-                        const lm_projector *const *user, size_t T,
-                        size_t d_out, size_t d_in, double *out);
+                        const lm_projector *const *user, const double *rho,
+                        size_t T, size_t d_out, size_t d_in, double *out);
 
 #endif

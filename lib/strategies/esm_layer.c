@@ -9,6 +9,7 @@
 
 #include "linalg/linalg.h"
 #include "linalg/projector_private.h"
+#include "linalg/whiten.h"
 #include "strategies/esm.h"
 
 /* Everything one task contributes, computed on its own so tasks run in
@@ -24,6 +25,7 @@ struct esm_tasks {
     const double *const *grams;
     const uint64_t *n_rows;
     const lm_projector *const *user;
+    const double *rho;
     size_t d_out, d_in, cols;
     const size_t *cap, *off;
     size_t *kept;
@@ -75,6 +77,20 @@ static lm_status task_block(void *arg, size_t t)
     if (st != LM_OK) {
         lm_free(w->ctx, buf);
         return st;
+    }
+    /* Rank-aware: only the directions whose output-shift singular value
+     * s_i (sqrt(lambda_i), up to n - 1) is above the task's f32 floor
+     * (linalg/whiten.h); lambda is descending, so they lead. A user
+     * subspace is taken as given. */
+    if (o->whiten == LM_WHITEN_RANK_AWARE && !w->user[t] && k) {
+        double tau = lm__whiten_floor(sqrt(lambda[0] > 0 ? lambda[0] : 0),
+                                      w->rho[t], d_out, d_in, 0.0);
+        size_t above = 0;
+        while (above < k &&
+               lm__whiten_keep(sqrt(lambda[above] > 0 ? lambda[above] : 0),
+                               tau))
+            above++;
+        k = above;
     }
     w->kept[t] = k;
     /* Pack p to k columns (row stride k; rows only move left). */
@@ -202,8 +218,8 @@ static lm_status pick_route(lm_context *ctx, const struct esm_opts *o,
 lm_status lm__esm_layer(lm_context *ctx, const struct esm_opts *o,
                         const char *name, uint64_t seed, const double *x,
                         const double *const *grams, const uint64_t *n_rows,
-                        const lm_projector *const *user, size_t T,
-                        size_t d_out, size_t d_in, double *out)
+                        const lm_projector *const *user, const double *rho,
+                        size_t T, size_t d_out, size_t d_in, double *out)
 {
     size_t k = o->rank ? o->rank : d_out / T;
     if (k < 1)
@@ -266,7 +282,7 @@ lm_status lm__esm_layer(lm_context *ctx, const struct esm_opts *o,
            *ao = acat + cols * d_in, *norms = ao + cols * d_in,
            *colnorm = norms + T;
     struct esm_tasks tasks = {ctx,  o,     route, seed, x,    grams,
-                              n_rows, user, d_out, d_in, cols, cap,
+                              n_rows, user, rho, d_out, d_in, cols, cap,
                               off,  kept,  pcat, acat, norms};
     st = lm__parallel_for(ctx, T, task_block, &tasks);
     /* Close the gaps tasks with fewer directions than room left: columns
@@ -317,11 +333,15 @@ lm_status lm__esm_layer(lm_context *ctx, const struct esm_opts *o,
                 acat[r * d_in + c] *= scale;
         }
     }
-    /* Polar factors rescaled by the mean singular value ("whitening"). */
-    double mean_u = 0, mean_v = 0;
+    /* Polar factors rescaled by the mean singular value ("whitening");
+     * rank-aware: against the floor of the least precise task's inputs. */
+    double mean_u = 0, mean_v = 0, eps_cat = 0;
+    for (size_t t = 0; o->whiten == LM_WHITEN_RANK_AWARE && t < T; t++)
+        eps_cat = rho[t] > eps_cat ? rho[t] : eps_cat;
     if (st == LM_OK)
-        st = lm__polar_pair(ctx, pcat, d_out, cols, po, &mean_u, acat, cols,
-                            d_in, ao, &mean_v);
+        st = lm__polar_pair_whiten(ctx, o->whiten, eps_cat, 0.0, pcat, d_out,
+                                   cols, po, &mean_u, acat, cols, d_in, ao,
+                                   &mean_v);
     if (st == LM_OK)
         lm__gemm(false, false, d_out, d_in, cols, 2.0 * mean_u * mean_v, po,
                  ao, 0.0, out);

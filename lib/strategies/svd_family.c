@@ -5,10 +5,12 @@
  * weighted mean of the task vectors, as the papers' code does for 1-D
  * parameters. Task vectors are multiplied by their model weights first. */
 #include <cblas.h>
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
 #include "linalg/linalg.h"
+#include "linalg/whiten.h"
 #include "strategies/embedding.h"
 
 enum svd_method { TSV, ISO_C, ISO_CTS };
@@ -21,6 +23,7 @@ struct svd_state {
     double tol;             /* svd_tolerance: precision rule, 0 = exact */
     bool randomized;
     int64_t power, oversample;
+    lm_whiten whiten;
     struct lm__embedding_rule embedding; /* embedding_route */
 };
 
@@ -46,6 +49,7 @@ static const lm_param_desc tsv_params[] = {
      NULL, "extra random probes of the randomized SVD (0: max(16, k/2), "
      "accurate when the spectrum decays slowly around k)", 0},
     SVD_TOLERANCE_PARAM,
+    LM__WHITEN_PARAM,
     LM__EMBEDDING_PARAMS("svd|mean|randomized",
                          "embeddings/heads: exact SVD (as other matrices), "
                          "alpha * weighted mean, or randomized top-k SVDs"),
@@ -62,6 +66,7 @@ static const lm_param_desc iso_c_params[] = {
     {sizeof(lm_param_desc), "alpha", LM_PARAM_FLOAT, 1.0, 0.0, 10.0, NULL,
      "scale of the merged task vector", 0},
     SVD_TOLERANCE_PARAM,
+    LM__WHITEN_PARAM,
     ISO_EMBEDDING_PARAMS,
 };
 
@@ -74,6 +79,7 @@ static const lm_param_desc iso_cts_params[] = {
     {sizeof(lm_param_desc), "common_space_fraction", LM_PARAM_FLOAT, 0.8,
      0.0, 1.0, NULL, "fraction of the rank given to the common subspace", 0},
     SVD_TOLERANCE_PARAM,
+    LM__WHITEN_PARAM,
     ISO_EMBEDDING_PARAMS,
 };
 
@@ -88,6 +94,8 @@ static lm_status svd_init(const lm_strategy_init_info *info, void **state,
     lm_status st = lm_params_get_float(info->params, "alpha", &s->alpha);
     if (st == LM_OK)
         st = lm_params_get_float(info->params, "svd_tolerance", &s->tol);
+    if (st == LM_OK)
+        st = lm__whiten_get(info->params, &s->whiten);
     if (st == LM_OK && method == ISO_CTS)
         st = lm_params_get_float(info->params, "common_space_fraction",
                                  &s->common_fraction);
@@ -215,14 +223,75 @@ static lm_status merge_tsv(const struct svd_state *s, const lm_tensor_job *job,
                            const double *x, size_t m, size_t n, double *out);
 
 lm_status lm__tsv_merge(const lm_tensor_job *job, const double *x, size_t m,
-                        size_t n, double *out)
+                        size_t n, lm_whiten whiten, double *out)
 {
     struct svd_state plain;
     memset(&plain, 0, sizeof(plain));
     plain.ctx = job->ctx;
     plain.method = TSV;
     plain.alpha = 1.0;
+    plain.whiten = whiten;
     return merge_tsv(&plain, job, x, m, n, out);
+}
+
+/* Rank-aware whitening's input precisions (linalg/whiten.h): each task's
+ * rho_t = lm__input_precision(base, tau_t) into rho (T entries), and the
+ * largest, which bounds any matrix built from several tasks. */
+static double task_precisions(const lm_tensor_job *job, double *rho)
+{
+    double worst = 0;
+    for (size_t t = 0; t < job->n_models; t++) {
+        rho[t] = lm__input_precision(job->base, job->deltas[t], job->numel);
+        worst = rho[t] > worst ? rho[t] : worst;
+    }
+    return worst;
+}
+
+/* The relative input precision of the weighted sum M = sum_t w_t tau_t:
+ * FLT_EPSILON sqrt(sum_t w_t^2 (||base||^2 + ||base + tau_t||^2)) / ||M||
+ * (one ulp on every input entry, independent across tasks). */
+static double sum_precision(const lm_tensor_job *job, const double *sum)
+{
+    double in2 = 0, m2 = 0, b2 = 0;
+    for (size_t i = 0; i < job->numel; i++) {
+        double b = job->base ? (double)job->base[i] : 0.0;
+        b2 += b * b;
+        m2 += sum[i] * sum[i];
+    }
+    for (size_t t = 0; t < job->n_models; t++) {
+        double w2 = 0, wt = job->weights[t];
+        for (size_t i = 0; i < job->numel; i++) {
+            double v = (job->base ? (double)job->base[i] : 0.0) +
+                       (double)job->deltas[t][i];
+            w2 += v * v;
+        }
+        in2 += wt * wt * (b2 + w2);
+    }
+    return m2 > 0 ? FLT_EPSILON * sqrt(in2 / m2) : 0.0;
+}
+
+/* Rank-aware: one block of triplets (columns [col, col + k) of U, m x
+ * cols, and V, n x cols) keeps only the directions above its floor
+ * (lm__whiten_keep); the others become zero columns, which the polar
+ * factor ignores, so directions at their task's noise floor (beyond a
+ * LoRA's rank, say) do not enter the concatenation. Returns the number
+ * kept. */
+static double drop_block(double *U, double *V, size_t m, size_t n,
+                         size_t cols, size_t col, const double *sigma,
+                         size_t k, double tau)
+{
+    double kept = 0;
+    for (size_t j = col; j < col + k; j++) {
+        if (lm__whiten_keep(sigma[j], tau)) {
+            kept += 1;
+            continue;
+        }
+        for (size_t i = 0; i < m; i++)
+            U[i * cols + j] = 0;
+        for (size_t i = 0; i < n; i++)
+            V[i * cols + j] = 0;
+    }
+    return kept;
 }
 
 /* The per-task top-k triplets placed into shared concatenations: task t
@@ -293,8 +362,23 @@ static lm_status merge_tsv(const struct svd_state *s, const lm_tensor_job *job,
     if (st == LM_OK)
         log_routes(job, "per-task", routes, T);
     lm_free(ctx, routes);
+    double eps_cat = 0;
+    if (st == LM_OK && s->whiten == LM_WHITEN_RANK_AWARE) {
+        /* Task t's triplets against its own floor (sigma_1 of task t). */
+        double *rho = lm__calloc(ctx, T, sizeof(double));
+        if (!rho)
+            st = LM_ERR_OUT_OF_MEMORY;
+        else
+            eps_cat = task_precisions(job, rho);
+        for (size_t t = 0; st == LM_OK && t < T; t++)
+            drop_block(U, V, m, n, cols, t * k, sigma, k,
+                        lm__whiten_floor(sigma[t * k], rho[t], m, n,
+                                         s->tol));
+        lm_free(ctx, rho);
+    }
     if (st == LM_OK)
-        st = lm__polar_pair(ctx, U, m, cols, Up, NULL, V, n, cols, Vp, NULL);
+        st = lm__polar_pair_whiten(ctx, s->whiten, eps_cat, s->tol, U, m,
+                                   cols, Up, NULL, V, n, cols, Vp, NULL);
     if (st == LM_OK)
         compose(Up, sigma, Vp, m, n, cols, s->alpha, U, out);
     lm_free(ctx, buf);
@@ -307,6 +391,21 @@ static lm_status merge_iso_c(const struct svd_state *s,
 {
     size_t T = job->n_models, full = m < n ? m : n;
     lm_context *ctx = job->ctx;
+    if (s->whiten == LM_WHITEN_RANK_AWARE) { /* exact SVD, floor on M */
+        double *sum = lm__calloc(ctx, m * n, sizeof(double)), mean = 0;
+        if (!sum)
+            return LM_ERR_OUT_OF_MEMORY;
+        for (size_t t = 0; t < T; t++)
+            for (size_t i = 0; i < m * n; i++)
+                sum[i] += x[t * m * n + i];
+        lm_status st = lm__polar_whiten(ctx, sum, m, n,
+                                        sum_precision(job, sum), 0.0, out,
+                                        &mean);
+        for (size_t i = 0; st == LM_OK && i < m * n; i++)
+            out[i] *= s->alpha * mean;
+        lm_free(ctx, sum);
+        return st;
+    }
     if (s->tol > 0) { /* U V^T = polar(M), through M's Gram matrix */
         double *sum = lm__calloc(ctx, m * n, sizeof(double)), mean = 0;
         if (!sum)
@@ -481,13 +580,43 @@ static lm_status merge_iso_cts(const struct svd_state *s,
     if (st == LM_OK)
         log_routes(job, "sum and task-specific", per ? routes : routes + T,
                    per ? T + 1 : 1);
+    /* Rank-aware: the common triplets against M's floor, task t's against
+     * its own (||tau_t||_F bounds its sigma_1: its projected spectrum
+     * alone may be all noise); the concatenation against the least
+     * precise input. The mean singular value runs over the effective
+     * number of directions. */
+    double eps_cat = 0, count = (double)cols;
+    if (st == LM_OK && s->whiten == LM_WHITEN_RANK_AWARE) {
+        double *rho = lm__calloc(ctx, T, sizeof(double));
+        if (!rho)
+            st = LM_ERR_OUT_OF_MEMORY;
+        if (st == LM_OK) {
+            double eps_m = sum_precision(job, sum);
+            eps_cat = task_precisions(job, rho);
+            eps_cat = eps_m > eps_cat ? eps_m : eps_cat;
+            count = kc ? drop_block(U, V, m, n, cols, 0, sigma, kc,
+                                     lm__whiten_floor(sv[0], eps_m, m, n,
+                                                      s->tol))
+                       : 0.0;
+        }
+        for (size_t t = 0; st == LM_OK && per && t < T; t++) {
+            double f2 = 0;
+            for (size_t i = 0; i < m * n; i++)
+                f2 += x[t * m * n + i] * x[t * m * n + i];
+            count += drop_block(U, V, m, n, cols, kc + t * per, sigma, per,
+                                 lm__whiten_floor(sqrt(f2), rho[t], m, n,
+                                                  s->tol));
+        }
+        lm_free(ctx, rho);
+    }
     if (st == LM_OK)
-        st = lm__polar_pair(ctx, U, m, cols, Up, NULL, V, n, cols, Vp, NULL);
+        st = lm__polar_pair_whiten(ctx, s->whiten, eps_cat, s->tol, U, m,
+                                   cols, Up, NULL, V, n, cols, Vp, NULL);
     if (st == LM_OK) {
         double mean = 0;
         for (size_t i = 0; i < cols; i++)
             mean += sigma[i];
-        mean /= (double)cols;
+        mean = count > 0 ? mean / count : 0.0;
         lm__gemm(false, true, m, n, cols, s->alpha * mean, Up, Vp, 0.0, out);
     }
     lm_free(ctx, routes);

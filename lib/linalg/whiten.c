@@ -1,0 +1,114 @@
+/* Rank-aware whitening: the polar factor with directions at the input
+ * noise floor shrunk (whiten.h; docs/methods/svd_family.md). */
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+#include "linalg/linalg.h"
+#include "linalg/whiten.h"
+
+lm_status lm__whiten_get(const lm_params *params, lm_whiten *out)
+{
+    const char *v = NULL;
+    lm_status st = lm_params_get_choice(params, "whiten", &v);
+    if (st == LM_OK)
+        *out = strcmp(v, "rank_aware") == 0 ? LM_WHITEN_RANK_AWARE
+                                            : LM_WHITEN_RELEASED;
+    return st;
+}
+
+double lm__input_precision(const float *base, const float *d, size_t n)
+{
+    double in2 = 0, d2 = 0;
+    for (size_t i = 0; i < n; i++) {
+        double b = base ? (double)base[i] : 0.0, w = b + (double)d[i];
+        in2 += b * b + w * w;
+        d2 += (double)d[i] * (double)d[i];
+    }
+    return d2 > 0 ? FLT_EPSILON * sqrt(in2 / d2) : 0.0;
+}
+
+double lm__whiten_floor(double sigma1, double eps_in, size_t m, size_t n,
+                        double tol)
+{
+    double big = (double)(m > n ? m : n);
+    return sigma1 * (LM_WHITEN_C * eps_in * sqrt(big) + tol);
+}
+
+double lm__whiten_weight(double s, double tau)
+{
+    if (!(s > 0))
+        return 0.0;
+    return s * s / (s * s + tau * tau);
+}
+
+bool lm__whiten_keep(double s, double tau)
+{
+    return s > tau;
+}
+
+lm_status lm__polar_whiten(lm_context *ctx, const double *a, size_t m,
+                           size_t n, double eps_in, double tol, double *p,
+                           double *mean_sv)
+{
+    size_t k = m < n ? m : n;
+    if (mean_sv)
+        *mean_sv = 0.0;
+    if (!k)
+        return LM_OK;
+    /* The exact SVD, not the Gram route: tau can sit at 1e-7 sigma_1,
+     * where the Gram matrix's eigenvalues carry errors of eps_64 d
+     * sigma_1^2 -- the size of tau^2 itself. */
+    double *buf = lm__calloc(ctx, m * k + k + k * n, sizeof(double));
+    if (!buf)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "polar: out of memory");
+    double *u = buf, *s = u + m * k, *vt = s + k;
+    lm_status st = lm__svd(ctx, a, m, n, u, s, vt);
+    if (st == LM_OK) {
+        double tau = lm__whiten_floor(s[0], eps_in, m, n, tol), sum_s = 0,
+               sum_g = 0;
+        for (size_t j = 0; j < k; j++) {
+            double g = lm__whiten_weight(s[j], tau);
+            sum_s += s[j];
+            sum_g += g;
+            for (size_t i = 0; i < m; i++)
+                u[i * k + j] *= g;
+        }
+        if (mean_sv)
+            *mean_sv = sum_g > 0 ? sum_s / sum_g : 0.0;
+        lm__gemm(false, false, m, n, k, 1.0, u, vt, 0.0, p);
+    }
+    lm_free(ctx, buf);
+    return st;
+}
+
+struct whiten_pair {
+    lm_context *ctx;
+    double eps_in, tol;
+    const double *in[2];
+    double *out[2], *mean[2];
+    size_t rows[2], cols[2];
+};
+
+static lm_status whiten_one(void *arg, size_t i)
+{
+    const struct whiten_pair *w = arg;
+    return lm__polar_whiten(w->ctx, w->in[i], w->rows[i], w->cols[i],
+                            w->eps_in, w->tol, w->out[i], w->mean[i]);
+}
+
+lm_status lm__polar_pair_whiten(lm_context *ctx, lm_whiten mode,
+                                double eps_in, double tol, const double *a,
+                                size_t ma, size_t na, double *pa,
+                                double *mean_a, const double *b, size_t mb,
+                                size_t nb, double *pb, double *mean_b)
+{
+    if (mode == LM_WHITEN_RELEASED)
+        return lm__polar_pair(ctx, a, ma, na, pa, mean_a, b, mb, nb, pb,
+                              mean_b);
+    struct whiten_pair w = {ctx,        eps_in,     tol,
+                            {a, b},     {pa, pb},   {mean_a, mean_b},
+                            {ma, mb},   {na, nb}};
+    return lm__parallel_for(ctx, 2, whiten_one, &w);
+}

@@ -1,0 +1,76 @@
+/* Rank-aware whitening (docs/methods/svd_family.md, "Rank-aware
+ * whitening"): the polar step of ESM, TSV-M, Iso-C and Iso-CTS gives every
+ * direction of the matrix it whitens the same weight, including
+ * directions whose singular value is at the rounding noise of the f32
+ * inputs. With `whiten=rank_aware` a direction of singular value s is
+ * weighted by
+ *     g(s) = s^2 / (s^2 + tau^2),
+ *     tau  = sigma_1 * (LM_WHITEN_C * eps_in * sqrt(max(m, n)) + tol),
+ * eps_in the relative f32 precision of the matrix's inputs
+ * (lm__input_precision) and tol the accuracy of the factorizations that
+ * produced it (svd_tolerance; 0 for exact f64 ones). g is ~1 far above
+ * tau, ~(s/tau)^2 below it, and smooth across it, so directions near the
+ * floor cannot flip in or out under a 1-ulp change of the inputs. */
+#ifndef LM_LINALG_WHITEN_H
+#define LM_LINALG_WHITEN_H
+
+#include "core/internal.h"
+
+/* Safety factor c of the floor (measured: bench/whiten/stability.py). */
+#define LM_WHITEN_C 1.0
+
+typedef enum lm_whiten {
+    LM_WHITEN_RELEASED = 0,  /* every direction weight 1 (the papers' code) */
+    LM_WHITEN_RANK_AWARE = 1 /* g(s) above */
+} lm_whiten;
+
+/* The `whiten` parameter's descriptor, shared by esm, tsv, iso_c and
+ * iso_cts. */
+#define LM__WHITEN_PARAM                                                     \
+    {sizeof(lm_param_desc), "whiten", LM_PARAM_CHOICE, 0, 0, 0,              \
+     "released|rank_aware",                                                  \
+     "polar step: every direction weight 1 (released), or directions at "   \
+     "the f32 noise floor of the inputs shrunk as s^2/(s^2+tau^2)", 0}
+
+/* Reads `whiten` from params into *out. */
+lm_status lm__whiten_get(const lm_params *params, lm_whiten *out);
+
+/* Relative f32 precision of one task vector d = w - base, both stored in
+ * f32: FLT_EPSILON * sqrt(||base||^2 + ||base + d||^2) / ||d|| (every
+ * input entry moved by one ulp, relative to the task vector). base may
+ * be NULL (task vectors given as such); 0 when d is zero. */
+double lm__input_precision(const float *base, const float *d, size_t n);
+
+/* The floor tau for a spectrum with top singular value sigma1 of an
+ * m x n matrix of relative input precision eps_in, produced by
+ * factorizations of accuracy tol. */
+double lm__whiten_floor(double sigma1, double eps_in, size_t m, size_t n,
+                        double tol);
+
+/* g(s) = s^2 / (s^2 + tau^2); 1 when tau == 0 and s > 0; 0 for s == 0. */
+double lm__whiten_weight(double s, double tau);
+
+/* Whether one task's direction of singular value s survives its floor
+ * (s > tau). Directions of a single task's spectrum are dropped, not
+ * shrunk, before a concatenation is whitened: the polar factor of the
+ * concatenation would lift a shrunk column back to full weight. */
+bool lm__whiten_keep(double s, double tau);
+
+/* The rank-aware polar factor of A (m x n) into p (m x n): A = U S V^T
+ * (exact f64 SVD), p = U g(S) V^T with tau = lm__whiten_floor(sigma_1,
+ * eps_in, m, n, tol). mean_sv (optional) receives sum(s) / sum(g(s)),
+ * the mean singular value over the effective rank (the released mean
+ * over every direction when nothing is near the floor). */
+lm_status lm__polar_whiten(lm_context *ctx, const double *a, size_t m,
+                           size_t n, double eps_in, double tol, double *p,
+                           double *mean_sv);
+
+/* The polar factors of A and B as released (lm__polar_pair) or rank-aware
+ * (lm__polar_whiten, both with eps_in and tol), one per idle thread. */
+lm_status lm__polar_pair_whiten(lm_context *ctx, lm_whiten mode,
+                                double eps_in, double tol, const double *a,
+                                size_t ma, size_t na, double *pa,
+                                double *mean_a, const double *b, size_t mb,
+                                size_t nb, double *pb, double *mean_b);
+
+#endif
