@@ -60,7 +60,7 @@ def one_ulp(x, seed):
 
 def merge(method, base, fts, xs=None, **params):
     kw = {}
-    if method == "esm":
+    if method == "esm" and xs is not None:
         stats = libmerge.Stats()
         for t, x in enumerate(xs):
             stats.observe(t, "w", x)
@@ -243,3 +243,15 @@ def test_lmerge_yaml_passes_whiten_through(tmp_path, method):
     np.testing.assert_array_equal(got, want)
     released = libmerge.merge(method, {"w": base}, [{"w": f} for f in fts], **kw)["w"]
     assert not np.array_equal(got, released)
+
+
+def test_esm_tsv_route_takes_whiten():
+    """ESM merges a matrix without statistics by TSV-M (exact SVDs, alpha
+    applied in the generic preset): rank-aware there too."""
+    base, fts, _ = case("tsv", rank=8, decay=-6, seed=12)
+    got = delta(merge("esm", base, fts, whiten="rank_aware", alpha=1.0), base)
+    want = wr.tsv(base, fts, tol=0.0)
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err <= 1e-4, err
+    released = delta(merge("esm", base, fts, alpha=1.0), base)
+    assert cosine(got, released) < 0.999
