@@ -205,6 +205,36 @@ static lm_status load_inputs(lm_plan *p, const char *name,
     return LM_OK;
 }
 
+/* What lm__merge_tensor holds for a tensor while its strategy runs, as
+ * lm_tensor_job.held_bytes: the block (base, deltas, output in f32), the
+ * f64 base and scratch of a wide merge, and the transient buffers that
+ * coexist with it (a transposition, a row-policy model read in f64, the
+ * output converted for the sink). Summed rather than maxed: an upper
+ * bound, never an underestimate. */
+static uint64_t held_bytes(const lm_plan *p, const char *name,
+                           const lm_tensor *base)
+{
+    double n = (double)base->numel, k = (double)p->n_models;
+    double bytes = 4.0 * n * (k + 2.0) + 8.0 * k;
+    if (needs_wide(p, name, base))
+        bytes += 16.0 * n;
+    if (base->ndim == 2 && lm__plan_transposed(p, name))
+        bytes += 4.0 * n;
+    if (p->rows != LM_ROWS_ERROR && base->ndim == 2) {
+        double widest = n; /* a model with more rows is read whole */
+        for (size_t m = 0; m < p->n_models; m++) {
+            const lm_tensor *t = p->models[m]
+                                     ? lm__model_lookup(p->models[m], name)
+                                     : NULL;
+            if (t && (double)t->numel > widest)
+                widest = (double)t->numel;
+        }
+        bytes += 8.0 * widest;
+    }
+    bytes += 8.0 * n; /* the sink's conversion buffer, at most 8 B each */
+    return bytes >= 1.8e19 ? UINT64_MAX : (uint64_t)bytes;
+}
+
 lm_status lm__tensor_job_init(lm_plan *p, const char *name,
                               const lm_tensor *base, const int64_t *shape,
                               lm_params *view, double **tensor_weights,
@@ -237,8 +267,31 @@ lm_status lm__tensor_job_init(lm_plan *p, const char *name,
         .stats = p->stats,
         .loras = p->loras,
         .params = view,
+        .held_bytes = held_bytes(p, name, base),
     };
     return LM_OK;
+}
+
+/* The strategy's check_tensor, before anything of the tensor is
+ * allocated or read. */
+static lm_status check_strategy(lm_plan *p, void *state, const char *name,
+                                const lm_tensor *base, const int64_t *shape)
+{
+    if (!p->vt->check_tensor)
+        return LM_OK;
+    lm_params view;
+    double *tensor_weights;
+    lm_tensor_job job;
+    LM_TRY(lm__tensor_job_init(p, name, base, shape, &view, &tensor_weights,
+                               &job));
+    lm_status st = p->vt->check_tensor(state, &job, p->vt->user);
+    lm_free(p->ctx, tensor_weights);
+    if (st > 0)
+        return lm_context_set_error(p->ctx, LM_ERR_INTERNAL,
+                                    "strategy '%s' returned positive status "
+                                    "%d checking '%s'", p->vt->name, (int)st,
+                                    name);
+    return st;
 }
 
 static lm_status run_strategy(lm_plan *p, void *state, const char *name,
@@ -286,6 +339,13 @@ lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
     lm_context *ctx = p->ctx;
     size_t n = base->numel, k = p->n_models;
     *merged = (struct lm__merged){0};
+    /* A weight stored [in, out] is merged as [out, in] (layout.c). */
+    bool flip = base->ndim == 2 && lm__plan_transposed(p, name);
+    size_t r = flip ? (size_t)base->shape[0] : 0,
+           c = flip ? (size_t)base->shape[1] : 0;
+    int64_t flipped[2] = {base->shape[flip], base->shape[!flip]};
+    const int64_t *shape = flip ? flipped : base->shape;
+    LM_TRY(check_strategy(p, state, name, base, shape));
     /* One block: base, k deltas, out, then the delta pointer table. */
     size_t floats = n * (k + 2);
     if (n && floats / n != k + 2)
@@ -314,12 +374,6 @@ lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
         st = load_inputs(p, name, base, from_plan_base, block, deltas,
                          base64, base64 ? base64 + n : NULL, rows);
     lm_free(ctx, rows);
-    /* A weight stored [in, out] is merged as [out, in] (layout.c). */
-    bool flip = base->ndim == 2 && lm__plan_transposed(p, name);
-    size_t r = flip ? (size_t)base->shape[0] : 0,
-           c = flip ? (size_t)base->shape[1] : 0;
-    int64_t flipped[2] = {base->shape[flip], base->shape[!flip]};
-    const int64_t *shape = flip ? flipped : base->shape;
     if (st == LM_OK && flip)
         st = lm__transpose_each(ctx, block, k + 1, r, c);
     if (st == LM_OK && p->n_stages) {

@@ -9,6 +9,7 @@
 #include <regex.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/name_set.h"
 #include "libmerge/stats.h"
@@ -35,9 +36,10 @@ static const lm_param_desc esm_params[] = {
      "auto|gram|output|randomized",
      "how each task's essential subspace is computed: the cheapest exact "
      "route within memory_budget (randomized if none fits), or forced", 0},
-    {sizeof(lm_param_desc), "memory_budget", LM_PARAM_FLOAT, 2.0, 1e-6, 1e6,
-     NULL, "GiB one task's essential subspace (and one layer's "
-     "concatenation) may take; estimated before allocating", 0},
+    {sizeof(lm_param_desc), "memory_budget", LM_PARAM_FLOAT, 0.0, 0.0, 1e6,
+     NULL, "GiB an essential-subspace layer may take with everything it "
+     "holds, times the threads (0: this machine's memory); estimated "
+     "before the tensor is read", 0},
     {sizeof(lm_param_desc), "preset", LM_PARAM_CHOICE, 0, 0, 0,
      "generic|clip-vit", "tensor routing: any model, or the released ViT "
      "routing", 0},
@@ -98,6 +100,7 @@ struct esm_state {
     const lm_stats *stats;
     const lm_plan *plan; /* for user subspaces (lm_plan_subspace_find) */
     size_t n_models;
+    int threads; /* tensors (or tasks) that may be in flight at once */
     pthread_mutex_t lock;
     struct cached *cache;
     size_t n_cache, cap_cache;
@@ -140,6 +143,17 @@ static void esm_fini(void *state, void *user)
     lm__name_set_free(s->ctx, &s->cache_names);
     pthread_mutex_destroy(&s->lock);
     lm_free(s->ctx, s);
+}
+
+/* memory_budget 0: the machine's physical memory. */
+static double machine_memory(void)
+{
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGESIZE)
+    long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+    if (pages > 0 && size > 0)
+        return (double)pages * (double)size;
+#endif
+    return 16.0 * 1024.0 * 1024.0 * 1024.0; /* unknown: a common laptop */
 }
 
 static lm_status esm_init(const lm_strategy_init_info *info, void **state,
@@ -208,7 +222,10 @@ static lm_status esm_init(const lm_strategy_init_info *info, void **state,
                  : strcmp(route, "output") == 0     ? ESD_OUTPUT
                  : strcmp(route, "randomized") == 0 ? ESD_RANDOMIZED
                                                     : ESD_AUTO;
-    s->o.budget = budget * 1024.0 * 1024.0 * 1024.0;
+    s->o.budget_auto = budget == 0;
+    s->o.budget = s->o.budget_auto ? machine_memory()
+                                   : budget * 1024.0 * 1024.0 * 1024.0;
+    s->threads = lm_context_threads(info->ctx);
     s->o.inter_task = b[0];
     s->o.eig_weighting = b[1];
     s->o.inter_dim = b[2];
@@ -335,11 +352,68 @@ static lm_status layer_group(const struct esm_state *s,
     return LM_OK;
 }
 
+/* Each task's essential-subspace inputs for this tensor: its user
+ * subspace (user[t]), or its statistics (grams[t], rows[t]). Errors name
+ * the tensor and the task. */
+static lm_status esd_inputs(const struct esm_state *s,
+                            const lm_tensor_job *job, const double **grams,
+                            uint64_t *rows, const lm_projector **user)
+{
+    lm_context *ctx = job->ctx;
+    size_t T = job->n_models;
+    size_t d_out = (size_t)job->shape[0], d_in = (size_t)job->shape[1];
+    if (T > 256)
+        return lm_context_set_error(ctx, LM_ERR_UNSUPPORTED,
+                                    "esm: at most 256 tasks");
+    for (size_t t = 0; t < T; t++) {
+        size_t d;
+        grams[t] = NULL;
+        rows[t] = 0;
+        if ((user[t] = user_subspace(s, job, t))) {
+            if (lm_projector_dim(user[t]) != d_out)
+                return lm_context_set_error(
+                    ctx, LM_ERR_SHAPE,
+                    "esm: tensor '%s' [%zu, %zu]: the user subspace of "
+                    "task %zu has dimension %zu; an essential subspace "
+                    "lies in the output space (dimension %zu)",
+                    job->name, d_out, d_in, t, lm_projector_dim(user[t]),
+                    d_out);
+            continue;
+        }
+        if (!s->stats ||
+            lm_stats_find(s->stats, t, job->name, &grams[t], &d, &rows[t]) !=
+                LM_OK ||
+            d != d_in)
+            return lm_context_set_error(
+                ctx, LM_ERR_NOT_FOUND,
+                "esm: tensor '%s' is routed to the essential subspace "
+                "but task %zu has no activation statistics for it "
+                "(with d_in %zu); observe its inputs with "
+                "lm_stats_observe or give it a subspace with "
+                "lm_plan_set_subspace", job->name, t, d_in);
+    }
+    return LM_OK;
+}
+
+/* What an essential-subspace tensor holds besides the layer merge: the
+ * library's bytes, the merged f64 result (esm_merge / esm_prepare) and,
+ * when layer-scaled, its f32 copy kept between the passes. */
+static struct esm_mem esd_mem(const struct esm_state *s,
+                              const lm_tensor_job *job, bool scaled)
+{
+    double n = (double)job->numel;
+    return (struct esm_mem){(double)job->held_bytes,
+                            n * (sizeof(double) + (scaled ? sizeof(float)
+                                                          : 0)),
+                            s->threads};
+}
+
 /* The merged task vector of one tensor (before alpha and layer scaling),
- * in f64. */
+ * in f64. scaled: the tensor is layer-scaled (its estimate counts the
+ * f32 copy kept between the passes). */
 static lm_status merge_route(const struct esm_state *s,
                              const lm_tensor_job *job, enum route r,
-                             double *out)
+                             bool scaled, double *out)
 {
     lm_context *ctx = job->ctx;
     size_t T = job->n_models, n = job->numel;
@@ -356,57 +430,28 @@ static lm_status merge_route(const struct esm_state *s,
         return LM_OK;
     }
     size_t d_out = (size_t)job->shape[0], d_in = (size_t)job->shape[1];
-    double *x = lm__weighted_tasks(job);
-    if (!x)
-        return LM_ERR_OUT_OF_MEMORY;
-    lm_status st;
     if (r == ROUTE_TSV) {
-        st = lm__tsv_merge(job, x, d_out, d_in, s->o.whiten, out);
-    } else {
-        const double *grams[256];
-        uint64_t rows[256];
-        const lm_projector *user[256];
-        double rho[256];
-        st = T > 256 ? lm_context_set_error(ctx, LM_ERR_UNSUPPORTED,
-                                            "esm: at most 256 tasks")
-                     : LM_OK;
-        for (size_t t = 0; st == LM_OK && t < T; t++) {
-            size_t d;
-            grams[t] = NULL;
-            rows[t] = 0;
-            rho[t] = s->o.whiten == LM_WHITEN_RANK_AWARE
-                         ? lm__input_precision(job->base, job->deltas[t],
-                                               job->numel)
-                         : 0.0;
-            if ((user[t] = user_subspace(s, job, t))) {
-                if (lm_projector_dim(user[t]) != d_out)
-                    st = lm_context_set_error(
-                        ctx, LM_ERR_SHAPE,
-                        "esm: tensor '%s' [%zu, %zu]: the user subspace of "
-                        "task %zu has dimension %zu; an essential subspace "
-                        "lies in the output space (dimension %zu)",
-                        job->name, d_out, d_in, t,
-                        lm_projector_dim(user[t]), d_out);
-                continue;
-            }
-            if (!s->stats ||
-                lm_stats_find(s->stats, t, job->name, &grams[t], &d,
-                             &rows[t]) != LM_OK ||
-                d != d_in)
-                st = lm_context_set_error(
-                    ctx, LM_ERR_NOT_FOUND,
-                    "esm: tensor '%s' is routed to the essential subspace "
-                    "but task %zu has no activation statistics for it "
-                    "(with d_in %zu); observe its inputs with "
-                    "lm_stats_observe or give it a subspace with "
-                    "lm_plan_set_subspace", job->name, t, d_in);
-        }
-        if (st == LM_OK)
-            st = lm__esm_layer(ctx, &s->o, job->name, job->seed, x, grams,
-                               rows, user, rho, T, d_out, d_in, out);
+        double *x = lm__weighted_tasks(job);
+        if (!x)
+            return LM_ERR_OUT_OF_MEMORY;
+        lm_status st = lm__tsv_merge(job, x, d_out, d_in, s->o.whiten, out);
+        lm_free(ctx, x);
+        return st;
     }
-    lm_free(ctx, x);
-    return st;
+    const double *grams[256];
+    uint64_t rows[256];
+    const lm_projector *user[256];
+    double rho[256];
+    LM_TRY(esd_inputs(s, job, grams, rows, user));
+    for (size_t t = 0; t < T; t++)
+        rho[t] = s->o.whiten == LM_WHITEN_RANK_AWARE
+                     ? lm__input_precision(job->base, job->deltas[t],
+                                           job->numel)
+                     : 0.0;
+    struct esm_mem mem = esd_mem(s, job, scaled);
+    return lm__esm_layer(ctx, &s->o, &mem, job->name, job->seed, job->deltas,
+                         job->weights, grams, rows, user, rho, T, d_out, d_in,
+                         out);
 }
 
 static double frobenius(const double *x, size_t n)
@@ -446,7 +491,7 @@ static lm_status esm_prepare(void *state, const lm_tensor_job *job,
     double *d = lm__calloc(job->ctx, job->numel, sizeof(double));
     float *f = lm__calloc(job->ctx, job->numel, sizeof(float));
     char *name = lm__strdup(job->ctx, job->name);
-    lm_status st = d && f && name ? merge_route(s, job, r, d)
+    lm_status st = d && f && name ? merge_route(s, job, r, true, d)
                                   : LM_ERR_OUT_OF_MEMORY;
     if (st == LM_OK) {
         lm__f64_to_f32(d, f, job->numel);
@@ -537,11 +582,42 @@ static lm_status esm_merge(void *state, const lm_tensor_job *job, void *user)
     }
     double *d = lm__calloc(job->ctx, job->numel ? job->numel : 1,
                            sizeof(double));
-    lm_status st = d ? merge_route(s, job, r, d) : LM_ERR_OUT_OF_MEMORY;
+    lm_status st = d ? merge_route(s, job, r, false, d) : LM_ERR_OUT_OF_MEMORY;
     if (st == LM_OK)
         for (size_t i = 0; i < job->numel; i++)
             job->out[i] = (float)(coef * d[i]);
     lm_free(job->ctx, d);
+    return st == LM_OK ? LM_OK : name_error(job->ctx, st, job->name);
+}
+
+/* Before the library reads the tensor: an essential-subspace tensor's
+ * whole estimate against memory_budget (lm__esm_layer_check), from shapes
+ * and statistics alone. Other routes are not estimated. */
+static lm_status esm_check(void *state, const lm_tensor_job *job, void *user)
+{
+    (void)user;
+    const struct esm_state *s = state;
+    enum route r = route_of(s, job);
+    /* Pass-agnostic (the cache is not read: prepare_tensor may be growing
+     * it): a layer-scaled tensor is estimated as its prepare pass. */
+    if (r != ROUTE_ESD)
+        return LM_OK;
+    char *group = NULL;
+    lm_status st = layer_group(s, job, r, &group);
+    bool scaled = group != NULL;
+    lm_free(job->ctx, group);
+    const double *grams[256];
+    uint64_t rows[256];
+    const lm_projector *users[256];
+    if (st == LM_OK)
+        st = esd_inputs(s, job, grams, rows, users);
+    struct esm_mem mem = esd_mem(s, job, scaled);
+    enum esm_route route;
+    if (st == LM_OK)
+        st = lm__esm_layer_check(job->ctx, &s->o, &mem, job->name, rows,
+                                 users, job->n_models,
+                                 (size_t)job->shape[0], (size_t)job->shape[1],
+                                 &route);
     return st == LM_OK ? LM_OK : name_error(job->ctx, st, job->name);
 }
 
@@ -558,4 +634,5 @@ const lm_strategy_vtable lm__esm_strategy = {
     .fini = esm_fini,
     .prepare_tensor = esm_prepare,
     .prepared = esm_prepared,
+    .check_tensor = esm_check,
 };

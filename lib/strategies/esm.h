@@ -16,8 +16,8 @@ struct esm_opts {
     bool pad_identity;
     bool inter_task, eig_weighting, inter_dim;
     enum esm_route route;
-    double budget; /* bytes one task's subspace (or the layer's
-                    * concatenation) may take */
+    double budget;    /* bytes the merge may hold at once (all threads) */
+    bool budget_auto; /* budget is this machine's memory (memory_budget 0) */
     lm_whiten whiten; /* the polar step (linalg/whiten.h) */
 };
 
@@ -47,16 +47,45 @@ bool lm__esm_route_fits_lapack(enum esm_route route, size_t d_out,
                                size_t d_in, uint64_t rows, size_t cap);
 const char *lm__esm_route_name(enum esm_route route);
 
-/* Merge one layer: x holds T weighted task matrices (d_out x d_in), grams
- * the T input second moments X^T X (d_in x d_in) with n_rows rows. user[t]
- * non-NULL: task t's essential subspace is that projector (dimension
- * d_out, checked by the caller; lm_plan_set_subspace) and grams[t] is not
- * read. name is the tensor's, for errors; seed feeds the randomized
- * route. rho: the tasks' relative input precisions
- * (lm__input_precision), read only with whiten=rank_aware. */
+/* What else is in memory while one ESD layer merges, for its estimate
+ * (docs/methods/esm.md, "Memory estimate"): the library's bytes for the
+ * tensor (lm_tensor_job.held_bytes), ESM's own per-tensor buffers outside
+ * the layer merge, and the threads that may each hold such a tensor or
+ * one of its tasks at once. */
+struct esm_mem {
+    double held, own;
+    int threads;
+};
+
+/* The layer's route, chosen and checked against memory_budget from
+ * shapes alone, before anything large is allocated: the forced one, or
+ * the cheaper exact one (gram or output) if the whole estimate fits, else
+ * the randomized one if it fits (and the pad allows it), else an error
+ * naming the tensor, the route and the bytes needed against the budget.
+ * n_rows[t]: task t's calibration rows; user[t] non-NULL: task t's
+ * subspace is that projector (no route, its rank in columns). */
+lm_status lm__esm_layer_check(lm_context *ctx, const struct esm_opts *o,
+                              const struct esm_mem *mem, const char *name,
+                              const uint64_t *n_rows,
+                              const lm_projector *const *user, size_t T,
+                              size_t d_out, size_t d_in,
+                              enum esm_route *route);
+
+/* Merge one layer: deltas are the T task matrices (d_out x d_in, f32),
+ * each weighted by weights[t] and widened to f64 only while its task is
+ * computed; grams the T input second moments X^T X (d_in x d_in) with
+ * n_rows rows. user[t] non-NULL: task t's essential subspace is that
+ * projector (dimension d_out, checked by the caller;
+ * lm_plan_set_subspace) and grams[t] is not read. name is the tensor's,
+ * for errors; seed feeds the randomized route. rho: the tasks' relative
+ * input precisions (lm__input_precision), read only with
+ * whiten=rank_aware. The route comes from lm__esm_layer_check with the
+ * same arguments. */
 lm_status lm__esm_layer(lm_context *ctx, const struct esm_opts *o,
-                        const char *name, uint64_t seed, const double *x,
-                        const double *const *grams, const uint64_t *n_rows,
+                        const struct esm_mem *mem, const char *name,
+                        uint64_t seed, const float *const *deltas,
+                        const double *weights, const double *const *grams,
+                        const uint64_t *n_rows,
                         const lm_projector *const *user, const double *rho,
                         size_t T, size_t d_out, size_t d_in, double *out);
 

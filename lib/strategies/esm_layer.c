@@ -2,9 +2,12 @@
  * order of operations (docs/methods/esm.md): each task's essential
  * subspace (esm_subspace.c, by the route the layer's size calls for),
  * projection, inter-task and eigenvalue weighting, concatenation,
- * input-column scaling, rescaled polar factors, product x 2. Memory is
- * estimated against memory_budget before the large allocations. */
+ * input-column scaling, rescaled polar factors, product x 2. The whole
+ * memory of a layer is estimated against memory_budget before anything
+ * large is allocated (lm__esm_layer_check, called by the strategy's
+ * check_tensor before the library reads the tensor). */
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "linalg/linalg.h"
@@ -21,7 +24,8 @@ struct esm_tasks {
     const struct esm_opts *o;
     enum esm_route route;
     uint64_t seed;
-    const double *x;
+    const float *const *deltas;
+    const double *weights;
     const double *const *grams;
     const uint64_t *n_rows;
     const lm_projector *const *user;
@@ -53,20 +57,33 @@ static lm_status user_subspace(const lm_projector *u,
     return LM_OK;
 }
 
+/* Bytes task_block allocates besides its route: the task's weighted
+ * delta in f64, P, lambda, weights and A. */
+static double task_block_bytes(size_t d_out, size_t d_in, size_t cap)
+{
+    double o = (double)d_out, i = (double)d_in, c = (double)cap;
+    return sizeof(double) * (o * i + o * c + 2.0 * c + c * i + 1.0);
+}
+
 static lm_status task_block(void *arg, size_t t)
 {
     const struct esm_tasks *w = arg;
     const struct esm_opts *o = w->o;
     size_t d_out = w->d_out, d_in = w->d_in, cap = w->cap[t],
-           cols = w->cols, off = w->off[t];
-    double *buf = lm__calloc(w->ctx, d_out * cap + 2 * cap + cap * d_in + 1,
+           cols = w->cols, off = w->off[t], n = d_out * d_in;
+    /* The task's delta is widened here, one task at a time, instead of a
+     * stack of all T in f64 (T d_out d_in 8 bytes: 7.8 GiB for a
+     * 32000 x 4096 head with 8 tasks); same values, same order. */
+    double *buf = lm__calloc(w->ctx, n + d_out * cap + 2 * cap + cap * d_in + 1,
                              sizeof(double));
     if (!buf)
         return lm_context_set_error(w->ctx, LM_ERR_OUT_OF_MEMORY,
                                     "esm: out of memory for task %zu", t);
+    double *dw = buf + d_out * cap + 2 * cap + cap * d_in + 1;
+    for (size_t i = 0; i < n; i++)
+        dw[i] = w->weights[t] * (double)w->deltas[t][i];
     double *p = buf, *lambda = p + d_out * cap, *e = lambda + cap,
            *a = e + cap;
-    const double *dw = w->x + t * d_out * d_in;
     struct esm_task_in in = {dw,    w->grams[t], w->n_rows[t], d_out,
                              d_in,  cap,         w->seed + t};
     size_t k = 0;
@@ -135,108 +152,33 @@ static double layer_bytes(size_t d_out, size_t d_in, size_t cols)
                              5.0 * si * si);
 }
 
-#define GIB (1024.0 * 1024.0 * 1024.0)
+/* The layer's shape: per task its room (cap: directions that can
+ * survive, rank G <= min(n, d_in, d_out); a user subspace's rank) and
+ * column offset, the total columns, the largest cap over the tasks with
+ * statistics and their row counts. */
+struct layer_shape {
+    size_t *cap, *off, *kept; /* T each, one allocation */
+    size_t cols, cap_max, n_stat;
+    uint64_t rows_max, rows_min;
+};
 
-/* The route for this layer: the forced one, or the cheapest exact one
- * (gram or output) within the budget, else the randomized one if it fits
- * (and the pad allows it), else an error naming the tensor and the size. */
-static lm_status pick_route(lm_context *ctx, const struct esm_opts *o,
-                            const char *name, size_t T, size_t d_out,
-                            size_t d_in, const uint64_t *n_rows,
-                            size_t cap_max, enum esm_route *route)
-{
-    uint64_t rows = 0, few = UINT64_MAX;
-    for (size_t t = 0; t < T; t++) {
-        rows = n_rows[t] > rows ? n_rows[t] : rows;
-        few = n_rows[t] < few ? n_rows[t] : few;
-    }
-    /* pad=identity with n < d_out needs every direction of G for the norm:
-     * the randomized route has only the top ones. */
-    bool randomized_ok = !o->pad_identity || few >= (uint64_t)d_out;
-    enum esm_route r = o->route;
-    if (r == ESD_AUTO) {
-        double g = lm__esm_route_bytes(ESD_GRAM, d_out, d_in, rows, cap_max);
-        double out = lm__esm_route_bytes(ESD_OUTPUT, d_out, d_in, rows,
-                                         cap_max);
-        bool g_ok = lm__esm_route_fits_lapack(ESD_GRAM, d_out, d_in, rows,
-                                              cap_max);
-        bool o_ok = lm__esm_route_fits_lapack(ESD_OUTPUT, d_out, d_in, rows,
-                                              cap_max);
-        r = g_ok && (!o_ok || g <= out) ? ESD_GRAM : ESD_OUTPUT;
-        double best = r == ESD_GRAM ? g : out;
-        if ((!g_ok && !o_ok) || best > o->budget) {
-            if (randomized_ok &&
-                lm__esm_route_fits_lapack(ESD_RANDOMIZED, d_out, d_in, rows,
-                                          cap_max) &&
-                lm__esm_route_bytes(ESD_RANDOMIZED, d_out, d_in, rows,
-                                    cap_max) <= o->budget)
-                r = ESD_RANDOMIZED;
-            else if (!g_ok && !o_ok)
-                return lm_context_set_error(
-                    ctx, LM_ERR_UNSUPPORTED,
-                    "esm: tensor '%s' (%zu x %zu): no essential-subspace "
-                    "route fits the LAPACK integer limits; lower rank or "
-                    "route the tensor elsewhere (tsv_pattern, mean_pattern)",
-                    name, d_out, d_in);
-            else
-                return lm_context_set_error(
-                    ctx, LM_ERR_OUT_OF_RANGE,
-                    "esm: tensor '%s' (%zu x %zu, %zu tasks): the cheapest "
-                    "essential-subspace route (%s) needs %.2f GiB per task, "
-                    "above memory_budget %.2f GiB; raise memory_budget, "
-                    "lower rank (randomized route) or route the tensor "
-                    "elsewhere (tsv_pattern, mean_pattern)",
-                    name, d_out, d_in, T, lm__esm_route_name(r), best / GIB,
-                    o->budget / GIB);
-        }
-        *route = r;
-        return LM_OK;
-    }
-    if (r == ESD_RANDOMIZED && !randomized_ok)
-        return lm_context_set_error(
-            ctx, LM_ERR_UNSUPPORTED,
-            "esm: tensor '%s': esd_route=randomized cannot reproduce "
-            "pad=identity with fewer calibration rows (%llu) than outputs "
-            "(%zu)", name, (unsigned long long)few, d_out);
-    if (!lm__esm_route_fits_lapack(r, d_out, d_in, rows, cap_max))
-        return lm_context_set_error(
-            ctx, LM_ERR_UNSUPPORTED,
-            "esm: tensor '%s' (%zu x %zu): esd_route=%s exceeds the "
-            "LAPACK integer limits; use esd_route=auto", name, d_out, d_in,
-            lm__esm_route_name(r));
-    double need = lm__esm_route_bytes(r, d_out, d_in, rows, cap_max);
-    if (need > o->budget)
-        return lm_context_set_error(
-            ctx, LM_ERR_OUT_OF_RANGE,
-            "esm: tensor '%s' (%zu x %zu): esd_route=%s needs %.2f GiB per "
-            "task, above memory_budget %.2f GiB", name, d_out, d_in,
-            lm__esm_route_name(r), need / GIB, o->budget / GIB);
-    *route = r;
-    return LM_OK;
-}
-
-lm_status lm__esm_layer(lm_context *ctx, const struct esm_opts *o,
-                        const char *name, uint64_t seed, const double *x,
-                        const double *const *grams, const uint64_t *n_rows,
-                        const lm_projector *const *user, const double *rho,
-                        size_t T, size_t d_out, size_t d_in, double *out)
+static lm_status shape_of(lm_context *ctx, const struct esm_opts *o,
+                          const uint64_t *n_rows,
+                          const lm_projector *const *user, size_t T,
+                          size_t d_out, size_t d_in, struct layer_shape *ls)
 {
     size_t k = o->rank ? o->rank : d_out / T;
     if (k < 1)
         k = 1;
     if (k > d_out)
         k = d_out;
-    /* Room per task: rank G <= min(n, d_in, d_out), so at most that many
-     * directions survive (the released k can exceed it at lm_head sizes). */
-    size_t *cap = lm__calloc(ctx, 3 * T, sizeof(size_t));
-    uint64_t *stat_rows = lm__calloc(ctx, T, sizeof(uint64_t));
-    if (!cap || !stat_rows) {
-        lm_free(ctx, cap);
-        lm_free(ctx, stat_rows);
+    *ls = (struct layer_shape){0};
+    ls->rows_min = UINT64_MAX;
+    ls->cap = lm__calloc(ctx, 3 * T, sizeof(size_t));
+    if (!ls->cap)
         return LM_ERR_OUT_OF_MEMORY;
-    }
-    size_t *off = cap + T, *kept = off + T, cols = 0, cap_max = 0;
-    size_t n_stat = 0; /* tasks whose subspace comes from statistics */
+    ls->off = ls->cap + T;
+    ls->kept = ls->off + T;
     for (size_t t = 0; t < T; t++) {
         size_t c;
         if (user[t]) {
@@ -245,35 +187,190 @@ lm_status lm__esm_layer(lm_context *ctx, const struct esm_opts *o,
             c = k < d_in ? k : d_in;
             if (n_rows[t] < (uint64_t)c)
                 c = (size_t)n_rows[t];
-            cap_max = c > cap_max ? c : cap_max;
-            stat_rows[n_stat++] = n_rows[t];
+            ls->cap_max = c > ls->cap_max ? c : ls->cap_max;
+            ls->rows_max = n_rows[t] > ls->rows_max ? n_rows[t] : ls->rows_max;
+            ls->rows_min = n_rows[t] < ls->rows_min ? n_rows[t] : ls->rows_min;
+            ls->n_stat++;
         }
-        cap[t] = c;
-        off[t] = cols;
-        cols += c;
+        ls->cap[t] = c;
+        ls->off[t] = ls->cols;
+        ls->cols += c;
     }
-    /* The route (and its memory estimate) concerns only the tasks whose
-     * subspace is computed here. */
-    enum esm_route route = ESD_GRAM;
-    lm_status st = n_stat ? pick_route(ctx, o, name, n_stat, d_out, d_in,
-                                       stat_rows, cap_max, &route)
-                          : LM_OK;
-    lm_free(ctx, stat_rows);
-    double need = layer_bytes(d_out, d_in, cols);
-    if (st == LM_OK && need > o->budget)
+    return LM_OK;
+}
+
+#define GIB (1024.0 * 1024.0 * 1024.0)
+
+/* The estimate of one route, in bytes, and its parts for the message. */
+struct estimate {
+    double unit;  /* one thread's worst case */
+    double need;  /* threads x unit */
+    double layer, task;
+};
+
+/* One thread holds at most one tensor (the library's bytes, ESM's own,
+ * the concatenation) and runs one task of it, or runs one task of
+ * another tensor (parallel tasks borrow idle threads): threads x (tensor
+ * + its largest task) bounds everything in flight. */
+static struct estimate estimate_route(const struct esm_opts *o,
+                                      const struct esm_mem *mem,
+                                      const struct layer_shape *ls,
+                                      enum esm_route route, size_t d_out,
+                                      size_t d_in, const size_t *cap,
+                                      size_t T)
+{
+    struct estimate e = {0};
+    double biggest_cap = 0;
+    for (size_t t = 0; t < T; t++)
+        biggest_cap = (double)cap[t] > biggest_cap ? (double)cap[t]
+                                                   : biggest_cap;
+    e.task = task_block_bytes(d_out, d_in, (size_t)biggest_cap);
+    if (ls->n_stat) {
+        e.task += lm__esm_route_bytes(route, d_out, d_in, ls->rows_max,
+                                      ls->cap_max);
+        /* pad=identity's norm with n < d_out: P_r^T dW, r <= min(n, d_in). */
+        if (o->pad_identity && ls->rows_min < (uint64_t)d_out) {
+            double r = ls->rows_max < (uint64_t)d_in ? (double)ls->rows_max
+                                                     : (double)d_in;
+            e.task += sizeof(double) * r * (double)d_in;
+        }
+    }
+    e.layer = layer_bytes(d_out, d_in, ls->cols) +
+              sizeof(double) * (double)(T + d_in) + 4.0 * sizeof(size_t) * T;
+    e.unit = mem->held + mem->own + e.layer + e.task;
+    e.need = (double)(mem->threads > 0 ? mem->threads : 1) * e.unit;
+    return e;
+}
+
+/* "12.3 MiB": bytes in the unit that keeps them readable. */
+static const char *human(double bytes, char *buf, size_t size)
+{
+    if (bytes >= GIB)
+        snprintf(buf, size, "%.2f GiB", bytes / GIB);
+    else if (bytes >= 1024.0 * 1024.0)
+        snprintf(buf, size, "%.2f MiB", bytes / (1024.0 * 1024.0));
+    else
+        snprintf(buf, size, "%.1f KiB", bytes / 1024.0);
+    return buf;
+}
+
+static lm_status over_budget(lm_context *ctx, const struct esm_opts *o,
+                             const struct esm_mem *mem, const char *name,
+                             size_t T, size_t d_out, size_t d_in,
+                             enum esm_route route, bool forced,
+                             const struct estimate *e)
+{
+    char b[6][32];
+    return lm_context_set_error(
+        ctx, LM_ERR_OUT_OF_RANGE,
+        "esm: tensor '%s' (%zu x %zu, %zu tasks): %s%s needs %.0f bytes "
+        "(%s = %d thread%s x [%s the library's inputs + %s ESM's buffers + "
+        "%s the concatenation + %s one task]), above memory_budget %.0f "
+        "bytes (%s%s); raise memory_budget, lower threads or rank%s, or "
+        "route the tensor elsewhere (tsv_pattern, mean_pattern)",
+        name, d_out, d_in, T, forced ? "esd_route=" : "the cheapest route ",
+        lm__esm_route_name(route), e->need, human(e->need, b[0], 32),
+        mem->threads, mem->threads == 1 ? "" : "s",
+        human(mem->held, b[1], 32), human(mem->own, b[2], 32),
+        human(e->layer, b[3], 32), human(e->task, b[4], 32), o->budget,
+        human(o->budget, b[5], 32),
+        o->budget_auto ? ", this machine's memory" : "",
+        forced ? "" : " (randomized route)");
+}
+
+lm_status lm__esm_layer_check(lm_context *ctx, const struct esm_opts *o,
+                              const struct esm_mem *mem, const char *name,
+                              const uint64_t *n_rows,
+                              const lm_projector *const *user, size_t T,
+                              size_t d_out, size_t d_in,
+                              enum esm_route *route)
+{
+    struct layer_shape ls;
+    LM_TRY(shape_of(ctx, o, n_rows, user, T, d_out, d_in, &ls));
+    size_t cap_max = ls.cap_max;
+    uint64_t rows = ls.rows_max;
+    /* pad=identity with n < d_out needs every direction of G for the norm:
+     * the randomized route has only the top ones. */
+    bool randomized_ok = !o->pad_identity || ls.rows_min >= (uint64_t)d_out;
+    enum esm_route r = o->route;
+    lm_status st = LM_OK;
+    struct estimate e;
+    if (!ls.n_stat) { /* every subspace is the user's: no route */
+        r = ESD_GRAM;
+        e = estimate_route(o, mem, &ls, r, d_out, d_in, ls.cap, T);
+        if (e.need > o->budget)
+            st = over_budget(ctx, o, mem, name, T, d_out, d_in, r, true, &e);
+    } else if (r == ESD_AUTO) {
+        double g = lm__esm_route_bytes(ESD_GRAM, d_out, d_in, rows, cap_max);
+        double out = lm__esm_route_bytes(ESD_OUTPUT, d_out, d_in, rows,
+                                         cap_max);
+        bool g_ok = lm__esm_route_fits_lapack(ESD_GRAM, d_out, d_in, rows,
+                                              cap_max);
+        bool o_ok = lm__esm_route_fits_lapack(ESD_OUTPUT, d_out, d_in, rows,
+                                              cap_max);
+        r = g_ok && (!o_ok || g <= out) ? ESD_GRAM : ESD_OUTPUT;
+        e = estimate_route(o, mem, &ls, r, d_out, d_in, ls.cap, T);
+        if ((!g_ok && !o_ok) || e.need > o->budget) {
+            struct estimate er = estimate_route(o, mem, &ls, ESD_RANDOMIZED,
+                                                d_out, d_in, ls.cap, T);
+            if (randomized_ok &&
+                lm__esm_route_fits_lapack(ESD_RANDOMIZED, d_out, d_in, rows,
+                                          cap_max) &&
+                er.need <= o->budget)
+                r = ESD_RANDOMIZED;
+            else if (!g_ok && !o_ok)
+                st = lm_context_set_error(
+                    ctx, LM_ERR_UNSUPPORTED,
+                    "esm: tensor '%s' (%zu x %zu): no essential-subspace "
+                    "route fits the LAPACK integer limits; lower rank or "
+                    "route the tensor elsewhere (tsv_pattern, mean_pattern)",
+                    name, d_out, d_in);
+            else
+                st = over_budget(ctx, o, mem, name, T, d_out, d_in, r, false,
+                                 &e);
+        }
+    } else if (r == ESD_RANDOMIZED && !randomized_ok) {
         st = lm_context_set_error(
-            ctx, LM_ERR_OUT_OF_RANGE,
-            "esm: tensor '%s' (%zu x %zu): concatenating %zu tasks' "
-            "directions (%zu columns) needs %.2f GiB, above memory_budget "
-            "%.2f GiB; lower rank or raise memory_budget", name, d_out, d_in,
-            T, cols, need / GIB, o->budget / GIB);
-    double *buf = st == LM_OK ? lm__calloc(ctx, d_out * cols * 2 +
-                                                    cols * d_in * 2 + T +
-                                                    d_in,
-                                           sizeof(double))
-                              : NULL;
-    if (st == LM_OK && !buf)
-        st = LM_ERR_OUT_OF_MEMORY;
+            ctx, LM_ERR_UNSUPPORTED,
+            "esm: tensor '%s': esd_route=randomized cannot reproduce "
+            "pad=identity with fewer calibration rows (%llu) than outputs "
+            "(%zu)", name, (unsigned long long)ls.rows_min, d_out);
+    } else if (!lm__esm_route_fits_lapack(r, d_out, d_in, rows, cap_max)) {
+        st = lm_context_set_error(
+            ctx, LM_ERR_UNSUPPORTED,
+            "esm: tensor '%s' (%zu x %zu): esd_route=%s exceeds the "
+            "LAPACK integer limits; use esd_route=auto", name, d_out, d_in,
+            lm__esm_route_name(r));
+    } else {
+        e = estimate_route(o, mem, &ls, r, d_out, d_in, ls.cap, T);
+        if (e.need > o->budget)
+            st = over_budget(ctx, o, mem, name, T, d_out, d_in, r, true, &e);
+    }
+    lm_free(ctx, ls.cap);
+    if (st == LM_OK)
+        *route = r;
+    return st;
+}
+
+lm_status lm__esm_layer(lm_context *ctx, const struct esm_opts *o,
+                        const struct esm_mem *mem, const char *name,
+                        uint64_t seed, const float *const *deltas,
+                        const double *weights, const double *const *grams,
+                        const uint64_t *n_rows,
+                        const lm_projector *const *user, const double *rho,
+                        size_t T, size_t d_out, size_t d_in, double *out)
+{
+    /* The same decision check_tensor took before the inputs were read. */
+    enum esm_route route = ESD_GRAM;
+    LM_TRY(lm__esm_layer_check(ctx, o, mem, name, n_rows, user, T, d_out,
+                               d_in, &route));
+    struct layer_shape ls;
+    LM_TRY(shape_of(ctx, o, n_rows, user, T, d_out, d_in, &ls));
+    size_t *cap = ls.cap, *off = ls.off, *kept = ls.kept, cols = ls.cols;
+    double *buf = lm__calloc(ctx, d_out * cols * 2 + cols * d_in * 2 + T +
+                                      d_in,
+                             sizeof(double));
+    lm_status st = buf ? LM_OK : LM_ERR_OUT_OF_MEMORY;
     if (st != LM_OK) {
         lm_free(ctx, cap);
         return st;
@@ -281,9 +378,10 @@ lm_status lm__esm_layer(lm_context *ctx, const struct esm_opts *o,
     double *pcat = buf, *po = pcat + d_out * cols, *acat = po + d_out * cols,
            *ao = acat + cols * d_in, *norms = ao + cols * d_in,
            *colnorm = norms + T;
-    struct esm_tasks tasks = {ctx,  o,     route, seed, x,    grams,
-                              n_rows, user, rho, d_out, d_in, cols, cap,
-                              off,  kept,  pcat, acat, norms};
+    struct esm_tasks tasks = {ctx,    o,      route, seed,  deltas, weights,
+                              grams,  n_rows, user,  rho,   d_out,  d_in,
+                              cols,   cap,    off,   kept,  pcat,   acat,
+                              norms};
     st = lm__parallel_for(ctx, T, task_block, &tasks);
     /* Close the gaps tasks with fewer directions than room left: columns
      * of pcat and rows of acat move left, order kept. */

@@ -1,6 +1,7 @@
 #include "testutil.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 lm_context *tu_context(int n_threads, uint64_t seed)
 {
@@ -106,6 +107,55 @@ void tu_failing_alloc_init(struct tu_failing_alloc *f, long fail_at)
     f->fail_at = fail_at;
     f->alloc = (lm_allocator){sizeof(f->alloc), failing_alloc, failing_free,
                               f};
+}
+
+#define TU_HEADER 16 /* keeps malloc's alignment for the caller */
+
+static void raise_to(atomic_llong *x, long long v)
+{
+    long long cur = atomic_load(x);
+    while (v > cur && !atomic_compare_exchange_weak(x, &cur, v))
+        ;
+}
+
+static void *counting_alloc(size_t n, void *user)
+{
+    struct tu_counting_alloc *c = user;
+    char *p = malloc(n + TU_HEADER);
+    if (!p)
+        return NULL;
+    memcpy(p, &n, sizeof(n));
+    raise_to(&c->peak, atomic_fetch_add(&c->live, (long long)n) +
+                           (long long)n);
+    raise_to(&c->largest, (long long)n);
+    return p + TU_HEADER;
+}
+
+static void counting_free(void *q, void *user)
+{
+    struct tu_counting_alloc *c = user;
+    if (!q)
+        return;
+    char *p = (char *)q - TU_HEADER;
+    size_t n;
+    memcpy(&n, p, sizeof(n));
+    atomic_fetch_sub(&c->live, (long long)n);
+    free(p);
+}
+
+void tu_counting_alloc_init(struct tu_counting_alloc *c)
+{
+    atomic_init(&c->live, 0);
+    atomic_init(&c->peak, 0);
+    atomic_init(&c->largest, 0);
+    c->alloc = (lm_allocator){sizeof(c->alloc), counting_alloc,
+                              counting_free, c};
+}
+
+void tu_counting_alloc_mark(struct tu_counting_alloc *c)
+{
+    atomic_store(&c->peak, atomic_load(&c->live));
+    atomic_store(&c->largest, 0);
 }
 
 long tu_sweep_alloc_failures(const char *what,

@@ -43,6 +43,16 @@ long tu_sweep_alloc_failures(const char *what,
                              lm_status (*run)(lm_context *ctx,
                                               const void *arg),
                              const void *arg);
+/* An lm_allocator that counts live bytes, their peak and the largest
+ * single block (a 16-byte header keeps each block's size), to show what
+ * a merge allocates. tu_counting_alloc_mark starts a measurement: peak
+ * and largest restart from now. */
+struct tu_counting_alloc {
+    atomic_llong live, peak, largest;
+    lm_allocator alloc;
+};
+void tu_counting_alloc_init(struct tu_counting_alloc *c);
+void tu_counting_alloc_mark(struct tu_counting_alloc *c);
 /* Run the suite and return the process exit code. */
 int tu_run(Suite *suite);
 

@@ -109,8 +109,10 @@ def test_randomized_approximates_when_sketch_is_smaller_than_rank():
 @pytest.mark.parametrize("shape,n_rows,opts,budget,chosen", [
     ((48, 40), 160, {}, 2.0, "gram"),        # G 48 x 48 is the cheapest
     ((300, 16), 400, {}, 2.0, "output"),     # B 16 x 300 instead of G 300 x 300
-    # rank 5: a 15-column sketch (150 KiB) fits 0.4 MiB, B 64 x 256 does not
-    ((256, 64), 200, {"rank": 5}, 4e-4, "randomized"),
+    # rank 5, one thread: with the inputs (512 KiB), the merged result and
+    # the concatenation, a 15-column sketch (1.1 MiB in all) fits 1.3 MiB,
+    # the output route (1.7 MiB) and gram (2.7 MiB) do not
+    ((256, 64), 200, {"rank": 5, "threads": 1}, 1.3 / 1024, "randomized"),
 ])
 def test_auto_takes_the_cheapest_route(shape, n_rows, opts, budget, chosen):
     """auto runs the same computation as the forced route it picks (bytes
@@ -132,12 +134,14 @@ def test_memory_guard_names_tensor_and_size():
     base, models, _, stats, _ = make(300, 16, 400)
     # Forced route over the budget: an error, nothing allocated.
     with pytest.raises(libmerge.OutOfRangeError,
-                       match=r"'lm_head\.weight'.*esd_route=gram needs [0-9.]+ GiB.*memory_budget"):
+                       match=r"'lm_head\.weight'.*esd_route=gram needs [0-9]+ bytes.*"
+                             r"above memory_budget 1073742 bytes"):
         merged(base, models, stats, esd_route="gram", memory_budget=1e-3)
     # auto: even the randomized route is over a tiny budget.
     with pytest.raises(libmerge.OutOfRangeError,
-                       match=r"'lm_head\.weight' \(300 x 16, 4 tasks\).*output.*memory_budget"):
-        merged(base, models, stats, memory_budget=1e-6)
+                       match=r"'lm_head\.weight' \(300 x 16, 4 tasks\): the cheapest route "
+                             r"output needs [0-9]+ bytes .*2 threads.*memory_budget"):
+        merged(base, models, stats, memory_budget=1e-6, threads=2)
 
 
 def test_guard_estimates_a_32k_vocabulary_without_allocating():
@@ -150,8 +154,10 @@ def test_guard_estimates_a_32k_vocabulary_without_allocating():
     stats = libmerge.Stats()
     for t in range(2):
         stats.observe(t, NAME, rng.standard_normal((100, 64)).astype(np.float32))
-    with pytest.raises(libmerge.OutOfRangeError, match=r"esd_route=gram needs 3[0-9]\.[0-9]+ GiB"):
-        libmerge.merge("esm", base, models, stats=stats, esd_route="gram", memory_budget=1.0)
+    with pytest.raises(libmerge.OutOfRangeError,
+                       match=r"esd_route=gram needs [0-9]+ bytes \(3[0-9]\.[0-9]+ GiB = 1 thread"):
+        libmerge.merge("esm", base, models, stats=stats, esd_route="gram", memory_budget=1.0,
+                       threads=1)
 
 
 def test_randomized_refuses_identity_pad():

@@ -183,7 +183,7 @@ class _InitInfo(ctypes.Structure):
 
 
 class _TensorJob(ctypes.Structure):
-    """Mirror of lm_tensor_job (0.2: params last)."""
+    """Mirror of lm_tensor_job (0.2: params, then held_bytes, last)."""
     _fields_ = [
         ("struct_size", ctypes.c_uint32),
         ("ctx", ctypes.c_void_p),
@@ -200,6 +200,7 @@ class _TensorJob(ctypes.Structure):
         ("stats", ctypes.c_void_p),
         ("loras", ctypes.POINTER(ctypes.c_void_p)),
         ("params", ctypes.c_void_p),
+        ("held_bytes", ctypes.c_uint64),
     ]
 
 

@@ -115,6 +115,12 @@ typedef struct lm_tensor_job {
      * tensor's per-model weights. Lives for the call. Check struct_size
      * before reading it from a library older than 0.2. */
     const lm_params *params;
+    /* (0.2) Bytes the library itself holds for this tensor while the
+     * strategy runs: the base, the deltas and the output in f32, f64
+     * copies of a wide merge, transposition and output-conversion
+     * buffers (not a stage's own). For strategies that estimate their
+     * memory before allocating (check_tensor). */
+    uint64_t held_bytes;
 } lm_tensor_job;
 
 /* A merge strategy. Register with lm_register_strategy; the library copies
@@ -157,6 +163,15 @@ typedef struct lm_strategy_vtable {
      * exact whole-model magnitude threshold). NULL: one pass when
      * prepare_tensor is set, else none. */
     unsigned (*prepare_passes)(void *state, void *user);
+    /* Optional (0.2): called for every tensor of every pass before the
+     * library allocates or reads anything of it, with a job whose base,
+     * deltas and out are NULL (name, shape, numel, n_models, weights,
+     * stats, params and held_bytes are set). A strategy that can
+     * estimate its memory refuses here (e.g. over a budget), before
+     * anything large exists: a status and lm_context_set_error, as
+     * merge_tensor. Called concurrently; must not modify the state. */
+    lm_status (*check_tensor)(void *state, const lm_tensor_job *job,
+                              void *user);
 } lm_strategy_vtable;
 
 /* Register a strategy in ctx. Strings and the params table must outlive the
