@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "core/name_set.h"
+#include "core/plan_private.h"
 #include "libmerge/stats.h"
 #include "linalg/linalg.h"
 #include "strategies/esm.h"
@@ -99,6 +100,10 @@ struct esm_state {
     regex_t clip_esd, clip_scaled, clip_mean;
     const lm_stats *stats;
     const lm_plan *plan; /* for user subspaces (lm_plan_subspace_find) */
+    /* Ties of this execution (lm_plan_tie, shared storage): tie_alias[i]
+     * is merged as tie_source[i]; names live in the plan's base. */
+    const char **tie_source, **tie_alias;
+    size_t n_ties;
     size_t n_models;
     int threads; /* tensors (or tasks) that may be in flight at once */
     pthread_mutex_t lock;
@@ -140,6 +145,7 @@ static void esm_fini(void *state, void *user)
         lm_free(s->ctx, s->cache[i].delta);
     }
     lm_free(s->ctx, s->cache);
+    lm_free(s->ctx, s->tie_source);
     lm__name_set_free(s->ctx, &s->cache_names);
     pthread_mutex_destroy(&s->lock);
     lm_free(s->ctx, s);
@@ -154,6 +160,36 @@ static double machine_memory(void)
         return (double)pages * (double)size;
 #endif
     return 16.0 * 1024.0 * 1024.0 * 1024.0; /* unknown: a common laptop */
+}
+
+/* The plan's ties as (source, alias) name pairs, for statistics recorded
+ * under an alias (a tied lm_head's, which libmerge.torch.collect_stats
+ * hooks) to reach the tensor merged for both. */
+static lm_status load_ties(struct esm_state *s)
+{
+    if (!s->plan || !s->plan->base)
+        return LM_OK;
+    const lm_model *base = s->plan->base;
+    size_t *src = NULL;
+    LM_TRY(lm__ties_resolve(s->plan, &src));
+    size_t n = 0;
+    for (size_t i = 0; i < base->count; i++)
+        n += src[i] != SIZE_MAX;
+    if (n) {
+        s->tie_source = lm__calloc(s->ctx, 2 * n, sizeof(char *));
+        if (!s->tie_source) {
+            lm_free(s->ctx, src);
+            return LM_ERR_OUT_OF_MEMORY;
+        }
+        s->tie_alias = s->tie_source + n;
+        for (size_t i = 0; i < base->count; i++)
+            if (src[i] != SIZE_MAX) {
+                s->tie_source[s->n_ties] = base->entries[src[i]].name;
+                s->tie_alias[s->n_ties++] = base->entries[i].name;
+            }
+    }
+    lm_free(s->ctx, src);
+    return LM_OK;
 }
 
 static lm_status esm_init(const lm_strategy_init_info *info, void **state,
@@ -211,6 +247,8 @@ static lm_status esm_init(const lm_strategy_init_info *info, void **state,
                 s->has_re[i] = true;
         }
     }
+    if (st == LM_OK)
+        st = load_ties(s);
     if (st != LM_OK) {
         esm_fini(s, NULL);
         return st;
@@ -251,6 +289,30 @@ static const lm_projector *user_subspace(const struct esm_state *s,
     return u;
 }
 
+/* Task t's statistics for tensor `name` with d_in columns: recorded
+ * under its own name, else under a name tied to it (docs/methods/esm.md,
+ * "Tied embeddings"): the merged matrix of a tied embedding/head pair is
+ * the head's [vocab, hidden] Linear weight, whose inputs are the final
+ * hidden states the head's statistics hold; the embedding's lookup has
+ * no input second moment in that orientation. 0 when found. */
+static int task_stats(const struct esm_state *s, size_t t, const char *name,
+                      size_t d_in, const double **gram, uint64_t *n_rows)
+{
+    size_t d;
+    if (!s->stats)
+        return 1;
+    if (!lm__stats_lookup(s->stats, t, name, gram, &d, n_rows) &&
+        d == d_in && *n_rows > 0)
+        return 0;
+    for (size_t i = 0; i < s->n_ties; i++)
+        if (!strcmp(s->tie_source[i], name) &&
+            !lm__stats_lookup(s->stats, t, s->tie_alias[i], gram, &d,
+                              n_rows) &&
+            d == d_in && *n_rows > 0)
+            return 0;
+    return 1;
+}
+
 /* Can every task's essential subspace be had for this tensor: from the
  * user, or from statistics? */
 static bool has_stats(const struct esm_state *s, const lm_tensor_job *job)
@@ -259,13 +321,10 @@ static bool has_stats(const struct esm_state *s, const lm_tensor_job *job)
         return false;
     for (size_t t = 0; t < job->n_models; t++) {
         const double *g;
-        size_t d;
         uint64_t n;
         if (user_subspace(s, job, t))
             continue;
-        if (!s->stats ||
-            lm__stats_lookup(s->stats, t, job->name, &g, &d, &n) ||
-            d != (size_t)job->shape[1] || n == 0)
+        if (task_stats(s, t, job->name, (size_t)job->shape[1], &g, &n))
             return false;
     }
     return true;
@@ -366,7 +425,6 @@ static lm_status esd_inputs(const struct esm_state *s,
         return lm_context_set_error(ctx, LM_ERR_UNSUPPORTED,
                                     "esm: at most 256 tasks");
     for (size_t t = 0; t < T; t++) {
-        size_t d;
         grams[t] = NULL;
         rows[t] = 0;
         if ((user[t] = user_subspace(s, job, t))) {
@@ -380,15 +438,13 @@ static lm_status esd_inputs(const struct esm_state *s,
                     d_out);
             continue;
         }
-        if (!s->stats ||
-            lm_stats_find(s->stats, t, job->name, &grams[t], &d, &rows[t]) !=
-                LM_OK ||
-            d != d_in)
+        if (task_stats(s, t, job->name, d_in, &grams[t], &rows[t]))
             return lm_context_set_error(
                 ctx, LM_ERR_NOT_FOUND,
                 "esm: tensor '%s' is routed to the essential subspace "
-                "but task %zu has no activation statistics for it "
-                "(with d_in %zu); observe its inputs with "
+                "but task %zu has no activation statistics for it or a "
+                "tensor tied to it (with d_in %zu and rows); observe its "
+                "inputs with "
                 "lm_stats_observe or give it a subspace with "
                 "lm_plan_set_subspace", job->name, t, d_in);
     }

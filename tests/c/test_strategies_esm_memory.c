@@ -19,10 +19,10 @@
 #include "testutil.h"
 
 #define NAME "lm_head.weight"
-#define D_OUT 512
-#define D_IN 128
+#define D_OUT 256
+#define D_IN 64
 #define T 4
-#define ROWS 200
+#define ROWS 100
 #define GIB (1024.0 * 1024.0 * 1024.0)
 
 struct run {
@@ -144,11 +144,11 @@ static double estimate(int threads, const char *route)
 START_TEST(refusal_allocates_nothing_near_the_budget)
 {
     /* 128 KiB: a third of the library's input block alone (base, 4 deltas
-     * and the output, 256 KiB each). */
+     * and the output, 64 KiB each). */
     struct run r;
     merge(1, "", 131072, &r);
     ck_assert_status(r.st, LM_ERR_OUT_OF_RANGE);
-    ck_assert_msg(strstr(r.msg, "'" NAME "' (512 x 128, 4 tasks)") &&
+    ck_assert_msg(strstr(r.msg, "'" NAME "' (256 x 64, 4 tasks)") &&
                       strstr(r.msg, "the cheapest route output needs") &&
                       strstr(r.msg, "above memory_budget 131072 bytes"),
                   "%s", r.msg);
