@@ -9,9 +9,12 @@ memory plus the input pages it touched).
 
     LIBMERGE_LIBRARY=build/lib/libmerge.so PYTHONPATH=bindings/python \\
         /usr/bin/python3 bench/esm_route/lm_head.py LMERGE WORKDIR \\
-        [D_OUT D_IN T RANK BUDGET_GIB VMEM_GIB]
+        [D_OUT D_IN T RANK BUDGET_GIB VMEM_GIB ROUTE]
 
-RANK is ESM's `rank` (0: floor(d_out / T)); BUDGET_GIB its `memory_budget`;
+RANK is ESM's `rank` (0: floor(d_out / T)); BUDGET_GIB its `memory_budget`
+(0: the machine's memory); ROUTE its `esd_route` (default auto). Before the
+merge, the same run at a 1-byte budget prints ESM's memory estimate for
+the route (for auto: the cheapest exact one), without reading the inputs;
 VMEM_GIB caps the process's address space (ulimit -v) so that a merge too
 large for the machine fails with an allocation error instead of waking
 the kernel's OOM killer. WORKDIR receives the inputs (T + 1 files of
@@ -71,6 +74,7 @@ def main():
         len(sys.argv[3:7]):]))
     budget = sys.argv[7] if len(sys.argv) > 7 else "2"
     vmem = float(sys.argv[8]) if len(sys.argv) > 8 else 0
+    route = sys.argv[9] if len(sys.argv) > 9 else "auto"
     os.makedirs(work, exist_ok=True)
     t0 = time.time()
     paths = generate(work, d_out, d_in, T)
@@ -78,13 +82,23 @@ def main():
           "inputs %.1f GB (generated in %.0f s)" % (
               d_out, d_in, T, rank, budget, (T + 1) * d_out * d_in * 4 / 1e9,
               time.time() - t0))
-    cfg = os.path.join(work, "merge.yaml")
-    with open(cfg, "w") as f:
-        f.write("merge_method: esm\nbase_model: %s\nmodels:\n%s"
-                "parameters: {rank: %d, layer_scaling: false, memory_budget: %s}\n"
-                "stats: %s\n" % (os.path.join(work, "base.safetensors"),
-                                 "".join("  - model: %s\n" % p for p in paths),
-                                 rank, budget, os.path.join(work, "calib.lmstats")))
+    def config(budget_gib):
+        cfg = os.path.join(work, "merge.yaml")
+        with open(cfg, "w") as f:
+            f.write("merge_method: esm\nbase_model: %s\nmodels:\n%s"
+                    "parameters: {rank: %d, layer_scaling: false, memory_budget: %s, "
+                    "esd_route: %s}\nstats: %s\n" % (
+                        os.path.join(work, "base.safetensors"),
+                        "".join("  - model: %s\n" % p for p in paths),
+                        rank, budget_gib, route, os.path.join(work, "calib.lmstats")))
+        return cfg
+    cfg = config("1e-9")
+    r = subprocess.run([lmerge, "run", cfg, "-o", os.path.join(work, "out"), "--threads", "1",
+                        "--no-copy-files"], capture_output=True, text=True)
+    est = [l for l in r.stderr.splitlines() if " needs " in l]
+    print("estimate: %s" % (est[-1].split(": ", 1)[-1] if est else r.stderr.strip()[-300:]))
+    print("input pages the process maps: %.0f MiB" % ((T + 1) * d_out * d_in * 4 / 2**20))
+    cfg = config(budget)
     limit = "ulimit -v %d; " % int(vmem * 1024 * 1024) if vmem else ""
     cmd = "%s/usr/bin/time -f '%%e %%M' %s run %s -o %s --threads 1 --no-copy-files" % (
         limit, lmerge, cfg, os.path.join(work, "out"))
