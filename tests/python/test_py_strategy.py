@@ -175,13 +175,17 @@ def test_two_pass_strategy_global_norm():
     model is scaled to unit Frobenius norm (a result that depends on every
     tensor). numpy in f64 against the library's f32 sums: 1e-5."""
     def init(info):
-        return {"sq": 0.0}
+        return {"sq": {}}
 
+    # prepare_tensor runs on the library's threads: one entry per tensor
+    # (a shared `+=` loses updates), summed in name order so the scale is
+    # the same bits whatever the threads' order.
     def prepare_tensor(job):
-        job.state["sq"] += float(np.sum(np.sum(job.deltas, axis=0, dtype=np.float64) ** 2))
+        job.state["sq"][job.name] = float(np.sum(np.sum(job.deltas, axis=0,
+                                                        dtype=np.float64) ** 2))
 
     def prepared(state):
-        state["scale"] = 1.0 / np.sqrt(state["sq"])
+        state["scale"] = 1.0 / np.sqrt(sum(state["sq"][k] for k in sorted(state["sq"])))
 
     def merge_tensor(job):
         return job.state["scale"] * np.sum(job.deltas, axis=0, dtype=np.float64)
