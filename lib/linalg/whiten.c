@@ -7,13 +7,16 @@
 #include "linalg/linalg.h"
 #include "linalg/whiten.h"
 
-lm_status lm__whiten_get(const lm_params *params, lm_whiten *out)
+lm_status lm__whiten_get(const lm_params *params, lm_whiten *mode,
+                         double *floor_c)
 {
     const char *v = NULL;
     lm_status st = lm_params_get_choice(params, "whiten", &v);
     if (st == LM_OK)
-        *out = strcmp(v, "rank_aware") == 0 ? LM_WHITEN_RANK_AWARE
-                                            : LM_WHITEN_RELEASED;
+        *mode = strcmp(v, "rank_aware") == 0 ? LM_WHITEN_RANK_AWARE
+                                             : LM_WHITEN_RELEASED;
+    if (st == LM_OK)
+        st = lm_params_get_float(params, "whiten_floor", floor_c);
     return st;
 }
 
@@ -32,7 +35,7 @@ double lm__whiten_floor(double sigma1, double eps_in, size_t m, size_t n,
                         double tol)
 {
     double big = (double)(m > n ? m : n);
-    return sigma1 * (LM_WHITEN_C * eps_in * sqrt(big) + tol);
+    return sigma1 * (eps_in * sqrt(big) + tol);
 }
 
 double lm__whiten_weight(double s, double tau)

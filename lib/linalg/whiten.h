@@ -2,38 +2,47 @@
  * whitening"): the polar step of ESM, TSV-M, Iso-C and Iso-CTS gives every
  * direction of the matrix it whitens the same weight, including
  * directions whose singular value is at the rounding noise of the f32
- * inputs. With `whiten=rank_aware` a direction of singular value s is
- * weighted by
+ * inputs. With `whiten=rank_aware` the floor of a spectrum with top
+ * singular value sigma_1 is
+ *     tau  = sigma_1 * (c * eps_in * sqrt(max(m, n)) + tol),
+ * c = `whiten_floor` (1), eps_in the relative f32 precision of the
+ * matrix's inputs (lm__input_precision) and tol the accuracy of the
+ * factorizations that produced it (svd_tolerance; 0 for exact f64 ones).
+ * One task's directions below it are dropped; the polar factor weights a
+ * direction of singular value s by
  *     g(s) = s^2 / (s^2 + tau^2),
- *     tau  = sigma_1 * (LM_WHITEN_C * eps_in * sqrt(max(m, n)) + tol),
- * eps_in the relative f32 precision of the matrix's inputs
- * (lm__input_precision) and tol the accuracy of the factorizations that
- * produced it (svd_tolerance; 0 for exact f64 ones). g is ~1 far above
- * tau, ~(s/tau)^2 below it, and smooth across it, so directions near the
- * floor cannot flip in or out under a 1-ulp change of the inputs. */
+ * ~1 far above tau, ~(s/tau)^2 below it, and smooth across it, so
+ * directions near the floor cannot flip in or out under a 1-ulp change of
+ * the inputs. */
 #ifndef LM_LINALG_WHITEN_H
 #define LM_LINALG_WHITEN_H
 
 #include "core/internal.h"
 
-/* Safety factor c of the floor (measured: bench/whiten/stability.py). */
-#define LM_WHITEN_C 1.0
+/* Default safety factor c of the floor (`whiten_floor`; measured:
+ * bench/whiten/stability.py, real_layer.py). */
+#define LM_WHITEN_FLOOR_DEFAULT 10.0
 
 typedef enum lm_whiten {
     LM_WHITEN_RELEASED = 0,  /* every direction weight 1 (the papers' code) */
     LM_WHITEN_RANK_AWARE = 1 /* g(s) above */
 } lm_whiten;
 
-/* The `whiten` parameter's descriptor, shared by esm, tsv, iso_c and
- * iso_cts. */
-#define LM__WHITEN_PARAM                                                     \
+/* The `whiten` and `whiten_floor` parameters' descriptors, shared by
+ * esm, tsv, iso_c and iso_cts. */
+#define LM__WHITEN_PARAMS                                                    \
     {sizeof(lm_param_desc), "whiten", LM_PARAM_CHOICE, 0, 0, 0,              \
      "released|rank_aware",                                                  \
      "polar step: every direction weight 1 (released), or directions at "   \
-     "the f32 noise floor of the inputs shrunk as s^2/(s^2+tau^2)", 0}
+     "the f32 noise floor of the inputs dropped / shrunk", 0},               \
+    {sizeof(lm_param_desc), "whiten_floor", LM_PARAM_FLOAT,                  \
+     LM_WHITEN_FLOOR_DEFAULT, 1e-3, 1e6, NULL,                               \
+     "whiten=rank_aware: factor c of the noise floor "                       \
+     "tau = s_1 (c eps_in sqrt(max(m, n)) + tol)", 0}
 
-/* Reads `whiten` from params into *out. */
-lm_status lm__whiten_get(const lm_params *params, lm_whiten *out);
+/* Reads `whiten` into *mode and `whiten_floor` into *floor_c. */
+lm_status lm__whiten_get(const lm_params *params, lm_whiten *mode,
+                         double *floor_c);
 
 /* Relative f32 precision of one task vector d = w - base, both stored in
  * f32: FLT_EPSILON * sqrt(||base||^2 + ||base + d||^2) / ||d|| (every
@@ -41,9 +50,10 @@ lm_status lm__whiten_get(const lm_params *params, lm_whiten *out);
  * be NULL (task vectors given as such); 0 when d is zero. */
 double lm__input_precision(const float *base, const float *d, size_t n);
 
-/* The floor tau for a spectrum with top singular value sigma1 of an
- * m x n matrix of relative input precision eps_in, produced by
- * factorizations of accuracy tol. */
+/* The floor tau = sigma1 (eps_in sqrt(max(m, n)) + tol) for a spectrum
+ * with top singular value sigma1 of an m x n matrix of relative input
+ * precision eps_in (already multiplied by c), produced by factorizations
+ * of accuracy tol. */
 double lm__whiten_floor(double sigma1, double eps_in, size_t m, size_t n,
                         double tol);
 
@@ -58,7 +68,7 @@ bool lm__whiten_keep(double s, double tau);
 
 /* The rank-aware polar factor of A (m x n) into p (m x n): A = U S V^T
  * (exact f64 SVD), p = U g(S) V^T with tau = lm__whiten_floor(sigma_1,
- * eps_in, m, n, tol). mean_sv (optional) receives sum(s) / sum(g(s)),
+ * eps_in, m, n, tol) (eps_in already multiplied by c). mean_sv (optional) receives sum(s) / sum(g(s)),
  * the mean singular value over the effective rank (the released mean
  * over every direction when nothing is near the floor). */
 lm_status lm__polar_whiten(lm_context *ctx, const double *a, size_t m,

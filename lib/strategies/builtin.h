@@ -62,8 +62,9 @@ void lm__weighted_sum(const lm_tensor_job *job, double scale);
  * caller; NULL when out of memory. */
 double *lm__weighted_tasks(const lm_tensor_job *job);
 /* TSV-M of the T matrices in x (m x n each), alpha 1, exact SVDs, the
- * polar step as `whiten` says (linalg/whiten.h). */
+ * polar step as `whiten` and `whiten_floor` say (linalg/whiten.h). */
 lm_status lm__tsv_merge(const lm_tensor_job *job, const double *x, size_t m,
-                        size_t n, lm_whiten whiten, double *out);
+                        size_t n, lm_whiten whiten, double floor_c,
+                        double *out);
 
 #endif

@@ -63,7 +63,7 @@ static const lm_param_desc esm_params[] = {
     {sizeof(lm_param_desc), "layer_group", LM_PARAM_STRING, 0, 0, 0, NULL,
      "regex: its match in a name is the layer type for layer scaling "
      "(default: the name with layer indices removed)", 0},
-    LM__WHITEN_PARAM,
+    LM__WHITEN_PARAMS,
 };
 
 #define N_PATTERNS 5
@@ -228,7 +228,7 @@ static lm_status esm_init(const lm_strategy_init_info *info, void **state,
     if (st == LM_OK)
         st = lm_params_get_float(p, "memory_budget", &budget);
     if (st == LM_OK)
-        st = lm__whiten_get(p, &s->o.whiten);
+        st = lm__whiten_get(p, &s->o.whiten, &s->o.floor_c);
     static const char *const switches[4] = {"inter_task", "eig_weighting",
                                             "inter_dim", "layer_scaling"};
     for (int i = 0; st == LM_OK && i < 4; i++)
@@ -490,7 +490,8 @@ static lm_status merge_route(const struct esm_state *s,
         double *x = lm__weighted_tasks(job);
         if (!x)
             return LM_ERR_OUT_OF_MEMORY;
-        lm_status st = lm__tsv_merge(job, x, d_out, d_in, s->o.whiten, out);
+        lm_status st = lm__tsv_merge(job, x, d_out, d_in, s->o.whiten,
+                                     s->o.floor_c, out);
         lm_free(ctx, x);
         return st;
     }
@@ -501,8 +502,9 @@ static lm_status merge_route(const struct esm_state *s,
     LM_TRY(esd_inputs(s, job, grams, rows, user));
     for (size_t t = 0; t < T; t++)
         rho[t] = s->o.whiten == LM_WHITEN_RANK_AWARE
-                     ? lm__input_precision(job->base, job->deltas[t],
-                                           job->numel)
+                     ? s->o.floor_c * lm__input_precision(job->base,
+                                                          job->deltas[t],
+                                                          job->numel)
                      : 0.0;
     struct esm_mem mem = esd_mem(s, job, scaled);
     return lm__esm_layer(ctx, &s->o, &mem, job->name, job->seed, job->deltas,

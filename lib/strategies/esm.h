@@ -19,6 +19,7 @@ struct esm_opts {
     double budget;    /* bytes the merge may hold at once (all threads) */
     bool budget_auto; /* budget is this machine's memory (memory_budget 0) */
     lm_whiten whiten; /* the polar step (linalg/whiten.h) */
+    double floor_c;   /* whiten_floor */
 };
 
 /* One task's essential subspace, the directions kept (at most cap):
@@ -78,7 +79,7 @@ lm_status lm__esm_layer_check(lm_context *ctx, const struct esm_opts *o,
  * projector (dimension d_out, checked by the caller;
  * lm_plan_set_subspace) and grams[t] is not read. name is the tensor's,
  * for errors; seed feeds the randomized route. rho: the tasks' relative
- * input precisions (lm__input_precision), read only with
+ * input precisions (lm__input_precision) times whiten_floor, read only with
  * whiten=rank_aware. The route comes from lm__esm_layer_check with the
  * same arguments. */
 lm_status lm__esm_layer(lm_context *ctx, const struct esm_opts *o,

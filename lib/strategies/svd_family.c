@@ -24,6 +24,7 @@ struct svd_state {
     bool randomized;
     int64_t power, oversample;
     lm_whiten whiten;
+    double floor_c; /* whiten_floor: c of the rank-aware floor */
     struct lm__embedding_rule embedding; /* embedding_route */
 };
 
@@ -49,7 +50,7 @@ static const lm_param_desc tsv_params[] = {
      NULL, "extra random probes of the randomized SVD (0: max(16, k/2), "
      "accurate when the spectrum decays slowly around k)", 0},
     SVD_TOLERANCE_PARAM,
-    LM__WHITEN_PARAM,
+    LM__WHITEN_PARAMS,
     LM__EMBEDDING_PARAMS("svd|mean|randomized",
                          "embeddings/heads: exact SVD (as other matrices), "
                          "alpha * weighted mean, or randomized top-k SVDs"),
@@ -66,7 +67,7 @@ static const lm_param_desc iso_c_params[] = {
     {sizeof(lm_param_desc), "alpha", LM_PARAM_FLOAT, 1.0, 0.0, 10.0, NULL,
      "scale of the merged task vector", 0},
     SVD_TOLERANCE_PARAM,
-    LM__WHITEN_PARAM,
+    LM__WHITEN_PARAMS,
     ISO_EMBEDDING_PARAMS,
 };
 
@@ -79,7 +80,7 @@ static const lm_param_desc iso_cts_params[] = {
     {sizeof(lm_param_desc), "common_space_fraction", LM_PARAM_FLOAT, 0.8,
      0.0, 1.0, NULL, "fraction of the rank given to the common subspace", 0},
     SVD_TOLERANCE_PARAM,
-    LM__WHITEN_PARAM,
+    LM__WHITEN_PARAMS,
     ISO_EMBEDDING_PARAMS,
 };
 
@@ -95,7 +96,7 @@ static lm_status svd_init(const lm_strategy_init_info *info, void **state,
     if (st == LM_OK)
         st = lm_params_get_float(info->params, "svd_tolerance", &s->tol);
     if (st == LM_OK)
-        st = lm__whiten_get(info->params, &s->whiten);
+        st = lm__whiten_get(info->params, &s->whiten, &s->floor_c);
     if (st == LM_OK && method == ISO_CTS)
         st = lm_params_get_float(info->params, "common_space_fraction",
                                  &s->common_fraction);
@@ -223,7 +224,8 @@ static lm_status merge_tsv(const struct svd_state *s, const lm_tensor_job *job,
                            const double *x, size_t m, size_t n, double *out);
 
 lm_status lm__tsv_merge(const lm_tensor_job *job, const double *x, size_t m,
-                        size_t n, lm_whiten whiten, double *out)
+                        size_t n, lm_whiten whiten, double floor_c,
+                        double *out)
 {
     struct svd_state plain;
     memset(&plain, 0, sizeof(plain));
@@ -231,6 +233,7 @@ lm_status lm__tsv_merge(const lm_tensor_job *job, const double *x, size_t m,
     plain.method = TSV;
     plain.alpha = 1.0;
     plain.whiten = whiten;
+    plain.floor_c = floor_c;
     return merge_tsv(&plain, job, x, m, n, out);
 }
 
@@ -369,11 +372,11 @@ static lm_status merge_tsv(const struct svd_state *s, const lm_tensor_job *job,
         if (!rho)
             st = LM_ERR_OUT_OF_MEMORY;
         else
-            eps_cat = task_precisions(job, rho);
+            eps_cat = s->floor_c * task_precisions(job, rho);
         for (size_t t = 0; st == LM_OK && t < T; t++)
             drop_block(U, V, m, n, cols, t * k, sigma, k,
-                        lm__whiten_floor(sigma[t * k], rho[t], m, n,
-                                         s->tol));
+                       lm__whiten_floor(sigma[t * k], s->floor_c * rho[t],
+                                        m, n, s->tol));
         lm_free(ctx, rho);
     }
     if (st == LM_OK)
@@ -399,8 +402,8 @@ static lm_status merge_iso_c(const struct svd_state *s,
             for (size_t i = 0; i < m * n; i++)
                 sum[i] += x[t * m * n + i];
         lm_status st = lm__polar_whiten(ctx, sum, m, n,
-                                        sum_precision(job, sum), 0.0, out,
-                                        &mean);
+                                        s->floor_c * sum_precision(job, sum),
+                                        0.0, out, &mean);
         for (size_t i = 0; st == LM_OK && i < m * n; i++)
             out[i] *= s->alpha * mean;
         lm_free(ctx, sum);
@@ -571,10 +574,24 @@ static lm_status merge_iso_cts(const struct svd_state *s,
                 V[i * cols + j] = vt[j * n + i];
         memcpy(sigma, sv, kc * sizeof(double));
     }
+    /* Rank-aware: the common directions above M's floor (a prefix: sv is
+     * descending). Only those are projected out of the tasks: the others
+     * are rounding noise of M (beyond its rank: an arbitrary basis of its
+     * null space), and projecting a task onto their complement would make
+     * its specific directions just as arbitrary. */
+    double eps_m = 0;
+    size_t kc_proj = kc;
+    if (st == LM_OK && s->whiten == LM_WHITEN_RANK_AWARE) {
+        eps_m = s->floor_c * sum_precision(job, sum);
+        double tau = lm__whiten_floor(sv[0], eps_m, m, n, s->tol);
+        kc_proj = 0;
+        while (kc_proj < kc && lm__whiten_keep(sv[kc_proj], tau))
+            kc_proj++;
+    }
     if (st == LM_OK && per) {
         struct specific_svds sp = {{s, job, x, m, n, per, cols, kc, U, V,
                                     sigma, routes},
-                                   kc, m <= n ? left : NULL};
+                                   kc_proj, m <= n ? left : NULL};
         st = lm__parallel_for(ctx, T, specific_svd, &sp);
     }
     if (st == LM_OK)
@@ -591,8 +608,9 @@ static lm_status merge_iso_cts(const struct svd_state *s,
         if (!rho)
             st = LM_ERR_OUT_OF_MEMORY;
         if (st == LM_OK) {
-            double eps_m = sum_precision(job, sum);
-            eps_cat = task_precisions(job, rho);
+            eps_cat = s->floor_c * task_precisions(job, rho);
+            for (size_t t = 0; t < T; t++)
+                rho[t] *= s->floor_c;
             eps_cat = eps_m > eps_cat ? eps_m : eps_cat;
             count = kc ? drop_block(U, V, m, n, cols, 0, sigma, kc,
                                      lm__whiten_floor(sv[0], eps_m, m, n,

@@ -255,3 +255,21 @@ def test_esm_tsv_route_takes_whiten():
     assert err <= 1e-4, err
     released = delta(merge("esm", base, fts, alpha=1.0), base)
     assert cosine(got, released) < 0.999
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_whiten_floor_scales_the_floor(method):
+    """whiten_floor = c multiplies the input-precision term of every floor;
+    the reference with the same c agrees, and c = 100 differs from the
+    default 10."""
+    base, fts, xs = case(method, rank=40, decay=-5, seed=21)
+    got = delta(merge(method, base, fts, xs, whiten="rank_aware", whiten_floor=100.0), base)
+    wr.C = 100.0
+    try:
+        want = reference(method, base, fts, xs)
+    finally:
+        wr.C = 10.0
+    err = np.abs(got - want).max() / np.abs(want).max()
+    assert err <= 1e-4, err
+    one = delta(merge(method, base, fts, xs, whiten="rank_aware"), base)
+    assert cosine(got, one) < 0.9999

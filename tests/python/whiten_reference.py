@@ -6,7 +6,8 @@ factorization is numpy's f64 SVD.
 
     tau   = sigma_1 * (C * eps_in * sqrt(max(m, n)) + tol)
     one task's spectrum (TSV-M's triplets, Iso-CTS's common and specific
-    triplets, ESM's directions): keep s > tau, drop the rest
+    triplets, ESM's directions): keep s > tau, drop the rest (Iso-CTS
+    projects only its kept common directions out of the tasks)
     the polar factor of a concatenation / sum: U g(S) V^T,
     g(s)  = s^2 / (s^2 + tau^2)
     eps_in(task t) = eps_f32 * sqrt(||base||^2 + ||base + tau_t||^2) / ||tau_t||
@@ -17,7 +18,7 @@ import numpy as np
 import reference as ref
 
 EPS32 = float(np.finfo(np.float32).eps)
-C = 1.0
+C = 10.0  # whiten_floor (default)
 
 
 def f64(x):
@@ -104,7 +105,9 @@ def iso_cts(base, models, alpha=1.0, common=0.8, tol=1e-5, weights=None):
     kc, per = ref.iso_cts_sizes(min(m, n), T, common)
     gc = keep(s[:kc], floor(s[0], eps_m, m, n, tol))
     us, vs, ss, gs = [u[:, :kc] * gc], [vt[:kc].T * gc], [s[:kc]], [gc]
-    uc = u[:, :kc]
+    # Only the kept common directions are projected out of the tasks (the
+    # dropped ones are M's rounding noise).
+    uc = u[:, :int(gc.sum())]
     for x, r in zip(d, rho):
         xp = f64(x) - uc @ (uc.T @ f64(x))
         tu, ts, tvt = ref.svd(xp)
