@@ -5,7 +5,7 @@
  * inputs. With `whiten=rank_aware` the floor of a spectrum with top
  * singular value sigma_1 is
  *     tau  = sigma_1 * (c * eps_in * sqrt(max(m, n)) + tol),
- * c = `whiten_floor` (1), eps_in the relative f32 precision of the
+ * c = `whiten_floor` (10), eps_in the relative f32 precision of the
  * matrix's inputs (lm__input_precision) and tol the accuracy of the
  * factorizations that produced it (svd_tolerance; 0 for exact f64 ones).
  * One task's directions below it are dropped; the polar factor weights a
