@@ -56,6 +56,7 @@ struct sparse {
     const struct lm__fused *f;
     const struct lm__sparse_rule *r;
     size_t k, items;
+    bool trims; /* some task is trimmed: the counting pass ran */
     float lo[LM__SPARSE_MAX_TASKS], hi[LM__SPARSE_MAX_TASKS];
     float thr[LM__SPARSE_MAX_TASKS];
     size_t ties_left[LM__SPARSE_MAX_TASKS]; /* equal entries kept */
@@ -91,7 +92,7 @@ static lm_status bufs_alloc(const struct lm__fused *f, struct bufs *w)
  * linear fused path and the plain path read it. */
 static lm_status load_base(const struct lm__fused *f, struct bufs *w,
                            size_t lo, size_t len, const float **b,
-                           const double **b64)
+                           const double **b64, bool check)
 {
     if (!f->wide) {
         *b = lm__fused_load_f32(f->base, f->base_dt, lo, len, w->b);
@@ -102,20 +103,19 @@ static lm_status load_base(const struct lm__fused *f, struct bufs *w,
             w->b[j] = (float)(*b64)[j];
         *b = w->b;
     }
-    return f->check && lm__fused_any_nonfinite_f32(*b, len) ? DECLINE
-                                                            : LM_OK;
+    return check && lm__fused_any_nonfinite_f32(*b, len) ? DECLINE : LM_OK;
 }
 
 /* Task t's f32 task vector on the block into d: model - base rounded to
  * f32 (narrow), or the f64 difference rounded once (wide). */
 static lm_status load_delta(const struct lm__fused *f, struct bufs *w,
                             size_t t, size_t lo, size_t len, const float *b,
-                            const double *b64, float *d)
+                            const double *b64, float *d, bool check)
 {
     if (!f->wide) {
         const float *x =
             lm__fused_load_f32(f->in[t], f->in_dt[t], lo, len, w->x);
-        if (f->check && lm__fused_any_nonfinite_f32(x, len))
+        if (check && lm__fused_any_nonfinite_f32(x, len))
             return DECLINE;
         for (size_t j = 0; j < len; j++)
             d[j] = x[j] - b[j];
@@ -125,13 +125,7 @@ static lm_status load_delta(const struct lm__fused *f, struct bufs *w,
         lm__fused_load_f64(f->in[t], f->in_dt[t], lo, len, w->x64);
     for (size_t j = 0; j < len; j++)
         d[j] = (float)(x[j] - b64[j]);
-    return f->check && lm__fused_any_nonfinite_f32(d, len) ? DECLINE : LM_OK;
-}
-
-static int by_magnitude_desc(const void *pa, const void *pb)
-{
-    float a = *(const float *)pa, b = *(const float *)pb;
-    return (a < b) - (a > b);
+    return check && lm__fused_any_nonfinite_f32(d, len) ? DECLINE : LM_OK;
 }
 
 /* Step 1: bracket task t's threshold (the keep-th largest magnitude). */
@@ -148,22 +142,22 @@ static lm_status bracket(struct sparse *s, struct bufs *w, size_t t,
         const float *b;
         const double *b64;
         float d;
-        LM_TRY(load_base(f, w, i, 1, &b, &b64));
-        LM_TRY(load_delta(f, w, t, i, 1, b, b64, &d));
+        LM_TRY(load_base(f, w, i, 1, &b, &b64, f->check));
+        LM_TRY(load_delta(f, w, t, i, 1, b, b64, &d, f->check));
         sample[j] = fabsf(d);
     }
     if (m == n) { /* the whole tensor: exact */
         s->lo[t] = s->hi[t] = lm__kth_largest(sample, n, keep);
         return LM_OK;
     }
-    qsort(sample, m, sizeof(*sample), by_magnitude_desc);
     /* The sample rank of the threshold, +-4 standard deviations of a
      * sample quantile plus a margin for discrete magnitudes. */
     double p = (double)keep / (double)n, r = p * (double)m;
     double delta = 4.0 * sqrt((double)m * p * (1.0 - p)) + 8.0;
     double hr = floor(r - delta), lr = ceil(r + delta);
-    s->hi[t] = hr >= 1.0 ? sample[(size_t)hr - 1] : INFINITY;
-    s->lo[t] = lr <= (double)m ? sample[(size_t)lr - 1] : 0.0f;
+    s->hi[t] = hr >= 1.0 ? lm__kth_largest(sample, m, (size_t)hr) : INFINITY;
+    s->lo[t] = lr <= (double)m ? lm__kth_largest(sample, m, (size_t)lr)
+                               : 0.0f;
     return LM_OK;
 }
 
@@ -203,11 +197,11 @@ static lm_status count_chunk(void *arg, size_t item)
         size_t len = hi - i < BLOCK ? hi - i : BLOCK;
         const float *b;
         const double *b64;
-        st = load_base(f, &w, i, len, &b, &b64);
+        st = load_base(f, &w, i, len, &b, &b64, f->check);
         for (size_t t = 0; t < s->k && st == LM_OK; t++) {
             if (s->r->task[t].how != LM__SPARSE_TOP)
                 continue;
-            st = load_delta(f, &w, t, i, len, b, b64, w.v);
+            st = load_delta(f, &w, t, i, len, b, b64, w.v, f->check);
             struct chunk_task *c = &s->ct[item * s->k + t];
             float top = s->hi[t], bottom = s->lo[t];
             for (size_t j = 0; j < len && st == LM_OK; j++) {
@@ -300,6 +294,16 @@ static lm_status settle(struct sparse *s, size_t t)
 static void trim(float *d, size_t len, float thr, size_t ties_left,
                  size_t *seen)
 {
+    /* Most blocks hold no magnitude equal to the threshold: a
+     * branch-free pass then (vectorised), the ordered one otherwise. */
+    uint32_t tied = 0;
+    for (size_t j = 0; j < len; j++)
+        tied |= (uint32_t)(fabsf(d[j]) == thr);
+    if (!tied) {
+        for (size_t j = 0; j < len; j++)
+            d[j] = fabsf(d[j]) > thr ? d[j] : 0.0f;
+        return;
+    }
     for (size_t j = 0; j < len; j++) {
         float a = fabsf(d[j]);
         if (a > thr)
@@ -362,10 +366,13 @@ static lm_status merge_chunk(void *arg, size_t item)
         size_t len = hi - i < BLOCK ? hi - i : BLOCK;
         const float *b;
         const double *b64;
-        st = load_base(f, &w, i, len, &b, &b64);
+        /* What the counting pass checked needs no second look. */
+        st = load_base(f, &w, i, len, &b, &b64, f->check && !s->trims);
         for (size_t t = 0; t < s->k && st == LM_OK; t++) {
             float *d = w.rows + t * (size_t)BLOCK;
-            st = load_delta(f, &w, t, i, len, b, b64, d);
+            bool counted = r->task[t].how == LM__SPARSE_TOP;
+            st = load_delta(f, &w, t, i, len, b, b64, d,
+                            f->check && !counted);
             if (r->task[t].how == LM__SPARSE_TOP)
                 trim(d, len, s->thr[t], s->ties_left[t], &seen[t]);
             else if (r->task[t].how == LM__SPARSE_MASK)
@@ -392,11 +399,10 @@ lm_status lm__fused_sparse_run(const struct lm__fused *f)
 {
     struct sparse s = {.f = f, .r = f->sparse, .k = f->k};
     s.items = (f->n + CHUNK - 1) / CHUNK;
-    bool trims = false;
     for (size_t t = 0; t < s.k; t++)
-        trims |= s.r->task[t].how == LM__SPARSE_TOP;
+        s.trims |= s.r->task[t].how == LM__SPARSE_TOP;
     lm_status st = LM_OK;
-    if (trims) {
+    if (s.trims) {
         s.ct = lm__calloc(f->ctx, s.items * s.k, sizeof(*s.ct));
         size_t m = f->n < SAMPLE ? f->n : SAMPLE;
         float *sample = lm_alloc(f->ctx, m * sizeof(float));

@@ -58,37 +58,64 @@ void lm__dare_mask_at(float *x, size_t len, size_t offset, double density,
     }
 }
 
+/* Elements per step of lm__sign_merge: its per-element sums stay on the
+ * stack and every loop runs over elements, so that it vectorises. */
+#define SIGN_STEP 256
+
 void lm__sign_merge(const float *const *tasks, const double *weights,
                     size_t n_tasks, size_t n, const struct lm__sign_merge_opts *o,
                     float *out)
 {
-    for (size_t i = 0; i < n; i++) {
-        double vote = 0.0;
+    bool wie = o->weights_in_election;
+    bool count = o->consensus == LM_CONSENSUS_COUNT;
+    bool by_weight = o->divide == LM_DIVIDE_WEIGHTS;
+    double vote[SIGN_STEP], num[SIGN_STEP], den[SIGN_STEP];
+    for (size_t i0 = 0; i0 < n; i0 += SIGN_STEP) {
+        size_t len = n - i0 < SIGN_STEP ? n - i0 : SIGN_STEP;
+        /* Per element, tasks are summed in order t = 0, 1, ...; a skipped
+         * term adds +0.0, which leaves every sum as it was (a sum started
+         * at +0.0 is never -0.0). */
+        for (size_t j = 0; j < len; j++)
+            vote[j] = num[j] = den[j] = 0.0;
         for (size_t t = 0; t < n_tasks; t++) {
-            double v = tasks[t][i];
-            if (o->weights_in_election)
-                v *= weights[t];
-            if (o->consensus == LM_CONSENSUS_COUNT)
-                vote += (v > 0) - (v < 0);
+            const float *x = tasks[t] + i0;
+            /* v * 1.0 is v exactly: one loop for both election inputs. */
+            double ew = wie ? weights[t] : 1.0;
+            if (count)
+                for (size_t j = 0; j < len; j++) {
+                    double v = x[j] * ew;
+                    vote[j] += (v > 0 ? 1.0 : 0.0) - (v < 0 ? 1.0 : 0.0);
+                }
             else
-                vote += v;
+                for (size_t j = 0; j < len; j++)
+                    vote[j] += x[j] * ew;
         }
-        /* A tie elects +, as mergekit does. */
-        int sign = vote >= 0 ? 1 : -1;
-        double num = 0.0, den = 0.0;
         for (size_t t = 0; t < n_tasks; t++) {
-            double v = tasks[t][i];
-            /* Agreement is judged on the values that voted. */
-            double a = o->weights_in_election ? v * weights[t] : v;
-            if (a == 0.0 || (a > 0) != (sign > 0))
-                continue;
-            num += weights[t] * v;
-            den += o->divide == LM_DIVIDE_WEIGHTS ? weights[t] : 1.0;
+            const float *x = tasks[t] + i0;
+            double w = weights[t], unit = by_weight ? w : 1.0;
+            double ew = wie ? w : 1.0;
+            for (size_t j = 0; j < len; j++) {
+                double v = x[j];
+                /* Agreement is judged on the values that voted; a tie
+                 * elects +, as mergekit does. */
+                double a = v * ew;
+                double agree = ((a > 0) & (vote[j] >= 0)) |
+                                       ((a < 0) & (vote[j] < 0))
+                                   ? 1.0
+                                   : 0.0;
+                /* 0 * (w * v) is +-0.0: the sum is unchanged. */
+                num[j] += agree * (w * v);
+                den[j] += agree * unit;
+            }
         }
         /* No agreeing task leaves num = 0; weights that cancel divide by
          * 1 (mergekit's divisor rule). */
-        out[i] = (float)(o->divide == LM_DIVIDE_NONE || den == 0.0 ? num
-                                                                   : num / den);
+        if (o->divide == LM_DIVIDE_NONE)
+            for (size_t j = 0; j < len; j++)
+                out[i0 + j] = (float)num[j];
+        else /* x / 1.0 is x exactly */
+            for (size_t j = 0; j < len; j++)
+                out[i0 + j] = (float)(num[j] / (den[j] == 0.0 ? 1.0 : den[j]));
     }
 }
 
