@@ -1,5 +1,6 @@
-"""Elementwise merges (task_arithmetic, linear, average) against the memory
-floor, a numpy script and a torch script, all in one run on this machine.
+"""Elementwise merges (task_arithmetic, linear, average; with --rows sparse
+ties, dare_ties, dare_linear) against the memory floor, a numpy script and
+a torch script, all in one run on this machine.
 Safetensors inputs in the page cache, output on tmpfs (/dev/shm).
 
 - floor: read every input file once from the page cache and write the
@@ -10,9 +11,10 @@ Safetensors inputs in the page cache, output on tmpfs (/dev/shm).
   plain path (LIBMERGE_FUSED=0) for comparison.
 
 Every process is timed with /usr/bin/time: wall seconds, CPU seconds
-(user + system) and peak RSS. Writes docs/benchmarks/perf_elementwise.md.
+(user + system) and peak RSS. Writes docs/benchmarks/perf_elementwise.md
+(--rows sparse: perf_sparse.md) and a plot of the ratios next to it (.png).
 
-usage: bench/perf/elementwise.py [--build build-rel] [--quick]"""
+usage: bench/perf/elementwise.py [--build build-rel] [--quick] [--rows linear|sparse]"""
 import argparse
 import os
 import subprocess
@@ -46,7 +48,23 @@ ROWS = [
     ("linear", 4, 256, "f32", 2, False),
     ("average", 4, 256, "bf16", 2, False),
 ]
-QUICK = [r for r in ROWS if r[2] <= 256 and r[1] <= 4]
+# ties / DARE at density 0.2 (target: <= 3x the floor). The scripts'
+# top-k masks take minutes per row on a loaded machine, so they run only
+# where the plain path is measured too (a 7th field False: no scripts).
+SPARSE_ROWS = [
+    ("ties", 4, 64, "f32", 2, True),
+    ("ties", 4, 64, "f32", 1, False, False),
+    ("ties", 4, 64, "bf16", 2, True),
+    ("ties", 8, 64, "bf16", 2, False, False),
+    ("dare_ties", 4, 64, "bf16", 2, False, False),
+    ("dare_linear", 4, 64, "f32", 2, False, False),
+    # mergekit's DARE restores each task vector's L1 norm (a whole-tensor
+    # sum in index order: the plain path); without the rescale (mergekit's
+    # rescale: false) it goes the fused way.
+    ("dare_ties:norescale", 4, 64, "bf16", 2, False, False),
+    ("dare_linear:norescale", 4, 64, "f32", 2, False, False),
+]
+SPARSE = ("ties", "dare_ties", "dare_linear")
 
 
 def timed(cmd, env=None):
@@ -69,17 +87,22 @@ def models(n, mb, dtype):
     return d
 
 
-def run_row(lmerge, method, n, mb, dtype, threads, plain):
+def run_row(lmerge, method, n, mb, dtype, threads, plain, scripts=True):
     d = models(n, mb, dtype)
     inputs = [os.path.join(d, "base", "model.safetensors")] + \
              [os.path.join(d, "model%d" % i, "model.safetensors") for i in range(1, n + 1)]
     out_bytes = os.path.getsize(inputs[0])
     cfg = os.path.join(d, "bench.yaml")
     with open(cfg, "w") as f:
-        f.write("merge_method: %s\nbase_model: %s/base\nmodels:\n" % (method, d))
+        f.write("merge_method: %s\nbase_model: %s/base\nmodels:\n" % (method.split(":")[0], d))
         if method == "task_arithmetic":
             f.write("".join("  - model: %s/model%d\n" % (d, i) for i in range(1, n + 1)))
             f.write("parameters:\n  lambda: 0.3\n")
+        elif method.split(":")[0] in SPARSE:  # as elementwise_ref.py: density 0.2
+            f.write("".join("  - model: %s/model%d\n" % (d, i) for i in range(1, n + 1)))
+            f.write("parameters:\n  density: 0.2\n")
+            if method.endswith(":norescale"):
+                f.write("  rescale: false\n")
         else:
             # mergekit's linear sums the listed models: the base with
             # weight 0 makes it the mean of the fine-tunes, as the scripts.
@@ -99,31 +122,36 @@ def run_row(lmerge, method, n, mb, dtype, threads, plain):
     row["lm"] = timed(lm_cmd, env)
     if plain:
         row["plain"] = timed(lm_cmd, dict(env, LIBMERGE_FUSED="0"))
-    for lib in ("numpy", "torch"):
+    for lib in ("numpy", "torch") if scripts else ():
         row[lib] = timed([PY, os.path.join(HERE, "elementwise_ref.py"), lib, method, target]
                          + inputs)
     os.remove(target)
-    print("%-15s %-4s n=%d %5d MB T=%d: floor %.2f s, libmerge %.2f s (cpu %.2f, %.0f MB)%s, "
-          "numpy %.2f s, torch %.2f s" % (
-              method, dtype, n, mb, threads, row["floor"][0], row["lm"][0], row["lm"][1],
-              row["lm"][2], ", plain %.2f s" % row["plain"][0] if plain else "",
-              row["numpy"][0], row["torch"][0]), flush=True)
+    print("%-15s %-4s n=%d %5d MB T=%d: floor %.2f s, libmerge %.2f s (cpu %.2f, %.0f MB)%s%s"
+          % (method, dtype, n, mb, threads, row["floor"][0], row["lm"][0], row["lm"][1],
+             row["lm"][2], ", plain %.2f s" % row["plain"][0] if plain else "",
+             ", numpy %.2f s, torch %.2f s" % (row["numpy"][0], row["torch"][0])
+             if scripts else ""), flush=True)
     return row
 
 
-def write(rows, path, seconds, load):
-    L = ["# Elementwise merges against the memory floor", "",
+def write(rows, path, seconds, load, sparse):
+    L = ["# %s against the memory floor" % (
+        "TIES and DARE merges" if sparse else "Elementwise merges"), "",
          "Generated by `bench/perf/elementwise.py` in %.0f s on this machine (%d cores), "
          "load average %s at the start (other jobs shared the cores: wall times are "
          "inflated and noisy, CPU times — user + system of each process — much less so). "
          "Synthetic transformer-like models (bench/rss/gen_models.py), safetensors inputs "
          "in the page cache, output on tmpfs. *floor*: read every input once and write "
          "the output's bytes once. *numpy*, *torch*: `bench/perf/elementwise_ref.py` "
-         "(memory-mapped inputs, per tensor b + c·Σ(fᵢ − b) in f32, output written once; "
+         "(memory-mapped inputs, per tensor %s in f32, output written once; "
          "torch with 2 threads). *libmerge*: `lmerge run --threads T` (the fused path); "
          "*plain*: the same with `LIBMERGE_FUSED=0` (the previous path). Ratios: "
-         "libmerge / floor and torch / libmerge, on wall time and on CPU time." % (
-             seconds, os.cpu_count(), load), "",
+         "libmerge / floor and torch / libmerge, on wall time and on CPU time. "
+         "Plot: [%s](%s)." % (
+             seconds, os.cpu_count(), load,
+             "mergekit's sparsify-then-sign-merge at density 0.2 (torch.topk / numpy "
+             "argpartition masks, Bernoulli masks for DARE)" if sparse else "b + c·Σ(fᵢ − b)",
+             os.path.basename(path)[:-3] + ".png", os.path.basename(path)[:-3] + ".png"), "",
          "| method | dtype | models | MB per model | T | floor s (cpu) | libmerge s (cpu) "
          "| plain s (cpu) | numpy s (cpu) | torch s (cpu) | lm / floor wall (cpu) "
          "| torch / lm wall (cpu) | RSS MB lm / numpy / torch |",
@@ -131,25 +159,40 @@ def write(rows, path, seconds, load):
     for r in rows:
         def t(k):
             return "%.2f (%.2f)" % r[k][:2] if k in r else "—"
-        L.append("| %s | %s | %d | %d | %d | %s | %s | %s | %s | %s | %.2f (%.2f) | %.1f (%.1f) "
-                 "| %.0f / %.0f / %.0f |" % (
+        ref = "torch" in r
+        L.append("| %s | %s | %d | %d | %d | %s | %s | %s | %s | %s | %.2f (%.2f) | %s "
+                 "| %s |" % (
                      r["method"], r["dtype"], r["n"], r["mb"], r["threads"], t("floor"),
                      t("lm"), t("plain"), t("numpy"), t("torch"),
                      r["lm"][0] / r["floor"][0], r["lm"][1] / r["floor"][1],
-                     r["torch"][0] / r["lm"][0], r["torch"][1] / r["lm"][1],
-                     r["lm"][2], r["numpy"][2], r["torch"][2]))
+                     "%.1f (%.1f)" % (r["torch"][0] / r["lm"][0], r["torch"][1] / r["lm"][1])
+                     if ref else "—",
+                     "%.0f / %.0f / %.0f" % (r["lm"][2], r["numpy"][2], r["torch"][2])
+                     if ref else "%.0f / — / —" % r["lm"][2]))
     two = [r for r in rows if r["threads"] == 2]
     wf = max(r["lm"][0] / r["floor"][0] for r in two)
     cf = max(r["lm"][1] / r["floor"][1] for r in two)
-    wt = min(r["torch"][0] / r["lm"][0] for r in two)
-    ct = min(r["torch"][1] / r["lm"][1] for r in two)
+    refs = [r for r in two if "torch" in r] or [dict(torch=(0, 0), lm=(1, 1))]
+    wt = min(r["torch"][0] / r["lm"][0] for r in refs)
+    ct = min(r["torch"][1] / r["lm"][1] for r in refs)
+    lim = 3.0 if sparse else 1.5
     L += ["", "## Targets (2-thread rows)", "",
-          "- libmerge ≤ 1.5× the floor: %s on wall time (worst %.2f×), %s on CPU time "
-          "(worst %.2f×)." % ("**met**" if wf <= 1.5 else "**not met**", wf,
-                              "**met**" if cf <= 1.5 else "**not met**", cf),
-          "- libmerge ≥ 3× faster than torch: %s on wall time (worst %.1f×), %s on CPU "
-          "time (worst %.1f×)." % ("**met**" if wt >= 3 else "**not met**", wt,
-                                   "**met**" if ct >= 3 else "**not met**", ct)]
+          "- libmerge ≤ %g× the floor: %s on wall time (worst %.2f×), %s on CPU time "
+          "(worst %.2f×)." % (lim, "**met**" if wf <= lim else "**not met**", wf,
+                              "**met**" if cf <= lim else "**not met**", cf)]
+    if sparse:
+        L.append("- libmerge against torch (no target for these methods): %.1f× faster "
+                 "or more on wall time, %.1f× on CPU time." % (wt, ct))
+    else:
+        L.append("- libmerge ≥ 3× faster than torch: %s on wall time (worst %.1f×), %s on "
+                 "CPU time (worst %.1f×)." % ("**met**" if wt >= 3 else "**not met**", wt,
+                                              "**met**" if ct >= 3 else "**not met**", ct))
+    for r in rows:
+        if "plain" in r:
+            L.append("- Fused against the plain path (`LIBMERGE_FUSED=0`, bit-identical "
+                     "output), %s %s %d × %d MB: %.2f → %.2f s wall, %.2f → %.2f s CPU."
+                     % (r["method"], r["dtype"], r["n"], r["mb"], r["plain"][0],
+                        r["lm"][0], r["plain"][1], r["lm"][1]))
     scal = [(a, b) for a in rows for b in rows if a["threads"] == 1 and b["threads"] == 2
             and (a["method"], a["n"], a["mb"], a["dtype"]) ==
             (b["method"], b["n"], b["mb"], b["dtype"])]
@@ -163,23 +206,61 @@ def write(rows, path, seconds, load):
             "/".join(str(m) for m, _ in rss), "/".join("%.0f" % v for _, v in rss)))
     with open(path, "w") as f:
         f.write("\n".join(L) + "\n")
+    plot(rows, path[:-3] + ".png", lim)
+
+
+def plot(rows, png, lim):
+    """Bars per row: libmerge / floor (wall, CPU) with the target line, and
+    torch / libmerge (wall)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = ["%s %s\n%d×%d MB T=%d" % (r["method"], r["dtype"], r["n"], r["mb"],
+                                        r["threads"]) for r in rows]
+    x = range(len(rows))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(rows)), 4.2))
+    a1.bar([i - 0.2 for i in x], [r["lm"][0] / r["floor"][0] for r in rows], 0.4,
+           label="wall")
+    a1.bar([i + 0.2 for i in x], [r["lm"][1] / r["floor"][1] for r in rows], 0.4,
+           label="CPU")
+    a1.axhline(lim, color="k", ls="--", lw=1, label="target %g×" % lim)
+    a1.set_ylabel("libmerge / floor")
+    a2.bar(list(x), [r["torch"][0] / r["lm"][0] if "torch" in r else 0 for r in rows], 0.5,
+           color="C2")
+    a2.set_ylabel("torch / libmerge (wall)")
+    for a in (a1, a2):
+        a.set_xticks(list(x))
+        a.set_xticklabels(labels, fontsize=7, rotation=30, ha="right")
+    a1.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--build", default=os.path.join(ROOT, "build-rel"))
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks",
-                                                  "perf_elementwise.md"))
+    ap.add_argument("--rows", choices=("linear", "sparse"), default="linear")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--only", default=None, help="rows whose method label contains this")
     a = ap.parse_args()
+    sparse = a.rows == "sparse"
+    a.out = a.out or os.path.join(ROOT, "docs", "benchmarks", "perf_sparse.md" if sparse
+                                  else "perf_elementwise.md")
+    table = SPARSE_ROWS if sparse else ROWS
+    quick = [r for r in table if r[2] <= 256 and r[1] <= 4][:3]
     os.makedirs(WORK, exist_ok=True)
     lmerge = os.path.join(a.build, "tools", "lmerge", "lmerge")
     load = "%.1f" % os.getloadavg()[0]
     t0 = time.time()
     rows = []
-    for r in QUICK if a.quick else ROWS:
+    for r in quick if a.quick else table:
+        if a.only and a.only not in r[0]:
+            continue
         rows.append(run_row(lmerge, *r))
-        write(rows, a.out, time.time() - t0, load)  # a partial run still reports
+        # a partial run still reports
+        write(rows, a.out, time.time() - t0, load, sparse)
 
 
 if __name__ == "__main__":
