@@ -11,6 +11,13 @@ import pytest
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
 
+@pytest.fixture(scope="module")
+def mlp_cache(tmp_path_factory):
+    """One fine-tune cache for the MLP smoke runs of seeds.py and
+    variants.py (the same smoke fine-tunes): each is made once."""
+    return tmp_path_factory.mktemp("mlp-cache")
+
+
 def test_quality_smoke(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
@@ -47,14 +54,14 @@ def test_quality_smoke(tmp_path):
         assert 0 < float(abs_b) <= 100 and float(norm_b) > 40
 
 
-def test_quality_seeds_smoke(tmp_path):
+def test_quality_seeds_smoke(tmp_path, mlp_cache):
     """bench/quality/seeds.py: the ESM verdict repeated over fine-tuning
     seeds; different seeds must give different fine-tunes."""
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
     r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quality", "seeds.py"),
                         "--smoke", "--kind", "full", "--tasks", "3", "--seeds", "0,1",
-                        "--out", str(tmp_path), "--cache", str(tmp_path / "cache")],
+                        "--out", str(tmp_path), "--cache", str(mlp_cache)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     text = (tmp_path / "quality_seeds-smoke.md").read_text()
@@ -67,3 +74,41 @@ def test_quality_seeds_smoke(tmp_path):
         assert 0 < float(se) < 10
     assert rows[0][1:4] != rows[1][1:4]  # the seeds' fine-tunes differ
     assert re.search(r"mean [-+][\d.]+, standard deviation [\d.]+, ESM ahead on \d of 2", text)
+
+
+def test_quality_variants_smoke(tmp_path, mlp_cache):
+    """bench/quality/variants.py: every comparison table with a paired
+    standard error, the difference column consistent with the two
+    accuracies, and the purify rows' chosen keep ratios among the
+    candidates."""
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quality", "variants.py"),
+                        "--smoke", "--tasks", "3", "--seeds", "0", "--purify-tasks", "3",
+                        "--purify-methods", "tsv", "--threads", "1",
+                        "--out", str(tmp_path), "--cache", str(mlp_cache)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    text = (tmp_path / "quality_variants-smoke.md").read_text()
+    rows = re.findall(r"^\| ([^|]+) \| 3 \| ([\d.]+) \| ([\d.]+) \| ([-+][\d.]+) \(([\d.]+)\) "
+                      r"\| ([-+][\d.]+) \| — \| [01] of 1 \| (level|ahead|behind) \|$", text, re.M)
+    labels = [row[0] for row in rows]
+    # scale search (5 methods), ESM vs its rivals, purify (3 rules + the
+    # rule comparison), NSC's two released drivers
+    for label in ("task_arithmetic", "esm", "esm − best rival", "nsc, released − task arithmetic",
+                  "nsc spsa, released − task arithmetic"):
+        assert label in labels, (label, labels)
+    assert labels.count("tsv") == 1 + 4, labels
+    for label, a, b, diff, se, mean, verdict in rows:
+        assert all(30 < float(v) <= 110 for v in (a, b)), label
+        assert abs(float(diff) - (float(a) - float(b))) < 0.11 and diff == mean
+        assert 0 <= float(se) < 10
+        if abs(float(diff)) > 2 * float(se) + 0.1:
+            assert verdict == ("ahead" if float(diff) > 0 else "behind"), label
+    # the widened search reports its moves; the purify rules their keep ratios
+    assert re.search(r"^\| esm \| 3 \| [\d.]+ \(\d(, edge)?\) \| [\d.]+( \(edge\))? \|$",
+                     text, re.M)
+    keeps = re.search(r"^\| tsv \| 3 \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", text, re.M)
+    assert keeps and {float(k) for k in keeps.groups()} <= {1.0, 0.99, 0.97, 0.95, 0.9}
+    assert re.search(r"^\| held-out drift, se_rule 1 \| [\d.]+ \| [\d.]+ \| [01] of 1 \|$",
+                     text, re.M)

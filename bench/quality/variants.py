@@ -1,0 +1,148 @@
+"""Issue 25's variants against the released methods over fine-tuning
+seeds: purification tuned with the standard-error rule (and with the
+plain minimum, and with validation accuracy as the objective) against the
+unpurified merge, the widened scale search against the released fixed
+bracket, ESM against its rivals (and rank-aware whitening once the
+library has it), and NSC (released and safe settings) against task
+arithmetic on LoRA adapters. Every measurement of a (part, task count,
+seed) is kept in the cache as JSON, so runs can be split (each under the
+machine's time budget) and the report is rebuilt from all of them.
+Writes docs/benchmarks/quality_variants.md.
+
+usage: LIBMERGE_LIBRARY=build/lib/libmerge.so.1 PYTHONPATH=bindings/python \\
+       /usr/bin/python3 bench/quality/variants.py [--parts full,nsc] [--tasks 8,14,20]
+       [--seeds 0,1,2] [--threads N] [--smoke] [--out DIR] [--report-only]
+The MLP backbone (run.py's "full" and "lora" kinds) with run.py's
+fine-tunes (shared cache)."""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import merges  # noqa: E402
+import run  # noqa: E402
+import tasks as tasklib  # noqa: E402
+import variants_report  # noqa: E402
+import variants_runs  # noqa: E402
+
+PARTS = {"full": "full", "purify": "full", "nsc": "lora"}  # part -> run.KINDS kind
+# The keep ratios "cv" chooses among: quality.md's five (the library's
+# twelve defaults cost 2.4x the merges; the five span the ratios chosen).
+CANDIDATES = merges.PURIFY_CANDIDATES
+
+
+def result_path(args, part, n, seed, method=None):
+    """One JSON per (part, task count, seed), and per method for purify
+    (its rows cost minutes each: a run may stop between methods)."""
+    return os.path.join(args.cache, "variants%s" % ("-smoke" if args.smoke else ""),
+                        "%s%s-%dtasks-seed%d.json" % (part, "-" + method if method else "", n,
+                                                      seed))
+
+
+def measure(args, part, d, n, seed, stats, method=None):
+    s = variants_runs.Setting(d, n, stats, max_evals=3 if args.smoke else run.MAX_EVALS,
+                              threads=args.threads)
+    t0 = time.perf_counter()
+    if part == "full":
+        rows = variants_runs.full_rows(s)
+    elif part == "purify":
+        rows = {method: variants_runs.purify_rows(s, method, CANDIDATES)}
+    else:
+        rows = variants_runs.nsc_rows(s, steps=10 if args.smoke else 100)
+    return dict(part=part, n=n, seed=seed, individual=s.individual,
+                tasks=[t["name"] for t in s.tasks], rows=rows,
+                seconds=time.perf_counter() - t0)
+
+
+def load_all(args):
+    """Every cached measurement; a purify result's rows join the "full"
+    result of the same task count and seed (the unpurified searches they
+    are compared with)."""
+    folder = os.path.dirname(result_path(args, "x", 0, 0))
+    loaded = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if name.endswith(".json"):
+            with open(os.path.join(folder, name)) as f:
+                loaded.append(json.load(f))
+    full = {(r["n"], r["seed"]): r for r in loaded if r["part"] == "full"}
+    for r in loaded:
+        if r["part"] != "purify" or (r["n"], r["seed"]) not in full:
+            continue
+        into = full[(r["n"], r["seed"])]
+        into["seconds"] += r["seconds"]
+        for m, rows in r["rows"].items():
+            if m in into["rows"]:
+                into["rows"][m].update(rows)
+    return [r for r in loaded if r["part"] != "purify"]
+
+
+def _jobs(args, part, sizes, seed):
+    """(n, method) pairs still to measure for one part and seed."""
+    methods = [None]
+    if part == "purify":
+        methods = args.purify_methods.split(",")
+        sizes = [n for n in sizes if n in args.purify_tasks]
+    return [(n, m) for n in sizes for m in methods
+            if args.redo or not os.path.exists(result_path(args, part, n, seed, m))]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--parts", default="full,purify,nsc",
+                    help="comma-separated subset of full (scale searches, ESM), purify, nsc")
+    ap.add_argument("--purify-tasks", default="8",
+                    help="task counts that get the purify rows (minutes per method)")
+    ap.add_argument("--purify-methods", default=",".join(m[0] for m in variants_runs.METHODS))
+    ap.add_argument("--tasks", default="8,14,20")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--redo", action="store_true", help="measure again what the cache has")
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--out", default=os.path.join(HERE, "..", "..", "docs", "benchmarks"))
+    ap.add_argument("--cache", default=os.path.join(HERE, ".cache"))
+    args = ap.parse_args()
+    parts = args.parts.split(",")
+    if any(p not in PARTS for p in parts):
+        ap.error("--parts: known parts are %s" % ", ".join(PARTS))
+    sizes = [int(n) for n in args.tasks.split(",")]
+    args.purify_tasks = [int(n) for n in args.purify_tasks.split(",")]
+    if not all(2 <= n <= (4 if args.smoke else len(tasklib.TASKS)) for n in sizes):
+        ap.error("--tasks: each count must be between 2 and %d" % len(tasklib.TASKS))
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    for seed in ([] if args.report_only else [int(x) for x in args.seeds.split(",")]):
+        for part in parts:
+            todo = _jobs(args, part, sizes, seed)
+            if not todo:
+                continue
+            d = run.finetuned(args.smoke, args.cache, PARTS[part], seed, n_tasks=max(sizes))
+            stats = {}
+            for n, method in todo:
+                print("%s, %d tasks, seed %d%s" % (part, n, seed, ", " + method if method else ""),
+                      flush=True)
+                if part != "nsc" and n not in stats:
+                    stats[n] = merges.collect(d.net, d.sds[:n], d.tasks[:n], rows=d.rows)
+                res = measure(args, part, d, n, seed, stats.get(n), method)
+                path = result_path(args, part, n, seed, method)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path + ".part", "w") as f:
+                    json.dump(res, f)
+                os.replace(path + ".part", path)
+                # Rewritten after every measurement: a long run can be read
+                # early (a report bug must not lose the measurements).
+                try:
+                    variants_report.write(load_all(args), args)
+                except Exception as e:  # noqa: BLE001
+                    print("report not written: %r" % e, flush=True)
+    path = variants_report.write(load_all(args), args)
+    print("wrote %s (%.0f s)" % (path, time.perf_counter() - t0))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,305 @@
+"""docs/benchmarks/quality_variants.md from bench/quality/variants.py's
+measurements: paired comparisons over seeds, each with the paired
+standard error of the test sample (report._paired_se) and the spread over
+seeds."""
+import os
+
+import numpy as np
+
+import report
+import run
+import variants_runs
+
+# A difference counts only beyond this many paired standard errors.
+SE_RULE = 2.0
+
+
+def _se(result, a, b):
+    return float(report._paired_se(dict(individual=result["individual"]), a, b))
+
+
+def _get(rows, m, a, b):
+    """rows[m][a] and rows[m][b], or None when either is missing."""
+    row = rows.get(m, {})
+    return (row[a], row[b]) if a in row and b in row else None
+
+
+def _verdict(diff, se):
+    if abs(diff) <= SE_RULE * se:
+        return "level"
+    return "ahead" if diff > 0 else "behind"
+
+
+def _pairs(results, part, pick):
+    """{n: [(seed, a_row, b_row, result)]} for every result of `part` where
+    pick(rows) gives the two rows (or None)."""
+    out = {}
+    for r in sorted(results, key=lambda r: (r["n"], r["seed"])):
+        if r["part"] != part:
+            continue
+        ab = pick(r["rows"])
+        if ab is not None:
+            out.setdefault(r["n"], []).append((r["seed"],) + tuple(ab) + (r,))
+    return out
+
+
+def _summary(items):
+    """Per-seed "diff (SE)" cells, mean, SD, seeds ahead and the verdict of
+    the mean against the standard error of the mean."""
+    diffs = [a["norm"] - b["norm"] for _, a, b, _ in items]
+    ses = [_se(r, a, b) for _, a, b, r in items]
+    cells = ", ".join("%+.1f (%.1f)" % (d, s) for d, s in zip(diffs, ses))
+    mean = float(np.mean(diffs))
+    se_mean = float(np.sqrt(np.sum(np.square(ses)))) / len(ses)
+    sd = "%.1f" % np.std(diffs, ddof=1) if len(diffs) > 1 else "—"
+    ahead = "%d of %d" % (sum(d > 0 for d in diffs), len(diffs))
+    return ["%.1f" % np.mean([a["norm"] for _, a, _, _ in items]),
+            "%.1f" % np.mean([b["norm"] for _, _, b, _ in items]),
+            cells, "%+.1f" % mean, sd, ahead, _verdict(mean, se_mean)]
+
+
+_HEAD = ("| {what} | tasks | {a} | {b} | difference per seed (SE) | mean | SD over seeds "
+         "| seeds ahead | verdict |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def _table(results, part, what, a, b, groups):
+    """One row per (group, task count): `groups` is [(label, pick)]."""
+    lines = [_HEAD.format(what=what, a=a, b=b)]
+    for label, pick in groups:
+        for n, items in sorted(_pairs(results, part, pick).items()):
+            lines.append("| %s | %d | %s |" % (label, n, " | ".join(_summary(items))))
+    return lines + [""]
+
+
+def _methods(results):
+    return [m[0] for m in variants_runs.METHODS
+            if any(m[0] in r["rows"] for r in results if r["part"] == "full")]
+
+
+def _purify(results):
+    ms = _methods(results)
+    out = ["## Purification: keep=\"cv\" against the unpurified merge", "",
+           "Both searched on validation with the widened bracket; purify cv tunes the keep "
+           "ratio (among %s) on the statistics' 4 folds by held-out drift, at the default "
+           "scale, before the search. *se_rule 1* (the library default): the largest ratio "
+           "whose mean drift excess over the best is within one standard error; *se_rule 0*: "
+           "the plain minimum of the same curve; *val-accuracy objective*: the candidate "
+           "with the best validation accuracy at the default scale (what the library's "
+           "host-score tuner picks). A rule that picks the same ratio as another gets the "
+           "same merge." % ", ".join(
+               "%g" % c for c in _candidates(results)), ""]
+    for plabel in variants_runs.PURIFY:
+        out += ["### %s − unpurified" % plabel, ""]
+        out += _table(results, "full", "method", plabel, "unpurified",
+                      [(m, lambda rows, m=m, p=plabel: _get(rows, m, p, "widened"))
+                       for m in ms])
+    out += ["### purify cv (se_rule 1) − purify cv, se_rule 0", ""]
+    out += _table(results, "full", "method", "se_rule 1", "se_rule 0",
+                  [(m, lambda rows, m=m: _get(rows, m, "purify cv", "purify cv, se_rule 0"))
+                   for m in ms])
+    out += ["Keep ratios chosen (seeds in order):", "",
+            "| method | tasks | se_rule 1 | se_rule 0 | val-accuracy objective |",
+            "|---|---|---|---|---|"]
+    for m in ms:
+        for n in sorted({r["n"] for r in results if r["part"] == "full"}):
+            rs = sorted((r for r in results if r["part"] == "full" and r["n"] == n
+                         and "purify cv" in r["rows"].get(m, {})), key=lambda r: r["seed"])
+            if not rs:
+                continue
+            out.append("| %s | %d | %s |" % (m, n, " | ".join(
+                ", ".join("%g" % r["rows"][m][p].get("keep", float("nan")) for r in rs)
+                for p in variants_runs.PURIFY)))
+    return out + [""] + _tracking(results, ms)
+
+
+def _candidates(results):
+    for r in results:
+        for row in r["rows"].values():
+            if "keep_curve" in row:
+                return [c["keep"] for c in row["keep_curve"]]
+    return []
+
+
+def _spearman(x, y):
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    if np.std(rx) == 0 or np.std(ry) == 0:
+        return np.nan
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def _tracking(results, ms):
+    """How well each tuning objective tracks test accuracy over the keep
+    candidates at the default scale: rank correlation with the test curve
+    and the regret of its choice (best candidate's test accuracy minus
+    the chosen one's)."""
+    objectives = [("held-out drift, se_rule 1", "purify cv"),
+                  ("held-out drift, se_rule 0", "purify cv, se_rule 0"),
+                  ("validation accuracy", "purify, val-accuracy objective"),
+                  ("never purify (keep 1.0)", None)]
+    regret = {o: [] for o, _ in objectives}
+    rho = {"held-out drift": [], "validation accuracy": []}
+    for r in results:
+        if r["part"] != "full":
+            continue
+        for m in ms:
+            row = r["rows"].get(m)
+            if row is None or "keep_curve" not in row:
+                continue
+            curve = row["keep_curve"]
+            test = {c["keep"]: c["norm"] for c in curve}
+            best = max(test.values())
+            for o, p in objectives:
+                keep = 1.0 if p is None else row[p]["keep"]
+                regret[o].append(best - test[keep])
+            drift = dict((c[0], c[-1]) for c in row["purify cv"].get("curve", []))
+            keeps = [c["keep"] for c in curve]
+            tests = [test[k] for k in keeps]
+            if all(k in drift for k in keeps):
+                rho["held-out drift"].append(_spearman([-drift[k] for k in keeps], tests))
+            rho["validation accuracy"].append(_spearman([c["val"] for c in curve], tests))
+    out = ["### Which tuning objective tracks accuracy", "",
+           "Every candidate keep ratio merged at the default scale and scored on the test "
+           "split; over all methods, task counts and seeds: the mean rank correlation "
+           "(Spearman) of each objective with that test curve (drift negated), and the "
+           "mean regret of each rule's choice (best candidate's normalized test accuracy "
+           "minus the chosen one's, points).", "",
+           "| objective | mean rank correlation with test accuracy |", "|---|---|"]
+    for k, v in rho.items():
+        v = [x for x in v if not np.isnan(x)]
+        out.append("| %s | %s (%d curves) |" % (k, "%.2f" % np.mean(v) if v else "—", len(v)))
+    out += ["", "| rule | mean regret | worst regret | choices at the best candidate |",
+            "|---|---|---|---|"]
+    for o, _ in objectives:
+        v = regret[o]
+        if v:
+            out.append("| %s | %.2f | %.2f | %d of %d |" % (
+                o, np.mean(v), np.max(v), sum(x <= 1e-9 for x in v), len(v)))
+    return out + [""]
+
+
+def _scale(results):
+    ms = _methods(results)
+    out = ["## Scale search: widened bracket against the released fixed bracket", "",
+           "`libmerge.search(widen=%d)` moves the bracket past an edge where the best point "
+           "sits (at most %d times, within the parameter's range); `widen=0` is the released "
+           "search on the fixed bracket (task arithmetic [0, 1.5], the others [0, 2]). "
+           "Scale found per seed (*moves*: times the bracket moved; *edge*: still at an "
+           "edge)." % (variants_runs.WIDEN, variants_runs.WIDEN), ""]
+    out += _table(results, "full", "method", "widened", "fixed",
+                  [(m, lambda rows, m=m: _get(rows, m, "widened", "fixed")) for m in ms])
+    out += ["| method | tasks | widened: scale (moves, edge) | fixed: scale (edge) |",
+            "|---|---|---|---|"]
+    for m in ms:
+        for n in sorted({r["n"] for r in results if r["part"] == "full"}):
+            rs = sorted((r for r in results if r["part"] == "full" and r["n"] == n
+                         and m in r["rows"]), key=lambda r: r["seed"])
+            w = ", ".join("%.3g (%d%s)" % (r["rows"][m]["widened"]["scale"],
+                                            r["rows"][m]["widened"]["widened"],
+                                            ", edge" if r["rows"][m]["widened"]["at_edge"] else "")
+                          for r in rs)
+            f = ", ".join("%.3g%s" % (r["rows"][m]["fixed"]["scale"],
+                                      " (edge)" if _fixed_edge(r["rows"][m]["fixed"]) else "")
+                          for r in rs)
+            out.append("| %s | %d | %s | %s |" % (m, n, w, f))
+    out += ["", "Ranking of the methods by mean normalized accuracy over seeds:", ""]
+    for n in sorted({r["n"] for r in results if r["part"] == "full"}):
+        rs = [r for r in results if r["part"] == "full" and r["n"] == n]
+        for which in ("fixed", "widened"):
+            means = {m: np.mean([r["rows"][m][which]["norm"] for r in rs]) for m in ms}
+            order = sorted(ms, key=lambda m: -means[m])
+            out.append("- %d tasks, %s: %s" % (n, which, " > ".join(
+                "%s %.1f" % (m, means[m]) for m in order)))
+    return out + [""]
+
+
+def _fixed_edge(row):
+    lo, hi = row["bracket"]
+    return min(abs(row["scale"] - lo), abs(row["scale"] - hi)) <= 0.02 * (hi - lo)
+
+
+def _esm(results):
+    rivals = ("tsv", "iso_c", "iso_cts")
+
+    def vs_rival(rows):
+        if "esm" not in rows or not all(m in rows for m in rivals):
+            return None
+        best = max(rivals, key=lambda m: rows[m]["widened"]["norm"])
+        return rows["esm"]["widened"], rows[best]["widened"]
+
+    out = ["## ESM", "",
+           "Widened searches. The rival is, per seed, the best of TSV-M, Iso-C and Iso-CTS "
+           "on the test split (favouring the rival).", ""]
+    out += _table(results, "full", "comparison", "esm", "best rival", [("esm − best rival",
+                                                                       vs_rival)])
+    whiten = _pairs(results, "full", lambda rows: (rows["esm"]["whiten rank_aware"],
+                                                   rows["esm"]["widened"])
+                    if "whiten rank_aware" in rows.get("esm", {}) else None)
+    if whiten:
+        out += _table(results, "full", "comparison", "esm, whiten rank_aware", "esm released",
+                      [("rank_aware − released", lambda rows: (
+                          rows["esm"]["whiten rank_aware"], rows["esm"]["widened"])
+                        if "whiten rank_aware" in rows.get("esm", {}) else None)])
+    else:
+        out += ["`whiten=\"rank_aware\"` is not in this build's ESM (not landed when this ran): "
+                "not measured.", ""]
+    return out
+
+
+def _nsc(results, steps):
+    if not any(r["part"] == "nsc" for r in results):
+        return []
+    labels = []
+    for r in results:
+        labels += [k for k in r["rows"] if r["part"] == "nsc" and k.startswith("nsc")
+                   and k not in labels]
+    out = ["## NSC on LoRA adapters", "",
+           "MLP, LoRA rank 8 on the three layers; NSC is label-free (%d steps, the validation "
+           "images unlabeled as its batches; the safe rows stop early on 256 unseen training "
+           "images). *released*: gradient driver lr 1e-3 and SPSA lr 1e-2, no bounds; *safe "
+           "defaults*: the drivers' defaults after the safe-NSC change (lambda >= 0, SPSA lr "
+           "1e-3 with the modules after every target frozen, held-out early stopping). "
+           "Task arithmetic: lambda searched on validation (widened)." % steps, ""]
+    out += _table(results, "nsc", "comparison", "nsc", "task arithmetic",
+                  [("%s − task arithmetic" % k, lambda rows, k=k: (rows[k], rows["task_arithmetic"])
+                    if k in rows else None) for k in labels])
+    for drv in ("nsc", "nsc spsa"):
+        if "%s, safe defaults" % drv in labels:
+            out += _table(results, "nsc", "comparison", "safe", "released",
+                          [("%s: safe − released" % drv, lambda rows, d=drv: (
+                              rows["%s, safe defaults" % d], rows["%s, released" % d]))])
+    if not any("safe" in k for k in labels):
+        out += ["The safe NSC drivers were not in this build (not landed when this ran): "
+                "not measured.", ""]
+    return out
+
+
+def write(results, args):
+    seeds = sorted({r["seed"] for r in results})
+    sizes = sorted({r["n"] for r in results})
+    secs = sum(r["seconds"] for r in results)
+    names = max((r["tasks"] for r in results), key=len, default=[])
+    lines = ["# Issue 25's variants against the released methods, over seeds%s" % (
+                 " (smoke run)" if args.smoke else ""), "",
+             "Generated by `bench/quality/variants.py%s` (measurements: %d settings, %.0f s "
+             "of merging and scoring; fine-tuning excluded) from the cached measurements "
+             "of task counts %s and seeds %s. %s and %s as in [quality.md](quality.md) "
+             "(fine-tunes of %d steps; seed s fine-tunes every task and draws its head "
+             "anew on the same pretrained backbone, as [quality_seeds.md](quality_seeds.md)). "
+             "Normalized test %% (merged / fine-tuned, averaged over tasks) at the scale "
+             "the %d-merge golden-section search picks on validation. *SE*: the paired "
+             "standard error of a difference over the test sample; a difference is "
+             "*level* when within %g SE (per seed; for the mean, the SE of the mean), "
+             "whatever its sign. *SD over seeds*: how much the fine-tunes themselves move "
+             "it. The first *n* of these tasks: %s." % (
+                 " --smoke" if args.smoke else "", len(results), secs,
+                 ", ".join(map(str, sizes)), ", ".join(map(str, seeds)),
+                 report.KIND_TITLES["full"], report.KIND_TITLES["lora"],
+                 run.FINETUNE_STEPS[args.smoke], 3 if args.smoke else 15, SE_RULE, ", ".join(names)), ""]
+    if any(r["part"] == "full" for r in results):
+        lines += _scale(results) + _esm(results) + _purify(results)
+    lines += _nsc(results, 10 if args.smoke else 100)
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, "quality_variants%s.md" % ("-smoke" if args.smoke else ""))
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return path

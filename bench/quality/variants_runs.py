@@ -1,0 +1,166 @@
+"""The measurements of bench/quality/variants.py for one seed's fine-tunes
+and one task count: each method's scale searched with and without
+widening, purified with keep="cv" under several tuning rules, the keep
+ratios scored one by one, and NSC's variants beside task arithmetic.
+Every result keeps its per-example test outcomes (merges.test_correct) so
+the report can pair any two rows (report._paired_se)."""
+import copy
+import inspect
+
+import numpy as np
+import torch
+
+import libmerge
+import libmerge.torch as lt
+
+import merges
+
+# Methods compared (scale parameter and the released bracket, as merges.py).
+# TIES and DARE left out (run time: each purified search costs minutes at 20 tasks).
+METHODS = [(b[0], b[1], b[2], b[3]) for b in merges._FULL_BASES
+           if b[0] in ("task_arithmetic", "tsv", "iso_c", "iso_cts", "esm")]
+WIDEN = 4          # the library default: the bracket may move 4 times
+# Purification rows: "cv" picks the keep ratio on the stats' 4 folds by
+# held-out drift; se_rule 1 is the library default, se_rule 0 the plain
+# minimum; the alternative objective is validation accuracy (the library's
+# host-score tuner maximises it the same way: the best candidate).
+PURIFY = ["purify cv", "purify cv, se_rule 0", "purify, val-accuracy objective"]
+
+
+def _norm(acc, individual):
+    return 100 * float(np.mean([a / i for a, i in zip(acc, individual)]))
+
+
+class Setting:
+    """One seed's first n tasks: what every measurement needs."""
+
+    def __init__(self, d, n, stats, max_evals, threads=1):
+        self.threads = threads
+        self.net, self.base = d.net, d.base
+        self.sds, self.heads, self.tasks = d.sds[:n], d.heads[:n], d.tasks[:n]
+        self.individual = d.individual[:n]
+        self.stats, self.max_evals = stats, max_evals
+        self.fts = d.fts[:n]
+
+    def val_score(self, merged):
+        return float(np.mean(merges.evaluate(self.net, merged, self.heads, self.tasks, "val")))
+
+    def scored(self, merged, **extra):
+        acc, hits = merges._scored(merges.test_correct(self.net, merged, self.heads, self.tasks))
+        return dict(norm=_norm(acc, self.individual), correct=hits, **extra)
+
+
+def searched(s, method, params, scale, widen, purify=None):
+    """The method searched on validation; test result, scale, and what the
+    search did with its bracket."""
+    name, lo, hi = scale
+    report = {}
+    kw = {}
+    if purify is not None:
+        kw["purify"] = dict(purify, report=report)
+    stats = s.stats if (method == "esm" or purify is not None) else None
+    res = libmerge.search(method, s.base, s.sds, s.val_score, param=name, lo=lo, hi=hi,
+                          max_evals=s.max_evals, widen=widen, stats=stats, threads=s.threads,
+                          **kw, **params)
+    out = s.scored(res[3], scale=res[0], scale_name=name, widened=res.widened,
+                   at_edge=res.at_edge, bracket=list(res.bracket), val=res[1],
+                   evals=len(res[2]))
+    if report:
+        out["keep"] = report.get("keep")
+        out["curve"] = [list(c) for c in report.get("curve", [])]
+        for k in ("gain", "gain_se", "objective"):
+            if k in report:
+                out[k] = report[k]
+    return out
+
+
+def keep_curve(s, method, params, candidates):
+    """Validation and test accuracy of every candidate keep ratio at the
+    method's default scale (where keep="cv" tunes): what an objective
+    should track."""
+    rows = []
+    for keep in candidates:
+        merged = libmerge.merge(method, s.base, s.sds, stats=s.stats,
+                                purify={"keep": keep}, threads=s.threads, **params)
+        r = s.scored(merged)
+        rows.append(dict(keep=keep, val=s.val_score(merged), norm=r["norm"]))
+    return rows
+
+
+def full_rows(s, log=print):
+    """Every method: the widened and the fixed-bracket search (the fixed
+    one is the widened one when the bracket never moved: the same
+    merges), and ESM's rank-aware whitening when the library has it."""
+    out = {}
+    for label, method, params, scale in METHODS:
+        r = dict(widened=searched(s, method, params, scale, WIDEN))
+        r["fixed"] = (searched(s, method, params, scale, 0) if r["widened"]["widened"]
+                      else dict(r["widened"]))
+        if method == "esm" and has_param("esm", "whiten"):
+            r["whiten rank_aware"] = searched(s, method, dict(params, whiten="rank_aware"),
+                                              scale, WIDEN)
+        out[label] = r
+        log("    %-16s widened %.1f (%s %.3f, %d moves)  fixed %.1f (%.3f)" % (
+            label, r["widened"]["norm"], scale[0], r["widened"]["scale"],
+            r["widened"]["widened"], r["fixed"]["norm"], r["fixed"]["scale"]))
+    return out
+
+
+def purify_rows(s, method, candidates, log=print):
+    """One method purified (widened searches): keep="cv" with se_rule 1,
+    se_rule 0 (the plain minimum of the same fold curve) and the
+    validation-accuracy objective (the best candidate of the keep curve).
+    A rule that picks a ratio already searched gets that row (the merges
+    would be identical)."""
+    label, method, params, scale = [m for m in METHODS if m[0] == method][0]
+    cv = searched(s, method, params, scale, WIDEN,
+                  purify={"keep": "cv", "candidates": candidates, "se_rule": 1.0})
+    r = {"purify cv": cv, "keep_curve": keep_curve(s, method, params, candidates)}
+    drift = [c[-1] for c in cv["curve"]]
+    picks = {"purify cv, se_rule 0": candidates[int(np.argmin(drift))],
+             "purify, val-accuracy objective": max(r["keep_curve"], key=lambda c: c["val"])["keep"]}
+    done = {cv["keep"]: cv}
+    for plabel, keep in picks.items():
+        if keep not in done:
+            done[keep] = searched(s, method, params, scale, WIDEN, purify={"keep": keep})
+            done[keep]["keep"] = keep
+        r[plabel] = dict(done[keep])
+    log("    %-16s purify cv %.1f (keep %g), se_rule 0 keep %g, val objective keep %g" % (
+        label, cv["norm"], cv["keep"], picks["purify cv, se_rule 0"],
+        picks["purify, val-accuracy objective"]))
+    return r
+
+
+def has_param(method, name):
+    return any(p["name"] == name for p in libmerge.method_info(method)["params"])
+
+
+def safe_nsc_available():
+    """The safe NSC drivers (lambda bounds, held-out early stopping)."""
+    return "lambda_min" in inspect.signature(lt.nsc_merge).parameters
+
+
+def nsc_rows(s, steps, log=print):
+    """LoRA rows: task arithmetic searched (widened), NSC's gradient and
+    SPSA drivers at the released settings and, once landed, at the safe
+    defaults (with held-out early stopping on unseen unlabeled rows)."""
+    adapters = [a for a, _ in s.fts]
+    loaders = [[torch.from_numpy(t["val"][0])] for t in s.tasks]  # unlabeled, as merges.py
+    heldout = [[torch.from_numpy(t["train"][0][:256])] for t in s.tasks]
+    out = {"task_arithmetic": searched(s, "task_arithmetic", {}, ("lambda", 0.0, 1.5), WIDEN)}
+    safe = safe_nsc_available()
+    released = dict(lambda_min=-np.inf, freeze_after_targets=False) if safe else {}
+    runs = [("nsc, released", lt.nsc_merge, dict(lr=1e-3, **{k: v for k, v in released.items()
+                                                              if k == "lambda_min"})),
+            ("nsc spsa, released", lt.nsc_merge_spsa, dict(lr=1e-2, **released))]
+    if safe:
+        runs += [("nsc, safe defaults", lt.nsc_merge, dict(heldout_loaders=heldout)),
+                 ("nsc spsa, safe defaults", lt.nsc_merge_spsa, dict(heldout_loaders=heldout))]
+    for label, driver, kw in runs:
+        report = {}
+        sd = driver(copy.deepcopy(s.net), adapters, loaders, steps=steps, report=report, **kw)
+        out[label] = s.scored({k: v.numpy() for k, v in sd.items()})
+        log("    %-24s %.1f" % (label, out[label]["norm"]))
+    log("    %-24s %.1f (lambda %.3f)" % ("task_arithmetic", out["task_arithmetic"]["norm"],
+                                          out["task_arithmetic"]["scale"]))
+    return out
