@@ -124,7 +124,11 @@ def write(results, path, seconds, smoke):
              "by 4-fold held-out drift (label-free, "
              "at the default scale) before the search; *keep* is the "
              "ratio used. The purify rows run with 8 tasks only, and with LoRA for task "
-             "arithmetic only (run time). NSC is label-free (no search).", ""]
+             "arithmetic only (run time). NSC is label-free (no search). Over "
+             "fine-tuning seeds: ESM's ranking in [quality_seeds.md](quality_seeds.md); "
+             "issue 25's variants (purify tuning rules, widened scale search, safe NSC) "
+             "against the released methods, with paired standard errors, in "
+             "[quality_variants.md](quality_variants.md).", ""]
     for (kind, n), r in results.items():
         lines += ["## %s, %d tasks" % (KIND_TITLES[kind], n), "",
                   "Tasks: %s. Fine-tuned accuracy: %s (mean %s). Pretrained backbone "

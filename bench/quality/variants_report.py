@@ -257,7 +257,8 @@ def _nsc(results, steps):
            "images unlabeled as its batches; the safe rows stop early on 256 unseen training "
            "images). *released*: gradient driver lr 1e-3 and SPSA lr 1e-2, no bounds; *safe "
            "defaults*: the drivers' defaults after the safe-NSC change (lambda >= 0, SPSA lr "
-           "1e-3 with the modules after every target frozen, held-out early stopping). "
+           "1e-3 with the modules after every target frozen, held-out early stopping; trust "
+           "region off unless named). Both use the drivers' default target modules. "
            "Task arithmetic: lambda searched on validation (widened)." % steps, ""]
     out += _table(results, "nsc", "comparison", "nsc", "task arithmetic",
                   [("%s − task arithmetic" % k, lambda rows, k=k: (rows[k], rows["task_arithmetic"])
@@ -271,6 +272,31 @@ def _nsc(results, steps):
         out += ["The safe NSC drivers were not in this build (not landed when this ran): "
                 "not measured.", ""]
     return out
+
+
+def _coverage(results):
+    """What was measured: a table may hold fewer seeds or task counts
+    than asked when a run was stopped (each measurement is kept)."""
+    out = ["Measured (task counts: seeds):", ""]
+    for part, what in (("full", "scale searches and ESM, methods %s" % ", ".join(
+            m[0] for m in variants_runs.METHODS)), ("nsc", "NSC and task arithmetic on LoRA")):
+        cells = _cells([r for r in results if r["part"] == part])
+        if cells:
+            out.append("- %s: %s" % (what, cells))
+    for m in variants_runs.METHODS:
+        cells = _cells([r for r in results if r["part"] == "full"
+                        and "purify cv" in r["rows"].get(m[0], {})])
+        if cells:
+            out.append("- purify rows, %s: %s" % (m[0], cells))
+    return out
+
+
+def _cells(rs):
+    by = {}
+    for r in rs:
+        by.setdefault(r["n"], []).append(r["seed"])
+    return "; ".join("%d tasks: %s" % (n, ", ".join(map(str, sorted(s))))
+                     for n, s in sorted(by.items()))
 
 
 def write(results, args):
@@ -295,6 +321,7 @@ def write(results, args):
                  ", ".join(map(str, sizes)), ", ".join(map(str, seeds)),
                  report.KIND_TITLES["full"], report.KIND_TITLES["lora"],
                  run.FINETUNE_STEPS[args.smoke], 3 if args.smoke else 15, SE_RULE, ", ".join(names)), ""]
+    lines += _coverage(results) + [""]
     if any(r["part"] == "full" for r in results):
         lines += _scale(results) + _esm(results) + _purify(results)
     lines += _nsc(results, 10 if args.smoke else 100)

@@ -155,6 +155,8 @@ def nsc_rows(s, steps, log=print):
             ("nsc spsa, released", lt.nsc_merge_spsa, dict(lr=1e-2, **released))]
     if safe:
         runs += [("nsc, safe defaults", lt.nsc_merge, dict(heldout_loaders=heldout)),
+                 ("nsc, safe defaults + trust_radius 0.2", lt.nsc_merge,
+                  dict(heldout_loaders=heldout, trust_radius=0.2)),
                  ("nsc spsa, safe defaults", lt.nsc_merge_spsa, dict(heldout_loaders=heldout))]
     for label, driver, kw in runs:
         report = {}
