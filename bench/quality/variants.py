@@ -30,7 +30,7 @@ import tasks as tasklib  # noqa: E402
 import variants_report  # noqa: E402
 import variants_runs  # noqa: E402
 
-PARTS = {"full": "full", "purify": "full", "nsc": "lora"}  # part -> run.KINDS kind
+PARTS = {"full": "full", "purify": "full", "whiten": "full", "nsc": "lora"}  # part -> run.KINDS kind
 # The keep ratios "cv" chooses among: quality.md's five (the library's
 # twelve defaults cost 2.4x the merges; the five span the ratios chosen).
 CANDIDATES = merges.PURIFY_CANDIDATES
@@ -50,6 +50,8 @@ def measure(args, part, d, n, seed, stats, method=None):
     t0 = time.perf_counter()
     if part == "full":
         rows = variants_runs.full_rows(s)
+    elif part == "whiten":
+        rows = variants_runs.whiten_rows(s)
     elif part == "purify":
         rows = {method: variants_runs.purify_rows(s, method, CANDIDATES)}
     else:
@@ -71,14 +73,14 @@ def load_all(args):
                 loaded.append(json.load(f))
     full = {(r["n"], r["seed"]): r for r in loaded if r["part"] == "full"}
     for r in loaded:
-        if r["part"] != "purify" or (r["n"], r["seed"]) not in full:
+        if r["part"] not in ("purify", "whiten") or (r["n"], r["seed"]) not in full:
             continue
         into = full[(r["n"], r["seed"])]
         into["seconds"] += r["seconds"]
         for m, rows in r["rows"].items():
             if m in into["rows"]:
                 into["rows"][m].update(rows)
-    return [r for r in loaded if r["part"] != "purify"]
+    return [r for r in loaded if r["part"] not in ("purify", "whiten")]
 
 
 def _jobs(args, part, sizes, seed):
@@ -93,8 +95,9 @@ def _jobs(args, part, sizes, seed):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--parts", default="full,purify,nsc",
-                    help="comma-separated subset of full (scale searches, ESM), purify, nsc")
+    ap.add_argument("--parts", default="full,purify,whiten,nsc",
+                    help="comma-separated subset of full (scale searches, ESM), purify, "
+                    "whiten (ESM rank_aware), nsc")
     ap.add_argument("--purify-tasks", default="8",
                     help="task counts that get the purify rows (minutes per method)")
     ap.add_argument("--purify-methods", default=",".join(m[0] for m in variants_runs.METHODS))

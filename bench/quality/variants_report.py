@@ -239,6 +239,14 @@ def _esm(results):
                       [("rank_aware − released", lambda rows: (
                           rows["esm"]["whiten rank_aware"], rows["esm"]["widened"])
                         if "whiten rank_aware" in rows.get("esm", {}) else None)])
+
+        def white_vs_rival(rows):
+            pair = vs_rival(rows)
+            if pair is None or "whiten rank_aware" not in rows["esm"]:
+                return None
+            return rows["esm"]["whiten rank_aware"], pair[1]
+        out += _table(results, "full", "comparison", "esm, whiten rank_aware", "best rival",
+                      [("rank_aware − best rival", white_vs_rival)])
     else:
         out += ["`whiten=\"rank_aware\"` is not in this build's ESM (not landed when this ran): "
                 "not measured.", ""]

@@ -90,15 +90,12 @@ def keep_curve(s, method, params, candidates):
 def full_rows(s, log=print):
     """Every method: the widened and the fixed-bracket search (the fixed
     one is the widened one when the bracket never moved: the same
-    merges), and ESM's rank-aware whitening when the library has it."""
+    merges)."""
     out = {}
     for label, method, params, scale in METHODS:
         r = dict(widened=searched(s, method, params, scale, WIDEN))
         r["fixed"] = (searched(s, method, params, scale, 0) if r["widened"]["widened"]
                       else dict(r["widened"]))
-        if method == "esm" and has_param("esm", "whiten"):
-            r["whiten rank_aware"] = searched(s, method, dict(params, whiten="rank_aware"),
-                                              scale, WIDEN)
         out[label] = r
         log("    %-16s widened %.1f (%s %.3f, %d moves)  fixed %.1f (%.3f)" % (
             label, r["widened"]["norm"], scale[0], r["widened"]["scale"],
@@ -129,6 +126,17 @@ def purify_rows(s, method, candidates, log=print):
         label, cv["norm"], cv["keep"], picks["purify cv, se_rule 0"],
         picks["purify, val-accuracy objective"]))
     return r
+
+
+def whiten_rows(s, log=print):
+    """Nothing when the library has no whiten parameter; else ESM with whiten="rank_aware" (widened search), to join the full
+    part's released ESM row."""
+    if not has_param("esm", "whiten"):
+        return {}
+    label, method, params, scale = [m for m in METHODS if m[0] == "esm"][0]
+    r = searched(s, method, dict(params, whiten="rank_aware"), scale, WIDEN)
+    log("    esm, whiten rank_aware %.1f (alpha %.3f)" % (r["norm"], r["scale"]))
+    return {"esm": {"whiten rank_aware": r}}
 
 
 def has_param(method, name):
