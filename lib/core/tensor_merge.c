@@ -352,7 +352,14 @@ lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "tensor '%s' is too large", name);
     bool wide = needs_wide(p, name, base);
-    float *block = lm__calloc(ctx, floats ? floats : 1, sizeof(float));
+    /* load_inputs writes the base and every delta whole; only the output
+     * starts from zero (strategies may accumulate into it). Clearing the
+     * whole block cost a third of a load-time merge of LoRA adapters. */
+    float *block = floats < SIZE_MAX / sizeof(float)
+                       ? lm_alloc(ctx, (floats ? floats : 1) * sizeof(float))
+                       : NULL;
+    if (block)
+        memset(block + n * (k + 1), 0, n * sizeof(float));
     const float **deltas = lm__calloc(ctx, k ? k : 1, sizeof(*deltas));
     double *base64 = wide ? lm__calloc(ctx, 2 * (n ? n : 1), sizeof(double))
                           : NULL;
