@@ -12,10 +12,14 @@
  * Bit-identical to the plain path: the same conversions (lm_convert on a
  * sub-range is the same element-wise function), and per element the same
  * operations in the same order (the rule's contract), only grouped by
- * block. Anything the plain path treats specially (stages, adapters,
- * task vectors, transposed layouts, row policies, lazy tensors, a
- * non-finite value under the default policy, whose error message names
- * the first offending input and element) is left to the plain path.
+ * block. LoRA adapters under a linear rule go by row blocks: each
+ * adapter's update is formed a row block at a time by the same BLAS calls
+ * the plain path's lm__lora_delta makes (lm__lora_rows), so an adapter's
+ * whole-tensor f32 update is never materialised. Anything else the plain
+ * path treats specially (stages, task vectors, transposed layouts, row
+ * policies, lazy tensors, adapters with an f64 input, a non-finite value
+ * under the default policy, whose error message names the first
+ * offending input and element) is left to the plain path.
  * Sparse rules (ties, DARE) share this entry and its helpers
  * (core/fused_private.h) and run in core/fused_sparse.c. */
 #define _DEFAULT_SOURCE /* madvise */
@@ -131,7 +135,29 @@ static void acc_init(const struct lm__linear_rule *r, const float *b,
             acc[j] = 0.0;
 }
 
-/* Inputs of no f64: as tensor_merge.c's load_inputs + run_strategy. */
+/* acc += wt * d for an adapter's task vector d (zero when the adapter
+ * does not target the tensor, as lm__lora_delta's memset). */
+static lm_status add_adapter(const struct fused *f, struct work *w, size_t t,
+                             size_t lo, size_t len, double *restrict acc)
+{
+    double wt = f->w[t];
+    if (f->slot[t] == LM__SLOT_ZERO) {
+        const float zero = 0.0f;
+        for (size_t j = 0; j < len; j++)
+            acc[j] += wt * (double)zero;
+        return LM_OK;
+    }
+    const float *d = w->x;
+    lm__lora_rows(&f->lora[t], lo / f->cols, len / f->cols, w->x);
+    if (f->check && lm__fused_any_nonfinite_f32(d, len))
+        return DECLINE;
+    for (size_t j = 0; j < len; j++)
+        acc[j] += wt * (double)d[j];
+    return LM_OK;
+}
+
+/* Inputs of no f64: as tensor_merge.c's load_inputs + run_strategy. With
+ * adapters, [lo, lo + len) is a whole row block. */
 static lm_status block_narrow(const struct fused *f, struct work *w,
                               size_t lo, size_t len)
 {
@@ -141,6 +167,10 @@ static lm_status block_narrow(const struct fused *f, struct work *w,
     double *restrict acc = w->acc;
     acc_init(&f->rule, b, acc, len);
     for (size_t t = 0; t < f->k; t++) {
+        if (f->slot[t] != LM__SLOT_MODEL) {
+            LM_TRY(add_adapter(f, w, t, lo, len, acc));
+            continue;
+        }
         const float *x =
             lm__fused_load_f32(f->in[t], f->in_dt[t], lo, len, w->x);
         if (f->check && lm__fused_any_nonfinite_f32(x, len))
@@ -207,12 +237,27 @@ static lm_status block_wide(const struct fused *f, struct work *w,
     return LM_OK;
 }
 
+/* Elements per block and per parallel item: by rows with adapters (whole
+ * row blocks, as lm__lora_delta forms them), else fixed. */
+static size_t block_elems(const struct fused *f)
+{
+    return f->by_rows ? f->block_rows * f->cols : BLOCK;
+}
+
+static size_t chunk_elems(const struct fused *f)
+{
+    size_t block = block_elems(f);
+    return f->by_rows ? (CHUNK > block ? CHUNK / block * block : block)
+                      : CHUNK;
+}
+
 /* One chunk of the tensor, with its own block buffers. */
 static lm_status run_chunk(void *arg, size_t item)
 {
     const struct fused *f = arg;
-    size_t lo = item * CHUNK, hi = lo + CHUNK < f->n ? lo + CHUNK : f->n;
-    size_t floats = 3 * (size_t)BLOCK, doubles = 3 * (size_t)BLOCK;
+    size_t block = block_elems(f), chunk = chunk_elems(f);
+    size_t lo = item * chunk, hi = lo + chunk < f->n ? lo + chunk : f->n;
+    size_t floats = 3 * block, doubles = 3 * block;
     char *mem = lm_alloc(f->ctx, floats * sizeof(float) +
                                      doubles * sizeof(double));
     if (!mem)
@@ -220,11 +265,11 @@ static lm_status run_chunk(void *arg, size_t item)
                                     "out of memory for merge buffers");
     double *d = (double *)mem;
     float *s = (float *)(d + doubles);
-    struct work w = {s, s + BLOCK, s + 2 * BLOCK, d, d + BLOCK,
-                     d + 2 * BLOCK};
+    struct work w = {s, s + block, s + 2 * block, d, d + block,
+                     d + 2 * block};
     lm_status st = LM_OK;
-    for (size_t i = lo; i < hi && st == LM_OK; i += BLOCK) {
-        size_t len = hi - i < BLOCK ? hi - i : BLOCK;
+    for (size_t i = lo; i < hi && st == LM_OK; i += block) {
+        size_t len = hi - i < block ? hi - i : block;
         st = f->wide ? block_wide(f, &w, i, len) : block_narrow(f, &w, i, len);
     }
     lm_free(f->ctx, mem);
@@ -241,10 +286,13 @@ static bool same_shape(const lm_tensor *a, const lm_tensor *b)
     return true;
 }
 
-/* Can tensor `name` go the fused way? Fills f's inputs when it can. */
+/* Can tensor `name` go the fused way? Fills f's inputs when it can; *st
+ * is set only by an allocation failure (any other error is the plain
+ * path's to report, with its message). */
 static bool eligible(const lm_plan *p, const char *name, const lm_tensor *base,
-                     struct fused *f)
+                     struct fused *f, lm_status *st)
 {
+    *st = LM_OK;
     if (!(lm__strategy_linear_rule(p->vt) || lm__strategy_sparse_rule(p->vt)) ||
         p->n_stages || !base->numel || !base->data ||
         p->n_models > MAX_MODELS || !fused_enabled())
@@ -258,7 +306,27 @@ static bool eligible(const lm_plan *p, const char *name, const lm_tensor *base,
     f->base = base->data;
     f->base_dt = base->dtype;
     f->wide = base->dtype == LM_F64;
+    f->k = p->n_models;
+    bool any_adapter = false;
     for (size_t m = 0; m < p->n_models; m++) {
+        if (p->loras[m] && lm__strategy_linear_rule(p->vt)) {
+            /* Errors (a shape mismatch) are the plain path's to report. */
+            bool found;
+            *st = lm__lora_factors_load(p->ctx, p->loras[m], m, name, base,
+                                        &f->lora[m], &found);
+            if (*st != LM_OK) {
+                if (*st != LM_ERR_OUT_OF_MEMORY)
+                    *st = LM_OK;
+                return false;
+            }
+            any_adapter = true;
+            f->slot[m] = found ? LM__SLOT_ADAPTER : LM__SLOT_ZERO;
+            if (!found)
+                continue;
+            f->by_rows = true;
+            f->cols = f->lora[m].cols;
+            continue;
+        }
         if (p->tvs[m] || p->loras[m] || !p->models[m])
             return false;
         const lm_tensor *t = lm__model_lookup(p->models[m], name);
@@ -269,7 +337,19 @@ static bool eligible(const lm_plan *p, const char *name, const lm_tensor *base,
         f->in_dt[m] = t->dtype;
         f->wide |= t->dtype == LM_F64;
     }
+    /* Adapters with an f64 input: the plain path's wide merge. */
+    if (any_adapter && f->wide)
+        return false;
+    if (f->by_rows)
+        f->block_rows = lm__lora_block_rows(f->cols);
     return true;
+}
+
+static void release(lm_context *ctx, struct fused *f)
+{
+    for (size_t m = 0; m < f->k; m++)
+        if (f->slot[m] == LM__SLOT_ADAPTER)
+            lm__lora_factors_free(ctx, &f->lora[m]);
 }
 
 /* Map an input's pages in one call instead of one fault per 16 pages
@@ -288,14 +368,15 @@ static void populate(const void *data, size_t nbytes)
 #endif
 }
 
+/* base NULL: the base is the caller's (a merger's), not the plan's. */
 static void done_with_inputs(const lm_plan *p, const char *name,
                              const lm_tensor *base)
 {
-    if (p->base->done_with)
+    if (base && p->base->done_with)
         p->base->done_with(p->base->resource, base);
     for (size_t m = 0; m < p->n_models; m++) {
         const lm_model *model = p->models[m];
-        if (model->done_with)
+        if (model && !p->loras[m] && model->done_with)
             model->done_with(model->resource, lm__model_lookup(model, name));
     }
 }
@@ -318,6 +399,74 @@ static void *output_buffer(lm_context *ctx, const lm_sink_vtable *sink,
     return scratch->data;
 }
 
+/* A tensor ready to go the fused way: its inputs, rule and job. */
+struct prepared {
+    struct fused f;
+    struct lm__sparse_rule sparse;
+    lm_params view;
+    double *tensor_weights;
+    lm_tensor_job job;
+};
+
+static void finish(lm_context *ctx, struct prepared *pr)
+{
+    release(ctx, &pr->f);
+    lm_free(ctx, pr->tensor_weights);
+    pr->tensor_weights = NULL;
+}
+
+/* *ok false: tensor `name` goes the plain way (nothing held). */
+static lm_status prepare(lm_plan *p, void *state, const char *name,
+                         const lm_tensor *base, struct prepared *pr, bool *ok)
+{
+    *ok = false;
+    memset(pr, 0, sizeof(*pr));
+    struct fused *f = &pr->f;
+    lm_context *ctx = p->ctx;
+    lm_status st;
+    if (!eligible(p, name, base, f, &st)) {
+        release(ctx, f);
+        return st;
+    }
+    st = lm__tensor_job_init(p, name, base, base->shape, &pr->view,
+                                       &pr->tensor_weights, &pr->job);
+    if (st != LM_OK) {
+        release(ctx, f);
+        return st;
+    }
+    /* A rule that fails (weights summing to 0, ...) fails the same way in
+     * merge_tensor, after the plain path's input checks: let it report. */
+    lm__linear_rule_fn linear = lm__strategy_linear_rule(p->vt);
+    st = linear ? linear(state, &pr->job, &f->rule)
+                : lm__strategy_sparse_rule(p->vt)(state, &pr->job,
+                                                  &pr->sparse);
+    if (st != LM_OK || (!linear && !pr->sparse.fusable)) {
+        finish(ctx, pr);
+        return LM_OK;
+    }
+    f->sparse = linear ? NULL : &pr->sparse;
+    f->ctx = ctx;
+    f->w = pr->job.weights;
+    f->check = !p->allow_nonfinite;
+    f->n = base->numel;
+    *ok = true;
+    return LM_OK;
+}
+
+/* Merge into f->dst: LM_OK, an error, or DECLINE. */
+static lm_status run(struct fused *f)
+{
+    populate(f->base, f->n * lm_dtype_size(f->base_dt));
+    for (size_t m = 0; m < f->k; m++)
+        if (f->slot[m] == LM__SLOT_MODEL)
+            populate(f->in[m], f->n * lm_dtype_size(f->in_dt[m]));
+    if (f->sparse)
+        return lm__fused_sparse_run(f);
+    size_t chunk = chunk_elems(f), items = (f->n + chunk - 1) / chunk;
+    return items == 1 ? run_chunk(f, 0)
+                      : lm__parallel_for(f->ctx, items, run_chunk, f);
+}
+
 lm_status lm__fused_merge(lm_plan *p, void *state, const char *name,
                           const lm_tensor *base, size_t index,
                           const lm_tensor_desc *out,
@@ -325,56 +474,68 @@ lm_status lm__fused_merge(lm_plan *p, void *state, const char *name,
                           struct lm__fused_scratch *scratch, bool *done)
 {
     *done = false;
-    struct fused f = {0};
-    if (!eligible(p, name, base, &f))
+    struct prepared pr;
+    bool ok;
+    LM_TRY(prepare(p, state, name, base, &pr, &ok));
+    if (!ok)
         return LM_OK;
     lm_context *ctx = p->ctx;
-    lm_params view;
-    double *tensor_weights;
-    lm_tensor_job job;
-    LM_TRY(lm__tensor_job_init(p, name, base, base->shape, &view,
-                               &tensor_weights, &job));
-    /* A rule that fails (weights summing to 0, ...) fails the same way in
-     * merge_tensor, after the plain path's input checks: let it report. */
-    struct lm__sparse_rule sparse;
-    lm__linear_rule_fn linear = lm__strategy_linear_rule(p->vt);
-    lm_status st = linear ? linear(state, &job, &f.rule)
-                          : lm__strategy_sparse_rule(p->vt)(state, &job,
-                                                            &sparse);
-    if (st != LM_OK || (!linear && !sparse.fusable)) {
-        lm_free(ctx, tensor_weights);
-        return LM_OK;
-    }
-    f.sparse = linear ? NULL : &sparse;
-    f.ctx = ctx;
-    f.w = job.weights;
-    f.k = p->n_models;
-    f.check = !p->allow_nonfinite;
-    f.n = base->numel;
-    f.out_dt = out->dtype;
-    f.dst = output_buffer(ctx, sink, index, out->nbytes, scratch);
-    if (!f.dst) {
-        lm_free(ctx, tensor_weights);
+    pr.f.out_dt = out->dtype;
+    pr.f.dst = output_buffer(ctx, sink, index, out->nbytes, scratch);
+    if (!pr.f.dst) {
+        finish(ctx, &pr);
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "out of memory for output '%s'",
                                     out->name);
     }
-    populate(f.base, f.n * lm_dtype_size(f.base_dt));
-    for (size_t m = 0; m < f.k; m++)
-        populate(f.in[m], f.n * lm_dtype_size(f.in_dt[m]));
-    size_t items = (f.n + CHUNK - 1) / CHUNK;
-    if (f.sparse)
-        st = lm__fused_sparse_run(&f);
-    else
-        st = items == 1 ? run_chunk(&f, 0)
-                        : lm__parallel_for(ctx, items, run_chunk, &f);
-    lm_free(ctx, tensor_weights);
+    lm_status st = run(&pr.f);
+    finish(ctx, &pr);
     if (st == DECLINE)
         return LM_OK;
     LM_TRY(st);
     done_with_inputs(p, name, base);
     atomic_fetch_add(&ctx->fused_tensors, 1);
     *done = true;
-    st = sink->write(index, f.dst, out->nbytes, sink->user);
+    st = sink->write(index, pr.f.dst, out->nbytes, sink->user);
     return st > 0 ? LM_ERR_CALLBACK : st;
+}
+
+lm_status lm__fused_merge_into(lm_plan *p, void *state, const char *name,
+                               const lm_tensor *base, lm_tensor *out,
+                               bool *done)
+{
+    *done = false;
+    struct prepared pr;
+    bool ok;
+    LM_TRY(prepare(p, state, name, base, &pr, &ok));
+    if (!ok)
+        return LM_OK;
+    lm_context *ctx = p->ctx;
+    size_t nbytes = out->numel * lm_dtype_size(out->dtype);
+    /* In place, a block that declines (a non-finite value) or fails
+     * would leave the base half overwritten: merge aside. */
+    const char *o = out->data, *b = base->data;
+    bool aside = o < b + base->numel *
+                                           lm_dtype_size(base->dtype) &&
+                 b < o + nbytes;
+    pr.f.out_dt = out->dtype;
+    pr.f.dst = aside ? lm_alloc(ctx, nbytes ? nbytes : 1) : out->data;
+    if (!pr.f.dst) {
+        finish(ctx, &pr);
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "out of memory for output '%s'", name);
+    }
+    lm_status st = run(&pr.f);
+    finish(ctx, &pr);
+    if (st == LM_OK && aside)
+        memcpy(out->data, pr.f.dst, nbytes);
+    if (aside)
+        lm_free(ctx, pr.f.dst);
+    if (st == DECLINE)
+        return LM_OK;
+    LM_TRY(st);
+    done_with_inputs(p, name, NULL);
+    atomic_fetch_add(&ctx->fused_tensors, 1);
+    *done = true;
+    return LM_OK;
 }

@@ -4,6 +4,7 @@
 #define LM_CORE_FUSED_PRIVATE_H
 
 #include "core/linear_rule.h"
+#include "core/lora_private.h"
 #include "core/plan_private.h"
 #include "core/sparse_rule.h"
 
@@ -19,6 +20,13 @@
  * selection the streaming pass could not settle). */
 #define LM__FUSED_DECLINE ((lm_status)1)
 
+/* Where a task vector comes from. */
+enum lm__fused_slot {
+    LM__SLOT_MODEL,   /* model - base, element by element */
+    LM__SLOT_ADAPTER, /* an adapter's update, formed a row block at a time */
+    LM__SLOT_ZERO     /* an adapter that does not target the tensor */
+};
+
 struct lm__fused {
     lm_context *ctx;
     struct lm__linear_rule rule;
@@ -29,6 +37,12 @@ struct lm__fused {
     lm_dtype base_dt;
     const void *in[LM__FUSED_MAX_MODELS];
     lm_dtype in_dt[LM__FUSED_MAX_MODELS];
+    enum lm__fused_slot slot[LM__FUSED_MAX_MODELS];
+    struct lm__lora_factors lora[LM__FUSED_MAX_MODELS]; /* ADAPTER slots */
+    /* With adapters the tensor goes by row blocks of block_rows (the
+     * plain path's lm__lora_delta blocks), cols elements per row. */
+    bool by_rows;
+    size_t cols, block_rows;
     bool wide;  /* an input is f64: the plain path's "wide" merge */
     bool check; /* non-finite values decline (the plain path reports) */
     size_t n;

@@ -143,15 +143,24 @@ int lm_lora_is_transposed(const lm_lora *l, const char *target)
     return e && e->transposed;
 }
 
-lm_status lm__lora_delta(lm_context *ctx, const lm_lora *l, size_t m,
-                         const char *name, const lm_tensor *base,
-                         float *delta)
+/* About 32 K elements per block (L2-sized with the fused path's other
+ * buffers), and at least 16 rows so that BLAS's packing of A (r x cols
+ * per call) stays small beside the block it produces. */
+size_t lm__lora_block_rows(size_t cols)
 {
+    size_t rows = cols ? 32768 / cols : 1;
+    return rows < 16 ? 16 : rows;
+}
+
+lm_status lm__lora_factors_load(lm_context *ctx, const lm_lora *l, size_t m,
+                                const char *name, const lm_tensor *base,
+                                struct lm__lora_factors *f, bool *found)
+{
+    memset(f, 0, sizeof(*f));
     const struct lm_lora_entry *e = find(l, name);
-    if (!e) {
-        memset(delta, 0, base->numel * sizeof(float));
+    *found = e != NULL;
+    if (!e)
         return LM_OK;
-    }
     size_t r = (size_t)e->a->shape[0], in = (size_t)e->a->shape[1],
            out = (size_t)e->b->shape[0];
     size_t rows = e->transposed ? in : out, cols = e->transposed ? out : in;
@@ -167,21 +176,54 @@ lm_status lm__lora_delta(lm_context *ctx, const lm_lora *l, size_t m,
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "out of memory expanding adapter '%s'",
                                     name);
-    float *fb = fa + r * in;
-    lm_status st = lm__read_f32(ctx, e->a, fa);
+    *f = (struct lm__lora_factors){fa, fa + r * in, r, in, out, rows, cols,
+                                   (float)e->scale, e->transposed};
+    lm_status st = lm__read_f32(ctx, e->a, f->a);
     if (st == LM_OK)
-        st = lm__read_f32(ctx, e->b, fb);
-    /* B A is [out, in]; a transposed target takes A^T B^T, [in, out]. */
-    if (st == LM_OK && !e->transposed)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)out,
-                    (int)in, (int)r, (float)e->scale, fb, (int)r, fa, (int)in,
-                    0.0f, delta, (int)in);
-    else if (st == LM_OK)
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, (int)in,
-                    (int)out, (int)r, (float)e->scale, fa, (int)in, fb,
-                    (int)r, 0.0f, delta, (int)out);
-    lm_free(ctx, fa);
+        st = lm__read_f32(ctx, e->b, f->b);
+    if (st != LM_OK)
+        lm__lora_factors_free(ctx, f);
     return st;
+}
+
+void lm__lora_factors_free(lm_context *ctx, struct lm__lora_factors *f)
+{
+    lm_free(ctx, f->a);
+    f->a = f->b = NULL;
+}
+
+void lm__lora_rows(const struct lm__lora_factors *f, size_t r0, size_t n,
+                   float *out)
+{
+    /* B A is [out, in]: its rows are B's. A transposed target takes
+     * A^T B^T, [in, out]: its rows are A's columns. */
+    if (!f->transposed)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)n,
+                    (int)f->in, (int)f->r, f->scale, f->b + r0 * f->r,
+                    (int)f->r, f->a, (int)f->in, 0.0f, out, (int)f->in);
+    else
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasTrans, (int)n,
+                    (int)f->out, (int)f->r, f->scale, f->a + r0, (int)f->in,
+                    f->b, (int)f->r, 0.0f, out, (int)f->out);
+}
+
+lm_status lm__lora_delta(lm_context *ctx, const lm_lora *l, size_t m,
+                         const char *name, const lm_tensor *base,
+                         float *delta)
+{
+    struct lm__lora_factors f;
+    bool found;
+    LM_TRY(lm__lora_factors_load(ctx, l, m, name, base, &f, &found));
+    if (!found) {
+        memset(delta, 0, base->numel * sizeof(float));
+        return LM_OK;
+    }
+    size_t step = lm__lora_block_rows(f.cols);
+    for (size_t r0 = 0; r0 < f.rows; r0 += step)
+        lm__lora_rows(&f, r0, f.rows - r0 < step ? f.rows - r0 : step,
+                      delta + r0 * f.cols);
+    lm__lora_factors_free(ctx, &f);
+    return LM_OK;
 }
 
 lm_status lm_task_vector_from_lora(lm_context *ctx, const lm_lora *lora,

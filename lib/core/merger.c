@@ -160,11 +160,17 @@ lm_status lm_merger_apply_to(lm_merger *m, const char *name,
         return LM_OK;
     }
     struct lm__merged merged;
+    bool done;
     lm__threads_hold(ctx, 1);
-    lm_status st = lm__merge_tensor(m->plan, m->state, merged_as(m, name),
-                                    base, false, LM__PASS_MERGE, &merged);
+    lm_status st = lm__fused_merge_into(m->plan, m->state,
+                                        merged_as(m, name), base, out, &done);
+    if (st == LM_OK && !done)
+        st = lm__merge_tensor(m->plan, m->state, merged_as(m, name), base,
+                              false, LM__PASS_MERGE, &merged);
     lm__threads_release(ctx, 1);
     LM_TRY(st);
+    if (done)
+        return LM_OK;
     lm__merged_write(&merged, base->numel, out->data, out->dtype);
     lm__merged_free(ctx, &merged);
     return LM_OK;

@@ -94,7 +94,7 @@ lm_status lm__tensor_job_init(lm_plan *p, const char *name,
                               lm_tensor_job *job);
 /* Merge tensor `index` of the plan's base in one fused pass when its
  * strategy declares a linear rule (core/linear_rule.h) and nothing else
- * (stages, adapters, task vectors, transposition, row policies, lazy
+ * (stages, task vectors, transposition, row policies, lazy
  * tensors, a non-finite value under the default policy) needs the plain
  * path: the result goes to the sink (through `scratch`, a buffer of
  * *scratch_size bytes the caller keeps across tensors and frees, when the
@@ -109,6 +109,11 @@ lm_status lm__fused_merge(lm_plan *p, void *state, const char *name,
                           const lm_tensor_desc *out,
                           const lm_sink_vtable *sink,
                           struct lm__fused_scratch *scratch, bool *done);
+/* The same for a load-time merger: the result goes to `out` (which may
+ * be `base` itself); *done false: merge it the plain way. */
+lm_status lm__fused_merge_into(lm_plan *p, void *state, const char *name,
+                               const lm_tensor *base, lm_tensor *out,
+                               bool *done);
 /* The n merged values converted once to `dtype` into dst. */
 void lm__merged_write(const struct lm__merged *merged, size_t n, void *dst,
                       lm_dtype dtype);
