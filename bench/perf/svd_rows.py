@@ -16,6 +16,17 @@ generation and loading excluded). libmerge: Python bindings, every layer
 in one merge call (as `lmerge run` merges a model), threads=1 and
 threads=2, OpenBLAS single-threaded (docs/api.md).
 
+ESM (Li et al., "Model Merging in the Essential Subspace", CVPR 2026;
+released code kiddo127/ESM) also needs each task's inputs to every layer:
+synthetic calibration inputs X_t (N = 4h rows per task and layer, i.i.d.
+Gaussian columns scaled log-evenly from 1 to 0.01, so X^T X is far from
+isotropic as activations are). torch_esm below computes it the way the
+released code does: per task the f32 SVD of the output shift
+dO = X dW^T, then the paper's weights and two polar factors. libmerge
+receives X^T X through libmerge.Stats; building the statistics
+(Stats.observe) is timed apart from the merge and reported as `observe`.
+The f64 reference is tests/python/reference.py's esm_routed.
+
 usage: bench/perf/svd_rows.py [--quick] [--hidden 768] [--kinds flat,decay]
                              [--methods tsv,iso_c,...] [--out FILE.md]
   (--quick: one 512x512 and one 2048x512 layer)"""
@@ -39,6 +50,7 @@ METHODS = {  # label -> (libmerge strategy, libmerge params, torch function)
     "tsv randomized": ("tsv", {"randomized": True}, "tsv"),
     "iso_c": ("iso_c", {}, "iso_c"),
     "iso_cts": ("iso_cts", {}, "iso_cts"),
+    "esm": ("esm", {}, "esm"),
 }
 
 
@@ -60,6 +72,26 @@ def make_tasks(kind, shapes, path):
     np.savez(path, **arrays)
 
 
+def make_inputs(shapes, path):
+    """Calibration inputs per (layer, task): N = 4h rows (>= d_out, so the
+    released code's identity padding never applies), columns scaled from 1
+    down to 0.01."""
+    rng = np.random.default_rng(1)
+    rows = max(max(s) for s in shapes)
+    arrays = {}
+    for li, (_, n) in enumerate(shapes):
+        scale = np.logspace(0, -2, n)
+        for t in range(T):
+            arrays["x%d_t%d" % (li, t)] = (
+                rng.standard_normal((rows, n)) * scale).astype(np.float32)
+    np.savez(path, **arrays)
+
+
+def load_inputs(path, n_layers):
+    z = np.load(path)
+    return [[z["x%d_t%d" % (li, t)] for t in range(T)] for li in range(n_layers)]
+
+
 def load(path, n_layers):
     z = np.load(path)
     return [[z["l%d_t%d" % (li, t)] for t in range(T)] for li in range(n_layers)]
@@ -71,14 +103,25 @@ def side_libmerge(path, n_layers, method, threads, out):
     import libmerge
     strategy, params, _ = METHODS[method]
     layers = load(path, n_layers)
+    params = dict(params)
+    if method == "esm":
+        xs = load_inputs(inputs_path(path), n_layers)
+        t0 = time.perf_counter()
+        stats = libmerge.Stats()
+        for li, xl in enumerate(xs):
+            for t, x in enumerate(xl):
+                stats.observe(t, "l%d" % li, x)
+        print("observe %.3f" % (time.perf_counter() - t0))
+        params["stats"] = stats
     # One merge of every layer, as `lmerge run` merges a model: tensors
     # run on the context's threads side by side.
     base = {"l%d" % li: np.zeros(taus[0].shape, np.float32)
             for li, taus in enumerate(layers)}
     models = [{"l%d" % li: taus[t] for li, taus in enumerate(layers)} for t in range(T)]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     results = libmerge.merge(strategy, base, models, threads=threads, **params)
     seconds = time.perf_counter() - t0
+    print("cpu %.3f" % (time.process_time() - c0))
     np.savez(out, **results)
     return seconds
 
@@ -107,18 +150,55 @@ def torch_iso_cts(taus, common=0.8):
     return S.mean() * (pu[0] @ pu[2]) @ (pv[0] @ pv[2])
 
 
+def torch_esm(taus, xs, norm_power=2.0, eig_power=0.15):
+    """One layer of ESM as the released code computes it (f32 torch):
+    essential subspace of each task from the SVD of its output shift
+    dO = X dW^T (P = right singular vectors, lambda = s^2 / (N - 1)),
+    k = d_out // T directions per task weighted by (lambda / mean)^0.15,
+    A = P^T dW scaled by ||A||^p (inter-task) and divided by the tasks'
+    mean norm^p, input columns scaled by (norm / mean)^p (inter-dim), then
+    2 * (polar(P_cat) mean s_P) (polar(A_cat) mean s_A)."""
+    import torch
+    d_out = taus[0].shape[0]
+    k = max(1, d_out // len(taus))
+    ps, acs, norms = [], [], []
+    for dw, x in zip(taus, xs):
+        d_o = x @ dw.T
+        _, s, vh = torch.linalg.svd(d_o, full_matrices=False)
+        p = vh.T
+        lam = s ** 2 / (x.shape[0] - 1)
+        a = p.T @ dw
+        nt = torch.linalg.norm(a)
+        norms.append(nt)
+        a = a * nt ** norm_power
+        e = (lam[:k] / lam[:k].mean()) ** eig_power
+        e = e / e.mean()
+        ps.append(p[:, :k] * e[None, :])
+        acs.append(a[:k] * e[:, None])
+    pc, ac = torch.cat(ps, 1), torch.cat(acs, 0)
+    ac = ac / torch.stack(norms).mean() ** norm_power
+    cn = torch.linalg.norm(ac, dim=0)
+    ac = ac * (cn / cn.mean())[None, :] ** norm_power
+    up, sp, vp = torch.linalg.svd(pc, full_matrices=False)
+    ua, sa, va = torch.linalg.svd(ac, full_matrices=False)
+    return 2 * ((up @ vp) * sp.mean()) @ ((ua @ va) * sa.mean())
+
+
 def side_torch(path, n_layers, method, out):
     import torch
     sys.path.insert(0, HERE)
     import reference
     torch.set_num_threads(2)
     fn = {"tsv": reference.tsv, "iso_c": reference.iso_c,
-          "iso_cts": torch_iso_cts}[METHODS[method][2]]
+          "iso_cts": torch_iso_cts, "esm": torch_esm}[METHODS[method][2]]
     layers = [[torch.from_numpy(x) for x in taus] for taus in load(path, n_layers)]
-    results, t0 = {}, time.perf_counter()
+    xs = ([[torch.from_numpy(x) for x in xl] for xl in load_inputs(inputs_path(path), n_layers)]
+          if method == "esm" else None)
+    results, t0, c0 = {}, time.perf_counter(), time.process_time()
     for li, taus in enumerate(layers):
-        results["l%d" % li] = fn(taus).numpy()
+        results["l%d" % li] = (fn(taus, xs[li]) if xs else fn(taus)).numpy()
     seconds = time.perf_counter() - t0
+    print("cpu %.3f" % (time.process_time() - c0))
     np.savez(out, **results)
     return seconds
 
@@ -126,14 +206,26 @@ def side_torch(path, n_layers, method, out):
 def side_f64(path, n_layers, method, out):
     sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
     import reference as ref
-    fn = {"tsv": ref.tsv, "iso_c": ref.iso_c, "iso_cts": ref.iso_cts}[METHODS[method][2]]
-    results = {"l%d" % li: fn([x.astype(np.float64) for x in taus])
-               for li, taus in enumerate(load(path, n_layers))}
+    layers = load(path, n_layers)
+    if method == "esm":
+        xs = load_inputs(inputs_path(path), n_layers)
+        names = ["l%d" % li for li in range(n_layers)]
+        results = ref.esm_routed(dict(zip(names, layers)), dict(zip(names, xs)),
+                                 {k: "esd" for k in names})
+    else:
+        fn = {"tsv": ref.tsv, "iso_c": ref.iso_c,
+              "iso_cts": ref.iso_cts}[METHODS[method][2]]
+        results = {"l%d" % li: fn([x.astype(np.float64) for x in taus])
+                   for li, taus in enumerate(layers)}
     np.savez(out, **results)
     return 0.0
 
 
 # --- driver ------------------------------------------------------------------
+
+def inputs_path(path):
+    return path[:-len(".npz")] + "_inputs.npz"
+
 
 def child(args, blas_threads):
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(blas_threads),
@@ -142,7 +234,11 @@ def child(args, blas_threads):
                        env=env, capture_output=True, text=True)
     if p.returncode != 0:
         raise SystemExit("failed: %s\n%s" % (args, p.stderr))
-    return float(p.stdout.strip().splitlines()[-1])
+    lines = p.stdout.strip().splitlines()
+    def tagged(tag):
+        got = [float(x.split()[1]) for x in lines if x.startswith(tag + " ")]
+        return got[0] if got else None
+    return float(lines[-1]), tagged("observe"), tagged("cpu")
 
 
 def rel(path, ref_path, n_layers):
@@ -168,18 +264,26 @@ def write(rows, shapes, seconds, path):
             seconds, ", ".join("%dx%d" % s for s in shapes), T),
         "",
         "| method | spectrum | libmerge 1 thr (s) | libmerge 2 thr (s) | torch (s) | "
-        "torch / libmerge | libmerge rel. diff | torch rel. diff | target met |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "torch / libmerge | CPU s: libmerge 1 / 2 thr, torch | libmerge rel. diff | "
+        "torch rel. diff | target met |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         speed = r["torch"] / r["lm2"]
         met = speed >= 1.5 and r["rel_lm"] <= 1e-4
-        lines.append("| %s | %s | %.2f | %.2f | %.2f | %.2f | %.1e | %.1e | %s |" % (
-            r["method"], r["kind"], r["lm1"], r["lm2"], r["torch"], speed, r["rel_lm"],
-            r["rel_torch"], "yes" if met else "**no**"))
+        lines.append("| %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f / %.2f, %.2f | %.1e | "
+                     "%.1e | %s |" % (
+                         r["method"], r["kind"], r["lm1"], r["lm2"], r["torch"], speed,
+                         r["cpu_lm1"], r["cpu_lm2"], r["cpu_torch"], r["rel_lm"],
+                         r["rel_torch"], "yes" if met else "**no**"))
     lines += ["", "Target (issue 24): libmerge at least 1.5x faster than torch on the same "
               "cores (torch / libmerge >= 1.5) at relative difference <= 1e-4 to the f64 "
               "reference.", ""]
+    for r in rows:
+        if r.get("observe") is not None:
+            lines += ["ESM (%s): building libmerge's statistics (Stats.observe of every "
+                      "layer's X, 1 thread) took %.2f s, not in the libmerge columns; "
+                      "torch's column includes its X dW^T products." % (r["kind"], r["observe"])]
     with open(path, "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))
@@ -213,15 +317,19 @@ def main():
         path = os.path.join(WORK, "%s_%s.npz" % (kind, size))
         if not os.path.exists(path):
             make_tasks(kind, shapes, path)
+        if "esm" in args.methods.split(",") and not os.path.exists(inputs_path(path)):
+            make_inputs(shapes, inputs_path(path))
         for method in args.methods.split(","):
             tag = os.path.join(WORK, "%s_%s_%s" % (kind, size, method.replace(" ", "_")))
             ref = tag + "_f64.npz"
             if not os.path.exists(ref):
                 child(["f64", path, len(shapes), method, ref], 2)
-            lm1 = child(["libmerge", path, len(shapes), method, tag + "_lm1.npz", 1], 1)
-            lm2 = child(["libmerge", path, len(shapes), method, tag + "_lm2.npz", 2], 1)
-            tt = child(["torch", path, len(shapes), method, tag + "_torch.npz"], 2)
+            lm1, obs1, cpu1 = child(["libmerge", path, len(shapes), method,
+                                     tag + "_lm1.npz", 1], 1)
+            lm2, _, cpu2 = child(["libmerge", path, len(shapes), method, tag + "_lm2.npz", 2], 1)
+            tt, _, cput = child(["torch", path, len(shapes), method, tag + "_torch.npz"], 2)
             rows.append({"method": method, "kind": kind, "lm1": lm1, "lm2": lm2, "torch": tt,
+                         "observe": obs1, "cpu_lm1": cpu1, "cpu_lm2": cpu2, "cpu_torch": cput,
                          "rel_lm": rel(tag + "_lm2.npz", ref, len(shapes)),
                          "rel_torch": rel(tag + "_torch.npz", ref, len(shapes))})
             print(json.dumps(rows[-1]), flush=True)

@@ -413,7 +413,8 @@ static bool f32_polar_ok(const double *w, size_t k)
 /* Polar factor through the smaller Gram matrix G (A^T A for tall A, A A^T
  * otherwise): G = Q W Q^T, P = A Q W^-1/2 Q^T (or Q W^-1/2 Q^T A), about
  * twice as fast as an SVD of A. G is formed and decomposed in f32 when
- * the f32 estimate passes, else in f64. *done is false when A is too
+ * the f32 estimate passes (a cheap bound first, then f32's eigenvalues),
+ * else in f64. *done is false when A is too
  * poorly conditioned for either. */
 static lm_status polar_gram(lm_context *ctx, const double *a, size_t m,
                             size_t n, double *p, double *mean_sv, bool *done)
@@ -426,14 +427,18 @@ static lm_status polar_gram(lm_context *ctx, const double *a, size_t m,
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "polar: out of memory");
     double *g = buf, *q = g + k * k, *w = q + k * k, *t = w + k;
-    /* f32 eigenvalues alone decide, so a refused f32 route costs about a
-     * quarter of a decomposition. */
-    lm_status st = lm__gram_eig(ctx, a, m, n, true, w, NULL);
-    if (st == LM_ERR_LINALG) /* no convergence (silent): f64 decides */
-        st = LM_OK;
-    bool single = st == LM_OK && f32_polar_ok(w, k);
+    /* A lower bound on cond(G) from G's f32 Cholesky pivots refuses f32
+     * before any eigendecomposition (a tenth of one); what passes is
+     * decomposed in f32 and checked on its eigenvalues below. */
+    double bound;
+    lm_status st = lm__gram_cond_lower_bound(ctx, a, m, n, &bound);
+    bool single = st == LM_OK && lm__gram_unit(true) * bound <= LM_SVD_TOL;
     if (st == LM_OK)
         st = lm__gram_eig(ctx, a, m, n, single, w, q);
+    if (st == LM_ERR_LINALG && single) { /* f32 did not converge: f64 */
+        single = false;
+        st = lm__gram_eig(ctx, a, m, n, false, w, q);
+    }
     if (st == LM_OK && single && !f32_polar_ok(w, k))
         st = lm__gram_eig(ctx, a, m, n, false, w, q); /* borderline */
     if (st == LM_OK && w[k - 1] > GRAM_MIN_EIG_RATIO * w[0]) {

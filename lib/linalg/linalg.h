@@ -118,6 +118,13 @@ lm_status lm__gram_eig(lm_context *ctx, const double *a, size_t m, size_t n,
 /* LM_GRAM_ERROR_FACTOR times the unit roundoff of f32 or f64. */
 double lm__gram_unit(bool single);
 
+/* A lower bound on cond(G) for A's smaller Gram matrix G (as lm__gram_eig
+ * forms it), from the spread of G's f32 Cholesky pivots: about a tenth of
+ * an eigendecomposition's cost. INFINITY when the factorization breaks
+ * down (G singular to f32) or the sizes do not fit. Deterministic. */
+lm_status lm__gram_cond_lower_bound(lm_context *ctx, const double *a,
+                                    size_t m, size_t n, double *bound);
+
 /* First-order estimate of the relative error of the top-k triplets taken
  * from G's eigenpairs w (d, descending) in that precision, with
  * e = lm__gram_unit * w_1:

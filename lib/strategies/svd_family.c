@@ -211,7 +211,10 @@ static void compose(const double *U, const double *sigma, const double *V,
 double *lm__weighted_tasks(const lm_tensor_job *job)
 {
     size_t n = job->numel, k = job->n_models;
-    double *x = lm__calloc(job->ctx, n * k, sizeof(double));
+    /* Every element is written below: no clearing pass. */
+    double *x = n * k <= SIZE_MAX / sizeof(double)
+                    ? lm_alloc(job->ctx, n * k * sizeof(double))
+                    : NULL;
     if (!x)
         return NULL;
     for (size_t t = 0; t < k; t++)
@@ -388,19 +391,37 @@ static lm_status merge_tsv(const struct svd_state *s, const lm_tensor_job *job,
     return st;
 }
 
-static lm_status merge_iso_c(const struct svd_state *s,
-                             const lm_tensor_job *job, const double *x,
-                             size_t m, size_t n, double *out)
+/* The weighted sum of the task vectors in f64, straight from their f32
+ * deltas: Iso-C needs only the sum, so the T tasks are never widened side
+ * by side (T x m x n doubles of fresh memory). Same operations in the same
+ * order as summing lm__weighted_tasks' rows. */
+static double *weighted_task_sum(const lm_tensor_job *job)
 {
-    size_t T = job->n_models, full = m < n ? m : n;
+    size_t n = job->numel, T = job->n_models;
+    double *sum = n <= SIZE_MAX / sizeof(double)
+                      ? lm_alloc(job->ctx, n * sizeof(double))
+                      : NULL;
+    if (!sum)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        double acc = 0.0;
+        for (size_t t = 0; t < T; t++)
+            acc += job->weights[t] * (double)job->deltas[t][i];
+        sum[i] = acc;
+    }
+    return sum;
+}
+
+static lm_status merge_iso_c(const struct svd_state *s,
+                             const lm_tensor_job *job, size_t m, size_t n,
+                             double *out)
+{
+    size_t full = m < n ? m : n;
     lm_context *ctx = job->ctx;
     if (s->whiten == LM_WHITEN_RANK_AWARE) { /* exact SVD, floor on M */
-        double *sum = lm__calloc(ctx, m * n, sizeof(double)), mean = 0;
+        double *sum = weighted_task_sum(job), mean = 0;
         if (!sum)
             return LM_ERR_OUT_OF_MEMORY;
-        for (size_t t = 0; t < T; t++)
-            for (size_t i = 0; i < m * n; i++)
-                sum[i] += x[t * m * n + i];
         lm_status st = lm__polar_whiten(ctx, sum, m, n,
                                         s->floor_c * sum_precision(job, sum),
                                         0.0, out, &mean);
@@ -410,26 +431,24 @@ static lm_status merge_iso_c(const struct svd_state *s,
         return st;
     }
     if (s->tol > 0) { /* U V^T = polar(M), through M's Gram matrix */
-        double *sum = lm__calloc(ctx, m * n, sizeof(double)), mean = 0;
+        double *sum = weighted_task_sum(job), mean = 0;
         if (!sum)
             return LM_ERR_OUT_OF_MEMORY;
-        for (size_t t = 0; t < T; t++)
-            for (size_t i = 0; i < m * n; i++)
-                sum[i] += x[t * m * n + i];
         lm_status st = lm__polar_scaled(ctx, sum, m, n, out, &mean);
         for (size_t i = 0; st == LM_OK && i < m * n; i++)
             out[i] *= s->alpha * mean;
         lm_free(ctx, sum);
         return st;
     }
-    double *buf = lm__calloc(ctx, m * n + m * full + full + full * n,
-                             sizeof(double));
-    if (!buf)
+    double *sum = weighted_task_sum(job);
+    double *buf = sum ? lm__calloc(ctx, m * full + full + full * n,
+                                   sizeof(double))
+                      : NULL;
+    if (!buf) {
+        lm_free(ctx, sum);
         return LM_ERR_OUT_OF_MEMORY;
-    double *sum = buf, *u = sum + m * n, *sv = u + m * full, *vt = sv + full;
-    for (size_t t = 0; t < T; t++)
-        for (size_t i = 0; i < m * n; i++)
-            sum[i] += x[t * m * n + i];
+    }
+    double *u = buf, *sv = u + m * full, *vt = sv + full;
     lm_status st = lm__svd(ctx, sum, m, n, u, sv, vt);
     if (st == LM_OK) {
         double mean = 0;
@@ -439,6 +458,7 @@ static lm_status merge_iso_c(const struct svd_state *s,
         lm__gemm(false, false, m, n, full, s->alpha * mean, u, vt, 0.0, out);
     }
     lm_free(ctx, buf);
+    lm_free(ctx, sum);
     return st;
 }
 
@@ -666,14 +686,15 @@ static lm_status svd_merge(void *state, const lm_tensor_job *job, void *user)
         return LM_OK;
     }
     size_t m = (size_t)job->shape[0], n = (size_t)job->shape[1];
-    double *x = lm__weighted_tasks(job);
+    double *x = s->method == ISO_C ? NULL : lm__weighted_tasks(job);
     double *out = lm__calloc(job->ctx, n_el, sizeof(double));
-    lm_status st = x && out ? LM_OK : LM_ERR_OUT_OF_MEMORY;
+    lm_status st = (x || s->method == ISO_C) && out ? LM_OK
+                                                    : LM_ERR_OUT_OF_MEMORY;
     if (st == LM_OK) {
         if (s->method == TSV)
             st = merge_tsv(s, job, x, m, n, out);
         else if (s->method == ISO_C)
-            st = merge_iso_c(s, job, x, m, n, out);
+            st = merge_iso_c(s, job, m, n, out);
         else
             st = merge_iso_cts(s, job, x, m, n, out);
     }

@@ -196,6 +196,42 @@ START_TEST(randomized_checked)
 }
 END_TEST
 
+/* The polar factor's route bound (lm__gram_cond_lower_bound): never above
+ * cond(G) = (s_max / s_min)^2 of the constructed spectrum, low enough on
+ * a flat spectrum that f32 is tried, far above f32's limit on a spread
+ * one, and infinite on a rank-deficient matrix. */
+START_TEST(gram_condition_bound)
+{
+    lm_context *ctx = tu_context(1, 0);
+    const size_t shapes[3][2] = {{48, 80}, {80, 48}, {64, 64}};
+    double limit = LM_SVD_TOL / lm__gram_unit(true); /* f32's largest cond(G) */
+    for (size_t c = 0; c < 3; c++) {
+        size_t m = shapes[c][0], n = shapes[c][1], k = m < n ? m : n;
+        double *s = malloc(k * sizeof(double)), bound;
+        for (int kind = 0; kind < 3; kind++) {
+            for (size_t i = 0; i < k; i++)
+                s[i] = kind == 0 ? 2.0 - (double)i / (double)(k - 1)
+                     : kind == 1 ? pow(10.0, -3.0 * (double)i / (double)(k - 1))
+                                 : (i < k / 2 ? 1.0 : 0.0);
+            double *a = with_spectrum(ctx, m, n, s, 40 + 3 * c + (uint64_t)kind);
+            ck_assert_ok(lm__gram_cond_lower_bound(ctx, a, m, n, &bound));
+            if (kind == 0) { /* cond(G) = 4 */
+                ck_assert(bound >= 1.0 && bound <= 4.0 * (1 + 1e-4));
+                ck_assert(bound <= limit);
+            } else if (kind == 1) { /* cond(G) = 1e6 */
+                ck_assert(bound <= 1e6 * (1 + 1e-3));
+                ck_assert_msg(bound > 10 * limit, "bound %g", bound);
+            } else {
+                ck_assert_msg(bound > 1e6, "bound %g", bound); /* singular */
+            }
+            free(a);
+        }
+        free(s);
+    }
+    lm_context_destroy(ctx);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("linalg_svd_routes");
@@ -203,6 +239,7 @@ int main(void)
     tcase_add_test(tc, routes_follow_the_spectrum);
     tcase_add_test(tc, estimate_terms);
     tcase_add_test(tc, randomized_checked);
+    tcase_add_test(tc, gram_condition_bound);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }

@@ -1,0 +1,51 @@
+/* A lower bound on the condition number of A's smaller Gram matrix from
+ * its f32 Cholesky factor: the polar factor's route is decided before any
+ * eigendecomposition (docs/methods/svd_family.md, "Precision per
+ * tensor"). */
+#include <cblas.h>
+#include <lapacke.h>
+#include <math.h>
+
+#include "linalg/linalg.h"
+
+lm_status lm__gram_cond_lower_bound(lm_context *ctx, const double *a,
+                                    size_t m, size_t n, double *bound)
+{
+    bool wide = m <= n;
+    size_t d = wide ? m : n, other = wide ? n : m;
+    *bound = INFINITY;
+    double words = (double)m * (double)n + (double)d * (double)d;
+    if (!d || !lm__lapack_fits((double)d * (double)d) ||
+        !lm__lapack_fits((double)other) ||
+        words > (double)(SIZE_MAX / sizeof(float)))
+        return LM_OK; /* no bound: the callers' eigenvalue checks decide */
+    float *buf = lm_alloc(ctx, (m * n + d * d) * sizeof(float));
+    if (!buf)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "condition bound of a %zu x %zu Gram "
+                                    "matrix: out of memory", m, n);
+    float *af = buf, *g = af + m * n;
+    for (size_t i = 0; i < m * n; i++)
+        af[i] = (float)a[i];
+    /* Row-major upper triangle = column-major lower triangle. */
+    cblas_ssyrk(CblasRowMajor, CblasUpper, wide ? CblasNoTrans : CblasTrans,
+                (int)d, (int)other, 1.0f, af, (int)n, 0.0f, g, (int)d);
+    lapack_int info = LAPACKE_spotrf_work(LAPACK_COL_MAJOR, 'L',
+                                          (lapack_int)d, g, (lapack_int)d);
+    /* Every Cholesky pivot L_ii^2 is a diagonal entry of a Schur
+     * complement of G, so it lies in [lambda_min, lambda_max]: their
+     * spread bounds cond(G) from below. A breakdown (info > 0) means a
+     * pivot below f32's resolution: no finite bound. */
+    if (info == 0) {
+        double lo = INFINITY, hi = 0;
+        for (size_t i = 0; i < d; i++) {
+            double p = (double)g[i * d + i] * (double)g[i * d + i];
+            lo = p < lo ? p : lo;
+            hi = p > hi ? p : hi;
+        }
+        if (lo > 0)
+            *bound = hi / lo;
+    }
+    lm_free(ctx, buf);
+    return LM_OK;
+}
