@@ -161,25 +161,59 @@ static lm_status bracket(struct sparse *s, struct bufs *w, size_t t,
     return LM_OK;
 }
 
-static lm_status add_candidate(const struct lm__fused *f,
-                               struct chunk_task *c, float a, size_t limit)
+/* Room for `more` floats after the n_cand candidates held. */
+static lm_status reserve_candidates(const struct lm__fused *f,
+                                    struct chunk_task *c, size_t more)
 {
-    if (c->n_cand == c->cap) {
-        if (c->cap >= limit)
-            return DECLINE;
-        size_t cap = c->cap ? 2 * c->cap : 1024;
-        float *grown = lm_alloc(f->ctx, cap * sizeof(float));
-        if (!grown)
-            return lm_context_set_error(f->ctx, LM_ERR_OUT_OF_MEMORY,
-                                        "out of memory selecting a "
-                                        "threshold");
-        if (c->n_cand)
-            memcpy(grown, c->cand, c->n_cand * sizeof(float));
-        lm_free(f->ctx, c->cand);
-        c->cand = grown;
-        c->cap = cap;
+    if (c->n_cand + more <= c->cap)
+        return LM_OK;
+    size_t cap = c->cap ? 2 * c->cap : 1024;
+    if (cap < c->n_cand + more)
+        cap = c->n_cand + more;
+    float *grown = lm_alloc(f->ctx, cap * sizeof(float));
+    if (!grown)
+        return lm_context_set_error(f->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "out of memory selecting a threshold");
+    if (c->n_cand)
+        memcpy(grown, c->cand, c->n_cand * sizeof(float));
+    lm_free(f->ctx, c->cand);
+    c->cand = grown;
+    c->cap = cap;
+    return LM_OK;
+}
+
+/* Count one block's magnitudes a[0..len) against task t's bracket and
+ * keep those strictly inside it. Counting is branch-free (vectorised);
+ * the band's few percent are then appended by a branch-free compaction
+ * (every magnitude stored, the end advanced only past band members). */
+static lm_status count_block(const struct lm__fused *f, struct chunk_task *c,
+                             float *a, size_t len, float top, float bottom,
+                             size_t limit)
+{
+    uint32_t above = 0, eq_hi = 0, eq_lo = 0, band = 0;
+    for (size_t j = 0; j < len; j++) {
+        float m = fabsf(a[j]);
+        a[j] = m;
+        above += m > top;
+        eq_hi += m == top;
+        eq_lo += (m == bottom) & (m < top); /* lo == hi counts once */
+        band += (m > bottom) & (m < top);
     }
-    c->cand[c->n_cand++] = a;
+    c->above += above;
+    c->eq_hi += eq_hi;
+    c->eq_lo += eq_lo;
+    if (!band)
+        return LM_OK;
+    if (c->n_cand + band > limit)
+        return DECLINE; /* the band is too full */
+    LM_TRY(reserve_candidates(f, c, len));
+    float *out = c->cand + c->n_cand;
+    size_t n = 0;
+    for (size_t j = 0; j < len; j++) {
+        out[n] = a[j];
+        n += (a[j] > bottom) & (a[j] < top);
+    }
+    c->n_cand += n;
     return LM_OK;
 }
 
@@ -202,19 +236,9 @@ static lm_status count_chunk(void *arg, size_t item)
             if (s->r->task[t].how != LM__SPARSE_TOP)
                 continue;
             st = load_delta(f, &w, t, i, len, b, b64, w.v, f->check);
-            struct chunk_task *c = &s->ct[item * s->k + t];
-            float top = s->hi[t], bottom = s->lo[t];
-            for (size_t j = 0; j < len && st == LM_OK; j++) {
-                float a = fabsf(w.v[j]);
-                if (a > top)
-                    c->above++;
-                else if (a == top)
-                    c->eq_hi++;
-                else if (a == bottom)
-                    c->eq_lo++;
-                else if (a > bottom)
-                    st = add_candidate(f, c, a, limit);
-            }
+            if (st == LM_OK)
+                st = count_block(f, &s->ct[item * s->k + t], w.v, len,
+                                 s->hi[t], s->lo[t], limit);
         }
     }
     lm_free(f->ctx, w.mem);
