@@ -297,10 +297,7 @@ void *lm__reserve(lm_context *ctx, void *items, size_t *cap, size_t count,
 
 uint64_t lm__mix64(uint64_t x)
 {
-    x += 0x9e3779b97f4a7c15ULL;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    return x ^ (x >> 31);
+    return lm__mix64_inline(x);
 }
 
 uint64_t lm__hash_string(uint64_t seed, const char *s)

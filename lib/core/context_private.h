@@ -60,7 +60,16 @@ struct lm_context {
     } while (0)
 
 
-/* 64-bit mix (splitmix64 finaliser) and string hash for seeds. */
+/* 64-bit mix (splitmix64 finaliser) and string hash for seeds. The
+ * inline form is for per-element draws (DARE's masks), where a call per
+ * element cost more than the mixing. */
+static inline uint64_t lm__mix64_inline(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
 uint64_t lm__mix64(uint64_t x);
 uint64_t lm__hash_string(uint64_t seed, const char *s);
 /* malloc-style helpers through the context allocator. */

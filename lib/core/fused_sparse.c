@@ -32,11 +32,14 @@
 #include <string.h>
 
 #include "core/fused_private.h"
+#include "core/l1_norm.h"
 #include "core/select.h"
 
 #define BLOCK LM__FUSED_BLOCK
 #define CHUNK LM__FUSED_CHUNK
 #define DECLINE LM__FUSED_DECLINE
+/* The L1 pass's partial sums are the plain path's blocks. */
+_Static_assert(LM__FUSED_BLOCK == LM__L1_BLOCK, "L1 blocks are fused blocks");
 /* Sampled magnitudes per trimmed task: a tensor this small is sampled
  * whole, so its threshold is exact before the streaming pass. */
 #define SAMPLE 16384
@@ -61,6 +64,9 @@ struct sparse {
     float thr[LM__SPARSE_MAX_TASKS];
     size_t ties_left[LM__SPARSE_MAX_TASKS]; /* equal entries kept */
     struct chunk_task *ct;                  /* items x k */
+    bool l1s; /* some masked task restores its L1 norm: the L1 pass ran */
+    double *l1_part; /* blocks x k x {before, after} block sums */
+    double l1_scale[LM__SPARSE_MAX_TASKS];
 };
 
 /* Per-chunk block buffers. */
@@ -314,6 +320,55 @@ static lm_status settle(struct sparse *s, size_t t)
     return LM_OK;
 }
 
+/* The L1 pass on one chunk: each block's sums of |d_t| before and after
+ * the mask, for the tasks that restore their L1 norm (core/l1_norm.h's
+ * blocks: one partial sum per block, added in block order by settle_l1). */
+static lm_status l1_chunk(void *arg, size_t item)
+{
+    struct sparse *s = arg;
+    const struct lm__fused *f = s->f;
+    const struct lm__sparse_rule *r = s->r;
+    size_t lo = item * CHUNK, hi = lo + CHUNK < f->n ? lo + CHUNK : f->n;
+    struct bufs w;
+    LM_TRY(bufs_alloc(f, &w));
+    lm_status st = LM_OK;
+    for (size_t i = lo; i < hi && st == LM_OK; i += BLOCK) {
+        size_t len = hi - i < BLOCK ? hi - i : BLOCK;
+        const float *b;
+        const double *b64;
+        st = load_base(f, &w, i, len, &b, &b64, f->check);
+        double *part = s->l1_part + (i / BLOCK) * s->k * 2;
+        for (size_t t = 0; t < s->k && st == LM_OK; t++) {
+            if (r->task[t].how != LM__SPARSE_MASK || !r->task[t].l1)
+                continue;
+            st = load_delta(f, &w, t, i, len, b, b64, w.v, f->check);
+            part[2 * t] = lm__l1_block(w.v, len);
+            r->mask(r, t, w.v, len, i);
+            part[2 * t + 1] = lm__l1_block(w.v, len);
+        }
+    }
+    lm_free(f->ctx, w.mem);
+    return st;
+}
+
+/* After the L1 pass: each such task's scale, from its norms summed over
+ * the blocks in order (as lm__l1_norm). */
+static void settle_l1(struct sparse *s)
+{
+    size_t blocks = (s->f->n + BLOCK - 1) / BLOCK;
+    for (size_t t = 0; t < s->k; t++) {
+        s->l1_scale[t] = 1.0;
+        if (s->r->task[t].how != LM__SPARSE_MASK || !s->r->task[t].l1)
+            continue;
+        double before = 0.0, after = 0.0;
+        for (size_t blk = 0; blk < blocks; blk++) {
+            before += s->l1_part[(blk * s->k + t) * 2];
+            after += s->l1_part[(blk * s->k + t) * 2 + 1];
+        }
+        s->l1_scale[t] = lm__l1_rescale_factor(before, after);
+    }
+}
+
 /* Keep magnitudes above thr, and equal ones while *seen < ties_left. */
 static void trim(float *d, size_t len, float thr, size_t ties_left,
                  size_t *seen)
@@ -399,8 +454,13 @@ static lm_status merge_chunk(void *arg, size_t item)
                             f->check && !counted);
             if (r->task[t].how == LM__SPARSE_TOP)
                 trim(d, len, s->thr[t], s->ties_left[t], &seen[t]);
-            else if (r->task[t].how == LM__SPARSE_MASK)
+            else if (r->task[t].how == LM__SPARSE_MASK) {
                 r->mask(r, t, d, len, i);
+                double scale = s->l1_scale[t];
+                if (scale != 1.0) /* lm__rescale_l1's product */
+                    for (size_t j = 0; j < len; j++)
+                        d[j] = (float)(d[j] * scale);
+            }
             rows[t] = d;
         }
         if (st == LM_OK) {
@@ -423,10 +483,24 @@ lm_status lm__fused_sparse_run(const struct lm__fused *f)
 {
     struct sparse s = {.f = f, .r = f->sparse, .k = f->k};
     s.items = (f->n + CHUNK - 1) / CHUNK;
-    for (size_t t = 0; t < s.k; t++)
+    for (size_t t = 0; t < s.k; t++) {
         s.trims |= s.r->task[t].how == LM__SPARSE_TOP;
+        s.l1s |= s.r->task[t].how == LM__SPARSE_MASK && s.r->task[t].l1;
+        s.l1_scale[t] = 1.0;
+    }
     lm_status st = LM_OK;
-    if (s.trims) {
+    if (s.l1s) {
+        size_t blocks = (f->n + BLOCK - 1) / BLOCK;
+        s.l1_part = lm__calloc(f->ctx, blocks * s.k * 2, sizeof(double));
+        st = s.l1_part ? run_items(f, &s, l1_chunk)
+                       : lm_context_set_error(f->ctx, LM_ERR_OUT_OF_MEMORY,
+                                              "out of memory for L1 norms");
+        if (st == LM_OK)
+            settle_l1(&s);
+        lm_free(f->ctx, s.l1_part);
+        s.l1_part = NULL;
+    }
+    if (s.trims && st == LM_OK) {
         s.ct = lm__calloc(f->ctx, s.items * s.k, sizeof(*s.ct));
         size_t m = f->n < SAMPLE ? f->n : SAMPLE;
         float *sample = lm_alloc(f->ctx, m * sizeof(float));

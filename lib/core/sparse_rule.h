@@ -9,12 +9,14 @@
  *
  *     row_t = d_t trimmed to its `keep` largest magnitudes (equal
  *             magnitudes kept in index order, as lm__keep_top_k), or
- *             masked by `mask` (DARE's per-index draws), or d_t itself;
+ *             masked by `mask` (DARE's per-index draws) and, with `l1`,
+ *             scaled back to d_t's L1 norm (core/l1_norm.h's order and
+ *             factor), or d_t itself;
  *     out   = combine(row_0 .. row_{k-1})    element by element
  *
- * Every step but the trim is element-wise, so the core runs `mask` and
- * `combine` on blocks; the trim's threshold is a whole-tensor statistic
- * the core finds first. */
+ * Every step but the trim and the L1 scale is element-wise, so the core
+ * runs `mask` and `combine` on blocks; the trim's threshold and the L1
+ * norms are whole-tensor statistics the core finds first. */
 #ifndef LM_CORE_SPARSE_RULE_H
 #define LM_CORE_SPARSE_RULE_H
 
@@ -32,6 +34,8 @@ struct lm__sparse_task {
     size_t keep;    /* LM__SPARSE_TOP: entries kept, 1 <= keep < n */
     double density; /* LM__SPARSE_MASK: keep probability */
     bool rescale;   /* LM__SPARSE_MASK: survivors divided by density */
+    bool l1;        /* LM__SPARSE_MASK: the masked row times
+                     * lm__l1_rescale_factor(|d_t|_1, |masked|_1) */
 };
 
 struct lm__sparse_rule;

@@ -49,12 +49,16 @@ void lm__dare_mask_at(float *x, size_t len, size_t offset, double density,
 {
     uint64_t stream = lm__mix64(seed ^ lm__mix64(0xda3e0000ULL + task));
     float scale = rescale ? (float)(1.0 / density) : 1.0f;
+    /* An entry is kept when its draw u = m / 2^53 (m: the top 53 bits of
+     * a 64-bit hash) is below density. m / 2^53 and density * 2^53 are
+     * exact, so u < density exactly when the integer m < ceil(density *
+     * 2^53): the same draws, with no integer-to-double conversion. */
+    uint64_t below = (uint64_t)ceil(density * 9007199254740992.0);
     for (size_t j = 0; j < len; j++) {
         /* The draw depends on the element's index in the whole tensor. */
         uint64_t i = offset + j;
-        double u = (double)(lm__mix64(stream ^ lm__mix64(i)) >> 11) /
-                   9007199254740992.0;
-        x[j] = u < density ? x[j] * scale : 0.0f;
+        uint64_t m = lm__mix64_inline(stream ^ lm__mix64_inline(i)) >> 11;
+        x[j] = m < below ? x[j] * scale : 0.0f;
     }
 }
 

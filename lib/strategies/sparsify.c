@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/l1_norm.h"
 #include "strategies/sparsify.h"
 
 const lm_params *lm__job_params(const lm_tensor_job *job,
@@ -23,15 +24,11 @@ lm_status lm__task_param(const lm_tensor_job *job, const lm_params *plan,
 
 void lm__rescale_l1(const float *orig, float *masked, size_t n)
 {
-    double before = 0.0, after = 0.0;
-    for (size_t i = 0; i < n; i++) {
-        before += fabs((double)orig[i]);
-        after += fabs((double)masked[i]);
-    }
-    /* mergekit leaves near-zero vectors alone rather than divide by ~0. */
-    if (before < 1e-7 || after < 1e-7)
-        return;
-    double scale = before / after;
+    /* The fused path sums in the same order (core/l1_norm.h). */
+    double scale = lm__l1_rescale_factor(lm__l1_norm(orig, n),
+                                         lm__l1_norm(masked, n));
+    if (scale == 1.0)
+        return; /* x * 1.0 is x: nothing to do */
     for (size_t i = 0; i < n; i++)
         masked[i] = (float)(masked[i] * scale);
 }

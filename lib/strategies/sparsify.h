@@ -23,7 +23,7 @@ lm_status lm__task_param(const lm_tensor_job *job, const lm_params *plan,
 
 /* mergekit's rescale (sparsify.py rescaled_masked_tensor, l1): multiply
  * the masked vector by ||orig||_1 / ||masked||_1 unless either norm is
- * below 1e-7. Sums in f64. */
+ * below 1e-7. Sums in f64 in core/l1_norm.h's blocked order. */
 void lm__rescale_l1(const float *orig, float *masked, size_t n);
 
 /* Model Breadcrumbs (magnitude_outliers): keep the entries ranked

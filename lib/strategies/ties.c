@@ -300,8 +300,9 @@ static lm_status sparse_rule(void *state, const lm_tensor_job *job,
     struct tensor_opts o;
     LM_TRY(read_opts(s, p, &o));
     memset(r, 0, sizeof(*r));
-    /* A whole-model threshold or an L1 rescale (a whole-tensor sum in
-     * index order) stay with the plain path. */
+    /* A whole-model threshold, or ties' L1 rescale (its trimmed norm
+     * needs the threshold first: one more pass), stay with the plain
+     * path. */
     r->fusable = !s->model_scope && job->n_models <= LM__SPARSE_MAX_TASKS;
     r->seed = job->seed;
     r->mask = rule_mask;
@@ -329,7 +330,7 @@ static lm_status sparse_rule(void *state, const lm_tensor_job *job,
             task->how = LM__SPARSE_MASK;
             task->density = density;
             task->rescale = o.rescale && !o.l1;
-            r->fusable = !(o.rescale && o.l1);
+            task->l1 = o.rescale && o.l1;
         }
     }
     return LM_OK;

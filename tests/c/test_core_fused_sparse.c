@@ -6,7 +6,9 @@
  * than the selection's sample, one split into parallel chunks) and 1 or
  * 2 threads, the outputs must be bit-identical (tolerance: 0 ulps,
  * compared as bytes), and the fused path must have taken every tensor it
- * can. Magnitudes that tie at the threshold (coarse, repeated values; a
+ * can (DARE's L1 rescale included: its norms, whole-tensor sums, come from
+ * a streaming pass in the plain path's blocked order, core/l1_norm.h).
+ * Magnitudes that tie at the threshold (coarse, repeated values; a
  * model equal to the base) across chunk boundaries check that the kept
  * set is lm__keep_top_k's, index order included. The plain path is itself
  * checked against numpy references (tests/python, strategies_ref). */
@@ -83,9 +85,16 @@ static const struct config configs[] = {
     {"dare_ties", {"density=0.7", "rescale=0", "consensus=count"}, 0, true},
     {"dare_linear", {"density=0.3", "normalize=1"}, 0.8, true},
     {"dare_linear", {"density=0.5", "rescale=0", "lambda=2"}, 0, true},
-    /* L1 rescales and a whole-model trim stay with the plain path. */
+    /* mergekit's L1 rescale of DARE (norms from the streaming pass). */
+    {"dare_ties", {"density=0.3", "rescale_mode=l1"}, 0, true},
+    {"dare_ties", {"density=0.6", "rescale_mode=l1", "consensus=count"}, 0.2,
+     true},
+    {"dare_linear", {"density=0.3", "rescale_mode=l1", "normalize=1"}, 0.9,
+     true},
+    {"dare_linear", {"density=0.5", "rescale_mode=l1", "lambda=2"}, 1.0,
+     true},
+    /* ties' L1 rescale and a whole-model trim stay with the plain path. */
     {"ties", {"density=0.3", "rescale=1"}, 0, false},
-    {"dare_ties", {"density=0.3", "rescale_mode=l1"}, 0, false},
     {"ties", {"density=0.3", "scope=model"}, 0, false},
 };
 #define N_CONFIGS (sizeof(configs) / sizeof(configs[0]))
@@ -226,9 +235,13 @@ START_TEST(sparse_chunked_ties)
                                   rand_tensor(ctx, LM_BF16, 1, shape, 40, 0.1,
                                               1.0, 8)));
     }
-    for (size_t c = 0; c < 2; c++) {
-        struct config cfg = {c ? "dare_ties" : "ties",
-                             {"density=0.3", "lambda=0.8"}, 0.55, true};
+    static const char *const methods[] = {"ties", "dare_ties", "dare_ties",
+                                          "dare_linear"};
+    for (size_t c = 0; c < 4; c++) {
+        struct config cfg = {methods[c],
+                             {"density=0.3", "lambda=0.8",
+                              c >= 2 ? "rescale_mode=l1" : NULL},
+                             0.55, true};
         compare(ctx, &cfg, m[0], m + 1, 2, -1, 1,
                 coarse ? "chunked, coarse" : "chunked");
     }
