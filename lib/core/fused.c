@@ -12,7 +12,10 @@
  * Bit-identical to the plain path: the same conversions (lm_convert on a
  * sub-range is the same element-wise function), and per element the same
  * operations in the same order (the rule's contract), only grouped by
- * block. LoRA adapters under a linear rule go by row blocks: each
+ * block. A tensor whose tasks are all LoRA adapters goes to
+ * core/fused_lora.c (one sgemm of the packed factors per row block, not
+ * bit-identical to the plain path). Adapters mixed with models go by
+ * row blocks here: each
  * adapter's update is formed a row block at a time by the same BLAS calls
  * the plain path's lm__lora_delta makes (lm__lora_rows), so an adapter's
  * whole-tensor f32 update is never materialised. Anything else the plain
@@ -46,7 +49,7 @@ struct work {
 
 /* The plain path is forced with LIBMERGE_FUSED=0 (for tests and A/B
  * measurements; documented in docs/architecture.md). */
-static bool fused_enabled(void)
+bool lm__fused_enabled(void)
 {
     const char *e = getenv("LIBMERGE_FUSED");
     return !(e && strcmp(e, "0") == 0);
@@ -295,7 +298,7 @@ static bool eligible(const lm_plan *p, const char *name, const lm_tensor *base,
     *st = LM_OK;
     if (!(lm__strategy_linear_rule(p->vt) || lm__strategy_sparse_rule(p->vt)) ||
         p->n_stages || !base->numel || !base->data ||
-        p->n_models > MAX_MODELS || !fused_enabled())
+        p->n_models > MAX_MODELS || !lm__fused_enabled())
         return false;
     /* A non-finite value allowed in a magnitude selection: the plain
      * path's order of NaNs is not worth reproducing. */
@@ -474,12 +477,28 @@ lm_status lm__fused_merge(lm_plan *p, void *state, const char *name,
                           struct lm__fused_scratch *scratch, bool *done)
 {
     *done = false;
+    lm_context *ctx = p->ctx;
+    if (lm__fused_lora_eligible(p, name, base)) {
+        /* Every task an adapter: one sgemm per row block (fused_lora.c). */
+        void *dst = output_buffer(ctx, sink, index, out->nbytes, scratch);
+        if (!dst)
+            return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                        "out of memory for output '%s'",
+                                        out->name);
+        LM_TRY(lm__fused_lora_merge(p, state, name, base, dst, out->dtype,
+                                    done));
+        if (!*done)
+            return LM_OK;
+        done_with_inputs(p, name, base);
+        atomic_fetch_add(&ctx->fused_tensors, 1);
+        lm_status st = sink->write(index, dst, out->nbytes, sink->user);
+        return st > 0 ? LM_ERR_CALLBACK : st;
+    }
     struct prepared pr;
     bool ok;
     LM_TRY(prepare(p, state, name, base, &pr, &ok));
     if (!ok)
         return LM_OK;
-    lm_context *ctx = p->ctx;
     pr.f.out_dt = out->dtype;
     pr.f.dst = output_buffer(ctx, sink, index, out->nbytes, scratch);
     if (!pr.f.dst) {
@@ -505,12 +524,21 @@ lm_status lm__fused_merge_into(lm_plan *p, void *state, const char *name,
                                bool *done)
 {
     *done = false;
+    lm_context *ctx = p->ctx;
+    if (lm__fused_lora_eligible(p, name, base)) {
+        /* Straight into out, even in place: fused_lora.c merges in place
+         * only when it cannot fail half-way. */
+        LM_TRY(lm__fused_lora_merge(p, state, name, base, out->data,
+                                    out->dtype, done));
+        if (*done)
+            atomic_fetch_add(&ctx->fused_tensors, 1);
+        return LM_OK;
+    }
     struct prepared pr;
     bool ok;
     LM_TRY(prepare(p, state, name, base, &pr, &ok));
     if (!ok)
         return LM_OK;
-    lm_context *ctx = p->ctx;
     size_t nbytes = out->numel * lm_dtype_size(out->dtype);
     /* In place, a block that declines (a non-finite value) or fails
      * would leave the base half overwritten: merge aside. */

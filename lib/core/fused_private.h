@@ -61,6 +61,20 @@ const double *lm__fused_load_f64(const void *src, lm_dtype dt, size_t lo,
 /* f32 -> bf16 as lm_convert, vectorised. */
 void lm__fused_f32_to_bf16(const float *src, uint16_t *dst, size_t n);
 
+/* False under LIBMERGE_FUSED=0 (the plain path forced). */
+bool lm__fused_enabled(void);
+
+/* The fused path of adapters (fused_lora.c): can tensor `name` take it
+ * (a linear rule, every task an adapter, a 2-D base with storage)? */
+bool lm__fused_lora_eligible(const lm_plan *p, const char *name,
+                             const lm_tensor *base);
+/* Merge it into dst (out_dt, the base's shape); *done false when the
+ * plain path must (it then reports the problem). dst may be the base's
+ * own storage. */
+lm_status lm__fused_lora_merge(lm_plan *p, void *state, const char *name,
+                               const lm_tensor *base, void *dst,
+                               lm_dtype out_dt, bool *done);
+
 /* The sparse-rule merge of one tensor into f->dst (fused_sparse.c):
  * LM__FUSED_DECLINE when the plain path must do it. */
 lm_status lm__fused_sparse_run(const struct lm__fused *f);

@@ -123,7 +123,12 @@ lm_status lm_lora_find(const lm_lora *l, const char *target,
     return LM_OK;
 }
 
-/* delta = scale * B A for an adapter that targets `name`, else zero. */
+const struct lm_lora_entry *lm__lora_entry(const lm_lora *l,
+                                           const char *target)
+{
+    return find(l, target);
+}
+
 lm_status lm_lora_set_transposed(lm_lora *l, const char *target,
                                  int transposed)
 {

@@ -52,6 +52,10 @@ void lm__lora_factors_free(lm_context *ctx, struct lm__lora_factors *f);
 void lm__lora_rows(const struct lm__lora_factors *f, size_t r0, size_t n,
                    float *out);
 
+/* The entry of `l` for `target`, or NULL. */
+const struct lm_lora_entry *lm__lora_entry(const lm_lora *l,
+                                           const char *target);
+
 /* delta = scale * B A of the adapter's factors for `name` (zero when the
  * adapter does not target it); `m` names the adapter in errors. */
 lm_status lm__lora_delta(lm_context *ctx, const lm_lora *l, size_t m,
