@@ -164,13 +164,8 @@ static lm_status block(const struct job *j, size_t r0, size_t m, float *buf)
     return LM_OK;
 }
 
-static lm_status run_item(void *arg, size_t item)
+static lm_status item_blocks(const struct job *j, size_t item, float *buf)
 {
-    const struct job *j = arg;
-    float *buf = lm_alloc(j->ctx, j->block_rows * j->cols * sizeof(float));
-    if (!buf)
-        return lm_context_set_error(j->ctx, LM_ERR_OUT_OF_MEMORY,
-                                    "out of memory for merge buffers");
     lm_status st = LM_OK;
     size_t first = item * j->blocks_per_item * j->block_rows;
     size_t last = first + j->blocks_per_item * j->block_rows;
@@ -180,6 +175,39 @@ static lm_status run_item(void *arg, size_t item)
         size_t m = last - r0 < j->block_rows ? last - r0 : j->block_rows;
         st = block(j, r0, m, buf);
     }
+    return st;
+}
+
+static float *block_buffer(const struct job *j)
+{
+    float *buf = lm_alloc(j->ctx, j->block_rows * j->cols * sizeof(float));
+    if (!buf)
+        lm_context_set_error(j->ctx, LM_ERR_OUT_OF_MEMORY,
+                             "out of memory for merge buffers");
+    return buf;
+}
+
+static lm_status run_item(void *arg, size_t item)
+{
+    const struct job *j = arg;
+    float *buf = block_buffer(j);
+    if (!buf)
+        return LM_ERR_OUT_OF_MEMORY;
+    lm_status st = item_blocks(j, item, buf);
+    lm_free(j->ctx, buf);
+    return st;
+}
+
+/* In place, every allocation is made before the first write, so that a
+ * failure leaves the tensor as it was: one buffer, items in order. */
+static lm_status run_in_place(const struct job *j, size_t items)
+{
+    float *buf = block_buffer(j);
+    if (!buf)
+        return LM_ERR_OUT_OF_MEMORY;
+    lm_status st = LM_OK;
+    for (size_t i = 0; i < items && st == LM_OK; i++)
+        st = item_blocks(j, i, buf);
     lm_free(j->ctx, buf);
     return st;
 }
@@ -304,7 +332,9 @@ lm_status lm__fused_lora_merge(lm_plan *p, void *state, const char *name,
     if (st == LM_OK && j.check && in_place && !cannot_fail(&j))
         st = DECLINE;
     bool ran = st == LM_OK;
-    if (ran)
+    if (ran && in_place)
+        st = run_in_place(&j, items);
+    else if (ran)
         st = items == 1 ? run_item(&j, 0)
                         : lm__parallel_for(ctx, items, run_item, &j);
     if (st == DECLINE && ran && in_place) /* excluded by cannot_fail */
