@@ -3,15 +3,17 @@ seeds: purification tuned with the standard-error rule (and with the
 plain minimum, and with validation accuracy as the objective) against the
 unpurified merge, the widened scale search against the released fixed
 bracket, ESM against its rivals (and rank-aware whitening once the
-library has it), and NSC (released and safe settings) against task
-arithmetic on LoRA adapters. Every measurement of a (part, task count,
-seed) is kept in the cache as JSON, so runs can be split (each under the
-machine's time budget) and the report is rebuilt from all of them.
+library has it), and NSC against task arithmetic on LoRA adapters (safe
+settings, as optimised and with a global scale searched on validation).
+Every measurement of a (part, task count, seed) is kept in the cache as
+JSON, so runs can be split (each under the machine's time budget) and the
+report is rebuilt from all of them.
 Writes docs/benchmarks/quality_variants.md.
 
 usage: LIBMERGE_LIBRARY=build/lib/libmerge.so.1 PYTHONPATH=bindings/python \\
        /usr/bin/python3 bench/quality/variants.py [--parts full,nsc] [--tasks 8,14,20]
-       [--seeds 0,1,2] [--threads N] [--smoke] [--out DIR] [--report-only]
+       [--seeds 0,1,2] [--threads N] [--smoke] [--out DIR] [--report-only
+       [--nsc-section-only]]
 The MLP backbone (run.py's "full" and "lora" kinds) with run.py's
 fine-tunes (shared cache)."""
 import argparse
@@ -93,6 +95,12 @@ def _jobs(args, part, sizes, seed):
             if args.redo or not os.path.exists(result_path(args, part, n, seed, m))]
 
 
+def _report(args):
+    if args.nsc_section_only:
+        return variants_report.write_nsc_section(load_all(args), args)
+    return variants_report.write(load_all(args), args)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--parts", default="full,purify,whiten,nsc",
@@ -107,6 +115,9 @@ def main():
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--redo", action="store_true", help="measure again what the cache has")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--nsc-section-only", action="store_true",
+                    help="replace only the NSC section of the existing "
+                    "report (the other parts' measurements need not be cached)")
     ap.add_argument("--out", default=os.path.join(HERE, "..", "..", "docs", "benchmarks"))
     ap.add_argument("--cache", default=os.path.join(HERE, ".cache"))
     args = ap.parse_args()
@@ -140,10 +151,10 @@ def main():
                 # Rewritten after every measurement: a long run can be read
                 # early (a report bug must not lose the measurements).
                 try:
-                    variants_report.write(load_all(args), args)
+                    _report(args)
                 except Exception as e:  # noqa: BLE001
                     print("report not written: %r" % e, flush=True)
-    path = variants_report.write(load_all(args), args)
+    path = _report(args)
     print("wrote %s (%.0f s)" % (path, time.perf_counter() - t0))
 
 

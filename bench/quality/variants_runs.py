@@ -5,7 +5,7 @@ ratios scored one by one, and NSC's variants beside task arithmetic.
 Every result keeps its per-example test outcomes (merges.test_correct) so
 the report can pair any two rows (report._paired_se)."""
 import copy
-import inspect
+import time
 
 import numpy as np
 import torch
@@ -50,16 +50,18 @@ class Setting:
         return dict(norm=_norm(acc, self.individual), correct=hits, **extra)
 
 
-def searched(s, method, params, scale, widen, purify=None):
+def searched(s, method, params, scale, widen, purify=None, models=None):
     """The method searched on validation; test result, scale, and what the
-    search did with its bracket."""
+    search did with its bracket. `models`: what is merged (default the
+    fine-tunes)."""
     name, lo, hi = scale
     report = {}
     kw = {}
     if purify is not None:
         kw["purify"] = dict(purify, report=report)
     stats = s.stats if (method == "esm" or purify is not None) else None
-    res = libmerge.search(method, s.base, s.sds, s.val_score, param=name, lo=lo, hi=hi,
+    models = s.sds if models is None else models
+    res = libmerge.search(method, s.base, models, s.val_score, param=name, lo=lo, hi=hi,
                           max_evals=s.max_evals, widen=widen, stats=stats, threads=s.threads,
                           **kw, **params)
     out = s.scored(res[3], scale=res[0], scale_name=name, widened=res.widened,
@@ -143,38 +145,64 @@ def has_param(method, name):
     return any(p["name"] == name for p in libmerge.method_info(method)["params"])
 
 
-def safe_nsc_available():
-    """The safe NSC drivers (lambda bounds, held-out early stopping)."""
-    return "lambda_min" in inspect.signature(lt.nsc_merge).parameters
+def _coefficient_models(s, adapters, lambdas):
+    """Per task, the model W0 + c[m][k] s B A (c: NSC's coefficients per
+    module and task): task arithmetic at lambda = alpha on these models is
+    W0 + alpha sum_k c[m][k] s B A, the NSC merge scaled by alpha (alpha 1:
+    NSC's own merge): the merges of the `nsc` strategy's `alpha` that
+    libmerge.torch.nsc_scale_search searches, through task arithmetic's own
+    search path."""
+    out = []
+    for k, adapter in enumerate(adapters):
+        sd = {name: v.copy() for name, v in s.base.items()}
+        for name, (a, b, scale) in adapter.items():
+            delta = float(lambdas[name][k]) * scale * (b.astype(np.float64) @ a)
+            sd[name] = (sd[name] + delta).astype(np.float32)
+        out.append(sd)
+    return out
+
+
+def nsc_scale_searched(s, adapters, lambdas):
+    """NSC's coefficients times one global alpha searched on validation
+    exactly as task arithmetic's lambda (the same helper, bracket and
+    widening); "scale" is alpha (1 = the optimised coefficients)."""
+    return searched(s, "task_arithmetic", {}, ("lambda", 0.0, 1.5),
+                    WIDEN, models=_coefficient_models(s, adapters, lambdas))
 
 
 def nsc_rows(s, steps, log=print):
-    """LoRA rows: task arithmetic searched (widened), NSC's gradient and
-    SPSA drivers at the released settings and, once landed, at the safe
-    defaults (with held-out early stopping on unseen unlabeled rows)."""
+    """LoRA rows: task arithmetic searched (widened); NSC's gradient and
+    SPSA drivers at the safe defaults (held-out early stopping on unseen
+    unlabeled rows), with a trust region, and started at task arithmetic's
+    searched lambda; each NSC run also with its coefficients times a
+    global alpha searched on validation like task arithmetic's lambda
+    (rows "..., scale searched")."""
     adapters = [a for a, _ in s.fts]
     loaders = [[torch.from_numpy(t["val"][0])] for t in s.tasks]  # unlabeled, as merges.py
     heldout = [[torch.from_numpy(t["train"][0][:256])] for t in s.tasks]
-    out = {"task_arithmetic": searched(s, "task_arithmetic", {}, ("lambda", 0.0, 1.5), WIDEN)}
-    safe = safe_nsc_available()
-    released = dict(lambda_min=-np.inf, freeze_after_targets=False) if safe else {}
-    runs = [("nsc, released", lt.nsc_merge, dict(lr=1e-3, **{k: v for k, v in released.items()
-                                                              if k == "lambda_min"})),
-            ("nsc spsa, released", lt.nsc_merge_spsa, dict(lr=1e-2, **released))]
-    if safe:
-        runs += [("nsc, safe defaults", lt.nsc_merge, dict(heldout_loaders=heldout)),
-                 ("nsc, safe defaults + trust_radius 0.2", lt.nsc_merge,
-                  dict(heldout_loaders=heldout, trust_radius=0.2)),
-                 ("nsc spsa, safe defaults", lt.nsc_merge_spsa, dict(heldout_loaders=heldout)),
-                 # The released VLM script's init is a total over the tasks
-                 # (--lamda 2.4 for 6 tasks: 0.4 each), not 0.4 per task.
-                 ("nsc, safe defaults, init 2.4/K", lt.nsc_merge,
-                  dict(heldout_loaders=heldout, init=2.4 / len(adapters)))]
+    ta = searched(s, "task_arithmetic", {}, ("lambda", 0.0, 1.5), WIDEN)
+    out = {"task_arithmetic": ta}
+    runs = [("nsc, safe defaults", lt.nsc_merge, dict(heldout_loaders=heldout)),
+            ("nsc, safe defaults + trust_radius 0.2", lt.nsc_merge,
+             dict(heldout_loaders=heldout, trust_radius=0.2)),
+            ("nsc spsa, safe defaults", lt.nsc_merge_spsa, dict(heldout_loaders=heldout)),
+            ("nsc, safe defaults, init at TA's lambda", lt.nsc_merge,
+             dict(heldout_loaders=heldout, init=ta["scale"])),
+            ("nsc spsa, safe defaults, init at TA's lambda", lt.nsc_merge_spsa,
+             dict(heldout_loaders=heldout, init=ta["scale"]))]
     for label, driver, kw in runs:
         report = {}
+        t0 = time.perf_counter()
         sd = driver(copy.deepcopy(s.net), adapters, loaders, steps=steps, report=report, **kw)
-        out[label] = s.scored({k: v.numpy() for k, v in sd.items()})
-        log("    %-24s %.1f" % (label, out[label]["norm"]))
-    log("    %-24s %.1f (lambda %.3f)" % ("task_arithmetic", out["task_arithmetic"]["norm"],
-                                          out["task_arithmetic"]["scale"]))
+        lambdas = report["lambdas"]
+        coef = float(np.mean([np.mean(v) for v in lambdas.values()]))
+        out[label] = s.scored({k: v.numpy() for k, v in sd.items()}, mean_coefficient=coef,
+                              best_step=report.get("best_step"),
+                              seconds=time.perf_counter() - t0)
+        scaled = nsc_scale_searched(s, adapters, lambdas)
+        scaled["mean_coefficient"] = coef
+        out[label + ", scale searched"] = scaled
+        log("    %-46s %.1f; scale searched %.1f (alpha %.3f, mean coefficient %.3f)" % (
+            label, out[label]["norm"], scaled["norm"], scaled["scale"], coef))
+    log("    %-46s %.1f (lambda %.3f)" % ("task_arithmetic", ta["norm"], ta["scale"]))
     return out

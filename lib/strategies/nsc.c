@@ -14,6 +14,9 @@
  *     core's per-tensor parameters, for hosts holding them in memory; or
  *   - the optimiser itself, run at init through the host's forward
  *     callback set with lm_plan_set_nsc_forward (lib/nsc/forward.c).
+ * `alpha` multiplies every coefficient: one global scale a search can
+ * choose on validation (libmerge.torch.nsc_scale_search), as the other
+ * methods' scales are; 1 merges the coefficients as they are.
  * Every task must be a LoRA adapter (lm_plan_add_lora): the coefficients
  * are per LoRA module. */
 #include <math.h>
@@ -32,6 +35,10 @@ static const lm_param_desc nsc_params[] = {
      "coefficient per (tensor, model) when no table is given "
      "(lm_plan_set_float_for); unused with 'coefficients'",
      LM__PER_MODEL},
+    {sizeof(lm_param_desc), "alpha", LM_PARAM_FLOAT, 1.0, 0.0, 1e3, NULL,
+     "global scale of every coefficient (1: as optimised); "
+     "libmerge.torch.nsc_scale_search chooses it on validation",
+     0},
 };
 
 static lm_status both_set(lm_context *ctx)
@@ -142,6 +149,8 @@ static lm_status nsc_merge(void *state, const lm_tensor_job *job, void *user)
                                     "by the NSC optimiser (docs/methods/"
                                     "nsc.md), or 'lambda' for it",
                                     job->name);
+    double alpha;
+    LM_TRY(lm_params_get_float(p, "alpha", &alpha));
     const double *row = NULL;
     if (s->table && !(row = lm__nsc_table_find(s->table, job->name)))
         return lm_context_set_error(job->ctx, LM_ERR_NOT_FOUND,
@@ -164,7 +173,7 @@ static lm_status nsc_merge(void *state, const lm_tensor_job *job, void *user)
             lm_free(job->ctx, lambda);
             return st;
         }
-        lambda[t] *= job->weights[t];
+        lambda[t] *= alpha * job->weights[t];
     }
     /* deltas[t] is s_t B_t A_t (zero where the adapter has no factors);
      * the sum runs in f64 and is rounded once. */

@@ -251,6 +251,40 @@ static void sink_and_merger(int threads)
     fx_free(&f);
 }
 
+/* `alpha` multiplies every coefficient, from a table and from per-tensor
+ * lambdas alike: the reference with every weight times alpha. */
+START_TEST(alpha_scales_every_coefficient)
+{
+    struct fx f;
+    fx_init(&f, 2);
+    save_table(&f);
+    double w[2] = {1.0, 0.5}, alpha = 0.3;
+    double scaled[2] = {w[0] * alpha, w[1] * alpha};
+    lm_plan *p = nsc_plan(&f, w);
+    ck_assert_ok(lm_plan_set_string(p, "coefficients", f.table));
+    ck_assert_ok(lm_plan_set_float(p, "alpha", alpha));
+    lm_model *out = NULL;
+    ck_assert_ok(lm_plan_execute(p, &out));
+    check_against_reference(&f, out, scaled);
+    lm_model_destroy(out);
+    lm_plan_destroy(p);
+
+    lm_plan *q = nsc_plan(&f, w);
+    for (size_t l = 0; l < 2; l++)
+        for (size_t k = 0; k < 2; k++)
+            ck_assert_ok(lm_plan_set_float_for(q, "lambda", LAMBDA[l][k],
+                                               NAMES[l], k));
+    ck_assert_ok(lm_plan_set_float(q, "alpha", alpha));
+    ck_assert_ok(lm_plan_execute(q, &out));
+    check_against_reference(&f, out, scaled);
+    lm_model_destroy(out);
+    /* Outside its declared range [0, 1e3]: refused. */
+    ck_assert_int_ne(lm_plan_set_float(q, "alpha", -0.5), LM_OK);
+    lm_plan_destroy(q);
+    fx_free(&f);
+}
+END_TEST
+
 START_TEST(sink_and_merger_one_thread)
 {
     sink_and_merger(1);
@@ -568,6 +602,7 @@ int main(void)
     Suite *s = suite_create("strategies_nsc");
     TCase *tc = tcase_create("nsc");
     tcase_add_test(tc, table_matches_reference);
+    tcase_add_test(tc, alpha_scales_every_coefficient);
     tcase_add_test(tc, sink_and_merger_one_thread);
     tcase_add_test(tc, sink_and_merger_four_threads);
     tcase_add_test(tc, save_load_round_trip);

@@ -329,3 +329,86 @@ def test_spsa_in_chunks_is_the_same_run(toy):
     lt.nsc_merge_spsa(net, ads, loaders, steps=chunks["best_step"], report=best)
     for name, lam in chunks["lambdas"].items():
         assert list(lam) == list(best["lambdas"][name]), name
+
+
+# --- the global scale searched on validation ---------------------------------
+
+def scaled_reference(net, adapters, lambdas, alpha):
+    """W0 + alpha * sum_k lambda[m][k] s_k B_k A_k in f64 from the factors."""
+    out = {k: v.detach().numpy().astype(np.float64) for k, v in net.state_dict().items()}
+    for k, adapter in enumerate(adapters):
+        for name, (a, b, s) in adapter.items():
+            out[name] = out[name] + alpha * lambdas[name][k] * s * (
+                np.asarray(b, np.float64) @ np.asarray(a, np.float64))
+    return out
+
+
+def test_scale_search_finds_the_best_alpha_and_merges_it(toy, tmp_path):
+    """A score peaked at a known alpha: the search lands within its
+    tolerance, moves the bracket when the peak is past it, and the merge is
+    W0 + alpha sum c s B A (1e-5), the same from a table file."""
+    import libmerge.torch as lt
+    nsc_toy, net, tasks, loaders = toy
+    ads = [t["adapter"] for t in tasks]
+    lambdas = {k: [0.35 + 0.1 * i, 0.5 - 0.1 * i] for i, k in enumerate(sorted(ads[0]))}
+
+    def peaked(target):
+        want = scaled_reference(net, ads, lambdas, target)
+        return lambda sd: -sum(float(np.sum((sd[k] - want[k]) ** 2)) for k in lambdas)
+
+    res = lt.nsc_scale_search(net, ads, lambdas, peaked(0.3))
+    assert abs(res[0] - 0.3) <= 0.01 and not res.widened
+    assert res[1] == max(s for _, s in res[2])
+    want = scaled_reference(net, ads, lambdas, res[0])
+    for k in want:
+        assert np.abs(res[3][k] - want[k]).max() <= 1e-5, k
+    far = lt.nsc_scale_search(net, ads, lambdas, peaked(2.2))
+    assert far.widened >= 1 and abs(far[0] - 2.2) <= 0.02
+    # The same coefficients as a table file: the same merges.
+    nsc = libmerge.NSC(ads)
+    for k, v in lambdas.items():
+        nsc.set_lambdas(k, v)
+    path = tmp_path / "coef.json"
+    nsc.save_coefficients(str(path))
+    nsc.close()
+    again = lt.nsc_scale_search(net, ads, path, peaked(0.3))
+    assert again[0] == res[0]
+    for k in want:
+        assert (again[3][k] == res[3][k]).all()
+
+
+def test_drivers_return_the_scale_searched_merge(toy, tmp_path):
+    """With scale_score the drivers return the optimised coefficients times
+    the alpha searched on it: the merge is the reference at the reported
+    (scaled) lambdas, the best point of the search, and the saved table
+    gives it again."""
+    import libmerge.torch as lt
+    nsc_toy, net, tasks, loaders = toy
+    ads = [t["adapter"] for t in tasks]
+
+    def val_accuracy(sd):
+        m = copy.deepcopy(net)
+        m.load_state_dict({k: torch_from(v) for k, v in sd.items()})
+        return float(np.mean([nsc_toy.accuracy(m, t["head"], t["val"]) for t in tasks]))
+
+    for driver in (lt.nsc_merge, lt.nsc_merge_spsa):
+        report, path = {}, tmp_path / ("%s.json" % driver.__name__)
+        merged = driver(net, ads, loaders, steps=20, report=report, scale_score=val_accuracy,
+                        coefficients=str(path))
+        alpha = report["alpha"]
+        assert alpha == max(report["scale_curve"], key=lambda c: c[1])[0]
+        for k, v in report["lambdas"].items():
+            assert np.allclose(v, alpha * np.asarray(report["unscaled_lambdas"][k]),
+                               rtol=1e-12, atol=0), k
+        want = scaled_reference(net, ads, report["lambdas"], 1.0)
+        for k in want:
+            assert np.abs(merged[k].numpy() - want[k]).max() <= 1e-5, k
+        table = libmerge.merge("nsc", {k: v.numpy() for k, v in net.state_dict().items()},
+                               [libmerge.LoraAdapter(a) for a in ads], coefficients=str(path))
+        for k in want:
+            assert np.abs(table[k] - merged[k].numpy()).max() <= 1e-5, k
+
+
+def torch_from(v):
+    import torch
+    return torch.from_numpy(np.asarray(v, np.float32))

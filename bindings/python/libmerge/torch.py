@@ -20,10 +20,10 @@ import torch
 
 from . import Stats
 
-from .torch_nsc import nsc_merge, nsc_merge_spsa, nsc_objective
+from .torch_nsc import nsc_merge, nsc_merge_spsa, nsc_objective, nsc_scale_search
 
 __all__ = ["collect_stats", "state_dict_to_numpy", "nsc_merge", "nsc_merge_spsa",
-           "nsc_objective"]
+           "nsc_objective", "nsc_scale_search"]
 
 
 def _rows(x):

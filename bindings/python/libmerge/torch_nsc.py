@@ -6,9 +6,10 @@ import itertools
 import numpy as np
 import torch
 
-from .nsc import NSC
+from . import _merge
+from .nsc import NSC, LoraAdapter
 
-__all__ = ["nsc_merge", "nsc_merge_spsa", "nsc_objective"]
+__all__ = ["nsc_merge", "nsc_merge_spsa", "nsc_objective", "nsc_scale_search"]
 
 
 def _block(name):
@@ -216,10 +217,58 @@ def _finish(nsc, adapters, coefficients):
         nsc.save_coefficients(coefficients, _task_names(adapters))
 
 
+def _lora(a):
+    if isinstance(a, LoraAdapter):
+        return a
+    if isinstance(a, (str, bytes)) or hasattr(a, "__fspath__"):
+        return LoraAdapter.from_peft(a)
+    return LoraAdapter(a)
+
+
+def nsc_scale_search(model, adapters, coefficients, score, *, lo=0.0, hi=1.5, tol=0.01,
+                     max_evals=15, widen=4, threads=0):
+    """One global scale alpha for NSC's coefficients, chosen on validation
+    (not in the released code; docs/methods/nsc.md "Safe NSC"): merges
+    W0 + alpha * sum_k c[m][k] s_k B_k A_k (the `nsc` strategy's `alpha`)
+    and maximises `score(state_dict) -> float` (numpy state dict; e.g.
+    accuracy on a labeled validation split) by libmerge.search, the search
+    every other method's scale gets: golden section on [lo, hi] (task
+    arithmetic's bracket), moved past an edge at most `widen` times.
+    `coefficients`: {"<module>.weight": one value per task} (a driver's
+    report["lambdas"]) or a table path (the drivers' `coefficients=`).
+    `model` gives W0 and is not changed. Returns libmerge.search's
+    SearchResult: (alpha, best score, curve, merged state dict)."""
+    sd = model.state_dict()
+    base = {k: v.detach().float().cpu().numpy() for k, v in sd.items()}
+    if isinstance(coefficients, (str, bytes)) or hasattr(coefficients, "__fspath__"):
+        given = dict(coefficients=str(coefficients))
+    else:
+        given = {"lambda": {k: [float(x) for x in v] for k, v in coefficients.items()}}
+    return _merge.search("nsc", base, [_lora(a) for a in adapters], score, param="alpha",
+                         lo=lo, hi=hi, tol=tol, max_evals=max_evals, widen=widen,
+                         threads=threads, **given)
+
+
+def _scaled(model, nsc, adapters, scale_score, report):
+    """The driver's result with its coefficients times the alpha
+    nsc_scale_search picks on `scale_score` (the coefficients in `nsc`
+    scaled too, so a saved table gives the same merge)."""
+    lambdas = {n: nsc.lambdas(n) for n in nsc.modules}
+    res = nsc_scale_search(model, adapters, lambdas, scale_score)
+    alpha = res[0]
+    for n, v in lambdas.items():
+        nsc.set_lambdas(n, alpha * v)
+    if report is not None:
+        report.update(alpha=alpha, scale_curve=res[2], unscaled_lambdas=lambdas)
+    sd = model.state_dict()
+    return {k: torch.from_numpy(np.asarray(res[3][k])).to(sd[k].dtype) for k in sd}
+
+
 def nsc_merge(model, adapters, unlabeled_loaders, target_modules=None, *, steps=100,
               lr=1e-3, init=None, weight_decay=0.01, report=None, coefficients=None,
               lambda_min=0.0, lambda_max=None, trust_radius=None,
-              heldout_loaders=None, eval_every=10, patience=3, heldout_batches=1):
+              heldout_loaders=None, eval_every=10, patience=3, heldout_batches=1,
+              scale_score=None):
     """NSC-merge LoRA `adapters` (one per task: PEFT directories,
     libmerge.LoraAdapter or {"<module>.weight": (A, B, scale)}) into the
     base `model` (its weights are W0; it is left unchanged). Each step draws
@@ -244,7 +293,15 @@ def nsc_merge(model, adapters, unlabeled_loaders, target_modules=None, *, steps=
     start and every `eval_every` steps; the run stops after `patience`
     checks without improvement and returns the best coefficients seen, so
     it never ends above its start on those batches (report: "heldout",
-    "best_step")."""
+    "best_step").
+
+    `scale_score` (score(state_dict) -> float, higher is better, e.g.
+    accuracy on a labeled validation split): the recommended protocol
+    (docs/methods/nsc.md "Safe NSC"): after the optimisation, one global
+    alpha times every coefficient is searched on it (nsc_scale_search) and
+    the scaled merge is returned; report gets "alpha", "scale_curve" and
+    "unscaled_lambdas", "lambdas" and `coefficients` the scaled values.
+    It needs labels, which NSC itself does not: default None (off)."""
     adapters = list(adapters)
     nsc = NSC(adapters, init=init, lr=lr, weight_decay=weight_decay, lambda_min=lambda_min,
               lambda_max=lambda_max, trust_radius=trust_radius)
@@ -292,6 +349,8 @@ def nsc_merge(model, adapters, unlabeled_loaders, target_modules=None, *, steps=
         merged = setup.merged_state_dict()
     finally:
         setup.restore()
+    if scale_score is not None:
+        merged = _scaled(model, nsc, adapters, scale_score, report)
     if report is not None:
         report["objective"] = history
         report["lambdas"] = {n: nsc.lambdas(n) for n in nsc.modules}
@@ -313,12 +372,13 @@ def nsc_merge_spsa(model, adapters, unlabeled_loaders, target_modules=None, *, s
                    perturbation=0.05, lr=1e-3, init=None, seed=0, report=None,
                    coefficients=None, lambda_min=0.0, lambda_max=None, trust_radius=None,
                    freeze_after_targets=True, heldout_loaders=None, eval_every=10,
-                   patience=3, heldout_batches=1):
+                   patience=3, heldout_batches=1, scale_score=None):
     """Gradient-free NSC (libmerge's SPSA driver): no backward pass, two
     merged forward passes per task and step. Same arguments and result as
     `nsc_merge` (`coefficients`, the safeguards and held-out early stopping
     included); `report` gets the objective before and after, the per-step
-    curve and the frozen modules. `freeze_after_targets`: modules that run
+    curve and the frozen modules; `scale_score` as in `nsc_merge`.
+    `freeze_after_targets`: modules that run
     at or after the last target (found by one forward pass) cannot change
     the objective, so their coefficients are neither perturbed nor moved
     (they keep `init`)."""
@@ -375,6 +435,8 @@ def nsc_merge_spsa(model, adapters, unlabeled_loaders, target_modules=None, *, s
         merged = setup.merged_state_dict()
     finally:
         setup.restore()
+    if scale_score is not None:
+        merged = _scaled(model, nsc, adapters, scale_score, report)
     if report is not None:
         report.update(first=first, last=last, curve=curve, frozen=frozen,
                       lambdas={n: nsc.lambdas(n) for n in nsc.modules})
