@@ -28,29 +28,6 @@ struct dtypes {
     int out; /* -1: the base's */
 };
 
-/* offset + scale * (pseudo-random in [-1, 1)), rounded to dtype. Not
- * tu_random_tensor: Check's assertions cost a write(2) each, one per
- * tensor here keeps the suite fast. */
-static lm_tensor *rand_tensor(lm_context *ctx, lm_dtype dtype, int ndim,
-                              const int64_t *shape, uint64_t seed,
-                              double offset, double scale)
-{
-    lm_tensor *t = NULL;
-    ck_assert_ok(lm_tensor_create(ctx, dtype, ndim, shape, &t));
-    uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
-    lm_status st = LM_OK;
-    for (size_t i = 0; i < lm_tensor_numel(t); i++) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        double u = (double)(x >> 11) / 9007199254740992.0 * 2.0 - 1.0;
-        if (lm_tensor_set(t, i, offset + scale * u) != LM_OK)
-            st = LM_ERR_INTERNAL;
-    }
-    ck_assert_ok(st);
-    return t;
-}
-
 static lm_model *random_model(lm_context *ctx, lm_dtype dtype,
                               uint64_t seed, double offset)
 {
@@ -60,10 +37,9 @@ static lm_model *random_model(lm_context *ctx, lm_dtype dtype,
         char name[32];
         snprintf(name, sizeof(name), "t%zu", i);
         int ndim = sizes[i][1] ? 2 : 1;
-        ck_assert_ok(lm_model_add(m, name,
-                                  rand_tensor(ctx, dtype, ndim, sizes[i],
-                                              seed * 100 + i, offset,
-                                              0.01)));
+        ck_assert_ok(lm_model_add(
+            m, name, tu_random_tensor_quiet(ctx, dtype, ndim, sizes[i],
+                                            seed * 100 + i, offset, 0.01)));
     }
     return m;
 }
@@ -116,20 +92,6 @@ static lm_model *run(lm_context *ctx, const struct config *c, lm_model *base,
     return merged;
 }
 
-static void assert_same_bytes(const lm_model *a, const lm_model *b,
-                              const char *what)
-{
-    ck_assert_uint_eq(lm_model_count(a), lm_model_count(b));
-    for (size_t i = 0; i < lm_model_count(a); i++) {
-        const lm_tensor *x = lm_model_at(a, i), *y = lm_model_at(b, i);
-        ck_assert_int_eq(lm_tensor_dtype(x), lm_tensor_dtype(y));
-        ck_assert_uint_eq(lm_tensor_nbytes(x), lm_tensor_nbytes(y));
-        if (memcmp(lm_tensor_cdata(x), lm_tensor_cdata(y),
-                   lm_tensor_nbytes(x)) != 0)
-            ck_abort_msg("%s: tensor %s differs between the fused and the "
-                         "plain path", what, lm_model_name_at(a, i));
-    }
-}
 
 static void check_dtypes(const struct dtypes *d, int n_threads)
 {
@@ -151,7 +113,7 @@ static void check_dtypes(const struct dtypes *d, int n_threads)
                  configs[c].method, c, n_threads);
         ck_assert_uint_eq(plain_count, 0);
         ck_assert_uint_eq(fused_count, N_SIZES);
-        assert_same_bytes(fused, plain, what);
+        tu_assert_same_bytes(fused, plain, what);
         lm_model_destroy(plain);
         lm_model_destroy(fused);
     }
@@ -190,8 +152,8 @@ START_TEST(chunked_tensor)
     lm_model *m[3];
     for (size_t t = 0; t < 3; t++) {
         ck_assert_ok(lm_model_create(ctx, &m[t]));
-        ck_assert_ok(lm_model_add(m[t], "w",
-                                  rand_tensor(ctx, dt[_i / 2][t], 1, shape,
+        ck_assert_ok(lm_model_add(
+            m[t], "w", tu_random_tensor_quiet(ctx, dt[_i / 2][t], 1, shape,
                                               40 + t, 0.0, 1.0)));
     }
     struct config c = {"task_arithmetic", "lambda", 0.4, 1, false};
@@ -200,7 +162,7 @@ START_TEST(chunked_tensor)
     lm_model *fused = run(ctx, &c, m[0], m + 1, 2, -1, true, &nf);
     ck_assert_uint_eq(np, 0);
     ck_assert_uint_eq(nf, 1);
-    assert_same_bytes(fused, plain, "chunked");
+    tu_assert_same_bytes(fused, plain, "chunked");
     lm_model_destroy(plain);
     lm_model_destroy(fused);
     for (size_t t = 0; t < 3; t++)
@@ -215,9 +177,8 @@ static lm_model *one(lm_context *ctx, lm_dtype dtype, size_t n,
     int64_t shape[1] = {(int64_t)n};
     lm_model *m;
     ck_assert_ok(lm_model_create(ctx, &m));
-    ck_assert_ok(lm_model_add(m, "w",
-                              rand_tensor(ctx, dtype, 1, shape, seed, 0.0,
-                                          1.0)));
+    ck_assert_ok(lm_model_add(
+        m, "w", tu_random_tensor_quiet(ctx, dtype, 1, shape, seed, 0.0, 1.0)));
     return m;
 }
 
@@ -274,7 +235,7 @@ START_TEST(nonfinite_inputs)
     }
     ck_assert_uint_eq(count[0], 0);
     ck_assert_uint_eq(count[1], 1);
-    assert_same_bytes(r[1], r[0], "non-finite allowed");
+    tu_assert_same_bytes(r[1], r[0], "non-finite allowed");
     lm_model_destroy(r[0]);
     lm_model_destroy(r[1]);
     lm_model_destroy(base);
@@ -314,10 +275,10 @@ START_TEST(plain_path_when_not_fusable)
     lm_model *base, *m1;
     ck_assert_ok(lm_model_create(ctx, &base));
     ck_assert_ok(lm_model_create(ctx, &m1));
-    ck_assert_ok(lm_model_add(base, "w",
-                              rand_tensor(ctx, LM_F32, 2, shape, 1, 0.0, 1.0)));
-    ck_assert_ok(lm_model_add(m1, "w",
-                              rand_tensor(ctx, LM_F32, 2, shape, 2, 0.0, 1.0)));
+    ck_assert_ok(lm_model_add(
+        base, "w", tu_random_tensor_quiet(ctx, LM_F32, 2, shape, 1, 0.0, 1.0)));
+    ck_assert_ok(lm_model_add(
+        m1, "w", tu_random_tensor_quiet(ctx, LM_F32, 2, shape, 2, 0.0, 1.0)));
     const char *methods[2] = {"my_average", "average"};
     lm_model *out[3];
     for (int i = 0; i < 3; i++) {
@@ -333,8 +294,8 @@ START_TEST(plain_path_when_not_fusable)
                           i == 1 ? 1 : 0);
         lm_plan_destroy(p);
     }
-    assert_same_bytes(out[0], out[1], "plugin");
-    assert_same_bytes(out[2], out[1], "transposed");
+    tu_assert_same_bytes(out[0], out[1], "plugin");
+    tu_assert_same_bytes(out[2], out[1], "transposed");
     for (int i = 0; i < 3; i++)
         lm_model_destroy(out[i]);
     lm_model_destroy(base);

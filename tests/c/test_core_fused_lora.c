@@ -35,34 +35,12 @@ static void name_of(size_t i, char *buf, size_t n)
     snprintf(buf, n, "w%zu", i);
 }
 
-/* Pseudo-random values in [-1, 1) rounded to dtype. Not tu_random_tensor:
- * Check's assertions cost a write(2) each, one per tensor keeps this
- * suite fast. */
-static lm_tensor *rand_tensor(lm_context *ctx, lm_dtype dtype,
-                              const int64_t *shape, int ndim, uint64_t seed)
-{
-    lm_tensor *t = NULL;
-    ck_assert_ok(lm_tensor_create(ctx, dtype, ndim, shape, &t));
-    uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
-    lm_status st = LM_OK;
-    for (size_t i = 0; i < lm_tensor_numel(t); i++) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        double u = (double)(x >> 11) / 9007199254740992.0 * 2.0 - 1.0;
-        if (lm_tensor_set(t, i, u) != LM_OK)
-            st = LM_ERR_INTERNAL;
-    }
-    ck_assert_ok(st);
-    return t;
-}
-
 static void add_random(lm_context *ctx, lm_model *m, const char *name,
                        lm_dtype dt, int ndim, const int64_t *shape,
                        uint64_t seed)
 {
-    ck_assert_ok(lm_model_add(m, name, rand_tensor(ctx, dt, shape, ndim,
-                                                   seed)));
+    ck_assert_ok(lm_model_add(
+        m, name, tu_random_tensor_quiet(ctx, dt, ndim, shape, seed, 0.0, 1.0)));
 }
 
 static lm_model *random_model(lm_context *ctx, lm_dtype dt, uint64_t seed)
@@ -94,11 +72,12 @@ static lm_lora *random_lora(lm_context *ctx, int which)
         bool transposed = which == 1 && i == 0;
         int64_t out = transposed ? shapes[i][1] : shapes[i][0];
         int64_t in = transposed ? shapes[i][0] : shapes[i][1];
-        lm_tensor *a = rand_tensor(ctx, which == 2 ? LM_BF16 : LM_F32,
-                                   (int64_t[]){r, in}, 2,
-                                   (uint64_t)(which * 1000 + i));
-        lm_tensor *b = rand_tensor(ctx, LM_F32, (int64_t[]){out, r}, 2,
-                                   (uint64_t)(which * 1000 + i + 500));
+        lm_tensor *a = tu_random_tensor_quiet(
+            ctx, which == 2 ? LM_BF16 : LM_F32, 2, (int64_t[]){r, in},
+            (uint64_t)(which * 1000 + i), 0.0, 1.0);
+        lm_tensor *b = tu_random_tensor_quiet(
+            ctx, LM_F32, 2, (int64_t[]){out, r},
+            (uint64_t)(which * 1000 + i + 500), 0.0, 1.0);
         ck_assert_ok(lm_lora_add(l, name, a, b, 0.25 + which));
         if (transposed)
             ck_assert_ok(lm_lora_set_transposed(l, name, 1));
@@ -186,20 +165,6 @@ static lm_model *execute(lm_context *ctx, const struct setup *s,
     return out;
 }
 
-static void assert_same_bytes(const lm_model *a, const lm_model *b,
-                              const char *what)
-{
-    ck_assert_uint_eq(lm_model_count(a), lm_model_count(b));
-    for (size_t i = 0; i < lm_model_count(a); i++) {
-        const lm_tensor *x = lm_model_at(a, i), *y = lm_model_at(b, i);
-        ck_assert_int_eq(lm_tensor_dtype(x), lm_tensor_dtype(y));
-        ck_assert_uint_eq(lm_tensor_nbytes(x), lm_tensor_nbytes(y));
-        if (memcmp(lm_tensor_cdata(x), lm_tensor_cdata(y),
-                   lm_tensor_nbytes(x)) != 0)
-            ck_abort_msg("%s: tensor %s differs between the fused and the "
-                         "plain path", what, lm_model_name_at(a, i));
-    }
-}
 
 /* One unit in the last place of |v| in dtype dt. */
 static double ulp_of(double v, lm_dtype dt)
@@ -261,7 +226,7 @@ START_TEST(fused_adapters_match_plain)
                  "threads", setups[s].method, setups[s].n_models,
                  setups[s].n_adapters, lm_dtype_name(dt), threads);
         if (setups[s].n_models)
-            assert_same_bytes(fused, plain, what);
+            tu_assert_same_bytes(fused, plain, what);
         else
             assert_close(fused, plain, what);
         lm_model_destroy(plain);

@@ -134,20 +134,6 @@ static lm_model *run(lm_context *ctx, const struct config *c, lm_model *base,
     return merged;
 }
 
-static void assert_same_bytes(const lm_model *a, const lm_model *b,
-                              const char *what)
-{
-    ck_assert_uint_eq(lm_model_count(a), lm_model_count(b));
-    for (size_t i = 0; i < lm_model_count(a); i++) {
-        const lm_tensor *x = lm_model_at(a, i), *y = lm_model_at(b, i);
-        ck_assert_int_eq(lm_tensor_dtype(x), lm_tensor_dtype(y));
-        ck_assert_uint_eq(lm_tensor_nbytes(x), lm_tensor_nbytes(y));
-        if (memcmp(lm_tensor_cdata(x), lm_tensor_cdata(y),
-                   lm_tensor_nbytes(x)) != 0)
-            ck_abort_msg("%s: tensor %s differs between the fused and the "
-                         "plain path", what, lm_model_name_at(a, i));
-    }
-}
 
 /* Plain and fused merges of the same inputs, compared. */
 static void compare(lm_context *ctx, const struct config *c, lm_model *base,
@@ -163,7 +149,7 @@ static void compare(lm_context *ctx, const struct config *c, lm_model *base,
     ck_assert_uint_eq(np, 0);
     if (nf != (c->fused ? n_tensors : 0))
         ck_abort_msg("%s: %zu of %zu tensors fused", msg, nf, n_tensors);
-    assert_same_bytes(fused, plain, msg);
+    tu_assert_same_bytes(fused, plain, msg);
     lm_model_destroy(plain);
     lm_model_destroy(fused);
 }

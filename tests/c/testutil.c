@@ -34,6 +34,41 @@ lm_tensor *tu_random_tensor(lm_context *ctx, lm_dtype dtype, int ndim,
     return t;
 }
 
+lm_tensor *tu_random_tensor_quiet(lm_context *ctx, lm_dtype dtype, int ndim,
+                                  const int64_t *shape, uint64_t seed,
+                                  double offset, double scale)
+{
+    lm_tensor *t = NULL;
+    ck_assert_ok(lm_tensor_create(ctx, dtype, ndim, shape, &t));
+    uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+    lm_status st = LM_OK;
+    for (size_t i = 0; i < lm_tensor_numel(t); i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        double u = (double)(x >> 11) / 9007199254740992.0 * 2.0 - 1.0;
+        if (lm_tensor_set(t, i, offset + scale * u) != LM_OK)
+            st = LM_ERR_INTERNAL;
+    }
+    ck_assert_ok(st);
+    return t;
+}
+
+void tu_assert_same_bytes(const lm_model *a, const lm_model *b,
+                          const char *what)
+{
+    ck_assert_uint_eq(lm_model_count(a), lm_model_count(b));
+    for (size_t i = 0; i < lm_model_count(a); i++) {
+        const lm_tensor *x = lm_model_at(a, i), *y = lm_model_at(b, i);
+        ck_assert_int_eq(lm_tensor_dtype(x), lm_tensor_dtype(y));
+        ck_assert_uint_eq(lm_tensor_nbytes(x), lm_tensor_nbytes(y));
+        if (memcmp(lm_tensor_cdata(x), lm_tensor_cdata(y),
+                   lm_tensor_nbytes(x)) != 0)
+            ck_abort_msg("%s: tensor %s differs between the fused and the "
+                         "plain path", what, lm_model_name_at(a, i));
+    }
+}
+
 void tu_add_random(lm_context *ctx, lm_model *model, const char *name,
                    lm_dtype dtype, int ndim, const int64_t *shape,
                    uint64_t seed)

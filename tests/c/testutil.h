@@ -15,6 +15,17 @@ lm_context *tu_context(int n_threads, uint64_t seed);
  * (rounded to dtype), from `seed`. */
 lm_tensor *tu_random_tensor(lm_context *ctx, lm_dtype dtype, int ndim,
                             const int64_t *shape, uint64_t seed);
+/* offset + scale * (pseudo-random in [-1, 1)), rounded to dtype, from
+ * its own xorshift stream of `seed`. One Check assertion per tensor, not
+ * per element as tu_random_tensor (each costs a write(2)): for suites
+ * that fill large tensors. */
+lm_tensor *tu_random_tensor_quiet(lm_context *ctx, lm_dtype dtype, int ndim,
+                                  const int64_t *shape, uint64_t seed,
+                                  double offset, double scale);
+/* a and b have the same tensors, dtypes and bytes; `what` names the case
+ * in the failure message. */
+void tu_assert_same_bytes(const lm_model *a, const lm_model *b,
+                          const char *what);
 /* Add a random tensor under name to model. */
 void tu_add_random(lm_context *ctx, lm_model *model, const char *name,
                    lm_dtype dtype, int ndim, const int64_t *shape,
