@@ -87,9 +87,10 @@ static bool all_finite(const float *x, size_t n)
 /* Pack every adapter's factors into left (scaled by coef[t] * s_t) and
  * right; DECLINE when a factor is not finite under the default policy
  * (the plain path names the adapter). */
-static lm_status pack(const lm_plan *p, const char *name, const double *coef,
-                      bool check, float *left, float *right, size_t rows,
-                      size_t cols, size_t rank)
+static lm_status pack(const lm_plan *p, const char *name,
+                      const lm_tensor *base, const double *coef, bool check,
+                      float *left, float *right, size_t rows, size_t cols,
+                      size_t rank)
 {
     lm_context *ctx = p->ctx;
     size_t off = 0;
@@ -97,23 +98,15 @@ static lm_status pack(const lm_plan *p, const char *name, const double *coef,
         const struct lm_lora_entry *e = lm__lora_entry(p->loras[m], name);
         if (!e)
             continue;
-        size_t r = (size_t)e->a->shape[0], in = (size_t)e->a->shape[1],
-               out = (size_t)e->b->shape[0];
-        float *fa = lm_alloc(ctx, (r * in + r * out) * sizeof(float));
-        if (!fa)
-            return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
-                                        "out of memory packing adapters of "
-                                        "'%s'", name);
-        float *fb = fa + r * in;
-        lm_status st = lm__read_f32(ctx, e->a, fa);
-        if (st == LM_OK)
-            st = lm__read_f32(ctx, e->b, fb);
-        if (st == LM_OK && check &&
-            !(all_finite(fa, r * in) && all_finite(fb, r * out)))
-            st = DECLINE;
-        if (st != LM_OK) {
-            lm_free(ctx, fa);
-            return st;
+        struct lm__lora_factors f;
+        bool found;
+        LM_TRY(lm__lora_factors_load(ctx, p->loras[m], m, name, base, &f,
+                                     &found));
+        size_t r = f.r, in = f.in, out = f.out;
+        const float *fa = f.a, *fb = f.b;
+        if (check && !(all_finite(fa, r * in) && all_finite(fb, r * out))) {
+            lm__lora_factors_free(ctx, &f);
+            return DECLINE;
         }
         double c = coef[m] * e->scale;
         /* left[i, off + q]: B[i, q], or A[q, i] for a transposed target. */
@@ -127,7 +120,7 @@ static lm_status pack(const lm_plan *p, const char *name, const double *coef,
             for (size_t j = 0; j < cols; j++)
                 right[(off + q) * cols + j] =
                     e->transposed ? fb[j * r + q] : fa[q * in + j];
-        lm_free(ctx, fa);
+        lm__lora_factors_free(ctx, &f);
         off += r;
     }
     return LM_OK;
@@ -323,8 +316,8 @@ lm_status lm__fused_lora_merge(lm_plan *p, void *state, const char *name,
     if (st == LM_OK) {
         j.left = packed;
         j.right = packed + rows * rank;
-        st = pack(p, name, coef, j.check, packed, packed + rows * rank, rows,
-                  cols, rank);
+        st = pack(p, name, base, coef, j.check, packed, packed + rows * rank,
+                  rows, cols, rank);
     }
     const char *o = dst, *b = base->data;
     bool in_place = o < b + base->numel * lm_dtype_size(base->dtype) &&
