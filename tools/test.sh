@@ -33,7 +33,8 @@ meson test -C build --print-errorlogs --logbase testlog-valgrind \
   --wrap='valgrind --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite --quiet' \
   core_plan core_merger io_file_sink io_safetensors_read core_lora stats_gram \
   nsc_spsa core_tensor core_model linalg_projector io_output_dir \
-  linalg_projection_stage core_task_vector_input || status=1
+  linalg_projection_stage core_task_vector_input \
+  core_sparse_kernels strategies_sign_merge core_l1_norm || status=1
 run build-asan -Db_sanitize=address,undefined -Db_lundef=false -- --suite c || status=1
 CC=clang run build-tsan -Db_sanitize=thread -Db_lundef=false -- --suite c || status=1
 CC=clang run build-clang -- --suite c --suite build || status=1

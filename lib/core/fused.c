@@ -34,6 +34,7 @@
 #include <string.h>
 
 #include "core/fused_private.h"
+#include "core/vector_clones.h"
 
 /* Block: its f32 and f64 buffers (about 70 KB) stay in L2. */
 #define BLOCK LM__FUSED_BLOCK
@@ -56,7 +57,8 @@ bool lm__fused_enabled(void)
 }
 
 /* Any Inf/NaN among x[0..n)? Branch-free so that it vectorises. */
-bool lm__fused_any_nonfinite_f32(const float *x, size_t n)
+LM_VECTOR_CLONES
+static bool fused_any_nonfinite_f32_clones(const float *x, size_t n)
 {
     uint32_t bad = 0;
     for (size_t j = 0; j < n; j++) {
@@ -65,6 +67,11 @@ bool lm__fused_any_nonfinite_f32(const float *x, size_t n)
         bad |= (uint32_t)((u & 0x7f800000u) == 0x7f800000u);
     }
     return bad != 0;
+}
+
+bool lm__fused_any_nonfinite_f32(const float *x, size_t n)
+{
+    return fused_any_nonfinite_f32_clones(x, n);
 }
 
 bool lm__fused_any_nonfinite_f64(const double *x, size_t n)
@@ -82,6 +89,7 @@ bool lm__fused_any_nonfinite_f64(const double *x, size_t n)
  * bit for bit, written branch-free so that the compiler vectorises them
  * (dtype.c's per-element calls do not vectorise; bf16 is the common
  * checkpoint dtype). core_fused checks them against the plain path. */
+LM_VECTOR_CLONES
 static void bf16_to_f32(const uint16_t *src, float *dst, size_t n)
 {
     for (size_t j = 0; j < n; j++) {
@@ -90,7 +98,8 @@ static void bf16_to_f32(const uint16_t *src, float *dst, size_t n)
     }
 }
 
-void lm__fused_f32_to_bf16(const float *src, uint16_t *dst, size_t n)
+LM_VECTOR_CLONES
+static void fused_f32_to_bf16_clones(const float *src, uint16_t *dst, size_t n)
 {
     for (size_t j = 0; j < n; j++) {
         uint32_t x;
@@ -100,6 +109,11 @@ void lm__fused_f32_to_bf16(const float *src, uint16_t *dst, size_t n)
         dst[j] = (uint16_t)((x & 0x7fffffffu) > 0x7f800000u ? quiet_nan
                                                              : rounded);
     }
+}
+
+void lm__fused_f32_to_bf16(const float *src, uint16_t *dst, size_t n)
+{
+    fused_f32_to_bf16_clones(src, dst, n);
 }
 
 /* Elements [lo, lo + len) of src as f32: in place when src is f32. */

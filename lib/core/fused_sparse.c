@@ -34,6 +34,7 @@
 #include "core/fused_private.h"
 #include "core/l1_norm.h"
 #include "core/select.h"
+#include "core/sparse_kernels.h"
 
 #define BLOCK LM__FUSED_BLOCK
 #define CHUNK LM__FUSED_CHUNK
@@ -123,8 +124,7 @@ static lm_status load_delta(const struct lm__fused *f, struct bufs *w,
             lm__fused_load_f32(f->in[t], f->in_dt[t], lo, len, w->x);
         if (check && lm__fused_any_nonfinite_f32(x, len))
             return DECLINE;
-        for (size_t j = 0; j < len; j++)
-            d[j] = x[j] - b[j];
+        lm__sk_sub(x, b, d, len);
         return LM_OK;
     }
     const double *x =
@@ -134,23 +134,56 @@ static lm_status load_delta(const struct lm__fused *f, struct bufs *w,
     return check && lm__fused_any_nonfinite_f32(d, len) ? DECLINE : LM_OK;
 }
 
-/* Step 1: bracket task t's threshold (the keep-th largest magnitude). */
-static lm_status bracket(struct sparse *s, struct bufs *w, size_t t,
-                         float *sample)
+/* Step 1's sample positions: evenly spread and deterministic, the middle
+ * of each of m runs (every index when m == n). */
+static size_t sample_index(size_t j, size_t m, size_t n)
 {
-    const struct lm__fused *f = s->f;
-    size_t n = f->n, keep = s->r->task[t].keep;
-    size_t m = n < SAMPLE ? n : SAMPLE;
+    return m == n ? j
+                  : (size_t)(((2 * (double)j + 1) * (double)n) /
+                             (2 * (double)m));
+}
+
+/* How far ahead the gather prefetches: the positions of a large tensor
+ * are a page or more apart, so each load would otherwise wait on memory
+ * (and its page walk) in turn. */
+#define GATHER_AHEAD 16
+
+/* The elements of src (es bytes each) at m sample positions, packed. */
+static void gather(const void *src, size_t es, size_t m, size_t n,
+                   void *dst)
+{
+    const char *from = src;
+    char *to = dst;
     for (size_t j = 0; j < m; j++) {
-        /* Evenly spread, deterministic: the middle of each of m runs. */
-        size_t i = m == n ? j : (size_t)(((2 * (double)j + 1) * (double)n) /
-                                         (2 * (double)m));
+        if (j + GATHER_AHEAD < m)
+            __builtin_prefetch(from +
+                               sample_index(j + GATHER_AHEAD, m, n) * es);
+        const char *at = from + sample_index(j, m, n) * es;
+        if (es == 2)
+            memcpy(to + 2 * j, at, 2);
+        else if (es == 4)
+            memcpy(to + 4 * j, at, 4);
+        else
+            memcpy(to + 8 * j, at, 8);
+    }
+}
+
+/* Step 1: bracket task t's threshold (the keep-th largest magnitude).
+ * g is f with its base and task t's input replaced by their gathered
+ * sample elements (g->n == m): each sample's magnitude is then found by
+ * the same loads and differences as the passes, a block at a time. */
+static lm_status bracket(struct sparse *s, struct bufs *w, size_t t,
+                         float *sample, const struct lm__fused *g)
+{
+    size_t n = s->f->n, keep = s->r->task[t].keep, m = g->n;
+    for (size_t lo = 0; lo < m; lo += BLOCK) {
+        size_t len = m - lo < BLOCK ? m - lo : BLOCK;
         const float *b;
         const double *b64;
-        float d;
-        LM_TRY(load_base(f, w, i, 1, &b, &b64, f->check));
-        LM_TRY(load_delta(f, w, t, i, 1, b, b64, &d, f->check));
-        sample[j] = fabsf(d);
+        LM_TRY(load_base(g, w, lo, len, &b, &b64, g->check));
+        LM_TRY(load_delta(g, w, t, lo, len, b, b64, sample + lo, g->check));
+        for (size_t j = 0; j < len; j++)
+            sample[lo + j] = fabsf(sample[lo + j]);
     }
     if (m == n) { /* the whole tensor: exact */
         s->lo[t] = s->hi[t] = lm__kth_largest(sample, n, keep);
@@ -189,37 +222,23 @@ static lm_status reserve_candidates(const struct lm__fused *f,
 }
 
 /* Count one block's magnitudes a[0..len) against task t's bracket and
- * keep those strictly inside it. Counting is branch-free (vectorised);
- * the band's few percent are then appended by a branch-free compaction
- * (every magnitude stored, the end advanced only past band members). */
+ * keep those strictly inside it (core/sparse_kernels.c: a vectorised
+ * count, then the band's few percent appended in index order). */
 static lm_status count_block(const struct lm__fused *f, struct chunk_task *c,
                              float *a, size_t len, float top, float bottom,
                              size_t limit)
 {
-    uint32_t above = 0, eq_hi = 0, eq_lo = 0, band = 0;
-    for (size_t j = 0; j < len; j++) {
-        float m = fabsf(a[j]);
-        a[j] = m;
-        above += m > top;
-        eq_hi += m == top;
-        eq_lo += (m == bottom) & (m < top); /* lo == hi counts once */
-        band += (m > bottom) & (m < top);
-    }
-    c->above += above;
-    c->eq_hi += eq_hi;
-    c->eq_lo += eq_lo;
-    if (!band)
+    uint32_t n[4];
+    lm__sk_count(a, len, top, bottom, n);
+    c->above += n[0];
+    c->eq_hi += n[1];
+    c->eq_lo += n[2];
+    if (!n[3])
         return LM_OK;
-    if (c->n_cand + band > limit)
+    if (c->n_cand + n[3] > limit)
         return DECLINE; /* the band is too full */
     LM_TRY(reserve_candidates(f, c, len));
-    float *out = c->cand + c->n_cand;
-    size_t n = 0;
-    for (size_t j = 0; j < len; j++) {
-        out[n] = a[j];
-        n += (a[j] > bottom) & (a[j] < top);
-    }
-    c->n_cand += n;
+    c->n_cand += lm__sk_band(a, len, bottom, top, c->cand + c->n_cand);
     return LM_OK;
 }
 
@@ -373,14 +392,16 @@ static void settle_l1(struct sparse *s)
 static void trim(float *d, size_t len, float thr, size_t ties_left,
                  size_t *seen)
 {
-    /* Most blocks hold no magnitude equal to the threshold: a
-     * branch-free pass then (vectorised), the ordered one otherwise. */
-    uint32_t tied = 0;
-    for (size_t j = 0; j < len; j++)
-        tied |= (uint32_t)(fabsf(d[j]) == thr);
-    if (!tied) {
-        for (size_t j = 0; j < len; j++)
-            d[j] = fabsf(d[j]) > thr ? d[j] : 0.0f;
+    /* A block keeps all of its equal magnitudes or none of them (low
+     * precision inputs put many at the threshold), but for the one
+     * block where the quota runs out: a vectorised pass, or the ordered
+     * one there. */
+    size_t tied = lm__sk_count_eq(d, len, thr);
+    if (*seen >= ties_left || *seen + tied <= ties_left) {
+        bool keep = *seen < ties_left && tied;
+        lm__sk_trim(d, len, thr, keep);
+        if (keep)
+            *seen += tied;
         return;
     }
     for (size_t j = 0; j < len; j++) {
@@ -402,8 +423,7 @@ static lm_status emit(const struct lm__fused *f, struct bufs *w, size_t lo,
     const float *v = w->v;
     if (!f->wide) {
         float *o = f->out_dt == LM_F32 ? (float *)f->dst + lo : w->o;
-        for (size_t j = 0; j < len; j++)
-            o[j] = v[j] + b[j];
+        lm__sk_add(v, b, o, len);
         if (f->check && lm__fused_any_nonfinite_f32(o, len))
             return DECLINE;
         if (o == w->o && f->out_dt == LM_BF16)
@@ -458,8 +478,7 @@ static lm_status merge_chunk(void *arg, size_t item)
                 r->mask(r, t, d, len, i);
                 double scale = s->l1_scale[t];
                 if (scale != 1.0) /* lm__rescale_l1's product */
-                    for (size_t j = 0; j < len; j++)
-                        d[j] = (float)(d[j] * scale);
+                    lm__sk_scale(d, len, scale);
             }
             rows[t] = d;
         }
@@ -503,18 +522,33 @@ lm_status lm__fused_sparse_run(const struct lm__fused *f)
     if (s.trims && st == LM_OK) {
         s.ct = lm__calloc(f->ctx, s.items * s.k, sizeof(*s.ct));
         size_t m = f->n < SAMPLE ? f->n : SAMPLE;
-        float *sample = lm_alloc(f->ctx, m * sizeof(float));
+        /* f's copy that reads the sample elements, the base's and one
+         * input's (at most 8 bytes each, aligned), then m magnitudes. */
+        size_t head = (sizeof(*f) + 63) / 64 * 64;
+        char *mem = lm_alloc(f->ctx, head + m * (16 + sizeof(float)));
         struct bufs w = {0};
-        st = s.ct && sample ? bufs_alloc(f, &w)
-                            : lm_context_set_error(f->ctx,
-                                                   LM_ERR_OUT_OF_MEMORY,
-                                                   "out of memory selecting "
-                                                   "a threshold");
-        for (size_t t = 0; t < s.k && st == LM_OK; t++)
-            if (s.r->task[t].how == LM__SPARSE_TOP)
-                st = bracket(&s, &w, t, sample);
+        st = s.ct && mem ? bufs_alloc(f, &w)
+                         : lm_context_set_error(f->ctx, LM_ERR_OUT_OF_MEMORY,
+                                                "out of memory selecting a "
+                                                "threshold");
+        if (st == LM_OK) {
+            struct lm__fused *g = (struct lm__fused *)mem;
+            char *base_at = mem + head, *in_at = base_at + 8 * m;
+            float *sample = (float *)(in_at + 8 * m);
+            memcpy(g, f, sizeof(*f));
+            g->n = m;
+            g->base = base_at;
+            gather(f->base, lm_dtype_size(f->base_dt), m, f->n, base_at);
+            for (size_t t = 0; t < s.k && st == LM_OK; t++) {
+                if (s.r->task[t].how != LM__SPARSE_TOP)
+                    continue;
+                g->in[t] = in_at;
+                gather(f->in[t], lm_dtype_size(f->in_dt[t]), m, f->n, in_at);
+                st = bracket(&s, &w, t, sample, g);
+            }
+        }
         lm_free(f->ctx, w.mem);
-        lm_free(f->ctx, sample);
+        lm_free(f->ctx, mem);
         if (st == LM_OK)
             st = run_items(f, &s, count_chunk);
         for (size_t t = 0; t < s.k && st == LM_OK; t++)

@@ -2,8 +2,10 @@
 #include <math.h>
 
 #include "core/l1_norm.h"
+#include "core/vector_clones.h"
 
-double lm__l1_block(const float *x, size_t len)
+LM_VECTOR_CLONES
+static double l1_block_clones(const float *x, size_t len)
 {
     double lane[4] = {0.0, 0.0, 0.0, 0.0};
     size_t i = 0;
@@ -13,6 +15,11 @@ double lm__l1_block(const float *x, size_t len)
     for (size_t q = 0; i + q < len; q++)
         lane[q] += fabs((double)x[i + q]);
     return (lane[0] + lane[1]) + (lane[2] + lane[3]);
+}
+
+double lm__l1_block(const float *x, size_t len)
+{
+    return l1_block_clones(x, len);
 }
 
 double lm__l1_norm(const float *x, size_t n)

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "core/select.h"
+#include "core/vector_clones.h"
 #include "strategies/sign_merge.h"
 
 size_t lm__density_count(double density, size_t n)
@@ -44,8 +45,10 @@ void lm__dare_mask(float *x, size_t n, double density, bool rescale,
     lm__dare_mask_at(x, n, 0, density, rescale, seed, task);
 }
 
-void lm__dare_mask_at(float *x, size_t len, size_t offset, double density,
-                      bool rescale, uint64_t seed, size_t task)
+LM_VECTOR_CLONES
+static void dare_mask_at_clones(float *x, size_t len, size_t offset,
+                                double density, bool rescale, uint64_t seed,
+                                size_t task)
 {
     uint64_t stream = lm__mix64(seed ^ lm__mix64(0xda3e0000ULL + task));
     float scale = rescale ? (float)(1.0 / density) : 1.0f;
@@ -62,13 +65,20 @@ void lm__dare_mask_at(float *x, size_t len, size_t offset, double density,
     }
 }
 
+void lm__dare_mask_at(float *x, size_t len, size_t offset, double density,
+                      bool rescale, uint64_t seed, size_t task)
+{
+    dare_mask_at_clones(x, len, offset, density, rescale, seed, task);
+}
+
 /* Elements per step of lm__sign_merge: its per-element sums stay on the
  * stack and every loop runs over elements, so that it vectorises. */
 #define SIGN_STEP 256
 
-void lm__sign_merge(const float *const *tasks, const double *weights,
-                    size_t n_tasks, size_t n, const struct lm__sign_merge_opts *o,
-                    float *out)
+LM_VECTOR_CLONES
+static void sign_merge_clones(const float *const *tasks,
+                              const double *weights, size_t n_tasks, size_t n,
+                              const struct lm__sign_merge_opts *o, float *out)
 {
     bool wie = o->weights_in_election;
     bool count = o->consensus == LM_CONSENSUS_COUNT;
@@ -121,6 +131,13 @@ void lm__sign_merge(const float *const *tasks, const double *weights,
             for (size_t j = 0; j < len; j++)
                 out[i0 + j] = (float)(num[j] / (den[j] == 0.0 ? 1.0 : den[j]));
     }
+}
+
+void lm__sign_merge(const float *const *tasks, const double *weights,
+                    size_t n_tasks, size_t n, const struct lm__sign_merge_opts *o,
+                    float *out)
+{
+    sign_merge_clones(tasks, weights, n_tasks, n, o, out);
 }
 
 lm_status lm__sign_merge_params(const lm_params *p,

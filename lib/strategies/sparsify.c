@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/l1_norm.h"
+#include "core/vector_clones.h"
 #include "strategies/sparsify.h"
 
 const lm_params *lm__job_params(const lm_tensor_job *job,
@@ -131,6 +132,31 @@ lm_status lm__della_mask(lm_context *ctx, float *x, int ndim,
     return st;
 }
 
+/* Elements per step of weighted_sum: the sums stay on the stack and the
+ * loops run over elements (vectorised), tasks added in order per element. */
+#define SUM_STEP 256
+
+LM_VECTOR_CLONES
+static void weighted_sum(const float *const *rows, const double *weights,
+                         size_t n_tasks, size_t n, double lambda, double div,
+                         float *out)
+{
+    double acc[SUM_STEP];
+    for (size_t i0 = 0; i0 < n; i0 += SUM_STEP) {
+        size_t len = n - i0 < SUM_STEP ? n - i0 : SUM_STEP;
+        for (size_t j = 0; j < len; j++)
+            acc[j] = 0.0;
+        for (size_t t = 0; t < n_tasks; t++) {
+            const float *x = rows[t] + i0;
+            double w = weights[t];
+            for (size_t j = 0; j < len; j++)
+                acc[j] += w * (double)x[j];
+        }
+        for (size_t j = 0; j < len; j++)
+            out[i0 + j] = (float)(lambda * (acc[j] / div));
+    }
+}
+
 void lm__gta_combine(const float *const *rows, const double *weights,
                      size_t n_tasks, size_t n, bool elect, bool normalize,
                      double lambda, float *out)
@@ -154,12 +180,7 @@ void lm__gta_combine(const float *const *rows, const double *weights,
         if (fabs(wsum) >= 1e-8)
             div = wsum;
     }
-    for (size_t i = 0; i < n; i++) {
-        double acc = 0.0;
-        for (size_t t = 0; t < n_tasks; t++)
-            acc += weights[t] * (double)rows[t][i];
-        out[i] = (float)(lambda * (acc / div));
-    }
+    weighted_sum(rows, weights, n_tasks, n, lambda, div, out);
 }
 
 lm_status lm__gta_init(const lm_strategy_init_info *info, void **state,

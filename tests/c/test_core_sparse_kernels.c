@@ -1,0 +1,234 @@
+/* The element kernels of the fused sparse path (lib/core/sparse_kernels.c)
+ * and the other loops built as vector clones (core/vector_clones.h: bf16
+ * rounding, the non-finite scan, DARE's mask) against scalar references
+ * written here from their definitions, bit for bit (tolerance: 0 ulps,
+ * compared as bits; counts exactly). Whichever clone the CPU selects runs
+ * (AVX-512 on the development machine; tools/test.sh also runs this suite
+ * under valgrind, whose CPU has AVX2 and no AVX-512, and the clang build
+ * has no clones: the baseline). Lengths around vector widths and blocks,
+ * pointers off their alignment, inputs with signed zeros, repeated
+ * magnitudes, infinities and NaNs. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/fused_private.h"
+#include "core/sparse_kernels.h"
+#include "strategies/sign_merge.h"
+#include "testutil.h"
+
+static const size_t lens[] = {0, 1, 7, 15, 16, 17, 31, 33, 255, 2047, 2048};
+#define N_LENS (sizeof(lens) / sizeof(lens[0]))
+#define ROOM (2048 + 64)
+
+static uint32_t bits(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, sizeof(u));
+    return u;
+}
+
+static uint64_t next(uint64_t *s)
+{
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+/* Mostly values in (-2, 2), with repeats, signed zeros and (when
+ * `special`) infinities and NaNs mixed in. */
+static void fill(float *x, size_t n, uint64_t seed, bool special)
+{
+    static const float v[] = {0.0f, -0.0f, 0.5f, -0.5f, 0.25f, 1.0f, -1.0f};
+    uint64_t s = seed * 0x9e3779b97f4a7c15ULL + 1;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t r = next(&s);
+        if (r % 5 == 0)
+            x[i] = v[(r >> 8) % (sizeof(v) / sizeof(v[0]))];
+        else if (special && r % 97 == 1)
+            x[i] = (r >> 8) & 1 ? INFINITY : -INFINITY;
+        else if (special && r % 97 == 2)
+            x[i] = NAN;
+        else
+            x[i] = (float)((double)(r >> 11) / 4503599627370496.0 - 1.0);
+    }
+}
+
+static void same_bits(const float *a, const float *b, size_t n,
+                      const char *what, size_t len, size_t off)
+{
+    for (size_t i = 0; i < n; i++)
+        if (bits(a[i]) != bits(b[i]))
+            ck_abort_msg("%s: len %zu offset %zu element %zu: %a vs %a",
+                         what, len, off, i, (double)a[i], (double)b[i]);
+}
+
+START_TEST(arithmetic_kernels)
+{
+    static float xb[ROOM], bb[ROOM], got[ROOM], want[ROOM];
+    for (size_t l = 0; l < N_LENS; l++)
+        for (size_t off = 0; off < 4; off++) {
+            size_t n = lens[l];
+            float *x = xb + off, *b = bb + (3 - off);
+            fill(x, n, 1 + l, true);
+            fill(b, n, 100 + l, true);
+            lm__sk_sub(x, b, got, n);
+            for (size_t i = 0; i < n; i++)
+                want[i] = x[i] - b[i];
+            same_bits(got, want, n, "sub", n, off);
+            lm__sk_add(x, b, got, n);
+            for (size_t i = 0; i < n; i++)
+                want[i] = x[i] + b[i];
+            same_bits(got, want, n, "add", n, off);
+            memcpy(got, x, n * sizeof(float));
+            lm__sk_scale(got, n, 1.2345678901234);
+            for (size_t i = 0; i < n; i++)
+                want[i] = (float)((double)x[i] * 1.2345678901234);
+            same_bits(got, want, n, "scale", n, off);
+        }
+}
+END_TEST
+
+START_TEST(selection_kernels)
+{
+    static float xb[ROOM], a[ROOM], got[ROOM], want[ROOM];
+    /* Thresholds at a repeated magnitude (ties) and between values. */
+    static const float bracket[][2] = {
+        {0.25f, 0.5f}, {0.1f, 0.9f}, {0.5f, 0.5f}, {0.0f, 0.25f}};
+    for (size_t l = 0; l < N_LENS; l++)
+        for (size_t off = 0; off < 4; off++)
+            for (size_t q = 0; q < 4; q++) {
+                size_t n = lens[l];
+                float *x = xb + off, lo = bracket[q][0], hi = bracket[q][1];
+                fill(x, n, 7 * l + q, q == 3);
+                memcpy(a, x, n * sizeof(float));
+                uint32_t c[4];
+                lm__sk_count(a, n, hi, lo, c);
+                uint32_t w[4] = {0, 0, 0, 0};
+                size_t nb = 0;
+                for (size_t i = 0; i < n; i++) {
+                    float m = fabsf(x[i]);
+                    want[i] = m;
+                    if (m > hi)
+                        w[0]++;
+                    else if (m == hi)
+                        w[1]++;
+                    else if (m == lo)
+                        w[2]++;
+                    else if (m > lo && m < hi)
+                        w[3]++;
+                }
+                same_bits(a, want, n, "count's magnitudes", n, off);
+                for (int k = 0; k < 4; k++)
+                    ck_assert_uint_eq(c[k], w[k]);
+                for (size_t i = 0; i < n; i++)
+                    if (a[i] > lo && a[i] < hi)
+                        want[nb++] = a[i];
+                size_t g = lm__sk_band(a, n, lo, hi, got);
+                ck_assert_uint_eq(g, nb);
+                same_bits(got, want, nb, "band", n, off);
+                g = lm__sk_band_portable(a, n, lo, hi, got);
+                ck_assert_uint_eq(g, nb);
+                same_bits(got, want, nb, "portable band", n, off);
+                size_t eq = 0;
+                for (size_t i = 0; i < n; i++)
+                    eq += fabsf(x[i]) == hi;
+                ck_assert_uint_eq(lm__sk_count_eq(x, n, hi), eq);
+                for (int keep = 0; keep < 2; keep++) {
+                    memcpy(got, x, n * sizeof(float));
+                    lm__sk_trim(got, n, hi, keep);
+                    for (size_t i = 0; i < n; i++) {
+                        float m = fabsf(x[i]);
+                        want[i] = m > hi || (keep && m == hi) ? x[i] : 0.0f;
+                    }
+                    same_bits(got, want, n, keep ? "trim, ties kept" : "trim",
+                              n, off);
+                }
+            }
+}
+END_TEST
+
+START_TEST(conversion_kernels)
+{
+    static float xb[ROOM];
+    static uint16_t got[ROOM];
+    for (size_t l = 0; l < N_LENS; l++)
+        for (size_t off = 0; off < 4; off++) {
+            size_t n = lens[l];
+            float *x = xb + off;
+            fill(x, n, 300 + l, true);
+            /* Halfway cases of bf16 rounding, both parities. */
+            for (size_t i = 0; i + 1 < n; i += 5) {
+                float h;
+                uint32_t u = 0x3f808000u + (uint32_t)(i & 1) * 0x10000u;
+                memcpy(&h, &u, sizeof(h));
+                x[i] = h;
+            }
+            lm__fused_f32_to_bf16(x, got, n);
+            for (size_t i = 0; i < n; i++)
+                if (got[i] != lm_f32_to_bf16(x[i]))
+                    ck_abort_msg("bf16 of %a: %04x vs %04x", (double)x[i],
+                                 got[i], lm_f32_to_bf16(x[i]));
+            bool bad = false;
+            for (size_t i = 0; i < n; i++)
+                bad |= !isfinite(x[i]);
+            ck_assert_int_eq(lm__fused_any_nonfinite_f32(x, n), bad);
+            fill(x, n, 300 + l, false);
+            ck_assert(!lm__fused_any_nonfinite_f32(x, n));
+            if (n) {
+                x[n - 1] = NAN;
+                ck_assert(lm__fused_any_nonfinite_f32(x, n));
+            }
+        }
+}
+END_TEST
+
+/* splitmix64's finaliser (Steele, Lea and Flood 2014). */
+static uint64_t splitmix(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/* DARE's documented draw (sign_merge.h): entry i of task t is kept when
+ * u = (top 53 bits of a counter-based hash of (seed, t, i)) / 2^53 is
+ * below the density; survivors are divided by it when rescaling. */
+START_TEST(dare_mask_draws)
+{
+    static float xb[ROOM], got[ROOM], want[ROOM];
+    static const double density[] = {0.1, 0.5, 0.9};
+    for (size_t l = 0; l < N_LENS; l++)
+        for (size_t d = 0; d < 3; d++) {
+            size_t n = lens[l], offset = 1000003 * l + 17;
+            uint64_t seed = 42 + d, task = d;
+            float *x = xb + d;
+            fill(x, n, 500 + l, false);
+            memcpy(got, x, n * sizeof(float));
+            lm__dare_mask_at(got, n, offset, density[d], d != 1, seed, task);
+            uint64_t stream = splitmix(seed ^ splitmix(0xda3e0000ULL + task));
+            float scale = d != 1 ? (float)(1.0 / density[d]) : 1.0f;
+            for (size_t i = 0; i < n; i++) {
+                double u =
+                    (double)(splitmix(stream ^ splitmix(offset + i)) >> 11) /
+                    9007199254740992.0;
+                want[i] = u < density[d] ? x[i] * scale : 0.0f;
+            }
+            same_bits(got, want, n, "dare mask", n, d);
+        }
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("sparse_kernels");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, arithmetic_kernels);
+    tcase_add_test(tc, selection_kernels);
+    tcase_add_test(tc, conversion_kernels);
+    tcase_add_test(tc, dare_mask_draws);
+    suite_add_tcase(s, tc);
+    return tu_run(s);
+}
