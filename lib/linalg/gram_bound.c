@@ -28,8 +28,11 @@ lm_status lm__gram_cond_lower_bound(lm_context *ctx, const double *a,
     for (size_t i = 0; i < m * n; i++)
         af[i] = (float)a[i];
     /* Row-major upper triangle = column-major lower triangle. */
-    cblas_ssyrk(CblasRowMajor, CblasUpper, wide ? CblasNoTrans : CblasTrans,
-                (int)d, (int)other, 1.0f, af, (int)n, 0.0f, g, (int)d);
+    lm_status st = lm__gram_upper_f32(ctx, af, m, n, g);
+    if (st != LM_OK) {
+        lm_free(ctx, buf);
+        return st;
+    }
     lapack_int info = LAPACKE_spotrf_work(LAPACK_COL_MAJOR, 'L',
                                           (lapack_int)d, g, (lapack_int)d);
     /* Every Cholesky pivot L_ii^2 is a diagonal entry of a Schur

@@ -1,7 +1,37 @@
-/* Body of lm__gram_eig for one precision, included by gram_eig.c twice:
- * REAL is float or double, GE_NAME the function name, GE_SYRK and
- * GE_SYEVD_WORK the BLAS/LAPACKE routines of that precision, GE_ROUTINE
- * the eigensolver's name for messages. */
+/* Body of lm__gram_eig for one precision, included by svd_top.c twice:
+ * REAL is float or double (GE_SINGLE true or false), GE_NAME the function
+ * name, GE_NAME_SYEVD a name for its plain syevd call, GE_GRAM (blocked.c)
+ * and GE_SYEVD_WORK the Gram product and the LAPACKE routine of that
+ * precision, GE_ROUTINE the eigensolver's name for messages. */
+
+/* syevd on g (d x d, col-major lower) with its workspace from ctx. */
+static lm_status GE_NAME_SYEVD(lm_context *ctx, char jobz, REAL *g, size_t d,
+                               REAL *wr, lapack_int *info)
+{
+    REAL query = 0;
+    lapack_int iquery = 0;
+    *info = GE_SYEVD_WORK(LAPACK_COL_MAJOR, jobz, 'L', (lapack_int)d, NULL,
+                          (lapack_int)d, NULL, &query, -1, &iquery, -1);
+    if (*info != 0)
+        return lm_context_set_error(ctx, LM_ERR_INTERNAL,
+                                    "LAPACK syevd workspace query failed "
+                                    "(info %d)", (int)*info);
+    size_t lwork = query < 1 ? 1 : (size_t)query;
+    size_t liwork = iquery < 1 ? 1 : (size_t)iquery;
+    REAL *work = lm_alloc(ctx, (lwork + (liwork * sizeof(lapack_int) +
+                                         sizeof(REAL) - 1) / sizeof(REAL)) *
+                                   sizeof(REAL));
+    if (!work)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "eigendecomposition (%s) of a %zu x %zu "
+                                    "Gram matrix: out of memory for the "
+                                    "LAPACK workspace", GE_ROUTINE, d, d);
+    *info = GE_SYEVD_WORK(LAPACK_COL_MAJOR, jobz, 'L', (lapack_int)d, g,
+                          (lapack_int)d, wr, work, (lapack_int)lwork,
+                          (lapack_int *)(work + lwork), (lapack_int)liwork);
+    lm_free(ctx, work);
+    return LM_OK;
+}
 
 static lm_status GE_NAME(lm_context *ctx, const double *a, size_t m,
                          size_t n, double *w, double *q)
@@ -15,38 +45,39 @@ static lm_status GE_NAME(lm_context *ctx, const double *a, size_t m,
                                     "Gram eigendecomposition of a %zu x %zu "
                                     "matrix exceeds the LAPACK integer limit",
                                     m, n);
-    REAL query = 0;
-    lapack_int iquery = 0;
-    lapack_int info = GE_SYEVD_WORK(LAPACK_COL_MAJOR, jobz, 'L', (lapack_int)d,
-                                    NULL, (lapack_int)d, NULL, &query, -1,
-                                    &iquery, -1);
-    if (info != 0)
-        return lm_context_set_error(ctx, LM_ERR_INTERNAL,
-                                    "LAPACK syevd workspace query failed "
-                                    "(info %d)", (int)info);
-    size_t lwork = query < 1 ? 1 : (size_t)query;
-    size_t liwork = iquery < 1 ? 1 : (size_t)iquery;
-    /* A in this precision, G, its eigenvalues, work and iwork, one block. */
-    size_t words = m * n + d * d + d + lwork +
-                   (liwork * sizeof(lapack_int) + sizeof(REAL) - 1) /
-                       sizeof(REAL);
-    REAL *buf = lm_alloc(ctx, words * sizeof(REAL));
+    /* A in this precision (f32 only: f64 reads A itself), G and its
+     * eigenvalues, one block; syevd's workspace apart, only when syevd
+     * runs (fresh pages cost page faults). */
+    size_t copy = GE_SINGLE ? m * n : 0;
+    REAL *buf = lm_alloc(ctx, (copy + d * d + d) * sizeof(REAL));
     if (!buf)
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "eigendecomposition (%s) of a Gram "
-                                    "matrix: out of memory for the LAPACK "
-                                    "workspace (%zu x %zu)", GE_ROUTINE, m,
-                                    n);
-    REAL *ar = buf, *g = ar + m * n, *wr = g + d * d, *work = wr + d;
-    for (size_t i = 0; i < m * n; i++)
-        ar[i] = (REAL)a[i];
+                                    "matrix: out of memory (%zu x %zu)",
+                                    GE_ROUTINE, m, n);
+    REAL *g = buf + copy, *wr = g + d * d;
+    const REAL *ar = (const REAL *)(const void *)a;
+    if (GE_SINGLE) {
+        for (size_t i = 0; i < m * n; i++)
+            buf[i] = (REAL)a[i];
+        ar = buf;
+    }
     /* Row-major upper triangle = column-major lower triangle: syevd reads
      * it in place, no transposed copy. */
-    GE_SYRK(CblasRowMajor, CblasUpper, wide ? CblasNoTrans : CblasTrans,
-            (int)d, (int)other, 1, ar, (int)n, 0, g, (int)d);
-    info = GE_SYEVD_WORK(LAPACK_COL_MAJOR, jobz, 'L', (lapack_int)d, g,
-                         (lapack_int)d, wr, work, (lapack_int)lwork,
-                         (lapack_int *)(work + lwork), (lapack_int)liwork);
+    lm_status st = GE_GRAM(ctx, ar, m, n, g);
+    lapack_int info = 0;
+    bool split = false;
+    if (st == LM_OK && q) { /* vectors: back-transformation on idle threads */
+        int split_info = 0;
+        st = lm__eigh_split(ctx, GE_SINGLE, g, d, wr, &split_info, &split);
+        info = split_info;
+    }
+    if (st == LM_OK && !split)
+        st = GE_NAME_SYEVD(ctx, jobz, g, d, wr, &info);
+    if (st != LM_OK) {
+        lm_free(ctx, buf);
+        return st;
+    }
     if (info == 0) {
         /* Column-major eigenvectors, ascending -> row-major, descending. */
         for (size_t c = 0; c < d; c++) {

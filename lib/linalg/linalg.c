@@ -451,12 +451,13 @@ static lm_status polar_gram(lm_context *ctx, const double *a, size_t m,
         for (size_t i = 0; i < k; i++)
             for (size_t j = 0; j < k; j++)
                 g[i * k + j] = q[i * k + j] / sqrt(w[j]);
-        lm__gemm(false, true, k, k, k, 1.0, g, q, 0.0, t);
-        if (tall)
-            lm__gemm(false, false, m, n, n, 1.0, a, t, 0.0, p);
-        else
-            lm__gemm(false, false, m, n, m, 1.0, t, a, 0.0, p);
-        *done = true;
+        st = lm__gemm_blocked(ctx, false, true, k, k, k, 1.0, g, q, 0.0, t);
+        if (st == LM_OK)
+            st = tall ? lm__gemm_blocked(ctx, false, false, m, n, n, 1.0, a,
+                                         t, 0.0, p)
+                      : lm__gemm_blocked(ctx, false, false, m, n, m, 1.0, t,
+                                         a, 0.0, p);
+        *done = st == LM_OK;
     }
     lm_free(ctx, buf);
     /* No convergence on G (silent): the SVD route decides. */
@@ -490,7 +491,7 @@ static lm_status polar(lm_context *ctx, const double *a, size_t m, size_t n,
                 mean += s[i];
             *mean_sv = mean / (double)k;
         }
-        lm__gemm(false, false, m, n, k, 1.0, u, vt, 0.0, p);
+        st = lm__gemm_blocked(ctx, false, false, m, n, k, 1.0, u, vt, 0.0, p);
     }
     lm_free(ctx, buf);
     return st;

@@ -84,6 +84,35 @@ double lm__gaussian(uint64_t seed, uint64_t i);
 void lm__gemm(bool ta, bool tb, size_t m, size_t n, size_t k, double alpha,
               const double *a, const double *b, double beta, double *c);
 
+/* lm__gemm in fixed blocks of C's rows on the context's idle threads
+ * (blocked.c): the same bytes for any thread count. Fails only when out
+ * of memory for the loop. */
+lm_status lm__gemm_blocked(lm_context *ctx, bool ta, bool tb, size_t m,
+                           size_t n, size_t k, double alpha, const double *a,
+                           const double *b, double beta, double *c);
+
+/* The upper triangle (row-major) of A's smaller Gram matrix G (d x d, d =
+ * min(m, n): A A^T when m <= n, else A^T A), in fixed row blocks on the
+ * context's idle threads: the same bytes for any thread count. Entries
+ * below the diagonal are unspecified. */
+lm_status lm__gram_upper_f64(lm_context *ctx, const double *a, size_t m,
+                             size_t n, double *g);
+lm_status lm__gram_upper_f32(lm_context *ctx, const float *a, size_t m,
+                             size_t n, float *g);
+
+/* Below this order a symmetric eigendecomposition is one syevd call. */
+#define LM_EIGH_SPLIT_MIN 256
+
+/* syevd('V', 'L') of a (n x n, column-major lower triangle; float when
+ * `single`, else double), vectors into a, eigenvalues ascending into w,
+ * with the back-transformation in fixed column blocks on the context's
+ * idle threads (eigh_split.c): the same bytes for any thread count.
+ * *used false (nothing done) when n < LM_EIGH_SPLIT_MIN or a's entries
+ * are near under- or overflow, where syevd rescales: call syevd. *info as
+ * syevd's. */
+lm_status lm__eigh_split(lm_context *ctx, bool single, void *a, size_t n,
+                         void *w, int *info, bool *used);
+
 /* Widen / narrow between f32 and f64 arrays. */
 void lm__f32_to_f64(const float *src, double *dst, size_t n);
 void lm__f64_to_f32(const double *src, float *dst, size_t n);

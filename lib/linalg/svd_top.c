@@ -10,19 +10,25 @@
 
 #define REAL float
 #define GE_NAME gram_eig_f32
-#define GE_SYRK cblas_ssyrk
+#define GE_NAME_SYEVD syevd_f32
+#define GE_GRAM lm__gram_upper_f32
+#define GE_SINGLE true
 #define GE_SYEVD_WORK LAPACKE_ssyevd_work
 #define GE_ROUTINE "ssyevd"
 #include "linalg/gram_eig_impl.h"
 #undef REAL
 #undef GE_NAME
-#undef GE_SYRK
+#undef GE_NAME_SYEVD
+#undef GE_GRAM
+#undef GE_SINGLE
 #undef GE_SYEVD_WORK
 #undef GE_ROUTINE
 
 #define REAL double
 #define GE_NAME gram_eig_f64
-#define GE_SYRK cblas_dsyrk
+#define GE_NAME_SYEVD syevd_f64
+#define GE_GRAM lm__gram_upper_f64
+#define GE_SINGLE false
 #define GE_SYEVD_WORK LAPACKE_dsyevd_work
 #define GE_ROUTINE "dsyevd"
 #include "linalg/gram_eig_impl.h"
@@ -64,18 +70,18 @@ double lm__gram_svd_estimate(const double *w, size_t d, size_t k, bool single)
 
 /* The triplets from G's eigenpairs: for wide A, U_k = Q_k and
  * V_k^T = S^-1 U_k^T A; for tall A, V_k = Q_k and U_k = A V_k S^-1. */
-static void triplets(const double *a, size_t m, size_t n, size_t k,
-                     const double *w, const double *q, double *u, double *s,
-                     double *vt)
+static lm_status triplets(lm_context *ctx, const double *a, size_t m,
+                          size_t n, size_t k, const double *w,
+                          const double *q, double *u, double *s, double *vt)
 {
     size_t d = m <= n ? m : n;
+    lm_status st;
     for (size_t j = 0; j < k; j++)
         s[j] = sqrt(w[j]);
     if (m <= n) {
         for (size_t i = 0; i < m; i++)
             memcpy(u + i * k, q + i * d, k * sizeof(double));
-        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)k, (int)n,
-                    (int)m, 1.0, u, (int)k, a, (int)n, 0.0, vt, (int)n);
+        st = lm__gemm_blocked(ctx, true, false, k, n, m, 1.0, u, a, 0.0, vt);
         for (size_t j = 0; j < k; j++)
             for (size_t i = 0; i < n; i++)
                 vt[j * n + i] /= s[j];
@@ -83,13 +89,13 @@ static void triplets(const double *a, size_t m, size_t n, size_t k,
         for (size_t j = 0; j < k; j++)
             for (size_t i = 0; i < n; i++)
                 vt[j * n + i] = q[i * d + j];
-        cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)k,
-                    (int)n, 1.0, a, (int)n, q, (int)d, 0.0, u, (int)k);
+        st = lm__gemm_blocked(ctx, false, true, m, k, n, 1.0, a, vt, 0.0, u);
         for (size_t i = 0; i < m; i++)
             for (size_t j = 0; j < k; j++)
                 u[i * k + j] /= s[j];
     }
     lm__svd_canonical_signs(u, m, k, vt, n);
+    return st;
 }
 
 static lm_status exact(lm_context *ctx, const double *a, size_t m, size_t n,
@@ -150,7 +156,9 @@ lm_status lm__svd_top(lm_context *ctx, const double *a, size_t m, size_t n,
             st = lm__gram_eig(ctx, a, m, n, single, w, q);
             if (st != LM_OK || lm__gram_svd_estimate(w, d, k, single) > tol)
                 continue;
-            triplets(a, m, n, k, w, q, u, s, vt);
+            st = triplets(ctx, a, m, n, k, w, q, u, s, vt);
+            if (st != LM_OK)
+                break;
             if (left && m <= n) { /* the first k with U's signs */
                 memcpy(left, q, m * m * sizeof(double));
                 for (size_t i = 0; i < m; i++)

@@ -197,14 +197,16 @@ static void place(double *U, double *V, size_t m, size_t n, size_t cols,
 }
 
 /* out = scale * U diag(sigma) V^T with U (m x c), V (n x c). */
-static void compose(const double *U, const double *sigma, const double *V,
-                    size_t m, size_t n, size_t c, double scale, double *tmp,
-                    double *out)
+static lm_status compose(lm_context *ctx, const double *U,
+                         const double *sigma, const double *V, size_t m,
+                         size_t n, size_t c, double scale, double *tmp,
+                         double *out)
 {
     for (size_t i = 0; i < m; i++)
         for (size_t j = 0; j < c; j++)
             tmp[i * c + j] = U[i * c + j] * sigma[j];
-    lm__gemm(false, true, m, n, c, scale, tmp, V, 0.0, out);
+    return lm__gemm_blocked(ctx, false, true, m, n, c, scale, tmp, V, 0.0,
+                            out);
 }
 
 /* Weighted task vectors in f64: x[t] = w_t * tau_t. */
@@ -386,7 +388,7 @@ static lm_status merge_tsv(const struct svd_state *s, const lm_tensor_job *job,
         st = lm__polar_pair_whiten(ctx, s->whiten, eps_cat, s->tol, U, m,
                                    cols, Up, NULL, V, n, cols, Vp, NULL);
     if (st == LM_OK)
-        compose(Up, sigma, Vp, m, n, cols, s->alpha, U, out);
+        st = compose(ctx, Up, sigma, Vp, m, n, cols, s->alpha, U, out);
     lm_free(ctx, buf);
     return st;
 }
@@ -455,7 +457,8 @@ static lm_status merge_iso_c(const struct svd_state *s,
         for (size_t i = 0; i < full; i++)
             mean += sv[i];
         mean /= (double)full;
-        lm__gemm(false, false, m, n, full, s->alpha * mean, u, vt, 0.0, out);
+        st = lm__gemm_blocked(ctx, false, false, m, n, full, s->alpha * mean,
+                              u, vt, 0.0, out);
     }
     lm_free(ctx, buf);
     lm_free(ctx, sum);
@@ -655,7 +658,8 @@ static lm_status merge_iso_cts(const struct svd_state *s,
         for (size_t i = 0; i < cols; i++)
             mean += sigma[i];
         mean = count > 0 ? mean / count : 0.0;
-        lm__gemm(false, true, m, n, cols, s->alpha * mean, Up, Vp, 0.0, out);
+        st = lm__gemm_blocked(ctx, false, true, m, n, cols, s->alpha * mean,
+                              Up, Vp, 0.0, out);
     }
     lm_free(ctx, routes);
     lm_free(ctx, buf);
