@@ -168,6 +168,16 @@ static void gather(const void *src, size_t es, size_t m, size_t n,
     }
 }
 
+/* The k-th largest of n magnitudes. Checked inputs hold no NaN (a NaN
+ * declines first), so their bits order as their values; unchecked ones
+ * keep the quickselect (which permutes a). */
+static float kth_largest(const struct lm__fused *f, float *a, size_t n,
+                         size_t k)
+{
+    return f->check ? lm__sk_kth_largest_nonneg(a, n, k)
+                    : lm__kth_largest(a, n, k);
+}
+
 /* Step 1: bracket task t's threshold (the keep-th largest magnitude).
  * g is f with its base and task t's input replaced by their gathered
  * sample elements (g->n == m): each sample's magnitude is then found by
@@ -186,7 +196,7 @@ static lm_status bracket(struct sparse *s, struct bufs *w, size_t t,
             sample[lo + j] = fabsf(sample[lo + j]);
     }
     if (m == n) { /* the whole tensor: exact */
-        s->lo[t] = s->hi[t] = lm__kth_largest(sample, n, keep);
+        s->lo[t] = s->hi[t] = kth_largest(s->f, sample, n, keep);
         return LM_OK;
     }
     /* The sample rank of the threshold, +-4 standard deviations of a
@@ -194,8 +204,9 @@ static lm_status bracket(struct sparse *s, struct bufs *w, size_t t,
     double p = (double)keep / (double)n, r = p * (double)m;
     double delta = 4.0 * sqrt((double)m * p * (1.0 - p)) + 8.0;
     double hr = floor(r - delta), lr = ceil(r + delta);
-    s->hi[t] = hr >= 1.0 ? lm__kth_largest(sample, m, (size_t)hr) : INFINITY;
-    s->lo[t] = lr <= (double)m ? lm__kth_largest(sample, m, (size_t)lr)
+    s->hi[t] = hr >= 1.0 ? kth_largest(s->f, sample, m, (size_t)hr)
+                         : INFINITY;
+    s->lo[t] = lr <= (double)m ? kth_largest(s->f, sample, m, (size_t)lr)
                                : 0.0f;
     return LM_OK;
 }
@@ -306,7 +317,8 @@ static lm_status settle(struct sparse *s, size_t t)
                 memcpy(all + at_, x->cand, x->n_cand * sizeof(float));
             at_ += x->n_cand;
         }
-        thr = lm__kth_largest(all, n_cand, keep - above - eq_hi);
+        /* Strictly inside the bracket: positive, no NaN. */
+        thr = lm__sk_kth_largest_nonneg(all, n_cand, keep - above - eq_hi);
         lm_free(f->ctx, all);
         greater = above + eq_hi;
         for (size_t c = 0; c < s->items; c++) {

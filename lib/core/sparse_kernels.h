@@ -33,4 +33,11 @@ size_t lm__sk_count_eq(const float *d, size_t len, float thr);
 /* Zeroes d[j] unless |d[j]| > thr, or == thr with keep_equal. */
 void lm__sk_trim(float *d, size_t len, float thr, bool keep_equal);
 
+/* The k-th largest (1-based, 1 <= k <= n) of n floats that are all >= 0
+ * (+0.0, not -0.0) and not NaN — magnitudes — whose bit patterns then
+ * order as their values: the same value as lm__kth_largest, found by
+ * three histogram passes (11, 11, 10 bits) instead of a quickselect's
+ * data-dependent branches; a is not changed. */
+float lm__sk_kth_largest_nonneg(const float *a, size_t n, size_t k);
+
 #endif

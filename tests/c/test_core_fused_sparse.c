@@ -3,8 +3,8 @@
  * LIBMERGE_FUSED=0): under the methods' options, every input dtype and
  * mixtures of them (f64 ones included), output dtype overrides, per-model
  * densities, odd sizes (1 element, block boundaries +-1, a tensor larger
- * than the selection's sample, one split into parallel chunks) and 1 or
- * 2 threads, the outputs must be bit-identical (tolerance: 0 ulps,
+ * than the selection's sample, one split into parallel chunks) and 1, 2
+ * or 8 threads, the outputs must be bit-identical (tolerance: 0 ulps,
  * compared as bytes), and the fused path must have taken every tensor it
  * can (DARE's L1 rescale included: its norms, whole-tensor sums, come from
  * a streaming pass in the plain path's blocked order, core/l1_norm.h).
@@ -196,13 +196,15 @@ START_TEST(sparse_fused_matches_plain)
 END_TEST
 
 /* One tensor of more than one chunk (2048 * 256 elements), split across
- * threads when some are idle. _i / 2: 0 smooth values; 1 values of a few
- * levels (magnitudes tie at the threshold in every chunk; model 1 equals
- * the base: all its magnitudes are 0 and tie). */
+ * threads when some are idle; 1, 2 or 8 threads (_i % 3). _i / 3: 0
+ * smooth values; 1 values of a few levels (magnitudes tie at the
+ * threshold in every chunk; model 1 equals the base: all its magnitudes
+ * are 0 and tie). */
 START_TEST(sparse_chunked_ties)
 {
-    bool coarse = _i / 2 == 1;
-    lm_context *ctx = tu_context(1 + _i % 2, 7);
+    static const int threads[3] = {1, 2, 8};
+    bool coarse = _i / 3 == 1;
+    lm_context *ctx = tu_context(threads[_i % 3], 7);
     int64_t shape[1] = {2048 * 256 + 2051}; /* two chunks */
     static const lm_dtype dt[3] = {LM_BF16, LM_BF16, LM_F32};
     lm_model *m[3];
@@ -284,7 +286,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_loop_test(tc, sparse_fused_matches_plain, 0,
                         (int)N_DTYPES + 1);
-    tcase_add_loop_test(tc, sparse_chunked_ties, 0, 4);
+    tcase_add_loop_test(tc, sparse_chunked_ties, 0, 6);
     tcase_add_test(tc, sparse_nonfinite_input);
     suite_add_tcase(s, tc);
     return tu_run(s);

@@ -1,6 +1,7 @@
-/* The element kernels of the fused sparse path (lib/core/sparse_kernels.c)
- * and the other loops built as vector clones (core/vector_clones.h: bf16
- * rounding, the non-finite scan, DARE's mask) against scalar references
+/* The element kernels of the fused sparse path (lib/core/sparse_kernels.c,
+ * its radix selection included) and the other loops built as vector
+ * clones (core/vector_clones.h: bf16 rounding, the non-finite scan,
+ * DARE's mask) against scalar references
  * written here from their definitions, bit for bit (tolerance: 0 ulps,
  * compared as bits; counts exactly). Whichever clone the CPU selects runs
  * (AVX-512 on the development machine; tools/test.sh also runs this suite
@@ -184,6 +185,43 @@ START_TEST(conversion_kernels)
 }
 END_TEST
 
+static int descending(const void *x, const void *y)
+{
+    float a = *(const float *)x, b = *(const float *)y;
+    return (a < b) - (a > b);
+}
+
+/* The radix selection against a sort: every rank of small arrays, and
+ * ranks spread over larger ones, of magnitudes with repeats, zeros,
+ * subnormals and infinities. */
+START_TEST(radix_selection)
+{
+    static float x[ROOM], sorted[ROOM];
+    for (size_t l = 1; l < N_LENS; l++) {
+        size_t n = lens[l];
+        fill(x, n, 900 + l, false);
+        for (size_t i = 0; i < n; i++) {
+            x[i] = fabsf(x[i]);
+            if (i % 13 == 3)
+                x[i] = 1e-40f * (float)(i % 5); /* subnormals and +0 */
+            if (i % 101 == 7)
+                x[i] = INFINITY;
+        }
+        memcpy(sorted, x, n * sizeof(float));
+        qsort(sorted, n, sizeof(float), descending);
+        size_t step = n < 64 ? 1 : n / 37;
+        for (size_t k = 1; k <= n; k += step) {
+            float got = lm__sk_kth_largest_nonneg(x, n, k);
+            if (bits(got) != bits(sorted[k - 1]))
+                ck_abort_msg("rank %zu of %zu: %a vs %a", k, n, (double)got,
+                             (double)sorted[k - 1]);
+        }
+        ck_assert_uint_eq(bits(lm__sk_kth_largest_nonneg(x, n, n)),
+                          bits(sorted[n - 1]));
+    }
+}
+END_TEST
+
 /* splitmix64's finaliser (Steele, Lea and Flood 2014). */
 static uint64_t splitmix(uint64_t x)
 {
@@ -229,6 +267,7 @@ int main(void)
     tcase_add_test(tc, selection_kernels);
     tcase_add_test(tc, conversion_kernels);
     tcase_add_test(tc, dare_mask_draws);
+    tcase_add_test(tc, radix_selection);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }
