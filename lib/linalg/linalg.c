@@ -422,7 +422,7 @@ static lm_status polar_gram(lm_context *ctx, const double *a, size_t m,
     bool tall = m > n;
     size_t k = tall ? n : m;
     *done = false;
-    double *buf = lm__calloc(ctx, 3 * k * k + k, sizeof(double));
+    double *buf = doubles(ctx, 3 * k * k + k); /* written before read */
     if (!buf)
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "polar: out of memory");
@@ -478,7 +478,7 @@ static lm_status polar(lm_context *ctx, const double *a, size_t m, size_t n,
     LM_TRY(polar_gram(ctx, a, m, n, p, mean_sv, &done));
     if (done)
         return LM_OK;
-    double *buf = lm__calloc(ctx, m * k + k + k * n, sizeof(double));
+    double *buf = doubles(ctx, m * k + k + k * n); /* lm__svd writes all */
     if (!buf)
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "polar: out of memory");
