@@ -45,7 +45,24 @@ typedef struct lm_tensor_desc {
  *         tensor was written, 0 when the execution failed or was cancelled
  *         (the sink must then leave nothing that looks complete). Its
  *         status is returned by lm_plan_execute_to when commit is 1.
- *         Required. */
+ *         Required.
+ * write_range: optional, read only when struct_size covers it; bytes
+ *         [offset, offset + nbytes) of tensor `index`'s output. When set,
+ *         the library may hand a tensor over in ranges as it merges them
+ *         (instead of one `write` of the whole tensor), so it never holds
+ *         a whole output tensor: the ranges of a tensor cover it, each
+ *         range once, from worker threads, concurrently and in any order,
+ *         and `write` is then not called for that tensor. Should a tensor
+ *         be redone after some of its ranges were written (the fast path
+ *         hands it to the general one, e.g. on a non-finite value), the
+ *         whole tensor then comes through `write`, after every range call
+ *         for it has returned: the last bytes written are the final ones.
+ *         `buffer` takes precedence for the tensors it returns memory for.
+ *         Added in 0.2 (appended; sinks built against older headers have
+ *         a smaller struct_size and never receive it). A sink that wraps
+ *         another by copying its vtable (lm_file_sink_vtable's, say) and
+ *         replacing callbacks and `user` must replace or clear
+ *         write_range too, or it is called with the wrapper's `user`. */
 typedef struct lm_sink_vtable {
     uint32_t struct_size;
     lm_status (*begin)(const lm_tensor_desc *const *outputs, size_t n,
@@ -55,6 +72,8 @@ typedef struct lm_sink_vtable {
                        void *user);
     lm_status (*end)(int commit, void *user);
     void *user;
+    lm_status (*write_range)(size_t index, uint64_t offset, const void *data,
+                             size_t nbytes, void *user);
 } lm_sink_vtable;
 
 #ifdef __cplusplus

@@ -23,6 +23,9 @@ struct lm_context {
     /* Tensors merged by the fused path (core/fused.c); tests read it to
      * know which path ran. */
     atomic_size_t fused_tensors;
+    /* Inputs the fused path read with pread (core/file_source.c), and
+     * tensors it handed to a sink in ranges: tests read them likewise. */
+    atomic_size_t file_inputs, ranged_tensors;
     uint64_t seed;
     lm_log_fn log;
     void *log_user;

@@ -28,12 +28,14 @@
 #define _DEFAULT_SOURCE /* madvise */
 #include <math.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/fused_private.h"
+#include "core/fused_simd.h"
 #include "core/vector_clones.h"
 
 /* Block: its f32 and f64 buffers (about 70 KB) stay in L2. */
@@ -42,11 +44,8 @@
 #define MAX_MODELS LM__FUSED_MAX_MODELS
 #define DECLINE LM__FUSED_DECLINE
 #define fused lm__fused
-
-struct work {
-    float *b, *x, *o;
-    double *acc, *b64, *x64;
-};
+#define work lm__fused_work
+#define view lm__fused_view
 
 /* The plain path is forced with LIBMERGE_FUSED=0 (for tests and A/B
  * measurements; documented in docs/architecture.md). */
@@ -56,22 +55,42 @@ bool lm__fused_enabled(void)
     return !(e && strcmp(e, "0") == 0);
 }
 
-/* Any Inf/NaN among x[0..n)? Branch-free so that it vectorises. */
-LM_VECTOR_CLONES
-static bool fused_any_nonfinite_f32_clones(const float *x, size_t n)
+/* The widest kernel this processor runs, or the one LIBMERGE_SIMD names
+ * (baseline, avx2, avx512: tests check that each gives the same bits;
+ * documented in docs/architecture.md). Read per tensor, like
+ * LIBMERGE_FUSED: no state is kept. */
+lm__fused_narrow_fn lm__fused_narrow_pick(void)
 {
-    uint32_t bad = 0;
-    for (size_t j = 0; j < n; j++) {
-        uint32_t u;
-        memcpy(&u, &x[j], sizeof(u));
-        bad |= (uint32_t)((u & 0x7f800000u) == 0x7f800000u);
-    }
-    return bad != 0;
+    const char *e = getenv("LIBMERGE_SIMD");
+#if LM_FUSED_X86_KERNELS
+    bool avx512 = __builtin_cpu_supports("avx512f") &&
+                  __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512vl") &&
+                  __builtin_cpu_supports("avx512dq");
+    bool avx2 = __builtin_cpu_supports("avx2");
+    if (e && !strcmp(e, "baseline"))
+        return lm__fused_narrow_baseline;
+    if (avx512 && !(e && !strcmp(e, "avx2")))
+        return lm__fused_narrow_avx512;
+    if (avx2)
+        return lm__fused_narrow_avx2;
+#else
+    (void)e;
+#endif
+    return lm__fused_narrow_baseline;
+}
+
+/* The helpers fused_sparse.c and fused_lora.c call: fused_simd.h's, as
+ * vector clones (core/vector_clones.h). */
+LM_VECTOR_CLONES
+static bool any_nonfinite_f32_clones(const float *x, size_t n)
+{
+    return lm__simd_any_nonfinite_f32(x, n);
 }
 
 bool lm__fused_any_nonfinite_f32(const float *x, size_t n)
 {
-    return fused_any_nonfinite_f32_clones(x, n);
+    return any_nonfinite_f32_clones(x, n);
 }
 
 bool lm__fused_any_nonfinite_f64(const double *x, size_t n)
@@ -85,49 +104,32 @@ bool lm__fused_any_nonfinite_f64(const double *x, size_t n)
     return bad != 0;
 }
 
-/* bf16 <-> f32 as lm_bf16_to_f32 / lm_f32_to_bf16 (dtype.c) compute them,
- * bit for bit, written branch-free so that the compiler vectorises them
- * (dtype.c's per-element calls do not vectorise; bf16 is the common
- * checkpoint dtype). core_fused checks them against the plain path. */
 LM_VECTOR_CLONES
-static void bf16_to_f32(const uint16_t *src, float *dst, size_t n)
+static void f32_to_bf16_clones(const float *src, uint16_t *dst, size_t n)
 {
-    for (size_t j = 0; j < n; j++) {
-        uint32_t u = (uint32_t)src[j] << 16;
-        memcpy(&dst[j], &u, sizeof(u));
-    }
-}
-
-LM_VECTOR_CLONES
-static void fused_f32_to_bf16_clones(const float *src, uint16_t *dst, size_t n)
-{
-    for (size_t j = 0; j < n; j++) {
-        uint32_t x;
-        memcpy(&x, &src[j], sizeof(x));
-        uint32_t rounded = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16;
-        uint32_t quiet_nan = (x >> 16) | 0x0040u;
-        dst[j] = (uint16_t)((x & 0x7fffffffu) > 0x7f800000u ? quiet_nan
-                                                             : rounded);
-    }
+    lm__simd_f32_to_bf16(src, dst, n);
 }
 
 void lm__fused_f32_to_bf16(const float *src, uint16_t *dst, size_t n)
 {
-    fused_f32_to_bf16_clones(src, dst, n);
+    f32_to_bf16_clones(src, dst, n);
+}
+
+LM_VECTOR_CLONES
+static void bf16_to_f32_clones(const uint16_t *src, float *dst, size_t n)
+{
+    lm__simd_bf16_to_f32(src, dst, n);
 }
 
 /* Elements [lo, lo + len) of src as f32: in place when src is f32. */
 const float *lm__fused_load_f32(const void *src, lm_dtype dt, size_t lo,
                                 size_t len, float *buf)
 {
-    if (dt == LM_F32)
-        return (const float *)src + lo;
-    if (dt == LM_BF16)
-        bf16_to_f32((const uint16_t *)src + lo, buf, len);
-    else
-        lm_convert((const char *)src + lo * lm_dtype_size(dt), dt, buf,
-                   LM_F32, len);
-    return buf;
+    if (dt == LM_BF16) {
+        bf16_to_f32_clones((const uint16_t *)src + lo, buf, len);
+        return buf;
+    }
+    return lm__simd_load_f32(src, dt, lo, len, buf);
 }
 
 const double *lm__fused_load_f64(const void *src, lm_dtype dt, size_t lo,
@@ -140,97 +142,23 @@ const double *lm__fused_load_f64(const void *src, lm_dtype dt, size_t lo,
     return buf;
 }
 
-/* acc = base_term ? base_coef * b : 0 (the rule's first term). */
-static void acc_init(const struct lm__linear_rule *r, const float *b,
-                     double *acc, size_t len)
-{
-    if (r->base_term)
-        for (size_t j = 0; j < len; j++)
-            acc[j] = r->base_coef * (double)b[j];
-    else
-        for (size_t j = 0; j < len; j++)
-            acc[j] = 0.0;
-}
-
-/* acc += wt * d for an adapter's task vector d (zero when the adapter
- * does not target the tensor, as lm__lora_delta's memset). */
-static lm_status add_adapter(const struct fused *f, struct work *w, size_t t,
-                             size_t lo, size_t len, double *restrict acc)
-{
-    double wt = f->w[t];
-    if (f->slot[t] == LM__SLOT_ZERO) {
-        const float zero = 0.0f;
-        for (size_t j = 0; j < len; j++)
-            acc[j] += wt * (double)zero;
-        return LM_OK;
-    }
-    const float *d = w->x;
-    lm__lora_rows(&f->lora[t], lo / f->cols, len / f->cols, w->x);
-    if (f->check && lm__fused_any_nonfinite_f32(d, len))
-        return DECLINE;
-    for (size_t j = 0; j < len; j++)
-        acc[j] += wt * (double)d[j];
-    return LM_OK;
-}
-
-/* Inputs of no f64: as tensor_merge.c's load_inputs + run_strategy. With
- * adapters, [lo, lo + len) is a whole row block. */
-static lm_status block_narrow(const struct fused *f, struct work *w,
-                              size_t lo, size_t len)
-{
-    const float *b = lm__fused_load_f32(f->base, f->base_dt, lo, len, w->b);
-    if (f->check && lm__fused_any_nonfinite_f32(b, len))
-        return DECLINE;
-    double *restrict acc = w->acc;
-    acc_init(&f->rule, b, acc, len);
-    for (size_t t = 0; t < f->k; t++) {
-        if (f->slot[t] != LM__SLOT_MODEL) {
-            LM_TRY(add_adapter(f, w, t, lo, len, acc));
-            continue;
-        }
-        const float *x =
-            lm__fused_load_f32(f->in[t], f->in_dt[t], lo, len, w->x);
-        if (f->check && lm__fused_any_nonfinite_f32(x, len))
-            return DECLINE;
-        double wt = f->w[t];
-        for (size_t j = 0; j < len; j++) {
-            float d = x[j] - b[j]; /* the task vector, rounded to f32 */
-            acc[j] += wt * (double)d;
-        }
-    }
-    float *o = f->out_dt == LM_F32 ? (float *)f->dst + lo : w->o;
-    double mul = f->rule.mul, div = f->rule.div;
-    for (size_t j = 0; j < len; j++) {
-        float v = (float)(mul * (acc[j] / div));
-        o[j] = v + b[j];
-    }
-    if (f->check && lm__fused_any_nonfinite_f32(o, len))
-        return DECLINE;
-    if (o == w->o && f->out_dt == LM_BF16)
-        lm__fused_f32_to_bf16(o, (uint16_t *)f->dst + lo, len);
-    else if (o == w->o)
-        lm_convert(o, LM_F32, (char *)f->dst + lo * lm_dtype_size(f->out_dt),
-                   f->out_dt, len);
-    return LM_OK;
-}
-
 /* An input is f64: deltas are f64 differences rounded once to f32, the
  * base is added back in f64 and the sum rounded once to the output. */
-static lm_status block_wide(const struct fused *f, struct work *w,
-                            size_t lo, size_t len)
+static lm_status block_wide(const struct fused *f, const struct view *io,
+                            struct work *w, size_t lo, size_t len)
 {
-    const double *b64 =
-        lm__fused_load_f64(f->base, f->base_dt, lo, len, w->b64);
+    const double *b64 = lm__fused_load_f64(io->base, f->base_dt,
+                                           lo - io->base_origin, len, w->b64);
     float *b = w->b;
     for (size_t j = 0; j < len; j++)
         b[j] = (float)b64[j];
     if (f->check && lm__fused_any_nonfinite_f32(b, len))
         return DECLINE;
     double *acc = w->acc;
-    acc_init(&f->rule, b, acc, len);
+    lm__simd_acc_init(&f->rule, b, acc, len);
     for (size_t t = 0; t < f->k; t++) {
-        const double *x =
-            lm__fused_load_f64(f->in[t], f->in_dt[t], lo, len, w->x64);
+        const double *x = lm__fused_load_f64(io->in[t], f->in_dt[t],
+                                             lo - io->origin[t], len, w->x64);
         float *d = w->x;
         for (size_t j = 0; j < len; j++)
             d[j] = (float)(x[j] - b64[j]);
@@ -240,17 +168,18 @@ static lm_status block_wide(const struct fused *f, struct work *w,
         for (size_t j = 0; j < len; j++)
             acc[j] += wt * (double)d[j];
     }
-    double *o = f->out_dt == LM_F64 ? (double *)f->dst + lo : w->x64;
+    char *dst = (char *)io->out +
+                (lo - io->out_origin) * lm_dtype_size(f->out_dt);
+    double *o = f->out_dt == LM_F64 ? (double *)dst : w->x64;
     double mul = f->rule.mul, div = f->rule.div;
     for (size_t j = 0; j < len; j++) {
-        float v = (float)(mul * (acc[j] / div));
-        o[j] = b64[j] + (double)v;
+        float merged = (float)(mul * (acc[j] / div));
+        o[j] = b64[j] + (double)merged;
     }
     if (f->check && lm__fused_any_nonfinite_f64(o, len))
         return DECLINE;
     if (o == w->x64)
-        lm_convert(o, LM_F64, (char *)f->dst + lo * lm_dtype_size(f->out_dt),
-                   f->out_dt, len);
+        lm_convert(o, LM_F64, dst, f->out_dt, len);
     return LM_OK;
 }
 
@@ -268,26 +197,121 @@ static size_t chunk_elems(const struct fused *f)
                       : CHUNK;
 }
 
-/* One chunk of the tensor, with its own block buffers. */
+/* Bytes of input read per file read, all inputs together: large enough
+ * that a read's cost is its copy, small enough to stay in cache for the
+ * blocks that use it (bench/perf/elementwise.py measured 0.5-2 MiB). */
+#define READ_BYTES ((size_t)1 << 20)
+
+static bool read_from_file(const struct lm__file_source *s)
+{
+    return s->fd >= 0;
+}
+
+/* Each input's part of the read buffer starts on a cache line, so that
+ * an f32 input after a bf16 one of odd length stays aligned. */
+static size_t line_up(size_t bytes)
+{
+    return (bytes + 63) / 64 * 64;
+}
+
+/* Elements per file read (a multiple of `block`) and the bytes of buffer
+ * that takes. */
+static size_t read_elems(const struct fused *f, size_t block, size_t *bytes)
+{
+    size_t per_elem = 0, inputs = 0;
+    if (read_from_file(&f->base_src)) {
+        per_elem += lm_dtype_size(f->base_dt);
+        inputs++;
+    }
+    for (size_t t = 0; t < f->k; t++)
+        if (f->slot[t] == LM__SLOT_MODEL && read_from_file(&f->src[t])) {
+            per_elem += lm_dtype_size(f->in_dt[t]);
+            inputs++;
+        }
+    size_t n = per_elem ? READ_BYTES / per_elem / block * block : 0;
+    n = n ? n : block;
+    *bytes = n * per_elem + 64 * inputs;
+    return n;
+}
+
+/* Elements [lo, lo + len) of every file-read input into raw, and v
+ * pointing at them (mapped inputs point at their tensors) and at f->dst. */
+static void read_inputs(const struct fused *f, char *raw, size_t lo,
+                        size_t len, struct view *v)
+{
+    v->out = f->dst;
+    v->out_origin = 0;
+    v->base = f->base;
+    v->base_origin = 0;
+    if (read_from_file(&f->base_src)) {
+        size_t sz = lm_dtype_size(f->base_dt);
+        lm__file_source_read(&f->base_src, lo * sz, len * sz, raw);
+        v->base = raw;
+        v->base_origin = lo;
+        raw += line_up(len * sz);
+    }
+    for (size_t t = 0; t < f->k; t++) {
+        v->in[t] = f->in[t];
+        v->origin[t] = 0;
+        if (f->slot[t] != LM__SLOT_MODEL || !read_from_file(&f->src[t]))
+            continue;
+        size_t sz = lm_dtype_size(f->in_dt[t]);
+        lm__file_source_read(&f->src[t], lo * sz, len * sz, raw);
+        v->in[t] = raw;
+        v->origin[t] = lo;
+        raw += line_up(len * sz);
+    }
+}
+
+/* Without an output buffer (f->dst NULL) each read's output goes to the
+ * sink's write_range from a buffer of its own. */
+static lm_status hand_over(const struct fused *f, const void *out, size_t lo,
+                           size_t len)
+{
+    size_t sz = lm_dtype_size(f->out_dt);
+    lm_status st = f->sink->write_range(f->sink_index, (uint64_t)lo * sz,
+                                        out, len * sz, f->sink->user);
+    return st > 0 ? LM_ERR_CALLBACK : st;
+}
+
+/* One chunk of the tensor, with its own block and read buffers. */
 static lm_status run_chunk(void *arg, size_t item)
 {
     const struct fused *f = arg;
     size_t block = block_elems(f), chunk = chunk_elems(f);
     size_t lo = item * chunk, hi = lo + chunk < f->n ? lo + chunk : f->n;
+    size_t raw_bytes, reads = read_elems(f, block, &raw_bytes);
+    size_t out_bytes = f->dst ? 0 : reads * lm_dtype_size(f->out_dt);
     size_t floats = 3 * block, doubles = 3 * block;
-    char *mem = lm_alloc(f->ctx, floats * sizeof(float) +
-                                     doubles * sizeof(double));
+    size_t work_bytes = line_up(floats * sizeof(float) +
+                                doubles * sizeof(double));
+    char *mem = lm_alloc(f->ctx, work_bytes + line_up(raw_bytes) +
+                                     out_bytes);
     if (!mem)
         return lm_context_set_error(f->ctx, LM_ERR_OUT_OF_MEMORY,
                                     "out of memory for merge buffers");
     double *d = (double *)mem;
     float *s = (float *)(d + doubles);
+    char *raw = mem + work_bytes, *out = raw + line_up(raw_bytes);
     struct work w = {s, s + block, s + 2 * block, d, d + block,
                      d + 2 * block};
+    struct view v;
+    lm__fused_narrow_fn narrow = lm__fused_narrow_pick();
     lm_status st = LM_OK;
-    for (size_t i = lo; i < hi && st == LM_OK; i += block) {
-        size_t len = hi - i < block ? hi - i : block;
-        st = f->wide ? block_wide(f, &w, i, len) : block_narrow(f, &w, i, len);
+    for (size_t r = lo; r < hi && st == LM_OK; r += reads) {
+        size_t rhi = hi - r < reads ? hi : r + reads;
+        read_inputs(f, raw, r, rhi - r, &v);
+        if (!f->dst) {
+            v.out = out;
+            v.out_origin = r;
+        }
+        for (size_t i = r; i < rhi && st == LM_OK; i += block) {
+            size_t len = rhi - i < block ? rhi - i : block;
+            st = f->wide ? block_wide(f, &v, &w, i, len)
+                         : narrow(f, &v, &w, i, len);
+        }
+        if (st == LM_OK && !f->dst)
+            st = hand_over(f, out, r, rhi - r);
     }
     lm_free(f->ctx, mem);
     return st;
@@ -310,6 +334,9 @@ static bool eligible(const lm_plan *p, const char *name, const lm_tensor *base,
                      struct fused *f, lm_status *st)
 {
     *st = LM_OK;
+    f->base_src.fd = -1;
+    for (size_t m = 0; m < MAX_MODELS; m++)
+        f->src[m].fd = -1;
     if (!(lm__strategy_linear_rule(p->vt) || lm__strategy_sparse_rule(p->vt)) ||
         p->n_stages || !base->numel || !base->data ||
         p->n_models > MAX_MODELS || !lm__fused_enabled())
@@ -367,6 +394,24 @@ static void release(lm_context *ctx, struct fused *f)
     for (size_t m = 0; m < f->k; m++)
         if (f->slot[m] == LM__SLOT_ADAPTER)
             lm__lora_factors_free(ctx, &f->lora[m]);
+    lm__file_source_close(&f->base_src);
+    for (size_t m = 0; m < f->k; m++)
+        lm__file_source_close(&f->src[m]);
+}
+
+/* Linear rules read their file-backed inputs with pread (file_source.h).
+ * The base only when it is the plan's own tensor: a merger's caller may
+ * hand in a tensor of its own. */
+static void open_sources(const lm_plan *p, const char *name,
+                         const lm_tensor *base, struct fused *f)
+{
+    if (p->base && lm__model_lookup(p->base, name) == base)
+        lm__file_source_open(p->base, base, &f->base_src);
+    for (size_t m = 0; m < f->k; m++)
+        if (f->slot[m] == LM__SLOT_MODEL)
+            lm__file_source_open(p->models[m],
+                                 lm__model_lookup(p->models[m], name),
+                                 &f->src[m]);
 }
 
 /* Map an input's pages in one call instead of one fault per 16 pages
@@ -414,6 +459,15 @@ static void *output_buffer(lm_context *ctx, const lm_sink_vtable *sink,
         scratch->size = scratch->data ? nbytes : 0;
     }
     return scratch->data;
+}
+
+/* Does the sink take outputs in ranges (a write_range its struct_size
+ * covers)? */
+static bool takes_ranges(const lm_sink_vtable *sink)
+{
+    return sink->struct_size >= offsetof(lm_sink_vtable, write_range) +
+                                    sizeof(sink->write_range) &&
+           sink->write_range;
 }
 
 /* A tensor ready to go the fused way: its inputs, rule and job. */
@@ -466,6 +520,8 @@ static lm_status prepare(lm_plan *p, void *state, const char *name,
     f->w = pr->job.weights;
     f->check = !p->allow_nonfinite;
     f->n = base->numel;
+    if (linear)
+        open_sources(p, name, base, f);
     *ok = true;
     return LM_OK;
 }
@@ -473,9 +529,10 @@ static lm_status prepare(lm_plan *p, void *state, const char *name,
 /* Merge into f->dst: LM_OK, an error, or DECLINE. */
 static lm_status run(struct fused *f)
 {
-    populate(f->base, f->n * lm_dtype_size(f->base_dt));
+    if (!read_from_file(&f->base_src))
+        populate(f->base, f->n * lm_dtype_size(f->base_dt));
     for (size_t m = 0; m < f->k; m++)
-        if (f->slot[m] == LM__SLOT_MODEL)
+        if (f->slot[m] == LM__SLOT_MODEL && !read_from_file(&f->src[m]))
             populate(f->in[m], f->n * lm_dtype_size(f->in_dt[m]));
     if (f->sparse)
         return lm__fused_sparse_run(f);
@@ -514,12 +571,20 @@ lm_status lm__fused_merge(lm_plan *p, void *state, const char *name,
     if (!ok)
         return LM_OK;
     pr.f.out_dt = out->dtype;
-    pr.f.dst = output_buffer(ctx, sink, index, out->nbytes, scratch);
-    if (!pr.f.dst) {
-        finish(ctx, &pr);
-        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
-                                    "out of memory for output '%s'",
-                                    out->name);
+    void *sink_buf = sink->buffer ? sink->buffer(index, sink->user) : NULL;
+    if (!sink_buf && !pr.f.sparse && takes_ranges(sink)) {
+        pr.f.sink = sink; /* pr.f.dst stays NULL: handed over by range */
+        pr.f.sink_index = index;
+    } else {
+        pr.f.dst = sink_buf ? sink_buf
+                            : output_buffer(ctx, sink, index, out->nbytes,
+                                            scratch);
+        if (!pr.f.dst) {
+            finish(ctx, &pr);
+            return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                        "out of memory for output '%s'",
+                                        out->name);
+        }
     }
     lm_status st = run(&pr.f);
     finish(ctx, &pr);
@@ -529,6 +594,10 @@ lm_status lm__fused_merge(lm_plan *p, void *state, const char *name,
     done_with_inputs(p, name, base);
     atomic_fetch_add(&ctx->fused_tensors, 1);
     *done = true;
+    if (!pr.f.dst) {
+        atomic_fetch_add(&ctx->ranged_tensors, 1);
+        return LM_OK;
+    }
     st = sink->write(index, pr.f.dst, out->nbytes, sink->user);
     return st > 0 ? LM_ERR_CALLBACK : st;
 }

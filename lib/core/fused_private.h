@@ -3,6 +3,7 @@
 #ifndef LM_CORE_FUSED_PRIVATE_H
 #define LM_CORE_FUSED_PRIVATE_H
 
+#include "core/file_source.h"
 #include "core/linear_rule.h"
 #include "core/lora_private.h"
 #include "core/plan_private.h"
@@ -37,6 +38,9 @@ struct lm__fused {
     lm_dtype base_dt;
     const void *in[LM__FUSED_MAX_MODELS];
     lm_dtype in_dt[LM__FUSED_MAX_MODELS];
+    /* Linear rules: the base's and the MODEL slots' files, read a few
+     * hundred KiB at a time (fd -1: straight from base / in[m]). */
+    struct lm__file_source base_src, src[LM__FUSED_MAX_MODELS];
     enum lm__fused_slot slot[LM__FUSED_MAX_MODELS];
     struct lm__lora_factors lora[LM__FUSED_MAX_MODELS]; /* ADAPTER slots */
     /* With adapters the tensor goes by row blocks of block_rows (the
@@ -46,9 +50,57 @@ struct lm__fused {
     bool wide;  /* an input is f64: the plain path's "wide" merge */
     bool check; /* non-finite values decline (the plain path reports) */
     size_t n;
-    void *dst;
+    void *dst; /* NULL: linear rules hand the output to sink's write_range */
     lm_dtype out_dt;
+    const lm_sink_vtable *sink;
+    size_t sink_index;
 };
+
+/* A block's L2-resident buffers (f32 and f64). */
+struct lm__fused_work {
+    float *b, *x, *o;
+    double *acc, *b64, *x64;
+};
+
+/* Where a block finds its inputs and puts its output: element i of the
+ * base is element i - base_origin of `base` (origin 0: the tensor itself;
+ * else a buffer the current file read filled), and so for each model;
+ * element i of the output goes to out[i - out_origin]. */
+struct lm__fused_view {
+    const void *base;
+    size_t base_origin;
+    const void *in[LM__FUSED_MAX_MODELS];
+    size_t origin[LM__FUSED_MAX_MODELS];
+    void *out;
+    size_t out_origin;
+};
+
+/* The linear merge of block [lo, lo + len) when no input is f64
+ * (core/fused_narrow.c), one build per instruction set. LM_OK, an error
+ * or LM__FUSED_DECLINE. */
+typedef lm_status (*lm__fused_narrow_fn)(const struct lm__fused *f,
+                                         const struct lm__fused_view *io,
+                                         struct lm__fused_work *w, size_t lo,
+                                         size_t len);
+lm_status lm__fused_narrow_baseline(const struct lm__fused *f,
+                                    const struct lm__fused_view *io,
+                                    struct lm__fused_work *w, size_t lo,
+                                    size_t len);
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define LM_FUSED_X86_KERNELS 1
+lm_status lm__fused_narrow_avx2(const struct lm__fused *f,
+                                const struct lm__fused_view *io,
+                                struct lm__fused_work *w, size_t lo,
+                                size_t len);
+lm_status lm__fused_narrow_avx512(const struct lm__fused *f,
+                                  const struct lm__fused_view *io,
+                                  struct lm__fused_work *w, size_t lo,
+                                  size_t len);
+#else
+#define LM_FUSED_X86_KERNELS 0
+#endif
+/* The kernel to run (fused.c). */
+lm__fused_narrow_fn lm__fused_narrow_pick(void);
 
 bool lm__fused_any_nonfinite_f32(const float *x, size_t n);
 bool lm__fused_any_nonfinite_f64(const double *x, size_t n);

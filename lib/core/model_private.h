@@ -10,6 +10,15 @@
 #include "core/tensor_private.h"
 #include "libmerge/model.h"
 
+/* A tensor's bytes in a file: the file as it was when mapped (its
+ * identity, so a file replaced since is never read) and the offset of the
+ * tensor's first byte. */
+struct lm__file_range {
+    const char *path;
+    uint64_t dev, ino, size;
+    uint64_t offset;
+};
+
 struct lm_model_entry {
     char *name;
     lm_tensor *tensor;
@@ -27,6 +36,11 @@ struct lm_model {
     /* Optional: called after the executor is done with a tensor, so a
      * file-backed model can drop its pages (bounded resident memory). */
     void (*done_with)(void *resource, const lm_tensor *tensor);
+    /* Optional: where a tensor's bytes lie in the file it was mapped from
+     * (false when they are not a plain copy of a file range), so a merge
+     * can pread() them instead of touching the mapping (core/file_source.h). */
+    bool (*file_range)(void *resource, const lm_tensor *tensor,
+                       struct lm__file_range *out);
     char **meta_keys, **meta_values; /* insertion order */
     size_t n_meta, meta_cap;
     struct lm__name_set meta_names;  /* meta_keys by name */

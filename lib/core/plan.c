@@ -1,4 +1,5 @@
 /* Merge plans: strategy, parameters and inputs. */
+#include <stddef.h>
 #include <math.h>
 #include <string.h>
 
@@ -230,15 +231,16 @@ lm_status lm_plan_execute_to(lm_plan *p, const lm_sink_vtable *sink)
 {
     if (!p || !sink)
         return LM_ERR_INVALID_ARGUMENT;
-    if (sink->struct_size < sizeof(lm_sink_vtable) || !sink->begin ||
-        !sink->write || !sink->end)
-        return lm_context_set_error(p->ctx, sink->struct_size <
-                                                    sizeof(lm_sink_vtable)
+    /* write_range was appended in 0.2: sinks built before end at user. */
+    size_t least = offsetof(lm_sink_vtable, user) + sizeof(sink->user);
+    if (sink->struct_size < least || !sink->begin || !sink->write ||
+        !sink->end)
+        return lm_context_set_error(p->ctx, sink->struct_size < least
                                                 ? LM_ERR_ABI
                                                 : LM_ERR_INVALID_ARGUMENT,
                                     "plan: sink needs struct_size >= %zu and "
                                     "begin, write and end callbacks",
-                                    sizeof(lm_sink_vtable));
+                                    least);
     LM_TRY(check_ready(p));
     return lm__execute(p, sink);
 }

@@ -225,6 +225,29 @@ static lm_status sink_write(size_t index, const void *data, size_t nbytes,
     return LM_OK;
 }
 
+/* A range of tensor index's bytes, for writers that store output bytes as
+ * they are (no encode hook). */
+static lm_status sink_write_range(size_t index, uint64_t offset,
+                                  const void *data, size_t nbytes, void *user)
+{
+    lm_file_sink *s = user;
+    struct shard *sh = &s->shards[s->tensor_shard[index]];
+    if (offset > s->tensor_bytes[index] ||
+        nbytes > s->tensor_bytes[index] - offset)
+        return lm_context_set_error(s->ctx, LM_ERR_INVALID_ARGUMENT,
+                                    "range %llu+%zu is outside tensor '%s' "
+                                    "(%llu bytes)",
+                                    (unsigned long long)offset, nbytes,
+                                    s->tensor_names[index],
+                                    (unsigned long long)s->tensor_bytes[index]);
+    if (lm__pwrite_all(sh->fd, data, nbytes, s->tensor_offset[index] + offset))
+        return lm_context_set_error(s->ctx, LM_ERR_IO,
+                                    "cannot write tensor '%s' to '%s': %s",
+                                    s->tensor_names[index], sh->write_path,
+                                    strerror(errno));
+    return LM_OK;
+}
+
 /* Forgets the files being written; a one-file output's temporary is
  * removed here, a sharded output's staging directory by lm_output_dir. */
 static void discard_temps(lm_file_sink *s)
@@ -342,6 +365,8 @@ lm_status lm__file_sink_create(lm_context *ctx, const char *path,
     s->vt.write = sink_write;
     s->vt.end = sink_end;
     s->vt.user = s;
+    if (!w->encode)
+        s->vt.write_range = sink_write_range;
     *out = s;
     return LM_OK;
 }

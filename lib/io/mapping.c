@@ -14,8 +14,7 @@
 lm_status lm__map_file(lm_context *ctx, const char *path,
                        struct lm_mapping *out)
 {
-    out->addr = NULL;
-    out->len = 0;
+    memset(out, 0, sizeof(*out));
     int fd;
     struct stat st;
     LM_TRY(lm__open_input(ctx, NULL, path, &fd, &st));
@@ -31,24 +30,34 @@ lm_status lm__map_file(lm_context *ctx, const char *path,
         }
         out->addr = addr;
         out->len = (size_t)st.st_size;
+        out->dev = (uint64_t)st.st_dev;
+        out->ino = (uint64_t)st.st_ino;
+        out->path = lm__strdup(ctx, path);
+        if (!out->path) {
+            munmap(addr, out->len);
+            memset(out, 0, sizeof(*out));
+            close(fd);
+            return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                        "out of memory mapping '%s'", path);
+        }
     }
     close(fd);
     return LM_OK;
 }
 
-void lm__unmap(struct lm_mapping *m)
+void lm__unmap(lm_context *ctx, struct lm_mapping *m)
 {
     if (m->addr)
         munmap(m->addr, m->len);
-    m->addr = NULL;
-    m->len = 0;
+    lm_free(ctx, m->path);
+    memset(m, 0, sizeof(*m));
 }
 
 static void release_mappings(void *resource)
 {
     struct lm_mappings *set = resource;
     for (size_t i = 0; i < set->count; i++)
-        lm__unmap(&set->maps[i]);
+        lm__unmap(set->ctx, &set->maps[i]);
     lm_free(set->ctx, set->maps);
     lm_free(set->ctx, set);
 }
@@ -75,6 +84,33 @@ static void drop_pages(void *resource, const lm_tensor *t)
     }
 }
 
+/* The mapping t's bytes lie in, or NULL (bytes decoded elsewhere). */
+static const struct lm_mapping *mapping_of(const struct lm_mappings *set,
+                                           const lm_tensor *t)
+{
+    const char *p = t->data;
+    size_t n = t->numel * lm_dtype_size(t->dtype);
+    for (size_t i = 0; i < set->count; i++) {
+        const char *a = set->maps[i].addr;
+        if (a && p >= a && n <= set->maps[i].len &&
+            (size_t)(p - a) <= set->maps[i].len - n)
+            return &set->maps[i];
+    }
+    return NULL;
+}
+
+static bool file_range(void *resource, const lm_tensor *t,
+                       struct lm__file_range *out)
+{
+    const struct lm_mapping *m = t->data ? mapping_of(resource, t) : NULL;
+    if (!m || !m->path)
+        return false;
+    *out = (struct lm__file_range){m->path, m->dev, m->ino, m->len,
+                                   (uint64_t)((const char *)t->data -
+                                              (const char *)m->addr)};
+    return true;
+}
+
 lm_status lm__model_mappings(lm_model *model, struct lm_mappings **out)
 {
     if (model->resource) {
@@ -91,6 +127,7 @@ lm_status lm__model_mappings(lm_model *model, struct lm_mappings **out)
         return st;
     }
     model->done_with = drop_pages;
+    model->file_range = file_range;
     *out = set;
     return LM_OK;
 }
@@ -114,7 +151,7 @@ lm_status lm__map_and_parse(lm_context *ctx, const char *path,
     struct lm_mapping map;
     LM_TRY(lm__map_file(ctx, path, &map));
     if (lm__mappings_add(set, map) != LM_OK) {
-        lm__unmap(&map);
+        lm__unmap(ctx, &map);
         return LM_ERR_OUT_OF_MEMORY;
     }
     return parse(ctx, path, &map, model);

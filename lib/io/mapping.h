@@ -7,6 +7,9 @@
 struct lm_mapping {
     void *addr;
     size_t len;
+    /* The file as mapped (lm__file_range): its path (owned) and identity. */
+    char *path;
+    uint64_t dev, ino;
 };
 
 /* Every mapping a model's tensors point into (several for sharded
@@ -18,10 +21,10 @@ struct lm_mappings {
 };
 
 /* Map `path` read-only; LM_ERR_IO naming the file on failure. An empty
- * file gives addr NULL, len 0. */
+ * file gives addr NULL, len 0. lm__unmap frees what it holds. */
 lm_status lm__map_file(lm_context *ctx, const char *path,
                        struct lm_mapping *out);
-void lm__unmap(struct lm_mapping *m);
+void lm__unmap(lm_context *ctx, struct lm_mapping *m);
 
 /* A mapping set attached to `model` (created on first use). */
 lm_status lm__model_mappings(lm_model *model, struct lm_mappings **out);

@@ -107,8 +107,11 @@ static void merge(int threads, const char *route, double budget_bytes,
     tu_counting_alloc_mark(&c);
     long long before = atomic_load(&c.live);
     r->out = NULL;
-    lm_sink_vtable sink = {sizeof(sink), sink_begin, NULL, sink_write,
-                           sink_end, &r->out};
+    lm_sink_vtable sink = {.struct_size = sizeof(sink),
+                           .begin = sink_begin,
+                           .write = sink_write,
+                           .end = sink_end,
+                           .user = &r->out};
     r->st = lm_plan_execute_to(p, &sink);
     r->peak = atomic_load(&c.peak) - before;
     r->largest = atomic_load(&c.largest);

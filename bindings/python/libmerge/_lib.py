@@ -292,7 +292,8 @@ SINK_END_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)
 
 
 class _SinkVtable(ctypes.Structure):
-    """Mirror of lm_sink_vtable (buffer left NULL: the library's scratch)."""
+    """Mirror of lm_sink_vtable (buffer and write_range left NULL: the
+    library's scratch, whole tensors to write)."""
     _fields_ = [
         ("struct_size", ctypes.c_uint32),
         ("begin", SINK_BEGIN_FN),
@@ -300,6 +301,7 @@ class _SinkVtable(ctypes.Structure):
         ("write", SINK_WRITE_FN),
         ("end", SINK_END_FN),
         ("user", ctypes.c_void_p),
+        ("write_range", ctypes.c_void_p),  # NULL: whole tensors to write
     ]
 
 
