@@ -140,7 +140,7 @@ def main():
             for n, method in todo:
                 print("%s, %d tasks, seed %d%s" % (part, n, seed, ", " + method if method else ""),
                       flush=True)
-                if part != "nsc" and n not in stats:
+                if n not in stats:
                     stats[n] = merges.collect(d.net, d.sds[:n], d.tasks[:n], rows=d.rows)
                 res = measure(args, part, d, n, seed, stats.get(n), method)
                 path = result_path(args, part, n, seed, method)

@@ -267,7 +267,7 @@ def _nsc(results, steps):
     runs = []
     for r in results:
         runs += [k for k in r["rows"] if r["part"] == "nsc" and k.startswith("nsc")
-                 and not k.endswith(", scale searched") and k not in runs]
+                 and not k.endswith((", scale searched", ", output_match")) and k not in runs]
     sizes = sorted({r["n"] for r in results if r["part"] == "nsc"})
     out = ["## NSC on LoRA adapters", "",
            "MLP, LoRA rank 8 on the three layers; NSC is label-free (%d steps, the validation "
@@ -288,6 +288,17 @@ def _nsc(results, steps):
                   [("%s − TA" % k, pick(k)) for k in runs])
     out += _table(results, "nsc", "comparison", "nsc, scale searched", "task arithmetic",
                   [("%s, scale searched − TA" % k, pick(k + ", scale searched")) for k in runs])
+    matched = [k for k in runs if any(k + ", output_match" in r["rows"] for r in results
+                                      if r["part"] == "nsc")]
+    if matched:
+        out += ["*output_match*: the run's coefficients scaled per module by "
+                "`alpha_rule=\"output_match\"` (label-free: the least-squares factor that "
+                "brings the merged delta's output on each task's unlabeled calibration rows, "
+                "the statistics' %s rows per task, closest to that task's adapter's; "
+                "docs/methods/nsc.md \"Label-free scale\")." % run.calibration_rows("mlp"), ""]
+        out += _table(results, "nsc", "comparison", "nsc, output_match", "task arithmetic",
+                      [("%s, output_match − TA" % k, pick(k + ", output_match"))
+                       for k in matched])
     out += ["Scales (means over seeds): TA's searched lambda; per run, the mean NSC "
             "coefficient after optimisation and the searched alpha (their product is the "
             "mean coefficient actually merged).", "",

@@ -170,6 +170,16 @@ def nsc_scale_searched(s, adapters, lambdas):
                     WIDEN, models=_coefficient_models(s, adapters, lambdas))
 
 
+def nsc_output_matched(s, adapters, lambdas):
+    """NSC's coefficients scaled per module by the label-free rule
+    (alpha_rule="output_match": least-squares match of the merged delta's
+    output to each task's adapter's on the statistics' unlabeled rows)."""
+    merged = libmerge.merge("nsc", s.base, [libmerge.LoraAdapter(a) for a in adapters],
+                            stats=s.stats, alpha_rule="output_match", threads=s.threads,
+                            **{"lambda": {k: [float(x) for x in v] for k, v in lambdas.items()}})
+    return s.scored(merged)
+
+
 def nsc_rows(s, steps, log=print):
     """LoRA rows: task arithmetic searched (widened); NSC's gradient and
     SPSA drivers at the safe defaults (held-out early stopping on unseen
@@ -202,7 +212,13 @@ def nsc_rows(s, steps, log=print):
         scaled = nsc_scale_searched(s, adapters, lambdas)
         scaled["mean_coefficient"] = coef
         out[label + ", scale searched"] = scaled
-        log("    %-46s %.1f; scale searched %.1f (alpha %.3f, mean coefficient %.3f)" % (
-            label, out[label]["norm"], scaled["norm"], scaled["scale"], coef))
+        if s.stats is not None:
+            matched = nsc_output_matched(s, adapters, lambdas)
+            matched["mean_coefficient"] = coef
+            out[label + ", output_match"] = matched
+        log("    %-46s %.1f; scale searched %.1f (alpha %.3f, mean coefficient %.3f)%s" % (
+            label, out[label]["norm"], scaled["norm"], scaled["scale"], coef,
+            "; output_match %.1f" % out[label + ", output_match"]["norm"]
+            if s.stats is not None else ""))
     log("    %-46s %.1f (lambda %.3f)" % ("task_arithmetic", ta["norm"], ta["scale"]))
     return out

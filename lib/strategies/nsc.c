@@ -17,12 +17,19 @@
  * `alpha` multiplies every coefficient: one global scale a search can
  * choose on validation (libmerge.torch.nsc_scale_search), as the other
  * methods' scales are; 1 merges the coefficients as they are.
+ * `alpha_rule = output_match` chooses a scale per module without labels
+ * (docs/methods/nsc.md, "Label-free scale"): the least-squares factor f
+ * that makes the merged delta's output on each task's calibration inputs
+ * closest to that task's own adapter's output (nsc/output_match.h); the
+ * merge is then alpha * f * sum_k lambda_k w_k s_k B_k A_k.
  * Every task must be a LoRA adapter (lm_plan_add_lora): the coefficients
  * are per LoRA module. */
 #include <math.h>
+#include <string.h>
 
 #include "nsc/coefficients.h"
 #include "nsc/forward.h"
+#include "nsc/output_match.h"
 #include "strategies/sparsify.h"
 
 static const lm_param_desc nsc_params[] = {
@@ -39,6 +46,12 @@ static const lm_param_desc nsc_params[] = {
      "global scale of every coefficient (1: as optimised); "
      "libmerge.torch.nsc_scale_search chooses it on validation",
      0},
+    {sizeof(lm_param_desc), "alpha_rule", LM_PARAM_CHOICE, 0, 0, 0,
+     "fixed|output_match",
+     "fixed: alpha as given; output_match: alpha times, per module, the "
+     "least-squares factor matching the merged delta's output on each "
+     "task's calibration inputs to its adapter's (needs stats; label-free)",
+     0},
 };
 
 static lm_status both_set(lm_context *ctx)
@@ -52,6 +65,8 @@ struct nsc_state {
     lm_context *ctx;
     const lm_params *params;
     struct lm__nsc_table *table; /* NULL: `lambda` per (tensor, model) */
+    const struct lm_stats *stats; /* alpha_rule=output_match */
+    bool output_match;
 };
 
 static lm_status nsc_init(const lm_strategy_init_info *info, void **state,
@@ -76,6 +91,21 @@ static lm_status nsc_init(const lm_strategy_init_info *info, void **state,
                                     "nsc: out of memory");
     s->ctx = info->ctx;
     s->params = info->params;
+    s->stats = info->stats;
+    const char *rule = NULL;
+    lm_status rst = lm_params_get_choice(info->params, "alpha_rule", &rule);
+    if (rst != LM_OK) {
+        lm_free(info->ctx, s);
+        return rst;
+    }
+    s->output_match = strcmp(rule, "output_match") == 0;
+    if (s->output_match && !s->stats) {
+        lm_free(info->ctx, s);
+        return lm_context_set_error(info->ctx, LM_ERR_INVALID_ARGUMENT,
+                                    "nsc: alpha_rule=output_match needs "
+                                    "activation statistics of every task "
+                                    "(lm_plan_set_stats; Python stats=)");
+    }
     if (fw) {
         lm_nsc *nsc = NULL;
         lm_status st = lm__nsc_forward_run(fw, info->n_models, &nsc);
@@ -173,8 +203,18 @@ static lm_status nsc_merge(void *state, const lm_tensor_job *job, void *user)
             lm_free(job->ctx, lambda);
             return st;
         }
-        lambda[t] *= alpha * job->weights[t];
+        lambda[t] *= job->weights[t];
     }
+    double f = 1.0;
+    if (s->output_match) {
+        lm_status st = lm__nsc_output_match(job, s->stats, lambda, &f);
+        if (st != LM_OK) {
+            lm_free(job->ctx, lambda);
+            return st;
+        }
+    }
+    for (size_t t = 0; t < job->n_models; t++)
+        lambda[t] *= alpha * f;
     /* deltas[t] is s_t B_t A_t (zero where the adapter has no factors);
      * the sum runs in f64 and is rounded once. */
     for (size_t i = 0; i < job->numel; i++) {

@@ -94,10 +94,13 @@ def test_quality_variants_smoke(tmp_path, mlp_cache):
                       r"\| ([-+][\d.]+) \| — \| [01] of 1 \| (level|ahead|behind) \|$", text, re.M)
     labels = [row[0] for row in rows]
     # scale search (5 methods), ESM vs its rivals, purify (3 rules + the
-    # rule comparison), NSC's two drivers as optimised and scale searched
+    # rule comparison), NSC's two drivers as optimised, scale searched and
+    # scaled by the label-free output_match rule
     for label in ("task_arithmetic", "esm", "esm − best rival", "nsc, safe defaults − TA",
                   "nsc spsa, safe defaults − TA", "nsc, safe defaults, scale searched − TA",
-                  "nsc spsa, safe defaults, scale searched − TA"):
+                  "nsc spsa, safe defaults, scale searched − TA",
+                  "nsc, safe defaults, output_match − TA",
+                  "nsc spsa, safe defaults, output_match − TA"):
         assert label in labels, (label, labels)
     assert labels.count("tsv") == 1 + 4, labels
     for label, a, b, diff, se, mean, verdict in rows:
