@@ -34,6 +34,11 @@ void lm__file_source_open(const lm_model *model, const lm_tensor *t,
  * copied from the mapping when there is no file or a read fails. */
 void lm__file_source_read(const struct lm__file_source *s, size_t off,
                           size_t len, void *dst);
+/* Is the file open (else reads copy from the mapping)? */
+static inline bool lm__file_source_open_ok(const struct lm__file_source *s)
+{
+    return s->fd >= 0;
+}
 void lm__file_source_close(struct lm__file_source *s);
 
 #endif

@@ -204,19 +204,16 @@ static size_t chunk_elems(const struct fused *f)
 
 static bool read_from_file(const struct lm__file_source *s)
 {
-    return s->fd >= 0;
+    return lm__file_source_open_ok(s);
 }
 
-/* Each input's part of the read buffer starts on a cache line, so that
- * an f32 input after a bf16 one of odd length stays aligned. */
-static size_t line_up(size_t bytes)
+size_t lm__fused_line_up(size_t bytes)
 {
     return (bytes + 63) / 64 * 64;
 }
 
-/* Elements per file read (a multiple of `block`) and the bytes of buffer
- * that takes. */
-static size_t read_elems(const struct fused *f, size_t block, size_t *bytes)
+size_t lm__fused_read_elems(const struct fused *f, size_t block,
+                            size_t *bytes)
 {
     size_t per_elem = 0, inputs = 0;
     if (read_from_file(&f->base_src)) {
@@ -234,10 +231,8 @@ static size_t read_elems(const struct fused *f, size_t block, size_t *bytes)
     return n;
 }
 
-/* Elements [lo, lo + len) of every file-read input into raw, and v
- * pointing at them (mapped inputs point at their tensors) and at f->dst. */
-static void read_inputs(const struct fused *f, char *raw, size_t lo,
-                        size_t len, struct view *v)
+void lm__fused_read_inputs(const struct fused *f, char *raw, size_t lo,
+                           size_t len, struct view *v)
 {
     v->out = f->dst;
     v->out_origin = 0;
@@ -248,7 +243,7 @@ static void read_inputs(const struct fused *f, char *raw, size_t lo,
         lm__file_source_read(&f->base_src, lo * sz, len * sz, raw);
         v->base = raw;
         v->base_origin = lo;
-        raw += line_up(len * sz);
+        raw += lm__fused_line_up(len * sz);
     }
     for (size_t t = 0; t < f->k; t++) {
         v->in[t] = f->in[t];
@@ -259,7 +254,7 @@ static void read_inputs(const struct fused *f, char *raw, size_t lo,
         lm__file_source_read(&f->src[t], lo * sz, len * sz, raw);
         v->in[t] = raw;
         v->origin[t] = lo;
-        raw += line_up(len * sz);
+        raw += lm__fused_line_up(len * sz);
     }
 }
 
@@ -280,19 +275,19 @@ static lm_status run_chunk(void *arg, size_t item)
     const struct fused *f = arg;
     size_t block = block_elems(f), chunk = chunk_elems(f);
     size_t lo = item * chunk, hi = lo + chunk < f->n ? lo + chunk : f->n;
-    size_t raw_bytes, reads = read_elems(f, block, &raw_bytes);
+    size_t raw_bytes, reads = lm__fused_read_elems(f, block, &raw_bytes);
     size_t out_bytes = f->dst ? 0 : reads * lm_dtype_size(f->out_dt);
     size_t floats = 3 * block, doubles = 3 * block;
-    size_t work_bytes = line_up(floats * sizeof(float) +
+    size_t work_bytes = lm__fused_line_up(floats * sizeof(float) +
                                 doubles * sizeof(double));
-    char *mem = lm_alloc(f->ctx, work_bytes + line_up(raw_bytes) +
+    char *mem = lm_alloc(f->ctx, work_bytes + lm__fused_line_up(raw_bytes) +
                                      out_bytes);
     if (!mem)
         return lm_context_set_error(f->ctx, LM_ERR_OUT_OF_MEMORY,
                                     "out of memory for merge buffers");
     double *d = (double *)mem;
     float *s = (float *)(d + doubles);
-    char *raw = mem + work_bytes, *out = raw + line_up(raw_bytes);
+    char *raw = mem + work_bytes, *out = raw + lm__fused_line_up(raw_bytes);
     struct work w = {s, s + block, s + 2 * block, d, d + block,
                      d + 2 * block};
     struct view v;
@@ -300,7 +295,7 @@ static lm_status run_chunk(void *arg, size_t item)
     lm_status st = LM_OK;
     for (size_t r = lo; r < hi && st == LM_OK; r += reads) {
         size_t rhi = hi - r < reads ? hi : r + reads;
-        read_inputs(f, raw, r, rhi - r, &v);
+        lm__fused_read_inputs(f, raw, r, rhi - r, &v);
         if (!f->dst) {
             v.out = out;
             v.out_origin = r;
@@ -399,7 +394,7 @@ static void release(lm_context *ctx, struct fused *f)
         lm__file_source_close(&f->src[m]);
 }
 
-/* Linear rules read their file-backed inputs with pread (file_source.h).
+/* File-backed inputs are read with pread (file_source.h).
  * The base only when it is the plan's own tensor: a merger's caller may
  * hand in a tensor of its own. */
 static void open_sources(const lm_plan *p, const char *name,
@@ -520,8 +515,7 @@ static lm_status prepare(lm_plan *p, void *state, const char *name,
     f->w = pr->job.weights;
     f->check = !p->allow_nonfinite;
     f->n = base->numel;
-    if (linear)
-        open_sources(p, name, base, f);
+    open_sources(p, name, base, f);
     *ok = true;
     return LM_OK;
 }

@@ -38,8 +38,8 @@ struct lm__fused {
     lm_dtype base_dt;
     const void *in[LM__FUSED_MAX_MODELS];
     lm_dtype in_dt[LM__FUSED_MAX_MODELS];
-    /* Linear rules: the base's and the MODEL slots' files, read a few
-     * hundred KiB at a time (fd -1: straight from base / in[m]). */
+    /* The base's and the MODEL slots' files, read about 1 MiB of all
+     * inputs at a time (fd -1: straight from base / in[m]). */
     struct lm__file_source base_src, src[LM__FUSED_MAX_MODELS];
     enum lm__fused_slot slot[LM__FUSED_MAX_MODELS];
     struct lm__lora_factors lora[LM__FUSED_MAX_MODELS]; /* ADAPTER slots */
@@ -101,6 +101,18 @@ lm_status lm__fused_narrow_avx512(const struct lm__fused *f,
 #endif
 /* The kernel to run (fused.c). */
 lm__fused_narrow_fn lm__fused_narrow_pick(void);
+
+/* Reading file-backed inputs (fused.c, for both fused paths). Elements
+ * per read (a multiple of `block`, about 1 MiB of all inputs) and the
+ * buffer bytes that takes; then, per read, elements [lo, lo + len) of
+ * every input with an open file source into raw, and v pointing at them
+ * (other inputs at their tensors; v->out at f->dst). */
+size_t lm__fused_read_elems(const struct lm__fused *f, size_t block,
+                            size_t *bytes);
+void lm__fused_read_inputs(const struct lm__fused *f, char *raw, size_t lo,
+                           size_t len, struct lm__fused_view *v);
+/* bytes rounded up to a cache line. */
+size_t lm__fused_line_up(size_t bytes);
 
 bool lm__fused_any_nonfinite_f32(const float *x, size_t n);
 bool lm__fused_any_nonfinite_f64(const double *x, size_t n);

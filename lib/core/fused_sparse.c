@@ -70,21 +70,29 @@ struct sparse {
     double l1_scale[LM__SPARSE_MAX_TASKS];
 };
 
-/* Per-chunk block buffers. */
+/* Per-chunk block buffers, and the read buffer of the inputs read from
+ * their files (core/file_source.h) with where each block finds them. */
 struct bufs {
     float *b, *x, *v, *o, *rows;
     double *b64, *x64;
     void *mem;
+    char *raw;
+    size_t reads; /* elements per file read */
+    struct lm__fused_view io;
 };
 
 static lm_status bufs_alloc(const struct lm__fused *f, struct bufs *w)
 {
     size_t floats = (4 + f->k) * (size_t)BLOCK, doubles = 2 * (size_t)BLOCK;
-    w->mem = lm_alloc(f->ctx, doubles * sizeof(double) +
-                                  floats * sizeof(float));
+    size_t raw_bytes, work = lm__fused_line_up(doubles * sizeof(double) +
+                                               floats * sizeof(float));
+    w->reads = lm__fused_read_elems(f, BLOCK, &raw_bytes);
+    w->mem = lm_alloc(f->ctx, work + raw_bytes);
     if (!w->mem)
         return lm_context_set_error(f->ctx, LM_ERR_OUT_OF_MEMORY,
                                     "out of memory for merge buffers");
+    w->raw = (char *)w->mem + work;
+    lm__fused_read_inputs(f, w->raw, 0, 0, &w->io);
     w->b64 = w->mem;
     w->x64 = w->b64 + BLOCK;
     w->b = (float *)(w->x64 + BLOCK);
@@ -95,6 +103,15 @@ static lm_status bufs_alloc(const struct lm__fused *f, struct bufs *w)
     return LM_OK;
 }
 
+/* The file-read inputs of the read starting at element i (a chunk's
+ * reads start at its first element, w->reads apart). */
+static void read_ahead(const struct lm__fused *f, struct bufs *w, size_t i,
+                       size_t hi)
+{
+    size_t len = hi - i < w->reads ? hi - i : w->reads;
+    lm__fused_read_inputs(f, w->raw, i, len, &w->io);
+}
+
 /* The base of elements [lo, lo + len) in f32 (and f64 when wide), as the
  * linear fused path and the plain path read it. */
 static lm_status load_base(const struct lm__fused *f, struct bufs *w,
@@ -102,10 +119,12 @@ static lm_status load_base(const struct lm__fused *f, struct bufs *w,
                            const double **b64, bool check)
 {
     if (!f->wide) {
-        *b = lm__fused_load_f32(f->base, f->base_dt, lo, len, w->b);
+        *b = lm__fused_load_f32(w->io.base, f->base_dt,
+                                lo - w->io.base_origin, len, w->b);
         *b64 = NULL;
     } else {
-        *b64 = lm__fused_load_f64(f->base, f->base_dt, lo, len, w->b64);
+        *b64 = lm__fused_load_f64(w->io.base, f->base_dt,
+                                  lo - w->io.base_origin, len, w->b64);
         for (size_t j = 0; j < len; j++)
             w->b[j] = (float)(*b64)[j];
         *b = w->b;
@@ -120,15 +139,15 @@ static lm_status load_delta(const struct lm__fused *f, struct bufs *w,
                             const double *b64, float *d, bool check)
 {
     if (!f->wide) {
-        const float *x =
-            lm__fused_load_f32(f->in[t], f->in_dt[t], lo, len, w->x);
+        const float *x = lm__fused_load_f32(w->io.in[t], f->in_dt[t],
+                                            lo - w->io.origin[t], len, w->x);
         if (check && lm__fused_any_nonfinite_f32(x, len))
             return DECLINE;
         lm__sk_sub(x, b, d, len);
         return LM_OK;
     }
-    const double *x =
-        lm__fused_load_f64(f->in[t], f->in_dt[t], lo, len, w->x64);
+    const double *x = lm__fused_load_f64(w->io.in[t], f->in_dt[t],
+                                         lo - w->io.origin[t], len, w->x64);
     for (size_t j = 0; j < len; j++)
         d[j] = (float)(x[j] - b64[j]);
     return check && lm__fused_any_nonfinite_f32(d, len) ? DECLINE : LM_OK;
@@ -148,6 +167,9 @@ static size_t sample_index(size_t j, size_t m, size_t n)
  * (and its page walk) in turn. */
 #define GATHER_AHEAD 16
 
+/* Bytes per read when gathering from a file. */
+#define GATHER_READ ((size_t)256 << 10)
+
 /* The elements of src (es bytes each) at m sample positions, packed. */
 static void gather(const void *src, size_t es, size_t m, size_t n,
                    void *dst)
@@ -165,6 +187,31 @@ static void gather(const void *src, size_t es, size_t m, size_t n,
             memcpy(to + 4 * j, at, 4);
         else
             memcpy(to + 8 * j, at, 8);
+    }
+}
+
+/* The same from the input's file (core/file_source.h) when it has one
+ * open: read in windows of GATHER_READ, skipping windows that hold no
+ * sample. The samples of a large tensor are at most a few hundred bytes
+ * apart, so this reads about the whole tensor once, which costs less
+ * than touching each of its pages through the mapping (one read per
+ * sample costs more again: a system call each). */
+static void gather_input(const void *src, const struct lm__file_source *file,
+                         size_t es, size_t m, size_t n, char *to,
+                         char *window)
+{
+    if (!lm__file_source_open_ok(file)) {
+        gather(src, es, m, n, to);
+        return;
+    }
+    size_t win = GATHER_READ / es, j = 0;
+    for (size_t lo = 0; lo < n && j < m; lo += win) {
+        size_t len = n - lo < win ? n - lo : win;
+        if (sample_index(j, m, n) >= lo + len)
+            continue;
+        lm__file_source_read(file, lo * es, len * es, window);
+        for (size_t at; j < m && (at = sample_index(j, m, n)) < lo + len; j++)
+            memcpy(to + j * es, window + (at - lo) * es, es);
     }
 }
 
@@ -265,6 +312,8 @@ static lm_status count_chunk(void *arg, size_t item)
     lm_status st = LM_OK;
     for (size_t i = lo; i < hi && st == LM_OK; i += BLOCK) {
         size_t len = hi - i < BLOCK ? hi - i : BLOCK;
+        if ((i - lo) % w.reads == 0)
+            read_ahead(f, &w, i, hi);
         const float *b;
         const double *b64;
         st = load_base(f, &w, i, len, &b, &b64, f->check);
@@ -365,6 +414,8 @@ static lm_status l1_chunk(void *arg, size_t item)
     lm_status st = LM_OK;
     for (size_t i = lo; i < hi && st == LM_OK; i += BLOCK) {
         size_t len = hi - i < BLOCK ? hi - i : BLOCK;
+        if ((i - lo) % w.reads == 0)
+            read_ahead(f, &w, i, hi);
         const float *b;
         const double *b64;
         st = load_base(f, &w, i, len, &b, &b64, f->check);
@@ -475,6 +526,8 @@ static lm_status merge_chunk(void *arg, size_t item)
     lm_status st = LM_OK;
     for (size_t i = lo; i < hi && st == LM_OK; i += BLOCK) {
         size_t len = hi - i < BLOCK ? hi - i : BLOCK;
+        if ((i - lo) % w.reads == 0)
+            read_ahead(f, &w, i, hi);
         const float *b;
         const double *b64;
         /* What the counting pass checked needs no second look. */
@@ -537,7 +590,8 @@ lm_status lm__fused_sparse_run(const struct lm__fused *f)
         /* f's copy that reads the sample elements, the base's and one
          * input's (at most 8 bytes each, aligned), then m magnitudes. */
         size_t head = (sizeof(*f) + 63) / 64 * 64;
-        char *mem = lm_alloc(f->ctx, head + m * (16 + sizeof(float)));
+        char *mem = lm_alloc(f->ctx, head + m * (16 + sizeof(float)) +
+                                         GATHER_READ);
         struct bufs w = {0};
         st = s.ct && mem ? bufs_alloc(f, &w)
                          : lm_context_set_error(f->ctx, LM_ERR_OUT_OF_MEMORY,
@@ -550,12 +604,20 @@ lm_status lm__fused_sparse_run(const struct lm__fused *f)
             memcpy(g, f, sizeof(*f));
             g->n = m;
             g->base = base_at;
-            gather(f->base, lm_dtype_size(f->base_dt), m, f->n, base_at);
+            /* g's inputs are the packed samples, in memory. */
+            g->base_src.fd = -1;
+            for (size_t t = 0; t < s.k; t++)
+                g->src[t].fd = -1;
+            char *window = (char *)(sample + m);
+            gather_input(f->base, &f->base_src, lm_dtype_size(f->base_dt), m,
+                         f->n, base_at, window);
             for (size_t t = 0; t < s.k && st == LM_OK; t++) {
                 if (s.r->task[t].how != LM__SPARSE_TOP)
                     continue;
                 g->in[t] = in_at;
-                gather(f->in[t], lm_dtype_size(f->in_dt[t]), m, f->n, in_at);
+                gather_input(f->in[t], &f->src[t], lm_dtype_size(f->in_dt[t]),
+                             m, f->n, in_at, window);
+                lm__fused_read_inputs(g, NULL, 0, 0, &w.io);
                 st = bracket(&s, &w, t, sample, g);
             }
         }

@@ -70,14 +70,21 @@ static void remove_files(struct setup *s)
     rmdir(s->dir);
 }
 
+/* The method the merges of a test use: task_arithmetic, or a sparse one
+ * (the fused sparse path reads its inputs the same way). */
+static const char *method = "task_arithmetic";
+
 static lm_plan *plan_of(lm_context *ctx, lm_model *const *m)
 {
     lm_plan *p;
-    ck_assert_ok(lm_plan_create(ctx, "task_arithmetic", &p));
+    ck_assert_ok(lm_plan_create(ctx, method, &p));
     ck_assert_ok(lm_plan_set_base(p, m[0]));
     ck_assert_ok(lm_plan_add_model(p, m[1], 0.7));
     ck_assert_ok(lm_plan_add_model(p, m[2], -1.3));
-    ck_assert_ok(lm_plan_set_float(p, "lambda", 0.45));
+    if (!strcmp(method, "task_arithmetic"))
+        ck_assert_ok(lm_plan_set_float(p, "lambda", 0.45));
+    else
+        ck_assert_ok(lm_plan_set_float(p, "density", 0.3));
     return p;
 }
 
@@ -326,6 +333,41 @@ START_TEST(host_sinks_old_and_ranged)
 }
 END_TEST
 
+/* ties (a threshold selected from a sample, then two passes) and
+ * dare_ties (the L1 pass, then the merge): the inputs read from their
+ * files at every step, the sample elements included. */
+START_TEST(sparse_file_inputs_match_memory)
+{
+    static const char *methods[] = {"ties", "dare_ties"};
+    for (int mi = 0; mi < 2; mi++)
+        for (int threads = 1; threads <= 2; threads++)
+            for (size_t c = 0; c < 2; c++) {
+                method = methods[mi];
+                lm_context *ctx = tu_context(threads, 7);
+                struct setup s;
+                make_files(ctx, &s, combos[c][0], combos[c][1],
+                           combos[c][2]);
+                lm_model *want = merge_in_memory(ctx, s.mem);
+                size_t reads = atomic_load(&ctx->file_inputs);
+                size_t fused = atomic_load(&ctx->fused_tensors);
+                lm_model *got = merge_files(ctx, &s);
+                char what[96];
+                snprintf(what, sizeof(what), "%s, dtypes %zu, %d threads",
+                         method, c, threads);
+                tu_assert_same_bytes(want, got, what);
+                ck_assert_uint_eq(atomic_load(&ctx->file_inputs) - reads,
+                                  3 * N_SIZES);
+                ck_assert_uint_eq(atomic_load(&ctx->fused_tensors) - fused,
+                                  N_SIZES);
+                lm_model_destroy(got);
+                lm_model_destroy(want);
+                remove_files(&s);
+                lm_context_destroy(ctx);
+                method = "task_arithmetic";
+            }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("core_fused_files");
@@ -334,6 +376,7 @@ int main(void)
     tcase_add_test(tc, file_inputs_and_ranges_match_memory);
     tcase_add_test(tc, replaced_input_file_is_not_read);
     tcase_add_test(tc, host_sinks_old_and_ranged);
+    tcase_add_test(tc, sparse_file_inputs_match_memory);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }
