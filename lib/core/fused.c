@@ -4,10 +4,12 @@
  * copies, forms every task vector in a separate pass, calls merge_tensor,
  * adds the base back, then converts to the output dtype: k + 2 tensor-
  * sized buffers written and read again. Here each block of a few thousand
- * elements is read once from every input in its own dtype (straight from
- * the mapping), combined in L2-resident buffers and converted once into
- * the output, so memory traffic is the inputs read once and the output
- * written once.
+ * elements is read once from every input in its own dtype (pread from the
+ * input's file, core/file_source.h, or straight from memory), combined in
+ * L2-resident buffers (the kernel: core/fused_narrow.c, one build per
+ * instruction set) and converted once into the output, which goes to the
+ * sink a read at a time when it takes ranges: memory traffic is the inputs
+ * read once and the output written once.
  *
  * Bit-identical to the plain path: the same conversions (lm_convert on a
  * sub-range is the same element-wise function), and per element the same
