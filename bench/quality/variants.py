@@ -32,7 +32,8 @@ import tasks as tasklib  # noqa: E402
 import variants_report  # noqa: E402
 import variants_runs  # noqa: E402
 
-PARTS = {"full": "full", "purify": "full", "whiten": "full", "nsc": "lora"}  # part -> run.KINDS kind
+PARTS = {"full": "full", "purify": "full", "whiten": "full", "nsc": "lora",
+         "purify_layer": "full"}  # part -> run.KINDS kind
 # The keep ratios "cv" chooses among: quality.md's five (the library's
 # twelve defaults cost 2.4x the merges; the five span the ratios chosen).
 CANDIDATES = merges.PURIFY_CANDIDATES
@@ -56,6 +57,8 @@ def measure(args, part, d, n, seed, stats, method=None):
         rows = variants_runs.whiten_rows(s)
     elif part == "purify":
         rows = {method: variants_runs.purify_rows(s, method, CANDIDATES)}
+    elif part == "purify_layer":
+        rows = {method: variants_runs.purify_layer_rows(s, method, CANDIDATES)}
     else:
         rows = variants_runs.nsc_rows(s, steps=10 if args.smoke else 100)
     return dict(part=part, n=n, seed=seed, individual=s.individual,
@@ -88,9 +91,10 @@ def load_all(args):
 def _jobs(args, part, sizes, seed):
     """(n, method) pairs still to measure for one part and seed."""
     methods = [None]
-    if part == "purify":
+    if part in ("purify", "purify_layer"):
         methods = args.purify_methods.split(",")
-        sizes = [n for n in sizes if n in args.purify_tasks]
+        if part == "purify":
+            sizes = [n for n in sizes if n in args.purify_tasks]
     return [(n, m) for n in sizes for m in methods
             if args.redo or not os.path.exists(result_path(args, part, n, seed, m))]
 
@@ -98,6 +102,8 @@ def _jobs(args, part, sizes, seed):
 def _report(args):
     if args.nsc_section_only:
         return variants_report.write_nsc_section(load_all(args), args)
+    if args.layer_section_only:
+        return variants_report.write_layer_section(load_all(args), args)
     return variants_report.write(load_all(args), args)
 
 
@@ -118,6 +124,8 @@ def main():
     ap.add_argument("--nsc-section-only", action="store_true",
                     help="replace only the NSC section of the existing "
                     "report (the other parts' measurements need not be cached)")
+    ap.add_argument("--layer-section-only", action="store_true",
+                    help="replace only the per-layer purification section")
     ap.add_argument("--out", default=os.path.join(HERE, "..", "..", "docs", "benchmarks"))
     ap.add_argument("--cache", default=os.path.join(HERE, ".cache"))
     args = ap.parse_args()

@@ -364,12 +364,81 @@ def write(results, args):
     lines += _coverage(results) + [""]
     if any(r["part"] == "full" for r in results):
         lines += _scale(results) + _esm(results) + _purify(results)
+    lines += _layer(results)
     lines += _nsc(results, 10 if args.smoke else 100)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "quality_variants%s.md" % ("-smoke" if args.smoke else ""))
     with open(path, "w") as f:
         f.write("\n".join(lines))
     return path
+
+
+LAYER_HEAD = "## Purification: per-layer keep against keep=\"cv\""
+
+
+def _layer(results):
+    """Per-layer keep ratios against one ratio per model (both keep="cv",
+    se_rule 1) and against the unpurified merge."""
+    rs = [r for r in results if r["part"] == "purify_layer"]
+    if not rs:
+        return []
+    ms = [m[0] for m in variants_runs.METHODS if any(m[0] in r["rows"] for r in rs)]
+    out = [LAYER_HEAD, "",
+           "`purify={\"keep\": \"cv\", \"per_layer\": True}` (docs/methods/purify.md, "
+           "\"Per-layer keep\"): the same 4 folds and candidates (%s) as keep=\"cv\", the "
+           "held-out drift split per 2-D tensor and the standard-error rule (se_rule 1) "
+           "applied to each tensor's own curve, with per-layer rank allocation; keep=\"cv\" "
+           "picks one ratio for the model (per-model allocation, the default). Every row "
+           "searched on validation with the widened bracket; all three rows of a (method, "
+           "task count, seed) come from the same run (its own fine-tunes)." % ", ".join(
+               "%g" % c for c in variants_runs_candidates()), ""]
+    for a, b in (("purify cv, per layer", "purify cv"), ("purify cv, per layer", "widened"),
+                 ("purify cv", "widened")):
+        out += ["### %s − %s" % (a, "unpurified" if b == "widened" else b), ""]
+        out += _table(results, "purify_layer", "method", a,
+                      "unpurified" if b == "widened" else b,
+                      [(m, lambda rows, m=m, a=a, b=b: _get(rows, m, a, b)) for m in ms])
+    out += ["Ratios chosen per layer (fc1, fc2, fc3 ... in the model's order; seeds in "
+            "order, `/` between seeds) and keep=\"cv\"'s single ratio:", "",
+            "| method | tasks | per layer | keep=\"cv\" |", "|---|---|---|---|"]
+    for m in ms:
+        for n in sorted({r["n"] for r in rs}):
+            got = sorted((r for r in rs if r["n"] == n and m in r["rows"]),
+                         key=lambda r: r["seed"])
+            if got:
+                out.append("| %s | %d | %s | %s |" % (m, n, " / ".join(
+                    ", ".join("%g" % v for v in r["rows"][m]["purify cv, per layer"]["keep"]
+                              .values()) for r in got),
+                    ", ".join("%g" % r["rows"][m]["purify cv"]["keep"] for r in got)))
+    return out + [""]
+
+
+def variants_runs_candidates():
+    import variants
+    return variants.CANDIDATES
+
+
+def _replace_section(args, head, section, before=None):
+    """Replaces the section headed `head` (up to the next "## " heading) of
+    the existing report; a missing one goes before the heading `before`
+    (or at the end)."""
+    path = os.path.join(args.out, "quality_variants%s.md" % ("-smoke" if args.smoke else ""))
+    with open(path) as f:
+        lines = f.read().split("\n")
+    if head in lines:
+        start = lines.index(head)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+                   len(lines))
+    else:
+        start = end = lines.index(before) if before in lines else len(lines)
+    with open(path, "w") as f:
+        f.write("\n".join(lines[:start] + section + lines[end:]))
+    return path
+
+
+def write_layer_section(results, args):
+    """Only the per-layer purification section (before the NSC one)."""
+    return _replace_section(args, LAYER_HEAD, _layer(results), before="## NSC on LoRA adapters")
 
 
 def write_nsc_section(results, args):

@@ -130,6 +130,25 @@ def purify_rows(s, method, candidates, log=print):
     return r
 
 
+def purify_layer_rows(s, method, candidates, log=print):
+    """One method (widened searches): unpurified, purify keep="cv" (one
+    ratio for the model, se_rule 1) and keep="cv" per layer (each 2-D
+    tensor its own ratio by the same rule on its own fold curves)."""
+    label, method, params, scale = [m for m in METHODS if m[0] == method][0]
+    r = {"widened": searched(s, method, params, scale, WIDEN),
+         "purify cv": searched(s, method, params, scale, WIDEN,
+                               purify={"keep": "cv", "candidates": candidates,
+                                       "se_rule": 1.0})}
+    r["purify cv, per layer"] = searched(
+        s, method, params, scale, WIDEN,
+        purify={"keep": "cv", "candidates": candidates, "se_rule": 1.0, "per_layer": True})
+    log("    %-16s unpurified %.1f  purify cv %.1f (keep %g)  per layer %.1f (%s)" % (
+        label, r["widened"]["norm"], r["purify cv"]["norm"], r["purify cv"]["keep"],
+        r["purify cv, per layer"]["norm"],
+        ", ".join("%g" % v for v in r["purify cv, per layer"]["keep"].values())))
+    return r
+
+
 def whiten_rows(s, log=print):
     """Nothing when the library has no whiten parameter; else ESM with whiten="rank_aware" (widened search), to join the full
     part's released ESM row."""

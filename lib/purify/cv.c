@@ -93,6 +93,19 @@ static void paired(const double *d, size_t k, size_t n, size_t i, size_t j,
     *se = sqrt(ss / (double)(k - 1) / (double)k);
 }
 
+size_t lm__purify_se_choice(const double *d, size_t k, size_t n,
+                            const double *cands, double z, size_t best)
+{
+    size_t chosen = best;
+    for (size_t i = 0; z > 0 && i < n; i++) {
+        double excess, se;
+        paired(d, k, n, i, best, &excess, &se);
+        if (excess <= z * se && cands[i] > cands[chosen])
+            chosen = i;
+    }
+    return chosen;
+}
+
 /* K folds. With z > 0 the paired one-standard-error rule: among the
  * candidates whose drift exceeds the minimum's by at most z standard
  * errors of the fold-paired difference, the largest keep ratio (the least
@@ -130,13 +143,7 @@ static lm_status tune_folds(lm_plan *p, const struct objective *obj,
                                     "purify cv: the held-out drift is not "
                                     "finite");
     }
-    size_t chosen = best;
-    for (size_t i = 0; z > 0 && i < n; i++) {
-        double excess, se;
-        paired(d, k, n, i, best, &excess, &se);
-        if (excess <= z * se && cands[i] > cands[chosen])
-            chosen = i;
-    }
+    size_t chosen = lm__purify_se_choice(d, k, n, cands, z, best);
     t->keep = cands[chosen];
     t->gain = t->gain_se = NAN;
     if (one < n) {
@@ -265,4 +272,131 @@ lm_status lm_plan_tune_purify_cv(lm_plan *p, const lm_purify_cv_options *o,
         out->n_folds = obj.kind == LM_PURIFY_FOLDS_DRIFT ? obj.n_folds : 0;
     }
     return LM_OK;
+}
+
+/* Per layer: the fold curves of every 2-D tensor (the drift is a sum over
+ * tensors, and with per-layer allocation a tensor's purification depends
+ * only on its own keep ratio, so each layer's curve is what that layer
+ * contributes whatever the others keep) and the same standard-error rule
+ * on each. */
+static lm_status choose_layers(lm_plan *p, const struct objective *obj,
+                               double z, const double *cands, size_t n,
+                               lm_purify_cv_result *out)
+{
+    size_t k = obj->n_folds, nb = p->base->count;
+    double *d = lm__calloc(p->ctx, k * n * nb + k * n + nb, sizeof(double));
+    const char **names = lm__calloc(p->ctx, nb ? nb : 1, sizeof(char *));
+    if (!d || !names) {
+        lm_free(p->ctx, d);
+        lm_free(p->ctx, names);
+        return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "purify per-layer: out of memory");
+    }
+    double *layer = d + k * n * nb, *keeps = layer + k * n;
+    lm_status st = lm__purify_fold_layer_curves(p, obj->folds, k, cands, n, d);
+    size_t n_set = 0, one = n;
+    for (size_t i = 0; i < n; i++)
+        if (cands[i] == 1.0 && one == n)
+            one = i;
+    /* Per fold: the drift of keep 1.0 and of the per-layer choice. */
+    double *at_one = lm__calloc(p->ctx, 2 * k, sizeof(double));
+    if (st == LM_OK && !at_one)
+        st = lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
+                                  "purify per-layer: out of memory");
+    for (size_t j = 0; j < nb && st == LM_OK; j++) {
+        if (p->base->entries[j].tensor->ndim != 2)
+            continue;
+        size_t best = 0;
+        double sum_best = 0;
+        for (size_t i = 0; i < n; i++) {
+            double sum = 0;
+            for (size_t f = 0; f < k; f++) {
+                layer[f * n + i] = d[(f * n + i) * nb + j];
+                sum += layer[f * n + i];
+            }
+            if (i == 0 || sum < sum_best) {
+                best = i;
+                sum_best = sum;
+            }
+        }
+        if (!isfinite(sum_best)) {
+            st = lm_context_set_error(p->ctx, LM_ERR_NONFINITE,
+                                      "purify per-layer: the held-out drift "
+                                      "of '%s' is not finite",
+                                      p->base->entries[j].name);
+            break;
+        }
+        size_t c = lm__purify_se_choice(layer, k, n, cands, z, best);
+        for (size_t f = 0; f < k && one < n; f++) {
+            at_one[f] += layer[f * n + one];
+            at_one[k + f] += layer[f * n + c];
+        }
+        names[n_set] = p->base->entries[j].name;
+        keeps[n_set++] = cands[c];
+    }
+    if (st == LM_OK)
+        st = lm__purify_layer_keeps_set(lm__purify_of(p), names, keeps, n_set);
+    if (st == LM_OK && out) {
+        out->keep = NAN;
+        out->gain = out->gain_se = NAN;
+        if (one < n) {
+            double m = 0, ss = 0;
+            for (size_t f = 0; f < k; f++)
+                m += at_one[f] - at_one[k + f];
+            m /= (double)k;
+            for (size_t f = 0; f < k; f++) {
+                double e = at_one[f] - at_one[k + f] - m;
+                ss += e * e;
+            }
+            out->gain = m * (double)k;
+            out->gain_se = sqrt(ss / (double)(k - 1) / (double)k) * (double)k;
+        }
+    }
+    lm_free(p->ctx, at_one);
+    lm_free(p->ctx, d);
+    lm_free(p->ctx, names);
+    return st;
+}
+
+lm_status lm_plan_tune_purify_layers(lm_plan *p,
+                                     const lm_purify_cv_options *o,
+                                     lm_purify_cv_result *out)
+{
+    if (!p || !o)
+        return LM_ERR_INVALID_ARGUMENT;
+    LM_TRY(check_options(p, o, out));
+    if (o->score || o->scale)
+        return lm_context_set_error(p->ctx, LM_ERR_INVALID_ARGUMENT,
+                                    "purify per-layer: tunes on held-out "
+                                    "folds only (no score, no joint scale)");
+    if (!p->base)
+        return lm_context_set_error(p->ctx, LM_ERR_STATE,
+                                    "purify per-layer: the plan has no base");
+    const double *cands = o->candidates;
+    size_t n = o->n_candidates;
+    if (!cands)
+        n = lm_purify_default_candidates(&cands);
+    struct objective obj;
+    lm_status st = resolve(p, o, &obj);
+    if (st == LM_OK && obj.kind != LM_PURIFY_FOLDS_DRIFT)
+        st = lm_context_set_error(p->ctx, LM_ERR_INVALID_ARGUMENT,
+                                  "purify per-layer: needs K >= 2 folds "
+                                  "(explicit, or the plan statistics' "
+                                  "lm_stats_set_split folds)");
+    /* Per-model allocation spreads every layer's keep over the whole
+     * model: a layer's purification would depend on the others' ratios. */
+    lm_purify_options opts = lm__purify_of(p)->opts;
+    if (st == LM_OK && opts.allocation == LM_PURIFY_MODEL) {
+        opts.allocation = LM_PURIFY_LAYER;
+        st = lm_plan_set_purify(p, &opts);
+    }
+    if (st == LM_OK)
+        st = choose_layers(p, &obj, o->se_rule, cands, n, out);
+    if (st == LM_OK && out) {
+        out->scale = NAN;
+        out->objective = LM_PURIFY_FOLDS_DRIFT;
+        out->n_folds = obj.n_folds;
+    }
+    lm_free(p->ctx, obj.owned);
+    return st;
 }

@@ -37,19 +37,18 @@ static lm_status layer_drift(lm_plan *p, const char *name, const lm_tensor *b,
     return st;
 }
 
-lm_status lm_plan_heldout_drift(lm_plan *p, const lm_model *merged,
-                                const struct lm_stats *heldout, double *out)
+/* The drift of every 2-D tensor (per_layer[j] for the base's j-th, may
+ * be NULL) and their sum. */
+static lm_status drift_layers(lm_plan *p, const lm_model *merged,
+                              const struct lm_stats *heldout,
+                              double *per_layer, double *out)
 {
-    if (!p || !merged || !heldout || !out)
-        return LM_ERR_INVALID_ARGUMENT;
-    if (!p->base)
-        return lm_context_set_error(p->ctx, LM_ERR_STATE,
-                                    "drift: the plan has no base");
     double total = 0;
     for (size_t i = 0; i < p->base->count; i++) {
         const char *name = p->base->entries[i].name;
         const lm_tensor *b = p->base->entries[i].tensor;
         lm_tensor *mt = lm__model_lookup(merged, name);
+        double layer = 0;
         if (b->ndim != 2 || !mt)
             continue;
         for (size_t t = 0; t < p->n_models; t++) {
@@ -62,11 +61,25 @@ lm_status lm_plan_heldout_drift(lm_plan *p, const lm_model *merged,
                 continue;
             lm_tensor *ft = lm__model_lookup(p->models[t], name);
             if (ft)
-                LM_TRY(layer_drift(p, name, b, mt, ft, h, &total));
+                LM_TRY(layer_drift(p, name, b, mt, ft, h, &layer));
         }
+        if (per_layer)
+            per_layer[i] = layer;
+        total += layer;
     }
     *out = total;
     return LM_OK;
+}
+
+lm_status lm_plan_heldout_drift(lm_plan *p, const lm_model *merged,
+                                const struct lm_stats *heldout, double *out)
+{
+    if (!p || !merged || !heldout || !out)
+        return LM_ERR_INVALID_ARGUMENT;
+    if (!p->base)
+        return lm_context_set_error(p->ctx, LM_ERR_STATE,
+                                    "drift: the plan has no base");
+    return drift_layers(p, merged, heldout, NULL, out);
 }
 
 /* Shared loop of the two tuners: executes the plan at every keep ratio and
@@ -137,10 +150,12 @@ lm_status lm_plan_tune_purify(lm_plan *p, const struct lm_stats *heldout,
                 best_keep, objectives);
 }
 
-/* Fold f's objective: drift on its rows of the plan run on the others. */
+/* Fold f's objective: `objective` (user: fold f's rows, or what `make`
+ * builds from them) of the plan run on the other folds' statistics. */
 static lm_status fold_curve(lm_plan *p, const struct lm_stats *const *folds,
                             size_t n_folds, size_t f, const double *candidates,
-                            size_t n, double *curve)
+                            size_t n, objective_fn objective, void *user,
+                            double *curve)
 {
     lm_stats *train = NULL;
     LM_TRY(lm_stats_create(p->ctx, &train));
@@ -150,8 +165,7 @@ static lm_status fold_curve(lm_plan *p, const struct lm_stats *const *folds,
             st = lm_stats_merge(train, folds[g]);
     if (st == LM_OK) {
         p->stats = train;
-        st = tune(p, candidates, n, drift_objective, (void *)folds[f], 1.0,
-                  NULL, curve);
+        st = tune(p, candidates, n, objective, user, 1.0, NULL, curve);
     }
     lm_stats_destroy(train);
     return st;
@@ -165,9 +179,56 @@ lm_status lm__purify_fold_curves(lm_plan *p,
     const struct lm_stats *own = p->stats;
     lm_status st = LM_OK;
     for (size_t f = 0; f < n_folds && st == LM_OK; f++)
-        st = fold_curve(p, folds, n_folds, f, candidates, n,
-                        per_fold + f * n);
+        st = fold_curve(p, folds, n_folds, f, candidates, n, drift_objective,
+                        (void *)folds[f], per_fold + f * n);
     p->stats = own;
+    return st;
+}
+
+/* One fold's per-layer drifts: candidate i's go to out + i * n_base (the
+ * executions run in candidate order). */
+struct layer_drifts {
+    const struct lm_stats *heldout;
+    double *out;
+    size_t n_base, next;
+};
+
+static lm_status layer_objective(lm_plan *p, double keep,
+                                 const lm_model *merged, double *obj,
+                                 void *user)
+{
+    (void)keep;
+    struct layer_drifts *l = user;
+    LM_TRY(drift_layers(p, merged, l->heldout, l->out + l->next * l->n_base,
+                        obj));
+    l->next++;
+    return LM_OK;
+}
+
+lm_status lm__purify_fold_layer_curves(lm_plan *p,
+                                       const struct lm_stats *const *folds,
+                                       size_t n_folds,
+                                       const double *candidates, size_t n,
+                                       double *per_layer)
+{
+    if (!p->base)
+        return lm_context_set_error(p->ctx, LM_ERR_STATE,
+                                    "drift: the plan has no base");
+    const struct lm_stats *own = p->stats;
+    size_t nb = p->base->count;
+    double *totals = lm__calloc(p->ctx, n, sizeof(double));
+    lm_status st = totals ? LM_OK
+                          : lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
+                                                 "purify per-layer: out of "
+                                                 "memory");
+    for (size_t f = 0; f < n_folds && st == LM_OK; f++) {
+        struct layer_drifts l = {folds[f], per_layer + f * n * nb, nb, 0};
+        memset(l.out, 0, n * nb * sizeof(double));
+        st = fold_curve(p, folds, n_folds, f, candidates, n, layer_objective,
+                        &l, totals);
+    }
+    p->stats = own;
+    lm_free(p->ctx, totals);
     return st;
 }
 

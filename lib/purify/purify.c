@@ -214,8 +214,9 @@ lm_status lm__purify_measure(struct lm__purify *pu, const lm_plan *p,
     size_t *ranks = lm__calloc(p->ctx, p->n_models, sizeof(size_t));
     lm_status st = f && ranks ? factor_all(pu, p, x, m, n, f)
                               : LM_ERR_OUT_OF_MEMORY;
+    lm_purify_options o = lm__purify_options_for(pu, x->name);
     if (st == LM_OK)
-        st = allocate(p->ctx, &pu->opts, f, p->n_models, ranks);
+        st = allocate(p->ctx, &o, f, p->n_models, ranks);
     if (st == LM_OK) {
         pthread_mutex_lock(&pu->lock);
         for (size_t t = 0; t < p->n_models && t < pu->n_kept; t++)
@@ -287,7 +288,8 @@ lm_status lm__purify_apply(struct lm__purify *pu, const lm_plan *p,
     const float *base = x->base;
     float *const *deltas = x->deltas;
     size_t m = (size_t)x->shape[0], n = (size_t)x->shape[1];
-    const lm_purify_options *o = &pu->opts;
+    const lm_purify_options opts = lm__purify_options_for(pu, name);
+    const lm_purify_options *o = &opts;
     struct lm__factored *f = new_factors(p);
     size_t *ranks = lm__calloc(p->ctx, p->n_models, sizeof(size_t));
     double *a = lm__calloc(p->ctx, m * n * 2 + n * n, sizeof(double));

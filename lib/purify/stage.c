@@ -14,6 +14,7 @@ static void destroy(void *self)
     pthread_mutex_destroy(&pu->lock);
     lm_free(pu->ctx, pu->kept);
     lm_free(pu->ctx, pu->full);
+    lm__purify_layer_keeps_clear(pu);
     lm_free(pu->ctx, pu);
 }
 
@@ -181,5 +182,6 @@ lm_status lm_plan_set_purify(lm_plan *p, const lm_purify_options *o)
     }
     pu->opts = *o;
     pu->opts.struct_size = sizeof(*o);
+    lm__purify_layer_keeps_clear(pu);
     return LM_OK;
 }

@@ -29,6 +29,12 @@ struct lm__purify {
     bool measured;
     /* Factorisations (factor_cache.c) during a tuning; NULL otherwise. */
     struct lm__factor_cache *factors;
+    /* Per-layer keep ratios (layer_keep.c) set by
+     * lm_plan_tune_purify_layers: layer_names[i] keeps layer_keeps[i]
+     * instead of opts.keep. Cleared by lm_plan_set_purify. */
+    char **layer_names;
+    double *layer_keeps;
+    size_t n_layer_keeps;
 };
 
 extern const struct lm__stage_vtable lm__purify_stage;
@@ -62,13 +68,31 @@ lm_status lm__purify_fold_curves(lm_plan *p,
                                  size_t n_folds, const double *candidates,
                                  size_t n, double *per_fold);
 
-/* Fold f's held-out drift at every candidate keep ratio, the plan run on
- * the other folds' statistics (heldout.c): per_fold[f * n + i]. The
- * plan's statistics are restored; its keep ratio is left to the caller. */
-lm_status lm__purify_fold_curves(lm_plan *p,
-                                 const struct lm_stats *const *folds,
-                                 size_t n_folds, const double *candidates,
-                                 size_t n, double *per_fold);
+/* As lm__purify_fold_curves, per 2-D tensor of the base (the drift is a
+ * sum over tensors): per_layer[(f * n + i) * n_base + j] for the base's
+ * j-th tensor (0 for tensors without 2-D statistics). */
+lm_status lm__purify_fold_layer_curves(lm_plan *p,
+                                       const struct lm_stats *const *folds,
+                                       size_t n_folds,
+                                       const double *candidates, size_t n,
+                                       double *per_layer);
+
+/* The paired standard-error rule of keep="cv" (cv.c) on fold curves
+ * d[f * n + i] (k folds, n candidates) whose fold sum is smallest at
+ * `best`: the largest candidate whose excess over `best` is at most z
+ * standard errors of the fold-paired difference; `best` when z = 0. */
+size_t lm__purify_se_choice(const double *d, size_t k, size_t n,
+                            const double *cands, double z, size_t best);
+
+/* The options one tensor is purified with: pu->opts with its per-layer
+ * keep ratio when one is set (layer_keep.c). */
+lm_purify_options lm__purify_options_for(const struct lm__purify *pu,
+                                         const char *name);
+/* Drops the per-layer keep ratios; _set replaces them by copies. */
+void lm__purify_layer_keeps_clear(struct lm__purify *pu);
+lm_status lm__purify_layer_keeps_set(struct lm__purify *pu,
+                                     const char *const *names,
+                                     const double *keeps, size_t n);
 
 /* Purified task vectors (cache.c): begin/end bracket their life; get
  * copies a cached tensor's task vectors into deltas and returns true on a

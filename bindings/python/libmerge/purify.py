@@ -13,7 +13,7 @@ __all__ = ["DEFAULT_KEEP_CANDIDATES"]
 _ALLOCATIONS = {"model": 0, "layer": 1, "uniform": 2}
 _KNOWN = {"keep", "allocation", "epsilon", "tolerance", "polarize",
           "max_prune_factor", "heldout", "folds", "candidates", "scale", "score",
-          "se_rule", "report"}
+          "se_rule", "report", "per_layer"}
 _OBJECTIVES = {0: "held-out drift", 1: "%d-fold held-out drift", 2: "host score"}
 
 
@@ -61,6 +61,8 @@ def apply(ctx, plan, purify, stats, base):
     opts = _options(purify)
     ctx.check(L.lm_plan_set_purify(plan, ctypes.byref(opts)))
     report = purify.get("report")
+    if purify.get("per_layer") and purify.get("keep") != "cv":
+        raise ValueError('purify: per_layer needs keep="cv"')
     if purify.get("keep") != "cv":
         if report is not None:
             report["keep"] = opts.keep
@@ -99,6 +101,8 @@ def _tune(ctx, plan, purify, base, report):
             return 0
         cv.score = _lib.SCORE_FN(on_score)
         keep_alive.append(cv.score)
+    if purify.get("per_layer"):
+        return _tune_layers(ctx, plan, cv, base, report)
     rows = len(scales) if scale_name is not None else 1
     curve = (ctypes.c_double * (rows * len(cands)))()
     result = _lib._PurifyCvResult(ctypes.sizeof(_lib._PurifyCvResult))
@@ -118,3 +122,19 @@ def _tune(ctx, plan, purify, base, report):
                        for r in range(rows) for i, c in enumerate(cands)]
     if scale_name is not None:
         report[scale_name] = result.scale
+
+
+def _tune_layers(ctx, plan, cv, base, report):
+    """keep="cv" with per_layer=True: lm_plan_tune_purify_layers; the
+    report's "keep" is {tensor: ratio} for the tensors it chose one for."""
+    result = _lib._PurifyCvResult(ctypes.sizeof(_lib._PurifyCvResult))
+    ctx.check(L.lm_plan_tune_purify_layers(plan, ctypes.byref(cv), ctypes.byref(result)))
+    if report is None:
+        return
+    keeps = {}
+    value = ctypes.c_double()
+    for name in base:
+        if L.lm_plan_purify_layer_keep(plan, name.encode(), ctypes.byref(value)) == 0:
+            keeps[name] = value.value
+    report.update(keep=keeps, gain=result.gain, gain_se=result.gain_se,
+                  objective=_OBJECTIVES[1] % result.n_folds, per_layer=True)

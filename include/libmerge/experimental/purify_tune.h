@@ -147,6 +147,28 @@ LM_EXPERIMENTAL lm_status lm_plan_tune_purify_cv(lm_plan *plan,
                                         double *curve,
                                         lm_purify_cv_result *out);
 
+/* Per-layer keep ratios (docs/methods/purify.md, "Per-layer keep"): the
+ * fold curves of lm_plan_tune_purify_cv, split per 2-D tensor (the drift
+ * is a sum over tensors), and the same `se_rule` applied to each tensor's
+ * curve, so each layer keeps its own ratio among the candidates. Needs
+ * K >= 2 folds (explicit `folds`, or the plan statistics' split; `score`,
+ * `heldout` and `scale` are refused). A per-model allocation is switched
+ * to LM_PURIFY_LAYER (a layer's ranks would otherwise depend on the other
+ * layers' ratios). The plan keeps the per-layer ratios until the next
+ * lm_plan_set_purify. `out` (may be NULL): keep NaN, objective
+ * LM_PURIFY_FOLDS_DRIFT, and the gain of the per-layer choice over keep
+ * 1.0 everywhere with its fold-paired standard error. */
+LM_EXPERIMENTAL lm_status lm_plan_tune_purify_layers(lm_plan *plan,
+                                        const lm_purify_cv_options *options,
+                                        lm_purify_cv_result *out);
+
+/* The keep ratio lm_plan_tune_purify_layers chose for tensor `name`:
+ * LM_OK, LM_ERR_NOT_FOUND (no per-layer ratio for it), LM_ERR_STATE (no
+ * purification). */
+LM_EXPERIMENTAL lm_status lm_plan_purify_layer_keep(const lm_plan *plan,
+                                                    const char *name,
+                                                    double *keep);
+
 #ifdef __cplusplus
 }
 #endif
