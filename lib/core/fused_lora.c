@@ -46,6 +46,7 @@ struct job {
     double base_extra; /* the rule's base term, as a multiple of the base */
     const void *base;
     lm_dtype base_dt;
+    struct lm__file_source base_src; /* the base's file, when read so */
     void *dst;
     lm_dtype out_dt;
     bool check;
@@ -127,12 +128,26 @@ static lm_status pack(const lm_plan *p, const char *name,
 }
 
 /* Rows [r0, r0 + m) into the output, through buf when the output is not
- * f32; DECLINE on a non-finite value under the default policy. */
+ * f32; DECLINE on a non-finite value under the default policy. A base
+ * read from its file (file_source.h) comes through buf's raw part. */
 static lm_status block(const struct job *j, size_t r0, size_t m, float *buf)
 {
     size_t n = m * j->cols, lo = r0 * j->cols;
     float *c = j->out_dt == LM_F32 ? (float *)j->dst + lo : buf;
-    const float *b = lm__fused_load_f32(j->base, j->base_dt, lo, n, c);
+    const void *base = j->base;
+    size_t at = lo;
+    if (lm__file_source_open_ok(&j->base_src)) {
+        size_t es = lm_dtype_size(j->base_dt);
+        void *raw = j->base_dt == LM_F32
+                        ? (void *)c
+                        : (void *)((char *)buf +
+                                   lm__fused_line_up(j->block_rows * j->cols *
+                                                     sizeof(float)));
+        lm__file_source_read(&j->base_src, lo * es, n * es, raw);
+        base = raw;
+        at = 0;
+    }
+    const float *b = lm__fused_load_f32(base, j->base_dt, at, n, c);
     if (b != c) /* an f32 base, not already where the output goes */
         memcpy(c, b, n * sizeof(float));
     if (j->check && lm__fused_any_nonfinite_f32(c, n))
@@ -173,7 +188,12 @@ static lm_status item_blocks(const struct job *j, size_t item, float *buf)
 
 static float *block_buffer(const struct job *j)
 {
-    float *buf = lm_alloc(j->ctx, j->block_rows * j->cols * sizeof(float));
+    size_t raw = lm__file_source_open_ok(&j->base_src)
+                     ? lm_dtype_size(j->base_dt)
+                     : 0;
+    size_t elems = j->block_rows * j->cols;
+    float *buf = lm_alloc(j->ctx, lm__fused_line_up(elems * sizeof(float)) +
+                                      elems * raw);
     if (!buf)
         lm_context_set_error(j->ctx, LM_ERR_OUT_OF_MEMORY,
                              "out of memory for merge buffers");
@@ -301,6 +321,7 @@ lm_status lm__fused_lora_merge(lm_plan *p, void *state, const char *name,
                                      : 0.0,
         .base = base->data, .base_dt = base->dtype, .dst = dst,
         .out_dt = out_dt, .check = !p->allow_nonfinite};
+    j.base_src.fd = -1;
     j.block_rows = BLOCK_ELEMS / cols ? BLOCK_ELEMS / cols : 1;
     size_t block_elems = j.block_rows * cols;
     j.blocks_per_item = CHUNK_ELEMS / block_elems ? CHUNK_ELEMS / block_elems
@@ -325,6 +346,10 @@ lm_status lm__fused_lora_merge(lm_plan *p, void *state, const char *name,
     if (st == LM_OK && j.check && in_place && !cannot_fail(&j))
         st = DECLINE;
     bool ran = st == LM_OK;
+    /* Not in place (the base is then the caller's memory); the plan's own
+     * base tensor only, as fused.c. */
+    if (ran && !in_place && p->base && lm__model_lookup(p->base, name) == base)
+        lm__file_source_open(p->base, base, &j.base_src);
     if (ran && in_place)
         st = run_in_place(&j, items);
     else if (ran)
@@ -337,6 +362,7 @@ lm_status lm__fused_lora_merge(lm_plan *p, void *state, const char *name,
     *done = st == LM_OK;
     if (st == DECLINE) /* the plain path merges it and reports the cause */
         st = LM_OK;
+    lm__file_source_close(&j.base_src);
     lm_free(ctx, packed);
     return st;
 }

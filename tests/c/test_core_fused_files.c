@@ -368,6 +368,76 @@ START_TEST(sparse_file_inputs_match_memory)
 }
 END_TEST
 
+/* Adapters only (core/fused_lora.c: one GEMM per row block): the base
+ * read from its file, row block by row block. The 2-D tensors t2
+ * [3, 4099] and a wide one are targeted; the adapters are in memory. */
+START_TEST(adapters_on_a_file_base)
+{
+    for (int threads = 1; threads <= 2; threads++)
+        for (int bdt = 0; bdt < 3; bdt++) {
+            static const lm_dtype dts[] = {LM_F32, LM_BF16, LM_F16};
+            lm_context *ctx = tu_context(threads, 0);
+            char dir[] = "/tmp/lm_fused_lora_files_XXXXXX";
+            ck_assert_ptr_nonnull(mkdtemp(dir));
+            char path[96];
+            snprintf(path, sizeof(path), "%s/base.safetensors", dir);
+            lm_model *mem;
+            ck_assert_ok(lm_model_create(ctx, &mem));
+            static const int64_t shapes[][2] = {{3, 4099}, {611, 1031}};
+            const char *names[] = {"small", "wide"};
+            lm_lora *l[2];
+            for (int a = 0; a < 2; a++)
+                ck_assert_ok(lm_lora_create(ctx, &l[a]));
+            for (int i = 0; i < 2; i++) {
+                ck_assert_ok(lm_model_add(
+                    mem, names[i],
+                    tu_random_tensor_quiet(ctx, dts[bdt], 2, shapes[i],
+                                           (uint64_t)(40 + i), 0.0, 1.0)));
+                for (int a = 0; a < 2; a++) {
+                    int64_t r = 2 + 3 * a;
+                    lm_tensor *fa = tu_random_tensor_quiet(
+                        ctx, LM_F32, 2, (int64_t[]){r, shapes[i][1]},
+                        (uint64_t)(100 * a + i), 0.0, 0.1);
+                    lm_tensor *fb = tu_random_tensor_quiet(
+                        ctx, LM_F32, 2, (int64_t[]){shapes[i][0], r},
+                        (uint64_t)(100 * a + i + 50), 0.0, 0.1);
+                    ck_assert_ok(lm_lora_add(l[a], names[i], fa, fb, 0.5));
+                }
+            }
+            ck_assert_ok(lm_model_save(ctx, mem, path, 0));
+            lm_model *file;
+            ck_assert_ok(lm_model_open(ctx, path, &file));
+            lm_model *out[2];
+            size_t reads = 0;
+            for (int from_file = 0; from_file < 2; from_file++) {
+                lm_plan *p;
+                ck_assert_ok(lm_plan_create(ctx, "task_arithmetic", &p));
+                ck_assert_ok(lm_plan_set_base(p, from_file ? file : mem));
+                for (int a = 0; a < 2; a++)
+                    ck_assert_ok(lm_plan_add_lora(p, l[a], 0.6 - a));
+                size_t before = atomic_load(&ctx->file_inputs);
+                ck_assert_ok(lm_plan_execute(p, &out[from_file]));
+                reads = atomic_load(&ctx->file_inputs) - before;
+                lm_plan_destroy(p);
+            }
+            ck_assert_uint_eq(reads, 2); /* both tensors' bases */
+            char what[64];
+            snprintf(what, sizeof(what), "adapters, base dtype %d, %d threads",
+                     bdt, threads);
+            tu_assert_same_bytes(out[0], out[1], what);
+            for (int i = 0; i < 2; i++)
+                lm_model_destroy(out[i]);
+            for (int a = 0; a < 2; a++)
+                lm_lora_destroy(l[a]);
+            lm_model_destroy(file);
+            lm_model_destroy(mem);
+            unlink(path);
+            rmdir(dir);
+            lm_context_destroy(ctx);
+        }
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("core_fused_files");
@@ -377,6 +447,7 @@ int main(void)
     tcase_add_test(tc, replaced_input_file_is_not_read);
     tcase_add_test(tc, host_sinks_old_and_ranged);
     tcase_add_test(tc, sparse_file_inputs_match_memory);
+    tcase_add_test(tc, adapters_on_a_file_base);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }
