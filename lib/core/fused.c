@@ -260,10 +260,8 @@ void lm__fused_read_inputs(const struct fused *f, char *raw, size_t lo,
     }
 }
 
-/* Without an output buffer (f->dst NULL) each read's output goes to the
- * sink's write_range from a buffer of its own. */
-static lm_status hand_over(const struct fused *f, const void *out, size_t lo,
-                           size_t len)
+lm_status lm__fused_hand_over(const struct fused *f, const void *out,
+                              size_t lo, size_t len)
 {
     size_t sz = lm_dtype_size(f->out_dt);
     lm_status st = f->sink->write_range(f->sink_index, (uint64_t)lo * sz,
@@ -308,7 +306,7 @@ static lm_status run_chunk(void *arg, size_t item)
                          : narrow(f, &v, &w, i, len);
         }
         if (st == LM_OK && !f->dst)
-            st = hand_over(f, out, r, rhi - r);
+            st = lm__fused_hand_over(f, out, r, rhi - r);
     }
     lm_free(f->ctx, mem);
     return st;
@@ -568,7 +566,7 @@ lm_status lm__fused_merge(lm_plan *p, void *state, const char *name,
         return LM_OK;
     pr.f.out_dt = out->dtype;
     void *sink_buf = sink->buffer ? sink->buffer(index, sink->user) : NULL;
-    if (!sink_buf && !pr.f.sparse && takes_ranges(sink)) {
+    if (!sink_buf && takes_ranges(sink)) {
         pr.f.sink = sink; /* pr.f.dst stays NULL: handed over by range */
         pr.f.sink_index = index;
     } else {

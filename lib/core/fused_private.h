@@ -50,7 +50,7 @@ struct lm__fused {
     bool wide;  /* an input is f64: the plain path's "wide" merge */
     bool check; /* non-finite values decline (the plain path reports) */
     size_t n;
-    void *dst; /* NULL: linear rules hand the output to sink's write_range */
+    void *dst; /* NULL: the output goes to sink's write_range by reads */
     lm_dtype out_dt;
     const lm_sink_vtable *sink;
     size_t sink_index;
@@ -113,6 +113,10 @@ void lm__fused_read_inputs(const struct lm__fused *f, char *raw, size_t lo,
                            size_t len, struct lm__fused_view *v);
 /* bytes rounded up to a cache line. */
 size_t lm__fused_line_up(size_t bytes);
+/* Without an output buffer (f->dst NULL), elements [lo, lo + len) of the
+ * output, in `out`, go to the sink's write_range. */
+lm_status lm__fused_hand_over(const struct lm__fused *f, const void *out,
+                              size_t lo, size_t len);
 
 bool lm__fused_any_nonfinite_f32(const float *x, size_t n);
 bool lm__fused_any_nonfinite_f64(const double *x, size_t n);

@@ -77,6 +77,7 @@ struct bufs {
     double *b64, *x64;
     void *mem;
     char *raw;
+    char *out;    /* a read's output for the sink's ranges (f->dst NULL) */
     size_t reads; /* elements per file read */
     struct lm__fused_view io;
 };
@@ -87,11 +88,14 @@ static lm_status bufs_alloc(const struct lm__fused *f, struct bufs *w)
     size_t raw_bytes, work = lm__fused_line_up(doubles * sizeof(double) +
                                                floats * sizeof(float));
     w->reads = lm__fused_read_elems(f, BLOCK, &raw_bytes);
-    w->mem = lm_alloc(f->ctx, work + raw_bytes);
+    size_t raw = lm__fused_line_up(raw_bytes);
+    size_t out = f->dst ? 0 : w->reads * lm_dtype_size(f->out_dt);
+    w->mem = lm_alloc(f->ctx, work + raw + out);
     if (!w->mem)
         return lm_context_set_error(f->ctx, LM_ERR_OUT_OF_MEMORY,
                                     "out of memory for merge buffers");
     w->raw = (char *)w->mem + work;
+    w->out = f->dst ? NULL : w->raw + raw;
     lm__fused_read_inputs(f, w->raw, 0, 0, &w->io);
     w->b64 = w->mem;
     w->x64 = w->b64 + BLOCK;
@@ -110,6 +114,10 @@ static void read_ahead(const struct lm__fused *f, struct bufs *w, size_t i,
 {
     size_t len = hi - i < w->reads ? hi - i : w->reads;
     lm__fused_read_inputs(f, w->raw, i, len, &w->io);
+    if (w->out) {
+        w->io.out = w->out;
+        w->io.out_origin = i;
+    }
 }
 
 /* The base of elements [lo, lo + len) in f32 (and f64 when wide), as the
@@ -484,27 +492,26 @@ static lm_status emit(const struct lm__fused *f, struct bufs *w, size_t lo,
                       size_t len, const float *b, const double *b64)
 {
     const float *v = w->v;
+    char *dst = (char *)w->io.out +
+                (lo - w->io.out_origin) * lm_dtype_size(f->out_dt);
     if (!f->wide) {
-        float *o = f->out_dt == LM_F32 ? (float *)f->dst + lo : w->o;
+        float *o = f->out_dt == LM_F32 ? (float *)dst : w->o;
         lm__sk_add(v, b, o, len);
         if (f->check && lm__fused_any_nonfinite_f32(o, len))
             return DECLINE;
         if (o == w->o && f->out_dt == LM_BF16)
-            lm__fused_f32_to_bf16(o, (uint16_t *)f->dst + lo, len);
+            lm__fused_f32_to_bf16(o, (uint16_t *)dst, len);
         else if (o == w->o)
-            lm_convert(o, LM_F32,
-                       (char *)f->dst + lo * lm_dtype_size(f->out_dt),
-                       f->out_dt, len);
+            lm_convert(o, LM_F32, dst, f->out_dt, len);
         return LM_OK;
     }
-    double *o = f->out_dt == LM_F64 ? (double *)f->dst + lo : w->x64;
+    double *o = f->out_dt == LM_F64 ? (double *)dst : w->x64;
     for (size_t j = 0; j < len; j++)
         o[j] = b64[j] + (double)v[j];
     if (f->check && lm__fused_any_nonfinite_f64(o, len))
         return DECLINE;
     if (o == w->x64)
-        lm_convert(o, LM_F64, (char *)f->dst + lo * lm_dtype_size(f->out_dt),
-                   f->out_dt, len);
+        lm_convert(o, LM_F64, dst, f->out_dt, len);
     return LM_OK;
 }
 
@@ -551,6 +558,11 @@ static lm_status merge_chunk(void *arg, size_t item)
             r->combine(r, rows, f->w, s->k, len, w.v);
             st = emit(f, &w, i, len, b, b64);
         }
+        /* The read's last block: its output to the sink. */
+        size_t end = i + len;
+        if (st == LM_OK && w.out && (end == hi || (end - lo) % w.reads == 0))
+            st = lm__fused_hand_over(f, w.out, w.io.out_origin,
+                                     end - w.io.out_origin);
     }
     lm_free(f->ctx, w.mem);
     return st;

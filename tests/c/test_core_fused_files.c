@@ -290,15 +290,11 @@ static void check_host_sink(struct host_sink *h, const char *what)
     }
 }
 
-START_TEST(host_sinks_old_and_ranged)
+/* A 0.1-sized sink (write_range past its struct_size, a trap) and a
+ * ranged one, on merges of the file-backed models m. */
+static void check_host_sinks(lm_context *ctx, lm_model *const *m,
+                             lm_model *want)
 {
-    lm_context *ctx = tu_context(2, 0);
-    struct setup s;
-    make_files(ctx, &s, LM_BF16, LM_F32, LM_BF16);
-    lm_model *want = merge_in_memory(ctx, s.mem);
-    lm_model *m[3];
-    for (int i = 0; i < 3; i++)
-        ck_assert_ok(lm_model_open(ctx, s.paths[i], &m[i]));
     lm_plan *p = plan_of(ctx, m);
     for (int ranged = 0; ranged < 2; ranged++) {
         struct host_sink h = {.want = want};
@@ -325,9 +321,27 @@ START_TEST(host_sinks_old_and_ranged)
                             .write = host_write, .end = host_end};
     ck_assert_status(lm_plan_execute_to(p, &small), LM_ERR_ABI);
     lm_plan_destroy(p);
+}
+
+/* Both fused paths that take ranges: linear and sparse (ties). */
+START_TEST(host_sinks_old_and_ranged)
+{
+    static const char *methods[] = {"task_arithmetic", "ties"};
+    lm_context *ctx = tu_context(2, 0);
+    struct setup s;
+    make_files(ctx, &s, LM_BF16, LM_F32, LM_BF16);
+    lm_model *m[3];
+    for (int i = 0; i < 3; i++)
+        ck_assert_ok(lm_model_open(ctx, s.paths[i], &m[i]));
+    for (int mi = 0; mi < 2; mi++) {
+        method = methods[mi];
+        lm_model *want = merge_in_memory(ctx, s.mem);
+        check_host_sinks(ctx, m, want);
+        lm_model_destroy(want);
+    }
+    method = "task_arithmetic";
     for (int i = 0; i < 3; i++)
         lm_model_destroy(m[i]);
-    lm_model_destroy(want);
     remove_files(&s);
     lm_context_destroy(ctx);
 }
@@ -350,6 +364,7 @@ START_TEST(sparse_file_inputs_match_memory)
                 lm_model *want = merge_in_memory(ctx, s.mem);
                 size_t reads = atomic_load(&ctx->file_inputs);
                 size_t fused = atomic_load(&ctx->fused_tensors);
+                size_t ranged = atomic_load(&ctx->ranged_tensors);
                 lm_model *got = merge_files(ctx, &s);
                 char what[96];
                 snprintf(what, sizeof(what), "%s, dtypes %zu, %d threads",
@@ -358,6 +373,8 @@ START_TEST(sparse_file_inputs_match_memory)
                 ck_assert_uint_eq(atomic_load(&ctx->file_inputs) - reads,
                                   3 * N_SIZES);
                 ck_assert_uint_eq(atomic_load(&ctx->fused_tensors) - fused,
+                                  N_SIZES);
+                ck_assert_uint_eq(atomic_load(&ctx->ranged_tensors) - ranged,
                                   N_SIZES);
                 lm_model_destroy(got);
                 lm_model_destroy(want);
