@@ -26,31 +26,6 @@ static const int64_t sizes[][2] = {
 };
 #define N_SIZES (sizeof(sizes) / sizeof(sizes[0]))
 
-/* offset + scale * u, u pseudo-random in [-1, 1) — or, with `levels`,
- * one of levels evenly spaced values, so that magnitudes repeat. */
-static lm_tensor *rand_tensor(lm_context *ctx, lm_dtype dtype, int ndim,
-                              const int64_t *shape, uint64_t seed,
-                              double offset, double scale, int levels)
-{
-    lm_tensor *t = NULL;
-    ck_assert_ok(lm_tensor_create(ctx, dtype, ndim, shape, &t));
-    uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
-    lm_status st = LM_OK;
-    for (size_t i = 0; i < lm_tensor_numel(t); i++) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        double u = (double)(x >> 11) / 9007199254740992.0 * 2.0 - 1.0;
-        if (levels)
-            u = (double)((int)((u + 1.0) / 2.0 * levels) - levels / 2) /
-                levels;
-        if (lm_tensor_set(t, i, offset + scale * u) != LM_OK)
-            st = LM_ERR_INTERNAL;
-    }
-    ck_assert_ok(st);
-    return t;
-}
-
 static lm_model *random_model(lm_context *ctx, lm_dtype dtype, uint64_t seed,
                               double offset)
 {
@@ -60,10 +35,10 @@ static lm_model *random_model(lm_context *ctx, lm_dtype dtype, uint64_t seed,
         char name[32];
         snprintf(name, sizeof(name), "t%zu", i);
         int ndim = sizes[i][1] ? 2 : 1;
-        ck_assert_ok(lm_model_add(m, name,
-                                  rand_tensor(ctx, dtype, ndim, sizes[i],
-                                              seed * 100 + i, offset, 0.01,
-                                              0)));
+        ck_assert_ok(lm_model_add(
+            m, name,
+            tu_random_tensor_quiet(ctx, dtype, ndim, sizes[i],
+                                   seed * 100 + i, offset, 0.01)));
     }
     return m;
 }
@@ -211,17 +186,19 @@ START_TEST(sparse_chunked_ties)
     for (size_t t = 0; t < 3; t++) {
         ck_assert_ok(lm_model_create(ctx, &m[t]));
         uint64_t seed = coarse && t == 2 ? 40 : 40 + t;
-        ck_assert_ok(lm_model_add(m[t], "w",
-                                  rand_tensor(ctx, dt[t], 1, shape, seed,
-                                              coarse && t ? 0.0 : 0.1, 1.0,
-                                              coarse ? 8 : 0)));
+        ck_assert_ok(lm_model_add(
+            m[t], "w",
+            tu_random_tensor_levels(ctx, dt[t], 1, shape, seed,
+                                    coarse && t ? 0.0 : 0.1, 1.0,
+                                    coarse ? 8 : 0)));
     }
     if (coarse) { /* model 2 (the second fine-tune) = the base */
         lm_model_destroy(m[2]);
         ck_assert_ok(lm_model_create(ctx, &m[2]));
-        ck_assert_ok(lm_model_add(m[2], "w",
-                                  rand_tensor(ctx, LM_BF16, 1, shape, 40, 0.1,
-                                              1.0, 8)));
+        ck_assert_ok(lm_model_add(
+            m[2], "w",
+            tu_random_tensor_levels(ctx, LM_BF16, 1, shape, 40, 0.1, 1.0,
+                                    8)));
     }
     static const char *const methods[] = {"ties", "dare_ties", "dare_ties",
                                           "dare_linear"};
@@ -248,9 +225,10 @@ START_TEST(sparse_nonfinite_input)
     lm_model *m[3];
     for (size_t t = 0; t < 3; t++) {
         ck_assert_ok(lm_model_create(ctx, &m[t]));
-        ck_assert_ok(lm_model_add(m[t], "w",
-                                  rand_tensor(ctx, LM_BF16, 1, shape, 5 + t,
-                                              0.0, 1.0, 0)));
+        ck_assert_ok(lm_model_add(
+            m[t], "w",
+            tu_random_tensor_quiet(ctx, LM_BF16, 1, shape, 5 + t, 0.0,
+                                   1.0)));
     }
     lm_tensor *w;
     ck_assert_ok(lm_model_find(m[2], "w", &w));

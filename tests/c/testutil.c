@@ -38,6 +38,14 @@ lm_tensor *tu_random_tensor_quiet(lm_context *ctx, lm_dtype dtype, int ndim,
                                   const int64_t *shape, uint64_t seed,
                                   double offset, double scale)
 {
+    return tu_random_tensor_levels(ctx, dtype, ndim, shape, seed, offset,
+                                   scale, 0);
+}
+
+lm_tensor *tu_random_tensor_levels(lm_context *ctx, lm_dtype dtype, int ndim,
+                                   const int64_t *shape, uint64_t seed,
+                                   double offset, double scale, int levels)
+{
     lm_tensor *t = NULL;
     ck_assert_ok(lm_tensor_create(ctx, dtype, ndim, shape, &t));
     uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
@@ -47,6 +55,9 @@ lm_tensor *tu_random_tensor_quiet(lm_context *ctx, lm_dtype dtype, int ndim,
         x ^= x >> 7;
         x ^= x << 17;
         double u = (double)(x >> 11) / 9007199254740992.0 * 2.0 - 1.0;
+        if (levels)
+            u = (double)((int)((u + 1.0) / 2.0 * levels) - levels / 2) /
+                levels;
         if (lm_tensor_set(t, i, offset + scale * u) != LM_OK)
             st = LM_ERR_INTERNAL;
     }

@@ -22,6 +22,12 @@ lm_tensor *tu_random_tensor(lm_context *ctx, lm_dtype dtype, int ndim,
 lm_tensor *tu_random_tensor_quiet(lm_context *ctx, lm_dtype dtype, int ndim,
                                   const int64_t *shape, uint64_t seed,
                                   double offset, double scale);
+/* The same stream, each value snapped to one of `levels` evenly spaced
+ * values in [-1, 1) before scaling (0: not snapped), so that magnitudes
+ * repeat. */
+lm_tensor *tu_random_tensor_levels(lm_context *ctx, lm_dtype dtype, int ndim,
+                                   const int64_t *shape, uint64_t seed,
+                                   double offset, double scale, int levels);
 /* a and b have the same tensors, dtypes and bytes; `what` names the case
  * in the failure message. */
 void tu_assert_same_bytes(const lm_model *a, const lm_model *b,
