@@ -107,19 +107,6 @@ static lm_status bufs_alloc(const struct lm__fused *f, struct bufs *w)
     return LM_OK;
 }
 
-/* The file-read inputs of the read starting at element i (a chunk's
- * reads start at its first element, w->reads apart). */
-static void read_ahead(const struct lm__fused *f, struct bufs *w, size_t i,
-                       size_t hi)
-{
-    size_t len = hi - i < w->reads ? hi - i : w->reads;
-    lm__fused_read_inputs(f, w->raw, i, len, &w->io);
-    if (w->out) {
-        w->io.out = w->out;
-        w->io.out_origin = i;
-    }
-}
-
 /* The base of elements [lo, lo + len) in f32 (and f64 when wide), as the
  * linear fused path and the plain path read it. */
 static lm_status load_base(const struct lm__fused *f, struct bufs *w,
@@ -138,6 +125,24 @@ static lm_status load_base(const struct lm__fused *f, struct bufs *w,
         *b = w->b;
     }
     return check && lm__fused_any_nonfinite_f32(*b, len) ? DECLINE : LM_OK;
+}
+
+/* Block i of chunk [lo, hi): at the start of each read (a chunk's reads
+ * start at its first element, w->reads apart) its file-read inputs are
+ * read and its output buffered; then the block's base is loaded. */
+static lm_status begin_block(const struct lm__fused *f, struct bufs *w,
+                             size_t lo, size_t hi, size_t i, size_t len,
+                             const float **b, const double **b64, bool check)
+{
+    if ((i - lo) % w->reads == 0) {
+        size_t n = hi - i < w->reads ? hi - i : w->reads;
+        lm__fused_read_inputs(f, w->raw, i, n, &w->io);
+        if (w->out) {
+            w->io.out = w->out;
+            w->io.out_origin = i;
+        }
+    }
+    return load_base(f, w, i, len, b, b64, check);
 }
 
 /* Task t's f32 task vector on the block into d: model - base rounded to
@@ -320,11 +325,9 @@ static lm_status count_chunk(void *arg, size_t item)
     lm_status st = LM_OK;
     for (size_t i = lo; i < hi && st == LM_OK; i += BLOCK) {
         size_t len = hi - i < BLOCK ? hi - i : BLOCK;
-        if ((i - lo) % w.reads == 0)
-            read_ahead(f, &w, i, hi);
         const float *b;
         const double *b64;
-        st = load_base(f, &w, i, len, &b, &b64, f->check);
+        st = begin_block(f, &w, lo, hi, i, len, &b, &b64, f->check);
         for (size_t t = 0; t < s->k && st == LM_OK; t++) {
             if (s->r->task[t].how != LM__SPARSE_TOP)
                 continue;
@@ -422,11 +425,9 @@ static lm_status l1_chunk(void *arg, size_t item)
     lm_status st = LM_OK;
     for (size_t i = lo; i < hi && st == LM_OK; i += BLOCK) {
         size_t len = hi - i < BLOCK ? hi - i : BLOCK;
-        if ((i - lo) % w.reads == 0)
-            read_ahead(f, &w, i, hi);
         const float *b;
         const double *b64;
-        st = load_base(f, &w, i, len, &b, &b64, f->check);
+        st = begin_block(f, &w, lo, hi, i, len, &b, &b64, f->check);
         double *part = s->l1_part + (i / BLOCK) * s->k * 2;
         for (size_t t = 0; t < s->k && st == LM_OK; t++) {
             if (r->task[t].how != LM__SPARSE_MASK || !r->task[t].l1)
@@ -533,12 +534,11 @@ static lm_status merge_chunk(void *arg, size_t item)
     lm_status st = LM_OK;
     for (size_t i = lo; i < hi && st == LM_OK; i += BLOCK) {
         size_t len = hi - i < BLOCK ? hi - i : BLOCK;
-        if ((i - lo) % w.reads == 0)
-            read_ahead(f, &w, i, hi);
         const float *b;
         const double *b64;
         /* What the counting pass checked needs no second look. */
-        st = load_base(f, &w, i, len, &b, &b64, f->check && !s->trims);
+        st = begin_block(f, &w, lo, hi, i, len, &b, &b64,
+                         f->check && !s->trims);
         for (size_t t = 0; t < s->k && st == LM_OK; t++) {
             float *d = w.rows + t * (size_t)BLOCK;
             bool counted = r->task[t].how == LM__SPARSE_TOP;
