@@ -260,13 +260,21 @@ void lm__fused_read_inputs(const struct fused *f, char *raw, size_t lo,
     }
 }
 
+lm_status lm__fused_write_range(const lm_sink_vtable *sink, size_t index,
+                                lm_dtype dt, const void *out, size_t lo,
+                                size_t len)
+{
+    size_t sz = lm_dtype_size(dt);
+    lm_status st = sink->write_range(index, (uint64_t)lo * sz, out, len * sz,
+                                     sink->user);
+    return st > 0 ? LM_ERR_CALLBACK : st;
+}
+
 lm_status lm__fused_hand_over(const struct fused *f, const void *out,
                               size_t lo, size_t len)
 {
-    size_t sz = lm_dtype_size(f->out_dt);
-    lm_status st = f->sink->write_range(f->sink_index, (uint64_t)lo * sz,
-                                        out, len * sz, f->sink->user);
-    return st > 0 ? LM_ERR_CALLBACK : st;
+    return lm__fused_write_range(f->sink, f->sink_index, f->out_dt, out, lo,
+                                 len);
 }
 
 /* One chunk of the tensor, with its own block and read buffers. */
@@ -438,24 +446,6 @@ static void done_with_inputs(const lm_plan *p, const char *name,
     }
 }
 
-/* The output buffer: the sink's, or the worker's scratch grown to fit
- * (kept across tensors, so large outputs do not fault in fresh pages for
- * every tensor). */
-static void *output_buffer(lm_context *ctx, const lm_sink_vtable *sink,
-                           size_t index, size_t nbytes,
-                           struct lm__fused_scratch *scratch)
-{
-    void *dst = sink->buffer ? sink->buffer(index, sink->user) : NULL;
-    if (dst)
-        return dst;
-    if (scratch->size < nbytes) {
-        lm_free(ctx, scratch->data);
-        scratch->data = lm_alloc(ctx, nbytes);
-        scratch->size = scratch->data ? nbytes : 0;
-    }
-    return scratch->data;
-}
-
 /* Does the sink take outputs in ranges (a write_range its struct_size
  * covers)? */
 static bool takes_ranges(const lm_sink_vtable *sink)
@@ -463,6 +453,45 @@ static bool takes_ranges(const lm_sink_vtable *sink)
     return sink->struct_size >= offsetof(lm_sink_vtable, write_range) +
                                     sizeof(sink->write_range) &&
            sink->write_range;
+}
+
+/* Where tensor `index`'s output goes: the sink's buffer; else nowhere
+ * (*dst NULL) when the sink takes ranges; else the worker's scratch grown
+ * to fit (kept across tensors, so large outputs do not fault in fresh
+ * pages for every tensor). */
+static lm_status destination(lm_context *ctx, const lm_sink_vtable *sink,
+                             size_t index, const lm_tensor_desc *out,
+                             struct lm__fused_scratch *scratch, void **dst)
+{
+    *dst = sink->buffer ? sink->buffer(index, sink->user) : NULL;
+    if (*dst || takes_ranges(sink))
+        return LM_OK;
+    if (scratch->size < out->nbytes) {
+        lm_free(ctx, scratch->data);
+        scratch->data = lm_alloc(ctx, out->nbytes);
+        scratch->size = scratch->data ? out->nbytes : 0;
+    }
+    *dst = scratch->data;
+    return *dst ? LM_OK
+                : lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                       "out of memory for output '%s'",
+                                       out->name);
+}
+
+/* Tensor `name` merged the fused way into dst (NULL: already handed over
+ * by range): the inputs are released and the output goes to the sink. */
+static lm_status deliver(lm_plan *p, const char *name, const lm_tensor *base,
+                         size_t index, const lm_tensor_desc *out,
+                         const lm_sink_vtable *sink, const void *dst)
+{
+    done_with_inputs(p, name, base);
+    atomic_fetch_add(&p->ctx->fused_tensors, 1);
+    if (!dst) {
+        atomic_fetch_add(&p->ctx->ranged_tensors, 1);
+        return LM_OK;
+    }
+    lm_status st = sink->write(index, dst, out->nbytes, sink->user);
+    return st > 0 ? LM_ERR_CALLBACK : st;
 }
 
 /* A tensor ready to go the fused way: its inputs, rule and job. */
@@ -543,57 +572,32 @@ lm_status lm__fused_merge(lm_plan *p, void *state, const char *name,
 {
     *done = false;
     lm_context *ctx = p->ctx;
+    void *dst;
     if (lm__fused_lora_eligible(p, name, base)) {
         /* Every task an adapter: one sgemm per row block (fused_lora.c). */
-        void *dst = output_buffer(ctx, sink, index, out->nbytes, scratch);
-        if (!dst)
-            return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
-                                        "out of memory for output '%s'",
-                                        out->name);
+        LM_TRY(destination(ctx, sink, index, out, scratch, &dst));
         LM_TRY(lm__fused_lora_merge(p, state, name, base, dst, out->dtype,
-                                    done));
-        if (!*done)
-            return LM_OK;
-        done_with_inputs(p, name, base);
-        atomic_fetch_add(&ctx->fused_tensors, 1);
-        lm_status st = sink->write(index, dst, out->nbytes, sink->user);
-        return st > 0 ? LM_ERR_CALLBACK : st;
+                                    sink, index, done));
+        return *done ? deliver(p, name, base, index, out, sink, dst) : LM_OK;
     }
     struct prepared pr;
     bool ok;
     LM_TRY(prepare(p, state, name, base, &pr, &ok));
     if (!ok)
         return LM_OK;
+    lm_status st = destination(ctx, sink, index, out, scratch, &dst);
     pr.f.out_dt = out->dtype;
-    void *sink_buf = sink->buffer ? sink->buffer(index, sink->user) : NULL;
-    if (!sink_buf && takes_ranges(sink)) {
-        pr.f.sink = sink; /* pr.f.dst stays NULL: handed over by range */
-        pr.f.sink_index = index;
-    } else {
-        pr.f.dst = sink_buf ? sink_buf
-                            : output_buffer(ctx, sink, index, out->nbytes,
-                                            scratch);
-        if (!pr.f.dst) {
-            finish(ctx, &pr);
-            return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
-                                        "out of memory for output '%s'",
-                                        out->name);
-        }
-    }
-    lm_status st = run(&pr.f);
+    pr.f.dst = dst; /* NULL: handed over by range */
+    pr.f.sink = sink;
+    pr.f.sink_index = index;
+    if (st == LM_OK)
+        st = run(&pr.f);
     finish(ctx, &pr);
     if (st == DECLINE)
         return LM_OK;
     LM_TRY(st);
-    done_with_inputs(p, name, base);
-    atomic_fetch_add(&ctx->fused_tensors, 1);
     *done = true;
-    if (!pr.f.dst) {
-        atomic_fetch_add(&ctx->ranged_tensors, 1);
-        return LM_OK;
-    }
-    st = sink->write(index, pr.f.dst, out->nbytes, sink->user);
-    return st > 0 ? LM_ERR_CALLBACK : st;
+    return deliver(p, name, base, index, out, sink, dst);
 }
 
 lm_status lm__fused_merge_into(lm_plan *p, void *state, const char *name,
@@ -606,7 +610,7 @@ lm_status lm__fused_merge_into(lm_plan *p, void *state, const char *name,
         /* Straight into out, even in place: fused_lora.c merges in place
          * only when it cannot fail half-way. */
         LM_TRY(lm__fused_lora_merge(p, state, name, base, out->data,
-                                    out->dtype, done));
+                                    out->dtype, NULL, 0, done));
         if (*done)
             atomic_fetch_add(&ctx->fused_tensors, 1);
         return LM_OK;

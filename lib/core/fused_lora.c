@@ -47,8 +47,10 @@ struct job {
     const void *base;
     lm_dtype base_dt;
     struct lm__file_source base_src; /* the base's file, when read so */
-    void *dst;
+    void *dst; /* NULL: each block goes to sink's write_range */
     lm_dtype out_dt;
+    const lm_sink_vtable *sink;
+    size_t sink_index;
     bool check;
 };
 
@@ -127,22 +129,46 @@ static lm_status pack(const lm_plan *p, const char *name,
     return LM_OK;
 }
 
+/* Where a block's f32 rows, its raw base read and its converted output
+ * sit in the block buffer: f32 first, then the raw base (when the base is
+ * read from its file), then the output in its dtype (when handed over by
+ * range and not f32). */
+static size_t raw_offset(const struct job *j)
+{
+    return lm__fused_line_up(j->block_rows * j->cols * sizeof(float));
+}
+
+static size_t out_offset(const struct job *j)
+{
+    size_t raw = lm__file_source_open_ok(&j->base_src)
+                     ? lm_dtype_size(j->base_dt)
+                     : 0;
+    return raw_offset(j) +
+           lm__fused_line_up(j->block_rows * j->cols * raw);
+}
+
+static size_t block_buffer_bytes(const struct job *j)
+{
+    size_t out = !j->dst && j->out_dt != LM_F32 ? lm_dtype_size(j->out_dt)
+                                                : 0;
+    return out_offset(j) + j->block_rows * j->cols * out;
+}
+
 /* Rows [r0, r0 + m) into the output, through buf when the output is not
- * f32; DECLINE on a non-finite value under the default policy. A base
- * read from its file (file_source.h) comes through buf's raw part. */
+ * f32 or goes by range; DECLINE on a non-finite value under the default
+ * policy. A base read from its file (file_source.h) comes through buf's
+ * raw part. */
 static lm_status block(const struct job *j, size_t r0, size_t m, float *buf)
 {
     size_t n = m * j->cols, lo = r0 * j->cols;
-    float *c = j->out_dt == LM_F32 ? (float *)j->dst + lo : buf;
+    float *c = j->dst && j->out_dt == LM_F32 ? (float *)j->dst + lo : buf;
     const void *base = j->base;
     size_t at = lo;
     if (lm__file_source_open_ok(&j->base_src)) {
         size_t es = lm_dtype_size(j->base_dt);
-        void *raw = j->base_dt == LM_F32
-                        ? (void *)c
-                        : (void *)((char *)buf +
-                                   lm__fused_line_up(j->block_rows * j->cols *
-                                                     sizeof(float)));
+        void *raw = j->base_dt == LM_F32 ? (void *)c
+                                         : (void *)((char *)buf +
+                                                    raw_offset(j));
         lm__file_source_read(&j->base_src, lo * es, n * es, raw);
         base = raw;
         at = 0;
@@ -162,14 +188,19 @@ static lm_status block(const struct job *j, size_t r0, size_t m, float *buf)
                     (int)j->cols, 1.0f, c, (int)j->cols);
     if (j->check && lm__fused_any_nonfinite_f32(c, n))
         return DECLINE;
-    if (c == (float *)j->dst + lo)
-        return LM_OK;
+    if (j->out_dt == LM_F32) /* c is the output, or goes by range */
+        return j->dst ? LM_OK
+                      : lm__fused_write_range(j->sink, j->sink_index,
+                                              LM_F32, c, lo, n);
+    void *out = j->dst ? (char *)j->dst + lo * lm_dtype_size(j->out_dt)
+                       : (char *)buf + out_offset(j);
     if (j->out_dt == LM_BF16)
-        lm__fused_f32_to_bf16(c, (uint16_t *)j->dst + lo, n);
+        lm__fused_f32_to_bf16(c, out, n);
     else
-        lm_convert(c, LM_F32, (char *)j->dst + lo * lm_dtype_size(j->out_dt),
-                   j->out_dt, n);
-    return LM_OK;
+        lm_convert(c, LM_F32, out, j->out_dt, n);
+    return j->dst ? LM_OK
+                  : lm__fused_write_range(j->sink, j->sink_index, j->out_dt,
+                                          out, lo, n);
 }
 
 static lm_status item_blocks(const struct job *j, size_t item, float *buf)
@@ -188,12 +219,7 @@ static lm_status item_blocks(const struct job *j, size_t item, float *buf)
 
 static float *block_buffer(const struct job *j)
 {
-    size_t raw = lm__file_source_open_ok(&j->base_src)
-                     ? lm_dtype_size(j->base_dt)
-                     : 0;
-    size_t elems = j->block_rows * j->cols;
-    float *buf = lm_alloc(j->ctx, lm__fused_line_up(elems * sizeof(float)) +
-                                      elems * raw);
+    float *buf = lm_alloc(j->ctx, block_buffer_bytes(j));
     if (!buf)
         lm_context_set_error(j->ctx, LM_ERR_OUT_OF_MEMORY,
                              "out of memory for merge buffers");
@@ -287,7 +313,8 @@ static bool cannot_fail(const struct job *j)
 
 lm_status lm__fused_lora_merge(lm_plan *p, void *state, const char *name,
                                const lm_tensor *base, void *dst,
-                               lm_dtype out_dt, bool *done)
+                               lm_dtype out_dt, const lm_sink_vtable *sink,
+                               size_t sink_index, bool *done)
 {
     *done = false;
     lm_context *ctx = p->ctx;
@@ -320,7 +347,8 @@ lm_status lm__fused_lora_merge(lm_plan *p, void *state, const char *name,
         .base_extra = rule.base_term ? rule.mul * (rule.base_coef / rule.div)
                                      : 0.0,
         .base = base->data, .base_dt = base->dtype, .dst = dst,
-        .out_dt = out_dt, .check = !p->allow_nonfinite};
+        .out_dt = out_dt, .sink = sink, .sink_index = sink_index,
+        .check = !p->allow_nonfinite};
     j.base_src.fd = -1;
     j.block_rows = BLOCK_ELEMS / cols ? BLOCK_ELEMS / cols : 1;
     size_t block_elems = j.block_rows * cols;
@@ -341,7 +369,7 @@ lm_status lm__fused_lora_merge(lm_plan *p, void *state, const char *name,
                   rows, cols, rank);
     }
     const char *o = dst, *b = base->data;
-    bool in_place = o < b + base->numel * lm_dtype_size(base->dtype) &&
+    bool in_place = o && o < b + base->numel * lm_dtype_size(base->dtype) &&
                     b < o + base->numel * lm_dtype_size(out_dt);
     if (st == LM_OK && j.check && in_place && !cannot_fail(&j))
         st = DECLINE;

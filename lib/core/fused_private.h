@@ -113,6 +113,12 @@ void lm__fused_read_inputs(const struct lm__fused *f, char *raw, size_t lo,
                            size_t len, struct lm__fused_view *v);
 /* bytes rounded up to a cache line. */
 size_t lm__fused_line_up(size_t bytes);
+/* Elements [lo, lo + len) of tensor `index`'s output (dtype dt), in
+ * `out`, to the sink's write_range; a callback's positive status becomes
+ * LM_ERR_CALLBACK. */
+lm_status lm__fused_write_range(const lm_sink_vtable *sink, size_t index,
+                                lm_dtype dt, const void *out, size_t lo,
+                                size_t len);
 /* Without an output buffer (f->dst NULL), elements [lo, lo + len) of the
  * output, in `out`, go to the sink's write_range. */
 lm_status lm__fused_hand_over(const struct lm__fused *f, const void *out,
@@ -136,12 +142,14 @@ bool lm__fused_enabled(void);
  * (a linear rule, every task an adapter, a 2-D base with storage)? */
 bool lm__fused_lora_eligible(const lm_plan *p, const char *name,
                              const lm_tensor *base);
-/* Merge it into dst (out_dt, the base's shape); *done false when the
- * plain path must (it then reports the problem). dst may be the base's
- * own storage. */
+/* Merge it into dst (out_dt, the base's shape), or with dst NULL hand
+ * it to sink's write_range block by block as tensor sink_index; *done
+ * false when the plain path must (it then reports the problem). dst may
+ * be the base's own storage. */
 lm_status lm__fused_lora_merge(lm_plan *p, void *state, const char *name,
                                const lm_tensor *base, void *dst,
-                               lm_dtype out_dt, bool *done);
+                               lm_dtype out_dt, const lm_sink_vtable *sink,
+                               size_t sink_index, bool *done);
 
 /* The sparse-rule merge of one tensor into f->dst (fused_sparse.c):
  * LM__FUSED_DECLINE when the plain path must do it. */
