@@ -324,6 +324,14 @@ lm_status lm__purify_apply(struct lm__purify *pu, const lm_plan *p,
         lm_log(p->ctx, LM_LOG_DEBUG,
                "purify: tensor '%s' model %zu: eps %g, rank %zu of %zu", name,
                t, f[t].eps, r, k);
+        /* Every component kept, none re-weighted: W' = W C~ C~^-1 = W
+         * exactly, so tau is left as it is. Rebuilding it in f64 would
+         * only add rounding, and the SVD family's isotropic merges lift
+         * the directions where the task vectors are (near) zero to full
+         * weight, where that rounding decides them (keep 1 then moved
+         * Iso-CTS's accuracy by up to a point). */
+        if (r == k && !(o->polarize > 0))
+            continue;
         /* W' = U_r S_r (V_r^T C~^-1); polarize reweights the kept S. */
         double mean = 0;
         for (size_t i = 0; i < r; i++)
