@@ -3,8 +3,8 @@
 # every test: gcc (C + Python + build checks), a release build with its
 # demo (README command 1's configuration), a selection of C suites
 # under valgrind, gcc with AddressSanitizer + UndefinedBehaviorSanitizer
-# (C suites), clang with ThreadSanitizer (C suites), clang (C suites and
-# build checks), an MPI build (distributed lmerge); then the libFuzzer targets for LIBMERGE_FUZZ_SECONDS
+# (C suites), clang with ThreadSanitizer (C suites and the build checks
+# that compile), an MPI build (distributed lmerge); then the libFuzzer targets for LIBMERGE_FUZZ_SECONDS
 # (default 10: the committed corpora are replayed first, so a short run
 # only adds fresh mutations) each. Ends with one "N passed, N failed" line.
 set -euo pipefail
@@ -36,8 +36,14 @@ meson test -C build --print-errorlogs --logbase testlog-valgrind \
   linalg_projection_stage core_task_vector_input \
   core_sparse_kernels strategies_sign_merge core_l1_norm || status=1
 run build-asan -Db_sanitize=address,undefined -Db_lundef=false -- --suite c || status=1
-CC=clang run build-tsan -Db_sanitize=thread -Db_lundef=false -- --suite c || status=1
-CC=clang run build-clang -- --suite c --suite build || status=1
+# clang: ThreadSanitizer over the C suites (the kernel-per-instruction-set
+# reruns check kernels, not threads: ASan runs them), and the build checks
+# that compile with the compiler itself. This build is also the clang
+# -Werror build (a plain clang debug build would compile the same code the
+# same way, without the instrumentation).
+CC=clang run build-tsan -Db_sanitize=thread -Db_lundef=false -- --suite c --no-suite isa || status=1
+meson test -C build-tsan --no-rebuild --print-errorlogs --logbase testlog-clang-build \
+  headers_self_contained core_layering || status=1
 # README command 1 builds with --buildtype=release (-O3, where gcc warns
 # about more): that build must stay warning-free and its demo must pass.
 if [ ! -d build-release ]; then
@@ -73,7 +79,7 @@ else
   fuzz_ok=0; status=1
 fi
 
-/usr/bin/python3 - "$fuzz_ok" "$release_ok" build build-asan build-tsan build-clang build-mpi <<'PY'
+/usr/bin/python3 - "$fuzz_ok" "$release_ok" build build-asan build-tsan build-mpi <<'PY'
 import glob, json, sys, os
 passed = failed = skipped = 0
 for ok in sys.argv[1:3]:  # the fuzz run, the release build and its demo
