@@ -33,7 +33,7 @@ import variants_report  # noqa: E402
 import variants_runs  # noqa: E402
 
 PARTS = {"full": "full", "purify": "full", "whiten": "full", "nsc": "lora",
-         "purify_layer": "full"}  # part -> run.KINDS kind
+         "purify_layer": "full", "esm_variant": "full"}  # part -> run.KINDS kind
 # The keep ratios "cv" chooses among: quality.md's five (the library's
 # twelve defaults cost 2.4x the merges; the five span the ratios chosen).
 CANDIDATES = merges.PURIFY_CANDIDATES
@@ -52,9 +52,11 @@ def measure(args, part, d, n, seed, stats, method=None):
                               threads=args.threads)
     t0 = time.perf_counter()
     if part == "full":
-        rows = variants_runs.full_rows(s)
+        rows = variants_runs.full_rows(s, methods=args.full_methods)
     elif part == "whiten":
         rows = variants_runs.whiten_rows(s)
+    elif part == "esm_variant":
+        rows = variants_runs.esm_variant_rows(s, names=args.esm_variants)
     elif part == "purify":
         rows = {method: variants_runs.purify_rows(s, method, CANDIDATES)}
     elif part == "purify_layer":
@@ -78,14 +80,14 @@ def load_all(args):
                 loaded.append(json.load(f))
     full = {(r["n"], r["seed"]): r for r in loaded if r["part"] == "full"}
     for r in loaded:
-        if r["part"] not in ("purify", "whiten") or (r["n"], r["seed"]) not in full:
+        if r["part"] not in ("purify", "whiten", "esm_variant") or (r["n"], r["seed"]) not in full:
             continue
         into = full[(r["n"], r["seed"])]
         into["seconds"] += r["seconds"]
         for m, rows in r["rows"].items():
             if m in into["rows"]:
                 into["rows"][m].update(rows)
-    return [r for r in loaded if r["part"] not in ("purify", "whiten")]
+    return [r for r in loaded if r["part"] not in ("purify", "whiten", "esm_variant")]
 
 
 def _jobs(args, part, sizes, seed):
@@ -104,6 +106,8 @@ def _report(args):
         return variants_report.write_nsc_section(load_all(args), args)
     if args.layer_section_only:
         return variants_report.write_layer_section(load_all(args), args)
+    if args.esm_variant_section_only:
+        return variants_report.write_esm_variant_section(load_all(args), args)
     return variants_report.write(load_all(args), args)
 
 
@@ -111,7 +115,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--parts", default="full,purify,whiten,nsc",
                     help="comma-separated subset of full (scale searches, ESM), purify, "
-                    "whiten (ESM rank_aware), nsc")
+                    "whiten (ESM rank_aware), nsc, purify_layer, esm_variant (ESM's "
+                    "combine/scaling variants)")
     ap.add_argument("--purify-tasks", default="8",
                     help="task counts that get the purify rows (minutes per method)")
     ap.add_argument("--purify-methods", default=",".join(m[0] for m in variants_runs.METHODS))
@@ -126,6 +131,14 @@ def main():
                     "report (the other parts' measurements need not be cached)")
     ap.add_argument("--layer-section-only", action="store_true",
                     help="replace only the per-layer purification section")
+    ap.add_argument("--full-methods", default=None,
+                    help="full part: only these methods (comma-separated labels; "
+                    "default all), e.g. esm,tsv,iso_c,iso_cts for the ESM comparison alone")
+    ap.add_argument("--esm-variants", default=None,
+                    help="esm_variant part: only these variants (';'-separated names of "
+                    "variants_runs.ESM_VARIANTS; default all)")
+    ap.add_argument("--esm-variant-section-only", action="store_true",
+                    help="replace only the ESM-variant section")
     ap.add_argument("--out", default=os.path.join(HERE, "..", "..", "docs", "benchmarks"))
     ap.add_argument("--cache", default=os.path.join(HERE, ".cache"))
     args = ap.parse_args()
@@ -133,6 +146,8 @@ def main():
     if any(p not in PARTS for p in parts):
         ap.error("--parts: known parts are %s" % ", ".join(PARTS))
     sizes = [int(n) for n in args.tasks.split(",")]
+    args.full_methods = args.full_methods.split(",") if args.full_methods else None
+    args.esm_variants = args.esm_variants.split(";") if args.esm_variants else None
     args.purify_tasks = [int(n) for n in args.purify_tasks.split(",")]
     if not all(2 <= n <= (4 if args.smoke else len(tasklib.TASKS)) for n in sizes):
         ap.error("--tasks: each count must be between 2 and %d" % len(tasklib.TASKS))

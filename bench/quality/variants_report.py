@@ -253,6 +253,59 @@ def _esm(results):
     return out
 
 
+ESM_VARIANT_HEAD = "## ESM variants aimed at the gap to the SVD family"
+
+
+def _esm_variants(results):
+    """Each variant of variants_runs.ESM_VARIANTS against released ESM and
+    against the best of TSV-M / Iso-C / Iso-CTS (per seed, on the test
+    split: favouring the rival), all widened searches of the same run."""
+    rivals = ("tsv", "iso_c", "iso_cts")
+    names = [v for v, _ in variants_runs.ESM_VARIANTS]
+    if not any(v in r["rows"].get("esm", {}) for r in results if r["part"] == "full"
+               for v in names):
+        return []
+    out = [ESM_VARIANT_HEAD, "",
+           "ESM's essential subspaces with the last steps changed "
+           "(docs/methods/esm.md, \"Spectral combine\"): *combine spectral* keeps A_cat's "
+           "row norms as the directions' weights between the two polar factors (TSV-M's "
+           "form) instead of setting every direction to the mean singular value; "
+           "*scalings off* is `inter_task`, `eig_weighting`, `inter_dim` and "
+           "`layer_scaling` all false. Every row searched on validation with the widened "
+           "bracket; all rows of a (task count, seed) come from the same run.", ""]
+    for v in names:
+        def vs_released(rows, v=v):
+            return _get(rows, "esm", v, "widened")
+
+        def vs_rival(rows, v=v):
+            if v not in rows.get("esm", {}) or not all(m in rows for m in rivals):
+                return None
+            best = max(rivals, key=lambda m: rows[m]["widened"]["norm"])
+            return rows["esm"][v], rows[best]["widened"]
+        out += ["### esm, %s" % v, ""]
+        out += _table(results, "full", "comparison", "variant", "esm released",
+                      [("variant − released", vs_released)])
+        out += _table(results, "full", "comparison", "variant", "best rival",
+                      [("variant − best rival", vs_rival)])
+    out += ["Scales found (alpha; seeds in order):", "",
+            "| tasks | esm released | %s |" % " | ".join(names),
+            "|---|---|%s" % ("---|" * len(names))]
+    for n in sorted({r["n"] for r in results if r["part"] == "full"}):
+        rs = sorted((r for r in results if r["part"] == "full" and r["n"] == n),
+                    key=lambda r: r["seed"])
+        cells = [", ".join("%.3g" % r["rows"]["esm"]["widened"]["scale"] for r in rs)]
+        cells += [", ".join("%.3g" % r["rows"]["esm"][v]["scale"] for r in rs
+                            if v in r["rows"]["esm"]) for v in names]
+        out.append("| %d | %s |" % (n, " | ".join(cells)))
+    return out + [""]
+
+
+def write_esm_variant_section(results, args):
+    """Only the ESM-variant section (before the purification sections)."""
+    return _replace_section(args, ESM_VARIANT_HEAD, _esm_variants(results),
+                            before="## Purification: keep=\"cv\" against the unpurified merge")
+
+
 def _nsc_mean(results, n, label, key):
     vals = [r["rows"][label][key] for r in results
             if r["part"] == "nsc" and r["n"] == n and label in r["rows"]]
@@ -363,7 +416,7 @@ def write(results, args):
                  run.FINETUNE_STEPS[args.smoke], 3 if args.smoke else 15, SE_RULE, ", ".join(names)), ""]
     lines += _coverage(results) + [""]
     if any(r["part"] == "full" for r in results):
-        lines += _scale(results) + _esm(results) + _purify(results)
+        lines += _scale(results) + _esm(results) + _esm_variants(results) + _purify(results)
     lines += _layer(results)
     lines += _nsc(results, 10 if args.smoke else 100)
     os.makedirs(args.out, exist_ok=True)

@@ -89,12 +89,14 @@ def keep_curve(s, method, params, candidates):
     return rows
 
 
-def full_rows(s, log=print):
-    """Every method: the widened and the fixed-bracket search (the fixed
-    one is the widened one when the bracket never moved: the same
-    merges)."""
+def full_rows(s, log=print, methods=None):
+    """Every method (or those named in `methods`): the widened and the
+    fixed-bracket search (the fixed one is the widened one when the
+    bracket never moved: the same merges)."""
     out = {}
     for label, method, params, scale in METHODS:
+        if methods is not None and label not in methods:
+            continue
         r = dict(widened=searched(s, method, params, scale, WIDEN))
         r["fixed"] = (searched(s, method, params, scale, 0) if r["widened"]["widened"]
                       else dict(r["widened"]))
@@ -158,6 +160,33 @@ def whiten_rows(s, log=print):
     r = searched(s, method, dict(params, whiten="rank_aware"), scale, WIDEN)
     log("    esm, whiten rank_aware %.1f (alpha %.3f)" % (r["norm"], r["scale"]))
     return {"esm": {"whiten rank_aware": r}}
+
+
+# ESM variants aimed at its gap to the SVD family (issue 25): combine
+# "spectral" keeps A_cat's row norms between the polar factors (TSV-M's
+# form on ESM's essential basis) instead of whitening every direction to
+# the mean; "scalings off" drops the released polarized scalings
+# (inter-task, eigenvalue, input-column and layer), whose norm^2 weights
+# the spectral form would otherwise keep.
+_ESM_OFF = dict(inter_task=False, eig_weighting=False, inter_dim=False, layer_scaling=False)
+ESM_VARIANTS = [("combine spectral, scalings off", dict(combine="spectral", **_ESM_OFF)),
+                ("combine polar, scalings off", dict(_ESM_OFF))]
+
+
+def esm_variant_rows(s, log=print, names=None):
+    """Nothing when the library's esm has no combine parameter; else each
+    ESM_VARIANTS row (or those named in `names`; widened search), to join
+    the full part's released ESM and its rivals."""
+    if not has_param("esm", "combine"):
+        return {}
+    label, method, params, scale = [m for m in METHODS if m[0] == "esm"][0]
+    out = {}
+    for name, extra in ESM_VARIANTS:
+        if names is not None and name not in names:
+            continue
+        out[name] = searched(s, method, dict(params, **extra), scale, WIDEN)
+        log("    esm, %s %.1f (alpha %.3f)" % (name, out[name]["norm"], out[name]["scale"]))
+    return {"esm": out}
 
 
 def has_param(method, name):

@@ -63,6 +63,12 @@ static const lm_param_desc esm_params[] = {
     {sizeof(lm_param_desc), "layer_group", LM_PARAM_STRING, 0, 0, 0, NULL,
      "regex: its match in a name is the layer type for layer scaling "
      "(default: the name with layer indices removed)", 0},
+    {sizeof(lm_param_desc), "combine", LM_PARAM_CHOICE, 0, 0, 0,
+     "polar|spectral",
+     "polar: P_cat's and A_cat's polar factors, each at its mean singular "
+     "value, times 2 (released); spectral: the polar factors of P_cat and "
+     "of A_cat with unit rows, A_cat's row norms kept as weights between "
+     "them (TSV-M's form on ESM's essential basis)", 0},
     LM__WHITEN_PARAMS,
 };
 
@@ -229,6 +235,11 @@ static lm_status esm_init(const lm_strategy_init_info *info, void **state,
         st = lm_params_get_float(p, "memory_budget", &budget);
     if (st == LM_OK)
         st = lm__whiten_get(p, &s->o.whiten, &s->o.floor_c);
+    const char *combine = NULL;
+    if (st == LM_OK)
+        st = lm_params_get_choice(p, "combine", &combine);
+    if (st == LM_OK)
+        s->o.spectral = strcmp(combine, "spectral") == 0;
     static const char *const switches[4] = {"inter_task", "eig_weighting",
                                             "inter_dim", "layer_scaling"};
     for (int i = 0; st == LM_OK && i < 4; i++)

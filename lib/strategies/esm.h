@@ -19,6 +19,10 @@ struct esm_opts {
     double budget;    /* bytes the merge may hold at once (all threads) */
     bool budget_auto; /* budget is this machine's memory (memory_budget 0) */
     lm_whiten whiten; /* the polar step (linalg/whiten.h) */
+    /* combine=spectral: A_cat's row norms kept as weights between the two
+     * polar factors (TSV-M's form) instead of every direction at the mean
+     * singular value (released, combine=polar). */
+    bool spectral;
     double floor_c;   /* whiten_floor */
 };
 

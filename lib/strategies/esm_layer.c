@@ -431,6 +431,22 @@ lm_status lm__esm_layer(lm_context *ctx, const struct esm_opts *o,
                 acat[r * d_in + c] *= scale;
         }
     }
+    /* combine=spectral: A_cat's rows to unit norm, their norms kept for
+     * after the polar step. */
+    double *rownorm = NULL;
+    if (st == LM_OK && o->spectral) {
+        rownorm = lm__calloc(ctx, cols ? cols : 1, sizeof(double));
+        if (!rownorm)
+            st = LM_ERR_OUT_OF_MEMORY;
+        for (size_t r = 0; st == LM_OK && r < cols; r++) {
+            double s2 = 0;
+            for (size_t c = 0; c < d_in; c++)
+                s2 += acat[r * d_in + c] * acat[r * d_in + c];
+            rownorm[r] = sqrt(s2);
+            for (size_t c = 0; rownorm[r] > 0 && c < d_in; c++)
+                acat[r * d_in + c] /= rownorm[r];
+        }
+    }
     /* Polar factors rescaled by the mean singular value ("whitening");
      * rank-aware: against the floor of the least precise task's inputs. */
     double mean_u = 0, mean_v = 0, eps_cat = 0;
@@ -440,9 +456,18 @@ lm_status lm__esm_layer(lm_context *ctx, const struct esm_opts *o,
         st = lm__polar_pair_whiten(ctx, o->whiten, eps_cat, 0.0, pcat, d_out,
                                    cols, po, &mean_u, acat, cols, d_in, ao,
                                    &mean_v);
-    if (st == LM_OK)
+    if (st == LM_OK && o->spectral) {
+        /* P_o diag(row norms) A_o: each direction keeps its weight, as
+         * TSV-M keeps each singular value between its polar factors. */
+        for (size_t r = 0; r < cols; r++)
+            for (size_t c = 0; c < d_in; c++)
+                ao[r * d_in + c] *= rownorm[r];
+        lm__gemm(false, false, d_out, d_in, cols, 1.0, po, ao, 0.0, out);
+    } else if (st == LM_OK) {
         lm__gemm(false, false, d_out, d_in, cols, 2.0 * mean_u * mean_v, po,
                  ao, 0.0, out);
+    }
+    lm_free(ctx, rownorm);
     lm_free(ctx, buf);
     lm_free(ctx, cap);
     return st;

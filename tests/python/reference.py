@@ -177,7 +177,7 @@ def knots(tasks, weights, merge="ties", density=0.2, lam=1.0):
 
 def esm_layer(dws, xs, k=None, pad_identity=False, norm_power=2.0, eig_power=0.15,
               inter_task=True, eig_weighting=True, inter_dim=True, route="svd",
-              keep_rank=False):
+              keep_rank=False, combine="polar"):
     """route="svd": P, lambda from the uncentred SVD of dO = X dW^T, as
     released; route="gram": eigenvectors / eigenvalues of dW (X^T X) dW^T
     (docs/methods/esm.md step 1), only for n >= d_out (no padding).
@@ -243,6 +243,14 @@ def esm_layer(dws, xs, k=None, pad_identity=False, norm_power=2.0, eig_power=0.1
     if inter_dim:
         cn = np.linalg.norm(ac, axis=0)
         ac = ac * (cn / cn.mean())[None, :] ** norm_power
+    if combine == "spectral":
+        # TSV-M's form on the essential basis: the directions' weights are
+        # A_cat's row norms, kept between the orthogonalised bases (as
+        # TSV-M keeps sigma between polar(U_cat) and polar(V_cat)).
+        w = np.linalg.norm(ac, axis=1)
+        uu, _, vu = svd(pc)
+        ua, _, va = svd(ac / np.where(w > 0, w, 1.0)[:, None])
+        return (uu @ vu) @ (w[:, None] * (ua @ va))
     uu, su, vu = svd(pc)
     ua, sa, va = svd(ac)
     return 2 * (uu @ vu * su.mean()) @ (ua @ va * sa.mean())
