@@ -172,6 +172,18 @@ START_TEST(randomized_checked)
     ck_assert_ok(lm__svd_randomized_checked(ctx, a, m, n, k, 10, 2, 7,
                                             LM_SVD_TOL, u2, s2, vt2, &route, NULL));
     ck_assert(memcmp(u, u2, m * k * 8) == 0 && memcmp(vt, vt2, k * n * 8) == 0);
+    /* The same spectrum with a sketch of rank l = 35 > d / 4: the ladder
+     * runs from the sizes alone, before any sketch (it would pass). */
+    ck_assert_ok(lm__svd_randomized_checked(ctx, a, m, n, k, 25, 2, 7,
+                                            LM_SVD_TOL, u, s, vt, &route, &rank));
+    ck_assert_int_ne(route, LM_SVD_RANDOMIZED);
+    ck_assert_uint_eq(rank, d);
+    ck_assert(topk_error(ctx, a, m, n, k, u, s, vt) < 1e-5);
+    /* At l = 30 = d / 4 the sketch is still tried, and passes. */
+    ck_assert_ok(lm__svd_randomized_checked(ctx, a, m, n, k, 20, 2, 7,
+                                            LM_SVD_TOL, u, s, vt, &route, &rank));
+    ck_assert_int_eq(route, LM_SVD_RANDOMIZED);
+    ck_assert_uint_eq(rank, k + 20);
     free(a);
     /* Slow decay 0.97^i with 2 probes: the rank must grow (or fall back). */
     for (size_t i = 0; i < d; i++)
