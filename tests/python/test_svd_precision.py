@@ -19,6 +19,7 @@ import pytest
 
 import libmerge
 import reference as ref
+from spectra import spectrum_tasks
 
 ROUTE = re.compile(r"gram_f32 (\d+), gram_f64 (\d+), exact (\d+), randomized (\d+)")
 
@@ -43,18 +44,6 @@ def merge(method, taus, caplog, **params):
 
 def rel(got, want):
     return np.abs(got - want).max() / np.abs(want).max()
-
-
-def spectrum_tasks(rng, shape, T, sv):
-    """Task vectors with the given singular values and random vectors."""
-    m, n = shape
-    d = len(sv)
-    out = []
-    for _ in range(T):
-        u, _ = np.linalg.qr(rng.standard_normal((m, d)))
-        v, _ = np.linalg.qr(rng.standard_normal((n, d)))
-        out.append(((u * sv) @ v.T).astype(np.float32))
-    return out
 
 
 REFS = {"tsv": ref.tsv, "iso_cts": ref.iso_cts}

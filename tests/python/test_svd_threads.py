@@ -16,6 +16,7 @@ import pytest
 
 import libmerge
 import reference as ref
+from spectra import spectrum_tasks
 
 ROUTE = re.compile(r"gram_f32 (\d+), gram_f64 (\d+), exact (\d+)")
 SHAPES = [(300, 300), (517, 263), (263, 517)]
@@ -29,12 +30,7 @@ def tasks(rng, shape, spectrum):
                 for _ in range(T)]
     d = min(m, n)  # singular values over 1e3, spread: f32 refused
     sv = np.logspace(0, -3, d) if spectrum == "spread" else np.linspace(2, 1, d)
-    out = []
-    for _ in range(T):
-        u, _ = np.linalg.qr(rng.standard_normal((m, d)))
-        v, _ = np.linalg.qr(rng.standard_normal((n, d)))
-        out.append(((u * sv) @ v.T).astype(np.float32))
-    return out
+    return spectrum_tasks(rng, shape, T, sv)
 
 
 REFS = {"tsv": ref.tsv, "iso_c": ref.iso_c, "iso_cts": ref.iso_cts}
