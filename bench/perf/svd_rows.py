@@ -281,10 +281,10 @@ NOTES = [
     "`libmerge.Stats` and takes its cheapest exact route (docs/methods/esm.md). "
     "The f64 reference is tests/python/reference.py's `esm_routed`.",
     "- *Randomized tsv*: its torch column is the tsv row's torch run (the same "
-    "function on the same inputs). It falls back to the exact ladder on these spectra (flat, and "
-    "0.99^i with k = h/4: the a-posteriori check refuses the sketch), so it costs "
-    "the sketch on top of the exact path and equals its results; it pays only "
-    "where k << min(m, n) and the spectrum decays.",
+    "function on the same inputs). With 4 tasks, k = h/4 and a sketch of rank "
+    "l = 1.5 k > min(m, n)/4, so it runs the exact ladder without sketching "
+    "(decided from the sizes) and equals tsv's results; a sketch is tried only "
+    "up to min(m, n)/4 (docs/methods/svd_family.md, \"Randomized SVD\").",
     "",
 ]
 
