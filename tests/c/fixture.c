@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "testutil.h"
+
 /* Whitespace-separated tokens of a whole file read into memory; '#' starts
  * a comment up to the end of the line. Tokens point into buf. */
 struct lexer {
@@ -16,15 +18,15 @@ struct lexer {
 
 static void lex_open(struct lexer *lx, const char *path)
 {
-    ck_assert_ptr_nonnull(path);
+    tu_check(path != NULL, "no fixture path");
     FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "cannot open fixture %s", path);
-    ck_assert(fseek(f, 0, SEEK_END) == 0);
+    tu_check(f != NULL, "cannot open fixture %s", path);
+    tu_check(fseek(f, 0, SEEK_END) == 0, "seeking in %s", path);
     long n = ftell(f);
-    ck_assert(n >= 0 && fseek(f, 0, SEEK_SET) == 0);
+    tu_check(n >= 0 && fseek(f, 0, SEEK_SET) == 0, "seeking in %s", path);
     lx->buf = malloc((size_t)n + 1);
-    ck_assert(lx->buf != NULL);
-    ck_assert_msg(fread(lx->buf, 1, (size_t)n, f) == (size_t)n, "reading %s",
+    tu_check(lx->buf != NULL, "out of memory reading %s", path);
+    tu_check(fread(lx->buf, 1, (size_t)n, f) == (size_t)n, "reading %s",
                   path);
     fclose(f);
     lx->buf[n] = '\0';
@@ -59,14 +61,14 @@ static char *lex_next(struct lexer *lx)
 static char *lex_word(struct lexer *lx, const char *what)
 {
     char *tok = lex_next(lx);
-    ck_assert_msg(tok != NULL, "%s: file ends before %s", lx->path, what);
+    tu_check(tok != NULL, "%s: file ends before %s", lx->path, what);
     return tok;
 }
 
 static void lex_expect(struct lexer *lx, const char *want)
 {
     char *tok = lex_word(lx, want);
-    ck_assert_msg(strcmp(tok, want) == 0, "%s: '%s' where '%s' was expected",
+    tu_check(strcmp(tok, want) == 0, "%s: '%s' where '%s' was expected",
                   lx->path, tok, want);
 }
 
@@ -75,7 +77,7 @@ static double lex_double(struct lexer *lx, const char *what)
     char *tok = lex_word(lx, what), *end;
     errno = 0;
     double v = strtod(tok, &end);
-    ck_assert_msg(*end == '\0' && errno == 0, "%s: '%s' is not a number (%s)",
+    tu_check(*end == '\0' && errno == 0, "%s: '%s' is not a number (%s)",
                   lx->path, tok, what);
     return v;
 }
@@ -87,7 +89,7 @@ static float lex_float(struct lexer *lx, const char *what)
     char *tok = lex_word(lx, what), *end;
     errno = 0;
     float v = strtof(tok, &end);
-    ck_assert_msg(*end == '\0' && errno == 0, "%s: '%s' is not a float (%s)",
+    tu_check(*end == '\0' && errno == 0, "%s: '%s' is not a float (%s)",
                   lx->path, tok, what);
     return v;
 }
@@ -97,7 +99,7 @@ static size_t lex_size(struct lexer *lx, const char *what)
     char *tok = lex_word(lx, what), *end;
     errno = 0;
     unsigned long long v = strtoull(tok, &end, 10);
-    ck_assert_msg(*end == '\0' && errno == 0 && tok[0] != '-' &&
+    tu_check(*end == '\0' && errno == 0 && tok[0] != '-' &&
                       v <= 100000000ULL,
                   "%s: '%s' is not a count (%s)", lx->path, tok, what);
     return (size_t)v;
@@ -106,21 +108,21 @@ static size_t lex_size(struct lexer *lx, const char *what)
 static void *grow(void *p, size_t n, size_t size)
 {
     p = realloc(p, n * size);
-    ck_assert(p != NULL);
+    tu_check(p != NULL, "out of memory");
     return p;
 }
 
 static void *alloc_array(size_t n, size_t size)
 {
     void *p = calloc(n ? n : 1, size);
-    ck_assert(p != NULL);
+    tu_check(p != NULL, "out of memory");
     return p;
 }
 
 static char *dup(const char *s)
 {
     char *d = strdup(s);
-    ck_assert(d != NULL);
+    tu_check(d != NULL, "out of memory");
     return d;
 }
 
@@ -139,7 +141,7 @@ static void read_tensor(struct lexer *lx, fx_inputs *in)
     fx_tensor *t = &in->tensors[in->n_tensors++];
     t->name = dup(lex_word(lx, "tensor name"));
     t->ndim = (int)lex_size(lx, "ndim");
-    ck_assert_msg(t->ndim <= FX_MAX_DIMS, "%s: %s has %d dims", lx->path,
+    tu_check(t->ndim <= FX_MAX_DIMS, "%s: %s has %d dims", lx->path,
                   t->name, t->ndim);
     t->numel = 1;
     for (int d = 0; d < t->ndim; d++) {
@@ -174,7 +176,7 @@ void fx_load_inputs(const char *path, fx_inputs *in)
     lex_expect(&lx, "inputs");
     lex_expect(&lx, "models");
     in->n_models = lex_size(&lx, "model count");
-    ck_assert_msg(in->n_models >= 2, "%s: no task models", path);
+    tu_check(in->n_models >= 2, "%s: no task models", path);
     for (;;) {
         char *kw = lex_word(&lx, "end");
         if (strcmp(kw, "end") == 0)
@@ -186,7 +188,7 @@ void fx_load_inputs(const char *path, fx_inputs *in)
         else
             ck_abort_msg("%s: unknown keyword '%s'", path, kw);
     }
-    ck_assert_msg(lex_next(&lx) == NULL, "%s: text after 'end'", path);
+    tu_check(lex_next(&lx) == NULL, "%s: text after 'end'", path);
     lex_close(&lx);
 }
 
@@ -242,7 +244,7 @@ void fx_load_case(const char *path, fx_case *c)
             ck_abort_msg("%s: unknown keyword '%s'", path, kw);
         }
     }
-    ck_assert_msg(lex_next(&lx) == NULL, "%s: text after 'end'", path);
+    tu_check(lex_next(&lx) == NULL, "%s: text after 'end'", path);
     lex_close(&lx);
 }
 

@@ -78,7 +78,8 @@ START_TEST(f16_to_f32_exhaustive_round_trip)
         if ((h & 0x7c00u) == 0x7c00u && (h & 0x3ffu))
             continue; /* NaN payloads */
         float f = lm_f16_to_f32((uint16_t)h);
-        ck_assert_uint_eq(lm_f32_to_f16(f), h);
+        tu_check(lm_f32_to_f16(f) == h,
+                 "f16 0x%04x does not survive f32 and back", (unsigned)h);
     }
     ck_assert(lm_f16_to_f32(0x0001) == ldexpf(1.0f, -24));
     ck_assert(lm_f16_to_f32(0x7bff) == 65504.0f);
@@ -115,7 +116,8 @@ START_TEST(f32_to_bf16_bits)
     for (uint32_t h = 0; h < 0x10000u; h++) {
         if ((h & 0x7f80u) == 0x7f80u && (h & 0x7fu))
             continue;
-        ck_assert_uint_eq(lm_f32_to_bf16(lm_bf16_to_f32((uint16_t)h)), h);
+        tu_check(lm_f32_to_bf16(lm_bf16_to_f32((uint16_t)h)) == h,
+                 "bf16 0x%04x does not survive f32 and back", (unsigned)h);
     }
 }
 END_TEST
@@ -166,9 +168,11 @@ START_TEST(f64_to_f16_matches_nearest_neighbour)
         uint16_t up = (uint16_t)(h + 1), down = (uint16_t)(h - 1);
         double dg = fabs(got - v);
         if ((up & 0x7c00u) != 0x7c00u)
-            ck_assert(fabs((double)lm_f16_to_f32(up) - v) >= dg);
+            tu_check(fabs((double)lm_f16_to_f32(up) - v) >= dg,
+                     "%.17g -> f16 0x%04x: 0x%04x is closer", v, h, up);
         if ((h & 0x7fffu) != 0)
-            ck_assert(fabs((double)lm_f16_to_f32(down) - v) >= dg);
+            tu_check(fabs((double)lm_f16_to_f32(down) - v) >= dg,
+                     "%.17g -> f16 0x%04x: 0x%04x is closer", v, h, down);
     }
 }
 END_TEST

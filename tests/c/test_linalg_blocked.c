@@ -58,8 +58,10 @@ START_TEST(gemm_blocked_matches_loops_and_threads)
                 ck_assert_ok(lm__gemm_blocked(ctx, ta, tb, m, n, k, 0.5, a, b,
                                               -2.0, c));
                 for (size_t i = 0; i < m * n; i++)
-                    ck_assert(fabs(c[i] - want[i]) <=
-                              1e-12 * (1 + fabs(want[i])) * (double)k);
+                    tu_check(fabs(c[i] - want[i]) <=
+                                 1e-12 * (1 + fabs(want[i])) * (double)k,
+                             "product element %zu: %g, wanted %g", i, c[i],
+                             want[i]);
                 if (!first)
                     first = c;
                 else {
@@ -109,10 +111,14 @@ START_TEST(gram_matches_loops_and_threads)
                         accf += xf * yf;
                         magf += fabs(xf * yf);
                     }
-                    ck_assert(fabs(g[i * d + j] - acc) <=
-                              (double)o * DBL_EPSILON * mag);
-                    ck_assert(fabs(gf[i * d + j] - accf) <=
-                              (double)o * FLT_EPSILON * magf);
+                    tu_check(fabs(g[i * d + j] - acc) <=
+                                 (double)o * DBL_EPSILON * mag,
+                             "f64 Gram [%zu, %zu]: %g, wanted %g", i, j,
+                             g[i * d + j], acc);
+                    tu_check(fabs(gf[i * d + j] - accf) <=
+                                 (double)o * FLT_EPSILON * magf,
+                             "f32 Gram [%zu, %zu]: %g, wanted %g", i, j,
+                             (double)gf[i * d + j], accf);
                 }
             if (!first) {
                 first = g;
@@ -120,10 +126,12 @@ START_TEST(gram_matches_loops_and_threads)
             } else {
                 /* Only the upper triangle is specified. */
                 for (size_t i = 0; i < d; i++) {
-                    ck_assert(memcmp(first + i * d + i, g + i * d + i,
-                                     (d - i) * 8) == 0);
-                    ck_assert(memcmp(first_f + i * d + i, gf + i * d + i,
-                                     (d - i) * sizeof(float)) == 0);
+                    tu_check(memcmp(first + i * d + i, g + i * d + i,
+                                    (d - i) * 8) == 0,
+                             "f64 Gram row %zu differs across threads", i);
+                    tu_check(memcmp(first_f + i * d + i, gf + i * d + i,
+                                    (d - i) * sizeof(float)) == 0,
+                             "f32 Gram row %zu differs across threads", i);
                 }
                 free(g); free(gf);
             }
@@ -206,7 +214,8 @@ static void check_split(size_t n, bool single)
         ck_assert_msg(resid < tol && orth < tol, "n %zu single %d: resid "
                       "%g orth %g", n, single, resid, orth);
         for (size_t i = 0; i < n; i++)
-            ck_assert(fabs(wd[i] - wa[i]) <= tol * wa[n - 1]);
+            tu_check(fabs(wd[i] - wa[i]) <= tol * wa[n - 1],
+                     "eigenvalue %zu: %g, wanted %g", i, wd[i], wa[i]);
         if (!first)
             first = z;
         else {
@@ -279,7 +288,9 @@ START_TEST(polar_same_bytes_for_any_thread_count)
                          pp);
                 for (size_t i = 0; i < k; i++)
                     for (size_t j = 0; j < k; j++)
-                        ck_assert(fabs(pp[i * k + j] - (i == j)) < 1e-5);
+                        tu_check(fabs(pp[i * k + j] - (i == j)) < 1e-5,
+                                 "P^T P [%zu, %zu] = %g", i, j,
+                                 pp[i * k + j]);
                 free(pp);
             } else {
                 ck_assert(memcmp(first, p, m * n * 8) == 0);

@@ -554,12 +554,12 @@ START_TEST(json_grammar_matches_cjson)
         }
         cJSON *j = cJSON_ParseWithLength(buf, len);
         enum lm__json_grammar ours = lm__json_cjson_grammar(buf, len);
-        ck_assert_msg(ours == LM__JSON_UNSURE ||
-                          (j != NULL) == (ours == LM__JSON_ACCEPTED),
-                      "cJSON %s but json_oom %s: \"%.*s\"",
-                      j ? "accepts" : "refuses",
-                      ours == LM__JSON_ACCEPTED ? "accepts" : "refuses",
-                      (int)len, buf);
+        tu_check(ours == LM__JSON_UNSURE ||
+                     (j != NULL) == (ours == LM__JSON_ACCEPTED),
+                 "cJSON %s but json_oom %s: \"%.*s\"",
+                 j ? "accepts" : "refuses",
+                 ours == LM__JSON_ACCEPTED ? "accepts" : "refuses", (int)len,
+                 buf);
         accepted += j != NULL;
         unsure += ours == LM__JSON_UNSURE;
         cJSON_Delete(j);

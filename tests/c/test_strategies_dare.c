@@ -134,17 +134,17 @@ START_TEST(kept_entries_and_rate)
             size_t kept = 0;
             for (size_t i = 0; i < N; i++) {
                 int k1 = out1[i] != 0, k2 = out2[i] != 0;
-                ck_assert_msg(k1 == k2, "%s: rescale changed the mask at %zu",
+                tu_check(k1 == k2, "%s: rescale changed the mask at %zu",
                               methods[m], i);
                 kept += (size_t)k1;
                 if (!k1)
                     continue;
                 double want = 0.5 * tau_a[i] / densities[d];
                 /* density 0.1: the f32 division rounds; 2^-24 relative. */
-                ck_assert_msg(fabs(out1[i] - want) <= 0x1p-23 * fabs(want),
+                tu_check(fabs(out1[i] - want) <= 0x1p-23 * fabs(want),
                               "%s density %g [%zu]: %.9g, want %.9g",
                               methods[m], densities[d], i, out1[i], want);
-                ck_assert_msg(out2[i] == 0.5f * tau_a[i],
+                tu_check(out2[i] == 0.5f * tau_a[i],
                               "%s no rescale [%zu]: %.9g, want %.9g",
                               methods[m], i, out2[i], 0.5f * tau_a[i]);
             }
@@ -174,7 +174,7 @@ START_TEST(masks_independent_across_tasks)
     size_t count[MAX_TASKS] = {0};
     for (size_t i = 0; i < N; i++) {
         unsigned v = (unsigned)out1[i];
-        ck_assert_msg((float)v == out1[i] && v <= 21 && (v & 0x2A) == 0,
+        tu_check((float)v == out1[i] && v <= 21 && (v & 0x2A) == 0,
                       "entry %zu = %.9g is not a sum of distinct 4^t", i,
                       out1[i]);
         for (int t = 0; t < MAX_TASKS; t++) {
@@ -240,7 +240,7 @@ START_TEST(density_one_is_task_arithmetic)
                          {tau_a, tau_c}, NULL};
     run(&r, out1, NULL);
     for (size_t i = 0; i < N; i++)
-        ck_assert_msg(out1[i] == (float)(0.75 * ((double)tau_a[i] + tau_c[i])),
+        tu_check(out1[i] == (float)(0.75 * ((double)tau_a[i] + tau_c[i])),
                       "[%zu] %.9g", i, out1[i]);
 }
 END_TEST

@@ -188,7 +188,7 @@ static void check_tensor(const char *case_name, const fx_tensor *t,
         double delta = (double)out[i] - base;
         double err = fabs(delta - want);
         double tol = rel * max_ref + 0x1p-24 * (fabs(base) + fabs(want));
-        ck_assert_msg(err <= tol,
+        tu_check(err <= tol,
                       "%s/%s[%zu]: merged - base = %.9g, reference %.9g "
                       "(|diff| %.3g > bound %.3g)",
                       case_name, t->name, i, delta, want, err, tol);
