@@ -7,7 +7,7 @@
  * elements is read once from every input in its own dtype (pread from the
  * input's file, core/file_source.h, or straight from memory), combined in
  * L2-resident buffers (the kernel: core/fused_narrow.c, one build per
- * instruction set) and converted once into the output, which goes to the
+ * instruction set, core/simd.h) and converted once into the output, which goes to the
  * sink a read at a time when it takes ranges: memory traffic is the inputs
  * read once and the output written once.
  *
@@ -38,7 +38,6 @@
 
 #include "core/fused_private.h"
 #include "core/fused_simd.h"
-#include "core/vector_clones.h"
 
 /* Block: its f32 and f64 buffers (about 70 KB) stay in L2. */
 #define BLOCK LM__FUSED_BLOCK
@@ -57,44 +56,6 @@ bool lm__fused_enabled(void)
     return !(e && strcmp(e, "0") == 0);
 }
 
-/* The widest kernel this processor runs, or the one LIBMERGE_SIMD names
- * (baseline, avx2, avx512: tests check that each gives the same bits;
- * documented in docs/architecture.md). Read per tensor, like
- * LIBMERGE_FUSED: no state is kept. */
-lm__fused_narrow_fn lm__fused_narrow_pick(void)
-{
-    const char *e = getenv("LIBMERGE_SIMD");
-#if LM_FUSED_X86_KERNELS
-    bool avx512 = __builtin_cpu_supports("avx512f") &&
-                  __builtin_cpu_supports("avx512bw") &&
-                  __builtin_cpu_supports("avx512vl") &&
-                  __builtin_cpu_supports("avx512dq");
-    bool avx2 = __builtin_cpu_supports("avx2");
-    if (e && !strcmp(e, "baseline"))
-        return lm__fused_narrow_baseline;
-    if (avx512 && !(e && !strcmp(e, "avx2")))
-        return lm__fused_narrow_avx512;
-    if (avx2)
-        return lm__fused_narrow_avx2;
-#else
-    (void)e;
-#endif
-    return lm__fused_narrow_baseline;
-}
-
-/* The helpers fused_sparse.c and fused_lora.c call: fused_simd.h's, as
- * vector clones (core/vector_clones.h). */
-LM_VECTOR_CLONES
-static bool any_nonfinite_f32_clones(const float *x, size_t n)
-{
-    return lm__simd_any_nonfinite_f32(x, n);
-}
-
-bool lm__fused_any_nonfinite_f32(const float *x, size_t n)
-{
-    return any_nonfinite_f32_clones(x, n);
-}
-
 bool lm__fused_any_nonfinite_f64(const double *x, size_t n)
 {
     uint64_t bad = 0;
@@ -106,29 +67,13 @@ bool lm__fused_any_nonfinite_f64(const double *x, size_t n)
     return bad != 0;
 }
 
-LM_VECTOR_CLONES
-static void f32_to_bf16_clones(const float *src, uint16_t *dst, size_t n)
-{
-    lm__simd_f32_to_bf16(src, dst, n);
-}
-
-void lm__fused_f32_to_bf16(const float *src, uint16_t *dst, size_t n)
-{
-    f32_to_bf16_clones(src, dst, n);
-}
-
-LM_VECTOR_CLONES
-static void bf16_to_f32_clones(const uint16_t *src, float *dst, size_t n)
-{
-    lm__simd_bf16_to_f32(src, dst, n);
-}
-
 /* Elements [lo, lo + len) of src as f32: in place when src is f32. */
-const float *lm__fused_load_f32(const void *src, lm_dtype dt, size_t lo,
-                                size_t len, float *buf)
+const float *lm__fused_load_f32(const struct lm__simd *simd, const void *src,
+                                lm_dtype dt, size_t lo, size_t len,
+                                float *buf)
 {
     if (dt == LM_BF16) {
-        bf16_to_f32_clones((const uint16_t *)src + lo, buf, len);
+        simd->bf16_to_f32((const uint16_t *)src + lo, buf, len);
         return buf;
     }
     return lm__simd_load_f32(src, dt, lo, len, buf);
@@ -154,7 +99,7 @@ static lm_status block_wide(const struct fused *f, const struct view *io,
     float *b = w->b;
     for (size_t j = 0; j < len; j++)
         b[j] = (float)b64[j];
-    if (f->check && lm__fused_any_nonfinite_f32(b, len))
+    if (f->check && f->simd->any_nonfinite_f32(b, len))
         return DECLINE;
     double *acc = w->acc;
     lm__simd_acc_init(&f->rule, b, acc, len);
@@ -164,7 +109,7 @@ static lm_status block_wide(const struct fused *f, const struct view *io,
         float *d = w->x;
         for (size_t j = 0; j < len; j++)
             d[j] = (float)(x[j] - b64[j]);
-        if (f->check && lm__fused_any_nonfinite_f32(d, len))
+        if (f->check && f->simd->any_nonfinite_f32(d, len))
             return DECLINE;
         double wt = f->w[t];
         for (size_t j = 0; j < len; j++)
@@ -299,7 +244,6 @@ static lm_status run_chunk(void *arg, size_t item)
     struct work w = {s, s + block, s + 2 * block, d, d + block,
                      d + 2 * block};
     struct view v;
-    lm__fused_narrow_fn narrow = lm__fused_narrow_pick();
     lm_status st = LM_OK;
     for (size_t r = lo; r < hi && st == LM_OK; r += reads) {
         size_t rhi = hi - r < reads ? hi : r + reads;
@@ -311,7 +255,7 @@ static lm_status run_chunk(void *arg, size_t item)
         for (size_t i = r; i < rhi && st == LM_OK; i += block) {
             size_t len = rhi - i < block ? rhi - i : block;
             st = f->wide ? block_wide(f, &v, &w, i, len)
-                         : narrow(f, &v, &w, i, len);
+                         : f->simd->fused_narrow(f, &v, &w, i, len);
         }
         if (st == LM_OK && !f->dst)
             st = lm__fused_hand_over(f, out, r, rhi - r);
@@ -539,6 +483,8 @@ static lm_status prepare(lm_plan *p, void *state, const char *name,
         finish(ctx, pr);
         return LM_OK;
     }
+    f->simd = lm__simd_pick();
+    pr->sparse.simd = f->simd;
     f->sparse = linear ? NULL : &pr->sparse;
     f->ctx = ctx;
     f->w = pr->job.weights;

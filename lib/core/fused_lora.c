@@ -52,6 +52,7 @@ struct job {
     const lm_sink_vtable *sink;
     size_t sink_index;
     bool check;
+    const struct lm__simd *simd;
 };
 
 /* Does the entry's update have the base's [rows, cols]? */
@@ -82,15 +83,16 @@ bool lm__fused_lora_eligible(const lm_plan *p, const char *name,
     return true;
 }
 
-static bool all_finite(const float *x, size_t n)
+static bool all_finite(const struct lm__simd *simd, const float *x, size_t n)
 {
-    return !lm__fused_any_nonfinite_f32(x, n);
+    return !simd->any_nonfinite_f32(x, n);
 }
 
 /* Pack every adapter's factors into left (scaled by coef[t] * s_t) and
  * right; DECLINE when a factor is not finite under the default policy
  * (the plain path names the adapter). */
-static lm_status pack(const lm_plan *p, const char *name,
+static lm_status pack(const struct lm__simd *simd, const lm_plan *p,
+                      const char *name,
                       const lm_tensor *base, const double *coef, bool check,
                       float *left, float *right, size_t rows, size_t cols,
                       size_t rank)
@@ -107,7 +109,8 @@ static lm_status pack(const lm_plan *p, const char *name,
                                      &found));
         size_t r = f.r, in = f.in, out = f.out;
         const float *fa = f.a, *fb = f.b;
-        if (check && !(all_finite(fa, r * in) && all_finite(fb, r * out))) {
+        if (check && !(all_finite(simd, fa, r * in) &&
+                       all_finite(simd, fb, r * out))) {
             lm__lora_factors_free(ctx, &f);
             return DECLINE;
         }
@@ -173,10 +176,10 @@ static lm_status block(const struct job *j, size_t r0, size_t m, float *buf)
         base = raw;
         at = 0;
     }
-    const float *b = lm__fused_load_f32(base, j->base_dt, at, n, c);
+    const float *b = lm__fused_load_f32(j->simd, base, j->base_dt, at, n, c);
     if (b != c) /* an f32 base, not already where the output goes */
         memcpy(c, b, n * sizeof(float));
-    if (j->check && lm__fused_any_nonfinite_f32(c, n))
+    if (j->check && j->simd->any_nonfinite_f32(c, n))
         return DECLINE;
     if (j->base_extra != 0.0)
         for (size_t e = 0; e < n; e++)
@@ -186,7 +189,7 @@ static lm_status block(const struct job *j, size_t r0, size_t m, float *buf)
                     (int)j->cols, (int)j->rank, 1.0f,
                     j->left + r0 * j->rank, (int)j->rank, j->right,
                     (int)j->cols, 1.0f, c, (int)j->cols);
-    if (j->check && lm__fused_any_nonfinite_f32(c, n))
+    if (j->check && j->simd->any_nonfinite_f32(c, n))
         return DECLINE;
     if (j->out_dt == LM_F32) /* c is the output, or goes by range */
         return j->dst ? LM_OK
@@ -195,7 +198,7 @@ static lm_status block(const struct job *j, size_t r0, size_t m, float *buf)
     void *out = j->dst ? (char *)j->dst + lo * lm_dtype_size(j->out_dt)
                        : (char *)buf + out_offset(j);
     if (j->out_dt == LM_BF16)
-        lm__fused_f32_to_bf16(c, out, n);
+        j->simd->f32_to_bf16(c, out, n);
     else
         lm_convert(c, LM_F32, out, j->out_dt, n);
     return j->dst ? LM_OK
@@ -348,7 +351,7 @@ lm_status lm__fused_lora_merge(lm_plan *p, void *state, const char *name,
                                      : 0.0,
         .base = base->data, .base_dt = base->dtype, .dst = dst,
         .out_dt = out_dt, .sink = sink, .sink_index = sink_index,
-        .check = !p->allow_nonfinite};
+        .check = !p->allow_nonfinite, .simd = lm__simd_pick()};
     j.base_src.fd = -1;
     j.block_rows = BLOCK_ELEMS / cols ? BLOCK_ELEMS / cols : 1;
     size_t block_elems = j.block_rows * cols;
@@ -365,7 +368,7 @@ lm_status lm__fused_lora_merge(lm_plan *p, void *state, const char *name,
     if (st == LM_OK) {
         j.left = packed;
         j.right = packed + rows * rank;
-        st = pack(p, name, base, coef, j.check, packed, packed + rows * rank,
+        st = pack(j.simd, p, name, base, coef, j.check, packed, packed + rows * rank,
                   rows, cols, rank);
     }
     const char *o = dst, *b = base->data;

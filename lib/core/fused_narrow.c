@@ -1,15 +1,12 @@
 /* The fused linear merge of one block of inputs of no f64 (core/fused.c
- * runs it): built once per instruction set, as LM_FUSED_NARROW names it
- * (lib/core/meson.build), and picked at run time (lm__fused_narrow_pick).
+ * runs it): built once per instruction set and picked at run time
+ * (core/simd.h).
  * Every instruction set gives the same bits: the same correctly rounded
  * operations in the same order per element, never contracted into FMAs
  * (-ffp-contract=off), only more elements per instruction. */
 #include "core/fused_private.h"
 #include "core/fused_simd.h"
-
-#ifndef LM_FUSED_NARROW
-#define LM_FUSED_NARROW lm__fused_narrow_baseline
-#endif
+#include "core/simd.h"
 
 /* acc += wt * d for an adapter's task vector d (zero when the adapter
  * does not target the tensor, as lm__lora_delta's memset). */
@@ -34,8 +31,10 @@ static lm_status add_adapter(const struct lm__fused *f, struct lm__fused_work *w
 
 /* Inputs of no f64: as tensor_merge.c's load_inputs + run_strategy. With
  * adapters, [lo, lo + len) is a whole row block. */
-lm_status LM_FUSED_NARROW(const struct lm__fused *f, const struct lm__fused_view *io,
-                              struct lm__fused_work *w, size_t lo, size_t len)
+lm_status LM_SIMD(lm__fused_narrow)(const struct lm__fused *f,
+                                   const struct lm__fused_view *io,
+                                   struct lm__fused_work *w, size_t lo,
+                                   size_t len)
 {
     const float *b = lm__simd_load_f32(io->base, f->base_dt,
                                         lo - io->base_origin, len, w->b);

@@ -7,6 +7,7 @@
 #include "core/linear_rule.h"
 #include "core/lora_private.h"
 #include "core/plan_private.h"
+#include "core/simd.h"
 #include "core/sparse_rule.h"
 
 /* Elements per block: the block's buffers stay in L2 while every input
@@ -49,6 +50,7 @@ struct lm__fused {
     size_t cols, block_rows;
     bool wide;  /* an input is f64: the plain path's "wide" merge */
     bool check; /* non-finite values decline (the plain path reports) */
+    const struct lm__simd *simd; /* the kernels, picked once per tensor */
     size_t n;
     void *dst; /* NULL: the output goes to sink's write_range by reads */
     lm_dtype out_dt;
@@ -76,31 +78,12 @@ struct lm__fused_view {
 };
 
 /* The linear merge of block [lo, lo + len) when no input is f64
- * (core/fused_narrow.c), one build per instruction set. LM_OK, an error
- * or LM__FUSED_DECLINE. */
-typedef lm_status (*lm__fused_narrow_fn)(const struct lm__fused *f,
-                                         const struct lm__fused_view *io,
-                                         struct lm__fused_work *w, size_t lo,
-                                         size_t len);
-lm_status lm__fused_narrow_baseline(const struct lm__fused *f,
-                                    const struct lm__fused_view *io,
-                                    struct lm__fused_work *w, size_t lo,
-                                    size_t len);
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define LM_FUSED_X86_KERNELS 1
-lm_status lm__fused_narrow_avx2(const struct lm__fused *f,
-                                const struct lm__fused_view *io,
-                                struct lm__fused_work *w, size_t lo,
-                                size_t len);
-lm_status lm__fused_narrow_avx512(const struct lm__fused *f,
-                                  const struct lm__fused_view *io,
-                                  struct lm__fused_work *w, size_t lo,
-                                  size_t len);
-#else
-#define LM_FUSED_X86_KERNELS 0
-#endif
-/* The kernel to run (fused.c). */
-lm__fused_narrow_fn lm__fused_narrow_pick(void);
+ * (core/fused_narrow.c), in the build at hand (core/simd.h's
+ * fused_narrow). LM_OK, an error or LM__FUSED_DECLINE. */
+lm_status LM_SIMD(lm__fused_narrow)(const struct lm__fused *f,
+                                   const struct lm__fused_view *io,
+                                   struct lm__fused_work *w, size_t lo,
+                                   size_t len);
 
 /* Reading file-backed inputs (fused.c, for both fused paths). Elements
  * per read (a multiple of `block`, about 1 MiB of all inputs) and the
@@ -124,17 +107,15 @@ lm_status lm__fused_write_range(const lm_sink_vtable *sink, size_t index,
 lm_status lm__fused_hand_over(const struct lm__fused *f, const void *out,
                               size_t lo, size_t len);
 
-bool lm__fused_any_nonfinite_f32(const float *x, size_t n);
 bool lm__fused_any_nonfinite_f64(const double *x, size_t n);
 /* Elements [lo, lo + len) of src as f32 / f64: in place when src already
- * is, else converted into buf (the plain path's conversions). */
-const float *lm__fused_load_f32(const void *src, lm_dtype dt, size_t lo,
-                                size_t len, float *buf);
+ * is, else converted into buf (the plain path's conversions; bf16 by
+ * simd's kernel). */
+const float *lm__fused_load_f32(const struct lm__simd *simd, const void *src,
+                                lm_dtype dt, size_t lo, size_t len,
+                                float *buf);
 const double *lm__fused_load_f64(const void *src, lm_dtype dt, size_t lo,
                                  size_t len, double *buf);
-/* f32 -> bf16 as lm_convert, vectorised. */
-void lm__fused_f32_to_bf16(const float *src, uint16_t *dst, size_t n);
-
 /* False under LIBMERGE_FUSED=0 (the plain path forced). */
 bool lm__fused_enabled(void);
 

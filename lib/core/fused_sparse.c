@@ -34,7 +34,6 @@
 #include "core/fused_private.h"
 #include "core/l1_norm.h"
 #include "core/select.h"
-#include "core/sparse_kernels.h"
 
 #define BLOCK LM__FUSED_BLOCK
 #define CHUNK LM__FUSED_CHUNK
@@ -114,7 +113,7 @@ static lm_status load_base(const struct lm__fused *f, struct bufs *w,
                            const double **b64, bool check)
 {
     if (!f->wide) {
-        *b = lm__fused_load_f32(w->io.base, f->base_dt,
+        *b = lm__fused_load_f32(f->simd, w->io.base, f->base_dt,
                                 lo - w->io.base_origin, len, w->b);
         *b64 = NULL;
     } else {
@@ -124,7 +123,7 @@ static lm_status load_base(const struct lm__fused *f, struct bufs *w,
             w->b[j] = (float)(*b64)[j];
         *b = w->b;
     }
-    return check && lm__fused_any_nonfinite_f32(*b, len) ? DECLINE : LM_OK;
+    return check && f->simd->any_nonfinite_f32(*b, len) ? DECLINE : LM_OK;
 }
 
 /* Block i of chunk [lo, hi): at the start of each read (a chunk's reads
@@ -152,18 +151,18 @@ static lm_status load_delta(const struct lm__fused *f, struct bufs *w,
                             const double *b64, float *d, bool check)
 {
     if (!f->wide) {
-        const float *x = lm__fused_load_f32(w->io.in[t], f->in_dt[t],
+        const float *x = lm__fused_load_f32(f->simd, w->io.in[t], f->in_dt[t],
                                             lo - w->io.origin[t], len, w->x);
-        if (check && lm__fused_any_nonfinite_f32(x, len))
+        if (check && f->simd->any_nonfinite_f32(x, len))
             return DECLINE;
-        lm__sk_sub(x, b, d, len);
+        f->simd->sub(x, b, d, len);
         return LM_OK;
     }
     const double *x = lm__fused_load_f64(w->io.in[t], f->in_dt[t],
                                          lo - w->io.origin[t], len, w->x64);
     for (size_t j = 0; j < len; j++)
         d[j] = (float)(x[j] - b64[j]);
-    return check && lm__fused_any_nonfinite_f32(d, len) ? DECLINE : LM_OK;
+    return check && f->simd->any_nonfinite_f32(d, len) ? DECLINE : LM_OK;
 }
 
 /* Step 1's sample positions: evenly spread and deterministic, the middle
@@ -234,7 +233,7 @@ static void gather_input(const void *src, const struct lm__file_source *file,
 static float kth_largest(const struct lm__fused *f, float *a, size_t n,
                          size_t k)
 {
-    return f->check ? lm__sk_kth_largest_nonneg(a, n, k)
+    return f->check ? lm__kth_largest_nonneg(a, n, k)
                     : lm__kth_largest(a, n, k);
 }
 
@@ -300,7 +299,7 @@ static lm_status count_block(const struct lm__fused *f, struct chunk_task *c,
                              size_t limit)
 {
     uint32_t n[4];
-    lm__sk_count(a, len, top, bottom, n);
+    f->simd->count(a, len, top, bottom, n);
     c->above += n[0];
     c->eq_hi += n[1];
     c->eq_lo += n[2];
@@ -309,7 +308,7 @@ static lm_status count_block(const struct lm__fused *f, struct chunk_task *c,
     if (c->n_cand + n[3] > limit)
         return DECLINE; /* the band is too full */
     LM_TRY(reserve_candidates(f, c, len));
-    c->n_cand += lm__sk_band(a, len, bottom, top, c->cand + c->n_cand);
+    c->n_cand += f->simd->band(a, len, bottom, top, c->cand + c->n_cand);
     return LM_OK;
 }
 
@@ -378,7 +377,7 @@ static lm_status settle(struct sparse *s, size_t t)
             at_ += x->n_cand;
         }
         /* Strictly inside the bracket: positive, no NaN. */
-        thr = lm__sk_kth_largest_nonneg(all, n_cand, keep - above - eq_hi);
+        thr = lm__kth_largest_nonneg(all, n_cand, keep - above - eq_hi);
         lm_free(f->ctx, all);
         greater = above + eq_hi;
         for (size_t c = 0; c < s->items; c++) {
@@ -433,9 +432,9 @@ static lm_status l1_chunk(void *arg, size_t item)
             if (r->task[t].how != LM__SPARSE_MASK || !r->task[t].l1)
                 continue;
             st = load_delta(f, &w, t, i, len, b, b64, w.v, f->check);
-            part[2 * t] = lm__l1_block(w.v, len);
+            part[2 * t] = f->simd->l1_block(w.v, len);
             r->mask(r, t, w.v, len, i);
-            part[2 * t + 1] = lm__l1_block(w.v, len);
+            part[2 * t + 1] = f->simd->l1_block(w.v, len);
         }
     }
     lm_free(f->ctx, w.mem);
@@ -461,17 +460,17 @@ static void settle_l1(struct sparse *s)
 }
 
 /* Keep magnitudes above thr, and equal ones while *seen < ties_left. */
-static void trim(float *d, size_t len, float thr, size_t ties_left,
-                 size_t *seen)
+static void trim(const struct lm__simd *simd, float *d, size_t len,
+                 float thr, size_t ties_left, size_t *seen)
 {
     /* A block keeps all of its equal magnitudes or none of them (low
      * precision inputs put many at the threshold), but for the one
      * block where the quota runs out: a vectorised pass, or the ordered
      * one there. */
-    size_t tied = lm__sk_count_eq(d, len, thr);
+    size_t tied = simd->count_eq(d, len, thr);
     if (*seen >= ties_left || *seen + tied <= ties_left) {
         bool keep = *seen < ties_left && tied;
-        lm__sk_trim(d, len, thr, keep);
+        simd->trim(d, len, thr, keep);
         if (keep)
             *seen += tied;
         return;
@@ -497,11 +496,11 @@ static lm_status emit(const struct lm__fused *f, struct bufs *w, size_t lo,
                 (lo - w->io.out_origin) * lm_dtype_size(f->out_dt);
     if (!f->wide) {
         float *o = f->out_dt == LM_F32 ? (float *)dst : w->o;
-        lm__sk_add(v, b, o, len);
-        if (f->check && lm__fused_any_nonfinite_f32(o, len))
+        f->simd->add(v, b, o, len);
+        if (f->check && f->simd->any_nonfinite_f32(o, len))
             return DECLINE;
         if (o == w->o && f->out_dt == LM_BF16)
-            lm__fused_f32_to_bf16(o, (uint16_t *)dst, len);
+            f->simd->f32_to_bf16(o, (uint16_t *)dst, len);
         else if (o == w->o)
             lm_convert(o, LM_F32, dst, f->out_dt, len);
         return LM_OK;
@@ -545,12 +544,13 @@ static lm_status merge_chunk(void *arg, size_t item)
             st = load_delta(f, &w, t, i, len, b, b64, d,
                             f->check && !counted);
             if (r->task[t].how == LM__SPARSE_TOP)
-                trim(d, len, s->thr[t], s->ties_left[t], &seen[t]);
+                trim(f->simd, d, len, s->thr[t], s->ties_left[t],
+                     &seen[t]);
             else if (r->task[t].how == LM__SPARSE_MASK) {
                 r->mask(r, t, d, len, i);
                 double scale = s->l1_scale[t];
                 if (scale != 1.0) /* lm__rescale_l1's product */
-                    lm__sk_scale(d, len, scale);
+                    f->simd->scale(d, len, scale);
             }
             rows[t] = d;
         }

@@ -2,32 +2,20 @@
 #include <math.h>
 
 #include "core/l1_norm.h"
-#include "core/vector_clones.h"
-
-LM_VECTOR_CLONES
-static double l1_block_clones(const float *x, size_t len)
-{
-    double lane[4] = {0.0, 0.0, 0.0, 0.0};
-    size_t i = 0;
-    for (; i + 4 <= len; i += 4)
-        for (size_t q = 0; q < 4; q++)
-            lane[q] += fabs((double)x[i + q]);
-    for (size_t q = 0; i + q < len; q++)
-        lane[q] += fabs((double)x[i + q]);
-    return (lane[0] + lane[1]) + (lane[2] + lane[3]);
-}
+#include "core/simd.h"
 
 double lm__l1_block(const float *x, size_t len)
 {
-    return l1_block_clones(x, len);
+    return lm__simd_pick()->l1_block(x, len);
 }
 
 double lm__l1_norm(const float *x, size_t n)
 {
+    const struct lm__simd *simd = lm__simd_pick();
     double sum = 0.0;
     for (size_t i = 0; i < n; i += LM__L1_BLOCK)
-        sum += lm__l1_block(x + i, n - i < LM__L1_BLOCK ? n - i
-                                                        : LM__L1_BLOCK);
+        sum += simd->l1_block(x + i, n - i < LM__L1_BLOCK ? n - i
+                                                          : LM__L1_BLOCK);
     return sum;
 }
 

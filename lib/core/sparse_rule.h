@@ -39,6 +39,7 @@ struct lm__sparse_task {
 };
 
 struct lm__sparse_rule;
+struct lm__simd;
 
 /* Mask task t's row x[0..len), elements [offset, offset + len) of the
  * tensor. */
@@ -56,6 +57,9 @@ struct lm__sparse_rule {
     uint64_t seed;
     lm__sparse_mask_fn mask;
     lm__sparse_combine_fn combine;
+    /* The kernels mask and combine run (core/simd.h): set by the fused
+     * path once per tensor. */
+    const struct lm__simd *simd;
     /* The strategy's own options for mask/combine (the core does not
      * read them). */
     double lambda;

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "core/l1_norm.h"
-#include "core/vector_clones.h"
+#include "core/simd.h"
 #include "strategies/sparsify.h"
 
 const lm_params *lm__job_params(const lm_tensor_job *job,
@@ -132,34 +132,9 @@ lm_status lm__della_mask(lm_context *ctx, float *x, int ndim,
     return st;
 }
 
-/* Elements per step of weighted_sum: the sums stay on the stack and the
- * loops run over elements (vectorised), tasks added in order per element. */
-#define SUM_STEP 256
-
-LM_VECTOR_CLONES
-static void weighted_sum(const float *const *rows, const double *weights,
-                         size_t n_tasks, size_t n, double lambda, double div,
-                         float *out)
-{
-    double acc[SUM_STEP];
-    for (size_t i0 = 0; i0 < n; i0 += SUM_STEP) {
-        size_t len = n - i0 < SUM_STEP ? n - i0 : SUM_STEP;
-        for (size_t j = 0; j < len; j++)
-            acc[j] = 0.0;
-        for (size_t t = 0; t < n_tasks; t++) {
-            const float *x = rows[t] + i0;
-            double w = weights[t];
-            for (size_t j = 0; j < len; j++)
-                acc[j] += w * (double)x[j];
-        }
-        for (size_t j = 0; j < len; j++)
-            out[i0 + j] = (float)(lambda * (acc[j] / div));
-    }
-}
-
-void lm__gta_combine(const float *const *rows, const double *weights,
-                     size_t n_tasks, size_t n, bool elect, bool normalize,
-                     double lambda, float *out)
+void lm__gta_combine(const struct lm__simd *simd, const float *const *rows,
+                     const double *weights, size_t n_tasks, size_t n,
+                     bool elect, bool normalize, double lambda, float *out)
 {
     if (elect) {
         struct lm__sign_merge_opts o = {
@@ -167,7 +142,7 @@ void lm__gta_combine(const float *const *rows, const double *weights,
             .divide = normalize ? LM_DIVIDE_WEIGHTS : LM_DIVIDE_NONE,
             .weights_in_election = true,
         };
-        lm__sign_merge(rows, weights, n_tasks, n, &o, out);
+        simd->sign_merge(rows, weights, n_tasks, n, &o, out);
         for (size_t i = 0; i < n; i++)
             out[i] = (float)(lambda * out[i]);
         return;
@@ -180,7 +155,7 @@ void lm__gta_combine(const float *const *rows, const double *weights,
         if (fabs(wsum) >= 1e-8)
             div = wsum;
     }
-    weighted_sum(rows, weights, n_tasks, n, lambda, div, out);
+    simd->weighted_sum(rows, weights, n_tasks, n, lambda, div, out);
 }
 
 lm_status lm__gta_init(const lm_strategy_init_info *info, void **state,
@@ -223,7 +198,8 @@ lm_status lm__gta_merge(void *state, const lm_tensor_job *job, void *user)
         rows[t] = x;
     }
     if (st == LM_OK)
-        lm__gta_combine(rows, job->weights, k, n, s->elect, normalize != 0,
+        lm__gta_combine(lm__simd_pick(), rows, job->weights, k, n, s->elect,
+                        normalize != 0,
                         lambda, job->out);
     lm_free(job->ctx, buf);
     lm_free(job->ctx, (void *)rows);

@@ -52,10 +52,12 @@ lm_status lm__della_probs(lm_context *ctx, const float *x, int ndim,
  * values (sum, >= 0 elects +) and the sum of agreeing weighted entries,
  * divided by their weights when `normalize` (a zero divisor counts as 1);
  * without, sum_t w_t rows[t], divided by sum_t w_t when `normalize`
- * (|sum| < 1e-8 counts as 1). Then times lambda. */
-void lm__gta_combine(const float *const *rows, const double *weights,
-                     size_t n_tasks, size_t n, bool elect, bool normalize,
-                     double lambda, float *out);
+ * (|sum| < 1e-8 counts as 1). Then times lambda. simd: the kernels to
+ * run (core/simd.h). */
+struct lm__simd;
+void lm__gta_combine(const struct lm__simd *simd, const float *const *rows,
+                     const double *weights, size_t n_tasks, size_t n,
+                     bool elect, bool normalize, double lambda, float *out);
 
 /* A mergekit generalized-task-arithmetic method: sparsify each task
  * vector (per-model parameters), then lm__gta_combine with the tensor's

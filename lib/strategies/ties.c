@@ -4,6 +4,7 @@
  * paper, PEFT and mergekit (docs/methods/ties_dare.md). */
 #include <string.h>
 
+#include "core/simd.h"
 #include "core/sparse_rule.h"
 
 #include "strategies/global_topk.h"
@@ -256,8 +257,8 @@ static lm_status sparse_merge(void *state, const lm_tensor_job *job,
         for (size_t i = 0; i < n; i++)
             job->out[i] = (float)(o.lambda * job->out[i]);
     } else if (st == LM_OK) {
-        lm__gta_combine(rows, job->weights, k, n, false, o.normalize,
-                        o.lambda, job->out);
+        lm__gta_combine(lm__simd_pick(), rows, job->weights, k, n, false,
+                        o.normalize, o.lambda, job->out);
     }
     lm_free(job->ctx, buf);
     lm_free(job->ctx, (void *)rows);
@@ -269,8 +270,8 @@ static lm_status sparse_merge(void *state, const lm_tensor_job *job,
 static void rule_mask(const struct lm__sparse_rule *r, size_t t, float *x,
                       size_t len, size_t offset)
 {
-    lm__dare_mask_at(x, len, offset, r->task[t].density, r->task[t].rescale,
-                     r->seed, t);
+    r->simd->dare_mask_at(x, len, offset, r->task[t].density,
+                          r->task[t].rescale, r->seed, t);
 }
 
 static void rule_combine(const struct lm__sparse_rule *r,
@@ -278,7 +279,7 @@ static void rule_combine(const struct lm__sparse_rule *r,
                          size_t k, size_t len, float *out)
 {
     if (!r->elect) {
-        lm__gta_combine(rows, weights, k, len, false, r->normalize,
+        lm__gta_combine(r->simd, rows, weights, k, len, false, r->normalize,
                         r->lambda, out);
         return;
     }
@@ -287,7 +288,7 @@ static void rule_combine(const struct lm__sparse_rule *r,
         .divide = (enum lm__divide)r->divide,
         .weights_in_election = r->weights_in_election,
     };
-    lm__sign_merge(rows, weights, k, len, &o, out);
+    r->simd->sign_merge(rows, weights, k, len, &o, out);
     for (size_t i = 0; i < len; i++)
         out[i] = (float)(r->lambda * out[i]);
 }

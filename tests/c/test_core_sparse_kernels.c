@@ -1,26 +1,32 @@
-/* The element kernels of the fused sparse path (lib/core/sparse_kernels.c,
- * its radix selection included) and the other loops built as vector
- * clones (core/vector_clones.h: bf16 rounding, the non-finite scan,
- * DARE's mask) against scalar references
+/* The element kernels of the fused paths (lib/core/sparse_kernels.c and
+ * strategies/sign_kernels.c's DARE mask, through core/simd.h's table),
+ * and the radix selection (core/select.c), against scalar references
  * written here from their definitions, bit for bit (tolerance: 0 ulps,
- * compared as bits; counts exactly). Whichever clone the CPU selects runs
- * (AVX-512 on the development machine; tools/test.sh also runs this suite
- * under valgrind, whose CPU has AVX2 and no AVX-512, and the clang build
- * has no clones: the baseline). Lengths around vector widths and blocks,
- * pointers off their alignment, inputs with signed zeros, repeated
- * magnitudes, infinities and NaNs. */
+ * compared as bits; counts exactly). Every kernel build this processor
+ * runs is checked (baseline, AVX2, AVX-512 on the development machine;
+ * valgrind's CPU has no AVX-512, which lm__simd_named then skips).
+ * Lengths around vector widths and blocks, pointers off their alignment,
+ * inputs with signed zeros, repeated magnitudes, infinities and NaNs. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/fused_private.h"
-#include "core/sparse_kernels.h"
+#include "core/select.h"
+#include "core/simd.h"
 #include "strategies/sign_merge.h"
 #include "testutil.h"
 
 static const size_t lens[] = {0, 1, 7, 15, 16, 17, 31, 33, 255, 2047, 2048};
 #define N_LENS (sizeof(lens) / sizeof(lens[0]))
 #define ROOM (2048 + 64)
+
+/* Every kernel build this processor runs, in turn, as k. */
+static const char *const builds[] = {"baseline", "avx2", "avx512"};
+#define FOR_EACH_BUILD(k)                                                    \
+    for (size_t b_ = 0; b_ < 3; b_++)                                        \
+        for (const struct lm__simd *k = lm__simd_named(builds[b_]); k;       \
+             k = NULL)
 
 static uint32_t bits(float x)
 {
@@ -68,25 +74,34 @@ static void same_bits(const float *a, const float *b, size_t n,
 START_TEST(arithmetic_kernels)
 {
     static float xb[ROOM], bb[ROOM], got[ROOM], want[ROOM];
+    FOR_EACH_BUILD(k)
     for (size_t l = 0; l < N_LENS; l++)
         for (size_t off = 0; off < 4; off++) {
             size_t n = lens[l];
             float *x = xb + off, *b = bb + (3 - off);
             fill(x, n, 1 + l, true);
             fill(b, n, 100 + l, true);
-            lm__sk_sub(x, b, got, n);
+            k->sub(x, b, got, n);
             for (size_t i = 0; i < n; i++)
                 want[i] = x[i] - b[i];
             same_bits(got, want, n, "sub", n, off);
-            lm__sk_add(x, b, got, n);
+            k->add(x, b, got, n);
             for (size_t i = 0; i < n; i++)
                 want[i] = x[i] + b[i];
             same_bits(got, want, n, "add", n, off);
             memcpy(got, x, n * sizeof(float));
-            lm__sk_scale(got, n, 1.2345678901234);
+            k->scale(got, n, 1.2345678901234);
             for (size_t i = 0; i < n; i++)
                 want[i] = (float)((double)x[i] * 1.2345678901234);
             same_bits(got, want, n, "scale", n, off);
+            /* core/l1_norm.h's order: four lanes by index mod 4. */
+            double lane[4] = {0.0, 0.0, 0.0, 0.0};
+            for (size_t i = 0; i < n; i++)
+                lane[i % 4] += fabs((double)x[i]);
+            double l1 = (lane[0] + lane[1]) + (lane[2] + lane[3]);
+            double l1_got = k->l1_block(x, n);
+            if (memcmp(&l1, &l1_got, sizeof(l1)) && !(isnan(l1) && isnan(l1_got)))
+                ck_abort_msg("l1 block: len %zu: %a vs %a", n, l1_got, l1);
         }
 }
 END_TEST
@@ -97,6 +112,7 @@ START_TEST(selection_kernels)
     /* Thresholds at a repeated magnitude (ties) and between values. */
     static const float bracket[][2] = {
         {0.25f, 0.5f}, {0.1f, 0.9f}, {0.5f, 0.5f}, {0.0f, 0.25f}};
+    FOR_EACH_BUILD(k)
     for (size_t l = 0; l < N_LENS; l++)
         for (size_t off = 0; off < 4; off++)
             for (size_t q = 0; q < 4; q++) {
@@ -105,7 +121,7 @@ START_TEST(selection_kernels)
                 fill(x, n, 7 * l + q, q == 3);
                 memcpy(a, x, n * sizeof(float));
                 uint32_t c[4];
-                lm__sk_count(a, n, hi, lo, c);
+                k->count(a, n, hi, lo, c);
                 uint32_t w[4] = {0, 0, 0, 0};
                 size_t nb = 0;
                 for (size_t i = 0; i < n; i++) {
@@ -121,24 +137,21 @@ START_TEST(selection_kernels)
                         w[3]++;
                 }
                 same_bits(a, want, n, "count's magnitudes", n, off);
-                for (int k = 0; k < 4; k++)
-                    ck_assert_uint_eq(c[k], w[k]);
+                for (int q2 = 0; q2 < 4; q2++)
+                    ck_assert_uint_eq(c[q2], w[q2]);
                 for (size_t i = 0; i < n; i++)
                     if (a[i] > lo && a[i] < hi)
                         want[nb++] = a[i];
-                size_t g = lm__sk_band(a, n, lo, hi, got);
+                size_t g = k->band(a, n, lo, hi, got);
                 ck_assert_uint_eq(g, nb);
                 same_bits(got, want, nb, "band", n, off);
-                g = lm__sk_band_portable(a, n, lo, hi, got);
-                ck_assert_uint_eq(g, nb);
-                same_bits(got, want, nb, "portable band", n, off);
                 size_t eq = 0;
                 for (size_t i = 0; i < n; i++)
                     eq += fabsf(x[i]) == hi;
-                ck_assert_uint_eq(lm__sk_count_eq(x, n, hi), eq);
+                ck_assert_uint_eq(k->count_eq(x, n, hi), eq);
                 for (int keep = 0; keep < 2; keep++) {
                     memcpy(got, x, n * sizeof(float));
-                    lm__sk_trim(got, n, hi, keep);
+                    k->trim(got, n, hi, keep);
                     for (size_t i = 0; i < n; i++) {
                         float m = fabsf(x[i]);
                         want[i] = m > hi || (keep && m == hi) ? x[i] : 0.0f;
@@ -154,6 +167,8 @@ START_TEST(conversion_kernels)
 {
     static float xb[ROOM];
     static uint16_t got[ROOM];
+    static float back[ROOM];
+    FOR_EACH_BUILD(k)
     for (size_t l = 0; l < N_LENS; l++)
         for (size_t off = 0; off < 4; off++) {
             size_t n = lens[l];
@@ -166,20 +181,24 @@ START_TEST(conversion_kernels)
                 memcpy(&h, &u, sizeof(h));
                 x[i] = h;
             }
-            lm__fused_f32_to_bf16(x, got, n);
+            k->f32_to_bf16(x, got, n);
             for (size_t i = 0; i < n; i++)
                 if (got[i] != lm_f32_to_bf16(x[i]))
                     ck_abort_msg("bf16 of %a: %04x vs %04x", (double)x[i],
                                  got[i], lm_f32_to_bf16(x[i]));
+            /* bf16 -> f32 is the 16 bits shifted up, exactly. */
+            k->bf16_to_f32(got, back, n);
+            for (size_t i = 0; i < n; i++)
+                ck_assert_uint_eq(bits(back[i]), (uint32_t)got[i] << 16);
             bool bad = false;
             for (size_t i = 0; i < n; i++)
                 bad |= !isfinite(x[i]);
-            ck_assert_int_eq(lm__fused_any_nonfinite_f32(x, n), bad);
+            ck_assert_int_eq(k->any_nonfinite_f32(x, n), bad);
             fill(x, n, 300 + l, false);
-            ck_assert(!lm__fused_any_nonfinite_f32(x, n));
+            ck_assert(!k->any_nonfinite_f32(x, n));
             if (n) {
                 x[n - 1] = NAN;
-                ck_assert(lm__fused_any_nonfinite_f32(x, n));
+                ck_assert(k->any_nonfinite_f32(x, n));
             }
         }
 }
@@ -211,12 +230,12 @@ START_TEST(radix_selection)
         qsort(sorted, n, sizeof(float), descending);
         size_t step = n < 64 ? 1 : n / 37;
         for (size_t k = 1; k <= n; k += step) {
-            float got = lm__sk_kth_largest_nonneg(x, n, k);
+            float got = lm__kth_largest_nonneg(x, n, k);
             if (bits(got) != bits(sorted[k - 1]))
                 ck_abort_msg("rank %zu of %zu: %a vs %a", k, n, (double)got,
                              (double)sorted[k - 1]);
         }
-        ck_assert_uint_eq(bits(lm__sk_kth_largest_nonneg(x, n, n)),
+        ck_assert_uint_eq(bits(lm__kth_largest_nonneg(x, n, n)),
                           bits(sorted[n - 1]));
     }
 }
@@ -238,6 +257,7 @@ START_TEST(dare_mask_draws)
 {
     static float xb[ROOM], got[ROOM], want[ROOM];
     static const double density[] = {0.1, 0.5, 0.9};
+    FOR_EACH_BUILD(k)
     for (size_t l = 0; l < N_LENS; l++)
         for (size_t d = 0; d < 3; d++) {
             size_t n = lens[l], offset = 1000003 * l + 17;
@@ -245,7 +265,7 @@ START_TEST(dare_mask_draws)
             float *x = xb + d;
             fill(x, n, 500 + l, false);
             memcpy(got, x, n * sizeof(float));
-            lm__dare_mask_at(got, n, offset, density[d], d != 1, seed, task);
+            k->dare_mask_at(got, n, offset, density[d], d != 1, seed, task);
             uint64_t stream = splitmix(seed ^ splitmix(0xda3e0000ULL + task));
             float scale = d != 1 ? (float)(1.0 / density[d]) : 1.0f;
             for (size_t i = 0; i < n; i++) {
@@ -259,6 +279,24 @@ START_TEST(dare_mask_draws)
 }
 END_TEST
 
+/* LIBMERGE_SIMD narrows the pick to a build; an unknown name or a build
+ * this processor cannot run gives the widest it runs. */
+START_TEST(simd_pick)
+{
+    const struct lm__simd *widest = lm__simd_pick();
+    setenv("LIBMERGE_SIMD", "baseline", 1);
+    ck_assert_str_eq(lm__simd_pick()->name, "baseline");
+    setenv("LIBMERGE_SIMD", "avx2", 1);
+    ck_assert_str_eq(lm__simd_pick()->name,
+                     lm__simd_named("avx2") ? "avx2" : widest->name);
+    setenv("LIBMERGE_SIMD", "no-such-build", 1);
+    ck_assert_ptr_eq(lm__simd_pick(), widest);
+    unsetenv("LIBMERGE_SIMD");
+    ck_assert_ptr_eq(lm__simd_pick(), widest);
+    ck_assert_ptr_null(lm__simd_named("no-such-build"));
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("sparse_kernels");
@@ -268,6 +306,7 @@ int main(void)
     tcase_add_test(tc, conversion_kernels);
     tcase_add_test(tc, dare_mask_draws);
     tcase_add_test(tc, radix_selection);
+    tcase_add_test(tc, simd_pick);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }
