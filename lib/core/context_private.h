@@ -26,6 +26,9 @@ struct lm_context {
     /* Inputs the fused path read with pread (core/file_source.c), and
      * tensors it handed to a sink in ranges: tests read them likewise. */
     atomic_size_t file_inputs, ranged_tensors;
+    /* Inputs of a fused tensor that repeat an earlier one's file bytes
+     * and take its read (core/fused.c; tests). */
+    atomic_size_t repeated_inputs;
     uint64_t seed;
     lm_log_fn log;
     void *log_user;

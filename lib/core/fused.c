@@ -32,6 +32,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,7 +169,8 @@ size_t lm__fused_read_elems(const struct fused *f, size_t block,
         inputs++;
     }
     for (size_t t = 0; t < f->k; t++)
-        if (f->slot[t] == LM__SLOT_MODEL && read_from_file(&f->src[t])) {
+        if (f->slot[t] == LM__SLOT_MODEL && read_from_file(&f->src[t]) &&
+            !f->same_as[t]) {
             per_elem += lm_dtype_size(f->in_dt[t]);
             inputs++;
         }
@@ -197,6 +199,12 @@ void lm__fused_read_inputs(const struct fused *f, char *raw, size_t lo,
         v->origin[t] = 0;
         if (f->slot[t] != LM__SLOT_MODEL || !read_from_file(&f->src[t]))
             continue;
+        if (f->same_as[t]) { /* the same bytes, read already */
+            size_t j = f->same_as[t] - LM__SAME_BASE;
+            v->in[t] = j ? v->in[j - 1] : v->base;
+            v->origin[t] = j ? v->origin[j - 1] : v->base_origin;
+            continue;
+        }
         size_t sz = lm_dtype_size(f->in_dt[t]);
         lm__file_source_read(&f->src[t], lo * sz, len * sz, raw);
         v->in[t] = raw;
@@ -349,6 +357,35 @@ static void release(lm_context *ctx, struct fused *f)
 /* File-backed inputs are read with pread (file_source.h).
  * The base only when it is the plan's own tensor: a merger's caller may
  * hand in a tensor of its own. */
+/* Same file (device and inode), same offset and dtype: the same bytes. */
+static bool same_bytes(const struct lm__file_source *a, lm_dtype a_dt,
+                       const struct lm__file_source *b, lm_dtype b_dt)
+{
+    struct stat sa, sb;
+    return read_from_file(a) && read_from_file(b) && a_dt == b_dt &&
+           a->offset == b->offset && fstat(a->fd, &sa) == 0 &&
+           fstat(b->fd, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
+}
+
+/* f->same_as: which file-read inputs repeat the base or an earlier one. */
+static void find_repeats(struct fused *f)
+{
+    for (size_t m = 0; m < f->k; m++) {
+        f->same_as[m] = 0;
+        if (f->slot[m] != LM__SLOT_MODEL)
+            continue;
+        if (same_bytes(&f->src[m], f->in_dt[m], &f->base_src, f->base_dt))
+            f->same_as[m] = LM__SAME_BASE;
+        for (size_t j = 0; j < m && !f->same_as[m]; j++)
+            if (f->slot[j] == LM__SLOT_MODEL && !f->same_as[j] &&
+                same_bytes(&f->src[m], f->in_dt[m], &f->src[j], f->in_dt[j]))
+                f->same_as[m] = (unsigned short)(LM__SAME_BASE + 1 + j);
+        if (f->same_as[m])
+            atomic_fetch_add(&f->ctx->repeated_inputs, 1);
+    }
+}
+
 static void open_sources(const lm_plan *p, const char *name,
                          const lm_tensor *base, struct fused *f)
 {
@@ -359,6 +396,7 @@ static void open_sources(const lm_plan *p, const char *name,
             lm__file_source_open(p->models[m],
                                  lm__model_lookup(p->models[m], name),
                                  &f->src[m]);
+    find_repeats(f);
 }
 
 /* Map an input's pages in one call instead of one fault per 16 pages

@@ -22,6 +22,8 @@
  * selection the streaming pass could not settle). */
 #define LM__FUSED_DECLINE ((lm_status)1)
 
+#define LM__SAME_BASE 1
+
 /* Where a task vector comes from. */
 enum lm__fused_slot {
     LM__SLOT_MODEL,   /* model - base, element by element */
@@ -42,6 +44,12 @@ struct lm__fused {
     /* The base's and the MODEL slots' files, read about 1 MiB of all
      * inputs at a time (fd -1: straight from base / in[m]). */
     struct lm__file_source base_src, src[LM__FUSED_MAX_MODELS];
+    /* A MODEL slot read from the same bytes of the same file as the base
+     * (LM__SAME_BASE) or as an earlier slot j (LM__SAME_BASE + 1 + j) —
+     * a config listing the base among its models, as mergekit's linear
+     * and average examples do — takes that input's read instead of its
+     * own (0: its own read). */
+    unsigned short same_as[LM__FUSED_MAX_MODELS];
     enum lm__fused_slot slot[LM__FUSED_MAX_MODELS];
     struct lm__lora_factors lora[LM__FUSED_MAX_MODELS]; /* ADAPTER slots */
     /* With adapters the tensor goes by row blocks of block_rows (the

@@ -395,6 +395,74 @@ START_TEST(sparse_file_inputs_match_memory)
 }
 END_TEST
 
+/* A config that lists the base among its models (mergekit's linear and
+ * average examples do) or a model twice: each repeated input, opened
+ * from the same file, takes the earlier input's read instead of its own
+ * (ctx->repeated_inputs counts them), and the merge is the same bytes as
+ * the same plan over the models held in memory. Linear (the weights
+ * normalised: the base with weight 0 makes it the mean of the others) and
+ * ties (the sparse path reads the same way), 1 and 2 threads, every
+ * dtype combination. */
+static lm_model *merge_repeats(lm_context *ctx, const char *how,
+                               lm_model *const *m)
+{
+    lm_plan *p;
+    bool linear = !strcmp(how, "linear");
+    ck_assert_ok(lm_plan_create(ctx, how, &p));
+    ck_assert_ok(lm_plan_set_base(p, m[0]));
+    /* base, model 1, base again, model 1 again (separately opened when
+     * from files: m[3], m[4]), model 2 */
+    ck_assert_ok(lm_plan_add_model(p, m[0], linear ? 0.0 : 0.5));
+    ck_assert_ok(lm_plan_add_model(p, m[1], 0.7));
+    ck_assert_ok(lm_plan_add_model(p, m[3], 0.3));
+    ck_assert_ok(lm_plan_add_model(p, m[4], -1.1));
+    ck_assert_ok(lm_plan_add_model(p, m[2], 1.3));
+    if (!linear)
+        ck_assert_ok(lm_plan_set_float(p, "density", 0.3));
+    lm_model *out;
+    ck_assert_ok(lm_plan_execute(p, &out));
+    lm_plan_destroy(p);
+    return out;
+}
+
+START_TEST(repeated_inputs_read_once)
+{
+    static const char *methods[] = {"linear", "ties"};
+    for (int mi = 0; mi < 2; mi++)
+        for (int threads = 1; threads <= 2; threads++)
+            for (size_t c = 0; c < sizeof(combos) / sizeof(combos[0]); c++) {
+                lm_context *ctx = tu_context(threads, 7);
+                struct setup s;
+                make_files(ctx, &s, combos[c][0], combos[c][1],
+                           combos[c][2]);
+                lm_model *mem[5] = {s.mem[0], s.mem[1], s.mem[2], s.mem[0],
+                                    s.mem[1]};
+                lm_model *want = merge_repeats(ctx, methods[mi], mem);
+                lm_model *files[5];
+                static const int from[5] = {0, 1, 2, 0, 1};
+                for (int i = 0; i < 5; i++)
+                    ck_assert_ok(
+                        lm_model_open(ctx, s.paths[from[i]], &files[i]));
+                size_t repeats = atomic_load(&ctx->repeated_inputs);
+                lm_model *got = merge_repeats(ctx, methods[mi], files);
+                char what[96];
+                snprintf(what, sizeof(what), "%s, dtypes %zu, %d threads",
+                         methods[mi], c, threads);
+                tu_assert_same_bytes(want, got, what);
+                /* The base listed as a model, the base's second
+                 * opening and model 1's, in every tensor. */
+                ck_assert_uint_eq(atomic_load(&ctx->repeated_inputs) - repeats,
+                                  3 * N_SIZES);
+                for (int i = 0; i < 5; i++)
+                    lm_model_destroy(files[i]);
+                lm_model_destroy(got);
+                lm_model_destroy(want);
+                remove_files(&s);
+                lm_context_destroy(ctx);
+            }
+}
+END_TEST
+
 /* Adapters only (core/fused_lora.c: one GEMM per row block): the base
  * read from its file, row block by row block. The 2-D tensors t2
  * [3, 4099] and a wide one are targeted; the adapters are in memory. */
@@ -484,6 +552,7 @@ int main(void)
     tcase_add_test(tc, replaced_input_file_is_not_read);
     tcase_add_test(tc, host_sinks_old_and_ranged);
     tcase_add_test(tc, sparse_file_inputs_match_memory);
+    tcase_add_test(tc, repeated_inputs_read_once);
     tcase_add_test(tc, adapters_on_a_file_base);
     suite_add_tcase(s, tc);
     return tu_run(s);
