@@ -3,7 +3,7 @@
  * Every kernel source listed in lib/meson.build's lm_simd_sources is
  * compiled once per instruction set (x86-64: baseline, AVX2, AVX-512; one
  * baseline build elsewhere). LM_SIMD(name) gives each build's functions
- * their own names, and each build's simd_table.c gathers them into one
+ * their own names, and each build's lib/simd_table.c gathers them into one
  * struct lm__simd. lm__simd_pick chooses a table at run time: the widest
  * the processor runs, or the one LIBMERGE_SIMD names (baseline, avx2,
  * avx512), so that tests run every build on one machine.

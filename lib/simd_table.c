@@ -1,5 +1,6 @@
 /* One build's kernels as core/simd.h's table (compiled with each
- * instruction set's flags, like every kernel source). */
+ * instruction set's flags, like every kernel source). Outside lib/core:
+ * it names the strategies' kernels, which the core may not include. */
 #include "core/fused_private.h"
 #include "core/sparse_kernels.h"
 #include "strategies/sign_kernels.h"
