@@ -189,7 +189,9 @@ START_TEST(conversion_kernels)
             /* bf16 -> f32 is the 16 bits shifted up, exactly. */
             k->bf16_to_f32(got, back, n);
             for (size_t i = 0; i < n; i++)
-                ck_assert_uint_eq(bits(back[i]), (uint32_t)got[i] << 16);
+                tu_check(bits(back[i]) == (uint32_t)got[i] << 16,
+                         "bf16 %04x back to f32: %08x", got[i],
+                         bits(back[i]));
             bool bad = false;
             for (size_t i = 0; i < n; i++)
                 bad |= !isfinite(x[i]);
