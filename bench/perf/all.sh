@@ -5,7 +5,7 @@
 # configuration). Writes, under docs/benchmarks/:
 #   perf_elementwise.md  task_arithmetic / linear / average vs floor, numpy, torch
 #   perf_sparse.md       ties / DARE vs floor (and scripts)
-#   svd.md               TSV-M, Iso-C, Iso-CTS, ESM vs torch and an f64 reference
+#   svd.md (+ .png)      TSV-M, Iso-C, Iso-CTS, ESM vs torch and an f64 reference
 #   perf_lora.md         the load-time row: 8 LoRA adapters through lm_merger
 # usage: bash bench/perf/all.sh [build dir, default build-rel] [--quick]
 set -euo pipefail

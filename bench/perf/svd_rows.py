@@ -330,10 +330,40 @@ def write(rows, shapes, seconds, path, loads):
                       "layer's X, 1 thread) took %.2f s, not in the libmerge columns; "
                       "torch's column includes its X dW^T products." % (r["kind"], r["observe"]),
                       ""]
+    png = path[:-3] + ".png"
+    if plot(rows, png):
+        lines += ["![torch / libmerge per row](%s)" % os.path.basename(png), ""]
     lines += NOTES
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def plot(rows, png):
+    """torch / libmerge per row (wall on 2 threads, and CPU time) with the
+    1.5x target line; False without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    labels = ["%s\n%s" % (r["method"], r["kind"]) for r in rows]
+    x = list(range(len(rows)))
+    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(rows)), 3.8))
+    ax.bar([i - 0.2 for i in x], [r["torch"] / r["lm2"] for r in rows], 0.4,
+           label="wall, libmerge 2 threads")
+    ax.bar([i + 0.2 for i in x], [r["cpu_torch"] / r["cpu_lm2"] for r in rows], 0.4,
+           label="CPU time")
+    ax.axhline(1.5, color="k", ls="--", lw=1, label="target 1.5x")
+    ax.set_ylabel("torch / libmerge")
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, fontsize=7, rotation=30, ha="right")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+    return True
 
 
 def main():
