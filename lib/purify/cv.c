@@ -30,6 +30,8 @@ struct objective {
     const lm_stats *const *folds;
     size_t n_folds;
     const lm_stats **owned; /* the plan's stats' folds, as an array */
+    const double *cands;    /* the keep ratios tried: given or default */
+    size_t n_cands;
 };
 
 /* Explicit held-out rows or folds first, then what the plan's statistics
@@ -38,6 +40,10 @@ static lm_status resolve(lm_plan *p, const lm_purify_cv_options *o,
                          struct objective *obj)
 {
     memset(obj, 0, sizeof(*obj));
+    obj->cands = o->candidates;
+    obj->n_cands = o->n_candidates;
+    if (!obj->cands)
+        obj->n_cands = lm_purify_default_candidates(&obj->cands);
     obj->heldout = o->heldout;
     obj->folds = o->folds;
     obj->n_folds = o->folds ? o->n_folds : 0;
@@ -247,15 +253,11 @@ lm_status lm_plan_tune_purify_cv(lm_plan *p, const lm_purify_cv_options *o,
     if (!p || !o)
         return LM_ERR_INVALID_ARGUMENT;
     LM_TRY(check_options(p, o, out));
-    const double *cands = o->candidates;
-    size_t n = o->n_candidates;
-    if (!cands)
-        n = lm_purify_default_candidates(&cands);
     struct objective obj;
     lm_status st = resolve(p, o, &obj);
     struct choice c = {false, 0, NAN, {NAN, NAN, NAN}};
     if (st == LM_OK)
-        st = tune_scales(p, o, &obj, cands, n, curve, &c);
+        st = tune_scales(p, o, &obj, obj.cands, obj.n_cands, curve, &c);
     lm_free(p->ctx, obj.owned);
     LM_TRY(st);
     lm_purify_options opts = lm__purify_of(p)->opts;
@@ -372,10 +374,6 @@ lm_status lm_plan_tune_purify_layers(lm_plan *p,
     if (!p->base)
         return lm_context_set_error(p->ctx, LM_ERR_STATE,
                                     "purify per-layer: the plan has no base");
-    const double *cands = o->candidates;
-    size_t n = o->n_candidates;
-    if (!cands)
-        n = lm_purify_default_candidates(&cands);
     struct objective obj;
     lm_status st = resolve(p, o, &obj);
     if (st == LM_OK && obj.kind != LM_PURIFY_FOLDS_DRIFT)
@@ -391,7 +389,7 @@ lm_status lm_plan_tune_purify_layers(lm_plan *p,
         st = lm_plan_set_purify(p, &opts);
     }
     if (st == LM_OK)
-        st = choose_layers(p, &obj, o->se_rule, cands, n, out);
+        st = choose_layers(p, &obj, o->se_rule, obj.cands, obj.n_cands, out);
     if (st == LM_OK && out) {
         out->scale = NAN;
         out->objective = LM_PURIFY_FOLDS_DRIFT;
