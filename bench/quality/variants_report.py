@@ -205,8 +205,10 @@ def _scale(results):
     for n in sorted({r["n"] for r in results if r["part"] == "full"}):
         rs = [r for r in results if r["part"] == "full" and r["n"] == n]
         for which in ("fixed", "widened"):
-            means = {m: np.mean([r["rows"][m][which]["norm"] for r in rs]) for m in ms}
-            order = sorted(ms, key=lambda m: -means[m])
+            # A run restricted to some methods (--full-methods) ranks those.
+            means = {m: np.mean([r["rows"][m][which]["norm"] for r in rs if m in r["rows"]])
+                     for m in ms if any(m in r["rows"] for r in rs)}
+            order = sorted(means, key=lambda m: -means[m])
             out.append("- %d tasks, %s: %s" % (n, which, " > ".join(
                 "%s %.1f" % (m, means[m]) for m in order)))
     return out + [""]
@@ -287,6 +289,11 @@ def _esm_variants(results):
                       [("variant − released", vs_released)])
         out += _table(results, "full", "comparison", "variant", "best rival",
                       [("variant − best rival", vs_rival)])
+    if len(names) > 1:
+        a, b = names[0], names[1]
+        out += ["### %s − %s" % (a, b), ""]
+        out += _table(results, "full", "comparison", a, b,
+                      [("first − second", lambda rows: _get(rows, "esm", a, b))])
     out += ["Scales found (alpha; seeds in order):", "",
             "| tasks | esm released | %s |" % " | ".join(names),
             "|---|---|%s" % ("---|" * len(names))]
