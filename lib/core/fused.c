@@ -174,7 +174,11 @@ size_t lm__fused_read_elems(const struct fused *f, size_t block,
             per_elem += lm_dtype_size(f->in_dt[t]);
             inputs++;
         }
-    size_t n = per_elem ? READ_BYTES / per_elem / block * block : 0;
+    /* With nothing read from a file the step still sizes the ranges
+     * handed to a ranged sink: about READ_BYTES of output each, not one
+     * system call per block. */
+    size_t step = per_elem ? per_elem : lm_dtype_size(f->out_dt);
+    size_t n = step ? READ_BYTES / step / block * block : 0;
     n = n ? n : block;
     *bytes = n * per_elem + 64 * inputs;
     return n;
