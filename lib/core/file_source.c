@@ -21,7 +21,7 @@ static bool pread_enabled(void)
 void lm__file_source_open(const lm_model *model, const lm_tensor *t,
                           struct lm__file_source *s)
 {
-    *s = (struct lm__file_source){-1, 0, t->data};
+    *s = (struct lm__file_source){.fd = -1, .mapped = t->data};
     struct lm__file_range r;
     if (!model || !model->file_range || !pread_enabled() ||
         !model->file_range(model->resource, t, &r))
@@ -37,6 +37,8 @@ void lm__file_source_open(const lm_model *model, const lm_tensor *t,
     }
     s->fd = fd;
     s->offset = r.offset;
+    s->dev = r.dev;
+    s->ino = r.ino;
     atomic_fetch_add(&model->ctx->file_inputs, 1);
 }
 

@@ -24,6 +24,7 @@ struct lm__file_source {
     int fd;             /* -1: read the mapping */
     uint64_t offset;    /* of the tensor's first byte in the file */
     const char *mapped; /* the tensor's bytes in the mapping */
+    uint64_t dev, ino;  /* the open file's, checked at open */
 };
 
 /* Opens t's file when its model can say where t lies (fd -1 otherwise,

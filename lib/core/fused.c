@@ -7,9 +7,9 @@
  * elements is read once from every input in its own dtype (pread from the
  * input's file, core/file_source.h, or straight from memory), combined in
  * L2-resident buffers (the kernel: core/fused_narrow.c, one build per
- * instruction set, core/simd.h) and converted once into the output, which goes to the
- * sink a read at a time when it takes ranges: memory traffic is the inputs
- * read once and the output written once.
+ * instruction set, core/simd.h) and converted once into the output,
+ * which goes to the sink a read at a time when it takes ranges: memory
+ * traffic is the inputs read once and the output written once.
  *
  * Bit-identical to the plain path: the same conversions (lm_convert on a
  * sub-range is the same element-wise function), and per element the same
@@ -32,7 +32,6 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
@@ -358,18 +357,13 @@ static void release(lm_context *ctx, struct fused *f)
         lm__file_source_close(&f->src[m]);
 }
 
-/* File-backed inputs are read with pread (file_source.h).
- * The base only when it is the plan's own tensor: a merger's caller may
- * hand in a tensor of its own. */
-/* Same file (device and inode), same offset and dtype: the same bytes. */
+/* Same file (device and inode, as checked when each was opened), same
+ * offset and dtype: the same bytes. */
 static bool same_bytes(const struct lm__file_source *a, lm_dtype a_dt,
                        const struct lm__file_source *b, lm_dtype b_dt)
 {
-    struct stat sa, sb;
     return read_from_file(a) && read_from_file(b) && a_dt == b_dt &&
-           a->offset == b->offset && fstat(a->fd, &sa) == 0 &&
-           fstat(b->fd, &sb) == 0 && sa.st_dev == sb.st_dev &&
-           sa.st_ino == sb.st_ino;
+           a->offset == b->offset && a->dev == b->dev && a->ino == b->ino;
 }
 
 /* f->same_as: which file-read inputs repeat the base or an earlier one. */
@@ -390,6 +384,9 @@ static void find_repeats(struct fused *f)
     }
 }
 
+/* File-backed inputs are read with pread (file_source.h).
+ * The base only when it is the plan's own tensor: a merger's caller may
+ * hand in a tensor of its own. */
 static void open_sources(const lm_plan *p, const char *name,
                          const lm_tensor *base, struct fused *f)
 {

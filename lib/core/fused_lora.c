@@ -4,8 +4,8 @@
  * task vector and then combines them: T + 2 tensor-sized buffers written
  * and read again (core/fused.c, which takes adapters mixed with models,
  * forms each adapter's rows by its own sgemm and adds them in f64). Here,
- * when every task is an adapter, the factors of all adapters are packed once per
- * tensor,
+ * when every task is an adapter, the factors of all adapters are packed
+ * once per tensor,
  *
  *     left  = [c_1 s_1 L_1 | ... | c_T s_T L_T]   (rows x sum r)
  *     right = [R_1; ...; R_T]                      (sum r x cols)
@@ -92,8 +92,8 @@ static bool all_finite(const struct lm__simd *simd, const float *x, size_t n)
  * right; DECLINE when a factor is not finite under the default policy
  * (the plain path names the adapter). */
 static lm_status pack(const struct lm__simd *simd, const lm_plan *p,
-                      const char *name,
-                      const lm_tensor *base, const double *coef, bool check,
+                      const char *name, const lm_tensor *base,
+                      const double *coef, bool check,
                       float *left, float *right, size_t rows, size_t cols,
                       size_t rank)
 {
@@ -368,8 +368,8 @@ lm_status lm__fused_lora_merge(lm_plan *p, void *state, const char *name,
     if (st == LM_OK) {
         j.left = packed;
         j.right = packed + rows * rank;
-        st = pack(j.simd, p, name, base, coef, j.check, packed, packed + rows * rank,
-                  rows, cols, rank);
+        st = pack(j.simd, p, name, base, coef, j.check, packed,
+                  packed + rows * rank, rows, cols, rank);
     }
     const char *o = dst, *b = base->data;
     bool in_place = o && o < b + base->numel * lm_dtype_size(base->dtype) &&
