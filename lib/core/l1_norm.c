@@ -4,11 +4,6 @@
 #include "core/l1_norm.h"
 #include "core/simd.h"
 
-double lm__l1_block(const float *x, size_t len)
-{
-    return lm__simd_pick()->l1_block(x, len);
-}
-
 double lm__l1_norm(const float *x, size_t n)
 {
     const struct lm__simd *simd = lm__simd_pick();

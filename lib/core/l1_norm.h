@@ -16,10 +16,8 @@
 
 #define LM__L1_BLOCK 2048
 
-/* Sum of |x_i| over one block x[0..len), len <= LM__L1_BLOCK. */
-double lm__l1_block(const float *x, size_t len);
-
-/* Sum of |x_i| over x[0..n): lm__l1_block partial sums in block order. */
+/* Sum of |x_i| over x[0..n): one block's sum (core/simd.h's l1_block,
+ * which the fused path calls per block) after another, in block order. */
 double lm__l1_norm(const float *x, size_t n);
 
 /* mergekit's L1 rescale factor ||orig||_1 / ||masked||_1, or 1.0 (leave

@@ -7,7 +7,10 @@
 #include "core/simd.h"
 #include "strategies/sign_merge.h"
 
-/* lm__dare_mask_at. */
+/* lm__dare_mask's mask on elements [offset, offset + len) of the tensor,
+ * held in x[0..len) (the fused path's blocks reach it through
+ * core/simd.h): each draw depends on the element's index in the whole
+ * tensor, so blocks give the whole tensor's mask bit for bit. */
 void LM_SIMD(lm__dare_mask_kernel)(float *x, size_t len, size_t offset,
                                    double density, bool rescale,
                                    uint64_t seed, size_t task);

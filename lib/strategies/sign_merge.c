@@ -42,14 +42,7 @@ void lm__keep_top_k(float *x, size_t n, size_t k, float *scratch)
 void lm__dare_mask(float *x, size_t n, double density, bool rescale,
                    uint64_t seed, size_t task)
 {
-    lm__dare_mask_at(x, n, 0, density, rescale, seed, task);
-}
-
-void lm__dare_mask_at(float *x, size_t len, size_t offset, double density,
-                      bool rescale, uint64_t seed, size_t task)
-{
-    lm__simd_pick()->dare_mask_at(x, len, offset, density, rescale, seed,
-                                  task);
+    lm__simd_pick()->dare_mask_at(x, n, 0, density, rescale, seed, task);
 }
 
 void lm__sign_merge(const float *const *tasks, const double *weights,

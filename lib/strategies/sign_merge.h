@@ -27,10 +27,6 @@ size_t lm__density_count(double density, size_t n);
  * when rescale. */
 void lm__dare_mask(float *x, size_t n, double density, bool rescale,
                    uint64_t seed, size_t task);
-/* The same mask on elements [offset, offset + len) of the tensor, held in
- * x[0..len) (the fused path's blocks): the same draws, bit for bit. */
-void lm__dare_mask_at(float *x, size_t len, size_t offset, double density,
-                      bool rescale, uint64_t seed, size_t task);
 
 /* Elect a sign per entry over tasks and average the agreeing entries.
  * tasks[t][i] are (trimmed) task vectors; out[i] = the disjoint merge:

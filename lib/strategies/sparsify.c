@@ -199,8 +199,7 @@ lm_status lm__gta_merge(void *state, const lm_tensor_job *job, void *user)
     }
     if (st == LM_OK)
         lm__gta_combine(lm__simd_pick(), rows, job->weights, k, n, s->elect,
-                        normalize != 0,
-                        lambda, job->out);
+                        normalize != 0, lambda, job->out);
     lm_free(job->ctx, buf);
     lm_free(job->ctx, (void *)rows);
     return st;
