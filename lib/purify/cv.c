@@ -99,6 +99,31 @@ static void paired(const double *d, size_t k, size_t n, size_t i, size_t j,
     *se = sqrt(ss / (double)(k - 1) / (double)k);
 }
 
+/* The index of keep 1.0 among the candidates, or n. */
+static size_t index_of_one(const double *cands, size_t n)
+{
+    size_t i = 0;
+    while (i < n && cands[i] != 1.0)
+        i++;
+    return i;
+}
+
+/* sums[i]: candidate i's fold curve d[f * n + i] summed over the k folds
+ * in order; returns the candidate of the smallest sum (the first on
+ * ties). */
+static size_t fold_minimum(const double *d, size_t k, size_t n, double *sums)
+{
+    size_t best = 0;
+    for (size_t i = 0; i < n; i++) {
+        sums[i] = 0;
+        for (size_t f = 0; f < k; f++)
+            sums[i] += d[f * n + i];
+        if (sums[i] < sums[best])
+            best = i;
+    }
+    return best;
+}
+
 size_t lm__purify_se_choice(const double *d, size_t k, size_t n,
                             const double *cands, double z, size_t best)
 {
@@ -133,16 +158,7 @@ static lm_status tune_folds(lm_plan *p, const struct objective *obj,
         lm_free(p->ctx, d);
         return st;
     }
-    size_t best = 0, one = n;
-    for (size_t i = 0; i < n; i++) {
-        row[i] = 0;
-        for (size_t f = 0; f < k; f++)
-            row[i] += d[f * n + i];
-        if (row[i] < row[best])
-            best = i;
-        if (cands[i] == 1.0 && one == n)
-            one = i;
-    }
+    size_t best = fold_minimum(d, k, n, row), one = index_of_one(cands, n);
     if (!isfinite(row[best])) {
         lm_free(p->ctx, d);
         return lm_context_set_error(p->ctx, LM_ERR_NONFINITE,
@@ -286,7 +302,11 @@ static lm_status choose_layers(lm_plan *p, const struct objective *obj,
                                lm_purify_cv_result *out)
 {
     size_t k = obj->n_folds, nb = p->base->count;
-    double *d = lm__calloc(p->ctx, k * n * nb + k * n + nb, sizeof(double));
+    /* The fold curves of every tensor, one tensor's, their fold sums, per
+     * fold the drift at keep 1.0 and at the per-layer choice (a two-column
+     * curve for paired()), and the chosen ratios. */
+    double *d = lm__calloc(p->ctx, k * n * nb + k * n + n + 2 * k + nb,
+                           sizeof(double));
     const char **names = lm__calloc(p->ctx, nb ? nb : 1, sizeof(char *));
     if (!d || !names) {
         lm_free(p->ctx, d);
@@ -294,34 +314,18 @@ static lm_status choose_layers(lm_plan *p, const struct objective *obj,
         return lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
                                     "purify per-layer: out of memory");
     }
-    double *layer = d + k * n * nb, *keeps = layer + k * n;
+    double *layer = d + k * n * nb, *sums = layer + k * n, *pair = sums + n,
+           *keeps = pair + 2 * k;
     lm_status st = lm__purify_fold_layer_curves(p, obj->folds, k, cands, n, d);
-    size_t n_set = 0, one = n;
-    for (size_t i = 0; i < n; i++)
-        if (cands[i] == 1.0 && one == n)
-            one = i;
-    /* Per fold: the drift of keep 1.0 and of the per-layer choice. */
-    double *at_one = lm__calloc(p->ctx, 2 * k, sizeof(double));
-    if (st == LM_OK && !at_one)
-        st = lm_context_set_error(p->ctx, LM_ERR_OUT_OF_MEMORY,
-                                  "purify per-layer: out of memory");
+    size_t n_set = 0, one = index_of_one(cands, n);
     for (size_t j = 0; j < nb && st == LM_OK; j++) {
         if (p->base->entries[j].tensor->ndim != 2)
             continue;
-        size_t best = 0;
-        double sum_best = 0;
-        for (size_t i = 0; i < n; i++) {
-            double sum = 0;
-            for (size_t f = 0; f < k; f++) {
+        for (size_t i = 0; i < n; i++)
+            for (size_t f = 0; f < k; f++)
                 layer[f * n + i] = d[(f * n + i) * nb + j];
-                sum += layer[f * n + i];
-            }
-            if (i == 0 || sum < sum_best) {
-                best = i;
-                sum_best = sum;
-            }
-        }
-        if (!isfinite(sum_best)) {
+        size_t best = fold_minimum(layer, k, n, sums);
+        if (!isfinite(sums[best])) {
             st = lm_context_set_error(p->ctx, LM_ERR_NONFINITE,
                                       "purify per-layer: the held-out drift "
                                       "of '%s' is not finite",
@@ -330,8 +334,8 @@ static lm_status choose_layers(lm_plan *p, const struct objective *obj,
         }
         size_t c = lm__purify_se_choice(layer, k, n, cands, z, best);
         for (size_t f = 0; f < k && one < n; f++) {
-            at_one[f] += layer[f * n + one];
-            at_one[k + f] += layer[f * n + c];
+            pair[2 * f] += layer[f * n + one];
+            pair[2 * f + 1] += layer[f * n + c];
         }
         names[n_set] = p->base->entries[j].name;
         keeps[n_set++] = cands[c];
@@ -342,19 +346,12 @@ static lm_status choose_layers(lm_plan *p, const struct objective *obj,
         out->keep = NAN;
         out->gain = out->gain_se = NAN;
         if (one < n) {
-            double m = 0, ss = 0;
-            for (size_t f = 0; f < k; f++)
-                m += at_one[f] - at_one[k + f];
-            m /= (double)k;
-            for (size_t f = 0; f < k; f++) {
-                double e = at_one[f] - at_one[k + f] - m;
-                ss += e * e;
-            }
-            out->gain = m * (double)k;
-            out->gain_se = sqrt(ss / (double)(k - 1) / (double)k) * (double)k;
+            double mean, se;
+            paired(pair, k, 2, 0, 1, &mean, &se);
+            out->gain = mean * (double)k;
+            out->gain_se = se * (double)k;
         }
     }
-    lm_free(p->ctx, at_one);
     lm_free(p->ctx, d);
     lm_free(p->ctx, names);
     return st;

@@ -5,15 +5,22 @@
 #include "libmerge/experimental/purify_tune.h"
 #include "purify/state.h"
 
+/* The keep ratio set for tensor `name`, or NULL. */
+static const double *layer_keep(const struct lm__purify *pu, const char *name)
+{
+    for (size_t i = 0; i < pu->n_layer_keeps; i++)
+        if (!strcmp(pu->layer_names[i], name))
+            return &pu->layer_keeps[i];
+    return NULL;
+}
+
 lm_purify_options lm__purify_options_for(const struct lm__purify *pu,
                                          const char *name)
 {
     lm_purify_options o = pu->opts;
-    for (size_t i = 0; i < pu->n_layer_keeps; i++)
-        if (!strcmp(pu->layer_names[i], name)) {
-            o.keep = pu->layer_keeps[i];
-            break;
-        }
+    const double *keep = layer_keep(pu, name);
+    if (keep)
+        o.keep = *keep;
     return o;
 }
 
@@ -41,15 +48,13 @@ lm_status lm__purify_layer_keeps_set(struct lm__purify *pu,
                                     "purify: out of memory");
     }
     for (size_t i = 0; i < n; i++) {
-        size_t len = strlen(names[i]) + 1;
-        pu->layer_names[i] = lm__calloc(pu->ctx, len, 1);
+        pu->layer_names[i] = lm__strdup(pu->ctx, names[i]);
         if (!pu->layer_names[i]) {
             pu->n_layer_keeps = i;
             lm__purify_layer_keeps_clear(pu);
             return lm_context_set_error(pu->ctx, LM_ERR_OUT_OF_MEMORY,
                                         "purify: out of memory");
         }
-        memcpy(pu->layer_names[i], names[i], len);
         pu->layer_keeps[i] = keeps[i];
         pu->n_layer_keeps = i + 1;
     }
@@ -64,10 +69,9 @@ lm_status lm_plan_purify_layer_keep(const lm_plan *p, const char *name,
     const struct lm__purify *pu = lm__purify_of(p);
     if (!pu)
         return LM_ERR_STATE;
-    for (size_t i = 0; i < pu->n_layer_keeps; i++)
-        if (!strcmp(pu->layer_names[i], name)) {
-            *keep = pu->layer_keeps[i];
-            return LM_OK;
-        }
-    return LM_ERR_NOT_FOUND;
+    const double *k = layer_keep(pu, name);
+    if (!k)
+        return LM_ERR_NOT_FOUND;
+    *keep = *k;
+    return LM_OK;
 }
