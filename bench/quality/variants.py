@@ -13,8 +13,9 @@ Writes docs/benchmarks/quality_variants.md.
 usage: LIBMERGE_LIBRARY=build/lib/libmerge.so.1 PYTHONPATH=bindings/python \\
        /usr/bin/python3 bench/quality/variants.py [--parts full,nsc] [--tasks 8,14,20]
        [--seeds 0,1,2] [--threads N] [--smoke] [--out DIR] [--report-only
-       [--nsc-section-only]]
-The MLP backbone (run.py's "full" and "lora" kinds) with run.py's
+       [--nsc-section-only | --vit-section-only | ...]]
+The MLP backbone (run.py's "full" and "lora" kinds) and, for the vit
+parts, the ViT under zero-shot-style heads ("vit-zs"), with run.py's
 fine-tunes (shared cache)."""
 import argparse
 import json
@@ -33,7 +34,11 @@ import variants_report  # noqa: E402
 import variants_runs  # noqa: E402
 
 PARTS = {"full": "full", "purify": "full", "whiten": "full", "nsc": "lora",
-         "purify_layer": "full", "esm_variant": "full"}  # part -> run.KINDS kind
+         "purify_layer": "full", "esm_variant": "full", "whiten_svd": "full",
+         "vit": "vit-zs", "vit_whiten": "vit-zs"}  # part -> run.KINDS kind
+# Parts whose rows join another part's result of the same task count and
+# seed (the rows they are compared with).
+JOINS = {"purify": "full", "whiten": "full", "esm_variant": "full", "vit_whiten": "vit"}
 # The keep ratios "cv" chooses among: quality.md's five (the library's
 # twelve defaults cost 2.4x the merges; the five span the ratios chosen).
 CANDIDATES = merges.PURIFY_CANDIDATES
@@ -57,6 +62,10 @@ def measure(args, part, d, n, seed, stats, method=None):
         rows = variants_runs.whiten_rows(s)
     elif part == "esm_variant":
         rows = variants_runs.esm_variant_rows(s, names=args.esm_variants)
+    elif part == "vit":
+        rows = variants_runs.vit_rows(s)
+    elif part in ("whiten_svd", "vit_whiten"):
+        rows = variants_runs.whiten_svd_rows(s, released=part == "whiten_svd")
     elif part == "purify":
         rows = {method: variants_runs.purify_rows(s, method, CANDIDATES)}
     elif part == "purify_layer":
@@ -69,25 +78,25 @@ def measure(args, part, d, n, seed, stats, method=None):
 
 
 def load_all(args):
-    """Every cached measurement; a purify result's rows join the "full"
-    result of the same task count and seed (the unpurified searches they
-    are compared with)."""
+    """Every cached measurement; a joining part's rows (JOINS: purify's,
+    vit_whiten's ...) join its target's result of the same task count and
+    seed (the searches they are compared with)."""
     folder = os.path.dirname(result_path(args, "x", 0, 0))
     loaded = []
     for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
         if name.endswith(".json"):
             with open(os.path.join(folder, name)) as f:
                 loaded.append(json.load(f))
-    full = {(r["n"], r["seed"]): r for r in loaded if r["part"] == "full"}
+    targets = {(r["part"], r["n"], r["seed"]): r for r in loaded if r["part"] in JOINS.values()}
     for r in loaded:
-        if r["part"] not in ("purify", "whiten", "esm_variant") or (r["n"], r["seed"]) not in full:
+        into = targets.get((JOINS.get(r["part"]), r["n"], r["seed"]))
+        if into is None:
             continue
-        into = full[(r["n"], r["seed"])]
         into["seconds"] += r["seconds"]
         for m, rows in r["rows"].items():
             if m in into["rows"]:
                 into["rows"][m].update(rows)
-    return [r for r in loaded if r["part"] not in ("purify", "whiten", "esm_variant")]
+    return [r for r in loaded if r["part"] not in JOINS]
 
 
 def _jobs(args, part, sizes, seed):
@@ -108,6 +117,10 @@ def _report(args):
         return variants_report.write_layer_section(load_all(args), args)
     if args.esm_variant_section_only:
         return variants_report.write_esm_variant_section(load_all(args), args)
+    if args.vit_section_only:
+        return variants_report.write_vit_section(load_all(args), args)
+    if args.whiten_section_only:
+        return variants_report.write_whiten_svd_section(load_all(args), args)
     return variants_report.write(load_all(args), args)
 
 
@@ -116,11 +129,14 @@ def main():
     ap.add_argument("--parts", default="full,purify,whiten,nsc",
                     help="comma-separated subset of full (scale searches, ESM), purify, "
                     "whiten (ESM rank_aware), nsc, purify_layer, esm_variant (ESM's "
-                    "combine/scaling variants)")
+                    "combine/scaling variants), whiten_svd (TSV-M / Iso-C / Iso-CTS "
+                    "rank_aware and released), vit (ESM, its variants and the SVD family "
+                    "on the ViT, zero-shot-style heads), vit_whiten (the SVD family "
+                    "rank_aware there)")
     ap.add_argument("--purify-tasks", default="8",
                     help="task counts that get the purify rows (minutes per method)")
     ap.add_argument("--purify-methods", default=",".join(m[0] for m in variants_runs.METHODS))
-    ap.add_argument("--tasks", default="8,14,20")
+    ap.add_argument("--tasks", default=None, help="task counts (default 8,14,20; --smoke: 3)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--smoke", action="store_true")
@@ -139,18 +155,24 @@ def main():
                     "variants_runs.ESM_VARIANTS; default all)")
     ap.add_argument("--esm-variant-section-only", action="store_true",
                     help="replace only the ESM-variant section")
+    ap.add_argument("--vit-section-only", action="store_true",
+                    help="replace only the ViT section (ESM's scalings on the ViT)")
+    ap.add_argument("--whiten-section-only", action="store_true",
+                    help="replace only the section on TSV-M / Iso-C / Iso-CTS whitening")
     ap.add_argument("--out", default=os.path.join(HERE, "..", "..", "docs", "benchmarks"))
     ap.add_argument("--cache", default=os.path.join(HERE, ".cache"))
     args = ap.parse_args()
     parts = args.parts.split(",")
     if any(p not in PARTS for p in parts):
         ap.error("--parts: known parts are %s" % ", ".join(PARTS))
+    args.tasks = args.tasks or ("3" if args.smoke else "8,14,20")
     sizes = [int(n) for n in args.tasks.split(",")]
     args.full_methods = args.full_methods.split(",") if args.full_methods else None
     args.esm_variants = args.esm_variants.split(";") if args.esm_variants else None
     args.purify_tasks = [int(n) for n in args.purify_tasks.split(",")]
-    if not all(2 <= n <= (4 if args.smoke else len(tasklib.TASKS)) for n in sizes):
-        ap.error("--tasks: each count must be between 2 and %d" % len(tasklib.TASKS))
+    most = 4 if args.smoke else len(tasklib.TASKS)  # run.prepare's smoke tasks: 4
+    if not args.report_only and not all(2 <= n <= most for n in sizes):
+        ap.error("--tasks: each count must be between 2 and %d" % most)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     for seed in ([] if args.report_only else [int(x) for x in args.seeds.split(",")]):

@@ -423,7 +423,10 @@ def write(results, args):
                  run.FINETUNE_STEPS[args.smoke], 3 if args.smoke else 15, SE_RULE, ", ".join(names)), ""]
     lines += _coverage(results) + [""]
     if any(r["part"] == "full" for r in results):
-        lines += _scale(results) + _esm(results) + _esm_variants(results) + _purify(results)
+        lines += _scale(results) + _esm(results) + _esm_variants(results)
+    lines += _vit(results) + _whiten_svd(results)
+    if any(r["part"] == "full" for r in results):
+        lines += _purify(results)
     lines += _layer(results)
     lines += _nsc(results, 10 if args.smoke else 100)
     os.makedirs(args.out, exist_ok=True)
@@ -516,3 +519,105 @@ def write_nsc_section(results, args):
     with open(path, "w") as f:
         f.write("\n".join(lines[:start] + section + lines[end:]))
     return path
+
+
+VIT_HEAD = "## ESM's scalings on the ViT (zero-shot-style heads)"
+
+
+def _best_rival(rows, row):
+    """(rows["esm"][row], the best of TSV-M / Iso-C / Iso-CTS released,
+    picked per seed on the test split: favouring the rival), or None."""
+    if row not in rows.get("esm", {}) or not all(m in rows for m in variants_runs.SVD_FAMILY):
+        return None
+    best = max(variants_runs.SVD_FAMILY, key=lambda m: rows[m]["widened"]["norm"])
+    return rows["esm"][row], rows[best]["widened"]
+
+
+def _vit(results):
+    """The vit part: released ESM and its scalings-off variants against
+    each other and against the best of the SVD family, as the MLP's ESM
+    variant section."""
+    if not any(r["part"] == "vit" for r in results):
+        return []
+    names = [v for v, _ in variants_runs.ESM_VARIANTS]
+    out = [VIT_HEAD, "",
+           "%s, as in [quality.md](quality.md) (fine-tunes of %d steps, %d calibration "
+           "images of 17 tokens per task; seed s fine-tunes every task and draws its head "
+           "anew). The MLP's ESM-variant rows above repeated on the ViT, where the paper "
+           "tuned ESM's polarized scalings: released ESM, ESM with the scalings off "
+           "(combine polar and spectral) and TSV-M, Iso-C and Iso-CTS (whiten=\"released\"), "
+           "every row searched on validation with the widened bracket; all rows of a (task "
+           "count, seed) come from the same run. The rival is, per seed, the best of TSV-M, "
+           "Iso-C and Iso-CTS on the test split." % (
+               report.KIND_TITLES["vit-zs"], run.FINETUNE_STEPS[False],
+               run.calibration_rows("vit")), ""]
+    out += _table(results, "vit", "comparison", "esm released", "best rival",
+                  [("released − best rival", lambda rows: _best_rival(rows, "widened"))])
+    for v in names:
+        out += ["### esm, %s (ViT)" % v, ""]
+        out += _table(results, "vit", "comparison", "variant", "esm released",
+                      [("variant − released", lambda rows, v=v: _get(rows, "esm", v,
+                                                                     "widened"))])
+        out += _table(results, "vit", "comparison", "variant", "best rival",
+                      [("variant − best rival", lambda rows, v=v: _best_rival(rows, v))])
+    if len(names) > 1:
+        a, b = names[0], names[1]
+        out += ["### %s − %s (ViT)" % (a, b), ""]
+        out += _table(results, "vit", "comparison", a, b,
+                      [("first − second", lambda rows: _get(rows, "esm", a, b))])
+    out += ["Scales found (alpha; seeds in order):", "",
+            "| tasks | %s |" % " | ".join(["esm released"] + names + list(
+                variants_runs.SVD_FAMILY)),
+            "|---|%s" % ("---|" * (1 + len(names) + len(variants_runs.SVD_FAMILY)))]
+    rs_all = [r for r in results if r["part"] == "vit"]
+    for n in sorted({r["n"] for r in rs_all}):
+        rs = sorted((r for r in rs_all if r["n"] == n), key=lambda r: r["seed"])
+        cells = [", ".join("%.3g" % r["rows"]["esm"][v]["scale"] for r in rs
+                           if v in r["rows"]["esm"]) for v in ["widened"] + names]
+        cells += [", ".join("%.3g" % r["rows"][m]["widened"]["scale"] for r in rs)
+                  for m in variants_runs.SVD_FAMILY]
+        out.append("| %d | %s |" % (n, " | ".join(cells)))
+    out += ["", "Measured (task counts: seeds): %s." % _cells(rs_all), ""]
+    return out
+
+
+def write_vit_section(results, args):
+    """Only the ViT section (after the MLP's ESM-variant section)."""
+    return _replace_section(args, VIT_HEAD, _vit(results),
+                            before="## Purification: keep=\"cv\" against the unpurified merge")
+
+
+WHITEN_HEAD = "## Rank-aware whitening for TSV-M, Iso-C and Iso-CTS"
+
+
+def _whiten_svd(results):
+    """whiten="rank_aware" against whiten="released" for the SVD family,
+    on the MLP (whiten_svd part) and on the ViT (vit_whiten rows joined to
+    the vit part)."""
+    parts = [(p, t) for p, t in (("whiten_svd", report.KIND_TITLES["full"]),
+                                 ("vit", report.KIND_TITLES["vit-zs"]))
+             if any(r["part"] == p and any("whiten rank_aware" in row for row in r["rows"].values())
+                    for r in results)]
+    if not parts:
+        return []
+    out = [WHITEN_HEAD, "",
+           "`whiten=\"rank_aware\"` (docs/methods/svd_family.md, \"Rank-aware whitening\": "
+           "directions below the inputs' f32 noise floor dropped, those near it shrunk, "
+           "before the polar step) against `whiten=\"released\"` (the papers' code), both "
+           "searched on validation with the widened bracket, in the same run.", ""]
+    for part, title in parts:
+        out += ["### %s" % title, ""]
+        out += _table(results, part, "method", "rank_aware", "released",
+                      [(m, lambda rows, m=m: _get(rows, m, "whiten rank_aware", "widened"))
+                       for m in variants_runs.SVD_FAMILY])
+        out += ["Measured (task counts: seeds): %s." % _cells(
+            [r for r in results if r["part"] == part
+             and any("whiten rank_aware" in row for row in r["rows"].values())]), ""]
+    return out
+
+
+def write_whiten_svd_section(results, args):
+    """Only the SVD-family whitening section (before the purification
+    sections)."""
+    return _replace_section(args, WHITEN_HEAD, _whiten_svd(results),
+                            before="## Purification: keep=\"cv\" against the unpurified merge")

@@ -189,6 +189,45 @@ def esm_variant_rows(s, log=print, names=None):
     return {"esm": out}
 
 
+SVD_FAMILY = ("tsv", "iso_c", "iso_cts")
+
+
+def vit_rows(s, log=print):
+    """The ViT check of ESM's scalings (issue 25): released ESM, TSV-M,
+    Iso-C and Iso-CTS (whiten="released") and every ESM_VARIANTS row,
+    widened searches only (the fixed bracket is the MLP's question)."""
+    out = {}
+    for label, method, params, scale in METHODS:
+        if label == "esm" or label in SVD_FAMILY:
+            # The released whitening, whatever the library's default.
+            p = dict(params, whiten="released") if label in SVD_FAMILY else params
+            out[label] = {"widened": searched(s, method, p, scale, WIDEN)}
+            log("    %-16s %.1f (%s %.3f)" % (label, out[label]["widened"]["norm"], scale[0],
+                                              out[label]["widened"]["scale"]))
+    out["esm"].update(esm_variant_rows(s, log).get("esm", {}))
+    return out
+
+
+def whiten_svd_rows(s, released=True, log=print):
+    """TSV-M, Iso-C and Iso-CTS with whiten="rank_aware" (widened search)
+    and, with `released`, whiten="released" beside it (the "widened" row;
+    without it the rows join a part that has them)."""
+    out = {}
+    for label, method, params, scale in METHODS:
+        if label not in SVD_FAMILY:
+            continue
+        r = {"whiten rank_aware": searched(s, method, dict(params, whiten="rank_aware"),
+                                           scale, WIDEN)}
+        if released:
+            r["widened"] = searched(s, method, dict(params, whiten="released"), scale, WIDEN)
+        out[label] = r
+        log("    %-16s rank_aware %.1f (%s %.3f)%s" % (
+            label, r["whiten rank_aware"]["norm"], scale[0], r["whiten rank_aware"]["scale"],
+            "  released %.1f (%.3f)" % (r["widened"]["norm"], r["widened"]["scale"])
+            if released else ""))
+    return out
+
+
 def has_param(method, name):
     return any(p["name"] == name for p in libmerge.method_info(method)["params"])
 

@@ -116,3 +116,11 @@ def test_quality_variants_smoke(tmp_path, mlp_cache):
     assert keeps and {float(k) for k in keeps.groups()} <= {1.0, 0.99, 0.97, 0.95, 0.9}
     assert re.search(r"^\| held-out drift, se_rule 1 \| [\d.]+ \| [\d.]+ \| [01] of 1 \|$",
                      text, re.M)
+    # --report-only rebuilds the same report from the cache, with no
+    # --tasks (a smoke run's counts are not the full run's 8,14,20)
+    (tmp_path / "quality_variants-smoke.md").unlink()
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quality", "variants.py"),
+                        "--smoke", "--report-only", "--out", str(tmp_path),
+                        "--cache", str(mlp_cache)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "quality_variants-smoke.md").read_text() == text
