@@ -396,14 +396,11 @@ lm_status lm__qr_q(lm_context *ctx, const double *a, size_t m, size_t n,
     return info ? lapack_failed(ctx, "dgeqrf/dorgqr", info) : LM_OK;
 }
 
-/* Beyond this ratio of extreme Gram eigenvalues (a condition number of
- * 1e5 for A) the f64 Gram route's error, about eps * cond(A)^2, would
- * exceed 1e-6, and rank-deficient inputs have no unique polar factor: the
- * SVD route takes over. */
-#define GRAM_MIN_EIG_RATIO 1e-10
-
-/* The f32 Gram route's error estimate, lm__gram_unit(f32) * cond(A)^2,
- * must stay within LM_SVD_TOL (cond(A) <= about 6.4). */
+/* The f32 Gram route's estimate, lm__gram_unit(f32) * cond(A)^2, must
+ * stay within LM_SVD_TOL (cond(A) <= about 6.4). The largest ratio, not
+ * lm__polar_estimate's mean over all directions: that would admit more
+ * f32 polar factors, whose output then moves by several f32 ulps from an
+ * f64 one (tsv/iso_c fixtures of tests/c/test_strategies_ref.c). */
 static bool f32_polar_ok(const double *w, size_t k)
 {
     return w[k - 1] > 0 &&
@@ -412,12 +409,17 @@ static bool f32_polar_ok(const double *w, size_t k)
 
 /* Polar factor through the smaller Gram matrix G (A^T A for tall A, A A^T
  * otherwise): G = Q W Q^T, P = A Q W^-1/2 Q^T (or Q W^-1/2 Q^T A), about
- * twice as fast as an SVD of A. G is formed and decomposed in f32 when
- * the f32 estimate passes (a cheap bound first, then f32's eigenvalues),
- * else in f64. *done is false when A is too
- * poorly conditioned for either. */
+ * twice as fast as an SVD of A. Taken in f32 when f32_polar_ok, else in
+ * f64 when lm__polar_estimate of f64's eigenvalues is within LM_SVD_TOL
+ * (a bound over all directions: a few small singular values weigh by
+ * their share, where the largest ratio alone, u cond(A)^2, sent them to
+ * the SVD); lower bounds from G's f32 Cholesky pivots first decide
+ * whether f32, and then f64, are tried.
+ * *done is false when A is too poorly conditioned for either (or
+ * rank-deficient: no unique polar factor), for the SVD route. */
 static lm_status polar_gram(lm_context *ctx, const double *a, size_t m,
-                            size_t n, double *p, double *mean_sv, bool *done)
+                            size_t n, double *p, double *mean_sv, bool *done,
+                            lm_svd_route *route)
 {
     bool tall = m > n;
     size_t k = tall ? n : m;
@@ -427,21 +429,30 @@ static lm_status polar_gram(lm_context *ctx, const double *a, size_t m,
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "polar: out of memory");
     double *g = buf, *q = g + k * k, *w = q + k * k, *t = w + k;
-    /* A lower bound on cond(G) from G's f32 Cholesky pivots refuses f32
-     * before any eigendecomposition (a tenth of one); what passes is
-     * decomposed in f32 and checked on its eigenvalues below. */
-    double bound;
-    lm_status st = lm__gram_cond_lower_bound(ctx, a, m, n, &bound);
+    /* Lower bounds from G's f32 Cholesky pivots refuse f32 (and, when
+     * finite and above f64's limit, the Gram route) before any
+     * eigendecomposition (a tenth of one); what passes is decomposed and
+     * checked on its eigenvalues below. */
+    double bound, rms;
+    lm_status st = lm__gram_cond_lower_bound(ctx, a, m, n, &bound, &rms);
     bool single = st == LM_OK && lm__gram_unit(true) * bound <= LM_SVD_TOL;
+    if (st == LM_OK && isfinite(rms) &&
+        lm__gram_unit(false) * rms > LM_SVD_TOL) {
+        lm_free(ctx, buf);
+        return LM_OK; /* the SVD route */
+    }
     if (st == LM_OK)
         st = lm__gram_eig(ctx, a, m, n, single, w, q);
     if (st == LM_ERR_LINALG && single) { /* f32 did not converge: f64 */
         single = false;
         st = lm__gram_eig(ctx, a, m, n, false, w, q);
     }
-    if (st == LM_OK && single && !f32_polar_ok(w, k))
-        st = lm__gram_eig(ctx, a, m, n, false, w, q); /* borderline */
-    if (st == LM_OK && w[k - 1] > GRAM_MIN_EIG_RATIO * w[0]) {
+    if (st == LM_OK && single && !f32_polar_ok(w, k)) {
+        single = false; /* borderline */
+        st = lm__gram_eig(ctx, a, m, n, false, w, q);
+    }
+    if (st == LM_OK &&
+        (single || lm__polar_estimate(w, k, false) <= LM_SVD_TOL)) {
         double mean = 0;
         for (size_t i = 0; i < k; i++)
             mean += sqrt(w[i]);
@@ -458,15 +469,18 @@ static lm_status polar_gram(lm_context *ctx, const double *a, size_t m,
                       : lm__gemm_blocked(ctx, false, false, m, n, m, 1.0, t,
                                          a, 0.0, p);
         *done = st == LM_OK;
+        *route = single ? LM_SVD_GRAM_F32 : LM_SVD_GRAM_F64;
     }
     lm_free(ctx, buf);
     /* No convergence on G (silent): the SVD route decides. */
     return st == LM_ERR_LINALG ? LM_OK : st;
 }
 
-static lm_status polar(lm_context *ctx, const double *a, size_t m, size_t n,
-                       double *p, double *mean_sv)
+lm_status lm__polar_routed(lm_context *ctx, const double *a, size_t m,
+                           size_t n, double *p, double *mean_sv,
+                           lm_svd_route *route)
 {
+    *route = LM_SVD_EXACT;
     LM_TRY(check_finite(ctx, "polar decomposition", a, m * n));
     size_t k = m < n ? m : n;
     if (!k) {
@@ -475,7 +489,7 @@ static lm_status polar(lm_context *ctx, const double *a, size_t m, size_t n,
         return LM_OK;
     }
     bool done;
-    LM_TRY(polar_gram(ctx, a, m, n, p, mean_sv, &done));
+    LM_TRY(polar_gram(ctx, a, m, n, p, mean_sv, &done, route));
     if (done)
         return LM_OK;
     double *buf = doubles(ctx, m * k + k + k * n); /* lm__svd writes all */
@@ -495,6 +509,13 @@ static lm_status polar(lm_context *ctx, const double *a, size_t m, size_t n,
     }
     lm_free(ctx, buf);
     return st;
+}
+
+static lm_status polar(lm_context *ctx, const double *a, size_t m, size_t n,
+                       double *p, double *mean_sv)
+{
+    lm_svd_route route;
+    return lm__polar_routed(ctx, a, m, n, p, mean_sv, &route);
 }
 
 lm_status lm__polar(lm_context *ctx, const double *a, size_t m, size_t n,

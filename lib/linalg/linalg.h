@@ -52,9 +52,10 @@ lm_status lm__qr_q(lm_context *ctx, const double *a, size_t m, size_t n,
                    double *q);
 
 /* Polar factor U V^T of A (m x n) into p (m x n): through the
- * eigendecomposition of the smaller Gram matrix when A is well conditioned
- * (cond(A) < 1e5), else from A's thin SVD (which also covers rank-deficient
- * A, whose polar factor is not unique). */
+ * eigendecomposition of the smaller Gram matrix when its estimated error
+ * (lm__polar_estimate) is within LM_SVD_TOL, else from A's thin SVD
+ * (which also covers rank-deficient A, whose polar factor is not
+ * unique). */
 lm_status lm__polar(lm_context *ctx, const double *a, size_t m, size_t n,
                     double *p);
 
@@ -150,9 +151,25 @@ double lm__gram_unit(bool single);
 /* A lower bound on cond(G) for A's smaller Gram matrix G (as lm__gram_eig
  * forms it), from the spread of G's f32 Cholesky pivots: about a tenth of
  * an eigendecomposition's cost. INFINITY when the factorization breaks
- * down (G singular to f32) or the sizes do not fit. Deterministic. */
+ * down (G singular to f32) or the sizes do not fit. Deterministic. *rms
+ * (optional) receives a lower bound on lm__polar_estimate's
+ * sqrt(mean_i (lambda_1 / lambda_i)^2) from the same pivots. */
 lm_status lm__gram_cond_lower_bound(lm_context *ctx, const double *a,
-                                    size_t m, size_t n, double *bound);
+                                    size_t m, size_t n, double *bound,
+                                    double *rms);
+
+/* First-order estimate of the relative Frobenius error of a polar factor
+ * taken through G's eigenpairs w (k, descending) in that precision:
+ * G's computed eigenpairs are exact for G + E, ||E|| <= e =
+ * lm__gram_unit * w_1, and P = A G^-1/2 moves by at most
+ * ||E|| sqrt(sum_i 1 / w_i^2) in the Frobenius norm, ||P||_F = sqrt(k);
+ * the eigenvectors' own departure from orthogonality adds about one unit
+ * in every direction:
+ *     est = lm__gram_unit * (1 + sqrt(mean_i (w_1 / w_i)^2))
+ * (docs/methods/svd_family.md, "Precision per tensor"). INFINITY when
+ * w_k is within 8 e of zero, where first order does not hold (or the
+ * polar factor is not unique). */
+double lm__polar_estimate(const double *w, size_t k, bool single);
 
 /* First-order estimate of the relative error of the top-k triplets taken
  * from G's eigenpairs w (d, descending) in that precision, with
@@ -173,6 +190,13 @@ double lm__gram_svd_estimate(const double *w, size_t d, size_t k,
 lm_status lm__svd_top(lm_context *ctx, const double *a, size_t m, size_t n,
                       size_t k, double tol, double *u, double *s, double *vt,
                       double *left, lm_svd_route *route);
+
+/* lm__polar_scaled (mean_sv optional), telling which route ran: the Gram
+ * route in f32 or f64 when lm__polar_estimate is within LM_SVD_TOL,
+ * else exact (A's SVD). */
+lm_status lm__polar_routed(lm_context *ctx, const double *a, size_t m,
+                           size_t n, double *p, double *mean_sv,
+                           lm_svd_route *route);
 
 /* Randomized top-k SVD with an a-posteriori check (svd_checked.c): a
  * sketch of rank l = k + oversample (power iterations as

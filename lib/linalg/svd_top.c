@@ -177,3 +177,15 @@ lm_status lm__svd_top(lm_context *ctx, const double *a, size_t m, size_t n,
     }
     return exact(ctx, a, m, n, k, u, s, vt, left);
 }
+
+double lm__polar_estimate(const double *w, size_t k, bool single)
+{
+    double e = lm__gram_unit(single) * w[0];
+    if (!k || !(w[k - 1] > 8 * e))
+        return INFINITY;
+    /* sum_i (w_1 / w_i)^2: ratios, so no 1 / w^2 over- or underflow. */
+    double sum = 0;
+    for (size_t i = 0; i < k; i++)
+        sum += (w[0] / w[i]) * (w[0] / w[i]);
+    return lm__gram_unit(single) * (1.0 + sqrt(sum / (double)k));
+}

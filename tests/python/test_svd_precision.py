@@ -113,6 +113,35 @@ def test_iso_c_gram_polar_matches(shape, caplog):
         assert err <= 1e-4, err
 
 
+@pytest.mark.parametrize("shape", [(48, 80), (80, 48), (64, 64)])
+def test_iso_c_polar_few_small_singular_values(shape, caplog):
+    """A sum whose smallest singular value is 1e5 below the rest (one
+    direction in d): its Gram eigenvalue ratio, 1e-10 or less, sent the
+    polar factor to the SVD under the old rule (u cond(A)^2); the
+    estimate over all directions takes the f64 Gram route (the route
+    itself is checked in tests/c/test_linalg_svd_routes.c). Against the
+    float64 SVD reference within 1e-5; 1 and 2 threads bit-identical."""
+    rng = np.random.default_rng(11)
+    m, n = shape
+    d = min(shape)
+    sv = np.concatenate([np.linspace(2.0, 1.0, d - 1), [1e-5]])
+    u, _ = np.linalg.qr(rng.standard_normal((m, d)))
+    v, _ = np.linalg.qr(rng.standard_normal((n, d)))
+    total = (u * sv) @ v.T
+    noise = 0.3 * rng.standard_normal(shape)
+    taus = [(total / 2 + noise).astype(np.float32),
+            (total / 2 - noise).astype(np.float32)]
+    s = np.linalg.svd(sum(t.astype(np.float64) for t in taus), compute_uv=False)
+    assert s[-1] ** 2 < 1e-10 * s[0] ** 2  # beyond the old rule's limit
+    got, _ = merge("iso_c", taus, caplog, alpha=0.9)
+    err = np.linalg.norm(got - ref.iso_c(taus, alpha=0.9)) / np.linalg.norm(got)
+    assert err <= 1e-5, err
+    base = {"w": np.zeros(shape, np.float32)}
+    runs = [libmerge.merge("iso_c", base, [{"w": t} for t in taus],
+                           threads=k)["w"].tobytes() for k in (1, 2)]
+    assert runs[0] == runs[1]
+
+
 @pytest.mark.parametrize("method", ["tsv", "iso_c", "iso_cts"])
 def test_bit_identical_for_any_thread_count(method):
     rng = np.random.default_rng(8)
