@@ -254,6 +254,27 @@ START_TEST(gram_condition_bound)
 }
 END_TEST
 
+/* One singular value 10x below the rest (cond(G) = 100, past f32's
+ * limit): spread over every diagonal entry by the random singular
+ * vectors, it leaves the Cholesky pivots within a factor 3, so the
+ * pivots alone would let f32 be tried; the Rayleigh quotients must put
+ * the bound near 100 (and never above it). */
+START_TEST(gram_condition_bound_hidden_small)
+{
+    lm_context *ctx = tu_context(1, 0);
+    size_t m = 64, n = 96, k = 64;
+    double *s = malloc(k * sizeof(double)), bound, rms;
+    for (size_t i = 0; i < k; i++)
+        s[i] = i + 1 < k ? 1.0 : 0.1;
+    double *a = with_spectrum(ctx, m, n, s, 91);
+    ck_assert_ok(lm__gram_cond_lower_bound(ctx, a, m, n, &bound, &rms));
+    ck_assert_msg(bound >= 50 && bound <= 100 * (1 + 1e-3), "bound %g", bound);
+    ck_assert(bound > LM_SVD_TOL / lm__gram_unit(true)); /* f32 refused */
+    free(a); free(s);
+    lm_context_destroy(ctx);
+}
+END_TEST
+
 /* ||P - U V^T||_F / ||U V^T||_F against the exact SVD's polar factor. */
 static double polar_error(lm_context *ctx, const double *a, size_t m,
                           size_t n, const double *p)
@@ -340,6 +361,7 @@ int main(void)
     tcase_add_test(tc, randomized_checked);
     tcase_add_test(tc, gram_condition_bound);
     tcase_add_test(tc, polar_routes);
+    tcase_add_test(tc, gram_condition_bound_hidden_small);
     suite_add_tcase(s, tc);
     return tu_run(s);
 }
