@@ -41,10 +41,13 @@
 /* The L1 pass's partial sums are the plain path's blocks. */
 _Static_assert(LM__FUSED_BLOCK == LM__L1_BLOCK, "L1 blocks are fused blocks");
 /* Sampled magnitudes per trimmed task: a tensor this small is sampled
- * whole, so its threshold is exact before the streaming pass. */
-#define SAMPLE 16384
+ * whole, so its threshold is exact before the streaming pass. The band
+ * the counting pass keeps narrows as 1/sqrt(SAMPLE) (about 1.3 % of a
+ * large tensor here, 2.6 % at 16384, whose band cost more than the
+ * larger sample's selection). */
+#define SAMPLE 65536
 /* A chunk keeps at most this fraction of its elements as candidates (the
- * bracket expects about 3 %); more declines the tensor. */
+ * bracket expects about 1.3 %); more declines the tensor. */
 #define CAND_DIV 8
 
 /* What the streaming pass learns about one task in one chunk. */
@@ -150,16 +153,27 @@ static lm_status load_delta(const struct lm__fused *f, struct bufs *w,
                             size_t t, size_t lo, size_t len, const float *b,
                             const double *b64, float *d, bool check)
 {
+    size_t at = lo - w->io.origin[t];
+    if (!f->wide && f->in_dt[t] == LM_BF16) /* no f32 copy of the input */
+        return f->simd->delta_bf16((const uint16_t *)w->io.in[t] + at, b, d,
+                                   len) && check
+                   ? DECLINE
+                   : LM_OK;
+    if (!f->wide && f->in_dt[t] == LM_F32)
+        return f->simd->delta_f32((const float *)w->io.in[t] + at, b, d,
+                                  len) && check
+                   ? DECLINE
+                   : LM_OK;
     if (!f->wide) {
         const float *x = lm__fused_load_f32(f->simd, w->io.in[t], f->in_dt[t],
-                                            lo - w->io.origin[t], len, w->x);
+                                            at, len, w->x);
         if (check && f->simd->any_nonfinite_f32(x, len))
             return DECLINE;
         f->simd->sub(x, b, d, len);
         return LM_OK;
     }
-    const double *x = lm__fused_load_f64(w->io.in[t], f->in_dt[t],
-                                         lo - w->io.origin[t], len, w->x64);
+    const double *x = lm__fused_load_f64(w->io.in[t], f->in_dt[t], at, len,
+                                         w->x64);
     for (size_t j = 0; j < len; j++)
         d[j] = (float)(x[j] - b64[j]);
     return check && f->simd->any_nonfinite_f32(d, len) ? DECLINE : LM_OK;
@@ -182,6 +196,18 @@ static size_t sample_index(size_t j, size_t m, size_t n)
 /* Bytes per read when gathering from a file. */
 #define GATHER_READ ((size_t)256 << 10)
 
+/* One element of es bytes from `from` to `to`: a copy of fixed size
+ * (memcpy of a variable size is a call, per sample). */
+static inline void put(char *to, const char *from, size_t es)
+{
+    if (es == 2)
+        memcpy(to, from, 2);
+    else if (es == 4)
+        memcpy(to, from, 4);
+    else
+        memcpy(to, from, 8);
+}
+
 /* The elements of src (es bytes each) at m sample positions, packed. */
 static void gather(const void *src, size_t es, size_t m, size_t n,
                    void *dst)
@@ -192,13 +218,7 @@ static void gather(const void *src, size_t es, size_t m, size_t n,
         if (j + GATHER_AHEAD < m)
             __builtin_prefetch(from +
                                sample_index(j + GATHER_AHEAD, m, n) * es);
-        const char *at = from + sample_index(j, m, n) * es;
-        if (es == 2)
-            memcpy(to + 2 * j, at, 2);
-        else if (es == 4)
-            memcpy(to + 4 * j, at, 4);
-        else
-            memcpy(to + 8 * j, at, 8);
+        put(to + j * es, from + sample_index(j, m, n) * es, es);
     }
 }
 
@@ -223,7 +243,7 @@ static void gather_input(const void *src, const struct lm__file_source *file,
             continue;
         lm__file_source_read(file, lo * es, len * es, window);
         for (size_t at; j < m && (at = sample_index(j, m, n)) < lo + len; j++)
-            memcpy(to + j * es, window + (at - lo) * es, es);
+            put(to + j * es, window + (at - lo) * es, es);
     }
 }
 
@@ -291,25 +311,21 @@ static lm_status reserve_candidates(const struct lm__fused *f,
     return LM_OK;
 }
 
-/* Count one block's magnitudes a[0..len) against task t's bracket and
- * keep those strictly inside it (core/sparse_kernels.c: a vectorised
- * count, then the band's few percent appended in index order). */
+/* Count one block's task vector d[0..len) against task t's bracket and
+ * keep the magnitudes strictly inside it (core/sparse_kernels.c: one
+ * vectorised pass; the band's few percent appended in index order). */
 static lm_status count_block(const struct lm__fused *f, struct chunk_task *c,
-                             float *a, size_t len, float top, float bottom,
-                             size_t limit)
+                             float *d, size_t len, float top,
+                             float bottom, size_t limit)
 {
+    LM_TRY(reserve_candidates(f, c, len));
     uint32_t n[4];
-    f->simd->count(a, len, top, bottom, n);
+    f->simd->count_band(d, len, top, bottom, n, c->cand + c->n_cand);
     c->above += n[0];
     c->eq_hi += n[1];
     c->eq_lo += n[2];
-    if (!n[3])
-        return LM_OK;
-    if (c->n_cand + n[3] > limit)
-        return DECLINE; /* the band is too full */
-    LM_TRY(reserve_candidates(f, c, len));
-    c->n_cand += f->simd->band(a, len, bottom, top, c->cand + c->n_cand);
-    return LM_OK;
+    c->n_cand += n[3];
+    return c->n_cand > limit ? DECLINE /* the band is too full */ : LM_OK;
 }
 
 /* Step 2 on one chunk. */

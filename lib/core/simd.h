@@ -42,12 +42,17 @@ struct lm__simd {
     void (*bf16_to_f32)(const uint16_t *src, float *dst, size_t n);
     void (*f32_to_bf16)(const float *src, uint16_t *dst, size_t n);
     void (*sub)(const float *x, const float *b, float *d, size_t len);
+    bool (*delta_bf16)(const uint16_t *x, const float *b, float *d,
+                       size_t len);
+    bool (*delta_f32)(const float *x, const float *b, float *d, size_t len);
     void (*add)(const float *v, const float *b, float *o, size_t len);
     void (*scale)(float *x, size_t len, double scale);
     void (*count)(float *a, size_t len, float top, float bottom,
                   uint32_t c[4]);
     size_t (*band)(const float *a, size_t len, float bottom, float top,
                    float *out);
+    size_t (*count_band)(float *d, size_t len, float top,
+                         float bottom, uint32_t c[4], float *out);
     size_t (*count_eq)(const float *d, size_t len, float thr);
     void (*trim)(float *d, size_t len, float thr, bool keep_equal);
     double (*l1_block)(const float *x, size_t len);

@@ -16,6 +16,13 @@ void LM_SIMD(lm__sk_f32_to_bf16)(const float *src, uint16_t *dst, size_t n);
 /* d = x - b, rounded to f32 (a task vector). */
 void LM_SIMD(lm__sk_sub)(const float *x, const float *b, float *d,
                          size_t len);
+/* d = x - b with x in bf16 (widened exactly) or f32: lm__sk_sub on the
+ * converted input without the intermediate f32 copy, and whether some
+ * x[j] is Inf or NaN (lm__sk_any_nonfinite_f32 of the converted x). */
+bool LM_SIMD(lm__sk_delta_bf16)(const uint16_t *x, const float *b, float *d,
+                                size_t len);
+bool LM_SIMD(lm__sk_delta_f32)(const float *x, const float *b, float *d,
+                               size_t len);
 /* o = v + b. */
 void LM_SIMD(lm__sk_add)(const float *v, const float *b, float *o,
                          size_t len);
@@ -31,6 +38,12 @@ void LM_SIMD(lm__sk_count)(float *a, size_t len, float top, float bottom,
  * its compress instruction; core_sparse_kernels compares the builds.) */
 size_t LM_SIMD(lm__sk_band)(const float *a, size_t len, float bottom,
                             float top, float *out);
+
+/* lm__sk_count then lm__sk_band on d (which may be left as |d|): the
+ * counts in c[0..3] (c[3] the band's size, also returned) and the band
+ * appended to out (room for len); AVX-512's build in one pass. */
+size_t LM_SIMD(lm__sk_count_band)(float *d, size_t len, float top,
+                                  float bottom, uint32_t c[4], float *out);
 
 /* How many |d[j]| == thr. */
 size_t LM_SIMD(lm__sk_count_eq)(const float *d, size_t len, float thr);

@@ -85,6 +85,28 @@ START_TEST(arithmetic_kernels)
             for (size_t i = 0; i < n; i++)
                 want[i] = x[i] - b[i];
             same_bits(got, want, n, "sub", n, off);
+            /* The fused task vector: x - b, and whether an x is not
+             * finite; from bf16, its bits widened by 16 first. */
+            bool bad = false;
+            for (size_t i = 0; i < n; i++)
+                bad |= !isfinite(x[i]);
+            for (size_t i = 0; i < n; i++)
+                want[i] = x[i] - b[i];
+            memset(got, 0, sizeof(got));
+            ck_assert_int_eq(k->delta_f32(x, b, got, n), bad);
+            same_bits(got, want, n, "delta f32", n, off);
+            static uint16_t h[ROOM];
+            bad = false;
+            for (size_t i = 0; i < n; i++) {
+                h[off + i] = (uint16_t)(bits(x[i]) >> 16);
+                uint32_t u = (uint32_t)h[off + i] << 16;
+                float wide;
+                memcpy(&wide, &u, sizeof(wide));
+                bad |= !isfinite(wide);
+                want[i] = wide - b[i];
+            }
+            ck_assert_int_eq(k->delta_bf16(h + off, b, got, n), bad);
+            same_bits(got, want, n, "delta bf16", n, off);
             k->add(x, b, got, n);
             for (size_t i = 0; i < n; i++)
                 want[i] = x[i] + b[i];
@@ -145,6 +167,15 @@ START_TEST(selection_kernels)
                 size_t g = k->band(a, n, lo, hi, got);
                 ck_assert_uint_eq(g, nb);
                 same_bits(got, want, nb, "band", n, off);
+                /* The counting pass's fused form: the same counts and
+                 * band from the signed values. */
+                memcpy(a, x, n * sizeof(float));
+                uint32_t c2[4];
+                memset(got, 0, sizeof(got));
+                ck_assert_uint_eq(k->count_band(a, n, hi, lo, c2, got), nb);
+                for (int q2 = 0; q2 < 4; q2++)
+                    ck_assert_uint_eq(c2[q2], w[q2]);
+                same_bits(got, want, nb, "count_band's band", n, off);
                 size_t eq = 0;
                 for (size_t i = 0; i < n; i++)
                     eq += fabsf(x[i]) == hi;
