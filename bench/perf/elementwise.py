@@ -17,16 +17,24 @@ Every process is timed with /usr/bin/time: wall seconds, CPU seconds
 usage: bench/perf/elementwise.py [--build build-rel] [--quick] [--rows linear|sparse]"""
 import argparse
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..", "..")
 PY = "/usr/bin/python3"
 REPEAT = 3
+# The generated models (deterministic: one cache that concurrent runs
+# share, each model set published whole by a rename) and, per run, its
+# own directory for configs and timings and its own output directory, so
+# two runs at once never write the same file. BENCH_TMP / BENCH_OUT
+# replace the cache's parent / the output directory.
 WORK = os.environ.get("BENCH_TMP", "/tmp/lmerge-bench-elementwise")
-OUT = os.environ.get("BENCH_OUT", "/dev/shm/lmerge-bench-elementwise")
+RUN = None  # this run's directory under WORK (main)
+OUT = os.environ.get("BENCH_OUT")  # else a fresh one under /dev/shm (main)
 
 FLOOR = ("import os, sys\nbuf = bytearray(1 << 24)\nout, n = sys.argv[1], int(sys.argv[2])\n"
          "for p in sys.argv[3:]:\n"
@@ -56,6 +64,7 @@ SPARSE_ROWS = [
     ("ties", 4, 64, "f32", 2, True),
     ("ties", 4, 64, "f32", 1, False, False),
     ("ties", 4, 64, "bf16", 2, True),
+    ("ties", 8, 64, "f32", 2, False, False),
     ("ties", 8, 64, "bf16", 2, False, False),
     ("dare_ties", 4, 64, "bf16", 2, True, False),
     ("dare_linear", 4, 64, "f32", 2, False, False),
@@ -70,7 +79,7 @@ SPARSE = ("ties", "dare_ties", "dare_linear")
 
 def timed(cmd, env=None):
     """(wall s, cpu s, peak RSS MB) of a child, from /usr/bin/time."""
-    rep = os.path.join(WORK, "time.txt")
+    rep = os.path.join(RUN, "time.txt")
     p = subprocess.run(["/usr/bin/time", "-f", "%e %U %S %M", "-o", rep] + cmd,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     if p.returncode != 0:
@@ -83,8 +92,20 @@ def timed(cmd, env=None):
 def models(n, mb, dtype):
     d = os.path.join(WORK, "%s_n%d_mb%d" % (dtype, n, mb))
     if not os.path.exists(os.path.join(d, "merge.yaml")):
-        subprocess.run([PY, os.path.join(ROOT, "bench", "rss", "gen_models.py"), d, str(n),
-                        str(mb), "--dtype", dtype], check=True)
+        part = tempfile.mkdtemp(prefix=os.path.basename(d) + ".part-", dir=WORK)
+        subprocess.run([PY, os.path.join(ROOT, "bench", "rss", "gen_models.py"), part,
+                        str(n), str(mb), "--dtype", dtype], check=True)
+        # merge.yaml names the directory it was written in: the final one
+        with open(os.path.join(part, "merge.yaml")) as f:
+            text = f.read().replace(part, d)
+        with open(os.path.join(part, "merge.yaml"), "w") as f:
+            f.write(text)
+        try:
+            os.rename(part, d)
+        except OSError:  # another run published the same set first
+            shutil.rmtree(part)
+            if not os.path.exists(os.path.join(d, "merge.yaml")):
+                raise SystemExit("%s: an incomplete model set; remove it" % d)
     return d
 
 
@@ -93,7 +114,7 @@ def run_row(lmerge, method, n, mb, dtype, threads, plain, scripts=True):
     inputs = [os.path.join(d, "base", "model.safetensors")] + \
              [os.path.join(d, "model%d" % i, "model.safetensors") for i in range(1, n + 1)]
     out_bytes = os.path.getsize(inputs[0])
-    cfg = os.path.join(d, "bench.yaml")
+    cfg = os.path.join(RUN, "bench.yaml")
     with open(cfg, "w") as f:
         f.write("merge_method: %s\nbase_model: %s/base\nmodels:\n" % (method.split(":")[0], d))
         if method == "task_arithmetic":
@@ -267,7 +288,20 @@ def main():
                                   else "perf_elementwise.md")
     table = SPARSE_ROWS if sparse else ROWS
     quick = [r for r in table if r[2] <= 256 and r[1] <= 4][:3]
+    global RUN, OUT
     os.makedirs(WORK, exist_ok=True)
+    RUN = tempfile.mkdtemp(prefix="run-", dir=WORK)
+    own_out = OUT is None
+    OUT = OUT or tempfile.mkdtemp(prefix="lmerge-bench-elementwise-", dir="/dev/shm")
+    try:
+        run_rows(a, sparse, table, quick)
+    finally:
+        shutil.rmtree(RUN, ignore_errors=True)
+        if own_out:
+            shutil.rmtree(OUT, ignore_errors=True)
+
+
+def run_rows(a, sparse, table, quick):
     lmerge = os.path.join(a.build, "tools", "lmerge", "lmerge")
     load = "%.1f" % os.getloadavg()[0]
     t0 = time.time()
