@@ -12,17 +12,18 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
 
 @pytest.fixture(scope="module")
-def mlp_cache(tmp_path_factory):
-    """One fine-tune cache for the MLP smoke runs of seeds.py and
-    variants.py (the same smoke fine-tunes): each is made once."""
-    return tmp_path_factory.mktemp("mlp-cache")
+def smoke_cache(tmp_path_factory):
+    """One cache of pretrained backbones and fine-tunes for the three
+    smoke runs: run.py, seeds.py and variants.py fine-tune the same MLP
+    (seed 0, full and LoRA) and each is made once."""
+    return tmp_path_factory.mktemp("smoke-cache")
 
 
-def test_quality_smoke(tmp_path):
+def test_quality_smoke(tmp_path, smoke_cache):
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
     r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quality", "run.py"),
-                        "--smoke", "--out", str(tmp_path), "--cache", str(tmp_path / "cache")],
+                        "--smoke", "--out", str(tmp_path), "--cache", str(smoke_cache)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     text = (tmp_path / "quality-smoke.md").read_text()
@@ -54,14 +55,14 @@ def test_quality_smoke(tmp_path):
         assert 0 < float(abs_b) <= 100 and float(norm_b) > 40
 
 
-def test_quality_seeds_smoke(tmp_path, mlp_cache):
+def test_quality_seeds_smoke(tmp_path, smoke_cache):
     """bench/quality/seeds.py: the ESM verdict repeated over fine-tuning
     seeds; different seeds must give different fine-tunes."""
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
     r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quality", "seeds.py"),
                         "--smoke", "--kind", "full", "--tasks", "3", "--seeds", "0,1",
-                        "--out", str(tmp_path), "--cache", str(mlp_cache)],
+                        "--out", str(tmp_path), "--cache", str(smoke_cache)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     text = (tmp_path / "quality_seeds-smoke.md").read_text()
@@ -76,7 +77,7 @@ def test_quality_seeds_smoke(tmp_path, mlp_cache):
     assert re.search(r"mean [-+][\d.]+, standard deviation [\d.]+, ESM ahead on \d of 2", text)
 
 
-def test_quality_variants_smoke(tmp_path, mlp_cache):
+def test_quality_variants_smoke(tmp_path, smoke_cache):
     """bench/quality/variants.py: every comparison table with a paired
     standard error, the difference column consistent with the two
     accuracies, and the purify rows' chosen keep ratios among the
@@ -86,7 +87,7 @@ def test_quality_variants_smoke(tmp_path, mlp_cache):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quality", "variants.py"),
                         "--smoke", "--tasks", "3", "--seeds", "0", "--purify-tasks", "3",
                         "--purify-methods", "tsv", "--threads", "1",
-                        "--out", str(tmp_path), "--cache", str(mlp_cache)],
+                        "--out", str(tmp_path), "--cache", str(smoke_cache)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     text = (tmp_path / "quality_variants-smoke.md").read_text()
