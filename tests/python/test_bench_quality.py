@@ -122,6 +122,6 @@ def test_quality_variants_smoke(tmp_path, smoke_cache):
     (tmp_path / "quality_variants-smoke.md").unlink()
     r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quality", "variants.py"),
                         "--smoke", "--report-only", "--out", str(tmp_path),
-                        "--cache", str(mlp_cache)], capture_output=True, text=True, timeout=120)
+                        "--cache", str(smoke_cache)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert (tmp_path / "quality_variants-smoke.md").read_text() == text
