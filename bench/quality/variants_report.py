@@ -24,6 +24,15 @@ def _get(rows, m, a, b):
     return (row[a], row[b]) if a in row and b in row else None
 
 
+def _best_rival(rows, row):
+    """(rows["esm"][row], the best of TSV-M / Iso-C / Iso-CTS released,
+    picked per seed on the test split: favouring the rival), or None."""
+    if row not in rows.get("esm", {}) or not all(m in rows for m in variants_runs.SVD_FAMILY):
+        return None
+    best = max(variants_runs.SVD_FAMILY, key=lambda m: rows[m]["widened"]["norm"])
+    return rows["esm"][row], rows[best]["widened"]
+
+
 def _verdict(diff, se):
     if abs(diff) <= SE_RULE * se:
         return "level"
@@ -220,19 +229,11 @@ def _fixed_edge(row):
 
 
 def _esm(results):
-    rivals = ("tsv", "iso_c", "iso_cts")
-
-    def vs_rival(rows):
-        if "esm" not in rows or not all(m in rows for m in rivals):
-            return None
-        best = max(rivals, key=lambda m: rows[m]["widened"]["norm"])
-        return rows["esm"]["widened"], rows[best]["widened"]
-
     out = ["## ESM", "",
            "Widened searches. The rival is, per seed, the best of TSV-M, Iso-C and Iso-CTS "
            "on the test split (favouring the rival).", ""]
-    out += _table(results, "full", "comparison", "esm", "best rival", [("esm − best rival",
-                                                                       vs_rival)])
+    out += _table(results, "full", "comparison", "esm", "best rival",
+                  [("esm − best rival", lambda rows: _best_rival(rows, "widened"))])
     whiten = _pairs(results, "full", lambda rows: (rows["esm"]["whiten rank_aware"],
                                                    rows["esm"]["widened"])
                     if "whiten rank_aware" in rows.get("esm", {}) else None)
@@ -243,7 +244,7 @@ def _esm(results):
                         if "whiten rank_aware" in rows.get("esm", {}) else None)])
 
         def white_vs_rival(rows):
-            pair = vs_rival(rows)
+            pair = _best_rival(rows, "widened")
             if pair is None or "whiten rank_aware" not in rows["esm"]:
                 return None
             return rows["esm"]["whiten rank_aware"], pair[1]
@@ -258,11 +259,30 @@ def _esm(results):
 ESM_VARIANT_HEAD = "## ESM variants aimed at the gap to the SVD family"
 
 
+def _variant_tables(results, part, names, suffix):
+    """Per ESM variant: against released ESM and against the best rival;
+    then the first two variants against each other. `suffix` ends each
+    heading (the ViT's tables repeat the MLP's)."""
+    out = []
+    for v in names:
+        out += ["### esm, %s%s" % (v, suffix), ""]
+        out += _table(results, part, "comparison", "variant", "esm released",
+                      [("variant − released",
+                        lambda rows, v=v: _get(rows, "esm", v, "widened"))])
+        out += _table(results, part, "comparison", "variant", "best rival",
+                      [("variant − best rival", lambda rows, v=v: _best_rival(rows, v))])
+    if len(names) > 1:
+        a, b = names[0], names[1]
+        out += ["### %s − %s%s" % (a, b, suffix), ""]
+        out += _table(results, part, "comparison", a, b,
+                      [("first − second", lambda rows: _get(rows, "esm", a, b))])
+    return out
+
+
 def _esm_variants(results):
     """Each variant of variants_runs.ESM_VARIANTS against released ESM and
     against the best of TSV-M / Iso-C / Iso-CTS (per seed, on the test
     split: favouring the rival), all widened searches of the same run."""
-    rivals = ("tsv", "iso_c", "iso_cts")
     names = [v for v, _ in variants_runs.ESM_VARIANTS]
     if not any(v in r["rows"].get("esm", {}) for r in results if r["part"] == "full"
                for v in names):
@@ -275,25 +295,7 @@ def _esm_variants(results):
            "*scalings off* is `inter_task`, `eig_weighting`, `inter_dim` and "
            "`layer_scaling` all false. Every row searched on validation with the widened "
            "bracket; all rows of a (task count, seed) come from the same run.", ""]
-    for v in names:
-        def vs_released(rows, v=v):
-            return _get(rows, "esm", v, "widened")
-
-        def vs_rival(rows, v=v):
-            if v not in rows.get("esm", {}) or not all(m in rows for m in rivals):
-                return None
-            best = max(rivals, key=lambda m: rows[m]["widened"]["norm"])
-            return rows["esm"][v], rows[best]["widened"]
-        out += ["### esm, %s" % v, ""]
-        out += _table(results, "full", "comparison", "variant", "esm released",
-                      [("variant − released", vs_released)])
-        out += _table(results, "full", "comparison", "variant", "best rival",
-                      [("variant − best rival", vs_rival)])
-    if len(names) > 1:
-        a, b = names[0], names[1]
-        out += ["### %s − %s" % (a, b), ""]
-        out += _table(results, "full", "comparison", a, b,
-                      [("first − second", lambda rows: _get(rows, "esm", a, b))])
+    out += _variant_tables(results, "full", names, "")
     out += ["Scales found (alpha; seeds in order):", "",
             "| tasks | esm released | %s |" % " | ".join(names),
             "|---|---|%s" % ("---|" * len(names))]
@@ -524,15 +526,6 @@ def write_nsc_section(results, args):
 VIT_HEAD = "## ESM's scalings on the ViT (zero-shot-style heads)"
 
 
-def _best_rival(rows, row):
-    """(rows["esm"][row], the best of TSV-M / Iso-C / Iso-CTS released,
-    picked per seed on the test split: favouring the rival), or None."""
-    if row not in rows.get("esm", {}) or not all(m in rows for m in variants_runs.SVD_FAMILY):
-        return None
-    best = max(variants_runs.SVD_FAMILY, key=lambda m: rows[m]["widened"]["norm"])
-    return rows["esm"][row], rows[best]["widened"]
-
-
 def _vit(results):
     """The vit part: released ESM and its scalings-off variants against
     each other and against the best of the SVD family, as the MLP's ESM
@@ -553,18 +546,7 @@ def _vit(results):
                run.calibration_rows("vit")), ""]
     out += _table(results, "vit", "comparison", "esm released", "best rival",
                   [("released − best rival", lambda rows: _best_rival(rows, "widened"))])
-    for v in names:
-        out += ["### esm, %s (ViT)" % v, ""]
-        out += _table(results, "vit", "comparison", "variant", "esm released",
-                      [("variant − released", lambda rows, v=v: _get(rows, "esm", v,
-                                                                     "widened"))])
-        out += _table(results, "vit", "comparison", "variant", "best rival",
-                      [("variant − best rival", lambda rows, v=v: _best_rival(rows, v))])
-    if len(names) > 1:
-        a, b = names[0], names[1]
-        out += ["### %s − %s (ViT)" % (a, b), ""]
-        out += _table(results, "vit", "comparison", a, b,
-                      [("first − second", lambda rows: _get(rows, "esm", a, b))])
+    out += _variant_tables(results, "vit", names, " (ViT)")
     out += ["Scales found (alpha; seeds in order):", "",
             "| tasks | %s |" % " | ".join(["esm released"] + names + list(
                 variants_runs.SVD_FAMILY)),
