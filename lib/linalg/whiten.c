@@ -51,17 +51,36 @@ bool lm__whiten_keep(double s, double tau)
 }
 
 lm_status lm__polar_whiten(lm_context *ctx, const double *a, size_t m,
-                           size_t n, double eps_in, double tol, double *p,
-                           double *mean_sv)
+                           size_t n, double eps_in, double tol,
+                           double route_tol, double *p, double *mean_sv,
+                           lm_svd_route *route)
 {
     size_t k = m < n ? m : n;
+    lm_svd_route taken = LM_SVD_EXACT;
+    if (route)
+        *route = taken;
     if (mean_sv)
         *mean_sv = 0.0;
     if (!k)
         return LM_OK;
-    /* The exact SVD, not the Gram route: tau can sit at 1e-7 sigma_1,
-     * where the Gram matrix's eigenvalues carry errors of eps_64 d
-     * sigma_1^2 -- the size of tau^2 itself. */
+    for (size_t i = 0; i < m * n; i++)
+        if (!isfinite(a[i]))
+            return lm_context_set_error(ctx, LM_ERR_NONFINITE,
+                                        "polar decomposition: input has a "
+                                        "non-finite value at element %zu",
+                                        i);
+    if (route_tol > 0) {
+        bool done;
+        LM_TRY(lm__polar_whiten_gram(ctx, a, m, n, eps_in, tol, route_tol,
+                                     NULL, p, mean_sv, &done, &taken, NULL));
+        if (done) {
+            if (route)
+                *route = taken;
+            return LM_OK;
+        }
+    }
+    /* The exact SVD where the Gram route's estimate does not pass (tau
+     * and the smallest directions too close to G's noise, e u_64 w_1). */
     double *buf = lm__calloc(ctx, m * k + k + k * n, sizeof(double));
     if (!buf)
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
@@ -88,30 +107,37 @@ lm_status lm__polar_whiten(lm_context *ctx, const double *a, size_t m,
 
 struct whiten_pair {
     lm_context *ctx;
-    double eps_in, tol;
+    double eps_in, tol, route_tol;
     const double *in[2];
     double *out[2], *mean[2];
     size_t rows[2], cols[2];
+    lm_svd_route routes[2];
 };
 
 static lm_status whiten_one(void *arg, size_t i)
 {
-    const struct whiten_pair *w = arg;
+    struct whiten_pair *w = arg;
     return lm__polar_whiten(w->ctx, w->in[i], w->rows[i], w->cols[i],
-                            w->eps_in, w->tol, w->out[i], w->mean[i]);
+                            w->eps_in, w->tol, w->route_tol, w->out[i],
+                            w->mean[i], &w->routes[i]);
 }
 
 lm_status lm__polar_pair_whiten(lm_context *ctx, lm_whiten mode,
-                                double eps_in, double tol, const double *a,
-                                size_t ma, size_t na, double *pa,
-                                double *mean_a, const double *b, size_t mb,
-                                size_t nb, double *pb, double *mean_b)
+                                double eps_in, double tol, double route_tol,
+                                const double *a, size_t ma, size_t na,
+                                double *pa, double *mean_a, const double *b,
+                                size_t mb, size_t nb, double *pb,
+                                double *mean_b, lm_svd_route *routes)
 {
     if (mode == LM_WHITEN_RELEASED)
         return lm__polar_pair(ctx, a, ma, na, pa, mean_a, b, mb, nb, pb,
                               mean_b);
-    struct whiten_pair w = {ctx,        eps_in,     tol,
-                            {a, b},     {pa, pb},   {mean_a, mean_b},
-                            {ma, mb},   {na, nb}};
-    return lm__parallel_for(ctx, 2, whiten_one, &w);
+    struct whiten_pair w = {ctx,      eps_in,           tol,
+                            route_tol, {a, b},          {pa, pb},
+                            {mean_a, mean_b}, {ma, mb}, {na, nb},
+                            {LM_SVD_EXACT, LM_SVD_EXACT}};
+    lm_status st = lm__parallel_for(ctx, 2, whiten_one, &w);
+    if (routes)
+        memcpy(routes, w.routes, sizeof(w.routes));
+    return st;
 }

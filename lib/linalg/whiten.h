@@ -18,6 +18,7 @@
 #define LM_LINALG_WHITEN_H
 
 #include "core/internal.h"
+#include "linalg/linalg.h"
 
 /* Default safety factor c of the floor (`whiten_floor`; measured:
  * bench/whiten/stability.py, real_layer.py). */
@@ -66,21 +67,56 @@ double lm__whiten_weight(double s, double tau);
  * concatenation would lift a shrunk column back to full weight. */
 bool lm__whiten_keep(double s, double tau);
 
-/* The rank-aware polar factor of A (m x n) into p (m x n): A = U S V^T
- * (exact f64 SVD), p = U g(S) V^T with tau = lm__whiten_floor(sigma_1,
- * eps_in, m, n, tol) (eps_in already multiplied by c). mean_sv (optional) receives sum(s) / sum(g(s)),
- * the mean singular value over the effective rank (the released mean
- * over every direction when nothing is near the floor). */
+/* The rank-aware polar factor of A (m x n) into p (m x n): A = U S V^T,
+ * p = U g(S) V^T with tau = lm__whiten_floor(sigma_1, eps_in, m, n, tol)
+ * (eps_in already multiplied by c). Through G's eigenpairs
+ * (lm__polar_whiten_gram) when route_tol > 0 and the estimate
+ * lm__whiten_polar_estimate is within route_tol, else from the exact f64
+ * SVD. mean_sv (optional) receives sum(s) / sum(g(s)), the mean singular
+ * value over the effective rank (the released mean over every direction
+ * when nothing is near the floor); route (optional) which route ran. */
 lm_status lm__polar_whiten(lm_context *ctx, const double *a, size_t m,
-                           size_t n, double eps_in, double tol, double *p,
-                           double *mean_sv);
+                           size_t n, double eps_in, double tol,
+                           double route_tol, double *p, double *mean_sv,
+                           lm_svd_route *route);
+
+/* First-order bound on the relative error of the rank-aware polar factor
+ * (and, when `mean`, of sum s / sum g) taken from the eigenpairs w (k,
+ * descending) of A's smaller Gram matrix computed in that precision: they
+ * are exact for G + E, ||E|| <= e = lm__gram_unit * w_1, and
+ * P = A phi(G), phi(l) = sqrt(l) / (l + tau^2), moves by
+ * ||E|| sqrt(sum_j b_j^2) in the Frobenius norm, b_j = 1 / (s_j^2 + tau^2)
+ * (first order in G's eigenbasis: d(P)_ij = s_i phi[l_i, l_j] E_ij, and
+ * |s_i phi[l_i, l_j]| = s_i |tau^2 - s_i s_j| / ((s_i + s_j)(s_i^2 +
+ * tau^2)(s_j^2 + tau^2)) <= b_j), against ||P||_F = sqrt(sum_j g_j^2):
+ *     est = unit (1 + sqrt(sum_j (w_1 b_j)^2 / sum_j g_j^2))    (f64)
+ *     est = unit max_j w_1 b_j                                  (f32)
+ *   + sum_j min(sqrt e, e / 2 s_j) / sum_j s_j
+ *   + sum_j e tau^2 / (w_j + tau^2)^2 / sum_j g_j               (mean)
+ * (docs/methods/svd_family.md). INFINITY unless w_k + tau^2 > 8 e. With
+ * tau = 0 the polar term is lm__polar_estimate's. */
+double lm__whiten_polar_estimate(const double *w, size_t k, double tau,
+                                 bool single, bool mean);
+
+/* The Gram route of lm__polar_whiten: f32 when G's Cholesky pivots allow
+ * it and the estimate passes, else f64 when it passes (*done true, *route
+ * set), else nothing (*done false). force (tests): that route, f32 or
+ * f64, whatever the estimate. *estimate (optional): the estimate of the
+ * route last decomposed. */
+lm_status lm__polar_whiten_gram(lm_context *ctx, const double *a, size_t m,
+                                size_t n, double eps_in, double tol,
+                                double route_tol, const lm_svd_route *force,
+                                double *p, double *mean_sv, bool *done,
+                                lm_svd_route *route, double *estimate);
 
 /* The polar factors of A and B as released (lm__polar_pair) or rank-aware
- * (lm__polar_whiten, both with eps_in and tol), one per idle thread. */
+ * (lm__polar_whiten, both with eps_in, tol and route_tol), one per idle
+ * thread. routes (optional, 2 entries) receive the routes taken. */
 lm_status lm__polar_pair_whiten(lm_context *ctx, lm_whiten mode,
-                                double eps_in, double tol, const double *a,
-                                size_t ma, size_t na, double *pa,
-                                double *mean_a, const double *b, size_t mb,
-                                size_t nb, double *pb, double *mean_b);
+                                double eps_in, double tol, double route_tol,
+                                const double *a, size_t ma, size_t na,
+                                double *pa, double *mean_a, const double *b,
+                                size_t mb, size_t nb, double *pb,
+                                double *mean_b, lm_svd_route *routes);
 
 #endif

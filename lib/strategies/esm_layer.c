@@ -453,9 +453,9 @@ lm_status lm__esm_layer(lm_context *ctx, const struct esm_opts *o,
     for (size_t t = 0; o->whiten == LM_WHITEN_RANK_AWARE && t < T; t++)
         eps_cat = rho[t] > eps_cat ? rho[t] : eps_cat;
     if (st == LM_OK)
-        st = lm__polar_pair_whiten(ctx, o->whiten, eps_cat, 0.0, pcat, d_out,
-                                   cols, po, &mean_u, acat, cols, d_in, ao,
-                                   &mean_v);
+        st = lm__polar_pair_whiten(ctx, o->whiten, eps_cat, 0.0, LM_SVD_TOL,
+                                   pcat, d_out, cols, po, &mean_u, acat,
+                                   cols, d_in, ao, &mean_v, NULL);
     if (st == LM_OK && o->spectral) {
         /* P_o diag(row norms) A_o: each direction keeps its weight, as
          * TSV-M keeps each singular value between its polar factors. */

@@ -193,6 +193,20 @@ static void log_routes(const lm_tensor_job *job, const char *what,
            n[LM_SVD_GRAM_F64], n[LM_SVD_EXACT], n[LM_SVD_RANDOMIZED]);
 }
 
+/* The rank-aware polar factors' routes (Gram in f32 or f64, or the exact
+ * SVD), at LM_LOG_DEBUG, worded apart from log_routes' lines. */
+static void log_polar_routes(const lm_tensor_job *job,
+                             const lm_svd_route *routes, size_t count)
+{
+    size_t n[LM_SVD_ROUTES] = {0};
+    for (size_t i = 0; i < count; i++)
+        n[routes[i]]++;
+    lm_log(job->ctx, LM_LOG_DEBUG,
+           "tensor '%s': rank-aware polar routes: f32 %zu, f64 %zu, "
+           "svd %zu", job->name, n[LM_SVD_GRAM_F32], n[LM_SVD_GRAM_F64],
+           n[LM_SVD_EXACT]);
+}
+
 /* Columns [col, col + k) of U (m x cols) from u (m x k); rows of Vt (k x n)
  * become columns [col, col + k) of V (n x cols). */
 static void place(double *U, double *V, size_t m, size_t n, size_t cols,
@@ -394,9 +408,13 @@ static lm_status merge_tsv(const struct svd_state *s, const lm_tensor_job *job,
                                         m, n, s->tol));
         lm_free(ctx, rho);
     }
+    lm_svd_route polar_routes[2];
     if (st == LM_OK)
-        st = lm__polar_pair_whiten(ctx, s->whiten, eps_cat, s->tol, U, m,
-                                   cols, Up, NULL, V, n, cols, Vp, NULL);
+        st = lm__polar_pair_whiten(ctx, s->whiten, eps_cat, s->tol, s->tol,
+                                   U, m, cols, Up, NULL, V, n, cols, Vp, NULL,
+                                   polar_routes);
+    if (st == LM_OK && s->whiten == LM_WHITEN_RANK_AWARE)
+        log_polar_routes(job, polar_routes, 2);
     if (st == LM_OK)
         st = compose(ctx, Up, sigma, Vp, m, n, cols, s->alpha, U, out);
     lm_free(ctx, buf);
@@ -430,13 +448,19 @@ static lm_status merge_iso_c(const struct svd_state *s,
 {
     size_t full = m < n ? m : n;
     lm_context *ctx = job->ctx;
-    if (s->whiten == LM_WHITEN_RANK_AWARE) { /* exact SVD, floor on M */
+    if (s->whiten == LM_WHITEN_RANK_AWARE) {
+        /* The floor on M has no factorization term (M is summed, not
+         * factored); the polar factor takes the Gram route when its
+         * estimate is within svd_tolerance (0: the exact SVD). */
         double *sum = weighted_task_sum(job), mean = 0;
         if (!sum)
             return LM_ERR_OUT_OF_MEMORY;
+        lm_svd_route route;
         lm_status st = lm__polar_whiten(ctx, sum, m, n,
                                         s->floor_c * sum_precision(job, sum),
-                                        0.0, out, &mean);
+                                        0.0, s->tol, out, &mean, &route);
+        if (st == LM_OK)
+            log_polar_routes(job, &route, 1);
         for (size_t i = 0; st == LM_OK && i < m * n; i++)
             out[i] *= s->alpha * mean;
         lm_free(ctx, sum);
@@ -660,9 +684,13 @@ static lm_status merge_iso_cts(const struct svd_state *s,
         }
         lm_free(ctx, rho);
     }
+    lm_svd_route polar_routes[2];
     if (st == LM_OK)
-        st = lm__polar_pair_whiten(ctx, s->whiten, eps_cat, s->tol, U, m,
-                                   cols, Up, NULL, V, n, cols, Vp, NULL);
+        st = lm__polar_pair_whiten(ctx, s->whiten, eps_cat, s->tol, s->tol,
+                                   U, m, cols, Up, NULL, V, n, cols, Vp, NULL,
+                                   polar_routes);
+    if (st == LM_OK && s->whiten == LM_WHITEN_RANK_AWARE)
+        log_polar_routes(job, polar_routes, 2);
     if (st == LM_OK) {
         double mean = 0;
         for (size_t i = 0; i < cols; i++)
