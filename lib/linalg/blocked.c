@@ -58,6 +58,50 @@ lm_status lm__gemm_blocked(lm_context *ctx, bool ta, bool tb, size_t m,
     return lm__parallel_for(ctx, items, gemm_block, &g);
 }
 
+/* lm__gemm_blocked_f32: each item's f64 rows go through a buffer of one
+ * block (at most GEMM_ROWS x n) and leave as f32, so the m x n f64
+ * product never exists (on this VM a fresh page costs more than the
+ * flops that fill it). */
+struct gemm_f32_job {
+    struct gemm_job g; /* alpha 1, beta 0; c unused */
+    double scale;
+    lm_context *ctx;
+    float *out;
+};
+
+static lm_status gemm_block_f32(void *arg, size_t i)
+{
+    const struct gemm_f32_job *j = arg;
+    size_t r0 = i * GEMM_ROWS, r1 = r0 + GEMM_ROWS < j->g.m ? r0 + GEMM_ROWS
+                                                            : j->g.m;
+    size_t n = j->g.n, count = (r1 - r0) * n;
+    double *rows = lm_alloc(j->ctx, count * sizeof(double));
+    if (!rows)
+        return LM_ERR_OUT_OF_MEMORY;
+    const struct gemm_job *g = &j->g;
+    const double *a = g->ta ? g->a + r0 : g->a + r0 * g->k;
+    cblas_dgemm(CblasRowMajor, g->ta ? CblasTrans : CblasNoTrans,
+                g->tb ? CblasTrans : CblasNoTrans, (int)(r1 - r0), (int)n,
+                (int)g->k, 1.0, a, g->ta ? (int)g->m : (int)g->k, g->b,
+                g->tb ? (int)g->k : (int)n, 0.0, rows, (int)n);
+    float *out = j->out + r0 * n;
+    for (size_t e = 0; e < count; e++)
+        out[e] = (float)(rows[e] * j->scale);
+    lm_free(j->ctx, rows);
+    return LM_OK;
+}
+
+lm_status lm__gemm_blocked_f32(lm_context *ctx, bool ta, bool tb, size_t m,
+                               size_t n, size_t k, const double *a,
+                               const double *b, double scale, float *c)
+{
+    if (!m || !n)
+        return LM_OK;
+    struct gemm_f32_job j = {{ta, tb, m, n, k, 1.0, 0.0, a, b, NULL}, scale,
+                             ctx, c};
+    return lm__parallel_for(ctx, blocks_of(m, GEMM_ROWS), gemm_block_f32, &j);
+}
+
 struct gram_job {
     bool wide, single;
     size_t d, other; /* G is d x d; A is d x other (wide) or other x d */

@@ -56,34 +56,43 @@ static double rayleigh(const float *l, size_t d, float *x, bool inverse)
     return q;
 }
 
-lm_status lm__gram_cond_lower_bound(lm_context *ctx, const double *a,
-                                    size_t m, size_t n, double *bound,
-                                    double *rms)
+bool lm__gram_f32_fits(size_t m, size_t n)
 {
-    bool wide = m <= n;
-    size_t d = wide ? m : n, other = wide ? n : m;
-    *bound = INFINITY;
-    if (rms)
-        *rms = INFINITY;
+    size_t d = m <= n ? m : n, other = m <= n ? n : m;
     double words = (double)m * (double)n + (double)d * (double)d;
-    if (!d || !lm__lapack_fits((double)d * (double)d) ||
-        !lm__lapack_fits((double)other) ||
-        words > (double)(SIZE_MAX / sizeof(float)))
-        return LM_OK; /* no bound: the callers' eigenvalue checks decide */
-    float *buf = lm_alloc(ctx, (m * n + d * d + 2 * d) * sizeof(float));
-    if (!buf)
+    return d && lm__lapack_fits((double)d * (double)d) &&
+           lm__lapack_fits((double)other) &&
+           words <= (double)(SIZE_MAX / sizeof(float));
+}
+
+lm_status lm__gram_f32(lm_context *ctx, const double *a, size_t m, size_t n,
+                       float *g)
+{
+    float *af = lm_alloc(ctx, m * n * sizeof(float));
+    if (!af)
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
-                                    "condition bound of a %zu x %zu Gram "
-                                    "matrix: out of memory", m, n);
-    float *af = buf, *g = af + m * n;
+                                    "f32 Gram matrix of a %zu x %zu matrix: "
+                                    "out of memory", m, n);
     for (size_t i = 0; i < m * n; i++)
         af[i] = (float)a[i];
     /* Row-major upper triangle = column-major lower triangle. */
     lm_status st = lm__gram_upper_f32(ctx, af, m, n, g);
-    if (st != LM_OK) {
-        lm_free(ctx, buf);
-        return st;
-    }
+    lm_free(ctx, af);
+    return st;
+}
+
+lm_status lm__gram_cond_bound_f32(lm_context *ctx, const float *g0,
+                                  size_t d, double *bound, double *rms)
+{
+    *bound = INFINITY;
+    if (rms)
+        *rms = INFINITY;
+    float *g = lm_alloc(ctx, (d * d + 2 * d) * sizeof(float));
+    if (!g)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "condition bound of a %zu x %zu Gram "
+                                    "matrix: out of memory", d, d);
+    memcpy(g, g0, d * d * sizeof(float));
     lapack_int info = LAPACKE_spotrf_work(LAPACK_COL_MAJOR, 'L',
                                           (lapack_int)d, g, (lapack_int)d);
     /* Every Cholesky pivot L_ii^2 is a diagonal entry of a Schur
@@ -122,6 +131,28 @@ lm_status lm__gram_cond_lower_bound(lm_context *ctx, const double *a,
                 *rms = sqrt(sum / (double)d);
         }
     }
-    lm_free(ctx, buf);
+    lm_free(ctx, g);
     return LM_OK;
+}
+
+lm_status lm__gram_cond_lower_bound(lm_context *ctx, const double *a,
+                                    size_t m, size_t n, double *bound,
+                                    double *rms)
+{
+    *bound = INFINITY;
+    if (rms)
+        *rms = INFINITY;
+    if (!lm__gram_f32_fits(m, n))
+        return LM_OK; /* no bound: the callers' eigenvalue checks decide */
+    size_t d = m <= n ? m : n;
+    float *g = lm_alloc(ctx, d * d * sizeof(float));
+    if (!g)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "condition bound of a %zu x %zu Gram "
+                                    "matrix: out of memory", m, n);
+    lm_status st = lm__gram_f32(ctx, a, m, n, g);
+    if (st == LM_OK)
+        st = lm__gram_cond_bound_f32(ctx, g, d, bound, rms);
+    lm_free(ctx, g);
+    return st;
 }

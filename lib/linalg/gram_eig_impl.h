@@ -1,6 +1,7 @@
 /* Body of lm__gram_eig for one precision, included by svd_top.c twice:
  * REAL is float or double (GE_SINGLE true or false), GE_NAME the function
- * name, GE_NAME_SYEVD a name for its plain syevd call, GE_GRAM (blocked.c)
+ * name, GE_NAME_SYEVD a name for its plain syevd call, GE_DECOMPOSE one
+ * for the decomposition of a formed G, GE_GRAM (blocked.c)
  * and GE_SYEVD_WORK the Gram product and the LAPACKE routine of that
  * precision, GE_ROUTINE the eigensolver's name for messages. */
 
@@ -33,10 +34,51 @@ static lm_status GE_NAME_SYEVD(lm_context *ctx, char jobz, REAL *g, size_t d,
     return LM_OK;
 }
 
+/* Eigenpairs of a formed G (d x d, row-major upper = col-major lower,
+ * overwritten) into w (descending) and q (row-major, NULL: values only);
+ * wr is d scratch values. */
+static lm_status GE_DECOMPOSE(lm_context *ctx, REAL *g, size_t d, REAL *wr,
+                              double *w, double *q)
+{
+    char jobz = q ? 'V' : 'N';
+    lapack_int info = 0;
+    bool split = false;
+    lm_status st = LM_OK;
+    if (q) { /* vectors: back-transformation on idle threads */
+        int split_info = 0;
+        st = lm__eigh_split(ctx, GE_SINGLE, g, d, wr, &split_info, &split);
+        info = split_info;
+    }
+    if (st == LM_OK && !split)
+        st = GE_NAME_SYEVD(ctx, jobz, g, d, wr, &info);
+    if (st != LM_OK)
+        return st;
+    if (info == 0) {
+        /* Column-major eigenvectors, ascending -> row-major, descending. */
+        for (size_t c = 0; c < d; c++) {
+            const REAL *col = g + (d - 1 - c) * d;
+            w[c] = (double)wr[d - 1 - c];
+            for (size_t i = 0; q && i < d; i++)
+                q[i * d + c] = (double)col[i];
+        }
+    }
+    /* No convergence: LM_ERR_LINALG without a message, since every caller
+     * falls back to another route (the context's error is shared by all
+     * threads, so a message set and then cleared could erase another
+     * tensor's). */
+    if (info > 0)
+        return LM_ERR_LINALG;
+    if (info < 0)
+        return lm_context_set_error(ctx, LM_ERR_INTERNAL,
+                                    "LAPACK %s: illegal argument %d on a "
+                                    "%zu x %zu Gram matrix", GE_ROUTINE,
+                                    (int)-info, d, d);
+    return LM_OK;
+}
+
 static lm_status GE_NAME(lm_context *ctx, const double *a, size_t m,
                          size_t n, double *w, double *q)
 {
-    char jobz = q ? 'V' : 'N';
     bool wide = m <= n;
     size_t d = wide ? m : n, other = wide ? n : m;
     double need = 1.0 + 6.0 * (double)d + 2.0 * (double)d * (double)d;
@@ -65,39 +107,8 @@ static lm_status GE_NAME(lm_context *ctx, const double *a, size_t m,
     /* Row-major upper triangle = column-major lower triangle: syevd reads
      * it in place, no transposed copy. */
     lm_status st = GE_GRAM(ctx, ar, m, n, g);
-    lapack_int info = 0;
-    bool split = false;
-    if (st == LM_OK && q) { /* vectors: back-transformation on idle threads */
-        int split_info = 0;
-        st = lm__eigh_split(ctx, GE_SINGLE, g, d, wr, &split_info, &split);
-        info = split_info;
-    }
-    if (st == LM_OK && !split)
-        st = GE_NAME_SYEVD(ctx, jobz, g, d, wr, &info);
-    if (st != LM_OK) {
-        lm_free(ctx, buf);
-        return st;
-    }
-    if (info == 0) {
-        /* Column-major eigenvectors, ascending -> row-major, descending. */
-        for (size_t c = 0; c < d; c++) {
-            const REAL *col = g + (d - 1 - c) * d;
-            w[c] = (double)wr[d - 1 - c];
-            for (size_t i = 0; q && i < d; i++)
-                q[i * d + c] = (double)col[i];
-        }
-    }
+    if (st == LM_OK)
+        st = GE_DECOMPOSE(ctx, g, d, wr, w, q);
     lm_free(ctx, buf);
-    /* No convergence: LM_ERR_LINALG without a message, since every caller
-     * falls back to another route (the context's error is shared by all
-     * threads, so a message set and then cleared could erase another
-     * tensor's). */
-    if (info > 0)
-        return LM_ERR_LINALG;
-    if (info < 0)
-        return lm_context_set_error(ctx, LM_ERR_INTERNAL,
-                                    "LAPACK %s: illegal argument %d on a "
-                                    "%zu x %zu Gram matrix", GE_ROUTINE,
-                                    (int)-info, d, d);
-    return LM_OK;
+    return st;
 }

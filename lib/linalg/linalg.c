@@ -417,12 +417,38 @@ static bool f32_polar_ok(const double *w, size_t k)
  * whether f32, and then f64, are tried.
  * *done is false when A is too poorly conditioned for either (or
  * rank-deficient: no unique polar factor), for the SVD route. */
-static lm_status polar_gram(lm_context *ctx, const double *a, size_t m,
-                            size_t n, double *p, double *mean_sv, bool *done,
-                            lm_svd_route *route)
+/* Where a polar factor goes: p (f64), or out (f32) times scale and the
+ * mean singular value, through lm__gemm_blocked_f32's row blocks. */
+struct polar_dest {
+    double *p;
+    float *out;
+    double scale;
+};
+
+/* P = A W (tall) or W A (wide) into d, W = Q W^-1/2 Q^T (k x k). */
+static lm_status polar_product(lm_context *ctx, const double *a, size_t m,
+                               size_t n, const double *w_inv_sqrt,
+                               double mean, const struct polar_dest *d)
 {
     bool tall = m > n;
     size_t k = tall ? n : m;
+    if (d->p)
+        return tall ? lm__gemm_blocked(ctx, false, false, m, n, n, 1.0, a,
+                                       w_inv_sqrt, 0.0, d->p)
+                    : lm__gemm_blocked(ctx, false, false, m, n, m, 1.0,
+                                       w_inv_sqrt, a, 0.0, d->p);
+    double scale = d->scale * mean;
+    return tall ? lm__gemm_blocked_f32(ctx, false, false, m, n, k, a,
+                                       w_inv_sqrt, scale, d->out)
+                : lm__gemm_blocked_f32(ctx, false, false, m, n, k,
+                                       w_inv_sqrt, a, scale, d->out);
+}
+
+static lm_status polar_gram(lm_context *ctx, const double *a, size_t m,
+                            size_t n, const struct polar_dest *dest,
+                            double *mean_sv, bool *done, lm_svd_route *route)
+{
+    size_t k = m > n ? n : m;
     *done = false;
     double *buf = doubles(ctx, 3 * k * k + k); /* written before read */
     if (!buf)
@@ -432,17 +458,32 @@ static lm_status polar_gram(lm_context *ctx, const double *a, size_t m,
     /* Lower bounds from G's f32 Cholesky pivots refuse f32 (and, when
      * finite and above f64's limit, the Gram route) before any
      * eigendecomposition (a tenth of one); what passes is decomposed and
-     * checked on its eigenvalues below. */
-    double bound, rms;
-    lm_status st = lm__gram_cond_lower_bound(ctx, a, m, n, &bound, &rms);
+     * checked on its eigenvalues below. G in f32 is formed once for the
+     * bound and the f32 eigendecomposition (A's f32 copy is as large as
+     * A: fresh pages). */
+    double bound = INFINITY, rms = INFINITY;
+    bool fits = lm__gram_f32_fits(m, n);
+    float *g32 = fits ? lm_alloc(ctx, k * k * sizeof(float)) : NULL;
+    lm_status st = fits && !g32 ? lm_context_set_error(ctx,
+                                                       LM_ERR_OUT_OF_MEMORY,
+                                                       "polar: out of memory")
+                                : LM_OK;
+    if (g32) {
+        st = lm__gram_f32(ctx, a, m, n, g32);
+        if (st == LM_OK)
+            st = lm__gram_cond_bound_f32(ctx, g32, k, &bound, &rms);
+    }
     bool single = st == LM_OK && lm__gram_unit(true) * bound <= LM_SVD_TOL;
     if (st == LM_OK && isfinite(rms) &&
         lm__gram_unit(false) * rms > LM_SVD_TOL) {
+        lm_free(ctx, g32);
         lm_free(ctx, buf);
         return LM_OK; /* the SVD route */
     }
     if (st == LM_OK)
-        st = lm__gram_eig(ctx, a, m, n, single, w, q);
+        st = single ? lm__gram_eig_formed_f32(ctx, g32, k, w, q)
+                    : lm__gram_eig(ctx, a, m, n, false, w, q);
+    lm_free(ctx, g32);
     if (st == LM_ERR_LINALG && single) { /* f32 did not converge: f64 */
         single = false;
         st = lm__gram_eig(ctx, a, m, n, false, w, q);
@@ -456,18 +497,16 @@ static lm_status polar_gram(lm_context *ctx, const double *a, size_t m,
         double mean = 0;
         for (size_t i = 0; i < k; i++)
             mean += sqrt(w[i]);
+        mean /= (double)k;
         if (mean_sv)
-            *mean_sv = mean / (double)k;
+            *mean_sv = mean;
         /* g <- Q W^-1/2, then t <- Q W^-1/2 Q^T (symmetric). */
         for (size_t i = 0; i < k; i++)
             for (size_t j = 0; j < k; j++)
                 g[i * k + j] = q[i * k + j] / sqrt(w[j]);
         st = lm__gemm_blocked(ctx, false, true, k, k, k, 1.0, g, q, 0.0, t);
         if (st == LM_OK)
-            st = tall ? lm__gemm_blocked(ctx, false, false, m, n, n, 1.0, a,
-                                         t, 0.0, p)
-                      : lm__gemm_blocked(ctx, false, false, m, n, m, 1.0, t,
-                                         a, 0.0, p);
+            st = polar_product(ctx, a, m, n, t, mean, dest);
         *done = st == LM_OK;
         *route = single ? LM_SVD_GRAM_F32 : LM_SVD_GRAM_F64;
     }
@@ -476,9 +515,9 @@ static lm_status polar_gram(lm_context *ctx, const double *a, size_t m,
     return st == LM_ERR_LINALG ? LM_OK : st;
 }
 
-lm_status lm__polar_routed(lm_context *ctx, const double *a, size_t m,
-                           size_t n, double *p, double *mean_sv,
-                           lm_svd_route *route)
+static lm_status polar_into(lm_context *ctx, const double *a, size_t m,
+                            size_t n, const struct polar_dest *dest,
+                            double *mean_sv, lm_svd_route *route)
 {
     *route = LM_SVD_EXACT;
     LM_TRY(check_finite(ctx, "polar decomposition", a, m * n));
@@ -489,7 +528,7 @@ lm_status lm__polar_routed(lm_context *ctx, const double *a, size_t m,
         return LM_OK;
     }
     bool done;
-    LM_TRY(polar_gram(ctx, a, m, n, p, mean_sv, &done, route));
+    LM_TRY(polar_gram(ctx, a, m, n, dest, mean_sv, &done, route));
     if (done)
         return LM_OK;
     double *buf = doubles(ctx, m * k + k + k * n); /* lm__svd writes all */
@@ -499,16 +538,36 @@ lm_status lm__polar_routed(lm_context *ctx, const double *a, size_t m,
     double *u = buf, *s = buf + m * k, *vt = s + k;
     lm_status st = lm__svd(ctx, a, m, n, u, s, vt);
     if (st == LM_OK) {
-        if (mean_sv) {
-            double mean = 0;
-            for (size_t i = 0; i < k; i++)
-                mean += s[i];
-            *mean_sv = mean / (double)k;
-        }
-        st = lm__gemm_blocked(ctx, false, false, m, n, k, 1.0, u, vt, 0.0, p);
+        double mean = 0;
+        for (size_t i = 0; i < k; i++)
+            mean += s[i];
+        mean /= (double)k;
+        if (mean_sv)
+            *mean_sv = mean;
+        st = dest->p ? lm__gemm_blocked(ctx, false, false, m, n, k, 1.0, u,
+                                        vt, 0.0, dest->p)
+                     : lm__gemm_blocked_f32(ctx, false, false, m, n, k, u,
+                                            vt, dest->scale * mean,
+                                            dest->out);
     }
     lm_free(ctx, buf);
     return st;
+}
+
+lm_status lm__polar_routed(lm_context *ctx, const double *a, size_t m,
+                           size_t n, double *p, double *mean_sv,
+                           lm_svd_route *route)
+{
+    struct polar_dest dest = {p, NULL, 0.0};
+    return polar_into(ctx, a, m, n, &dest, mean_sv, route);
+}
+
+lm_status lm__polar_scaled_f32(lm_context *ctx, const double *a, size_t m,
+                               size_t n, double scale, float *out,
+                               double *mean_sv, lm_svd_route *route)
+{
+    struct polar_dest dest = {NULL, out, scale};
+    return polar_into(ctx, a, m, n, &dest, mean_sv, route);
 }
 
 static lm_status polar(lm_context *ctx, const double *a, size_t m, size_t n,

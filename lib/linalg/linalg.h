@@ -92,6 +92,14 @@ lm_status lm__gemm_blocked(lm_context *ctx, bool ta, bool tb, size_t m,
                            size_t n, size_t k, double alpha, const double *a,
                            const double *b, double beta, double *c);
 
+/* c (f32, m x n) = (float)(scale * (op(A) op(B))), the product formed in
+ * f64 in lm__gemm_blocked's row blocks (each element's bits as
+ * lm__gemm_blocked with alpha 1, then times scale) through one block-sized
+ * buffer per item. Fails only when out of memory. */
+lm_status lm__gemm_blocked_f32(lm_context *ctx, bool ta, bool tb, size_t m,
+                               size_t n, size_t k, const double *a,
+                               const double *b, double scale, float *c);
+
 /* The upper triangle (row-major) of A's smaller Gram matrix G (d x d, d =
  * min(m, n): A A^T when m <= n, else A^T A), in fixed row blocks on the
  * context's idle threads: the same bytes for any thread count. Entries
@@ -158,6 +166,20 @@ lm_status lm__gram_cond_lower_bound(lm_context *ctx, const double *a,
                                     size_t m, size_t n, double *bound,
                                     double *rms);
 
+/* lm__gram_cond_lower_bound in steps, so that the f32 Gram matrix serves
+ * the bound and then the f32 eigendecomposition: whether the sizes allow
+ * it (else no bound), G's upper triangle in f32 from A rounded to f32
+ * (g: d x d, the same bytes lm__gram_eig(single) forms), the bound from
+ * a formed G (left unchanged), and G's eigenpairs as lm__gram_eig(single)
+ * gives them (g overwritten). */
+bool lm__gram_f32_fits(size_t m, size_t n);
+lm_status lm__gram_f32(lm_context *ctx, const double *a, size_t m, size_t n,
+                       float *g);
+lm_status lm__gram_cond_bound_f32(lm_context *ctx, const float *g, size_t d,
+                                  double *bound, double *rms);
+lm_status lm__gram_eig_formed_f32(lm_context *ctx, float *g, size_t d,
+                                  double *w, double *q);
+
 /* First-order estimate of the relative Frobenius error of a polar factor
  * taken through G's eigenpairs w (k, descending) in that precision:
  * G's computed eigenpairs are exact for G + E, ||E|| <= e =
@@ -197,6 +219,15 @@ lm_status lm__svd_top(lm_context *ctx, const double *a, size_t m, size_t n,
 lm_status lm__polar_routed(lm_context *ctx, const double *a, size_t m,
                            size_t n, double *p, double *mean_sv,
                            lm_svd_route *route);
+
+/* lm__polar_routed's factor P times scale and A's mean singular value,
+ * rounded to f32 into out (m x n): each element (float)(P_ij * (scale *
+ * mean)), the same bits as scaling lm__polar_routed's f64 P, but P is
+ * formed in row blocks and never held whole in f64 (lm__gemm_blocked_f32).
+ * mean_sv optional. */
+lm_status lm__polar_scaled_f32(lm_context *ctx, const double *a, size_t m,
+                               size_t n, double scale, float *out,
+                               double *mean_sv, lm_svd_route *route);
 
 /* Randomized top-k SVD with an a-posteriori check (svd_checked.c): a
  * sketch of rank l = k + oversample (power iterations as

@@ -11,6 +11,7 @@
 #define REAL float
 #define GE_NAME gram_eig_f32
 #define GE_NAME_SYEVD syevd_f32
+#define GE_DECOMPOSE decompose_f32
 #define GE_GRAM lm__gram_upper_f32
 #define GE_SINGLE true
 #define GE_SYEVD_WORK LAPACKE_ssyevd_work
@@ -19,6 +20,7 @@
 #undef REAL
 #undef GE_NAME
 #undef GE_NAME_SYEVD
+#undef GE_DECOMPOSE
 #undef GE_GRAM
 #undef GE_SINGLE
 #undef GE_SYEVD_WORK
@@ -27,6 +29,7 @@
 #define REAL double
 #define GE_NAME gram_eig_f64
 #define GE_NAME_SYEVD syevd_f64
+#define GE_DECOMPOSE decompose_f64
 #define GE_GRAM lm__gram_upper_f64
 #define GE_SINGLE false
 #define GE_SYEVD_WORK LAPACKE_dsyevd_work
@@ -40,6 +43,26 @@ lm_status lm__gram_eig(lm_context *ctx, const double *a, size_t m, size_t n,
         return LM_OK;
     return single ? gram_eig_f32(ctx, a, m, n, w, q)
                   : gram_eig_f64(ctx, a, m, n, w, q);
+}
+
+lm_status lm__gram_eig_formed_f32(lm_context *ctx, float *g, size_t d,
+                                  double *w, double *q)
+{
+    if (!d)
+        return LM_OK;
+    double need = 1.0 + 6.0 * (double)d + 2.0 * (double)d * (double)d;
+    if (!lm__lapack_fits(need))
+        return lm_context_set_error(ctx, LM_ERR_UNSUPPORTED,
+                                    "Gram eigendecomposition of order %zu "
+                                    "exceeds the LAPACK integer limit", d);
+    float *wr = lm_alloc(ctx, d * sizeof(float));
+    if (!wr)
+        return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
+                                    "eigendecomposition (ssyevd) of a Gram "
+                                    "matrix: out of memory (order %zu)", d);
+    lm_status st = decompose_f32(ctx, g, d, wr, w, q);
+    lm_free(ctx, wr);
+    return st;
 }
 
 double lm__gram_unit(bool single)

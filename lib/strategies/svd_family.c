@@ -442,6 +442,10 @@ static double *weighted_task_sum(const lm_tensor_job *job)
     return sum;
 }
 
+/* The merged tensor in f64 (out), as the other methods give it, except
+ * with svd_tolerance > 0 and plain whitening (svd_merge's `direct`):
+ * then job->out is written straight, the polar factor formed in row
+ * blocks, and out is NULL. */
 static lm_status merge_iso_c(const struct svd_state *s,
                              const lm_tensor_job *job, size_t m, size_t n,
                              double *out)
@@ -467,12 +471,12 @@ static lm_status merge_iso_c(const struct svd_state *s,
         return st;
     }
     if (s->tol > 0) { /* U V^T = polar(M), through M's Gram matrix */
-        double *sum = weighted_task_sum(job), mean = 0;
+        double *sum = weighted_task_sum(job);
         if (!sum)
             return LM_ERR_OUT_OF_MEMORY;
-        lm_status st = lm__polar_scaled(ctx, sum, m, n, out, &mean);
-        for (size_t i = 0; st == LM_OK && i < m * n; i++)
-            out[i] *= s->alpha * mean;
+        lm_svd_route route;
+        lm_status st = lm__polar_scaled_f32(ctx, sum, m, n, s->alpha,
+                                            job->out, NULL, &route);
         lm_free(ctx, sum);
         return st;
     }
@@ -728,19 +732,23 @@ static lm_status svd_merge(void *state, const lm_tensor_job *job, void *user)
         return LM_OK;
     }
     size_t m = (size_t)job->shape[0], n = (size_t)job->shape[1];
-    double *x = s->method == ISO_C ? NULL : lm__weighted_tasks(job);
-    double *out = uncleared(job->ctx, n_el); /* each merge writes all */
-    lm_status st = (x || s->method == ISO_C) && out ? LM_OK
-                                                    : LM_ERR_OUT_OF_MEMORY;
+    bool iso_c = s->method == ISO_C;
+    /* Iso-C's f32 output straight from row blocks (merge_iso_c) needs no
+     * f64 copy of the result. */
+    bool direct = iso_c && s->whiten != LM_WHITEN_RANK_AWARE && s->tol > 0;
+    double *x = iso_c ? NULL : lm__weighted_tasks(job);
+    double *out = direct ? NULL : uncleared(job->ctx, n_el); /* written */
+    lm_status st = (x || iso_c) && (out || direct) ? LM_OK
+                                                   : LM_ERR_OUT_OF_MEMORY;
     if (st == LM_OK) {
         if (s->method == TSV)
             st = merge_tsv(s, job, x, m, n, out);
-        else if (s->method == ISO_C)
+        else if (iso_c)
             st = merge_iso_c(s, job, m, n, out);
         else
             st = merge_iso_cts(s, job, x, m, n, out);
     }
-    if (st == LM_OK)
+    if (st == LM_OK && !direct)
         lm__f64_to_f32(out, job->out, n_el);
     else if (st == LM_ERR_OUT_OF_MEMORY)
         lm_context_set_error(job->ctx, st, "out of memory merging '%s' "

@@ -75,6 +75,41 @@ START_TEST(gemm_blocked_matches_loops_and_threads)
 }
 END_TEST
 
+/* lm__gemm_blocked_f32: each element (float)(scale * lm__gemm_blocked's
+ * product with alpha 1), the same bytes for 1, 2 and 8 threads, on row
+ * counts with partial and several blocks. */
+START_TEST(gemm_blocked_f32_matches_blocked)
+{
+    static const size_t shapes[][3] = {{1, 7, 5}, {63, 9, 17}, {130, 33, 70},
+                                       {257, 5, 300}};
+    for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++)
+        for (int tr = 0; tr < 4; tr++) {
+            size_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2];
+            bool ta = tr & 1, tb = tr & 2;
+            double *a = gauss(m * k, 101 + s), *b = gauss(k * n, 120 + s);
+            double *c = malloc(m * n * 8);
+            lm_context *one = tu_context(1, 0);
+            ck_assert_ok(lm__gemm_blocked(one, ta, tb, m, n, k, 1.0, a, b, 0.0,
+                                          c));
+            lm_context_destroy(one);
+            for (size_t t = 0; t < 3; t++) {
+                lm_context *ctx = tu_context(THREADS[t], 0);
+                float *out = malloc(m * n * sizeof(float));
+                ck_assert_ok(lm__gemm_blocked_f32(ctx, ta, tb, m, n, k, a, b,
+                                                  -0.3, out));
+                for (size_t i = 0; i < m * n; i++)
+                    tu_check(out[i] == (float)(c[i] * -0.3),
+                             "shape %zu op %d threads %d: element %zu %.9g, "
+                             "wanted %.9g", s, tr, THREADS[t], i,
+                             (double)out[i], (double)(float)(c[i] * -0.3));
+                free(out);
+                lm_context_destroy(ctx);
+            }
+            free(a); free(b); free(c);
+        }
+}
+END_TEST
+
 START_TEST(gram_matches_loops_and_threads)
 {
     /* Wide and tall, d from 1 to past two 64-row blocks. */
@@ -310,6 +345,7 @@ int main(void)
     TCase *tc = tcase_create("blocked");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, gemm_blocked_matches_loops_and_threads);
+    tcase_add_test(tc, gemm_blocked_f32_matches_blocked);
     tcase_add_test(tc, gram_matches_loops_and_threads);
     tcase_add_test(tc, eigh_split_is_an_eigendecomposition);
     tcase_add_test(tc, eigh_split_leaves_small_and_extreme_to_syevd);

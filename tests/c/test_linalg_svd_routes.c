@@ -304,11 +304,14 @@ static double polar_error(lm_context *ctx, const double *a, size_t m,
 START_TEST(polar_routes)
 {
     lm_context *ctx = tu_context(1, 0);
-    const size_t shapes[3][2] = {{48, 80}, {80, 48}, {64, 64}};
-    for (size_t c = 0; c < 3; c++) {
+    /* The last two span several 64-row blocks and a partial one. */
+    const size_t shapes[5][2] = {{48, 80}, {80, 48}, {64, 64}, {150, 90},
+                                 {90, 150}};
+    for (size_t c = 0; c < 5; c++) {
         size_t m = shapes[c][0], n = shapes[c][1], k = m < n ? m : n;
         double *s = malloc(k * sizeof(double)), *w = malloc(k * sizeof(double));
         double *p = malloc(m * n * sizeof(double));
+        float *pf = malloc(m * n * sizeof(float));
         for (int kind = 0; kind < 4; kind++) {
             for (size_t i = 0; i < k; i++)
                 s[i] = kind == 0 ? 2.0 - (double)i / (double)(k - 1)
@@ -326,6 +329,18 @@ START_TEST(polar_routes)
                                           LM_SVD_EXACT, LM_SVD_EXACT};
             ck_assert_msg(route == want[kind], "shape %zu kind %d: route %d",
                           c, kind, (int)route);
+            /* Straight to f32: the same route, and each element the f64
+             * factor's times scale * mean, rounded once. */
+            lm_svd_route route_f = LM_SVD_ROUTES;
+            double mean_f = 0;
+            ck_assert_ok(lm__polar_scaled_f32(ctx, a, m, n, 0.75, pf, &mean_f,
+                                              &route_f));
+            ck_assert(route_f == route && mean_f == mean);
+            for (size_t i = 0; i < m * n; i++)
+                tu_check(pf[i] == (float)(p[i] * (0.75 * mean)),
+                         "shape %zu kind %d: f32 element %zu %.9g, wanted "
+                         "%.9g", c, kind, i, (double)pf[i],
+                         (double)(float)(p[i] * (0.75 * mean)));
             double err = polar_error(ctx, a, m, n, p);
             if (kind < 2) {
                 /* Old rule: the f64 Gram route needed w_k > 1e-10 w_1. */
@@ -346,7 +361,7 @@ START_TEST(polar_routes)
                 ck_assert(fabs(mean - sum / (double)k) <= 1e-6 * sum / (double)k);
             free(a);
         }
-        free(s); free(w); free(p);
+        free(s); free(w); free(p); free(pf);
     }
     lm_context_destroy(ctx);
 }
