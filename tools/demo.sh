@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install-deps.sh
-[ -d build ] || meson setup build --buildtype=release >/dev/null
+[ -d build ] || meson setup build --buildtype=release -Ddebug=true >/dev/null
 ninja -C build >/dev/null
 exec ./build/tools/lmerge/lmerge demo
