@@ -1,5 +1,6 @@
 """SVD-family rows of the speed benchmark (issue 24 item 3): tsv, tsv
-randomized, iso_c and iso_cts in libmerge against the torch reference
+randomized, iso_c and iso_cts (tsv and iso_c also with
+whiten="rank_aware") in libmerge against the torch reference
 (f32 torch.linalg.svd, 2 torch threads and 2 OpenBLAS threads, the way
 Python merging tools compute them; bench/perf/reference.py's tsv/iso_c and
 an iso_cts written the same way here) on the same 2 cores, and the
@@ -49,12 +50,19 @@ WORK = os.environ.get("BENCH_TMP", "/tmp/lmerge-bench-svd-rows")
 T = 4
 
 METHODS = {  # label -> (libmerge strategy, libmerge params, torch function)
-    "tsv": ("tsv", {}, "tsv"),
-    "tsv randomized": ("tsv", {"randomized": True}, "tsv"),
-    "iso_c": ("iso_c", {}, "iso_c"),
+    "tsv": ("tsv", {"whiten": "released"}, "tsv"),
+    "tsv rank_aware": ("tsv", {"whiten": "rank_aware"}, "tsv"),
+    "tsv randomized": ("tsv", {"randomized": True, "whiten": "released"}, "tsv"),
+    "iso_c": ("iso_c", {"whiten": "released"}, "iso_c"),
+    "iso_c rank_aware": ("iso_c", {"whiten": "rank_aware"}, "iso_c"),
     "iso_cts": ("iso_cts", {}, "iso_cts"),
     "esm": ("esm", {}, "esm"),
 }
+# Rows whose float64 reference is not the released method's: the
+# rank-aware rule in numpy (tests/python/whiten_reference.py). Their torch
+# column is the released method's torch run (the same function on the same
+# inputs): the papers' code, which a user would otherwise run.
+F64_REFERENCE = {"tsv rank_aware": "tsv_rank_aware", "iso_c rank_aware": "iso_c_rank_aware"}
 
 
 # --- data ------------------------------------------------------------------
@@ -215,6 +223,11 @@ def side_f64(path, n_layers, method, out):
         names = ["l%d" % li for li in range(n_layers)]
         results = ref.esm_routed(dict(zip(names, layers)), dict(zip(names, xs)),
                                  {k: "esd" for k in names})
+    elif method in F64_REFERENCE:
+        import whiten_reference as wr
+        fn = {"tsv": wr.tsv, "iso_c": wr.iso_c}[METHODS[method][2]]
+        results = {"l%d" % li: fn(np.zeros(taus[0].shape, np.float32), taus)
+                   for li, taus in enumerate(layers)}
     else:
         fn = {"tsv": ref.tsv, "iso_c": ref.iso_c,
               "iso_cts": ref.iso_cts}[METHODS[method][2]]
@@ -280,6 +293,11 @@ NOTES = [
     "N x d_out, then the two polar factors); libmerge gets X^T X through "
     "`libmerge.Stats` and takes its cheapest exact route (docs/methods/esm.md). "
     "The f64 reference is tests/python/reference.py's `esm_routed`.",
+    "- *rank_aware* rows: `whiten=\"rank_aware\"` (docs/methods/svd_family.md, "
+    "\"Rank-aware whitening\"); the other tsv and iso_c rows pin "
+    "`whiten=\"released\"`. Their torch column is the released method's torch run "
+    "(the papers' code, the same function on the same inputs), their f64 reference "
+    "the rank-aware rule in numpy (tests/python/whiten_reference.py).",
     "- *Randomized tsv*: its torch column is the tsv row's torch run (the same "
     "function on the same inputs). With 4 tasks, k = h/4 and a sketch of rank "
     "l = 1.5 k > min(m, n)/4, so it runs the exact ladder without sketching "
@@ -399,7 +417,8 @@ def main():
         for method in args.methods.split(","):
             tag = os.path.join(WORK, "%s_%s_%s" % (kind, size, method.replace(" ", "_")))
             # tsv randomized has tsv's reference: computed once.
-            ref = os.path.join(WORK, "%s_%s_%s_f64.npz" % (kind, size, METHODS[method][2]))
+            ref = os.path.join(WORK, "%s_%s_%s_f64.npz" % (
+                kind, size, F64_REFERENCE.get(method, METHODS[method][2])))
             if not os.path.exists(ref):
                 child(["f64", path, len(shapes), method, ref], 2)
             lm1, obs1, cpu1 = child(["libmerge", path, len(shapes), method,
