@@ -50,10 +50,12 @@ bool lm__whiten_keep(double s, double tau)
     return s > tau;
 }
 
-lm_status lm__polar_whiten(lm_context *ctx, const double *a, size_t m,
-                           size_t n, double eps_in, double tol,
-                           double route_tol, double *p, double *mean_sv,
-                           lm_svd_route *route)
+/* lm__polar_whiten into dest (whiten.h's struct lm__whiten_dest). */
+static lm_status polar_whiten_into(lm_context *ctx, const double *a, size_t m,
+                                   size_t n, double eps_in, double tol,
+                                   double route_tol,
+                                   const struct lm__whiten_dest *dest,
+                                   double *mean_sv, lm_svd_route *route)
 {
     size_t k = m < n ? m : n;
     lm_svd_route taken = LM_SVD_EXACT;
@@ -72,7 +74,8 @@ lm_status lm__polar_whiten(lm_context *ctx, const double *a, size_t m,
     if (route_tol > 0) {
         bool done;
         LM_TRY(lm__polar_whiten_gram(ctx, a, m, n, eps_in, tol, route_tol,
-                                     NULL, p, mean_sv, &done, &taken, NULL));
+                                     NULL, dest, mean_sv, &done, &taken,
+                                     NULL));
         if (done) {
             if (route)
                 *route = taken;
@@ -80,12 +83,17 @@ lm_status lm__polar_whiten(lm_context *ctx, const double *a, size_t m,
         }
     }
     /* The exact SVD where the Gram route's estimate does not pass (tau
-     * and the smallest directions too close to G's noise, e u_64 w_1). */
-    double *buf = lm__calloc(ctx, m * k + k + k * n, sizeof(double));
+     * and the smallest directions too close to G's noise, e u_64 w_1);
+     * an f32 destination gets the f64 factor scaled, the same bits as
+     * lm__gemm_blocked_f32. */
+    double *buf = lm__calloc(ctx, m * k + k + k * n + (dest->out ? m * n : 0),
+                             sizeof(double));
     if (!buf)
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "polar: out of memory");
-    double *u = buf, *s = u + m * k, *vt = s + k;
+    double *u = buf, *s = u + m * k, *vt = s + k, *p = vt + k * n;
+    if (!dest->out)
+        p = dest->p;
     lm_status st = lm__svd(ctx, a, m, n, u, s, vt);
     if (st == LM_OK) {
         double tau = lm__whiten_floor(s[0], eps_in, m, n, tol), sum_s = 0,
@@ -97,12 +105,35 @@ lm_status lm__polar_whiten(lm_context *ctx, const double *a, size_t m,
             for (size_t i = 0; i < m; i++)
                 u[i * k + j] *= g;
         }
+        double mean = sum_g > 0 ? sum_s / sum_g : 0.0;
         if (mean_sv)
-            *mean_sv = sum_g > 0 ? sum_s / sum_g : 0.0;
+            *mean_sv = mean;
         lm__gemm(false, false, m, n, k, 1.0, u, vt, 0.0, p);
+        for (size_t i = 0; dest->out && i < m * n; i++)
+            dest->out[i] = (float)(p[i] * (dest->scale * mean));
     }
     lm_free(ctx, buf);
     return st;
+}
+
+lm_status lm__polar_whiten(lm_context *ctx, const double *a, size_t m,
+                           size_t n, double eps_in, double tol,
+                           double route_tol, double *p, double *mean_sv,
+                           lm_svd_route *route)
+{
+    struct lm__whiten_dest dest = {p, NULL, 1.0};
+    return polar_whiten_into(ctx, a, m, n, eps_in, tol, route_tol, &dest,
+                             mean_sv, route);
+}
+
+lm_status lm__polar_whiten_f32(lm_context *ctx, const double *a, size_t m,
+                               size_t n, double eps_in, double tol,
+                               double route_tol, double scale, float *out,
+                               double *mean_sv, lm_svd_route *route)
+{
+    struct lm__whiten_dest dest = {NULL, out, scale};
+    return polar_whiten_into(ctx, a, m, n, eps_in, tol, route_tol, &dest,
+                             mean_sv, route);
 }
 
 struct whiten_pair {

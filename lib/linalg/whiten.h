@@ -98,6 +98,22 @@ lm_status lm__polar_whiten(lm_context *ctx, const double *a, size_t m,
 double lm__whiten_polar_estimate(const double *w, size_t k, double tau,
                                  bool single, bool mean);
 
+/* Where a rank-aware polar factor goes: p (m x n, f64), or, when out is
+ * set, out (m x n, f32) = (float)(P_ij * (scale * mean)) with mean =
+ * sum s / sum g, formed in row blocks (lm__gemm_blocked_f32: the bits of
+ * scaling the f64 factor) without an m x n f64 copy. */
+struct lm__whiten_dest {
+    double *p;
+    float *out;
+    double scale;
+};
+
+/* lm__polar_whiten with its result scaled into f32 (dest.out above). */
+lm_status lm__polar_whiten_f32(lm_context *ctx, const double *a, size_t m,
+                               size_t n, double eps_in, double tol,
+                               double route_tol, double scale, float *out,
+                               double *mean_sv, lm_svd_route *route);
+
 /* The Gram route of lm__polar_whiten: f32 when G's Cholesky pivots allow
  * it and the estimate passes, else f64 when it passes (*done true, *route
  * set), else nothing (*done false). force (tests): that route, f32 or
@@ -106,7 +122,8 @@ double lm__whiten_polar_estimate(const double *w, size_t k, double tau,
 lm_status lm__polar_whiten_gram(lm_context *ctx, const double *a, size_t m,
                                 size_t n, double eps_in, double tol,
                                 double route_tol, const lm_svd_route *force,
-                                double *p, double *mean_sv, bool *done,
+                                const struct lm__whiten_dest *dest,
+                                double *mean_sv, bool *done,
                                 lm_svd_route *route, double *estimate);
 
 /* The polar factors of A and B as released (lm__polar_pair) or rank-aware

@@ -48,12 +48,12 @@ double lm__whiten_polar_estimate(const double *w, size_t k, double tau,
 }
 
 /* P from G's eigenpairs (w descending, q with the eigenvectors as
- * columns, k x k) and the mean over the effective rank, sum s / sum g.
- * t and h are k x k scratch. */
+ * columns, k x k) into dest, and the mean over the effective rank,
+ * sum s / sum g. t and h are k x k scratch. */
 static lm_status compose(lm_context *ctx, const double *a, size_t m,
                          size_t n, const double *w, const double *q,
-                         double tau, double *t, double *h, double *p,
-                         double *mean_sv)
+                         double tau, double *t, double *h,
+                         const struct lm__whiten_dest *dest, double *mean_sv)
 {
     size_t k = m < n ? m : n;
     double t2 = tau * tau, sum_s = 0, sum_g = 0;
@@ -66,32 +66,40 @@ static lm_status compose(lm_context *ctx, const double *a, size_t m,
         for (size_t i = 0; i < k; i++)
             t[i * k + j] = q[i * k + j] * phi;
     }
+    double mean = sum_g > 0 ? sum_s / sum_g : 0.0;
     if (mean_sv)
-        *mean_sv = sum_g > 0 ? sum_s / sum_g : 0.0;
+        *mean_sv = mean;
     lm_status st = lm__gemm_blocked(ctx, false, true, k, k, k, 1.0, t, q, 0.0,
                                     h);
-    if (st == LM_OK)
-        st = m > n ? lm__gemm_blocked(ctx, false, false, m, n, n, 1.0, a, h,
-                                      0.0, p)
-                   : lm__gemm_blocked(ctx, false, false, m, n, m, 1.0, h, a,
-                                      0.0, p);
+    bool tall = m > n;
+    if (st == LM_OK && dest->out) /* f32 straight from row blocks */
+        st = tall ? lm__gemm_blocked_f32(ctx, false, false, m, n, k, a, h,
+                                         dest->scale * mean, dest->out)
+                  : lm__gemm_blocked_f32(ctx, false, false, m, n, k, h, a,
+                                         dest->scale * mean, dest->out);
+    else if (st == LM_OK)
+        st = tall ? lm__gemm_blocked(ctx, false, false, m, n, k, 1.0, a, h,
+                                     0.0, dest->p)
+                  : lm__gemm_blocked(ctx, false, false, m, n, k, 1.0, h, a,
+                                     0.0, dest->p);
     return st;
 }
 
-/* G's eigenpairs in f32 or f64, tau from their top eigenvalue, and the
- * estimate. */
+/* G's eigenpairs in f32 (from g32, G already formed in f32, which this
+ * overwrites) or f64, tau from their top eigenvalue, and the estimate. */
 static lm_status decompose(lm_context *ctx, const double *a, size_t m,
-                           size_t n, bool single, double eps_in, double tol,
+                           size_t n, float *g32, double eps_in, double tol,
                            bool mean, double *w, double *q, double *tau,
                            double *est)
 {
     size_t k = m < n ? m : n;
-    lm_status st = lm__gram_eig(ctx, a, m, n, single, w, q);
+    lm_status st = g32 ? lm__gram_eig_formed_f32(ctx, g32, k, w, q)
+                       : lm__gram_eig(ctx, a, m, n, false, w, q);
     *est = INFINITY;
     if (st == LM_OK) {
         *tau = lm__whiten_floor(sqrt(w[0] > 0 ? w[0] : 0.0), eps_in, m, n,
                                 tol);
-        *est = lm__whiten_polar_estimate(w, k, *tau, single, mean);
+        *est = lm__whiten_polar_estimate(w, k, *tau, g32 != NULL, mean);
     }
     return st;
 }
@@ -99,43 +107,51 @@ static lm_status decompose(lm_context *ctx, const double *a, size_t m,
 lm_status lm__polar_whiten_gram(lm_context *ctx, const double *a, size_t m,
                                 size_t n, double eps_in, double tol,
                                 double route_tol, const lm_svd_route *force,
-                                double *p, double *mean_sv, bool *done,
+                                const struct lm__whiten_dest *dest,
+                                double *mean_sv, bool *done,
                                 lm_svd_route *route, double *estimate)
 {
     size_t k = m < n ? m : n;
     *done = false;
     double *buf = lm_alloc(ctx, (3 * k * k + k) * sizeof(double));
-    if (!buf)
+    bool fits = lm__gram_f32_fits(m, n);
+    float *g32 = fits ? lm_alloc(ctx, k * k * sizeof(float)) : NULL;
+    if (!buf || (fits && !g32)) {
+        lm_free(ctx, buf);
+        lm_free(ctx, g32);
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "polar: out of memory");
+    }
     double *q = buf, *t = q + k * k, *h = t + k * k, *w = h + k * k, tau = 0,
            est = INFINITY;
     /* f32 is tried only when G's f32 Cholesky pivots do not already rule
-     * it out (lm__gram_cond_lower_bound, a tenth of an eigendecomposition;
-     * infinite for rank-deficient A), as for the released factor. */
-    bool forced = force != NULL, single;
-    lm_status st = LM_OK;
+     * it out (lm__gram_cond_bound_f32, a tenth of an eigendecomposition;
+     * infinite for rank-deficient A), as for the released factor; G in
+     * f32 is formed once for the bound and the f32 eigendecomposition. */
+    bool forced = force != NULL, single = false;
+    lm_status st = g32 ? lm__gram_f32(ctx, a, m, n, g32) : LM_OK;
     if (forced) {
-        single = *force == LM_SVD_GRAM_F32;
-    } else {
+        single = g32 && *force == LM_SVD_GRAM_F32;
+    } else if (st == LM_OK && g32) {
         double bound, rms;
-        st = lm__gram_cond_lower_bound(ctx, a, m, n, &bound, &rms);
+        st = lm__gram_cond_bound_f32(ctx, g32, k, &bound, &rms);
         single = st == LM_OK && lm__gram_unit(true) * bound <= route_tol;
     }
-    bool mean = mean_sv != NULL;
+    bool mean = mean_sv != NULL || dest->out != NULL;
     if (st == LM_OK)
-        st = decompose(ctx, a, m, n, single, eps_in, tol, mean, w, q, &tau,
-                       &est);
+        st = decompose(ctx, a, m, n, single ? g32 : NULL, eps_in, tol, mean,
+                       w, q, &tau, &est);
     if (!forced && single && (st == LM_ERR_LINALG ||
                               (st == LM_OK && !(est <= route_tol)))) {
         single = false; /* f32 did not converge or did not pass: f64 */
-        st = decompose(ctx, a, m, n, false, eps_in, tol, mean, w, q, &tau,
+        st = decompose(ctx, a, m, n, NULL, eps_in, tol, mean, w, q, &tau,
                        &est);
     }
+    lm_free(ctx, g32);
     if (estimate)
         *estimate = est;
     if (st == LM_OK && (forced || est <= route_tol)) {
-        st = compose(ctx, a, m, n, w, q, tau, t, h, p, mean_sv);
+        st = compose(ctx, a, m, n, w, q, tau, t, h, dest, mean_sv);
         *done = st == LM_OK;
         *route = single ? LM_SVD_GRAM_F32 : LM_SVD_GRAM_F64;
     }

@@ -443,9 +443,8 @@ static double *weighted_task_sum(const lm_tensor_job *job)
 }
 
 /* The merged tensor in f64 (out), as the other methods give it, except
- * with svd_tolerance > 0 and plain whitening (svd_merge's `direct`):
- * then job->out is written straight, the polar factor formed in row
- * blocks, and out is NULL. */
+ * with svd_tolerance > 0 (svd_merge's `direct`): then job->out is written
+ * straight, the polar factor formed in row blocks, and out is NULL. */
 static lm_status merge_iso_c(const struct svd_state *s,
                              const lm_tensor_job *job, size_t m, size_t n,
                              double *out)
@@ -455,17 +454,22 @@ static lm_status merge_iso_c(const struct svd_state *s,
     if (s->whiten == LM_WHITEN_RANK_AWARE) {
         /* The floor on M has no factorization term (M is summed, not
          * factored); the polar factor takes the Gram route when its
-         * estimate is within svd_tolerance (0: the exact SVD). */
+         * estimate is within svd_tolerance (0: the exact SVD), and with
+         * svd_tolerance > 0 is written to job->out as the released one
+         * (out NULL). */
         double *sum = weighted_task_sum(job), mean = 0;
         if (!sum)
             return LM_ERR_OUT_OF_MEMORY;
         lm_svd_route route;
-        lm_status st = lm__polar_whiten(ctx, sum, m, n,
-                                        s->floor_c * sum_precision(job, sum),
-                                        0.0, s->tol, out, &mean, &route);
+        double eps = s->floor_c * sum_precision(job, sum);
+        lm_status st = out ? lm__polar_whiten(ctx, sum, m, n, eps, 0.0,
+                                              s->tol, out, &mean, &route)
+                           : lm__polar_whiten_f32(ctx, sum, m, n, eps, 0.0,
+                                                  s->tol, s->alpha, job->out,
+                                                  &mean, &route);
         if (st == LM_OK)
             log_polar_routes(job, &route, 1);
-        for (size_t i = 0; st == LM_OK && i < m * n; i++)
+        for (size_t i = 0; out && st == LM_OK && i < m * n; i++)
             out[i] *= s->alpha * mean;
         lm_free(ctx, sum);
         return st;
@@ -735,7 +739,7 @@ static lm_status svd_merge(void *state, const lm_tensor_job *job, void *user)
     bool iso_c = s->method == ISO_C;
     /* Iso-C's f32 output straight from row blocks (merge_iso_c) needs no
      * f64 copy of the result. */
-    bool direct = iso_c && s->whiten != LM_WHITEN_RANK_AWARE && s->tol > 0;
+    bool direct = iso_c && s->tol > 0;
     double *x = iso_c ? NULL : lm__weighted_tasks(job);
     double *out = direct ? NULL : uncleared(job->ctx, n_el); /* written */
     lm_status st = (x || iso_c) && (out || direct) ? LM_OK

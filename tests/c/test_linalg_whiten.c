@@ -234,8 +234,9 @@ START_TEST(gram_route_rule)
                 ck_assert(route == LM_SVD_EXACT && !isfinite(est));
                 force = LM_SVD_GRAM_F64;
                 bool done;
+                struct lm__whiten_dest dest = {got, NULL, 1.0};
                 ck_assert_ok(lm__polar_whiten_gram(ctx, a, m, n, eps_in, tol,
-                                                   LM_SVD_TOL, &force, got,
+                                                   LM_SVD_TOL, &force, &dest,
                                                    NULL, &done, &route, NULL));
                 double err = rel_fro(got, want, m * n);
                 ck_assert_msg(done && err > LM_SVD_TOL, "forced f64: %g", err);
@@ -244,8 +245,9 @@ START_TEST(gram_route_rule)
                 ck_assert(est32 > LM_SVD_TOL);
                 force = LM_SVD_GRAM_F32;
                 bool done;
+                struct lm__whiten_dest dest = {got, NULL, 1.0};
                 ck_assert_ok(lm__polar_whiten_gram(ctx, a, m, n, eps_in, tol,
-                                                   LM_SVD_TOL, &force, got,
+                                                   LM_SVD_TOL, &force, &dest,
                                                    NULL, &done, &route, NULL));
                 double err = rel_fro(got, want, m * n);
                 ck_assert_msg(done && err > LM_SVD_TOL, "forced f32: %g", err);
@@ -260,7 +262,7 @@ END_TEST
 
 /* The Gram route on a factor large enough for the split eigensolver and
  * the blocked products (d = 300 >= LM_EIGH_SPLIT_MIN): 1 and 2 threads
- * give the same bytes. */
+ * give the same bytes; the f32 destination is the f64 one scaled. */
 START_TEST(gram_route_threads)
 {
     size_t m = 300, n = 420, k = 300;
@@ -278,6 +280,22 @@ START_TEST(gram_route_threads)
                                   &mean2, &r2));
     ck_assert(r1 == LM_SVD_GRAM_F64 && r2 == r1);
     ck_assert(memcmp(p1, p2, m * n * 8) == 0 && mean1 == mean2);
+    /* The f32 destination (Iso-C's output): the f64 factor times scale and
+     * the mean, rounded, bit for bit, on the Gram route and on the SVD
+     * route (route_tol 0). */
+    float *o = malloc(m * n * 4);
+    for (int exact = 0; exact < 2; exact++) {
+        double tol = exact ? 0.0 : LM_SVD_TOL, mean3 = 0;
+        ck_assert_ok(lm__polar_whiten(two, a, m, n, 1e-6, 1e-5, tol, p1,
+                                      &mean1, &r1));
+        ck_assert_ok(lm__polar_whiten_f32(two, a, m, n, 1e-6, 1e-5, tol, 0.7,
+                                          o, &mean3, &r2));
+        ck_assert(r1 == r2 && mean1 == mean3);
+        ck_assert(r1 == (exact ? LM_SVD_EXACT : LM_SVD_GRAM_F64));
+        for (size_t i = 0; i < m * n; i++)
+            ck_assert(o[i] == (float)(p1[i] * (0.7 * mean1)));
+    }
+    free(o);
     free(l); free(r); free(s); free(a); free(p1); free(p2);
     lm_context_destroy(one);
     lm_context_destroy(two);
