@@ -14,6 +14,8 @@
 #include "libmerge/sys/strategy.h"
 
 #define LM_ERROR_CAPACITY 1024
+/* Work buffers a context keeps for reuse (core/scratch.h). */
+#define LM__SCRATCH_SLOTS 8
 
 struct lm_context {
     int n_threads;
@@ -55,6 +57,13 @@ struct lm_context {
     lm_strategy_vtable **strategies;
     size_t n_strategies;
     size_t cap_strategies;
+
+    /* Work buffers kept between uses (core/scratch.h). */
+    pthread_mutex_t scratch_lock;
+    struct lm__scratch_slot {
+        void *p;
+        size_t size;
+    } scratch[LM__SCRATCH_SLOTS];
 };
 
 /* Return early on failure. */

@@ -33,6 +33,7 @@
 
 #include "core/fused_private.h"
 #include "core/l1_norm.h"
+#include "core/scratch.h"
 #include "core/select.h"
 
 #define BLOCK LM__FUSED_BLOCK
@@ -49,12 +50,17 @@ _Static_assert(LM__FUSED_BLOCK == LM__L1_BLOCK, "L1 blocks are fused blocks");
 /* A chunk keeps at most this fraction of its elements as candidates (the
  * bracket expects about 1.3 %); more declines the tensor. */
 #define CAND_DIV 8
+/* Room for the candidates of one chunk and trimmed task in one buffer
+ * kept between tensors (core/scratch.h): fresh memory for each would
+ * fault its pages in again. A fuller band moves to its own allocation. */
+#define CAND_SLICE (CHUNK / 32 + BLOCK)
 
 /* What the streaming pass learns about one task in one chunk. */
 struct chunk_task {
     size_t above, eq_hi, eq_lo; /* magnitudes > hi, == hi, == lo (< hi) */
     float *cand;                /* lo < magnitude < hi, in index order */
     size_t n_cand, cap;
+    bool own; /* cand is its own allocation, not a slice of s->cand_mem */
     size_t eq_before; /* entries equal to the threshold in earlier chunks */
 };
 
@@ -67,6 +73,8 @@ struct sparse {
     float thr[LM__SPARSE_MAX_TASKS];
     size_t ties_left[LM__SPARSE_MAX_TASKS]; /* equal entries kept */
     struct chunk_task *ct;                  /* items x k */
+    float *cand_mem; /* each chunk task's first CAND_SLICE candidates */
+    size_t cand_size;
     bool l1s; /* some masked task restores its L1 norm: the L1 pass ran */
     double *l1_part; /* blocks x k x {before, after} block sums */
     double l1_scale[LM__SPARSE_MAX_TASKS];
@@ -78,6 +86,7 @@ struct bufs {
     float *b, *x, *v, *o, *rows;
     double *b64, *x64;
     void *mem;
+    size_t mem_size; /* core/scratch.h's */
     char *raw;
     char *out;    /* a read's output for the sink's ranges (f->dst NULL) */
     size_t reads; /* elements per file read */
@@ -92,7 +101,7 @@ static lm_status bufs_alloc(const struct lm__fused *f, struct bufs *w)
     w->reads = lm__fused_read_elems(f, BLOCK, &raw_bytes);
     size_t raw = lm__fused_line_up(raw_bytes);
     size_t out = f->dst ? 0 : w->reads * lm_dtype_size(f->out_dt);
-    w->mem = lm_alloc(f->ctx, work + raw + out);
+    w->mem = lm__scratch_take(f->ctx, work + raw + out, &w->mem_size);
     if (!w->mem)
         return lm_context_set_error(f->ctx, LM_ERR_OUT_OF_MEMORY,
                                     "out of memory for merge buffers");
@@ -283,10 +292,18 @@ static lm_status bracket(struct sparse *s, struct bufs *w, size_t t,
     double p = (double)keep / (double)n, r = p * (double)m;
     double delta = 4.0 * sqrt((double)m * p * (1.0 - p)) + 8.0;
     double hr = floor(r - delta), lr = ceil(r + delta);
-    s->hi[t] = hr >= 1.0 ? kth_largest(s->f, sample, m, (size_t)hr)
-                         : INFINITY;
-    s->lo[t] = lr <= (double)m ? kth_largest(s->f, sample, m, (size_t)lr)
-                               : 0.0f;
+    size_t k_hi = hr >= 1.0 ? (size_t)hr : 1;
+    size_t k_lo = lr <= (double)m ? (size_t)lr : m;
+    if (s->f->check) { /* bin edges just outside the two: one pass less */
+        lm__bracket_nonneg(sample, m, k_hi, k_lo, &s->hi[t], &s->lo[t]);
+    } else {
+        s->hi[t] = kth_largest(s->f, sample, m, k_hi);
+        s->lo[t] = kth_largest(s->f, sample, m, k_lo);
+    }
+    if (hr < 1.0)
+        s->hi[t] = INFINITY;
+    if (lr > (double)m)
+        s->lo[t] = 0.0f;
     return LM_OK;
 }
 
@@ -305,9 +322,11 @@ static lm_status reserve_candidates(const struct lm__fused *f,
                                     "out of memory selecting a threshold");
     if (c->n_cand)
         memcpy(grown, c->cand, c->n_cand * sizeof(float));
-    lm_free(f->ctx, c->cand);
+    if (c->own)
+        lm_free(f->ctx, c->cand);
     c->cand = grown;
     c->cap = cap;
+    c->own = true;
     return LM_OK;
 }
 
@@ -352,7 +371,7 @@ static lm_status count_chunk(void *arg, size_t item)
                                  s->hi[t], s->lo[t], limit);
         }
     }
-    lm_free(f->ctx, w.mem);
+    lm__scratch_give(f->ctx, w.mem, w.mem_size);
     return st;
 }
 
@@ -453,7 +472,7 @@ static lm_status l1_chunk(void *arg, size_t item)
             part[2 * t + 1] = f->simd->l1_block(w.v, len);
         }
     }
-    lm_free(f->ctx, w.mem);
+    lm__scratch_give(f->ctx, w.mem, w.mem_size);
     return st;
 }
 
@@ -580,7 +599,7 @@ static lm_status merge_chunk(void *arg, size_t item)
             st = lm__fused_hand_over(f, w.out, w.io.out_origin,
                                      end - w.io.out_origin);
     }
-    lm_free(f->ctx, w.mem);
+    lm__scratch_give(f->ctx, w.mem, w.mem_size);
     return st;
 }
 
@@ -614,14 +633,25 @@ lm_status lm__fused_sparse_run(const struct lm__fused *f)
     }
     if (s.trims && st == LM_OK) {
         s.ct = lm__calloc(f->ctx, s.items * s.k, sizeof(*s.ct));
+        s.cand_mem = lm__scratch_take(f->ctx,
+                                      s.items * s.k * CAND_SLICE *
+                                          sizeof(float),
+                                      &s.cand_size);
+        for (size_t c = 0; s.ct && s.cand_mem && c < s.items * s.k; c++) {
+            s.ct[c].cand = s.cand_mem + c * CAND_SLICE;
+            s.ct[c].cap = CAND_SLICE;
+        }
         size_t m = f->n < SAMPLE ? f->n : SAMPLE;
         /* f's copy that reads the sample elements, the base's and one
          * input's (at most 8 bytes each, aligned), then m magnitudes. */
         size_t head = (sizeof(*f) + 63) / 64 * 64;
-        char *mem = lm_alloc(f->ctx, head + m * (16 + sizeof(float)) +
-                                         GATHER_READ);
+        size_t mem_size;
+        char *mem = lm__scratch_take(f->ctx,
+                                     head + m * (16 + sizeof(float)) +
+                                         GATHER_READ,
+                                     &mem_size);
         struct bufs w = {0};
-        st = s.ct && mem ? bufs_alloc(f, &w)
+        st = s.ct && s.cand_mem && mem ? bufs_alloc(f, &w)
                          : lm_context_set_error(f->ctx, LM_ERR_OUT_OF_MEMORY,
                                                 "out of memory selecting a "
                                                 "threshold");
@@ -649,15 +679,17 @@ lm_status lm__fused_sparse_run(const struct lm__fused *f)
                 st = bracket(&s, &w, t, sample, g);
             }
         }
-        lm_free(f->ctx, w.mem);
-        lm_free(f->ctx, mem);
+        lm__scratch_give(f->ctx, w.mem, w.mem_size);
+        lm__scratch_give(f->ctx, mem, mem_size);
         if (st == LM_OK)
             st = run_items(f, &s, count_chunk);
         for (size_t t = 0; t < s.k && st == LM_OK; t++)
             if (s.r->task[t].how == LM__SPARSE_TOP)
                 st = settle(&s, t);
         for (size_t c = 0; s.ct && c < s.items * s.k; c++)
-            lm_free(f->ctx, s.ct[c].cand);
+            if (s.ct[c].own)
+                lm_free(f->ctx, s.ct[c].cand);
+        lm__scratch_give(f->ctx, s.cand_mem, s.cand_size);
     }
     if (st == LM_OK)
         st = run_items(f, &s, merge_chunk);

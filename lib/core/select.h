@@ -18,4 +18,12 @@ float lm__kth_largest(float *a, size_t n, size_t k);
  * data-dependent branches; a is not changed. */
 float lm__kth_largest_nonneg(const float *a, size_t n, size_t k);
 
+/* For magnitudes as lm__kth_largest_nonneg's, 1 <= k_hi <= k_lo <= n:
+ * hi >= the k_hi-th largest and lo <= the k_lo-th largest, each at most
+ * 2^-13 of its value away (2^-140 for subnormals: the edges of a
+ * histogram bin; two passes over a for both, where the exact values take
+ * three each). */
+void lm__bracket_nonneg(const float *a, size_t n, size_t k_hi, size_t k_lo,
+                        float *hi, float *lo);
+
 #endif

@@ -145,41 +145,51 @@ size_t LM_SIMD(lm__sk_band)(const float *a, size_t len, float bottom,
 #ifdef __AVX512F__
 /* The counting pass's one look at a block: the four counts as
  * lm__sk_count and the band as lm__sk_band, in one loop over the
- * magnitudes (not stored back: nothing reads them after). */
+ * magnitudes (not stored back: nothing reads them after). The counts are
+ * kept per lane as how many are > top, >= top, > bottom and >= bottom
+ * (a masked add each, no mask-to-integer moves), the equalities and the
+ * band their differences at the end. */
 size_t LM_SIMD(lm__sk_count_band)(float *d, size_t len, float top,
                                   float bottom, uint32_t c[4], float *out)
 {
     __m512 lo = _mm512_set1_ps(bottom), hi = _mm512_set1_ps(top);
     __m512i abs_bits = _mm512_set1_epi32(0x7fffffff);
-    uint32_t above = 0, eq_hi = 0, eq_lo = 0;
+    __m512i one = _mm512_set1_epi32(1), gt_hi = _mm512_setzero_si512();
+    __m512i ge_hi = gt_hi, gt_lo = gt_hi, ge_lo = gt_hi;
     size_t n = 0, j = 0;
     for (; j + 16 <= len; j += 16) {
         __m512 v = _mm512_castsi512_ps(_mm512_and_si512(
             _mm512_castps_si512(_mm512_loadu_ps(d + j)), abs_bits));
-        __mmask16 below_hi = _mm512_cmp_ps_mask(v, hi, _CMP_LT_OQ);
-        above += (uint32_t)__builtin_popcount(
-            _mm512_cmp_ps_mask(v, hi, _CMP_GT_OQ));
-        eq_hi += (uint32_t)__builtin_popcount(
-            _mm512_cmp_ps_mask(v, hi, _CMP_EQ_OQ));
-        eq_lo += (uint32_t)__builtin_popcount(
-            _mm512_mask_cmp_ps_mask(below_hi, v, lo, _CMP_EQ_OQ));
-        __mmask16 in = _mm512_mask_cmp_ps_mask(below_hi, v, lo, _CMP_GT_OQ);
-        if (!in)
-            continue;
+        __mmask16 m_ge_hi = _mm512_cmp_ps_mask(v, hi, _CMP_GE_OQ);
+        __mmask16 m_gt_lo = _mm512_cmp_ps_mask(v, lo, _CMP_GT_OQ);
+        gt_hi = _mm512_mask_add_epi32(
+            gt_hi, _mm512_cmp_ps_mask(v, hi, _CMP_GT_OQ), gt_hi, one);
+        ge_hi = _mm512_mask_add_epi32(ge_hi, m_ge_hi, ge_hi, one);
+        gt_lo = _mm512_mask_add_epi32(gt_lo, m_gt_lo, gt_lo, one);
+        ge_lo = _mm512_mask_add_epi32(
+            ge_lo, _mm512_cmp_ps_mask(v, lo, _CMP_GE_OQ), ge_lo, one);
+        __mmask16 in = _kandn_mask16(m_ge_hi, m_gt_lo);
         _mm512_storeu_ps(out + n, _mm512_maskz_compress_ps(in, v));
         n += (size_t)__builtin_popcount(in);
     }
+    uint32_t above = (uint32_t)_mm512_reduce_add_epi32(gt_hi);
+    uint32_t at_hi = (uint32_t)_mm512_reduce_add_epi32(ge_hi) - above;
+    /* bottom == top: an element equal to both counts once, at top. */
+    uint32_t at_lo = bottom < top
+                         ? (uint32_t)(_mm512_reduce_add_epi32(ge_lo) -
+                                      _mm512_reduce_add_epi32(gt_lo))
+                         : 0;
     for (; j < len; j++) {
         float m = fabsf(d[j]);
         above += m > top;
-        eq_hi += m == top;
-        eq_lo += (m == bottom) & (m < top);
+        at_hi += m == top;
+        at_lo += (m == bottom) & (m < top);
         out[n] = m;
         n += (m > bottom) & (m < top);
     }
     c[0] = above;
-    c[1] = eq_hi;
-    c[2] = eq_lo;
+    c[1] = at_hi;
+    c[2] = at_lo;
     c[3] = (uint32_t)n;
     return n;
 }

@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/scratch.h"
 #include "testutil.h"
 
 START_TEST(defaults)
@@ -118,6 +119,53 @@ START_TEST(custom_allocator_used_and_balanced)
 }
 END_TEST
 
+/* Work buffers kept by the context (core/scratch.h): a kept buffer
+ * large enough is handed out again without an allocation, at most
+ * LM__SCRATCH_SLOTS are kept, a very large one is freed at once, and
+ * destroying the context frees what is kept. */
+START_TEST(scratch_buffers_reused_and_bounded)
+{
+    struct counting_alloc c = {0, 0};
+    lm_allocator a = {sizeof(a), count_alloc, count_free, &c};
+    lm_context_options o = LM_CONTEXT_OPTIONS_INIT;
+    o.allocator = &a;
+    lm_context *ctx = NULL;
+    ck_assert_ok(lm_context_create(&o, &ctx));
+    int base = c.allocs, freed = c.frees;
+    size_t got, got2;
+    char *p = lm__scratch_take(ctx, 1000, &got);
+    ck_assert_ptr_nonnull(p);
+    ck_assert_uint_ge(got, 1000);
+    memset(p, 1, got);
+    lm__scratch_give(ctx, p, got);
+    ck_assert_ptr_eq(lm__scratch_take(ctx, 800, &got2), p); /* kept */
+    ck_assert_uint_eq(got2, got);
+    ck_assert_int_eq(c.allocs, base + 1);
+    char *q = lm__scratch_take(ctx, 5000, &got2); /* none kept fits */
+    ck_assert_ptr_ne(q, p);
+    ck_assert_int_eq(c.allocs, base + 2);
+    lm__scratch_give(ctx, p, got);
+    lm__scratch_give(ctx, q, got2);
+    ck_assert_int_eq(c.frees, freed);
+    /* A request the kept ones both fit takes the smaller. */
+    ck_assert_ptr_eq(lm__scratch_take(ctx, 10, &got), p);
+    lm__scratch_give(ctx, p, got);
+    size_t huge = (size_t)64 << 20, g;
+    lm__scratch_give(ctx, lm__scratch_take(ctx, huge, &g), g);
+    ck_assert_int_eq(c.frees, freed + 1); /* not kept */
+    void *many[LM__SCRATCH_SLOTS + 1];
+    size_t sizes[LM__SCRATCH_SLOTS + 1];
+    for (size_t i = 0; i < LM__SCRATCH_SLOTS + 1; i++)
+        many[i] = lm__scratch_take(ctx, 100, &sizes[i]);
+    for (size_t i = 0; i < LM__SCRATCH_SLOTS + 1; i++)
+        lm__scratch_give(ctx, many[i], sizes[i]);
+    ck_assert_int_eq((c.allocs - base) - (c.frees - freed),
+                     LM__SCRATCH_SLOTS);
+    lm_context_destroy(ctx);
+    ck_assert_int_eq(c.allocs, c.frees);
+}
+END_TEST
+
 static void *fail_alloc(size_t n, void *user)
 {
     (void)n;
@@ -187,6 +235,7 @@ int main(void)
     tcase_add_test(tc, error_message_set_copy_clear);
     tcase_add_test(tc, custom_allocator_used_and_balanced);
     tcase_add_test(tc, failing_allocator);
+    tcase_add_test(tc, scratch_buffers_reused_and_bounded);
     tcase_add_test(tc, log_callback_and_level);
     suite_add_tcase(s, tc);
     return tu_run(s);

@@ -274,6 +274,42 @@ START_TEST(radix_selection)
 }
 END_TEST
 
+/* The bracket's two edges against a sort: hi is at or above the k_hi-th
+ * largest and lo at or below the k_lo-th, each within 2^-13 of that
+ * value (relative; the bins' width; 2^-140 for subnormals); on
+ * magnitudes with repeats, zeros and subnormals (no infinities: the
+ * fused path checks its inputs). */
+START_TEST(radix_bracket)
+{
+    static float x[ROOM], sorted[ROOM];
+    for (size_t l = 1; l < N_LENS; l++) {
+        size_t n = lens[l];
+        fill(x, n, 1900 + l, false);
+        for (size_t i = 0; i < n; i++) {
+            x[i] = fabsf(x[i]) * (i % 3 ? 1.0f : 1e6f);
+            if (i % 13 == 3)
+                x[i] = 1e-40f * (float)(i % 5); /* subnormals and +0 */
+        }
+        memcpy(sorted, x, n * sizeof(float));
+        qsort(sorted, n, sizeof(float), descending);
+        size_t step = n < 64 ? 1 : n / 23;
+        for (size_t k_hi = 1; k_hi <= n; k_hi += step)
+            for (size_t k_lo = k_hi; k_lo <= n; k_lo += step + 3) {
+                float hi, lo, vh = sorted[k_hi - 1], vl = sorted[k_lo - 1];
+                lm__bracket_nonneg(x, n, k_hi, k_lo, &hi, &lo);
+                /* Subnormals: bins of 2^-140 (512 of their ulps). */
+                float th = fmaxf(ldexpf(vh, -13), ldexpf(1.0f, -140));
+                float tl = fmaxf(ldexpf(vl, -13), ldexpf(1.0f, -140));
+                if (!(hi >= vh && hi <= vh + th && lo <= vl &&
+                      lo >= vl - tl && lo < hi))
+                    ck_abort_msg("ranks %zu, %zu of %zu: [%a, %a] for "
+                                 "[%a, %a]", k_lo, k_hi, n, (double)lo,
+                                 (double)hi, (double)vl, (double)vh);
+            }
+    }
+}
+END_TEST
+
 /* splitmix64's finaliser (Steele, Lea and Flood 2014). */
 static uint64_t splitmix(uint64_t x)
 {
@@ -339,6 +375,7 @@ int main(void)
     tcase_add_test(tc, conversion_kernels);
     tcase_add_test(tc, dare_mask_draws);
     tcase_add_test(tc, radix_selection);
+    tcase_add_test(tc, radix_bracket);
     tcase_add_test(tc, simd_pick);
     suite_add_tcase(s, tc);
     return tu_run(s);
