@@ -88,6 +88,15 @@ lm_status lm_context_create(const lm_context_options *options, lm_context **out)
             free(ctx);
         return LM_ERR_INTERNAL;
     }
+    if (pthread_mutex_init(&ctx->workspace_lock, NULL) != 0) {
+        pthread_mutex_destroy(&ctx->scratch_lock);
+        pthread_mutex_destroy(&ctx->error_lock);
+        if (ctx->has_allocator)
+            ctx->allocator.free(ctx, ctx->allocator.user);
+        else
+            free(ctx);
+        return LM_ERR_INTERNAL;
+    }
     lm_status st = lm__register_builtin_strategies(ctx);
     if (st != LM_OK) {
         lm_context_destroy(ctx);
@@ -108,6 +117,7 @@ void lm_context_destroy(lm_context *ctx)
     lm_free(ctx, ctx->strategies);
     lm__scratch_release(ctx);
     pthread_mutex_destroy(&ctx->scratch_lock);
+    pthread_mutex_destroy(&ctx->workspace_lock);
     pthread_mutex_destroy(&ctx->error_lock);
     lm_free(ctx, ctx->error_long);
     if (ctx->has_allocator)

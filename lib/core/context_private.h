@@ -17,6 +17,9 @@
 /* Work buffers a context keeps for reuse (core/scratch.h). */
 #define LM__SCRATCH_SLOTS 8
 
+/* Freed workspaces a context keeps for reuse during a run. */
+#define WORKSPACE_SLOTS 8
+
 struct lm_context {
     int n_threads;
     /* Threads merging for this context right now (executor workers,
@@ -64,6 +67,12 @@ struct lm_context {
         void *p;
         size_t size;
     } scratch[LM__SCRATCH_SLOTS];
+    /* Per-tensor workspaces waiting for reuse while runs are active
+     * (workspace.c). */
+    pthread_mutex_t workspace_lock;
+    int workspace_runs;
+    size_t workspace_count, workspace_bytes;
+    void *workspace[WORKSPACE_SLOTS];
 };
 
 /* Return early on failure. */
@@ -96,6 +105,17 @@ char *lm__strdup(lm_context *ctx, const char *s);
  * unchanged, when out of memory. */
 void *lm__reserve(lm_context *ctx, void *items, size_t *cap, size_t count,
                   size_t size, size_t first);
+
+/* Memory for large per-tensor buffers (workspace.c): like lm_alloc
+ * (uninitialised; free with lm__workspace_free only), but between
+ * lm__workspace_begin and the matching lm__workspace_end (a merge run) a
+ * freed block of 1 MiB or more is kept, a bounded number of them, for a
+ * later request it fits, so successive tensors reuse pages instead of
+ * faulting in fresh ones. The last end frees what waits. */
+void *lm__workspace_alloc(lm_context *ctx, size_t bytes);
+void lm__workspace_free(lm_context *ctx, void *p);
+void lm__workspace_begin(lm_context *ctx);
+void lm__workspace_end(lm_context *ctx);
 
 /* Independent work items inside one merge (parallel.c): fn(arg, i) for
  * every i < n_items, on the calling thread plus whatever of the context's

@@ -357,7 +357,7 @@ lm_status lm__first_passes(lm_plan *p, void *state)
     return st;
 }
 
-lm_status lm__execute(lm_plan *p, const lm_sink_vtable *sink)
+static lm_status execute(lm_plan *p, const lm_sink_vtable *sink)
 {
     lm_context *ctx = p->ctx;
     LM_TRY(validate_inputs(p));
@@ -427,3 +427,12 @@ lm_status lm__execute(lm_plan *p, const lm_sink_vtable *sink)
     return st;
 }
 
+/* One run: large per-tensor buffers are reused from tensor to tensor
+ * (lm__workspace_alloc) and released when it ends. */
+lm_status lm__execute(lm_plan *p, const lm_sink_vtable *sink)
+{
+    lm__workspace_begin(p->ctx);
+    lm_status st = execute(p, sink);
+    lm__workspace_end(p->ctx);
+    return st;
+}

@@ -378,7 +378,8 @@ lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
      * starts from zero (strategies may accumulate into it). Clearing the
      * whole block cost a third of a load-time merge of LoRA adapters. */
     float *block = floats < SIZE_MAX / sizeof(float)
-                       ? lm_alloc(ctx, (floats ? floats : 1) * sizeof(float))
+                       ? lm__workspace_alloc(ctx, (floats ? floats : 1) *
+                                                    sizeof(float))
                        : NULL;
     if (block) {
         huge_pages(block, (floats ? floats : 1) * sizeof(float));
@@ -419,7 +420,7 @@ lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
         st = lm__transpose_each(ctx, block + n * (k + 1), 1, c, r);
     lm_free(ctx, (void *)deltas);
     if (st != LM_OK || prepare) {
-        lm_free(ctx, block);
+        lm__workspace_free(ctx, block);
         lm_free(ctx, base64);
         return st;
     }
@@ -449,7 +450,7 @@ void lm__merged_write(const struct lm__merged *m, size_t n, void *dst,
 
 void lm__merged_free(lm_context *ctx, struct lm__merged *m)
 {
-    lm_free(ctx, m->block);
+    lm__workspace_free(ctx, m->block);
     lm_free(ctx, m->base64);
     *m = (struct lm__merged){0};
 }

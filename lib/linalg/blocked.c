@@ -75,7 +75,7 @@ static lm_status gemm_block_f32(void *arg, size_t i)
     size_t r0 = i * GEMM_ROWS, r1 = r0 + GEMM_ROWS < j->g.m ? r0 + GEMM_ROWS
                                                             : j->g.m;
     size_t n = j->g.n, count = (r1 - r0) * n;
-    double *rows = lm_alloc(j->ctx, count * sizeof(double));
+    double *rows = lm__workspace_alloc(j->ctx, count * sizeof(double));
     if (!rows)
         return LM_ERR_OUT_OF_MEMORY;
     const struct gemm_job *g = &j->g;
@@ -87,7 +87,7 @@ static lm_status gemm_block_f32(void *arg, size_t i)
     float *out = j->out + r0 * n;
     for (size_t e = 0; e < count; e++)
         out[e] = (float)(rows[e] * j->scale);
-    lm_free(j->ctx, rows);
+    lm__workspace_free(j->ctx, rows);
     return LM_OK;
 }
 

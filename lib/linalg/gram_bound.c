@@ -68,7 +68,7 @@ bool lm__gram_f32_fits(size_t m, size_t n)
 lm_status lm__gram_f32(lm_context *ctx, const double *a, size_t m, size_t n,
                        float *g)
 {
-    float *af = lm_alloc(ctx, m * n * sizeof(float));
+    float *af = lm__workspace_alloc(ctx, m * n * sizeof(float));
     if (!af)
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "f32 Gram matrix of a %zu x %zu matrix: "
@@ -77,7 +77,7 @@ lm_status lm__gram_f32(lm_context *ctx, const double *a, size_t m, size_t n,
         af[i] = (float)a[i];
     /* Row-major upper triangle = column-major lower triangle. */
     lm_status st = lm__gram_upper_f32(ctx, af, m, n, g);
-    lm_free(ctx, af);
+    lm__workspace_free(ctx, af);
     return st;
 }
 

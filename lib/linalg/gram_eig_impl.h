@@ -91,7 +91,7 @@ static lm_status GE_NAME(lm_context *ctx, const double *a, size_t m,
      * eigenvalues, one block; syevd's workspace apart, only when syevd
      * runs (fresh pages cost page faults). */
     size_t copy = GE_SINGLE ? m * n : 0;
-    REAL *buf = lm_alloc(ctx, (copy + d * d + d) * sizeof(REAL));
+    REAL *buf = lm__workspace_alloc(ctx, (copy + d * d + d) * sizeof(REAL));
     if (!buf)
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "eigendecomposition (%s) of a Gram "
@@ -109,6 +109,6 @@ static lm_status GE_NAME(lm_context *ctx, const double *a, size_t m,
     lm_status st = GE_GRAM(ctx, ar, m, n, g);
     if (st == LM_OK)
         st = GE_DECOMPOSE(ctx, g, d, wr, w, q);
-    lm_free(ctx, buf);
+    lm__workspace_free(ctx, buf);
     return st;
 }

@@ -450,7 +450,8 @@ static lm_status polar_gram(lm_context *ctx, const double *a, size_t m,
 {
     size_t k = m > n ? n : m;
     *done = false;
-    double *buf = doubles(ctx, 3 * k * k + k); /* written before read */
+    /* Written before read; reused across tensors (lm__workspace_alloc). */
+    double *buf = lm__workspace_alloc(ctx, (3 * k * k + k) * sizeof(double));
     if (!buf)
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "polar: out of memory");
@@ -477,7 +478,7 @@ static lm_status polar_gram(lm_context *ctx, const double *a, size_t m,
     if (st == LM_OK && isfinite(rms) &&
         lm__gram_unit(false) * rms > LM_SVD_TOL) {
         lm_free(ctx, g32);
-        lm_free(ctx, buf);
+        lm__workspace_free(ctx, buf);
         return LM_OK; /* the SVD route */
     }
     if (st == LM_OK)
@@ -510,7 +511,7 @@ static lm_status polar_gram(lm_context *ctx, const double *a, size_t m,
         *done = st == LM_OK;
         *route = single ? LM_SVD_GRAM_F32 : LM_SVD_GRAM_F64;
     }
-    lm_free(ctx, buf);
+    lm__workspace_free(ctx, buf);
     /* No convergence on G (silent): the SVD route decides. */
     return st == LM_ERR_LINALG ? LM_OK : st;
 }

@@ -421,15 +421,16 @@ static lm_status merge_tsv(const struct svd_state *s, const lm_tensor_job *job,
     return st;
 }
 
-/* The weighted sum of the task vectors in f64, straight from their f32
- * deltas: Iso-C needs only the sum, so the T tasks are never widened side
- * by side (T x m x n doubles of fresh memory). Same operations in the same
- * order as summing lm__weighted_tasks' rows. */
+/* The weighted sum of the task vectors in f64 (a workspace: free with
+ * lm__workspace_free), straight from their f32 deltas: Iso-C needs only
+ * the sum, so the T tasks are never widened side by side (T x m x n
+ * doubles of fresh memory). Same operations in the same order as summing
+ * lm__weighted_tasks' rows. */
 static double *weighted_task_sum(const lm_tensor_job *job)
 {
     size_t n = job->numel, T = job->n_models;
     double *sum = n <= SIZE_MAX / sizeof(double)
-                      ? lm_alloc(job->ctx, n * sizeof(double))
+                      ? lm__workspace_alloc(job->ctx, n * sizeof(double))
                       : NULL;
     if (!sum)
         return NULL;
@@ -471,7 +472,7 @@ static lm_status merge_iso_c(const struct svd_state *s,
             log_polar_routes(job, &route, 1);
         for (size_t i = 0; out && st == LM_OK && i < m * n; i++)
             out[i] *= s->alpha * mean;
-        lm_free(ctx, sum);
+        lm__workspace_free(ctx, sum);
         return st;
     }
     if (s->tol > 0) { /* U V^T = polar(M), through M's Gram matrix */
@@ -481,7 +482,7 @@ static lm_status merge_iso_c(const struct svd_state *s,
         lm_svd_route route;
         lm_status st = lm__polar_scaled_f32(ctx, sum, m, n, s->alpha,
                                             job->out, NULL, &route);
-        lm_free(ctx, sum);
+        lm__workspace_free(ctx, sum);
         return st;
     }
     double *sum = weighted_task_sum(job);
@@ -489,7 +490,7 @@ static lm_status merge_iso_c(const struct svd_state *s,
                                    sizeof(double))
                       : NULL;
     if (!buf) {
-        lm_free(ctx, sum);
+        lm__workspace_free(ctx, sum);
         return LM_ERR_OUT_OF_MEMORY;
     }
     double *u = buf, *sv = u + m * full, *vt = sv + full;
@@ -503,7 +504,7 @@ static lm_status merge_iso_c(const struct svd_state *s,
                               u, vt, 0.0, out);
     }
     lm_free(ctx, buf);
-    lm_free(ctx, sum);
+    lm__workspace_free(ctx, sum);
     return st;
 }
 

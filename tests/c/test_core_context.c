@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/internal.h"
 #include "core/scratch.h"
 #include "testutil.h"
 
@@ -166,6 +167,65 @@ START_TEST(scratch_buffers_reused_and_bounded)
 }
 END_TEST
 
+/* lm__workspace_alloc (core/workspace.c): outside a run a freed block goes
+ * back to the allocator at once; during one, a block of 1 MiB or more
+ * waits and serves a later request it holds (the same pointer, not a
+ * request of less than half its size), at most 8 wait, and the run's end
+ * frees them: the allocator's counts balance. */
+START_TEST(workspace_reused_during_a_run_and_released)
+{
+    struct counting_alloc c = {0, 0};
+    lm_allocator a = {sizeof(a), count_alloc, count_free, &c};
+    lm_context_options o = LM_CONTEXT_OPTIONS_INIT;
+    o.allocator = &a;
+    lm_context *ctx = NULL;
+    ck_assert_ok(lm_context_create(&o, &ctx));
+    const size_t mib = (size_t)1 << 20;
+    int outstanding = c.allocs - c.frees; /* the context's own */
+    int frees = c.frees;
+    char *p = lm__workspace_alloc(ctx, 2 * mib);
+    memset(p, 1, 2 * mib);
+    lm__workspace_free(ctx, p);
+    ck_assert_int_eq(c.frees, frees + 1); /* no run: freed */
+
+    lm__workspace_begin(ctx);
+    p = lm__workspace_alloc(ctx, 2 * mib);
+    memset(p, 1, 2 * mib);
+    int allocs = c.allocs;
+    frees = c.frees;
+    lm__workspace_free(ctx, p);
+    ck_assert_int_eq(c.frees, frees); /* kept */
+    char *small = lm__workspace_alloc(ctx, mib - 1); /* below 1 MiB: fresh */
+    ck_assert_ptr_ne(small, p);
+    char *q = lm__workspace_alloc(ctx, 3 * mib / 2); /* fits: reused */
+    ck_assert_ptr_eq(q, p);
+    ck_assert_int_eq(c.allocs, allocs + 1);
+    memset(q, 2, 3 * mib / 2);
+    lm__workspace_free(ctx, q);
+    char *big = lm__workspace_alloc(ctx, 4 * mib); /* too small: fresh */
+    ck_assert_ptr_ne(big, p);
+    char *half = lm__workspace_alloc(ctx, mib / 2 + mib / 4); /* < half */
+    ck_assert_ptr_ne(half, p);
+    lm__workspace_free(ctx, small);
+    lm__workspace_free(ctx, big);
+    lm__workspace_free(ctx, half);
+    char *many[10];
+    for (int i = 0; i < 10; i++)
+        many[i] = lm__workspace_alloc(ctx, mib + (size_t)i);
+    frees = c.frees;
+    for (int i = 0; i < 10; i++)
+        lm__workspace_free(ctx, many[i]);
+    /* many[0] took p's 2 MiB block (1 MiB is half of it), so only big
+     * waits when the 10 return: 7 of them join it, 3 are freed. */
+    ck_assert_ptr_eq(many[0], p);
+    ck_assert_int_eq(c.frees, frees + 3);
+    lm__workspace_end(ctx); /* the 8 waiting blocks freed */
+    ck_assert_int_eq(c.allocs - c.frees, outstanding);
+    lm_context_destroy(ctx);
+    ck_assert_int_eq(c.allocs, c.frees);
+}
+END_TEST
+
 static void *fail_alloc(size_t n, void *user)
 {
     (void)n;
@@ -236,6 +296,7 @@ int main(void)
     tcase_add_test(tc, custom_allocator_used_and_balanced);
     tcase_add_test(tc, failing_allocator);
     tcase_add_test(tc, scratch_buffers_reused_and_bounded);
+    tcase_add_test(tc, workspace_reused_during_a_run_and_released);
     tcase_add_test(tc, log_callback_and_level);
     suite_add_tcase(s, tc);
     return tu_run(s);
