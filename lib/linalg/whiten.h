@@ -30,16 +30,21 @@ typedef enum lm_whiten {
 } lm_whiten;
 
 /* The `whiten` and `whiten_floor` parameters' descriptors, shared by
- * esm, tsv, iso_c and iso_cts. */
-#define LM__WHITEN_PARAMS                                                    \
-    {sizeof(lm_param_desc), "whiten", LM_PARAM_CHOICE, 0, 0, 0,              \
-     "released|rank_aware",                                                  \
+ * esm, tsv, iso_c and iso_cts; a CHOICE's default is its first word, so
+ * each method states its own: LM__WHITEN_PARAMS_RELEASED (esm, iso_cts)
+ * or LM__WHITEN_PARAMS_RANK_AWARE (tsv, iso_c: rank-aware measured level
+ * on accuracy and ahead on stability, docs/methods/svd_family.md). */
+#define LM__WHITEN_PARAMS_AS(choices)                                        \
+    {sizeof(lm_param_desc), "whiten", LM_PARAM_CHOICE, 0, 0, 0, choices,     \
      "polar step: every direction weight 1 (released), or directions at "   \
      "the f32 noise floor of the inputs dropped / shrunk", 0},               \
     {sizeof(lm_param_desc), "whiten_floor", LM_PARAM_FLOAT,                  \
      LM_WHITEN_FLOOR_DEFAULT, 1e-3, 1e6, NULL,                               \
      "whiten=rank_aware: factor c of the noise floor "                       \
      "tau = s_1 (c eps_in sqrt(max(m, n)) + tol)", 0}
+#define LM__WHITEN_PARAMS_RELEASED LM__WHITEN_PARAMS_AS("released|rank_aware")
+#define LM__WHITEN_PARAMS_RANK_AWARE                                         \
+    LM__WHITEN_PARAMS_AS("rank_aware|released")
 
 /* Reads `whiten` into *mode and `whiten_floor` into *floor_c. */
 lm_status lm__whiten_get(const lm_params *params, lm_whiten *mode,

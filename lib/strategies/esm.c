@@ -69,7 +69,7 @@ static const lm_param_desc esm_params[] = {
      "value, times 2 (released); spectral: the polar factors of P_cat and "
      "of A_cat with unit rows, A_cat's row norms kept as weights between "
      "them (TSV-M's form on ESM's essential basis)", 0},
-    LM__WHITEN_PARAMS,
+    LM__WHITEN_PARAMS_RELEASED,
 };
 
 #define N_PATTERNS 5

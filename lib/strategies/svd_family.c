@@ -50,7 +50,7 @@ static const lm_param_desc tsv_params[] = {
      NULL, "extra random probes of the randomized SVD (0: max(16, k/2), "
      "accurate when the spectrum decays slowly around k)", 0},
     SVD_TOLERANCE_PARAM,
-    LM__WHITEN_PARAMS,
+    LM__WHITEN_PARAMS_RANK_AWARE,
     LM__EMBEDDING_PARAMS("svd|mean|randomized",
                          "embeddings/heads: exact SVD (as other matrices), "
                          "alpha * weighted mean, or randomized top-k SVDs"),
@@ -67,7 +67,7 @@ static const lm_param_desc iso_c_params[] = {
     {sizeof(lm_param_desc), "alpha", LM_PARAM_FLOAT, 1.0, 0.0, 10.0, NULL,
      "scale of the merged task vector", 0},
     SVD_TOLERANCE_PARAM,
-    LM__WHITEN_PARAMS,
+    LM__WHITEN_PARAMS_RANK_AWARE,
     ISO_EMBEDDING_PARAMS,
 };
 
@@ -80,7 +80,7 @@ static const lm_param_desc iso_cts_params[] = {
     {sizeof(lm_param_desc), "common_space_fraction", LM_PARAM_FLOAT, 0.8,
      0.0, 1.0, NULL, "fraction of the rank given to the common subspace", 0},
     SVD_TOLERANCE_PARAM,
-    LM__WHITEN_PARAMS,
+    LM__WHITEN_PARAMS_RELEASED,
     ISO_EMBEDDING_PARAMS,
 };
 

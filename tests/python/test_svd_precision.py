@@ -10,7 +10,10 @@ the routes read from libmerge's DEBUG log:
   switch to f64 or exact and stay within 1e-4, and the same inputs forced
   through f32 (svd_tolerance at its 1e-2 maximum) do miss 1e-4: the switch
   is what keeps them accurate;
-- svd_tolerance=0 is the exact dgesdd path."""
+- svd_tolerance=0 is the exact dgesdd path.
+Every merge here has whiten="released", the papers' polar step, which
+these references compute (tsv and iso_c default to rank_aware; its Gram
+route is test_whiten_gram.py's)."""
 import logging
 import re
 
@@ -38,7 +41,8 @@ def routes(caplog):
 def merge(method, taus, caplog, **params):
     base = {"w": np.zeros(taus[0].shape, np.float32)}
     with caplog.at_level(logging.DEBUG, logger="libmerge"):
-        out = libmerge.merge(method, base, [{"w": t} for t in taus], **params)
+        out = libmerge.merge(method, base, [{"w": t} for t in taus],
+                             **dict({"whiten": "released"}, **params))
     return out["w"].astype(np.float64), routes(caplog)
 
 
@@ -138,7 +142,7 @@ def test_iso_c_polar_few_small_singular_values(shape, caplog):
     assert err <= 1e-5, err
     base = {"w": np.zeros(shape, np.float32)}
     runs = [libmerge.merge("iso_c", base, [{"w": t} for t in taus],
-                           threads=k)["w"].tobytes() for k in (1, 2)]
+                           whiten="released", threads=k)["w"].tobytes() for k in (1, 2)]
     assert runs[0] == runs[1]
 
 
@@ -148,7 +152,7 @@ def test_bit_identical_for_any_thread_count(method):
     taus = spectrum_tasks(rng, (48, 80), 4, np.linspace(2.0, 1.0, 48))
     base = {"w": np.zeros((48, 80), np.float32)}
     runs = [libmerge.merge(method, base, [{"w": t} for t in taus],
-                           threads=n)["w"].tobytes() for n in (1, 2)]
+                           whiten="released", threads=n)["w"].tobytes() for n in (1, 2)]
     assert runs[0] == runs[1]
 
 
@@ -183,8 +187,8 @@ def test_randomized_decaying_spectrum_stays_randomized(decay, caplog):
     err = rel(got, ref.tsv(taus))
     assert err <= 1e-4, err
     base = {"w": np.zeros(shape, np.float32)}
-    one = libmerge.merge("tsv", base, [{"w": t} for t in taus], randomized=True,
-                         seed=4, threads=1)["w"].astype(np.float64)
+    one = libmerge.merge("tsv", base, [{"w": t} for t in taus], whiten="released",
+                         randomized=True, seed=4, threads=1)["w"].astype(np.float64)
     assert one.tobytes() == got.tobytes()
 
 

@@ -7,7 +7,8 @@ row, column and reflector blocks), flat (Gaussian) and spread spectra
 (the f32 and f64 routes): the merge must match the float64 numpy
 reference (reference.py, np.linalg.svd) within 1e-4 and be the same
 bytes for 1, 2 and 8 threads, also when several tensors share the
-threads and the last one borrows them."""
+threads and the last one borrows them. whiten="released", as the
+reference (the rank-aware default's threads: test_whiten_gram.py)."""
 import logging
 import re
 
@@ -47,7 +48,8 @@ def test_large_layers_same_bytes_for_1_2_8_threads(method, caplog):
         runs = []
         for threads in (1, 2, 8):
             with caplog.at_level(logging.DEBUG, logger="libmerge"):
-                runs.append(libmerge.merge(method, base, models, threads=threads))
+                runs.append(libmerge.merge(method, base, models, threads=threads,
+                                           whiten="released"))
             for rec in caplog.records:
                 m = ROUTE.search(rec.getMessage())
                 if m and threads == 1:
