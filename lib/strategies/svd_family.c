@@ -443,6 +443,40 @@ static double *weighted_task_sum(const lm_tensor_job *job)
     return sum;
 }
 
+/* weighted_task_sum (a workspace: free with lm__workspace_free) and, in
+ * the same pass over the deltas, sum_precision(job, sum) into *eps: the same accumulations in the same
+ * order, so the same bits, without reading base and deltas a second
+ * time. */
+static double *weighted_task_sum_eps(const lm_tensor_job *job, double *eps)
+{
+    size_t n = job->numel, T = job->n_models;
+    double *w2 = lm__calloc(job->ctx, T, sizeof(double));
+    double *sum = w2 && n <= SIZE_MAX / sizeof(double)
+                      ? lm__workspace_alloc(job->ctx, n * sizeof(double))
+                      : NULL;
+    if (!sum) {
+        lm_free(job->ctx, w2);
+        return NULL;
+    }
+    double b2 = 0, m2 = 0, in2 = 0;
+    for (size_t i = 0; i < n; i++) {
+        double b = job->base ? (double)job->base[i] : 0.0, acc = 0.0;
+        b2 += b * b;
+        for (size_t t = 0; t < T; t++) {
+            double d = (double)job->deltas[t][i], v = b + d;
+            acc += job->weights[t] * d;
+            w2[t] += v * v;
+        }
+        sum[i] = acc;
+        m2 += acc * acc;
+    }
+    for (size_t t = 0; t < T; t++)
+        in2 += job->weights[t] * job->weights[t] * (b2 + w2[t]);
+    *eps = m2 > 0 ? FLT_EPSILON * sqrt(in2 / m2) : 0.0;
+    lm_free(job->ctx, w2);
+    return sum;
+}
+
 /* The merged tensor in f64 (out), as the other methods give it, except
  * with svd_tolerance > 0 (svd_merge's `direct`): then job->out is written
  * straight, the polar factor formed in row blocks, and out is NULL. */
@@ -458,11 +492,11 @@ static lm_status merge_iso_c(const struct svd_state *s,
          * estimate is within svd_tolerance (0: the exact SVD), and with
          * svd_tolerance > 0 is written to job->out as the released one
          * (out NULL). */
-        double *sum = weighted_task_sum(job), mean = 0;
+        double eps = 0, mean = 0, *sum = weighted_task_sum_eps(job, &eps);
         if (!sum)
             return LM_ERR_OUT_OF_MEMORY;
         lm_svd_route route;
-        double eps = s->floor_c * sum_precision(job, sum);
+        eps *= s->floor_c;
         lm_status st = out ? lm__polar_whiten(ctx, sum, m, n, eps, 0.0,
                                               s->tol, out, &mean, &route)
                            : lm__polar_whiten_f32(ctx, sum, m, n, eps, 0.0,
