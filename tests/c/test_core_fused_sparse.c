@@ -19,8 +19,9 @@
 #include "core/context_private.h"
 #include "testutil.h"
 
-/* Around the fused block (2048), and past the selection's sample (16384
- * elements: the bracket then comes from a sample, not the whole tensor). */
+/* Around the fused block (2048). Tensors past the selection's sample
+ * (65536 elements: the bracket then comes from a sample, not the whole
+ * tensor) are sparse_chunked_ties'. */
 static const int64_t sizes[][2] = {
     {1, 0}, {7, 0}, {2047, 0}, {2049, 0}, {37, 61}, {3, 8191},
 };
