@@ -35,7 +35,8 @@ import variants_runs  # noqa: E402
 
 PARTS = {"full": "full", "purify": "full", "whiten": "full", "nsc": "lora",
          "purify_layer": "full", "esm_variant": "full", "whiten_svd": "full",
-         "vit": "vit-zs", "vit_whiten": "vit-zs"}  # part -> run.KINDS kind
+         "vit": "vit-zs", "vit_whiten": "vit-zs",
+         "whiten_lora": "lora"}  # part -> run.KINDS kind
 # Parts whose rows join another part's result of the same task count and
 # seed (the rows they are compared with).
 JOINS = {"purify": "full", "whiten": "full", "esm_variant": "full", "vit_whiten": "vit"}
@@ -64,8 +65,8 @@ def measure(args, part, d, n, seed, stats, method=None):
         rows = variants_runs.esm_variant_rows(s, names=args.esm_variants)
     elif part == "vit":
         rows = variants_runs.vit_rows(s)
-    elif part in ("whiten_svd", "vit_whiten"):
-        rows = variants_runs.whiten_svd_rows(s, released=part == "whiten_svd")
+    elif part in ("whiten_svd", "vit_whiten", "whiten_lora"):
+        rows = variants_runs.whiten_svd_rows(s, released=part != "vit_whiten")
     elif part == "purify":
         rows = {method: variants_runs.purify_rows(s, method, CANDIDATES)}
     elif part == "purify_layer":
@@ -130,7 +131,8 @@ def main():
                     help="comma-separated subset of full (scale searches, ESM), purify, "
                     "whiten (ESM rank_aware), nsc, purify_layer, esm_variant (ESM's "
                     "combine/scaling variants), whiten_svd (TSV-M / Iso-C / Iso-CTS "
-                    "rank_aware and released), vit (ESM, its variants and the SVD family "
+                    "rank_aware and released), whiten_lora (the same on the MLP's LoRA "
+                    "fine-tunes), vit (ESM, its variants and the SVD family "
                     "on the ViT, zero-shot-style heads), vit_whiten (the SVD family "
                     "rank_aware there)")
     ap.add_argument("--purify-tasks", default="8",

@@ -577,6 +577,7 @@ def _whiten_svd(results):
     on the MLP (whiten_svd part) and on the ViT (vit_whiten rows joined to
     the vit part)."""
     parts = [(p, t) for p, t in (("whiten_svd", report.KIND_TITLES["full"]),
+                                 ("whiten_lora", report.KIND_TITLES["lora"]),
                                  ("vit", report.KIND_TITLES["vit-zs"]))
              if any(r["part"] == p and any("whiten rank_aware" in row for row in r["rows"].values())
                     for r in results)]
