@@ -25,6 +25,15 @@ void lm_context_options_init(lm_context_options *options)
         *options = (lm_context_options)LM_CONTEXT_OPTIONS_INIT;
 }
 
+/* The context's own block, back to the allocator it came from. */
+static void free_block(lm_context *ctx)
+{
+    if (ctx->has_allocator)
+        ctx->allocator.free(ctx, ctx->allocator.user);
+    else
+        free(ctx);
+}
+
 lm_status lm_context_create(const lm_context_options *options, lm_context **out)
 {
     if (!out)
@@ -73,30 +82,15 @@ lm_status lm_context_create(const lm_context_options *options, lm_context **out)
         ctx->allocator = *opts.allocator;
         ctx->has_allocator = true;
     }
-    if (pthread_mutex_init(&ctx->error_lock, NULL) != 0) {
-        if (ctx->has_allocator)
-            ctx->allocator.free(ctx, ctx->allocator.user);
-        else
-            free(ctx);
-        return LM_ERR_INTERNAL;
-    }
-    if (pthread_mutex_init(&ctx->scratch_lock, NULL) != 0) {
-        pthread_mutex_destroy(&ctx->error_lock);
-        if (ctx->has_allocator)
-            ctx->allocator.free(ctx, ctx->allocator.user);
-        else
-            free(ctx);
-        return LM_ERR_INTERNAL;
-    }
-    if (pthread_mutex_init(&ctx->workspace_lock, NULL) != 0) {
-        pthread_mutex_destroy(&ctx->scratch_lock);
-        pthread_mutex_destroy(&ctx->error_lock);
-        if (ctx->has_allocator)
-            ctx->allocator.free(ctx, ctx->allocator.user);
-        else
-            free(ctx);
-        return LM_ERR_INTERNAL;
-    }
+    pthread_mutex_t *locks[] = {&ctx->error_lock, &ctx->scratch_lock,
+                                &ctx->workspace_lock};
+    for (size_t i = 0; i < sizeof(locks) / sizeof(locks[0]); i++)
+        if (pthread_mutex_init(locks[i], NULL) != 0) {
+            while (i--)
+                pthread_mutex_destroy(locks[i]);
+            free_block(ctx);
+            return LM_ERR_INTERNAL;
+        }
     lm_status st = lm__register_builtin_strategies(ctx);
     if (st != LM_OK) {
         lm_context_destroy(ctx);
@@ -120,10 +114,7 @@ void lm_context_destroy(lm_context *ctx)
     pthread_mutex_destroy(&ctx->workspace_lock);
     pthread_mutex_destroy(&ctx->error_lock);
     lm_free(ctx, ctx->error_long);
-    if (ctx->has_allocator)
-        ctx->allocator.free(ctx, ctx->allocator.user);
-    else
-        free(ctx);
+    free_block(ctx);
 }
 
 int lm_context_threads(const lm_context *ctx) { return ctx ? ctx->n_threads : 1; }

@@ -3,7 +3,8 @@
  * name, GE_NAME_SYEVD a name for its plain syevd call, GE_DECOMPOSE one
  * for the decomposition of a formed G, GE_GRAM (blocked.c)
  * and GE_SYEVD_WORK the Gram product and the LAPACKE routine of that
- * precision, GE_ROUTINE the eigensolver's name for messages. */
+ * precision, GE_ROUTINE the eigensolver's name for messages; syevd_fits
+ * is svd_top.c's. */
 
 /* syevd on g (d x d, col-major lower) with its workspace from ctx. */
 static lm_status GE_NAME_SYEVD(lm_context *ctx, char jobz, REAL *g, size_t d,
@@ -81,8 +82,7 @@ static lm_status GE_NAME(lm_context *ctx, const double *a, size_t m,
 {
     bool wide = m <= n;
     size_t d = wide ? m : n, other = wide ? n : m;
-    double need = 1.0 + 6.0 * (double)d + 2.0 * (double)d * (double)d;
-    if (!lm__lapack_fits(need) || !lm__lapack_fits((double)other))
+    if (!syevd_fits(d) || !lm__lapack_fits((double)other))
         return lm_context_set_error(ctx, LM_ERR_UNSUPPORTED,
                                     "Gram eigendecomposition of a %zu x %zu "
                                     "matrix exceeds the LAPACK integer limit",

@@ -8,6 +8,13 @@
 
 #include "linalg/linalg.h"
 
+/* Whether syevd's integer workspace for order d (1 + 6d + 2d^2 with
+ * vectors) fits LAPACK's integers. */
+static bool syevd_fits(size_t d)
+{
+    return lm__lapack_fits(1.0 + 6.0 * (double)d + 2.0 * (double)d * (double)d);
+}
+
 #define REAL float
 #define GE_NAME gram_eig_f32
 #define GE_NAME_SYEVD syevd_f32
@@ -50,8 +57,7 @@ lm_status lm__gram_eig_formed_f32(lm_context *ctx, float *g, size_t d,
 {
     if (!d)
         return LM_OK;
-    double need = 1.0 + 6.0 * (double)d + 2.0 * (double)d * (double)d;
-    if (!lm__lapack_fits(need))
+    if (!syevd_fits(d))
         return lm_context_set_error(ctx, LM_ERR_UNSUPPORTED,
                                     "Gram eigendecomposition of order %zu "
                                     "exceeds the LAPACK integer limit", d);
