@@ -115,6 +115,9 @@ void *lm__reserve(lm_context *ctx, void *items, size_t *cap, size_t count,
 void *lm__workspace_alloc(lm_context *ctx, size_t bytes);
 void lm__workspace_free(lm_context *ctx, void *p);
 void lm__workspace_begin(lm_context *ctx);
+/* Ask for transparent huge pages over the 2 MiB-aligned part of
+ * [ptr, ptr + bytes) before its first touch (workspace.c). */
+void lm__huge_pages(void *ptr, size_t bytes);
 void lm__workspace_end(lm_context *ctx);
 
 /* Independent work items inside one merge (parallel.c): fn(arg, i) for

@@ -79,7 +79,14 @@ lm_status lm_tensor_create(lm_context *ctx, lm_dtype dtype, int ndim,
     LM_TRY(check_shape(ctx, dtype, ndim, shape, &numel));
     lm_tensor *t = NULL;
     LM_TRY(new_tensor(ctx, dtype, ndim, shape, numel, &t));
-    t->data = lm__calloc(ctx, numel ? numel : 1, lm_dtype_size(dtype));
+    /* Zeroed after asking for huge pages: a merge's output tensors are
+     * fresh memory (core/workspace.c). */
+    size_t bytes = (numel ? numel : 1) * lm_dtype_size(dtype);
+    t->data = lm_alloc(ctx, bytes);
+    if (t->data) {
+        lm__huge_pages(t->data, bytes);
+        memset(t->data, 0, bytes);
+    }
     if (!t->data) {
         lm_free(ctx, t);
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,

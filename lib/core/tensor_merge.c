@@ -6,10 +6,8 @@
  * "wide": each delta is the f64 difference rounded once to f32, and the
  * base is added back in f64 at the end, so an f64 model loses only the
  * f32 rounding of its (small) task vectors, not of its weights. */
-#define _DEFAULT_SOURCE /* madvise */
 #include <math.h>
 #include <stdint.h>
-#include <sys/mman.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -334,25 +332,6 @@ static lm_status run_strategy(lm_plan *p, void *state, const char *name,
     return LM_OK;
 }
 
-/* A large block is a fresh mapping each time (the allocator returns it to
- * the system when the tensor is done), so every page of it faults on
- * first touch: with transparent huge pages in "madvise" mode, asking for
- * them turns 512 faults into one (a load-time LoRA merge spent a quarter
- * of its time in page faults). Advice only: any failure is harmless. */
-static void huge_pages(void *ptr, size_t bytes)
-{
-#ifdef MADV_HUGEPAGE
-    const uintptr_t huge = (uintptr_t)2 << 20;
-    uintptr_t start = ((uintptr_t)ptr + huge - 1) & ~(huge - 1),
-              end = ((uintptr_t)ptr + bytes) & ~(huge - 1);
-    if (end > start)
-        (void)madvise((void *)start, end - start, MADV_HUGEPAGE);
-#else
-    (void)ptr;
-    (void)bytes;
-#endif
-}
-
 lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
                            const lm_tensor *base, bool from_plan_base,
                            enum lm__pass pass, struct lm__merged *merged)
@@ -381,10 +360,8 @@ lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
                        ? lm__workspace_alloc(ctx, (floats ? floats : 1) *
                                                     sizeof(float))
                        : NULL;
-    if (block) {
-        huge_pages(block, (floats ? floats : 1) * sizeof(float));
+    if (block) /* fresh blocks ask for huge pages (workspace.c) */
         memset(block + n * (k + 1), 0, n * sizeof(float));
-    }
     const float **deltas = lm__calloc(ctx, k ? k : 1, sizeof(*deltas));
     double *base64 = wide ? lm__calloc(ctx, 2 * (n ? n : 1), sizeof(double))
                           : NULL;

@@ -106,7 +106,7 @@ static lm_status ES_NAME(lm_context *ctx, REAL *a, size_t n, REAL *w,
                    lwork +
                    (liwork * sizeof(lapack_int) + sizeof(REAL) - 1) /
                        sizeof(REAL);
-    REAL *buf = lm_alloc(ctx, words * sizeof(REAL));
+    REAL *buf = lm__workspace_alloc(ctx, words * sizeof(REAL));
     if (!buf)
         return LM_ERR_OUT_OF_MEMORY;
     REAL *e = buf, *tau = e + n, *v = tau + n,
@@ -127,6 +127,6 @@ static lm_status ES_NAME(lm_context *ctx, REAL *a, size_t n, REAL *w,
         st = lm__parallel_for(ctx, (n + SPLIT_COLS - 1) / SPLIT_COLS,
                               ES_LOCAL(back_block), &j);
     }
-    lm_free(ctx, buf);
+    lm__workspace_free(ctx, buf);
     return st;
 }

@@ -87,7 +87,7 @@ lm_status lm__gram_cond_bound_f32(lm_context *ctx, const float *g0,
     *bound = INFINITY;
     if (rms)
         *rms = INFINITY;
-    float *g = lm_alloc(ctx, (d * d + 2 * d) * sizeof(float));
+    float *g = lm__workspace_alloc(ctx, (d * d + 2 * d) * sizeof(float));
     if (!g)
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "condition bound of a %zu x %zu Gram "
@@ -131,7 +131,7 @@ lm_status lm__gram_cond_bound_f32(lm_context *ctx, const float *g0,
                 *rms = sqrt(sum / (double)d);
         }
     }
-    lm_free(ctx, g);
+    lm__workspace_free(ctx, g);
     return LM_OK;
 }
 
@@ -145,7 +145,7 @@ lm_status lm__gram_cond_lower_bound(lm_context *ctx, const double *a,
     if (!lm__gram_f32_fits(m, n))
         return LM_OK; /* no bound: the callers' eigenvalue checks decide */
     size_t d = m <= n ? m : n;
-    float *g = lm_alloc(ctx, d * d * sizeof(float));
+    float *g = lm__workspace_alloc(ctx, d * d * sizeof(float));
     if (!g)
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "condition bound of a %zu x %zu Gram "
@@ -153,6 +153,6 @@ lm_status lm__gram_cond_lower_bound(lm_context *ctx, const double *a,
     lm_status st = lm__gram_f32(ctx, a, m, n, g);
     if (st == LM_OK)
         st = lm__gram_cond_bound_f32(ctx, g, d, bound, rms);
-    lm_free(ctx, g);
+    lm__workspace_free(ctx, g);
     return st;
 }

@@ -20,7 +20,7 @@ static lm_status GE_NAME_SYEVD(lm_context *ctx, char jobz, REAL *g, size_t d,
                                     "(info %d)", (int)*info);
     size_t lwork = query < 1 ? 1 : (size_t)query;
     size_t liwork = iquery < 1 ? 1 : (size_t)iquery;
-    REAL *work = lm_alloc(ctx, (lwork + (liwork * sizeof(lapack_int) +
+    REAL *work = lm__workspace_alloc(ctx, (lwork + (liwork * sizeof(lapack_int) +
                                          sizeof(REAL) - 1) / sizeof(REAL)) *
                                    sizeof(REAL));
     if (!work)
@@ -31,7 +31,7 @@ static lm_status GE_NAME_SYEVD(lm_context *ctx, char jobz, REAL *g, size_t d,
     *info = GE_SYEVD_WORK(LAPACK_COL_MAJOR, jobz, 'L', (lapack_int)d, g,
                           (lapack_int)d, wr, work, (lapack_int)lwork,
                           (lapack_int *)(work + lwork), (lapack_int)liwork);
-    lm_free(ctx, work);
+    lm__workspace_free(ctx, work);
     return LM_OK;
 }
 

@@ -464,7 +464,7 @@ static lm_status polar_gram(lm_context *ctx, const double *a, size_t m,
      * A: fresh pages). */
     double bound = INFINITY, rms = INFINITY;
     bool fits = lm__gram_f32_fits(m, n);
-    float *g32 = fits ? lm_alloc(ctx, k * k * sizeof(float)) : NULL;
+    float *g32 = fits ? lm__workspace_alloc(ctx, k * k * sizeof(float)) : NULL;
     lm_status st = fits && !g32 ? lm_context_set_error(ctx,
                                                        LM_ERR_OUT_OF_MEMORY,
                                                        "polar: out of memory")
@@ -477,14 +477,14 @@ static lm_status polar_gram(lm_context *ctx, const double *a, size_t m,
     bool single = st == LM_OK && lm__gram_unit(true) * bound <= LM_SVD_TOL;
     if (st == LM_OK && isfinite(rms) &&
         lm__gram_unit(false) * rms > LM_SVD_TOL) {
-        lm_free(ctx, g32);
+        lm__workspace_free(ctx, g32);
         lm__workspace_free(ctx, buf);
         return LM_OK; /* the SVD route */
     }
     if (st == LM_OK)
         st = single ? lm__gram_eig_formed_f32(ctx, g32, k, w, q)
                     : lm__gram_eig(ctx, a, m, n, false, w, q);
-    lm_free(ctx, g32);
+    lm__workspace_free(ctx, g32);
     if (st == LM_ERR_LINALG && single) { /* f32 did not converge: f64 */
         single = false;
         st = lm__gram_eig(ctx, a, m, n, false, w, q);

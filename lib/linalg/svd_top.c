@@ -132,7 +132,7 @@ static lm_status exact(lm_context *ctx, const double *a, size_t m, size_t n,
                        double *left)
 {
     size_t d = m < n ? m : n;
-    double *buf = lm_alloc(ctx, (m * d + d + d * n) * sizeof(double));
+    double *buf = lm__workspace_alloc(ctx, (m * d + d + d * n) * sizeof(double));
     if (!buf)
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "SVD: out of memory for %zu x %zu", m, n);
@@ -146,7 +146,7 @@ static lm_status exact(lm_context *ctx, const double *a, size_t m, size_t n,
         if (left && m <= n)
             memcpy(left, fu, m * m * sizeof(double));
     }
-    lm_free(ctx, buf);
+    lm__workspace_free(ctx, buf);
     return st;
 }
 
@@ -167,7 +167,7 @@ lm_status lm__svd_top(lm_context *ctx, const double *a, size_t m, size_t n,
                                         "SVD: input has a non-finite value "
                                         "at element %zu", i);
     if (tol > 0) {
-        double *buf = lm_alloc(ctx, (d + d * d) * sizeof(double));
+        double *buf = lm__workspace_alloc(ctx, (d + d * d) * sizeof(double));
         if (!buf)
             return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                         "SVD: out of memory for %zu x %zu",
@@ -196,7 +196,7 @@ lm_status lm__svd_top(lm_context *ctx, const double *a, size_t m, size_t n,
             *route = single ? LM_SVD_GRAM_F32 : LM_SVD_GRAM_F64;
             break;
         }
-        lm_free(ctx, buf);
+        lm__workspace_free(ctx, buf);
         /* No convergence on G (silent) is no verdict on A: dgesdd
          * decides. Other failures stand. */
         if (st != LM_OK && st != LM_ERR_LINALG)

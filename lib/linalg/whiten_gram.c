@@ -113,12 +113,12 @@ lm_status lm__polar_whiten_gram(lm_context *ctx, const double *a, size_t m,
 {
     size_t k = m < n ? m : n;
     *done = false;
-    double *buf = lm_alloc(ctx, (3 * k * k + k) * sizeof(double));
+    double *buf = lm__workspace_alloc(ctx, (3 * k * k + k) * sizeof(double));
     bool fits = lm__gram_f32_fits(m, n);
-    float *g32 = fits ? lm_alloc(ctx, k * k * sizeof(float)) : NULL;
+    float *g32 = fits ? lm__workspace_alloc(ctx, k * k * sizeof(float)) : NULL;
     if (!buf || (fits && !g32)) {
-        lm_free(ctx, buf);
-        lm_free(ctx, g32);
+        lm__workspace_free(ctx, buf);
+        lm__workspace_free(ctx, g32);
         return lm_context_set_error(ctx, LM_ERR_OUT_OF_MEMORY,
                                     "polar: out of memory");
     }
@@ -147,7 +147,7 @@ lm_status lm__polar_whiten_gram(lm_context *ctx, const double *a, size_t m,
         st = decompose(ctx, a, m, n, NULL, eps_in, tol, mean, w, q, &tau,
                        &est);
     }
-    lm_free(ctx, g32);
+    lm__workspace_free(ctx, g32);
     if (estimate)
         *estimate = est;
     if (st == LM_OK && (forced || est <= route_tol)) {
@@ -155,7 +155,7 @@ lm_status lm__polar_whiten_gram(lm_context *ctx, const double *a, size_t m,
         *done = st == LM_OK;
         *route = single ? LM_SVD_GRAM_F32 : LM_SVD_GRAM_F64;
     }
-    lm_free(ctx, buf);
+    lm__workspace_free(ctx, buf);
     /* No convergence on G (silent): the SVD route decides. */
     return st == LM_ERR_LINALG && !forced ? LM_OK : st;
 }
