@@ -65,8 +65,9 @@ def main():
     t0 = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",")]
     sizes = [int(n) for n in args.tasks.split(",")]
-    if not all(2 <= n <= len(tasklib.TASKS) for n in sizes):
-        ap.error("--tasks: each count must be between 2 and %d" % len(tasklib.TASKS))
+    most = len(run.SMOKE_TASKS) if args.smoke else len(tasklib.TASKS)
+    if not all(2 <= n <= most for n in sizes):
+        ap.error("--tasks: each count must be between 2 and %d" % most)
     # Each seed's fine-tunes are loaded once, for every task count; the
     # report is rewritten after each seed, so a long run can be read early.
     results, done = {}, []

@@ -172,7 +172,7 @@ def main():
     args.full_methods = args.full_methods.split(",") if args.full_methods else None
     args.esm_variants = args.esm_variants.split(";") if args.esm_variants else None
     args.purify_tasks = [int(n) for n in args.purify_tasks.split(",")]
-    most = 4 if args.smoke else len(tasklib.TASKS)  # run.prepare's smoke tasks: 4
+    most = len(run.SMOKE_TASKS) if args.smoke else len(tasklib.TASKS)
     if not args.report_only and not all(2 <= n <= most for n in sizes):
         ap.error("--tasks: each count must be between 2 and %d" % most)
     torch.set_num_threads(args.threads)

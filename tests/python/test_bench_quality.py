@@ -23,10 +23,14 @@ def test_quality_smoke(tmp_path, smoke_cache):
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
     r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quality", "run.py"),
-                        "--smoke", "--out", str(tmp_path), "--cache", str(smoke_cache)],
-                       # about 100 s on a quiet 2-core machine; 600 s was
-                       # reached with another torch job on the cores (the
-                       # test's meson timeout, 1800 s, still bounds all three)
+                        "--smoke", "--threads", "1", "--out", str(tmp_path),
+                        "--cache", str(smoke_cache)],
+                       # One torch thread: the suite's other tests hold the
+                       # other core, and two threads that wait for each
+                       # other on a busy machine spin (5x the CPU time of
+                       # one thread measured at load 5). 600 s was reached
+                       # with two threads and another torch job on the cores
+                       # (the meson timeout, 1800 s, still bounds all three).
                        capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stdout + r.stderr
     text = (tmp_path / "quality-smoke.md").read_text()
@@ -65,7 +69,7 @@ def test_quality_seeds_smoke(tmp_path, smoke_cache):
     pytest.importorskip("sklearn")
     r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quality", "seeds.py"),
                         "--smoke", "--kind", "full", "--tasks", "3", "--seeds", "0,1",
-                        "--out", str(tmp_path), "--cache", str(smoke_cache)],
+                        "--threads", "1", "--out", str(tmp_path), "--cache", str(smoke_cache)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     text = (tmp_path / "quality_seeds-smoke.md").read_text()
