@@ -115,6 +115,18 @@ lm_status lm__fused_merge_into(lm_plan *p, void *state, const char *name,
                                const lm_tensor *base, lm_tensor *out,
                                bool *done);
 /* The n merged values converted once to `dtype` into dst. */
+/* The base added back to a merged task vector `out` (n values; base64
+ * when merging wide, else the f32 base b), failing on a non-finite result
+ * under the default policy. */
+lm_status lm__add_base(lm_plan *p, const char *name, float *out,
+                       const float *b, const double *base64, size_t n);
+/* Tensor `name` merged through its strategy's sum rule (core/sum_rule.h,
+ * sum_route.c) when the strategy has one that wants it and every input
+ * can be read in place; *taken false (and nothing done) otherwise, the
+ * plain path's case. */
+lm_status lm__sum_route(lm_plan *p, void *state, const char *name,
+                        const lm_tensor *base, bool from_plan_base,
+                        struct lm__merged *merged, bool *taken);
 void lm__merged_write(const struct lm__merged *merged, size_t n, void *dst,
                       lm_dtype dtype);
 void lm__merged_free(lm_context *ctx, struct lm__merged *merged);

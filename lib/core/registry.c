@@ -6,6 +6,7 @@
 #include "core/context_private.h"
 #include "core/linear_rule.h"
 #include "core/sparse_rule.h"
+#include "core/sum_rule.h"
 
 /* The registry's copy of a vtable, with what only the library's own
  * strategies declare (the vtable first: ctx->strategies points at it). */
@@ -13,6 +14,7 @@ struct registered {
     lm_strategy_vtable vt;
     lm__linear_rule_fn linear_rule;
     lm__sparse_rule_fn sparse_rule;
+    const struct lm__sum_rule *sum_rule;
 };
 
 /* Sizes of the first published layouts: nothing smaller is accepted. */
@@ -191,6 +193,22 @@ lm_status lm__strategy_set_sparse_rule(lm_context *ctx, const char *name,
 lm__sparse_rule_fn lm__strategy_sparse_rule(const lm_strategy_vtable *vt)
 {
     return vt ? ((const struct registered *)vt)->sparse_rule : NULL;
+}
+
+lm_status lm__strategy_set_sum_rule(lm_context *ctx, const char *name,
+                                    const struct lm__sum_rule *rule)
+{
+    lm_strategy_vtable *vt = (lm_strategy_vtable *)find_registered(ctx, name);
+    if (!vt)
+        return lm_context_set_error(ctx, LM_ERR_NOT_FOUND,
+                                    "no strategy named '%s'", name);
+    ((struct registered *)vt)->sum_rule = rule;
+    return LM_OK;
+}
+
+const struct lm__sum_rule *lm__strategy_sum_rule(const lm_strategy_vtable *vt)
+{
+    return vt ? ((const struct registered *)vt)->sum_rule : NULL;
 }
 
 size_t lm_strategy_count(const lm_context *ctx)

@@ -138,25 +138,36 @@ static void fill_mean_rows(const lm_plan *p, const lm_tensor *base,
 /* Read the base and the task vectors of tensor `name` into `block`
  * (base, then one delta per model); base64/scratch64 (n doubles each)
  * when merging wide; rows (one per model, the base's row count on entry)
- * under the MEAN rows policy. */
+ * under the MEAN rows policy. *base_vals: the base's values, in place
+ * when `in_place` and the base is an f32 tensor in memory that stays
+ * (its first n floats of block are then not touched: no copy, no fresh
+ * pages), else the block's copy. */
 static lm_status load_inputs(lm_plan *p, const char *name,
                              const lm_tensor *base, bool from_plan_base,
-                             float *block, const float **deltas,
+                             bool in_place, float *block,
+                             const float **base_vals, const float **deltas,
                              double *base64, double *scratch64,
                              int64_t *rows)
 {
     size_t n = base->numel;
     float *b = block;
-    if (base64) {
+    in_place = in_place && !base64 && base->dtype == LM_F32 &&
+               !base->lazy_read && base->data &&
+               !(from_plan_base && p->base->done_with);
+    *base_vals = in_place ? (const float *)base->data : block;
+    if (in_place) {
+        /* read below through *base_vals only */
+    } else if (base64) {
         LM_TRY(lm__read_f64(p->ctx, base, base64));
         for (size_t i = 0; i < n; i++)
             b[i] = (float)base64[i];
     } else {
         LM_TRY(lm__read_f32(p->ctx, base, b));
     }
-    if (from_plan_base)
+    if (from_plan_base && !in_place)
         done_with(p->base, base);
-    LM_TRY(check_finite(p, "the base", name, b, n));
+    const float *bv = *base_vals;
+    LM_TRY(check_finite(p, "the base", name, bv, n));
     for (size_t m = 0; m < p->n_models; m++) {
         float *d = block + n * (m + 1);
         deltas[m] = d;
@@ -180,7 +191,7 @@ static lm_status load_inputs(lm_plan *p, const char *name,
                                         name);
         snprintf(what, sizeof(what), "model %zu", m);
         if (lm__rows_differ(p, base, t)) {
-            LM_TRY(rows_delta(p, t, base, b, base64, d));
+            LM_TRY(rows_delta(p, t, base, bv, base64, d));
             done_with(p->models[m], t);
             LM_TRY(check_finite(p, what, name, d, n));
             if (rows)
@@ -199,7 +210,7 @@ static lm_status load_inputs(lm_plan *p, const char *name,
         done_with(p->models[m], t);
         LM_TRY(check_finite(p, what, name, d, n));
         for (size_t i = 0; i < n; i++)
-            d[i] -= b[i];
+            d[i] -= bv[i];
     }
     if (rows)
         fill_mean_rows(p, base, rows, (float *const *)deltas);
@@ -297,12 +308,13 @@ static lm_status check_strategy(lm_plan *p, void *state, const char *name,
 
 static lm_status run_strategy(lm_plan *p, void *state, const char *name,
                               const lm_tensor *base, const int64_t *shape,
-                              float *block, const float **deltas,
-                              const double *base64, bool prepare)
+                              float *block, const float *b,
+                              const float **deltas, const double *base64,
+                              bool prepare)
 {
     lm_context *ctx = p->ctx;
     size_t n = base->numel, k = p->n_models;
-    float *b = block, *out = block + n * (k + 1);
+    float *out = block + n * (k + 1);
     lm_params view;
     double *tensor_weights;
     lm_tensor_job job;
@@ -320,11 +332,17 @@ static lm_status run_strategy(lm_plan *p, void *state, const char *name,
                                     "%d for '%s'", p->vt->name, (int)st, name);
     if (st != LM_OK || prepare)
         return st;
+    return lm__add_base(p, name, out, b, base64, n);
+}
+
+lm_status lm__add_base(lm_plan *p, const char *name, float *out,
+                       const float *b, const double *base64, size_t n)
+{
     for (size_t i = 0; i < n; i++) {
         /* Wide merges keep the task vector; lm__merged_write adds base64. */
         double v = base64 ? base64[i] + (double)out[i] : (double)(out[i] += b[i]);
         if (!p->allow_nonfinite && !isfinite(v))
-            return lm_context_set_error(ctx, LM_ERR_NONFINITE,
+            return lm_context_set_error(p->ctx, LM_ERR_NONFINITE,
                                         "strategy '%s' produced a non-finite "
                                         "value in tensor '%s' at element %zu",
                                         p->vt->name, name, i);
@@ -347,6 +365,13 @@ lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
     int64_t flipped[2] = {base->shape[flip], base->shape[!flip]};
     const int64_t *shape = flip ? flipped : base->shape;
     LM_TRY(check_strategy(p, state, name, base, shape));
+    if (pass == LM__PASS_MERGE && !flip) {
+        bool taken;
+        LM_TRY(lm__sum_route(p, state, name, base, from_plan_base, merged,
+                             &taken));
+        if (taken)
+            return LM_OK;
+    }
     /* One block: base, k deltas, out, then the delta pointer table. */
     size_t floats = n * (k + 2);
     if (n && floats / n != k + 2)
@@ -379,8 +404,11 @@ lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
         for (size_t m = 0; rows && m < k; m++)
             rows[m] = base->shape[0];
     }
+    /* Stages and transposition rewrite the block's base in place. */
+    const float *base_vals = block;
     if (st == LM_OK)
-        st = load_inputs(p, name, base, from_plan_base, block, deltas,
+        st = load_inputs(p, name, base, from_plan_base,
+                         !flip && !p->n_stages, block, &base_vals, deltas,
                          base64, base64 ? base64 + n : NULL, rows);
     lm_free(ctx, rows);
     if (st == LM_OK && flip)
@@ -391,8 +419,8 @@ lm_status lm__merge_tensor(lm_plan *p, void *state, const char *name,
         st = lm__stages_run(p, pass == LM__PASS_MEASURE, &t);
     }
     if (st == LM_OK && pass != LM__PASS_MEASURE)
-        st = run_strategy(p, state, name, base, shape, block, deltas, base64,
-                          prepare);
+        st = run_strategy(p, state, name, base, shape, block, base_vals,
+                          deltas, base64, prepare);
     if (st == LM_OK && flip && !prepare)
         st = lm__transpose_each(ctx, block + n * (k + 1), 1, c, r);
     lm_free(ctx, (void *)deltas);

@@ -52,6 +52,7 @@ lm_status lm__register_builtin_strategies(lm_context *ctx)
          i++)
         LM_TRY(lm__strategy_set_linear_rule(ctx, linear_rules[i].name,
                                             linear_rules[i].rule));
+    LM_TRY(lm__svd_sum_rules_register(ctx));
     return lm__sparse_rules_register(ctx);
 }
 

@@ -46,6 +46,8 @@ void lm__linear_apply(const lm_tensor_job *job,
 /* Declare the sparse rules of ties, dare_ties and dare_linear
  * (core/sparse_rule.h; ties.c). */
 lm_status lm__sparse_rules_register(lm_context *ctx);
+/* Iso-C's sum rule (core/sum_rule.h; svd_family.c). */
+lm_status lm__svd_sum_rules_register(lm_context *ctx);
 /* The rules of task_arithmetic, average and linear (lm__linear_rule_fn). */
 lm_status lm__task_arithmetic_rule(void *state, const lm_tensor_job *job,
                                    struct lm__linear_rule *out);

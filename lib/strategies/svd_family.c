@@ -11,6 +11,7 @@
 
 #include "linalg/linalg.h"
 #include "linalg/whiten.h"
+#include "core/sum_rule.h"
 #include "strategies/embedding.h"
 
 enum svd_method { TSV, ISO_C, ISO_CTS };
@@ -443,6 +444,17 @@ static double *weighted_task_sum(const lm_tensor_job *job)
     return sum;
 }
 
+/* The inputs' precision relative to the sum from its sums of squares
+ * (sum_precision's formula). */
+static double sum_precision_of(const lm_tensor_job *job,
+                               const struct lm__sum_stats *st)
+{
+    double in2 = 0;
+    for (size_t t = 0; t < job->n_models; t++)
+        in2 += job->weights[t] * job->weights[t] * (st->b2 + st->w2[t]);
+    return st->m2 > 0 ? FLT_EPSILON * sqrt(in2 / st->m2) : 0.0;
+}
+
 /* weighted_task_sum (a workspace: free with lm__workspace_free) and, in
  * the same pass over the deltas, sum_precision(job, sum) into *eps: the same accumulations in the same
  * order, so the same bits, without reading base and deltas a second
@@ -458,7 +470,7 @@ static double *weighted_task_sum_eps(const lm_tensor_job *job, double *eps)
         lm_free(job->ctx, w2);
         return NULL;
     }
-    double b2 = 0, m2 = 0, in2 = 0;
+    double b2 = 0, m2 = 0;
     for (size_t i = 0; i < n; i++) {
         double b = job->base ? (double)job->base[i] : 0.0, acc = 0.0;
         b2 += b * b;
@@ -470,9 +482,7 @@ static double *weighted_task_sum_eps(const lm_tensor_job *job, double *eps)
         sum[i] = acc;
         m2 += acc * acc;
     }
-    for (size_t t = 0; t < T; t++)
-        in2 += job->weights[t] * job->weights[t] * (b2 + w2[t]);
-    *eps = m2 > 0 ? FLT_EPSILON * sqrt(in2 / m2) : 0.0;
+    *eps = sum_precision_of(job, &(struct lm__sum_stats){b2, m2, w2});
     lm_free(job->ctx, w2);
     return sum;
 }
@@ -482,7 +492,7 @@ static double *weighted_task_sum_eps(const lm_tensor_job *job, double *eps)
  * straight, the polar factor formed in row blocks, and out is NULL. */
 static lm_status merge_iso_c(const struct svd_state *s,
                              const lm_tensor_job *job, size_t m, size_t n,
-                             double *out)
+                             double *out, double *sum, double eps)
 {
     size_t full = m < n ? m : n;
     lm_context *ctx = job->ctx;
@@ -492,9 +502,7 @@ static lm_status merge_iso_c(const struct svd_state *s,
          * estimate is within svd_tolerance (0: the exact SVD), and with
          * svd_tolerance > 0 is written to job->out as the released one
          * (out NULL). */
-        double eps = 0, mean = 0, *sum = weighted_task_sum_eps(job, &eps);
-        if (!sum)
-            return LM_ERR_OUT_OF_MEMORY;
+        double mean = 0;
         lm_svd_route route;
         eps *= s->floor_c;
         lm_status st = out ? lm__polar_whiten(ctx, sum, m, n, eps, 0.0,
@@ -506,27 +514,16 @@ static lm_status merge_iso_c(const struct svd_state *s,
             log_polar_routes(job, &route, 1);
         for (size_t i = 0; out && st == LM_OK && i < m * n; i++)
             out[i] *= s->alpha * mean;
-        lm__workspace_free(ctx, sum);
         return st;
     }
     if (s->tol > 0) { /* U V^T = polar(M), through M's Gram matrix */
-        double *sum = weighted_task_sum(job);
-        if (!sum)
-            return LM_ERR_OUT_OF_MEMORY;
         lm_svd_route route;
-        lm_status st = lm__polar_scaled_f32(ctx, sum, m, n, s->alpha,
-                                            job->out, NULL, &route);
-        lm__workspace_free(ctx, sum);
-        return st;
+        return lm__polar_scaled_f32(ctx, sum, m, n, s->alpha, job->out, NULL,
+                                    &route);
     }
-    double *sum = weighted_task_sum(job);
-    double *buf = sum ? lm__calloc(ctx, m * full + full + full * n,
-                                   sizeof(double))
-                      : NULL;
-    if (!buf) {
-        lm__workspace_free(ctx, sum);
+    double *buf = lm__calloc(ctx, m * full + full + full * n, sizeof(double));
+    if (!buf)
         return LM_ERR_OUT_OF_MEMORY;
-    }
     double *u = buf, *sv = u + m * full, *vt = sv + full;
     lm_status st = lm__svd(ctx, sum, m, n, u, sv, vt);
     if (st == LM_OK) {
@@ -538,7 +535,24 @@ static lm_status merge_iso_c(const struct svd_state *s,
                               u, vt, 0.0, out);
     }
     lm_free(ctx, buf);
-    lm__workspace_free(ctx, sum);
+    return st;
+}
+
+/* Iso-C on one matrix given the weighted sum (a workspace the caller
+ * frees) and the inputs' precision eps (rank-aware only): job->out
+ * written, directly (svd_tolerance > 0) or through an f64 result. */
+static lm_status iso_c_tensor(const struct svd_state *s,
+                              const lm_tensor_job *job, double *sum,
+                              double eps)
+{
+    size_t m = (size_t)job->shape[0], n = (size_t)job->shape[1];
+    bool direct = s->tol > 0;
+    double *out = direct ? NULL : uncleared(job->ctx, job->numel);
+    lm_status st = out || direct ? merge_iso_c(s, job, m, n, out, sum, eps)
+                                 : LM_ERR_OUT_OF_MEMORY;
+    if (st == LM_OK && !direct)
+        lm__f64_to_f32(out, job->out, job->numel);
+    lm_free(job->ctx, out);
     return st;
 }
 
@@ -747,6 +761,22 @@ static lm_status merge_iso_cts(const struct svd_state *s,
     return st;
 }
 
+/* A failure's message names the tensor (svd_merge's and the sum rule's). */
+static lm_status tensor_error(const lm_tensor_job *job, lm_status st)
+{
+    if (st == LM_ERR_OUT_OF_MEMORY)
+        lm_context_set_error(job->ctx, st, "out of memory merging '%s' "
+                             "(%lld x %lld, %zu tasks)", job->name,
+                             (long long)job->shape[0],
+                             (long long)job->shape[1], job->n_models);
+    else if (st != LM_OK && !strstr(lm_context_error(job->ctx), job->name)) {
+        char msg[LM_ERROR_CAPACITY];
+        lm_context_copy_error(job->ctx, msg, sizeof(msg));
+        lm_context_set_error(job->ctx, st, "tensor '%s': %s", job->name, msg);
+    }
+    return st;
+}
+
 static lm_status svd_merge(void *state, const lm_tensor_job *job, void *user)
 {
     (void)user;
@@ -771,35 +801,60 @@ static lm_status svd_merge(void *state, const lm_tensor_job *job, void *user)
         return LM_OK;
     }
     size_t m = (size_t)job->shape[0], n = (size_t)job->shape[1];
-    bool iso_c = s->method == ISO_C;
-    /* Iso-C's f32 output straight from row blocks (merge_iso_c) needs no
-     * f64 copy of the result. */
-    bool direct = iso_c && s->tol > 0;
-    double *x = iso_c ? NULL : lm__weighted_tasks(job);
-    double *out = direct ? NULL : uncleared(job->ctx, n_el); /* written */
-    lm_status st = (x || iso_c) && (out || direct) ? LM_OK
-                                                   : LM_ERR_OUT_OF_MEMORY;
+    lm_status st;
+    if (s->method == ISO_C) {
+        /* Iso-C needs only the sum (and, rank-aware, the inputs'
+         * precision, in the same pass). */
+        double eps = 0;
+        double *sum = s->whiten == LM_WHITEN_RANK_AWARE
+                          ? weighted_task_sum_eps(job, &eps)
+                          : weighted_task_sum(job);
+        st = sum ? iso_c_tensor(s, job, sum, eps) : LM_ERR_OUT_OF_MEMORY;
+        lm__workspace_free(job->ctx, sum);
+        return tensor_error(job, st);
+    }
+    double *x = lm__weighted_tasks(job);
+    double *out = uncleared(job->ctx, n_el); /* written */
+    st = x && out ? LM_OK : LM_ERR_OUT_OF_MEMORY;
     if (st == LM_OK) {
         if (s->method == TSV)
             st = merge_tsv(s, job, x, m, n, out);
-        else if (iso_c)
-            st = merge_iso_c(s, job, m, n, out);
         else
             st = merge_iso_cts(s, job, x, m, n, out);
     }
-    if (st == LM_OK && !direct)
+    if (st == LM_OK)
         lm__f64_to_f32(out, job->out, n_el);
-    else if (st == LM_ERR_OUT_OF_MEMORY)
-        lm_context_set_error(job->ctx, st, "out of memory merging '%s' "
-                             "(%zu x %zu, %zu tasks)", job->name, m, n, T);
-    else if (!strstr(lm_context_error(job->ctx), job->name)) {
-        char msg[LM_ERROR_CAPACITY];
-        lm_context_copy_error(job->ctx, msg, sizeof(msg));
-        lm_context_set_error(job->ctx, st, "tensor '%s': %s", job->name, msg);
-    }
     lm_free(job->ctx, x);
     lm_free(job->ctx, out);
-    return st;
+    return tensor_error(job, st);
+}
+
+/* Iso-C's sum rule (core/sum_rule.h): the matrices svd_merge would merge
+ * by the SVD route, from a sum the core forms from the inputs. */
+static bool iso_c_wants_sum(void *state, const lm_tensor_job *job)
+{
+    const struct svd_state *s = state;
+    return s->method == ISO_C && job->ndim == 2 && job->shape[0] >= 2 &&
+           job->shape[1] >= 2 &&
+           lm__embedding_route_for(&s->embedding, job) != LM_EMBEDDING_MEAN;
+}
+
+static lm_status iso_c_sum_merge(void *state, const lm_tensor_job *job,
+                                 double *sum,
+                                 const struct lm__sum_stats *stats)
+{
+    const struct svd_state *s = state;
+    double eps = s->whiten == LM_WHITEN_RANK_AWARE
+                     ? sum_precision_of(job, stats)
+                     : 0.0;
+    return tensor_error(job, iso_c_tensor(s, job, sum, eps));
+}
+
+lm_status lm__svd_sum_rules_register(lm_context *ctx)
+{
+    static const struct lm__sum_rule iso_c_rule = {iso_c_wants_sum,
+                                                   iso_c_sum_merge};
+    return lm__strategy_set_sum_rule(ctx, "iso_c", &iso_c_rule);
 }
 
 #define SVD_VTABLE(var, nm, desc, tbl, initfn)                              \
