@@ -126,7 +126,9 @@ def side_libmerge(path, n_layers, method, threads, out):
         params["stats"] = stats
     # One merge of every layer, as `lmerge run` merges a model: tensors
     # run on the context's threads side by side.
-    base = {"l%d" % li: np.zeros(taus[0].shape, np.float32)
+    # The base is resident, as a loaded model's is: np.zeros would hand
+    # over untouched pages and the merge would pay their first faults.
+    base = {"l%d" % li: np.full(taus[0].shape, 0.0, np.float32)
             for li, taus in enumerate(layers)}
     models = [{"l%d" % li: taus[t] for li, taus in enumerate(layers)} for t in range(T)]
     t0, c0 = time.perf_counter(), time.process_time()
