@@ -163,7 +163,10 @@ def evaluate(arch, seed):
             if head == "ta":
                 merged = libmerge.merge("task_arithmetic", base_sd, ft_sd, **{"lambda": a})
             else:
-                merged = libmerge.merge("esm", base_sd, ft_sd, stats=stats, alpha=a, **kw)
+                # the released scalings (default off since, docs/methods/esm.md)
+                merged = libmerge.merge("esm", base_sd, ft_sd, stats=stats, alpha=a,
+                                        inter_task=True, eig_weighting=True, inter_dim=True,
+                                        layer_scaling=True, **kw)
             val = np.mean([accuracy(cfg, merged, *split(t, perms[t], 20_000 + seed))[1]
                            for t in range(T)])
             if best is None or val > best[0]:

@@ -86,7 +86,8 @@ def main():
         cfg = os.path.join(work, "merge.yaml")
         with open(cfg, "w") as f:
             f.write("merge_method: esm\nbase_model: %s\nmodels:\n%s"
-                    "parameters: {rank: %d, layer_scaling: false, memory_budget: %s, "
+                    "parameters: {rank: %d, layer_scaling: false, inter_task: true, "
+                    "eig_weighting: true, inter_dim: true, memory_budget: %s, "
                     "esd_route: %s}\nstats: %s\n" % (
                         os.path.join(work, "base.safetensors"),
                         "".join("  - model: %s\n" % p for p in paths),

@@ -51,6 +51,9 @@ def child(d_out, d_in, T, route, budget, rank, out):
     t0 = time.perf_counter()
     merged = libmerge.merge("esm", base, models, stats=stats, threads=1,
                             layer_scaling=False, esd_route=route,
+                            # the released scalings, as measured before
+                            # they became default off
+                            inter_task=True, eig_weighting=True, inter_dim=True,
                             memory_budget=budget, rank=rank)
     dt = time.perf_counter() - t0
     np.save(out, merged[NAME] - base[NAME])

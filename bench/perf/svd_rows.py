@@ -56,7 +56,10 @@ METHODS = {  # label -> (libmerge strategy, libmerge params, torch function)
     "iso_c": ("iso_c", {"whiten": "released"}, "iso_c"),
     "iso_c rank_aware": ("iso_c", {"whiten": "rank_aware"}, "iso_c"),
     "iso_cts": ("iso_cts", {}, "iso_cts"),
-    "esm": ("esm", {}, "esm"),
+    # The released code's scalings, as torch_esm and esm_routed compute
+    # them (the library's default has them off, docs/methods/esm.md).
+    "esm": ("esm", {"inter_task": True, "eig_weighting": True, "inter_dim": True,
+                    "layer_scaling": True}, "esm"),
 }
 # Rows whose float64 reference is not the released method's: the
 # rank-aware rule in numpy (tests/python/whiten_reference.py). Their torch

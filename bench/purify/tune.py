@@ -21,7 +21,10 @@ import common  # noqa: E402
 from common import LAYERS, ROWS  # noqa: E402
 FOLDS = 4
 CANDIDATES = (1.0, 0.99, 0.97, 0.95, 0.9)
-CASES = (("task_arithmetic", {"lambda": 0.3}), ("esm", {"alpha": 1.0}))
+# esm: the released scalings (the library's default has them off).
+CASES = (("task_arithmetic", {"lambda": 0.3}),
+         ("esm", {"alpha": 1.0, "inter_task": True, "eig_weighting": True, "inter_dim": True,
+                  "layer_scaling": True}))
 
 
 def synthetic(width, tasks, rng):

@@ -78,7 +78,10 @@ def main():
         for method in ["esm", "tsv", "iso_c", "iso_cts"]:
             out = {}
             for mode in ["released", "rank_aware"]:
-                kw = dict(stats=stats, layer_scaling=False) if method == "esm" else {}
+                # ESM: the released scalings but layer scaling (the library's
+                # default has all four off, docs/methods/esm.md)
+                kw = (dict(stats=stats, layer_scaling=False, inter_task=True,
+                           eig_weighting=True, inter_dim=True) if method == "esm" else {})
                 if mode == "rank_aware":
                     kw["whiten_floor"] = args.floor
                 a = libmerge.merge(method, base, models, whiten=mode, **kw)

@@ -1,5 +1,7 @@
 /* `esm`: Essential Subspace Merging (Li et al., CVPR 2026), exact to the
- * released code's order of operations, with routing of tensors to the
+ * released code's order of operations (its four scalings, inter_task,
+ * eig_weighting, inter_dim and layer_scaling, default off because that
+ * measured better: docs/methods/esm.md), with routing of tensors to the
  * essential-subspace merge (ESD), TSV-M or the mean, the global alpha, and
  * layer-level scaling among tensors of the same type (docs/methods/esm.md).
  * Layer scaling needs every layer's merged norm before any is final, so
@@ -44,14 +46,18 @@ static const lm_param_desc esm_params[] = {
     {sizeof(lm_param_desc), "preset", LM_PARAM_CHOICE, 0, 0, 0,
      "generic|clip-vit", "tensor routing: any model, or the released ViT "
      "routing", 0},
-    {sizeof(lm_param_desc), "inter_task", LM_PARAM_BOOL, 1.0, 0.0, 1.0, NULL,
-     "scale task blocks by (||A_t|| / mean)^p", 0},
-    {sizeof(lm_param_desc), "eig_weighting", LM_PARAM_BOOL, 1.0, 0.0, 1.0,
-     NULL, "weight directions by (lambda / mean lambda)^eig_power", 0},
-    {sizeof(lm_param_desc), "inter_dim", LM_PARAM_BOOL, 1.0, 0.0, 1.0, NULL,
-     "scale input columns by (column norm / mean)^p", 0},
-    {sizeof(lm_param_desc), "layer_scaling", LM_PARAM_BOOL, 1.0, 0.0, 1.0,
-     NULL, "scale layers by (||dW|| / mean over the same type)^p", 0},
+    {sizeof(lm_param_desc), "inter_task", LM_PARAM_BOOL, 0.0, 0.0, 1.0, NULL,
+     "scale task blocks by (||A_t|| / mean)^p (default off; the released "
+     "code: on)", 0},
+    {sizeof(lm_param_desc), "eig_weighting", LM_PARAM_BOOL, 0.0, 0.0, 1.0,
+     NULL, "weight directions by (lambda / mean lambda)^eig_power (default "
+     "off; the released code: on)", 0},
+    {sizeof(lm_param_desc), "inter_dim", LM_PARAM_BOOL, 0.0, 0.0, 1.0, NULL,
+     "scale input columns by (column norm / mean)^p (default off; the "
+     "released code: on)", 0},
+    {sizeof(lm_param_desc), "layer_scaling", LM_PARAM_BOOL, 0.0, 0.0, 1.0,
+     NULL, "scale layers by (||dW|| / mean over the same type)^p (default "
+     "off; the released code: on)", 0},
     {sizeof(lm_param_desc), "esd_pattern", LM_PARAM_STRING, 0, 0, 0, NULL,
      "regex: tensors merged in the essential subspace (need stats)", 0},
     {sizeof(lm_param_desc), "tsv_pattern", LM_PARAM_STRING, 0, 0, 0, NULL,

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import libmerge
+import esm_released
 import reference as ref
 
 T, D_OUT, D_IN = 4, 48, 40
@@ -65,15 +66,15 @@ def check(out, base, want):
 
 def test_full_model_matches_released_algorithm():
     base, models, xs, stats = make()
-    out = libmerge.merge("esm", base, models, stats=stats, alpha=0.7)
+    out = esm_released.merge(base, models, stats=stats, alpha=0.7)
     check(out, base, reference_model(base, models, xs, alpha=0.7))
 
 
 @pytest.mark.parametrize("switch", ["inter_task", "eig_weighting", "inter_dim", "layer_scaling"])
 def test_each_ablation_switch(switch):
     base, models, xs, stats = make()
-    on = libmerge.merge("esm", base, models, stats=stats)
-    off = libmerge.merge("esm", base, models, stats=stats, **{switch: False})
+    on = esm_released.merge(base, models, stats=stats)
+    off = esm_released.merge(base, models, stats=stats, **{switch: False})
     kw = {switch: False}
     check(off, base, reference_model(base, models, xs, **kw))
     assert not np.allclose(on["blocks.0.fc.weight"], off["blocks.0.fc.weight"])
@@ -81,17 +82,17 @@ def test_each_ablation_switch(switch):
 
 def test_eig_power_and_rank():
     base, models, xs, stats = make()
-    out = libmerge.merge("esm", base, models, stats=stats, eig_power=0.3, rank=5,
-                         layer_scaling=False)
+    out = esm_released.merge(base, models, stats=stats, eig_power=0.3, rank=5,
+                             layer_scaling=False)
     check(out, base, reference_model(base, models, xs, layer_scaling=False,
                                      eig_power=0.3, k=5))
 
 
 def test_fewer_rows_than_outputs_padding():
     base, models, xs, stats = make(n_rows=30)  # 30 < d_out = 48
-    ident = libmerge.merge("esm", base, models, stats=stats, pad="identity", layer_scaling=False)
+    ident = esm_released.merge(base, models, stats=stats, pad="identity", layer_scaling=False)
     check(ident, base, reference_model(base, models, xs, layer_scaling=False, pad_identity=True))
-    comp = libmerge.merge("esm", base, models, stats=stats, layer_scaling=False)
+    comp = esm_released.merge(base, models, stats=stats, layer_scaling=False)
     check(comp, base, reference_model(base, models, xs, layer_scaling=False))
     assert not np.allclose(ident["blocks.0.fc.weight"], comp["blocks.0.fc.weight"])
 
@@ -103,13 +104,13 @@ def test_sign_flip_invariance():
         want = reference_model(base, models, xs)
     finally:
         ref.FLIP_RNG = None
-    check(libmerge.merge("esm", base, models, stats=stats), base, want)
+    check(esm_released.merge(base, models, stats=stats), base, want)
 
 
 def test_missing_stats_for_a_forced_layer():
     base, models, xs, stats = make()
     with pytest.raises(libmerge.NotFoundError, match="head.weight.*task 0"):
-        libmerge.merge("esm", base, models, stats=stats, esd_pattern=r"head\.weight$")
+        esm_released.merge(base, models, stats=stats, esd_pattern=r"head\.weight$")
 
 
 def test_clip_vit_preset_routing():
@@ -122,7 +123,7 @@ def test_clip_vit_preset_routing():
     base["text_projection"] = (0.05 * RNG.standard_normal((D_IN, 16))).astype(np.float32)
     for m in models:
         m["text_projection"] = base["text_projection"] + 0.01
-    out = libmerge.merge("esm", base, models, stats=stats, preset="clip-vit", alpha=0.5)
+    out = esm_released.merge(base, models, stats=stats, preset="clip-vit", alpha=0.5)
     esd = [k for k in shapes if "in_proj" in k]
     merged = {}
     for k in base:
@@ -157,7 +158,7 @@ def test_pattern_routing_and_alpha_pattern():
     base, models, xs, stats = make(shapes={k: (D_OUT, D_IN) for k in ROUTED})
     pats = dict(esd_pattern=r"\.attn\.weight$", tsv_pattern=r"\.mlp\.",
                 mean_pattern=r"\.emb\.", alpha_pattern=r"attn|bias$")
-    out = libmerge.merge("esm", base, models, stats=stats, alpha=0.6, **pats)
+    out = esm_released.merge(base, models, stats=stats, alpha=0.6, **pats)
     routes = {k: {"attn": "esd", "mlp": "tsv", "emb": "mean"}[k.split(".")[2]] for k in ROUTED}
     routes.update({"head.weight": "tsv", "blocks.0.norm.bias": "mean"})
     alpha_on = ["blocks.0.attn.weight", "blocks.1.attn.weight", "blocks.0.norm.bias"]
@@ -173,7 +174,7 @@ def test_pattern_routing_and_alpha_pattern():
             assert np.abs(cands[i] - cands[j]).max() > 1e-2 * np.abs(cands[i]).max()
     # Exact relation: alpha = 0.6 vs 1 scales exactly the alpha_pattern
     # tensors by 0.6 and leaves every other tensor bit-identical.
-    one = libmerge.merge("esm", base, models, stats=stats, alpha=1.0, **pats)
+    one = esm_released.merge(base, models, stats=stats, alpha=1.0, **pats)
     for k in base:
         d6 = out[k].astype(np.float64) - base[k]
         d1 = one[k].astype(np.float64) - base[k]
@@ -188,10 +189,10 @@ def test_pattern_precedence_esd_then_mean_then_tsv():
     (precedence in that order). Every tensor here has statistics."""
     names = ["blocks.0.%s.weight" % c for c in "abcd"]
     base, models, xs, stats = make(shapes={k: (D_OUT, D_IN) for k in names})
-    out = libmerge.merge("esm", base, models, stats=stats,
-                         esd_pattern=r"\.(a|c|d)\.weight$",
-                         mean_pattern=r"\.(a|b|d)\.weight$",
-                         tsv_pattern=r"\.(b|c|d)\.weight$")
+    out = esm_released.merge(base, models, stats=stats,
+                             esd_pattern=r"\.(a|c|d)\.weight$",
+                             mean_pattern=r"\.(a|b|d)\.weight$",
+                             tsv_pattern=r"\.(b|c|d)\.weight$")
     routes = {"blocks.0.a.weight": "esd",   # esd + mean
               "blocks.0.b.weight": "mean",  # mean + tsv
               "blocks.0.c.weight": "esd",   # esd + tsv
@@ -216,12 +217,12 @@ def test_user_layer_group(pattern, groups):
         k = "blocks.0.proj.weight"
         m[k] = (base[k] + 3.0 * (m[k] - base[k])).astype(np.float32)
     routes = {k: "esd" if k in LAYERS else "tsv" if base[k].ndim == 2 else "mean" for k in base}
-    user = libmerge.merge("esm", base, models, stats=stats, layer_group=pattern)
-    default = libmerge.merge("esm", base, models, stats=stats)
+    user = esm_released.merge(base, models, stats=stats, layer_group=pattern)
+    default = esm_released.merge(base, models, stats=stats)
     check(user, base, reference_routed(base, models, xs, routes, groups=groups))
     check(default, base, reference_routed(base, models, xs, routes))
     # Independently of reference_routed: beta_l from the unscaled merge.
-    raw = libmerge.merge("esm", base, models, stats=stats, layer_scaling=False)
+    raw = esm_released.merge(base, models, stats=stats, layer_scaling=False)
     delta = {k: raw[k].astype(np.float64) - base[k] for k in groups}
     norms = {k: np.linalg.norm(v) for k, v in delta.items()}
     for k, g in groups.items():
@@ -237,9 +238,9 @@ def test_user_layer_group(pattern, groups):
 def test_norm_power(p):
     """p enters the inter-task, input-column and layer scalings."""
     base, models, xs, stats = make()
-    out = libmerge.merge("esm", base, models, stats=stats, norm_power=p)
+    out = esm_released.merge(base, models, stats=stats, norm_power=p)
     check(out, base, reference_model(base, models, xs, norm_power=p))
-    default = libmerge.merge("esm", base, models, stats=stats)
+    default = esm_released.merge(base, models, stats=stats)
     assert not np.allclose(out["blocks.0.fc.weight"], default["blocks.0.fc.weight"])
 
 
@@ -260,7 +261,7 @@ def test_search_finds_known_alpha(opts, scaled, scored):
     W0 + 0.7 (W(1) - W0) on alpha-scaled tensors and W(1) on the others,
     = -(alpha - 0.7)^2 * sum_{scored, scaled} ||dW(1)||^2: maximum at 0.7."""
     base, models, xs, stats = make()
-    one = libmerge.merge("esm", base, models, stats=stats, alpha=1.0, **opts)
+    one = esm_released.merge(base, models, stats=stats, alpha=1.0, **opts)
     check(one, base, reference_model(base, models, xs))
     d1 = {k: one[k].astype(np.float64) - base[k] for k in base}
     target = {k: base[k] + 0.7 * d1[k] if k in scaled else one[k].astype(np.float64)
@@ -270,7 +271,7 @@ def test_search_finds_known_alpha(opts, scaled, scored):
     def score(merged):
         return -sum(np.sum((merged[k].astype(np.float64) - target[k]) ** 2) for k in scored)
 
-    best, best_score, curve, merged = libmerge.search("esm", base, models, score, stats=stats, **opts)
+    best, best_score, curve, merged = esm_released.search(base, models, score, stats=stats, **opts)
     assert abs(best - 0.7) <= 0.01, (best, curve)  # the search tolerance
     assert 2 <= len(curve) <= 15
     assert best_score == max(s for _, s in curve)
@@ -290,8 +291,8 @@ def test_gram_route_equals_svd_route(n_rows):
     and the SVD of dO = X dW^T (the released one) give the same merge; the
     library matches both, and pad is irrelevant (bit-identical)."""
     base, models, xs, stats = make(n_rows=n_rows)
-    out = libmerge.merge("esm", base, models, stats=stats, layer_scaling=False)
-    ident = libmerge.merge("esm", base, models, stats=stats, layer_scaling=False, pad="identity")
+    out = esm_released.merge(base, models, stats=stats, layer_scaling=False)
+    ident = esm_released.merge(base, models, stats=stats, layer_scaling=False, pad="identity")
     for k in LAYERS:
         tv, x = taus(base, models, k), [x[k] for x in xs]
         via_svd = ref.esm_layer(tv, x, route="svd")
@@ -306,7 +307,36 @@ def test_bit_identical_for_any_thread_count():
     """Each task's essential subspace and the two polar factors run on idle
     threads; the result must not depend on how many there are."""
     base, models, _, stats = make()
-    runs = [libmerge.merge("esm", base, models, stats=stats, threads=n)
+    runs = [esm_released.merge(base, models, stats=stats, threads=n)
             for n in (1, 2, 4)]
     for k in base:
         assert runs[0][k].tobytes() == runs[1][k].tobytes() == runs[2][k].tobytes()
+
+
+# --- the default: the four scalings off ---------------------------------------
+
+SWITCHES = ("inter_task", "eig_weighting", "inter_dim", "layer_scaling")
+
+
+def test_the_four_scalings_default_off():
+    """The released code's polarized scalings are off by default since that
+    measured better (docs/methods/esm.md, "Deviations from the released
+    code"); each is a bool the released code has on."""
+    params = {p["name"]: p for p in libmerge.method_info("esm")["params"]}
+    for k in SWITCHES:
+        assert params[k]["default"] is False, (k, params[k]["default"])
+        assert "released code: on" in params[k]["help"], k
+
+
+def test_default_merge_is_the_scalings_off_merge():
+    """The default merge is the reference with all four scalings off, bit for
+    bit the merge with them off explicitly, and not the released merge."""
+    base, models, xs, stats = make()
+    default = libmerge.merge("esm", base, models, stats=stats)
+    off = libmerge.merge("esm", base, models, stats=stats, **{k: False for k in SWITCHES})
+    released = esm_released.merge(base, models, stats=stats)
+    check(default, base, reference_model(base, models, xs, **{k: False for k in SWITCHES}))
+    for k in base:
+        np.testing.assert_array_equal(default[k], off[k], err_msg=k)
+    assert any(np.abs(default[k] - released[k]).max() > 1e-3 * np.abs(released[k] - base[k]).max()
+               for k in LAYERS)

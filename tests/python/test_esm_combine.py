@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import libmerge
+import esm_released
 import reference as ref
 from test_esm import check, make, reference_model
 
@@ -19,9 +20,9 @@ OFF = dict(inter_task=False, eig_weighting=False, inter_dim=False, layer_scaling
 @pytest.mark.parametrize("opts", [{}, OFF, {"inter_dim": False}])
 def test_spectral_matches_reference(opts):
     base, models, xs, stats = make()
-    out = libmerge.merge("esm", base, models, stats=stats, alpha=0.7, combine="spectral", **opts)
+    out = esm_released.merge(base, models, stats=stats, alpha=0.7, combine="spectral", **opts)
     check(out, base, reference_model(base, models, xs, alpha=0.7, combine="spectral", **opts))
-    polar = libmerge.merge("esm", base, models, stats=stats, alpha=0.7, **opts)
+    polar = esm_released.merge(base, models, stats=stats, alpha=0.7, **opts)
     assert not np.allclose(out["blocks.0.fc.weight"], polar["blocks.0.fc.weight"], atol=1e-4)
 
 
@@ -33,7 +34,7 @@ def test_one_task_with_white_inputs_is_the_truncated_svd():
     tau = (rng.standard_normal((d_out, d_in)) * 0.7 ** np.arange(d_in)).astype(np.float32)
     stats = libmerge.Stats()
     stats.observe(0, "w", q.astype(np.float32))
-    out = libmerge.merge("esm", base, [{"w": tau}], stats=stats, combine="spectral", rank=k, **OFF)
+    out = esm_released.merge(base, [{"w": tau}], stats=stats, combine="spectral", rank=k, **OFF)
     u, s, vt = np.linalg.svd(tau.astype(np.float64))
     want = (u[:, :k] * s[:k]) @ vt[:k]
     err = np.abs(out["w"] - want).max() / np.abs(want).max()
@@ -42,8 +43,8 @@ def test_one_task_with_white_inputs_is_the_truncated_svd():
 
 def test_polar_is_the_released_default_bit_for_bit():
     base, models, xs, stats = make()
-    a = libmerge.merge("esm", base, models, stats=stats)
-    b = libmerge.merge("esm", base, models, stats=stats, combine="polar")
+    a = esm_released.merge(base, models, stats=stats)
+    b = esm_released.merge(base, models, stats=stats, combine="polar")
     for k in a:
         assert np.array_equal(a[k], b[k]), k
 
@@ -51,4 +52,4 @@ def test_polar_is_the_released_default_bit_for_bit():
 def test_unknown_combine_is_refused():
     base, models, xs, stats = make()
     with pytest.raises(libmerge.Error):
-        libmerge.merge("esm", base, models, stats=stats, combine="isotropic")
+        esm_released.merge(base, models, stats=stats, combine="isotropic")

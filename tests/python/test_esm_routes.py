@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import libmerge
+import esm_released
 import reference as ref
 
 T = 4
@@ -34,7 +35,7 @@ def make(d_out, d_in, n_rows, rank=6, seed=0, decay=0.9, noise=1e-3):
 
 
 def merged(base, models, stats, **opts):
-    out = libmerge.merge("esm", base, models, stats=stats, layer_scaling=False, **opts)
+    out = esm_released.merge(base, models, stats=stats, layer_scaling=False, **opts)
     return out[NAME].astype(np.float64) - base[NAME]
 
 
@@ -156,8 +157,8 @@ def test_guard_estimates_a_32k_vocabulary_without_allocating():
         stats.observe(t, NAME, rng.standard_normal((100, 64)).astype(np.float32))
     with pytest.raises(libmerge.OutOfRangeError,
                        match=r"esd_route=gram needs [0-9]+ bytes \(3[0-9]\.[0-9]+ GiB = 1 thread"):
-        libmerge.merge("esm", base, models, stats=stats, esd_route="gram", memory_budget=1.0,
-                       threads=1)
+        esm_released.merge(base, models, stats=stats, esd_route="gram", memory_budget=1.0,
+                           threads=1)
 
 
 def test_randomized_refuses_identity_pad():
@@ -181,7 +182,7 @@ def test_lapack_limit_names_tensor_and_auto_routes_around_it():
     for t, x in enumerate(xs):
         stats.observe(t, NAME, x)
     with pytest.raises(libmerge.Error, match=r"'lm_head\.weight' \(40000 x 8\).*LAPACK"):
-        libmerge.merge("esm", base, models, stats=stats, esd_route="gram", memory_budget=100.0)
-    out = libmerge.merge("esm", base, models, stats=stats, layer_scaling=False)[NAME]
+        esm_released.merge(base, models, stats=stats, esd_route="gram", memory_budget=100.0)
+    out = esm_released.merge(base, models, stats=stats, layer_scaling=False)[NAME]
     want = ref.esm_layer(taus, xs, keep_rank=True)
     assert rel(out.astype(np.float64), want) <= 1e-4

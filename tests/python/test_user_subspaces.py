@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 import libmerge
+import esm_released
 import reference as ref
 
 T, D_OUT, D_IN, N = 3, 24, 16, 96
@@ -100,8 +101,8 @@ def test_esm_own_subspace_gives_own_result():
     subs = [libmerge.Subspace("esm", anchored(key), esm_gram(base, models[t], xs[t][key], key),
                               basis="eigen", rank=k, model=t)
             for key in LAYERS for t in range(T)]
-    own = libmerge.merge("esm", base, models, stats=stats, alpha=0.8)
-    user = libmerge.merge("esm", base, models, stats=stats, alpha=0.8, subspaces=subs)
+    own = esm_released.merge(base, models, stats=stats, alpha=0.8)
+    user = esm_released.merge(base, models, stats=stats, alpha=0.8, subspaces=subs)
     for key in base:
         close(user[key].astype(np.float64), own[key].astype(np.float64), key)
 
@@ -114,8 +115,8 @@ def test_esm_output_shift_svd_gives_own_result():
     subs = [libmerge.Subspace("esm", anchored(key),
                               xs[t][key].astype(np.float64) @ delta(base, models[t], key).T,
                               basis="right", rank=D_OUT // T, model=t) for t in range(T)]
-    own = libmerge.merge("esm", base, models, stats=stats)
-    user = libmerge.merge("esm", base, models, stats=stats, subspaces=subs)
+    own = esm_released.merge(base, models, stats=stats)
+    user = esm_released.merge(base, models, stats=stats, subspaces=subs)
     for k in base:
         close(user[k].astype(np.float64), own[k].astype(np.float64), k)
 
@@ -131,7 +132,7 @@ def test_esm_user_bases_match_numpy_without_stats():
     ranks = [4, 6, 5]  # per task, not floor(d_out / T)
     subs = [libmerge.Subspace("esm", "fc", mats[t], basis="left", rank=ranks[t], model=t)
             for t in range(T)]
-    got = libmerge.merge("esm", base, models, layer_scaling=False, subspaces=subs)
+    got = esm_released.merge(base, models, layer_scaling=False, subspaces=subs)
     bases, strengths = [], []
     for t in range(T):
         u, s, _ = np.linalg.svd(mats[t])
@@ -150,9 +151,9 @@ def test_esm_mixed_tasks_and_fallback():
     k = D_OUT // T
     g = esm_gram(base, models[1], xs[1][key], key) + np.eye(D_OUT) * 1e-3
     sub = libmerge.Subspace("esm", anchored(key), g, basis="eigen", rank=k, model=1)
-    own = libmerge.merge("esm", base, models, stats=stats, layer_scaling=False)
-    got = libmerge.merge("esm", base, models, stats=stats, layer_scaling=False,
-                         subspaces=[sub])
+    own = esm_released.merge(base, models, stats=stats, layer_scaling=False)
+    got = esm_released.merge(base, models, stats=stats, layer_scaling=False,
+                             subspaces=[sub])
     assert np.array_equal(got[other], own[other])
     bases, strengths = [], []
     for t in range(T):
@@ -272,12 +273,12 @@ def test_errors_name_tensor_and_refuse_unused_rules():
     base, models, _, stats = make()
     wrong = libmerge.Subspace("esm", "fc", np.eye(D_IN), rank=3, model=2)
     with pytest.raises(libmerge.ShapeError, match="blocks.0.fc.weight.*task 2"):
-        libmerge.merge("esm", base, models, stats=stats, subspaces=[wrong])
+        esm_released.merge(base, models, stats=stats, subspaces=[wrong])
     with pytest.raises(libmerge.InvalidArgumentError, match="esm"):
         libmerge.merge("ties", base, models,
                        subspaces=[libmerge.Subspace("esm", "fc", np.eye(D_OUT))])
     with pytest.raises(libmerge.InvalidArgumentError, match="purif"):
-        libmerge.merge("esm", base, models, stats=stats,
-                       subspaces=[libmerge.Subspace("purify", "fc", np.eye(D_OUT))])
+        esm_released.merge(base, models, stats=stats,
+                           subspaces=[libmerge.Subspace("purify", "fc", np.eye(D_OUT))])
     with pytest.raises(ValueError, match="use must be"):
         libmerge.Subspace("tsv", "fc", np.eye(3))

@@ -21,6 +21,7 @@ import subprocess
 import numpy as np
 import pytest
 
+import esm_released
 import libmerge
 import st_format
 import whiten_reference as wr
@@ -61,6 +62,8 @@ def one_ulp(x, seed):
 
 def merge(method, base, fts, xs=None, **params):
     kw = {}
+    if method == "esm":  # whiten_reference.esm_layer is the released code's scalings
+        params = {**esm_released.RELEASED, **params}
     if method == "esm" and xs is not None:
         stats = libmerge.Stats()
         for t, x in enumerate(xs):
