@@ -275,16 +275,6 @@ static lm_status run_chunk(void *arg, size_t item)
     return st;
 }
 
-static bool same_shape(const lm_tensor *a, const lm_tensor *b)
-{
-    if (a->ndim != b->ndim)
-        return false;
-    for (int d = 0; d < a->ndim; d++)
-        if (a->shape[d] != b->shape[d])
-            return false;
-    return true;
-}
-
 /* Can tensor `name` go the fused way? Fills f's inputs when it can; *st
  * is set only by an allocation failure (any other error is the plain
  * path's to report, with its message). */
@@ -332,7 +322,7 @@ static bool eligible(const lm_plan *p, const char *name, const lm_tensor *base,
         if (p->tvs[m] || p->loras[m] || !p->models[m])
             return false;
         const lm_tensor *t = lm__model_lookup(p->models[m], name);
-        if (!t || !t->data || !same_shape(base, t) ||
+        if (!t || !t->data || !lm__same_shape(base, t) ||
             !lm_dtype_size(t->dtype))
             return false;
         f->in[m] = t->data;

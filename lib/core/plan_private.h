@@ -114,7 +114,6 @@ lm_status lm__fused_merge(lm_plan *p, void *state, const char *name,
 lm_status lm__fused_merge_into(lm_plan *p, void *state, const char *name,
                                const lm_tensor *base, lm_tensor *out,
                                bool *done);
-/* The n merged values converted once to `dtype` into dst. */
 /* The base added back to a merged task vector `out` (n values; base64
  * when merging wide, else the f32 base b), failing on a non-finite result
  * under the default policy. */
@@ -127,6 +126,7 @@ lm_status lm__add_base(lm_plan *p, const char *name, float *out,
 lm_status lm__sum_route(lm_plan *p, void *state, const char *name,
                         const lm_tensor *base, bool from_plan_base,
                         struct lm__merged *merged, bool *taken);
+/* The n merged values converted once to `dtype` into dst. */
 void lm__merged_write(const struct lm__merged *merged, size_t n, void *dst,
                       lm_dtype dtype);
 void lm__merged_free(lm_context *ctx, struct lm__merged *merged);

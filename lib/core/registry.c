@@ -163,14 +163,24 @@ lm_status lm_register_strategy(lm_context *ctx, const lm_strategy_vtable *vt)
     return LM_OK;
 }
 
+/* The registry's entry for `name` (to attach a library-internal rule),
+ * or NULL with the context's error set. */
+static struct registered *registered_named(lm_context *ctx, const char *name)
+{
+    struct registered *r = (struct registered *)find_registered(ctx, name);
+    if (!r)
+        lm_context_set_error(ctx, LM_ERR_NOT_FOUND, "no strategy named '%s'",
+                             name);
+    return r;
+}
+
 lm_status lm__strategy_set_linear_rule(lm_context *ctx, const char *name,
                                        lm__linear_rule_fn fn)
 {
-    lm_strategy_vtable *vt = (lm_strategy_vtable *)find_registered(ctx, name);
-    if (!vt)
-        return lm_context_set_error(ctx, LM_ERR_NOT_FOUND,
-                                    "no strategy named '%s'", name);
-    ((struct registered *)vt)->linear_rule = fn;
+    struct registered *r = registered_named(ctx, name);
+    if (!r)
+        return LM_ERR_NOT_FOUND;
+    r->linear_rule = fn;
     return LM_OK;
 }
 
@@ -182,11 +192,10 @@ lm__linear_rule_fn lm__strategy_linear_rule(const lm_strategy_vtable *vt)
 lm_status lm__strategy_set_sparse_rule(lm_context *ctx, const char *name,
                                        lm__sparse_rule_fn fn)
 {
-    lm_strategy_vtable *vt = (lm_strategy_vtable *)find_registered(ctx, name);
-    if (!vt)
-        return lm_context_set_error(ctx, LM_ERR_NOT_FOUND,
-                                    "no strategy named '%s'", name);
-    ((struct registered *)vt)->sparse_rule = fn;
+    struct registered *r = registered_named(ctx, name);
+    if (!r)
+        return LM_ERR_NOT_FOUND;
+    r->sparse_rule = fn;
     return LM_OK;
 }
 
@@ -198,11 +207,10 @@ lm__sparse_rule_fn lm__strategy_sparse_rule(const lm_strategy_vtable *vt)
 lm_status lm__strategy_set_sum_rule(lm_context *ctx, const char *name,
                                     const struct lm__sum_rule *rule)
 {
-    lm_strategy_vtable *vt = (lm_strategy_vtable *)find_registered(ctx, name);
-    if (!vt)
-        return lm_context_set_error(ctx, LM_ERR_NOT_FOUND,
-                                    "no strategy named '%s'", name);
-    ((struct registered *)vt)->sum_rule = rule;
+    struct registered *r = registered_named(ctx, name);
+    if (!r)
+        return LM_ERR_NOT_FOUND;
+    r->sum_rule = rule;
     return LM_OK;
 }
 

@@ -13,25 +13,15 @@
  * lazy tensors, stages, transposed layouts, row policies, shape errors) is
  * left to it, and so is a non-finite input under the default policy,
  * whose error message names the first offending input and element. */
-#include <math.h>
 #include <string.h>
 
 #include "core/fused_private.h"
+#include "core/fused_simd.h"
 #include "core/plan_private.h"
 #include "core/sum_rule.h"
 
 /* Elements per block: its f32 and f64 buffers (32 KiB) stay in L1/L2. */
 #define SUM_BLOCK 2048
-
-static bool same_shape(const lm_tensor *a, const lm_tensor *b)
-{
-    if (a->ndim != b->ndim)
-        return false;
-    for (int d = 0; d < a->ndim; d++)
-        if (a->shape[d] != b->shape[d])
-            return false;
-    return true;
-}
 
 /* An input read in place: in memory, not f64 (wide merges round
  * differently). */
@@ -51,14 +41,6 @@ static const float *load(const lm_tensor *t, size_t lo, size_t len,
     return buf;
 }
 
-static bool any_nonfinite(const float *x, size_t n)
-{
-    bool bad = false;
-    for (size_t j = 0; j < n; j++)
-        bad |= !isfinite(x[j]);
-    return bad;
-}
-
 /* The sum and its statistics; false when an input holds a non-finite
  * value and the policy refuses them (the plain path then reports it).
  * base_copy: where the base's f32 values go when it is not read in place
@@ -75,7 +57,7 @@ static bool form_sum(const lm_plan *p, const lm_tensor *base,
     for (size_t lo = 0; lo < n; lo += SUM_BLOCK) {
         size_t len = n - lo < SUM_BLOCK ? n - lo : SUM_BLOCK;
         const float *b = load(base, lo, len, bbuf);
-        if (check && any_nonfinite(b, len))
+        if (check && lm__simd_any_nonfinite_f32(b, len))
             return false;
         if (base_copy)
             memcpy(base_copy + lo, b, len * sizeof(float));
@@ -86,7 +68,7 @@ static bool form_sum(const lm_plan *p, const lm_tensor *base,
         }
         for (size_t t = 0; t < k; t++) {
             const float *x = load(in[t], lo, len, xbuf);
-            if (check && any_nonfinite(x, len))
+            if (check && lm__simd_any_nonfinite_f32(x, len))
                 return false;
             double wt = w[t], s2 = w2[t];
             for (size_t j = 0; j < len; j++) {
@@ -126,7 +108,7 @@ lm_status lm__sum_route(lm_plan *p, void *state, const char *name,
     for (size_t m = 0; ok && m < k; m++) {
         ok = !p->tvs[m] && !p->loras[m] && p->models[m];
         in[m] = ok ? lm__model_lookup(p->models[m], name) : NULL;
-        ok = ok && readable(in[m]) && same_shape(base, in[m]);
+        ok = ok && readable(in[m]) && lm__same_shape(base, in[m]);
     }
     lm_params view;
     double *tensor_weights = NULL;

@@ -8,10 +8,7 @@
 lm_status lm__check_pair(lm_context *ctx, const char *what, const char *name,
                          const lm_tensor *base, const lm_tensor *other)
 {
-    bool same = base->ndim == other->ndim;
-    for (int d = 0; same && d < base->ndim; d++)
-        same = base->shape[d] == other->shape[d];
-    if (!same) {
+    if (!lm__same_shape(base, other)) {
         char a[128] = "", b[128] = "";
         for (int d = 0; d < base->ndim; d++)
             snprintf(a + strlen(a), sizeof(a) - strlen(a), "%s%lld",

@@ -18,6 +18,16 @@ size_t lm__numel_checked(int ndim, const int64_t *shape, bool *overflow)
     return n;
 }
 
+bool lm__same_shape(const lm_tensor *a, const lm_tensor *b)
+{
+    if (a->ndim != b->ndim)
+        return false;
+    for (int d = 0; d < a->ndim; d++)
+        if (a->shape[d] != b->shape[d])
+            return false;
+    return true;
+}
+
 static lm_status check_shape(lm_context *ctx, lm_dtype dtype, int ndim,
                              const int64_t *shape, size_t *numel)
 {

@@ -155,17 +155,17 @@ static lm_status load_inputs(lm_plan *p, const char *name,
                !base->lazy_read && base->data &&
                !(from_plan_base && p->base->done_with);
     *base_vals = in_place ? (const float *)base->data : block;
-    if (in_place) {
-        /* read below through *base_vals only */
-    } else if (base64) {
-        LM_TRY(lm__read_f64(p->ctx, base, base64));
-        for (size_t i = 0; i < n; i++)
-            b[i] = (float)base64[i];
-    } else {
-        LM_TRY(lm__read_f32(p->ctx, base, b));
+    if (!in_place) {
+        if (base64) {
+            LM_TRY(lm__read_f64(p->ctx, base, base64));
+            for (size_t i = 0; i < n; i++)
+                b[i] = (float)base64[i];
+        } else {
+            LM_TRY(lm__read_f32(p->ctx, base, b));
+        }
+        if (from_plan_base)
+            done_with(p->base, base);
     }
-    if (from_plan_base && !in_place)
-        done_with(p->base, base);
     const float *bv = *base_vals;
     LM_TRY(check_finite(p, "the base", name, bv, n));
     for (size_t m = 0; m < p->n_models; m++) {

@@ -36,6 +36,8 @@ lm_status lm__read_f64(lm_context *ctx, const lm_tensor *tensor, double *dst);
 lm_status lm__tensor_create_lazy(lm_context *ctx, lm_dtype dtype, int ndim,
                                  const int64_t *shape, lm_tensor_read_fn read,
                                  void *user, lm_tensor **out);
+/* Same number of dimensions and extents (any dtypes). */
+bool lm__same_shape(const lm_tensor *a, const lm_tensor *b);
 /* Same shape as the base tensor (any dtype: inputs may mix them), or a
  * message naming the tensor prefixed by `what`. */
 lm_status lm__check_pair(lm_context *ctx, const char *what, const char *name,

@@ -99,12 +99,7 @@ static int cmp_storage(const void *x, const void *y)
 
 static bool same_layout(const lm_tensor *a, const lm_tensor *b)
 {
-    if (a->dtype != b->dtype || a->ndim != b->ndim)
-        return false;
-    for (int d = 0; d < a->ndim; d++)
-        if (a->shape[d] != b->shape[d])
-            return false;
-    return true;
+    return a->dtype == b->dtype && lm__same_shape(a, b);
 }
 
 /* Base tensors sharing storage in the base and in every model. */

@@ -456,9 +456,9 @@ static double sum_precision_of(const lm_tensor_job *job,
 }
 
 /* weighted_task_sum (a workspace: free with lm__workspace_free) and, in
- * the same pass over the deltas, sum_precision(job, sum) into *eps: the same accumulations in the same
- * order, so the same bits, without reading base and deltas a second
- * time. */
+ * the same pass over the deltas, sum_precision(job, sum) into *eps: the
+ * same accumulations in the same order, so the same bits, without reading
+ * base and deltas a second time. */
 static double *weighted_task_sum_eps(const lm_tensor_job *job, double *eps)
 {
     size_t n = job->numel, T = job->n_models;
@@ -777,6 +777,15 @@ static lm_status tensor_error(const lm_tensor_job *job, lm_status st)
     return st;
 }
 
+/* A matrix (both sides at least 2) not sent to the weighted mean: the
+ * tensors svd_merge merges by an SVD. */
+static bool svd_routed(const lm_tensor_job *job,
+                       enum lm__embedding_route route)
+{
+    return job->ndim == 2 && job->shape[0] >= 2 && job->shape[1] >= 2 &&
+           route != LM_EMBEDDING_MEAN;
+}
+
 static lm_status svd_merge(void *state, const lm_tensor_job *job, void *user)
 {
     (void)user;
@@ -792,8 +801,7 @@ static lm_status svd_merge(void *state, const lm_tensor_job *job, void *user)
         randomized.randomized = true;
         s = &randomized;
     }
-    if (job->ndim != 2 || job->shape[0] < 2 || job->shape[1] < 2 ||
-        route == LM_EMBEDDING_MEAN) {
+    if (!svd_routed(job, route)) {
         double wsum = 0;
         for (size_t t = 0; t < T; t++)
             wsum += job->weights[t];
@@ -834,9 +842,8 @@ static lm_status svd_merge(void *state, const lm_tensor_job *job, void *user)
 static bool iso_c_wants_sum(void *state, const lm_tensor_job *job)
 {
     const struct svd_state *s = state;
-    return s->method == ISO_C && job->ndim == 2 && job->shape[0] >= 2 &&
-           job->shape[1] >= 2 &&
-           lm__embedding_route_for(&s->embedding, job) != LM_EMBEDDING_MEAN;
+    return s->method == ISO_C &&
+           svd_routed(job, lm__embedding_route_for(&s->embedding, job));
 }
 
 static lm_status iso_c_sum_merge(void *state, const lm_tensor_job *job,

@@ -102,14 +102,23 @@ static void count_free(void *p, void *user)
     free(p);
 }
 
-START_TEST(custom_allocator_used_and_balanced)
+/* A context whose allocations are counted in *c (which must outlive it;
+ * the allocator itself is copied at create). */
+static lm_context *counting_context(struct counting_alloc *c)
 {
-    struct counting_alloc c = {0, 0};
-    lm_allocator a = {sizeof(a), count_alloc, count_free, &c};
+    *c = (struct counting_alloc){0, 0};
+    lm_allocator a = {sizeof(a), count_alloc, count_free, c};
     lm_context_options o = LM_CONTEXT_OPTIONS_INIT;
     o.allocator = &a;
     lm_context *ctx = NULL;
     ck_assert_ok(lm_context_create(&o, &ctx));
+    return ctx;
+}
+
+START_TEST(custom_allocator_used_and_balanced)
+{
+    struct counting_alloc c;
+    lm_context *ctx = counting_context(&c);
     int64_t shape[2] = {3, 4};
     lm_tensor *t = NULL;
     ck_assert_ok(lm_tensor_create(ctx, LM_F32, 2, shape, &t));
@@ -126,12 +135,8 @@ END_TEST
  * destroying the context frees what is kept. */
 START_TEST(scratch_buffers_reused_and_bounded)
 {
-    struct counting_alloc c = {0, 0};
-    lm_allocator a = {sizeof(a), count_alloc, count_free, &c};
-    lm_context_options o = LM_CONTEXT_OPTIONS_INIT;
-    o.allocator = &a;
-    lm_context *ctx = NULL;
-    ck_assert_ok(lm_context_create(&o, &ctx));
+    struct counting_alloc c;
+    lm_context *ctx = counting_context(&c);
     int base = c.allocs, freed = c.frees;
     size_t got, got2;
     char *p = lm__scratch_take(ctx, 1000, &got);
@@ -151,8 +156,11 @@ START_TEST(scratch_buffers_reused_and_bounded)
     /* A request the kept ones both fit takes the smaller. */
     ck_assert_ptr_eq(lm__scratch_take(ctx, 10, &got), p);
     lm__scratch_give(ctx, p, got);
+    /* Two statements: within one call, g could be read before the take
+     * sets it (the order of evaluating arguments is unspecified). */
     size_t huge = (size_t)64 << 20, g;
-    lm__scratch_give(ctx, lm__scratch_take(ctx, huge, &g), g);
+    void *h = lm__scratch_take(ctx, huge, &g);
+    lm__scratch_give(ctx, h, g);
     ck_assert_int_eq(c.frees, freed + 1); /* not kept */
     void *many[LM__SCRATCH_SLOTS + 1];
     size_t sizes[LM__SCRATCH_SLOTS + 1];
@@ -174,12 +182,8 @@ END_TEST
  * frees them: the allocator's counts balance. */
 START_TEST(workspace_reused_during_a_run_and_released)
 {
-    struct counting_alloc c = {0, 0};
-    lm_allocator a = {sizeof(a), count_alloc, count_free, &c};
-    lm_context_options o = LM_CONTEXT_OPTIONS_INIT;
-    o.allocator = &a;
-    lm_context *ctx = NULL;
-    ck_assert_ok(lm_context_create(&o, &ctx));
+    struct counting_alloc c;
+    lm_context *ctx = counting_context(&c);
     const size_t mib = (size_t)1 << 20;
     int outstanding = c.allocs - c.frees; /* the context's own */
     int frees = c.frees;
