@@ -5,8 +5,9 @@
  * essential-subspace merge (ESD), TSV-M or the mean, the global alpha, and
  * layer-level scaling among tensors of the same type (docs/methods/esm.md).
  * Layer scaling needs every layer's merged norm before any is final, so
- * the strategy runs in two passes and keeps the merged matrices of the
- * scaled layers in memory between them. */
+ * with it on the strategy runs in two passes and keeps the merged matrices
+ * of the scaled layers in memory between them; with it off (the default)
+ * it declines the first pass (esm_passes). */
 #include <math.h>
 #include <regex.h>
 #include <stdio.h>
@@ -550,6 +551,17 @@ static lm_status name_error(lm_context *ctx, lm_status st, const char *name)
     return st;
 }
 
+/* Only layer scaling needs other tensors (its betas compare a tensor's
+ * norm with its layer type's mean): without it no tensor has a group, the
+ * prepare pass would merge nothing, and declining it saves a read of every
+ * input and lets a load-time merger work without a base. */
+static unsigned esm_passes(void *state, void *user)
+{
+    (void)user;
+    const struct esm_state *s = state;
+    return s->layer_scaling ? 1 : 0;
+}
+
 /* Pass 1: merge every layer-scaled tensor and remember it with its norm. */
 static lm_status esm_prepare(void *state, const lm_tensor_job *job,
                              void *user)
@@ -709,5 +721,6 @@ const lm_strategy_vtable lm__esm_strategy = {
     .fini = esm_fini,
     .prepare_tensor = esm_prepare,
     .prepared = esm_prepared,
+    .prepare_passes = esm_passes,
     .check_tensor = esm_check,
 };

@@ -117,7 +117,9 @@ START_TEST(adapters_only_untouched_and_errors)
     lm_plan *two_pass = NULL;
     lm_plan_create(ctx, "esm", &two_pass);
     lm_plan_add_lora(two_pass, l, 1.0);
-    /* A two-pass strategy runs its first pass over the plan's base. */
+    /* A two-pass strategy runs its first pass over the plan's base (ESM
+     * only with layer scaling: test_strategies_esm_passes.c). */
+    ck_assert_ok(lm_plan_set_string(two_pass, "layer_scaling", "true"));
     ck_assert_status(lm_merger_create(two_pass, &m), LM_ERR_STATE);
     ck_assert_ptr_nonnull(strstr(lm_context_error(ctx), "set the plan's base"));
     lm_plan_destroy(two_pass);

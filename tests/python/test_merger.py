@@ -1,7 +1,8 @@
 """libmerge.Merger (lm_merger from Python): tensor-by-tensor merging at load
 time gives, bit for bit, what libmerge.merge (lm_plan_execute) gives, from
 several loader threads at once, in place or into a new array; two-pass
-methods (ESM's layer scaling) included when the base is given."""
+methods (ESM's layer scaling) included when the base is given; ESM's
+default (no layer scaling) has no first pass and needs no base."""
 import threading
 
 import numpy as np
@@ -85,10 +86,22 @@ def test_two_pass_esm_needs_the_base_and_then_matches():
     base = model()
     models = finetuned(base)
     with pytest.raises(libmerge.Error) as e:
-        libmerge.Merger("esm", models)
+        libmerge.Merger("esm", models, layer_scaling=True)
     assert e.value.status_name == "LM_ERR_STATE"
+    assert "set the plan's base" in str(e.value)
+    want = libmerge.merge("esm", base, models, layer_scaling=True)
+    with libmerge.Merger("esm", models, base=base, layer_scaling=True) as merger:
+        for k in reversed(list(base)):
+            np.testing.assert_array_equal(merger.apply(k, base[k]), want[k])
+
+
+def test_esm_default_has_no_first_pass_and_needs_no_base():
+    """layer_scaling off (the default): ESM declines its prepare pass, so
+    a merger needs no base; the bits are the offline merge's."""
+    base = model()
+    models = finetuned(base)
     want = libmerge.merge("esm", base, models)
-    with libmerge.Merger("esm", models, base=base) as merger:
+    with libmerge.Merger("esm", models) as merger:
         for k in reversed(list(base)):
             np.testing.assert_array_equal(merger.apply(k, base[k]), want[k])
 
