@@ -1,6 +1,7 @@
 /* ESM's prepare pass runs only when layer scaling can use it
- * (docs/methods/esm.md, "Cost"): with layer_scaling off (the default) no
- * tensor has a layer group, so ESM declines the pass (prepare_passes 0).
+ * (docs/methods/esm.md, "Layer-level scaling"): with layer_scaling off
+ * (the default) no tensor has a layer group, so ESM declines the pass
+ * (prepare_passes 0).
  * Observed through the number of times each lazy input tensor is read:
  * - default and layer_scaling=false: every input tensor read once;
  * - the same strategy forced to run its pass (a copy of ESM's vtable
