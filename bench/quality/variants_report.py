@@ -329,7 +329,8 @@ def _nsc(results, steps):
     runs = []
     for r in results:
         runs += [k for k in r["rows"] if r["part"] == "nsc" and k.startswith("nsc")
-                 and not k.endswith((", scale searched", ", output_match")) and k not in runs]
+                 and not k.endswith((", scale searched", ", output_match", ", teacher scale"))
+                 and k not in runs]
     sizes = sorted({r["n"] for r in results if r["part"] == "nsc"})
     out = ["## NSC on LoRA adapters", "",
            "MLP, LoRA rank 8 on the three layers; NSC is label-free (%d steps, the validation "
@@ -346,6 +347,23 @@ def _nsc(results, steps):
            "NSC itself at a fixed `--lamda`." % steps, ""]
     def pick(k):
         return lambda rows: (rows[k], rows["task_arithmetic"]) if k in rows else None
+    taught = [k for k in runs if any(k + ", teacher scale" in r["rows"] for r in results
+                                     if r["part"] == "nsc")]
+    if taught:
+        out += ["### Teacher scale (the drivers' default, label-free)", "",
+                "*teacher scale*: the run's coefficients times one global alpha searched, "
+                "by the same search as TA's lambda, on a label-free score: minus the mean "
+                "over tasks of the KL divergence from task k's own fine-tuned model (base + "
+                "its adapter, through its head) to the merge, on task k's validation images "
+                "without their labels (`libmerge.torch.nsc_teacher_score`; "
+                "docs/methods/nsc.md \"Teacher scale\"). What `nsc_merge` and "
+                "`nsc_merge_spsa` return by default. *TA, teacher scale*: task arithmetic's "
+                "lambda searched on the same score instead of validation accuracy.", ""]
+        out += _table(results, "nsc", "comparison", "teacher scale", "task arithmetic",
+                      [("%s, teacher scale − TA" % k, pick(k + ", teacher scale"))
+                       for k in taught] +
+                      [("TA, teacher scale − TA", pick("task arithmetic, teacher scale"))])
+        out += ["### As optimised, and the other scale rules", ""]
     out += _table(results, "nsc", "comparison", "nsc", "task arithmetic",
                   [("%s − TA" % k, pick(k)) for k in runs])
     out += _table(results, "nsc", "comparison", "nsc, scale searched", "task arithmetic",
@@ -373,6 +391,16 @@ def _nsc(results, steps):
             "%s, %s" % (_nsc_mean(results, n, k, "mean_coefficient"),
                         _nsc_mean(results, n, k + ", scale searched", "scale"))
             for n in sizes)))
+    if taught:
+        out += ["", "Teacher scale (means over seeds): TA's lambda and each run's alpha.", "",
+                "| run | %s |" % " | ".join("%d tasks" % n for n in sizes),
+                "|---|%s" % ("---|" * len(sizes)),
+                "| task arithmetic (lambda) | %s |" % " | ".join(
+                    _nsc_mean(results, n, "task arithmetic, teacher scale", "scale")
+                    for n in sizes)]
+        out += ["| %s | %s |" % (k, " | ".join(
+            _nsc_mean(results, n, k + ", teacher scale", "scale") for n in sizes))
+            for k in taught]
     return out + [""]
 
 

@@ -257,6 +257,21 @@ def nsc_scale_searched(s, adapters, lambdas):
                     WIDEN, models=_coefficient_models(s, adapters, lambdas))
 
 
+def teacher_searched(s, models, teacher, adapters=None, lambdas=None):
+    """The scale searched on the label-free teacher score (the NSC drivers'
+    default): task arithmetic's lambda over `models`, or with `lambdas`
+    one global alpha of NSC's coefficients (libmerge.torch.nsc_scale_search,
+    what the drivers run)."""
+    if lambdas is not None:
+        res = lt.nsc_scale_search(s.net, adapters, lambdas, teacher, widen=WIDEN,
+                                  max_evals=s.max_evals, threads=s.threads)
+    else:
+        res = libmerge.search("task_arithmetic", s.base, models, teacher, param="lambda",
+                              lo=0.0, hi=1.5, max_evals=s.max_evals, widen=WIDEN,
+                              threads=s.threads)
+    return s.scored(res[3], scale=res[0], widened=res.widened, at_edge=res.at_edge)
+
+
 def nsc_output_matched(s, adapters, lambdas):
     """NSC's coefficients scaled per module by the label-free rule
     (alpha_rule="output_match": least-squares match of the merged delta's
@@ -279,6 +294,10 @@ def nsc_rows(s, steps, log=print):
     heldout = [[torch.from_numpy(t["train"][0][:256])] for t in s.tasks]
     ta = searched(s, "task_arithmetic", {}, ("lambda", 0.0, 1.5), WIDEN)
     out = {"task_arithmetic": ta}
+    # The drivers' default scale (label-free): each task's own fine-tuned
+    # model is the teacher on its unlabeled validation rows.
+    teacher = lt.nsc_teacher_score(s.net, adapters, loaders, outputs=lambda k, f: s.heads[k](f))
+    out["task arithmetic, teacher scale"] = teacher_searched(s, s.sds, teacher)
     runs = [("nsc, safe defaults", lt.nsc_merge, dict(heldout_loaders=heldout)),
             ("nsc, safe defaults + trust_radius 0.2", lt.nsc_merge,
              dict(heldout_loaders=heldout, trust_radius=0.2)),
@@ -290,7 +309,10 @@ def nsc_rows(s, steps, log=print):
     for label, driver, kw in runs:
         report = {}
         t0 = time.perf_counter()
-        sd = driver(copy.deepcopy(s.net), adapters, loaders, steps=steps, report=report, **kw)
+        # scale_rule="fixed": the coefficients as optimised; each scale
+        # rule below is applied to them (the teacher row is the default).
+        sd = driver(copy.deepcopy(s.net), adapters, loaders, steps=steps, report=report,
+                    scale_rule="fixed", **kw)
         lambdas = report["lambdas"]
         coef = float(np.mean([np.mean(v) for v in lambdas.values()]))
         out[label] = s.scored({k: v.numpy() for k, v in sd.items()}, mean_coefficient=coef,
@@ -299,13 +321,20 @@ def nsc_rows(s, steps, log=print):
         scaled = nsc_scale_searched(s, adapters, lambdas)
         scaled["mean_coefficient"] = coef
         out[label + ", scale searched"] = scaled
+        taught = teacher_searched(s, None, teacher, adapters, lambdas)
+        taught["mean_coefficient"] = coef
+        out[label + ", teacher scale"] = taught
         if s.stats is not None:
             matched = nsc_output_matched(s, adapters, lambdas)
             matched["mean_coefficient"] = coef
             out[label + ", output_match"] = matched
-        log("    %-46s %.1f; scale searched %.1f (alpha %.3f, mean coefficient %.3f)%s" % (
-            label, out[label]["norm"], scaled["norm"], scaled["scale"], coef,
+        log("    %-46s %.1f; scale searched %.1f (alpha %.3f, mean coefficient %.3f); "
+            "teacher %.1f (alpha %.3f)%s" % (
+            label, out[label]["norm"], scaled["norm"], scaled["scale"], coef, taught["norm"],
+            taught["scale"],
             "; output_match %.1f" % out[label + ", output_match"]["norm"]
             if s.stats is not None else ""))
-    log("    %-46s %.1f (lambda %.3f)" % ("task_arithmetic", ta["norm"], ta["scale"]))
+    log("    %-46s %.1f (lambda %.3f); teacher scale %.1f (lambda %.3f)" % (
+        "task_arithmetic", ta["norm"], ta["scale"], out["task arithmetic, teacher scale"]["norm"],
+        out["task arithmetic, teacher scale"]["scale"]))
     return out

@@ -102,9 +102,12 @@ def test_quality_variants_smoke(tmp_path, smoke_cache):
                       r"\| ([-+][\d.]+) \| — \| [01] of 1 \| (level|ahead|behind) \|$", text, re.M)
     labels = [row[0] for row in rows]
     # scale search (5 methods), ESM vs its rivals, purify (3 rules + the
-    # rule comparison), NSC's two drivers as optimised, scale searched and
-    # scaled by the label-free output_match rule
+    # rule comparison), NSC's two drivers as optimised, scale searched,
+    # scaled by the label-free output_match rule and by the teacher score
+    # (the drivers' default; task arithmetic searched on it too)
     for label in ("task_arithmetic", "esm", "esm − best rival", "nsc, safe defaults − TA",
+                  "nsc, safe defaults, teacher scale − TA",
+                  "nsc spsa, safe defaults, teacher scale − TA", "TA, teacher scale − TA",
                   "nsc spsa, safe defaults − TA", "nsc, safe defaults, scale searched − TA",
                   "nsc spsa, safe defaults, scale searched − TA",
                   "nsc, safe defaults, output_match − TA",

@@ -258,8 +258,8 @@ def test_spsa_freezes_the_modules_after_every_target(toy):
     nsc_toy, net, tasks, loaders = toy
     ads = [t["adapter"] for t in tasks]
     frozen, loose = {}, {}
-    lt.nsc_merge_spsa(net, ads, loaders, ["fc2"], steps=20, lr=1e-2, report=frozen)
-    lt.nsc_merge_spsa(net, ads, loaders, ["fc2"], steps=20, lr=1e-2, report=loose,
+    lt.nsc_merge_spsa(net, ads, loaders, ["fc2"], steps=20, lr=1e-2, report=frozen, scale_rule="fixed")
+    lt.nsc_merge_spsa(net, ads, loaders, ["fc2"], steps=20, lr=1e-2, report=loose, scale_rule="fixed",
                       freeze_after_targets=False)
     assert frozen["frozen"] == ["fc2.weight", "fc3.weight"]
     for name in ("fc2.weight", "fc3.weight"):
@@ -277,9 +277,9 @@ def test_bounds_and_trust_region_hold_in_both_drivers(toy):
     nsc_toy, net, tasks, loaders = toy
     ads = [t["adapter"] for t in tasks]
     free, boxed, trust = {}, {}, {}
-    lt.nsc_merge(net, ads, loaders, steps=60, lr=0.05, lambda_min=-np.inf, report=free)
-    lt.nsc_merge(net, ads, loaders, steps=60, lr=0.05, report=boxed, lambda_max=0.6)
-    lt.nsc_merge_spsa(net, ads, loaders, steps=60, lr=0.05, report=trust, trust_radius=0.05)
+    lt.nsc_merge(net, ads, loaders, steps=60, lr=0.05, lambda_min=-np.inf, report=free, scale_rule="fixed")
+    lt.nsc_merge(net, ads, loaders, steps=60, lr=0.05, report=boxed, scale_rule="fixed", lambda_max=0.6)
+    lt.nsc_merge_spsa(net, ads, loaders, steps=60, lr=0.05, report=trust, scale_rule="fixed", trust_radius=0.05)
     all_free = np.concatenate(list(free["lambdas"].values()))
     all_boxed = np.concatenate(list(boxed["lambdas"].values()))
     all_trust = np.concatenate(list(trust["lambdas"].values()))
@@ -297,13 +297,13 @@ def test_early_stopping_keeps_the_best_heldout_point(toy):
     ads = [t["adapter"] for t in tasks]
     held = [[t["val"][0][128:256]] for t in tasks]
     report = {}
-    lt.nsc_merge(net, ads, loaders, steps=80, lr=0.05, report=report, heldout_loaders=held,
+    lt.nsc_merge(net, ads, loaders, steps=80, lr=0.05, report=report, scale_rule="fixed", heldout_loaders=held,
                  eval_every=5, patience=2)
     steps, values = zip(*report["heldout"])
     assert steps[0] == 0 and report["best_step"] in steps
     assert min(values) == values[steps.index(report["best_step"])] <= values[0]
     again = {}
-    merged = lt.nsc_merge(net, ads, loaders, steps=report["best_step"], lr=0.05, report=again)
+    merged = lt.nsc_merge(net, ads, loaders, steps=report["best_step"], lr=0.05, report=again, scale_rule="fixed")
     for name, lam in report["lambdas"].items():
         assert list(lam) == list(again["lambdas"][name]), name
     net2 = copy.deepcopy(net)
@@ -319,14 +319,14 @@ def test_spsa_in_chunks_is_the_same_run(toy):
     ads = [t["adapter"] for t in tasks]
     held = [[t["val"][0][128:256]] for t in tasks]
     one, chunks = {}, {}
-    lt.nsc_merge_spsa(net, ads, loaders, steps=25, report=one)
-    lt.nsc_merge_spsa(net, ads, loaders, steps=25, report=chunks, heldout_loaders=held,
+    lt.nsc_merge_spsa(net, ads, loaders, steps=25, report=one, scale_rule="fixed")
+    lt.nsc_merge_spsa(net, ads, loaders, steps=25, report=chunks, scale_rule="fixed", heldout_loaders=held,
                       eval_every=10, patience=100)
     assert one["curve"] == chunks["curve"]
     assert [s for s, _ in chunks["heldout"]] == [0, 10, 20, 25]
     # The kept coefficients are those of a one-call run of best_step steps.
     best = {}
-    lt.nsc_merge_spsa(net, ads, loaders, steps=chunks["best_step"], report=best)
+    lt.nsc_merge_spsa(net, ads, loaders, steps=chunks["best_step"], report=best, scale_rule="fixed")
     for name, lam in chunks["lambdas"].items():
         assert list(lam) == list(best["lambdas"][name]), name
 

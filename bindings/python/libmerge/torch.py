@@ -20,10 +20,11 @@ import torch
 
 from . import Stats
 
-from .torch_nsc import nsc_merge, nsc_merge_spsa, nsc_objective, nsc_scale_search
+from .torch_nsc import (nsc_merge, nsc_merge_spsa, nsc_objective, nsc_scale_search,
+                        nsc_teacher_score)
 
 __all__ = ["collect_stats", "state_dict_to_numpy", "nsc_merge", "nsc_merge_spsa",
-           "nsc_objective", "nsc_scale_search"]
+           "nsc_objective", "nsc_scale_search", "nsc_teacher_score"]
 
 
 def _rows(x):

@@ -9,7 +9,10 @@ import torch
 from . import _merge
 from .nsc import NSC, LoraAdapter
 
-__all__ = ["nsc_merge", "nsc_merge_spsa", "nsc_objective", "nsc_scale_search"]
+__all__ = ["nsc_merge", "nsc_merge_spsa", "nsc_objective", "nsc_scale_search",
+           "nsc_teacher_score"]
+
+SCALE_RULES = ("teacher", "fixed")
 
 
 def _block(name):
@@ -88,6 +91,11 @@ class _Setup:
                                  (t, ", ".join(n[:-7] for n in self.weights)))
         self.requires_grad = {p: p.requires_grad for p in model.parameters()}
         self.training = model.training
+        # A freshly trained model still holds its last gradients: the first
+        # backward would add to them. Kept aside and given back at restore.
+        self.grads = {n: w.grad for n, w in self.weights.items()}
+        for w in self.weights.values():
+            w.grad = None
 
     def materialize(self):
         with torch.no_grad():
@@ -135,6 +143,8 @@ class _Setup:
         with torch.no_grad():
             for name, w in self.weights.items():
                 w.copy_(torch.from_numpy(self.w0[name]).to(w.device, w.dtype))
+        for name, w in self.weights.items():
+            w.grad = self.grads[name]
         for p, flag in self.requires_grad.items():
             p.requires_grad_(flag)
         self.model.train(self.training)
@@ -249,6 +259,147 @@ def nsc_scale_search(model, adapters, coefficients, score, *, lo=0.0, hi=1.5, to
                          threads=threads, **given)
 
 
+def _logits(out):
+    """The logits in a model's output: the tensor itself, `.logits` (Hugging
+    Face outputs), a dict's "logits" or a tuple's first item."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, dict) and "logits" in out:
+        return out["logits"]
+    if isinstance(out, (tuple, list)) and out:
+        return _logits(out[0])
+    raise ValueError("NSC teacher scale: cannot find logits in a model output of type %s; "
+                     "pass outputs=lambda task, out: <logits>" % type(out).__name__)
+
+
+def _log_probs(model, batches, outputs, task):
+    """Log-softmax over the last dimension of every output row, in f64."""
+    rows = []
+    for batch in batches:
+        out = _run(model, batch)
+        z = _logits(outputs(task, out) if outputs is not None else out)
+        z = z.detach().double()
+        rows.append(torch.log_softmax(z.reshape(-1, z.shape[-1]), dim=1).cpu())
+    return torch.cat(rows)
+
+
+class _TeacherScore:
+    """score(state_dict) = -(1/K) sum_k mean over rows of KL(p_k || q): p_k the
+    outputs of task k's own fine-tuned model (W0 + s_k B_k A_k), q those of
+    the candidate merge, on task k's unlabeled batches. No labels: each
+    adapter's own model is the teacher for its task."""
+
+    def __init__(self, model, adapters, task_batches, outputs):
+        if len(task_batches) != len(adapters):
+            raise ValueError("NSC teacher scale: %d batch lists for %d adapters" %
+                             (len(task_batches), len(adapters)))
+        if any(not b for b in task_batches):
+            raise ValueError("NSC teacher scale: a task has no unlabeled batch")
+        self.model, self.batches, self.outputs = model, task_batches, outputs
+        self.state = model.state_dict()
+        adapters = [_lora(a) for a in adapters]
+        names = sorted({n for a in adapters for n in a.factors})
+        missing = [n for n in names if n not in self.state]
+        if missing:
+            raise ValueError("NSC teacher scale: the model has no tensor %s" % missing[0])
+        self.w0 = {n: self.state[n].detach().clone() for n in names}
+        base = {k: v.detach().float().cpu().numpy() for k, v in self.state.items()}
+        self.teachers = []
+        for k, a in enumerate(adapters):
+            own = _merge.merge("nsc", base, [a], **{"lambda": {n: [1.0] for n in a.factors}})
+            self.teachers.append(self._run(own, k))
+
+    def _run(self, weights, task):
+        training = self.model.training
+        try:
+            with torch.no_grad():
+                for n in self.w0:
+                    self.state[n].copy_(torch.from_numpy(np.asarray(weights[n])))
+                self.model.eval()
+                return _log_probs(self.model, self.batches[task], self.outputs, task)
+        finally:
+            with torch.no_grad():
+                for n, w in self.w0.items():
+                    self.state[n].copy_(w)
+            self.model.train(training)
+
+    def __call__(self, merged):
+        kl = []
+        for k, p in enumerate(self.teachers):
+            q = self._run(merged, k)
+            kl.append(float((p.exp() * (p - q)).sum(dim=1).mean()))
+        return -float(np.mean(kl))
+
+
+def nsc_teacher_score(model, adapters, unlabeled_loaders, *, outputs=None, batches=1):
+    """A label-free score for nsc_scale_search (or libmerge.search on any
+    merge of `model`): score(state_dict) = minus the mean over tasks of the
+    KL divergence from task k's own fine-tuned model (W0 + s_k B_k A_k, its
+    adapter alone) to the candidate merge, softmax over the last dimension
+    of the outputs, averaged over every output row of the first `batches`
+    batches of task k's loader. `outputs(task, out) -> logits` picks the
+    logits from a model output (default: the output, its `.logits`, a
+    dict's "logits" or a tuple's first item), e.g. to apply task k's head.
+    The teachers' outputs are computed once and held (rows x classes f64
+    per task). `model` is left as it was after every call."""
+    adapters = list(adapters)
+    if len(unlabeled_loaders) != len(adapters):
+        raise ValueError("nsc_teacher_score: %d loaders for %d adapters" %
+                         (len(unlabeled_loaders), len(adapters)))
+    if batches < 1:
+        raise ValueError("nsc_teacher_score: batches must be >= 1")
+    return _TeacherScore(model, adapters, [list(itertools.islice(loader, batches))
+                                           for loader in unlabeled_loaders], outputs)
+
+
+def _check_scale(scale_rule, scale_score, scale_batches):
+    if scale_rule not in SCALE_RULES:
+        raise ValueError("NSC: scale_rule must be one of %s, not %r" %
+                         (", ".join(SCALE_RULES), scale_rule))
+    if scale_rule == "fixed" and scale_score is not None:
+        raise ValueError("NSC: scale_score searches the scale; scale_rule='fixed' keeps it")
+    if scale_batches < 1:
+        raise ValueError("NSC: scale_batches must be >= 1")
+
+
+class _Recorded:
+    """A loader cycled as the drivers draw from it, keeping its first `keep`
+    batches for the teacher scale (one-shot iterators included, without
+    drawing anything the optimiser would not)."""
+
+    def __init__(self, loader, keep):
+        self.it, self.keep, self.kept = itertools.cycle(loader), keep, []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batch = next(self.it)
+        if len(self.kept) < self.keep:
+            self.kept.append(batch)
+        return batch
+
+    def first(self):
+        while len(self.kept) < self.keep:
+            next(self)
+        return self.kept
+
+
+def _final_scale(model, nsc, adapters, iters, scale_rule, scale_score, outputs, report):
+    """None at scale_rule="fixed", else the merge scaled by the alpha
+    searched on `scale_score` (labels) or, by default, the teacher score on
+    the first batches the optimiser drew per task (`iters`)."""
+    if report is not None:
+        report["scale_rule"] = "score" if scale_score is not None else scale_rule
+    if scale_score is None and scale_rule == "fixed":
+        return None
+    if scale_score is None:
+        scale_score = _TeacherScore(model, adapters, [it.first() for it in iters], outputs)
+    return _scaled(model, nsc, adapters, scale_score, report)
+
+
 def _scaled(model, nsc, adapters, scale_score, report):
     """The driver's result with its coefficients times the alpha
     nsc_scale_search picks on `scale_score` (the coefficients in `nsc`
@@ -268,7 +419,7 @@ def nsc_merge(model, adapters, unlabeled_loaders, target_modules=None, *, steps=
               lr=1e-3, init=None, weight_decay=0.01, report=None, coefficients=None,
               lambda_min=0.0, lambda_max=None, trust_radius=None,
               heldout_loaders=None, eval_every=10, patience=3, heldout_batches=1,
-              scale_score=None):
+              scale_score=None, scale_rule="teacher", outputs=None, scale_batches=1):
     """NSC-merge LoRA `adapters` (one per task: PEFT directories,
     libmerge.LoraAdapter or {"<module>.weight": (A, B, scale)}) into the
     base `model` (its weights are W0; it is left unchanged). Each step draws
@@ -295,21 +446,26 @@ def nsc_merge(model, adapters, unlabeled_loaders, target_modules=None, *, steps=
     it never ends above its start on those batches (report: "heldout",
     "best_step").
 
-    `scale_score` (score(state_dict) -> float, higher is better, e.g.
-    accuracy on a labeled validation split): the recommended protocol
-    (docs/methods/nsc.md "Safe NSC"): after the optimisation, one global
-    alpha times every coefficient is searched on it (nsc_scale_search) and
-    the scaled merge is returned; report gets "alpha", "scale_curve" and
-    "unscaled_lambdas", "lambdas" and `coefficients` the scaled values.
-    It needs labels, which NSC itself does not: default None (off)."""
+    Scale (not in the released code; docs/methods/nsc.md "Teacher
+    scale"): after the optimisation one global alpha times every
+    coefficient is searched (nsc_scale_search) and the scaled merge is
+    returned; report gets "alpha", "scale_curve", "unscaled_lambdas" and
+    "scale_rule", "lambdas" and `coefficients` the scaled values. What it
+    maximises: `scale_score` (score(state_dict) -> float, e.g. accuracy on
+    a labeled validation split) when given; else, by default
+    (scale_rule="teacher"), the label-free nsc_teacher_score on the first
+    `scale_batches` batches the optimiser drew from each task's loader
+    (`outputs(task, out) -> logits` as there). scale_rule="fixed" keeps the
+    optimised coefficients as they are: the released method."""
     adapters = list(adapters)
+    _check_scale(scale_rule, scale_score, scale_batches)
     nsc = NSC(adapters, init=init, lr=lr, weight_decay=weight_decay, lambda_min=lambda_min,
               lambda_max=lambda_max, trust_radius=trust_radius)
     if len(unlabeled_loaders) != nsc.n_tasks:
         raise ValueError("nsc_merge: %d loaders for %d adapters" %
                          (len(unlabeled_loaders), nsc.n_tasks))
     setup = _Setup(model, nsc, target_modules)
-    iters = [itertools.cycle(loader) for loader in unlabeled_loaders]
+    iters = [_Recorded(loader, scale_batches) for loader in unlabeled_loaders]
     history = []
     try:
         model.eval()
@@ -349,8 +505,8 @@ def nsc_merge(model, adapters, unlabeled_loaders, target_modules=None, *, steps=
         merged = setup.merged_state_dict()
     finally:
         setup.restore()
-    if scale_score is not None:
-        merged = _scaled(model, nsc, adapters, scale_score, report)
+    scaled = _final_scale(model, nsc, adapters, iters, scale_rule, scale_score, outputs, report)
+    merged = merged if scaled is None else scaled
     if report is not None:
         report["objective"] = history
         report["lambdas"] = {n: nsc.lambdas(n) for n in nsc.modules}
@@ -372,24 +528,27 @@ def nsc_merge_spsa(model, adapters, unlabeled_loaders, target_modules=None, *, s
                    perturbation=0.05, lr=1e-3, init=None, seed=0, report=None,
                    coefficients=None, lambda_min=0.0, lambda_max=None, trust_radius=None,
                    freeze_after_targets=True, heldout_loaders=None, eval_every=10,
-                   patience=3, heldout_batches=1, scale_score=None):
+                   patience=3, heldout_batches=1, scale_score=None, scale_rule="teacher",
+                   outputs=None, scale_batches=1):
     """Gradient-free NSC (libmerge's SPSA driver): no backward pass, two
     merged forward passes per task and step. Same arguments and result as
     `nsc_merge` (`coefficients`, the safeguards and held-out early stopping
     included); `report` gets the objective before and after, the per-step
-    curve and the frozen modules; `scale_score` as in `nsc_merge`.
+    curve and the frozen modules; `scale_score`, `scale_rule`, `outputs`
+    and `scale_batches` as in `nsc_merge`.
     `freeze_after_targets`: modules that run
     at or after the last target (found by one forward pass) cannot change
     the objective, so their coefficients are neither perturbed nor moved
     (they keep `init`)."""
     adapters = list(adapters)
+    _check_scale(scale_rule, scale_score, scale_batches)
     nsc = NSC(adapters, init=init, lr=lr, seed=seed, lambda_min=lambda_min,
               lambda_max=lambda_max, trust_radius=trust_radius)
     if len(unlabeled_loaders) != nsc.n_tasks:
         raise ValueError("nsc_merge_spsa: %d loaders for %d adapters" %
                          (len(unlabeled_loaders), nsc.n_tasks))
     setup = _Setup(model, nsc, target_modules)
-    iters = [itertools.cycle(loader) for loader in unlabeled_loaders]
+    iters = [_Recorded(loader, scale_batches) for loader in unlabeled_loaders]
     batches = [next(it) for it in iters]
 
     def evaluate(task, step):
@@ -435,8 +594,8 @@ def nsc_merge_spsa(model, adapters, unlabeled_loaders, target_modules=None, *, s
         merged = setup.merged_state_dict()
     finally:
         setup.restore()
-    if scale_score is not None:
-        merged = _scaled(model, nsc, adapters, scale_score, report)
+    scaled = _final_scale(model, nsc, adapters, iters, scale_rule, scale_score, outputs, report)
+    merged = merged if scaled is None else scaled
     if report is not None:
         report.update(first=first, last=last, curve=curve, frozen=frozen,
                       lambdas={n: nsc.lambdas(n) for n in nsc.modules})
