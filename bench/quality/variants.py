@@ -36,7 +36,7 @@ import variants_runs  # noqa: E402
 PARTS = {"full": "full", "purify": "full", "whiten": "full", "nsc": "lora",
          "purify_layer": "full", "esm_variant": "full", "whiten_svd": "full",
          "vit": "vit-zs", "vit_whiten": "vit-zs",
-         "whiten_lora": "lora"}  # part -> run.KINDS kind
+         "whiten_lora": "lora", "esm_default": "full"}  # part -> run.KINDS kind
 # Parts whose rows join another part's result of the same task count and
 # seed (the rows they are compared with).
 JOINS = {"purify": "full", "whiten": "full", "esm_variant": "full", "vit_whiten": "vit"}
@@ -56,13 +56,19 @@ def result_path(args, part, n, seed, method=None):
 def measure(args, part, d, n, seed, stats, method=None):
     s = variants_runs.Setting(d, n, stats, max_evals=3 if args.smoke else run.MAX_EVALS,
                               threads=args.threads)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    # When and under what load (the machine is shared): the report's Run
+    # paragraph.
+    run_info = dict(command=" ".join(sys.argv[1:]), load=[os.getloadavg()[0]],
+                    start=time.strftime("%Y-%m-%d %H:%M", time.gmtime()))
     if part == "full":
         rows = variants_runs.full_rows(s, methods=args.full_methods)
     elif part == "whiten":
         rows = variants_runs.whiten_rows(s)
     elif part == "esm_variant":
         rows = variants_runs.esm_variant_rows(s, names=args.esm_variants)
+    elif part == "esm_default":
+        rows = variants_runs.esm_default_rows(s, CANDIDATES, names=args.esm_variants)
     elif part == "vit":
         rows = variants_runs.vit_rows(s)
     elif part in ("whiten_svd", "vit_whiten", "whiten_lora"):
@@ -73,9 +79,12 @@ def measure(args, part, d, n, seed, stats, method=None):
         rows = {method: variants_runs.purify_layer_rows(s, method, CANDIDATES)}
     else:
         rows = variants_runs.nsc_rows(s, steps=10 if args.smoke else 100)
+    run_info["load"].append(os.getloadavg()[0])
+    run_info["end"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
     return dict(part=part, n=n, seed=seed, individual=s.individual,
                 tasks=[t["name"] for t in s.tasks], rows=rows,
-                seconds=time.perf_counter() - t0)
+                seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - cpu0,
+                run=run_info)
 
 
 def load_all(args):
@@ -118,6 +127,8 @@ def _report(args):
         return variants_report.write_layer_section(load_all(args), args)
     if args.esm_variant_section_only:
         return variants_report.write_esm_variant_section(load_all(args), args)
+    if args.esm_default_section_only:
+        return variants_report.write_esm_default_section(load_all(args), args)
     if args.vit_section_only:
         return variants_report.write_vit_section(load_all(args), args)
     if args.whiten_section_only:
@@ -134,7 +145,8 @@ def main():
                     "rank_aware and released), whiten_lora (the same on the MLP's LoRA "
                     "fine-tunes), vit (ESM, its variants and the SVD family "
                     "on the ViT, zero-shot-style heads), vit_whiten (the SVD family "
-                    "rank_aware there)")
+                    "rank_aware there), esm_default (ESM's new default unpurified, "
+                    "purified and rank_aware, beside the SVD family released)")
     ap.add_argument("--purify-tasks", default="8",
                     help="task counts that get the purify rows (minutes per method)")
     ap.add_argument("--purify-methods", default=",".join(m[0] for m in variants_runs.METHODS))
@@ -153,8 +165,10 @@ def main():
                     help="full part: only these methods (comma-separated labels; "
                     "default all), e.g. esm,tsv,iso_c,iso_cts for the ESM comparison alone")
     ap.add_argument("--esm-variants", default=None,
-                    help="esm_variant part: only these variants (';'-separated names of "
-                    "variants_runs.ESM_VARIANTS; default all)")
+                    help="esm_variant / esm_default part: only these rows (';'-separated "
+                    "names of variants_runs.ESM_VARIANTS / ESM_DEFAULT_ROWS; default all)")
+    ap.add_argument("--esm-default-section-only", action="store_true",
+                    help="replace only the section on ESM's new default (esm_default part)")
     ap.add_argument("--esm-variant-section-only", action="store_true",
                     help="replace only the ESM-variant section")
     ap.add_argument("--vit-section-only", action="store_true",

@@ -309,6 +309,172 @@ def _esm_variants(results):
     return out + [""]
 
 
+ESM_DEFAULT_HEAD = "## ESM's new default (scalings off): purification and rank-aware whitening"
+ESM_DEFAULT_WHAT = ("ESM's new default unpurified, purify cv and whiten rank_aware, beside "
+                    "TSV-M / Iso-C / Iso-CTS released")
+
+
+def _cell_verdicts(results, part, pick):
+    """Over every (task count, seed) cell: how many differences are
+    ahead / level / behind beyond SE_RULE of their own paired SE."""
+    got = {"ahead": 0, "level": 0, "behind": 0}
+    for items in _pairs(results, part, pick).values():
+        for _, a, b, r in items:
+            got[_verdict(a["norm"] - b["norm"], _se(r, a, b))] += 1
+    return got
+
+
+def _reading(results, part, label, pick):
+    """One comparison in words: the mean and its verdict per task count,
+    then the per-cell verdicts."""
+    by_n = _pairs(results, part, pick)
+    means = [(n, _summary(items)) for n, items in sorted(by_n.items())]
+    cells = _cell_verdicts(results, part, pick)
+    return "*%s*: %s at %s tasks (%s); per (task count, seed) cell: %d ahead, %d level, " \
+        "%d behind." % (label, " / ".join(m[3] for _, m in means),
+                        " / ".join(str(n) for n, _ in means),
+                        ", ".join(m[6] for _, m in means),
+                        cells["ahead"], cells["level"], cells["behind"])
+
+
+def _by_count(results, part, pick):
+    """{n: (mean difference, verdict of the mean)}."""
+    return {n: (float(sm[3]), sm[6]) for n, sm in
+            ((n, _summary(items)) for n, items in _pairs(results, part, pick).items())}
+
+
+def _goals(results, part, bases, names):
+    """Issue 25's two goals in words: every purified row not behind its
+    unpurified base (`bases`: {purified: base}), and each row at least a
+    point above the best rival."""
+    def where(by, keep):
+        hit = [str(n) for n, mv in sorted(by.items()) if keep(*mv)]
+        return "at %s tasks" % " / ".join(hit) if hit else "at no task count"
+    out = []
+    for v, b in bases.items():
+        pick = lambda rows, v=v, b=b: _get(rows, "esm", v, b)  # noqa: E731
+        cells = _cell_verdicts(results, part, pick)
+        out.append("*%s* is behind *%s* (the mean beyond 2 SE) %s, and in %d of %d (task "
+                   "count, seed) cells." % (v, b, where(_by_count(results, part, pick),
+                                                     lambda m, vd: vd == "behind"),
+                                            cells["behind"], sum(cells.values())))
+    for v in names:
+        by = _by_count(results, part, lambda rows, v=v: _best_rival(rows, v))
+        out.append("*%s* is at least 1 point ahead of the best rival (and ahead beyond 2 SE) "
+                   "%s; behind it %s." % (v, where(by, lambda m, vd: m >= 1.0 and vd == "ahead"),
+                                          where(by, lambda m, vd: vd == "behind")))
+    return "Issue 25's goals: " + " ".join(out)
+
+
+def _run_paragraph(rs):
+    """When, how and under what load the part's cells were measured (the
+    run metadata variants.measure keeps)."""
+    info = [r["run"] for r in rs if "run" in r]
+    if not info:
+        return []
+    loads = [x for i in info for x in i["load"]]
+    cpu = [r["cpu_seconds"] for r in rs if "cpu_seconds" in r]
+    commands = sorted({i["command"] for i in info})
+    return ["**Run (%s to %s UTC; %d cells, each process one torch thread):** %s. CPU time "
+            "(user+sys of the process) per cell %.0f-%.0f s, %.0f s in all; wall %.0f-%.0f s "
+            "per cell; 1-minute load average %.1f-%.1f at the cells' starts and ends (a "
+            "2-core machine shared with other runs)." % (
+                min(i["start"] for i in info), max(i["end"] for i in info), len(info),
+                "; ".join("`variants.py %s`" % c for c in commands), min(cpu), max(cpu),
+                sum(cpu), min(r["seconds"] for r in rs), max(r["seconds"] for r in rs),
+                min(loads), max(loads)), ""]
+
+
+def _esm_default(results):
+    """ESM at the library's new default (variants_runs.ESM_DEFAULT_ROWS)
+    against its own unpurified / released-whitening rows and against the
+    best of the SVD family of the same run (per seed, on the test split:
+    favouring the rival)."""
+    rs = [r for r in results if r["part"] == "esm_default"]
+    if not rs:
+        return []
+    base = variants_runs.ESM_DEFAULT
+    names = [v for v, _, _ in variants_runs.ESM_DEFAULT_ROWS
+             if any(v in r["rows"]["esm"] for r in rs)]
+    purified = [v for v, _, p in variants_runs.ESM_DEFAULT_ROWS if p and v in names]
+    unpurified = {v: next(u for u, e, p in variants_runs.ESM_DEFAULT_ROWS
+                          if not p and e == extra)
+                  for v, extra, p in variants_runs.ESM_DEFAULT_ROWS if p}
+    against = [(v, base) for v in names if v != base]
+    against += [(v, unpurified[v]) for v in purified if unpurified[v] != base]
+    out = [ESM_DEFAULT_HEAD, "",
+           "`esm` at the library's defaults since issue 25's change (`inter_task`, "
+           "`eig_weighting`, `inter_dim`, `layer_scaling` false; combine polar; whiten "
+           "released): *%s*; *+ purify cv*: `purify={\"keep\": \"cv\"}` with the library's "
+           "rule (se_rule 1, held-out drift on the statistics' 4 folds, candidates %s, tuned at "
+           "the default scale before the search); *+ whiten rank_aware*: "
+           "`whiten=\"rank_aware\"`. The rival is, per seed, the best of TSV-M, Iso-C and "
+           "Iso-CTS (all `whiten=\"released\"`) on the test split (favouring the rival). Every "
+           "row searched on validation with the widened bracket; all rows of a (task count, "
+           "seed) come from the same run (every ESM row in the sections above is released "
+           "ESM, scalings on)." % (base, ", ".join(
+               "%g" % c for c in variants_runs_candidates())), ""]
+    out += ["### Against the unpurified, released-whitening rows", ""]
+    out += _table(results, "esm_default", "comparison", "variant", "base",
+                  [("%s − %s" % (a, b), lambda rows, a=a, b=b: _get(rows, "esm", a, b))
+                   for a, b in against])
+    out += ["### Against the best rival", ""]
+    out += _table(results, "esm_default", "comparison", "esm", "best rival",
+                  [("%s − best rival" % v, lambda rows, v=v: _best_rival(rows, v))
+                   for v in names])
+    out += ["Keep ratios chosen by purify cv, scales found (alpha) and the best rival "
+            "(seeds in order):", "",
+            "| tasks | %s | %s | best rival |" % (
+                " | ".join("keep: %s" % v for v in purified),
+                " | ".join("alpha: %s" % v for v in names)),
+            "|---|%s" % ("---|" * (len(purified) + len(names) + 1))]
+    for n in sorted({r["n"] for r in rs}):
+        got = sorted((r for r in rs if r["n"] == n), key=lambda r: r["seed"])
+        cells = [", ".join("%g" % r["rows"]["esm"][v]["keep"] for r in got
+                           if v in r["rows"]["esm"]) for v in purified]
+        cells += [", ".join("%.3g" % r["rows"]["esm"][v]["scale"] for r in got
+                            if v in r["rows"]["esm"]) for v in names]
+        cells.append(", ".join(max(variants_runs.SVD_FAMILY,
+                                   key=lambda m: r["rows"][m]["widened"]["norm"])
+                               for r in got))
+        out.append("| %d | %s |" % (n, " | ".join(cells)))
+    out += ["", "Measured (task counts: seeds): %s." % _cells(rs), ""]
+    out += _run_paragraph(rs)
+    out += ["**Reading** (generated from the tables above; a mean is *level* when within "
+            "%g SE of the mean, a cell when within %g of its own paired SE): " % (
+                SE_RULE, SE_RULE) + " ".join(
+        [_reading(results, "esm_default", "%s − %s" % (a, b),
+                  lambda rows, a=a, b=b: _get(rows, "esm", a, b)) for a, b in against]
+        + [_reading(results, "esm_default", "%s − best rival" % v,
+                    lambda rows, v=v: _best_rival(rows, v)) for v in names]), "",
+            _goals(results, "esm_default", {v: unpurified[v] for v in purified}, names), ""]
+    return out
+
+
+def _set_measured_line(lines, what, cells):
+    """The header's "Measured" list with the line for `what` replaced (or
+    added at the list's end)."""
+    line = "- %s: %s" % (what, cells)
+    start = lines.index("Measured (task counts: seeds):") + 2
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("- "))
+    at = next((i for i in range(start, end) if lines[i].startswith("- %s:" % what)), None)
+    return lines[:at] + [line] + lines[at + 1:] if at is not None else \
+        lines[:end] + [line] + lines[end:]
+
+
+def write_esm_default_section(results, args):
+    """Only the section on ESM's new default (before the ViT section) and
+    its line of the header's "Measured" list."""
+    path = _replace_section(args, ESM_DEFAULT_HEAD, _esm_default(results), before=VIT_HEAD)
+    cells = _cells([r for r in results if r["part"] == "esm_default"])
+    if cells:
+        with open(path) as f:
+            lines = f.read().split("\n")
+        with open(path, "w") as f:
+            f.write("\n".join(_set_measured_line(lines, ESM_DEFAULT_WHAT, cells)))
+    return path
+
+
 def write_esm_variant_section(results, args):
     """Only the ESM-variant section (before the purification sections)."""
     return _replace_section(args, ESM_VARIANT_HEAD, _esm_variants(results),
@@ -409,7 +575,8 @@ def _coverage(results):
     than asked when a run was stopped (each measurement is kept)."""
     out = ["Measured (task counts: seeds):", ""]
     for part, what in (("full", "scale searches and ESM, methods %s" % ", ".join(
-            m[0] for m in variants_runs.METHODS)), ("nsc", "NSC and task arithmetic on LoRA")):
+            m[0] for m in variants_runs.METHODS)), ("nsc", "NSC and task arithmetic on LoRA"),
+                       ("esm_default", ESM_DEFAULT_WHAT)):
         cells = _cells([r for r in results if r["part"] == part])
         if cells:
             out.append("- %s: %s" % (what, cells))
@@ -454,6 +621,7 @@ def write(results, args):
     lines += _coverage(results) + [""]
     if any(r["part"] == "full" for r in results):
         lines += _scale(results) + _esm(results) + _esm_variants(results)
+    lines += _esm_default(results)
     lines += _vit(results) + _whiten_svd(results)
     if any(r["part"] == "full" for r in results):
         lines += _purify(results)

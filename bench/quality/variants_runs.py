@@ -192,20 +192,64 @@ def esm_variant_rows(s, log=print, names=None):
 SVD_FAMILY = ("tsv", "iso_c", "iso_cts")
 
 
-def vit_rows(s, log=print):
-    """The ViT check of ESM's scalings (issue 25): released ESM, TSV-M,
-    Iso-C and Iso-CTS (whiten="released") and every ESM_VARIANTS row,
-    widened searches only (the fixed bracket is the MLP's question)."""
+def rival_rows(s, log=print, esm=True):
+    """TSV-M, Iso-C and Iso-CTS with whiten="released" (and, with `esm`,
+    released ESM), widened searches only, each as its "widened" row."""
     out = {}
     for label, method, params, scale in METHODS:
-        if label == "esm" or label in SVD_FAMILY:
+        if (esm and label == "esm") or label in SVD_FAMILY:
             # The released whitening, whatever the library's default.
             p = dict(params, whiten="released") if label in SVD_FAMILY else params
             out[label] = {"widened": searched(s, method, p, scale, WIDEN)}
             log("    %-16s %.1f (%s %.3f)" % (label, out[label]["widened"]["norm"], scale[0],
                                               out[label]["widened"]["scale"]))
+    return out
+
+
+def vit_rows(s, log=print):
+    """The ViT check of ESM's scalings (issue 25): released ESM, TSV-M,
+    Iso-C and Iso-CTS (whiten="released") and every ESM_VARIANTS row,
+    widened searches only (the fixed bracket is the MLP's question)."""
+    out = rival_rows(s, log)
     out["esm"].update(esm_variant_rows(s, log).get("esm", {}))
     return out
+
+
+# ESM at the library's defaults since issue 25's change (scalings off,
+# combine polar, whiten released), unpurified, purified (keep "cv", the
+# library's rule: se_rule 1) and with rank-aware whitening, beside the SVD
+# family's released rows of the same run: issue 25's "every purified merge
+# >= its base" and "ESM >= the best rival" for the new default.
+ESM_DEFAULT = "new default"
+_PURIFY_CV = {"keep": "cv", "se_rule": 1.0}
+ESM_DEFAULT_ROWS = [
+    (ESM_DEFAULT, {}, None),
+    (ESM_DEFAULT + " + purify cv", {}, _PURIFY_CV),
+    (ESM_DEFAULT + " + whiten rank_aware", {"whiten": "rank_aware"}, None),
+    (ESM_DEFAULT + " + purify cv + whiten rank_aware", {"whiten": "rank_aware"}, _PURIFY_CV)]
+
+
+def esm_default_rows(s, candidates, log=print, names=None):
+    """ESM_DEFAULT_ROWS (or those named in `names`; widened searches, purify
+    cv among `candidates`) as rows["esm"][name], then rival_rows' SVD
+    family."""
+    label, method, params, scale = [m for m in METHODS if m[0] == "esm"][0]
+    # METHODS pins the released scalings; the library's defaults are wanted.
+    params = {k: v for k, v in params.items() if k not in merges.ESM_RELEASED}
+    defaults = {p["name"]: p.get("default") for p in libmerge.method_info("esm")["params"]}
+    assert not any(defaults[k] for k in merges.ESM_RELEASED), "esm's scalings default on"
+    out = {}
+    for name, extra, purify in ESM_DEFAULT_ROWS:
+        if names is not None and name not in names:
+            continue
+        pur = dict(purify, candidates=candidates) if purify else None
+        out[name] = searched(s, method, dict(params, **extra), scale, WIDEN, purify=pur)
+        log("    esm, %s %.1f (alpha %.3f%s)" % (
+            name, out[name]["norm"], out[name]["scale"],
+            ", keep %g" % out[name]["keep"] if pur else ""))
+    rows = {"esm": out}
+    rows.update(rival_rows(s, log, esm=False))
+    return rows
 
 
 def whiten_svd_rows(s, released=True, log=print):

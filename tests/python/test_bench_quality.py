@@ -94,6 +94,7 @@ def test_quality_variants_smoke(tmp_path, smoke_cache):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "quality", "variants.py"),
                         "--smoke", "--tasks", "3", "--seeds", "0", "--purify-tasks", "3",
                         "--purify-methods", "tsv", "--threads", "1",
+                        "--parts", "full,purify,whiten,nsc,esm_default",
                         "--out", str(tmp_path), "--cache", str(smoke_cache)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -111,7 +112,13 @@ def test_quality_variants_smoke(tmp_path, smoke_cache):
                   "nsc spsa, safe defaults − TA", "nsc, safe defaults, scale searched − TA",
                   "nsc spsa, safe defaults, scale searched − TA",
                   "nsc, safe defaults, output_match − TA",
-                  "nsc spsa, safe defaults, output_match − TA"):
+                  "nsc spsa, safe defaults, output_match − TA",
+                  # ESM's new default: against its own base rows and the rival
+                  "new default + purify cv − new default",
+                  "new default + whiten rank_aware − new default",
+                  "new default + purify cv + whiten rank_aware − new default + whiten rank_aware",
+                  "new default − best rival",
+                  "new default + purify cv + whiten rank_aware − best rival"):
         assert label in labels, (label, labels)
     assert labels.count("tsv") == 1 + 4, labels
     for label, a, b, diff, se, mean, verdict in rows:
@@ -127,6 +134,11 @@ def test_quality_variants_smoke(tmp_path, smoke_cache):
     assert keeps and {float(k) for k in keeps.groups()} <= {1.0, 0.99, 0.97, 0.95, 0.9}
     assert re.search(r"^\| held-out drift, se_rule 1 \| [\d.]+ \| [\d.]+ \| [01] of 1 \|$",
                      text, re.M)
+    # ESM's new default: two keep ratios among the candidates, four scales,
+    # the best rival by name
+    new = re.search(r"^\| 3 \| ([\d.]+) \| ([\d.]+) \|(?: [\d.e-]+ \|){4} "
+                    r"(tsv|iso_c|iso_cts) \|$", text, re.M)
+    assert new and {float(k) for k in new.groups()[:2]} <= {1.0, 0.99, 0.97, 0.95, 0.9}, text
     # --report-only rebuilds the same report from the cache, with no
     # --tasks (a smoke run's counts are not the full run's 8,14,20)
     (tmp_path / "quality_variants-smoke.md").unlink()
