@@ -441,8 +441,8 @@ def _esm_default(results):
     out += ["", "Measured (task counts: seeds): %s." % _cells(rs), ""]
     out += _run_paragraph(rs)
     out += ["**Reading** (generated from the tables above; a mean is *level* when within "
-            "%g SE of the mean, a cell when within %g of its own paired SE): " % (
-                SE_RULE, SE_RULE) + " ".join(
+            "%g SE of the mean, a (task count, seed) cell when within %g of its own paired "
+            "SE): " % (SE_RULE, SE_RULE) + " ".join(
         [_reading(results, "esm_default", "%s − %s" % (a, b),
                   lambda rows, a=a, b=b: _get(rows, "esm", a, b)) for a, b in against]
         + [_reading(results, "esm_default", "%s − best rival" % v,
