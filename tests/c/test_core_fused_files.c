@@ -20,9 +20,13 @@
 #include "testutil.h"
 
 /* Around the fused block (2048), a read (about 1 MiB of all inputs) and a
- * parallel chunk (2048 * 256): the last one is split across workers. */
+ * parallel chunk (2048 * 256): the last one is split across workers; in
+ * every dtype mix it takes several whole reads (42 to 85 blocks each) and
+ * ends in a short read whose last block is partial. (A tensor of 300007
+ * elements, several reads within one chunk, crossed no boundary this one
+ * does not, and made the sanitizer runs a third longer.) */
 static const int64_t sizes[][2] = {
-    {1, 0}, {2049, 0}, {3, 4099}, {300007, 0}, {600011, 0},
+    {1, 0}, {2049, 0}, {3, 4099}, {600011, 0},
 };
 #define N_SIZES (sizeof(sizes) / sizeof(sizes[0]))
 
