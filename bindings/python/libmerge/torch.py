@@ -22,9 +22,10 @@ from . import Stats
 
 from .torch_nsc import (nsc_merge, nsc_merge_spsa, nsc_objective, nsc_scale_search,
                         nsc_teacher_score)
+from .torch_teacher import teacher_score
 
 __all__ = ["collect_stats", "state_dict_to_numpy", "nsc_merge", "nsc_merge_spsa",
-           "nsc_objective", "nsc_scale_search", "nsc_teacher_score"]
+           "nsc_objective", "nsc_scale_search", "nsc_teacher_score", "teacher_score"]
 
 
 def _rows(x):

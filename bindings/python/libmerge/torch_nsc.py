@@ -8,6 +8,7 @@ import torch
 
 from . import _merge
 from .nsc import NSC, LoraAdapter
+from .torch_teacher import TeacherScore, run_batch as _run
 
 __all__ = ["nsc_merge", "nsc_merge_spsa", "nsc_objective", "nsc_scale_search",
            "nsc_teacher_score"]
@@ -53,16 +54,6 @@ class _Ratio(torch.autograd.Function):
     def backward(ctx, g):
         (grad,) = ctx.saved_tensors
         return g * grad, None, None, None
-
-
-def _inputs(batch):
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
-def _run(model, batch):
-    if isinstance(batch, dict):
-        return model(**batch)
-    return model(_inputs(batch))
 
 
 class _Setup:
@@ -259,99 +250,39 @@ def nsc_scale_search(model, adapters, coefficients, score, *, lo=0.0, hi=1.5, to
                          threads=threads, **given)
 
 
-def _logits(out):
-    """The logits in a model's output: the tensor itself, `.logits` (Hugging
-    Face outputs), a dict's "logits" or a tuple's first item."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if hasattr(out, "logits"):
-        return out.logits
-    if isinstance(out, dict) and "logits" in out:
-        return out["logits"]
-    if isinstance(out, (tuple, list)) and out:
-        return _logits(out[0])
-    raise ValueError("NSC teacher scale: cannot find logits in a model output of type %s; "
-                     "pass outputs=lambda task, out: <logits>" % type(out).__name__)
+def _adapter_teachers(model, adapters):
+    """Task k's own fine-tuned weights, W0 + s_k B_k A_k (its adapter
+    alone, merged by the library), for the adapted tensors."""
+    adapters = [_lora(a) for a in adapters]
+    base = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
+    names = sorted({n for a in adapters for n in a.factors})
+    missing = [n for n in names if n not in base]
+    if missing:
+        raise ValueError("NSC teacher scale: the model has no tensor %s" % missing[0])
+    teachers = [_merge.merge("nsc", base, [a], **{"lambda": {n: [1.0] for n in a.factors}})
+                for a in adapters]
+    return teachers, names
 
 
-def _log_probs(model, batches, outputs, task):
-    """Log-softmax over the last dimension of every output row, in f64."""
-    rows = []
-    for batch in batches:
-        out = _run(model, batch)
-        z = _logits(outputs(task, out) if outputs is not None else out)
-        z = z.detach().double()
-        rows.append(torch.log_softmax(z.reshape(-1, z.shape[-1]), dim=1).cpu())
-    return torch.cat(rows)
-
-
-class _TeacherScore:
-    """score(state_dict) = -(1/K) sum_k mean over rows of KL(p_k || q): p_k the
-    outputs of task k's own fine-tuned model (W0 + s_k B_k A_k), q those of
-    the candidate merge, on task k's unlabeled batches. No labels: each
-    adapter's own model is the teacher for its task."""
-
-    def __init__(self, model, adapters, task_batches, outputs):
-        if len(task_batches) != len(adapters):
-            raise ValueError("NSC teacher scale: %d batch lists for %d adapters" %
-                             (len(task_batches), len(adapters)))
-        if any(not b for b in task_batches):
-            raise ValueError("NSC teacher scale: a task has no unlabeled batch")
-        self.model, self.batches, self.outputs = model, task_batches, outputs
-        self.state = model.state_dict()
-        adapters = [_lora(a) for a in adapters]
-        names = sorted({n for a in adapters for n in a.factors})
-        missing = [n for n in names if n not in self.state]
-        if missing:
-            raise ValueError("NSC teacher scale: the model has no tensor %s" % missing[0])
-        self.w0 = {n: self.state[n].detach().clone() for n in names}
-        base = {k: v.detach().float().cpu().numpy() for k, v in self.state.items()}
-        self.teachers = []
-        for k, a in enumerate(adapters):
-            own = _merge.merge("nsc", base, [a], **{"lambda": {n: [1.0] for n in a.factors}})
-            self.teachers.append(self._run(own, k))
-
-    def _run(self, weights, task):
-        training = self.model.training
-        try:
-            with torch.no_grad():
-                for n in self.w0:
-                    self.state[n].copy_(torch.from_numpy(np.asarray(weights[n])))
-                self.model.eval()
-                return _log_probs(self.model, self.batches[task], self.outputs, task)
-        finally:
-            with torch.no_grad():
-                for n, w in self.w0.items():
-                    self.state[n].copy_(w)
-            self.model.train(training)
-
-    def __call__(self, merged):
-        kl = []
-        for k, p in enumerate(self.teachers):
-            q = self._run(merged, k)
-            kl.append(float((p.exp() * (p - q)).sum(dim=1).mean()))
-        return -float(np.mean(kl))
+def _nsc_teacher(model, adapters, task_batches, outputs, who):
+    teachers, names = _adapter_teachers(model, adapters)
+    return TeacherScore(model, teachers, task_batches, outputs, who, names=names)
 
 
 def nsc_teacher_score(model, adapters, unlabeled_loaders, *, outputs=None, batches=1):
-    """A label-free score for nsc_scale_search (or libmerge.search on any
-    merge of `model`): score(state_dict) = minus the mean over tasks of the
-    KL divergence from task k's own fine-tuned model (W0 + s_k B_k A_k, its
-    adapter alone) to the candidate merge, softmax over the last dimension
-    of the outputs, averaged over every output row of the first `batches`
-    batches of task k's loader. `outputs(task, out) -> logits` picks the
-    logits from a model output (default: the output, its `.logits`, a
-    dict's "logits" or a tuple's first item), e.g. to apply task k's head.
-    The teachers' outputs are computed once and held (rows x classes f64
-    per task). `model` is left as it was after every call."""
+    """libmerge.torch.teacher_score with each adapter's own model (W0 +
+    s_k B_k A_k) as task k's teacher: the label-free score the NSC drivers
+    search their global scale on by default (docs/methods/nsc.md "Teacher
+    scale"). Only the adapted tensors of a candidate are loaded."""
     adapters = list(adapters)
     if len(unlabeled_loaders) != len(adapters):
         raise ValueError("nsc_teacher_score: %d loaders for %d adapters" %
                          (len(unlabeled_loaders), len(adapters)))
     if batches < 1:
         raise ValueError("nsc_teacher_score: batches must be >= 1")
-    return _TeacherScore(model, adapters, [list(itertools.islice(loader, batches))
-                                           for loader in unlabeled_loaders], outputs)
+    return _nsc_teacher(model, adapters, [list(itertools.islice(loader, batches))
+                                          for loader in unlabeled_loaders], outputs,
+                        "nsc_teacher_score")
 
 
 def _check_scale(scale_rule, scale_score, scale_batches):
@@ -396,7 +327,8 @@ def _final_scale(model, nsc, adapters, iters, scale_rule, scale_score, outputs, 
     if scale_score is None and scale_rule == "fixed":
         return None
     if scale_score is None:
-        scale_score = _TeacherScore(model, adapters, [it.first() for it in iters], outputs)
+        scale_score = _nsc_teacher(model, adapters, [it.first() for it in iters], outputs,
+                                   "NSC teacher scale")
     return _scaled(model, nsc, adapters, scale_score, report)
 
 
