@@ -36,7 +36,8 @@ import variants_runs  # noqa: E402
 PARTS = {"full": "full", "purify": "full", "whiten": "full", "nsc": "lora",
          "purify_layer": "full", "esm_variant": "full", "whiten_svd": "full",
          "vit": "vit-zs", "vit_whiten": "vit-zs",
-         "whiten_lora": "lora", "esm_default": "full"}  # part -> run.KINDS kind
+         "whiten_lora": "lora", "esm_default": "full",
+         "purify_objective": "full"}  # part -> run.KINDS kind
 # Parts whose rows join another part's result of the same task count and
 # seed (the rows they are compared with).
 JOINS = {"purify": "full", "whiten": "full", "esm_variant": "full", "vit_whiten": "vit"}
@@ -67,6 +68,8 @@ def measure(args, part, d, n, seed, stats, method=None):
         rows = variants_runs.whiten_rows(s)
     elif part == "esm_variant":
         rows = variants_runs.esm_variant_rows(s, names=args.esm_variants)
+    elif part == "purify_objective":
+        rows = variants_runs.objective_rows(s, CANDIDATES)
     elif part == "esm_default":
         rows = variants_runs.esm_default_rows(s, CANDIDATES, names=args.esm_variants)
     elif part == "vit":
@@ -129,6 +132,8 @@ def _report(args):
         return variants_report.write_esm_variant_section(load_all(args), args)
     if args.esm_default_section_only:
         return variants_report.write_esm_default_section(load_all(args), args)
+    if args.objective_section_only:
+        return variants_report.write_objective_section(load_all(args), args)
     if args.vit_section_only:
         return variants_report.write_vit_section(load_all(args), args)
     if args.whiten_section_only:
@@ -146,7 +151,9 @@ def main():
                     "fine-tunes), vit (ESM, its variants and the SVD family "
                     "on the ViT, zero-shot-style heads), vit_whiten (the SVD family "
                     "rank_aware there), esm_default (ESM's new default unpurified, "
-                    "purified and rank_aware, beside the SVD family released)")
+                    "purified and rank_aware, beside the SVD family released), "
+                    "purify_objective (every keep ratio scored by held-out drift, "
+                    "validation accuracy and the teacher score against test)")
     ap.add_argument("--purify-tasks", default="8",
                     help="task counts that get the purify rows (minutes per method)")
     ap.add_argument("--purify-methods", default=",".join(m[0] for m in variants_runs.METHODS))
@@ -175,6 +182,10 @@ def main():
                     help="replace only the ViT section (ESM's scalings on the ViT)")
     ap.add_argument("--whiten-section-only", action="store_true",
                     help="replace only the section on TSV-M / Iso-C / Iso-CTS whitening")
+    ap.add_argument("--objective-section-only", action="store_true",
+                    help="replace only the section on purification's tuning objectives "
+                    "(purify_objective part: held-out drift, validation accuracy and the "
+                    "label-free teacher score against the test curve)")
     ap.add_argument("--out", default=os.path.join(HERE, "..", "..", "docs", "benchmarks"))
     ap.add_argument("--cache", default=os.path.join(HERE, ".cache"))
     args = ap.parse_args()

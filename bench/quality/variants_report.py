@@ -625,7 +625,7 @@ def write(results, args):
     lines += _vit(results) + _whiten_svd(results)
     if any(r["part"] == "full" for r in results):
         lines += _purify(results)
-    lines += _layer(results)
+    lines += _objective(results) + _layer(results)
     lines += _nsc(results, 10 if args.smoke else 100)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "quality_variants%s.md" % ("-smoke" if args.smoke else ""))
@@ -695,6 +695,88 @@ def _replace_section(args, head, section, before=None):
     with open(path, "w") as f:
         f.write("\n".join(lines[:start] + section + lines[end:]))
     return path
+
+
+OBJECTIVE_HEAD = "## Purification: a label-free teacher objective"
+
+
+def _objective(results):
+    """The purify_objective part: each tuning objective against the test
+    curve over the keep candidates (rank correlation, regret of its
+    choice), over every method, task count and seed."""
+    rs = [r for r in results if r["part"] == "purify_objective"]
+    if not rs:
+        return []
+    rules = [("held-out drift, se_rule 1 (the library's keep=\"cv\")", None),
+             ("held-out drift, minimum", lambda c: -c["drift"]),
+             ("validation accuracy (labels)", lambda c: c["val"]),
+             ("teacher score (no labels)", lambda c: c["teacher"]),
+             ("never purify (keep 1.0)", lambda c: float(c["keep"] == 1.0))]
+    rho = {"held-out drift": [], "validation accuracy": [], "teacher score": []}
+    regret = {name: [] for name, _ in rules}
+    methods = []
+    for r in rs:
+        for m, row in r["rows"].items():
+            methods += [m] if m not in methods else []
+            curve = row["curve"]
+            tests = [c["norm"] for c in curve]
+            best = max(tests)
+            for name, key in rules:
+                keep = row["drift_keep"] if key is None else max(curve, key=key)["keep"]
+                regret[name].append(best - next(c["norm"] for c in curve if c["keep"] == keep))
+            rho["held-out drift"].append(_spearman([-c["drift"] for c in curve], tests))
+            rho["validation accuracy"].append(_spearman([c["val"] for c in curve], tests))
+            rho["teacher score"].append(_spearman([c["teacher"] for c in curve], tests))
+    cover = ", ".join("%d tasks: %s" % (n, ", ".join(str(r["seed"]) for r in sorted(
+        (r for r in rs if r["n"] == n), key=lambda r: r["seed"])))
+        for n in sorted({r["n"] for r in rs}))
+    out = [OBJECTIVE_HEAD, "",
+           "MLP, full fine-tuning. For each of %s, every candidate keep ratio (%s) merged at "
+           "the method's default scale (where keep=\"cv\" tunes) and scored on the test "
+           "split, on validation accuracy, by keep=\"cv\"'s held-out drift (the statistics' "
+           "4 folds) and by the teacher score (`libmerge.torch.teacher_score`: minus the mean "
+           "over tasks of the KL divergence from task k's fine-tuned model to the merge, "
+           "through task k's head, on its validation images without their labels). *esm "
+           "default*: ESM's library defaults (scalings off); *esm*: the released scalings. "
+           "Rank correlation (Spearman) of each objective with the test curve (drift "
+           "negated; a curve that is flat under an objective counts as undefined and is left "
+           "out) and regret of each rule's choice (best candidate's normalized test accuracy "
+           "minus the chosen one's, points). Measured (task counts: seeds): %s." % (
+               ", ".join(methods), ", ".join("%g" % c["keep"] for c in rs[0]["rows"][
+                   methods[0]]["curve"]), cover), "",
+           "| objective | mean rank correlation with test accuracy |", "|---|---|"]
+    for k, v in rho.items():
+        v = [x for x in v if not np.isnan(x)]
+        out.append("| %s | %s (%d curves) |" % (k, "%.2f" % np.mean(v) if v else "—", len(v)))
+    out += ["", "| rule | mean regret | worst regret | choices at the best candidate |",
+            "|---|---|---|---|"]
+    for name, _ in rules:
+        v = regret[name]
+        out.append("| %s | %.2f | %.2f | %d of %d |" % (
+            name, np.mean(v), np.max(v), sum(x <= 0 for x in v), len(v)))
+    out += ["", "Mean regret per method (points):", "",
+            "| rule | %s |" % " | ".join(methods), "|---|%s" % ("---|" * len(methods))]
+    for name, key in rules:
+        cells = []
+        for m in methods:
+            v = []
+            for r in rs:
+                row = r["rows"].get(m)
+                if row is None:
+                    continue
+                curve = row["curve"]
+                keep = row["drift_keep"] if key is None else max(curve, key=key)["keep"]
+                v.append(max(c["norm"] for c in curve) -
+                         next(c["norm"] for c in curve if c["keep"] == keep))
+            cells.append("%.2f" % np.mean(v) if v else "—")
+        out.append("| %s | %s |" % (name, " | ".join(cells)))
+    return out + [""]
+
+
+def write_objective_section(results, args):
+    """Only the section on purification's tuning objectives (before the
+    per-layer one)."""
+    return _replace_section(args, OBJECTIVE_HEAD, _objective(results), before=LAYER_HEAD)
 
 
 def write_layer_section(results, args):

@@ -76,17 +76,46 @@ def searched(s, method, params, scale, widen, purify=None, models=None):
     return out
 
 
-def keep_curve(s, method, params, candidates):
+def keep_curve(s, method, params, candidates, teacher=None):
     """Validation and test accuracy of every candidate keep ratio at the
     method's default scale (where keep="cv" tunes): what an objective
-    should track."""
+    should track; with `teacher`, its score too."""
     rows = []
     for keep in candidates:
         merged = libmerge.merge(method, s.base, s.sds, stats=s.stats,
                                 purify={"keep": keep}, threads=s.threads, **params)
         r = s.scored(merged)
         rows.append(dict(keep=keep, val=s.val_score(merged), norm=r["norm"]))
+        if teacher is not None:
+            rows[-1]["teacher"] = teacher(merged)
     return rows
+
+
+def objective_rows(s, candidates, log=print):
+    """Purification's tuning objectives against the test curve: per method
+    (METHODS and ESM at its library default), keep="cv"'s held-out drift
+    curve and choice (the library's rule) and keep_curve with the
+    label-free teacher score (libmerge.torch.teacher_score: each task's
+    fine-tuned model, through its head, on its validation images without
+    labels)."""
+    teacher = lt.teacher_score(s.net, s.sds, [[torch.from_numpy(t["val"][0])] for t in s.tasks],
+                               outputs=lambda k, f: s.heads[k](f))
+    label, method, params, _ = [m for m in METHODS if m[0] == "esm"][0]
+    default_esm = ("esm default", method,
+                   {k: v for k, v in params.items() if k not in merges.ESM_RELEASED})
+    out = {}
+    for label, method, params in [m[:3] for m in METHODS] + [default_esm]:
+        report = {}
+        libmerge.merge(method, s.base, s.sds, stats=s.stats, threads=s.threads, **params,
+                       purify=dict(keep="cv", candidates=candidates, report=report))
+        curve = keep_curve(s, method, params, candidates, teacher)
+        drift = {c[0]: c[-1] for c in report["curve"]}
+        for c in curve:
+            c["drift"] = drift[c["keep"]]
+        out[label] = dict(curve=curve, drift_keep=report["keep"])
+        log("    %-16s test %s; drift picks %g" % (
+            label, " ".join("%.1f" % c["norm"] for c in curve), report["keep"]))
+    return out
 
 
 def full_rows(s, log=print, methods=None):
