@@ -576,7 +576,9 @@ def _coverage(results):
     out = ["Measured (task counts: seeds):", ""]
     for part, what in (("full", "scale searches and ESM, methods %s" % ", ".join(
             m[0] for m in variants_runs.METHODS)), ("nsc", "NSC and task arithmetic on LoRA"),
-                       ("esm_default", ESM_DEFAULT_WHAT)):
+                       ("esm_default", ESM_DEFAULT_WHAT),
+                       ("purify_objective", "purification's tuning objectives against "
+                        "the test curve (held-out drift, validation accuracy, teacher score)")):
         cells = _cells([r for r in results if r["part"] == part])
         if cells:
             out.append("- %s: %s" % (what, cells))
@@ -727,7 +729,7 @@ def _objective(results):
             rho["held-out drift"].append(_spearman([-c["drift"] for c in curve], tests))
             rho["validation accuracy"].append(_spearman([c["val"] for c in curve], tests))
             rho["teacher score"].append(_spearman([c["teacher"] for c in curve], tests))
-    cover = ", ".join("%d tasks: %s" % (n, ", ".join(str(r["seed"]) for r in sorted(
+    cover = "; ".join("%d tasks: %s" % (n, ", ".join(str(r["seed"]) for r in sorted(
         (r for r in rs if r["n"] == n), key=lambda r: r["seed"])))
         for n in sorted({r["n"] for r in rs}))
     out = [OBJECTIVE_HEAD, "",
