@@ -239,29 +239,46 @@ def nsc_scale_search(model, adapters, coefficients, score, *, lo=0.0, hi=1.5, to
     report["lambdas"]) or a table path (the drivers' `coefficients=`).
     `model` gives W0 and is not changed. Returns libmerge.search's
     SearchResult: (alpha, best score, curve, merged state dict)."""
+    return _alpha_search(model, adapters, coefficients, score, None, lo=lo, hi=hi, tol=tol,
+                         max_evals=max_evals, widen=widen, threads=threads)
+
+
+def _f32_base(model, names):
+    """W0 as f32 numpy, every tensor or only `names` (the adapted ones: a
+    language model's other tensors need not be copied)."""
     sd = model.state_dict()
-    base = {k: v.detach().float().cpu().numpy() for k, v in sd.items()}
+    return {k: sd[k].detach().float().cpu().numpy() for k in (sd if names is None else names)}
+
+
+def _alpha_search(model, adapters, coefficients, score, names, lo=0.0, hi=1.5, tol=0.01,
+                  max_evals=15, widen=4, threads=0):
+    """nsc_scale_search (the same defaults), merging only `names` when
+    given (each candidate then holds just those tensors)."""
     if isinstance(coefficients, (str, bytes)) or hasattr(coefficients, "__fspath__"):
         given = dict(coefficients=str(coefficients))
     else:
         given = {"lambda": {k: [float(x) for x in v] for k, v in coefficients.items()}}
-    return _merge.search("nsc", base, [_lora(a) for a in adapters], score, param="alpha",
-                         lo=lo, hi=hi, tol=tol, max_evals=max_evals, widen=widen,
-                         threads=threads, **given)
+    return _merge.search("nsc", _f32_base(model, names), [_lora(a) for a in adapters], score,
+                         param="alpha", lo=lo, hi=hi, tol=tol, max_evals=max_evals,
+                         widen=widen, threads=threads, **given)
 
 
 def _adapter_teachers(model, adapters):
     """Task k's own fine-tuned weights, W0 + s_k B_k A_k (its adapter
     alone, merged by the library), for the adapted tensors."""
     adapters = [_lora(a) for a in adapters]
-    base = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
-    names = sorted({n for a in adapters for n in a.factors})
-    missing = [n for n in names if n not in base]
+    names = _adapted(adapters)
+    missing = [n for n in names if n not in model.state_dict()]
     if missing:
         raise ValueError("NSC teacher scale: the model has no tensor %s" % missing[0])
+    base = _f32_base(model, names)
     teachers = [_merge.merge("nsc", base, [a], **{"lambda": {n: [1.0] for n in a.factors}})
                 for a in adapters]
     return teachers, names
+
+
+def _adapted(adapters):
+    return sorted({n for a in adapters for n in a.factors})
 
 
 def _nsc_teacher(model, adapters, task_batches, outputs, who):
@@ -326,25 +343,29 @@ def _final_scale(model, nsc, adapters, iters, scale_rule, scale_score, outputs, 
         report["scale_rule"] = "score" if scale_score is not None else scale_rule
     if scale_score is None and scale_rule == "fixed":
         return None
-    if scale_score is None:
-        scale_score = _nsc_teacher(model, adapters, [it.first() for it in iters], outputs,
-                                   "NSC teacher scale")
-    return _scaled(model, nsc, adapters, scale_score, report)
+    if scale_score is not None:
+        return _scaled(model, nsc, adapters, scale_score, report)
+    teacher = _nsc_teacher(model, adapters, [it.first() for it in iters], outputs,
+                           "NSC teacher scale")
+    return _scaled(model, nsc, adapters, teacher, report, names=sorted(teacher.names))
 
 
-def _scaled(model, nsc, adapters, scale_score, report):
+def _scaled(model, nsc, adapters, scale_score, report, names=None):
     """The driver's result with its coefficients times the alpha
     nsc_scale_search picks on `scale_score` (the coefficients in `nsc`
-    scaled too, so a saved table gives the same merge)."""
+    scaled too, so a saved table gives the same merge). With `names` the
+    candidates hold only those tensors (a score that loads what it is
+    given); the others are the model's own."""
     lambdas = {n: nsc.lambdas(n) for n in nsc.modules}
-    res = nsc_scale_search(model, adapters, lambdas, scale_score)
+    res = _alpha_search(model, adapters, lambdas, scale_score, names)
     alpha = res[0]
     for n, v in lambdas.items():
         nsc.set_lambdas(n, alpha * v)
     if report is not None:
         report.update(alpha=alpha, scale_curve=res[2], unscaled_lambdas=lambdas)
     sd = model.state_dict()
-    return {k: torch.from_numpy(np.asarray(res[3][k])).to(sd[k].dtype) for k in sd}
+    return {k: torch.from_numpy(np.asarray(res[3][k])).to(v.dtype) if k in res[3]
+            else v.detach().clone() for k, v in sd.items()}
 
 
 def nsc_merge(model, adapters, unlabeled_loaders, target_modules=None, *, steps=100,
