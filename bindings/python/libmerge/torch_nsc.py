@@ -8,7 +8,7 @@ import torch
 
 from . import _merge
 from .nsc import NSC, LoraAdapter
-from .torch_teacher import TeacherScore, run_batch as _run
+from .torch_teacher import TeacherScore, first_batches, run_batch as _run
 
 __all__ = ["nsc_merge", "nsc_merge_spsa", "nsc_objective", "nsc_scale_search",
            "nsc_teacher_score"]
@@ -292,14 +292,9 @@ def nsc_teacher_score(model, adapters, unlabeled_loaders, *, outputs=None, batch
     search their global scale on by default (docs/methods/nsc.md "Teacher
     scale"). Only the adapted tensors of a candidate are loaded."""
     adapters = list(adapters)
-    if len(unlabeled_loaders) != len(adapters):
-        raise ValueError("nsc_teacher_score: %d loaders for %d adapters" %
-                         (len(unlabeled_loaders), len(adapters)))
-    if batches < 1:
-        raise ValueError("nsc_teacher_score: batches must be >= 1")
-    return _nsc_teacher(model, adapters, [list(itertools.islice(loader, batches))
-                                          for loader in unlabeled_loaders], outputs,
-                        "nsc_teacher_score")
+    return _nsc_teacher(model, adapters, first_batches(unlabeled_loaders, len(adapters), batches,
+                                                       "nsc_teacher_score", "adapters"),
+                        outputs, "nsc_teacher_score")
 
 
 def _check_scale(scale_rule, scale_score, scale_batches):

@@ -105,11 +105,15 @@ def teacher_score(model, teachers, unlabeled_loaders, *, outputs=None, batches=1
     task k's head to a backbone's features. `model` is left as it was after
     every call."""
     teachers = list(teachers)
-    if len(unlabeled_loaders) != len(teachers):
-        raise ValueError("teacher_score: %d loaders for %d teachers" %
-                         (len(unlabeled_loaders), len(teachers)))
+    return TeacherScore(model, teachers, first_batches(unlabeled_loaders, len(teachers),
+                                                       batches, "teacher_score", "teachers"),
+                        outputs, "teacher_score")
+
+
+def first_batches(loaders, n_tasks, batches, who, what):
+    """The first `batches` batches of each task's loader."""
+    if len(loaders) != n_tasks:
+        raise ValueError("%s: %d loaders for %d %s" % (who, len(loaders), n_tasks, what))
     if batches < 1:
-        raise ValueError("teacher_score: batches must be >= 1")
-    return TeacherScore(model, teachers, [list(itertools.islice(loader, batches))
-                                          for loader in unlabeled_loaders], outputs,
-                        "teacher_score")
+        raise ValueError("%s: batches must be >= 1" % who)
+    return [list(itertools.islice(loader, batches)) for loader in loaders]
