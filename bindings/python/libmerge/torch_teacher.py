@@ -43,7 +43,9 @@ class TeacherScore:
     KL(softmax(teacher_k) || softmax(merge)) on task k's batches. The
     teachers' log-probabilities are computed once (f64, rows x classes per
     task); each call loads the candidate into `model`, runs every task's
-    batches and puts the model's own weights and training flag back."""
+    batches and puts the model's own weights and training flag back. Not
+    thread-safe: a call changes `model` while it runs (one score per model
+    at a time; the model must not be used elsewhere meanwhile)."""
 
     def __init__(self, model, teachers, task_batches, outputs, who="teacher score", names=None):
         if len(task_batches) != len(teachers):
@@ -56,9 +58,11 @@ class TeacherScore:
         # Only the tensors a candidate may change (None: all it holds) are
         # loaded, and each is saved before its first load.
         self.names, self.own = None if names is None else set(names), {}
-        self.teachers = [self._log_probs(t, k) for k, t in enumerate(teachers)]
+        self.teachers = [self._log_probs(t, [k])[0] for k, t in enumerate(teachers)]
 
-    def _log_probs(self, weights, task):
+    def _log_probs(self, weights, tasks):
+        """With `weights` loaded once: per task in `tasks`, the
+        log-softmax over the last dimension of every output row, in f64."""
         unknown = [n for n in weights if n not in self.state]
         if unknown:
             raise ValueError("%s: the model has no tensor %r" % (self.who, unknown[0]))
@@ -72,24 +76,25 @@ class TeacherScore:
                         self.own[n] = self.state[n].detach().clone()
                     self.state[n].copy_(torch.as_tensor(np.asarray(v)))
                 self.model.eval()
-                rows = []
-                for batch in self.batches[task]:
-                    out = run_batch(self.model, batch)
-                    z = _logits(self.outputs(task, out) if self.outputs is not None else out)
-                    z = z.detach().double()
-                    rows.append(torch.log_softmax(z.reshape(-1, z.shape[-1]), dim=1).cpu())
-                return torch.cat(rows)
+                return [self._task_rows(task) for task in tasks]
         finally:
             with torch.no_grad():
                 for n, v in self.own.items():
                     self.state[n].copy_(v)
             self.model.train(training)
 
+    def _task_rows(self, task):
+        rows = []
+        for batch in self.batches[task]:
+            out = run_batch(self.model, batch)
+            z = _logits(self.outputs(task, out) if self.outputs is not None else out)
+            z = z.detach().double()
+            rows.append(torch.log_softmax(z.reshape(-1, z.shape[-1]), dim=1).cpu())
+        return torch.cat(rows)
+
     def __call__(self, merged):
-        kl = []
-        for k, p in enumerate(self.teachers):
-            q = self._log_probs(merged, k)
-            kl.append(float((p.exp() * (p - q)).sum(dim=1).mean()))
+        qs = self._log_probs(merged, range(len(self.teachers)))
+        kl = [float((p.exp() * (p - q)).sum(dim=1).mean()) for p, q in zip(self.teachers, qs)]
         return -float(np.mean(kl))
 
 
