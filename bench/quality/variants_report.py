@@ -715,23 +715,21 @@ def _objective(results):
              ("teacher score (no labels)", lambda c: c["teacher"]),
              ("never purify (keep 1.0)", lambda c: float(c["keep"] == 1.0))]
     rho = {"held-out drift": [], "validation accuracy": [], "teacher score": []}
-    regret = {name: [] for name, _ in rules}
+    # regret[rule][method]: best candidate's test accuracy minus the chosen one's
+    regret = {name: {} for name, _ in rules}
     methods = []
     for r in rs:
         for m, row in r["rows"].items():
             methods += [m] if m not in methods else []
             curve = row["curve"]
             tests = [c["norm"] for c in curve]
-            best = max(tests)
             for name, key in rules:
                 keep = row["drift_keep"] if key is None else max(curve, key=key)["keep"]
-                regret[name].append(best - next(c["norm"] for c in curve if c["keep"] == keep))
+                regret[name].setdefault(m, []).append(
+                    max(tests) - next(c["norm"] for c in curve if c["keep"] == keep))
             rho["held-out drift"].append(_spearman([-c["drift"] for c in curve], tests))
             rho["validation accuracy"].append(_spearman([c["val"] for c in curve], tests))
             rho["teacher score"].append(_spearman([c["teacher"] for c in curve], tests))
-    cover = "; ".join("%d tasks: %s" % (n, ", ".join(str(r["seed"]) for r in sorted(
-        (r for r in rs if r["n"] == n), key=lambda r: r["seed"])))
-        for n in sorted({r["n"] for r in rs}))
     out = [OBJECTIVE_HEAD, "",
            "MLP, full fine-tuning. For each of %s, every candidate keep ratio (%s) merged at "
            "the method's default scale (where keep=\"cv\" tunes) and scored on the test "
@@ -745,7 +743,7 @@ def _objective(results):
            "out) and regret of each rule's choice (best candidate's normalized test accuracy "
            "minus the chosen one's, points). Measured (task counts: seeds): %s." % (
                ", ".join(methods), ", ".join("%g" % c["keep"] for c in rs[0]["rows"][
-                   methods[0]]["curve"]), cover), "",
+                   methods[0]]["curve"]), _cells(rs)), "",
            "| objective | mean rank correlation with test accuracy |", "|---|---|"]
     for k, v in rho.items():
         v = [x for x in v if not np.isnan(x)]
@@ -753,25 +751,14 @@ def _objective(results):
     out += ["", "| rule | mean regret | worst regret | choices at the best candidate |",
             "|---|---|---|---|"]
     for name, _ in rules:
-        v = regret[name]
+        v = [x for per in regret[name].values() for x in per]
         out.append("| %s | %.2f | %.2f | %d of %d |" % (
             name, np.mean(v), np.max(v), sum(x <= 0 for x in v), len(v)))
     out += ["", "Mean regret per method (points):", "",
             "| rule | %s |" % " | ".join(methods), "|---|%s" % ("---|" * len(methods))]
-    for name, key in rules:
-        cells = []
-        for m in methods:
-            v = []
-            for r in rs:
-                row = r["rows"].get(m)
-                if row is None:
-                    continue
-                curve = row["curve"]
-                keep = row["drift_keep"] if key is None else max(curve, key=key)["keep"]
-                v.append(max(c["norm"] for c in curve) -
-                         next(c["norm"] for c in curve if c["keep"] == keep))
-            cells.append("%.2f" % np.mean(v) if v else "—")
-        out.append("| %s | %s |" % (name, " | ".join(cells)))
+    for name, _ in rules:
+        out.append("| %s | %s |" % (name, " | ".join(
+            "%.2f" % np.mean(regret[name][m]) if m in regret[name] else "—" for m in methods)))
     return out + [""]
 
 

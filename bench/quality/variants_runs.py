@@ -100,9 +100,8 @@ def objective_rows(s, candidates, log=print):
     labels)."""
     teacher = lt.teacher_score(s.net, s.sds, [[torch.from_numpy(t["val"][0])] for t in s.tasks],
                                outputs=lambda k, f: s.heads[k](f))
-    label, method, params, _ = [m for m in METHODS if m[0] == "esm"][0]
-    default_esm = ("esm default", method,
-                   {k: v for k, v in params.items() if k not in merges.ESM_RELEASED})
+    method, params, _ = esm_default_spec()
+    default_esm = ("esm default", method, params)
     out = {}
     for label, method, params in [m[:3] for m in METHODS] + [default_esm]:
         report = {}
@@ -258,15 +257,20 @@ ESM_DEFAULT_ROWS = [
     (ESM_DEFAULT + " + purify cv + whiten rank_aware", {"whiten": "rank_aware"}, _PURIFY_CV)]
 
 
+def esm_default_spec():
+    """ESM at the library's defaults: METHODS' esm row (which pins the
+    released scalings) without the pins; (method, params, scale)."""
+    _, method, params, scale = [m for m in METHODS if m[0] == "esm"][0]
+    defaults = {p["name"]: p.get("default") for p in libmerge.method_info("esm")["params"]}
+    assert not any(defaults[k] for k in merges.ESM_RELEASED), "esm's scalings default on"
+    return method, {k: v for k, v in params.items() if k not in merges.ESM_RELEASED}, scale
+
+
 def esm_default_rows(s, candidates, log=print, names=None):
     """ESM_DEFAULT_ROWS (or those named in `names`; widened searches, purify
     cv among `candidates`) as rows["esm"][name], then rival_rows' SVD
     family."""
-    label, method, params, scale = [m for m in METHODS if m[0] == "esm"][0]
-    # METHODS pins the released scalings; the library's defaults are wanted.
-    params = {k: v for k, v in params.items() if k not in merges.ESM_RELEASED}
-    defaults = {p["name"]: p.get("default") for p in libmerge.method_info("esm")["params"]}
-    assert not any(defaults[k] for k in merges.ESM_RELEASED), "esm's scalings default on"
+    method, params, scale = esm_default_spec()
     out = {}
     for name, extra, purify in ESM_DEFAULT_ROWS:
         if names is not None and name not in names:
