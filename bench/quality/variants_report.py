@@ -171,18 +171,25 @@ def _tracking(results, ms):
            "split; over all methods, task counts and seeds: the mean rank correlation "
            "(Spearman) of each objective with that test curve (drift negated), and the "
            "mean regret of each rule's choice (best candidate's normalized test accuracy "
-           "minus the chosen one's, points).", "",
-           "| objective | mean rank correlation with test accuracy |", "|---|---|"]
+           "minus the chosen one's, points).", ""]
+    return out + _tracking_tables(rho, [(o, regret[o]) for o, _ in objectives])
+
+
+def _tracking_tables(rho, regrets):
+    """The two tables of an objective comparison: mean rank correlation per
+    objective ({name: [rho per curve]}, undefined ones left out) and, per
+    rule ([(name, [regret per curve])]), the mean and worst regret and how
+    often it chose the best candidate."""
+    out = ["| objective | mean rank correlation with test accuracy |", "|---|---|"]
     for k, v in rho.items():
         v = [x for x in v if not np.isnan(x)]
         out.append("| %s | %s (%d curves) |" % (k, "%.2f" % np.mean(v) if v else "—", len(v)))
     out += ["", "| rule | mean regret | worst regret | choices at the best candidate |",
             "|---|---|---|---|"]
-    for o, _ in objectives:
-        v = regret[o]
+    for name, v in regrets:
         if v:
             out.append("| %s | %.2f | %.2f | %d of %d |" % (
-                o, np.mean(v), np.max(v), sum(x <= 1e-9 for x in v), len(v)))
+                name, np.mean(v), np.max(v), sum(x <= 1e-9 for x in v), len(v)))
     return out + [""]
 
 
@@ -743,18 +750,10 @@ def _objective(results):
            "out) and regret of each rule's choice (best candidate's normalized test accuracy "
            "minus the chosen one's, points). Measured (task counts: seeds): %s." % (
                ", ".join(methods), ", ".join("%g" % c["keep"] for c in rs[0]["rows"][
-                   methods[0]]["curve"]), _cells(rs)), "",
-           "| objective | mean rank correlation with test accuracy |", "|---|---|"]
-    for k, v in rho.items():
-        v = [x for x in v if not np.isnan(x)]
-        out.append("| %s | %s (%d curves) |" % (k, "%.2f" % np.mean(v) if v else "—", len(v)))
-    out += ["", "| rule | mean regret | worst regret | choices at the best candidate |",
-            "|---|---|---|---|"]
-    for name, _ in rules:
-        v = [x for per in regret[name].values() for x in per]
-        out.append("| %s | %.2f | %.2f | %d of %d |" % (
-            name, np.mean(v), np.max(v), sum(x <= 0 for x in v), len(v)))
-    out += ["", "Mean regret per method (points):", "",
+                   methods[0]]["curve"]), _cells(rs)), ""]
+    out += _tracking_tables(rho, [(name, [x for per in regret[name].values() for x in per])
+                                  for name, _ in rules])
+    out += ["Mean regret per method (points):", "",
             "| rule | %s |" % " | ".join(methods), "|---|%s" % ("---|" * len(methods))]
     for name, _ in rules:
         out.append("| %s | %s |" % (name, " | ".join(
