@@ -125,15 +125,7 @@ static const char *merged_as(const lm_merger *m, const char *name)
                    ? p->base->entries[m->tie_src[i]].name
                    : name;
     }
-    for (size_t steps = 0; steps <= p->n_ties; steps++) {
-        size_t t = 0;
-        while (t < p->n_ties && strcmp(p->ties[t].alias, name) != 0)
-            t++;
-        if (t == p->n_ties)
-            break;
-        name = p->ties[t].source;
-    }
-    return name;
+    return lm__ties_declared_root(p, name);
 }
 
 lm_status lm_merger_apply_to(lm_merger *m, const char *name,

@@ -158,6 +158,13 @@ lm_status lm__transpose_each(lm_context *ctx, float *data, size_t count,
  * base->count the caller frees. Errors name unknown tensors, differing
  * shapes and cycles. */
 lm_status lm__ties_resolve(const lm_plan *p, size_t **src);
+/* Without a base (a load-time merger): the name `name` is merged as,
+ * following lm_plan_tie to its root; and a tensor sharing storage (same
+ * dtype and shape) with `name` in every model and not tied to it by
+ * lm_plan_tie, which an execution ties to it when its base shares that
+ * storage too, or NULL. */
+const char *lm__ties_declared_root(const lm_plan *p, const char *name);
+const char *lm__ties_shared_in_models(const lm_plan *p, const char *name);
 void lm__ties_free(lm_plan *p);
 
 /* Run the plan into a sink (executor.c). */

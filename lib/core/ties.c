@@ -193,3 +193,44 @@ lm_status lm__ties_resolve(const lm_plan *p, size_t **out)
     *out = src;
     return LM_OK;
 }
+
+const char *lm__ties_declared_root(const lm_plan *p, const char *name)
+{
+    for (size_t steps = 0; steps <= p->n_ties; steps++) {
+        size_t t = 0;
+        while (t < p->n_ties && strcmp(p->ties[t].alias, name) != 0)
+            t++;
+        if (t == p->n_ties)
+            break;
+        name = p->ties[t].source;
+    }
+    return name;
+}
+
+/* Without a base, shared storage is looked for in the models: a pair
+ * shared in every one is what find_shared ties when the base shares it
+ * too (as a tied model's base does). */
+const char *lm__ties_shared_in_models(const lm_plan *p, const char *name)
+{
+    const lm_model *holder = NULL;
+    for (size_t m = 0; m < p->n_models && !holder; m++) {
+        const lm_model *h = p->models[m] ? p->models[m]
+                            : p->tvs[m]  ? p->tvs[m]->deltas
+                                         : NULL;
+        if (h && lm__model_lookup(h, name))
+            holder = h;
+    }
+    if (!holder)
+        return NULL;
+    const lm_tensor *t = lm__model_lookup(holder, name);
+    const char *root = lm__ties_declared_root(p, name);
+    for (size_t i = 0; storage(t) && i < holder->count; i++) {
+        const struct lm_model_entry *e = &holder->entries[i];
+        if (storage(e->tensor) == storage(t) && strcmp(e->name, name) != 0 &&
+            same_layout(e->tensor, t) &&
+            strcmp(lm__ties_declared_root(p, e->name), root) != 0 &&
+            tied_in_every_model(p, name, e->name))
+            return e->name;
+    }
+    return NULL;
+}

@@ -175,13 +175,52 @@ static double machine_memory(void)
     return 16.0 * 1024.0 * 1024.0 * 1024.0; /* unknown: a common laptop */
 }
 
+/* A load-time merger without a base: the ties lm_plan_tie declares, each
+ * alias to its root as the merger merges it. Ties found by shared storage
+ * are found among the base's tensors, so without one a tensor whose
+ * statistics an execution would route through such a tie is refused
+ * rather than merged by another route (docs/methods/esm.md, "Tied
+ * embeddings"). */
+static lm_status load_ties_without_base(struct esm_state *s)
+{
+    const lm_plan *p = s->plan;
+    for (size_t i = 0; s->stats && i < lm_stats_count(s->stats); i++) {
+        const char *name = NULL;
+        const char *other = lm_stats_at(s->stats, i, NULL, &name) == LM_OK
+                                ? lm__ties_shared_in_models(p, name)
+                                : NULL;
+        if (other)
+            return lm_context_set_error(
+                s->ctx, LM_ERR_STATE,
+                "esm: statistics are recorded under '%s', which shares "
+                "storage with '%s' (a tie, found among the base's "
+                "tensors): set the plan's base (lm_plan_set_base) or "
+                "declare the tie (lm_plan_tie) before creating a merger",
+                name, other);
+    }
+    if (!p->n_ties)
+        return LM_OK;
+    s->tie_source = lm__calloc(s->ctx, 2 * p->n_ties, sizeof(char *));
+    if (!s->tie_source)
+        return LM_ERR_OUT_OF_MEMORY;
+    s->tie_alias = s->tie_source + p->n_ties;
+    for (size_t t = 0; t < p->n_ties; t++) {
+        s->tie_source[t] = lm__ties_declared_root(p, p->ties[t].alias);
+        s->tie_alias[t] = p->ties[t].alias;
+    }
+    s->n_ties = p->n_ties;
+    return LM_OK;
+}
+
 /* The plan's ties as (source, alias) name pairs, for statistics recorded
  * under an alias (a tied lm_head's, which libmerge.torch.collect_stats
  * hooks) to reach the tensor merged for both. */
 static lm_status load_ties(struct esm_state *s)
 {
-    if (!s->plan || !s->plan->base)
+    if (!s->plan)
         return LM_OK;
+    if (!s->plan->base)
+        return load_ties_without_base(s);
     const lm_model *base = s->plan->base;
     size_t *src = NULL;
     LM_TRY(lm__ties_resolve(s->plan, &src));

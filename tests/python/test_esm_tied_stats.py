@@ -11,6 +11,7 @@ Reference: reference.esm_layer, the released algorithm in numpy (SVD of
 dO = X dW^T per task), on the head's inputs X. Tolerance: max |diff| <=
 1e-4 * max |ref|, as tests/python/test_esm_routes.py."""
 import numpy as np
+import pytest
 
 import libmerge
 import esm_released
@@ -97,3 +98,20 @@ def test_embedding_statistics_come_first():
     got = out[EMB].astype(np.float64) - base[EMB]
     assert rel(got, ref.esm_layer(taus, other, keep_rank=True)) <= 1e-4
     assert rel(got, ref.esm_layer(taus, xs, keep_rank=True)) > 1e-3
+
+
+def test_merger_without_base_refuses_a_shared_pair_with_statistics():
+    """A load-time merger finds ties by shared storage among the base's
+    tensors: without base= it cannot route the pair as merge() does, so it
+    says so instead of merging the embedding by TSV-M; with base= it gives
+    merge()'s bytes."""
+    base, models, taus, xs = make()
+    stats = stats_under(HEAD, xs)
+    with pytest.raises(libmerge.Error) as e:
+        libmerge.Merger("esm", models, stats=stats)
+    assert e.value.status_name == "LM_ERR_STATE"
+    assert "'%s'" % HEAD in str(e.value) and "base" in str(e.value)
+    want = libmerge.merge("esm", base, models, stats=stats)
+    with libmerge.Merger("esm", models, base=base, stats=stats) as merger:
+        for k in base:
+            np.testing.assert_array_equal(merger.apply(k, base[k]), want[k])
