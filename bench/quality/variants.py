@@ -44,6 +44,13 @@ JOINS = {"purify": "full", "whiten": "full", "esm_variant": "full", "vit_whiten"
 # The keep ratios "cv" chooses among: quality.md's five (the library's
 # twelve defaults cost 2.4x the merges; the five span the ratios chosen).
 CANDIDATES = merges.PURIFY_CANDIDATES
+# --smoke: three of them (keep="cv" tunes 4 folds x every candidate, the
+# keep curve scores each: most of the smoke run's time with five).
+SMOKE_CANDIDATES = (1.0, 0.97, 0.9)
+
+
+def candidates(smoke):
+    return SMOKE_CANDIDATES if smoke else CANDIDATES
 
 
 def result_path(args, part, n, seed, method=None):
@@ -57,6 +64,7 @@ def result_path(args, part, n, seed, method=None):
 def measure(args, part, d, n, seed, stats, method=None):
     s = variants_runs.Setting(d, n, stats, max_evals=3 if args.smoke else run.MAX_EVALS,
                               threads=args.threads)
+    cands = candidates(args.smoke)
     t0, cpu0 = time.perf_counter(), time.process_time()
     # When and under what load (the machine is shared): the report's Run
     # paragraph.
@@ -69,17 +77,17 @@ def measure(args, part, d, n, seed, stats, method=None):
     elif part == "esm_variant":
         rows = variants_runs.esm_variant_rows(s, names=args.esm_variants)
     elif part == "purify_objective":
-        rows = variants_runs.objective_rows(s, CANDIDATES)
+        rows = variants_runs.objective_rows(s, cands)
     elif part == "esm_default":
-        rows = variants_runs.esm_default_rows(s, CANDIDATES, names=args.esm_variants)
+        rows = variants_runs.esm_default_rows(s, cands, names=args.esm_variants)
     elif part == "vit":
         rows = variants_runs.vit_rows(s)
     elif part in ("whiten_svd", "vit_whiten", "whiten_lora"):
         rows = variants_runs.whiten_svd_rows(s, released=part != "vit_whiten")
     elif part == "purify":
-        rows = {method: variants_runs.purify_rows(s, method, CANDIDATES)}
+        rows = {method: variants_runs.purify_rows(s, method, cands)}
     elif part == "purify_layer":
-        rows = {method: variants_runs.purify_layer_rows(s, method, CANDIDATES)}
+        rows = {method: variants_runs.purify_layer_rows(s, method, cands)}
     else:
         rows = variants_runs.nsc_rows(s, steps=10 if args.smoke else 100)
     run_info["load"].append(os.getloadavg()[0])

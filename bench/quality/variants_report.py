@@ -392,7 +392,7 @@ def _run_paragraph(rs):
                 min(loads), max(loads)), ""]
 
 
-def _esm_default(results):
+def _esm_default(results, args):
     """ESM at the library's new default (variants_runs.ESM_DEFAULT_ROWS)
     against its own unpurified / released-whitening rows and against the
     best of the SVD family of the same run (per seed, on the test split:
@@ -420,7 +420,7 @@ def _esm_default(results):
            "row searched on validation with the widened bracket; all rows of a (task count, "
            "seed) come from the same run (every ESM row in the sections above is released "
            "ESM, scalings on)." % (base, ", ".join(
-               "%g" % c for c in variants_runs_candidates())), ""]
+               "%g" % c for c in variants_runs_candidates(args))), ""]
     out += ["### Against the unpurified, released-whitening rows", ""]
     out += _table(results, "esm_default", "comparison", "variant", "base",
                   [("%s − %s" % (a, b), lambda rows, a=a, b=b: _get(rows, "esm", a, b))
@@ -472,7 +472,7 @@ def _set_measured_line(lines, what, cells):
 def write_esm_default_section(results, args):
     """Only the section on ESM's new default (before the ViT section) and
     its line of the header's "Measured" list."""
-    path = _replace_section(args, ESM_DEFAULT_HEAD, _esm_default(results), before=VIT_HEAD)
+    path = _replace_section(args, ESM_DEFAULT_HEAD, _esm_default(results, args), before=VIT_HEAD)
     cells = _cells([r for r in results if r["part"] == "esm_default"])
     if cells:
         with open(path) as f:
@@ -630,11 +630,11 @@ def write(results, args):
     lines += _coverage(results) + [""]
     if any(r["part"] == "full" for r in results):
         lines += _scale(results) + _esm(results) + _esm_variants(results)
-    lines += _esm_default(results)
+    lines += _esm_default(results, args)
     lines += _vit(results) + _whiten_svd(results)
     if any(r["part"] == "full" for r in results):
         lines += _purify(results)
-    lines += _objective(results) + _layer(results)
+    lines += _objective(results) + _layer(results, args)
     lines += _nsc(results, 10 if args.smoke else 100)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "quality_variants%s.md" % ("-smoke" if args.smoke else ""))
@@ -646,7 +646,7 @@ def write(results, args):
 LAYER_HEAD = "## Purification: per-layer keep against keep=\"cv\""
 
 
-def _layer(results):
+def _layer(results, args):
     """Per-layer keep ratios against one ratio per model (both keep="cv",
     se_rule 1) and against the unpurified merge."""
     rs = [r for r in results if r["part"] == "purify_layer"]
@@ -661,7 +661,7 @@ def _layer(results):
            "picks one ratio for the model (per-model allocation, the default). Every row "
            "searched on validation with the widened bracket; all three rows of a (method, "
            "task count, seed) come from the same run (its own fine-tunes)." % ", ".join(
-               "%g" % c for c in variants_runs_candidates()), ""]
+               "%g" % c for c in variants_runs_candidates(args)), ""]
     for a, b in (("purify cv, per layer", "purify cv"), ("purify cv, per layer", "widened"),
                  ("purify cv", "widened")):
         out += ["### %s − %s" % (a, "unpurified" if b == "widened" else b), ""]
@@ -683,9 +683,9 @@ def _layer(results):
     return out + [""]
 
 
-def variants_runs_candidates():
+def variants_runs_candidates(args):
     import variants
-    return variants.CANDIDATES
+    return variants.candidates(args.smoke)
 
 
 def _replace_section(args, head, section, before=None):
@@ -769,7 +769,7 @@ def write_objective_section(results, args):
 
 def write_layer_section(results, args):
     """Only the per-layer purification section (before the NSC one)."""
-    return _replace_section(args, LAYER_HEAD, _layer(results), before="## NSC on LoRA adapters")
+    return _replace_section(args, LAYER_HEAD, _layer(results, args), before="## NSC on LoRA adapters")
 
 
 def write_nsc_section(results, args):
