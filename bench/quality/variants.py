@@ -41,18 +41,6 @@ PARTS = {"full": "full", "purify": "full", "whiten": "full", "nsc": "lora",
 # Parts whose rows join another part's result of the same task count and
 # seed (the rows they are compared with).
 JOINS = {"purify": "full", "whiten": "full", "esm_variant": "full", "vit_whiten": "vit"}
-# The keep ratios "cv" chooses among: quality.md's five (the library's
-# twelve defaults cost 2.4x the merges; the five span the ratios chosen).
-CANDIDATES = merges.PURIFY_CANDIDATES
-# --smoke: three of them (keep="cv" tunes 4 folds x every candidate, the
-# keep curve scores each: most of the smoke run's time with five).
-SMOKE_CANDIDATES = (1.0, 0.97, 0.9)
-
-
-def candidates(smoke):
-    return SMOKE_CANDIDATES if smoke else CANDIDATES
-
-
 def result_path(args, part, n, seed, method=None):
     """One JSON per (part, task count, seed), and per method for purify
     (its rows cost minutes each: a run may stop between methods)."""
@@ -64,7 +52,7 @@ def result_path(args, part, n, seed, method=None):
 def measure(args, part, d, n, seed, stats, method=None):
     s = variants_runs.Setting(d, n, stats, max_evals=3 if args.smoke else run.MAX_EVALS,
                               threads=args.threads)
-    cands = candidates(args.smoke)
+    cands = variants_runs.keep_candidates(args.smoke)
     t0, cpu0 = time.perf_counter(), time.process_time()
     # When and under what load (the machine is shared): the report's Run
     # paragraph.
@@ -131,21 +119,32 @@ def _jobs(args, part, sizes, seed):
             if args.redo or not os.path.exists(result_path(args, part, n, seed, m))]
 
 
+# --NAME-section-only: replace only that section of the existing report
+# (the other parts' measurements need not be cached); first given wins.
+SECTIONS = [
+    ("nsc", variants_report.write_nsc_section, "replace only the NSC section of the existing "
+     "report (the other parts' measurements need not be cached)"),
+    ("layer", variants_report.write_layer_section,
+     "replace only the per-layer purification section"),
+    ("esm-variant", variants_report.write_esm_variant_section,
+     "replace only the ESM-variant section"),
+    ("esm-default", variants_report.write_esm_default_section,
+     "replace only the section on ESM's new default (esm_default part)"),
+    ("objective", variants_report.write_objective_section,
+     "replace only the section on purification's tuning objectives (purify_objective part: "
+     "held-out drift, validation accuracy and the label-free teacher score against the test "
+     "curve)"),
+    ("vit", variants_report.write_vit_section,
+     "replace only the ViT section (ESM's scalings on the ViT)"),
+    ("whiten", variants_report.write_whiten_svd_section,
+     "replace only the section on TSV-M / Iso-C / Iso-CTS whitening"),
+]
+
+
 def _report(args):
-    if args.nsc_section_only:
-        return variants_report.write_nsc_section(load_all(args), args)
-    if args.layer_section_only:
-        return variants_report.write_layer_section(load_all(args), args)
-    if args.esm_variant_section_only:
-        return variants_report.write_esm_variant_section(load_all(args), args)
-    if args.esm_default_section_only:
-        return variants_report.write_esm_default_section(load_all(args), args)
-    if args.objective_section_only:
-        return variants_report.write_objective_section(load_all(args), args)
-    if args.vit_section_only:
-        return variants_report.write_vit_section(load_all(args), args)
-    if args.whiten_section_only:
-        return variants_report.write_whiten_svd_section(load_all(args), args)
+    for name, writer, _ in SECTIONS:
+        if getattr(args, "%s_section_only" % name.replace("-", "_")):
+            return writer(load_all(args), args)
     return variants_report.write(load_all(args), args)
 
 
@@ -171,29 +170,14 @@ def main():
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--redo", action="store_true", help="measure again what the cache has")
     ap.add_argument("--report-only", action="store_true")
-    ap.add_argument("--nsc-section-only", action="store_true",
-                    help="replace only the NSC section of the existing "
-                    "report (the other parts' measurements need not be cached)")
-    ap.add_argument("--layer-section-only", action="store_true",
-                    help="replace only the per-layer purification section")
     ap.add_argument("--full-methods", default=None,
                     help="full part: only these methods (comma-separated labels; "
                     "default all), e.g. esm,tsv,iso_c,iso_cts for the ESM comparison alone")
     ap.add_argument("--esm-variants", default=None,
                     help="esm_variant / esm_default part: only these rows (';'-separated "
                     "names of variants_runs.ESM_VARIANTS / ESM_DEFAULT_ROWS; default all)")
-    ap.add_argument("--esm-default-section-only", action="store_true",
-                    help="replace only the section on ESM's new default (esm_default part)")
-    ap.add_argument("--esm-variant-section-only", action="store_true",
-                    help="replace only the ESM-variant section")
-    ap.add_argument("--vit-section-only", action="store_true",
-                    help="replace only the ViT section (ESM's scalings on the ViT)")
-    ap.add_argument("--whiten-section-only", action="store_true",
-                    help="replace only the section on TSV-M / Iso-C / Iso-CTS whitening")
-    ap.add_argument("--objective-section-only", action="store_true",
-                    help="replace only the section on purification's tuning objectives "
-                    "(purify_objective part: held-out drift, validation accuracy and the "
-                    "label-free teacher score against the test curve)")
+    for name, _, text in SECTIONS:
+        ap.add_argument("--%s-section-only" % name, action="store_true", help=text)
     ap.add_argument("--out", default=os.path.join(HERE, "..", "..", "docs", "benchmarks"))
     ap.add_argument("--cache", default=os.path.join(HERE, ".cache"))
     args = ap.parse_args()

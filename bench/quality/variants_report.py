@@ -420,7 +420,7 @@ def _esm_default(results, args):
            "row searched on validation with the widened bracket; all rows of a (task count, "
            "seed) come from the same run (every ESM row in the sections above is released "
            "ESM, scalings on)." % (base, ", ".join(
-               "%g" % c for c in variants_runs_candidates(args))), ""]
+               "%g" % c for c in variants_runs.keep_candidates(args.smoke))), ""]
     out += ["### Against the unpurified, released-whitening rows", ""]
     out += _table(results, "esm_default", "comparison", "variant", "base",
                   [("%s − %s" % (a, b), lambda rows, a=a, b=b: _get(rows, "esm", a, b))
@@ -488,6 +488,9 @@ def write_esm_variant_section(results, args):
                             before="## Purification: keep=\"cv\" against the unpurified merge")
 
 
+NSC_HEAD = "## NSC on LoRA adapters"
+
+
 def _nsc_mean(results, n, label, key):
     vals = [r["rows"][label][key] for r in results
             if r["part"] == "nsc" and r["n"] == n and label in r["rows"]]
@@ -505,7 +508,7 @@ def _nsc(results, steps):
                  and not k.endswith((", scale searched", ", output_match", ", teacher scale"))
                  and k not in runs]
     sizes = sorted({r["n"] for r in results if r["part"] == "nsc"})
-    out = ["## NSC on LoRA adapters", "",
+    out = [NSC_HEAD, "",
            "MLP, LoRA rank 8 on the three layers; NSC is label-free (%d steps, the validation "
            "images unlabeled as its batches, held-out early stopping on 256 unseen training "
            "images). *safe defaults*: the drivers' defaults (lambda >= 0, SPSA lr 1e-3 with "
@@ -637,7 +640,7 @@ def write(results, args):
     lines += _objective(results) + _layer(results, args)
     lines += _nsc(results, 10 if args.smoke else 100)
     os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "quality_variants%s.md" % ("-smoke" if args.smoke else ""))
+    path = _report_path(args)
     with open(path, "w") as f:
         f.write("\n".join(lines))
     return path
@@ -661,7 +664,7 @@ def _layer(results, args):
            "picks one ratio for the model (per-model allocation, the default). Every row "
            "searched on validation with the widened bracket; all three rows of a (method, "
            "task count, seed) come from the same run (its own fine-tunes)." % ", ".join(
-               "%g" % c for c in variants_runs_candidates(args)), ""]
+               "%g" % c for c in variants_runs.keep_candidates(args.smoke)), ""]
     for a, b in (("purify cv, per layer", "purify cv"), ("purify cv, per layer", "widened"),
                  ("purify cv", "widened")):
         out += ["### %s − %s" % (a, "unpurified" if b == "widened" else b), ""]
@@ -683,16 +686,15 @@ def _layer(results, args):
     return out + [""]
 
 
-def variants_runs_candidates(args):
-    import variants
-    return variants.candidates(args.smoke)
+def _report_path(args):
+    return os.path.join(args.out, "quality_variants%s.md" % ("-smoke" if args.smoke else ""))
 
 
 def _replace_section(args, head, section, before=None):
     """Replaces the section headed `head` (up to the next "## " heading) of
     the existing report; a missing one goes before the heading `before`
     (or at the end)."""
-    path = os.path.join(args.out, "quality_variants%s.md" % ("-smoke" if args.smoke else ""))
+    path = _report_path(args)
     with open(path) as f:
         lines = f.read().split("\n")
     if head in lines:
@@ -769,24 +771,12 @@ def write_objective_section(results, args):
 
 def write_layer_section(results, args):
     """Only the per-layer purification section (before the NSC one)."""
-    return _replace_section(args, LAYER_HEAD, _layer(results, args), before="## NSC on LoRA adapters")
+    return _replace_section(args, LAYER_HEAD, _layer(results, args), before=NSC_HEAD)
 
 
 def write_nsc_section(results, args):
-    """Replaces only the NSC section of the existing report (up to the
-    next "## " heading), leaving every other table as it is: the other
-    parts' measurements need not be in the cache."""
-    path = os.path.join(args.out, "quality_variants%s.md" % ("-smoke" if args.smoke else ""))
-    with open(path) as f:
-        lines = f.read().split("\n")
-    head = "## NSC on LoRA adapters"
-    start = lines.index(head) if head in lines else len(lines)
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-               len(lines))
-    section = _nsc(results, 10 if args.smoke else 100)
-    with open(path, "w") as f:
-        f.write("\n".join(lines[:start] + section + lines[end:]))
-    return path
+    """Only the NSC section (the last one)."""
+    return _replace_section(args, NSC_HEAD, _nsc(results, 10 if args.smoke else 100))
 
 
 VIT_HEAD = "## ESM's scalings on the ViT (zero-shot-style heads)"

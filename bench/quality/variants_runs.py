@@ -27,6 +27,19 @@ WIDEN = 4          # the library default: the bracket may move 4 times
 PURIFY = ["purify cv", "purify cv, se_rule 0", "purify, val-accuracy objective"]
 
 
+# The keep ratios "cv" chooses among: quality.md's five (the library's
+# twelve defaults cost 2.4x the merges; the five span the ratios chosen).
+CANDIDATES = merges.PURIFY_CANDIDATES
+# --smoke: three of them (keep="cv" tunes 4 folds x every candidate, the
+# keep curve scores each: most of the smoke run's time with five).
+SMOKE_CANDIDATES = (1.0, 0.97, 0.9)
+
+
+def keep_candidates(smoke):
+    """The keep ratios a run's keep="cv" rows choose among."""
+    return SMOKE_CANDIDATES if smoke else CANDIDATES
+
+
 def _norm(acc, individual):
     return 100 * float(np.mean([a / i for a, i in zip(acc, individual)]))
 

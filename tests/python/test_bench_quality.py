@@ -131,7 +131,7 @@ def test_quality_variants_smoke(tmp_path, smoke_cache):
     assert re.search(r"^\| esm \| 3 \| [\d.]+ \(\d(, edge)?\) \| [\d.]+( \(edge\))? \|$",
                      text, re.M)
     keeps = re.search(r"^\| tsv \| 3 \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", text, re.M)
-    # the smoke run's keep candidates (variants.SMOKE_CANDIDATES)
+    # the smoke run's keep candidates (variants_runs.SMOKE_CANDIDATES)
     assert keeps and {float(k) for k in keeps.groups()} <= {1.0, 0.97, 0.9}
     assert re.search(r"^\| held-out drift, se_rule 1 \| [\d.]+ \| [\d.]+ \| [01] of 1 \|$",
                      text, re.M)
